@@ -1,0 +1,296 @@
+"""The `stripe-sf` command line: parse, build, one call into the core, map errors to an exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stripe_sf_sync import __version__, service
+from stripe_sf_sync.console import setup_logging
+from stripe_sf_sync.errors import ExitCode, StripeSfError
+
+T = TypeVar("T")
+
+app = typer.Typer(help="Keep Salesforce true to what Stripe has actually collected.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+dlq_app = typer.Typer(help="Inspect, retry and drop dead-lettered events.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to sync.yaml.", show_default=True)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logs, and a traceback on errors.")]
+LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="auto, plain or json (stderr).")]
+
+DEFAULT_CONFIG = Path("sync.yaml")
+
+
+def _stdout() -> Console:
+    return Console(file=sys.stdout, soft_wrap=True)
+
+
+def _stderr() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True)
+
+
+def guarded(fn: Callable[[], T], *, debug: bool) -> T:
+    """The one error boundary: a domain error becomes one paragraph on stderr and its exit code."""
+    try:
+        return fn()
+    except StripeSfError as exc:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        _stderr().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        _stderr().print("interrupted: the state is consistent; the next run continues from the last "
+                        "committed batch.")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if debug:
+            # Without locals: they may hold secrets.
+            traceback.print_exc(file=sys.stderr)
+        _stderr().print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in "
+                        "stripe-sf; rerun with --debug and report the output (it contains no secrets).",
+                        highlight=False)
+        raise typer.Exit(int(ExitCode.FAILURE)) from None
+
+
+def _setup(debug: bool, log_format: str | None) -> None:
+    setup_logging(log_format or "auto", debug=debug)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stripe-sf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Keep Salesforce true to what Stripe has actually collected.
+
+    Example: stripe-sf sync --config /etc/stripe-sf/sync.yaml
+    """
+
+
+def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict(), indent=2, default=str))
+        return
+    out = _stdout()
+    if summary.dry_run and summary.planned_writes:
+        table = Table(title="Planned writes (dry run: nothing was changed)")
+        for col in ("action", "object", "key", "fields", "events"):
+            table.add_column(col)
+        for w in summary.planned_writes:
+            fields = ", ".join(f"{k}={v}" for k, v in w["fields"].items())
+            table.add_row(w["action"], w["sobject"], w["key"], fields, ", ".join(w["events"]))
+        out.print(table)
+    api = (f"{summary.salesforce_api_used}/{summary.salesforce_api_max}"
+           if summary.salesforce_api_used is not None else "not contacted")
+    out.print(
+        f"{summary.command}{' (dry run)' if summary.dry_run else ''}: {summary.events_read} events read, "
+        f"{summary.applied} applied, {summary.skipped_stale} skipped as stale, "
+        f"{summary.skipped_duplicate} already done, {summary.ignored} needing no write, "
+        f"{summary.dead_lettered} dead-lettered; {summary.records_written} records written; "
+        f"{summary.stripe_calls} Stripe and {summary.salesforce_calls} Salesforce calls; "
+        f"Salesforce API usage {api}; {summary.duration_s:.1f}s.", highlight=False)
+    if summary.stopped_early:
+        out.print(f"Stopped early: {summary.stopped_early}. The next run continues from the cursor.",
+                  highlight=False)
+    if summary.dead_lettered:
+        _stderr().print(f"{summary.dead_lettered} events were dead-lettered: see `stripe-sf dlq list`, fix the "
+                        "cause, then `stripe-sf dlq retry --all`.", highlight=False)
+
+
+@app.command()
+def sync(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    since: Annotated[str | None, typer.Option(help="First run: start at this DATE or DATETIME (UTC).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
+    max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Apply Stripe events since the saved cursor to Salesforce, in batches.
+
+    Example (first run, then every 5 minutes from cron):
+
+        stripe-sf sync --since 2026-11-01
+
+        */5 * * * * cd /etc/stripe-sf && stripe-sf sync --log-format json
+    """
+    _setup(debug, log_format)
+    summary = guarded(lambda: service.run_sync(config, service.Environment(), since=since, dry_run=dry_run,
+                                               max_events=max_events), debug=debug)
+    _print_summary(summary, as_json)
+    raise typer.Exit(int(service.exit_code_for(summary)))
+
+
+@app.command("discover-config")
+def discover_config(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    write: Annotated[bool, typer.Option("--write", help="Store the values in the config file.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Find the org's Opportunity RecordTypeIds and won-stage label.
+
+    Example: stripe-sf discover-config --write
+    """
+    _setup(debug, None)
+    found = guarded(lambda: service.run_discover(config, service.Environment(), write=write,
+                                                 example=_example()), debug=debug)
+    if as_json:
+        typer.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    out = _stdout()
+    out.print(f"Won stage: {found.won_stage}" + (f" (also won: {', '.join(found.won_stages[1:])})"
+                                                 if len(found.won_stages) > 1 else ""), highlight=False)
+    table = Table(title="Opportunity record types")
+    table.add_column("name")
+    table.add_column("RecordTypeId")
+    table.add_column("")
+    for name, rid in found.record_types.items():
+        mark = "new Opportunities" if name == found.chosen_record_type else (
+            "org default" if name == found.default_record_type else "")
+        table.add_row(name, rid, mark)
+    out.print(table)
+    if write:
+        out.print(f"Wrote won_stage and record_types to {config}.", highlight=False)
+    else:
+        out.print("Run again with --write to store these in the config.", highlight=False)
+
+
+@dlq_app.command("list")
+def dlq_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List open dead letters with their reason and Salesforce error code.
+
+    Example: stripe-sf dlq list --json
+    """
+    _setup(debug, None)
+    rows = guarded(lambda: service.dlq_list(config, service.Environment()), debug=debug)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        _stdout().print("No open dead letters.")
+        return
+    table = Table(title=f"{len(rows)} open dead letters")
+    for col in ("event", "type", "code", "attempts", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["event_id"], r["event_type"], r["error_code"], str(r["attempts"]), r["reason"])
+    _stdout().print(table)
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    event_id: Annotated[str | None, typer.Argument(help="The event to retry.")] = None,
+    retry_all: Annotated[bool, typer.Option("--all", help="Retry every open dead letter.")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Send dead letters through the pipeline again, after fixing their cause.
+
+    Example: stripe-sf dlq retry --all
+    """
+    _setup(debug, None)
+    if not event_id and not retry_all:
+        _stderr().print("error: name an EVENT_ID or pass --all.")
+        raise typer.Exit(int(ExitCode.CONFIG))
+    summary = guarded(lambda: service.run_dlq_retry(config, service.Environment(),
+                                                    event_ids=[event_id] if event_id else [],
+                                                    retry_all=retry_all), debug=debug)
+    _print_summary(summary, as_json)
+    raise typer.Exit(int(service.exit_code_for(summary)))
+
+
+@dlq_app.command("drop")
+def dlq_drop(
+    event_id: Annotated[str, typer.Argument(help="The event to stop retrying.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    debug: DebugOpt = False,
+) -> None:
+    """Stop retrying a dead letter (it stays in the state file for audit).
+
+    Example: stripe-sf dlq drop evt_1QxYz...
+    """
+    _setup(debug, None)
+    guarded(lambda: service.dlq_drop(config, service.Environment(), event_id), debug=debug)
+    _stdout().print(f"Dropped {event_id}.", highlight=False)
+
+
+@app.command()
+def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Show the cursor and its age, the last runs, dead letters and API usage.
+
+    Example: stripe-sf status --json
+    """
+    _setup(debug, None)
+    report = guarded(lambda: service.status_report(config, service.Environment()), debug=debug)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    out = _stdout()
+    cur = report["cursor"]
+    if cur:
+        hours = cur["age_s"] / 3600
+        out.print(f"Cursor: {cur['event_id']} from {cur['created_iso']} ({hours:.1f} h ago)", highlight=False)
+    else:
+        out.print("Cursor: none yet (run `stripe-sf sync --since DATE`)")
+    out.print(f"Open dead letters: {report['dead_letters']}")
+    usage = report["api_usage"]
+    out.print("Salesforce API usage last seen: " + (f"{usage['used']}/{usage['max']}" if usage else "never"),
+              highlight=False)
+    table = Table(title="Recent runs")
+    for col in ("run", "command", "started", "exit", "read", "applied", "dead-lettered"):
+        table.add_column(col)
+    for r in report["runs"]:
+        s: dict[str, Any] = r.get("summary") or {}
+        table.add_row(str(r["run_id"]), r["command"], _iso(r["started_at"]), str(r.get("exit_code")),
+                      str(s.get("events_read", "")), str(s.get("applied", "")), str(s.get("dead_lettered", "")))
+    out.print(table)
+
+
+@app.command()
+def demo(debug: DebugOpt = False) -> None:
+    """Run the real pipeline against local stand-ins of Stripe and Salesforce; no credentials needed.
+
+    Example: stripe-sf demo
+    """
+    _setup(debug, None)
+    from stripe_sf_sync.sandbox.demo import run_demo
+
+    code = guarded(lambda: run_demo(_stdout()), debug=debug)
+    raise typer.Exit(int(code))
+
+
+def _iso(ts: int | None) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else ""
+
+
+def _example() -> str:
+    return resources.files("stripe_sf_sync").joinpath("sync.yaml.example").read_text(encoding="utf-8")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,266 @@
+"""sync.yaml and the environment -> validated settings. Every problem is listed at once."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stripe_sf_sync.errors import ConfigError
+from stripe_sf_sync.sfid import is_salesforce_id
+
+DEFAULT_CONFIG_PATH = Path("sync.yaml")
+DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
+DEFAULT_SF_API_VERSION = "62.0"
+STATE_FILE_NAME = "stripe-sf-state.sqlite"
+
+_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+FieldName = Annotated[str, Field(pattern=_FIELD_NAME.pattern)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldNames(_Strict):
+    """Salesforce API names of every field the tool writes or matches on."""
+
+    subscription_id: FieldName = "Stripe_Subscription_ID__c"
+    customer_id: FieldName = "Stripe_Customer_ID__c"
+    payment_intent_id: FieldName = "Stripe_Payment_Intent_ID__c"
+    mrr: FieldName = "MRR__c"
+    arr: FieldName = "ARR__c"
+    subscription_status: FieldName = "Subscription_Status__c"
+    task_event_id: FieldName = "Stripe_Event_ID__c"
+    account_csm: FieldName | None = None
+
+
+class StripeSettings(_Strict):
+    """Stripe-side settings (the key itself comes from STRIPE_API_KEY)."""
+
+    api_version: str = Field(DEFAULT_STRIPE_API_VERSION, pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
+    requests_per_second: float = Field(20.0, gt=0, le=100)
+    timeout_seconds: float = Field(30.0, gt=0, le=600)
+    dashboard_url: str = Field("https://dashboard.stripe.com", pattern=r"^https://")
+
+
+class SalesforceSettings(_Strict):
+    """Salesforce-side settings; won_stage and record_types are filled by discover-config."""
+
+    api_version: str = Field(DEFAULT_SF_API_VERSION, pattern=r"^\d{2,3}\.0$")
+    won_stage: str | None = Field(None, min_length=1, max_length=255)
+    record_types: dict[str, str] = Field(default_factory=dict)
+    opportunity_record_type: str | None = None
+    fields: FieldNames = Field(default_factory=FieldNames)
+    api_budget: float = Field(0.8, gt=0, le=1)
+    timeout_seconds: float = Field(60.0, gt=0, le=600)
+
+    @field_validator("record_types")
+    @classmethod
+    def _record_type_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name, rid in value.items() if not is_salesforce_id(rid, "012")]
+        if bad:
+            raise ValueError(f"not RecordType Ids (012...): {', '.join(sorted(bad))}")
+        return value
+
+
+class SyncSettings(_Strict):
+    """How the pipeline batches and where it keeps state."""
+
+    state_path: str | None = None
+    batch_size: int = Field(500, ge=1, le=10_000)
+    coalesce: bool = True
+    log_format: Literal["auto", "plain", "json"] = "auto"
+
+
+class Settings(_Strict):
+    """The whole of sync.yaml."""
+
+    stripe: StripeSettings = Field(default_factory=StripeSettings)
+    salesforce: SalesforceSettings = Field(default_factory=SalesforceSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+
+    def record_type_id(self) -> str | None:
+        """The RecordTypeId new Opportunities get, or None for the org default."""
+        types = self.salesforce.record_types
+        chosen = self.salesforce.opportunity_record_type
+        if chosen:
+            return types.get(chosen)
+        for name, rid in types.items():
+            if name.lower().replace("_", " ") == "new business":
+                return rid
+        return None
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """Validated settings plus where they came from."""
+
+    settings: Settings
+    path: Path
+
+    @property
+    def state_path(self) -> Path:
+        """SQLite state file: configured, or next to the config file."""
+        configured = self.settings.sync.state_path
+        if configured:
+            p = Path(configured).expanduser()
+            return p if p.is_absolute() else (self.path.parent / p)
+        return self.path.parent / STATE_FILE_NAME
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_settings(data: Any, *, source: str = "sync.yaml") -> Settings:
+    """Validate a parsed YAML document; raise ConfigError naming every bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"the top level must be a mapping, got {type(data).__name__}"], source=source,
+                          hint="Start from sync.yaml.example.")
+    try:
+        settings = Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{_key_path(err['loc'])}: {msg}")
+        raise ConfigError(problems, source=source,
+                          hint="Fix these keys; sync.yaml.example documents each one.") from None
+    chosen = settings.salesforce.opportunity_record_type
+    if chosen and chosen not in settings.salesforce.record_types:
+        raise ConfigError(
+            [f"salesforce.opportunity_record_type: {chosen!r} is not one of salesforce.record_types"],
+            source=source, hint="Run `stripe-sf discover-config --write` to list the org's record types.")
+    return settings
+
+
+def load_config(path: Path | None = None) -> LoadedConfig:
+    """Read and validate sync.yaml."""
+    path = path or DEFAULT_CONFIG_PATH
+    source = str(path)
+    if not path.exists():
+        raise ConfigError([f"{path} does not exist"], source="config",
+                          hint="Copy sync.yaml.example to sync.yaml, or pass --config PATH.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError([f"not valid YAML{where}"], source=source,
+                          hint="Check indentation and quoting; sync.yaml.example is a valid starting point.") from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"], source="config") from None
+    return LoadedConfig(parse_settings(data, source=source), path)
+
+
+def require_org_values(settings: Settings, source: str) -> None:
+    """Sync needs the org's won stage; say how to get it."""
+    problems = []
+    if not settings.salesforce.won_stage:
+        problems.append("salesforce.won_stage is not set")
+    if problems:
+        raise ConfigError(problems, source=source,
+                          hint="Run `stripe-sf discover-config --write` once to read it from the org.")
+
+
+# --- secrets: only ever from the environment -------------------------------------------------
+
+SfMode = Literal["token", "client_credentials", "jwt", "password"]
+
+
+@dataclass(frozen=True)
+class StripeSecrets:
+    """STRIPE_API_KEY and the optional base address override."""
+
+    api_key: str
+    api_base: str | None
+
+    def __repr__(self) -> str:  # never print the key
+        return f"StripeSecrets(api_key='***', api_base={self.api_base!r})"
+
+
+@dataclass(frozen=True)
+class SalesforceSecrets:
+    """One of the four Salesforce auth modes, read from SF_* variables."""
+
+    mode: SfMode
+    values: Mapping[str, str]
+    domain: str
+
+    def __repr__(self) -> str:  # never print secrets
+        return f"SalesforceSecrets(mode={self.mode!r}, domain={self.domain!r})"
+
+
+_SF_MODES: list[tuple[SfMode, tuple[str, ...]]] = [
+    ("token", ("SF_INSTANCE_URL", "SF_ACCESS_TOKEN")),
+    ("client_credentials", ("SF_CONSUMER_KEY", "SF_CONSUMER_SECRET", "SF_DOMAIN")),
+    ("jwt", ("SF_USERNAME", "SF_CONSUMER_KEY", "SF_PRIVATE_KEY_FILE")),
+    ("password", ("SF_USERNAME", "SF_PASSWORD", "SF_SECURITY_TOKEN")),
+]
+
+
+def stripe_secrets(env: Mapping[str, str] | None = None) -> StripeSecrets:
+    """Read the Stripe key; raise ConfigError if it is missing or malformed."""
+    env = os.environ if env is None else env
+    key = env.get("STRIPE_API_KEY", "").strip()
+    problems = []
+    if not key:
+        problems.append("STRIPE_API_KEY is not set")
+    elif not re.match(r"^(sk|rk)_(test|live)_[A-Za-z0-9_]+$", key):
+        problems.append("STRIPE_API_KEY does not look like a Stripe secret or restricted key (sk_… or rk_…)")
+    base = env.get("STRIPE_API_BASE") or None
+    if base and not re.match(r"^https?://[^\s/]+", base):
+        problems.append("STRIPE_API_BASE must be an http(s) URL")
+    if problems:
+        raise ConfigError(problems, source="environment",
+                          hint="Export a key from the Stripe Dashboard (Developers > API keys); "
+                               "a restricted key with read access to events, customers, subscriptions, "
+                               "invoices and payments is enough.")
+    return StripeSecrets(key, base)
+
+
+def salesforce_secrets(env: Mapping[str, str] | None = None) -> SalesforceSecrets:
+    """Pick the first complete Salesforce auth mode; name what is missing if none is."""
+    env = os.environ if env is None else env
+    domain = env.get("SF_DOMAIN", "").strip() or "login"
+    for mode, keys in _SF_MODES:
+        if all(env.get(k, "").strip() for k in keys):
+            values = {k: env[k].strip() for k in keys}
+            if mode == "password" and env.get("SF_CONSUMER_KEY"):
+                values["SF_CONSUMER_KEY"] = env["SF_CONSUMER_KEY"].strip()
+            problems = []
+            if mode == "token" and not values["SF_INSTANCE_URL"].startswith("https://"):
+                problems.append("SF_INSTANCE_URL must start with https://")
+            if mode == "client_credentials" and domain in ("login", "test"):
+                problems.append("SF_DOMAIN must be your My Domain (e.g. acme.my) for client credentials, "
+                                "not 'login' or 'test'")
+            if mode == "jwt" and not Path(values["SF_PRIVATE_KEY_FILE"]).is_file():
+                problems.append("SF_PRIVATE_KEY_FILE does not name a readable file")
+            if problems:
+                raise ConfigError(problems, source="environment")
+            return SalesforceSecrets(mode, values, domain)
+    partial = []
+    for mode, keys in _SF_MODES:
+        present = [k for k in keys if env.get(k, "").strip()]
+        if present:
+            missing = [k for k in keys if k not in present]
+            partial.append(f"{mode} mode is missing {', '.join(missing)}")
+    problems = partial or ["no Salesforce credentials are set"]
+    raise ConfigError(
+        problems, source="environment",
+        hint="Set one of: SF_INSTANCE_URL + SF_ACCESS_TOKEN; SF_CONSUMER_KEY + SF_CONSUMER_SECRET + SF_DOMAIN "
+             "(client credentials); SF_USERNAME + SF_CONSUMER_KEY + SF_PRIVATE_KEY_FILE (JWT); "
+             "SF_USERNAME + SF_PASSWORD + SF_SECURITY_TOKEN (legacy).")

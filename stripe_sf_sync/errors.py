@@ -1,0 +1,94 @@
+"""Error classes, classified by what the caller does next, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes. Documented in the README; cron wrappers branch on them."""
+
+    OK = 0  # finished, nothing newly dead-lettered
+    FAILURE = 1  # unexpected internal error (a bug: please report it with --debug output)
+    CONFIG = 2  # usage or configuration error, missing secret
+    DEAD_LETTERS = 3  # finished, but some events were dead-lettered in this run
+    LOCKED = 4  # another run holds the lock
+    UNAVAILABLE = 5  # Stripe or Salesforce unreachable or refusing after retries (auth, daily limit)
+    CURSOR_EXPIRED = 6  # the stored cursor is older than Stripe's 30-day event retention
+    STATE = 7  # the state file is corrupt, locked by another program, or from a newer version
+    INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells expect
+
+
+class StripeSfError(Exception):
+    """Base of every error the CLI turns into one paragraph and an exit code."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}".strip()
+
+
+class ConfigError(StripeSfError):
+    """The config file or the environment is wrong. Lists every problem at once."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, problems: list[str], *, source: str = "configuration", hint: str = "") -> None:
+        self.problems = problems
+        joined = "; ".join(problems)
+        super().__init__(f"Invalid {source}: {joined}.", hint=hint)
+
+
+class LockHeldError(StripeSfError):
+    """Another stripe-sf run holds the state lock."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class CursorExpiredError(StripeSfError):
+    """The cursor points past Stripe's 30-day event retention."""
+
+    exit_code = ExitCode.CURSOR_EXPIRED
+
+
+class StateError(StripeSfError):
+    """The SQLite state store cannot be used."""
+
+    exit_code = ExitCode.STATE
+
+
+class FatalSyncError(StripeSfError):
+    """Stop the run: auth failure, daily API limit, service down after retries.
+
+    Nothing of the current batch is committed, so the next run repeats it idempotently.
+    """
+
+    exit_code = ExitCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, hint: str = "", code: str | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.request_id = request_id
+
+
+class RetriableError(Exception):
+    """A transient failure worth retrying with backoff (429, 5xx, UNABLE_TO_LOCK_ROW)."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SkippableError(Exception):
+    """This one event cannot be applied: it goes to the dead-letter queue with this reason."""
+
+    def __init__(self, reason: str, *, code: str = "UNAPPLICABLE") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code

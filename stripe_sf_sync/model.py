@@ -1,0 +1,415 @@
+"""Version-tolerant parsing of Stripe event payloads into small typed changes.
+
+Payloads are rendered in each event's own API version (api-facts.md §1), so both shapes are read:
+before `2025-03-31.basil` subscriptions carry `current_period_*` at the top and invoices carry
+`subscription`/`payment_intent`/`charge`; from basil on the periods live on the items and the
+invoice links live under `parent.subscription_details` and `payments` (api-facts.md §6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from stripe_sf_sync import money
+from stripe_sf_sync.errors import SkippableError
+
+EVENT_TYPES = (
+    "payment_intent.succeeded",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.payment_failed",
+)
+SUBSCRIPTION_STATUSES = frozenset(
+    {"active", "trialing", "past_due", "canceled", "unpaid", "incomplete", "incomplete_expired", "paused"}
+)
+
+
+class MalformedEvent(SkippableError):
+    """The payload lacks or mistypes a field a rule needs."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, code="MALFORMED_EVENT")
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    """What every change carries about its event."""
+
+    event_id: str
+    event_type: str
+    created: int
+    livemode: bool
+    api_version: str | None
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    """customer.subscription.created/updated/deleted."""
+
+    meta: EventMeta
+    subscription_id: str
+    customer_id: str
+    status: str
+    previous_status: str | None
+    cancel_at_period_end: bool
+    cancel_turned_on: bool
+    plan_changed: bool
+    currency: str
+    lines: tuple[money.PriceLine, ...]
+    period_end: int | None
+    metadata: Mapping[str, str]
+    customer_metadata: Mapping[str, str] | None
+    customer_name: str | None
+    cancellation_reason: str | None = None
+
+    @property
+    def object_id(self) -> str:
+        """The Stripe object this change describes (the order guard's key)."""
+        return self.subscription_id
+
+
+@dataclass(frozen=True)
+class PaymentChange:
+    """payment_intent.succeeded."""
+
+    meta: EventMeta
+    payment_intent_id: str
+    customer_id: str | None
+    amount_received: Decimal  # major units
+    currency: str
+    metadata: Mapping[str, str]
+    invoice_id: str | None  # pre-basil payloads name the invoice; None otherwise
+    invoice_known: bool  # True when the payload itself says whether an invoice exists
+    description: str | None
+    customer_metadata: Mapping[str, str] | None = None
+    customer_name: str | None = None
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key."""
+        return self.payment_intent_id
+
+
+@dataclass(frozen=True)
+class InvoiceFailureChange:
+    """invoice.payment_failed."""
+
+    meta: EventMeta
+    invoice_id: str
+    customer_id: str
+    subscription_id: str | None
+    amount_due: Decimal  # major units
+    currency: str
+    attempt_count: int
+    next_payment_attempt: int | None
+    hosted_invoice_url: str | None
+    payment_intent_id: str | None
+    charge_id: str | None
+    failure_code: str | None
+    metadata: Mapping[str, str]
+    customer_metadata: Mapping[str, str] | None = None
+    customer_name: str | None = None
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key."""
+        return self.invoice_id
+
+
+Change = SubscriptionChange | PaymentChange | InvoiceFailureChange
+
+
+@dataclass
+class Unsupported:
+    """An event type no rule handles (counted, not dead-lettered)."""
+
+    meta: EventMeta
+    reason: str = field(default="event type has no rule")
+
+
+# --- small typed accessors: each failure names the field path -------------------------------
+
+def _get(obj: Mapping[str, Any], path: str) -> Any:
+    cur: Any = obj
+    for part in path.split("."):
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def _str(obj: Mapping[str, Any], path: str, *, required: bool = True, prefix: str | None = None) -> str | None:
+    value = _get(obj, path)
+    if isinstance(value, Mapping):  # an expanded object: use its id
+        value = value.get("id")
+    if value is None:
+        if required:
+            raise MalformedEvent(f"missing {path}")
+        return None
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise MalformedEvent(f"{path} is not a string id")
+    if prefix and not value.startswith(prefix):
+        raise MalformedEvent(f"{path} {value!r} does not start with {prefix}")
+    return value
+
+
+def _int(obj: Mapping[str, Any], path: str, *, required: bool = True) -> int | None:
+    value = _get(obj, path)
+    if value is None:
+        if required:
+            raise MalformedEvent(f"missing {path}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedEvent(f"{path} is not an integer")
+    return value
+
+
+def _bool(obj: Mapping[str, Any], path: str) -> bool:
+    value = _get(obj, path)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise MalformedEvent(f"{path} is not a boolean")
+    return value
+
+
+def _metadata(obj: Any, path: str = "metadata") -> dict[str, str]:
+    value = _get(obj, path) if isinstance(obj, Mapping) else None
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MalformedEvent(f"{path} is not an object")
+    return {str(k): v for k, v in value.items() if isinstance(v, str)}
+
+
+def _currency(obj: Mapping[str, Any], path: str = "currency") -> str:
+    value = _get(obj, path)
+    if not isinstance(value, str):
+        raise MalformedEvent(f"missing {path}")
+    try:
+        money.exponent(value)
+    except ValueError as exc:
+        raise MalformedEvent(f"{path}: {exc}") from None
+    return value.lower()
+
+
+def _amount(obj: Mapping[str, Any], path: str, currency: str) -> Decimal:
+    value = _int(obj, path)
+    if value is None or value < 0 or value > 10**15:
+        raise MalformedEvent(f"{path} is out of range")
+    return money.to_major(value, currency)
+
+
+def _customer_details(obj: Mapping[str, Any]) -> tuple[Mapping[str, str] | None, str | None]:
+    cust = obj.get("customer")
+    if isinstance(cust, Mapping):
+        name = cust.get("name") if isinstance(cust.get("name"), str) else None
+        return _metadata(cust), name
+    return None, None
+
+
+def _meta(event: Mapping[str, Any]) -> EventMeta:
+    if not isinstance(event, Mapping):
+        raise MalformedEvent("the event is not a JSON object")
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 255:
+        raise MalformedEvent("missing or malformed event id")
+    etype = event.get("type")
+    if not isinstance(etype, str):
+        raise MalformedEvent("missing event type")
+    created = event.get("created")
+    if isinstance(created, bool) or not isinstance(created, int) or created <= 0:
+        raise MalformedEvent("missing or malformed event created time")
+    api_version = event.get("api_version")
+    return EventMeta(event_id, etype, created, bool(event.get("livemode")),
+                     api_version if isinstance(api_version, str) else None)
+
+
+def event_meta(event: Mapping[str, Any]) -> EventMeta:
+    """The event's id, type and time, or MalformedEvent."""
+    return _meta(event)
+
+
+# --- the parsers ------------------------------------------------------------------------------
+
+def _price_line(item: Mapping[str, Any], sub_currency: str, idx: int) -> money.PriceLine:
+    if not isinstance(item, Mapping):
+        raise MalformedEvent(f"items.data[{idx}] is not an object")
+    # Current versions use `price`; very old ones only had `plan` (amount instead of unit_amount).
+    price = item.get("price") if isinstance(item.get("price"), Mapping) else item.get("plan")
+    if not isinstance(price, Mapping):
+        raise MalformedEvent(f"items.data[{idx}].price is missing")
+    currency = price.get("currency") or sub_currency
+    currency = _currency({"currency": currency})
+    raw = price.get("unit_amount_decimal")
+    if raw is None:
+        raw = price.get("unit_amount", price.get("amount"))
+    unit: Decimal | None
+    if raw is None:
+        unit = None  # tiered pricing: no single unit amount
+    else:
+        try:
+            unit = Decimal(str(raw)) if not isinstance(raw, bool | float) else None
+        except InvalidOperation:
+            unit = None
+        if unit is None or not unit.is_finite() or unit < 0:
+            raise MalformedEvent(f"items.data[{idx}].price.unit_amount is not a number")
+    recurring = price.get("recurring") if isinstance(price.get("recurring"), Mapping) else price
+    interval = recurring.get("interval")
+    if interval is not None and interval not in ("day", "week", "month", "year"):
+        raise MalformedEvent(f"items.data[{idx}] has unknown interval {interval!r}")
+    count = recurring.get("interval_count") or 1
+    quantity = item.get("quantity", 1)
+    if quantity is None:
+        quantity = 1
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise MalformedEvent(f"items.data[{idx}] interval_count is not a positive integer")
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+        raise MalformedEvent(f"items.data[{idx}].quantity is not a non-negative integer")
+    usage = recurring.get("usage_type") or "licensed"
+    return money.PriceLine(unit, currency, interval, count, quantity, str(usage))
+
+
+def _period_end(sub: Mapping[str, Any]) -> int | None:
+    top = sub.get("current_period_end")  # pre-basil
+    if isinstance(top, int) and not isinstance(top, bool):
+        return top
+    ends = [i.get("current_period_end") for i in (_get(sub, "items.data") or []) if isinstance(i, Mapping)]
+    ends = [e for e in ends if isinstance(e, int) and not isinstance(e, bool)]
+    return min(ends) if ends else None
+
+
+def parse_subscription(event: Mapping[str, Any], meta: EventMeta) -> SubscriptionChange:
+    """customer.subscription.* -> SubscriptionChange."""
+    sub = _get(event, "data.object")
+    if not isinstance(sub, Mapping):
+        raise MalformedEvent("missing data.object")
+    prev = _get(event, "data.previous_attributes")
+    prev = prev if isinstance(prev, Mapping) else {}
+    sub_id = _str(sub, "id", prefix="sub_")
+    customer_id = _str(sub, "customer", prefix="cus_")
+    status = _str(sub, "status")
+    if status not in SUBSCRIPTION_STATUSES:
+        raise MalformedEvent(f"unknown subscription status {status!r}")
+    prev_status = prev.get("status") if isinstance(prev.get("status"), str) else None
+    items = _get(sub, "items.data")
+    if not isinstance(items, list):
+        raise MalformedEvent("missing items.data")
+    currency = _currency(sub) if sub.get("currency") is not None else None
+    if currency is None:
+        first = items[0] if items and isinstance(items[0], Mapping) else {}
+        currency = _currency(first, "price.currency")
+    lines = tuple(_price_line(item, currency, i) for i, item in enumerate(items))
+    cancel = _bool(sub, "cancel_at_period_end")
+    cancel_turned_on = (cancel and "cancel_at_period_end" in prev and prev.get("cancel_at_period_end") is False)
+    plan_changed = any(k in prev for k in ("items", "plan", "quantity"))
+    cust_meta, cust_name = _customer_details(sub)
+    reason = _get(sub, "cancellation_details.reason")
+    assert sub_id and customer_id and status
+    return SubscriptionChange(
+        meta=meta, subscription_id=sub_id, customer_id=customer_id, status=status,
+        previous_status=prev_status, cancel_at_period_end=cancel, cancel_turned_on=bool(cancel_turned_on),
+        plan_changed=plan_changed, currency=currency, lines=lines, period_end=_period_end(sub),
+        metadata=_metadata(sub), customer_metadata=cust_meta, customer_name=cust_name,
+        cancellation_reason=reason if isinstance(reason, str) else None,
+    )
+
+
+def parse_payment(event: Mapping[str, Any], meta: EventMeta) -> PaymentChange:
+    """payment_intent.succeeded -> PaymentChange."""
+    pi = _get(event, "data.object")
+    if not isinstance(pi, Mapping):
+        raise MalformedEvent("missing data.object")
+    pi_id = _str(pi, "id", prefix="pi_")
+    currency = _currency(pi)
+    amount = _amount(pi, "amount_received", currency)
+    invoice_known = "invoice" in pi  # pre-basil payloads always carry the key (id or null)
+    invoice_id = _str(pi, "invoice", required=False)
+    desc = pi.get("description") if isinstance(pi.get("description"), str) else None
+    cust_meta, cust_name = _customer_details(pi)
+    assert pi_id
+    return PaymentChange(
+        meta=meta, payment_intent_id=pi_id, customer_id=_str(pi, "customer", required=False, prefix="cus_"),
+        amount_received=amount, currency=currency, metadata=_metadata(pi), invoice_id=invoice_id,
+        invoice_known=invoice_known, description=desc, customer_metadata=cust_meta, customer_name=cust_name,
+    )
+
+
+def _failure_code_from(obj: Mapping[str, Any]) -> str | None:
+    """Failure code of an expanded PaymentIntent or Charge (api-facts.md §5 correction)."""
+    code = _get(obj, "last_payment_error.decline_code") or _get(obj, "last_payment_error.code")
+    if code is None:
+        code = obj.get("failure_code")
+    return code if isinstance(code, str) else None
+
+
+def parse_invoice_failure(event: Mapping[str, Any], meta: EventMeta) -> InvoiceFailureChange:
+    """invoice.payment_failed -> InvoiceFailureChange (the failure code may need hydration)."""
+    inv = _get(event, "data.object")
+    if not isinstance(inv, Mapping):
+        raise MalformedEvent("missing data.object")
+    inv_id = _str(inv, "id", prefix="in_")
+    customer_id = _str(inv, "customer", prefix="cus_")
+    currency = _currency(inv)
+    amount = _amount(inv, "amount_due", currency)
+    # basil+: parent.subscription_details; 2022-2025 versions: subscription_details; older: subscription.
+    sub_id = (_str(inv, "parent.subscription_details.subscription", required=False)
+              or _str(inv, "subscription", required=False))
+    metadata = (_metadata(inv, "parent.subscription_details.metadata")
+                or _metadata(inv, "subscription_details.metadata") or _metadata(inv))
+    pi_ref = inv.get("payment_intent")  # pre-basil only: id or expanded object
+    charge_ref = inv.get("charge")
+    failure = None
+    for ref in (pi_ref, charge_ref):
+        if isinstance(ref, Mapping):
+            failure = failure or _failure_code_from(ref)
+    payments = _get(inv, "payments.data")
+    if isinstance(payments, list):  # basil+: expanded invoice payments
+        for p in payments:
+            payment = _get(p, "payment")
+            if isinstance(payment, Mapping):
+                for key in ("payment_intent", "charge"):
+                    if isinstance(payment.get(key), Mapping):
+                        failure = failure or _failure_code_from(payment[key])
+                        if key == "payment_intent" and pi_ref is None:
+                            pi_ref = payment[key]
+                    elif isinstance(payment.get(key), str) and key == "payment_intent" and pi_ref is None:
+                        pi_ref = payment[key]
+    pi_id = pi_ref.get("id") if isinstance(pi_ref, Mapping) else pi_ref
+    charge_id = charge_ref.get("id") if isinstance(charge_ref, Mapping) else charge_ref
+    attempts = _int(inv, "attempt_count", required=False) or 0
+    url = inv.get("hosted_invoice_url") if isinstance(inv.get("hosted_invoice_url"), str) else None
+    cust_meta, cust_name = _customer_details(inv)
+    assert inv_id and customer_id
+    return InvoiceFailureChange(
+        meta=meta, invoice_id=inv_id, customer_id=customer_id, subscription_id=sub_id, amount_due=amount,
+        currency=currency, attempt_count=attempts,
+        next_payment_attempt=_int(inv, "next_payment_attempt", required=False),
+        hosted_invoice_url=url, payment_intent_id=pi_id if isinstance(pi_id, str) else None,
+        charge_id=charge_id if isinstance(charge_id, str) else None, failure_code=failure,
+        metadata=metadata, customer_metadata=cust_meta, customer_name=cust_name,
+    )
+
+
+def parse_event(event: Mapping[str, Any]) -> Change | Unsupported:
+    """Parse one raw event. Raises MalformedEvent with the offending field path."""
+    meta = _meta(event)
+    try:
+        if meta.event_type.startswith("customer.subscription."):
+            if meta.event_type not in EVENT_TYPES:
+                return Unsupported(meta)
+            return parse_subscription(event, meta)
+        if meta.event_type == "payment_intent.succeeded":
+            return parse_payment(event, meta)
+        if meta.event_type == "invoice.payment_failed":
+            return parse_invoice_failure(event, meta)
+    except MalformedEvent:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # Hostile payloads must end as a dead letter, never as a crash that stops the run.
+        raise MalformedEvent(f"unreadable payload: {type(exc).__name__}") from None
+    return Unsupported(meta)

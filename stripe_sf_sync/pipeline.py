@@ -1,0 +1,391 @@
+"""One pipeline for sync and dead-letter retry: changes -> rules -> resolve -> sink -> state."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from stripe_sf_sync import model, rules
+from stripe_sf_sync.config import LoadedConfig
+from stripe_sf_sync.errors import ConfigError, CursorExpiredError
+from stripe_sf_sync.model import InvoiceFailureChange, MalformedEvent, PaymentChange
+from stripe_sf_sync.resolve import Materializer, WriteSettings, lookup
+from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes
+from stripe_sf_sync.state import Cursor, Outcome, StateStore
+from stripe_sf_sync.stripe_source import RETENTION_S, StripeSource
+
+log = logging.getLogger("stripe_sf_sync")
+
+ORG_CACHE_KEY = "org_describe"
+ORG_CACHE_TTL_S = 24 * 3600
+
+
+@dataclass
+class RunSummary:
+    """What a run did; printed at the end, and stored with the run."""
+
+    command: str
+    dry_run: bool = False
+    events_read: int = 0
+    applied: int = 0
+    skipped_stale: int = 0
+    skipped_duplicate: int = 0
+    ignored: int = 0
+    dead_lettered: int = 0
+    records_written: int = 0
+    stripe_calls: int = 0
+    salesforce_calls: int = 0
+    salesforce_api_used: int | None = None
+    salesforce_api_max: int | None = None
+    duration_s: float = 0.0
+    cursor: str | None = None
+    stopped_early: str | None = None
+    planned_writes: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the planned writes only in dry runs)."""
+        d = dataclasses.asdict(self)
+        if not self.dry_run:
+            d.pop("planned_writes")
+        return d
+
+
+@dataclass(frozen=True)
+class OrgFacts:
+    """What describe told us about the org, cached for a day in state."""
+
+    task_upsert: bool
+
+
+class SalesforceAccess:
+    """Connects to Salesforce only when a batch has something to write (quiet runs cost nothing)."""
+
+    def __init__(self, factory: Callable[[], SalesforceGateway]) -> None:
+        self._factory = factory
+        self._gw: SalesforceGateway | None = None
+
+    @property
+    def connected(self) -> SalesforceGateway | None:
+        """The gateway, if one was opened."""
+        return self._gw
+
+    def get(self) -> SalesforceGateway:
+        """The gateway, connecting on first use."""
+        if self._gw is None:
+            self._gw = self._factory()
+        return self._gw
+
+
+def check_org(gw: SalesforceGateway, loaded: LoadedConfig) -> OrgFacts:
+    """Describe Opportunity, Account and Task; list every missing field or stage as one config error."""
+    s = loaded.settings.salesforce
+    names = s.fields
+    problems: list[str] = []
+    described = {name: gw.describe(name) for name in ("Opportunity", "Account", "Task")}
+    by_obj = {name: {f["name"].lower(): f for f in d.get("fields", [])} for name, d in described.items()}
+
+    def need(obj: str, fname: str, kind: str, *, external: bool = False) -> None:
+        f = by_obj[obj].get(fname.lower())
+        if f is None:
+            problems.append(f"{obj}.{fname} does not exist in the org (create it as {kind})")
+        elif external and not f.get("externalId"):
+            problems.append(f"{obj}.{fname} must be marked External ID (and Unique)")
+
+    need("Opportunity", names.subscription_id, "Text(255), External ID, Unique", external=True)
+    need("Opportunity", names.payment_intent_id, "Text(255), External ID, Unique", external=True)
+    need("Opportunity", names.customer_id, "Text(255)")
+    need("Opportunity", names.mrr, "Currency(16, 2)")
+    need("Opportunity", names.arr, "Currency(16, 2)")
+    need("Account", names.customer_id, "Text(255), External ID, Unique")
+    need("Account", names.subscription_status, "Picklist or Text(40)")
+    if names.account_csm:
+        need("Account", names.account_csm, "Lookup(User)")
+    stage = by_obj["Opportunity"].get("stagename") or {}
+    values = [p.get("value") for p in stage.get("picklistValues", []) if p.get("active", True)]
+    if values and s.won_stage not in values:
+        problems.append(f"salesforce.won_stage {s.won_stage!r} is not an Opportunity stage of this org "
+                        f"(stages: {', '.join(str(v) for v in values)})")
+    if problems:
+        raise ConfigError(problems, source="Salesforce org setup",
+                          hint="Create the fields (README: 'Salesforce fields'), or change salesforce.fields in "
+                               "the config; run `stripe-sf discover-config --write` for the stage.")
+    task_field = by_obj["Task"].get(names.task_event_id.lower())
+    task_upsert = bool(task_field and task_field.get("externalId"))
+    if not task_upsert:
+        log.warning("Task.%s is missing or not an External ID: Tasks are created, not upserted, so a run killed "
+                    "between the write and the state commit could repeat one. Add the field to rule that out.",
+                    names.task_event_id)
+    return OrgFacts(task_upsert=task_upsert)
+
+
+class Pipeline:
+    """Applies events to Salesforce and records their outcomes, batch by batch."""
+
+    def __init__(self, loaded: LoadedConfig, state: StateStore, source: StripeSource,
+                 salesforce: SalesforceAccess, *, dry_run: bool = False,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+                 on_batch: Callable[[RunSummary], None] | None = None) -> None:
+        self.loaded = loaded
+        self.settings = loaded.settings
+        self.state = state
+        self.source = source
+        self.salesforce = salesforce
+        self.dry_run = dry_run
+        self.clock = clock
+        self.sleep = sleep
+        self.on_batch = on_batch
+        self._org: OrgFacts | None = None
+        won = self.settings.salesforce.won_stage or ""
+        self.ctx = rules.RuleContext(won, self.settings.salesforce.fields, self.settings.stripe.dashboard_url)
+        self.run_id: int | None = None
+
+    # --- entry points -----------------------------------------------------------------------
+    def sync(self, summary: RunSummary, *, since: int | None = None, max_events: int | None = None) -> None:
+        """Apply every event after the cursor (or from `since` on the first run)."""
+        cursor = self.state.cursor()
+        events: Iterator[dict[str, Any]]
+        if since is not None:
+            if since < self.clock() - RETENTION_S:
+                day = datetime.fromtimestamp(since, tz=UTC).date().isoformat()
+                raise CursorExpiredError(
+                    f"--since {day} is past Stripe's 30-day event retention.",
+                    hint=f"Run `stripe-sf backfill --since {day}` for the older history, then `stripe-sf sync`.")
+            events = self._events_since(since)
+        elif cursor is not None:
+            self.source.check_cursor_age(cursor.created)
+            events = self.source.events_after(cursor.event_id)
+        else:
+            raise ConfigError(["there is no saved cursor yet"], source="invocation",
+                              hint="For the first run, say where to start: `stripe-sf sync --since 2026-11-01` "
+                                   "(within the last 30 days), or run `stripe-sf backfill --since DATE` first.")
+        self._run(events, summary, max_events=max_events)
+
+    def _events_since(self, since: int) -> Iterator[dict[str, Any]]:
+        before = self.source.oldest_event_since(since)
+        if before is not None:
+            yield from self.source.events_after(before[0])
+            return
+        first = self.source.first_event_since(since)
+        if first is None:
+            return
+        yield first
+        yield from self.source.events_after(first["id"])
+
+    def retry(self, events: Sequence[dict[str, Any]], summary: RunSummary) -> None:
+        """Send dead-lettered events through the same pipeline again (the cursor does not move)."""
+        ordered = sorted(events, key=lambda e: (int(e.get("created") or 0)))
+        batch = self.settings.sync.batch_size
+        for i in range(0, len(ordered), batch):
+            self._batch(ordered[i:i + batch], summary, advance_cursor=False, retried=True)
+
+    def _run(self, events: Iterable[dict[str, Any]], summary: RunSummary, *, max_events: int | None) -> None:
+        batch: list[dict[str, Any]] = []
+        size = self.settings.sync.batch_size
+        for event in events:
+            batch.append(event)
+            if max_events is not None and summary.events_read + len(batch) >= max_events:
+                break
+            if len(batch) >= size:
+                if not self._batch(batch, summary, advance_cursor=True):
+                    return
+                batch = []
+        if batch:
+            self._batch(batch, summary, advance_cursor=True)
+
+    # --- one batch --------------------------------------------------------------------------
+    def _batch(self, events: Sequence[dict[str, Any]], summary: RunSummary, *, advance_cursor: bool,
+               retried: bool = False) -> bool:
+        """Process one batch; False when the API budget says stop."""
+        gw = self.salesforce.connected
+        if gw is not None and gw.over_budget():
+            summary.stopped_early = (f"Salesforce API usage reached {gw.usage.used}/{gw.usage.total}, the "
+                                     f"configured budget of {self.settings.salesforce.api_budget:.0%}")
+            return False
+        summary.events_read += len(events)
+        outcomes: list[Outcome] = []
+        versions: dict[str, tuple[int, str]] = {}
+        known = self.state.outcomes_for([e["id"] for e in events if isinstance(e.get("id"), str)])
+        parsed: list[tuple[dict[str, Any], model.Change]] = []
+        for raw in events:
+            eid = raw.get("id") if isinstance(raw.get("id"), str) else None
+            if eid and eid in known and not (retried and known[eid] == "dead_letter"):
+                summary.skipped_duplicate += 1
+                continue
+            try:
+                change = model.parse_event(raw)
+            except MalformedEvent as exc:
+                outcomes.append(_dead(raw, exc.reason, exc.code))
+                continue
+            if isinstance(change, model.Unsupported):
+                outcomes.append(Outcome(change.meta.event_id, change.meta.event_type, change.meta.created,
+                                        "ignored", reason=change.reason))
+                continue
+            parsed.append((raw, change))
+
+        # Order guard (invariant 3): an event older than the newest applied to its object is stale.
+        stored = self.state.versions_for(c.object_id for _, c in parsed)
+        fresh: list[tuple[dict[str, Any], model.Change]] = []
+        for raw, change in parsed:
+            newest = stored.get(change.object_id)
+            if newest is not None and change.meta.created < newest:
+                outcomes.append(Outcome(change.meta.event_id, change.meta.event_type, change.meta.created, "stale",
+                                        object_id=change.object_id,
+                                        reason=f"{change.object_id} already has a newer event applied"))
+                continue
+            fresh.append((raw, change))
+
+        planned: list[tuple[dict[str, Any], model.Change, rules.Plan]] = []
+        for raw, change in fresh:
+            try:
+                change = self._hydrate(change)
+                plan = rules.plan(self.ctx, change)
+            except MalformedEvent as exc:
+                outcomes.append(_dead(raw, exc.reason, exc.code))
+                continue
+            if plan.ignored or not plan.intents:
+                outcomes.append(Outcome(change.meta.event_id, change.meta.event_type, change.meta.created,
+                                        "ignored", object_id=change.object_id, reason=plan.ignored))
+                versions[change.object_id] = (change.meta.created, change.meta.event_id)
+                continue
+            planned.append((raw, change, plan))
+
+        if planned:
+            outcomes.extend(self._write(planned, versions, summary))
+
+        for o in outcomes:
+            if o.kind == "applied":
+                summary.applied += 1
+            elif o.kind == "stale":
+                summary.skipped_stale += 1
+            elif o.kind == "ignored":
+                summary.ignored += 1
+            else:
+                summary.dead_lettered += 1
+                log.warning("dead-lettered %s (%s): %s %s", o.event_id, o.event_type, o.code, o.reason)
+        new_cursor = None
+        if advance_cursor and events:
+            last = events[-1]
+            if isinstance(last.get("id"), str) and isinstance(last.get("created"), int):
+                current = self.state.cursor()
+                if current is None or last["created"] >= current.created:
+                    new_cursor = Cursor(last["id"], last["created"])
+        if self.dry_run:
+            return True
+        self.state.commit_batch(outcomes, cursor=new_cursor, versions=versions, run_id=self.run_id,
+                                retried=retried)
+        if new_cursor:
+            summary.cursor = new_cursor.event_id
+        if self.on_batch:
+            self.on_batch(summary)
+        return True
+
+    def _hydrate(self, change: model.Change) -> model.Change:
+        """Fetch only what the payload lacks, cached per run (customer metadata, invoice links,
+        a failed invoice's failure code)."""
+        meta = getattr(change, "metadata", {}) or {}
+        customer_id = getattr(change, "customer_id", None)
+        needs_customer = not (meta.get("salesforce_opportunity_id") and meta.get("salesforce_account_id"))
+        if customer_id and needs_customer and getattr(change, "customer_metadata", None) is None:
+            cust = self.source.customer(customer_id) or {}
+            md = cust.get("metadata") if isinstance(cust.get("metadata"), Mapping) else {}
+            name = cust.get("name") if isinstance(cust.get("name"), str) else None
+            change = dataclasses.replace(change, customer_metadata={k: v for k, v in md.items()
+                                                                     if isinstance(v, str)},
+                                         customer_name=name)
+        if isinstance(change, PaymentChange) and not change.invoice_known:
+            change = dataclasses.replace(change, invoice_id=self.source.invoice_of_payment_intent(
+                change.payment_intent_id), invoice_known=True)
+        if isinstance(change, InvoiceFailureChange) and change.failure_code is None:
+            inv = self.source.failed_invoice(change.invoice_id)
+            if inv:
+                try:
+                    hydrated = model.parse_invoice_failure({"data": {"object": inv}}, change.meta)
+                    change = dataclasses.replace(change, failure_code=hydrated.failure_code,
+                                                 payment_intent_id=change.payment_intent_id
+                                                 or hydrated.payment_intent_id)
+                except MalformedEvent:
+                    pass  # the event's own payload is authoritative; the code stays unknown
+        return change
+
+    def _org_facts(self, gw: SalesforceGateway) -> OrgFacts:
+        if self._org is not None:
+            return self._org
+        fields = self.settings.salesforce.fields.model_dump_json()
+        cache_key = f"{self.settings.salesforce.won_stage}|{fields}"
+        cached = self.state.get_meta(ORG_CACHE_KEY)
+        if cached:
+            data = json.loads(cached)
+            if data.get("key") == cache_key and self.clock() - data.get("at", 0) < ORG_CACHE_TTL_S:
+                self._org = OrgFacts(task_upsert=bool(data["task_upsert"]))
+                return self._org
+        self._org = check_org(gw, self.loaded)
+        if not self.dry_run:
+            self.state.set_meta(ORG_CACHE_KEY, json.dumps({"key": cache_key, "at": self.clock(),
+                                                           "task_upsert": self._org.task_upsert}))
+        return self._org
+
+    def _write(self, planned: Sequence[tuple[dict[str, Any], model.Change, rules.Plan]],
+               versions: dict[str, tuple[int, str]], summary: RunSummary) -> list[Outcome]:
+        gw = self.salesforce.get()
+        org = self._org_facts(gw)
+        settings = WriteSettings(self.settings.salesforce.fields, self.settings.record_type_id(), org.task_upsert,
+                                 coalesce=self.settings.sync.coalesce)
+        all_intents = [it for _, _, p in planned for it in p.intents]
+        found = lookup(gw, settings.names, all_intents)
+        mat = Materializer(found, settings)
+        failures: dict[str, tuple[str, str]] = {}
+        for _, change, plan in planned:
+            err = mat.add_event(change.meta.event_id, plan.intents)
+            if err is not None:
+                failures[change.meta.event_id] = (err.code, err.reason)
+        ops = mat.result()
+        if self.dry_run:
+            summary.planned_writes.extend(_describe_op(op) for op in ops)
+            results = []
+        else:
+            results = apply_writes(gw, ops, sleep=self.sleep)
+            summary.records_written += sum(1 for r in results if r.success)
+            for op, res in zip(ops, results, strict=True):
+                if res.success:
+                    continue
+                for ev in op.events:
+                    reason = f"{op.label}: {res.code} {res.message or ''}".strip()
+                    failures.setdefault(ev, (res.code or "UNKNOWN", reason))
+        out: list[Outcome] = []
+        for raw, change, _ in planned:
+            eid = change.meta.event_id
+            if eid in failures:
+                code, reason = failures[eid]
+                out.append(_dead(raw, reason, code, object_id=change.object_id))
+            else:
+                out.append(Outcome(eid, change.meta.event_type, change.meta.created, "applied",
+                                   object_id=change.object_id))
+                prev = versions.get(change.object_id)
+                if prev is None or prev[0] <= change.meta.created:
+                    versions[change.object_id] = (change.meta.created, eid)
+        return out
+
+
+def _dead(raw: Mapping[str, Any], reason: str, code: str, object_id: str | None = None) -> Outcome:
+    eid = raw.get("id") if isinstance(raw.get("id"), str) else None
+    payload = json.dumps(raw, default=str, sort_keys=True)
+    if eid is None:
+        eid = "malformed_" + hashlib.sha256(payload.encode()).hexdigest()[:24]
+    created = raw.get("created") if isinstance(raw.get("created"), int) else 0
+    etype = raw.get("type") if isinstance(raw.get("type"), str) else "unknown"
+    return Outcome(eid, etype, created, "dead_letter", object_id=object_id, reason=reason[:1000], code=code,
+                   payload=payload)
+
+
+def _describe_op(op: SfOp) -> dict[str, Any]:
+    return {"action": op.kind, "sobject": op.sobject, "key": op.key, "external_id_field": op.ext_field,
+            "fields": {k: (str(v) if not isinstance(v, str | int | bool | type(None)) else v)
+                       for k, v in op.fields.items()},
+            "events": list(op.events)}

@@ -1,0 +1,306 @@
+"""Batched resolution: Stripe ids -> Salesforce records, then intents -> coalesced record writes.
+
+Lookups cost one SOQL `IN (...)` per lookup kind per batch (chunked so URLs stay short).
+Resolution order for an Opportunity: checked metadata Id -> SOQL by Stripe ids -> upsert-create
+by external id -> dead letter (integration guide, "Common Pitfalls").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from simple_salesforce import format_soql
+
+from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.rules import (
+    AccountRef,
+    AccountStatusIntent,
+    Intent,
+    OpportunityIntent,
+    TaskIntent,
+    transition_task,
+)
+from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp
+from stripe_sf_sync.sfid import to_18
+
+IN_CHUNK = 200  # values per IN (...): keeps the GET query URL well under Salesforce's limit
+
+
+@dataclass
+class AccountRow:
+    """The Account fields the rules need."""
+
+    id: str
+    name: str
+    owner_id: str | None
+    csm_id: str | None
+    status: str | None
+    customer_id: str | None
+
+
+@dataclass
+class OpportunityRow:
+    """The Opportunity fields resolution needs."""
+
+    id: str
+    account_id: str | None
+    subscription_id: str | None
+    payment_intent_id: str | None
+    customer_id: str | None
+    is_closed: bool
+    created: str
+
+
+@dataclass
+class Lookups:
+    """Everything one batch's lookups found."""
+
+    accounts_by_id: dict[str, AccountRow] = field(default_factory=dict)
+    accounts_by_customer: dict[str, AccountRow] = field(default_factory=dict)
+    opps_by_id: dict[str, OpportunityRow] = field(default_factory=dict)
+    opps_by_subscription: dict[str, OpportunityRow] = field(default_factory=dict)
+    opps_by_payment: dict[str, OpportunityRow] = field(default_factory=dict)
+    opps_by_customer: dict[str, list[OpportunityRow]] = field(default_factory=dict)
+
+
+def _chunks(values: Sequence[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
+    for i in range(0, len(values), size):
+        yield list(values[i:i + size])
+
+
+def _select(gw: SalesforceGateway, fields: str, sobject: str, where_field: str,
+            values: Iterable[str]) -> list[dict[str, Any]]:
+    """SELECT … WHERE field IN (…), literals escaped by simple_salesforce.format_soql (invariant 5)."""
+    uniq = sorted({v for v in values if v})
+    out: list[dict[str, Any]] = []
+    for chunk in _chunks(uniq):
+        # Field and object names come from validated config (an identifier pattern), never from Stripe.
+        soql = format_soql(f"SELECT {fields} FROM {sobject} WHERE {where_field} IN {{values}}",  # noqa: S608
+                           values=chunk)
+        out.extend(gw.query(soql))
+    return out
+
+
+def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent]) -> Lookups:
+    """Run the batch's lookups: Accounts by Id and customer, Opportunities by Id, sub, payment, customer."""
+    acct_ids: set[str] = set()
+    customers: set[str] = set()
+    opp_ids: set[str] = set()
+    subs: set[str] = set()
+    payments: set[str] = set()
+    opp_customers: set[str] = set()
+    for it in intents:
+        acct = it.account
+        if acct.account_id:
+            acct_ids.add(acct.account_id)
+        if acct.customer_id:
+            customers.add(acct.customer_id)
+        if isinstance(it, OpportunityIntent):
+            if it.opportunity_id:
+                opp_ids.add(it.opportunity_id)
+            (subs if it.key_kind == "subscription" else payments).add(it.key)
+            if it.match_by_customer and acct.customer_id:
+                opp_customers.add(acct.customer_id)
+
+    found = Lookups()
+    a_fields = ["Id", "Name", "OwnerId", names.subscription_status, names.customer_id]
+    if names.account_csm:
+        a_fields.append(names.account_csm)
+    a_select = ", ".join(dict.fromkeys(a_fields))
+    rows = _select(gw, a_select, "Account", "Id", acct_ids) + _select(gw, a_select, "Account", names.customer_id,
+                                                                     customers)
+    for r in rows:
+        row = AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
+                         r.get(names.account_csm) if names.account_csm else None,
+                         r.get(names.subscription_status), r.get(names.customer_id))
+        found.accounts_by_id[row.id] = row
+        if row.customer_id:
+            found.accounts_by_customer[row.customer_id] = row
+
+    o_select = ", ".join(dict.fromkeys(["Id", "AccountId", "IsClosed", "CreatedDate", names.subscription_id,
+                                        names.payment_intent_id, names.customer_id]))
+    rows = (_select(gw, o_select, "Opportunity", "Id", opp_ids)
+            + _select(gw, o_select, "Opportunity", names.subscription_id, subs)
+            + _select(gw, o_select, "Opportunity", names.payment_intent_id, payments)
+            + _select(gw, o_select, "Opportunity", names.customer_id, opp_customers))
+    seen: set[str] = set()
+    for r in rows:
+        opp = OpportunityRow(to_18(r["Id"]), r.get("AccountId"), r.get(names.subscription_id),
+                             r.get(names.payment_intent_id), r.get(names.customer_id), bool(r.get("IsClosed")),
+                             str(r.get("CreatedDate") or ""))
+        found.opps_by_id[opp.id] = opp
+        if opp.subscription_id:
+            found.opps_by_subscription[opp.subscription_id] = opp
+        if opp.payment_intent_id:
+            found.opps_by_payment[opp.payment_intent_id] = opp
+        if opp.customer_id and opp.id not in seen:
+            found.opps_by_customer.setdefault(opp.customer_id, []).append(opp)
+        seen.add(opp.id)
+    return found
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    """Org facts that shape the writes."""
+
+    names: FieldNames
+    record_type_id: str | None
+    task_upsert: bool  # the org has the Task external id field
+    coalesce: bool = True
+
+
+class Unresolvable(Exception):
+    """The intent cannot be turned into a write: the event goes to the dead-letter queue."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Materialized:
+    """A batch's coalesced writes, and the events that could not be resolved."""
+
+    ops: list[SfOp] = field(default_factory=list)
+    failures: dict[str, Unresolvable] = field(default_factory=dict)
+
+
+class Materializer:
+    """Turns intents into record writes, in event order, tracking in-batch state."""
+
+    def __init__(self, lookups: Lookups, settings: WriteSettings) -> None:
+        self.lk = lookups
+        self.s = settings
+        self._ops: dict[tuple[str, str, str, str], SfOp] = {}
+        self._order: list[SfOp] = []
+        self._claimed: set[str] = set()  # customer Opportunities already claimed by a subscription
+        self._pending: dict[tuple[str, str], SfOp] = {}  # Opportunities this batch creates
+        self._status: dict[str, str | None] = {}  # Account status as of the events seen so far
+        self._serial = 0
+
+    def _account(self, ref: AccountRef) -> AccountRow:
+        if ref.account_id and ref.account_id in self.lk.accounts_by_id:
+            return self.lk.accounts_by_id[ref.account_id]
+        if ref.customer_id and ref.customer_id in self.lk.accounts_by_customer:
+            return self.lk.accounts_by_customer[ref.customer_id]
+        who = ref.customer_id or "this payment"
+        raise Unresolvable(
+            "NO_ACCOUNT",
+            f"No Salesforce Account for {who}: set metadata.salesforce_account_id on the Stripe customer, "
+            f"or {self.s.names.customer_id} on the Account, then run `stripe-sf dlq retry --all`")
+
+    def _opportunity(self, it: OpportunityIntent) -> OpportunityRow | None:
+        if it.opportunity_id and it.opportunity_id in self.lk.opps_by_id:
+            return self.lk.opps_by_id[it.opportunity_id]  # metadata Id that exists (a missing one falls through)
+        table = self.lk.opps_by_subscription if it.key_kind == "subscription" else self.lk.opps_by_payment
+        if it.key in table:
+            return table[it.key]
+        if it.match_by_customer and it.account.customer_id:
+            # An open Opportunity of this customer not yet tied to a subscription or payment.
+            candidates = [o for o in self.lk.opps_by_customer.get(it.account.customer_id, [])
+                          if not o.is_closed and not o.subscription_id and not o.payment_intent_id
+                          and o.id not in self._claimed]
+            if candidates:
+                best = max(candidates, key=lambda o: o.created)
+                self._claimed.add(best.id)
+                best.subscription_id = it.key
+                self.lk.opps_by_subscription[it.key] = best
+                return best
+        return None
+
+    def _ops_for(self, it: Intent) -> list[SfOp]:
+        names = self.s.names
+        if isinstance(it, OpportunityIntent):
+            pending = self._pending.get((it.key_kind, it.key))
+            if pending is not None:
+                return [SfOp(pending.kind, "Opportunity", pending.key, dict(it.fields), pending.ext_field,
+                             label=pending.label)]
+            opp = self._opportunity(it)
+            if opp is not None:
+                return [SfOp("update", "Opportunity", opp.id, dict(it.fields),
+                             label=f"Opportunity {opp.id} ({it.key})")]
+            if not it.may_create:
+                raise Unresolvable("NO_OPPORTUNITY",
+                                   f"No Opportunity for {it.key} to update: create one with {names.subscription_id}"
+                                   f" = {it.key}, or run `stripe-sf backfill`, then `stripe-sf dlq retry --all`")
+            account = self._account(it.account)
+            ext = names.subscription_id if it.key_kind == "subscription" else names.payment_intent_id
+            fields = {"Name": (f"{account.name} - " + it.name_hint.split(" - ", 1)[-1])[:120]
+                      if account.name else it.name_hint[:120], "AccountId": account.id}
+            if self.s.record_type_id:
+                fields["RecordTypeId"] = self.s.record_type_id
+            if account.owner_id:
+                fields["OwnerId"] = account.owner_id
+            fields.update(it.fields)
+            fields.pop(ext, None)  # the external id travels as the upsert key, not in the body
+            op = SfOp("upsert", "Opportunity", it.key, fields, ext, label=f"Opportunity {ext}={it.key} (create)")
+            return [op]
+        account = self._account(it.account)
+        if isinstance(it, AccountStatusIntent):
+            fields: dict[str, Any] = {names.subscription_status: it.status}
+            if (it.account.customer_id and not account.customer_id
+                    and it.account.customer_id not in self.lk.accounts_by_customer):
+                fields[names.customer_id] = it.account.customer_id  # link it for later lookups
+            ops = [SfOp("update", "Account", account.id, fields, label=f"Account {account.id} ({account.name})")]
+            old = it.previous_status
+            if it.previous_from_account:
+                old = self._status.get(account.id, account.status) or "unknown"
+            if it.log_transition and old is not None and old != it.status:
+                ops.extend(self._ops_for(transition_task(it, old)))
+            return ops
+        assert isinstance(it, TaskIntent)
+        owner = account.owner_id
+        if it.assign_to == "csm_or_owner" and account.csm_id:
+            owner = account.csm_id
+        fields = {"Subject": it.subject[:255], "Description": it.description, "Priority": it.priority,
+                  "Status": it.status, "ActivityDate": it.activity_date, "WhatId": account.id}
+        if owner:
+            fields["OwnerId"] = owner
+        if self.s.task_upsert:
+            return [SfOp("upsert", "Task", it.key, fields, names.task_event_id, label=f"Task {it.key}")]
+        return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
+
+    def add_event(self, event_id: str, intents: Sequence[Intent]) -> Unresolvable | None:
+        """Materialise one event's intents; all of them or none (then it is dead-lettered)."""
+        try:
+            produced: list[SfOp] = []
+            for it in intents:
+                produced.extend(self._ops_for(it))
+        except Unresolvable as exc:
+            return exc
+        for it in intents:  # only now is the in-batch state of this event real
+            if isinstance(it, AccountStatusIntent):
+                acct = self._account(it.account)
+                self._status[acct.id] = it.status
+            elif isinstance(it, OpportunityIntent) and (it.key_kind, it.key) not in self._pending:
+                for op in produced:
+                    if op.sobject == "Opportunity" and op.kind == "upsert" and op.key == it.key:
+                        self._pending[(it.key_kind, it.key)] = op
+        for op in produced:
+            op.events.append(event_id)
+            self._merge(op)
+        return None
+
+    def _merge(self, op: SfOp) -> None:
+        ident = op.identity
+        if not self.s.coalesce:
+            self._serial += 1
+            ident = (*ident[:3], f"{ident[3]}#{self._serial}")
+        existing = self._ops.get(ident)
+        if existing is None:
+            self._ops[ident] = op
+            self._order.append(op)
+            return
+        # Writes to one record are coalesced in event order: later values win.
+        existing.fields.update(op.fields)
+        for ev in op.events:
+            if ev not in existing.events:
+                existing.events.append(ev)
+
+    def result(self) -> list[SfOp]:
+        """The coalesced writes, Opportunities first, then Accounts, then Tasks."""
+        rank = {"Opportunity": 0, "Account": 1, "Task": 2}
+        return sorted(self._order, key=lambda o: rank.get(o.sobject, 3))

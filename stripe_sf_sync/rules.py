@@ -1,0 +1,276 @@
+"""The mapping rules: pure functions from a Stripe change to the Salesforce intents it implies.
+
+No I/O and no clock: the event's own time is the clock. This is the file to read to know what
+stripe-sf does to an org.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+from stripe_sf_sync import money
+from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.model import (
+    Change,
+    InvoiceFailureChange,
+    PaymentChange,
+    SubscriptionChange,
+)
+from stripe_sf_sync.sfid import checked_id
+
+FAILED_PAYMENT_SUBJECT = "Payment Failed - Immediate Action Required"
+WON_FROM = frozenset({"incomplete", "trialing"})
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """Org-specific values the rules need (from sync.yaml)."""
+
+    won_stage: str
+    fields: FieldNames
+    dashboard_url: str = "https://dashboard.stripe.com"
+
+
+@dataclass(frozen=True)
+class AccountRef:
+    """How to find the Account: a checked metadata Id first, else by Stripe customer id."""
+
+    customer_id: str | None
+    account_id: str | None
+
+
+@dataclass(frozen=True)
+class OpportunityIntent:
+    """Set fields on the Opportunity for a subscription or a one-time payment."""
+
+    event_id: str
+    key_kind: Literal["subscription", "payment_intent"]
+    key: str
+    opportunity_id: str | None  # checked metadata Id (object, then customer)
+    match_by_customer: bool  # subscriptions may claim an open Opportunity of their customer
+    account: AccountRef
+    fields: Mapping[str, Any]
+    name_hint: str
+    may_create: bool
+
+
+@dataclass(frozen=True)
+class AccountStatusIntent:
+    """Write Subscription_Status__c, and log the transition as a completed Task when asked."""
+
+    event_id: str
+    account: AccountRef
+    subscription_id: str
+    status: str
+    previous_status: str | None
+    log_transition: bool
+    activity_date: str
+    previous_from_account: bool = False  # .deleted carries no previous status: use the Account's
+
+
+@dataclass(frozen=True)
+class TaskIntent:
+    """Create (or upsert on the event id) a Task on the Account."""
+
+    event_id: str
+    purpose: str  # part of the Task's idempotency key: "evt_…:purpose"
+    account: AccountRef
+    assign_to: Literal["owner", "csm_or_owner"]
+    subject: str
+    description: str
+    priority: str
+    status: str
+    activity_date: str
+
+    @property
+    def key(self) -> str:
+        """The Task's external id: one event can raise several Tasks."""
+        return f"{self.event_id}:{self.purpose}"
+
+
+Intent = OpportunityIntent | AccountStatusIntent | TaskIntent
+
+
+@dataclass
+class Plan:
+    """What one change asks of Salesforce, or why nothing."""
+
+    intents: list[Intent] = field(default_factory=list)
+    ignored: str | None = None  # the reason when the event needs no write
+
+
+def event_date(ts: int) -> date:
+    """The UTC date of a Unix timestamp."""
+    return datetime.fromtimestamp(ts, tz=UTC).date()
+
+
+def next_business_day(day: date) -> date:
+    """The next Monday-to-Friday after `day` (public holidays are not known here)."""
+    nxt = day + timedelta(days=1)
+    while nxt.weekday() >= 5:
+        nxt += timedelta(days=1)
+    return nxt
+
+
+def _metadata_ids(own: Mapping[str, str], customer: Mapping[str, str] | None) -> tuple[str | None, str | None]:
+    """Checked Opportunity and Account Ids from metadata: the object's own first, then its customer's.
+
+    A malformed or wrong-prefix value is treated as absent, so it never reaches SOQL or a URL.
+    """
+    opp = checked_id(own.get("salesforce_opportunity_id"), "Opportunity")
+    acct = checked_id(own.get("salesforce_account_id"), "Account")
+    if customer:
+        opp = opp or checked_id(customer.get("salesforce_opportunity_id"), "Opportunity")
+        acct = acct or checked_id(customer.get("salesforce_account_id"), "Account")
+    return opp, acct
+
+
+def _dashboard(ctx: RuleContext, livemode: bool, kind: str, obj_id: str) -> str:
+    mode = "" if livemode else "test/"
+    return f"{ctx.dashboard_url.rstrip('/')}/{mode}{kind}/{obj_id}"
+
+
+def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange) -> dict[str, Any]:
+    f = ctx.fields
+    out: dict[str, Any] = {}
+    amount = money.period_total(change.lines)
+    if amount is not None:
+        out["Amount"] = amount
+    mrr = money.monthly_recurring(change.lines)
+    if mrr is not None:
+        out[f.mrr] = mrr
+        out[f.arr] = money.annual_recurring(mrr, change.currency)
+    return out
+
+
+def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
+    """customer.subscription.created / updated / deleted."""
+    f = ctx.fields
+    meta = change.meta
+    day = event_date(meta.created)
+    opp_id, acct_id = _metadata_ids(change.metadata, change.customer_metadata)
+    account = AccountRef(change.customer_id, acct_id)
+    label = change.customer_name or change.customer_id
+    plan = Plan()
+    kind = meta.event_type.rsplit(".", 1)[-1]
+
+    won = (
+        (kind == "created" and change.status in ("active", "trialing"))
+        or (kind == "updated" and change.status == "active" and change.previous_status in WON_FROM)
+    )
+    if won:
+        fields = {"StageName": ctx.won_stage, "CloseDate": day.isoformat(),
+                  f.subscription_id: change.subscription_id, f.customer_id: change.customer_id}
+        fields.update(_subscription_value_fields(ctx, change))
+        plan.intents.append(OpportunityIntent(
+            meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
+            f"{label} - Subscription {change.subscription_id}", may_create=True))
+    elif kind == "updated" and change.plan_changed:
+        plan.intents.append(OpportunityIntent(
+            meta.event_id, "subscription", change.subscription_id, opp_id, False, account,
+            _subscription_value_fields(ctx, change), label, may_create=False))
+
+    status = "canceled" if kind == "deleted" else change.status
+    plan.intents.append(AccountStatusIntent(
+        meta.event_id, account, change.subscription_id, status,
+        change.previous_status if kind == "updated" else None,
+        log_transition=kind in ("updated", "deleted"), activity_date=day.isoformat(),
+        previous_from_account=kind == "deleted"))
+
+    follow_up = next_business_day(day).isoformat()
+    if kind == "updated" and change.cancel_turned_on:
+        ends = event_date(change.period_end).isoformat() if change.period_end else "the period end"
+        plan.intents.append(TaskIntent(
+            meta.event_id, "cancel-warning", account, "csm_or_owner",
+            f"Cancellation scheduled: subscription ends {ends}",
+            "\n".join([
+                f"Stripe subscription {change.subscription_id} was set to cancel at the end of its period ({ends}).",
+                "Reach out before it ends.",
+                f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
+                f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
+                f"Stripe event: {meta.event_id}",
+            ]), "High", "Not Started", follow_up))
+    if kind == "deleted":
+        reason = change.cancellation_reason or "not given"
+        plan.intents.append(TaskIntent(
+            meta.event_id, "follow-up", account, "csm_or_owner",
+            "Subscription cancelled - follow up with the customer",
+            "\n".join([
+                f"Stripe subscription {change.subscription_id} was cancelled on {day.isoformat()}.",
+                f"Cancellation reason: {reason}",
+                f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
+                f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
+                f"Stripe event: {meta.event_id}",
+            ]), "High", "Not Started", follow_up))
+    return plan
+
+
+def plan_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
+    """payment_intent.succeeded for a one-time payment (never an invoice's payment)."""
+    if not change.invoice_known:
+        raise ValueError("payment_intent.succeeded must be hydrated with its invoice link before planning")
+    if change.invoice_id:
+        return Plan(ignored=f"payment of invoice {change.invoice_id}: handled through its subscription")
+    f = ctx.fields
+    meta = change.meta
+    opp_id, acct_id = _metadata_ids(change.metadata, change.customer_metadata)
+    fields: dict[str, Any] = {"StageName": ctx.won_stage, "CloseDate": event_date(meta.created).isoformat(),
+                              "Amount": change.amount_received, f.payment_intent_id: change.payment_intent_id}
+    if change.customer_id:
+        fields[f.customer_id] = change.customer_id
+    label = change.customer_name or change.customer_id or "Stripe"
+    name = f"{label} - Payment {change.payment_intent_id}"
+    return Plan([OpportunityIntent(
+        meta.event_id, "payment_intent", change.payment_intent_id, opp_id, False,
+        AccountRef(change.customer_id, acct_id), fields, name, may_create=True)])
+
+
+def failed_payment_description(ctx: RuleContext, change: InvoiceFailureChange) -> str:
+    """The Task description for a failed invoice payment."""
+    meta = change.meta
+    retry = (event_date(change.next_payment_attempt).isoformat()
+             if change.next_payment_attempt else "none scheduled")
+    lines = [
+        "Stripe invoice payment failed.",
+        f"Amount: {money.format_amount(change.amount_due, change.currency)}",
+        f"Failure code: {change.failure_code or 'unknown'}",
+        f"Attempt count: {change.attempt_count}",
+        f"Next retry: {retry}",
+        f"Subscription: {change.subscription_id or 'none'}",
+        f"Invoice: {_dashboard(ctx, meta.livemode, 'invoices', change.invoice_id)}",
+        f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
+        f"Stripe event: {meta.event_id}",
+    ]
+    return "\n".join(lines)
+
+
+def plan_invoice_failure(ctx: RuleContext, change: InvoiceFailureChange) -> Plan:
+    """invoice.payment_failed -> a high-priority Task for the Account owner."""
+    meta = change.meta
+    _, acct_id = _metadata_ids(change.metadata, change.customer_metadata)
+    due = next_business_day(event_date(meta.created)).isoformat()
+    return Plan([TaskIntent(
+        meta.event_id, "payment-failed", AccountRef(change.customer_id, acct_id), "owner",
+        FAILED_PAYMENT_SUBJECT, failed_payment_description(ctx, change), "High", "Not Started", due)])
+
+
+def plan(ctx: RuleContext, change: Change) -> Plan:
+    """Dispatch one change to its rule."""
+    if isinstance(change, SubscriptionChange):
+        return plan_subscription(ctx, change)
+    if isinstance(change, PaymentChange):
+        return plan_payment(ctx, change)
+    return plan_invoice_failure(ctx, change)
+
+
+def transition_task(intent: AccountStatusIntent, old: str) -> TaskIntent:
+    """The completed Task that logs a status transition 'old → new'."""
+    return TaskIntent(
+        intent.event_id, "status", intent.account, "owner",
+        f"Subscription status: {old} → {intent.status}",
+        f"Stripe subscription {intent.subscription_id} changed from {old} to {intent.status}.\n"
+        f"Stripe event: {intent.event_id}",
+        "Normal", "Completed", intent.activity_date)

@@ -1,0 +1,311 @@
+"""Salesforce edge: sObject Collections writes, batched SOQL, result classification, API usage.
+
+Only this module talks to Salesforce. It takes an injected `simple_salesforce.Salesforce`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+)
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from stripe_sf_sync.config import SalesforceSecrets
+from stripe_sf_sync.errors import FatalSyncError, RetriableError
+
+COLLECTION_LIMIT = 200  # sObject Collections take at most 200 records a call (api-facts.md §7)
+# Per-record codes worth another try: row locks clear when the other writer commits (api-facts.md §9).
+RETRIABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"})
+FATAL_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "INVALID_SESSION_ID", "INSUFFICIENT_ACCESS"})
+
+WriteKind = Literal["update", "upsert", "create"]
+
+
+@dataclass
+class SfOp:
+    """One record write, possibly coalescing several events' changes to the same record."""
+
+    kind: WriteKind
+    sobject: str
+    key: str  # the record Id (update), external id value (upsert) or a unique label (create)
+    fields: dict[str, Any]
+    ext_field: str | None = None
+    events: list[str] = field(default_factory=list)  # contributing event ids, in event order
+    label: str = ""
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        """Writes with the same identity touch the same record and are merged."""
+        return (self.kind, self.sobject, self.ext_field or "", self.key)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """A per-record outcome from Salesforce."""
+
+    success: bool
+    record_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    created: bool | None = None
+
+
+@dataclass
+class ApiUsage:
+    """Calls this run made, and the org's daily usage from `Sforce-Limit-Info` (api-facts.md §8)."""
+
+    calls: int = 0
+    used: int | None = None
+    total: int | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the daily allowance used, if known."""
+        if self.used is None or not self.total:
+            return None
+        return self.used / self.total
+
+
+class SalesforceRetriable(RetriableError):
+    """A transient failure of a whole call (5xx, timeout, connection)."""
+
+
+_DEC = re.compile(r'"\\u0000dec:(-?[0-9]+(?:\.[0-9]+)?)"')
+
+
+def dumps(body: Any) -> str:
+    """JSON with Decimals written as exact JSON numbers, never through float."""
+    def default(o: Any) -> Any:
+        if isinstance(o, Decimal):
+            return f"\u0000dec:{o:f}"
+        raise TypeError(f"cannot serialise {type(o).__name__}")
+    return _DEC.sub(r"\1", json.dumps(body, default=default, ensure_ascii=False))
+
+
+def _errors(content: Any) -> tuple[str, str]:
+    """(errorCode, message) from a Salesforce error body, without dumping customer data."""
+    if isinstance(content, list) and content and isinstance(content[0], Mapping):
+        first = content[0]
+        return str(first.get("errorCode") or first.get("statusCode") or "UNKNOWN"), str(first.get("message", ""))[:300]
+    if isinstance(content, Mapping):
+        return str(content.get("error") or "UNKNOWN"), str(content.get("error_description", ""))[:300]
+    return "UNKNOWN", ""
+
+
+class SalesforceGateway:
+    """Counts calls, tracks API usage, retries transient failures and raises fatal ones."""
+
+    def __init__(self, sf: Salesforce, *, timeout: float = 60.0, budget: float = 0.8,
+                 max_attempts: int = 4, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.sf = sf
+        self.timeout = timeout
+        self.budget = budget
+        self.usage = ApiUsage()
+        self.max_attempts = max_attempts
+        self._sleep = sleep
+
+    # --- the one place HTTP happens --------------------------------------------------------
+    def _request(self, path: str, *, method: str = "GET", params: dict[str, Any] | None = None,
+                 body: Any = None) -> Any:
+        def attempt() -> Any:
+            self.usage.calls += 1
+            kwargs: dict[str, Any] = {"timeout": self.timeout}
+            if body is not None:
+                kwargs["data"] = dumps(body).encode("utf-8")
+                kwargs["headers"] = {"Content-Type": "application/json"}
+            try:
+                result = self.sf.restful(path, params=params, method=method, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise SalesforceRetriable(f"{type(exc).__name__} talking to Salesforce") from None
+            except SalesforceGeneralError as exc:
+                if exc.status >= 500 or exc.status == 429:
+                    raise SalesforceRetriable(f"HTTP {exc.status}", code=_errors(exc.content)[0]) from None
+                raise
+            finally:
+                self._read_usage()
+            return result
+
+        retrying = Retrying(retry=retry_if_exception_type(SalesforceRetriable),
+                            wait=wait_random_exponential(multiplier=0.5, max=10),
+                            stop=stop_after_attempt(self.max_attempts), sleep=self._sleep, reraise=True)
+        try:
+            return retrying(attempt)
+        except SalesforceRetriable as exc:
+            raise FatalSyncError(
+                f"Salesforce kept failing ({exc}{', ' + exc.code if exc.code else ''}) after "
+                f"{self.max_attempts} attempts.", code=exc.code,
+                hint="Nothing was lost: the next run repeats this batch; check trust.salesforce.com "
+                     "status if it persists.") from None
+        except SalesforceExpiredSession as exc:
+            code, _ = _errors(exc.content)
+            raise FatalSyncError(
+                "Salesforce rejected the session (INVALID_SESSION_ID) and it could not be renewed.",
+                code=code, hint="With SF_ACCESS_TOKEN, export a fresh token; better, use client credentials "
+                                "or JWT, which stripe-sf renews by itself.") from None
+        except SalesforceRefusedRequest as exc:
+            code, msg = _errors(exc.content)
+            hint = ("The org's daily API allowance is spent; the next run continues when usage drops."
+                    if code == "REQUEST_LIMIT_EXCEEDED"
+                    else "Check the integration user's permissions on Opportunity, Account and Task.")
+            raise FatalSyncError(f"Salesforce refused the request: {code} {msg}".strip(), code=code,
+                                 hint=hint) from None
+
+    def _read_usage(self) -> None:
+        usage = getattr(self.sf, "api_usage", None) or {}
+        found = usage.get("api-usage")
+        if found is not None:
+            self.usage.used, self.usage.total = int(found.used), int(found.total)
+
+    def over_budget(self) -> bool:
+        """True when the org's daily usage has reached the configured share."""
+        frac = self.usage.fraction
+        return frac is not None and frac >= self.budget
+
+    # --- reads ------------------------------------------------------------------------------
+    def query(self, soql: str) -> Iterator[dict[str, Any]]:
+        """Every record of a SOQL query, following `nextRecordsUrl` lazily."""
+        result = self._request("query/", params={"q": soql})
+        while True:
+            yield from result.get("records", [])
+            nxt = result.get("nextRecordsUrl")
+            if result.get("done", True) or not nxt:
+                return
+            # nextRecordsUrl is absolute from the host: /services/data/vXX.X/query/01g...
+            result = self._request(nxt.split(f"/v{self.sf.sf_version}/", 1)[-1])
+
+    def describe(self, sobject: str) -> dict[str, Any]:
+        """The sObject's describe result."""
+        return dict(self._request(f"sobjects/{sobject}/describe/"))
+
+    def limits(self) -> dict[str, Any]:
+        """GET /limits."""
+        return dict(self._request("limits/"))
+
+    # --- writes -----------------------------------------------------------------------------
+    def write_chunk(self, kind: WriteKind, sobject: str, ext_field: str | None,
+                    ops: Sequence[SfOp]) -> list[WriteResult]:
+        """One sObject Collections call for up to 200 records, allOrNone=false."""
+        if len(ops) > COLLECTION_LIMIT:
+            raise ValueError("a collections call takes at most 200 records")
+        records = []
+        for op in ops:
+            rec: dict[str, Any] = {"attributes": {"type": op.sobject}}
+            if kind == "update":
+                rec["id"] = op.key
+            elif kind == "upsert":
+                assert ext_field
+                rec[ext_field] = op.key
+            rec.update(op.fields)
+            records.append(rec)
+        body = {"allOrNone": False, "records": records}
+        try:
+            if kind == "create":
+                raw = self._request("composite/sobjects", method="POST", body=body)
+            elif kind == "update":
+                raw = self._request("composite/sobjects", method="PATCH", body=body)
+            else:
+                raw = self._request(f"composite/sobjects/{sobject}/{ext_field}", method="PATCH", body=body)
+        except SalesforceMalformedRequest as exc:
+            # A whole-request 400 (e.g. INVALID_FIELD): every record of the call fails with it.
+            code, msg = _errors(exc.content)
+            return [WriteResult(False, code=code, message=msg) for _ in ops]
+        except SalesforceError as exc:
+            code, msg = _errors(exc.content)
+            return [WriteResult(False, code=code, message=msg) for _ in ops]
+        # A 200 is not success: per-record failures come back inside it (api-facts.md §11).
+        out = []
+        for item in raw or []:
+            errs = item.get("errors") or []
+            if item.get("success"):
+                out.append(WriteResult(True, record_id=item.get("id"), created=item.get("created")))
+            else:
+                first = errs[0] if errs else {}
+                out.append(WriteResult(False, record_id=item.get("id"),
+                                       code=str(first.get("statusCode") or "UNKNOWN"),
+                                       message=str(first.get("message", ""))[:300]))
+        if len(out) != len(ops):
+            raise FatalSyncError("Salesforce returned a different number of results than records sent.",
+                                 hint="Report this with --debug output.")
+        return out
+
+
+def connect(secrets: SalesforceSecrets, *, api_version: str, session: requests.Session | None = None) -> Salesforce:
+    """Log in with one of the four modes. TLS verification stays on; REQUESTS_CA_BUNDLE is honoured
+    because requests reads it for every session that trusts the environment."""
+    v = secrets.values
+    common: dict[str, Any] = {"version": api_version, "session": session or requests.Session()}
+    try:
+        if secrets.mode == "token":
+            return Salesforce(instance_url=v["SF_INSTANCE_URL"], session_id=v["SF_ACCESS_TOKEN"], **common)
+        if secrets.mode == "client_credentials":
+            return Salesforce(consumer_key=v["SF_CONSUMER_KEY"], consumer_secret=v["SF_CONSUMER_SECRET"],
+                              domain=secrets.domain, **common)
+        if secrets.mode == "jwt":
+            return Salesforce(username=v["SF_USERNAME"], consumer_key=v["SF_CONSUMER_KEY"],
+                              privatekey_file=v["SF_PRIVATE_KEY_FILE"], domain=secrets.domain, **common)
+        return Salesforce(username=v["SF_USERNAME"], password=v["SF_PASSWORD"],
+                          security_token=v["SF_SECURITY_TOKEN"], domain=secrets.domain, **common)
+    except SalesforceError as exc:
+        code, msg = _errors(getattr(exc, "content", None))
+        raise FatalSyncError(f"Salesforce login failed ({secrets.mode} mode): {code} {msg}".strip(), code=code,
+                             hint="Check the SF_* variables, the Connected App's policies, and SF_DOMAIN "
+                                  "(test for sandboxes).") from None
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise FatalSyncError(f"Cannot reach Salesforce to log in: {type(exc).__name__}.",
+                             hint="Check the network and SF_DOMAIN / SF_INSTANCE_URL.") from None
+
+
+def apply_writes(gw: SalesforceGateway, ops: Sequence[SfOp], *, lock_retries: int = 4,
+                 sleep: Callable[[float], None] = time.sleep) -> list[WriteResult]:
+    """Write every op through sObject Collections and return one result per op, in order.
+
+    Ops are grouped by (kind, sObject, external id field) and sent 200 at a time. Records that fail
+    with a retriable code (row locks) are sent again with backoff; a fatal code stops the run.
+    """
+    results: list[WriteResult | None] = [None] * len(ops)
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, op in enumerate(ops):
+        groups.setdefault((op.kind, op.sobject, op.ext_field or ""), []).append(i)
+    for (kind, sobject, ext), indexes in groups.items():
+        pending = list(indexes)
+        for attempt in range(lock_retries + 1):
+            retry: list[int] = []
+            for start in range(0, len(pending), COLLECTION_LIMIT):
+                chunk = pending[start:start + COLLECTION_LIMIT]
+                # Duplicate external ids in one call fail both rows (DUPLICATE_VALUE): coalescing
+                # already merged them, and this split is the guard if coalescing is off.
+                seen: set[str] = set()
+                first, later = [], []
+                for i in chunk:
+                    (later if ops[i].key in seen and kind != "create" else first).append(i)
+                    seen.add(ops[i].key)
+                for part in (first, later):
+                    if not part:
+                        continue
+                    for i, res in zip(part, gw.write_chunk(kind, sobject, ext or None,  # type: ignore[arg-type]
+                                                           [ops[j] for j in part]), strict=True):
+                        if not res.success and res.code in FATAL_CODES:
+                            raise FatalSyncError(f"Salesforce refused a {sobject} write: {res.code} {res.message}",
+                                                 code=res.code, hint="The next run repeats this batch.")
+                        if not res.success and res.code in RETRIABLE_CODES and attempt < lock_retries:
+                            retry.append(i)
+                        results[i] = res
+            if not retry:
+                break
+            sleep(min(0.5 * 2 ** attempt, 8.0))
+            pending = retry
+    return [r if r is not None else WriteResult(False, code="UNKNOWN", message="no result") for r in results]

@@ -1,0 +1,1 @@
+"""Local stand-ins of Stripe and Salesforce, for `stripe-sf demo` and the tests."""

@@ -1,0 +1,269 @@
+"""The operations behind each command: build clients from config and environment, run, record.
+
+The CLI parses arguments and calls exactly one function here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from stripe_sf_sync.config import (
+    DEFAULT_SF_API_VERSION,
+    LoadedConfig,
+    load_config,
+    require_org_values,
+    salesforce_secrets,
+    stripe_secrets,
+)
+from stripe_sf_sync.errors import ConfigError, ExitCode, StateError
+from stripe_sf_sync.pipeline import Pipeline, RunSummary, SalesforceAccess
+from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
+from stripe_sf_sync.state import StateStore
+from stripe_sf_sync.stripe_source import StripeSource, build_client
+
+log = logging.getLogger("stripe_sf_sync")
+
+
+@dataclass
+class Environment:
+    """What a command reads from outside: variables, a requests session factory, the clock.
+
+    Tests and the demo swap this rather than monkey-patching SDKs (httpie habit).
+    """
+
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    session_factory: Callable[[], requests.Session] = requests.Session
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+
+def parse_since(value: str) -> int:
+    """DATE (YYYY-MM-DD, UTC midnight) or an ISO DATETIME -> Unix time."""
+    try:
+        if len(value) == 10:
+            d = date.fromisoformat(value)
+            return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return int(dt.timestamp())
+    except ValueError:
+        raise ConfigError([f"--since {value!r} is not a date (YYYY-MM-DD) or datetime (YYYY-MM-DDTHH:MM:SSZ)"],
+                          source="invocation") from None
+
+
+class Runtime:
+    """Config, state and lazily built clients for one command."""
+
+    def __init__(self, config_path: Path | None, environment: Environment) -> None:
+        self.environment = environment
+        self.loaded: LoadedConfig = load_config(config_path)
+
+    def open_state(self, *, create: bool = True) -> StateStore:
+        """The state store of this config."""
+        return StateStore.open(self.loaded.state_path, create=create)
+
+    def stripe_source(self) -> StripeSource:
+        """A StripeSource from STRIPE_API_KEY (checked before any network call)."""
+        secrets = stripe_secrets(self.environment.env)
+        s = self.loaded.settings.stripe
+        client, http = build_client(secrets.api_key, api_base=secrets.api_base, api_version=s.api_version,
+                                    timeout=s.timeout_seconds)
+        return StripeSource(client, http, api_version=s.api_version, requests_per_second=s.requests_per_second,
+                            clock=self.environment.clock)
+
+    def salesforce_factory(self) -> Callable[[], SalesforceGateway]:
+        """A function that logs in on first need (secrets are checked now, before any network call)."""
+        secrets = salesforce_secrets(self.environment.env)
+        s = self.loaded.settings.salesforce
+
+        def make() -> SalesforceGateway:
+            sf = connect(secrets, api_version=s.api_version, session=self.environment.session_factory())
+            return SalesforceGateway(sf, timeout=s.timeout_seconds, budget=s.api_budget,
+                                     sleep=self.environment.sleep)
+        return make
+
+
+def _finish(summary: RunSummary, started: float, source: StripeSource | None,
+            access: SalesforceAccess | None) -> None:
+    summary.duration_s = round(time.monotonic() - started, 3)
+    if source is not None:
+        summary.stripe_calls = source.calls
+    gw = access.connected if access else None
+    if gw is not None:
+        summary.salesforce_calls = gw.usage.calls
+        summary.salesforce_api_used, summary.salesforce_api_max = gw.usage.used, gw.usage.total
+
+
+def exit_code_for(summary: RunSummary) -> ExitCode:
+    """Dead letters in this run make a distinct, non-zero exit; a budget stop counts as refusal."""
+    if summary.stopped_early:
+        return ExitCode.UNAVAILABLE
+    return ExitCode.DEAD_LETTERS if summary.dead_lettered else ExitCode.OK
+
+
+def run_sync(config_path: Path | None, environment: Environment, *, since: str | None, dry_run: bool,
+             max_events: int | None) -> RunSummary:
+    """`stripe-sf sync`: validate everything, take the lock, apply events batch by batch."""
+    runtime = Runtime(config_path, environment)
+    require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
+    since_ts = parse_since(since) if since else None
+    problems: list[str] = []
+    source = sf_factory = None
+    try:
+        source = runtime.stripe_source()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        sf_factory = runtime.salesforce_factory()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems or source is None or sf_factory is None:
+        raise ConfigError(problems, source="environment",
+                          hint="Export the variables listed in the README ('Environment'); secrets are read "
+                               "only from the environment.")
+    summary = RunSummary("sync", dry_run=dry_run)
+    started = time.monotonic()
+    access = SalesforceAccess(sf_factory)
+    with runtime.open_state() as state:
+        state.acquire_lock()
+        run_id = 0 if dry_run else state.start_run("sync")
+        pipeline = Pipeline(runtime.loaded, state, source, access, dry_run=dry_run, clock=environment.clock,
+                            sleep=environment.sleep)
+        pipeline.run_id = run_id
+        code: int = ExitCode.FAILURE
+        try:
+            pipeline.sync(summary, since=since_ts, max_events=max_events)
+            state.prune_ledger(int(environment.clock()))
+            code = exit_code_for(summary)
+        except BaseException as exc:
+            code = int(getattr(exc, "exit_code", ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt)
+                               else ExitCode.FAILURE))
+            raise
+        finally:
+            _finish(summary, started, source, access)
+            if summary.salesforce_api_used is not None:
+                state.set_meta("api_usage", json.dumps({"used": summary.salesforce_api_used,
+                                                         "max": summary.salesforce_api_max,
+                                                         "at": int(environment.clock())}))
+            summary.cursor = summary.cursor or (c.event_id if (c := state.cursor()) else None)
+            if not dry_run:
+                state.finish_run(run_id, code, summary.as_dict())
+    return summary
+
+
+def run_dlq_retry(config_path: Path | None, environment: Environment, *, event_ids: list[str],
+                  retry_all: bool) -> RunSummary:
+    """`stripe-sf dlq retry`: the chosen dead letters through the same pipeline."""
+    runtime = Runtime(config_path, environment)
+    require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
+    source = runtime.stripe_source()
+    access = SalesforceAccess(runtime.salesforce_factory())
+    summary = RunSummary("dlq retry")
+    started = time.monotonic()
+    with runtime.open_state(create=False) as state:
+        state.acquire_lock()
+        if retry_all:
+            letters = state.dead_letters()
+        else:
+            letters = []
+            for eid in event_ids:
+                dl = state.dead_letter(eid)
+                if dl is None or dl.status != "open":
+                    raise ConfigError([f"{eid} is not an open dead letter"], source="invocation",
+                                      hint="`stripe-sf dlq list` shows the open ones.")
+                letters.append(dl)
+        events = []
+        for dl in letters:
+            try:
+                events.append(json.loads(dl.payload))
+            except json.JSONDecodeError:
+                events.append({"id": dl.event_id, "type": dl.event_type, "created": dl.created})
+        run_id = state.start_run("dlq retry")
+        pipeline = Pipeline(runtime.loaded, state, source, access, clock=environment.clock,
+                            sleep=environment.sleep)
+        pipeline.run_id = run_id
+        code: int = ExitCode.FAILURE
+        try:
+            pipeline.retry(events, summary)
+            code = exit_code_for(summary)
+        finally:
+            _finish(summary, started, source, access)
+            state.finish_run(run_id, code, summary.as_dict())
+    return summary
+
+
+def dlq_list(config_path: Path | None, environment: Environment) -> list[dict[str, Any]]:
+    """Open dead letters, oldest first (payload excluded: it may hold customer data)."""
+    runtime = Runtime(config_path, environment)
+    with runtime.open_state(create=False) as state:
+        return [{"event_id": d.event_id, "event_type": d.event_type, "created": d.created,
+                 "reason": d.reason, "error_code": d.error_code, "attempts": d.attempts,
+                 "last_failed_at": d.last_failed_at} for d in state.dead_letters()]
+
+
+def dlq_drop(config_path: Path | None, environment: Environment, event_id: str) -> None:
+    """Stop retrying one dead letter (kept in state for audit)."""
+    runtime = Runtime(config_path, environment)
+    with runtime.open_state(create=False) as state:
+        if not state.drop_dead_letter(event_id):
+            raise ConfigError([f"{event_id} is not an open dead letter"], source="invocation",
+                              hint="`stripe-sf dlq list` shows the open ones.")
+
+
+def status_report(config_path: Path | None, environment: Environment) -> dict[str, Any]:
+    """Cursor and its age, recent runs, dead-letter count, last API usage. Reads only (WAL: never blocks sync)."""
+    runtime = Runtime(config_path, environment)
+    path = runtime.loaded.state_path
+    if not path.exists():
+        raise StateError(f"No state file at {path}: nothing has run yet.",
+                         hint="Start with `stripe-sf sync --since DATE`.")
+    with runtime.open_state(create=False) as state:
+        cursor = state.cursor()
+        now = environment.clock()
+        usage = state.get_meta("api_usage")
+        return {
+            "state_path": str(path),
+            "cursor": {"event_id": cursor.event_id, "created": cursor.created,
+                       "created_iso": datetime.fromtimestamp(cursor.created, tz=UTC).isoformat(),
+                       "age_s": int(now - cursor.created)} if cursor else None,
+            "dead_letters": state.dead_letter_count(),
+            "api_usage": json.loads(usage) if usage else None,
+            "runs": state.recent_runs(5),
+        }
+
+
+def run_discover(config_path: Path | None, environment: Environment, *, write: bool, example: str) -> Any:
+    """`stripe-sf discover-config`: query the org; with write, store the values in sync.yaml."""
+    from stripe_sf_sync.discover import discover, write_discovery
+
+    path = config_path or Path("sync.yaml")
+    loaded: LoadedConfig | None = None
+    if path.exists():
+        loaded = load_config(path)
+    elif not write:
+        raise ConfigError([f"{path} does not exist"], source="config",
+                          hint="Pass --write to create it from sync.yaml.example with the org's values.")
+    secrets = salesforce_secrets(environment.env)
+    version = loaded.settings.salesforce.api_version if loaded else DEFAULT_SF_API_VERSION
+    sf = connect(secrets, api_version=version, session=environment.session_factory())
+    gw = SalesforceGateway(sf, sleep=environment.sleep)
+    found = discover(gw, preferred=loaded.settings.salesforce.opportunity_record_type if loaded else None)
+    if write:
+        write_discovery(path, found, example)
+        state_path = load_config(path).state_path
+        if state_path.exists():
+            # The org may have changed: make the next sync describe it again.
+            with StateStore.open(state_path) as state:
+                state.delete_meta("org_describe")
+    return found

@@ -1,0 +1,337 @@
+"""SQLite state: the cursor, the event ledger, object versions, dead letters and run history.
+
+One transaction per batch records every event's outcome and advances the cursor (design
+invariant 1). WAL mode lets `status` read while a `sync` writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from stripe_sf_sync.errors import LockHeldError, StateError
+
+SCHEMA_VERSION = 1
+LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
+
+OutcomeKind = Literal["applied", "stale", "ignored", "dead_letter"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY, event_type TEXT NOT NULL, object_id TEXT, created INTEGER NOT NULL,
+    outcome TEXT NOT NULL, detail TEXT, run_id INTEGER, recorded_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_recorded ON events(recorded_at);
+CREATE TABLE IF NOT EXISTS object_versions (
+    object_id TEXT PRIMARY KEY, created INTEGER NOT NULL, event_id TEXT);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    event_id TEXT PRIMARY KEY, event_type TEXT NOT NULL, created INTEGER NOT NULL, payload TEXT NOT NULL,
+    reason TEXT NOT NULL, error_code TEXT NOT NULL, attempts INTEGER NOT NULL,
+    first_failed_at INTEGER NOT NULL, last_failed_at INTEGER NOT NULL, status TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters(status);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, started_at INTEGER NOT NULL,
+    finished_at INTEGER, exit_code INTEGER, summary TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The newest event whose outcome is durable."""
+
+    event_id: str
+    created: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one event, as committed with its batch."""
+
+    event_id: str
+    event_type: str
+    created: int
+    kind: OutcomeKind
+    object_id: str | None = None
+    reason: str | None = None
+    code: str | None = None
+    payload: str | None = None  # JSON of the raw event, kept for dead letters only
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event that could not be applied, with everything needed to retry it."""
+
+    event_id: str
+    event_type: str
+    created: int
+    payload: str
+    reason: str
+    error_code: str
+    attempts: int
+    first_failed_at: int
+    last_failed_at: int
+    status: str
+
+
+class StateStore:
+    """The SQLite state file. Open it with `StateStore.open(path)`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock_fd: int | None = None
+
+    # --- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True) -> StateStore:
+        """Open (and create with mode 0600) the state file; check its schema version."""
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise StateError(f"No state file at {path}.",
+                                 hint="Run `stripe-sf sync --since DATE` first, or check --config.")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Create it 0600 before SQLite touches it: it holds customer payloads in dead letters.
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+            os.close(fd)
+        try:
+            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 5000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise StateError(
+                    f"The state file {path} has schema version {version}, newer than this stripe-sf "
+                    f"understands ({SCHEMA_VERSION}).",
+                    hint="Upgrade stripe-sf (pip install -U stripe-sf-sync) rather than downgrading.")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(_SCHEMA)
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"The state file {path} cannot be used: {exc}.",
+                hint="If another program holds it, wait and retry; if it is corrupt, move it aside and "
+                     "restart with `stripe-sf sync --since DATE` (re-applying is idempotent).") from None
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{path}{suffix}")
+            if side.exists():
+                with contextlib.suppress(OSError):
+                    os.chmod(side, 0o600)
+        return cls(conn, path)
+
+    def close(self) -> None:
+        """Release the lock and close the database."""
+        self.release_lock()
+        self._conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the run lock: a flock is released by the kernel when the process dies ---------------
+    def acquire_lock(self) -> None:
+        """Take the exclusive run lock or raise LockHeldError at once."""
+        lock_path = Path(f"{self.path}.lock")
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockHeldError(
+                f"Another stripe-sf run (pid {holder}) is using {self.path}.",
+                hint="This run exits so cron runs never overlap; the next scheduled run continues.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        """Drop the run lock if held."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- meta -----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        """A stored setting, or None."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a setting (its own transaction)."""
+        self._conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def delete_meta(self, key: str) -> None:
+        """Forget a setting."""
+        self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+
+    # --- cursor ---------------------------------------------------------------------------
+    def cursor(self) -> Cursor | None:
+        """The stored cursor, if any."""
+        event_id = self.get_meta("cursor_event_id")
+        created = self.get_meta("cursor_created")
+        if event_id and created:
+            return Cursor(event_id, int(created))
+        return None
+
+    def set_cursor(self, cursor: Cursor) -> None:
+        """Move the cursor forward outside a batch (backfill hand-off, sync --since)."""
+        with self._tx():
+            self._advance_cursor(cursor)
+
+    def _advance_cursor(self, cursor: Cursor) -> None:
+        current = self.cursor()
+        # State refuses to go backwards (meltano habit): an older cursor would replay events.
+        if current is not None and cursor.created < current.created:
+            raise StateError(f"Refusing to move the cursor back from {current.event_id} to {cursor.event_id}.")
+        self.set_meta("cursor_event_id", cursor.event_id)
+        self.set_meta("cursor_created", str(cursor.created))
+
+    # --- ledger, versions -----------------------------------------------------------------
+    def outcomes_for(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """Durable outcomes of these events (those not yet seen are absent)."""
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(event_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                    f"SELECT event_id, outcome FROM events WHERE event_id IN ({marks})", chunk):  # noqa: S608
+                out[row[0]] = row[1]
+        return out
+
+    def versions_for(self, object_ids: Iterable[str]) -> dict[str, int]:
+        """Newest applied event time per Stripe object (the order guard)."""
+        ids = list(dict.fromkeys(object_ids))
+        out: dict[str, int] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                    f"SELECT object_id, created FROM object_versions WHERE object_id IN ({marks})",  # noqa: S608
+                    chunk):
+                out[row[0]] = row[1]
+        return out
+
+    def commit_batch(self, outcomes: Sequence[Outcome], *, cursor: Cursor | None,
+                     versions: dict[str, tuple[int, str]], run_id: int | None,
+                     retried: bool = False) -> None:
+        """Record outcomes, object versions and the cursor in one transaction."""
+        now = int(time.time())
+        with self._tx():
+            for o in outcomes:
+                self._conn.execute(
+                    "INSERT INTO events(event_id, event_type, object_id, created, outcome, detail, run_id, "
+                    "recorded_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO UPDATE SET "
+                    "outcome = excluded.outcome, detail = excluded.detail, run_id = excluded.run_id, "
+                    "recorded_at = excluded.recorded_at",
+                    (o.event_id, o.event_type, o.object_id, o.created, o.kind, o.reason, run_id, now))
+                if o.kind == "dead_letter":
+                    self._conn.execute(
+                        "INSERT INTO dead_letters(event_id, event_type, created, payload, reason, error_code, "
+                        "attempts, first_failed_at, last_failed_at, status) VALUES (?,?,?,?,?,?,1,?,?,'open') "
+                        "ON CONFLICT(event_id) DO UPDATE SET reason = excluded.reason, "
+                        "error_code = excluded.error_code, attempts = dead_letters.attempts + 1, "
+                        "last_failed_at = excluded.last_failed_at, status = 'open', "
+                        "payload = excluded.payload",
+                        (o.event_id, o.event_type, o.created, o.payload or "{}", o.reason or "unknown",
+                         o.code or "UNKNOWN", now, now))
+                elif retried:
+                    self._conn.execute("UPDATE dead_letters SET status = 'resolved', last_failed_at = ? "
+                                       "WHERE event_id = ?", (now, o.event_id))
+            for object_id, (created, event_id) in versions.items():
+                self._conn.execute(
+                    "INSERT INTO object_versions(object_id, created, event_id) VALUES (?,?,?) "
+                    "ON CONFLICT(object_id) DO UPDATE SET created = excluded.created, "
+                    "event_id = excluded.event_id WHERE excluded.created >= object_versions.created",
+                    (object_id, created, event_id))
+            if cursor is not None:
+                self._advance_cursor(cursor)
+
+    def prune_ledger(self, now: int | None = None) -> int:
+        """Drop ledger rows older than Stripe could ever list again; dead letters are kept."""
+        cutoff = (now or int(time.time())) - LEDGER_RETENTION_S
+        with self._tx():
+            cur = self._conn.execute("DELETE FROM events WHERE recorded_at < ? AND created < ?",
+                                     (cutoff, cutoff))
+        return cur.rowcount
+
+    # --- dead letters ---------------------------------------------------------------------
+    def dead_letters(self, *, status: str = "open", limit: int | None = None) -> list[DeadLetter]:
+        """Dead letters with this status, oldest event first."""
+        sql = "SELECT * FROM dead_letters WHERE status = ? ORDER BY created, event_id"
+        params: list[Any] = [status]
+        if limit:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [DeadLetter(**dict(r)) for r in self._conn.execute(sql, params)]
+
+    def dead_letter(self, event_id: str) -> DeadLetter | None:
+        """One dead letter by event id."""
+        row = self._conn.execute("SELECT * FROM dead_letters WHERE event_id = ?", (event_id,)).fetchone()
+        return DeadLetter(**dict(row)) if row else None
+
+    def drop_dead_letter(self, event_id: str) -> bool:
+        """Mark a dead letter dropped (kept for audit, no longer retried or counted)."""
+        with self._tx():
+            cur = self._conn.execute("UPDATE dead_letters SET status = 'dropped' WHERE event_id = ? "
+                                     "AND status = 'open'", (event_id,))
+        return cur.rowcount > 0
+
+    def dead_letter_count(self) -> int:
+        """Open dead letters."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM dead_letters WHERE status = 'open'").fetchone()[0])
+
+    # --- runs -----------------------------------------------------------------------------
+    def start_run(self, command: str) -> int:
+        """Record the start of a run."""
+        cur = self._conn.execute("INSERT INTO runs(command, started_at) VALUES (?, ?)",
+                                 (command, int(time.time())))
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, exit_code: int, summary: dict[str, Any]) -> None:
+        """Record how a run ended."""
+        self._conn.execute("UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
+                           (int(time.time()), exit_code, json.dumps(summary, default=str), run_id))
+
+    def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The latest runs, newest first."""
+        rows = self._conn.execute("SELECT * FROM runs ORDER BY run_id DESC LIMIT ?", (limit,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["summary"] = json.loads(d["summary"]) if d.get("summary") else None
+            out.append(d)
+        return out
+
+    def integrity_check(self) -> str:
+        """SQLite's own integrity check ('ok' when healthy)."""
+        return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,272 @@
+"""Stripe edge: events since the cursor (oldest first), hydration with a per-run cache.
+
+Only this module talks to Stripe. It takes an injected `stripe.StripeClient`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import stripe
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError
+from stripe_sf_sync.model import EVENT_TYPES
+
+RETENTION_S = 30 * 86400  # Stripe lists events for 30 days only (api-facts.md §1)
+TYPES_PER_REQUEST = 20  # `types[]` accepts at most 20 names (api-facts.md §1)
+PAGE_LIMIT = 100
+BASIL = "2025-03-31"
+
+T = TypeVar("T")
+
+
+class CountingRequestsClient(stripe.RequestsClient):
+    """The SDK's requests client, counting real HTTP requests (SDK retries included)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def request(self, method: str, url: str, headers: Mapping[str, str] | None,
+                post_data: Any = None) -> tuple[bytes, int, Mapping[str, str]]:
+        self.calls += 1
+        return super().request(method, url, headers, post_data)
+
+
+def build_client(api_key: str, *, api_base: str | None, api_version: str, timeout: float) -> tuple[
+        stripe.StripeClient, CountingRequestsClient]:
+    """A StripeClient pinned to `api_version`, with a counting HTTP client."""
+    http = CountingRequestsClient(timeout=timeout)
+    kwargs: dict[str, Any] = {"stripe_version": api_version, "max_network_retries": 2, "http_client": http}
+    if api_base:
+        kwargs["base_addresses"] = {"api": api_base}
+    return stripe.StripeClient(api_key, **kwargs), http
+
+
+@dataclass
+class Pacer:
+    """Keep requests under a per-second rate (Stripe: 25/s test mode, 100/s live; api-facts.md §3)."""
+
+    per_second: float
+    _next: float = 0.0
+
+    def wait(self) -> None:
+        """Sleep until the next request may go."""
+        now = time.monotonic()
+        if self._next > now:
+            time.sleep(self._next - now)
+            now = self._next
+        self._next = now + 1.0 / self.per_second
+
+
+def _fatal(exc: stripe.StripeError, what: str) -> FatalSyncError:
+    rid = getattr(exc, "request_id", None)
+    code = getattr(exc, "code", None)
+    status = getattr(exc, "http_status", None)
+    ref = f" (request {rid})" if rid else ""
+    if isinstance(exc, stripe.AuthenticationError):
+        return FatalSyncError(f"Stripe rejected the API key while {what}{ref}.", code=code, request_id=rid,
+                              hint="Check STRIPE_API_KEY: it may be revoked, or a live/test mismatch.")
+    if isinstance(exc, stripe.PermissionError):
+        return FatalSyncError(f"Stripe refused access while {what}{ref}.", code=code, request_id=rid,
+                              hint="Give the restricted key read access to events, customers, "
+                                   "subscriptions, invoices and payment intents.")
+    return FatalSyncError(f"Stripe did not answer usefully while {what}: HTTP {status or 'no response'} "
+                          f"{code or type(exc).__name__}{ref}, after retries.", code=code, request_id=rid,
+                          hint="Nothing was lost: the next run resumes from the saved cursor.")
+
+
+class StripeSource:
+    """Reads events and the objects they point to."""
+
+    def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
+                 api_version: str, requests_per_second: float = 20.0, max_rate_limit_retries: int = 6,
+                 clock: Any = time.time) -> None:
+        self._client = client
+        self._http = http
+        self._api_version = api_version
+        self._pacer = Pacer(requests_per_second)
+        self._max_429 = max_rate_limit_retries
+        self._clock = clock
+        self._customers: dict[str, dict[str, Any]] = {}
+        self._invoice_of_pi: dict[str, str | None] = {}
+        self.calls_made = 0
+
+    @property
+    def calls(self) -> int:
+        """HTTP requests made to Stripe (SDK retries included when the client counts them)."""
+        return self._http.calls if self._http is not None else self.calls_made
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One API call: paced, and retried on 429 ourselves (the SDK retries a 429 only when
+        Stripe sends `Stripe-Should-Retry: true`; api-facts.md §3)."""
+        def attempt() -> Any:
+            self._pacer.wait()
+            self.calls_made += 1
+            return fn(*args, **kwargs)
+
+        retrying = Retrying(
+            retry=retry_if_exception_type((stripe.RateLimitError, stripe.APIConnectionError)),
+            wait=wait_random_exponential(multiplier=0.5, max=8), stop=stop_after_attempt(self._max_429),
+            reraise=False)
+        try:
+            return retrying(attempt)
+        except RetryError as exc:
+            inner = exc.last_attempt.exception()
+            assert isinstance(inner, stripe.StripeError)
+            raise _fatal(inner, what) from None
+        except stripe.InvalidRequestError:
+            raise
+        except stripe.StripeError as exc:
+            raise _fatal(exc, what) from None
+
+    # --- events -----------------------------------------------------------------------------
+    def check_cursor_age(self, cursor_created: int) -> None:
+        """Refuse a cursor whose event Stripe no longer lists."""
+        if cursor_created < self._clock() - RETENTION_S:
+            since = time.strftime("%Y-%m-%d", time.gmtime(cursor_created))
+            raise CursorExpiredError(
+                f"The saved cursor is from {since}, past Stripe's 30-day event retention, so events after "
+                "it can no longer be listed.",
+                hint=f"Run `stripe-sf backfill --since {since}` to rebuild from Stripe's lists, then "
+                     "`stripe-sf sync` again.")
+
+    def events_after(self, cursor_id: str, types: Sequence[str] = EVENT_TYPES,
+                     page_limit: int = PAGE_LIMIT) -> Iterator[dict[str, Any]]:
+        """Every event newer than `cursor_id`, oldest first, one page at a time.
+
+        `ending_before=X` returns the page just newer than X, newest first; walking with
+        `ending_before=data[0].id` and reversing each page yields oldest -> newest, as the SDK's
+        `auto_paging_iter` does (api-facts.md §1). Written out here so each page is one counted,
+        paced, retried call with an explicit stop condition.
+        """
+        chunks = [list(types[i:i + TYPES_PER_REQUEST]) for i in range(0, len(types), TYPES_PER_REQUEST)]
+        if len(chunks) > 1:
+            # Separate listings cannot share one cursor position safely; only 5 types are used today.
+            raise ValueError("more than 20 event types need a merged listing")
+        before = cursor_id
+        seen: set[str] = set()
+        while True:
+            params: dict[str, Any] = {"limit": page_limit, "ending_before": before, "types": chunks[0]}
+            try:
+                page = self._call("listing events", self._client.v1.events.list, params)
+            except stripe.InvalidRequestError as exc:
+                if getattr(exc, "code", None) == "resource_missing":
+                    raise CursorExpiredError(
+                        f"Stripe no longer knows the saved cursor event {cursor_id}: it is past the 30-day "
+                        "event retention or from another account.",
+                        hint="Run `stripe-sf backfill --since DATE` (the date of your last good sync), "
+                             "then `stripe-sf sync`.") from None
+                raise _fatal(exc, "listing events") from None
+            data = _raw_list(page)
+            if not data:
+                return
+            if data[0]["id"] in seen:
+                # A repeated page token would loop forever (meltano habit): stop loudly instead.
+                raise FatalSyncError("Stripe returned the same page of events twice.",
+                                     hint="Retry later; if it persists, report it with --debug output.")
+            for event in reversed(data):
+                seen.add(event["id"])
+                yield event
+            if not _has_more(page):
+                return
+            before = data[0]["id"]
+
+    def oldest_event_since(self, since: int, types: Sequence[str] = EVENT_TYPES) -> tuple[str, int] | None:
+        """A cursor just before `since`: the newest event created before it, if Stripe still has one.
+
+        Returns None when no such event exists; then `first_events_since` walks from the start.
+        """
+        params = {"limit": 1, "types": list(types), "created": {"lt": since}}
+        page = self._call("listing events", self._client.v1.events.list, params)
+        data = _raw_list(page)
+        if data:
+            return data[0]["id"], int(data[0]["created"])
+        return None
+
+    def first_event_since(self, since: int, types: Sequence[str] = EVENT_TYPES) -> dict[str, Any] | None:
+        """The oldest event created at or after `since` (walks newest-first pages keeping one id)."""
+        oldest: dict[str, Any] | None = None
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": PAGE_LIMIT, "types": list(types), "created": {"gte": since}}
+            if after:
+                params["starting_after"] = after
+            page = self._call("listing events", self._client.v1.events.list, params)
+            data = _raw_list(page)
+            if not data:
+                return oldest
+            oldest = data[-1]
+            if not _has_more(page):
+                return oldest
+            after = data[-1]["id"]
+
+    # --- hydration --------------------------------------------------------------------------
+    def customer(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer (cached per run); None if Stripe has deleted it."""
+        if customer_id not in self._customers:
+            try:
+                obj = self._call("reading a customer", self._client.v1.customers.retrieve, customer_id)
+            except stripe.InvalidRequestError as exc:
+                if getattr(exc, "code", None) == "resource_missing":
+                    self._customers[customer_id] = {}
+                    return None
+                raise _fatal(exc, "reading a customer") from None
+            self._customers[customer_id] = _raw(obj)
+        return self._customers[customer_id] or None
+
+    def invoice_of_payment_intent(self, pi_id: str) -> str | None:
+        """The invoice a PaymentIntent paid, if any (current API versions no longer embed it;
+        /v1/invoice_payments answers it; api-facts.md §6)."""
+        if pi_id not in self._invoice_of_pi:
+            params = {"limit": 1, "payment": {"type": "payment_intent", "payment_intent": pi_id}}
+            page = self._call("looking up a payment's invoice", self._client.v1.invoice_payments.list, params)
+            data = _raw_list(page)
+            inv = data[0].get("invoice") if data else None
+            self._invoice_of_pi[pi_id] = inv if isinstance(inv, str) else None
+        return self._invoice_of_pi[pi_id]
+
+    def failed_invoice(self, invoice_id: str) -> dict[str, Any] | None:
+        """The invoice with its PaymentIntent/Charge expanded, to read the failure code
+        (an Invoice itself carries none; shared/docs/README.md correction)."""
+        if self._api_version >= BASIL:
+            expand = ["payments.data.payment.payment_intent", "payments.data.payment.charge"]
+        else:
+            expand = ["payment_intent", "charge"]
+        try:
+            obj = self._call("reading a failed invoice", self._client.v1.invoices.retrieve, invoice_id,
+                             {"expand": expand})
+        except stripe.InvalidRequestError as exc:
+            if getattr(exc, "code", None) == "resource_missing":
+                return None
+            raise _fatal(exc, "reading a failed invoice") from None
+        return _raw(obj)
+
+
+def _raw(obj: Any) -> dict[str, Any]:
+    """The JSON Stripe sent, not the SDK's object wrapper (rules read plain dicts)."""
+    resp = getattr(obj, "last_response", None)
+    data = getattr(resp, "data", None)
+    if isinstance(data, dict):
+        return data
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+
+def _raw_list(page: Any) -> list[dict[str, Any]]:
+    raw = _raw(page)
+    data = raw.get("data")
+    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+
+
+def _has_more(page: Any) -> bool:
+    return bool(_raw(page).get("has_more"))
