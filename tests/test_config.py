@@ -1,0 +1,103 @@
+import pytest
+
+from stripe_sf_sync import config
+from stripe_sf_sync.errors import ConfigError, ExitCode
+
+GOOD_RT = "0125g000000AbCdAAK"
+
+
+def test_example_config_is_valid_and_identical_to_the_packaged_copy(tmp_path):
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    example = (root / "sync.yaml.example").read_text()
+    assert example == (root / "stripe_sf_sync" / "sync.yaml.example").read_text()
+    path = tmp_path / "sync.yaml"
+    path.write_text(example)
+    loaded = config.load_config(path)
+    assert loaded.settings.salesforce.fields.subscription_id == "Stripe_Subscription_ID__c"
+    assert loaded.state_path == tmp_path / "stripe-sf-state.sqlite"
+    with pytest.raises(ConfigError) as info:
+        config.require_org_values(loaded.settings, str(path))
+    assert "discover-config --write" in str(info.value)
+
+
+def test_every_problem_is_listed_with_its_key_path(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_text("stripe:\n  requests_per_second: -1\n  colour: blue\nsalesforce:\n  api_budget: 2\n"
+                    "  fields:\n    mrr: 'MRR__c; DROP'\nsync:\n  batch_size: zero\n")
+    with pytest.raises(ConfigError) as info:
+        config.load_config(path)
+    msg = str(info.value)
+    for key in ("stripe.requests_per_second", "stripe.colour: unknown key", "salesforce.api_budget",
+                "salesforce.fields.mrr", "sync.batch_size"):
+        assert key in msg
+    assert info.value.exit_code == ExitCode.CONFIG
+    assert len(info.value.problems) == 5
+
+
+@pytest.mark.parametrize("text", ["[1, 2", "- a\n- b\n", "just a string", "a: [\n"])
+def test_bad_yaml_is_a_clear_error(tmp_path, text):
+    path = tmp_path / "sync.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load_config(path)
+    assert "sync.yaml" in str(info.value)
+
+
+def test_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config.load_config(tmp_path / "nope.yaml")
+    assert "sync.yaml.example" in str(info.value)
+
+
+def test_record_types_must_be_record_type_ids():
+    with pytest.raises(ConfigError) as info:
+        config.parse_settings({"salesforce": {"record_types": {"New Business": "001Hs00000CmAbcIAE"}}})
+    assert "New Business" in str(info.value)
+
+
+def test_record_type_choice():
+    s = config.parse_settings({"salesforce": {"record_types": {"Renewal": GOOD_RT, "New Business": GOOD_RT}}})
+    assert s.record_type_id() == GOOD_RT
+    s = config.parse_settings({"salesforce": {"record_types": {"Renewal": GOOD_RT}}})
+    assert s.record_type_id() is None  # org default
+    with pytest.raises(ConfigError):
+        config.parse_settings({"salesforce": {"opportunity_record_type": "Upsell", "record_types": {}}})
+
+
+def test_stripe_secret_from_environment_only():
+    assert config.stripe_secrets({"STRIPE_API_KEY": "sk_test_abc123"}).api_key == "sk_test_abc123"
+    with pytest.raises(ConfigError) as info:
+        config.stripe_secrets({})
+    assert "STRIPE_API_KEY" in str(info.value)
+    with pytest.raises(ConfigError):
+        config.stripe_secrets({"STRIPE_API_KEY": "pk_test_publishable"})
+    assert "sk_test_abc123" not in repr(config.stripe_secrets({"STRIPE_API_KEY": "sk_test_abc123"}))
+
+
+@pytest.mark.parametrize(("env", "mode"), [
+    ({"SF_INSTANCE_URL": "https://x.my.salesforce.com", "SF_ACCESS_TOKEN": "00Dtoken"}, "token"),
+    ({"SF_CONSUMER_KEY": "k", "SF_CONSUMER_SECRET": "s", "SF_DOMAIN": "acme.my"}, "client_credentials"),
+    ({"SF_USERNAME": "u", "SF_PASSWORD": "p", "SF_SECURITY_TOKEN": "t"}, "password"),
+])
+def test_salesforce_modes(env, mode):
+    assert config.salesforce_secrets(env).mode == mode
+
+
+def test_salesforce_jwt_mode_needs_a_key_file(tmp_path):
+    key = tmp_path / "server.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    env = {"SF_USERNAME": "u", "SF_CONSUMER_KEY": "k", "SF_PRIVATE_KEY_FILE": str(key), "SF_DOMAIN": "test"}
+    s = config.salesforce_secrets(env)
+    assert s.mode == "jwt" and s.domain == "test"
+    with pytest.raises(ConfigError):
+        config.salesforce_secrets({**env, "SF_PRIVATE_KEY_FILE": str(tmp_path / "missing.key")})
+
+
+def test_partial_salesforce_credentials_name_what_is_missing():
+    with pytest.raises(ConfigError) as info:
+        config.salesforce_secrets({"SF_CONSUMER_KEY": "k", "SF_CONSUMER_SECRET": "s"})
+    assert "SF_DOMAIN" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        config.salesforce_secrets({"SF_INSTANCE_URL": "http://insecure", "SF_ACCESS_TOKEN": "t"})
+    assert "https://" in str(info.value)

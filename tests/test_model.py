@@ -1,0 +1,103 @@
+from decimal import Decimal
+
+import pytest
+
+from stripe_sf_sync import model
+from stripe_sf_sync.model import MalformedEvent
+
+from . import payloads as p
+
+
+@pytest.mark.parametrize("version", [p.CURRENT, p.PRE_BASIL])
+def test_subscription_parses_in_both_api_shapes(version):
+    sub = p.subscription(version=version, period_end=p.T0 + 100)
+    change = model.parse_event(p.event("customer.subscription.created", sub, version=version))
+    assert isinstance(change, model.SubscriptionChange)
+    assert change.subscription_id == "sub_1OHAabcdefghij"
+    assert change.customer_id == "cus_Pabcdefghij"
+    assert change.period_end == p.T0 + 100
+    assert change.lines[0].unit_amount == Decimal("99900")
+
+
+def test_previous_attributes_drive_transitions():
+    sub = p.subscription(status="active", cancel_at_period_end=True)
+    ev = p.event("customer.subscription.updated", sub,
+                 previous={"status": "trialing", "cancel_at_period_end": False, "items": {"data": []}})
+    change = model.parse_event(ev)
+    assert change.previous_status == "trialing"
+    assert change.cancel_turned_on is True
+    assert change.plan_changed is True
+
+
+def test_expanded_customer_is_read():
+    sub = p.subscription(customer={"id": "cus_Pabcdefghij", "object": "customer", "name": "Acme",
+                                   "metadata": {"salesforce_account_id": "001Hs00000CmAbcIAE"}})
+    change = model.parse_event(p.event("customer.subscription.created", sub))
+    assert change.customer_id == "cus_Pabcdefghij"
+    assert change.customer_name == "Acme"
+    assert change.customer_metadata == {"salesforce_account_id": "001Hs00000CmAbcIAE"}
+
+
+def test_payment_intent_invoice_link_by_version():
+    cur = model.parse_event(p.event("payment_intent.succeeded", p.payment_intent()))
+    assert cur.invoice_known is False  # current versions must ask /v1/invoice_payments
+    old = model.parse_event(p.event("payment_intent.succeeded", p.payment_intent(version=p.PRE_BASIL,
+                                                                                  invoice="in_1Oabc"),
+                                    version=p.PRE_BASIL))
+    assert old.invoice_known is True and old.invoice_id == "in_1Oabc"
+
+
+def test_invoice_failure_in_both_shapes():
+    cur = model.parse_event(p.event("invoice.payment_failed",
+                                    p.invoice(metadata={"salesforce_account_id": "001Hs00000CmAbcIAE"})))
+    assert cur.subscription_id == "sub_1OHAabcdefghij"
+    assert cur.metadata == {"salesforce_account_id": "001Hs00000CmAbcIAE"}
+    assert cur.failure_code is None  # an Invoice carries no failure code: hydration reads it
+    assert cur.amount_due == Decimal("149.00")
+    old_inv = p.invoice(version=p.PRE_BASIL, payment_intent={
+        "id": "pi_3Ofailedabcdef", "object": "payment_intent",
+        "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds"}})
+    old = model.parse_event(p.event("invoice.payment_failed", old_inv, version=p.PRE_BASIL))
+    assert old.subscription_id == "sub_1OHAabcdefghij"
+    assert old.failure_code == "insufficient_funds"
+    assert old.payment_intent_id == "pi_3Ofailedabcdef"
+
+
+def test_failure_code_from_expanded_basil_payments():
+    inv = p.invoice()
+    inv["payments"] = {"object": "list", "data": [{"id": "inpay_1", "object": "invoice_payment", "payment": {
+        "type": "charge", "charge": {"id": "ch_1", "failure_code": "expired_card"}}}]}
+    change = model.parse_event(p.event("invoice.payment_failed", inv))
+    assert change.failure_code == "expired_card"
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [
+    (lambda e: e.pop("id"), "event id"),
+    (lambda e: e.__setitem__("created", "yesterday"), "created"),
+    (lambda e: e["data"]["object"].pop("customer"), "customer"),
+    (lambda e: e["data"]["object"].__setitem__("status", "exploded"), "status"),
+    (lambda e: e["data"]["object"].__setitem__("currency", "dollars"), "currency"),
+    (lambda e: e["data"]["object"]["items"]["data"][0].__setitem__("quantity", "2"), "quantity"),
+    (lambda e: e["data"]["object"].__setitem__("items", None), "items"),
+    (lambda e: e["data"].__setitem__("object", []), "data.object"),
+    (lambda e: e["data"]["object"].__setitem__("id", "' OR 1=1"), "id"),
+])
+def test_malformed_payloads_name_the_field(mutate, reason):
+    ev = p.event("customer.subscription.created", p.subscription())
+    mutate(ev)
+    with pytest.raises(MalformedEvent) as info:
+        model.parse_event(ev)
+    assert reason in info.value.reason
+
+
+def test_unknown_event_type_is_unsupported_not_an_error():
+    ev = p.event("customer.subscription.paused", p.subscription())
+    assert isinstance(model.parse_event(ev), model.Unsupported)
+    ev = p.event("charge.refunded", {"id": "ch_1"})
+    assert isinstance(model.parse_event(ev), model.Unsupported)
+
+
+def test_huge_amount_is_rejected_not_crashing():
+    ev = p.event("payment_intent.succeeded", p.payment_intent(amount=10**20))
+    with pytest.raises(MalformedEvent):
+        model.parse_event(ev)

@@ -1,0 +1,154 @@
+"""The mapping rules, pinned against realistic payloads. Pure: no network, no clock."""
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from stripe_sf_sync import model, rules
+from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.rules import AccountStatusIntent, OpportunityIntent, TaskIntent
+
+from . import payloads as p
+
+CTX = rules.RuleContext("Won", FieldNames())
+OPP_ID = "006Hs00000BkXyzIAF"
+
+
+def plan_of(ev):
+    change = model.parse_event(ev)
+    if isinstance(change, model.PaymentChange) and not change.invoice_known:
+        import dataclasses
+        change = dataclasses.replace(change, invoice_known=True)
+    return rules.plan(CTX, change)
+
+
+def test_guide_example_subscription_created_wins_the_opportunity():
+    sub = p.subscription(metadata={"salesforce_opportunity_id": OPP_ID,
+                                   "salesforce_account_id": "001Hs00000CmAbcIAE"})
+    plan = plan_of(p.event("customer.subscription.created", sub, created=1757894400))  # 2025-09-15
+    opp = next(i for i in plan.intents if isinstance(i, OpportunityIntent))
+    assert opp.opportunity_id == OPP_ID
+    assert opp.fields == {"StageName": "Won", "CloseDate": "2025-09-15", "Amount": Decimal("999.00"),
+                          "MRR__c": Decimal("999.00"), "ARR__c": Decimal("11988.00"),
+                          "Stripe_Subscription_ID__c": "sub_1OHAabcdefghij",
+                          "Stripe_Customer_ID__c": "cus_Pabcdefghij"}
+    status = next(i for i in plan.intents if isinstance(i, AccountStatusIntent))
+    assert status.status == "active" and status.log_transition is False
+
+
+@pytest.mark.parametrize(("status", "won"), [("active", True), ("trialing", True), ("incomplete", False),
+                                              ("past_due", False)])
+def test_created_wins_only_when_active_or_trialing(status, won):
+    plan = plan_of(p.event("customer.subscription.created", p.subscription(status=status)))
+    assert any(isinstance(i, OpportunityIntent) for i in plan.intents) is won
+
+
+@pytest.mark.parametrize(("prev", "won"), [("incomplete", True), ("trialing", True), ("past_due", False),
+                                           (None, False)])
+def test_updated_into_active_wins_from_incomplete_or_trialing(prev, won):
+    previous = {"status": prev} if prev else {"metadata": {}}
+    plan = plan_of(p.event("customer.subscription.updated", p.subscription(status="active"), previous=previous))
+    wins = [i for i in plan.intents if isinstance(i, OpportunityIntent) and i.may_create]
+    assert bool(wins) is won
+
+
+def test_status_transition_is_logged_on_update():
+    plan = plan_of(p.event("customer.subscription.updated", p.subscription(status="past_due"),
+                           previous={"status": "active"}))
+    status = next(i for i in plan.intents if isinstance(i, AccountStatusIntent))
+    assert (status.previous_status, status.status, status.log_transition) == ("active", "past_due", True)
+    task = rules.transition_task(status, "active")
+    assert task.subject == "Subscription status: active → past_due"
+    assert task.status == "Completed" and task.key.endswith(":status")
+
+
+def test_plan_change_refreshes_amounts_without_creating():
+    sub = p.subscription(items=[(p.price(50000), 3)])
+    plan = plan_of(p.event("customer.subscription.updated", sub, previous={"items": {"data": []}}))
+    opp = next(i for i in plan.intents if isinstance(i, OpportunityIntent))
+    assert opp.may_create is False
+    assert opp.fields == {"Amount": Decimal("1500.00"), "MRR__c": Decimal("1500.00"), "ARR__c": Decimal("18000.00")}
+
+
+def test_cancel_at_period_end_turning_true_raises_early_warning():
+    sub = p.subscription(cancel_at_period_end=True, period_end=1760486400)  # 2025-10-15
+    plan = plan_of(p.event("customer.subscription.updated", sub, previous={"cancel_at_period_end": False},
+                           created=1757894400))
+    tasks = [i for i in plan.intents if isinstance(i, TaskIntent)]
+    assert len(tasks) == 1
+    assert tasks[0].purpose == "cancel-warning" and "2025-10-15" in tasks[0].subject
+    assert tasks[0].assign_to == "csm_or_owner" and tasks[0].priority == "High"
+
+
+def test_deleted_sets_canceled_and_follow_up_for_csm():
+    sub = p.subscription(status="canceled")
+    plan = plan_of(p.event("customer.subscription.deleted", sub, created=1757894400))
+    status = next(i for i in plan.intents if isinstance(i, AccountStatusIntent))
+    assert status.status == "canceled" and status.previous_from_account
+    follow = next(i for i in plan.intents if isinstance(i, TaskIntent))
+    assert follow.key == "evt_1OHAabcdefghij:follow-up" and follow.assign_to == "csm_or_owner"
+    assert follow.activity_date == "2025-09-16"
+
+
+def test_one_time_payment_wins_with_exact_amount_keyed_on_payment_intent():
+    plan = plan_of(p.event("payment_intent.succeeded", p.payment_intent(amount=500000, currency="jpy")))
+    opp = plan.intents[0]
+    assert opp.key_kind == "payment_intent" and opp.match_by_customer is False
+    assert opp.fields["Amount"] == Decimal("500000")
+    assert opp.fields["Stripe_Payment_Intent_ID__c"] == "pi_3Oabcdefghij"
+    assert "MRR__c" not in opp.fields
+
+
+def test_invoice_payment_is_not_a_one_time_win():
+    ev = p.event("payment_intent.succeeded", p.payment_intent(version=p.PRE_BASIL, invoice="in_1Oabc"),
+                 version=p.PRE_BASIL)
+    plan = plan_of(ev)
+    assert plan.intents == [] and "in_1Oabc" in plan.ignored
+
+
+def test_failed_payment_task_matches_the_guide():
+    inv = p.invoice(amount_due=14900, attempt_count=2, next_payment_attempt=1758153600)  # 2025-09-18
+    change = model.parse_event(p.event("invoice.payment_failed", inv, created=1757980800))  # Tue 2025-09-16
+    import dataclasses
+    change = dataclasses.replace(change, failure_code="card_declined")
+    task = rules.plan(CTX, change).intents[0]
+    assert task.subject == "Payment Failed - Immediate Action Required"
+    assert (task.priority, task.status, task.assign_to) == ("High", "Not Started", "owner")
+    assert task.activity_date == "2025-09-17"
+    for text in ("149.00 USD", "card_declined", "Attempt count: 2", "Next retry: 2025-09-18",
+                 "sub_1OHAabcdefghij", "https://dashboard.stripe.com/test/invoices/in_1Oabcdefghij",
+                 "https://dashboard.stripe.com/test/customers/cus_Pabcdefghij"):
+        assert text in task.description
+
+
+def test_zero_decimal_failed_amount():
+    change = model.parse_event(p.event("invoice.payment_failed", p.invoice(amount_due=5000, currency="jpy")))
+    assert "5000 JPY" in rules.plan(CTX, change).intents[0].description
+
+
+@pytest.mark.parametrize(("day", "expected"), [
+    (date(2025, 9, 19), date(2025, 9, 22)),  # Friday -> Monday
+    (date(2025, 9, 20), date(2025, 9, 22)),  # Saturday -> Monday
+    (date(2025, 9, 15), date(2025, 9, 16)),
+])
+def test_next_business_day(day, expected):
+    assert rules.next_business_day(day) == expected
+
+
+@pytest.mark.parametrize("hostile", ["' OR Name != '", "../../sobjects/User", "001Hs00000CmAbc",
+                                     "001Hs00000CmAbcIAE", "006Hs00000BkXyzIAX", "006Hs00000BkXyz'",
+                                     "006Hs00000BkXyzIAF/../../User"])
+def test_hostile_metadata_never_becomes_an_id(hostile):
+    sub = p.subscription(metadata={"salesforce_opportunity_id": hostile})
+    opp = next(i for i in plan_of(p.event("customer.subscription.created", sub)).intents
+               if isinstance(i, OpportunityIntent))
+    # wrong shape, wrong key prefix (001 is an Account) or a bad checksum: treated as absent
+    assert opp.opportunity_id is None
+
+
+def test_fifteen_char_metadata_id_is_normalised():
+    sub = p.subscription(metadata={"salesforce_opportunity_id": "006Hs00000BkXyz"})
+    opp = next(i for i in plan_of(p.event("customer.subscription.created", sub)).intents
+               if isinstance(i, OpportunityIntent))
+    assert opp.opportunity_id == OPP_ID

@@ -1,0 +1,78 @@
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from stripe_sf_sync.errors import LockHeldError, StateError
+from stripe_sf_sync.state import SCHEMA_VERSION, Cursor, Outcome, StateStore
+
+
+def test_created_private_with_wal(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with StateStore.open(path) as st:
+        assert st.integrity_check() == "ok"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "s.sqlite"
+    StateStore.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StateError) as info:
+        StateStore.open(path)
+    assert "newer" in str(info.value) and "Upgrade" in str(info.value)
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError) as info:
+        StateStore.open(path)
+    assert "move it aside" in str(info.value)
+
+
+def test_second_lock_holder_is_refused_at_once(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with StateStore.open(path) as a, StateStore.open(path) as b:
+        a.acquire_lock()
+        with pytest.raises(LockHeldError) as info:
+            b.acquire_lock()
+        assert str(os.getpid()) in str(info.value)
+        a.release_lock()
+        b.acquire_lock()
+
+
+def test_batch_commit_is_atomic_and_cursor_never_goes_back(tmp_path):
+    with StateStore.open(tmp_path / "s.sqlite") as st:
+        outs = [Outcome("evt_1", "t", 10, "applied", object_id="sub_1"),
+                Outcome("evt_2", "t", 11, "dead_letter", reason="NO_ACCOUNT", code="NO_ACCOUNT", payload="{}")]
+        st.commit_batch(outs, cursor=Cursor("evt_2", 11), versions={"sub_1": (10, "evt_1")}, run_id=None)
+        assert st.cursor() == Cursor("evt_2", 11)
+        assert st.outcomes_for(["evt_1", "evt_2", "evt_3"]) == {"evt_1": "applied", "evt_2": "dead_letter"}
+        assert st.versions_for(["sub_1"]) == {"sub_1": 10}
+        assert st.dead_letter_count() == 1
+        with pytest.raises(StateError):
+            st.commit_batch([Outcome("evt_0", "t", 5, "applied")], cursor=Cursor("evt_0", 5), versions={},
+                            run_id=None)
+        # the failed transaction left nothing behind
+        assert "evt_0" not in st.outcomes_for(["evt_0"])
+        # versions only move forward
+        st.commit_batch([], cursor=None, versions={"sub_1": (5, "evt_old")}, run_id=None)
+        assert st.versions_for(["sub_1"]) == {"sub_1": 10}
+
+
+def test_dead_letter_attempts_and_resolution(tmp_path):
+    with StateStore.open(tmp_path / "s.sqlite") as st:
+        dl = Outcome("evt_9", "invoice.payment_failed", 9, "dead_letter", reason="r", code="C", payload='{"id":1}')
+        st.commit_batch([dl], cursor=None, versions={}, run_id=None)
+        st.commit_batch([dl], cursor=None, versions={}, run_id=None, retried=True)
+        assert st.dead_letter("evt_9").attempts == 2
+        st.commit_batch([Outcome("evt_9", "invoice.payment_failed", 9, "applied")], cursor=None, versions={},
+                        run_id=None, retried=True)
+        assert st.dead_letter("evt_9").status == "resolved"
+        assert st.dead_letter_count() == 0
