@@ -278,7 +278,8 @@ def demo(debug: DebugOpt = False) -> None:
     _setup(debug, None)
     from stripe_sf_sync.sandbox.demo import run_demo
 
-    code = guarded(lambda: run_demo(_stdout()), debug=debug)
+    out = Console(file=sys.stdout, width=max(_stdout().width, 150))  # tables stay readable in a narrow pipe
+    code = guarded(lambda: run_demo(out), debug=debug)
     raise typer.Exit(int(code))
 
 

@@ -340,11 +340,18 @@ def parse_payment(event: Mapping[str, Any], meta: EventMeta) -> PaymentChange:
 
 
 def _failure_code_from(obj: Mapping[str, Any]) -> str | None:
-    """Failure code of an expanded PaymentIntent or Charge (api-facts.md §5 correction)."""
-    code = _get(obj, "last_payment_error.decline_code") or _get(obj, "last_payment_error.code")
+    """Failure code of an expanded PaymentIntent (`last_payment_error.code`) or Charge
+    (`failure_code`), with the card's decline code when there is one (api-facts.md §5 correction)."""
+    code = _get(obj, "last_payment_error.code")
+    decline = _get(obj, "last_payment_error.decline_code")
     if code is None:
         code = obj.get("failure_code")
-    return code if isinstance(code, str) else None
+        decline = _get(obj, "outcome.reason") if decline is None else decline
+    if not isinstance(code, str):
+        return None
+    if isinstance(decline, str) and decline and decline != code:
+        return f"{code} ({decline})"
+    return code
 
 
 def parse_invoice_failure(event: Mapping[str, Any], meta: EventMeta) -> InvoiceFailureChange:

@@ -92,12 +92,7 @@ def period_total(lines: Iterable[PriceLine]) -> Decimal | None:
     return quantize(total.scaleb(-exponent(currency)), currency)
 
 
-def monthly_recurring(lines: Iterable[PriceLine]) -> Decimal | None:
-    """MRR in major units: each licensed item normalised to one month, summed.
-
-    Returns None when an item's price is tiered (no unit amount): its MRR cannot be known
-    from the payload, and writing a wrong MRR is worse than leaving the field alone.
-    """
+def _monthly_exact(lines: Iterable[PriceLine]) -> tuple[Decimal, str] | None:
     total = Decimal(0)
     currency: str | None = None
     for line in lines:
@@ -110,11 +105,26 @@ def monthly_recurring(lines: Iterable[PriceLine]) -> Decimal | None:
             raise ValueError(f"unknown billing interval {line.interval!r} x{line.interval_count}")
         currency = line.currency
         total += line.unit_amount * line.quantity / (months * line.interval_count)
-    if currency is None:
-        return Decimal("0.00")
+    return total, currency or "usd"
+
+
+def monthly_recurring(lines: Iterable[PriceLine]) -> Decimal | None:
+    """MRR in major units: each licensed item normalised to one month, summed.
+
+    Returns None when an item's price is tiered (no unit amount): its MRR cannot be known
+    from the payload, and writing a wrong MRR is worse than leaving the field alone.
+    """
+    exact = _monthly_exact(lines)
+    if exact is None:
+        return None
+    total, currency = exact
     return quantize(total.scaleb(-exponent(currency)), currency)
 
 
-def annual_recurring(mrr: Decimal, currency: str) -> Decimal:
-    """ARR = 12 x MRR, at the currency's precision."""
-    return quantize(mrr * 12, currency)
+def annual_recurring(lines: Iterable[PriceLine]) -> Decimal | None:
+    """ARR = 12 x MRR, from the unrounded MRR so a yearly plan's ARR is its yearly price."""
+    exact = _monthly_exact(lines)
+    if exact is None:
+        return None
+    total, currency = exact
+    return quantize((total * 12).scaleb(-exponent(currency)), currency)

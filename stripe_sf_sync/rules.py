@@ -142,7 +142,7 @@ def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange) -> 
     mrr = money.monthly_recurring(change.lines)
     if mrr is not None:
         out[f.mrr] = mrr
-        out[f.arr] = money.annual_recurring(mrr, change.currency)
+        out[f.arr] = money.annual_recurring(change.lines)
     return out
 
 

@@ -240,7 +240,7 @@ class StripeSource:
         """The invoice with its PaymentIntent/Charge expanded, to read the failure code
         (an Invoice itself carries none; shared/docs/README.md correction)."""
         if self._api_version >= BASIL:
-            expand = ["payments.data.payment.payment_intent", "payments.data.payment.charge"]
+            expand = ["payments.data.payment.payment_intent"]
         else:
             expand = ["payment_intent", "charge"]
         try:

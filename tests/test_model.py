@@ -59,7 +59,7 @@ def test_invoice_failure_in_both_shapes():
         "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds"}})
     old = model.parse_event(p.event("invoice.payment_failed", old_inv, version=p.PRE_BASIL))
     assert old.subscription_id == "sub_1OHAabcdefghij"
-    assert old.failure_code == "insufficient_funds"
+    assert old.failure_code == "card_declined (insufficient_funds)"
     assert old.payment_intent_id == "pi_3Ofailedabcdef"
 
 

@@ -69,4 +69,7 @@ def test_fractional_unit_amount_decimal_is_exact():
 
 def test_period_total_and_arr():
     assert money.period_total([line(99900), line(1000, qty=3)]) == Decimal("1029.00")
-    assert money.annual_recurring(Decimal("999.00"), "usd") == Decimal("11988.00")
+    assert money.annual_recurring([line(99900)]) == Decimal("11988.00")
+    # a yearly plan: MRR rounds to cents, ARR stays the yearly price
+    assert money.monthly_recurring([line(250000, "year", qty=4)]) == Decimal("833.33")
+    assert money.annual_recurring([line(250000, "year", qty=4)]) == Decimal("10000.00")

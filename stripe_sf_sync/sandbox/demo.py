@@ -1,0 +1,97 @@
+"""`stripe-sf demo`: the real pipeline, end to end, against local stand-ins. No credentials."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from stripe_sf_sync import service
+from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.sandbox import scenario
+from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
+from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+
+
+def sandbox_environment(stripe: StripeSandbox, sf: SalesforceSandbox) -> service.Environment:
+    """Environment variables and a TLS-trusting session for the two stand-ins."""
+    env = {"STRIPE_API_KEY": stripe.api_key, "STRIPE_API_BASE": stripe.base_url,
+           "SF_INSTANCE_URL": sf.instance_url, "SF_ACCESS_TOKEN": sf.access_token}
+    return service.Environment(env=env, session_factory=sf.session)
+
+
+def _table(console: Console, title: str, rows: list[dict], columns: list[str]) -> None:
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    console.print(table)
+
+
+def run_demo(console: Console) -> ExitCode:
+    """Start both stand-ins, load the scenario, discover, sync twice, and show the org."""
+    now = int(time.time())
+    with tempfile.TemporaryDirectory(prefix="stripe-sf-demo-") as tmp, StripeSandbox() as stripe, \
+            SalesforceSandbox(scenario.awkward_org()) as sf:
+        org = sf.org
+        sc = scenario.load(stripe, org, now=now)
+        env = sandbox_environment(stripe, sf)
+        config = Path(tmp) / "sync.yaml"
+        example = resources.files("stripe_sf_sync").joinpath("sync.yaml.example").read_text(encoding="utf-8")
+        config.write_text(example.replace("account_csm: null", "account_csm: CSM__c"), encoding="utf-8")
+
+        console.rule("1. stripe-sf discover-config --write")
+        found = service.run_discover(config, env, write=True, example=example)
+        console.print(f"won stage: [bold]{found.won_stage}[/]; record types: {found.record_types}; "
+                      f"new Opportunities get: {found.chosen_record_type}")
+
+        since = time.strftime("%Y-%m-%d", time.gmtime(sc.start))
+        console.rule(f"2. stripe-sf sync --since {since}")
+        first = service.run_sync(config, env, since=since, dry_run=False, max_events=None)
+        console.print(_line(first))
+
+        console.rule("3. stripe-sf sync (again: nothing new to write)")
+        second = service.run_sync(config, env, since=None, dry_run=False, max_events=None)
+        console.print(_line(second))
+
+        names = {u["Id"]: u["Name"] for u in org.records("User")}
+        accounts = {a["Id"]: a["Name"] for a in org.records("Account")}
+        opps = [{**o, "Account": accounts.get(o.get("AccountId")),
+                 "RecordType": _record_type(org, o.get("RecordTypeId"))} for o in org.records("Opportunity")]
+        _table(console, "Opportunities", opps, ["Name", "StageName", "CloseDate", "Amount", "MRR__c",
+                                                "ARR__c", "RecordType"])
+        accts = [{**a, "Owner": names.get(a.get("OwnerId")), "CSM": names.get(a.get("CSM__c"))}
+                 for a in org.records("Account")]
+        _table(console, "Accounts", accts, ["Name", "Stripe_Customer_ID__c", "Subscription_Status__c", "Owner", "CSM"])
+        tasks = [{**t, "Account": accounts.get(t.get("WhatId")), "Assigned to": names.get(t.get("OwnerId"))}
+                 for t in org.records("Task")]
+        _table(console, "Tasks", tasks, ["Subject", "Account", "Assigned to", "Priority", "Status", "ActivityDate"])
+        failed = next((t for t in tasks if t["Subject"].startswith("Payment Failed")), None)
+        if failed:
+            console.print("[bold]Payment-failure Task description:[/]")
+            console.print(failed["Description"], highlight=False)
+        dead = service.dlq_list(config, env)
+        _table(console, "Dead letters (fix the cause, then `stripe-sf dlq retry --all`)", dead,
+               ["event_id", "event_type", "error_code", "reason"])
+        ok = second.events_read == 0 and first.dead_lettered == len(sc.unmatched_events)
+        console.print(f"Stripe calls {first.stripe_calls + second.stripe_calls}, Salesforce calls "
+                      f"{first.salesforce_calls + second.salesforce_calls} for {first.events_read} events.")
+        return ExitCode.OK if ok else ExitCode.FAILURE
+
+
+def _record_type(org: object, rid: str | None) -> str | None:
+    for r in org.records("RecordType"):  # type: ignore[attr-defined]
+        if r["Id"] == rid:
+            return str(r["Name"])
+    return None
+
+
+def _line(s: service.RunSummary) -> str:
+    return (f"{s.events_read} events read, {s.applied} applied, {s.skipped_stale} stale, {s.ignored} needing no "
+            f"write, {s.dead_lettered} dead-lettered; {s.records_written} records written with "
+            f"{s.salesforce_calls} Salesforce calls and {s.stripe_calls} Stripe calls in {s.duration_s:.2f}s")
