@@ -1,0 +1,80 @@
+"""Shared fixtures: the two sandbox stand-ins, served on loopback, and a discovered config."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stripe_sf_sync import service
+from stripe_sf_sync.sandbox import scenario
+from stripe_sf_sync.sandbox.demo import sandbox_environment
+from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
+from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = (ROOT / "sync.yaml.example").read_text()
+
+
+@pytest.fixture
+def stripe_sb() -> Iterator[StripeSandbox]:
+    with StripeSandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def org() -> SalesforceOrg:
+    return scenario.awkward_org()
+
+
+@pytest.fixture
+def sf_sb(org: SalesforceOrg) -> Iterator[SalesforceSandbox]:
+    with SalesforceSandbox(org) as sb:
+        yield sb
+
+
+@pytest.fixture
+def env(stripe_sb: StripeSandbox, sf_sb: SalesforceSandbox) -> service.Environment:
+    environment = sandbox_environment(stripe_sb, sf_sb)
+    environment.sleep = lambda s: None  # backoff without waiting
+    return environment
+
+
+@pytest.fixture
+def sc(stripe_sb: StripeSandbox, org: SalesforceOrg) -> scenario.Scenario:
+    return scenario.load(stripe_sb, org, now=int(time.time()))
+
+
+def write_config(path: Path, **overrides: str) -> Path:
+    text = EXAMPLE.replace("account_csm: null", "account_csm: CSM__c")
+    for old, new in overrides.items():
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path, env: service.Environment) -> Path:
+    path = write_config(tmp_path / "sync.yaml")
+    service.run_discover(path, env, write=True, example=EXAMPLE)
+    return path
+
+
+def since(sc: scenario.Scenario) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(sc.start))
+
+
+def snapshot(org: SalesforceOrg) -> dict[str, Any]:
+    """The org's business state, independent of generated Ids and timestamps."""
+    names = {a["Id"]: a["Name"] for a in org.records("Account")}
+    volatile = {"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted", "AccountId", "WhatId"}
+
+    def clean(rec: dict[str, Any]) -> tuple:
+        d = {k: v for k, v in rec.items() if k not in volatile and k != "attributes"}
+        d["_account"] = names.get(rec.get("AccountId") or rec.get("WhatId") or rec.get("Id"))
+        return tuple(sorted((k, str(v)) for k, v in d.items()))
+
+    return {obj: sorted(clean(r) for r in org.records(obj)) for obj in ("Opportunity", "Account", "Task")}
