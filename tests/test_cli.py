@@ -1,0 +1,175 @@
+"""The CLI: exit codes, messages, --help examples, JSON output. Runs the real commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from stripe_sf_sync import __version__
+from stripe_sf_sync.cli import app
+from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.state import StateStore
+
+from .conftest import since, write_config
+
+COMMANDS = [["sync"], ["discover-config"], ["status"], ["demo"], ["dlq", "list"], ["dlq", "retry"],
+            ["dlq", "drop"]]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def cli_env(stripe_sb, sf_sb):
+    return {"STRIPE_API_KEY": stripe_sb.api_key, "STRIPE_API_BASE": stripe_sb.base_url,
+            "SF_INSTANCE_URL": sf_sb.instance_url, "SF_ACCESS_TOKEN": sf_sb.access_token,
+            "REQUESTS_CA_BUNDLE": sf_sb.ca_path}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help_with_an_example(runner, cmd):
+    result = runner.invoke(app, [*cmd, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output
+
+
+def test_version(runner):
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_bad_config_is_one_paragraph_with_the_config_exit_code(runner, tmp_path):
+    cfg = tmp_path / "sync.yaml"
+    cfg.write_text("sync:\n  batch_size: -3\nbogus: 1\n")
+    result = runner.invoke(app, ["sync", "--config", str(cfg)], env={"STRIPE_API_KEY": ""})
+    assert result.exit_code == ExitCode.CONFIG
+    assert "sync.batch_size" in result.output and "bogus: unknown key" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_secrets_are_all_named(runner, tmp_path):
+    cfg = write_config(tmp_path / "sync.yaml", **{"won_stage: null": "won_stage: Won"})
+    clean = {k: "" for k in os.environ if k.startswith(("SF_", "STRIPE_"))}
+    result = runner.invoke(app, ["sync", "--config", str(cfg), "--since", "2026-11-01"], env=clean)
+    assert result.exit_code == ExitCode.CONFIG
+    assert "STRIPE_API_KEY" in result.output and "no Salesforce credentials" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unset_won_stage_points_to_discover_config(runner, tmp_path):
+    cfg = write_config(tmp_path / "sync.yaml")
+    result = runner.invoke(app, ["sync", "--config", str(cfg)])
+    assert result.exit_code == ExitCode.CONFIG and "discover-config --write" in result.output
+
+
+def test_bad_since_is_a_usage_error(runner, tmp_path):
+    cfg = write_config(tmp_path / "sync.yaml", **{"won_stage: null": "won_stage: Won"})
+    env = {"STRIPE_API_KEY": "sk_test_x1234567", "SF_INSTANCE_URL": "https://x.example", "SF_ACCESS_TOKEN": "t"}
+    result = runner.invoke(app, ["sync", "--config", str(cfg), "--since", "last tuesday"], env=env)
+    assert result.exit_code == ExitCode.CONFIG and "YYYY-MM-DD" in result.output
+
+
+def test_full_cycle_through_the_cli(runner, tmp_path, stripe_sb, sf_sb, sc, org):
+    env = cli_env(stripe_sb, sf_sb)
+    cfg = write_config(tmp_path / "sync.yaml")
+    # discover-config --write keeps the comments and every other key
+    result = runner.invoke(app, ["discover-config", "--config", str(cfg), "--write"], env=env)
+    assert result.exit_code == 0, result.output
+    text = cfg.read_text()
+    assert "won_stage: Won" in text and "# Share of the org's daily API allowance" in text
+    assert "account_csm: CSM__c" in text and "New Business: 012" in text
+
+    result = runner.invoke(app, ["sync", "--config", str(cfg), "--since", since(sc), "--json"], env=env)
+    assert result.exit_code == ExitCode.DEAD_LETTERS, result.output
+    summary = json.loads(result.stdout)
+    for key in ("events_read", "applied", "skipped_stale", "dead_lettered", "stripe_calls", "salesforce_calls",
+                "salesforce_api_used", "duration_s"):
+        assert key in summary
+    assert summary["dead_lettered"] == 1
+
+    result = runner.invoke(app, ["sync", "--config", str(cfg)], env=env)
+    assert result.exit_code == ExitCode.OK and "0 events read" in result.output
+
+    result = runner.invoke(app, ["dlq", "list", "--config", str(cfg), "--json"], env=env)
+    [dead] = json.loads(result.stdout)
+    assert dead["error_code"] == "NO_ACCOUNT" and dead["attempts"] == 1
+
+    result = runner.invoke(app, ["status", "--config", str(cfg), "--json"], env=env)
+    report = json.loads(result.stdout)
+    assert report["dead_letters"] == 1 and report["cursor"]["event_id"] == sc.events[-1]
+    assert report["api_usage"]["used"] > 0 and len(report["runs"]) == 2
+
+    result = runner.invoke(app, ["dlq", "retry", "--config", str(cfg), "--all"], env=env)
+    assert result.exit_code == ExitCode.DEAD_LETTERS  # still no Account for Hooli
+    org.insert("Account", {"Name": "Hooli", "Stripe_Customer_ID__c": sc.customers["hooli"]})
+    result = runner.invoke(app, ["dlq", "retry", dead["event_id"], "--config", str(cfg)], env=env)
+    assert result.exit_code == ExitCode.OK, result.output
+    result = runner.invoke(app, ["dlq", "drop", dead["event_id"], "--config", str(cfg)], env=env)
+    assert result.exit_code == ExitCode.CONFIG and "not an open dead letter" in result.output
+
+    result = runner.invoke(app, ["status", "--config", str(cfg)], env=env)
+    assert result.exit_code == 0 and "Open dead letters: 0" in result.output
+
+
+def test_dry_run_prints_the_planned_writes(runner, tmp_path, stripe_sb, sf_sb, sc, org):
+    env = cli_env(stripe_sb, sf_sb)
+    cfg = write_config(tmp_path / "sync.yaml")
+    runner.invoke(app, ["discover-config", "--config", str(cfg), "--write"], env=env)
+    result = runner.invoke(app, ["sync", "--config", str(cfg), "--since", since(sc), "--dry-run"], env=env)
+    assert "Planned writes" in result.output and "dry run" in result.output
+    assert org.records("Task") == []
+
+
+def test_second_concurrent_run_exits_with_the_lock_code(tmp_path, stripe_sb, sf_sb, sc):
+    """A real second process, as cron would start it."""
+    env = {**os.environ, **cli_env(stripe_sb, sf_sb)}
+    cfg = write_config(tmp_path / "sync.yaml", **{"won_stage: null": "won_stage: Won"})
+    with StateStore.open(tmp_path / "stripe-sf-state.sqlite") as held:
+        held.acquire_lock()
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "stripe_sf_sync", "sync", "--config", str(cfg)], env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == ExitCode.LOCKED, proc.stderr
+    assert "Another stripe-sf run" in proc.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_status_without_state_says_what_to_do(runner, tmp_path):
+    cfg = write_config(tmp_path / "sync.yaml")
+    result = runner.invoke(app, ["status", "--config", str(cfg)])
+    assert result.exit_code == ExitCode.STATE and "sync --since" in result.output
+
+
+def test_corrupt_state_is_a_clear_error(runner, tmp_path):
+    cfg = write_config(tmp_path / "sync.yaml")
+    (tmp_path / "stripe-sf-state.sqlite").write_bytes(b"garbage" * 1000)
+    result = runner.invoke(app, ["status", "--config", str(cfg)])
+    assert result.exit_code == ExitCode.STATE and "move it aside" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_secrets_never_printed_even_on_failure_at_debug(runner, tmp_path, stripe_sb, sf_sb, sc, org):
+    env = cli_env(stripe_sb, sf_sb)
+    cfg = write_config(tmp_path / "sync.yaml")
+    runner.invoke(app, ["discover-config", "--config", str(cfg), "--write"], env=env)
+    org.expire_sessions()
+    result = runner.invoke(app, ["sync", "--config", str(cfg), "--since", since(sc), "--debug"], env=env)
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    for secret in (stripe_sb.api_key, sf_sb.access_token):
+        assert secret not in result.output
+        assert secret.encode() not in (tmp_path / "stripe-sf-state.sqlite").read_bytes()
+
+
+def test_demo_runs(runner):
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    for text in ("Opportunities", "Accounts", "Tasks", "Payment Failed - Immediate Action Required", "NO_ACCOUNT",
+                 "0 events read"):
+        assert text in result.output
