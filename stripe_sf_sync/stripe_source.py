@@ -240,6 +240,7 @@ class StripeSource:
         """The invoice with its PaymentIntent/Charge expanded, to read the failure code
         (an Invoice itself carries none; shared/docs/README.md correction)."""
         if self._api_version >= BASIL:
+            # Only the PaymentIntent is expanded: a payment of type "charge" is read separately below.
             expand = ["payments.data.payment.payment_intent"]
         else:
             expand = ["payment_intent", "charge"]
@@ -250,7 +251,17 @@ class StripeSource:
             if getattr(exc, "code", None) == "resource_missing":
                 return None
             raise _fatal(exc, "reading a failed invoice") from None
-        return _raw(obj)
+        invoice = _raw(obj)
+        payments = invoice.get("payments")
+        for p in (payments.get("data") if isinstance(payments, dict) else None) or []:
+            payment = p.get("payment") if isinstance(p, dict) else None
+            if isinstance(payment, dict) and payment.get("type") == "charge" and isinstance(payment.get("charge"), str):
+                try:
+                    payment["charge"] = _raw(self._call("reading a failed charge", self._client.v1.charges.retrieve,
+                                                        payment["charge"]))
+                except stripe.InvalidRequestError:
+                    pass  # the invoice still names the failure's amount and attempt; the code stays unknown
+        return invoice
 
 
 def _raw(obj: Any) -> dict[str, Any]:

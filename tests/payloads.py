@@ -46,7 +46,8 @@ def subscription(*, sub_id: str = "sub_1OHAabcdefghij", customer: Any = "cus_Pab
         "cancel_at_period_end": cancel_at_period_end, "cancel_at": None, "canceled_at": None, "ended_at": None,
         "cancellation_details": {"comment": None, "feedback": None, "reason": None},
         "collection_method": "charge_automatically", "created": T0, "livemode": False,
-        "items": {"object": "list", "data": data, "has_more": False, "url": f"/v1/subscription_items?subscription={sub_id}"},
+        "items": {"object": "list", "data": data, "has_more": False,
+                  "url": f"/v1/subscription_items?subscription={sub_id}"},
         "latest_invoice": "in_1Oabcdefghij", "metadata": metadata or {},
     }
     if version < "2025-03-31":

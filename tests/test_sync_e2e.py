@@ -210,7 +210,7 @@ def test_hostile_metadata_never_reaches_soql_or_a_url(config, env, org, sc, stri
     ev = f.subscription_created(sub, int(time.time()) - 60)
     sc.events.append(ev["id"])
     run(config, env, since=since(sc))
-    for method, path, *_ in sf_sb.requests_log:
+    for _method, path, *_ in sf_sb.requests_log:
         assert ".." not in path and "sobjects/User" not in path
     assert by(org.records("Opportunity"), "Stripe_Subscription_ID__c", sub["id"])["Name"].startswith("Mallory")
 

@@ -1,0 +1,1 @@
+"""Reproducible performance runs of stripe-sf (see benchmarks/README.md)."""

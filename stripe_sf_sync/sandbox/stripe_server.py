@@ -1,0 +1,1023 @@
+"""A local, read-only stand-in of the Stripe API (v1) over plain HTTP on 127.0.0.1.
+
+It serves the endpoints stripe-sf reads, with Stripe's list, cursor, filter, expand, error, auth,
+rate-limit and API-version semantics, so the official `stripe` SDK can talk to it unchanged:
+
+    with StripeSandbox() as sandbox:
+        client = sandbox.client()
+        client.v1.customers.retrieve("cus_...")
+
+State is a dict of canonical objects (see `stripe_factory.render`) plus an append-only event log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import socket
+import string
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final, NoReturn
+from urllib.parse import parse_qsl, urlsplit
+
+import stripe
+
+from stripe_sf_sync.sandbox.stripe_factory import (
+    API_VERSION_CURRENT,
+    ID_PREFIX_OBJECTS,
+    Links,
+    canonicalize,
+    clone,
+    is_pre_basil,
+    is_valid_api_version,
+    render,
+)
+
+Obj = dict[str, Any]
+Body = Obj | str | bytes | None
+
+# Events are only listable/retrievable for 30 days (Stripe docs, "List all events").
+EVENT_RETENTION_S: Final = 30 * 86400
+# `limit` ranges 1-100, default 10; `types` takes at most 20 names (Stripe API reference).
+MAX_LIMIT: Final = 100
+DEFAULT_LIMIT: Final = 10
+MAX_EVENT_TYPES: Final = 20
+# "Expansions have a maximum depth of four levels" (Stripe docs, Expanding responses).
+MAX_EXPAND_DEPTH: Final = 4
+
+_ALNUM: Final = string.ascii_letters + string.digits
+_PATH_RE: Final = re.compile(r"^/v1/([a-z_]+)(?:/([^/]+))?/?$")
+_KEY_RE: Final = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_ID_RE: Final = re.compile(r"^([a-z]+)_[A-Za-z0-9_]+$")
+
+# Collection path -> the `object` value it holds.
+COLLECTIONS: Final[Mapping[str, str]] = {
+    "events": "event",
+    "customers": "customer",
+    "subscriptions": "subscription",
+    "invoices": "invoice",
+    "payment_intents": "payment_intent",
+    "charges": "charge",
+    "invoice_payments": "invoice_payment",
+    "prices": "price",
+    "products": "product",
+}
+_LIST_COMMON: Final = frozenset({"limit", "starting_after", "ending_before", "expand", "created"})
+# Filters implemented per list endpoint (subset of Stripe's own list parameters).
+_LIST_FILTERS: Final[Mapping[str, frozenset[str]]] = {
+    "events": frozenset({"type", "types"}),
+    "customers": frozenset({"email"}),
+    "subscriptions": frozenset({"customer", "status", "collection_method", "price"}),
+    "invoices": frozenset({"customer", "subscription", "status", "collection_method"}),
+    "payment_intents": frozenset({"customer"}),
+    "charges": frozenset({"customer", "payment_intent"}),
+    "invoice_payments": frozenset({"invoice", "payment", "status"}),
+    "prices": frozenset({"active", "product", "currency", "type"}),
+    "products": frozenset({"active"}),
+}
+# Real Stripe list parameters the sandbox does not implement: refused loudly rather than ignored.
+_LIST_UNSUPPORTED: Final[Mapping[str, frozenset[str]]] = {
+    "events": frozenset({"delivery_success"}),
+    "customers": frozenset({"test_clock"}),
+    "subscriptions": frozenset(
+        {"automatic_tax", "current_period_end", "current_period_start", "test_clock", "customer_account"}
+    ),
+    "invoices": frozenset({"due_date", "customer_account"}),
+    "charges": frozenset({"transfer_group"}),
+    "payment_intents": frozenset(),
+    "invoice_payments": frozenset(),
+    "prices": frozenset({"lookup_keys", "recurring"}),
+    "products": frozenset({"ids", "shippable", "url"}),
+}
+_SUBSCRIPTION_STATUSES: Final = frozenset(
+    {
+        "active",
+        "all",
+        "canceled",
+        "ended",
+        "incomplete",
+        "incomplete_expired",
+        "past_due",
+        "paused",
+        "trialing",
+        "unpaid",
+    }
+)
+_INVOICE_STATUSES: Final = frozenset({"draft", "open", "paid", "uncollectible", "void"})
+
+
+def _rand_suffix(n: int) -> str:
+    return "".join(random.choice(_ALNUM) for _ in range(n))
+
+
+class StripeApiError(Exception):
+    """An error response in Stripe's `{"error": {...}}` shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})
+        err: Obj = {"type": type, "message": message}
+        if code is not None:
+            err["code"] = code
+            err["doc_url"] = f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}"
+        if param is not None:
+            err["param"] = param
+        self.body: Obj = {"error": err}
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None) -> NoReturn:
+    raise StripeApiError(400, message, param=param, code=code)
+
+
+def _missing(kind: str, obj_id: str, param: str, status: int = 404) -> NoReturn:
+    raise StripeApiError(status, f"No such {kind}: '{obj_id}'", code="resource_missing", param=param)
+
+
+def parse_query(query: str) -> Obj:
+    """Decode Stripe's bracket form (`created[gte]=1`, `types[0]=a`, `expand[]=b`) into nested values."""
+    root: Obj = {}
+    for raw_key, value in parse_qsl(query, keep_blank_values=True):
+        m = _KEY_RE.match(raw_key)
+        if not m:
+            _bad(f"Invalid parameter name: {raw_key}", param=raw_key)
+        parts = [m.group(1), *re.findall(r"\[([^\[\]]*)\]", m.group(2))]
+        node: Any = root
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                _bad(f"Invalid array: {raw_key}", param=parts[0])
+            if last:
+                if part == "":
+                    _bad(f"Invalid parameter name: {raw_key}", param=parts[0])
+                node[part] = value
+                break
+            nxt = parts[i + 1]
+            if nxt == "" or nxt.isdigit():  # `key[]` / `key[0]`: an array
+                arr = node.setdefault(part, [])
+                if not isinstance(arr, list):
+                    _bad(f"Invalid array: {raw_key}", param=parts[0])
+                if i + 2 == len(parts):
+                    arr.append(value)
+                    break
+                _bad(f"Nested arrays of objects are not supported by the sandbox: {raw_key}", param=parts[0])
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                _bad(f"Invalid hash: {raw_key}", param=parts[0])
+            node = child
+    return root
+
+
+def _int_param(value: Any, param: str) -> int:
+    if not isinstance(value, str) or not re.fullmatch(r"-?\d+", value):
+        _bad(f"Invalid integer: {value}", param=param)
+    return int(value)
+
+
+def _created_filter(value: Any, param: str = "created") -> Callable[[int], bool]:
+    """`created=<int>` (exact) or `created[gt|gte|lt|lte]=<int>` (Stripe's range filter)."""
+    if isinstance(value, str):
+        exact = _int_param(value, param)
+        return lambda ts: ts == exact
+    if not isinstance(value, dict):
+        _bad(f"Invalid {param}", param=param)
+    ops: dict[str, Callable[[int, int], bool]] = {
+        "gt": lambda a, b: a > b,
+        "gte": lambda a, b: a >= b,
+        "lt": lambda a, b: a < b,
+        "lte": lambda a, b: a <= b,
+    }
+    checks: list[tuple[Callable[[int, int], bool], int]] = []
+    for key, raw in value.items():
+        if key not in ops:
+            _bad(
+                f"Received unknown parameter: {param}[{key}]",
+                param=f"{param}[{key}]",
+                code="parameter_unknown",
+            )
+        checks.append((ops[key], _int_param(raw, f"{param}[{key}]")))
+    return lambda ts: all(op(ts, bound) for op, bound in checks)
+
+
+def _str_param(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is not None and not isinstance(value, str):
+        _bad(f"Invalid string: {name}", param=name)
+    return value
+
+
+def _expand_paths(params: Mapping[str, Any]) -> list[str]:
+    raw = params.get("expand")
+    if raw is None:
+        return []
+    paths = [raw] if isinstance(raw, str) else raw
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        _bad("Invalid array", param="expand")
+    for path in paths:
+        if len(path.split(".")) > MAX_EXPAND_DEPTH:
+            _bad(
+                f"You cannot expand more than {MAX_EXPAND_DEPTH} levels of a property. Property: {path}",
+                param="expand",
+            )
+    return paths
+
+
+@dataclass
+class _Failure:
+    status: int
+    body: Body
+    headers: dict[str, str]
+
+
+@dataclass
+class _MatchRule:
+    method: str
+    path_re: re.Pattern[str]
+    failure: _Failure
+    remaining: int
+
+
+@dataclass
+class FaultPlan:
+    """Scripted failures. Requests are numbered from 1 in arrival order (`StripeSandbox.request_count`)."""
+
+    on_request: Callable[[int, str, str], None] | None = None
+    _by_nth: dict[int, _Failure] = field(default_factory=dict)
+    _rules: list[_MatchRule] = field(default_factory=list)
+    _hangs: dict[int, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail_request(
+        self, nth: int, status: int, body: Body = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Answer request number `nth` with `status`/`body` (a dict is JSON-encoded; None = generic error)."""
+        with self._lock:
+            self._by_nth[nth] = _Failure(status, body, dict(headers or {}))
+
+    def fail_matching(
+        self,
+        method: str,
+        path_regex: str,
+        status: int,
+        body: Body = None,
+        headers: Mapping[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next `times` requests whose method and path (`re.search`) match with `status`/`body`."""
+        with self._lock:
+            self._rules.append(
+                _MatchRule(
+                    method.upper(), re.compile(path_regex), _Failure(status, body, dict(headers or {})), times
+                )
+            )
+
+    def hang_request(self, nth: int, seconds: float) -> None:
+        """Stall request number `nth` for `seconds` before answering (to trip client timeouts)."""
+        with self._lock:
+            self._hangs[nth] = seconds
+
+    def clear(self) -> None:
+        """Drop every scripted fault and the hook."""
+        with self._lock:
+            self._by_nth.clear()
+            self._rules.clear()
+            self._hangs.clear()
+            self.on_request = None
+
+    def _hang_for(self, n: int) -> float:
+        with self._lock:
+            return self._hangs.pop(n, 0.0)
+
+    def _failure_for(self, n: int, method: str, path: str) -> _Failure | None:
+        with self._lock:
+            if n in self._by_nth:
+                return self._by_nth.pop(n)
+            for rule in self._rules:
+                if rule.remaining > 0 and rule.method == method and rule.path_re.search(path):
+                    rule.remaining -= 1
+                    return rule.failure
+        return None
+
+
+def _generic_error_body(status: int) -> Obj:
+    kind = "api_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"type": kind, "message": f"Sandbox injected failure (HTTP {status})."}}
+
+
+class _TokenBucket:
+    """`rate` requests per second, bursting up to max(1, rate)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return True
+            return False
+
+
+class StripeSandbox:
+    """In-process fake of the Stripe v1 API for the demo and the tests (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        now: Callable[[], int] | None = None,
+        latency_ms: float = 0.0,
+        rate_limit_per_s: float | None = None,
+        should_retry_header: bool | None = None,
+        api_key_prefixes: tuple[str, ...] = ("sk_test_", "rk_test_"),
+        account_api_version: str = API_VERSION_CURRENT,
+    ) -> None:
+        if not is_valid_api_version(account_api_version):
+            raise ValueError(f"invalid Stripe API version {account_api_version!r}")
+        self.now: Callable[[], int] = now or (lambda: int(time.time()))
+        self.latency_ms = latency_ms
+        self.rate_limit_per_s = rate_limit_per_s
+        self.should_retry_header = should_retry_header
+        self.api_key_prefixes = api_key_prefixes
+        # Version used when a request carries no Stripe-Version header (the account default in Stripe).
+        self.account_api_version = account_api_version
+        self.api_key = "sk_test_sandbox_" + _rand_suffix(24)
+        self.base_url = ""
+        self.events: list[Obj] = []
+        self.request_count = 0
+        self.requests_log: list[tuple[str, str, Obj]] = []
+        self.faults = FaultPlan()
+        self.server_errors: list[str] = []
+        self._objects: dict[str, Obj] = {}
+        self._order: dict[str, int] = {}
+        self._seq = 0
+        self._event_index: dict[str, int] = {}
+        self._lock = threading.RLock()
+        self._bucket = _TokenBucket(rate_limit_per_s) if rate_limit_per_s else None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+        # Read-only views for rendering (no copies: render() copies what it returns).
+        self._links = Links(get=self._get_raw, invoice_payments=self._raw_invoice_payments)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> StripeSandbox:
+        """Listen on 127.0.0.1 on a free port, serving from a daemon thread."""
+        if self._server is not None:
+            return self
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server.daemon_threads = True
+        host, port = self._server.server_address[:2]
+        self.base_url = f"http://{host!s}:{port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-sandbox",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop open keep-alive connections."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> StripeSandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def client(
+        self, *, stripe_version: str | None = None, max_network_retries: int = 2
+    ) -> stripe.StripeClient:
+        """An official SDK client pointed at this sandbox."""
+        if not self.base_url:
+            raise RuntimeError("start() the sandbox first")
+        return stripe.StripeClient(
+            self.api_key,
+            base_addresses={"api": self.base_url},
+            stripe_version=stripe_version,
+            max_network_retries=max_network_retries,
+        )
+
+    # ----------------------------------------------------------------- state
+
+    def put(self, obj: Obj) -> Obj:
+        """Store (or replace) `obj` by id, converting older-version shapes to the canonical one."""
+        with self._lock:
+            return clone(self._put(obj))
+
+    def _put(self, obj: Obj) -> Obj:
+        """`put` without the defensive copy: returns the stored object itself."""
+        if not isinstance(obj.get("id"), str):
+            raise ValueError("a Stripe object needs a string id")
+        canonical, extras = canonicalize(obj)
+        if "object" not in canonical:
+            prefix = canonical["id"].split("_", 1)[0]
+            canonical["object"] = ID_PREFIX_OBJECTS.get(prefix, prefix)
+        with self._lock:
+            self._store(canonical)
+            for link in extras:
+                pi_id = link["payment"]["payment_intent"]
+                already = any(
+                    p.get("invoice") == link["invoice"]
+                    and (p.get("payment") or {}).get("payment_intent") == pi_id
+                    for p in self._raw_invoice_payments()
+                )
+                if not already:
+                    self._store(link)
+            return canonical
+
+    def _store(self, canonical: Obj) -> None:
+        """Store a canonical object this sandbox owns (callers pass a private copy)."""
+        obj_id = canonical["id"]
+        if obj_id not in self._order:  # replacing keeps the original insertion rank
+            self._seq += 1
+            self._order[obj_id] = self._seq
+        self._objects[obj_id] = canonical
+
+    def get(self, obj_id: str) -> Obj | None:
+        """A copy of the stored (canonical) object, or None."""
+        with self._lock:
+            found = self._objects.get(obj_id)
+            return clone(found) if found is not None else None
+
+    def _get_raw(self, obj_id: str) -> Obj | None:
+        return self._objects.get(obj_id)
+
+    @property
+    def links(self) -> Links:
+        """Read-only, non-copying views of the store used for rendering (do not mutate what they return)."""
+        return self._links
+
+    def _raw_invoice_payments(self) -> list[Obj]:
+        return [o for o in self._objects.values() if o.get("object") == "invoice_payment"]
+
+    def objects_of(self, kind: str) -> list[Obj]:
+        """Copies of every stored object whose `object` is `kind`, oldest inserted first."""
+        with self._lock:
+            found = [o for o in self._objects.values() if o.get("object") == kind]
+            found.sort(key=lambda o: self._order[o["id"]])
+            return clone(found)
+
+    def emit(
+        self,
+        type: str,
+        obj: Obj,
+        *,
+        created: int,
+        previous_attributes: Obj | None = None,
+        api_version: str = API_VERSION_CURRENT,
+        store: bool = True,
+        event_id: str | None = None,
+        request: Obj | None = None,
+    ) -> Obj:
+        """Append an event whose `data.object` is `obj` frozen in `api_version`; also store `obj` by default.
+
+        `request` defaults to a fresh API request id; pass `{"id": None, "idempotency_key": None}` for
+        events Stripe raises by itself (renewals, retries).
+        """
+        if not is_valid_api_version(api_version):
+            raise ValueError(f"invalid Stripe API version {api_version!r}")
+        with self._lock:
+            canonical = self._put(obj) if store else canonicalize(obj)[0]
+            # The snapshot is rendered now, in the event's own version, and never changes afterwards.
+            snapshot = render(canonical, api_version, self._links)
+            data: Obj = {"object": snapshot}
+            if previous_attributes is not None:
+                data["previous_attributes"] = clone(previous_attributes)
+            eid = event_id or "evt_" + _rand_suffix(24)
+            if eid in self._event_ids():
+                raise ValueError(f"duplicate event id {eid}")
+            event: Obj = {
+                "id": eid,
+                "object": "event",
+                "api_version": api_version,
+                "created": int(created),
+                "data": data,
+                "livemode": False,
+                "pending_webhooks": 0,
+                "request": clone(request)
+                if request is not None
+                else {"id": "req_" + _rand_suffix(14), "idempotency_key": None},
+                "type": type,
+            }
+            self.events.append(event)
+            self._event_index[eid] = len(self.events) - 1
+            return clone(event)
+
+    def _visible_events(self) -> list[tuple[tuple[int, int], Obj]]:
+        """(sort key, event) for events still inside the 30-day window, in insertion order."""
+        cutoff = int(self.now()) - EVENT_RETENTION_S
+        return [((e["created"], i), e) for i, e in enumerate(self.events) if e["created"] >= cutoff]
+
+    # ----------------------------------------------------------------- HTTP dispatch
+
+    def _check_auth(self, header: str | None) -> None:
+        # Stripe answers auth failures with HTTP 401 and type invalid_request_error (observed responses);
+        # the SDK maps any 401 to stripe.AuthenticationError.
+        key = None
+        if header:
+            scheme, _, cred = header.partition(" ")
+            if scheme.lower() == "bearer":
+                key = cred.strip()
+            elif scheme.lower() == "basic":
+                try:
+                    key = base64.b64decode(cred.strip()).decode().split(":", 1)[0]
+                except ValueError:
+                    key = None
+        if not key:
+            raise StripeApiError(
+                401,
+                "You did not provide an API key. You need to provide your API key in the Authorization "
+                "header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
+            )
+        masked = key[:8] + "*" * max(0, len(key) - 12) + key[-4:]
+        if key.startswith(("sk_live_", "rk_live_")):
+            raise StripeApiError(
+                401,
+                f"Invalid API Key provided: {masked}. This Stripe sandbox is test mode only; "
+                "live mode keys (sk_live_/rk_live_) are refused.",
+            )
+        if not key.startswith(self.api_key_prefixes):
+            raise StripeApiError(401, f"Invalid API Key provided: {masked}")
+
+    def _handle(
+        self, method: str, raw_path: str, headers: Mapping[str, str]
+    ) -> tuple[int, Body, dict[str, str]]:
+        """Process one request (`headers` keyed in lower case); returns (status, body, extra headers)."""
+        parts = urlsplit(raw_path)
+        path = parts.path
+        with self._lock:
+            self.request_count += 1
+            n = self.request_count
+            try:
+                params = parse_query(parts.query)
+                parse_error: StripeApiError | None = None
+            except StripeApiError as exc:
+                params, parse_error = {}, exc
+            self.requests_log.append((method, path, params))
+        try:
+            hook = self.faults.on_request
+            if hook is not None:
+                hook(n, method, path)
+            hang = self.faults._hang_for(n)
+            if hang:
+                time.sleep(hang)
+            if self.latency_ms:
+                time.sleep(self.latency_ms / 1000.0)
+            failure = self.faults._failure_for(n, method, path)
+            if failure is not None:
+                body = failure.body if failure.body is not None else _generic_error_body(failure.status)
+                return failure.status, body, dict(failure.headers)
+            self._check_auth(headers.get("authorization"))
+            if self._bucket is not None and not self._bucket.take():
+                extra = {}
+                if self.should_retry_header is not None:
+                    # stripe-python retries a 429 only when this header says "true".
+                    extra["Stripe-Should-Retry"] = "true" if self.should_retry_header else "false"
+                raise StripeApiError(
+                    429,
+                    "Too many requests hit the API too quickly. We recommend an exponential backoff of your "
+                    "requests.",
+                    code="rate_limit",
+                    headers=extra,
+                )
+            version = headers.get("stripe-version") or self.account_api_version
+            if not is_valid_api_version(version):
+                _bad(f"Invalid Stripe API version: {version}")
+            if parse_error is not None:
+                raise parse_error
+            status, body = self._route(method, path, params, version)
+            return status, body, {"Stripe-Version": version}
+        except StripeApiError as exc:
+            return exc.status, exc.body, exc.headers
+        except Exception:
+            self.server_errors.append(traceback.format_exc())
+            print(f"stripe sandbox: internal error\n{self.server_errors[-1]}", file=sys.stderr)
+            return 500, {"error": {"type": "api_error", "message": "Sandbox internal error."}}, {}
+
+    def _route(self, method: str, path: str, params: Obj, version: str) -> tuple[int, Obj]:
+        m = _PATH_RE.match(path)
+        if method != "GET":
+            if m and m.group(1) in COLLECTIONS:
+                _bad(f"The Stripe sandbox is read-only: {method} {path} is not implemented.")
+            raise StripeApiError(404, f"Unrecognized request URL ({method}: {path}).")
+        if not m or m.group(1) not in COLLECTIONS:
+            raise StripeApiError(404, f"Unrecognized request URL ({method}: {path}).")
+        collection, obj_id = m.group(1), m.group(2)
+        with self._lock:
+            if obj_id is None:
+                return 200, self._list(collection, params, version)
+            return 200, self._retrieve(collection, obj_id, params, version)
+
+    # ----------------------------------------------------------------- retrieve
+
+    def _retrieve(self, collection: str, obj_id: str, params: Obj, version: str) -> Obj:
+        kind = COLLECTIONS[collection]
+        for key in params:
+            if key != "expand":
+                _bad(f"Received unknown parameter: {key}", param=key, code="parameter_unknown")
+        paths = _expand_paths(params)
+        if collection == "events":
+            if paths:
+                _bad(f"This property cannot be expanded ({paths[0]}).", param="expand")
+            event = self._find_visible_event(obj_id)
+            if event is None:
+                _missing("event", obj_id, "id")
+            return clone(event)  # rendered at emit time, in the event's own api_version
+        stored = self._objects.get(obj_id)
+        if stored is None or stored.get("object") != kind:
+            _missing(kind, obj_id, "id")
+        out = render(stored, version, self._links)
+        return self._expand(out, paths, version)
+
+    def _event_ids(self) -> dict[str, int]:
+        """Event id -> position, rebuilt if `events` was edited directly (appended to, cleared)."""
+        stale = len(self._event_index) != len(self.events) or any(
+            self._event_index.get(e["id"]) != i for i, e in enumerate(self.events[-1:], len(self.events) - 1)
+        )
+        if stale:
+            self._event_index = {e["id"]: i for i, e in enumerate(self.events)}
+        return self._event_index
+
+    def _find_visible_event(self, event_id: str) -> Obj | None:
+        i = self._event_ids().get(event_id)
+        if i is None:
+            return None
+        event = self.events[i]
+        if event["created"] < int(self.now()) - EVENT_RETENTION_S:
+            return None  # past the 30-day window Stripe keeps events for
+        return event
+
+    # ----------------------------------------------------------------- expand
+
+    def _expand(self, obj: Obj, paths: Iterable[str], version: str) -> Obj:
+        for path in paths:
+            obj = self._expand_one(obj, path.split("."), path, version)
+        return obj
+
+    def _includable(self, obj: Obj, name: str, version: str) -> Any:
+        """Fields Stripe only returns when expanded: basil+ `Invoice.payments`."""
+        if obj.get("object") == "invoice" and name == "payments" and not is_pre_basil(version):
+            links = [p for p in self._raw_invoice_payments() if p.get("invoice") == obj.get("id")]
+            links.sort(key=lambda p: (p.get("created") or 0, self._order[p["id"]]), reverse=True)
+            return {
+                "object": "list",
+                "data": [render(p, version, self._links) for p in links],
+                "has_more": False,
+                "total_count": len(links),
+                "url": f"/v1/invoices/{obj['id']}/payments",
+            }
+        return _NOT_INCLUDABLE
+
+    def _expand_one(self, value: Any, segments: list[str], path: str, version: str) -> Any:
+        if not segments:
+            return value
+        head, rest = segments[0], segments[1:]
+        if not isinstance(value, dict):
+            _bad(f"This property cannot be expanded ({path}).", param="expand")
+        if value.get("object") == "list" and head == "data" and isinstance(value.get("data"), list):
+            if not rest:
+                _bad(f"This property cannot be expanded ({path}).", param="expand")
+            value["data"] = [self._expand_one(item, rest, path, version) for item in value["data"]]
+            return value
+        if head in value:
+            field_value = value[head]
+        else:
+            field_value = self._includable(value, head, version)
+            if field_value is _NOT_INCLUDABLE:
+                _bad(f"This property cannot be expanded ({path}).", param="expand")
+        if isinstance(field_value, str):
+            field_value = self._expand_id(field_value, path, version)
+        elif field_value is None:
+            value[head] = None
+            return value
+        elif isinstance(field_value, list):
+            field_value = [
+                self._expand_id(v, path, version) if isinstance(v, str) else v for v in field_value
+            ]
+            field_value = [self._expand_one(v, rest, path, version) if rest else v for v in field_value]
+            value[head] = field_value
+            return value
+        elif not isinstance(field_value, dict) or (not rest and "id" not in field_value):
+            _bad(f"This property cannot be expanded ({path}).", param="expand")
+        value[head] = self._expand_one(field_value, rest, path, version) if rest else field_value
+        return value
+
+    def _expand_id(self, obj_id: str, path: str, version: str) -> Obj:
+        m = _ID_RE.match(obj_id)
+        if not m or m.group(1) not in ID_PREFIX_OBJECTS:
+            _bad(f"This property cannot be expanded ({path}).", param="expand")
+        stored = self._objects.get(obj_id)
+        if stored is None:
+            # Real Stripe never holds a dangling id; in the sandbox it means the test forgot to put() it.
+            _bad(f"Sandbox cannot expand {path}: '{obj_id}' is not in the sandbox store.", param="expand")
+        return render(stored, version, self._links)
+
+    # ----------------------------------------------------------------- lists
+
+    def _check_list_params(self, collection: str, params: Obj) -> None:
+        allowed = _LIST_COMMON | _LIST_FILTERS[collection]
+        for key in params:
+            if key in _LIST_UNSUPPORTED[collection]:
+                _bad(f"The Stripe sandbox does not implement the list parameter `{key}`.", param=key)
+            if key not in allowed:
+                _bad(f"Received unknown parameter: {key}", param=key, code="parameter_unknown")
+
+    def _list(self, collection: str, params: Obj, version: str) -> Obj:
+        self._check_list_params(collection, params)
+        limit = DEFAULT_LIMIT
+        if "limit" in params:
+            limit = _int_param(params["limit"], "limit")
+            if limit < 1:
+                _bad("This value must be greater than or equal to 1.", param="limit")
+            if limit > MAX_LIMIT:
+                _bad(
+                    f"This value must be less than or equal to {MAX_LIMIT} (it currently is '{limit}').",
+                    param="limit",
+                )
+        after = _str_param(params, "starting_after")
+        before = _str_param(params, "ending_before")
+        if after is not None and before is not None:
+            _bad(
+                "You may only specify one of these parameters: ending_before, starting_after.",
+                param="ending_before",
+            )
+        paths = _expand_paths(params)
+        for p in paths:
+            if collection == "events":  # event payloads are snapshots: nothing inside them expands
+                _bad(f"This property cannot be expanded ({p}).", param="expand")
+            if not p.startswith("data."):
+                _bad(
+                    f"This property cannot be expanded ({p}). "
+                    f"You may want to try expanding 'data.{p}' instead.",
+                    param="expand",
+                )
+        created = _created_filter(params["created"]) if "created" in params else None
+
+        if collection == "events":
+            pool = self._visible_events()
+            keep = self._event_predicate(params)
+            kind = "event"
+        else:
+            kind = COLLECTIONS[collection]
+            pool = [
+                ((o.get("created") or 0, self._order[o["id"]]), o)
+                for o in self._objects.values()
+                if o.get("object") == kind
+            ]
+            keep = self._object_predicate(collection, params)
+        keys = {obj["id"]: key for key, obj in pool}
+
+        def cursor_key(obj_id: str, param: str) -> tuple[int, int]:
+            if obj_id not in keys:  # unknown, another type, or (events) past the 30-day window
+                _missing(kind, obj_id, param, status=400)
+            return keys[obj_id]
+
+        # Newest first; equal `created` falls back to insertion order (later inserted = newer).
+        ordered = sorted(
+            (
+                (key, obj)
+                for key, obj in pool
+                if keep(obj) and (created is None or created(obj.get("created") or 0))
+            ),
+            key=lambda pair: pair[0],
+            reverse=True,
+        )
+        if before is not None:
+            bound = cursor_key(before, "ending_before")
+            newer = [obj for key, obj in ordered if key > bound]
+            # The `limit` objects immediately newer than the cursor, still newest first.
+            page, has_more = newer[-limit:], len(newer) > limit
+        else:
+            if after is not None:
+                bound = cursor_key(after, "starting_after")
+                older = [obj for key, obj in ordered if key < bound]
+            else:
+                older = [obj for _, obj in ordered]
+            page, has_more = older[:limit], len(older) > limit
+        data = [clone(o) if kind == "event" else render(o, version, self._links) for o in page]
+        result: Obj = {"object": "list", "data": data, "has_more": has_more, "url": f"/v1/{collection}"}
+        return self._expand(result, paths, version)
+
+    def _event_predicate(self, params: Obj) -> Callable[[Obj], bool]:
+        single = _str_param(params, "type")
+        many = params.get("types")
+        if single is not None and many is not None:
+            _bad("You may only specify one of these parameters: type, types.", param="types")
+        if many is not None:
+            if isinstance(many, str):
+                many = [many]
+            if not isinstance(many, list) or not all(isinstance(t, str) for t in many):
+                _bad("Invalid array", param="types")
+            if len(many) > MAX_EVENT_TYPES:
+                _bad(
+                    f"Invalid array: types may contain at most {MAX_EVENT_TYPES} elements "
+                    f"(it has {len(many)}).",
+                    param="types",
+                )
+            wanted = set(many)
+            return lambda e: e["type"] in wanted
+        if single is not None:
+            # `*` is a wildcard: `customer.subscription.*` matches every subscription event.
+            pattern = re.compile("^" + ".*".join(re.escape(p) for p in single.split("*")) + "$")
+            return lambda e: bool(pattern.match(e["type"]))
+        return lambda e: True
+
+    def _object_predicate(self, collection: str, params: Obj) -> Callable[[Obj], bool]:
+        checks: list[Callable[[Obj], bool]] = []
+        for name in ("customer", "collection_method", "email", "currency", "product"):
+            wanted = _str_param(params, name) if name in params else None
+            if wanted is not None:
+                checks.append(lambda o, n=name, w=wanted: _ref_id(o.get(n)) == w)
+        if collection == "subscriptions":
+            status = _str_param(params, "status")
+            if status is not None and status not in _SUBSCRIPTION_STATUSES:
+                _bad(
+                    f"Invalid status: must be one of {', '.join(sorted(_SUBSCRIPTION_STATUSES))}",
+                    param="status",
+                )
+            if status is None:
+                # "If no value is supplied, all subscriptions that have not been canceled are returned."
+                checks.append(lambda o: o.get("status") != "canceled")
+            elif status == "ended":
+                checks.append(lambda o: o.get("status") in ("canceled", "incomplete_expired"))
+            elif status != "all":
+                checks.append(lambda o, s=status: o.get("status") == s)
+            price = _str_param(params, "price")
+            if price is not None:
+                checks.append(
+                    lambda o: any(
+                        _ref_id(i.get("price")) == price for i in (o.get("items") or {}).get("data") or []
+                    )
+                )
+        elif collection == "invoices":
+            status = _str_param(params, "status")
+            if status is not None:
+                if status not in _INVOICE_STATUSES:
+                    _bad(
+                        f"Invalid status: must be one of {', '.join(sorted(_INVOICE_STATUSES))}",
+                        param="status",
+                    )
+                checks.append(lambda o: o.get("status") == status)
+            sub = _str_param(params, "subscription")
+            if sub is not None:
+                checks.append(
+                    lambda o: (
+                        _ref_id(
+                            ((o.get("parent") or {}).get("subscription_details") or {}).get("subscription")
+                        )
+                        == sub
+                    )
+                )
+        elif collection == "charges":
+            pi = _str_param(params, "payment_intent")
+            if pi is not None:
+                checks.append(lambda o: _ref_id(o.get("payment_intent")) == pi)
+        elif collection == "invoice_payments":
+            checks += self._invoice_payment_checks(params)
+        elif collection in ("prices", "products") and "active" in params:
+            active = _str_param(params, "active")
+            if active not in ("true", "false"):
+                _bad("Invalid boolean: active", param="active")
+            checks.append(lambda o: bool(o.get("active")) == (active == "true"))
+        if collection == "prices" and "type" in params:
+            ptype = _str_param(params, "type")
+            checks.append(lambda o: o.get("type") == ptype)
+        return lambda o: all(check(o) for check in checks)
+
+    def _invoice_payment_checks(self, params: Obj) -> list[Callable[[Obj], bool]]:
+        checks: list[Callable[[Obj], bool]] = []
+        inv = _str_param(params, "invoice")
+        if inv is not None:
+            checks.append(lambda o: o.get("invoice") == inv)
+        status = _str_param(params, "status")
+        if status is not None:
+            if status not in ("canceled", "open", "paid"):
+                _bad("Invalid status: must be one of canceled, open, paid", param="status")
+            checks.append(lambda o: o.get("status") == status)
+        payment = params.get("payment")
+        if payment is not None:
+            if not isinstance(payment, dict):
+                _bad("Invalid hash", param="payment")
+            for key in payment:
+                if key not in ("type", "payment_intent", "payment_record"):
+                    _bad(
+                        f"Received unknown parameter: payment[{key}]",
+                        param=f"payment[{key}]",
+                        code="parameter_unknown",
+                    )
+            ptype = payment.get("type")
+            if ptype not in ("payment_intent", "payment_record"):
+                _bad(
+                    "Missing required param: payment[type].", param="payment[type]", code="parameter_missing"
+                )
+            checks.append(lambda o: (o.get("payment") or {}).get("type") == ptype)
+            ref = payment.get(ptype)
+            if ref is not None:
+                checks.append(lambda o: _ref_id((o.get("payment") or {}).get(ptype)) == ref)
+        return checks
+
+
+class _NotIncludable:
+    pass
+
+
+_NOT_INCLUDABLE: Final = _NotIncludable()
+
+
+def _ref_id(value: Any) -> Any:
+    """An expandable reference's id, whether it holds an id string or an expanded object."""
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def _make_handler(sandbox: StripeSandbox) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like api.stripe.com
+        server_version = "stripe-sandbox"
+        sys_version = ""
+
+        def setup(self) -> None:
+            super().setup()
+            with sandbox._lock:
+                sandbox._conns.add(self.connection)
+
+        def finish(self) -> None:
+            try:
+                super().finish()
+            finally:
+                with sandbox._lock:
+                    sandbox._conns.discard(self.connection)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # quiet: the tests read requests_log instead
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)  # drain form bodies so keep-alive stays in sync
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            status, body, extra = sandbox._handle(self.command, self.path, headers)
+            if isinstance(body, dict):
+                payload = json.dumps(body).encode()  # compact: the C encoder is skipped when indenting
+            elif isinstance(body, str):
+                payload = body.encode()
+            else:
+                payload = body or b""
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                # Every Stripe response carries a Request-Id header.
+                self.send_header("Request-Id", "req_" + _rand_suffix(14))
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (e.g. after a hang)
+
+        do_GET = _serve
+        do_POST = _serve
+        do_DELETE = _serve
+
+    return Handler
