@@ -80,7 +80,7 @@ class Runtime:
         client, http = build_client(secrets.api_key, api_base=secrets.api_base, api_version=s.api_version,
                                     timeout=s.timeout_seconds)
         return StripeSource(client, http, api_version=s.api_version, requests_per_second=s.requests_per_second,
-                            clock=self.environment.clock)
+                            clock=self.environment.clock, sleep=self.environment.sleep)
 
     def salesforce_factory(self) -> Callable[[], SalesforceGateway]:
         """A function that logs in on first need (secrets are checked now, before any network call)."""

@@ -91,13 +91,14 @@ class StripeSource:
 
     def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
                  api_version: str, requests_per_second: float = 20.0, max_rate_limit_retries: int = 6,
-                 clock: Any = time.time) -> None:
+                 clock: Any = time.time, sleep: Any = time.sleep) -> None:
         self._client = client
         self._http = http
         self._api_version = api_version
         self._pacer = Pacer(requests_per_second)
         self._max_429 = max_rate_limit_retries
         self._clock = clock
+        self._sleep = sleep
         self._customers: dict[str, dict[str, Any]] = {}
         self._invoice_of_pi: dict[str, str | None] = {}
         self.calls_made = 0
@@ -118,7 +119,7 @@ class StripeSource:
         retrying = Retrying(
             retry=retry_if_exception_type((stripe.RateLimitError, stripe.APIConnectionError)),
             wait=wait_random_exponential(multiplier=0.5, max=8), stop=stop_after_attempt(self._max_429),
-            reraise=False)
+            sleep=self._sleep, reraise=False)
         try:
             return retrying(attempt)
         except RetryError as exc:

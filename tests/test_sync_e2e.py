@@ -324,3 +324,49 @@ def test_many_pages_and_small_batches(tmp_path, env, org, stripe_sb):
     assert runs[0]["exit_code"] == 0
     con = sqlite3.connect(config.parent / "stripe-sf-state.sqlite")
     assert con.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 180
+
+
+def test_pre_basil_payloads_are_understood(tmp_path, env, org, stripe_sb):
+    """Events rendered in an API version before 2025-03-31.basil go through the same rules."""
+    f = StripeFactory(stripe_sb, seed=11, api_version="2024-06-20")
+    now = int(time.time())
+    t = now - 2 * 86400
+    cus = f.customer("Oldco", "o@example.com")
+    acct = org.insert("Account", {"Name": "Oldco", "Stripe_Customer_ID__c": cus["id"]})
+    price = f.price(12000, "usd", "year")
+    sub = f.subscription(cus["id"], [(price, 1)], created=t)
+    f.subscription_created(sub, t)
+    inv = f.invoice(sub["id"], cus["id"], 12000, "usd", created=t + 3600)
+    f.invoice_payment_failed(inv["id"], t + 3600, decline_code="expired_card")
+    config = write_config(tmp_path / "sync.yaml")
+    service.run_discover(config, env, write=True, example=config.read_text())
+    summary = run(config, env, since=time.strftime("%Y-%m-%d", time.gmtime(t - 86400)))
+    assert summary.applied == 2 and summary.dead_lettered == 0
+    opp = by(org.records("Opportunity"), "Stripe_Subscription_ID__c", sub["id"])
+    assert Decimal(str(opp["MRR__c"])) == Decimal("10.00") and Decimal(str(opp["ARR__c"])) == Decimal("120.00")
+    task = by(org.records("Task"), "WhatId", acct)
+    assert "card_declined (expired_card)" in task["Description"] and "120.00 USD" in task["Description"]
+
+
+def test_invoice_payment_intent_is_not_a_one_time_win(tmp_path, env, org, stripe_sb):
+    f = StripeFactory(stripe_sb, seed=12)
+    t = int(time.time()) - 86400
+    cus = f.customer("Paying", "p@example.com")
+    org.insert("Account", {"Name": "Paying", "Stripe_Customer_ID__c": cus["id"]})
+    sub = f.subscription(cus["id"], [(f.price(5000), 1)], created=t - 40 * 86400)
+    pi = f.payment_intent(cus["id"], 5000, "usd", status="requires_payment_method", created=t)
+    f.invoice(sub["id"], cus["id"], 5000, "usd", created=t, payment_intent=pi["id"])
+    f.payment_succeeded(pi["id"], t + 10)
+    config = write_config(tmp_path / "sync.yaml")
+    service.run_discover(config, env, write=True, example=config.read_text())
+    summary = run(config, env, since=time.strftime("%Y-%m-%d", time.gmtime(t - 86400)))
+    assert summary.ignored == 1 and summary.applied == 0
+    assert org.records("Opportunity") == []
+
+
+def test_stripe_rate_limit_without_should_retry_is_backed_off(config, env, sc, stripe_sb):
+    """The SDK does not retry a plain 429; stripe-sf does."""
+    body = {"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests"}}
+    stripe_sb.faults.fail_matching("GET", r"^/v1/events", 429, body, times=2)
+    summary = run(config, env, since=since(sc))
+    assert summary.applied == len(sc.events) - 1
