@@ -92,6 +92,12 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
         typer.echo(json.dumps(summary.as_dict(), indent=2, default=str))
         return
     out = _stdout()
+    per_type = getattr(summary, "objects", None)
+    if per_type:
+        for kind, c in per_type.items():
+            out.print(f"{kind}: {c['read']} read, {c['written']} written, {c['dead_lettered']} dead-lettered"
+                      f"{' via Bulk API 2.0' if c['bulk'] else ''}{'' if c['done'] else ' (not finished)'}",
+                      highlight=False)
     if summary.dry_run and summary.planned_writes:
         table = Table(title="Planned writes (dry run: nothing was changed)")
         for col in ("action", "object", "key", "fields", "events"):
@@ -140,6 +146,59 @@ def sync(
                                                max_events=max_events), debug=debug)
     _print_summary(summary, as_json)
     raise typer.Exit(int(service.exit_code_for(summary)))
+
+
+@app.command()
+def backfill(
+    since: Annotated[str, typer.Option(help="Objects created at or after this DATE (UTC).")],
+    until: Annotated[str | None, typer.Option(help="...and before this DATE.")] = None,
+    objects: Annotated[str, typer.Option(help="Comma-separated: subscriptions,payment_intents,invoices.")] = (
+        "subscriptions,payment_intents,invoices"),
+    config: ConfigOpt = DEFAULT_CONFIG,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted backfill.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Bring Salesforce to Stripe's current state for history older than the 30-day event window.
+
+    Example: stripe-sf backfill --since 2024-01-01, then `stripe-sf sync` continues with no gap.
+    """
+    _setup(debug, log_format)
+    from stripe_sf_sync.backfill import TypeProgress
+
+    err = _stderr()
+    if err.is_terminal and not as_json:
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                      console=err, transient=False) as bar:
+            tasks: dict[str, Any] = {}
+            started: dict[str, float] = {}
+
+            def show(kind: str, c: TypeProgress) -> None:
+                import time as _t
+                if kind not in tasks:
+                    tasks[kind] = bar.add_task(kind, total=None, stats="")
+                    started[kind] = _t.monotonic()
+                rate = c.read / max(_t.monotonic() - started[kind], 1e-6)
+                bar.update(tasks[kind], stats=f"{c.read} read, {c.written} written, {c.dead_lettered} dead-lettered, "
+                                              f"{rate:.0f}/s{' (Bulk API)' if c.bulk else ''}")
+
+            summary = guarded(lambda: service.run_backfill(config, service.Environment(), since=since, until=until,
+                                                           objects=objects, dry_run=dry_run, resume=resume,
+                                                           progress=show), debug=debug)
+    else:
+        summary = guarded(lambda: service.run_backfill(config, service.Environment(), since=since, until=until,
+                                                       objects=objects, dry_run=dry_run, resume=resume),
+                          debug=debug)
+    _print_summary(summary, as_json)
+    if summary.interrupted:
+        err.print(f"Interrupted at a page boundary. Continue with `stripe-sf backfill --since {since}"
+                  f"{' --until ' + until if until else ''} --objects {objects} --resume`.", highlight=False)
+    raise typer.Exit(int(ExitCode.INTERRUPTED if summary.interrupted and not summary.stopped_early
+                         else service.exit_code_for(summary)))
 
 
 @app.command("discover-config")

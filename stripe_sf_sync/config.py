@@ -79,12 +79,22 @@ class SyncSettings(_Strict):
     log_format: Literal["auto", "plain", "json"] = "auto"
 
 
+class BackfillSettings(_Strict):
+    """When backfill switches to Bulk API 2.0, and how it reports progress."""
+
+    bulk_threshold: int = Field(2000, ge=1)
+    bulk_chunk: int = Field(5000, ge=1, le=150_000)
+    bulk_poll_seconds: float = Field(5.0, ge=0, le=300)
+    log_every_pages: int = Field(50, ge=1)
+
+
 class Settings(_Strict):
     """The whole of sync.yaml."""
 
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     salesforce: SalesforceSettings = Field(default_factory=SalesforceSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     def record_type_id(self) -> str | None:
         """The RecordTypeId new Opportunities get, or None for the org default."""

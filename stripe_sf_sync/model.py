@@ -23,6 +23,8 @@ EVENT_TYPES = (
     "customer.subscription.deleted",
     "invoice.payment_failed",
 )
+# Key marking the synthetic events `backfill` builds from list endpoints (never sent by Stripe).
+BACKFILL_MARK = "stripe_sf_backfill"
 SUBSCRIPTION_STATUSES = frozenset(
     {"active", "trialing", "past_due", "canceled", "unpaid", "incomplete", "incomplete_expired", "paused"}
 )
@@ -44,6 +46,8 @@ class EventMeta:
     created: int
     livemode: bool
     api_version: str | None
+    backfill: bool = False  # a synthetic change made by `backfill` from an object's current state
+    object_created: int | None = None  # the object's own creation time (backfill's CloseDate)
 
 
 @dataclass(frozen=True)
@@ -225,8 +229,12 @@ def _meta(event: Mapping[str, Any]) -> EventMeta:
     if isinstance(created, bool) or not isinstance(created, int) or created <= 0:
         raise MalformedEvent("missing or malformed event created time")
     api_version = event.get("api_version")
+    backfill = event.get(BACKFILL_MARK) is True
+    obj_created = _get(event, "data.object.start_date") or _get(event, "data.object.created")
+    if isinstance(obj_created, bool) or not isinstance(obj_created, int):
+        obj_created = None
     return EventMeta(event_id, etype, created, bool(event.get("livemode")),
-                     api_version if isinstance(api_version, str) else None)
+                     api_version if isinstance(api_version, str) else None, backfill, obj_created)
 
 
 def event_meta(event: Mapping[str, Any]) -> EventMeta:

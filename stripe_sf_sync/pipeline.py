@@ -17,13 +17,14 @@ from stripe_sf_sync.config import LoadedConfig
 from stripe_sf_sync.errors import ConfigError, CursorExpiredError
 from stripe_sf_sync.model import InvoiceFailureChange, MalformedEvent, PaymentChange
 from stripe_sf_sync.resolve import Materializer, WriteSettings, lookup
-from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes
+from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes, apply_writes_bulk
 from stripe_sf_sync.state import Cursor, Outcome, StateStore
 from stripe_sf_sync.stripe_source import RETENTION_S, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
 
 ORG_CACHE_KEY = "org_describe"
+HANDOFF_SINCE_KEY = "handoff_since"
 ORG_CACHE_TTL_S = 24 * 3600
 
 
@@ -161,6 +162,9 @@ class Pipeline:
         elif cursor is not None:
             self.source.check_cursor_age(cursor.created)
             events = self.source.events_after(cursor.event_id)
+        elif (handoff := self.state.get_meta(HANDOFF_SINCE_KEY)) is not None:
+            # A backfill ran while Stripe had no events at all: start from when it began.
+            events = self._events_since(int(handoff))
         else:
             raise ConfigError(["there is no saved cursor yet"], source="invocation",
                               hint="For the first run, say where to start: `stripe-sf sync --since 2026-11-01` "
@@ -185,6 +189,11 @@ class Pipeline:
         for i in range(0, len(ordered), batch):
             self._batch(ordered[i:i + batch], summary, advance_cursor=False, retried=True)
 
+    def apply(self, events: Sequence[dict[str, Any]], summary: RunSummary, *, bulk: bool = False,
+              commit_meta: dict[str, str] | None = None) -> bool:
+        """Apply a batch of (synthetic) events without moving the cursor; False when the budget is spent."""
+        return self._batch(events, summary, advance_cursor=False, bulk=bulk, commit_meta=commit_meta)
+
     def _run(self, events: Iterable[dict[str, Any]], summary: RunSummary, *, max_events: int | None) -> None:
         batch: list[dict[str, Any]] = []
         size = self.settings.sync.batch_size
@@ -201,7 +210,7 @@ class Pipeline:
 
     # --- one batch --------------------------------------------------------------------------
     def _batch(self, events: Sequence[dict[str, Any]], summary: RunSummary, *, advance_cursor: bool,
-               retried: bool = False) -> bool:
+               retried: bool = False, bulk: bool = False, commit_meta: dict[str, str] | None = None) -> bool:
         """Process one batch; False when the API budget says stop."""
         gw = self.salesforce.connected
         if gw is not None and gw.over_budget():
@@ -257,7 +266,7 @@ class Pipeline:
             planned.append((raw, change, plan))
 
         if planned:
-            outcomes.extend(self._write(planned, versions, summary))
+            outcomes.extend(self._write(planned, versions, summary, bulk=bulk))
 
         for o in outcomes:
             if o.kind == "applied":
@@ -279,7 +288,7 @@ class Pipeline:
         if self.dry_run:
             return True
         self.state.commit_batch(outcomes, cursor=new_cursor, versions=versions, run_id=self.run_id,
-                                retried=retried)
+                                retried=retried, meta=commit_meta)
         if new_cursor:
             summary.cursor = new_cursor.event_id
         if self.on_batch:
@@ -314,6 +323,9 @@ class Pipeline:
                     pass  # the event's own payload is authoritative; the code stays unknown
         return change
 
+    def _write_bulk(self, gw: SalesforceGateway, ops: Sequence[SfOp]) -> list[Any]:
+        return _write_bulk_split(gw, ops, self.sleep)
+
     def _org_facts(self, gw: SalesforceGateway) -> OrgFacts:
         if self._org is not None:
             return self._org
@@ -332,7 +344,7 @@ class Pipeline:
         return self._org
 
     def _write(self, planned: Sequence[tuple[dict[str, Any], model.Change, rules.Plan]],
-               versions: dict[str, tuple[int, str]], summary: RunSummary) -> list[Outcome]:
+               versions: dict[str, tuple[int, str]], summary: RunSummary, *, bulk: bool = False) -> list[Outcome]:
         gw = self.salesforce.get()
         org = self._org_facts(gw)
         settings = WriteSettings(self.settings.salesforce.fields, self.settings.record_type_id(), org.task_upsert,
@@ -349,9 +361,13 @@ class Pipeline:
         if self.dry_run:
             summary.planned_writes.extend(_describe_op(op) for op in ops)
             results = []
+        elif bulk:
+            results = self._write_bulk(gw, ops)
+            summary.records_written += sum(1 for r in results if r.success)
         else:
             results = apply_writes(gw, ops, sleep=self.sleep)
             summary.records_written += sum(1 for r in results if r.success)
+        if not self.dry_run:
             for op, res in zip(ops, results, strict=True):
                 if res.success:
                     continue
@@ -371,6 +387,19 @@ class Pipeline:
                 if prev is None or prev[0] <= change.meta.created:
                     versions[change.object_id] = (change.meta.created, eid)
         return out
+
+
+def _write_bulk_split(gw: SalesforceGateway, ops: Sequence[SfOp], sleep: Callable[[float], None]) -> list[Any]:
+    """Updates and upserts through Bulk API 2.0; inserts (Tasks of orgs without the event-id field)
+    through collections, since a failed bulk insert row carries no key to report it by."""
+    bulkable = [i for i, op in enumerate(ops) if op.kind != "create"]
+    inserts = [i for i, op in enumerate(ops) if op.kind == "create"]
+    results: list[Any] = [None] * len(ops)
+    for i, res in zip(bulkable, apply_writes_bulk(gw, [ops[i] for i in bulkable]), strict=True):
+        results[i] = res
+    for i, res in zip(inserts, apply_writes(gw, [ops[i] for i in inserts], sleep=sleep), strict=True):
+        results[i] = res
+    return results
 
 
 def _dead(raw: Mapping[str, Any], reason: str, code: str, object_id: str | None = None) -> Outcome:

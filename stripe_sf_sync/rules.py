@@ -23,6 +23,8 @@ from stripe_sf_sync.sfid import checked_id
 
 FAILED_PAYMENT_SUBJECT = "Payment Failed - Immediate Action Required"
 WON_FROM = frozenset({"incomplete", "trialing"})
+# Backfill sees only the current state: these statuses mean the subscription was won at some point.
+WON_NOW = frozenset({"active", "trialing", "past_due", "unpaid"})
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,12 @@ class TaskIntent:
     priority: str
     status: str
     activity_date: str
+    key_base: str | None = None  # backfill keys Tasks by object, so a second backfill finds the same Task
 
     @property
     def key(self) -> str:
         """The Task's external id: one event can raise several Tasks."""
-        return f"{self.event_id}:{self.purpose}"
+        return f"{self.key_base or self.event_id}:{self.purpose}"
 
 
 Intent = OpportunityIntent | AccountStatusIntent | TaskIntent
@@ -157,6 +160,8 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
     plan = Plan()
     kind = meta.event_type.rsplit(".", 1)[-1]
 
+    if meta.backfill:
+        return _plan_subscription_backfill(ctx, change, opp_id, account, label)
     won = (
         (kind == "created" and change.status in ("active", "trialing"))
         or (kind == "updated" and change.status == "active" and change.previous_status in WON_FROM)
@@ -208,6 +213,27 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
     return plan
 
 
+def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, opp_id: str | None,
+                                account: AccountRef, label: str) -> Plan:
+    """A subscription's current state: the won Opportunity if it was won, and the Account status.
+    No transition Tasks: the history between then and now is not in Stripe's lists."""
+    f = ctx.fields
+    meta = change.meta
+    plan = Plan()
+    if change.status in WON_NOW:
+        closed = event_date(meta.object_created or meta.created).isoformat()
+        fields = {"StageName": ctx.won_stage, "CloseDate": closed,
+                  f.subscription_id: change.subscription_id, f.customer_id: change.customer_id}
+        fields.update(_subscription_value_fields(ctx, change))
+        plan.intents.append(OpportunityIntent(
+            meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
+            f"{label} - Subscription {change.subscription_id}", may_create=True))
+    plan.intents.append(AccountStatusIntent(
+        meta.event_id, account, change.subscription_id, change.status, None, log_transition=False,
+        activity_date=event_date(meta.created).isoformat()))
+    return plan
+
+
 def plan_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
     """payment_intent.succeeded for a one-time payment (never an invoice's payment)."""
     if not change.invoice_known:
@@ -217,7 +243,8 @@ def plan_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
     f = ctx.fields
     meta = change.meta
     opp_id, acct_id = _metadata_ids(change.metadata, change.customer_metadata)
-    fields: dict[str, Any] = {"StageName": ctx.won_stage, "CloseDate": event_date(meta.created).isoformat(),
+    closed = meta.object_created if meta.backfill and meta.object_created else meta.created
+    fields: dict[str, Any] = {"StageName": ctx.won_stage, "CloseDate": event_date(closed).isoformat(),
                               "Amount": change.amount_received, f.payment_intent_id: change.payment_intent_id}
     if change.customer_id:
         fields[f.customer_id] = change.customer_id
@@ -242,7 +269,7 @@ def failed_payment_description(ctx: RuleContext, change: InvoiceFailureChange) -
         f"Subscription: {change.subscription_id or 'none'}",
         f"Invoice: {_dashboard(ctx, meta.livemode, 'invoices', change.invoice_id)}",
         f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
-        f"Stripe event: {meta.event_id}",
+        "Found by stripe-sf backfill (still unpaid)." if meta.backfill else f"Stripe event: {meta.event_id}",
     ]
     return "\n".join(lines)
 
@@ -254,7 +281,8 @@ def plan_invoice_failure(ctx: RuleContext, change: InvoiceFailureChange) -> Plan
     due = next_business_day(event_date(meta.created)).isoformat()
     return Plan([TaskIntent(
         meta.event_id, "payment-failed", AccountRef(change.customer_id, acct_id), "owner",
-        FAILED_PAYMENT_SUBJECT, failed_payment_description(ctx, change), "High", "Not Started", due)])
+        FAILED_PAYMENT_SUBJECT, failed_payment_description(ctx, change), "High", "Not Started", due,
+        key_base=f"evt_backfill_{change.invoice_id}" if meta.backfill else None)])
 
 
 def plan(ctx: RuleContext, change: Change) -> Plan:

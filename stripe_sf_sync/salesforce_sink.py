@@ -110,19 +110,46 @@ class SalesforceGateway:
     """Counts calls, tracks API usage, retries transient failures and raises fatal ones."""
 
     def __init__(self, sf: Salesforce, *, timeout: float = 60.0, budget: float = 0.8,
-                 max_attempts: int = 4, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.sf = sf
+                 max_attempts: int = 4, sleep: Callable[[float], None] = time.sleep,
+                 reconnect: Callable[[], Salesforce] | None = None, bulk_poll_seconds: float = 5.0) -> None:
         self.timeout = timeout
         self.budget = budget
         self.usage = ApiUsage()
         self.max_attempts = max_attempts
         self._sleep = sleep
+        self._reconnect = reconnect
+        self.bulk_poll_seconds = bulk_poll_seconds
+        self.sf = sf
+        self._hook(sf)
+
+    def _hook(self, sf: Salesforce) -> None:
+        """Count every HTTP call on the session (REST and Bulk 2.0 alike) and read the org's usage
+        from `Sforce-Limit-Info`, which simple-salesforce's bulk2 does not parse (api-facts.md §11)."""
+        def on_response(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+            if "/services/oauth2/" in response.url:
+                return  # token requests are not API calls
+            self.usage.calls += 1
+            info = response.headers.get("Sforce-Limit-Info", "")
+            m = re.search(r"api-usage=(\d+)/(\d+)", info)
+            if m:
+                self.usage.used, self.usage.total = int(m.group(1)), int(m.group(2))
+        sf.session.hooks.setdefault("response", []).append(on_response)
+
+    def renew(self) -> None:
+        """Log in again (bulk2 never refreshes an expired session by itself; api-facts.md §10)."""
+        if self._reconnect is None:
+            raise FatalSyncError(
+                "Salesforce rejected the session (INVALID_SESSION_ID) and it could not be renewed.",
+                code="INVALID_SESSION_ID",
+                hint="With SF_ACCESS_TOKEN, export a fresh token; better, use client credentials or JWT, which "
+                     "stripe-sf renews by itself.")
+        self.sf = self._reconnect()
+        self._hook(self.sf)
 
     # --- the one place HTTP happens --------------------------------------------------------
     def _request(self, path: str, *, method: str = "GET", params: dict[str, Any] | None = None,
                  body: Any = None) -> Any:
         def attempt() -> Any:
-            self.usage.calls += 1
             kwargs: dict[str, Any] = {"timeout": self.timeout}
             if body is not None:
                 kwargs["data"] = dumps(body).encode("utf-8")
@@ -135,8 +162,6 @@ class SalesforceGateway:
                 if exc.status >= 500 or exc.status == 429:
                     raise SalesforceRetriable(f"HTTP {exc.status}", code=_errors(exc.content)[0]) from None
                 raise
-            finally:
-                self._read_usage()
             return result
 
         retrying = Retrying(retry=retry_if_exception_type(SalesforceRetriable),
@@ -163,12 +188,6 @@ class SalesforceGateway:
                     else "Check the integration user's permissions on Opportunity, Account and Task.")
             raise FatalSyncError(f"Salesforce refused the request: {code} {msg}".strip(), code=code,
                                  hint=hint) from None
-
-    def _read_usage(self) -> None:
-        usage = getattr(self.sf, "api_usage", None) or {}
-        found = usage.get("api-usage")
-        if found is not None:
-            self.usage.used, self.usage.total = int(found.used), int(found.total)
 
     def over_budget(self) -> bool:
         """True when the org's daily usage has reached the configured share."""
@@ -309,3 +328,90 @@ def apply_writes(gw: SalesforceGateway, ops: Sequence[SfOp], *, lock_retries: in
             sleep(min(0.5 * 2 ** attempt, 8.0))
             pending = retry
     return [r if r is not None else WriteResult(False, code="UNKNOWN", message="no result") for r in results]
+
+
+BULK_NULL = "#N/A"  # Bulk API 2.0 CSV: an empty cell leaves a field alone; #N/A sets it to null
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return BULK_NULL
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    return str(value)
+
+
+def _parse_bulk_error(text: str) -> tuple[str, str]:
+    """`sf__Error` looks like `REQUIRED_FIELD_MISSING:Required fields are missing: [Name]:Name --`."""
+    code, _, rest = (text or "UNKNOWN").partition(":")
+    return code.strip() or "UNKNOWN", rest.rstrip(" -").strip()[:300]
+
+
+def apply_writes_bulk(gw: SalesforceGateway, ops: Sequence[SfOp]) -> list[WriteResult]:
+    """Write ops through Bulk API 2.0 ingest jobs, one job per (operation, sObject, external id).
+
+    Salesforce does the work on its own servers (api-facts.md §7: use it above ~2,000 rows). Failed
+    rows are read back from `failedResults` and returned with Salesforce's error, row by row.
+    simple-salesforce's bulk2 never re-authenticates (issue #619), so an expired session is renewed
+    here and the job sent again: upserts and updates by Id are idempotent.
+    """
+    import csv
+    import io
+
+    from simple_salesforce.exceptions import SalesforceOperationError
+
+    results: list[WriteResult | None] = [None] * len(ops)
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, op in enumerate(ops):
+        if op.kind == "create":
+            raise ValueError("Bulk writes take updates and upserts only: a failed insert row has no key to report")
+        groups.setdefault((op.kind, op.sobject, op.ext_field or ""), []).append(i)
+    for (kind, sobject, ext), indexes in groups.items():
+        key_col = "Id" if kind == "update" else ext
+        columns: list[str] = []
+        for i in indexes:
+            for name in ops[i].fields:
+                if name not in columns:
+                    columns.append(name)
+        rows = []
+        for i in indexes:
+            row = {key_col: ops[i].key, **{c: "" for c in columns}}
+            row.update({k: _csv_value(v) for k, v in ops[i].fields.items()})
+            rows.append(row)
+        for attempt in range(2):
+            handler = getattr(gw.sf.bulk2, sobject)
+            try:
+                if kind == "upsert":
+                    jobs = handler.upsert(records=rows, external_id_field=ext, wait=gw.bulk_poll_seconds)
+                else:
+                    jobs = handler.update(records=rows, wait=gw.bulk_poll_seconds)
+                break
+            except SalesforceExpiredSession:
+                if attempt:
+                    raise
+                gw.renew()
+            except SalesforceRefusedRequest as exc:
+                code, msg = _errors(exc.content)
+                raise FatalSyncError(f"Salesforce refused a Bulk API job: {code} {msg}".strip(), code=code,
+                                     hint="The next run repeats this chunk.") from None
+            except (SalesforceOperationError, SalesforceError, requests.RequestException) as exc:
+                raise FatalSyncError(f"A Bulk API 2.0 {kind} job on {sobject} failed: {type(exc).__name__}.",
+                                     hint="Nothing was lost: `stripe-sf backfill --resume` repeats this "
+                                          "chunk.") from None
+        failed: dict[str, tuple[str, str]] = {}
+        for job in jobs:
+            if int(job.get("numberRecordsFailed", 0)):
+                text = handler.get_failed_records(job["job_id"])
+                for rec in csv.DictReader(io.StringIO(text)):
+                    ident = rec.get(key_col) or rec.get("sf__Id") or ""
+                    failed[ident] = _parse_bulk_error(rec.get("sf__Error", ""))
+        for i in indexes:
+            ident = ops[i].key
+            if ident in failed:
+                code, msg = failed[ident]
+                results[i] = WriteResult(False, code=code, message=msg)
+            else:
+                results[i] = WriteResult(True)
+    return [r if r is not None else WriteResult(False, code="UNKNOWN") for r in results]

@@ -87,10 +87,15 @@ class Runtime:
         secrets = salesforce_secrets(self.environment.env)
         s = self.loaded.settings.salesforce
 
+        def login() -> Any:
+            return connect(secrets, api_version=s.api_version, session=self.environment.session_factory())
+
         def make() -> SalesforceGateway:
-            sf = connect(secrets, api_version=s.api_version, session=self.environment.session_factory())
-            return SalesforceGateway(sf, timeout=s.timeout_seconds, budget=s.api_budget,
-                                     sleep=self.environment.sleep)
+            # An access token cannot be renewed; the other modes log in again.
+            return SalesforceGateway(login(), timeout=s.timeout_seconds, budget=s.api_budget,
+                                     sleep=self.environment.sleep,
+                                     reconnect=None if secrets.mode == "token" else login,
+                                     bulk_poll_seconds=self.loaded.settings.backfill.bulk_poll_seconds)
         return make
 
 
@@ -118,20 +123,7 @@ def run_sync(config_path: Path | None, environment: Environment, *, since: str |
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
     since_ts = parse_since(since) if since else None
-    problems: list[str] = []
-    source = sf_factory = None
-    try:
-        source = runtime.stripe_source()
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    try:
-        sf_factory = runtime.salesforce_factory()
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    if problems or source is None or sf_factory is None:
-        raise ConfigError(problems, source="environment",
-                          hint="Export the variables listed in the README ('Environment'); secrets are read "
-                               "only from the environment.")
+    source, sf_factory = _clients(runtime)
     summary = RunSummary("sync", dry_run=dry_run)
     started = time.monotonic()
     access = SalesforceAccess(sf_factory)
@@ -157,6 +149,72 @@ def run_sync(config_path: Path | None, environment: Environment, *, since: str |
                                                          "max": summary.salesforce_api_max,
                                                          "at": int(environment.clock())}))
             summary.cursor = summary.cursor or (c.event_id if (c := state.cursor()) else None)
+            if not dry_run:
+                state.finish_run(run_id, code, summary.as_dict())
+    return summary
+
+
+def _clients(runtime: Runtime) -> tuple[StripeSource, Callable[[], SalesforceGateway]]:
+    """Both clients, with every missing secret reported at once, before any network call."""
+    problems: list[str] = []
+    source = sf_factory = None
+    try:
+        source = runtime.stripe_source()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        sf_factory = runtime.salesforce_factory()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems or source is None or sf_factory is None:
+        raise ConfigError(problems, source="environment",
+                          hint="Export the variables listed in the README ('Environment'); secrets are read "
+                               "only from the environment.")
+    return source, sf_factory
+
+
+def run_backfill(config_path: Path | None, environment: Environment, *, since: str, until: str | None,
+                 objects: str, dry_run: bool, resume: bool,
+                 progress: Callable[[str, Any], None] | None = None) -> Any:
+    """`stripe-sf backfill`: current state from Stripe's lists, then a gap-free hand-off to sync."""
+    from stripe_sf_sync.backfill import OBJECT_TYPES, Backfill, BackfillPlan, BackfillSummary, StopFlag
+
+    runtime = Runtime(config_path, environment)
+    require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
+    kinds = tuple(k.strip() for k in objects.split(",") if k.strip())
+    bad = [k for k in kinds if k not in OBJECT_TYPES]
+    since_ts = parse_since(since)
+    until_ts = parse_since(until) if until else None
+    problems = [f"--objects: unknown type {k!r} (choose from {', '.join(OBJECT_TYPES)})" for k in bad]
+    if not kinds:
+        problems.append("--objects is empty")
+    if until_ts is not None and until_ts <= since_ts:
+        problems.append("--until must be after --since")
+    if problems:
+        raise ConfigError(problems, source="invocation")
+    source, sf_factory = _clients(runtime)
+    b = runtime.loaded.settings.backfill
+    plan = BackfillPlan(since_ts, until_ts, kinds, resume, bulk_threshold=b.bulk_threshold, bulk_chunk=b.bulk_chunk)
+    summary = BackfillSummary("backfill", dry_run=dry_run)
+    started = time.monotonic()
+    access = SalesforceAccess(sf_factory)
+    with runtime.open_state() as state, StopFlag() as stop:
+        state.acquire_lock()
+        run_id = 0 if dry_run else state.start_run("backfill")
+        pipeline = Pipeline(runtime.loaded, state, source, access, dry_run=dry_run, clock=environment.clock,
+                            sleep=environment.sleep)
+        pipeline.run_id = run_id
+        code: int = ExitCode.FAILURE
+        try:
+            Backfill(pipeline, plan, clock=environment.clock, progress=progress, stop=stop,
+                     log_every_pages=b.log_every_pages).run(summary)
+            code = ExitCode.INTERRUPTED if summary.interrupted and not summary.stopped_early else exit_code_for(summary)
+        except BaseException as exc:
+            code = int(getattr(exc, "exit_code", ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt)
+                               else ExitCode.FAILURE))
+            raise
+        finally:
+            _finish(summary, started, source, access)
             if not dry_run:
                 state.finish_run(run_id, code, summary.as_dict())
     return summary

@@ -228,8 +228,8 @@ class StateStore:
 
     def commit_batch(self, outcomes: Sequence[Outcome], *, cursor: Cursor | None,
                      versions: dict[str, tuple[int, str]], run_id: int | None,
-                     retried: bool = False) -> None:
-        """Record outcomes, object versions and the cursor in one transaction."""
+                     retried: bool = False, meta: dict[str, str] | None = None) -> None:
+        """Record outcomes, object versions, the cursor and any checkpoint in one transaction."""
         now = int(time.time())
         with self._tx():
             for o in outcomes:
@@ -260,6 +260,8 @@ class StateStore:
                     (object_id, created, event_id))
             if cursor is not None:
                 self._advance_cursor(cursor)
+            for key, value in (meta or {}).items():
+                self.set_meta(key, value)
 
     def prune_ledger(self, now: int | None = None) -> int:
         """Drop ledger rows older than Stripe could ever list again; dead letters are kept."""

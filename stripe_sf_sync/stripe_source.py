@@ -212,6 +212,49 @@ class StripeSource:
                 return oldest
             after = data[-1]["id"]
 
+    def newest_event(self, types: Sequence[str] = EVENT_TYPES) -> tuple[str, int] | None:
+        """The newest event of these types (backfill's hand-off point for sync)."""
+        page = self._call("listing events", self._client.v1.events.list, {"limit": 1, "types": list(types)})
+        data = _raw_list(page)
+        return (data[0]["id"], int(data[0]["created"])) if data else None
+
+    # --- backfill lists -----------------------------------------------------------------------
+    def list_pages(self, kind: str, *, since: int, until: int | None,
+                   starting_after: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Pages of one list endpoint, newest first, each a list of raw objects with the customer
+        expanded (`expand[]=data.customer` saves a call per object; api-facts.md §2)."""
+        created: dict[str, int] = {"gte": since}
+        if until is not None:
+            created["lt"] = until
+        params: dict[str, Any] = {"limit": PAGE_LIMIT, "created": created, "expand": ["data.customer"]}
+        if kind == "subscriptions":
+            lister = self._client.v1.subscriptions.list
+            params["status"] = "all"  # without it canceled subscriptions are left out (api-facts.md §2)
+        elif kind == "payment_intents":
+            lister = self._client.v1.payment_intents.list  # no status filter exists: filtered by the caller
+        elif kind == "invoices":
+            lister = self._client.v1.invoices.list
+            params["status"] = "open"  # unpaid; the caller keeps those with a failed attempt
+        else:
+            raise ValueError(f"unknown backfill object type {kind!r}")
+        after = starting_after
+        seen_last: str | None = None
+        while True:
+            if after:
+                params["starting_after"] = after
+            page = self._call(f"listing {kind}", lister, dict(params))
+            data = _raw_list(page)
+            if not data:
+                return
+            if data[-1]["id"] == seen_last:
+                raise FatalSyncError(f"Stripe returned the same page of {kind} twice.",
+                                     hint="Retry with --resume; if it persists, report it with --debug output.")
+            seen_last = data[-1]["id"]
+            yield data
+            if not _has_more(page):
+                return
+            after = data[-1]["id"]
+
     # --- hydration --------------------------------------------------------------------------
     def customer(self, customer_id: str) -> dict[str, Any] | None:
         """The customer (cached per run); None if Stripe has deleted it."""
