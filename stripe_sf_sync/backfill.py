@@ -26,6 +26,8 @@ log = logging.getLogger("stripe_sf_sync")
 
 OBJECT_TYPES = ("subscriptions", "payment_intents", "invoices")
 CHECKPOINT_KEY = "backfill_checkpoint"
+# Statuses of a subscription that is still running: it decides the Account's status over ended ones.
+_LIVE = frozenset({"active", "trialing", "past_due", "unpaid", "paused", "incomplete"})
 _EVENT_TYPE = {"subscriptions": "customer.subscription.created",
                "payment_intents": "payment_intent.succeeded",
                "invoices": "invoice.payment_failed"}
@@ -123,6 +125,22 @@ class Backfill:
         self.stop = stop or StopFlag()
         self.log_every = log_every_pages
         self.counts: dict[str, TypeProgress] = {k: TypeProgress() for k in plan.objects}
+        # customer -> (live?, created) of the subscription whose status this run wrote to the Account
+        self._status_owner: dict[str, tuple[int, int]] = {}
+
+    def _decides_status(self, sub: dict[str, Any]) -> bool:
+        """Of a customer's subscriptions, a running one decides the Account status over an ended one,
+        and the newest over older ones (lists come newest first)."""
+        cust = sub.get("customer")
+        cust_id = cust.get("id") if isinstance(cust, dict) else cust
+        if not isinstance(cust_id, str):
+            return True
+        rank = (1 if sub.get("status") in _LIVE else 0, int(sub.get("created") or 0))
+        best = self._status_owner.get(cust_id)
+        if best is None or rank[0] > best[0]:
+            self._status_owner[cust_id] = rank
+            return True
+        return False
 
     def _checkpoint(self) -> dict[str, Any] | None:
         raw = self.p.state.get_meta(CHECKPOINT_KEY)
@@ -215,7 +233,11 @@ class Backfill:
         for objects, page_last in self._objects(kind, after):
             pages += 1
             counts.read += len(objects)
-            buffer.extend(synthetic_event(kind, o, tag=tag, read_at=read_at, api_version=version) for o in objects)
+            for o in objects:
+                event = synthetic_event(kind, o, tag=tag, read_at=read_at, api_version=version)
+                if kind == "subscriptions" and not self._decides_status(o):
+                    event[model.BACKFILL_STATUS_MARK] = False
+                buffer.append(event)
             last_id = page_last
             if not bulk and counts.read >= self.plan.bulk_threshold:
                 bulk = counts.bulk = True  # above the threshold Salesforce does the heavy lifting

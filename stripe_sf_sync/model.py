@@ -25,6 +25,7 @@ EVENT_TYPES = (
 )
 # Key marking the synthetic events `backfill` builds from list endpoints (never sent by Stripe).
 BACKFILL_MARK = "stripe_sf_backfill"
+BACKFILL_STATUS_MARK = "stripe_sf_writes_status"
 SUBSCRIPTION_STATUSES = frozenset(
     {"active", "trialing", "past_due", "canceled", "unpaid", "incomplete", "incomplete_expired", "paused"}
 )
@@ -48,6 +49,7 @@ class EventMeta:
     api_version: str | None
     backfill: bool = False  # a synthetic change made by `backfill` from an object's current state
     object_created: int | None = None  # the object's own creation time (backfill's CloseDate)
+    write_status: bool = True  # backfill: False when another subscription of the customer decides the status
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,8 @@ def _meta(event: Mapping[str, Any]) -> EventMeta:
     if isinstance(obj_created, bool) or not isinstance(obj_created, int):
         obj_created = None
     return EventMeta(event_id, etype, created, bool(event.get("livemode")),
-                     api_version if isinstance(api_version, str) else None, backfill, obj_created)
+                     api_version if isinstance(api_version, str) else None, backfill, obj_created,
+                     not (backfill and event.get(BACKFILL_STATUS_MARK) is False))
 
 
 def event_meta(event: Mapping[str, Any]) -> EventMeta:

@@ -228,9 +228,12 @@ def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, op
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
             f"{label} - Subscription {change.subscription_id}", may_create=True))
-    plan.intents.append(AccountStatusIntent(
-        meta.event_id, account, change.subscription_id, change.status, None, log_transition=False,
-        activity_date=event_date(meta.created).isoformat()))
+    if meta.write_status:
+        plan.intents.append(AccountStatusIntent(
+            meta.event_id, account, change.subscription_id, change.status, None, log_transition=False,
+            activity_date=event_date(meta.created).isoformat()))
+    if not plan.intents:
+        plan.ignored = "an ended subscription; another subscription of the customer sets the Account status"
     return plan
 
 

@@ -203,3 +203,20 @@ def test_cli_backfill_prints_per_type_counts(tmp_path, stripe_sb, sf_sb, org):
     result = runner.invoke(app, ["backfill", "--config", str(config), "--since", since_days(400)], env=env)
     assert result.exit_code == 0, result.output
     assert "subscriptions: 3 read" in result.output and "invoices:" in result.output
+
+
+def test_a_running_subscription_decides_the_account_status_over_an_ended_one(tmp_path, env, org, stripe_sb):
+    f = StripeFactory(stripe_sb, seed=21)
+    price = f.price(1000)
+    a = f.customer("Two subs A", "a@example.com", created=NOW - 300 * DAY)
+    b = f.customer("Two subs B", "b@example.com", created=NOW - 300 * DAY)
+    acct_a = org.insert("Account", {"Name": "A", "Stripe_Customer_ID__c": a["id"]})
+    acct_b = org.insert("Account", {"Name": "B", "Stripe_Customer_ID__c": b["id"]})
+    f.subscription(a["id"], [(price, 1)], status="active", created=NOW - 200 * DAY)
+    f.subscription(a["id"], [(price, 1)], status="canceled", created=NOW - 100 * DAY)  # newer, but ended
+    f.subscription(b["id"], [(price, 1)], status="canceled", created=NOW - 200 * DAY)
+    f.subscription(b["id"], [(price, 1)], status="past_due", created=NOW - 100 * DAY)
+    config = configured(tmp_path, env)
+    backfill(config, env, since=since_days(400), objects="subscriptions")
+    assert org.get("Account", acct_a)["Subscription_Status__c"] == "active"
+    assert org.get("Account", acct_b)["Subscription_Status__c"] == "past_due"
