@@ -62,11 +62,48 @@ def relevant(kind: str, obj: dict[str, Any]) -> bool:
     return True
 
 
+# The fields the rules read (model.py), per object: a full Stripe object with its expanded customer is
+# several kilobytes, and a chunk of thousands of them would dominate memory.
+_KEEP = {
+    "subscriptions": ("id", "object", "customer", "status", "currency", "cancel_at_period_end", "current_period_end",
+                      "metadata", "cancellation_details", "start_date", "created", "livemode"),
+    "payment_intents": ("id", "object", "customer", "amount_received", "currency", "metadata", "invoice",
+                        "description", "status", "created", "livemode"),
+    "invoices": ("id", "object", "customer", "amount_due", "currency", "attempt_count", "attempted",
+                 "next_payment_attempt", "hosted_invoice_url", "parent", "subscription", "subscription_details",
+                 "payment_intent", "charge", "metadata", "status", "created", "livemode"),
+}
+_KEEP_PRICE = ("id", "currency", "unit_amount", "unit_amount_decimal", "amount", "interval", "interval_count",
+               "usage_type", "recurring")
+
+
+def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """The object reduced to what the rules read."""
+    out = {k: obj[k] for k in _KEEP[kind] if k in obj}
+    cust = out.get("customer")
+    if isinstance(cust, dict):
+        out["customer"] = {k: cust[k] for k in ("id", "object", "name", "metadata") if k in cust}
+    items = (obj.get("items") or {}).get("data") if kind == "subscriptions" else None
+    if isinstance(items, list):
+        slim_items = []
+        for item in items:
+            if not isinstance(item, dict):
+                slim_items.append(item)
+                continue
+            new = {k: item[k] for k in ("id", "quantity", "current_period_end") if k in item}
+            for key in ("price", "plan"):
+                if isinstance(item.get(key), dict):
+                    new[key] = {k: item[key][k] for k in _KEEP_PRICE if k in item[key]}
+            slim_items.append(new)
+        out["items"] = {"object": "list", "data": slim_items}
+    return out
+
+
 def synthetic_event(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, api_version: str) -> dict[str, Any]:
     """A change from an object's current state, in the shape of the event the rules expect."""
     return {"id": f"evt_bf{tag}_{obj.get('id')}", "object": "event", "type": _EVENT_TYPE[kind],
             "created": read_at, "api_version": api_version, "livemode": bool(obj.get("livemode")),
-            "data": {"object": obj}, model.BACKFILL_MARK: True}
+            "data": {"object": slim(kind, obj)}, model.BACKFILL_MARK: True}
 
 
 def _describe(key: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ invoice links live under `parent.subscription_details` and `payments` (api-facts
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -29,6 +30,9 @@ BACKFILL_STATUS_MARK = "stripe_sf_writes_status"
 SUBSCRIPTION_STATUSES = frozenset(
     {"active", "trialing", "past_due", "canceled", "unpaid", "incomplete", "incomplete_expired", "paused"}
 )
+
+
+_STRIPE_ID = re.compile(r"[A-Za-z0-9_]{4,255}")  # ids reach URL paths during hydration
 
 
 class MalformedEvent(SkippableError):
@@ -158,8 +162,8 @@ def _str(obj: Mapping[str, Any], path: str, *, required: bool = True, prefix: st
         return None
     if not isinstance(value, str) or not value or len(value) > 255:
         raise MalformedEvent(f"{path} is not a string id")
-    if prefix and not value.startswith(prefix):
-        raise MalformedEvent(f"{path} {value!r} does not start with {prefix}")
+    if prefix and not (value.startswith(prefix) and _STRIPE_ID.fullmatch(value)):
+        raise MalformedEvent(f"{path} is not a Stripe id starting with {prefix}")
     return value
 
 
