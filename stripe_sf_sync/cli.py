@@ -66,8 +66,25 @@ def guarded(fn: Callable[[], T], *, debug: bool) -> T:
         raise typer.Exit(int(ExitCode.FAILURE)) from None
 
 
-def _setup(debug: bool, log_format: str | None) -> None:
+def _setup(debug: bool, log_format: str | None, config: Path | None = None) -> None:
+    if log_format is None and config is not None:
+        log_format = _configured_log_format(config)
+    if log_format not in (None, "auto", "plain", "json"):
+        _stderr().print(f"error: --log-format must be auto, plain or json, not {log_format!r}.", highlight=False)
+        raise typer.Exit(int(ExitCode.CONFIG))
     setup_logging(log_format or "auto", debug=debug)
+
+
+def _configured_log_format(config: Path) -> str | None:
+    """sync.log_format from the config, if it can be read; full validation happens later."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        value = data["sync"]["log_format"]
+        return value if value in ("auto", "plain", "json") else None
+    except Exception:  # any problem is reported properly when the config is loaded
+        return None
 
 
 def _version(value: bool) -> None:
@@ -141,7 +158,7 @@ def sync(
 
         */5 * * * * cd /etc/stripe-sf && stripe-sf sync --log-format json
     """
-    _setup(debug, log_format)
+    _setup(debug, log_format, config)
     summary = guarded(lambda: service.run_sync(config, service.Environment(), since=since, dry_run=dry_run,
                                                max_events=max_events), debug=debug)
     _print_summary(summary, as_json)
@@ -165,7 +182,7 @@ def backfill(
 
     Example: stripe-sf backfill --since 2024-01-01, then `stripe-sf sync` continues with no gap.
     """
-    _setup(debug, log_format)
+    _setup(debug, log_format, config)
     from stripe_sf_sync.backfill import TypeProgress
 
     err = _stderr()

@@ -220,3 +220,28 @@ def test_a_running_subscription_decides_the_account_status_over_an_ended_one(tmp
     backfill(config, env, since=since_days(400), objects="subscriptions")
     assert org.get("Account", acct_a)["Subscription_Status__c"] == "active"
     assert org.get("Account", acct_b)["Subscription_Status__c"] == "past_due"
+
+
+def test_bulk_jobs_renew_an_expired_session(sf_sb, org):
+    """simple-salesforce's bulk2 never re-authenticates; the sink renews and sends the job again."""
+    from simple_salesforce import Salesforce
+
+    from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes_bulk
+
+    acct = org.insert("Account", {"Name": "Renew", "Stripe_Customer_ID__c": "cus_renew0001"})
+
+    def login():
+        return Salesforce(instance_url=sf_sb.instance_url, session_id=org.new_access_token(),
+                          session=sf_sb.session(), version="62.0")
+
+    gw = SalesforceGateway(login(), reconnect=login, bulk_poll_seconds=0)
+    org.expire_sessions()
+    [res] = apply_writes_bulk(gw, [SfOp("update", "Account", acct, {"Subscription_Status__c": "active"})])
+    assert res.success
+    assert org.get("Account", acct)["Subscription_Status__c"] == "active"
+    gw_no_renew = SalesforceGateway(login(), bulk_poll_seconds=0)
+    org.expire_sessions()
+    from stripe_sf_sync.errors import FatalSyncError
+    with pytest.raises(FatalSyncError) as info:
+        apply_writes_bulk(gw_no_renew, [SfOp("update", "Account", acct, {"Subscription_Status__c": "past_due"})])
+    assert info.value.code == "INVALID_SESSION_ID"

@@ -173,3 +173,16 @@ def test_demo_runs(runner):
     for text in ("Opportunities", "Accounts", "Tasks", "Payment Failed - Immediate Action Required", "NO_ACCOUNT",
                  "0 events read"):
         assert text in result.output
+
+
+def test_json_log_lines_off_a_tty_and_max_events(runner, tmp_path, stripe_sb, sf_sb, sc):
+    env = cli_env(stripe_sb, sf_sb)
+    cfg = write_config(tmp_path / "sync.yaml", **{"log_format: auto": "log_format: json"})
+    runner.invoke(app, ["discover-config", "--config", str(cfg), "--write"], env=env)
+    result = runner.invoke(app, ["sync", "--config", str(cfg), "--since", since(sc), "--max-events", "3",
+                                 "--json"], env=env)
+    assert json.loads(result.stdout)["events_read"] == 3
+    result = runner.invoke(app, ["sync", "--config", str(cfg), "--json"], env=env)
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(rec["level"] == "warning" and "dead-lettered" in rec["message"] for rec in lines)
+    assert json.loads(result.stdout)["events_read"] == len(sc.events) - 3
