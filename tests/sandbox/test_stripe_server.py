@@ -24,7 +24,8 @@ from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 T0 = 1_790_000_000  # the sandbox clock in these tests
 DAY = 86400
-FIXTURES = Path("/work/shared/data/stripe-openapi-fixtures3.json")
+# Stripe's own example objects (stripe/openapi fixtures3.json), in shared/ beside the repository.
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "data" / "stripe-openapi-fixtures3.json"
 
 
 class Clock:
