@@ -43,6 +43,18 @@ def seed(stripe: StripeSandbox, org: SalesforceOrg, n: int, *, seed: int = 1) ->
                        created=created)
 
 
+def _time_prefix() -> list[str]:
+    """GNU time reports the child's own peak RSS (`Maximum resident set size`)."""
+    return ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
+
+
+def _max_rss_kb(stderr: str) -> int | None:
+    for line in stderr.splitlines():
+        if "Maximum resident set size" in line:
+            return int(line.rsplit(":", 1)[1])
+    return None
+
+
 def run(n: int, *, sf_latency_ms: float, stripe_latency_ms: float, chunk: int) -> dict[str, Any]:
     """Seed, backfill in a child process, and report."""
     with StripeSandbox(latency_ms=stripe_latency_ms) as stripe, \
@@ -63,14 +75,15 @@ def run(n: int, *, sf_latency_ms: float, stripe_latency_ms: float, chunk: int) -
         since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 401 * DAY))
         sf_before, stripe_before = sf.org.api_used, stripe.request_count
         t1 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "stripe_sf_sync", "backfill", "--config", str(config),
-                               "--since", since, "--objects", "subscriptions", "--json"],
+        cmd = [sys.executable, "-m", "stripe_sf_sync", "backfill", "--config", str(config), "--since", since,
+               "--objects", "subscriptions", "--json"]
+        proc = subprocess.run([*_time_prefix(), *cmd],
                               env=env, capture_output=True, text=True, check=False)
         wall = time.monotonic() - t1
         if proc.returncode not in (0, 3):
             raise SystemExit(f"backfill failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         summary = json.loads(proc.stdout)
-        rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        rss_kb = _max_rss_kb(proc.stderr) or resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         opps = len(sf.org.records("Opportunity"))
         return {"subscriptions": n, "seed_s": round(seeded, 1), "wall_s": round(wall, 1),
                 "objects_per_s": round(n / wall), "peak_rss_mb": round(rss_kb / 1024, 1),
