@@ -332,6 +332,10 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False, debug: 
     else:
         out.print("Cursor: none yet (run `stripe-sf sync --since DATE`)")
     out.print(f"Open dead letters: {report['dead_letters']}")
+    bf = report.get("backfill")
+    if bf:
+        state_word = "finished" if bf["finished"] else "interrupted (continue with `stripe-sf backfill ... --resume`)"
+        out.print(f"Last backfill since {_iso(bf['since'])[:10]}: {state_word}", highlight=False)
     usage = report["api_usage"]
     out.print("Salesforce API usage last seen: " + (f"{usage['used']}/{usage['max']}" if usage else "never"),
               highlight=False)

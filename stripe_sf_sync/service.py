@@ -279,6 +279,13 @@ def dlq_drop(config_path: Path | None, environment: Environment, event_id: str) 
                               hint="`stripe-sf dlq list` shows the open ones.")
 
 
+def _backfill_status(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Where the last backfill got to."""
+    return {"finished": bool(checkpoint.get("finished")), "since": checkpoint["key"]["since"],
+            "until": checkpoint["key"]["until"], "objects": checkpoint["key"]["objects"],
+            "types": checkpoint.get("types", {})}
+
+
 def status_report(config_path: Path | None, environment: Environment) -> dict[str, Any]:
     """Cursor and its age, recent runs, dead-letter count, last API usage. Reads only (WAL: never blocks sync)."""
     runtime = Runtime(config_path, environment)
@@ -290,7 +297,9 @@ def status_report(config_path: Path | None, environment: Environment) -> dict[st
         cursor = state.cursor()
         now = environment.clock()
         usage = state.get_meta("api_usage")
+        backfill = state.get_meta("backfill_checkpoint")
         return {
+            "backfill": _backfill_status(json.loads(backfill)) if backfill else None,
             "state_path": str(path),
             "cursor": {"event_id": cursor.event_id, "created": cursor.created,
                        "created_iso": datetime.fromtimestamp(cursor.created, tz=UTC).isoformat(),

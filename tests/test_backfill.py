@@ -168,6 +168,7 @@ def test_interrupted_backfill_resumes_and_converges(tmp_path, env, org, stripe_s
     assert all(statuses[s["customer"]] == s["status"] for s in h["subs"])
     with pytest.raises(ConfigError):
         backfill(config, env, since=since_days(400), resume=True)
+    assert service.status_report(config, env)["backfill"]["finished"] is True
 
 
 def test_dry_run_backfill_changes_nothing(tmp_path, env, org, stripe_sb):
