@@ -89,7 +89,7 @@ def check_org(gw: SalesforceGateway, loaded: LoadedConfig) -> OrgFacts:
     s = loaded.settings.salesforce
     names = s.fields
     problems: list[str] = []
-    described = {name: gw.describe(name) for name in ("Opportunity", "Account", "Task")}
+    described = gw.describe_many(["Opportunity", "Account", "Task"])
     by_obj = {name: {f["name"].lower(): f for f in d.get("fields", [])} for name, d in described.items()}
 
     def need(obj: str, fname: str, kind: str, *, external: bool = False) -> None:

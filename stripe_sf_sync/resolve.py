@@ -70,17 +70,13 @@ def _chunks(values: Sequence[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
         yield list(values[i:i + size])
 
 
-def _select(gw: SalesforceGateway, fields: str, sobject: str, where_field: str,
-            values: Iterable[str]) -> list[dict[str, Any]]:
-    """SELECT … WHERE field IN (…), literals escaped by simple_salesforce.format_soql (invariant 5)."""
+def _selects(fields: str, sobject: str, where_field: str, values: Iterable[str]) -> list[str]:
+    """SELECT … WHERE field IN (…) statements, literals escaped by simple_salesforce.format_soql
+    (invariant 5)."""
     uniq = sorted({v for v in values if v})
-    out: list[dict[str, Any]] = []
-    for chunk in _chunks(uniq):
-        # Field and object names come from validated config (an identifier pattern), never from Stripe.
-        soql = format_soql(f"SELECT {fields} FROM {sobject} WHERE {where_field} IN {{values}}",  # noqa: S608
-                           values=chunk)
-        out.extend(gw.query(soql))
-    return out
+    # Field and object names come from validated config (an identifier pattern), never from Stripe.
+    return [format_soql(f"SELECT {fields} FROM {sobject} WHERE {where_field} IN {{values}}",  # noqa: S608
+                        values=chunk) for chunk in _chunks(uniq)]
 
 
 def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent]) -> Lookups:
@@ -109,8 +105,17 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent]) 
     if names.account_csm:
         a_fields.append(names.account_csm)
     a_select = ", ".join(dict.fromkeys(a_fields))
-    rows = _select(gw, a_select, "Account", "Id", acct_ids) + _select(gw, a_select, "Account", names.customer_id,
-                                                                     customers)
+    o_select = ", ".join(dict.fromkeys(["Id", "AccountId", "IsClosed", "CreatedDate", names.subscription_id,
+                                        names.payment_intent_id, names.customer_id]))
+    account_queries = (_selects(a_select, "Account", "Id", acct_ids)
+                       + _selects(a_select, "Account", names.customer_id, customers))
+    opp_queries = (_selects(o_select, "Opportunity", "Id", opp_ids)
+                   + _selects(o_select, "Opportunity", names.subscription_id, subs)
+                   + _selects(o_select, "Opportunity", names.payment_intent_id, payments)
+                   + _selects(o_select, "Opportunity", names.customer_id, opp_customers))
+    # All of a batch's lookups travel together, five to a Composite call.
+    results = gw.query_many(account_queries + opp_queries)
+    rows = [r for res in results[:len(account_queries)] for r in res]
     for r in rows:
         row = AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
                          r.get(names.account_csm) if names.account_csm else None,
@@ -119,12 +124,7 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent]) 
         if row.customer_id:
             found.accounts_by_customer[row.customer_id] = row
 
-    o_select = ", ".join(dict.fromkeys(["Id", "AccountId", "IsClosed", "CreatedDate", names.subscription_id,
-                                        names.payment_intent_id, names.customer_id]))
-    rows = (_select(gw, o_select, "Opportunity", "Id", opp_ids)
-            + _select(gw, o_select, "Opportunity", names.subscription_id, subs)
-            + _select(gw, o_select, "Opportunity", names.payment_intent_id, payments)
-            + _select(gw, o_select, "Opportunity", names.customer_id, opp_customers))
+    rows = [r for res in results[len(account_queries):] for r in res]
     seen: set[str] = set()
     for r in rows:
         opp = OpportunityRow(to_18(r["Id"]), r.get("AccountId"), r.get(names.subscription_id),

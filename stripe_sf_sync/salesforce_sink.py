@@ -28,6 +28,7 @@ from stripe_sf_sync.config import SalesforceSecrets
 from stripe_sf_sync.errors import FatalSyncError, RetriableError
 
 COLLECTION_LIMIT = 200  # sObject Collections take at most 200 records a call (api-facts.md §7)
+COMPOSITE_QUERIES = 5  # a Composite call takes at most 5 query subrequests (api-facts.md §7)
 # Per-record codes worth another try: row locks clear when the other writer commits (api-facts.md §9).
 RETRIABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"})
 FATAL_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "INVALID_SESSION_ID", "INSUFFICIENT_ACCESS"})
@@ -205,6 +206,59 @@ class SalesforceGateway:
                 return
             # nextRecordsUrl is absolute from the host: /services/data/vXX.X/query/01g...
             result = self._request(nxt.split(f"/v{self.sf.sf_version}/", 1)[-1])
+
+    def query_many(self, soqls: Sequence[str]) -> list[list[dict[str, Any]]]:
+        """Several SOQL queries, five to a Composite call, which Salesforce bills as one API call
+        (api-facts.md §7: at most 5 of its 25 subrequests may be queries)."""
+        from urllib.parse import quote
+
+        out: list[list[dict[str, Any]]] = []
+        prefix = f"/services/data/v{self.sf.sf_version}"
+        for start in range(0, len(soqls), COMPOSITE_QUERIES):
+            group = soqls[start:start + COMPOSITE_QUERIES]
+            if len(group) == 1:
+                out.append(list(self.query(group[0])))
+                continue
+            body = {"allOrNone": False, "compositeRequest": [
+                {"method": "GET", "url": f"{prefix}/query?q={quote(q, safe='')}", "referenceId": f"q{i}"}
+                for i, q in enumerate(group)]}
+            result = self._request("composite", method="POST", body=body)
+            for sub in (result or {}).get("compositeResponse", []):
+                status = int(sub.get("httpStatusCode", 500))
+                if status >= 300:
+                    code, msg = _errors(sub.get("body"))
+                    if status >= 500:
+                        raise FatalSyncError(f"Salesforce failed a lookup: {code} {msg}".strip(), code=code,
+                                             hint="Nothing was lost: the next run repeats this batch.")
+                    raise FatalSyncError(f"Salesforce rejected a lookup query: {code} {msg}".strip(), code=code,
+                                         hint="Check the field names under salesforce.fields in the config.")
+                page = sub.get("body") or {}
+                records = list(page.get("records", []))
+                nxt = page.get("nextRecordsUrl")
+                while not page.get("done", True) and nxt:
+                    page = self._request(nxt.split(f"/v{self.sf.sf_version}/", 1)[-1])
+                    records.extend(page.get("records", []))
+                    nxt = page.get("nextRecordsUrl")
+                out.append(records)
+        return out
+
+    def describe_many(self, sobjects: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Several describes in one Composite call (one API call instead of one each)."""
+        if len(sobjects) == 1:
+            return {sobjects[0]: self.describe(sobjects[0])}
+        prefix = f"/services/data/v{self.sf.sf_version}"
+        body = {"allOrNone": False, "compositeRequest": [
+            {"method": "GET", "url": f"{prefix}/sobjects/{name}/describe", "referenceId": name} for name in sobjects]}
+        result = self._request("composite", method="POST", body=body)
+        out: dict[str, dict[str, Any]] = {}
+        for sub in (result or {}).get("compositeResponse", []):
+            if int(sub.get("httpStatusCode", 500)) >= 300:
+                code, msg = _errors(sub.get("body"))
+                raise FatalSyncError(f"Salesforce refused to describe {sub.get('referenceId')}: {code} {msg}".strip(),
+                                     code=code, hint="Give the integration user access to Opportunity, Account "
+                                                     "and Task.")
+            out[str(sub.get("referenceId"))] = dict(sub.get("body") or {})
+        return out
 
     def describe(self, sobject: str) -> dict[str, Any]:
         """The sObject's describe result."""

@@ -106,8 +106,8 @@ def test_dry_run_changes_nothing(config, env, org, sc):
 
 def test_batched_writes_cost_few_calls(config, env, sc):
     summary = run(config, env, since=since(sc))
-    # 3 describes + at most 6 lookups + 5 collection writes for one batch of every rule
-    assert summary.salesforce_calls <= 14
+    # 1 Composite of 3 describes + 2 Composites of 6 lookups + 5 collection writes, for every rule at once
+    assert summary.salesforce_calls == 8
     assert summary.records_written == 13
 
 

@@ -2098,9 +2098,55 @@ class _Api:
             return self._sobjects(method, version, parts[1:], params, body)
         if head == "composite" and len(parts) >= 2 and parts[1] == "sobjects":
             return self._collections(method, version, parts[2:], params, body)
+        if head == "composite" and len(parts) == 1:
+            return self._composite(method, version, body, headers)
         if head == "jobs" and len(parts) >= 2 and parts[1] == "ingest":
             return self._ingest(method, version, parts[2:], body)
         return self._not_found()
+
+    # ------------------------------------------------------------------ composite
+
+    def _composite(self, method: str, version: str, body: bytes, headers: Any) -> _Response:
+        """POST /composite: up to 25 subrequests, at most 5 of them queries or collections, billed as
+        one API call (api-facts.md §7). Only GET subrequests (queries, describes) are served here."""
+        if method != "POST":
+            return self._method_not_allowed(method, "POST")
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            raise _api_error(400, "JSON_PARSER_ERROR", "Malformed JSON in composite request") from None
+        subs = payload.get("compositeRequest") if isinstance(payload, dict) else None
+        if not isinstance(subs, list) or not subs:
+            raise _api_error(400, "INVALID_INPUT", "compositeRequest must be a non-empty list")
+        if len(subs) > 25:
+            raise _api_error(400, "LIMIT_EXCEEDED", "Composite requests may contain at most 25 subrequests")
+        heavy = sum(1 for sr in subs if isinstance(sr, dict)
+                    and ("/query" in str(sr.get("url", "")) or "/composite/sobjects" in str(sr.get("url", ""))))
+        if heavy > 5:
+            raise _api_error(400, "LIMIT_EXCEEDED",
+                             "Composite requests may contain at most 5 query or sObject Collections subrequests")
+        out = []
+        for sr in subs:
+            ref = sr.get("referenceId") if isinstance(sr, dict) else None
+            url = str(sr.get("url", "")) if isinstance(sr, dict) else ""
+            sub_method = str(sr.get("method", "GET")).upper() if isinstance(sr, dict) else "GET"
+            path, _, query = url.partition("?")
+            prefix = f"/services/data/v{version}/"
+            if sub_method != "GET" or not path.startswith(prefix):
+                resp_status, resp_body = 400, [{"errorCode": "INVALID_INPUT",
+                                                "message": "only GET subrequests of this API version are supported"}]
+            else:
+                sub_parts = [unquote(p) for p in path[len(prefix):].strip("/").split("/")]
+                sub_params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+                try:
+                    resp = self._route("GET", version, sub_parts, sub_params, b"", headers)
+                    resp_status, resp_body = resp.status, json.loads(resp.body or b"null")
+                except ApiError as exc:
+                    resp_status, resp_body = exc.status, exc.body
+                except soql.SoqlError as exc:
+                    resp_status, resp_body = 400, [{"message": exc.message, "errorCode": exc.error_code}]
+            out.append({"body": resp_body, "httpHeaders": {}, "httpStatusCode": resp_status, "referenceId": ref})
+        return _json_response(200, {"compositeResponse": out})
 
     # ------------------------------------------------------------------ sobjects
 

@@ -844,3 +844,24 @@ def test_versions_describe_and_stop_cleans_up() -> None:
     assert not os.path.exists(ca)
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"{sb.instance_url}/services/data/", timeout=1)
+
+
+def test_composite_get_subrequests_bill_one_call_and_cap_queries():
+    from simple_salesforce import Salesforce
+
+    from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
+
+    with SalesforceSandbox() as sb:
+        sf = Salesforce(instance_url=sb.instance_url, session_id=sb.access_token, session=sb.session(), version="62.0")
+        before = sb.org.api_used
+        q = "/services/data/v62.0/query?q=SELECT+Id+FROM+Account"
+        body = {"compositeRequest": [{"method": "GET", "url": q, "referenceId": f"r{i}"} for i in range(5)]
+                + [{"method": "GET", "url": "/services/data/v62.0/sobjects/Task/describe", "referenceId": "d"}]}
+        result = sf.restful("composite", method="POST", json=body)
+        assert sb.org.api_used == before + 1
+        assert [r["httpStatusCode"] for r in result["compositeResponse"]] == [200] * 6
+        bad = {"compositeRequest": [{"method": "GET", "url": q, "referenceId": f"r{i}"} for i in range(6)]}
+        import pytest
+        from simple_salesforce.exceptions import SalesforceMalformedRequest
+        with pytest.raises(SalesforceMalformedRequest):
+            sf.restful("composite", method="POST", json=bad)
