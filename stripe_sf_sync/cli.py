@@ -214,8 +214,7 @@ def backfill(
     if summary.interrupted:
         err.print(f"Interrupted at a page boundary. Continue with `stripe-sf backfill --since {since}"
                   f"{' --until ' + until if until else ''} --objects {objects} --resume`.", highlight=False)
-    raise typer.Exit(int(ExitCode.INTERRUPTED if summary.interrupted and not summary.stopped_early
-                         else service.exit_code_for(summary)))
+    raise typer.Exit(int(service.exit_code_for(summary)))
 
 
 @app.command("discover-config")

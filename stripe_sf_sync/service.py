@@ -5,11 +5,12 @@ The CLI parses arguments and calls exactly one function here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -114,29 +115,28 @@ def exit_code_for(summary: RunSummary) -> ExitCode:
     """Dead letters in this run make a distinct, non-zero exit; a budget stop counts as refusal."""
     if summary.stopped_early:
         return ExitCode.UNAVAILABLE
+    if getattr(summary, "interrupted", False):
+        return ExitCode.INTERRUPTED
     return ExitCode.DEAD_LETTERS if summary.dead_lettered else ExitCode.OK
 
 
-def run_sync(config_path: Path | None, environment: Environment, *, since: str | None, dry_run: bool,
-             max_events: int | None) -> RunSummary:
-    """`stripe-sf sync`: validate everything, take the lock, apply events batch by batch."""
-    runtime = Runtime(config_path, environment)
-    require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
-    since_ts = parse_since(since) if since else None
-    source, sf_factory = _clients(runtime)
-    summary = RunSummary("sync", dry_run=dry_run)
+@contextlib.contextmanager
+def _recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
+                  sf_factory: Callable[[], SalesforceGateway]) -> Iterator[Pipeline]:
+    """Lock the state, record the run and its exit code, and leave usage figures behind, however the
+    run ends. Dry runs record nothing."""
+    environment = runtime.environment
     started = time.monotonic()
     access = SalesforceAccess(sf_factory)
     with runtime.open_state() as state:
         state.acquire_lock()
-        run_id = 0 if dry_run else state.start_run("sync")
-        pipeline = Pipeline(runtime.loaded, state, source, access, dry_run=dry_run, clock=environment.clock,
-                            sleep=environment.sleep)
+        run_id = 0 if summary.dry_run else state.start_run(summary.command)
+        pipeline = Pipeline(runtime.loaded, state, source, access, dry_run=summary.dry_run,
+                            clock=environment.clock, sleep=environment.sleep)
         pipeline.run_id = run_id
         code: int = ExitCode.FAILURE
         try:
-            pipeline.sync(summary, since=since_ts, max_events=max_events)
-            state.prune_ledger(int(environment.clock()))
+            yield pipeline
             code = exit_code_for(summary)
         except BaseException as exc:
             code = int(getattr(exc, "exit_code", ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt)
@@ -149,8 +149,21 @@ def run_sync(config_path: Path | None, environment: Environment, *, since: str |
                                                          "max": summary.salesforce_api_max,
                                                          "at": int(environment.clock())}))
             summary.cursor = summary.cursor or (c.event_id if (c := state.cursor()) else None)
-            if not dry_run:
+            if not summary.dry_run:
                 state.finish_run(run_id, code, summary.as_dict())
+
+
+def run_sync(config_path: Path | None, environment: Environment, *, since: str | None, dry_run: bool,
+             max_events: int | None) -> RunSummary:
+    """`stripe-sf sync`: validate everything, take the lock, apply events batch by batch."""
+    runtime = Runtime(config_path, environment)
+    require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
+    since_ts = parse_since(since) if since else None
+    source, sf_factory = _clients(runtime)
+    summary = RunSummary("sync", dry_run=dry_run)
+    with _recorded_run(runtime, summary, source, sf_factory) as pipeline:
+        pipeline.sync(summary, since=since_ts, max_events=max_events)
+        pipeline.state.prune_ledger(int(environment.clock()))
     return summary
 
 
@@ -196,27 +209,9 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
     b = runtime.loaded.settings.backfill
     plan = BackfillPlan(since_ts, until_ts, kinds, resume, bulk_threshold=b.bulk_threshold, bulk_chunk=b.bulk_chunk)
     summary = BackfillSummary("backfill", dry_run=dry_run)
-    started = time.monotonic()
-    access = SalesforceAccess(sf_factory)
-    with runtime.open_state() as state, StopFlag() as stop:
-        state.acquire_lock()
-        run_id = 0 if dry_run else state.start_run("backfill")
-        pipeline = Pipeline(runtime.loaded, state, source, access, dry_run=dry_run, clock=environment.clock,
-                            sleep=environment.sleep)
-        pipeline.run_id = run_id
-        code: int = ExitCode.FAILURE
-        try:
-            Backfill(pipeline, plan, clock=environment.clock, progress=progress, stop=stop,
-                     log_every_pages=b.log_every_pages).run(summary)
-            code = ExitCode.INTERRUPTED if summary.interrupted and not summary.stopped_early else exit_code_for(summary)
-        except BaseException as exc:
-            code = int(getattr(exc, "exit_code", ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt)
-                               else ExitCode.FAILURE))
-            raise
-        finally:
-            _finish(summary, started, source, access)
-            if not dry_run:
-                state.finish_run(run_id, code, summary.as_dict())
+    with StopFlag() as stop, _recorded_run(runtime, summary, source, sf_factory) as pipeline:
+        Backfill(pipeline, plan, clock=environment.clock, progress=progress, stop=stop,
+                 log_every_pages=b.log_every_pages).run(summary)
     return summary
 
 
