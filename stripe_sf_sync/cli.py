@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from rich.table import Table
 from stripe_sf_sync import __version__, service
 from stripe_sf_sync.console import setup_logging
 from stripe_sf_sync.errors import ExitCode, StripeSfError
+from stripe_sf_sync.state import state_error
 
 T = TypeVar("T")
 
@@ -54,6 +56,12 @@ def guarded(fn: Callable[[], T], *, debug: bool) -> T:
         _stderr().print("interrupted: the state is consistent; the next run continues from the last "
                         "committed batch.")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except sqlite3.DatabaseError as exc:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        err = state_error(exc)
+        _stderr().print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(int(err.exit_code)) from None
     except typer.Exit:
         raise
     except Exception as exc:

@@ -171,6 +171,9 @@ def load_config(path: Path | None = None) -> LoadedConfig:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         raise ConfigError([f"not valid YAML{where}"], source=source,
                           hint="Check indentation and quoting; sync.yaml.example is a valid starting point.") from None
+    except RecursionError:
+        raise ConfigError(["nested too deeply to be a stripe-sf config"], source=source,
+                          hint="Start from sync.yaml.example.") from None
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror}"], source="config") from None
     return LoadedConfig(parse_settings(data, source=source), path)

@@ -33,6 +33,9 @@ SUBSCRIPTION_STATUSES = frozenset(
 
 
 _STRIPE_ID = re.compile(r"[A-Za-z0-9_]{4,255}")  # ids reach URL paths during hydration
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second a date can represent
+MAX_MINOR_UNITS = 10**15  # far above any real charge; keeps Decimal arithmetic exact
+MAX_QUANTITY = 10**9
 
 
 class MalformedEvent(SkippableError):
@@ -167,6 +170,13 @@ def _str(obj: Mapping[str, Any], path: str, *, required: bool = True, prefix: st
     return value
 
 
+def _timestamp(obj: Mapping[str, Any], path: str, *, required: bool = True) -> int | None:
+    value = _int(obj, path, required=required)
+    if value is not None and not 0 < value <= MAX_TIMESTAMP:
+        raise MalformedEvent(f"{path} is not a plausible Unix time")
+    return value
+
+
 def _int(obj: Mapping[str, Any], path: str, *, required: bool = True) -> int | None:
     value = _get(obj, path)
     if value is None:
@@ -209,7 +219,7 @@ def _currency(obj: Mapping[str, Any], path: str = "currency") -> str:
 
 def _amount(obj: Mapping[str, Any], path: str, currency: str) -> Decimal:
     value = _int(obj, path)
-    if value is None or value < 0 or value > 10**15:
+    if value is None or value < 0 or value > MAX_MINOR_UNITS:
         raise MalformedEvent(f"{path} is out of range")
     return money.to_major(value, currency)
 
@@ -232,12 +242,12 @@ def _meta(event: Mapping[str, Any]) -> EventMeta:
     if not isinstance(etype, str):
         raise MalformedEvent("missing event type")
     created = event.get("created")
-    if isinstance(created, bool) or not isinstance(created, int) or created <= 0:
+    if isinstance(created, bool) or not isinstance(created, int) or not 0 < created <= MAX_TIMESTAMP:
         raise MalformedEvent("missing or malformed event created time")
     api_version = event.get("api_version")
     backfill = event.get(BACKFILL_MARK) is True
     obj_created = _get(event, "data.object.start_date") or _get(event, "data.object.created")
-    if isinstance(obj_created, bool) or not isinstance(obj_created, int):
+    if isinstance(obj_created, bool) or not isinstance(obj_created, int) or not 0 < obj_created <= MAX_TIMESTAMP:
         obj_created = None
     return EventMeta(event_id, etype, created, bool(event.get("livemode")),
                      api_version if isinstance(api_version, str) else None, backfill, obj_created,
@@ -271,8 +281,8 @@ def _price_line(item: Mapping[str, Any], sub_currency: str, idx: int) -> money.P
             unit = Decimal(str(raw)) if not isinstance(raw, bool | float) else None
         except InvalidOperation:
             unit = None
-        if unit is None or not unit.is_finite() or unit < 0:
-            raise MalformedEvent(f"items.data[{idx}].price.unit_amount is not a number")
+        if unit is None or not unit.is_finite() or unit < 0 or unit > MAX_MINOR_UNITS:
+            raise MalformedEvent(f"items.data[{idx}].price.unit_amount is not a number in range")
     recurring = price.get("recurring") if isinstance(price.get("recurring"), Mapping) else price
     interval = recurring.get("interval")
     if interval is not None and interval not in ("day", "week", "month", "year"):
@@ -283,18 +293,24 @@ def _price_line(item: Mapping[str, Any], sub_currency: str, idx: int) -> money.P
         quantity = 1
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise MalformedEvent(f"items.data[{idx}] interval_count is not a positive integer")
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
-        raise MalformedEvent(f"items.data[{idx}].quantity is not a non-negative integer")
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 <= quantity <= MAX_QUANTITY:
+        raise MalformedEvent(f"items.data[{idx}].quantity is not a non-negative integer in range")
+    if count > 1000:
+        raise MalformedEvent(f"items.data[{idx}] interval_count is out of range")
     usage = recurring.get("usage_type") or "licensed"
     return money.PriceLine(unit, currency, interval, count, quantity, str(usage))
 
 
 def _period_end(sub: Mapping[str, Any]) -> int | None:
+    def plausible(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_TIMESTAMP
+
     top = sub.get("current_period_end")  # pre-basil
-    if isinstance(top, int) and not isinstance(top, bool):
-        return top
-    ends = [i.get("current_period_end") for i in (_get(sub, "items.data") or []) if isinstance(i, Mapping)]
-    ends = [e for e in ends if isinstance(e, int) and not isinstance(e, bool)]
+    if plausible(top):
+        return int(top)
+    items = _get(sub, "items.data")
+    ends = [i.get("current_period_end") for i in (items if isinstance(items, list) else []) if isinstance(i, Mapping)]
+    ends = [e for e in ends if plausible(e)]
     return min(ends) if ends else None
 
 
@@ -404,13 +420,15 @@ def parse_invoice_failure(event: Mapping[str, Any], meta: EventMeta) -> InvoiceF
     pi_id = pi_ref.get("id") if isinstance(pi_ref, Mapping) else pi_ref
     charge_id = charge_ref.get("id") if isinstance(charge_ref, Mapping) else charge_ref
     attempts = _int(inv, "attempt_count", required=False) or 0
+    if not 0 <= attempts <= 10_000:
+        raise MalformedEvent("attempt_count is out of range")
     url = inv.get("hosted_invoice_url") if isinstance(inv.get("hosted_invoice_url"), str) else None
     cust_meta, cust_name = _customer_details(inv)
     assert inv_id and customer_id
     return InvoiceFailureChange(
         meta=meta, invoice_id=inv_id, customer_id=customer_id, subscription_id=sub_id, amount_due=amount,
         currency=currency, attempt_count=attempts,
-        next_payment_attempt=_int(inv, "next_payment_attempt", required=False),
+        next_payment_attempt=_timestamp(inv, "next_payment_attempt", required=False),
         hosted_invoice_url=url, payment_intent_id=pi_id if isinstance(pi_id, str) else None,
         charge_id=charge_id if isinstance(charge_id, str) else None, failure_code=failure,
         metadata=metadata, customer_metadata=cust_meta, customer_name=cust_name,

@@ -14,7 +14,7 @@ from typing import Any
 
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import LoadedConfig
-from stripe_sf_sync.errors import ConfigError, CursorExpiredError
+from stripe_sf_sync.errors import ConfigError, CursorExpiredError, StripeSfError
 from stripe_sf_sync.model import InvoiceFailureChange, MalformedEvent, PaymentChange
 from stripe_sf_sync.resolve import Materializer, WriteSettings, lookup
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes, apply_writes_bulk
@@ -232,6 +232,9 @@ class Pipeline:
             except MalformedEvent as exc:
                 outcomes.append(_dead(raw, exc.reason, exc.code))
                 continue
+            except Exception as exc:  # a poison event must never stop every future run
+                outcomes.append(_unexpected(raw, exc))
+                continue
             if isinstance(change, model.Unsupported):
                 outcomes.append(Outcome(change.meta.event_id, change.meta.event_type, change.meta.created,
                                         "ignored", reason=change.reason))
@@ -257,6 +260,11 @@ class Pipeline:
                 plan = rules.plan(self.ctx, change)
             except MalformedEvent as exc:
                 outcomes.append(_dead(raw, exc.reason, exc.code))
+                continue
+            except StripeSfError:
+                raise  # fatal: stop the run, commit nothing of this batch
+            except Exception as exc:  # a poison event must never stop every future run
+                outcomes.append(_unexpected(raw, exc))
                 continue
             if plan.ignored or not plan.intents:
                 outcomes.append(Outcome(change.meta.event_id, change.meta.event_type, change.meta.created,
@@ -354,7 +362,13 @@ class Pipeline:
         mat = Materializer(found, settings)
         failures: dict[str, tuple[str, str]] = {}
         for _, change, plan in planned:
-            err = mat.add_event(change.meta.event_id, plan.intents)
+            try:
+                err = mat.add_event(change.meta.event_id, plan.intents)
+            except Exception as exc:  # never let one event's data stop the batch
+                log.exception("unexpected error resolving %s", change.meta.event_id)
+                failures[change.meta.event_id] = ("UNEXPECTED", f"{type(exc).__name__} while resolving; "
+                                                  "report it with `stripe-sf dlq list --json` output")
+                continue
             if err is not None:
                 failures[change.meta.event_id] = (err.code, err.reason)
         ops = mat.result()
@@ -400,6 +414,13 @@ def _write_bulk_split(gw: SalesforceGateway, ops: Sequence[SfOp], sleep: Callabl
     for i, res in zip(inserts, apply_writes(gw, [ops[i] for i in inserts], sleep=sleep), strict=True):
         results[i] = res
     return results
+
+
+def _unexpected(raw: Mapping[str, Any], exc: Exception) -> Outcome:
+    log.error("unexpected %s on event %s: dead-lettered so the run goes on", type(exc).__name__,
+              raw.get("id") if isinstance(raw, Mapping) else "?", exc_info=log.isEnabledFor(logging.DEBUG))
+    return _dead(raw, f"{type(exc).__name__} while applying the rules: this is a stripe-sf bug; report it with "
+                      "`stripe-sf dlq list --json` output", "UNEXPECTED")
 
 
 def _dead(raw: Mapping[str, Any], reason: str, code: str, object_id: str | None = None) -> Outcome:

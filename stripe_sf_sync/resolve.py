@@ -301,6 +301,11 @@ class Materializer:
                 existing.events.append(ev)
 
     def result(self) -> list[SfOp]:
-        """The coalesced writes, Opportunities first, then Accounts, then Tasks."""
-        rank = {"Opportunity": 0, "Account": 1, "Task": 2}
+        """The coalesced writes: Opportunities, then Tasks, then Accounts.
+
+        Tasks go before the Account status they describe: a status-transition Task reads the old
+        status from the Account, so if a run stops between the two writes, the rerun still sees the old
+        status and upserts the same Task. The other order would lose that Task.
+        """
+        rank = {"Opportunity": 0, "Task": 1, "Account": 2}
         return sorted(self._order, key=lambda o: rank.get(o.sobject, 3))

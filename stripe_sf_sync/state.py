@@ -334,6 +334,18 @@ class StateStore:
         self._conn.execute("COMMIT")
 
 
+def state_error(exc: sqlite3.DatabaseError) -> StateError:
+    """A clear StateError for SQLite's own errors once the file is open (corrupt pages, a lock held
+    by another program)."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return StateError(f"The state file is locked by another program ({text}).",
+                          hint="Close whatever has it open (an sqlite3 shell, a backup job), then run again.")
+    return StateError(f"The state file cannot be read: {text}.",
+                      hint="Move it aside and restart with `stripe-sf sync --since DATE` (re-applying is "
+                           "idempotent), or restore it from a backup.")
+
+
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]

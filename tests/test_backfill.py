@@ -119,10 +119,10 @@ def test_backfill_with_no_events_at_all_hands_off_by_time(tmp_path, env, org, st
 
 def test_above_threshold_writes_through_bulk_api_and_dead_letters_failed_rows(tmp_path, env, org, stripe_sb, sf_sb):
     f, h = history(stripe_sb, org, subs=30)
-    # One subscription whose MRR overflows Currency(16, 2): a row-level failure in the bulk job.
+    # One subscription whose ARR overflows Currency(16, 2): a row-level failure in the bulk job.
     cus = f.customer("Huge", "huge@example.com", created=NOW - 60 * DAY)
     org.insert("Account", {"Name": "Huge", "Stripe_Customer_ID__c": cus["id"]})
-    f.subscription(cus["id"], [(f.price(10**17, "usd", "month"), 1)], created=NOW - 60 * DAY)
+    f.subscription(cus["id"], [(f.price(10**15, "usd", "month"), 1)], created=NOW - 60 * DAY)
     config = configured(tmp_path, env, **{"bulk_threshold: 2000": "bulk_threshold: 10",
                                           "bulk_poll_seconds: 5": "bulk_poll_seconds: 0"})
     summary = backfill(config, env, since=since_days(400), objects="subscriptions")
