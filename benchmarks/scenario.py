@@ -1,0 +1,255 @@
+"""A seed-deterministic Stripe event stream in realistic proportions, and a Salesforce org seeded to match.
+
+Objects are built with `StripeFactory` (so payloads have exactly the factory's shape), but the two emitters
+that scan every stored InvoicePayment (`payment_succeeded`, `invoice_payment_failed`) are replaced by their
+few constant-time steps: at 100,000 events those scans made generation quadratic.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
+from stripe_sf_sync.sandbox.stripe_factory import StripeFactory, link_invoice_payment
+from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+
+DAY = 86400
+WINDOW_DAYS = 25  # inside Stripe's 30-day event retention, with room for a --since at UTC midnight
+WON_STAGE = "Won"
+
+# Share of each kind of event; subscription updates split by what changed. Sums to 1.
+MIX: dict[str, float] = {
+    "subscription.created": 0.15,
+    "subscription.updated.status": 0.22,
+    "subscription.updated.plan": 0.20,
+    "subscription.updated.cancel_at_period_end": 0.08,
+    "subscription.deleted": 0.08,
+    "invoice.payment_failed": 0.12,
+    "payment_intent.succeeded": 0.15,
+}
+UNMATCHED_SHARE = 0.02  # customers with no Account at all: their events dead-letter
+METADATA_LINKED_SHARE = 0.03  # Account named by customer metadata, without Stripe_Customer_ID__c
+OPEN_OPPORTUNITY_SHARE = 0.05  # matched customers with an open Opportunity awaiting a subscription
+CSM_SHARE = 0.2
+EXISTING_SUBSCRIPTION_SHARE = 0.7
+HISTORY_EVENTS = 5  # subscriptions older than the window: updates start on day one
+
+# Where a status change can go from each status (Stripe's lifecycle, the common paths).
+STATUS_NEXT: dict[str, tuple[str, ...]] = {
+    "active": ("past_due",),
+    "trialing": ("active",),
+    "incomplete": ("active",),
+    "past_due": ("active", "active", "unpaid"),
+    "unpaid": ("active",),
+}
+
+
+@dataclass
+class Generated:
+    """What the generator made: the --since that covers it and counts the tests assert on."""
+
+    since: int  # UTC midnight before the first event
+    now: int
+    events: int
+    customers: int
+    unmatched_customers: int
+    kinds: Counter[str] = field(default_factory=Counter)
+    event_types: Counter[str] = field(default_factory=Counter)
+
+
+def benchmark_org(daily_api_limit: int = 100_000_000) -> SalesforceOrg:
+    """The demo's awkward org (renamed won stage, required record type, CSM field) with a daily allowance
+    large enough that the per-event baseline is never stopped by the API budget."""
+    return SalesforceOrg(won_stage=WON_STAGE, require_record_type=True, csm_field="CSM__c",
+                         daily_api_limit=daily_api_limit)
+
+
+class _Builder:
+    """Holds the generator's state: live subscriptions, prices and the two stand-ins."""
+
+    def __init__(self, stripe: StripeSandbox, org: SalesforceOrg, seed: int) -> None:
+        self.stripe = stripe
+        self.org = org
+        self.rng = random.Random(seed)
+        self.f = StripeFactory(stripe, seed=seed)
+        self.live: list[str] = []  # ids of subscriptions not yet deleted
+        self.status: dict[str, str] = {}
+        self.customer_of: dict[str, str] = {}
+
+    def catalog(self, at: int) -> list[tuple[dict[str, Any], int]]:
+        """A small price list: most customers are on USD monthly plans, some yearly, some EUR or JPY."""
+        f = self.f
+        basic = f.price(4900, "usd", "month", product_name="Basic", created=at)
+        pro = f.price(9900, "usd", "month", product_name="Pro", created=at)
+        team = f.price(250000, "usd", "year", product_name="Team", created=at)
+        seat = f.price(1500, "usd", "month", product_name="Seat", created=at)
+        eur = f.price(8900, "eur", "month", product_name="Pro EU", created=at)
+        jpy = f.price(980000, "jpy", "year", product_name="Pro JP", created=at)
+        # (price, weight): the weights set how often each plan is chosen.
+        return [(basic, 30), (pro, 30), (team, 10), (seat, 15), (eur, 10), (jpy, 5)]
+
+    def items(self, catalog: list[tuple[dict[str, Any], int]]) -> list[tuple[dict[str, Any], int]]:
+        """One plan, or a base plan plus seats, in the subscription's currency."""
+        prices = [p for p, _ in catalog]
+        price = self.rng.choices(prices, weights=[w for _, w in catalog])[0]
+        if price["unit_amount"] == 1500:
+            base = prices[0] if self.rng.random() < 0.5 else prices[1]
+            return [(base, 1), (price, self.rng.randint(2, 20))]
+        return [(price, 1 if price["recurring"]["interval"] == "year" else self.rng.randint(1, 3))]
+
+    def add_live(self, sub: dict[str, Any]) -> None:
+        self.live.append(sub["id"])
+        self.status[sub["id"]] = sub["status"]
+        self.customer_of[sub["id"]] = sub["customer"]
+
+    def pick_live(self) -> str | None:
+        return self.rng.choice(self.live) if self.live else None
+
+    def drop_live(self, sub_id: str) -> None:
+        i = self.live.index(sub_id)
+        self.live[i] = self.live[-1]  # swap-remove keeps the pick O(1)
+        self.live.pop()
+
+
+def generate(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, customers: int | None = None,
+             seed: int = 42, now: int) -> Generated:
+    """Fill `stripe` with `events` events over `customers` customers (default events/10), seed `org` to match.
+
+    Everything but `now` comes from `seed`, so two calls with the same arguments give identical stand-ins.
+    """
+    # Millions of small dicts: the cyclic GC's full scans made generation quadratic, and nothing here cycles.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _generate(stripe, org, events=events, customers=customers, seed=seed, now=now)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _generate(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, customers: int | None, seed: int,
+              now: int) -> Generated:
+    m = max(1, customers if customers is not None else events // 10)
+    b = _Builder(stripe, org, seed)
+    rng, f = b.rng, b.f
+    start = now - WINDOW_DAYS * DAY
+    before = start - 40 * DAY
+    catalog = b.catalog(before - 30 * DAY)
+    owners = [org.user_id("Ava Owner"), org.user_id("Ben Owner")]
+    csm = org.user_id("Cara CSM")
+    new_business = org.record_type_id("New_Business")
+    since = (start - DAY) // DAY * DAY  # UTC midnight: `--since DATE` means exactly this
+    out = Generated(since=since, now=now, events=events, customers=m, unmatched_customers=0)
+
+    customer_ids: list[str] = []
+    for i in range(m):
+        name = f"Customer {i:06d}"
+        roll = rng.random()
+        extra: dict[str, Any] = {"CSM__c": csm} if rng.random() < CSM_SHARE else {}
+        record = {"Name": name, "OwnerId": owners[i % 2], **extra}
+        account: str | None = None
+        if roll < UNMATCHED_SHARE:
+            cus = f.customer(name, f"billing{i}@example.com", created=before)
+            out.unmatched_customers += 1
+        elif roll < UNMATCHED_SHARE + METADATA_LINKED_SHARE:
+            account = org.insert("Account", record)
+            cus = f.customer(name, f"billing{i}@example.com", metadata={"salesforce_account_id": account},
+                             created=before)
+        else:
+            cus = f.customer(name, f"billing{i}@example.com", created=before)
+            account = org.insert("Account", {**record, "Stripe_Customer_ID__c": cus["id"]})
+            if rng.random() < OPEN_OPPORTUNITY_SHARE:
+                org.insert("Opportunity", {"Name": f"{name} - new deal", "AccountId": account,
+                                           "StageName": "Negotiation", "CloseDate": "2026-12-31",
+                                           "RecordTypeId": new_business, "Stripe_Customer_ID__c": cus["id"]})
+        customer_ids.append(str(cus["id"]))
+        if rng.random() < EXISTING_SUBSCRIPTION_SHARE:
+            status = "past_due" if rng.random() < 0.05 else "active"
+            sub = f.subscription(cus["id"], b.items(catalog), status=status, created=before)
+            b.add_live(sub)
+            if account is not None:
+                # As after earlier syncs (or a backfill): the won Opportunity and the status are already there.
+                org.insert("Opportunity", {"Name": f"{name} - subscription", "AccountId": account,
+                                           "StageName": WON_STAGE, "CloseDate": _date(before),
+                                           "RecordTypeId": new_business, "Stripe_Customer_ID__c": cus["id"],
+                                           "Stripe_Subscription_ID__c": sub["id"]})
+                org.update("Account", account, {"Subscription_Status__c": status})
+
+    # An account with history: a few events just before --since, so the first run finds its starting
+    # point with one call (a brand-new account would make it walk every page once more).
+    for k in range(min(HISTORY_EVENTS, len(b.live))):
+        f.subscription_updated(b.live[k], {"metadata": {"history": str(k)}}, out.since - 3600 + k)
+
+    kinds = list(MIX)
+    weights = [MIX[k] for k in kinds]
+    step = WINDOW_DAYS * DAY / max(events, 1)
+    for n in range(events):
+        at = start + int(n * step)  # strictly chronological: every object sees its events in order
+        kind = rng.choices(kinds, weights=weights)[0]
+        sub_id = b.pick_live()
+        if kind != "subscription.created" and kind != "payment_intent.succeeded" and sub_id is None:
+            kind = "subscription.created"
+        if kind == "subscription.created":
+            status = rng.choices(["active", "trialing", "incomplete"], weights=[70, 20, 10])[0]
+            sub = f.subscription(rng.choice(customer_ids), b.items(catalog), status=status, created=at)
+            b.add_live(sub)
+            ev = f.subscription_created(sub, at)
+        elif kind == "payment_intent.succeeded":
+            cus_id = rng.choice(customer_ids)
+            amount = rng.choice([2500, 9900, 49900, 150000])
+            pi = f.payment_intent(cus_id, amount, "usd", status="succeeded", created=at - 30,
+                                  description="One-time purchase")
+            ev = f.emit("payment_intent.succeeded", pi, at)
+        else:
+            assert sub_id is not None
+            ev = _subscription_event(b, kind, sub_id, catalog, at)
+        out.kinds[kind] += 1
+        out.event_types[ev["type"]] += 1
+    return out
+
+
+def _date(ts: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def _subscription_event(b: _Builder, kind: str, sub_id: str, catalog: list[tuple[dict[str, Any], int]],
+                        at: int) -> dict[str, Any]:
+    f, rng = b.f, b.rng
+    if kind == "subscription.updated.status":
+        new = rng.choice(STATUS_NEXT.get(b.status[sub_id], ("active",)))
+        b.status[sub_id] = new
+        return f.subscription_updated(sub_id, {"status": new}, at)
+    if kind == "subscription.updated.plan":
+        return f.subscription_updated(sub_id, {"items": b.items(catalog)}, at)
+    if kind == "subscription.updated.cancel_at_period_end":
+        current = f.sandbox.get(sub_id) if f.sandbox else None
+        scheduled = bool(current and current.get("cancel_at_period_end"))
+        return f.subscription_updated(sub_id, {"cancel_at_period_end": not scheduled}, at)
+    if kind == "subscription.deleted":
+        b.drop_live(sub_id)
+        return f.subscription_deleted(sub_id, at)
+    return _invoice_failed(b, sub_id, at)
+
+
+def _invoice_failed(b: _Builder, sub_id: str, at: int) -> dict[str, Any]:
+    """`StripeFactory.invoice_payment_failed` for a fresh renewal invoice, minus its store-wide scan."""
+    f, rng = b.f, b.rng
+    sub = f.sandbox.get(sub_id) if f.sandbox else None
+    assert sub is not None
+    cus_id = b.customer_of[sub_id]
+    items = sub["items"]["data"]
+    amount = sum(int(i["price"]["unit_amount"]) * int(i["quantity"]) for i in items)
+    currency = str(sub["currency"])
+    decline = rng.choice(["insufficient_funds", "insufficient_funds", "generic_decline", "do_not_honor"])
+    inv = f.invoice(sub, cus_id, amount, currency, status="open", attempt_count=1, created=at - 60)
+    pi = f.payment_intent(cus_id, amount, currency, status="requires_payment_method", decline_code=decline,
+                          created=at, description="Subscription update")
+    b.stripe.put(link_invoice_payment(inv["id"], pi["id"], amount, currency, paid=False, created=at,
+                                      inpay_id=f.new_id("inpay")))
+    inv.update(attempted=True, attempt_count=1, next_payment_attempt=at + 3 * DAY)
+    return f.emit("invoice.payment_failed", inv, at, automatic=True)

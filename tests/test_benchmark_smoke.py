@@ -1,0 +1,90 @@
+"""The benchmark harness, small and without latency, so CI keeps it working.
+
+Call counts are deterministic (same seed, same events, same batches), so they are pinned exactly; times
+are not asserted. If a change to the pipeline moves the batched count, update BATCHED_SF_CALLS and say
+why in the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run as bench
+from benchmarks.harness import BATCHED, PER_EVENT, RunResult, measure
+from benchmarks.scenario import benchmark_org, generate
+from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+
+EVENTS = 300
+SEED = 42
+BATCHED_SF_CALLS = 7
+BATCHED_STRIPE_CALLS = 117
+
+
+def _measure(mode: str, workdir: Path, now: int) -> RunResult:
+    # Stripe pacing raised to its maximum only so CI takes seconds; the counts do not depend on it.
+    return measure(mode, workdir, events=EVENTS, customers=None, seed=SEED, now=now, sf_latency_ms=0,
+                   stripe_latency_ms=0, stripe_rps=100)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+    workdir = tmp_path_factory.mktemp("bench")
+    now = int(time.time())
+    return {mode: _measure(mode, workdir, now) for mode in (BATCHED, PER_EVENT)}
+
+
+def test_batched_call_counts_are_pinned(runs: dict[str, RunResult]) -> None:
+    b = runs[BATCHED]
+    assert b.events == EVENTS and b.applied + b.dead_lettered == EVENTS
+    assert b.dead_lettered > 0  # customers without an Account are part of the scenario
+    assert b.sf_calls == BATCHED_SF_CALLS
+    assert b.stripe_calls == BATCHED_STRIPE_CALLS
+    # The summary agrees with what the stand-ins themselves counted.
+    assert b.sf_calls == b.sf_api_used == b.sf_requests_seen
+    assert b.stripe_calls == b.stripe_requests_seen
+    assert b.peak_rss_mib > 0
+
+
+def test_per_event_baseline_costs_at_least_twenty_times_more(runs: dict[str, RunResult]) -> None:
+    b, p = runs[BATCHED], runs[PER_EVENT]
+    assert p.events == b.events and p.applied == b.applied and p.dead_lettered == b.dead_lettered
+    assert p.sf_calls == p.sf_api_used == p.sf_requests_seen
+    assert p.sf_calls >= 20 * b.sf_calls
+    assert p.stripe_calls == b.stripe_calls  # hydration is per run, not per batch
+
+
+def test_same_seed_same_counts(tmp_path: Path, runs: dict[str, RunResult]) -> None:
+    again = _measure(BATCHED, tmp_path, int(time.time()))
+    assert (again.sf_calls, again.stripe_calls, again.records_written) == (
+        runs[BATCHED].sf_calls, runs[BATCHED].stripe_calls, runs[BATCHED].records_written)
+
+
+def test_scenario_mix_and_seeding() -> None:
+    sb, org = StripeSandbox(), benchmark_org()
+    now = int(time.time())
+    gen = generate(sb, org, events=2000, seed=SEED, now=now)
+    in_window = [e for e in sb.events if e["created"] >= gen.since]
+    assert len(in_window) == 2000 and sum(gen.event_types.values()) == 2000
+    assert set(gen.event_types) == {"customer.subscription.created", "customer.subscription.updated",
+                                    "customer.subscription.deleted", "invoice.payment_failed",
+                                    "payment_intent.succeeded"}
+    assert all(e["created"] >= now - 26 * 86400 for e in in_window)  # inside the 30-day retention
+    accounts = org.records("Account")
+    assert gen.unmatched_customers > 0 and len(accounts) == gen.customers - gen.unmatched_customers
+    assert any(not a.get("Stripe_Customer_ID__c") for a in accounts)  # linked by metadata only
+
+
+def test_report_renders_with_targets(runs: dict[str, RunResult]) -> None:
+    args = argparse.Namespace(sf_latency_ms=0.0, stripe_latency_ms=0.0, stripe_rps=100.0)
+    report = bench.Report(bench.machine_info(), {"sf_latency_ms": 0.0, "stripe_latency_ms": 0.0, "seed": SEED,
+                                                 "stripe_rps": 100.0},
+                          [bench.SizeReport(EVENTS, runs[BATCHED], runs[PER_EVENT])])
+    report.targets = bench.evaluate(report, args)
+    assert report.targets[0].met is True and report.targets[1].met is None
+    text = bench.markdown(report)
+    assert "| batched (300) |" in text and "**met**" in text
+    assert bench.as_json(report)["sizes"][0]["sf_calls_ratio"] >= 20
