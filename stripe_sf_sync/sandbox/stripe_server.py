@@ -973,6 +973,9 @@ def _ref_id(value: Any) -> Any:
 def _make_handler(sandbox: StripeSandbox) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like api.stripe.com
+        # Headers and body go out in separate sends: with Nagle's algorithm on, loopback stalls each
+        # response for a 40 ms delayed ACK.
+        disable_nagle_algorithm = True
         server_version = "stripe-sandbox"
         sys_version = ""
 
