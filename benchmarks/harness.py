@@ -44,6 +44,7 @@ class RunResult:
     stripe_calls: int  # from the run's summary
     stripe_requests_seen: int
     wall_s: float
+    cpu_s: float  # the child's own CPU time (user + system), imports included
     peak_rss_mib: float  # VmHWM of the child (see child.peak_rss_kib)
     ru_maxrss_mib: float  # kept for reference: inflated by the harness's own size (see child.peak_rss_kib)
     extrapolated_to: int | None = None
@@ -66,7 +67,7 @@ class RunResult:
         return RunResult(self.mode, self.scenario_events, self.extrapolated_to, round(self.applied * k),
                          round(self.dead_lettered * k), round(self.records_written * k), round(self.sf_calls * k),
                          round(self.sf_requests_seen * k), round(self.sf_api_used * k), round(self.stripe_calls * k),
-                         round(self.stripe_requests_seen * k), self.wall_s * k, self.peak_rss_mib,
+                         round(self.stripe_requests_seen * k), self.wall_s * k, self.cpu_s * k, self.peak_rss_mib,
                          self.ru_maxrss_mib, self.extrapolated_to)
 
     def as_dict(self) -> dict[str, Any]:
@@ -150,6 +151,6 @@ def _sync_in_child(mode: str, workdir: Path, gen: Generated, stripe: StripeSandb
         dead_lettered=s["dead_lettered"], records_written=s["records_written"], sf_calls=s["salesforce_calls"],
         sf_requests_seen=len(sf.requests_log) - sf_seen, sf_api_used=sf.org.api_used - sf_used,
         stripe_calls=s["stripe_calls"], stripe_requests_seen=stripe.request_count - stripe_seen,
-        wall_s=report["wall_s"], peak_rss_mib=report["peak_rss_kib"] / 1024,
+        wall_s=report["wall_s"], cpu_s=report.get("cpu_s", 0.0), peak_rss_mib=report["peak_rss_kib"] / 1024,
         ru_maxrss_mib=report["ru_maxrss_kib"] / 1024,
         extrapolated_to=gen.events if max_events is not None and s["events_read"] < gen.events else None)

@@ -187,7 +187,8 @@ def evaluate(report: Report, args: argparse.Namespace) -> list[Target]:
 def _row(r: RunResult, label: str) -> str:
     check = "" if r.sf_calls == r.sf_api_used == r.sf_requests_seen else " ⚠"
     return (f"| {label} | {r.events:,} | {r.sf_calls:,} / {r.sf_api_used:,}{check} | {r.sf_per_1000:,.1f} | "
-            f"{r.stripe_calls:,} | {r.wall_s:,.1f} s | {r.events_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB |")
+            f"{r.stripe_calls:,} | {r.wall_s:,.1f} s | {r.cpu_s:,.1f} s | {r.events_per_s:,.0f} | "
+            f"{r.peak_rss_mib:.0f} MiB |")
 
 
 def markdown(report: Report) -> str:
@@ -201,8 +202,8 @@ def markdown(report: Report) -> str:
         + (f"; what-if Stripe pacing {st['stripe_rps']:g}/s." if st.get("stripe_rps") else "; config defaults."),
         "",
         "| Run | Events | Salesforce calls (summary / org counter) | SF calls per 1,000 events | Stripe calls "
-        "| Wall time | Events/s | Peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| Wall time | CPU (sync process) | Events/s | Peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes: list[str] = []
     for s in report.sizes:
@@ -217,7 +218,7 @@ def markdown(report: Report) -> str:
             else:
                 lines.append(_row(b, f"per-event ({s.events:,})"))
             lines.append(f"| **ratio** ({s.events:,}) | | **1/{s.ratio:.0f}** of per-event | | | "
-                         f"{b.scaled().wall_s / s.batched.wall_s:.1f}× faster | | |")
+                         f"{b.scaled().wall_s / s.batched.wall_s:.1f}× faster | | | |")
     lines.append("")
     lines.extend(f"- {n}" for n in notes)
     if notes:
