@@ -426,6 +426,11 @@ class SalesforceOrg:
         self._tokens: set[str] = set()
         self._cursors: dict[str, tuple[str, int, list[dict[str, Any]]]] = {}
         self._jobs: dict[str, _IngestJob] = {}
+        # Benchmark counters, read by benchmarks/harness.py; they never change what the org answers.
+        # sObject -> keys of the records written through sObject Collections and Bulk API 2.0.
+        self.written_keys: dict[str, set[str]] = {}
+        # "sObject.Field" -> values looked up with `=` / `IN (...)` conditions in SOQL queries.
+        self.queried_keys: dict[str, set[str]] = {}
 
         self.integration_user_id = ""
         self.integration_user_id = self.insert(
@@ -708,6 +713,54 @@ class SalesforceOrg:
         fd = self.schema.get("Opportunity", {}).get("StageName")
         if fd is not None:
             fd.picklist = [str(r["MasterLabel"]) for r in stages]
+
+    # ------------------------------------------------------------------ benchmark counters
+
+    def reset_key_counters(self) -> None:
+        """Empty `written_keys` and `queried_keys` (a benchmark does this just before the measured run)."""
+        with self._lock:
+            self.written_keys = {}
+            self.queried_keys = {}
+
+    def _note_written(self, ops: list[_WriteOp], outcomes: list[_Outcome]) -> None:
+        """Add the records of an API write to `written_keys`.
+
+        A successful create, update or upsert counts the record's Id (a create's new Id); a failed one
+        the key it was sent with (Id or `Field=value`), since it still took a slot in the call.
+        """
+        with self._lock:
+            for op, outcome in zip(ops, outcomes, strict=True):
+                if op.kind == "delete" or not op.sobject:
+                    continue
+                key: Any = outcome.id if outcome.success else None
+                if key is None and op.record_id:
+                    key = sfids.normalize_id(str(op.record_id)) or op.record_id
+                elif key is None and op.ext_field:
+                    key = f"{op.ext_field}={op.ext_value}"
+                if key is not None:
+                    self.written_keys.setdefault(op.sobject, set()).add(str(key))
+
+    def _note_queried(
+        self,
+        sobject: str,
+        node: soql.Node | None,
+        bind: Callable[[str, int], tuple[str, FieldDef, FieldDef | None]],
+    ) -> None:
+        """Add the values of a query's `=` / `IN` conditions to `queried_keys` (negations are not look-ups)."""
+        if isinstance(node, soql.Logical):
+            for item in node.items:
+                self._note_queried(sobject, item, bind)
+            return
+        if not isinstance(node, soql.Comparison) or node.op not in ("=", "IN"):
+            return
+        path, fd, _ref = bind(node.field, node.pos)
+        keys = self.queried_keys.setdefault(f"{sobject}.{path}", set())
+        for lit in node.values:
+            value = lit.value
+            if fd.type in ("id", "reference") and isinstance(value, str):
+                value = sfids.normalize_id(value) or value  # 15- and 18-char forms are one record
+            if value is not None:
+                keys.add(str(value))
 
     # ------------------------------------------------------------------ building write ops
 
@@ -1300,6 +1353,7 @@ class SalesforceOrg:
             for name, pos in query.where_fields():
                 bind(name, pos)
             self._check_where(query, query.where, bind)
+            self._note_queried(sobject, query.where, bind)
             for item in query.order_by:
                 _path, fd, _ref = bind(item.field, item.pos)
                 if fd.long_text:
@@ -1737,6 +1791,7 @@ class SalesforceOrg:
             chunk = body[start : start + BULK_CHUNK_SIZE]
             ops = [self._csv_op(job, columns, row) for row in chunk]
             outcomes = self.apply_ops(ops, all_or_none=False)
+            self._note_written(ops, outcomes)
             job.results.extend(zip(chunk, outcomes, strict=True))
         job.state = "JobComplete"
         job.modstamp = _now_iso(self.clock())
@@ -2370,11 +2425,13 @@ class _Api:
                                 )
                             ]
                 outcomes = org.apply_ops(ops, all_or_none)
+                org._note_written(ops, outcomes)
                 return _json_response(200, [o.as_json(with_created=False) for o in outcomes])
             if method == "PATCH":
                 records, all_or_none = self._collection_records(self._json_body(body))
                 ops = [self._typed_op("update", r) for r in records]
                 outcomes = org.apply_ops(ops, all_or_none)
+                org._note_written(ops, outcomes)
                 return _json_response(200, [o.as_json(with_created=False) for o in outcomes])
             if method == "DELETE":
                 ids = [i for i in params.get("ids", "").split(",") if i]
@@ -2437,6 +2494,7 @@ class _Api:
                 op.ext_value = op.fields.get(fd.name)
                 ops.append(op)
             outcomes = org.apply_ops(ops, all_or_none)
+            org._note_written(ops, outcomes)
             return _json_response(200, [o.as_json(with_created=True) for o in outcomes])
         return self._not_found()
 
