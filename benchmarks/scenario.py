@@ -12,11 +12,13 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
 from stripe_sf_sync.sandbox.stripe_factory import StripeFactory, link_invoice_payment
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync.state import CachedCustomer, StateStore
 
 DAY = 86400
 WINDOW_DAYS = 25  # inside Stripe's 30-day event retention, with room for a --since at UTC midnight
@@ -60,6 +62,8 @@ class Generated:
     unmatched_customers: int
     kinds: Counter[str] = field(default_factory=Counter)
     event_types: Counter[str] = field(default_factory=Counter)
+    # Customers a backfill (or earlier syncs) has already seen: (id, metadata, name, created).
+    known_customers: list[tuple[str, dict[str, str], str, int]] = field(default_factory=list)
 
 
 def benchmark_org(daily_api_limit: int = 100_000_000) -> SalesforceOrg:
@@ -147,28 +151,35 @@ def _generate(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, custome
     out = Generated(since=since, now=now, events=events, customers=m, unmatched_customers=0)
 
     customer_ids: list[str] = []
+    signups: list[dict[str, Any]] = []  # customers new in the window: a customer.created event each
     for i in range(m):
         name = f"Customer {i:06d}"
         roll = rng.random()
         extra: dict[str, Any] = {"CSM__c": csm} if rng.random() < CSM_SHARE else {}
         record = {"Name": name, "OwnerId": owners[i % 2], **extra}
         account: str | None = None
+        existing = rng.random() < EXISTING_SUBSCRIPTION_SHARE
+        # New customers sign up on the window's first day, after --since, before any event that uses them.
+        created = before if existing else since + 60 + i
         if roll < UNMATCHED_SHARE:
-            cus = f.customer(name, f"billing{i}@example.com", created=before)
+            cus = f.customer(name, f"billing{i}@example.com", created=created)
             out.unmatched_customers += 1
         elif roll < UNMATCHED_SHARE + METADATA_LINKED_SHARE:
             account = org.insert("Account", record)
             cus = f.customer(name, f"billing{i}@example.com", metadata={"salesforce_account_id": account},
-                             created=before)
+                             created=created)
         else:
-            cus = f.customer(name, f"billing{i}@example.com", created=before)
+            cus = f.customer(name, f"billing{i}@example.com", created=created)
             account = org.insert("Account", {**record, "Stripe_Customer_ID__c": cus["id"]})
             if rng.random() < OPEN_OPPORTUNITY_SHARE:
                 org.insert("Opportunity", {"Name": f"{name} - new deal", "AccountId": account,
                                            "StageName": "Negotiation", "CloseDate": "2026-12-31",
                                            "RecordTypeId": new_business, "Stripe_Customer_ID__c": cus["id"]})
         customer_ids.append(str(cus["id"]))
-        if rng.random() < EXISTING_SUBSCRIPTION_SHARE:
+        if not existing:
+            signups.append(cus)
+        else:
+            out.known_customers.append((str(cus["id"]), dict(cus["metadata"]), name, before))
             status = "past_due" if rng.random() < 0.05 else "active"
             sub = f.subscription(cus["id"], b.items(catalog), status=status, created=before)
             b.add_live(sub)
@@ -185,10 +196,18 @@ def _generate(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, custome
     for k in range(min(HISTORY_EVENTS, len(b.live))):
         f.subscription_updated(b.live[k], {"metadata": {"history": str(k)}}, out.since - 3600 + k)
 
+    # Sign-ups count as events of the run: the mix fills the rest.
+    signups = signups[:events]
+    for cus in signups:
+        ev = f.emit("customer.created", cus, int(cus["created"]))
+        out.kinds["customer.created"] += 1
+        out.event_types[ev["type"]] += 1
+
     kinds = list(MIX)
     weights = [MIX[k] for k in kinds]
-    step = WINDOW_DAYS * DAY / max(events, 1)
-    for n in range(events):
+    mixed = events - len(signups)
+    step = WINDOW_DAYS * DAY / max(mixed, 1)
+    for n in range(mixed):
         at = start + int(n * step)  # strictly chronological: every object sees its events in order
         kind = rng.choices(kinds, weights=weights)[0]
         sub_id = b.pick_live()
@@ -211,6 +230,14 @@ def _generate(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, custome
         out.kinds[kind] += 1
         out.event_types[ev["type"]] += 1
     return out
+
+
+def seed_state(state_path: Path, gen: Generated) -> int:
+    """Leave the state file as a backfill would: the customers with an older subscription are known
+    (backfill lists subscriptions with their customers expanded). Returns how many were seeded."""
+    with StateStore.open(state_path) as state:
+        state.remember_customers(CachedCustomer(cid, md, name, False, at) for cid, md, name, at in gen.known_customers)
+    return len(gen.known_customers)
 
 
 def _date(ts: int) -> str:

@@ -23,7 +23,13 @@ EVENT_TYPES = (
     "customer.subscription.updated",
     "customer.subscription.deleted",
     "invoice.payment_failed",
+    # Not mapped to Salesforce: they keep each customer's metadata current in state, so that its other
+    # events need no customer read (benchmarks/README.md: Stripe calls).
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
 )
+CUSTOMER_EVENT_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 # Key marking the synthetic events `backfill` builds from list endpoints (never sent by Stripe).
 BACKFILL_MARK = "stripe_sf_backfill"
 BACKFILL_STATUS_MARK = "stripe_sf_writes_status"
@@ -134,6 +140,22 @@ class InvoiceFailureChange:
 
 
 Change = SubscriptionChange | PaymentChange | InvoiceFailureChange
+
+
+@dataclass(frozen=True)
+class CustomerChange:
+    """customer.created/updated/deleted: no rule, only the details its other events resolve by."""
+
+    meta: EventMeta
+    customer_id: str
+    metadata: Mapping[str, str]
+    name: str | None
+    deleted: bool
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key."""
+        return self.customer_id
 
 
 @dataclass
@@ -435,7 +457,19 @@ def parse_invoice_failure(event: Mapping[str, Any], meta: EventMeta) -> InvoiceF
     )
 
 
-def parse_event(event: Mapping[str, Any]) -> Change | Unsupported:
+def parse_customer(event: Mapping[str, Any], meta: EventMeta) -> CustomerChange:
+    """customer.* -> CustomerChange (its metadata and name)."""
+    cus = _get(event, "data.object")
+    if not isinstance(cus, Mapping):
+        raise MalformedEvent("missing data.object")
+    customer_id = _str(cus, "id", prefix="cus_")
+    assert customer_id
+    name = cus.get("name") if isinstance(cus.get("name"), str) else None
+    return CustomerChange(meta=meta, customer_id=customer_id, metadata=_metadata(cus), name=name,
+                          deleted=meta.event_type == "customer.deleted" or cus.get("deleted") is True)
+
+
+def parse_event(event: Mapping[str, Any]) -> Change | CustomerChange | Unsupported:
     """Parse one raw event. Raises MalformedEvent with the offending field path."""
     meta = _meta(event)
     try:
@@ -447,6 +481,8 @@ def parse_event(event: Mapping[str, Any]) -> Change | Unsupported:
             return parse_payment(event, meta)
         if meta.event_type == "invoice.payment_failed":
             return parse_invoice_failure(event, meta)
+        if meta.event_type in CUSTOMER_EVENT_TYPES:
+            return parse_customer(event, meta)
     except MalformedEvent:
         raise
     except (TypeError, ValueError, AttributeError, KeyError) as exc:

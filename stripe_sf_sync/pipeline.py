@@ -15,17 +15,20 @@ from typing import Any
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import LoadedConfig
 from stripe_sf_sync.errors import ConfigError, CursorExpiredError, StripeSfError
-from stripe_sf_sync.model import InvoiceFailureChange, MalformedEvent, PaymentChange
+from stripe_sf_sync.model import CustomerChange, InvoiceFailureChange, MalformedEvent, PaymentChange
 from stripe_sf_sync.resolve import Materializer, WriteSettings, lookup
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes, apply_writes_bulk
-from stripe_sf_sync.state import Cursor, Outcome, StateStore
-from stripe_sf_sync.stripe_source import RETENTION_S, StripeSource
+from stripe_sf_sync.state import CachedCustomer, Cursor, Outcome, StateStore
+from stripe_sf_sync.stripe_source import BASIL, RETENTION_S, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
 
 ORG_CACHE_KEY = "org_describe"
 HANDOFF_SINCE_KEY = "handoff_since"
 ORG_CACHE_TTL_S = 24 * 3600
+# Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
+# (invoice finalised, PaymentIntent created, InvoicePayment linked) are seconds to minutes apart.
+INVOICE_PAYMENT_MARGIN_S = 3600
 
 
 @dataclass
@@ -221,7 +224,7 @@ class Pipeline:
         outcomes: list[Outcome] = []
         versions: dict[str, tuple[int, str]] = {}
         known = self.state.outcomes_for([e["id"] for e in events if isinstance(e.get("id"), str)])
-        parsed: list[tuple[dict[str, Any], model.Change]] = []
+        parsed: list[tuple[dict[str, Any], model.Change | CustomerChange]] = []
         for raw in events:
             eid = raw.get("id") if isinstance(raw.get("id"), str) else None
             if eid and eid in known and not (retried and known[eid] == "dead_letter"):
@@ -244,6 +247,7 @@ class Pipeline:
         # Order guard (invariant 3): an event older than the newest applied to its object is stale.
         stored = self.state.versions_for(c.object_id for _, c in parsed)
         fresh: list[tuple[dict[str, Any], model.Change]] = []
+        customers: list[CustomerChange] = []
         for raw, change in parsed:
             newest = stored.get(change.object_id)
             if newest is not None and change.meta.created < newest:
@@ -251,12 +255,20 @@ class Pipeline:
                                         object_id=change.object_id,
                                         reason=f"{change.object_id} already has a newer event applied"))
                 continue
+            if isinstance(change, CustomerChange):
+                customers.append(change)
+                outcomes.append(Outcome(change.meta.event_id, change.meta.event_type, change.meta.created,
+                                        "ignored", object_id=change.object_id,
+                                        reason="customer details kept for resolving its other events"))
+                versions[change.object_id] = (change.meta.created, change.meta.event_id)
+                continue
             fresh.append((raw, change))
+        self._prefetch(fresh, customers)
 
         planned: list[tuple[dict[str, Any], model.Change, rules.Plan]] = []
         for raw, change in fresh:
             try:
-                change = self._hydrate(change)
+                change = self._hydrate(raw, change)
                 plan = rules.plan(self.ctx, change)
             except MalformedEvent as exc:
                 outcomes.append(_dead(raw, exc.reason, exc.code))
@@ -273,6 +285,7 @@ class Pipeline:
                 continue
             planned.append((raw, change, plan))
 
+        self._keep_customers(self.source.take_fresh_customers(), self.clock())
         if planned:
             outcomes.extend(self._write(planned, versions, summary, bulk=bulk))
 
@@ -303,13 +316,54 @@ class Pipeline:
             self.on_batch(summary)
         return True
 
-    def _hydrate(self, change: model.Change) -> model.Change:
-        """Fetch only what the payload lacks, cached per run (customer metadata, invoice links,
-        a failed invoice's failure code)."""
-        meta = getattr(change, "metadata", {}) or {}
+    def _prefetch(self, fresh: Sequence[tuple[dict[str, Any], model.Change]],
+                  customers: Sequence[CustomerChange]) -> None:
+        """Gather, for a whole batch, what its events' payloads lack, so hydration costs a few calls per
+        batch instead of one per event: customer details from state (kept current by customer.* events),
+        and the batch's invoice payments in one listing."""
+        known = [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created) for c in customers]
+        for _, change in fresh:  # an expanded customer (backfill's lists) is as good as a customer event
+            cust_meta = getattr(change, "customer_metadata", None)
+            customer_id = getattr(change, "customer_id", None)
+            if cust_meta is not None and customer_id:
+                known.append(CachedCustomer(customer_id, cust_meta, getattr(change, "customer_name", None), False,
+                                            change.meta.created))
+        if known and not self.dry_run:
+            self.state.remember_customers(known)
+        wanted = {c.customer_id for _, c in fresh if _needs_customer(c)}
+        wanted -= {c for c in wanted if self.source.knows_customer(c)}
+        for cid, cached in self.state.customers_for(wanted).items():
+            self.source.remember_customer(cid, None if cached.deleted else
+                                          {"metadata": dict(cached.metadata), "name": cached.name})
+        for c in known:  # this batch's own customer events are newer than anything state held before
+            self.source.remember_customer(c.customer_id, None if c.deleted else
+                                          {"metadata": dict(c.metadata), "name": c.name})
+
+        if self.source.api_version < BASIL:
+            return  # older payloads name the invoice and PaymentIntent themselves
+        payments = [(raw, c) for raw, c in fresh if isinstance(c, PaymentChange) and not c.invoice_known]
+        failures = [c for _, c in fresh if isinstance(c, InvoiceFailureChange) and c.failure_code is None]
+        if not payments and not failures:
+            return
+        starts = [_object_created(raw) or c.meta.created for raw, c in payments] + [c.meta.created for c in failures]
+        ends = [c.meta.created for _, c in payments] + [c.meta.created for c in failures]
+        self.source.prefetch_invoice_payments(
+            since=min(starts) - INVOICE_PAYMENT_MARGIN_S, until=max(ends) + INVOICE_PAYMENT_MARGIN_S,
+            payment_intents=[c.payment_intent_id for _, c in payments], invoices=[c.invoice_id for c in failures])
+
+    def _keep_customers(self, fresh: Mapping[str, dict[str, Any]], now: float) -> None:
+        """Keep customers read from Stripe in state, so later runs need not read them again."""
+        if fresh and not self.dry_run:
+            self.state.remember_customers(
+                CachedCustomer(cid, {k: v for k, v in (obj.get("metadata") or {}).items() if isinstance(v, str)},
+                               obj.get("name") if isinstance(obj.get("name"), str) else None, not obj, int(now))
+                for cid, obj in fresh.items())
+
+    def _hydrate(self, raw: Mapping[str, Any], change: model.Change) -> model.Change:
+        """Fill in what the payload lacks (customer metadata, invoice links, a failed invoice's failure
+        code), from the batch's prefetch where it has it, else with a read of its own."""
         customer_id = getattr(change, "customer_id", None)
-        needs_customer = not (meta.get("salesforce_opportunity_id") and meta.get("salesforce_account_id"))
-        if customer_id and needs_customer and getattr(change, "customer_metadata", None) is None:
+        if customer_id and _needs_customer(change):
             cust = self.source.customer(customer_id) or {}
             md = cust.get("metadata") if isinstance(cust.get("metadata"), Mapping) else {}
             name = cust.get("name") if isinstance(cust.get("name"), str) else None
@@ -320,7 +374,13 @@ class Pipeline:
             change = dataclasses.replace(change, invoice_id=self.source.invoice_of_payment_intent(
                 change.payment_intent_id), invoice_known=True)
         if isinstance(change, InvoiceFailureChange) and change.failure_code is None:
-            inv = self.source.failed_invoice(change.invoice_id)
+            payments = self.source.prefetched_payments(change.invoice_id)
+            inv: Mapping[str, Any] | None
+            if payments and not _has_charge_payment(payments):
+                obj = _get_obj(raw)
+                inv = {**obj, "payments": {"object": "list", "data": payments}}
+            else:
+                inv = self.source.failed_invoice(change.invoice_id)
             if inv:
                 try:
                     hydrated = model.parse_invoice_failure({"data": {"object": inv}}, change.meta)
@@ -439,3 +499,27 @@ def _describe_op(op: SfOp) -> dict[str, Any]:
             "fields": {k: (str(v) if not isinstance(v, str | int | bool | type(None)) else v)
                        for k, v in op.fields.items()},
             "events": list(op.events)}
+
+
+def _needs_customer(change: model.Change) -> bool:
+    """Whether a rule needs the customer's metadata: the object's own metadata names no Salesforce Ids."""
+    meta = getattr(change, "metadata", {}) or {}
+    return (bool(getattr(change, "customer_id", None)) and getattr(change, "customer_metadata", None) is None
+            and not (meta.get("salesforce_opportunity_id") and meta.get("salesforce_account_id")))
+
+
+def _get_obj(raw: Mapping[str, Any]) -> dict[str, Any]:
+    data = raw.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    return dict(obj) if isinstance(obj, Mapping) else {}
+
+
+def _object_created(raw: Mapping[str, Any]) -> int | None:
+    """The event object's own `created` (a PaymentIntent is created before it succeeds)."""
+    created = _get_obj(raw).get("created")
+    return created if isinstance(created, int) and not isinstance(created, bool) and created > 0 else None
+
+
+def _has_charge_payment(payments: Sequence[Mapping[str, Any]]) -> bool:
+    """A payment of type charge needs its Charge read for the failure code (failed_invoice does that)."""
+    return any(isinstance(p.get("payment"), Mapping) and p["payment"].get("type") == "charge" for p in payments)

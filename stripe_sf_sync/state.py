@@ -12,14 +12,14 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from stripe_sf_sync.errors import LockHeldError, StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the customers table
 LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
 
 OutcomeKind = Literal["applied", "stale", "ignored", "dead_letter"]
@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL, error_code TEXT NOT NULL, attempts INTEGER NOT NULL,
     first_failed_at INTEGER NOT NULL, last_failed_at INTEGER NOT NULL, status TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters(status);
+CREATE TABLE IF NOT EXISTS customers (
+    customer_id TEXT PRIMARY KEY, metadata TEXT NOT NULL, name TEXT, deleted INTEGER NOT NULL,
+    version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, started_at INTEGER NOT NULL,
     finished_at INTEGER, exit_code INTEGER, summary TEXT);
@@ -63,6 +66,18 @@ class Outcome:
     reason: str | None = None
     code: str | None = None
     payload: str | None = None  # JSON of the raw event, kept for dead letters only
+
+
+@dataclass(frozen=True)
+class CachedCustomer:
+    """The few customer details rules read: metadata (Salesforce Ids) and name. `version` is the time
+    they were true at (event `created` or read time), so an older copy never replaces a newer one."""
+
+    customer_id: str
+    metadata: Mapping[str, str]
+    name: str | None
+    deleted: bool
+    version: int
 
 
 @dataclass(frozen=True)
@@ -225,6 +240,31 @@ class StateStore:
                     chunk):
                 out[row[0]] = row[1]
         return out
+
+    def customers_for(self, customer_ids: Iterable[str]) -> dict[str, CachedCustomer]:
+        """What state knows of these customers (from customer.* events, backfill and earlier reads)."""
+        ids = list(dict.fromkeys(customer_ids))
+        out: dict[str, CachedCustomer] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                    "SELECT customer_id, metadata, name, deleted, version FROM customers "  # noqa: S608
+                    f"WHERE customer_id IN ({marks})", chunk):
+                out[row[0]] = CachedCustomer(row[0], json.loads(row[1]), row[2], bool(row[3]), row[4])
+        return out
+
+    def remember_customers(self, customers: Iterable[CachedCustomer]) -> None:
+        """Keep customers' details; an older version never replaces a newer one."""
+        rows = [(c.customer_id, json.dumps(dict(c.metadata), sort_keys=True), c.name, int(c.deleted), c.version)
+                for c in customers]
+        if not rows:
+            return
+        with self._tx():
+            self._conn.executemany(
+                "INSERT INTO customers(customer_id, metadata, name, deleted, version) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(customer_id) DO UPDATE SET metadata = excluded.metadata, name = excluded.name, "
+                "deleted = excluded.deleted, version = excluded.version "
+                "WHERE excluded.version >= customers.version", rows)
 
     def commit_batch(self, outcomes: Sequence[Outcome], *, cursor: Cursor | None,
                      versions: dict[str, tuple[int, str]], run_id: int | None,

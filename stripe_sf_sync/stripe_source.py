@@ -101,8 +101,15 @@ class StripeSource:
         self._clock = clock
         self._sleep = sleep
         self._customers: dict[str, dict[str, Any]] = {}
+        self._fresh_customers: list[str] = []  # read from Stripe this run, not yet kept in state
         self._invoice_of_pi: dict[str, str | None] = {}
+        self._payments_of_invoice: dict[str, list[dict[str, Any]]] = {}
         self.calls_made = 0
+
+    @property
+    def api_version(self) -> str:
+        """The Stripe API version requests are made with (it decides the payload shapes)."""
+        return self._api_version
 
     @property
     def calls(self) -> int:
@@ -270,18 +277,76 @@ class StripeSource:
             after = data[-1]["id"]
 
     # --- hydration --------------------------------------------------------------------------
+    def knows_customer(self, customer_id: str) -> bool:
+        """Whether `customer` answers without a call."""
+        return customer_id in self._customers
+
+    def remember_customer(self, customer_id: str, obj: dict[str, Any] | None) -> None:
+        """Details known without a read (state, a customer.* event, an expanded payload); None = deleted."""
+        self._customers[customer_id] = obj or {}
+
+    def take_fresh_customers(self) -> dict[str, dict[str, Any]]:
+        """Customers read from Stripe since the last call, for the caller to keep in state."""
+        fresh = {c: self._customers[c] for c in self._fresh_customers}
+        self._fresh_customers = []
+        return fresh
+
     def customer(self, customer_id: str) -> dict[str, Any] | None:
         """The customer (cached per run); None if Stripe has deleted it."""
         if customer_id not in self._customers:
             try:
                 obj = self._get("reading a customer", f"/v1/customers/{_path_id(customer_id)}")
             except stripe.InvalidRequestError as exc:
-                if getattr(exc, "code", None) == "resource_missing":
-                    self._customers[customer_id] = {}
-                    return None
-                raise _fatal(exc, "reading a customer") from None
-            self._customers[customer_id] = obj
+                if getattr(exc, "code", None) != "resource_missing":
+                    raise _fatal(exc, "reading a customer") from None
+                obj = {}
+            # Only what rules read is kept: a run may see tens of thousands of customers.
+            self._customers[customer_id] = ({"metadata": obj.get("metadata"), "name": obj.get("name")}
+                                            if obj and not obj.get("deleted") else {})
+            self._fresh_customers.append(customer_id)
         return self._customers[customer_id] or None
+
+    def prefetch_invoice_payments(self, *, since: int, until: int, payment_intents: Sequence[str],
+                                  invoices: Sequence[str]) -> None:
+        """Link a batch's PaymentIntents and failed invoices with one listing instead of a call each.
+
+        Lists `/v1/invoice_payments` created in [since, until] (the list takes `created`; api-facts.md §6),
+        the PaymentIntents expanded when failure codes are wanted. An InvoicePayment names a PaymentIntent
+        that already exists, so one created before `since` (the batch's oldest PaymentIntent, less a margin)
+        cannot belong to it: a PaymentIntent absent from the listing paid no invoice. A failed invoice
+        absent from it (a retry whose payment is older) is read on its own later, as before.
+        """
+        wanted_pi, wanted_inv = set(payment_intents), set(invoices)
+        params: dict[str, Any] = {"limit": PAGE_LIMIT, "created": {"gte": since, "lte": until}}
+        if wanted_inv:
+            params["expand"] = ["data.payment.payment_intent"]
+        found_pi: dict[str, str | None] = {}
+        found_inv: dict[str, list[dict[str, Any]]] = {}
+        after: str | None = None
+        while True:
+            if after:
+                params["starting_after"] = after
+            page = self._get("listing invoice payments", "/v1/invoice_payments", dict(params))
+            data = _raw_list(page)
+            for p in data:
+                payment = p.get("payment") if isinstance(p.get("payment"), dict) else {}
+                pi = payment.get("payment_intent")
+                pi_id = pi.get("id") if isinstance(pi, dict) else pi
+                inv = p.get("invoice") if isinstance(p.get("invoice"), str) else None
+                if isinstance(pi_id, str) and pi_id in wanted_pi:
+                    found_pi[pi_id] = inv
+                if inv in wanted_inv:
+                    found_inv.setdefault(inv, []).append(p)
+            if not data or not _has_more(page) or data[-1].get("id") == after:
+                break
+            after = data[-1]["id"]
+        for pi_id in wanted_pi:
+            self._invoice_of_pi[pi_id] = found_pi.get(pi_id)
+        self._payments_of_invoice.update(found_inv)
+
+    def prefetched_payments(self, invoice_id: str) -> list[dict[str, Any]] | None:
+        """A failed invoice's payments from `prefetch_invoice_payments`, newest first, if it found them."""
+        return self._payments_of_invoice.pop(invoice_id, None)
 
     def invoice_of_payment_intent(self, pi_id: str) -> str | None:
         """The invoice a PaymentIntent paid, if any (current API versions no longer embed it;

@@ -1,0 +1,144 @@
+"""What a batch's payloads lack is fetched per batch, not per event: customer details kept in state
+(from customer.* events, backfill and earlier reads), and one invoice-payments listing per batch."""
+
+from __future__ import annotations
+
+import time
+
+from stripe_sf_sync import service
+from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
+from stripe_sf_sync.state import CachedCustomer, StateStore
+
+from .conftest import write_config
+
+DAY = 86400
+
+
+def run(config, env, **kw):
+    kw.setdefault("since", None)
+    return service.run_sync(config, env, dry_run=False, max_events=None, **kw)
+
+
+def day(ts: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def stripe_paths(sb, start: int = 0) -> list[str]:
+    return [path for _, path, _ in sb.requests_log[start:]]
+
+
+def configured(tmp_path, env):
+    config = write_config(tmp_path / "sync.yaml")
+    service.run_discover(config, env, write=True, example=config.read_text())
+    return config
+
+
+def test_customer_events_keep_metadata_current_without_reads(tmp_path, env, org, stripe_sb):
+    f = StripeFactory(stripe_sb, seed=21)
+    t = int(time.time()) - 2 * DAY
+    first = org.insert("Account", {"Name": "Linked by metadata"})
+    second = org.insert("Account", {"Name": "Relinked later"})
+    cus = f.customer("Meta Co", "m@example.com", metadata={"salesforce_account_id": first}, created=t)
+    f.emit("customer.created", cus, t)
+    price = f.price(3000)
+    sub = f.subscription(cus["id"], [(price, 1)], created=t + 60)
+    f.subscription_created(sub, t + 60)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+
+    summary = run(config, env, since=day(t - DAY))
+    assert summary.applied == 1 and summary.ignored == 1  # the customer event writes nothing itself
+    assert not [p for p in stripe_paths(stripe_sb, mark) if p.startswith("/v1/customers/")]
+    [opp] = org.records("Opportunity")
+    assert opp["AccountId"] == first
+
+    # The metadata is changed in Stripe: the customer.updated event is all the next run needs.
+    cus["metadata"] = {"salesforce_account_id": second}
+    f.emit("customer.updated", cus, t + 120, previous_attributes={"metadata": {"salesforce_account_id": first}})
+    later = f.subscription(cus["id"], [(price, 2)], created=t + 180)
+    f.subscription_created(later, t + 180)
+    mark = len(stripe_sb.requests_log)
+    summary = run(config, env)
+    assert summary.applied == 1
+    assert not [p for p in stripe_paths(stripe_sb, mark) if p.startswith("/v1/customers/")]
+    newer = next(o for o in org.records("Opportunity") if o["Stripe_Subscription_ID__c"] == later["id"])
+    assert newer["AccountId"] == second
+    with StateStore.open(config.parent / "stripe-sf-state.sqlite") as st:
+        assert st.customers_for([cus["id"]])[cus["id"]].metadata == {"salesforce_account_id": second}
+
+
+def test_a_customer_is_read_once_then_kept_in_state(tmp_path, env, org, stripe_sb):
+    f = StripeFactory(stripe_sb, seed=22)
+    t = int(time.time()) - 2 * DAY
+    cus = f.customer("Quiet Co", "q@example.com", created=t - 90 * DAY)  # no event of its own in the window
+    org.insert("Account", {"Name": "Quiet Co", "Stripe_Customer_ID__c": cus["id"]})
+    sub = f.subscription(cus["id"], [(f.price(1000), 1)], created=t)
+    f.subscription_created(sub, t)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+    run(config, env, since=day(t - DAY))
+    f.subscription_updated(sub["id"], {"status": "past_due"}, t + 3600)
+    run(config, env)
+    reads = [p for p in stripe_paths(stripe_sb, mark) if p.startswith("/v1/customers/")]
+    assert reads == [f"/v1/customers/{cus['id']}"]  # the second run found it in state
+
+
+def test_one_listing_links_a_batch_of_payments_and_failures(tmp_path, env, org, stripe_sb):
+    f = StripeFactory(stripe_sb, seed=23)
+    t = int(time.time()) - 2 * DAY
+    cus = f.customer("Mixed Co", "x@example.com", created=t - 90 * DAY)
+    acct = org.insert("Account", {"Name": "Mixed Co", "Stripe_Customer_ID__c": cus["id"]})
+    price = f.price(5000)
+    sub = f.subscription(cus["id"], [(price, 1)], created=t - 60 * DAY)
+    one_time = []
+    for i in range(3):
+        pi = f.payment_intent(cus["id"], 1000 * (i + 1), "usd", status="requires_payment_method", created=t + i)
+        f.payment_succeeded(pi["id"], t + 100 + i)
+        one_time.append(pi["id"])
+    renewal = f.payment_intent(cus["id"], 5000, "usd", status="requires_payment_method", created=t + 200)
+    f.invoice(sub["id"], cus["id"], 5000, "usd", created=t + 200, payment_intent=renewal["id"])
+    f.payment_succeeded(renewal["id"], t + 210)
+    for k, code in enumerate(("insufficient_funds", "expired_card")):
+        inv = f.invoice(sub["id"], cus["id"], 5000, "usd", created=t + 300 + k)
+        f.invoice_payment_failed(inv["id"], t + 400 + k, decline_code=code)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+
+    summary = run(config, env, since=day(t - DAY))
+    assert (summary.applied, summary.ignored, summary.dead_lettered) == (5, 1, 0)  # the renewal is no win
+    paths = stripe_paths(stripe_sb, mark)
+    assert paths.count("/v1/invoice_payments") == 1
+    assert not [p for p in paths if p.startswith("/v1/invoices/")]
+    listing = next(params for _, path, params in stripe_sb.requests_log[mark:] if path == "/v1/invoice_payments")
+    assert set(listing["created"]) == {"gte", "lte"}  # a window around the batch, not the whole account
+    won = {o["Stripe_Payment_Intent_ID__c"] for o in org.records("Opportunity")}
+    assert won == set(one_time)
+    descriptions = sorted(t["Description"] for t in org.records("Task") if t["WhatId"] == acct)
+    assert "insufficient_funds" in descriptions[0] + descriptions[1]
+    assert "expired_card" in descriptions[0] + descriptions[1]
+
+
+def test_a_retry_whose_payment_is_older_than_the_batch_is_read_on_its_own(tmp_path, env, org, stripe_sb):
+    f = StripeFactory(stripe_sb, seed=24)
+    t = int(time.time()) - 6 * DAY
+    cus = f.customer("Retry Co", "r@example.com", created=t - 90 * DAY)
+    acct = org.insert("Account", {"Name": "Retry Co", "Stripe_Customer_ID__c": cus["id"]})
+    sub = f.subscription(cus["id"], [(f.price(7000), 1)], created=t - 60 * DAY)
+    inv = f.invoice(sub["id"], cus["id"], 7000, "usd", created=t)
+    f.invoice_payment_failed(inv["id"], t, decline_code="insufficient_funds")  # before --since: not synced
+    f.invoice_payment_failed(inv["id"], t + 4 * DAY, decline_code="do_not_honor", attempt_count=2)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+    summary = run(config, env, since=day(t + 3 * DAY))
+    assert summary.applied == 1
+    assert f"/v1/invoices/{inv['id']}" in stripe_paths(stripe_sb, mark)
+    [task] = [t for t in org.records("Task") if t["WhatId"] == acct]
+    assert "do_not_honor" in task["Description"]
+
+
+def test_customer_cache_keeps_the_newest_version(tmp_path):
+    with StateStore.open(tmp_path / "s.sqlite") as st:
+        st.remember_customers([CachedCustomer("cus_A", {"salesforce_account_id": "new"}, "A", False, 200)])
+        st.remember_customers([CachedCustomer("cus_A", {"salesforce_account_id": "old"}, "A", False, 100)])
+        assert st.customers_for(["cus_A", "cus_B"]) == {
+            "cus_A": CachedCustomer("cus_A", {"salesforce_account_id": "new"}, "A", False, 200)}
