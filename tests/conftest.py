@@ -51,6 +51,7 @@ def sc(stripe_sb: StripeSandbox, org: SalesforceOrg) -> scenario.Scenario:
 def write_config(path: Path, **overrides: str) -> Path:
     text = EXAMPLE.replace("account_csm: null", "account_csm: CSM__c")
     for old, new in overrides.items():
+        assert old in text, f"sync.yaml.example no longer has {old!r}: the override would be silently lost"
         text = text.replace(old, new)
     path.write_text(text)
     return path
