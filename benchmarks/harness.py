@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from benchmarks.scenario import Generated, benchmark_org, generate
+from benchmarks.scenario import Generated, benchmark_org, generate, seed_state
 from stripe_sf_sync import service
 from stripe_sf_sync.resolve import IN_CHUNK
 from stripe_sf_sync.salesforce_sink import COLLECTION_LIMIT, COMPOSITE_QUERIES
@@ -238,9 +238,8 @@ def _sync_in_child(mode: str, workdir: Path, gen: Generated, stripe: StripeSandb
     config = write_config(workdir / "sync.yaml", mode, stripe_rps)
     service.run_discover(config, sandbox_environment(stripe, sf), write=True, example=example_config())
 
-    # ---- Seed the state file here: after discovery, before the child runs and before any counter is read.
-    # e.g. scenario.seed_state(workdir / STATE_FILE, gen, ...): what earlier syncs would have kept in state.
-    # ---------------------------------------------------------------------------------------------------------
+    # The state a backfill leaves: customers with an older subscription are known (benchmarks/README.md).
+    seed_state(workdir / STATE_FILE, gen)
 
     env = {"STRIPE_API_KEY": stripe.api_key, "STRIPE_API_BASE": stripe.base_url,
            "SF_INSTANCE_URL": sf.instance_url, "SF_ACCESS_TOKEN": sf.access_token}
