@@ -13,6 +13,7 @@ State is a dict of canonical objects (see `stripe_factory.render`) plus an appen
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import random
 import re
@@ -544,10 +545,51 @@ class StripeSandbox:
             self._event_index[eid] = len(self.events) - 1
             return clone(event)
 
-    def _visible_events(self) -> list[tuple[tuple[int, int], Obj]]:
-        """(sort key, event) for events still inside the 30-day window, in insertion order."""
+    def _sorted_events(self) -> list[tuple[tuple[int, int], Obj]]:
+        """Every event with its sort key (created, insertion order), oldest first; rebuilt when `events`
+        changed (appended to, cleared, or replaced)."""
+        n = len(self.events)
+        mark = (n, id(self.events[-1]) if n else None, id(self.events[0]) if n else None)
+        if getattr(self, "_sorted_mark", None) != mark:
+            self._sorted = sorted(((e["created"], i), e) for i, e in enumerate(self.events))
+            self._sorted_keys = [k for k, _ in self._sorted]
+            self._sorted_mark = mark
+        return self._sorted
+
+    def _event_page(self, keep: Callable[[Obj], bool], created: Callable[[int], bool] | None, limit: int,
+                    after: str | None, before: str | None) -> tuple[list[Obj], bool]:
+        """A page of visible events matching `keep`/`created`, newest first, as `_list` defines it."""
+        ordered = self._sorted_events()
+        keys = self._sorted_keys
         cutoff = int(self.now()) - EVENT_RETENTION_S
-        return [((e["created"], i), e) for i, e in enumerate(self.events) if e["created"] >= cutoff]
+        lo = bisect.bisect_left(keys, (cutoff, -1))  # older events are past retention: invisible
+
+        def match(e: Obj) -> bool:
+            return keep(e) and (created is None or created(e["created"]))
+
+        def position(obj_id: str, param: str) -> int:
+            i = self._event_ids().get(obj_id)
+            if i is None or self.events[i]["created"] < cutoff:
+                _missing("event", obj_id, param, status=400)
+            return bisect.bisect_left(keys, (self.events[i]["created"], i))
+
+        if before is not None:
+            newer: list[Obj] = []
+            for j in range(position(before, "ending_before") + 1, len(ordered)):
+                if match(ordered[j][1]):
+                    newer.append(ordered[j][1])
+                    if len(newer) > limit:
+                        break
+            # The `limit` events immediately newer than the cursor, newest first.
+            return list(reversed(newer[:limit])), len(newer) > limit
+        start = position(after, "starting_after") - 1 if after is not None else len(ordered) - 1
+        older: list[Obj] = []
+        for j in range(start, lo - 1, -1):
+            if match(ordered[j][1]):
+                older.append(ordered[j][1])
+                if len(older) > limit:
+                    break
+        return older[:limit], len(older) > limit
 
     # ----------------------------------------------------------------- HTTP dispatch
 
@@ -795,17 +837,18 @@ class StripeSandbox:
         created = _created_filter(params["created"]) if "created" in params else None
 
         if collection == "events":
-            pool = self._visible_events()
-            keep = self._event_predicate(params)
-            kind = "event"
-        else:
-            kind = COLLECTIONS[collection]
-            pool = [
-                ((o.get("created") or 0, self._order[o["id"]]), o)
-                for o in self._objects.values()
-                if o.get("object") == kind
-            ]
-            keep = self._object_predicate(collection, params)
+            # Same answer as the general path below, walking a sorted index from the cursor instead of
+            # sorting every event per request (that made the stand-in, not the client, the bottleneck).
+            page, has_more = self._event_page(self._event_predicate(params), created, limit, after, before)
+            data = [clone(o) for o in page]
+            return {"object": "list", "data": data, "has_more": has_more, "url": "/v1/events"}
+        kind = COLLECTIONS[collection]
+        pool = [
+            ((o.get("created") or 0, self._order[o["id"]]), o)
+            for o in self._objects.values()
+            if o.get("object") == kind
+        ]
+        keep = self._object_predicate(collection, params)
         keys = {obj["id"]: key for key, obj in pool}
 
         def cursor_key(obj_id: str, param: str) -> tuple[int, int]:
@@ -835,7 +878,7 @@ class StripeSandbox:
             else:
                 older = [obj for _, obj in ordered]
             page, has_more = older[:limit], len(older) > limit
-        data = [clone(o) if kind == "event" else render(o, version, self._links) for o in page]
+        data = [render(o, version, self._links) for o in page]
         result: Obj = {"object": "list", "data": data, "has_more": has_more, "url": f"/v1/{collection}"}
         return self._expand(result, paths, version)
 
