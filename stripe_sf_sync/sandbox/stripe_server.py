@@ -192,6 +192,34 @@ def _int_param(value: Any, param: str) -> int:
     return int(value)
 
 
+def _walk(ordered: list[tuple[tuple[int, int], Obj]], lo: int, keep: Callable[[Obj], bool],
+          created: Callable[[int], bool] | None, limit: int, after: int | None,
+          before: int | None) -> tuple[list[Obj], bool]:
+    """One page of a list, newest first, from `ordered` (oldest first; entries below `lo` are invisible).
+
+    `before` (ending_before's position): the `limit` matches just newer than it; `after` (starting_after's):
+    the `limit` matches just older; neither: the newest. Walks only as far as the page needs.
+    """
+    def match(o: Obj) -> bool:
+        return keep(o) and (created is None or created(o.get("created") or 0))
+
+    if before is not None:
+        newer: list[Obj] = []
+        for j in range(before + 1, len(ordered)):
+            if match(ordered[j][1]):
+                newer.append(ordered[j][1])
+                if len(newer) > limit:
+                    break
+        return list(reversed(newer[:limit])), len(newer) > limit
+    older: list[Obj] = []
+    for j in range((after if after is not None else len(ordered)) - 1, lo - 1, -1):
+        if match(ordered[j][1]):
+            older.append(ordered[j][1])
+            if len(older) > limit:
+                break
+    return older[:limit], len(older) > limit
+
+
 def _created_filter(value: Any, param: str = "created") -> Callable[[int], bool]:
     """`created=<int>` (exact) or `created[gt|gte|lt|lte]=<int>` (Stripe's range filter)."""
     if isinstance(value, str):
@@ -474,6 +502,7 @@ class StripeSandbox:
             self._seq += 1
             self._order[obj_id] = self._seq
         self._objects[obj_id] = canonical
+        self._store_version = getattr(self, "_store_version", 0) + 1  # invalidates the list indexes
 
     def get(self, obj_id: str) -> Obj | None:
         """A copy of the stored (canonical) object, or None."""
@@ -564,32 +593,28 @@ class StripeSandbox:
         cutoff = int(self.now()) - EVENT_RETENTION_S
         lo = bisect.bisect_left(keys, (cutoff, -1))  # older events are past retention: invisible
 
-        def match(e: Obj) -> bool:
-            return keep(e) and (created is None or created(e["created"]))
-
         def position(obj_id: str, param: str) -> int:
             i = self._event_ids().get(obj_id)
             if i is None or self.events[i]["created"] < cutoff:
                 _missing("event", obj_id, param, status=400)
             return bisect.bisect_left(keys, (self.events[i]["created"], i))
 
-        if before is not None:
-            newer: list[Obj] = []
-            for j in range(position(before, "ending_before") + 1, len(ordered)):
-                if match(ordered[j][1]):
-                    newer.append(ordered[j][1])
-                    if len(newer) > limit:
-                        break
-            # The `limit` events immediately newer than the cursor, newest first.
-            return list(reversed(newer[:limit])), len(newer) > limit
-        start = position(after, "starting_after") - 1 if after is not None else len(ordered) - 1
-        older: list[Obj] = []
-        for j in range(start, lo - 1, -1):
-            if match(ordered[j][1]):
-                older.append(ordered[j][1])
-                if len(older) > limit:
-                    break
-        return older[:limit], len(older) > limit
+        return _walk(ordered, lo, keep, created, limit,
+                     position(after, "starting_after") if after is not None else None,
+                     position(before, "ending_before") if before is not None else None)
+
+    def _sorted_objects(self, kind: str) -> tuple[list[tuple[tuple[int, int], Obj]], dict[str, int]]:
+        """Stored objects of `kind` with their sort key, oldest first, and id -> position; rebuilt after
+        any store."""
+        indexes: dict[str, Any] = self.__dict__.setdefault("_object_indexes", {})
+        mark = getattr(self, "_store_version", 0)
+        cached = indexes.get(kind)
+        if cached is None or cached[0] != mark:
+            ordered = sorted(((o.get("created") or 0, self._order[o["id"]]), o)
+                             for o in self._objects.values() if o.get("object") == kind)
+            cached = (mark, ordered, {o["id"]: j for j, (_, o) in enumerate(ordered)})
+            indexes[kind] = cached
+        return cached[1], cached[2]
 
     # ----------------------------------------------------------------- HTTP dispatch
 
@@ -840,44 +865,22 @@ class StripeSandbox:
             # Same answer as the general path below, walking a sorted index from the cursor instead of
             # sorting every event per request (that made the stand-in, not the client, the bottleneck).
             page, has_more = self._event_page(self._event_predicate(params), created, limit, after, before)
-            data = [clone(o) for o in page]
+            # Not copied: stored events are immutable snapshots, and the page is only serialised.
+            data = list(page)
             return {"object": "list", "data": data, "has_more": has_more, "url": "/v1/events"}
         kind = COLLECTIONS[collection]
-        pool = [
-            ((o.get("created") or 0, self._order[o["id"]]), o)
-            for o in self._objects.values()
-            if o.get("object") == kind
-        ]
         keep = self._object_predicate(collection, params)
-        keys = {obj["id"]: key for key, obj in pool}
+        ordered, positions = self._sorted_objects(kind)
 
-        def cursor_key(obj_id: str, param: str) -> tuple[int, int]:
-            if obj_id not in keys:  # unknown, another type, or (events) past the 30-day window
+        def position(obj_id: str, param: str) -> int:
+            if obj_id not in positions:  # unknown, or another type
                 _missing(kind, obj_id, param, status=400)
-            return keys[obj_id]
+            return positions[obj_id]
 
         # Newest first; equal `created` falls back to insertion order (later inserted = newer).
-        ordered = sorted(
-            (
-                (key, obj)
-                for key, obj in pool
-                if keep(obj) and (created is None or created(obj.get("created") or 0))
-            ),
-            key=lambda pair: pair[0],
-            reverse=True,
-        )
-        if before is not None:
-            bound = cursor_key(before, "ending_before")
-            newer = [obj for key, obj in ordered if key > bound]
-            # The `limit` objects immediately newer than the cursor, still newest first.
-            page, has_more = newer[-limit:], len(newer) > limit
-        else:
-            if after is not None:
-                bound = cursor_key(after, "starting_after")
-                older = [obj for key, obj in ordered if key < bound]
-            else:
-                older = [obj for _, obj in ordered]
-            page, has_more = older[:limit], len(older) > limit
+        page, has_more = _walk(ordered, 0, keep, created, limit,
+                               position(after, "starting_after") if after is not None else None,
+                               position(before, "ending_before") if before is not None else None)
         data = [render(o, version, self._links) for o in page]
         result: Obj = {"object": "list", "data": data, "has_more": has_more, "url": f"/v1/{collection}"}
         return self._expand(result, paths, version)

@@ -216,6 +216,41 @@ def test_event_pages_match_a_brute_force_reference(
         assert ([e["id"] for e in body["data"]], body["has_more"]) == reference(params), params
 
 
+def test_object_pages_match_a_brute_force_reference(sandbox: StripeSandbox, factory: StripeFactory) -> None:
+    """The indexed object listing (here customers, with created ties) answers what a full sort would."""
+    import random
+
+    rng = random.Random(8)
+    made = [factory.customer(f"C{i}", f"c{i}@example.com", created=T0 - rng.randint(0, 40) * 3600)
+            for i in range(250)]
+    order = {c["id"]: i for i, c in enumerate(made)}
+    newest_first = sorted(made, key=lambda c: (c["created"], order[c["id"]]), reverse=True)
+    for _ in range(120):
+        limit = rng.choice([1, 7, 100])
+        query: dict[str, Any] = {"limit": limit}
+        pool = newest_first
+        if rng.random() < 0.3:
+            query["created[lte]"] = T0 - rng.randint(0, 40) * 3600
+            pool = [c for c in pool if c["created"] <= query["created[lte]"]]
+        cursor = rng.choice(made)
+        key = (cursor["created"], order[cursor["id"]])
+        roll = rng.random()
+        if roll < 0.4:
+            query["ending_before"] = cursor["id"]
+            newer = [c for c in pool if (c["created"], order[c["id"]]) > key]
+            expected = ([c["id"] for c in newer[-limit:]], len(newer) > limit)
+        else:
+            if roll < 0.8:
+                query["starting_after"] = cursor["id"]
+                pool = [c for c in pool if (c["created"], order[c["id"]]) < key]
+            expected = ([c["id"] for c in pool[:limit]], len(pool) > limit)
+        resp = requests.get(sandbox.base_url + "/v1/customers", params=query, timeout=5,
+                            headers={"Authorization": f"Bearer {sandbox.api_key}"})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert ([c["id"] for c in body["data"]], body["has_more"]) == expected, query
+
+
 def test_event_list_parameter_errors(
     sandbox: StripeSandbox, factory: StripeFactory, client: stripe.StripeClient
 ) -> None:
