@@ -74,7 +74,7 @@ class SyncSettings(_Strict):
     """How the pipeline batches and where it keeps state."""
 
     state_path: str | None = None
-    batch_size: int = Field(4000, ge=1, le=10_000)
+    batch_size: int = Field(10_000, ge=1, le=10_000)
     coalesce: bool = True
     log_format: Literal["auto", "plain", "json"] = "auto"
 

@@ -31,6 +31,56 @@ ORG_CACHE_TTL_S = 24 * 3600
 INVOICE_PAYMENT_MARGIN_S = 3600
 
 
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    """An event held as compact JSON, parsed on arrival, while its batch fills and is applied.
+
+    Decoded, an event costs about four times its JSON in memory, and a batch holds thousands; decoding
+    is also the slowest step of a run, so it is parsed once, on arrival, and decoded again only where
+    its payload is needed later (a dead letter keeps `text`; a failed invoice's hydration reads it).
+    """
+
+    id: str | None
+    created: int | None
+    type: str | None
+    text: str
+    parsed: Any  # model.parse_event's result, or the exception it raised
+
+    @classmethod
+    def of(cls, event: Mapping[str, Any]) -> HeldEvent:
+        """Hold `event` (its id, time and type stay readable without decoding)."""
+        def field(key: str, kind: type) -> Any:
+            value = event.get(key)
+            return value if isinstance(value, kind) and not isinstance(value, bool) else None
+        try:
+            parsed: Any = model.parse_event(event)
+        except Exception as exc:  # raised again where the batch parses it, to be dead-lettered there
+            parsed = exc
+        return cls(field("id", str), field("created", int), field("type", str),
+                   json.dumps(event, default=str, separators=(",", ":")), parsed)
+
+    def parse(self) -> model.Change | CustomerChange | model.Unsupported:
+        """model.parse_event's result for this event (raising what it raised)."""
+        if isinstance(self.parsed, Exception):
+            raise self.parsed
+        return self.parsed  # type: ignore[no-any-return]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """`id`, `created` or `type`, as on the event itself."""
+        return {"id": self.id, "created": self.created, "type": self.type}.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+    def load(self) -> dict[str, Any]:
+        """The event, decoded."""
+        event = json.loads(self.text)
+        return event if isinstance(event, dict) else {}
+
+
+Raw = Mapping[str, Any] | HeldEvent  # an event as received, or held
+
+
 @dataclass
 class RunSummary:
     """What a run did; printed at the end, and stored with the run."""
@@ -198,10 +248,10 @@ class Pipeline:
         return self._batch(events, summary, advance_cursor=False, bulk=bulk, commit_meta=commit_meta)
 
     def _run(self, events: Iterable[dict[str, Any]], summary: RunSummary, *, max_events: int | None) -> None:
-        batch: list[dict[str, Any]] = []
+        batch: list[dict[str, Any] | HeldEvent] = []
         size = self.settings.sync.batch_size
         for event in events:
-            batch.append(event)
+            batch.append(HeldEvent.of(event))
             if max_events is not None and summary.events_read + len(batch) >= max_events:
                 break
             if len(batch) >= size:
@@ -212,7 +262,7 @@ class Pipeline:
             self._batch(batch, summary, advance_cursor=True)
 
     # --- one batch --------------------------------------------------------------------------
-    def _batch(self, events: Sequence[dict[str, Any]], summary: RunSummary, *, advance_cursor: bool,
+    def _batch(self, events: Sequence[dict[str, Any] | HeldEvent], summary: RunSummary, *, advance_cursor: bool,
                retried: bool = False, bulk: bool = False, commit_meta: dict[str, str] | None = None) -> bool:
         """Process one batch; False when the API budget says stop."""
         gw = self.salesforce.connected
@@ -223,15 +273,15 @@ class Pipeline:
         summary.events_read += len(events)
         outcomes: list[Outcome] = []
         versions: dict[str, tuple[int, str]] = {}
-        known = self.state.outcomes_for([e["id"] for e in events if isinstance(e.get("id"), str)])
-        parsed: list[tuple[dict[str, Any], model.Change | CustomerChange]] = []
+        known = self.state.outcomes_for([e.get("id") for e in events if isinstance(e.get("id"), str)])
+        parsed: list[tuple[Raw, model.Change | CustomerChange]] = []
         for raw in events:
             eid = raw.get("id") if isinstance(raw.get("id"), str) else None
             if eid and eid in known and not (retried and known[eid] == "dead_letter"):
                 summary.skipped_duplicate += 1
                 continue
             try:
-                change = model.parse_event(raw)
+                change = raw.parse() if isinstance(raw, HeldEvent) else model.parse_event(raw)
             except MalformedEvent as exc:
                 outcomes.append(_dead(raw, exc.reason, exc.code))
                 continue
@@ -246,7 +296,7 @@ class Pipeline:
 
         # Order guard (invariant 3): an event older than the newest applied to its object is stale.
         stored = self.state.versions_for(c.object_id for _, c in parsed)
-        fresh: list[tuple[dict[str, Any], model.Change]] = []
+        fresh: list[tuple[Raw, model.Change]] = []
         customers: list[CustomerChange] = []
         for raw, change in parsed:
             newest = stored.get(change.object_id)
@@ -265,7 +315,7 @@ class Pipeline:
             fresh.append((raw, change))
         self._prefetch(fresh, customers)
 
-        planned: list[tuple[dict[str, Any], model.Change, rules.Plan]] = []
+        planned: list[tuple[Raw, model.Change, rules.Plan]] = []
         for raw, change in fresh:
             try:
                 change = self._hydrate(raw, change)
@@ -316,11 +366,12 @@ class Pipeline:
             self.on_batch(summary)
         return True
 
-    def _prefetch(self, fresh: Sequence[tuple[dict[str, Any], model.Change]],
+    def _prefetch(self, fresh: Sequence[tuple[Raw, model.Change]],
                   customers: Sequence[CustomerChange]) -> None:
         """Gather, for a whole batch, what its events' payloads lack, so hydration costs a few calls per
         batch instead of one per event: customer details from state (kept current by customer.* events),
         and the batch's invoice payments in one listing."""
+        self.source.forget()
         known = [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created) for c in customers]
         for _, change in fresh:  # an expanded customer (backfill's lists) is as good as a customer event
             cust_meta = getattr(change, "customer_metadata", None)
@@ -345,7 +396,8 @@ class Pipeline:
         failures = [c for _, c in fresh if isinstance(c, InvoiceFailureChange) and c.failure_code is None]
         if not payments and not failures:
             return
-        starts = [_object_created(raw) or c.meta.created for raw, c in payments] + [c.meta.created for c in failures]
+        # A PaymentIntent is created before it succeeds: the window starts at its own `created`.
+        starts = [c.meta.object_created or c.meta.created for _, c in payments] + [c.meta.created for c in failures]
         ends = [c.meta.created for _, c in payments] + [c.meta.created for c in failures]
         self.source.prefetch_invoice_payments(
             since=min(starts) - INVOICE_PAYMENT_MARGIN_S, until=max(ends) + INVOICE_PAYMENT_MARGIN_S,
@@ -359,7 +411,7 @@ class Pipeline:
                                obj.get("name") if isinstance(obj.get("name"), str) else None, not obj, int(now))
                 for cid, obj in fresh.items())
 
-    def _hydrate(self, raw: Mapping[str, Any], change: model.Change) -> model.Change:
+    def _hydrate(self, raw: Raw, change: model.Change) -> model.Change:
         """Fill in what the payload lacks (customer metadata, invoice links, a failed invoice's failure
         code), from the batch's prefetch where it has it, else with a read of its own."""
         customer_id = getattr(change, "customer_id", None)
@@ -476,16 +528,16 @@ def _write_bulk_split(gw: SalesforceGateway, ops: Sequence[SfOp], sleep: Callabl
     return results
 
 
-def _unexpected(raw: Mapping[str, Any], exc: Exception) -> Outcome:
+def _unexpected(raw: Raw, exc: Exception) -> Outcome:
     log.error("unexpected %s on event %s: dead-lettered so the run goes on", type(exc).__name__,
-              raw.get("id") if isinstance(raw, Mapping) else "?", exc_info=log.isEnabledFor(logging.DEBUG))
+              raw.get("id") if isinstance(raw, Mapping | HeldEvent) else "?", exc_info=log.isEnabledFor(logging.DEBUG))
     return _dead(raw, f"{type(exc).__name__} while applying the rules: this is a stripe-sf bug; report it with "
                       "`stripe-sf dlq list --json` output", "UNEXPECTED")
 
 
-def _dead(raw: Mapping[str, Any], reason: str, code: str, object_id: str | None = None) -> Outcome:
+def _dead(raw: Raw, reason: str, code: str, object_id: str | None = None) -> Outcome:
     eid = raw.get("id") if isinstance(raw.get("id"), str) else None
-    payload = json.dumps(raw, default=str, sort_keys=True)
+    payload = raw.text if isinstance(raw, HeldEvent) else json.dumps(raw, default=str, sort_keys=True)
     if eid is None:
         eid = "malformed_" + hashlib.sha256(payload.encode()).hexdigest()[:24]
     created = raw.get("created") if isinstance(raw.get("created"), int) else 0
@@ -508,16 +560,10 @@ def _needs_customer(change: model.Change) -> bool:
             and not (meta.get("salesforce_opportunity_id") and meta.get("salesforce_account_id")))
 
 
-def _get_obj(raw: Mapping[str, Any]) -> dict[str, Any]:
-    data = raw.get("data")
+def _get_obj(raw: Raw) -> dict[str, Any]:
+    data = (raw.load() if isinstance(raw, HeldEvent) else raw).get("data")
     obj = data.get("object") if isinstance(data, Mapping) else None
     return dict(obj) if isinstance(obj, Mapping) else {}
-
-
-def _object_created(raw: Mapping[str, Any]) -> int | None:
-    """The event object's own `created` (a PaymentIntent is created before it succeeds)."""
-    created = _get_obj(raw).get("created")
-    return created if isinstance(created, int) and not isinstance(created, bool) and created > 0 else None
 
 
 def _has_charge_payment(payments: Sequence[Mapping[str, Any]]) -> bool:

@@ -277,6 +277,14 @@ class StripeSource:
             after = data[-1]["id"]
 
     # --- hydration --------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Drop what hydration holds (called per batch): state keeps the customers, so memory stays
+        bounded by the batch, not by the run."""
+        self._customers.clear()
+        self._fresh_customers.clear()
+        self._invoice_of_pi.clear()
+        self._payments_of_invoice.clear()
+
     def knows_customer(self, customer_id: str) -> bool:
         """Whether `customer` answers without a call."""
         return customer_id in self._customers

@@ -311,7 +311,7 @@ def test_many_pages_and_small_batches(tmp_path, env, org, stripe_sb):
         f.subscription_updated(sub["id"], {"status": "past_due"}, start + 86400 + i * 60)
         f.subscription_updated(sub["id"], {"status": "active"}, start + 2 * 86400 + i * 60)
         subs.append(sub["id"])
-    config = write_config(tmp_path / "sync.yaml", **{"batch_size: 4000": "batch_size: 70"})
+    config = write_config(tmp_path / "sync.yaml", **{"batch_size: 10000": "batch_size: 70"})
     service.run_discover(config, env, write=True, example=config.read_text())
     summary = run(config, env, since=time.strftime("%Y-%m-%d", time.gmtime(start - 86400)))
     assert summary.events_read == 180 and summary.applied == 180
