@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import stripe
@@ -54,20 +54,31 @@ def build_client(api_key: str, *, api_base: str | None, api_version: str, timeou
     return stripe.StripeClient(api_key, **kwargs), http
 
 
-@dataclass
 class Pacer:
-    """Keep requests under a per-second rate (Stripe: 25/s test mode, 100/s live; api-facts.md §3)."""
+    """At most `per_second` requests in any window of one second (Stripe: 25/s test mode, 100/s live;
+    api-facts.md §3). A sliding window rather than a fixed gap: a burst of page reads goes at once, and
+    only a sustained rate above the limit waits."""
 
-    per_second: float
-    _next: float = 0.0
+    def __init__(self, per_second: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.per_second = per_second
+        # A fractional rate (0.5/s) becomes one request per 2 s; 2.5/s, two per 0.8 s.
+        self._n = max(1, int(per_second))
+        self._window = self._n / per_second
+        self._sent: deque[float] = deque()
+        self._clock = clock
+        self._sleep = sleep
 
     def wait(self) -> None:
-        """Sleep until the next request may go."""
-        now = time.monotonic()
-        if self._next > now:
-            time.sleep(self._next - now)
-            now = self._next
-        self._next = now + 1.0 / self.per_second
+        """Sleep until one more request fits in the window, and count it."""
+        now = self._clock()
+        while self._sent and now - self._sent[0] >= self._window:
+            self._sent.popleft()
+        if len(self._sent) >= self._n:
+            self._sleep(self._sent[0] + self._window - now)
+            now = max(now, self._sent[0] + self._window)
+            self._sent.popleft()
+        self._sent.append(now)
 
 
 def _fatal(exc: stripe.StripeError, what: str) -> FatalSyncError:

@@ -142,3 +142,41 @@ def test_customer_cache_keeps_the_newest_version(tmp_path):
         st.remember_customers([CachedCustomer("cus_A", {"salesforce_account_id": "old"}, "A", False, 100)])
         assert st.customers_for(["cus_A", "cus_B"]) == {
             "cus_A": CachedCustomer("cus_A", {"salesforce_account_id": "new"}, "A", False, 200)}
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(s)
+        self.now += s
+
+
+def test_pacer_lets_a_burst_through_and_holds_any_second_to_the_limit():
+    from stripe_sf_sync.stripe_source import Pacer
+
+    t = FakeTime()
+    pacer = Pacer(20, clock=t.clock, sleep=t.sleep)
+    sent = []
+    for _ in range(70):
+        pacer.wait()
+        sent.append(t.now)
+        t.now += 0.001  # each request itself takes a millisecond
+    assert t.slept[0] > 0.9 and len([s for s in sent if s < 101.0]) == 20  # the first 20 at once
+    assert all(sum(1 for s in sent if a <= s < a + 1.0) <= 20 for a in sent)  # never 21 in a second
+    assert 3.0 <= sent[-1] - sent[0] < 3.1  # 70 requests at 20/s: three windows of waiting
+
+
+def test_pacer_with_a_fractional_rate_spaces_requests():
+    from stripe_sf_sync.stripe_source import Pacer
+
+    t = FakeTime()
+    pacer = Pacer(0.5, clock=t.clock, sleep=t.sleep)
+    for _ in range(3):
+        pacer.wait()
+    assert t.now - 100.0 == 4.0  # one request per two seconds
