@@ -150,76 +150,65 @@ def _generate(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, custome
     since = (start - DAY) // DAY * DAY  # UTC midnight: `--since DATE` means exactly this
     out = Generated(since=since, now=now, events=events, customers=m, unmatched_customers=0)
 
-    customer_ids: list[str] = []
-    signups: list[dict[str, Any]] = []  # customers new in the window: a customer.created event each
+    # Customers with an older subscription exist before the window; the others sign up in it, each just
+    # before its first event (a customer.created event, counted as one of the run's events).
+    customer_ids: list[str | None] = []  # None: not signed up yet
+    pending: dict[int, tuple[str, float, dict[str, Any]]] = {}
     for i in range(m):
         name = f"Customer {i:06d}"
         roll = rng.random()
         extra: dict[str, Any] = {"CSM__c": csm} if rng.random() < CSM_SHARE else {}
         record = {"Name": name, "OwnerId": owners[i % 2], **extra}
-        account: str | None = None
-        existing = rng.random() < EXISTING_SUBSCRIPTION_SHARE
-        # New customers sign up on the window's first day, after --since, before any event that uses them.
-        created = before if existing else since + 60 + i
-        if roll < UNMATCHED_SHARE:
-            cus = f.customer(name, f"billing{i}@example.com", created=created)
-            out.unmatched_customers += 1
-        elif roll < UNMATCHED_SHARE + METADATA_LINKED_SHARE:
-            account = org.insert("Account", record)
-            cus = f.customer(name, f"billing{i}@example.com", metadata={"salesforce_account_id": account},
-                             created=created)
-        else:
-            cus = f.customer(name, f"billing{i}@example.com", created=created)
-            account = org.insert("Account", {**record, "Stripe_Customer_ID__c": cus["id"]})
-            if rng.random() < OPEN_OPPORTUNITY_SHARE:
-                org.insert("Opportunity", {"Name": f"{name} - new deal", "AccountId": account,
-                                           "StageName": "Negotiation", "CloseDate": "2026-12-31",
-                                           "RecordTypeId": new_business, "Stripe_Customer_ID__c": cus["id"]})
+        if rng.random() >= EXISTING_SUBSCRIPTION_SHARE:
+            pending[i] = (name, roll, record)
+            customer_ids.append(None)
+            continue
+        cus, account = _customer(b, out, i, name, roll, record, before, new_business)
         customer_ids.append(str(cus["id"]))
-        if not existing:
-            signups.append(cus)
-        else:
-            out.known_customers.append((str(cus["id"]), dict(cus["metadata"]), name, before))
-            status = "past_due" if rng.random() < 0.05 else "active"
-            sub = f.subscription(cus["id"], b.items(catalog), status=status, created=before)
-            b.add_live(sub)
-            if account is not None:
-                # As after earlier syncs (or a backfill): the won Opportunity and the status are already there.
-                org.insert("Opportunity", {"Name": f"{name} - subscription", "AccountId": account,
-                                           "StageName": WON_STAGE, "CloseDate": _date(before),
-                                           "RecordTypeId": new_business, "Stripe_Customer_ID__c": cus["id"],
-                                           "Stripe_Subscription_ID__c": sub["id"]})
-                org.update("Account", account, {"Subscription_Status__c": status})
+        out.known_customers.append((str(cus["id"]), dict(cus["metadata"]), name, before))
+        status = "past_due" if rng.random() < 0.05 else "active"
+        sub = f.subscription(cus["id"], b.items(catalog), status=status, created=before)
+        b.add_live(sub)
+        if account is not None:
+            # As after earlier syncs (or a backfill): the won Opportunity and the status are already there.
+            org.insert("Opportunity", {"Name": f"{name} - subscription", "AccountId": account,
+                                       "StageName": WON_STAGE, "CloseDate": _date(before),
+                                       "RecordTypeId": new_business, "Stripe_Customer_ID__c": cus["id"],
+                                       "Stripe_Subscription_ID__c": sub["id"]})
+            org.update("Account", account, {"Subscription_Status__c": status})
 
     # An account with history: a few events just before --since, so the first run finds its starting
     # point with one call (a brand-new account would make it walk every page once more).
     for k in range(min(HISTORY_EVENTS, len(b.live))):
         f.subscription_updated(b.live[k], {"metadata": {"history": str(k)}}, out.since - 3600 + k)
 
-    # Sign-ups count as events of the run: the mix fills the rest.
-    signups = signups[:events]
-    for cus in signups:
-        ev = f.emit("customer.created", cus, int(cus["created"]))
-        out.kinds["customer.created"] += 1
-        out.event_types[ev["type"]] += 1
-
     kinds = list(MIX)
     weights = [MIX[k] for k in kinds]
-    mixed = events - len(signups)
-    step = WINDOW_DAYS * DAY / max(mixed, 1)
-    for n in range(mixed):
+    step = WINDOW_DAYS * DAY / max(events, 1)
+    for n in range(events):
         at = start + int(n * step)  # strictly chronological: every object sees its events in order
         kind = rng.choices(kinds, weights=weights)[0]
         sub_id = b.pick_live()
         if kind != "subscription.created" and kind != "payment_intent.succeeded" and sub_id is None:
             kind = "subscription.created"
+        if kind in ("subscription.created", "payment_intent.succeeded"):
+            i = rng.randrange(m)
+            if customer_ids[i] is None:  # its first event: the sign-up is this step's event
+                name, roll, record = pending.pop(i)
+                cus, _ = _customer(b, out, i, name, roll, record, at, new_business)
+                customer_ids[i] = str(cus["id"])
+                ev = f.emit("customer.created", cus, at)
+                out.kinds["customer.created"] += 1
+                out.event_types[ev["type"]] += 1
+                continue
+            cus_id = customer_ids[i]
+            assert cus_id is not None
         if kind == "subscription.created":
             status = rng.choices(["active", "trialing", "incomplete"], weights=[70, 20, 10])[0]
-            sub = f.subscription(rng.choice(customer_ids), b.items(catalog), status=status, created=at)
+            sub = f.subscription(cus_id, b.items(catalog), status=status, created=at)
             b.add_live(sub)
             ev = f.subscription_created(sub, at)
         elif kind == "payment_intent.succeeded":
-            cus_id = rng.choice(customer_ids)
             amount = rng.choice([2500, 9900, 49900, 150000])
             pi = f.payment_intent(cus_id, amount, "usd", status="succeeded", created=at - 30,
                                   description="One-time purchase")
@@ -230,6 +219,27 @@ def _generate(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, custome
         out.kinds[kind] += 1
         out.event_types[ev["type"]] += 1
     return out
+
+
+def _customer(b: _Builder, out: Generated, i: int, name: str, roll: float, record: dict[str, Any], created: int,
+              new_business: str) -> tuple[dict[str, Any], str | None]:
+    """A customer and its Account as the scenario's shares say: none, linked by metadata, or by
+    Stripe_Customer_ID__c (some with an open Opportunity waiting for a subscription)."""
+    f, org = b.f, b.org
+    email = f"billing{i}@example.com"
+    if roll < UNMATCHED_SHARE:
+        out.unmatched_customers += 1
+        return f.customer(name, email, created=created), None
+    if roll < UNMATCHED_SHARE + METADATA_LINKED_SHARE:
+        account = org.insert("Account", record)
+        return f.customer(name, email, metadata={"salesforce_account_id": account}, created=created), account
+    cus = f.customer(name, email, created=created)
+    account = org.insert("Account", {**record, "Stripe_Customer_ID__c": cus["id"]})
+    if b.rng.random() < OPEN_OPPORTUNITY_SHARE:
+        org.insert("Opportunity", {"Name": f"{name} - new deal", "AccountId": account, "StageName": "Negotiation",
+                                   "CloseDate": "2026-12-31", "RecordTypeId": new_business,
+                                   "Stripe_Customer_ID__c": cus["id"]})
+    return cus, account
 
 
 def seed_state(state_path: Path, gen: Generated) -> int:

@@ -188,7 +188,8 @@ class StripeSource:
             # Separate listings cannot share one cursor position safely; only 5 types are used today.
             raise ValueError("more than 20 event types need a merged listing")
         before = cursor_id
-        seen: set[str] = set()
+        last_page: set[str] = set()  # only the last page: a run can read millions of events
+        newest_seen = 0
         while True:
             params: dict[str, Any] = {"limit": page_limit, "ending_before": before, "types": chunks[0]}
             try:
@@ -204,13 +205,15 @@ class StripeSource:
             data = _raw_list(page)
             if not data:
                 return
-            if data[0]["id"] in seen:
-                # A repeated page token would loop forever (meltano habit): stop loudly instead.
+            oldest = data[-1].get("created") if isinstance(data[-1].get("created"), int) else 0
+            if data[0]["id"] in last_page or data[-1]["id"] in last_page or oldest < newest_seen:
+                # A repeated (or older) page would loop forever (meltano habit): stop loudly instead. Pages
+                # only move forward in time, so this needs the last page and a time, not every id read.
                 raise FatalSyncError("Stripe returned the same page of events twice.",
                                      hint="Retry later; if it persists, report it with --debug output.")
-            for event in reversed(data):
-                seen.add(event["id"])
-                yield event
+            last_page = {event["id"] for event in data}
+            newest_seen = max(newest_seen, *(e["created"] for e in data if isinstance(e.get("created"), int)), 0)
+            yield from reversed(data)
             if not _has_more(page):
                 return
             before = data[0]["id"]

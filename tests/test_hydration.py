@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from stripe_sf_sync import service
 from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import CachedCustomer, StateStore
@@ -180,3 +182,20 @@ def test_pacer_with_a_fractional_rate_spaces_requests():
     for _ in range(3):
         pacer.wait()
     assert t.now - 100.0 == 4.0  # one request per two seconds
+
+
+@pytest.mark.parametrize("second", ["same", "older"])
+def test_a_page_that_does_not_move_forward_stops_the_run(second):
+    from stripe_sf_sync.errors import FatalSyncError
+    from stripe_sf_sync.stripe_source import StripeSource
+
+    newer = {"data": [{"id": f"evt_n{i}", "created": 200 - i} for i in range(3)], "has_more": True}
+    older = {"data": [{"id": f"evt_o{i}", "created": 100 - i} for i in range(3)], "has_more": True}
+    pages = iter([newer, newer if second == "same" else older])
+    source = StripeSource.__new__(StripeSource)
+    source._get = lambda *a, **k: next(pages)  # type: ignore[method-assign]
+    got = []
+    with pytest.raises(FatalSyncError, match="same page"):
+        for event in source.events_after("evt_start"):
+            got.append(event["id"])
+    assert got == ["evt_n2", "evt_n1", "evt_n0"]
