@@ -199,3 +199,22 @@ def test_a_page_that_does_not_move_forward_stops_the_run(second):
         for event in source.events_after("evt_start"):
             got.append(event["id"])
     assert got == ["evt_n2", "evt_n1", "evt_n0"]
+
+
+@pytest.mark.parametrize(("in_salesforce", "written"), [("active", False), ("canceled", True)])
+def test_account_status_is_written_only_when_salesforce_differs(tmp_path, env, org, stripe_sb, sf_sb,
+                                                                in_salesforce, written):
+    f = StripeFactory(stripe_sb, seed=25)
+    t = int(time.time()) - 2 * DAY
+    cus = f.customer("Steady Co", "s@example.com", created=t - 90 * DAY)
+    acct = org.insert("Account", {"Name": "Steady Co", "Stripe_Customer_ID__c": cus["id"],
+                                  "Subscription_Status__c": in_salesforce})
+    sub = f.subscription(cus["id"], [(f.price(4000), 1)], created=t)
+    f.subscription_created(sub, t)
+    config = configured(tmp_path, env)
+    mark = len(sf_sb.requests_log)
+    summary = run(config, env, since=day(t - DAY))
+    assert summary.applied == 1 and len(org.records("Opportunity")) == 1
+    account_updates = [r for r in sf_sb.requests_log[mark:] if r[0] == "PATCH" and r[1].endswith("/composite/sobjects")]
+    assert bool(account_updates) is written  # an unchanged status costs no call; a hand edit is put right
+    assert org.get("Account", acct)["Subscription_Status__c"] == "active"
