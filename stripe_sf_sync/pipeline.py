@@ -16,7 +16,7 @@ from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import LoadedConfig
 from stripe_sf_sync.errors import ConfigError, CursorExpiredError, StripeSfError
 from stripe_sf_sync.model import CustomerChange, InvoiceFailureChange, MalformedEvent, PaymentChange
-from stripe_sf_sync.resolve import Materializer, WriteSettings, lookup
+from stripe_sf_sync.resolve import AccountCache, Materializer, WriteSettings, lookup
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes, apply_writes_bulk
 from stripe_sf_sync.state import CachedCustomer, Cursor, Outcome, StateStore
 from stripe_sf_sync.stripe_source import BASIL, RETENTION_S, StripeSource
@@ -196,6 +196,7 @@ class Pipeline:
         self.sleep = sleep
         self.on_batch = on_batch
         self._org: OrgFacts | None = None
+        self._accounts = AccountCache()  # Accounts read in this run: later batches skip their lookups
         won = self.settings.salesforce.won_stage or ""
         self.ctx = rules.RuleContext(won, self.settings.salesforce.fields, self.settings.stripe.dashboard_url)
         self.run_id: int | None = None
@@ -470,7 +471,7 @@ class Pipeline:
         settings = WriteSettings(self.settings.salesforce.fields, self.settings.record_type_id(), org.task_upsert,
                                  coalesce=self.settings.sync.coalesce)
         all_intents = [it for _, _, p in planned for it in p.intents]
-        found = lookup(gw, settings.names, all_intents)
+        found = lookup(gw, settings.names, all_intents, self._accounts)
         mat = Materializer(found, settings)
         failures: dict[str, tuple[str, str]] = {}
         for _, change, plan in planned:
@@ -496,6 +497,8 @@ class Pipeline:
         if not self.dry_run:
             for op, res in zip(ops, results, strict=True):
                 if res.success:
+                    if op.sobject == "Account" and op.kind == "update":
+                        self._accounts.wrote(op.key, op.fields, settings.names)
                     continue
                 for ev in op.events:
                     reason = f"{op.label}: {res.code} {res.message or ''}".strip()

@@ -7,7 +7,7 @@ by external id -> dead letter (integration guide, "Common Pitfalls").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,8 +79,41 @@ def _selects(fields: str, sobject: str, where_field: str, values: Iterable[str])
                         values=chunk) for chunk in _chunks(uniq)]
 
 
-def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent]) -> Lookups:
-    """Run the batch's lookups: Accounts by Id and customer, Opportunities by Id, sub, payment, customer."""
+class AccountCache:
+    """Accounts read earlier in this run, so a long run's later batches need not look them up again.
+
+    Safe because stripe-sf never creates Accounts and updates only their status (and the customer-id
+    link), which it records here as it writes them. A run is minutes long; each run starts empty, so a
+    change made by hand in Salesforce is seen by the next run at the latest. Customers without an Account
+    are not remembered: each batch looks for them again.
+    """
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, AccountRow] = {}
+        self.by_customer: dict[str, AccountRow] = {}
+
+    def add(self, row: AccountRow) -> None:
+        """Remember a row read from Salesforce."""
+        self.by_id[row.id] = row
+        if row.customer_id:
+            self.by_customer[row.customer_id] = row
+
+    def wrote(self, account_id: str, fields: Mapping[str, Any], names: FieldNames) -> None:
+        """Record a successful Account update, so the next batch compares against what it now holds."""
+        row = self.by_id.get(account_id)
+        if row is None:
+            return
+        if names.subscription_status in fields:
+            row.status = fields[names.subscription_status]
+        if fields.get(names.customer_id):
+            row.customer_id = fields[names.customer_id]
+            self.by_customer[row.customer_id] = row
+
+
+def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
+           accounts: AccountCache | None = None) -> Lookups:
+    """Run the batch's lookups: Accounts by Id and customer (those not already in `accounts`), Opportunities
+    by Id, sub, payment, customer."""
     acct_ids: set[str] = set()
     customers: set[str] = set()
     opp_ids: set[str] = set()
@@ -101,6 +134,14 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent]) 
                 opp_customers.add(acct.customer_id)
 
     found = Lookups()
+    cache = accounts if accounts is not None else AccountCache()
+    for row in [cache.by_id[a] for a in acct_ids if a in cache.by_id] + [
+            cache.by_customer[c] for c in customers if c in cache.by_customer]:
+        found.accounts_by_id[row.id] = row
+        if row.customer_id:
+            found.accounts_by_customer[row.customer_id] = row
+    acct_ids -= cache.by_id.keys()
+    customers -= cache.by_customer.keys()
     a_fields = ["Id", "Name", "OwnerId", names.subscription_status, names.customer_id]
     if names.account_csm:
         a_fields.append(names.account_csm)
@@ -123,6 +164,7 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent]) 
         found.accounts_by_id[row.id] = row
         if row.customer_id:
             found.accounts_by_customer[row.customer_id] = row
+        cache.add(row)
 
     rows = [r for res in results[len(account_queries):] for r in res]
     seen: set[str] = set()

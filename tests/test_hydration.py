@@ -218,3 +218,32 @@ def test_account_status_is_written_only_when_salesforce_differs(tmp_path, env, o
     account_updates = [r for r in sf_sb.requests_log[mark:] if r[0] == "PATCH" and r[1].endswith("/composite/sobjects")]
     assert bool(account_updates) is written  # an unchanged status costs no call; a hand edit is put right
     assert org.get("Account", acct)["Subscription_Status__c"] == "active"
+
+
+def test_later_batches_of_a_run_reuse_the_accounts_it_already_read(tmp_path, env, org, stripe_sb, monkeypatch):
+    from stripe_sf_sync.salesforce_sink import SalesforceGateway
+
+    f = StripeFactory(stripe_sb, seed=26)
+    t = int(time.time()) - 2 * DAY
+    cus = f.customer("Busy Co", "b@example.com", created=t - 90 * DAY)
+    acct = org.insert("Account", {"Name": "Busy Co", "Stripe_Customer_ID__c": cus["id"]})
+    sub = f.subscription(cus["id"], [(f.price(2000), 1)], created=t)
+    f.subscription_created(sub, t)
+    for k, status in enumerate(["past_due", "active", "past_due", "active", "past_due"]):
+        f.subscription_updated(sub["id"], {"status": status}, t + 3600 * (k + 1))
+    config = write_config(tmp_path / "sync.yaml", **{"batch_size: 10000": "batch_size: 2"})
+    service.run_discover(config, env, write=True, example=config.read_text())
+    queries: list[str] = []
+    real = SalesforceGateway.query_many
+
+    def spy(self, soql):
+        queries.extend(soql)
+        return real(self, soql)
+
+    monkeypatch.setattr(SalesforceGateway, "query_many", spy)
+    summary = run(config, env, since=day(t - DAY))
+    assert summary.applied == 6
+    account_queries = [q for q in queries if q.startswith("SELECT") and "FROM Account" in q]
+    assert len(account_queries) == 1  # three batches, one Account look-up
+    assert org.get("Account", acct)["Subscription_Status__c"] == "past_due"  # every transition written
+    assert len([t for t in org.records("Task") if t["WhatId"] == acct]) == 5
