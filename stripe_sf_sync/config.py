@@ -59,6 +59,7 @@ class SalesforceSettings(_Strict):
     opportunity_record_type: str | None = None
     fields: FieldNames = Field(default_factory=FieldNames)
     api_budget: float = Field(0.8, gt=0, le=1)
+    write_concurrency: int = Field(3, ge=1, le=10)
     timeout_seconds: float = Field(60.0, gt=0, le=600)
 
     @field_validator("record_types")

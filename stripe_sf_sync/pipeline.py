@@ -492,7 +492,7 @@ class Pipeline:
             results = self._write_bulk(gw, ops)
             summary.records_written += sum(1 for r in results if r.success)
         else:
-            results = apply_writes(gw, ops, sleep=self.sleep)
+            results = apply_writes(gw, ops, sleep=self.sleep, workers=self.settings.salesforce.write_concurrency)
             summary.records_written += sum(1 for r in results if r.success)
         if not self.dry_run:
             for op, res in zip(ops, results, strict=True):

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, Literal
 
 import requests
@@ -116,6 +119,7 @@ class SalesforceGateway:
         self.timeout = timeout
         self.budget = budget
         self.usage = ApiUsage()
+        self._usage_lock = threading.Lock()  # collections calls of one phase run on a few threads
         self.max_attempts = max_attempts
         self._sleep = sleep
         self._reconnect = reconnect
@@ -129,11 +133,12 @@ class SalesforceGateway:
         def on_response(response: requests.Response, *args: Any, **kwargs: Any) -> None:
             if "/services/oauth2/" in response.url:
                 return  # token requests are not API calls
-            self.usage.calls += 1
             info = response.headers.get("Sforce-Limit-Info", "")
             m = re.search(r"api-usage=(\d+)/(\d+)", info)
-            if m:
-                self.usage.used, self.usage.total = int(m.group(1)), int(m.group(2))
+            with self._usage_lock:
+                self.usage.calls += 1
+                if m:
+                    self.usage.used, self.usage.total = int(m.group(1)), int(m.group(2))
         sf.session.hooks.setdefault("response", []).append(on_response)
 
     def renew(self) -> None:
@@ -343,45 +348,64 @@ def connect(secrets: SalesforceSecrets, *, api_version: str, session: requests.S
 
 
 def apply_writes(gw: SalesforceGateway, ops: Sequence[SfOp], *, lock_retries: int = 4,
-                 sleep: Callable[[float], None] = time.sleep) -> list[WriteResult]:
+                 sleep: Callable[[float], None] = time.sleep, workers: int = 1) -> list[WriteResult]:
     """Write every op through sObject Collections and return one result per op, in order.
 
-    Ops are grouped by (kind, sObject, external id field) and sent 200 at a time. Records that fail
-    with a retriable code (row locks) are sent again with backoff; a fatal code stops the run.
+    Ops are grouped by (kind, sObject, external id field) and sent 200 at a time, the groups one after
+    another (Opportunities, Tasks, then Accounts: the order crash safety relies on). Within a group, up
+    to `workers` calls run at once; records are sorted by their parent Account first, so that two calls
+    in flight rarely touch the same Account (Salesforce locks the parent of a child it writes). Records
+    that fail with a retriable code (row locks) are sent again with backoff; a fatal code stops the run.
     """
     results: list[WriteResult | None] = [None] * len(ops)
     groups: dict[tuple[str, str, str], list[int]] = {}
     for i, op in enumerate(ops):
         groups.setdefault((op.kind, op.sobject, op.ext_field or ""), []).append(i)
-    for (kind, sobject, ext), indexes in groups.items():
-        pending = list(indexes)
-        for attempt in range(lock_retries + 1):
-            retry: list[int] = []
-            for start in range(0, len(pending), COLLECTION_LIMIT):
-                chunk = pending[start:start + COLLECTION_LIMIT]
-                # Duplicate external ids in one call fail both rows (DUPLICATE_VALUE): coalescing
-                # already merged them, and this split is the guard if coalescing is off.
-                seen: set[str] = set()
-                first, later = [], []
-                for i in chunk:
-                    (later if ops[i].key in seen and kind != "create" else first).append(i)
-                    seen.add(ops[i].key)
-                for part in (first, later):
-                    if not part:
-                        continue
-                    for i, res in zip(part, gw.write_chunk(kind, sobject, ext or None,  # type: ignore[arg-type]
-                                                           [ops[j] for j in part]), strict=True):
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="stripe-sf-write") as pool:
+        for (kind, sobject, ext), indexes in groups.items():
+            pending = sorted(indexes, key=lambda i: _parent_of(ops[i])) if workers > 1 else list(indexes)
+            for attempt in range(lock_retries + 1):
+                chunks = [pending[start:start + COLLECTION_LIMIT]
+                          for start in range(0, len(pending), COLLECTION_LIMIT)]
+                retry: list[int] = []
+                for chunk_results in pool.map(partial(_write_chunk, gw, kind, sobject, ext, ops), chunks):
+                    for i, res in chunk_results:
                         if not res.success and res.code in FATAL_CODES:
                             raise FatalSyncError(f"Salesforce refused a {sobject} write: {res.code} {res.message}",
                                                  code=res.code, hint="The next run repeats this batch.")
                         if not res.success and res.code in RETRIABLE_CODES and attempt < lock_retries:
                             retry.append(i)
                         results[i] = res
-            if not retry:
-                break
-            sleep(min(0.5 * 2 ** attempt, 8.0))
-            pending = retry
+                if not retry:
+                    break
+                sleep(min(0.5 * 2 ** attempt, 8.0))
+                pending = retry
     return [r if r is not None else WriteResult(False, code="UNKNOWN", message="no result") for r in results]
+
+
+def _parent_of(op: SfOp) -> str:
+    """The Account a record hangs from (its own Id for an Account), for grouping writes by parent."""
+    if op.sobject == "Account":
+        return op.key
+    return str(op.fields.get("WhatId") or op.fields.get("AccountId") or "")
+
+
+def _write_chunk(gw: SalesforceGateway, kind: str, sobject: str, ext: str, ops: Sequence[SfOp],
+                 chunk: list[int]) -> list[tuple[int, WriteResult]]:
+    """One chunk of up to 200 records: one call, or two when an external id repeats in it."""
+    # Duplicate external ids in one call fail both rows (DUPLICATE_VALUE): coalescing already merged
+    # them, and this split is the guard if coalescing is off.
+    seen: set[str] = set()
+    first, later = [], []
+    for i in chunk:
+        (later if ops[i].key in seen and kind != "create" else first).append(i)
+        seen.add(ops[i].key)
+    out: list[tuple[int, WriteResult]] = []
+    for part in (first, later):
+        if part:
+            out.extend(zip(part, gw.write_chunk(kind, sobject, ext or None,  # type: ignore[arg-type]
+                                                [ops[j] for j in part]), strict=True))
+    return out
 
 
 BULK_NULL = "#N/A"  # Bulk API 2.0 CSV: an empty cell leaves a field alone; #N/A sets it to null

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -247,3 +248,36 @@ def test_later_batches_of_a_run_reuse_the_accounts_it_already_read(tmp_path, env
     assert len(account_queries) == 1  # three batches, one Account look-up
     assert org.get("Account", acct)["Subscription_Status__c"] == "past_due"  # every transition written
     assert len([t for t in org.records("Task") if t["WhatId"] == acct]) == 5
+
+
+def test_collection_calls_of_one_kind_run_a_few_at_once_grouped_by_account():
+    from stripe_sf_sync.salesforce_sink import SfOp, WriteResult, apply_writes
+
+    class FakeGateway:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.in_flight = self.most = 0
+            self.calls: list[tuple[str, list[str]]] = []
+
+        def write_chunk(self, kind, sobject, ext, ops):
+            with self.lock:
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+                self.calls.append((sobject, [op.fields.get("WhatId") or op.key for op in ops]))
+            time.sleep(0.05)
+            with self.lock:
+                self.in_flight -= 1
+            return [WriteResult(True, record_id=op.key) for op in ops]
+
+    accounts = [f"001{i:015d}" for i in range(7)]
+    tasks = [SfOp("upsert", "Task", f"evt_{n}", {"WhatId": accounts[n % 7]}, "Stripe_Event_ID__c") for n in range(700)]
+    updates = [SfOp("update", "Account", a, {"Subscription_Status__c": "active"}) for a in accounts]
+    gw = FakeGateway()
+    results = apply_writes(gw, tasks + updates, workers=3)  # type: ignore[arg-type]
+    assert [r.record_id for r in results] == [op.key for op in tasks + updates]  # in the ops' order
+    assert gw.most == 3  # four Task calls, three at a time
+    # The Account updates start only after every Task call has returned (crash-safety order).
+    assert [s for s, _ in gw.calls] == ["Task"] * 4 + ["Account"]
+    # Sorted by parent: each Account's 100 Tasks sit in at most two calls.
+    for a in accounts:
+        assert sum(1 for s, parents in gw.calls if s == "Task" and a in parents) <= 2
