@@ -219,39 +219,28 @@ class StateStore:
         self.set_meta("cursor_created", str(cursor.created))
 
     # --- ledger, versions -----------------------------------------------------------------
+    def _rows_in(self, select: str, column: str, keys: Iterable[str]) -> Iterator[sqlite3.Row]:
+        """`select` rows whose `column` is one of `keys`, 500 placeholders at a time (SQLite's limit)."""
+        ids = list(dict.fromkeys(keys))
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            # `select` and `column` are this module's constants; the keys travel as parameters.
+            yield from self._conn.execute(f"{select} WHERE {column} IN ({marks})", chunk)
+
     def outcomes_for(self, event_ids: Sequence[str]) -> dict[str, str]:
         """Durable outcomes of these events (those not yet seen are absent)."""
-        out: dict[str, str] = {}
-        for chunk in _chunks(list(event_ids), 500):
-            marks = ",".join("?" * len(chunk))
-            for row in self._conn.execute(
-                    f"SELECT event_id, outcome FROM events WHERE event_id IN ({marks})", chunk):  # noqa: S608
-                out[row[0]] = row[1]
-        return out
+        return {row[0]: row[1] for row in self._rows_in("SELECT event_id, outcome FROM events", "event_id", event_ids)}
 
     def versions_for(self, object_ids: Iterable[str]) -> dict[str, int]:
         """Newest applied event time per Stripe object (the order guard)."""
-        ids = list(dict.fromkeys(object_ids))
-        out: dict[str, int] = {}
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            for row in self._conn.execute(
-                    f"SELECT object_id, created FROM object_versions WHERE object_id IN ({marks})",  # noqa: S608
-                    chunk):
-                out[row[0]] = row[1]
-        return out
+        return {row[0]: row[1] for row in self._rows_in("SELECT object_id, created FROM object_versions",
+                                                         "object_id", object_ids)}
 
     def customers_for(self, customer_ids: Iterable[str]) -> dict[str, CachedCustomer]:
         """What state knows of these customers (from customer.* events, backfill and earlier reads)."""
-        ids = list(dict.fromkeys(customer_ids))
-        out: dict[str, CachedCustomer] = {}
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            for row in self._conn.execute(
-                    "SELECT customer_id, metadata, name, deleted, version FROM customers "  # noqa: S608
-                    f"WHERE customer_id IN ({marks})", chunk):
-                out[row[0]] = CachedCustomer(row[0], json.loads(row[1]), row[2], bool(row[3]), row[4])
-        return out
+        rows = self._rows_in("SELECT customer_id, metadata, name, deleted, version FROM customers", "customer_id",
+                             customer_ids)
+        return {row[0]: CachedCustomer(row[0], json.loads(row[1]), row[2], bool(row[3]), row[4]) for row in rows}
 
     def remember_customers(self, customers: Iterable[CachedCustomer]) -> None:
         """Keep customers' details; an older version never replaces a newer one."""
