@@ -272,18 +272,22 @@ class StripeSource:
             params["status"] = "open"  # unpaid; the caller keeps those with a failed attempt
         else:
             raise ValueError(f"unknown backfill object type {kind!r}")
+        yield from self._pages(kind, path, params, starting_after)
+
+    def _pages(self, kind: str, path: str, params: dict[str, Any],
+               starting_after: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Every page of a list endpoint, newest first, walking `starting_after`."""
         after = starting_after
         seen_last: str | None = None
         while True:
-            if after:
-                params["starting_after"] = after
-            page = self._get(f"listing {kind}", path, dict(params))
+            page = self._get(f"listing {kind}", path, {**params, "starting_after": after} if after else params)
             data = _raw_list(page)
             if not data:
                 return
             if data[-1]["id"] == seen_last:
                 raise FatalSyncError(f"Stripe returned the same page of {kind} twice.",
-                                     hint="Retry with --resume; if it persists, report it with --debug output.")
+                                     hint="Retry later (a backfill with --resume); if it persists, report it "
+                                          "with --debug output.")
             seen_last = data[-1]["id"]
             yield data
             if not _has_more(page):
@@ -344,12 +348,7 @@ class StripeSource:
             params["expand"] = ["data.payment.payment_intent"]
         found_pi: dict[str, str | None] = {}
         found_inv: dict[str, list[dict[str, Any]]] = {}
-        after: str | None = None
-        while True:
-            if after:
-                params["starting_after"] = after
-            page = self._get("listing invoice payments", "/v1/invoice_payments", dict(params))
-            data = _raw_list(page)
+        for data in self._pages("invoice payments", "/v1/invoice_payments", params):
             for p in data:
                 payment = p.get("payment") if isinstance(p.get("payment"), dict) else {}
                 pi = payment.get("payment_intent")
@@ -359,9 +358,6 @@ class StripeSource:
                     found_pi[pi_id] = inv
                 if inv in wanted_inv:
                     found_inv.setdefault(inv, []).append(p)
-            if not data or not _has_more(page) or data[-1].get("id") == after:
-                break
-            after = data[-1]["id"]
         for pi_id in wanted_pi:
             self._invoice_of_pi[pi_id] = found_pi.get(pi_id)
         self._payments_of_invoice.update(found_inv)
