@@ -336,7 +336,8 @@ class Pipeline:
                 continue
             planned.append((raw, change, plan))
 
-        self._keep_customers(self.source.take_fresh_customers(), self.clock())
+        if not self.dry_run:  # customers read this batch: later runs need not read them again
+            self.state.remember_customers(self.source.take_fresh_customers())
         if planned:
             outcomes.extend(self._write(planned, versions, summary, bulk=bulk))
 
@@ -384,12 +385,8 @@ class Pipeline:
             self.state.remember_customers(known)
         wanted = {c.customer_id for _, c in fresh if _needs_customer(c)}
         wanted -= {c for c in wanted if self.source.knows_customer(c)}
-        for cid, cached in self.state.customers_for(wanted).items():
-            self.source.remember_customer(cid, None if cached.deleted else
-                                          {"metadata": dict(cached.metadata), "name": cached.name})
-        for c in known:  # this batch's own customer events are newer than anything state held before
-            self.source.remember_customer(c.customer_id, None if c.deleted else
-                                          {"metadata": dict(c.metadata), "name": c.name})
+        for cached in [*self.state.customers_for(wanted).values(), *known]:
+            self.source.remember_customer(cached)  # the batch's own come last: newer than what state held
 
         if self.source.api_version < BASIL:
             return  # older payloads name the invoice and PaymentIntent themselves
@@ -404,25 +401,14 @@ class Pipeline:
             since=min(starts) - INVOICE_PAYMENT_MARGIN_S, until=max(ends) + INVOICE_PAYMENT_MARGIN_S,
             payment_intents=[c.payment_intent_id for _, c in payments], invoices=[c.invoice_id for c in failures])
 
-    def _keep_customers(self, fresh: Mapping[str, dict[str, Any]], now: float) -> None:
-        """Keep customers read from Stripe in state, so later runs need not read them again."""
-        if fresh and not self.dry_run:
-            self.state.remember_customers(
-                CachedCustomer(cid, {k: v for k, v in (obj.get("metadata") or {}).items() if isinstance(v, str)},
-                               obj.get("name") if isinstance(obj.get("name"), str) else None, not obj, int(now))
-                for cid, obj in fresh.items())
-
     def _hydrate(self, raw: Raw, change: model.Change) -> model.Change:
         """Fill in what the payload lacks (customer metadata, invoice links, a failed invoice's failure
         code), from the batch's prefetch where it has it, else with a read of its own."""
         customer_id = getattr(change, "customer_id", None)
         if customer_id and _needs_customer(change):
-            cust = self.source.customer(customer_id) or {}
-            md = cust.get("metadata") if isinstance(cust.get("metadata"), Mapping) else {}
-            name = cust.get("name") if isinstance(cust.get("name"), str) else None
-            change = dataclasses.replace(change, customer_metadata={k: v for k, v in md.items()
-                                                                     if isinstance(v, str)},
-                                         customer_name=name)
+            cust = self.source.customer(customer_id)
+            change = dataclasses.replace(change, customer_metadata=dict(cust.metadata) if cust else {},
+                                         customer_name=cust.name if cust else None)
         if isinstance(change, PaymentChange) and not change.invoice_known:
             change = dataclasses.replace(change, invoice_id=self.source.invoice_of_payment_intent(
                 change.payment_intent_id), invoice_known=True)
@@ -533,7 +519,7 @@ def _write_bulk_split(gw: SalesforceGateway, ops: Sequence[SfOp], sleep: Callabl
 
 def _unexpected(raw: Raw, exc: Exception) -> Outcome:
     log.error("unexpected %s on event %s: dead-lettered so the run goes on", type(exc).__name__,
-              raw.get("id") if isinstance(raw, Mapping | HeldEvent) else "?", exc_info=log.isEnabledFor(logging.DEBUG))
+              raw.get("id"), exc_info=log.isEnabledFor(logging.DEBUG))
     return _dead(raw, f"{type(exc).__name__} while applying the rules: this is a stripe-sf bug; report it with "
                       "`stripe-sf dlq list --json` output", "UNEXPECTED")
 

@@ -64,6 +64,16 @@ class Lookups:
     opps_by_payment: dict[str, OpportunityRow] = field(default_factory=dict)
     opps_by_customer: dict[str, list[OpportunityRow]] = field(default_factory=dict)
 
+    def add_account(self, row: AccountRow) -> None:
+        """Index an Account by its Id and, when it has one, its Stripe customer id."""
+        _index(self.accounts_by_id, self.accounts_by_customer, row)
+
+
+def _index(by_id: dict[str, AccountRow], by_customer: dict[str, AccountRow], row: AccountRow) -> None:
+    by_id[row.id] = row
+    if row.customer_id:
+        by_customer[row.customer_id] = row
+
 
 def _chunks(values: Sequence[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
     for i in range(0, len(values), size):
@@ -94,9 +104,7 @@ class AccountCache:
 
     def add(self, row: AccountRow) -> None:
         """Remember a row read from Salesforce."""
-        self.by_id[row.id] = row
-        if row.customer_id:
-            self.by_customer[row.customer_id] = row
+        _index(self.by_id, self.by_customer, row)
 
     def wrote(self, account_id: str, fields: Mapping[str, Any], names: FieldNames) -> None:
         """Record a successful Account update, so the next batch compares against what it now holds."""
@@ -137,9 +145,7 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
     cache = accounts if accounts is not None else AccountCache()
     for row in [cache.by_id[a] for a in acct_ids if a in cache.by_id] + [
             cache.by_customer[c] for c in customers if c in cache.by_customer]:
-        found.accounts_by_id[row.id] = row
-        if row.customer_id:
-            found.accounts_by_customer[row.customer_id] = row
+        found.add_account(row)
     acct_ids -= cache.by_id.keys()
     customers -= cache.by_customer.keys()
     a_fields = ["Id", "Name", "OwnerId", names.subscription_status, names.customer_id]
@@ -161,9 +167,7 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
         row = AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
                          r.get(names.account_csm) if names.account_csm else None,
                          r.get(names.subscription_status), r.get(names.customer_id))
-        found.accounts_by_id[row.id] = row
-        if row.customer_id:
-            found.accounts_by_customer[row.customer_id] = row
+        found.add_account(row)
         cache.add(row)
 
     rows = [r for res in results[len(account_queries):] for r in res]

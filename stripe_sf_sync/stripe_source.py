@@ -22,6 +22,7 @@ from tenacity import (
 
 from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError
 from stripe_sf_sync.model import EVENT_TYPES
+from stripe_sf_sync.state import CachedCustomer
 
 RETENTION_S = 30 * 86400  # Stripe lists events for 30 days only (api-facts.md §1)
 TYPES_PER_REQUEST = 20  # `types[]` accepts at most 20 names (api-facts.md §1)
@@ -111,7 +112,7 @@ class StripeSource:
         self._max_429 = max_rate_limit_retries
         self._clock = clock
         self._sleep = sleep
-        self._customers: dict[str, dict[str, Any]] = {}
+        self._customers: dict[str, CachedCustomer] = {}
         self._fresh_customers: list[str] = []  # read from Stripe this run, not yet kept in state
         self._invoice_of_pi: dict[str, str | None] = {}
         self._payments_of_invoice: dict[str, list[dict[str, Any]]] = {}
@@ -307,30 +308,34 @@ class StripeSource:
         """Whether `customer` answers without a call."""
         return customer_id in self._customers
 
-    def remember_customer(self, customer_id: str, obj: dict[str, Any] | None) -> None:
-        """Details known without a read (state, a customer.* event, an expanded payload); None = deleted."""
-        self._customers[customer_id] = obj or {}
+    def remember_customer(self, customer: CachedCustomer) -> None:
+        """Details known without a read (state, a customer.* event, an expanded payload)."""
+        self._customers[customer.customer_id] = customer
 
-    def take_fresh_customers(self) -> dict[str, dict[str, Any]]:
+    def take_fresh_customers(self) -> list[CachedCustomer]:
         """Customers read from Stripe since the last call, for the caller to keep in state."""
-        fresh = {c: self._customers[c] for c in self._fresh_customers}
+        fresh = [self._customers[c] for c in self._fresh_customers]
         self._fresh_customers = []
         return fresh
 
-    def customer(self, customer_id: str) -> dict[str, Any] | None:
-        """The customer (cached per run); None if Stripe has deleted it."""
+    def customer(self, customer_id: str) -> CachedCustomer | None:
+        """The customer's metadata and name (cached per batch); None if Stripe has deleted it."""
         if customer_id not in self._customers:
             try:
                 obj = self._get("reading a customer", f"/v1/customers/{_path_id(customer_id)}")
             except stripe.InvalidRequestError as exc:
                 if getattr(exc, "code", None) != "resource_missing":
                     raise _fatal(exc, "reading a customer") from None
-                obj = {}
+                obj = {"deleted": True}
+            metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
             # Only what rules read is kept: a run may see tens of thousands of customers.
-            self._customers[customer_id] = ({"metadata": obj.get("metadata"), "name": obj.get("name")}
-                                            if obj and not obj.get("deleted") else {})
+            self._customers[customer_id] = CachedCustomer(
+                customer_id, {k: v for k, v in metadata.items() if isinstance(v, str)},
+                obj.get("name") if isinstance(obj.get("name"), str) else None, obj.get("deleted") is True,
+                int(self._clock()))
             self._fresh_customers.append(customer_id)
-        return self._customers[customer_id] or None
+        cached = self._customers[customer_id]
+        return None if cached.deleted else cached
 
     def prefetch_invoice_payments(self, *, since: int, until: int, payment_intents: Sequence[str],
                                   invoices: Sequence[str]) -> None:
