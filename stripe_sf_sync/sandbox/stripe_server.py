@@ -404,6 +404,12 @@ class StripeSandbox:
         self._order: dict[str, int] = {}
         self._seq = 0
         self._event_index: dict[str, int] = {}
+        # List indexes, rebuilt when what they index changed (see _sorted_events, _sorted_objects).
+        self._sorted: list[tuple[tuple[int, int], Obj]] = []
+        self._sorted_keys: list[tuple[int, int]] = []
+        self._sorted_mark: tuple[int, int | None, int | None] | None = None
+        self._store_version = 0
+        self._object_indexes: dict[str, tuple[int, list[tuple[tuple[int, int], Obj]], dict[str, int]]] = {}
         self._lock = threading.RLock()
         self._bucket = _TokenBucket(rate_limit_per_s) if rate_limit_per_s else None
         self._server: ThreadingHTTPServer | None = None
@@ -502,7 +508,7 @@ class StripeSandbox:
             self._seq += 1
             self._order[obj_id] = self._seq
         self._objects[obj_id] = canonical
-        self._store_version = getattr(self, "_store_version", 0) + 1  # invalidates the list indexes
+        self._store_version += 1  # invalidates the list indexes
 
     def get(self, obj_id: str) -> Obj | None:
         """A copy of the stored (canonical) object, or None."""
@@ -579,7 +585,7 @@ class StripeSandbox:
         changed (appended to, cleared, or replaced)."""
         n = len(self.events)
         mark = (n, id(self.events[-1]) if n else None, id(self.events[0]) if n else None)
-        if getattr(self, "_sorted_mark", None) != mark:
+        if self._sorted_mark != mark:
             self._sorted = sorted(((e["created"], i), e) for i, e in enumerate(self.events))
             self._sorted_keys = [k for k, _ in self._sorted]
             self._sorted_mark = mark
@@ -606,14 +612,13 @@ class StripeSandbox:
     def _sorted_objects(self, kind: str) -> tuple[list[tuple[tuple[int, int], Obj]], dict[str, int]]:
         """Stored objects of `kind` with their sort key, oldest first, and id -> position; rebuilt after
         any store."""
-        indexes: dict[str, Any] = self.__dict__.setdefault("_object_indexes", {})
-        mark = getattr(self, "_store_version", 0)
-        cached = indexes.get(kind)
+        mark = self._store_version
+        cached = self._object_indexes.get(kind)
         if cached is None or cached[0] != mark:
             ordered = sorted(((o.get("created") or 0, self._order[o["id"]]), o)
                              for o in self._objects.values() if o.get("object") == kind)
             cached = (mark, ordered, {o["id"]: j for j, (_, o) in enumerate(ordered)})
-            indexes[kind] = cached
+            self._object_indexes[kind] = cached
         return cached[1], cached[2]
 
     # ----------------------------------------------------------------- HTTP dispatch
