@@ -232,7 +232,7 @@ def discover_config(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Find the org's Opportunity RecordTypeIds and won-stage label.
+    """Find the org's Opportunity RecordTypeIds and its won stage (by API name).
 
     Example: stripe-sf discover-config --write
     """
@@ -243,19 +243,28 @@ def discover_config(
         typer.echo(json.dumps(found.as_dict(), indent=2))
         return
     out = _stdout()
-    out.print(f"Won stage: {found.won_stage}" + (f" (also won: {', '.join(found.won_stages[1:])})"
-                                                 if len(found.won_stages) > 1 else ""), highlight=False)
+    label = f" (label: {found.won_stage_label})" if found.won_stage_label != found.won_stage else ""
+    others = [api for api, _ in found.won_stages[1:]]
+    out.print(f"Won stage: {found.won_stage}{label}" + (f" (also won: {', '.join(others)})" if others else ""),
+              highlight=False)
     table = Table(title="Opportunity record types")
     table.add_column("name")
     table.add_column("RecordTypeId")
     table.add_column("")
     for name, rid in found.record_types.items():
         mark = "new Opportunities" if name == found.chosen_record_type else (
-            "org default" if name == found.default_record_type else "")
+            "not available to this user" if name in found.unavailable_record_types else (
+                "org default" if name == found.default_record_type else ""))
         table.add_row(name, rid, mark)
     out.print(table)
+    if found.configured_unavailable:
+        fix = (f"--write set opportunity_record_type to {found.chosen_record_type!r}." if write and
+               found.chosen_record_type else
+               "Give the integration user's profile access to it, or run with --write to choose one it may use.")
+        out.print(f"The configured record type {found.configured_unavailable!r} is not available to the "
+                  f"integration user: every Opportunity created with it would fail. {fix}", highlight=False)
     if write:
-        out.print(f"Wrote won_stage and record_types to {config}.", highlight=False)
+        out.print(f"Wrote won_stage (the API name) and record_types to {config}.", highlight=False)
     else:
         out.print("Run again with --write to store these in the config.", highlight=False)
 

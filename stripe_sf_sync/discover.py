@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,44 @@ from stripe_sf_sync.sfid import to_18
 class Discovery:
     """What the org says."""
 
-    won_stages: list[str]
+    won_stages: list[tuple[str, str]]  # (API name, label) of each active won stage, by sort order
     record_types: dict[str, str]  # Name -> Id, active Opportunity record types
     default_record_type: str | None  # the integration user's default, by name
     chosen_record_type: str | None  # what new Opportunities will get
+    unavailable_record_types: list[str] = field(default_factory=list)  # active, but not for this user
+    configured_unavailable: str | None = None  # the configured record type, if this user may not use it
 
     @property
     def won_stage(self) -> str:
-        """The won stage label to write (the first by sort order)."""
-        return self.won_stages[0]
+        """The won stage's API name: the value `StageName` takes (api-facts.md §12)."""
+        return self.won_stages[0][0]
+
+    @property
+    def won_stage_label(self) -> str:
+        """The won stage's label, as people see it in Salesforce."""
+        return self.won_stages[0][1]
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"won_stage": self.won_stage, "won_stages": self.won_stages, "record_types": self.record_types,
-                "default_record_type": self.default_record_type, "opportunity_record_type": self.chosen_record_type}
+        return {"won_stage": self.won_stage, "won_stage_label": self.won_stage_label,
+                "won_stages": [{"api_name": api, "label": label} for api, label in self.won_stages],
+                "record_types": self.record_types, "unavailable_record_types": self.unavailable_record_types,
+                "default_record_type": self.default_record_type, "opportunity_record_type": self.chosen_record_type,
+                "configured_record_type_unavailable": self.configured_unavailable}
+
+
+def _is_new_business(name: str) -> bool:
+    return name.lower().replace("_", " ") == "new business"
 
 
 def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discovery:
-    """Query RecordType and OpportunityStage (integration guide: record types, renamed won stage)."""
-    stages = [r["MasterLabel"] for r in gw.query(
-        "SELECT MasterLabel, SortOrder FROM OpportunityStage WHERE IsWon = true AND IsClosed = true "
+    """Query OpportunityStage and RecordType, and describe Opportunity for what this user may use.
+
+    The won stage is read by `ApiName`, not `MasterLabel` as the integration guide's query has it:
+    `StageName` takes the API name, and an admin may rename the label (api-facts.md §12).
+    """
+    stages = [(str(r.get("ApiName") or r["MasterLabel"]), str(r["MasterLabel"])) for r in gw.query(
+        "SELECT ApiName, MasterLabel, SortOrder FROM OpportunityStage WHERE IsWon = true AND IsClosed = true "
         "AND IsActive = true ORDER BY SortOrder")]
     if not stages:
         raise FatalSyncError("The org has no active Opportunity stage that is both won and closed.",
@@ -48,19 +66,28 @@ def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discover
     types = {r["Name"]: to_18(r["Id"]) for r in gw.query(
         "SELECT Id, Name, DeveloperName FROM RecordType WHERE SobjectType = 'Opportunity' AND IsActive = true "
         "ORDER BY Name")}
+    # An active record type the integration user's profile may not use fails every create with it
+    # (describe: recordTypeInfos[].available; api-facts.md §12): never propose one.
     default = None
+    available: set[str] = set()
     for info in gw.describe("Opportunity").get("recordTypeInfos", []):
-        if info.get("defaultRecordTypeMapping") and not info.get("master"):
-            default = info.get("name")
+        if info.get("master"):
+            continue
+        if info.get("available"):
+            available.add(str(info.get("name")))
+            if info.get("defaultRecordTypeMapping"):
+                default = info.get("name")
+    unavailable = [name for name in types if name not in available]
+    usable = [name for name in types if name in available]
     chosen: str | None = None
-    if preferred and preferred in types:
+    if preferred and preferred in usable:
         chosen = preferred
     else:
-        for name in types:
-            if name.lower().replace("_", " ") == "new business":
-                chosen = name
-        chosen = chosen or (default if default in types else None)
-    return Discovery(stages, types, default, chosen)
+        chosen = next((name for name in usable if _is_new_business(name)), None)
+        chosen = chosen or (default if default in usable else None)
+        chosen = chosen or (usable[0] if len(usable) == 1 else None)  # the only one this user may use
+    configured_unavailable = preferred if preferred and preferred in types and preferred not in available else None
+    return Discovery(stages, types, default, chosen, unavailable, configured_unavailable)
 
 
 def write_discovery(path: Path, found: Discovery, example: str) -> None:
@@ -80,7 +107,8 @@ def write_discovery(path: Path, found: Discovery, example: str) -> None:
         doc["salesforce"] = sf = {}
     sf["won_stage"] = found.won_stage
     sf["record_types"] = dict(found.record_types)
-    if found.chosen_record_type and sf.get("opportunity_record_type") not in found.record_types:
+    if found.chosen_record_type and (sf.get("opportunity_record_type") not in found.record_types
+                                     or sf.get("opportunity_record_type") == found.configured_unavailable):
         sf["opportunity_record_type"] = found.chosen_record_type
     buf = io.StringIO()
     yaml.dump(doc, buf)

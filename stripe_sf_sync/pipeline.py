@@ -161,15 +161,14 @@ def check_org(gw: SalesforceGateway, loaded: LoadedConfig) -> OrgFacts:
     need("Account", names.subscription_status, "Picklist or Text(40)")
     if names.account_csm:
         need("Account", names.account_csm, "Lookup(User)")
-    stage = by_obj["Opportunity"].get("stagename") or {}
-    values = [p.get("value") for p in stage.get("picklistValues", []) if p.get("active", True)]
-    if values and s.won_stage not in values:
-        problems.append(f"salesforce.won_stage {s.won_stage!r} is not an Opportunity stage of this org "
-                        f"(stages: {', '.join(str(v) for v in values)})")
+    problems.extend(_stage_problems(s.won_stage or "", by_obj["Opportunity"].get("stagename") or {}))
+    problems.extend(_record_type_problems(loaded, described["Opportunity"].get("recordTypeInfos", [])))
     if problems:
+        fields_missing = any(" does not exist in the org" in p or " must be marked External ID" in p for p in problems)
         raise ConfigError(problems, source="Salesforce org setup",
                           hint="Create the fields (README: 'Salesforce fields'), or change salesforce.fields in "
-                               "the config; run `stripe-sf discover-config --write` for the stage.")
+                               "the config." if fields_missing else
+                          "Run `stripe-sf discover-config --write`, then sync again.")
     task_field = by_obj["Task"].get(names.task_event_id.lower())
     task_upsert = bool(task_field and task_field.get("externalId"))
     if not task_upsert:
@@ -177,6 +176,41 @@ def check_org(gw: SalesforceGateway, loaded: LoadedConfig) -> OrgFacts:
                     "between the write and the state commit could repeat one. Add the field to rule that out.",
                     names.task_event_id)
     return OrgFacts(task_upsert=task_upsert)
+
+
+def _stage_problems(won_stage: str, stage_field: Mapping[str, Any]) -> list[str]:
+    """StageName takes a picklist value, the stage's API name; describe's `label` is only what people
+    see, and may differ after an admin renames the stage (api-facts.md §12)."""
+    picklist = [p for p in stage_field.get("picklistValues", []) if p.get("active", True)]
+    values = [str(p.get("value")) for p in picklist]
+    if not values or won_stage in values:
+        return []
+    by_label = {str(p.get("label")): str(p.get("value")) for p in picklist}
+    if won_stage in by_label:
+        return [f"salesforce.won_stage {won_stage!r} is the label of the won stage; Salesforce takes its API name, "
+                f"{by_label[won_stage]!r} (an earlier stripe-sf stored the label). `stripe-sf discover-config "
+                f"--write` repairs sync.yaml"]
+    return [f"salesforce.won_stage {won_stage!r} is not an Opportunity stage of this org (API names: "
+            f"{', '.join(values)}); `stripe-sf discover-config --write` stores the won stage's API name"]
+
+
+def _record_type_problems(loaded: LoadedConfig, infos: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A record type the integration user may not use fails every Opportunity create (describe's
+    `recordTypeInfos[].available`; api-facts.md §12)."""
+    rid = loaded.settings.record_type_id()
+    if rid is None:
+        return []
+    name = loaded.settings.salesforce.opportunity_record_type or next(
+        (n for n, i in loaded.settings.salesforce.record_types.items() if i == rid), rid)
+    info = next((i for i in infos if str(i.get("recordTypeId"))[:15] == rid[:15]), None)
+    if info is None or not info.get("active", True):
+        return [f"salesforce.opportunity_record_type {name!r} ({rid}) is not an active Opportunity record type "
+                "of this org; `stripe-sf discover-config --write` lists the current ones"]
+    if not info.get("available"):
+        return [f"salesforce.opportunity_record_type {name!r} is not available to the integration user, so every "
+                "Opportunity it creates would fail; give the user's profile access to it, or run `stripe-sf "
+                "discover-config --write` to choose one it may use"]
+    return []
 
 
 class Pipeline:
@@ -437,7 +471,7 @@ class Pipeline:
         if self._org is not None:
             return self._org
         fields = self.settings.salesforce.fields.model_dump_json()
-        cache_key = f"{self.settings.salesforce.won_stage}|{fields}"
+        cache_key = f"{self.settings.salesforce.won_stage}|{self.settings.record_type_id()}|{fields}"
         cached = self.state.get_meta(ORG_CACHE_KEY)
         if cached:
             data = json.loads(cached)

@@ -83,7 +83,7 @@ def test_full_cycle_through_the_cli(runner, tmp_path, stripe_sb, sf_sb, sc, org)
     result = runner.invoke(app, ["discover-config", "--config", str(cfg), "--write"], env=env)
     assert result.exit_code == 0, result.output
     text = cfg.read_text()
-    assert "won_stage: Won" in text and "# Share of the org's daily API allowance" in text
+    assert "won_stage: Closed Won" in text and "# Share of the org's daily API allowance" in text
     assert "account_csm: CSM__c" in text and "New Business: 012" in text
 
     result = runner.invoke(app, ["sync", "--config", str(cfg), "--since", since(sc), "--json"], env=env)

@@ -47,7 +47,8 @@ def run_demo(console: Console) -> ExitCode:
 
         console.rule("1. stripe-sf discover-config --write")
         found = service.run_discover(config, env, write=True, example=example)
-        console.print(f"won stage: [bold]{found.won_stage}[/]; record types: {found.record_types}; "
+        console.print(f"won stage: [bold]{found.won_stage}[/] (its API name; people see the label "
+                      f"{found.won_stage_label!r}); record types: {found.record_types}; "
                       f"new Opportunities get: {found.chosen_record_type}")
 
         since = time.strftime("%Y-%m-%d", time.gmtime(sc.start))

@@ -82,6 +82,8 @@ class FieldDef:
     external_id: bool = False
     unique: bool = False
     picklist: list[str] | None = None
+    # Picklist value -> label where they differ: the API takes and returns the value (api-facts.md §12).
+    picklist_labels: dict[str, str] | None = None
     restricted: bool = False
     reference_to: list[str] | None = None
     precision: int | None = None
@@ -398,7 +400,9 @@ class SalesforceOrg:
         self,
         *,
         won_stage: str = "Closed Won",
+        won_stage_label: str | None = None,
         record_types: dict[str, str] | None = None,
+        unavailable_record_types: Iterable[str] = (),
         require_record_type: bool = False,
         task_event_id_field: bool = True,
         csm_field: str | None = "CSM__c",
@@ -408,7 +412,10 @@ class SalesforceOrg:
         self._ids = sfids.IdFactory()
         self.schema: dict[str, dict[str, FieldDef]] = _default_schema(task_event_id_field, csm_field)
         self.key_prefixes: dict[str, str] = dict(sfids.KEY_PREFIXES)
-        self.won_stage = won_stage
+        self.won_stage = won_stage  # the stage's API name: what StageName takes (api-facts.md §12)
+        # Record types (by Name or DeveloperName) the integration user's profile may not use: active in
+        # the org, but `available: false` in describe, and every create with one fails (api-facts.md §12).
+        self.unavailable_record_types = frozenset(unavailable_record_types)
         self.require_record_type = require_record_type
         self.csm_field = csm_field
         self.daily_api_limit = daily_api_limit
@@ -464,19 +471,21 @@ class SalesforceOrg:
                 "RecordType",
                 {"Name": label, "DeveloperName": dev_name, "SobjectType": "Opportunity", "IsActive": True},
             )
+        # (API name, label, won, closed). An admin may rename a stage's label while its API name stays
+        # (api-facts.md §12): the won stage's label may differ from the value StageName takes.
         stages = [
-            ("Prospecting", False, False),
-            ("Qualification", False, False),
-            ("Negotiation", False, False),
-            (won_stage, True, True),
-            ("Closed Lost", False, True),
+            ("Prospecting", "Prospecting", False, False),
+            ("Qualification", "Qualification", False, False),
+            ("Negotiation", "Negotiation", False, False),
+            (won_stage, won_stage_label or won_stage, True, True),
+            ("Closed Lost", "Closed Lost", False, True),
         ]
-        for order, (label, won, closed) in enumerate(stages, start=1):
+        for order, (api_name, label, won, closed) in enumerate(stages, start=1):
             self.insert(
                 "OpportunityStage",
                 {
                     "MasterLabel": label,
-                    "ApiName": label,
+                    "ApiName": api_name,
                     "IsWon": won,
                     "IsClosed": closed,
                     "IsActive": True,
@@ -705,14 +714,16 @@ class SalesforceOrg:
         self._sync_stage_picklist()
 
     def _sync_stage_picklist(self) -> None:
-        # StageName is a restricted picklist whose values are the active OpportunityStage labels.
+        # StageName is a restricted picklist whose values are the active stages' API names; their
+        # labels (MasterLabel) are only shown to people (api-facts.md §12).
         stages = sorted(
             (r for r in self._data.get("OpportunityStage", {}).values() if r.get("IsActive")),
             key=lambda r: r.get("SortOrder") or 0,
         )
         fd = self.schema.get("Opportunity", {}).get("StageName")
         if fd is not None:
-            fd.picklist = [str(r["MasterLabel"]) for r in stages]
+            fd.picklist = [str(r.get("ApiName") or r["MasterLabel"]) for r in stages]
+            fd.picklist_labels = {str(r.get("ApiName") or r["MasterLabel"]): str(r["MasterLabel"]) for r in stages}
 
     # ------------------------------------------------------------------ benchmark counters
 
@@ -941,7 +952,7 @@ class SalesforceOrg:
         self._derive(sobject, rec)
 
         self._check_required(sobject, rec, values, creating)
-        self._check_references(sobject, rec, values if not creating else rec)
+        self._check_references(sobject, rec, values if not creating else rec, as_admin=op.seeding)
         self._check_unique(sobject, rec, values if not creating else rec)
         self._put(sobject, rec, undo)
         return rec["Id"], creating
@@ -984,7 +995,7 @@ class SalesforceOrg:
                 (
                     s
                     for s in self._data.get("OpportunityStage", {}).values()
-                    if s.get("MasterLabel") == rec.get("StageName")
+                    if (s.get("ApiName") or s.get("MasterLabel")) == rec.get("StageName")
                 ),
                 None,
             )
@@ -1235,7 +1246,9 @@ class SalesforceOrg:
                 "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing
             )
 
-    def _check_references(self, sobject: str, rec: dict[str, Any], changed: dict[str, Any]) -> None:
+    def _check_references(
+        self, sobject: str, rec: dict[str, Any], changed: dict[str, Any], *, as_admin: bool = False
+    ) -> None:
         schema = self.schema[sobject]
         for name in changed:
             fd = schema.get(name)
@@ -1249,6 +1262,7 @@ class SalesforceOrg:
                     or dead
                     or target_rec.get("SobjectType") != sobject
                     or not target_rec.get("IsActive")
+                    or (self._record_type_unavailable(target_rec) and not as_admin)
                 ):
                     raise _fail(
                         "INVALID_CROSS_REFERENCE_KEY",
@@ -1542,7 +1556,7 @@ class SalesforceOrg:
                         "picklistValues": [
                             {
                                 "value": v,
-                                "label": v,
+                                "label": (fd.picklist_labels or {}).get(v, v),
                                 "active": True,
                                 "defaultValue": v == default_pick,
                                 "validFor": None,
@@ -1584,16 +1598,18 @@ class SalesforceOrg:
     def _record_type_infos(self, sobject: str) -> list[dict[str, Any]]:
         rts = [r for r in self._data.get("RecordType", {}).values() if r.get("SobjectType") == sobject]
         infos = []
-        for i, r in enumerate(rts):
+        # The user's default is one they may use: the first available record type.
+        usable = [r for r in rts if r.get("IsActive") and not self._record_type_unavailable(r)]
+        for r in rts:
             infos.append(
                 {
                     "name": r["Name"],
                     "recordTypeId": r["Id"],
                     "developerName": r["DeveloperName"],
                     "active": bool(r.get("IsActive")),
-                    "available": bool(r.get("IsActive")),
+                    "available": bool(r.get("IsActive")) and not self._record_type_unavailable(r),
                     "master": False,
-                    "defaultRecordTypeMapping": i == 0 and not self.require_record_type,
+                    "defaultRecordTypeMapping": bool(usable) and r is usable[0] and not self.require_record_type,
                 }
             )
         infos.append(
@@ -1608,6 +1624,9 @@ class SalesforceOrg:
             }
         )
         return infos
+
+    def _record_type_unavailable(self, rec: dict[str, Any]) -> bool:
+        return bool({rec.get("Name"), rec.get("DeveloperName")} & self.unavailable_record_types)
 
     def describe_global(self, version: str) -> dict[str, Any]:
         """The describeGlobal payload."""

@@ -1,7 +1,7 @@
 """A small scenario that exercises every mapping rule, shared by `stripe-sf demo` and the tests.
 
-The org is deliberately awkward, as real ones are: the won stage is renamed to "Won", new
-Opportunities need a record type, and Accounts have a CSM field.
+The org is deliberately awkward, as real ones are: the won stage's label is renamed to "Won" while
+its API name stays "Closed Won", new Opportunities need a record type, and Accounts have a CSM field.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 DAY = 86400
-WON_STAGE = "Won"
+WON_STAGE = "Closed Won"  # the API name StageName takes
+WON_STAGE_LABEL = "Won"  # renamed by an admin: what people see (api-facts.md §12)
 
 
 @dataclass
@@ -31,8 +32,9 @@ class Scenario:
 
 
 def awkward_org() -> SalesforceOrg:
-    """An org with a renamed won stage, required record types and a CSM field."""
-    return SalesforceOrg(won_stage=WON_STAGE, require_record_type=True, csm_field="CSM__c")
+    """An org with a renamed won stage label, required record types and a CSM field."""
+    return SalesforceOrg(won_stage=WON_STAGE, won_stage_label=WON_STAGE_LABEL, require_record_type=True,
+                         csm_field="CSM__c")
 
 
 def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) -> Scenario:

@@ -583,6 +583,34 @@ def test_renamed_won_stage_is_a_restricted_picklist() -> None:
         assert [r["MasterLabel"] for r in stages["records"]] == ["Won"]
 
 
+def test_a_renamed_won_stage_keeps_its_api_name_as_the_picklist_value() -> None:
+    """StageName takes the API name; the label is only shown (api-facts.md §12)."""
+    with SalesforceSandbox(SalesforceOrg(won_stage="Closed Won", won_stage_label="Contract Executed")) as sb:
+        sf = client(sb)
+        results = create(sf, opp(StageName="Contract Executed"), opp(StageName="Closed Won"))
+        assert error_of(results[0]) == ("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", ["StageName"])
+        won = sb.org.get("Opportunity", results[1]["id"])
+        assert (won["StageName"], won["IsWon"], won["IsClosed"]) == ("Closed Won", True, True)
+        stage = next(f for f in sf.Opportunity.describe()["fields"] if f["name"] == "StageName")
+        assert {"value": "Closed Won", "label": "Contract Executed"}.items() <= next(
+            p for p in stage["picklistValues"] if p["value"] == "Closed Won").items()
+        rows = sf.query("SELECT ApiName, MasterLabel FROM OpportunityStage WHERE IsWon = true AND IsClosed = true")
+        assert [(r["ApiName"], r["MasterLabel"]) for r in rows["records"]] == [("Closed Won", "Contract Executed")]
+
+
+def test_a_record_type_the_user_may_not_use_is_unavailable_and_refused() -> None:
+    org = SalesforceOrg(unavailable_record_types=["New Business"])
+    with SalesforceSandbox(org) as sb:
+        sf = client(sb)
+        infos = {i["name"]: i for i in sf.Opportunity.describe()["recordTypeInfos"]}
+        assert infos["New Business"]["active"] and not infos["New Business"]["available"]
+        assert infos["Renewal"]["available"] and infos["Renewal"]["defaultRecordTypeMapping"]
+        nb = org.record_type_id("New_Business")
+        results = create(sf, opp(RecordTypeId=nb), opp(RecordTypeId=org.record_type_id("Renewal")))
+        assert error_of(results[0]) == ("INVALID_CROSS_REFERENCE_KEY", ["RecordTypeId"])
+        assert results[1]["success"]
+
+
 def test_required_record_type() -> None:
     org = SalesforceOrg(require_record_type=True, record_types={"Expansion": "Expansion"})
     inactive = org.insert(
