@@ -39,6 +39,13 @@ FATAL_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "INVALID_SESSION_ID", "INSUFF
 WriteKind = Literal["update", "upsert", "create"]
 
 
+def is_concurrent_limit(code: str | None, message: str | None) -> bool:
+    """REQUEST_LIMIT_EXCEEDED for too many concurrent long requests ("ConcurrentPerOrgLongTxn Limit
+    exceeded") clears by itself when they finish; the daily allowance ("TotalRequests Limit exceeded")
+    does not. Only the message tells them apart (api-facts.md §8)."""
+    return code == "REQUEST_LIMIT_EXCEEDED" and "concurrent" in (message or "").lower()
+
+
 @dataclass
 class SfOp:
     """One record write, possibly coalescing several events' changes to the same record."""
@@ -167,6 +174,11 @@ class SalesforceGateway:
             except SalesforceGeneralError as exc:
                 if exc.status >= 500 or exc.status == 429:
                     raise SalesforceRetriable(f"HTTP {exc.status}", code=_errors(exc.content)[0]) from None
+                raise
+            except SalesforceRefusedRequest as exc:
+                code, msg = _errors(exc.content)
+                if is_concurrent_limit(code, msg):
+                    raise SalesforceRetriable(f"HTTP 403 {msg}".strip(), code=code) from None
                 raise
             return result
 
@@ -370,10 +382,14 @@ def apply_writes(gw: SalesforceGateway, ops: Sequence[SfOp], *, lock_retries: in
                 retry: list[int] = []
                 for chunk_results in pool.map(partial(_write_chunk, gw, kind, sobject, ext, ops), chunks):
                     for i, res in chunk_results:
-                        if not res.success and res.code in FATAL_CODES:
+                        concurrent = not res.success and is_concurrent_limit(res.code, res.message)
+                        # A concurrency limit is retried like a row lock; if it outlasts the retries, the
+                        # run stops (nothing lost) rather than dead-lettering events that did nothing wrong.
+                        if not res.success and res.code in FATAL_CODES and not (concurrent and attempt < lock_retries):
                             raise FatalSyncError(f"Salesforce refused a {sobject} write: {res.code} {res.message}",
                                                  code=res.code, hint="The next run repeats this batch.")
-                        if not res.success and res.code in RETRIABLE_CODES and attempt < lock_retries:
+                        if (not res.success and (res.code in RETRIABLE_CODES or concurrent)
+                                and attempt < lock_retries):
                             retry.append(i)
                         results[i] = res
                 if not retry:

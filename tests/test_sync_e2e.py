@@ -363,3 +363,22 @@ def test_stripe_rate_limit_without_should_retry_is_backed_off(config, env, sc, s
     stripe_sb.faults.fail_matching("GET", r"^/v1/events", 429, body, times=2)
     summary = run(config, env, since=since(sc))
     assert summary.applied == len(sc.events) - 1
+
+
+def test_concurrent_request_limit_clears_by_itself_and_is_retried(config, env, org, sc, sf_sb):
+    """REQUEST_LIMIT_EXCEEDED "ConcurrentPerOrgLongTxn" is not the daily limit: back off and go on
+    (api-facts.md §8). Once on a whole call (a lookup), twice on a collections write."""
+    sf_sb.faults.concurrent_long_requests("POST", r"/composite$", times=1)
+    sf_sb.faults.concurrent_long_requests("PATCH", r"composite/sobjects", times=2)
+    summary = run(config, env, since=since(sc))
+    assert summary.dead_lettered == 1 and summary.applied == len(sc.events) - 1  # only Hooli, as always
+    assert org.get("Account", sc.accounts["acme"])["Subscription_Status__c"] == "active"
+
+
+def test_the_daily_limit_still_stops_the_run(config, env, sc, sf_sb):
+    sf_sb.faults.fail_matching("PATCH", r"composite/sobjects", 403,
+                               [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}],
+                               times=10)
+    with pytest.raises(FatalSyncError) as info:
+        run(config, env, since=since(sc))
+    assert info.value.code == "REQUEST_LIMIT_EXCEEDED" and info.value.exit_code == ExitCode.UNAVAILABLE

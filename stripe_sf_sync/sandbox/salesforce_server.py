@@ -1990,6 +1990,18 @@ class FaultPlan:
                 )
             )
 
+    def concurrent_long_requests(self, method: str, path_regex: str, times: int = 1) -> None:
+        """The org is at its cap of concurrent long-running requests: Salesforce answers 403
+        REQUEST_LIMIT_EXCEEDED with the ConcurrentPerOrgLongTxn message, which clears by itself once the
+        other requests finish, unlike the daily limit (api-facts.md §8)."""
+        self.fail_matching(
+            method,
+            path_regex,
+            403,
+            [{"message": "ConcurrentPerOrgLongTxn Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}],
+            times=times,
+        )
+
     def hang_request(self, nth: int, seconds: float) -> None:
         """Sleep before handling the nth request (cut short when the sandbox stops)."""
         with self._lock:
