@@ -355,6 +355,8 @@ class Pipeline:
             try:
                 change = self._hydrate(raw, change)
                 plan = rules.plan(self.ctx, change)
+                for warning in plan.warnings:
+                    log.warning("%s (%s): %s", change.meta.event_id, change.meta.event_type, warning)
             except MalformedEvent as exc:
                 outcomes.append(_dead(raw, exc.reason, exc.code))
                 continue
@@ -577,10 +579,26 @@ def _describe_op(op: SfOp) -> dict[str, Any]:
 
 
 def _needs_customer(change: model.Change) -> bool:
-    """Whether a rule needs the customer's metadata: the object's own metadata names no Salesforce Ids."""
+    """Whether a rule needs the customer's metadata: the object's own metadata does not name every
+    Salesforce Id the rules will use (the Opportunity and Account, and the Contact of a Task it raises)."""
     meta = getattr(change, "metadata", {}) or {}
-    return (bool(getattr(change, "customer_id", None)) and getattr(change, "customer_metadata", None) is None
-            and not (meta.get("salesforce_opportunity_id") and meta.get("salesforce_account_id")))
+    if not getattr(change, "customer_id", None) or getattr(change, "customer_metadata", None) is not None:
+        return False
+    if not (meta.get("salesforce_opportunity_id") and meta.get("salesforce_account_id")):
+        return True
+    return _raises_task(change) and not meta.get("salesforce_contact_id")
+
+
+def _raises_task(change: model.Change) -> bool:
+    """Whether the change's rule creates a Task (whose WhoId may come from the customer's metadata)."""
+    if isinstance(change, InvoiceFailureChange):
+        return True
+    if isinstance(change, model.SubscriptionChange) and not change.meta.backfill:
+        kind = change.meta.event_type.rsplit(".", 1)[-1]
+        return kind == "deleted" or (kind == "updated" and (
+            change.cancel_turned_on or (change.previous_status is not None
+                                        and change.previous_status != change.status)))
+    return False
 
 
 def _get_obj(raw: Raw) -> dict[str, Any]:

@@ -7,6 +7,7 @@ by external id -> dead letter (integration guide, "Common Pitfalls").
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from stripe_sf_sync.rules import (
 )
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp
 from stripe_sf_sync.sfid import to_18
+
+log = logging.getLogger("stripe_sf_sync")
 
 IN_CHUNK = 200  # values per IN (...): keeps the GET query URL well under Salesforce's limit
 
@@ -63,6 +66,7 @@ class Lookups:
     opps_by_subscription: dict[str, OpportunityRow] = field(default_factory=dict)
     opps_by_payment: dict[str, OpportunityRow] = field(default_factory=dict)
     opps_by_customer: dict[str, list[OpportunityRow]] = field(default_factory=dict)
+    contacts: set[str] = field(default_factory=set)  # Contact Ids from metadata that exist
 
     def add_account(self, row: AccountRow) -> None:
         """Index an Account by its Id and, when it has one, its Stripe customer id."""
@@ -128,6 +132,7 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
     subs: set[str] = set()
     payments: set[str] = set()
     opp_customers: set[str] = set()
+    contacts: set[str] = set()
     for it in intents:
         acct = it.account
         if acct.account_id:
@@ -140,6 +145,8 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
             (subs if it.key_kind == "subscription" else payments).add(it.key)
             if it.match_by_customer and acct.customer_id:
                 opp_customers.add(acct.customer_id)
+        elif it.who_id:
+            contacts.add(it.who_id)
 
     found = Lookups()
     cache = accounts if accounts is not None else AccountCache()
@@ -160,8 +167,10 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
                    + _selects(o_select, "Opportunity", names.subscription_id, subs)
                    + _selects(o_select, "Opportunity", names.payment_intent_id, payments)
                    + _selects(o_select, "Opportunity", names.customer_id, opp_customers))
+    contact_queries = _selects("Id", "Contact", "Id", contacts)
     # All of a batch's lookups travel together, five to a Composite call.
-    results = gw.query_many(account_queries + opp_queries)
+    results = gw.query_many(account_queries + opp_queries + contact_queries)
+    found.contacts = {to_18(r["Id"]) for res in results[len(account_queries) + len(opp_queries):] for r in res}
     rows = [r for res in results[:len(account_queries)] for r in res]
     for r in rows:
         row = AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
@@ -170,7 +179,7 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
         found.add_account(row)
         cache.add(row)
 
-    rows = [r for res in results[len(account_queries):] for r in res]
+    rows = [r for res in results[len(account_queries):len(account_queries) + len(opp_queries)] for r in res]
     seen: set[str] = set()
     for r in rows:
         opp = OpportunityRow(to_18(r["Id"]), r.get("AccountId"), r.get(names.subscription_id),
@@ -310,6 +319,13 @@ class Materializer:
                   "Status": it.status, "ActivityDate": it.activity_date, "WhatId": account.id}
         if owner:
             fields["OwnerId"] = owner
+        if it.who_id in self.lk.contacts:
+            fields["WhoId"] = it.who_id
+        elif it.who_id:
+            # A Contact that does not exist (deleted, another org) would fail the whole Task: leave WhoId
+            # empty and say so; the Task itself still matters.
+            log.warning("Contact %s (metadata.salesforce_contact_id) does not exist in Salesforce: Task %s is "
+                        "created without WhoId", it.who_id, it.key)
         if self.s.task_upsert:
             return [SfOp("upsert", "Task", it.key, fields, names.task_event_id, label=f"Task {it.key}")]
         return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]

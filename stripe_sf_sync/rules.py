@@ -71,6 +71,7 @@ class AccountStatusIntent:
     log_transition: bool
     activity_date: str
     previous_from_account: bool = False  # .deleted carries no previous status: use the Account's
+    who_id: str | None = None  # the Contact its transition Task names
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class TaskIntent:
     status: str
     activity_date: str
     key_base: str | None = None  # backfill keys Tasks by object, so a second backfill finds the same Task
+    who_id: str | None = None  # a checked Contact Id from metadata.salesforce_contact_id (WhoId)
 
     @property
     def key(self) -> str:
@@ -103,6 +105,7 @@ class Plan:
 
     intents: list[Intent] = field(default_factory=list)
     ignored: str | None = None  # the reason when the event needs no write
+    warnings: list[str] = field(default_factory=list)  # worth a log line, not a dead letter
 
 
 def event_date(ts: int) -> date:
@@ -129,6 +132,22 @@ def _metadata_ids(own: Mapping[str, str], customer: Mapping[str, str] | None) ->
         opp = opp or checked_id(customer.get("salesforce_opportunity_id"), "Opportunity")
         acct = acct or checked_id(customer.get("salesforce_account_id"), "Account")
     return opp, acct
+
+
+def _contact_id(own: Mapping[str, str], customer: Mapping[str, str] | None, plan: Plan) -> str | None:
+    """The Task's WhoId: `metadata.salesforce_contact_id` (the integration guide's convention), on the object
+    first, then on its customer. A value that is not a Contact Id leaves WhoId empty with a warning: the
+    Task still matters more than the link."""
+    for where, meta in (("the object", own), ("its customer", customer or {})):
+        raw = meta.get("salesforce_contact_id")
+        if not raw:
+            continue
+        who = checked_id(raw, "Contact")
+        if who:
+            return who
+        plan.warnings.append(f"metadata.salesforce_contact_id {str(raw)[:40]!r} on {where} is not a Contact Id "
+                             "(003…): its Tasks are created without WhoId")
+    return None
 
 
 def _dashboard(ctx: RuleContext, livemode: bool, kind: str, obj_id: str) -> str:
@@ -159,6 +178,7 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
     label = change.customer_name or change.customer_id
     plan = Plan()
     kind = meta.event_type.rsplit(".", 1)[-1]
+    who = _contact_id(change.metadata, change.customer_metadata, plan) if kind in ("updated", "deleted") else None
 
     if meta.backfill:
         return _plan_subscription_backfill(ctx, change, opp_id, account, label)
@@ -183,7 +203,7 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
         meta.event_id, account, change.subscription_id, status,
         change.previous_status if kind == "updated" else None,
         log_transition=kind in ("updated", "deleted"), activity_date=day.isoformat(),
-        previous_from_account=kind == "deleted"))
+        previous_from_account=kind == "deleted", who_id=who))
 
     follow_up = next_business_day(day).isoformat()
     if kind == "updated" and change.cancel_turned_on:
@@ -197,7 +217,7 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
                 f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
                 f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
                 f"Stripe event: {meta.event_id}",
-            ]), "High", "Not Started", follow_up))
+            ]), "High", "Not Started", follow_up, who_id=who))
     if kind == "deleted":
         reason = change.cancellation_reason or "not given"
         plan.intents.append(TaskIntent(
@@ -209,7 +229,7 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
                 f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
                 f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
                 f"Stripe event: {meta.event_id}",
-            ]), "High", "Not Started", follow_up))
+            ]), "High", "Not Started", follow_up, who_id=who))
     return plan
 
 
@@ -282,10 +302,13 @@ def plan_invoice_failure(ctx: RuleContext, change: InvoiceFailureChange) -> Plan
     meta = change.meta
     _, acct_id = _metadata_ids(change.metadata, change.customer_metadata)
     due = next_business_day(event_date(meta.created)).isoformat()
-    return Plan([TaskIntent(
+    plan = Plan()
+    who = _contact_id(change.metadata, change.customer_metadata, plan)
+    plan.intents.append(TaskIntent(
         meta.event_id, "payment-failed", AccountRef(change.customer_id, acct_id), "owner",
         FAILED_PAYMENT_SUBJECT, failed_payment_description(ctx, change), "High", "Not Started", due,
-        key_base=f"evt_backfill_{change.invoice_id}" if meta.backfill else None)])
+        key_base=f"evt_backfill_{change.invoice_id}" if meta.backfill else None, who_id=who))
+    return plan
 
 
 def plan(ctx: RuleContext, change: Change) -> Plan:
@@ -304,4 +327,4 @@ def transition_task(intent: AccountStatusIntent, old: str) -> TaskIntent:
         f"Subscription status: {old} → {intent.status}",
         f"Stripe subscription {intent.subscription_id} changed from {old} to {intent.status}.\n"
         f"Stripe event: {intent.event_id}",
-        "Normal", "Completed", intent.activity_date)
+        "Normal", "Completed", intent.activity_date, who_id=intent.who_id)

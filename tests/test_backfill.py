@@ -72,7 +72,7 @@ def test_history_is_backfilled_as_current_state(tmp_path, env, org, stripe_sb):
         acct = org.get("Account", h["accounts"][sub["customer"]])
         assert acct["Subscription_Status__c"] == sub["status"]
     first = opps[h["subs"][0]["id"]]
-    assert first["StageName"] == "Won"
+    assert first["StageName"] == "Closed Won"  # the API name; people see the label "Won"
     assert first["CloseDate"] == time.strftime("%Y-%m-%d", time.gmtime(h["subs"][0]["created"]))  # not today
     pi_opp = next(o for o in org.records("Opportunity") if o.get("Stripe_Payment_Intent_ID__c") == h["pis"][0]["id"])
     assert Decimal(str(pi_opp["Amount"])) == Decimal("1200.00")
