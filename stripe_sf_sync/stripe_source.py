@@ -5,6 +5,7 @@ Only this module talks to Stripe. It takes an injected `stripe.StripeClient`.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import deque
@@ -353,19 +354,47 @@ class StripeSource:
             params["expand"] = ["data.payment.payment_intent"]
         found_pi: dict[str, str | None] = {}
         found_inv: dict[str, list[dict[str, Any]]] = {}
+        listed = 0
         for data in self._pages("invoice payments", "/v1/invoice_payments", params):
+            listed += len(data)
             for p in data:
-                payment = p.get("payment") if isinstance(p.get("payment"), dict) else {}
-                pi = payment.get("payment_intent")
-                pi_id = pi.get("id") if isinstance(pi, dict) else pi
-                inv = p.get("invoice") if isinstance(p.get("invoice"), str) else None
-                if isinstance(pi_id, str) and pi_id in wanted_pi:
+                pi_id, inv = _payment_link(p)
+                if pi_id in wanted_pi:
                     found_pi[pi_id] = inv
                 if inv in wanted_inv:
                     found_inv.setdefault(inv, []).append(p)
+        self._late_attachments(wanted_pi - found_pi.keys(), found_pi, after=until,
+                               density=listed / max(until - since, 1))
         for pi_id in wanted_pi:
             self._invoice_of_pi[pi_id] = found_pi.get(pi_id)
         self._payments_of_invoice.update(found_inv)
+
+    def _late_attachments(self, missing: set[str], found: dict[str, str | None], *, after: int,
+                          density: float) -> None:
+        """Invoices that PaymentIntents were attached to after the batch's window.
+
+        A PaymentIntent that has already succeeded can be attached to an invoice long after; the
+        InvoicePayment is created then (api-facts.md §6). When the window ends before now (a catch-up run,
+        a first `sync --since`, a dead-letter retry), look at (after, now] too, by whichever costs fewer
+        calls: one listing of the PaymentIntent payments in that span (its size estimated from the window's
+        density), or one lookup per PaymentIntent still unlinked. A cron run every few minutes has no such
+        span, so it pays nothing. An attach after this run has read the payment is not seen: the payment
+        was a one-time payment when it was applied.
+        """
+        now = int(self._clock())
+        if not missing or now <= after:
+            return
+        pages = math.ceil(density * (now - after) / PAGE_LIMIT) + 1
+        if pages >= len(missing):
+            for pi_id in sorted(missing):
+                found[pi_id] = self.invoice_of_payment_intent(pi_id)
+            return
+        params = {"limit": PAGE_LIMIT, "created": {"gt": after, "lte": now}, "payment": {"type": "payment_intent"}}
+        for data in self._pages("invoice payments", "/v1/invoice_payments", params):
+            for p in data:
+                pi_id, inv = _payment_link(p)
+                if pi_id in missing:
+                    found[pi_id] = inv
 
     def prefetched_payments(self, invoice_id: str) -> list[dict[str, Any]] | None:
         """A failed invoice's payments from `prefetch_invoice_payments`, newest first, if it found them."""
@@ -407,6 +436,15 @@ class StripeSource:
                 except stripe.InvalidRequestError:
                     pass  # the invoice still names the failure's amount and attempt; the code stays unknown
         return invoice
+
+
+def _payment_link(payment: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(PaymentIntent id, invoice id) of an InvoicePayment (the PaymentIntent may be expanded)."""
+    inner = payment.get("payment") if isinstance(payment.get("payment"), Mapping) else {}
+    pi = inner.get("payment_intent")
+    pi_id = pi.get("id") if isinstance(pi, Mapping) else pi
+    inv = payment.get("invoice")
+    return (pi_id if isinstance(pi_id, str) else None), (inv if isinstance(inv, str) else None)
 
 
 def _path_id(value: str) -> str:

@@ -12,7 +12,7 @@ from stripe_sf_sync import service
 from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import CachedCustomer, StateStore
 
-from .conftest import write_config
+from .conftest import since, write_config
 
 DAY = 86400
 
@@ -110,10 +110,14 @@ def test_one_listing_links_a_batch_of_payments_and_failures(tmp_path, env, org, 
     summary = run(config, env, since=day(t - DAY))
     assert (summary.applied, summary.ignored, summary.dead_lettered) == (5, 1, 0)  # the renewal is no win
     paths = stripe_paths(stripe_sb, mark)
-    assert paths.count("/v1/invoice_payments") == 1
+    # One listing around the batch, and, the events being two days old, one of the PaymentIntent payments
+    # created since (a late attach; api-facts.md §6) instead of one lookup per one-time payment.
+    assert paths.count("/v1/invoice_payments") == 2
     assert not [p for p in paths if p.startswith("/v1/invoices/")]
-    listing = next(params for _, path, params in stripe_sb.requests_log[mark:] if path == "/v1/invoice_payments")
-    assert set(listing["created"]) == {"gte", "lte"}  # a window around the batch, not the whole account
+    window, since_then = (params for _, path, params in stripe_sb.requests_log[mark:]
+                          if path == "/v1/invoice_payments")
+    assert set(window["created"]) == {"gte", "lte"}  # a window around the batch, not the whole account
+    assert set(since_then["created"]) == {"gt", "lte"} and since_then["payment"] == {"type": "payment_intent"}
     won = {o["Stripe_Payment_Intent_ID__c"] for o in org.records("Opportunity")}
     assert won == set(one_time)
     descriptions = sorted(t["Description"] for t in org.records("Task") if t["WhatId"] == acct)
@@ -281,3 +285,35 @@ def test_collection_calls_of_one_kind_run_a_few_at_once_grouped_by_account():
     # Sorted by parent: each Account's 100 Tasks sit in at most two calls.
     for a in accounts:
         assert sum(1 for s, parents in gw.calls if s == "Task" and a in parents) <= 2
+
+
+def test_a_payment_attached_to_an_invoice_long_after_it_succeeded_wins_no_opportunity(config, env, org, sc,
+                                                                                        stripe_sb):
+    """An InvoicePayment is created when the PaymentIntent is attached, which can be days after it
+    succeeded (api-facts.md §6). A run that reads the payment after the attach must see the invoice, even
+    when the attach is far outside the batch's own time window."""
+    f = StripeFactory(stripe_sb, seed=41)
+    now = int(time.time())
+    cus = sc.customers["acme"]
+    pi = f.payment_intent(cus, 99900, "usd", status="requires_payment_method", created=now - 3 * 86400)
+    sc.events.append(f.payment_succeeded(pi["id"], now - 3 * 86400 + 30)["id"])
+    inv = f.invoice(sc.subscriptions["acme"], cus, 99900, "usd", created=now - 700)
+    f.attach_payment(inv["id"], pi["id"], now - 600)
+    summary = service.run_sync(config, env, since=since(sc), dry_run=False, max_events=None)
+    assert not [o for o in org.records("Opportunity") if o.get("Stripe_Payment_Intent_ID__c") == pi["id"]]
+    assert summary.dead_lettered == 1  # Hooli, as always
+
+
+def test_a_cron_run_pays_nothing_for_late_attaches(tmp_path, env, org, stripe_sb):
+    """Events younger than the listing's margin: the window already reaches now, so no second listing."""
+    f = StripeFactory(stripe_sb, seed=25)
+    now = int(time.time())
+    cus = f.customer("Fresh Co", "f@example.com", created=now - 90 * DAY)
+    org.insert("Account", {"Name": "Fresh Co", "Stripe_Customer_ID__c": cus["id"]})
+    pi = f.payment_intent(cus["id"], 4200, "usd", status="requires_payment_method", created=now - 300)
+    f.payment_succeeded(pi["id"], now - 240)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+    summary = run(config, env, since=day(now - DAY))
+    assert summary.applied == 1
+    assert stripe_paths(stripe_sb, mark).count("/v1/invoice_payments") == 1

@@ -1511,6 +1511,20 @@ class StripeFactory:
         paid = self._mark_invoice_paid(link, at)
         return self.emit("invoice.paid", paid or inv, at, automatic=True)
 
+    def attach_payment(self, invoice: Obj | str, pi: Obj | str, at: int) -> Obj:
+        """`POST /v1/invoices/{id}/attach_payment` with a PaymentIntent that has already succeeded: the
+        InvoicePayment is created, paid, at attach time `at`, which may be long after the PaymentIntent
+        succeeded (api-facts.md §6). The invoice is paid; emits `invoice.paid`."""
+        inv = self._current(invoice)
+        payment = self._current(pi)
+        if payment.get("status") != "succeeded":
+            raise ValueError("attach_payment here models a PaymentIntent that has already succeeded")
+        link = link_invoice_payment(inv["id"], payment["id"], inv["amount_due"], inv["currency"], paid=True,
+                                    created=at, inpay_id=self.new_id("inpay"))
+        self._save(link)
+        paid = self._mark_invoice_paid(link, at)
+        return self.emit("invoice.paid", paid or inv, at, automatic=True)
+
     def invoice_payment_failed(
         self,
         invoice: Obj | str,
