@@ -4,6 +4,7 @@ against the stand-ins (the Stripe one lists such an event late: StripeSandbox.de
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime
 
@@ -179,3 +180,18 @@ def test_the_ledger_keeps_every_event_the_re_read_can_reach(tmp_path):
         assert st.prune_ledger(now=prune_at) == 1
         assert st.outcomes_for(["evt_edge", "evt_old"]) == {"evt_edge": "applied"}
 
+
+def test_a_dry_run_does_not_prune_the_ledger(config, env, sc):
+    run(config, env, since=since(sc))
+    long_ago = int(time.time()) - LEDGER_RETENTION_S - 86400
+    with state(config) as st:
+        st.commit_batch([Outcome("evt_long_ago", "customer.subscription.updated", long_ago, "applied")],
+                        cursor=None, versions={}, run_id=None)
+    with sqlite3.connect(config.parent / "stripe-sf-state.sqlite") as db:
+        db.execute("UPDATE events SET recorded_at = ? WHERE event_id = 'evt_long_ago'", (long_ago,))
+    run(config, env, dry_run=True)
+    with state(config) as st:
+        assert st.outcomes_for(["evt_long_ago"]) == {"evt_long_ago": "applied"}
+    run(config, env)
+    with state(config) as st:
+        assert st.outcomes_for(["evt_long_ago"]) == {}  # pruned by a real run
