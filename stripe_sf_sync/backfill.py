@@ -19,7 +19,7 @@ from typing import Any
 
 from stripe_sf_sync import model
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.pipeline import HANDOFF_SINCE_KEY, Pipeline, RunSummary
+from stripe_sf_sync.pipeline import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY, Pipeline, RunSummary
 from stripe_sf_sync.state import Cursor
 
 log = logging.getLogger("stripe_sf_sync")
@@ -221,14 +221,18 @@ class Backfill:
 
     def _handoff(self) -> None:
         """Record the newest event as the sync cursor (unless a newer one is stored), before listing,
-        so that sync later continues with no gap."""
+        so that sync later continues with no gap.
+
+        Sync's history then starts after that event's second: its lookback re-read (pipeline._lookback)
+        must not apply the events the backfill's lists already cover. An event of that same second listed
+        late is the one thing this gives up, rather than re-applying the second's other events."""
         newest = self.p.source.newest_event()
         if self.p.dry_run:
             return
         current = self.p.state.cursor()
         if newest is not None:
             if current is None or newest[1] > current.created:
-                self.p.state.set_cursor(Cursor(*newest))
+                self.p.state.set_cursor(Cursor(*newest), meta={SYNC_FLOOR_KEY: str(newest[1] + 1)})
         elif current is None:
             self.p.state.set_meta(HANDOFF_SINCE_KEY, str(int(self.clock())))
 

@@ -19,6 +19,10 @@ DEFAULT_CONFIG_PATH = Path("sync.yaml")
 DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
 DEFAULT_SF_API_VERSION = "62.0"
 STATE_FILE_NAME = "stripe-sf-state.sqlite"
+# Stripe's event list is eventually consistent: reports say events turn up seconds, at most about a minute,
+# late (api-facts.md §1). An hour is ample, keeps each run's re-read small, and stays far inside the event
+# ledger's retention (state.LEDGER_RETENTION_S, 40 days), which the re-read relies on to drop what is done.
+MAX_LOOKBACK_S = 3600
 
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 FieldName = Annotated[str, Field(pattern=_FIELD_NAME.pattern)]
@@ -48,6 +52,8 @@ class StripeSettings(_Strict):
     requests_per_second: float = Field(20.0, gt=0, le=100)
     timeout_seconds: float = Field(30.0, gt=0, le=600)
     dashboard_url: str = Field("https://dashboard.stripe.com", pattern=r"^https://")
+    # Each sync re-reads the events created this long before its cursor, for those listed late.
+    lookback_seconds: int = Field(300, ge=0, le=MAX_LOOKBACK_S)
 
 
 class SalesforceSettings(_Strict):

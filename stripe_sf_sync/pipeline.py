@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -25,6 +26,9 @@ log = logging.getLogger("stripe_sf_sync")
 
 ORG_CACHE_KEY = "org_describe"
 HANDOFF_SINCE_KEY = "handoff_since"
+# The oldest `created` sync's history covers (`sync --since`, or just after backfill's hand-off event): the
+# lookback never re-reads before it, so events from before the history began are never applied.
+SYNC_FLOOR_KEY = "sync_floor"
 ORG_CACHE_TTL_S = 24 * 3600
 # Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
 # (invoice finalised, PaymentIntent created, InvoicePayment linked) are seconds to minutes apart.
@@ -91,6 +95,7 @@ class RunSummary:
     applied: int = 0
     skipped_stale: int = 0
     skipped_duplicate: int = 0
+    listed_late: int = 0  # found behind the cursor by the lookback re-read, not recorded yet
     ignored: int = 0
     dead_lettered: int = 0
     records_written: int = 0
@@ -239,7 +244,8 @@ class Pipeline:
     def sync(self, summary: RunSummary, *, since: int | None = None, max_events: int | None = None) -> None:
         """Apply every event after the cursor (or from `since` on the first run)."""
         cursor = self.state.cursor()
-        events: Iterator[dict[str, Any]]
+        events: Iterable[dict[str, Any]]
+        floor: dict[str, str] | None = None  # committed with the batches of a run that starts the history
         if since is not None:
             if since < self.clock() - RETENTION_S:
                 day = datetime.fromtimestamp(since, tz=UTC).date().isoformat()
@@ -247,17 +253,85 @@ class Pipeline:
                     f"--since {day} is past Stripe's 30-day event retention.",
                     hint=f"Run `stripe-sf backfill --since {day}` for the older history, then `stripe-sf sync`.")
             events = self._events_since(since)
+            floor = {SYNC_FLOOR_KEY: str(since)}
         elif cursor is not None:
             self.source.check_cursor_age(cursor.created)
-            events = self.source.events_after(cursor.event_id)
+            late, events = self._lookback(cursor)
+            summary.listed_late += len(late)
+            if late:
+                log.info("%d events were listed late, behind the cursor: applying them first", len(late))
+            # Late events are older than the cursor: applied first (oldest first), without moving it.
+            if late and not self._run(late, summary, max_events=max_events, advance_cursor=False):
+                return
         elif (handoff := self.state.get_meta(HANDOFF_SINCE_KEY)) is not None:
             # A backfill ran while Stripe had no events at all: start from when it began.
             events = self._events_since(int(handoff))
+            floor = {SYNC_FLOOR_KEY: handoff}
         else:
             raise ConfigError(["there is no saved cursor yet"], source="invocation",
                               hint="For the first run, say where to start: `stripe-sf sync --since 2026-11-01` "
                                    "(within the last 30 days), or run `stripe-sf backfill --since DATE` first.")
-        self._run(events, summary, max_events=max_events)
+        self._run(events, summary, max_events=max_events, commit_meta=floor)
+
+    def _lookback(self, cursor: Cursor) -> tuple[list[dict[str, Any]], Iterable[dict[str, Any]]]:
+        """(The events behind the cursor whose outcome is not recorded, oldest first; the events after it.)
+
+        Stripe's event list is eventually consistent (api-facts.md §1): an event can become listable after
+        newer ones were listed, behind the cursor, where `ending_before` never returns it. So each run re-reads
+        the events created `stripe.lookback_seconds` before the cursor's (never before SYNC_FLOOR_KEY) and
+        keeps those the ledger has no outcome for; the order guard then decides stale or applied as usual.
+
+        One listing from the window's start, newest first, usually answers both: when the cursor is on its
+        first page, the events listed before it are every event after the cursor, so a quiet run still costs
+        one call. With more than a page of new events, the window is listed on its own and the new events are
+        walked from the cursor, oldest first, as before (holding them all would grow with the backlog), up
+        to that first page, which ends the walk.
+        """
+        lookback = self.settings.stripe.lookback_seconds
+        floor = self.state.get_meta(SYNC_FLOOR_KEY)
+        start = max(cursor.created - lookback, int(floor) if floor is not None else 0)
+        if lookback == 0 or start > cursor.created:
+            return [], self.source.events_after(cursor.event_id)
+        pages = self.source.event_pages(start)
+        first = next(pages, [])
+        at = next((i for i, e in enumerate(first) if e.get("id") == cursor.event_id), None)
+        if at is not None:
+            late = self._unrecorded(itertools.chain([first[at + 1:]], pages))
+            return late, list(reversed(first[:at]))
+        window = self.source.event_pages(start, until=cursor.created)
+        return self._unrecorded(window, behind=cursor.event_id), self._walk_to(cursor, first)
+
+    def _walk_to(self, cursor: Cursor, newest: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The events after the cursor, oldest first, walked until `newest` (a first page, newest first,
+        already read) begins, then `newest` itself: its page is not read twice. Without meeting it (the cursor
+        sat inside it after all), the walk goes on to the end and `newest` adds nothing."""
+        stop = newest[-1].get("id") if newest else None
+        for event in self.source.events_after(cursor.event_id):
+            if stop is not None and event.get("id") == stop:
+                # Events listed since then are newer than `newest` (or late, and the next lookback finds them).
+                yield from reversed(newest)
+                return
+            yield event
+
+    def _unrecorded(self, pages: Iterable[list[dict[str, Any]]], *,
+                    behind: str | None = None) -> list[dict[str, Any]]:
+        """The events of `pages` (newest first) without a recorded outcome, oldest first. With `behind`, only
+        those listed after that event: the ones before it sort after it, and `events_after` returns them.
+        Each page is checked against the ledger as it comes, so only what is missing is held."""
+        found: list[dict[str, Any]] = []
+        for page in pages:
+            # An event without an id cannot be matched to its outcome: it was dead-lettered as malformed when
+            # the cursor passed it, and re-reading it would dead-letter it again on every run.
+            ids = [e["id"] for e in page if isinstance(e.get("id"), str)]
+            known = self.state.outcomes_for(ids)
+            for event in page:
+                eid = event.get("id")
+                if eid == behind:
+                    found.clear()
+                elif isinstance(eid, str) and eid not in known:
+                    found.append(event)
+        found.reverse()
+        return found
 
     def _events_since(self, since: int) -> Iterator[dict[str, Any]]:
         before = self.source.oldest_event_since(since)
@@ -282,19 +356,25 @@ class Pipeline:
         """Apply a batch of (synthetic) events without moving the cursor; False when the budget is spent."""
         return self._batch(events, summary, advance_cursor=False, bulk=bulk, commit_meta=commit_meta)
 
-    def _run(self, events: Iterable[dict[str, Any]], summary: RunSummary, *, max_events: int | None) -> None:
+    def _run(self, events: Iterable[dict[str, Any]], summary: RunSummary, *, max_events: int | None,
+             advance_cursor: bool = True, commit_meta: dict[str, str] | None = None) -> bool:
+        """Apply `events` batch by batch; False when the run must stop (API budget spent, max_events read)."""
+        if max_events is not None and summary.events_read >= max_events:
+            return False
         batch: list[dict[str, Any] | HeldEvent] = []
         size = self.settings.sync.batch_size
         for event in events:
             batch.append(HeldEvent.of(event))
             if max_events is not None and summary.events_read + len(batch) >= max_events:
-                break
+                self._batch(batch, summary, advance_cursor=advance_cursor, commit_meta=commit_meta)
+                return False
             if len(batch) >= size:
-                if not self._batch(batch, summary, advance_cursor=True):
-                    return
+                if not self._batch(batch, summary, advance_cursor=advance_cursor, commit_meta=commit_meta):
+                    return False
                 batch = []
         if batch:
-            self._batch(batch, summary, advance_cursor=True)
+            return self._batch(batch, summary, advance_cursor=advance_cursor, commit_meta=commit_meta)
+        return True
 
     # --- one batch --------------------------------------------------------------------------
     def _batch(self, events: Sequence[dict[str, Any] | HeldEvent], summary: RunSummary, *, advance_cursor: bool,

@@ -163,7 +163,8 @@ def run_sync(config_path: Path | None, environment: Environment, *, since: str |
     summary = RunSummary("sync", dry_run=dry_run)
     with _recorded_run(runtime, summary, source, sf_factory) as pipeline:
         pipeline.sync(summary, since=since_ts, max_events=max_events)
-        pipeline.state.prune_ledger(int(environment.clock()))
+        if not dry_run:  # a dry run changes nothing, the ledger included
+            pipeline.state.prune_ledger(int(environment.clock()))
     return summary
 
 

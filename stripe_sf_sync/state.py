@@ -205,10 +205,12 @@ class StateStore:
             return Cursor(event_id, int(created))
         return None
 
-    def set_cursor(self, cursor: Cursor) -> None:
-        """Move the cursor forward outside a batch (backfill hand-off, sync --since)."""
+    def set_cursor(self, cursor: Cursor, *, meta: dict[str, str] | None = None) -> None:
+        """Move the cursor forward outside a batch (backfill hand-off), with `meta` in the same transaction."""
         with self._tx():
             self._advance_cursor(cursor)
+            for key, value in (meta or {}).items():
+                self.set_meta(key, value)
 
     def _advance_cursor(self, cursor: Cursor) -> None:
         current = self.cursor()

@@ -220,6 +220,19 @@ class StripeSource:
                 return
             before = data[0]["id"]
 
+    def event_pages(self, since: int, until: int | None = None,
+                    types: Sequence[str] = EVENT_TYPES) -> Iterator[list[dict[str, Any]]]:
+        """Pages of the events created in [since, until] (no upper bound without `until`), newest first,
+        walking `starting_after`: the lookback re-read behind the cursor (api-facts.md §1)."""
+        created: dict[str, int] = {"gte": since}
+        if until is not None:
+            created["lte"] = until
+        params: dict[str, Any] = {"limit": PAGE_LIMIT, "types": list(types), "created": created}
+        try:
+            yield from self._pages("events", "/v1/events", params)
+        except stripe.InvalidRequestError as exc:
+            raise _fatal(exc, "re-reading recent events") from None
+
     def oldest_event_since(self, since: int, types: Sequence[str] = EVENT_TYPES) -> tuple[str, int] | None:
         """A cursor just before `since`: the newest event created before it, if Stripe still has one.
 

@@ -404,6 +404,9 @@ class StripeSandbox:
         self._order: dict[str, int] = {}
         self._seq = 0
         self._event_index: dict[str, int] = {}
+        # Events Stripe has created but does not list yet: its event list is eventually consistent
+        # (api-facts.md §1), see delay_listing.
+        self._unlisted: set[str] = set()
         # List indexes, rebuilt when what they index changed (see _sorted_events, _sorted_objects).
         self._sorted: list[tuple[tuple[int, int], Obj]] = []
         self._sorted_keys: list[tuple[int, int]] = []
@@ -580,6 +583,26 @@ class StripeSandbox:
             self._event_index[eid] = len(self.events) - 1
             return clone(event)
 
+    def delay_listing(self, *event_ids: str) -> None:
+        """Keep already-emitted events out of every listing (and retrieve) until `release_listing`.
+
+        Stripe's event list is eventually consistent: an event can become listable seconds to a minute
+        after newer events were listed (api-facts.md §1). A delayed event keeps the place its `created`
+        and its emission order give it, so once released it sits behind the newer events a client has
+        already listed: `ending_before=<a newer id>` never returns it, as with Stripe's own cursor.
+        """
+        with self._lock:
+            known = self._event_ids()
+            missing = [eid for eid in event_ids if eid not in known]
+            if missing:
+                raise KeyError(f"unknown events {missing}")
+            self._unlisted.update(event_ids)
+
+    def release_listing(self, *event_ids: str) -> None:
+        """Make delayed events listable, at their place in the list (see `delay_listing`)."""
+        with self._lock:
+            self._unlisted.difference_update(event_ids)
+
     def _sorted_events(self) -> list[tuple[tuple[int, int], Obj]]:
         """Every event with its sort key (created, insertion order), oldest first; rebuilt when `events`
         changed (appended to, cleared, or replaced)."""
@@ -598,10 +621,13 @@ class StripeSandbox:
         keys = self._sorted_keys
         cutoff = int(self.now()) - EVENT_RETENTION_S
         lo = bisect.bisect_left(keys, (cutoff, -1))  # older events are past retention: invisible
+        if self._unlisted:
+            unlisted, listed = self._unlisted, keep
+            keep = lambda e: e["id"] not in unlisted and listed(e)  # noqa: E731
 
         def position(obj_id: str, param: str) -> int:
             i = self._event_ids().get(obj_id)
-            if i is None or self.events[i]["created"] < cutoff:
+            if i is None or self.events[i]["created"] < cutoff or obj_id in self._unlisted:
                 _missing("event", obj_id, param, status=400)
             return bisect.bisect_left(keys, (self.events[i]["created"], i))
 
@@ -758,6 +784,8 @@ class StripeSandbox:
         event = self.events[i]
         if event["created"] < int(self.now()) - EVENT_RETENTION_S:
             return None  # past the 30-day window Stripe keeps events for
+        if event_id in self._unlisted:
+            return None  # not visible yet (delay_listing)
         return event
 
     # ----------------------------------------------------------------- expand

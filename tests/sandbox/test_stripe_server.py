@@ -307,6 +307,51 @@ def test_created_filters(sandbox: StripeSandbox, factory: StripeFactory, client:
         client.v1.events.list({"created": {"after": 5}})
 
 
+def test_an_event_listed_late_sits_behind_newer_events_already_listed(
+    sandbox: StripeSandbox, factory: StripeFactory, client: stripe.StripeClient
+) -> None:
+    """Stripe's event list is eventually consistent (api-facts.md §1): an event can become listable after
+    newer ones were listed, at the place its `created` gives it, so a cursor already past it never sees it."""
+    cus = factory.customer("L", "l@example.com", created=T0 - DAY)
+
+    def emit(at: int) -> str:
+        return str(sandbox.emit("customer.updated", cus, created=at)["id"])
+
+    a = emit(T0 - 100)
+    x = emit(T0 - 90)
+    b = emit(T0 - 80)
+    y = emit(T0 - 70)  # created in the same second as c, and before it
+    c = emit(T0 - 70)
+    sandbox.delay_listing(x, y)
+
+    def ids(params: dict[str, Any]) -> list[str]:
+        return [e.id for e in client.v1.events.list({"limit": 100, **params}).data]
+
+    assert ids({}) == [c, b, a]  # a client lists up to c and keeps it as its cursor
+    with pytest.raises(stripe.InvalidRequestError) as exc:
+        client.v1.events.retrieve(x)
+    assert exc.value.code == "resource_missing"
+    with pytest.raises(stripe.InvalidRequestError) as exc:
+        client.v1.events.list({"ending_before": x})
+    assert exc.value.http_status == 400 and exc.value.code == "resource_missing"
+
+    d = emit(T0 - 60)
+    sandbox.release_listing(x, y)
+    z = emit(T0 - 85)  # appended now with an older `created`: it, too, sits at its `created` place
+    assert ids({}) == [d, c, y, b, z, x, a]
+    # The cursor never returns what sorts behind it, however late it became listable ...
+    assert ids({"ending_before": c}) == [d]
+    assert [e.id for e in client.v1.events.list({"ending_before": c, "limit": 1}).auto_paging_iter()] == [d]
+    assert ids({"ending_before": a}) == [d, c, y, b, z, x]
+    # ... while walking back and the `created` filters find it where its `created` puts it.
+    assert ids({"starting_after": c}) == [y, b, z, x, a]
+    assert ids({"starting_after": b, "limit": 2}) == [z, x]
+    assert ids({"created": {"gte": T0 - 90, "lte": T0 - 70}}) == [c, y, b, z, x]
+    assert ids({"created": {"gte": T0 - 70}}) == [d, c, y]
+    assert ids({"created": {"lt": T0 - 70, "gt": T0 - 100}, "starting_after": b}) == [z, x]
+    assert client.v1.events.retrieve(x).id == x
+
+
 def test_thirty_day_retention(
     sandbox: StripeSandbox, factory: StripeFactory, client: stripe.StripeClient, clock: Clock
 ) -> None:
