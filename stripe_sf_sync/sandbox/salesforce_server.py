@@ -548,6 +548,17 @@ class SalesforceOrg:
             if not outcome.success:
                 raise ValueError(_flatten(outcome.errors))
 
+    def activate_currency(self, code: str) -> None:
+        """What an admin does in Setup > Company Information > Currencies: a new active currency,
+        accepted in CurrencyIsoCode from now on (a multi-currency org only)."""
+        with self._lock:
+            if self.currencies is None:
+                raise ValueError("a single-currency org has no currencies to activate")
+            if code.upper() not in self.currencies:
+                self.currencies.append(code.upper())
+                for sobject in ("Account", "Opportunity"):
+                    self.schema[sobject]["CurrencyIsoCode"].picklist = list(self.currencies)
+
     def expire_sessions(self) -> None:
         """Invalidate every access token issued so far."""
         with self._lock:

@@ -1467,6 +1467,11 @@ class StripeFactory:
         end = old_items[0]["current_period_end"] if old_items else at
         items: list[Obj] = []
         for price, quantity in pairs:
+            stored = self._lookup(str(price["id"])) or price
+            if stored.get("currency") != old["currency"] and currency_option_amount(stored, old["currency"]) is None:
+                # Stripe refuses it: a subscription's currency never changes, and each price must charge in it.
+                raise ValueError(f"price {price['id']} has no currency option for {old['currency']}, "
+                                 f"the currency of {old['id']}")
             existing = by_price.get(price["id"])
             if existing is not None:
                 item = clone(existing)
