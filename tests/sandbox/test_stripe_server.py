@@ -724,6 +724,8 @@ def test_multi_currency_price_and_a_subscription_billed_in_another_currency(
 
     with pytest.raises(ValueError, match="no currency option for gbp"):
         factory.subscription(cus["id"], [(price, 1)], currency="gbp")
+    with pytest.raises(ValueError, match="no currency option for eur"):  # a plan change keeps the currency
+        factory.subscription_updated(sub["id"], {"items": [(factory.price(500, "usd"), 1)]}, T0)
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.prices.retrieve(price["id"], {"expand": ["currency_options.eur"]})
 
