@@ -262,7 +262,15 @@ def _subscription_event(b: _Builder, kind: str, sub_id: str, catalog: list[tuple
         b.status[sub_id] = new
         return f.subscription_updated(sub_id, {"status": new}, at)
     if kind == "subscription.updated.plan":
-        return f.subscription_updated(sub_id, {"items": b.items(catalog)}, at)
+        # Stripe keeps a subscription's currency: a plan in another currency becomes the catalog's first plan
+        # in this one (no extra random draw, so the rest of the scenario is unchanged).
+        current = f.sandbox.get(sub_id) if f.sandbox else None
+        currency = (current or {}).get("currency")
+        items = b.items(catalog)
+        if any(p["currency"] != currency for p, _ in items):
+            plan = next(p for p, _ in catalog if p["currency"] == currency)
+            items = [(plan, items[0][1])]
+        return f.subscription_updated(sub_id, {"items": items}, at)
     if kind == "subscription.updated.cancel_at_period_end":
         current = f.sandbox.get(sub_id) if f.sandbox else None
         scheduled = bool(current and current.get("cancel_at_period_end"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -49,6 +49,13 @@ class MalformedEvent(SkippableError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason, code="MALFORMED_EVENT")
+
+
+class NoCurrencyOption(MalformedEvent):
+    """A subscription is billed in a currency its Price names no amount for: its value is unknown."""
+
+    def __init__(self, reason: str) -> None:
+        SkippableError.__init__(self, reason, code="NO_CURRENCY_OPTION")
 
 
 @dataclass(frozen=True)
@@ -320,7 +327,71 @@ def _price_line(item: Mapping[str, Any], sub_currency: str, idx: int) -> money.P
     if count > 1000:
         raise MalformedEvent(f"items.data[{idx}] interval_count is out of range")
     usage = recurring.get("usage_type") or "licensed"
-    return money.PriceLine(unit, currency, interval, count, quantity, str(usage))
+    price_id = price.get("id") if isinstance(price.get("id"), str) and len(price["id"]) <= 255 else None
+    return money.PriceLine(unit, currency, interval, count, quantity, str(usage), price_id)
+
+
+def _unit_amount(option: Mapping[str, Any], where: str) -> Decimal | None:
+    """A minor-unit amount from `unit_amount_decimal` (a string) or `unit_amount`; None when there is none
+    (tiered or customer-chosen amounts)."""
+    raw = option.get("unit_amount_decimal")
+    if raw is None:
+        raw = option.get("unit_amount")
+    if raw is None:
+        return None
+    try:
+        unit = Decimal(str(raw)) if not isinstance(raw, bool | float) else None
+    except InvalidOperation:
+        unit = None
+    if unit is None or not unit.is_finite() or unit < 0 or unit > MAX_MINOR_UNITS:
+        raise MalformedEvent(f"{where}.unit_amount is not a number in range")
+    return unit
+
+
+def foreign_price_ids(change: SubscriptionChange) -> list[str]:
+    """The Prices whose `currency_options` are needed: those of items priced in another currency than the
+    subscription is billed in (api-facts.md §6). Empty for the usual single-currency subscription."""
+    wanted: list[str] = []
+    for i, line in enumerate(change.lines):
+        if line.currency == change.currency:
+            continue
+        if line.price_id is None or not _STRIPE_ID.fullmatch(line.price_id):
+            raise NoCurrencyOption(
+                f"{change.subscription_id} is billed in {change.currency.upper()} but items.data[{i}] is priced in "
+                f"{line.currency.upper()} and names no Price id stripe-sf can read; nothing was written. Report it "
+                "with `stripe-sf dlq list --json` output")
+        if line.price_id not in wanted:
+            wanted.append(line.price_id)
+    return wanted
+
+
+def in_billed_currency(change: SubscriptionChange,
+                       options: Mapping[str, Mapping[str, Mapping[str, Any]] | None]) -> SubscriptionChange:
+    """The change with every item's amount in the subscription's currency.
+
+    `options` maps each of `foreign_price_ids(change)` to its Price's `currency_options` (None when the
+    Price no longer exists). A subscription billed in one of a Price's options shows the default currency
+    and amount on its items (api-facts.md §6); the amount billed is the option's. Without an option for
+    the currency the value is unknown: the event is dead-lettered rather than written with a guess.
+    """
+    lines: list[money.PriceLine] = []
+    billed = change.currency
+    for line in change.lines:
+        if line.currency == billed:
+            lines.append(line)
+            continue
+        assert line.price_id is not None  # foreign_price_ids refused the others
+        found = options.get(line.price_id)
+        option = found.get(billed) if isinstance(found, Mapping) else None
+        if not isinstance(option, Mapping):
+            raise NoCurrencyOption(
+                f"{change.subscription_id} is billed in {billed.upper()}, but its Price {line.price_id} (default "
+                f"currency {line.currency.upper()}) has no {billed.upper()} amount in its currency_options, so its "
+                f"Amount, MRR and ARR are unknown and nothing was written. Add a {billed.upper()} price to "
+                f"{line.price_id} in Stripe, then run `stripe-sf dlq retry --all`")
+        unit = _unit_amount(option, f"price {line.price_id} currency_options.{billed}")
+        lines.append(replace(line, unit_amount=unit, currency=billed))
+    return replace(change, lines=tuple(lines))
 
 
 def _period_end(sub: Mapping[str, Any]) -> int | None:

@@ -74,10 +74,26 @@ class PriceLine:
     interval_count: int
     quantity: int
     usage_type: str = "licensed"  # metered usage is billed in arrears and has no fixed MRR
+    price_id: str | None = None  # the Price, to read its `currency_options` when billed in another currency
+
+
+def _one_currency(lines: Iterable[PriceLine]) -> tuple[PriceLine, ...]:
+    """The lines, refused when they mix currencies: amounts in different currencies cannot be summed.
+
+    A subscription billed in one of its prices' `currency_options` carries the default currency on its
+    items (api-facts.md §6); such lines must be converted (model.in_billed_currency) before they get here.
+    """
+    lines = tuple(lines)
+    currencies = {line.currency.lower() for line in lines}
+    if len(currencies) > 1:
+        raise ValueError(f"items priced in several currencies ({', '.join(sorted(currencies))}): convert them "
+                         "to the subscription's currency first")
+    return lines
 
 
 def period_total(lines: Iterable[PriceLine]) -> Decimal | None:
     """Total of one billing period across licensed items, in major units (None if unknowable)."""
+    lines = _one_currency(lines)
     total = Decimal(0)
     currency: str | None = None
     for line in lines:
@@ -93,6 +109,7 @@ def period_total(lines: Iterable[PriceLine]) -> Decimal | None:
 
 
 def _monthly_exact(lines: Iterable[PriceLine]) -> tuple[Decimal, str] | None:
+    lines = _one_currency(lines)
     total = Decimal(0)
     currency: str | None = None
     for line in lines:

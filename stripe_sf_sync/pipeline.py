@@ -16,7 +16,13 @@ from typing import Any
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import LoadedConfig
 from stripe_sf_sync.errors import ConfigError, CursorExpiredError, StripeSfError
-from stripe_sf_sync.model import CustomerChange, InvoiceFailureChange, MalformedEvent, PaymentChange
+from stripe_sf_sync.model import (
+    CustomerChange,
+    InvoiceFailureChange,
+    MalformedEvent,
+    PaymentChange,
+    SubscriptionChange,
+)
 from stripe_sf_sync.resolve import AccountCache, Materializer, WriteSettings, lookup
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes, apply_writes_bulk
 from stripe_sf_sync.state import CachedCustomer, Cursor, Outcome, StateStore
@@ -121,6 +127,9 @@ class OrgFacts:
     """What describe told us about the org, cached for a day in state."""
 
     task_upsert: bool
+    # A multi-currency org's active currencies (upper-case ISO codes, from Opportunity.CurrencyIsoCode's
+    # picklist); None for a single-currency org, which has no CurrencyIsoCode field (api-facts.md §12).
+    currencies: frozenset[str] | None = None
 
 
 class SalesforceAccess:
@@ -180,7 +189,12 @@ def check_org(gw: SalesforceGateway, loaded: LoadedConfig) -> OrgFacts:
         log.warning("Task.%s is missing or not an External ID: Tasks are created, not upserted, so a run killed "
                     "between the write and the state commit could repeat one. Add the field to rule that out.",
                     names.task_event_id)
-    return OrgFacts(task_upsert=task_upsert)
+    currency = by_obj["Opportunity"].get("currencyisocode")
+    currencies = None
+    if currency is not None:
+        currencies = frozenset(str(p["value"]).upper() for p in currency.get("picklistValues", [])
+                               if p.get("active", True) and isinstance(p.get("value"), str))
+    return OrgFacts(task_upsert=task_upsert, currencies=currencies)
 
 
 def _stage_problems(won_stage: str, stage_field: Mapping[str, Any]) -> list[str]:
@@ -235,6 +249,7 @@ class Pipeline:
         self.sleep = sleep
         self.on_batch = on_batch
         self._org: OrgFacts | None = None
+        self._org_described = False  # whether this run described the org itself (not read the cache)
         self._accounts = AccountCache()  # Accounts read in this run: later batches skip their lookups
         won = self.settings.salesforce.won_stage or ""
         self.ctx = rules.RuleContext(won, self.settings.salesforce.fields, self.settings.stripe.dashboard_url)
@@ -525,6 +540,11 @@ class Pipeline:
             cust = self.source.customer(customer_id)
             change = dataclasses.replace(change, customer_metadata=dict(cust.metadata) if cust else {},
                                          customer_name=cust.name if cust else None)
+        if isinstance(change, SubscriptionChange):
+            foreign = model.foreign_price_ids(change)
+            if foreign:  # billed in one of its Prices' currency_options: read them (once per run)
+                change = model.in_billed_currency(
+                    change, {price_id: self.source.price_currency_options(price_id) for price_id in foreign})
         if isinstance(change, PaymentChange) and not change.invoice_known:
             change = dataclasses.replace(change, invoice_id=self.source.invoice_of_payment_intent(
                 change.payment_intent_id), invoice_known=True)
@@ -549,29 +569,40 @@ class Pipeline:
     def _write_bulk(self, gw: SalesforceGateway, ops: Sequence[SfOp]) -> list[Any]:
         return _write_bulk_split(gw, ops, self.sleep)
 
-    def _org_facts(self, gw: SalesforceGateway) -> OrgFacts:
-        if self._org is not None:
+    def _org_facts(self, gw: SalesforceGateway, *, refresh: bool = False) -> OrgFacts:
+        if self._org is not None and not refresh:
             return self._org
         fields = self.settings.salesforce.fields.model_dump_json()
         cache_key = f"{self.settings.salesforce.won_stage}|{self.settings.record_type_id()}|{fields}"
-        cached = self.state.get_meta(ORG_CACHE_KEY)
+        cached = None if refresh else self.state.get_meta(ORG_CACHE_KEY)
         if cached:
             data = json.loads(cached)
-            if data.get("key") == cache_key and self.clock() - data.get("at", 0) < ORG_CACHE_TTL_S:
-                self._org = OrgFacts(task_upsert=bool(data["task_upsert"]))
+            currencies = data.get("currencies", False)  # False: cached before currencies were learnt
+            known = currencies is None or (isinstance(currencies, list)
+                                           and all(isinstance(c, str) for c in currencies))
+            if known and data.get("key") == cache_key and self.clock() - data.get("at", 0) < ORG_CACHE_TTL_S:
+                self._org = OrgFacts(task_upsert=bool(data["task_upsert"]),
+                                     currencies=None if currencies is None else frozenset(currencies))
                 return self._org
         self._org = check_org(gw, self.loaded)
+        self._org_described = True
         if not self.dry_run:
+            currencies = None if self._org.currencies is None else sorted(self._org.currencies)
             self.state.set_meta(ORG_CACHE_KEY, json.dumps({"key": cache_key, "at": self.clock(),
-                                                           "task_upsert": self._org.task_upsert}))
+                                                           "task_upsert": self._org.task_upsert,
+                                                           "currencies": currencies}))
         return self._org
 
     def _write(self, planned: Sequence[tuple[dict[str, Any], model.Change, rules.Plan]],
                versions: dict[str, tuple[int, str]], summary: RunSummary, *, bulk: bool = False) -> list[Outcome]:
         gw = self.salesforce.get()
         org = self._org_facts(gw)
+        if org.currencies is not None and not self._org_described and _currencies(planned) - org.currencies:
+            # The cached describe may predate a currency the admin has since activated (the dead letter's
+            # advice): describe again, once per run, before dead-lettering on stale facts.
+            org = self._org_facts(gw, refresh=True)
         settings = WriteSettings(self.settings.salesforce.fields, self.settings.record_type_id(), org.task_upsert,
-                                 coalesce=self.settings.sync.coalesce)
+                                 coalesce=self.settings.sync.coalesce, currencies=org.currencies)
         all_intents = [it for _, _, p in planned for it in p.intents]
         found = lookup(gw, settings.names, all_intents, self._accounts)
         mat = Materializer(found, settings)
@@ -656,6 +687,12 @@ def _describe_op(op: SfOp) -> dict[str, Any]:
             "fields": {k: (str(v) if not isinstance(v, str | int | bool | type(None)) else v)
                        for k, v in op.fields.items()},
             "events": list(op.events)}
+
+
+def _currencies(planned: Sequence[tuple[Raw, model.Change, rules.Plan]]) -> set[str]:
+    """The currencies (upper-case ISO codes) of a batch's Opportunity amounts."""
+    return {it.currency.upper() for _, _, plan in planned for it in plan.intents
+            if isinstance(it, rules.OpportunityIntent) and it.currency}
 
 
 def _needs_customer(change: model.Change) -> bool:

@@ -204,6 +204,8 @@ class WriteSettings:
     record_type_id: str | None
     task_upsert: bool  # the org has the Task external id field
     coalesce: bool = True
+    # A multi-currency org's active currencies (upper-case ISO codes); None in a single-currency org.
+    currencies: frozenset[str] | None = None
 
 
 class Unresolvable(Exception):
@@ -266,16 +268,31 @@ class Materializer:
                 return best
         return None
 
+    def _currency_field(self, it: OpportunityIntent) -> dict[str, str]:
+        """CurrencyIsoCode for a multi-currency org, where an amount without it is read in the running user's
+        currency (api-facts.md §12). A currency the org has not activated is refused before any write."""
+        if self.s.currencies is None or it.currency is None:
+            return {}  # a single-currency org has no such field: sending it fails with INVALID_FIELD
+        code = it.currency.upper()
+        if code not in self.s.currencies:
+            raise Unresolvable(
+                "CURRENCY_NOT_ACTIVE",
+                f"{it.key} is in {code}, which is not an active currency of this Salesforce org (active: "
+                f"{', '.join(sorted(self.s.currencies))}), so its amounts cannot be written: activate {code} "
+                "in Setup > Company Information > Currencies, then run `stripe-sf dlq retry --all`")
+        return {"CurrencyIsoCode": code}
+
     def _ops_for(self, it: Intent) -> list[SfOp]:
         names = self.s.names
         if isinstance(it, OpportunityIntent):
+            currency = self._currency_field(it)
             pending = self._pending.get((it.key_kind, it.key))
             if pending is not None:
-                return [SfOp(pending.kind, "Opportunity", pending.key, dict(it.fields), pending.ext_field,
+                return [SfOp(pending.kind, "Opportunity", pending.key, {**it.fields, **currency}, pending.ext_field,
                              label=pending.label)]
             opp = self._opportunity(it)
             if opp is not None:
-                return [SfOp("update", "Opportunity", opp.id, dict(it.fields),
+                return [SfOp("update", "Opportunity", opp.id, {**it.fields, **currency},
                              label=f"Opportunity {opp.id} ({it.key})")]
             if not it.may_create:
                 raise Unresolvable("NO_OPPORTUNITY",
@@ -290,6 +307,7 @@ class Materializer:
             if account.owner_id:
                 fields["OwnerId"] = account.owner_id
             fields.update(it.fields)
+            fields.update(currency)
             fields.pop(ext, None)  # the external id travels as the upsert key, not in the body
             op = SfOp("upsert", "Opportunity", it.key, fields, ext, label=f"Opportunity {ext}={it.key} (create)")
             return [op]

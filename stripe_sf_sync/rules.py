@@ -57,6 +57,9 @@ class OpportunityIntent:
     fields: Mapping[str, Any]
     name_hint: str
     may_create: bool
+    # The ISO code (lower case, as Stripe sends it) the amounts in `fields` are in. A multi-currency org
+    # reads an amount in the record's CurrencyIsoCode (api-facts.md §12): resolve sets it from this.
+    currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,11 @@ def _dashboard(ctx: RuleContext, livemode: bool, kind: str, obj_id: str) -> str:
 
 def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange) -> dict[str, Any]:
     f = ctx.fields
+    if any(line.currency != change.currency for line in change.lines):
+        # Items show their Price's default currency; the amount billed is in subscription.currency
+        # (api-facts.md §6). Hydration converts them (model.in_billed_currency); never guess here.
+        raise ValueError(f"{change.subscription_id}: items must be converted to {change.currency.upper()} "
+                         "(the subscription's currency) before planning")
     out: dict[str, Any] = {}
     amount = money.period_total(change.lines)
     if amount is not None:
@@ -192,11 +200,11 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
         fields.update(_subscription_value_fields(ctx, change))
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
-            f"{label} - Subscription {change.subscription_id}", may_create=True))
+            f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency))
     elif kind == "updated" and change.plan_changed:
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, False, account,
-            _subscription_value_fields(ctx, change), label, may_create=False))
+            _subscription_value_fields(ctx, change), label, may_create=False, currency=change.currency))
 
     status = "canceled" if kind == "deleted" else change.status
     plan.intents.append(AccountStatusIntent(
@@ -247,7 +255,7 @@ def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, op
         fields.update(_subscription_value_fields(ctx, change))
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
-            f"{label} - Subscription {change.subscription_id}", may_create=True))
+            f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency))
     if meta.write_status:
         plan.intents.append(AccountStatusIntent(
             meta.event_id, account, change.subscription_id, change.status, None, log_transition=False,
@@ -275,7 +283,7 @@ def plan_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
     name = f"{label} - Payment {change.payment_intent_id}"
     return Plan([OpportunityIntent(
         meta.event_id, "payment_intent", change.payment_intent_id, opp_id, False,
-        AccountRef(change.customer_id, acct_id), fields, name, may_create=True)])
+        AccountRef(change.customer_id, acct_id), fields, name, may_create=True, currency=change.currency)])
 
 
 def failed_payment_description(ctx: RuleContext, change: InvoiceFailureChange) -> str:

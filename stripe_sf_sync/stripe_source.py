@@ -29,6 +29,9 @@ RETENTION_S = 30 * 86400  # Stripe lists events for 30 days only (api-facts.md �
 TYPES_PER_REQUEST = 20  # `types[]` accepts at most 20 names (api-facts.md §1)
 PAGE_LIMIT = 100
 BASIL = "2025-03-31"
+# Prices read for their currency_options are kept for the whole run (an account has few Prices); the
+# bound only guards memory against an unusual account, dropping the oldest entry first.
+MAX_CACHED_PRICES = 10_000
 
 T = TypeVar("T")
 
@@ -117,6 +120,8 @@ class StripeSource:
         self._fresh_customers: list[str] = []  # read from Stripe this run, not yet kept in state
         self._invoice_of_pi: dict[str, str | None] = {}
         self._payments_of_invoice: dict[str, list[dict[str, Any]]] = {}
+        # price id -> {currency: {unit_amount, unit_amount_decimal}}, None for a Price Stripe no longer has.
+        self._price_options: dict[str, dict[str, dict[str, Any]] | None] = {}
         self.calls_made = 0
 
     @property
@@ -423,6 +428,32 @@ class StripeSource:
             inv = data[0].get("invoice") if data else None
             self._invoice_of_pi[pi_id] = inv if isinstance(inv, str) else None
         return self._invoice_of_pi[pi_id]
+
+    def price_currency_options(self, price_id: str) -> dict[str, dict[str, Any]] | None:
+        """A Price's amounts per currency (`currency_options`), read once per run; None if it is gone.
+
+        Stripe returns `currency_options` only when expanded (api-facts.md §6), and only a subscription
+        billed in another currency than its Price's default needs them. Kept for the run, unlike the
+        per-batch hydration caches: many subscriptions share few Prices.
+        """
+        if price_id not in self._price_options:
+            try:
+                obj = self._get("reading a price's currency options", f"/v1/prices/{_path_id(price_id)}",
+                                {"expand": ["currency_options"]})
+            except stripe.InvalidRequestError as exc:
+                if getattr(exc, "code", None) != "resource_missing":
+                    raise _fatal(exc, "reading a price's currency options") from None
+                obj = None
+            options: dict[str, dict[str, Any]] | None = None
+            if obj is not None:
+                raw = obj.get("currency_options") if isinstance(obj.get("currency_options"), dict) else {}
+                # Only what the amounts need (tiers and custom amounts leave the unit amount unknown).
+                options = {str(cur).lower(): {k: o.get(k) for k in ("unit_amount", "unit_amount_decimal")}
+                           for cur, o in raw.items() if isinstance(o, dict)}
+            if len(self._price_options) >= MAX_CACHED_PRICES:
+                self._price_options.pop(next(iter(self._price_options)))
+            self._price_options[price_id] = options
+        return self._price_options[price_id]
 
     def failed_invoice(self, invoice_id: str) -> dict[str, Any] | None:
         """The invoice with its PaymentIntent/Charge expanded, to read the failure code

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from stripe_sf_sync import model
+from stripe_sf_sync import model, money
 from stripe_sf_sync.model import MalformedEvent
 
 from . import payloads as p
@@ -101,3 +101,73 @@ def test_huge_amount_is_rejected_not_crashing():
     ev = p.event("payment_intent.succeeded", p.payment_intent(amount=10**20))
     with pytest.raises(MalformedEvent):
         model.parse_event(ev)
+
+
+def _euro_subscription(*items):
+    """A subscription billed in EUR on USD-default Prices (its items show USD amounts; api-facts.md §6)."""
+    sub = p.subscription(currency="eur", items=list(items))
+    return model.parse_event(p.event("customer.subscription.created", sub))
+
+
+def _price(price_id, unit, currency="usd", interval="month"):
+    return {**p.price(unit, currency, interval), "id": price_id}
+
+
+def test_subscription_billed_in_another_currency_names_the_prices_to_read():
+    change = _euro_subscription((_price("price_Pro", 10000), 2), (_price("price_Eur", 500, "eur"), 1))
+    assert change.currency == "eur"
+    assert [(ln.currency, ln.unit_amount, ln.price_id) for ln in change.lines] == [
+        ("usd", Decimal("10000"), "price_Pro"), ("eur", Decimal("500"), "price_Eur")]
+    assert model.foreign_price_ids(change) == ["price_Pro"]
+    assert model.foreign_price_ids(model.parse_event(p.event("customer.subscription.created", p.subscription()))) == []
+
+
+def test_in_billed_currency_uses_the_currency_option():
+    change = _euro_subscription((_price("price_Pro", 10000), 2), (_price("price_Eur", 500, "eur"), 1))
+    options = {"price_Pro": {"usd": {"unit_amount": 10000, "unit_amount_decimal": "10000"},
+                             "eur": {"unit_amount": 9000, "unit_amount_decimal": "9000.5"}}}
+    converted = model.in_billed_currency(change, options)
+    assert [(ln.currency, ln.unit_amount, ln.quantity) for ln in converted.lines] == [
+        ("eur", Decimal("9000.5"), 2), ("eur", Decimal("500"), 1)]
+    assert converted.subscription_id == change.subscription_id and converted.meta == change.meta
+
+
+def test_in_billed_currency_zero_and_three_decimal_currencies():
+    jpy = model.parse_event(p.event("customer.subscription.created", p.subscription(
+        currency="jpy", items=[(_price("price_Pro", 10000, interval="year"), 1)])))
+    converted = model.in_billed_currency(jpy, {"price_Pro": {"jpy": {"unit_amount": 150000}}})
+    assert money.period_total(converted.lines) == Decimal("150000")  # yen have no minor unit
+    assert money.monthly_recurring(converted.lines) == Decimal("12500")
+    kwd = model.parse_event(p.event("customer.subscription.created", p.subscription(
+        currency="kwd", items=[(_price("price_Pro", 10000), 3)])))
+    converted = model.in_billed_currency(kwd, {"price_Pro": {"kwd": {"unit_amount_decimal": "30750"}}})
+    assert money.period_total(converted.lines) == Decimal("92.250")
+
+
+def test_in_billed_currency_tiered_option_leaves_the_value_unknown():
+    change = _euro_subscription((_price("price_Pro", 10000), 1))
+    converted = model.in_billed_currency(change, {"price_Pro": {"eur": {"unit_amount": None}}})
+    assert converted.lines[0].unit_amount is None and money.monthly_recurring(converted.lines) is None
+
+
+@pytest.mark.parametrize("options", [{"price_Pro": {"usd": {"unit_amount": 10000}}}, {"price_Pro": None}, {}])
+def test_no_option_for_the_billed_currency_is_a_dead_letter_not_a_guess(options):
+    change = _euro_subscription((_price("price_Pro", 10000), 1))
+    with pytest.raises(model.NoCurrencyOption) as info:
+        model.in_billed_currency(change, options)
+    assert info.value.code == "NO_CURRENCY_OPTION"
+    assert "price_Pro" in info.value.reason and "EUR" in info.value.reason
+    assert "stripe-sf dlq retry --all" in info.value.reason
+
+
+def test_unreadable_price_id_on_a_foreign_item_is_a_dead_letter():
+    change = _euro_subscription((_price("gold-plan/../x", 10000), 1))
+    with pytest.raises(model.NoCurrencyOption) as info:
+        model.foreign_price_ids(change)
+    assert "EUR" in info.value.reason and "USD" in info.value.reason
+
+
+def test_out_of_range_option_amount_is_malformed():
+    change = _euro_subscription((_price("price_Pro", 10000), 1))
+    with pytest.raises(MalformedEvent, match="unit_amount"):
+        model.in_billed_currency(change, {"price_Pro": {"eur": {"unit_amount": -5}}})

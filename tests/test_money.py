@@ -73,3 +73,13 @@ def test_period_total_and_arr():
     # a yearly plan: MRR rounds to cents, ARR stays the yearly price
     assert money.monthly_recurring([line(250000, "year", qty=4)]) == Decimal("833.33")
     assert money.annual_recurring([line(250000, "year", qty=4)]) == Decimal("10000.00")
+
+
+def test_lines_in_several_currencies_are_refused_not_summed():
+    # A EUR subscription's items still show their USD-default Price (api-facts.md §6): summing them
+    # with EUR lines would give a number in no currency at all.
+    mixed = [line(9000, currency="eur"), line(10000, currency="usd")]
+    for total in (money.period_total, money.monthly_recurring, money.annual_recurring):
+        with pytest.raises(ValueError, match="several currencies"):
+            total(mixed)
+    assert money.period_total([line(9000, currency="eur"), line(1000, qty=2, currency="EUR")]) == Decimal("110.00")

@@ -152,3 +152,26 @@ def test_fifteen_char_metadata_id_is_normalised():
     opp = next(i for i in plan_of(p.event("customer.subscription.created", sub)).intents
                if isinstance(i, OpportunityIntent))
     assert opp.opportunity_id == OPP_ID
+
+
+def test_opportunity_amounts_carry_their_currency():
+    sub = p.subscription(currency="eur", items=[(p.price(9000, "eur"), 2)])
+    opp = next(i for i in plan_of(p.event("customer.subscription.created", sub)).intents
+               if isinstance(i, OpportunityIntent))
+    assert opp.currency == "eur" and opp.fields["Amount"] == Decimal("180.00")
+    pay = plan_of(p.event("payment_intent.succeeded", p.payment_intent(amount=500000, currency="jpy"))).intents[0]
+    assert pay.currency == "jpy"
+
+
+def test_items_in_the_price_default_currency_must_be_converted_before_planning():
+    # Billed in EUR on a USD-default Price: the items show USD 100.00 (api-facts.md §6). Writing that as the
+    # Amount would be wrong; the rules refuse it rather than guess (hydration converts the lines).
+    sub = p.subscription(currency="eur", items=[(p.price(10000, "usd"), 2)])
+    change = model.parse_event(p.event("customer.subscription.created", sub))
+    with pytest.raises(ValueError, match="EUR"):
+        rules.plan(CTX, change)
+    converted = model.in_billed_currency(change, {"price_1OabcDEFghiJKL": {"eur": {"unit_amount": 9000}}})
+    opp = next(i for i in rules.plan(CTX, converted).intents if isinstance(i, OpportunityIntent))
+    assert (opp.fields["Amount"], opp.fields["MRR__c"], opp.fields["ARR__c"]) == (
+        Decimal("180.00"), Decimal("180.00"), Decimal("2160.00"))
+    assert opp.currency == "eur"

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -407,10 +407,23 @@ class SalesforceOrg:
         task_event_id_field: bool = True,
         csm_field: str | None = "CSM__c",
         daily_api_limit: int = 100_000,
+        currencies: Sequence[str] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._ids = sfids.IdFactory()
         self.schema: dict[str, dict[str, FieldDef]] = _default_schema(task_event_id_field, csm_field)
+        # A multi-currency org (api-facts.md §12): records gain CurrencyIsoCode, a restricted picklist of
+        # the org's active currencies, the first being the corporate currency (the default on create).
+        # A single-currency org (None) has no such field, and a write naming it fails with INVALID_FIELD.
+        self.currencies: list[str] | None = [c.upper() for c in currencies] if currencies is not None else None
+        if self.currencies is not None:
+            if not self.currencies:
+                raise ValueError("a multi-currency org needs at least its corporate currency")
+            for sobject in ("Account", "Opportunity"):
+                self.schema[sobject]["CurrencyIsoCode"] = FieldDef(
+                    "CurrencyIsoCode", "picklist", length=3, restricted=True, picklist=list(self.currencies),
+                    label=f"{sobject} Currency",
+                )
         self.key_prefixes: dict[str, str] = dict(sfids.KEY_PREFIXES)
         self.won_stage = won_stage  # the stage's API name: what StageName takes (api-facts.md §12)
         # Record types (by Name or DeveloperName) the integration user's profile may not use: active in
@@ -543,6 +556,17 @@ class SalesforceOrg:
             outcome = self.apply_ops([_WriteOp("delete", name, record_id=record_id, seeding=True)], True)[0]
             if not outcome.success:
                 raise ValueError(_flatten(outcome.errors))
+
+    def activate_currency(self, code: str) -> None:
+        """What an admin does in Setup > Company Information > Currencies: a new active currency,
+        accepted in CurrencyIsoCode from now on (a multi-currency org only)."""
+        with self._lock:
+            if self.currencies is None:
+                raise ValueError("a single-currency org has no currencies to activate")
+            if code.upper() not in self.currencies:
+                self.currencies.append(code.upper())
+                for sobject in ("Account", "Opportunity"):
+                    self.schema[sobject]["CurrencyIsoCode"].picklist = list(self.currencies)
 
     def expire_sessions(self) -> None:
         """Invalidate every access token issued so far."""
@@ -972,6 +996,9 @@ class SalesforceOrg:
         schema = self.schema[sobject]
         if "OwnerId" in schema and rec.get("OwnerId") is None:
             rec["OwnerId"] = self.integration_user_id or None
+        if "CurrencyIsoCode" in schema and rec.get("CurrencyIsoCode") is None and self.currencies:
+            # Without one, a record takes the running user's currency: here, the corporate currency.
+            rec["CurrencyIsoCode"] = self.currencies[0]
         if sobject == "Task":
             rec["Status"] = rec.get("Status") or "Not Started"
             rec["Priority"] = rec.get("Priority") or "Normal"
@@ -1534,6 +1561,8 @@ class SalesforceOrg:
                 default_pick = None
                 if sobject == "Task" and fd.name in ("Status", "Priority"):
                     default_pick = {"Status": "Not Started", "Priority": "Normal"}[fd.name]
+                if fd.name == "CurrencyIsoCode" and self.currencies:
+                    default_pick = self.currencies[0]
                 fields.append(
                     {
                         "name": fd.name,

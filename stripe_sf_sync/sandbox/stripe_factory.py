@@ -184,15 +184,37 @@ def _plan_from_price(price: Obj) -> Obj | None:
     }
 
 
+def public_price(price: Obj) -> Obj:
+    """`price` as Stripe returns it by default: `currency_options` only appears when expanded
+    (`expand[]=currency_options`; api-facts.md §6), so stored options never leak into payloads."""
+    out = clone(price)
+    out.pop("currency_options", None)
+    return out
+
+
+def currency_option_amount(price: Obj, currency: str) -> int | None:
+    """The unit amount `price` charges in `currency` (its default or one of its `currency_options`)."""
+    if str(price.get("currency")) == currency:
+        return price.get("unit_amount")
+    option = (price.get("currency_options") or {}).get(currency)
+    return option.get("unit_amount") if isinstance(option, dict) else None
+
+
 # --------------------------------------------------------------------------- version rendering
 
 
 def render(obj: Obj, version: str, links: Links) -> Obj:
     """Return a deep copy of canonical `obj` in the shape `version` sees."""
     out = clone(obj)
+    kind = out.get("object")
+    if kind == "price":
+        out.pop("currency_options", None)
+    elif kind == "subscription":
+        for item in (out.get("items") or {}).get("data") or []:
+            if isinstance(item, dict) and isinstance(item.get("price"), dict):
+                item["price"].pop("currency_options", None)
     if not is_pre_basil(version):
         return out
-    kind = out.get("object")
     if kind == "subscription":
         _subscription_to_pre_basil(out)
     elif kind == "invoice":
@@ -253,7 +275,7 @@ def _line_to_pre_basil(line: Obj, links: Links) -> Obj:
     line["proration"] = bool(sid.get("proration", False))
     line["proration_details"] = {"credited_items": None}
     line["invoice_item"] = None if sid else (parent.get("invoice_item_details") or {}).get("invoice_item")
-    line["price"] = price
+    line["price"] = public_price(price) if price else None
     line["plan"] = _plan_from_price(price) if price else None
     line["tax_amounts"] = []
     line["tax_rates"] = []
@@ -650,8 +672,14 @@ class StripeFactory:
         lookup_key: str | None = None,
         metadata: Mapping[str, str] | None = None,
         created: int | None = None,
+        currency_options: Mapping[str, int] | None = None,
     ) -> Obj:
-        """A Price (`price_`); recurring unless `interval` is None. Creates its Product if not given."""
+        """A Price (`price_`); recurring unless `interval` is None. Creates its Product if not given.
+
+        `currency_options` ({"eur": 9000}) makes it a multi-currency Price: a subscription may then be
+        billed in those currencies too. Like Stripe, the options are stored but only returned when
+        expanded (`expand[]=currency_options`); the Price returned here is the default view.
+        """
         ts = self._now() if created is None else created
         if product is None:
             product = self.product(product_name, created=ts)
@@ -688,8 +716,21 @@ class StripeFactory:
             # Stripe renders the decimal form as a string ("2000" in the fixtures).
             "unit_amount_decimal": str(unit_amount),
         }
+        if currency_options:
+            # Expanded, Stripe lists every currency of the Price, its default one included; each option
+            # has the fields of the SDK's `Price.CurrencyOptions` (`tiers` only on tiered prices).
+            amounts = {currency: unit_amount, **{c.lower(): a for c, a in currency_options.items()}}
+            obj["currency_options"] = {
+                cur: {
+                    "custom_unit_amount": None,
+                    "tax_behavior": "unspecified",
+                    "unit_amount": amount,
+                    "unit_amount_decimal": str(amount),
+                }
+                for cur, amount in amounts.items()
+            }
         self._save(obj)
-        return clone(obj)
+        return public_price(obj)
 
     def _subscription_item(
         self, sub_id: str, price: Obj, quantity: int, created: int, start: int, end: int
@@ -704,7 +745,7 @@ class StripeFactory:
             "discounts": [],
             "metadata": {},
             "plan": _plan_from_price(price),
-            "price": clone(price),
+            "price": public_price(price),
             "quantity": quantity,
             "subscription": sub_id,
             "tax_rates": [],
@@ -738,13 +779,25 @@ class StripeFactory:
         ended_at: int | None = None,
         cancellation_reason: str | None = None,
         days_until_due: int | None = None,
+        currency: str | None = None,
     ) -> Obj:
-        """A Subscription (`sub_`) with one item (`si_`) per `(price, quantity)`."""
+        """A Subscription (`sub_`) with one item (`si_`) per `(price, quantity)`.
+
+        `currency` bills it in one of its prices' `currency_options` (default: the first price's
+        currency). As in Stripe, `subscription.currency` then says so, while each item's `price` still
+        shows the Price's default `currency` and `unit_amount` (api-facts.md §6).
+        """
         if not items:
             raise ValueError("a subscription needs at least one item")
         ts = self._now() if created is None else created
-        sub_id = self.new_id("sub")
         first_price = items[0][0]
+        billed = (currency or first_price.get("currency") or "usd").lower()
+        for price, _ in items:
+            stored = self._lookup(str(price["id"])) or price
+            if stored.get("currency") != billed and currency_option_amount(stored, billed) is None:
+                # Stripe refuses such a subscription at creation.
+                raise ValueError(f"price {price['id']} has no currency option for {billed}")
+        sub_id = self.new_id("sub")
         recurring = first_price.get("recurring") or {"interval": "month", "interval_count": 1}
         if status == "trialing" and trial_end is None:
             trial_end = ts + 14 * 86400  # a trialing subscription always has a trial end
@@ -778,7 +831,7 @@ class StripeFactory:
             "cancellation_details": {"comment": None, "feedback": None, "reason": cancellation_reason},
             "collection_method": collection_method,
             "created": ts,
-            "currency": first_price.get("currency", "usd"),
+            "currency": billed,
             "customer": customer_id,
             "customer_account": None,
             "days_until_due": days_until_due if collection_method == "send_invoice" else None,
@@ -1291,7 +1344,10 @@ class StripeFactory:
         specs: list[tuple[Obj | None, Obj | None, int, int]] = []
         for item in sub_items:
             price = item.get("price") or {}
-            specs.append((item, price, int(item.get("quantity") or 1), int(price.get("unit_amount") or 0)))
+            # A subscription billed in another of the price's currencies is invoiced at that option's amount.
+            stored = self._lookup(str(price.get("id"))) or price
+            unit = currency_option_amount(stored, currency)
+            specs.append((item, price, int(item.get("quantity") or 1), int(unit or 0)))
         if not specs or sum(q * u for _, _, q, u in specs) != amount_due:
             specs = [
                 (
@@ -1411,6 +1467,11 @@ class StripeFactory:
         end = old_items[0]["current_period_end"] if old_items else at
         items: list[Obj] = []
         for price, quantity in pairs:
+            stored = self._lookup(str(price["id"])) or price
+            if stored.get("currency") != old["currency"] and currency_option_amount(stored, old["currency"]) is None:
+                # Stripe refuses it: a subscription's currency never changes, and each price must charge in it.
+                raise ValueError(f"price {price['id']} has no currency option for {old['currency']}, "
+                                 f"the currency of {old['id']}")
             existing = by_price.get(price["id"])
             if existing is not None:
                 item = clone(existing)

@@ -796,7 +796,20 @@ class StripeSandbox:
         return obj
 
     def _includable(self, obj: Obj, name: str, version: str) -> Any:
-        """Fields Stripe only returns when expanded: basil+ `Invoice.payments`."""
+        """Fields Stripe only returns when expanded: basil+ `Invoice.payments`, `Price.currency_options`."""
+        if obj.get("object") == "price" and name == "currency_options":
+            stored = self._objects.get(str(obj.get("id"))) or {}
+            options = stored.get("currency_options")
+            if options is None:  # a single-currency Price: its default currency is its only option
+                options = {
+                    str(stored.get("currency")): {
+                        "custom_unit_amount": stored.get("custom_unit_amount"),
+                        "tax_behavior": stored.get("tax_behavior"),
+                        "unit_amount": stored.get("unit_amount"),
+                        "unit_amount_decimal": stored.get("unit_amount_decimal"),
+                    }
+                }
+            return clone(options)
         if obj.get("object") == "invoice" and name == "payments" and not is_pre_basil(version):
             links = [p for p in self._raw_invoice_payments() if p.get("invoice") == obj.get("id")]
             links.sort(key=lambda p: (p.get("created") or 0, self._order[p["id"]]), reverse=True)
@@ -826,6 +839,9 @@ class StripeSandbox:
             field_value = self._includable(value, head, version)
             if field_value is _NOT_INCLUDABLE:
                 _bad(f"This property cannot be expanded ({path}).", param="expand")
+            if not rest:  # an includable field is complete as it is: there is no id to expand
+                value[head] = field_value
+                return value
         if isinstance(field_value, str):
             field_value = self._expand_id(field_value, path, version)
         elif field_value is None:

@@ -136,6 +136,9 @@ def process(raw: Mapping[str, Any]) -> tuple[str, str | None]:
     if isinstance(change, model.PaymentChange) and not change.invoice_known:
         change = dataclasses.replace(change, invoice_known=True)  # as hydration leaves it
     try:
+        if isinstance(change, model.SubscriptionChange):
+            # As hydration does, with every Price read lacking an amount for the billed currency.
+            change = model.in_billed_currency(change, dict.fromkeys(model.foreign_price_ids(change)))
         plan = rules.plan(CTX, change)
     except model.MalformedEvent as exc:
         return "dead_letter", exc.reason

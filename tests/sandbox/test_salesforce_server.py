@@ -611,6 +611,37 @@ def test_a_record_type_the_user_may_not_use_is_unavailable_and_refused() -> None
         assert results[1]["success"]
 
 
+def test_multi_currency_org_has_currency_iso_code_as_a_restricted_picklist() -> None:
+    with SalesforceSandbox(SalesforceOrg(currencies=["USD", "EUR"])) as sb:
+        sf = client(sb)
+        for sobject in (sf.Opportunity, sf.Account):
+            field = next(f for f in sobject.describe()["fields"] if f["name"] == "CurrencyIsoCode")
+            assert field["type"] == "picklist" and field["restrictedPicklist"] is True
+            assert [(p["value"], p["active"]) for p in field["picklistValues"]] == [("USD", True), ("EUR", True)]
+            assert field["defaultedOnCreate"] is True
+        results = create(sf, opp(CurrencyIsoCode="EUR"), opp(CurrencyIsoCode="GBP"), opp(),
+                         acct(CurrencyIsoCode="JPY"))
+        assert sb.org.get("Opportunity", results[0]["id"])["CurrencyIsoCode"] == "EUR"
+        assert error_of(results[1]) == ("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", ["CurrencyIsoCode"])
+        assert results[1]["errors"][0]["message"] == "bad value for restricted picklist field: GBP"
+        assert sb.org.get("Opportunity", results[2]["id"])["CurrencyIsoCode"] == "USD"  # the corporate currency
+        assert error_of(results[3]) == ("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", ["CurrencyIsoCode"])
+        rows = sf.query("SELECT CurrencyIsoCode FROM Opportunity WHERE CurrencyIsoCode = 'EUR'")["records"]
+        assert [r["CurrencyIsoCode"] for r in rows] == ["EUR"]
+
+
+def test_single_currency_org_has_no_currency_iso_code(sandbox: SalesforceSandbox) -> None:
+    sf = client(sandbox)
+    assert "CurrencyIsoCode" not in {f["name"] for f in sf.Opportunity.describe()["fields"]}
+    with pytest.raises(SalesforceMalformedRequest) as exc:
+        create(sf, opp(CurrencyIsoCode="USD"))
+    assert rest_error(exc) == {
+        "errorCode": "INVALID_FIELD",
+        "message": "No such column 'CurrencyIsoCode' on sobject of type Opportunity",
+    }
+    assert sandbox.org.records("Opportunity") == []
+
+
 def test_required_record_type() -> None:
     org = SalesforceOrg(require_record_type=True, record_types={"Expansion": "Expansion"})
     inactive = org.insert(

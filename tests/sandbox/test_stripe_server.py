@@ -739,3 +739,43 @@ def test_objects_only_use_fields_real_stripe_has(
     # The fixture still lists Invoice.subscription, but basil removed it: the sandbox must not emit it.
     assert "subscription" not in world["invoice"]
     assert "invoice" not in pi
+
+
+def test_multi_currency_price_and_a_subscription_billed_in_another_currency(
+    sandbox: StripeSandbox, factory: StripeFactory, client: stripe.StripeClient
+) -> None:
+    """api-facts.md §6: `currency_options` only when expanded; `subscription.currency` names the billed
+    currency while the items' `price` keeps the default currency and amount."""
+    cus = factory.customer("Euro GmbH", "eu@example.com", created=T0 - DAY)
+    price = factory.price(10000, "usd", currency_options={"eur": 9000})
+    assert "currency_options" not in price
+    assert "currency_options" not in client.v1.prices.retrieve(price["id"])
+    expanded = client.v1.prices.retrieve(price["id"], {"expand": ["currency_options"]}).to_dict()
+    options = expanded["currency_options"]
+    assert options["eur"]["unit_amount"] == 9000 and options["eur"]["unit_amount_decimal"] == "9000"
+    assert options["usd"]["unit_amount"] == 10000  # the default currency is one of the options
+    sdk_fields = set(stripe.Price.CurrencyOptions.__annotations__)
+    assert all(set(o) <= sdk_fields for o in options.values()), sdk_fields
+
+    sub = factory.subscription(cus["id"], [(price, 2)], created=T0 - DAY, currency="eur")
+    event = factory.subscription_created(sub, T0 - DAY)
+    for obj in (sub, event["data"]["object"], client.v1.subscriptions.retrieve(sub["id"]).to_dict()):
+        assert obj["currency"] == "eur"
+        item_price = obj["items"]["data"][0]["price"]
+        assert (item_price["currency"], item_price["unit_amount"]) == ("usd", 10000)
+        assert "currency_options" not in item_price
+    inv = factory.invoice(sub, cus["id"], 18000, "eur", created=T0 - DAY)
+    assert [line["amount"] for line in inv["lines"]["data"]] == [18000]  # billed at the eur option
+
+    with pytest.raises(ValueError, match="no currency option for gbp"):
+        factory.subscription(cus["id"], [(price, 1)], currency="gbp")
+    with pytest.raises(ValueError, match="no currency option for eur"):  # a plan change keeps the currency
+        factory.subscription_updated(sub["id"], {"items": [(factory.price(500, "usd"), 1)]}, T0)
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.prices.retrieve(price["id"], {"expand": ["currency_options.eur"]})
+
+    if FIXTURES.exists():
+        resources = json.loads(FIXTURES.read_text())["resources"]
+        for kind, obj in (("price", price), ("subscription", sub), ("price", expanded)):
+            extra = set(obj) - set(resources[kind]) - ({"currency_options"} if obj is expanded else set())
+            assert not extra, f"{kind} has fields Stripe's {kind} lacks: {sorted(extra)}"
