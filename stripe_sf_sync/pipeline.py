@@ -126,7 +126,7 @@ class RunSummary:
 class OrgFacts:
     """What describe told us about the org, cached for a day in state."""
 
-    task_upsert: bool
+    task_keyed: bool  # Task has the key field: Tasks are looked up by it and created once
     # A multi-currency org's active currencies (upper-case ISO codes, from Opportunity.CurrencyIsoCode's
     # picklist); None for a single-currency org, which has no CurrencyIsoCode field (api-facts.md §12).
     currencies: frozenset[str] | None = None
@@ -177,24 +177,35 @@ def check_org(gw: SalesforceGateway, loaded: LoadedConfig) -> OrgFacts:
         need("Account", names.account_csm, "Lookup(User)")
     problems.extend(_stage_problems(s.won_stage or "", by_obj["Opportunity"].get("stagename") or {}))
     problems.extend(_record_type_problems(loaded, described["Opportunity"].get("recordTypeInfos", [])))
+    # The Task key is looked up with SOQL `IN (...)` and written on create: a filterable, writable Text field.
+    # Neither External ID nor Unique is needed, since no Task is ever upserted (api-facts.md §12).
+    task_field = by_obj["Task"].get(names.task_event_id.lower())
+    if task_field is not None and (task_field.get("type") != "string" or not task_field.get("filterable", True)
+                                   or not task_field.get("createable", True)):
+        problems.append(f"Task.{names.task_event_id} must be a writable Text(255) field (it is "
+                        f"{task_field.get('type')}); External ID is recommended, Unique is not needed")
     if problems:
         fields_missing = any(" does not exist in the org" in p or " must be marked External ID" in p for p in problems)
         raise ConfigError(problems, source="Salesforce org setup",
                           hint="Create the fields (README: 'Salesforce fields'), or change salesforce.fields in "
                                "the config." if fields_missing else
                           "Run `stripe-sf discover-config --write`, then sync again.")
-    task_field = by_obj["Task"].get(names.task_event_id.lower())
-    task_upsert = bool(task_field and task_field.get("externalId"))
-    if not task_upsert:
-        log.warning("Task.%s is missing or not an External ID: Tasks are created, not upserted, so a run killed "
-                    "between the write and the state commit could repeat one. Add the field to rule that out.",
-                    names.task_event_id)
+    if task_field is None:
+        log.warning("Task.%s does not exist: Tasks are created without a key, so a rerun after a crash between "
+                    "the write and the state commit, a `dlq retry` or a second backfill can create a Task again. "
+                    "Create it as Text(255), External ID recommended (Unique is not needed): then each Task is "
+                    "created once and never rewritten.", names.task_event_id)
+    elif not (task_field.get("externalId") or task_field.get("unique")):
+        # Salesforce indexes a custom field only when it is an External ID or Unique: without an index, the
+        # per-batch lookup scans every Task of the org.
+        log.warning("Task.%s is not indexed: mark it External ID (Unique is not needed) so that looking Tasks "
+                    "up by it stays fast in an org with many Tasks.", names.task_event_id)
     currency = by_obj["Opportunity"].get("currencyisocode")
     currencies = None
     if currency is not None:
         currencies = frozenset(str(p["value"]).upper() for p in currency.get("picklistValues", [])
                                if p.get("active", True) and isinstance(p.get("value"), str))
-    return OrgFacts(task_upsert=task_upsert, currencies=currencies)
+    return OrgFacts(task_keyed=task_field is not None, currencies=currencies)
 
 
 def _stage_problems(won_stage: str, stage_field: Mapping[str, Any]) -> list[str]:
@@ -580,8 +591,10 @@ class Pipeline:
             currencies = data.get("currencies", False)  # False: cached before currencies were learnt
             known = currencies is None or (isinstance(currencies, list)
                                            and all(isinstance(c, str) for c in currencies))
-            if known and data.get("key") == cache_key and self.clock() - data.get("at", 0) < ORG_CACHE_TTL_S:
-                self._org = OrgFacts(task_upsert=bool(data["task_upsert"]),
+            # An older version's entry (no task_keyed, no currencies) is read again from the org.
+            if (known and "task_keyed" in data and data.get("key") == cache_key
+                    and self.clock() - data.get("at", 0) < ORG_CACHE_TTL_S):
+                self._org = OrgFacts(task_keyed=bool(data["task_keyed"]),
                                      currencies=None if currencies is None else frozenset(currencies))
                 return self._org
         self._org = check_org(gw, self.loaded)
@@ -589,7 +602,7 @@ class Pipeline:
         if not self.dry_run:
             currencies = None if self._org.currencies is None else sorted(self._org.currencies)
             self.state.set_meta(ORG_CACHE_KEY, json.dumps({"key": cache_key, "at": self.clock(),
-                                                           "task_upsert": self._org.task_upsert,
+                                                           "task_keyed": self._org.task_keyed,
                                                            "currencies": currencies}))
         return self._org
 
@@ -601,10 +614,10 @@ class Pipeline:
             # The cached describe may predate a currency the admin has since activated (the dead letter's
             # advice): describe again, once per run, before dead-lettering on stale facts.
             org = self._org_facts(gw, refresh=True)
-        settings = WriteSettings(self.settings.salesforce.fields, self.settings.record_type_id(), org.task_upsert,
+        settings = WriteSettings(self.settings.salesforce.fields, self.settings.record_type_id(), org.task_keyed,
                                  coalesce=self.settings.sync.coalesce, currencies=org.currencies)
         all_intents = [it for _, _, p in planned for it in p.intents]
-        found = lookup(gw, settings.names, all_intents, self._accounts)
+        found = lookup(gw, settings.names, all_intents, self._accounts, task_keyed=org.task_keyed)
         mat = Materializer(found, settings)
         failures: dict[str, tuple[str, str]] = {}
         for _, change, plan in planned:
@@ -629,7 +642,7 @@ class Pipeline:
             summary.records_written += sum(1 for r in results if r.success)
         if not self.dry_run:
             for op, res in zip(ops, results, strict=True):
-                if res.success:
+                if res.success or _task_exists(op, res, settings):
                     if op.sobject == "Account" and op.kind == "update":
                         self._accounts.wrote(op.key, op.fields, settings.names)
                     continue
@@ -652,7 +665,7 @@ class Pipeline:
 
 
 def _write_bulk_split(gw: SalesforceGateway, ops: Sequence[SfOp], sleep: Callable[[float], None]) -> list[Any]:
-    """Updates and upserts through Bulk API 2.0; inserts (Tasks of orgs without the event-id field)
+    """Updates and upserts through Bulk API 2.0; creates (Tasks, which are created once and never upserted)
     through collections, since a failed bulk insert row carries no key to report it by."""
     bulkable = [i for i, op in enumerate(ops) if op.kind != "create"]
     inserts = [i for i, op in enumerate(ops) if op.kind == "create"]
@@ -662,6 +675,15 @@ def _write_bulk_split(gw: SalesforceGateway, ops: Sequence[SfOp], sleep: Callabl
     for i, res in zip(inserts, apply_writes(gw, [ops[i] for i in inserts], sleep=sleep), strict=True):
         results[i] = res
     return results
+
+
+def _task_exists(op: SfOp, res: Any, settings: WriteSettings) -> bool:
+    """A keyed Task create refused because a Task with that key exists (a Unique key field says so with
+    DUPLICATE_VALUE): someone made it after the lookup, or it was out of the integration user's sight. The
+    Task exists, so the event's Task is done, and that Task is left as it is."""
+    key_field = settings.names.task_event_id
+    return (op.sobject == "Task" and op.kind == "create" and settings.task_keyed and res.code == "DUPLICATE_VALUE"
+            and key_field.lower() in (res.message or "").lower())
 
 
 def _unexpected(raw: Raw, exc: Exception) -> Outcome:

@@ -2,7 +2,9 @@
 
 Lookups cost one SOQL `IN (...)` per lookup kind per batch (chunked so URLs stay short).
 Resolution order for an Opportunity: checked metadata Id -> SOQL by Stripe ids -> upsert-create
-by external id -> dead letter (integration guide, "Common Pitfalls").
+by external id -> dead letter (integration guide, "Common Pitfalls"). A Task is created once: the
+batch's Task keys that already exist are looked up with the other lookups, and only the missing
+Tasks are created; a Task that exists is never written again (api-facts.md §12).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Lookups:
     opps_by_payment: dict[str, OpportunityRow] = field(default_factory=dict)
     opps_by_customer: dict[str, list[OpportunityRow]] = field(default_factory=dict)
     contacts: set[str] = field(default_factory=set)  # Contact Ids from metadata that exist
+    task_keys: set[str] = field(default_factory=set)  # Task keys (Stripe_Event_ID__c) that already exist
 
     def add_account(self, row: AccountRow) -> None:
         """Index an Account by its Id and, when it has one, its Stripe customer id."""
@@ -122,10 +125,24 @@ class AccountCache:
             self.by_customer[row.customer_id] = row
 
 
+def task_keys_of(intents: Iterable[Intent]) -> set[str]:
+    """The keys of every Task the intents may create: their Tasks, and the transition Task of a status change
+    that names a different previous status or takes it from the Account (Materializer._ops_for decides)."""
+    keys: set[str] = set()
+    for it in intents:
+        if isinstance(it, TaskIntent):
+            keys.add(it.key)
+        elif isinstance(it, AccountStatusIntent) and it.log_transition and (
+                it.previous_from_account or it.previous_status not in (None, it.status)):
+            keys.add(transition_task(it, it.previous_status or "").key)  # the key does not depend on the status
+    return keys
+
+
 def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
-           accounts: AccountCache | None = None) -> Lookups:
+           accounts: AccountCache | None = None, *, task_keyed: bool = False) -> Lookups:
     """Run the batch's lookups: Accounts by Id and customer (those not already in `accounts`), Opportunities
-    by Id, sub, payment, customer."""
+    by Id, sub, payment, customer, and (`task_keyed`: the org has the Task key field) the Task keys that
+    exist already."""
     acct_ids: set[str] = set()
     customers: set[str] = set()
     opp_ids: set[str] = set()
@@ -147,6 +164,7 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
                 opp_customers.add(acct.customer_id)
         elif it.who_id:
             contacts.add(it.who_id)
+    task_keys = task_keys_of(intents) if task_keyed else set()
 
     found = Lookups()
     cache = accounts if accounts is not None else AccountCache()
@@ -168,9 +186,14 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
                    + _selects(o_select, "Opportunity", names.payment_intent_id, payments)
                    + _selects(o_select, "Opportunity", names.customer_id, opp_customers))
     contact_queries = _selects("Id", "Contact", "Id", contacts)
+    # Whether a Task exists is asked by SOQL, never by an upsert: an upsert re-sends every field and would
+    # undo what a person did to the Task, and on a non-Unique External ID it needs "View All Data"; a plain
+    # query works whatever the field is (External ID, Unique, both or neither) (api-facts.md §12).
+    task_queries = _selects(names.task_event_id, "Task", names.task_event_id, task_keys)
     # All of a batch's lookups travel together, five to a Composite call.
-    results = gw.query_many(account_queries + opp_queries + contact_queries)
-    found.contacts = {to_18(r["Id"]) for res in results[len(account_queries) + len(opp_queries):] for r in res}
+    results = gw.query_many(account_queries + opp_queries + contact_queries + task_queries)
+    n_ao = len(account_queries) + len(opp_queries)
+    found.contacts = {to_18(r["Id"]) for res in results[n_ao:n_ao + len(contact_queries)] for r in res}
     rows = [r for res in results[:len(account_queries)] for r in res]
     for r in rows:
         row = AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
@@ -193,6 +216,8 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
         if opp.customer_id and opp.id not in seen:
             found.opps_by_customer.setdefault(opp.customer_id, []).append(opp)
         seen.add(opp.id)
+    for res in results[n_ao + len(contact_queries):]:
+        found.task_keys.update(str(r[names.task_event_id]) for r in res if r.get(names.task_event_id))
     return found
 
 
@@ -202,7 +227,7 @@ class WriteSettings:
 
     names: FieldNames
     record_type_id: str | None
-    task_upsert: bool  # the org has the Task external id field
+    task_keyed: bool  # the org has the Task key field: Tasks are looked up by it and created once
     coalesce: bool = True
     # A multi-currency org's active currencies (upper-case ISO codes); None in a single-currency org.
     currencies: frozenset[str] | None = None
@@ -344,8 +369,11 @@ class Materializer:
             # empty and say so; the Task itself still matters.
             log.warning("Contact %s (metadata.salesforce_contact_id) does not exist in Salesforce: Task %s is "
                         "created without WhoId", it.who_id, it.key)
-        if self.s.task_upsert:
-            return [SfOp("upsert", "Task", it.key, fields, names.task_event_id, label=f"Task {it.key}")]
+        if not self.s.task_keyed:  # nothing to look a Task up by: created, as check_org warned
+            return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
+        if it.key in self.lk.task_keys:
+            return []  # created by an earlier run: done, and what a person did to it stands
+        fields[names.task_event_id] = it.key
         return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
 
     def add_event(self, event_id: str, intents: Sequence[Intent]) -> Unresolvable | None:
@@ -371,7 +399,8 @@ class Materializer:
 
     def _merge(self, op: SfOp) -> None:
         ident = op.identity
-        if not self.s.coalesce:
+        # A keyed Task is one record however many intents ask for it: never two creates of one key.
+        if not self.s.coalesce and not (op.sobject == "Task" and self.s.task_keyed):
             self._serial += 1
             ident = (*ident[:3], f"{ident[3]}#{self._serial}")
         existing = self._ops.get(ident)
@@ -390,7 +419,7 @@ class Materializer:
 
         Tasks go before the Account status they describe: a status-transition Task reads the old
         status from the Account, so if a run stops between the two writes, the rerun still sees the old
-        status and upserts the same Task. The other order would lose that Task.
+        status and finds the same Task (by its key). The other order would lose that Task.
         """
         rank = {"Opportunity": 0, "Task": 1, "Account": 2}
         return sorted(self._order, key=lambda o: rank.get(o.sobject, 3))

@@ -79,7 +79,7 @@ class AccountStatusIntent:
 
 @dataclass(frozen=True)
 class TaskIntent:
-    """Create (or upsert on the event id) a Task on the Account."""
+    """Create a Task on the Account, once: keyed by `key`, it is never written again after that."""
 
     event_id: str
     purpose: str  # part of the Task's idempotency key: "evt_…:purpose"
@@ -95,7 +95,7 @@ class TaskIntent:
 
     @property
     def key(self) -> str:
-        """The Task's external id: one event can raise several Tasks."""
+        """The Task's key (Stripe_Event_ID__c): one event can raise several Tasks."""
         return f"{self.key_base or self.event_id}:{self.purpose}"
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
 import requests
@@ -62,6 +62,8 @@ _DATETIME_RE = re.compile(
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?$"
 )
 _VERSION_RE = re.compile(r"^v(\d{2,3}\.\d)$")
+# What Salesforce answers an upsert on a non-Unique External ID without "View All Data".
+_NON_UNIQUE_UPSERT = "Upsert requires view all data on a non-unique custom index"
 _ROLLED_BACK = (
     "Record rolled back because not all records were valid and the request was using AllOrNone header"
 )
@@ -146,7 +148,25 @@ def _owner() -> FieldDef:
     return FieldDef("OwnerId", "reference", reference_to=["User"], required=True)
 
 
-def _default_schema(task_event_id_field: bool, csm_field: str | None) -> dict[str, dict[str, FieldDef]]:
+# What an admin made of Task.Stripe_Event_ID__c: External ID and Unique, External ID only, Unique only, or a
+# plain Text field. Whether an Activity custom field can be marked Unique is unconfirmed (api-facts.md §12),
+# so stripe-sf must work with every variant.
+TaskKeyKind = Literal["external_unique", "external", "unique", "text"]
+
+
+def _task_key_field(kind: TaskKeyKind) -> FieldDef:
+    return FieldDef(
+        "Stripe_Event_ID__c",
+        "string",
+        length=255,
+        external_id=kind in ("external_unique", "external"),
+        unique=kind in ("external_unique", "unique"),
+    )
+
+
+def _default_schema(
+    task_event_id_field: bool, csm_field: str | None, task_event_id_kind: TaskKeyKind = "external_unique"
+) -> dict[str, dict[str, FieldDef]]:
     account = _fields(
         FieldDef("Name", "string", length=255, required=True),
         _owner(),
@@ -216,7 +236,7 @@ def _default_schema(task_event_id_field: bool, csm_field: str | None) -> dict[st
         FieldDef("Type", "picklist", length=255, picklist=["Call", "Email", "Other"]),
     )
     if task_event_id_field:
-        task["Stripe_Event_ID__c"] = _ext("Stripe_Event_ID__c")
+        task["Stripe_Event_ID__c"] = _task_key_field(task_event_id_kind)
     contact = _fields(
         FieldDef("FirstName", "string", length=40),
         FieldDef("LastName", "string", length=80, required=True),
@@ -306,6 +326,7 @@ class _WriteOp:
     ext_from_url: bool = False
     seeding: bool = False
     pre_errors: list[dict[str, Any]] = field(default_factory=list)
+    user: str | None = None  # who makes the change (LastModifiedById); the integration user by default
 
 
 @dataclass
@@ -405,13 +426,20 @@ class SalesforceOrg:
         unavailable_record_types: Iterable[str] = (),
         require_record_type: bool = False,
         task_event_id_field: bool = True,
+        task_event_id_kind: TaskKeyKind = "external_unique",
+        view_all_data: bool = False,
         csm_field: str | None = "CSM__c",
         daily_api_limit: int = 100_000,
         currencies: Sequence[str] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._ids = sfids.IdFactory()
-        self.schema: dict[str, dict[str, FieldDef]] = _default_schema(task_event_id_field, csm_field)
+        self.schema: dict[str, dict[str, FieldDef]] = _default_schema(
+            task_event_id_field, csm_field, task_event_id_kind
+        )
+        # The integration user's "View All Data" permission: an upsert on a non-Unique External ID needs it
+        # (api-facts.md §12, SF-ups1).
+        self.view_all_data = view_all_data
         # A multi-currency org (api-facts.md §12): records gain CurrencyIsoCode, a restricted picklist of
         # the org's active currencies, the first being the corporate currency (the default on create).
         # A single-currency org (None) has no such field, and a write naming it fails with INVALID_FIELD.
@@ -522,8 +550,11 @@ class SalesforceOrg:
             assert outcome.id is not None
             return outcome.id
 
-    def update(self, sobject: str, record_id: str, fields: dict[str, Any]) -> None:
-        """Change a record directly (e.g. a rep editing it in the UI). Raises ValueError."""
+    def update(
+        self, sobject: str, record_id: str, fields: dict[str, Any], *, as_user: str | None = None
+    ) -> None:
+        """Change a record directly (e.g. a rep editing it in the UI: `as_user` is that person's User Id or
+        name, recorded as LastModifiedById). Raises ValueError."""
         with self._lock:
             name = self._require_sobject(sobject)
             try:
@@ -531,6 +562,8 @@ class SalesforceOrg:
             except ApiError as exc:
                 raise ValueError(_flatten(exc.body)) from None
             op.record_id = record_id
+            if as_user is not None:
+                op.user = as_user if sfids.normalize_id(as_user) else self.user_id(as_user)
             outcome = self.apply_ops([op], all_or_none=True)[0]
             if not outcome.success:
                 raise ValueError(_flatten(outcome.errors))
@@ -947,7 +980,7 @@ class SalesforceOrg:
             raise _RecordError(errors)
 
         now = _now_iso(self.clock())
-        user = self.integration_user_id
+        user = op.user or self.integration_user_id
         if existing is None:
             rec: dict[str, Any] = {
                 name: (False if fd.type == "boolean" else None) for name, fd in schema.items()
@@ -1068,6 +1101,8 @@ class SalesforceOrg:
         if op.ext_value in (None, ""):
             raise _fail("MISSING_ARGUMENT", f"{op.ext_field} not specified", [op.ext_field])
         fd = self.schema[op.sobject][op.ext_field]
+        if not op.seeding and not self.may_upsert_by(fd):
+            raise _fail("INSUFFICIENT_ACCESS", _NON_UNIQUE_UPSERT)
         body_value = op.fields.get(op.ext_field)
         if (
             op.ext_from_url
@@ -1088,6 +1123,11 @@ class SalesforceOrg:
                 [op.ext_field],
             )
         return self._data[op.sobject][matches[0]] if matches else None
+
+    def may_upsert_by(self, fd: FieldDef) -> bool:
+        """Without a unique index, an upsert by a user who cannot see every record could duplicate one it
+        cannot see, so Salesforce requires "View All Data" for it (api-facts.md §12, SF-ups1)."""
+        return fd.type == "id" or fd.unique or not fd.external_id or self.view_all_data
 
     def _check_row_lock(self, sobject: str, existing: dict[str, Any] | None, fields: dict[str, Any]) -> None:
         if self.row_lock_hook is None:
@@ -2412,6 +2452,8 @@ class _Api:
                 )
             op = org.json_op("upsert", sobject, payload)
             op.ext_field, op.ext_value, op.ext_from_url = fd.name, value, True
+            if not org.may_upsert_by(fd):
+                raise _api_error(400, "INSUFFICIENT_ACCESS", _NON_UNIQUE_UPSERT)
             if fd.type != "id":
                 matches = org._lookup(sobject, fd, value)
                 if len(matches) > 1:

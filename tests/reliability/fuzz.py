@@ -30,7 +30,7 @@ CURRENCIES = ["usd", "USD", "jpy", "kwd", "bhd", "eur", "zzz", "xx", "usdx", "",
 HUGE = [10**15, 10**15 + 1, 2**53 + 1, 2**63, 10**30, -1, -(2**63), 0, 9_999_999_999_999]
 CTX = rules.RuleContext("Won", FieldNames(), "https://dashboard.stripe.com")
 ACCOUNT = AccountRow("001Hs00000CmAbcIAF", "Acme", "005Hs00000AbCdEIAV", None, "active", "cus_Pabcdefghij")
-SETTINGS = WriteSettings(FieldNames(), "012Hs00000AbCdEIAV", task_upsert=True)
+SETTINGS = WriteSettings(FieldNames(), "012Hs00000AbCdEIAV", task_keyed=True)
 
 json_scalars = (st.none() | st.booleans() | st.integers() | st.sampled_from(HUGE)
                 | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30)

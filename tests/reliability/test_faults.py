@@ -274,6 +274,10 @@ def test_expired_session_during_a_write_is_renewed_in_client_credentials_mode(wo
     assert_converged(world, cfg.parent / STATE_NAME, clean)
 
 
+def _task_create(method: str, path: str) -> bool:
+    return method == "POST" and path.rstrip("/").endswith("/composite/sobjects")
+
+
 def test_a_run_stopped_between_the_account_write_and_the_task_write_loses_no_task(tmp_path):
     """Initech's customer.subscription.deleted is the last event that writes Tasks. Stop the run (a fatal
     REQUEST_LIMIT_EXCEEDED) exactly at that batch's Task write, after its Account write; then run again."""
@@ -281,14 +285,15 @@ def test_a_run_stopped_between_the_account_write_and_the_task_write_loses_no_tas
         ref_cfg = discover(write_config(Path(ref_tmp), batch_size=1), ref_world)
         start = len(ref_world.sf.requests_log)
         sync(ref_cfg, ref_world.env(), since=ref_world.since)
-        task_writes = sum(1 for _, p in ref_world.sf.requests_log[start:] if "composite/sobjects/Task" in p)
+        # Tasks are the only records stripe-sf creates (sObject Collections create: POST composite/sobjects).
+        task_writes = sum(1 for m, p in ref_world.sf.requests_log[start:] if _task_create(m, p))
         clean = expected_of(ref_world, Path(ref_tmp) / STATE_NAME)
     with build_world(NOW, extra=0) as world:
         cfg = discover(write_config(tmp_path, batch_size=1), world)
         seen = [0]
 
         def hook(n: int, method: str, path: str) -> None:
-            if "composite/sobjects/Task" in path:
+            if _task_create(method, path):
                 seen[0] += 1
                 if seen[0] == task_writes:
                     world.sf.faults.fail_request(n, 403, LIMIT)

@@ -517,6 +517,7 @@ def test_upsert_collection_created_updated_and_duplicates(sandbox: SalesforceSan
 
 def test_upsert_non_unique_external_id_matching_twice(sandbox: SalesforceSandbox) -> None:
     org = sandbox.org
+    org.view_all_data = True  # an upsert on a non-Unique External ID needs it (see the test below)
     org.schema["Account"]["Legacy_Key__c"] = FieldDef("Legacy_Key__c", "string", length=50, external_id=True)
     org.insert("Account", {"Name": "One", "Legacy_Key__c": "K"})
     org.insert("Account", {"Name": "Two", "Legacy_Key__c": "k"})  # case-insensitive match, like a real org
@@ -525,6 +526,80 @@ def test_upsert_non_unique_external_id_matching_twice(sandbox: SalesforceSandbox
     assert error_of(result) == ("DUPLICATE_EXTERNAL_ID", ["Legacy_Key__c"])
     with pytest.raises(SalesforceMoreThanOneRecord):
         sf.Account.upsert("Legacy_Key__c/K", {"Name": "x"})
+
+
+def task(**fields: Any) -> dict[str, Any]:
+    return {"attributes": {"type": "Task"}, "Subject": "Call", "Status": "Not Started", "Priority": "Normal",
+            **fields}
+
+
+@pytest.mark.parametrize(
+    ("kind", "external", "unique"),
+    [("external_unique", True, True), ("external", True, False), ("unique", False, True), ("text", False, False)],
+)
+def test_task_key_field_variants_and_what_an_upsert_on_them_needs(kind: str, external: bool, unique: bool) -> None:
+    """Task.Stripe_Event_ID__c as an admin may have made it: only an External ID can be an upsert key; a
+    non-Unique one needs "View All Data" (api-facts.md §12); a Unique one rejects a second record with the
+    key; every variant can be created and looked up with SOQL."""
+    bulk_row = {"Stripe_Event_ID__c": "evt_4:purpose", "Subject": "Call", "Status": "Not Started",
+                "Priority": "Normal"}
+    for view_all in (False, True):
+        org = SalesforceOrg(task_event_id_kind=kind, view_all_data=view_all)  # type: ignore[arg-type]
+        with SalesforceSandbox(org) as sb:
+            sf = client(sb)
+            described = {f["name"]: f for f in sf.Task.describe()["fields"]}["Stripe_Event_ID__c"]
+            assert (described["externalId"], described["unique"]) == (external, unique)
+            [made] = create(sf, task(Stripe_Event_ID__c="evt_1:purpose"))
+            assert made["success"]
+            [again] = create(sf, task(Stripe_Event_ID__c="evt_1:purpose"))
+            if unique:
+                assert error_of(again) == ("DUPLICATE_VALUE", [])
+                assert "Stripe_Event_ID__c duplicates value on record with id" in again["errors"][0]["message"]
+            else:
+                assert again["success"]  # nothing stops a second Task with the same key
+            found = sf.query(format_soql("SELECT Stripe_Event_ID__c FROM Task WHERE Stripe_Event_ID__c IN {k}",
+                                         k=["evt_1:purpose", "evt_2:purpose"]))
+            assert [r["Stripe_Event_ID__c"] for r in found["records"]] == ["evt_1:purpose"] * (1 if unique else 2)
+            if not external:
+                with pytest.raises(SalesforceMalformedRequest) as exc:
+                    upsert(sf, "Task", "Stripe_Event_ID__c", task(Stripe_Event_ID__c="evt_3:purpose"))
+                assert rest_error(exc)["errorCode"] == "INVALID_FIELD"
+                assert rest_error(exc)["message"] == (
+                    "Field Stripe_Event_ID__c is not an External ID or indexed field for Task")
+                with pytest.raises(SalesforceMalformedRequest):
+                    sf.Task.upsert("Stripe_Event_ID__c/evt_3:purpose", {"Subject": "x"})
+                with pytest.raises(SalesforceMalformedRequest) as exc:
+                    sf.bulk2.Task.upsert(records=[bulk_row], external_id_field="Stripe_Event_ID__c", wait=0)
+                assert rest_error(exc)["errorCode"] == "INVALIDJOB"
+                continue
+            [res] = upsert(sf, "Task", "Stripe_Event_ID__c", task(Stripe_Event_ID__c="evt_4:purpose"))
+            if unique or view_all:
+                assert res["success"] and res["created"] is True
+                continue
+            assert error_of(res) == ("INSUFFICIENT_ACCESS", [])
+            assert res["errors"][0]["message"] == "Upsert requires view all data on a non-unique custom index"
+            with pytest.raises(SalesforceMalformedRequest) as exc:
+                sf.Task.upsert("Stripe_Event_ID__c/evt_4:purpose", {"Subject": "x"})
+            assert rest_error(exc)["errorCode"] == "INSUFFICIENT_ACCESS"
+            [job] = sf.bulk2.Task.upsert(records=[bulk_row], external_id_field="Stripe_Event_ID__c", wait=0)
+            assert job["numberRecordsFailed"] == 1
+            [failed] = csv.DictReader(io.StringIO(sf.bulk2.Task.get_failed_records(job["job_id"])))
+            assert failed["sf__Error"].startswith("INSUFFICIENT_ACCESS:Upsert requires view all data")
+            assert all(t.get("Stripe_Event_ID__c") != "evt_4:purpose" for t in org.records("Task"))
+
+
+def test_a_person_edits_a_task_in_the_org(sandbox: SalesforceSandbox) -> None:
+    org = sandbox.org
+    account_id = org.insert("Account", {"Name": "Acme"})
+    [made] = create(client(sandbox), task(WhatId=account_id, ActivityDate="2025-01-02"))
+    rep = org.user_id("Ben Owner")
+    org.update("Task", made["id"], {"Status": "Completed", "OwnerId": rep, "ActivityDate": "2025-02-03"},
+               as_user="Ben Owner")
+    edited = org.get("Task", made["id"])
+    assert (edited["Status"], edited["OwnerId"], edited["ActivityDate"]) == ("Completed", rep, "2025-02-03")
+    assert edited["LastModifiedById"] == rep and edited["CreatedById"] == org.integration_user_id
+    with pytest.raises(ValueError, match="INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"):
+        org.update("Task", made["id"], {"Status": "Done-ish"}, as_user=rep)
 
 
 def test_single_record_upsert_status_codes(sandbox: SalesforceSandbox) -> None:
