@@ -29,6 +29,10 @@ RETENTION_S = 30 * 86400  # Stripe lists events for 30 days only (api-facts.md �
 TYPES_PER_REQUEST = 20  # `types[]` accepts at most 20 names (api-facts.md §1)
 PAGE_LIMIT = 100
 BASIL = "2025-03-31"
+# Late attaches (see StripeSource._late_attachments): links kept for a run at most, and how stale the kept
+# listing may get before what was created since is listed too.
+MAX_ATTACHED = 100_000
+ATTACHED_REFRESH_S = 300
 # Prices read for their currency_options are kept for the whole run (an account has few Prices); the
 # bound only guards memory against an unusual account, dropping the oldest entry first.
 MAX_CACHED_PRICES = 10_000
@@ -120,6 +124,9 @@ class StripeSource:
         self._fresh_customers: list[str] = []  # read from Stripe this run, not yet kept in state
         self._invoice_of_pi: dict[str, str | None] = {}
         self._payments_of_invoice: dict[str, list[dict[str, Any]]] = {}
+        # Run-level: PaymentIntent -> invoice for the PaymentIntent payments listed in _attached_span.
+        self._attached: dict[str, str] = {}
+        self._attached_span: tuple[int, int] | None = None
         # price id -> {currency: {unit_amount, unit_amount_decimal}}, None for a Price Stripe no longer has.
         self._price_options: dict[str, dict[str, dict[str, Any]] | None] = {}
         self.calls_made = 0
@@ -395,24 +402,45 @@ class StripeSource:
         InvoicePayment is created then (api-facts.md §6). When the window ends before now (a catch-up run,
         a first `sync --since`, a dead-letter retry), look at (after, now] too, by whichever costs fewer
         calls: one listing of the PaymentIntent payments in that span (its size estimated from the window's
-        density), or one lookup per PaymentIntent still unlinked. A cron run every few minutes has no such
-        span, so it pays nothing. An attach after this run has read the payment is not seen: the payment
-        was a one-time payment when it was applied.
+        density), or one lookup per PaymentIntent still unlinked. The listing is kept for the run (up to
+        MAX_ATTACHED links): batches move forward in time, so a later batch's span is inside it, and only
+        what was created since needs listing. A cron run every few minutes has no such span and pays
+        nothing. An attach after this run has read the payment is not seen: the payment was a one-time
+        payment when it was applied.
         """
         now = int(self._clock())
         if not missing or now <= after:
+            return
+        if self._attached_span is not None and self._attached_span[0] <= after:
+            if now - self._attached_span[1] > ATTACHED_REFRESH_S:
+                self._list_attached(self._attached_span[1], now, missing, found)
+            found.update({pi: self._attached[pi] for pi in missing if pi in self._attached})
             return
         pages = math.ceil(density * (now - after) / PAGE_LIMIT) + 1
         if pages >= len(missing):
             for pi_id in sorted(missing):
                 found[pi_id] = self.invoice_of_payment_intent(pi_id)
             return
-        params = {"limit": PAGE_LIMIT, "created": {"gt": after, "lte": now}, "payment": {"type": "payment_intent"}}
+        self._attached, self._attached_span = {}, (after, after)
+        self._list_attached(after, now, missing, found)
+
+    def _list_attached(self, after: int, until: int, missing: set[str], found: dict[str, str | None]) -> None:
+        """List the PaymentIntent payments created in (after, until]: answer `missing`, and keep the links
+        for later batches while there are at most MAX_ATTACHED of them (memory stays bounded)."""
+        params = {"limit": PAGE_LIMIT, "created": {"gt": after, "lte": until}, "payment": {"type": "payment_intent"}}
         for data in self._pages("invoice payments", "/v1/invoice_payments", params):
             for p in data:
                 pi_id, inv = _payment_link(p)
+                if pi_id is None or inv is None:
+                    continue
                 if pi_id in missing:
                     found[pi_id] = inv
+                if self._attached_span is not None:
+                    self._attached[pi_id] = inv
+            if len(self._attached) > MAX_ATTACHED:
+                self._attached, self._attached_span = {}, None  # too many to keep: each batch lists its own
+        if self._attached_span is not None:
+            self._attached_span = (self._attached_span[0], until)
 
     def prefetched_payments(self, invoice_id: str) -> list[dict[str, Any]] | None:
         """A failed invoice's payments from `prefetch_invoice_payments`, newest first, if it found them."""

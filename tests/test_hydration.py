@@ -317,3 +317,33 @@ def test_a_cron_run_pays_nothing_for_late_attaches(tmp_path, env, org, stripe_sb
     summary = run(config, env, since=day(now - DAY))
     assert summary.applied == 1
     assert stripe_paths(stripe_sb, mark).count("/v1/invoice_payments") == 1
+
+
+def test_later_batches_reuse_the_run_s_listing_of_late_attaches(tmp_path, env, org, stripe_sb):
+    """Batches move forward in time, so the span after a later batch's window is inside the first one's:
+    the PaymentIntent payments since then are listed once a run, not once a batch."""
+    f = StripeFactory(stripe_sb, seed=26)
+    now = int(time.time())
+    cus = f.customer("Batch Co", "b@example.com", created=now - 90 * DAY)
+    org.insert("Account", {"Name": "Batch Co", "Stripe_Customer_ID__c": cus["id"]})
+    pis = []
+    for i in range(12):  # four a day: each batch of four gets a window of its own
+        at = now - (4 - i // 4) * DAY + (i % 4) * 60
+        pi = f.payment_intent(cus["id"], 1000 + i, "usd", status="requires_payment_method", created=at)
+        f.payment_succeeded(pi["id"], at + 30)
+        pis.append(pi["id"])
+    for k in range(10):  # invoices paid in between
+        inv = f.invoice(None, cus["id"], 500, "usd", created=now - 4 * DAY + k * 3 * 3600, billing_reason="manual")
+        f.invoice_paid(inv["id"], now - 4 * DAY + k * 3 * 3600 + 60)
+    late = f.invoice(None, cus["id"], 1011, "usd", created=now - 700, billing_reason="manual")
+    f.attach_payment(late["id"], pis[11], now - 600)
+    config = configured(tmp_path, env)
+    config.write_text(config.read_text().replace("batch_size: 10000", "batch_size: 4"))
+    mark = len(stripe_sb.requests_log)
+    summary = run(config, env, since=day(now - 5 * DAY))
+    assert summary.applied == 11 and summary.ignored == 1  # the late-attached one paid an invoice
+    listings = [params for _, path, params in stripe_sb.requests_log[mark:] if path == "/v1/invoice_payments"]
+    windows = [p for p in listings if "gte" in p.get("created", {})]
+    since_then = [p for p in listings if "gt" in p.get("created", {})]
+    lookups = [p for p in listings if "payment_intent" in p.get("payment", {})]
+    assert (len(windows), len(since_then), len(lookups)) == (3, 1, 0)
