@@ -13,14 +13,16 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from stripe_sf_sync import model
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.pipeline import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY, Pipeline, RunSummary
-from stripe_sf_sync.state import Cursor
+from stripe_sf_sync.pipeline import Batch, BatchResult, CommitPolicy
+from stripe_sf_sync.pipeline.cursor import hand_off
+from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.stripe_source import StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
 
@@ -42,14 +44,6 @@ class TypeProgress:
     dead_lettered: int = 0
     bulk: bool = False
     done: bool = False
-
-
-@dataclass
-class BackfillSummary(RunSummary):
-    """RunSummary plus per-type counts."""
-
-    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
-    interrupted: bool = False
 
 
 def relevant(kind: str, obj: dict[str, Any]) -> bool:
@@ -149,21 +143,37 @@ class BackfillPlan:
     bulk_chunk: int = 5_000
 
 
-class Backfill:
-    """Drives one backfill: hand-off, then each object type page by page."""
+class BackfillObjects:
+    """The backfill source: hands off to sync, then lists each object type page by page and yields its
+    objects' current state as synthetic events, in batches whose commit carries the checkpoint."""
 
-    def __init__(self, pipeline: Pipeline, plan: BackfillPlan, *, clock: Callable[[], float] = time.time,
+    def __init__(self, source: StripeSource, state: Any, plan: BackfillPlan, *, batch_size: int,
+                 clock: Callable[[], float] = time.time,
                  progress: Callable[[str, TypeProgress], None] | None = None, stop: StopFlag | None = None,
                  log_every_pages: int = 50) -> None:
-        self.p = pipeline
+        self._source = source
+        self._state = state
         self.plan = plan
+        self._batch_size = batch_size
         self.clock = clock
         self.progress = progress
         self.stop = stop or StopFlag()
         self.log_every = log_every_pages
         self.counts: dict[str, TypeProgress] = {k: TypeProgress() for k in plan.objects}
+        self._finished = False
+        self._kind = plan.objects[0] if plan.objects else ""  # the object type being listed
         # customer -> (live?, created) of the subscription whose status this run wrote to the Account
         self._status_owner: dict[str, tuple[int, int]] = {}
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped before the end (Ctrl-C, or the API budget): `--resume` continues."""
+        return not self._finished
+
+    @property
+    def objects(self) -> dict[str, dict[str, Any]]:
+        """Counts per object type."""
+        return {k: vars(v) for k, v in self.counts.items()}
 
     def _decides_status(self, sub: dict[str, Any]) -> bool:
         """Of a customer's subscriptions, a running one decides the Account status over an ended one,
@@ -179,119 +189,111 @@ class Backfill:
             return True
         return False
 
-    def _checkpoint(self) -> dict[str, Any] | None:
-        raw = self.p.state.get_meta(CHECKPOINT_KEY)
-        return json.loads(raw) if raw else None
-
-    def run(self, summary: BackfillSummary) -> None:
-        """Hand off, then backfill each object type; resumable at every committed page."""
-        state = self.p.state
+    def _checkpoint(self) -> dict[str, Any]:
+        """The checkpoint to continue from (`--resume`), or a new one after the hand-off."""
+        raw = self._state.get_meta(CHECKPOINT_KEY)
+        checkpoint = json.loads(raw) if raw else None
         key = {"since": self.plan.since, "until": self.plan.until, "objects": list(self.plan.objects)}
-        checkpoint = self._checkpoint()
-        if self.plan.resume:
-            if checkpoint is None or checkpoint.get("finished"):
-                raise ConfigError(["there is no interrupted backfill to resume"], source="invocation",
-                                  hint="Start one with `stripe-sf backfill --since DATE`.")
-            if checkpoint["key"] != key:
-                raise ConfigError([f"the interrupted backfill was for {_describe(checkpoint['key'])}, "
-                                   f"not {_describe(key)}"],
-                                  source="invocation",
-                                  hint="Resume with the same --since, --until and --objects, or start over "
-                                       "without --resume.")
-        else:
+        if not self.plan.resume:
             checkpoint = {"key": key, "tag": str(int(self.clock())), "read_at": int(self.clock()), "types": {}}
             self._handoff()
-            if not self.p.dry_run:
-                state.set_meta(CHECKPOINT_KEY, json.dumps(checkpoint))
-        tag, read_at = checkpoint["tag"], int(checkpoint["read_at"])
+            self._state.set_meta(CHECKPOINT_KEY, json.dumps(checkpoint))
+            return checkpoint
+        if checkpoint is None or checkpoint.get("finished"):
+            raise ConfigError(["there is no interrupted backfill to resume"], source="invocation",
+                              hint="Start one with `stripe-sf backfill --since DATE`.")
+        if checkpoint["key"] != key:
+            raise ConfigError([f"the interrupted backfill was for {_describe(checkpoint['key'])}, "
+                               f"not {_describe(key)}"], source="invocation",
+                              hint="Resume with the same --since, --until and --objects, or start over "
+                                   "without --resume.")
+        return checkpoint
+
+    def batches(self) -> Iterator[Batch]:
+        """Hand off, then every object type; resumable at every committed batch."""
+        checkpoint = self._checkpoint()
         for kind in self.plan.objects:
-            done = checkpoint["types"].get(kind, {})
-            if done.get("finished"):
+            if checkpoint["types"].get(kind, {}).get("finished"):
                 self.counts[kind].done = True
                 continue
-            self._backfill_type(kind, tag, read_at, checkpoint, summary)
+            self._kind = kind
+            yield from self._batches_of(kind, checkpoint)
             if self.stop.stop:
-                summary.interrupted = True
-                break
-        else:
-            checkpoint["finished"] = True
-            if not self.p.dry_run:
-                state.set_meta(CHECKPOINT_KEY, json.dumps(checkpoint))
-        summary.objects = {k: vars(v) for k, v in self.counts.items()}
+                return
+        checkpoint["finished"] = True
+        self._state.set_meta(CHECKPOINT_KEY, json.dumps(checkpoint))
+        self._finished = True
+
+    def applied(self, batch: Batch, result: BatchResult) -> None:
+        """Count what the batch wrote and dead-lettered, for its object type."""
+        counts = self.counts[self._kind]
+        counts.dead_lettered += result.count("dead_letter")
+        counts.written += result.count("applied")
 
     def _handoff(self) -> None:
-        """Record the newest event as the sync cursor (unless a newer one is stored), before listing,
-        so that sync later continues with no gap.
-
-        Sync's history then starts after that event's second: its lookback re-read (pipeline._lookback)
-        must not apply the events the backfill's lists already cover. An event of that same second listed
-        late is the one thing this gives up, rather than re-applying the second's other events."""
-        newest = self.p.source.newest_event()
-        if self.p.dry_run:
-            return
-        current = self.p.state.cursor()
-        if newest is not None:
-            if current is None or newest[1] > current.created:
-                self.p.state.set_cursor(Cursor(*newest), meta={SYNC_FLOOR_KEY: str(newest[1] + 1)})
-        elif current is None:
-            self.p.state.set_meta(HANDOFF_SINCE_KEY, str(int(self.clock())))
+        """Hand over to sync before listing anything, so that sync later continues with no gap."""
+        hand_off(self._state, self._source.newest_event(), now=int(self.clock()))
 
     def _objects(self, kind: str, after: str | None) -> Iterator[tuple[list[dict[str, Any]], str]]:
         """(relevant objects of a page, the page's last id) for every page."""
-        for page in self.p.source.list_pages(kind, since=self.plan.since, until=self.plan.until,
-                                             starting_after=after):
+        for page in self._source.list_pages(kind, since=self.plan.since, until=self.plan.until,
+                                            starting_after=after):
             yield [o for o in page if relevant(kind, o)], page[-1]["id"]
 
-    def _backfill_type(self, kind: str, tag: str, read_at: int, checkpoint: dict[str, Any],
-                       summary: BackfillSummary) -> None:
+    def _batches_of(self, kind: str, checkpoint: dict[str, Any]) -> Iterator[Batch]:
+        """One object type's synthetic events, a chunk at a time, the checkpoint with each chunk's last batch."""
         counts = self.counts[kind]
         after = checkpoint["types"].get(kind, {}).get("last_id")
-        version = self.p.settings.stripe.api_version
         buffer: list[dict[str, Any]] = []
-        last_id: str | None = after
         pages = 0
-        bulk = False
-
-        def flush(final: bool) -> None:
-            nonlocal buffer
-            if not buffer and not final:
-                return
-            checkpoint["types"][kind] = {"last_id": last_id, "finished": final and not self.stop.stop}
-            before_dead = summary.dead_lettered
-            before_written = summary.applied
-            meta = None if self.p.dry_run else {CHECKPOINT_KEY: json.dumps(checkpoint)}
-            size = self.plan.bulk_chunk if bulk else self.p.settings.sync.batch_size
-            for i in range(0, max(len(buffer), 1), size):
-                part = buffer[i:i + size]
-                last_part = i + size >= len(buffer)
-                if not self.p.apply(part, summary, bulk=bulk, commit_meta=meta if last_part else None):
-                    self.stop.stop = True  # the API budget is spent: stop here, resumable
-                    break
-            counts.dead_lettered += summary.dead_lettered - before_dead
-            counts.written += summary.applied - before_written
-            buffer = []
-
         for objects, page_last in self._objects(kind, after):
             pages += 1
             counts.read += len(objects)
-            for o in objects:
-                event = synthetic_event(kind, o, tag=tag, read_at=read_at, api_version=version)
-                if kind == "subscriptions" and not self._decides_status(o):
-                    event[model.BACKFILL_STATUS_MARK] = False
-                buffer.append(event)
-            last_id = page_last
-            if not bulk and counts.read >= self.plan.bulk_threshold:
-                bulk = counts.bulk = True  # above the threshold Salesforce does the heavy lifting
-            if bulk and len(buffer) >= self.plan.bulk_chunk:
-                flush(final=False)
-            if self.progress:
-                self.progress(kind, counts)
-            elif pages % self.log_every == 0:
-                log.info("backfill %s: %d read, %d written, %d dead-lettered", kind, counts.read, counts.written,
-                         counts.dead_lettered)
+            buffer.extend(self._events(kind, objects, checkpoint))
+            after = page_last
+            if not counts.bulk and counts.read >= self.plan.bulk_threshold:
+                counts.bulk = True  # above the threshold Salesforce does the heavy lifting
+            if counts.bulk and len(buffer) >= self.plan.bulk_chunk:
+                yield from self._flush(kind, buffer, after, checkpoint, final=False)
+                buffer = []
+            self._report(kind, pages)
             if self.stop.stop:
                 break
-        flush(final=True)
+        yield from self._flush(kind, buffer, after, checkpoint, final=True)
         counts.done = not self.stop.stop
         if self.progress:
             self.progress(kind, counts)
+
+    def _events(self, kind: str, objects: list[dict[str, Any]], checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+        version = self._source.api_version
+        events = []
+        for o in objects:
+            event = synthetic_event(kind, o, tag=checkpoint["tag"], read_at=int(checkpoint["read_at"]),
+                                    api_version=version)
+            if kind == "subscriptions" and not self._decides_status(o):
+                event[model.BACKFILL_STATUS_MARK] = False
+            events.append(event)
+        return events
+
+    def _flush(self, kind: str, buffer: list[dict[str, Any]], last_id: str | None, checkpoint: dict[str, Any], *,
+               final: bool) -> Iterator[Batch]:
+        """The buffer as batches; the last carries the checkpoint, committed with its outcomes."""
+        if not buffer and not final:
+            return
+        checkpoint["types"][kind] = {"last_id": last_id, "finished": final and not self.stop.stop}
+        bulk = self.counts[kind].bulk
+        size = self.plan.bulk_chunk if bulk else self._batch_size
+        meta = {CHECKPOINT_KEY: json.dumps(checkpoint)}
+        starts = range(0, max(len(buffer), 1), size)
+        for i in starts:
+            last = i == starts[-1]
+            yield Batch([HeldEvent.of(e) for e in buffer[i:i + size]],
+                        CommitPolicy(bulk=bulk, meta=meta if last else None))
+
+    def _report(self, kind: str, pages: int) -> None:
+        counts = self.counts[kind]
+        if self.progress:
+            self.progress(kind, counts)
+        elif pages % self.log_every == 0:
+            log.info("backfill %s: %d read, %d written, %d dead-lettered", kind, counts.read, counts.written,
+                     counts.dead_lettered)

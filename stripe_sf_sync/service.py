@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from stripe_sf_sync import rules
 from stripe_sf_sync.config import (
     DEFAULT_SF_API_VERSION,
     LoadedConfig,
@@ -27,9 +28,29 @@ from stripe_sf_sync.config import (
     stripe_secrets,
 )
 from stripe_sf_sync.errors import ConfigError, ExitCode, StateError
-from stripe_sf_sync.pipeline import Pipeline, RunSummary, SalesforceAccess
+from stripe_sf_sync.hydrate import StripeHydrator
+from stripe_sf_sync.pipeline import (
+    ORG_CACHE_KEY,
+    BatchSettings,
+    DeadLetters,
+    OrgCheck,
+    RunSummary,
+    Source,
+    SyncEvents,
+    run_batches,
+)
+from stripe_sf_sync.pipeline.edges import (
+    BulkWriter,
+    CollectionsWriter,
+    DryRunState,
+    PlanRecorder,
+    SalesforceAccess,
+    SalesforceRecords,
+)
+from stripe_sf_sync.pipeline.ports import Ports
+from stripe_sf_sync.pipeline.run import finish
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
-from stripe_sf_sync.state import StateStore
+from stripe_sf_sync.state import DeadLetter, StateStore
 from stripe_sf_sync.stripe_source import StripeSource, build_client
 
 log = logging.getLogger("stripe_sf_sync")
@@ -100,57 +121,83 @@ class Runtime:
         return make
 
 
-def _finish(summary: RunSummary, started: float, source: StripeSource | None,
-            access: SalesforceAccess | None) -> None:
-    summary.duration_s = round(time.monotonic() - started, 3)
-    if source is not None:
-        summary.stripe_calls = source.calls
-    gw = access.connected if access else None
-    if gw is not None:
-        summary.salesforce_calls = gw.usage.calls
-        summary.salesforce_api_used, summary.salesforce_api_max = gw.usage.used, gw.usage.total
-
-
 def exit_code_for(summary: RunSummary) -> ExitCode:
     """Dead letters in this run make a distinct, non-zero exit; a budget stop counts as refusal."""
     if summary.stopped_early:
         return ExitCode.UNAVAILABLE
-    if getattr(summary, "interrupted", False):
+    if summary.interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.DEAD_LETTERS if summary.dead_lettered else ExitCode.OK
 
 
+@dataclass
+class RecordedRun:
+    """What a command's run works with: state (a dry run's writes nothing), the Stripe source, the batch
+    step's ports and settings, and the run's summary."""
+
+    state: Any  # StateStore, or DryRunState
+    source: StripeSource
+    ports: Ports
+    settings: BatchSettings
+    summary: RunSummary
+    run_id: int
+    access: SalesforceAccess
+
+    def apply(self, batches: Source) -> None:
+        """Every batch of `batches` through the batch step, each committed by its policy."""
+        run_batches(batches, self.ports, self.settings, self.state, self.summary, run_id=self.run_id,
+                    budget=self.access.budget_spent)
+
+
+def _ports(runtime: Runtime, state: Any, source: StripeSource, access: SalesforceAccess,
+           dry_run: bool) -> tuple[Ports, PlanRecorder | None]:
+    """The batch step's ports. The one place a dry run differs: its writer records the plan."""
+    env = runtime.environment
+    org = OrgCheck(runtime.loaded, state, env.clock)
+    recorder = PlanRecorder() if dry_run else None
+    writer: Any = recorder or CollectionsWriter(
+        access, workers=runtime.loaded.settings.salesforce.write_concurrency, sleep=env.sleep)
+    bulk_writer: Any = recorder or BulkWriter(access, sleep=env.sleep)
+    return Ports(state, StripeHydrator(source, state), SalesforceRecords(access, org), writer, bulk_writer), recorder
+
+
+def batch_settings(loaded: LoadedConfig) -> BatchSettings:
+    """What the batch step reads from the config."""
+    s = loaded.settings
+    ctx = rules.RuleContext(s.salesforce.won_stage or "", s.salesforce.fields, s.stripe.dashboard_url)
+    return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce)
+
+
 @contextlib.contextmanager
-def _recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
-                  sf_factory: Callable[[], SalesforceGateway]) -> Iterator[Pipeline]:
+def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
+                  sf_factory: Callable[[], SalesforceGateway], *, create: bool = True) -> Iterator[RecordedRun]:
     """Lock the state, record the run and its exit code, and leave usage figures behind, however the
-    run ends. Dry runs record nothing."""
-    environment = runtime.environment
+    run ends. A dry run's state records nothing."""
     started = time.monotonic()
     access = SalesforceAccess(sf_factory)
-    with runtime.open_state() as state:
-        state.acquire_lock()
-        run_id = 0 if summary.dry_run else state.start_run(summary.command)
-        pipeline = Pipeline(runtime.loaded, state, source, access, dry_run=summary.dry_run,
-                            clock=environment.clock, sleep=environment.sleep)
-        pipeline.run_id = run_id
+    with runtime.open_state(create=create) as store:
+        store.acquire_lock()
+        state: Any = DryRunState(store) if summary.dry_run else store
+        ports, recorder = _ports(runtime, state, source, access, summary.dry_run)
+        run = RecordedRun(state, source, ports, batch_settings(runtime.loaded), summary,
+                          state.start_run(summary.command), access)
         code: int = ExitCode.FAILURE
         try:
-            yield pipeline
+            yield run
             code = exit_code_for(summary)
         except BaseException as exc:
             code = int(getattr(exc, "exit_code", ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt)
                                else ExitCode.FAILURE))
             raise
         finally:
-            _finish(summary, started, source, access)
+            gw = access.connected
+            finish(summary, started=started, stripe_calls=source.calls, usage=gw.usage if gw else None,
+                   cursor=state.cursor(), planned=recorder.planned if recorder else ())
             if summary.salesforce_api_used is not None:
                 state.set_meta("api_usage", json.dumps({"used": summary.salesforce_api_used,
                                                          "max": summary.salesforce_api_max,
-                                                         "at": int(environment.clock())}))
-            summary.cursor = summary.cursor or (c.event_id if (c := state.cursor()) else None)
-            if not summary.dry_run:
-                state.finish_run(run_id, code, summary.as_dict())
+                                                         "at": int(runtime.environment.clock())}))
+            state.finish_run(run.run_id, code, summary.as_dict())
 
 
 def run_sync(config_path: Path | None, environment: Environment, *, since: str | None, dry_run: bool,
@@ -159,16 +206,17 @@ def run_sync(config_path: Path | None, environment: Environment, *, since: str |
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
     since_ts = parse_since(since) if since else None
-    source, sf_factory = _clients(runtime)
+    source, sf_factory = clients(runtime)
     summary = RunSummary("sync", dry_run=dry_run)
-    with _recorded_run(runtime, summary, source, sf_factory) as pipeline:
-        pipeline.sync(summary, since=since_ts, max_events=max_events)
-        if not dry_run:  # a dry run changes nothing, the ledger included
-            pipeline.state.prune_ledger(int(environment.clock()))
+    s = runtime.loaded.settings
+    with recorded_run(runtime, summary, source, sf_factory) as run:
+        run.apply(SyncEvents(source, run.state, since=since_ts, lookback=s.stripe.lookback_seconds,
+                             clock=environment.clock, batch_size=s.sync.batch_size, max_events=max_events))
+        run.state.prune_ledger(int(environment.clock()))
     return summary
 
 
-def _clients(runtime: Runtime) -> tuple[StripeSource, Callable[[], SalesforceGateway]]:
+def clients(runtime: Runtime) -> tuple[StripeSource, Callable[[], SalesforceGateway]]:
     """Both clients, with every missing secret reported at once, before any network call."""
     problems: list[str] = []
     source = sf_factory = None
@@ -191,7 +239,7 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
                  objects: str, dry_run: bool, resume: bool,
                  progress: Callable[[str, Any], None] | None = None) -> Any:
     """`stripe-sf backfill`: current state from Stripe's lists, then a gap-free hand-off to sync."""
-    from stripe_sf_sync.backfill import OBJECT_TYPES, Backfill, BackfillPlan, BackfillSummary, StopFlag
+    from stripe_sf_sync.backfill import OBJECT_TYPES, BackfillObjects, BackfillPlan, StopFlag
 
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
@@ -206,13 +254,14 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
         problems.append("--until must be after --since")
     if problems:
         raise ConfigError(problems, source="invocation")
-    source, sf_factory = _clients(runtime)
+    source, sf_factory = clients(runtime)
     b = runtime.loaded.settings.backfill
     plan = BackfillPlan(since_ts, until_ts, kinds, resume, bulk_threshold=b.bulk_threshold, bulk_chunk=b.bulk_chunk)
-    summary = BackfillSummary("backfill", dry_run=dry_run)
-    with StopFlag() as stop, _recorded_run(runtime, summary, source, sf_factory) as pipeline:
-        Backfill(pipeline, plan, clock=environment.clock, progress=progress, stop=stop,
-                 log_every_pages=b.log_every_pages).run(summary)
+    summary = RunSummary("backfill", dry_run=dry_run)
+    with StopFlag() as stop, recorded_run(runtime, summary, source, sf_factory) as run:
+        run.apply(BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
+                                  clock=environment.clock, progress=progress, stop=stop,
+                                  log_every_pages=b.log_every_pages))
     return summary
 
 
@@ -221,40 +270,35 @@ def run_dlq_retry(config_path: Path | None, environment: Environment, *, event_i
     """`stripe-sf dlq retry`: the chosen dead letters through the same pipeline."""
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
-    source = runtime.stripe_source()
-    access = SalesforceAccess(runtime.salesforce_factory())
+    source, sf_factory = clients(runtime)
     summary = RunSummary("dlq retry")
-    started = time.monotonic()
-    with runtime.open_state(create=False) as state:
-        state.acquire_lock()
-        if retry_all:
-            letters = state.dead_letters()
-        else:
-            letters = []
-            for eid in event_ids:
-                dl = state.dead_letter(eid)
-                if dl is None or dl.status != "open":
-                    raise ConfigError([f"{eid} is not an open dead letter"], source="invocation",
-                                      hint="`stripe-sf dlq list` shows the open ones.")
-                letters.append(dl)
-        events = []
-        for dl in letters:
-            try:
-                events.append(json.loads(dl.payload))
-            except json.JSONDecodeError:
-                events.append({"id": dl.event_id, "type": dl.event_type, "created": dl.created})
-        run_id = state.start_run("dlq retry")
-        pipeline = Pipeline(runtime.loaded, state, source, access, clock=environment.clock,
-                            sleep=environment.sleep)
-        pipeline.run_id = run_id
-        code: int = ExitCode.FAILURE
-        try:
-            pipeline.retry(events, summary)
-            code = exit_code_for(summary)
-        finally:
-            _finish(summary, started, source, access)
-            state.finish_run(run_id, code, summary.as_dict())
+    with recorded_run(runtime, summary, source, sf_factory, create=False) as run:
+        letters = _chosen_dead_letters(run.state, event_ids, retry_all)
+        run.apply(DeadLetters([_letter_event(dl) for dl in letters],
+                              batch_size=runtime.loaded.settings.sync.batch_size))
     return summary
+
+
+def _chosen_dead_letters(state: StateStore, event_ids: list[str], retry_all: bool) -> list[DeadLetter]:
+    if retry_all:
+        return state.dead_letters()
+    letters = []
+    for eid in event_ids:
+        dl = state.dead_letter(eid)
+        if dl is None or dl.status != "open":
+            raise ConfigError([f"{eid} is not an open dead letter"], source="invocation",
+                              hint="`stripe-sf dlq list` shows the open ones.")
+        letters.append(dl)
+    return letters
+
+
+def _letter_event(dl: DeadLetter) -> dict[str, Any]:
+    """The event a dead letter keeps (an unreadable payload is sent as a bare event, to fail again)."""
+    try:
+        event = json.loads(dl.payload)
+    except json.JSONDecodeError:
+        event = None
+    return event if isinstance(event, dict) else {"id": dl.event_id, "type": dl.event_type, "created": dl.created}
 
 
 def dlq_list(config_path: Path | None, environment: Environment) -> list[dict[str, Any]]:
@@ -328,5 +372,5 @@ def run_discover(config_path: Path | None, environment: Environment, *, write: b
         if state_path.exists():
             # The org may have changed: make the next sync describe it again.
             with StateStore.open(state_path) as state:
-                state.delete_meta("org_describe")
+                state.delete_meta(ORG_CACHE_KEY)
     return found

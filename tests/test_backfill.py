@@ -8,9 +8,7 @@ from decimal import Decimal
 import pytest
 
 from stripe_sf_sync import service
-from stripe_sf_sync.backfill import Backfill, BackfillPlan, BackfillSummary
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.pipeline import Pipeline, SalesforceAccess
 from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import StateStore
 
@@ -143,7 +141,6 @@ def test_interrupted_backfill_resumes_and_converges(tmp_path, env, org, stripe_s
     config = configured(tmp_path, env, **{"bulk_threshold: 2000": "bulk_threshold: 10",
                                           "bulk_chunk: 5000": "bulk_chunk: 100",
                                           "bulk_poll_seconds: 5": "bulk_poll_seconds: 0"})
-    runtime = service.Runtime(config, env)
     calls = {"n": 0}
 
     def crash_after_first_chunk(kind, counts):
@@ -151,13 +148,9 @@ def test_interrupted_backfill_resumes_and_converges(tmp_path, env, org, stripe_s
         if counts.written >= 100:
             raise KeyboardInterrupt  # the process dies at a page boundary after one committed chunk
 
-    with runtime.open_state() as st:
-        pipe = Pipeline(runtime.loaded, st, runtime.stripe_source(), SalesforceAccess(runtime.salesforce_factory()),
-                        sleep=lambda s: None)
-        plan = BackfillPlan(service.parse_since(since_days(400)), None, ("subscriptions",), False,
-                            bulk_threshold=10, bulk_chunk=100)
-        with pytest.raises(KeyboardInterrupt):
-            Backfill(pipe, plan, progress=crash_after_first_chunk).run(BackfillSummary("backfill"))
+    with pytest.raises(KeyboardInterrupt):
+        service.run_backfill(config, env, since=since_days(400), until=None, objects="subscriptions",
+                             dry_run=False, resume=False, progress=crash_after_first_chunk)
     partial = len(org.records("Opportunity"))
     assert 0 < partial < 200
     resumed = backfill(config, env, since=since_days(400), objects="subscriptions", resume=True)

@@ -1,0 +1,146 @@
+"""Hydration: what an event's payload lacks and a rule needs, fetched for a whole batch at once.
+
+Part of the Stripe edge: customer details come from state (kept current by `customer.*` events and
+backfill's expanded customers) and, failing that, one read each; whether a PaymentIntent paid an invoice,
+and a failed invoice's failure code, come from one `/v1/invoice_payments` listing over the batch's window;
+a subscription billed in another currency than its Prices' default reads those Prices' `currency_options`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from stripe_sf_sync import model
+from stripe_sf_sync.model import (
+    CustomerChange,
+    InvoiceFailureChange,
+    MalformedEvent,
+    PaymentChange,
+    SubscriptionChange,
+)
+from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.state import CachedCustomer
+from stripe_sf_sync.stripe_source import BASIL, StripeSource
+
+# Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
+# (invoice finalised, PaymentIntent created, InvoicePayment linked) are seconds to minutes apart.
+INVOICE_PAYMENT_MARGIN_S = 3600
+
+
+class CustomerStore(Protocol):
+    """Where customer details are kept between runs (the state store)."""
+
+    def customers_for(self, customer_ids: Iterable[str]) -> dict[str, CachedCustomer]:
+        """What is known of these customers."""
+
+
+class StripeHydrator:
+    """Fills in what payloads lack, a batch at a time (the batch step's hydrator port)."""
+
+    def __init__(self, source: StripeSource, customers: CustomerStore) -> None:
+        self._source = source
+        self._customers = customers
+
+    def prepare(self, fresh: Sequence[tuple[HeldEvent, model.Change]],
+                customer_changes: Sequence[CustomerChange]) -> list[CachedCustomer]:
+        """Gather what the batch's payloads lack, in a few calls for the whole batch. Returns the customer
+        details the batch itself carries (customer events, expanded customers), for state to keep."""
+        self._source.forget()
+        known = [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created)
+                 for c in customer_changes]
+        for _, change in fresh:  # an expanded customer (backfill's lists) is as good as a customer event
+            cust_meta = getattr(change, "customer_metadata", None)
+            customer_id = getattr(change, "customer_id", None)
+            if cust_meta is not None and customer_id:
+                known.append(CachedCustomer(customer_id, cust_meta, getattr(change, "customer_name", None), False,
+                                            change.meta.created))
+        wanted = {c.customer_id for _, c in fresh if needs_customer(c)}
+        wanted -= {c for c in wanted if self._source.knows_customer(c)}
+        for cached in [*self._customers.customers_for(wanted).values(), *known]:
+            self._source.remember_customer(cached)  # the batch's own come last: newer than what state held
+        self._prefetch_invoice_payments(fresh)
+        return known
+
+    def _prefetch_invoice_payments(self, fresh: Sequence[tuple[HeldEvent, model.Change]]) -> None:
+        if self._source.api_version < BASIL:
+            return  # older payloads name the invoice and PaymentIntent themselves
+        payments = [c for _, c in fresh if isinstance(c, PaymentChange) and not c.invoice_known]
+        failures = [c for _, c in fresh if isinstance(c, InvoiceFailureChange) and c.failure_code is None]
+        if not payments and not failures:
+            return
+        # A PaymentIntent is created before it succeeds: the window starts at its own `created`.
+        starts = [c.meta.object_created or c.meta.created for c in payments] + [c.meta.created for c in failures]
+        ends = [c.meta.created for c in payments] + [c.meta.created for c in failures]
+        self._source.prefetch_invoice_payments(
+            since=min(starts) - INVOICE_PAYMENT_MARGIN_S, until=max(ends) + INVOICE_PAYMENT_MARGIN_S,
+            payment_intents=[c.payment_intent_id for c in payments], invoices=[c.invoice_id for c in failures])
+
+    def hydrate(self, held: HeldEvent, change: model.Change) -> model.Change:
+        """Fill in what the payload lacks (customer metadata, invoice links, a failed invoice's failure
+        code, amounts in the billed currency), from the batch's prefetch where it has it."""
+        customer_id = getattr(change, "customer_id", None)
+        if customer_id and needs_customer(change):
+            cust = self._source.customer(customer_id)
+            change = dataclasses.replace(change, customer_metadata=dict(cust.metadata) if cust else {},
+                                         customer_name=cust.name if cust else None)
+        if isinstance(change, SubscriptionChange):
+            foreign = model.foreign_price_ids(change)
+            if foreign:  # billed in one of its Prices' currency_options: read them (once per run)
+                change = model.in_billed_currency(
+                    change, {price_id: self._source.price_currency_options(price_id) for price_id in foreign})
+        if isinstance(change, PaymentChange) and not change.invoice_known:
+            change = dataclasses.replace(change, invoice_id=self._source.invoice_of_payment_intent(
+                change.payment_intent_id), invoice_known=True)
+        if isinstance(change, InvoiceFailureChange) and change.failure_code is None:
+            change = self._failure_code(held, change)
+        return change
+
+    def _failure_code(self, held: HeldEvent, change: InvoiceFailureChange) -> InvoiceFailureChange:
+        payments = self._source.prefetched_payments(change.invoice_id)
+        inv: Mapping[str, Any] | None
+        if payments and not _has_charge_payment(payments):
+            inv = {**held.data_object(), "payments": {"object": "list", "data": payments}}
+        else:
+            inv = self._source.failed_invoice(change.invoice_id)
+        if not inv:
+            return change
+        try:
+            hydrated = model.parse_invoice_failure({"data": {"object": inv}}, change.meta)
+        except MalformedEvent:
+            return change  # the event's own payload is authoritative; the code stays unknown
+        return dataclasses.replace(change, failure_code=hydrated.failure_code,
+                                   payment_intent_id=change.payment_intent_id or hydrated.payment_intent_id)
+
+    def fresh_customers(self) -> list[CachedCustomer]:
+        """Customers read from Stripe since the last call, for state to keep."""
+        return self._source.take_fresh_customers()
+
+
+def needs_customer(change: model.Change) -> bool:
+    """Whether a rule needs the customer's metadata: the object's own metadata does not name every
+    Salesforce Id the rules will use (the Opportunity and Account, and the Contact of a Task it raises)."""
+    meta = getattr(change, "metadata", {}) or {}
+    if not getattr(change, "customer_id", None) or getattr(change, "customer_metadata", None) is not None:
+        return False
+    if not (meta.get("salesforce_opportunity_id") and meta.get("salesforce_account_id")):
+        return True
+    return _raises_task(change) and not meta.get("salesforce_contact_id")
+
+
+def _raises_task(change: model.Change) -> bool:
+    """Whether the change's rule creates a Task (whose WhoId may come from the customer's metadata)."""
+    if isinstance(change, InvoiceFailureChange):
+        return True
+    if isinstance(change, SubscriptionChange) and not change.meta.backfill:
+        kind = change.meta.event_type.rsplit(".", 1)[-1]
+        return kind == "deleted" or (kind == "updated" and (
+            change.cancel_turned_on or (change.previous_status is not None
+                                        and change.previous_status != change.status)))
+    return False
+
+
+def _has_charge_payment(payments: Sequence[Mapping[str, Any]]) -> bool:
+    """A payment of type charge needs its Charge read for the failure code (failed_invoice does that)."""
+    return any(isinstance(p.get("payment"), Mapping) and p["payment"].get("type") == "charge" for p in payments)

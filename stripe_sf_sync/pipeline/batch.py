@@ -1,0 +1,238 @@
+"""The one batch step every source goes through: parse → guard → hydrate → plan → resolve → write.
+
+It reads state through the ports and commits nothing: it returns a BatchResult, and the run commits it
+by the batch's own policy (cursor, checkpoint, dead letters).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stripe_sf_sync import model, rules
+from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.errors import StripeSfError
+from stripe_sf_sync.model import CustomerChange, MalformedEvent
+from stripe_sf_sync.pipeline.held import HeldEvent, dead_letter, unexpected
+from stripe_sf_sync.pipeline.ports import Ports
+from stripe_sf_sync.resolve import Materializer, WriteSettings
+from stripe_sf_sync.salesforce_sink import SfOp, WriteResult
+from stripe_sf_sync.state import CachedCustomer, Outcome
+
+log = logging.getLogger("stripe_sf_sync")
+
+Versions = dict[str, tuple[int, str]]  # Stripe object id -> (newest applied event time, its id)
+Planned = list[tuple[HeldEvent, model.Change, rules.Plan]]
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """The configuration the batch step reads."""
+
+    rules: rules.RuleContext
+    names: FieldNames
+    record_type_id: str | None
+    coalesce: bool = True
+
+
+@dataclass
+class BatchResult:
+    """What one batch did: every event's outcome, and what state should keep of it."""
+
+    events_read: int = 0
+    skipped_duplicate: int = 0
+    records_written: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    versions: Versions = field(default_factory=dict)
+    customers: list[CachedCustomer] = field(default_factory=list)
+    last_event: tuple[str, int] | None = None  # (id, created) of the batch's last event, for the cursor
+
+    def count(self, kind: str) -> int:
+        """Outcomes of one kind (applied, stale, ignored, dead_letter)."""
+        return sum(1 for o in self.outcomes if o.kind == kind)
+
+
+def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettings, *, retried: bool = False,
+                bulk: bool = False) -> BatchResult:
+    """Apply one batch of events to Salesforce through `ports`; commit nothing.
+
+    `retried`: dead letters sent again, which their recorded outcome must not skip. `bulk`: write through
+    Bulk API 2.0 (backfill above its threshold).
+    """
+    last = events[-1] if events else None
+    result = BatchResult(events_read=len(events),
+                         last_event=(last.id, last.created) if last and last.id and last.created is not None else None)
+    parsed = _parse(events, ports, result, retried=retried)
+    fresh, customer_changes = _guard(parsed, ports, result)
+    result.customers.extend(ports.hydrator.prepare(fresh, customer_changes))
+    planned = _plan(fresh, ports, settings, result)
+    result.customers.extend(ports.hydrator.fresh_customers())
+    if planned:
+        _write(planned, ports, settings, result, bulk=bulk)
+    for o in result.outcomes:
+        if o.kind == "dead_letter":
+            log.warning("dead-lettered %s (%s): %s %s", o.event_id, o.event_type, o.code, o.reason)
+    return result
+
+
+def _parse(events: Sequence[HeldEvent], ports: Ports, result: BatchResult, *,
+           retried: bool) -> list[tuple[HeldEvent, model.Change | CustomerChange]]:
+    """Drop events already recorded; parse the rest (a malformed one is dead-lettered)."""
+    known = ports.ledger.outcomes_for([e.id for e in events if e.id])
+    parsed: list[tuple[HeldEvent, model.Change | CustomerChange]] = []
+    for held in events:
+        if held.id and held.id in known and not (retried and known[held.id] == "dead_letter"):
+            result.skipped_duplicate += 1
+            continue
+        try:
+            change = held.parse()
+        except MalformedEvent as exc:
+            result.outcomes.append(dead_letter(held, exc.reason, exc.code))
+            continue
+        except Exception as exc:  # a poison event must never stop every future run
+            result.outcomes.append(unexpected(held, exc))
+            continue
+        if isinstance(change, model.Unsupported):
+            result.outcomes.append(_outcome(change, "ignored", change.reason, object_id=False))
+            continue
+        parsed.append((held, change))
+    return parsed
+
+
+def _guard(parsed: Sequence[tuple[HeldEvent, model.Change | CustomerChange]], ports: Ports,
+           result: BatchResult) -> tuple[list[tuple[HeldEvent, model.Change]], list[CustomerChange]]:
+    """The order guard: an event older than the newest applied to its object is stale. Customer events
+    need no write: their details are kept for resolving the customer's other events."""
+    stored = ports.ledger.versions_for(c.object_id for _, c in parsed)
+    fresh: list[tuple[HeldEvent, model.Change]] = []
+    customers: list[CustomerChange] = []
+    for held, change in parsed:
+        newest = stored.get(change.object_id)
+        if newest is not None and change.meta.created < newest:
+            result.outcomes.append(_outcome(change, "stale", f"{change.object_id} already has a newer event applied"))
+        elif isinstance(change, CustomerChange):
+            customers.append(change)
+            result.outcomes.append(_outcome(change, "ignored", "customer details kept for resolving its other events"))
+            result.versions[change.object_id] = (change.meta.created, change.meta.event_id)
+        else:
+            fresh.append((held, change))
+    return fresh, customers
+
+
+def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], ports: Ports, settings: BatchSettings,
+          result: BatchResult) -> Planned:
+    """Hydrate each change and apply the rules; a change that needs no write is recorded as ignored."""
+    planned: Planned = []
+    for held, change in fresh:
+        try:
+            change = ports.hydrator.hydrate(held, change)
+            plan = rules.plan(settings.rules, change)
+        except MalformedEvent as exc:
+            result.outcomes.append(dead_letter(held, exc.reason, exc.code))
+            continue
+        except StripeSfError:
+            raise  # fatal: stop the run, commit nothing of this batch
+        except Exception as exc:  # a poison event must never stop every future run
+            result.outcomes.append(unexpected(held, exc))
+            continue
+        for warning in plan.warnings:
+            log.warning("%s (%s): %s", change.meta.event_id, change.meta.event_type, warning)
+        if plan.ignored or not plan.intents:
+            result.outcomes.append(_outcome(change, "ignored", plan.ignored))
+            result.versions[change.object_id] = (change.meta.created, change.meta.event_id)
+            continue
+        planned.append((held, change, plan))
+    return planned
+
+
+def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: BatchResult, *, bulk: bool) -> None:
+    """Resolve the planned intents against Salesforce, write them, and record each event's outcome."""
+    write_settings = _write_settings(planned, ports, settings)
+    intents = [it for _, _, plan in planned for it in plan.intents]
+    found = ports.lookup.find(settings.names, intents, task_keyed=write_settings.task_keyed)
+    materializer = Materializer(found, write_settings)
+    failures = _materialize(planned, materializer)
+    ops = materializer.result()
+    writer = ports.bulk_writer if bulk else ports.writer
+    results = writer.write(ops)
+    if writer.sends:
+        result.records_written += sum(1 for r in results if r.success)
+    failures.update({ev: f for ev, f in _failed_writes(ops, results, write_settings, ports).items()
+                     if ev not in failures})
+    for held, change, _ in planned:
+        eid = change.meta.event_id
+        if eid in failures:
+            code, reason = failures[eid]
+            result.outcomes.append(dead_letter(held, reason, code, object_id=change.object_id))
+            continue
+        result.outcomes.append(_outcome(change, "applied", None))
+        prev = result.versions.get(change.object_id)
+        if prev is None or prev[0] <= change.meta.created:
+            result.versions[change.object_id] = (change.meta.created, eid)
+
+
+def _write_settings(planned: Planned, ports: Ports, settings: BatchSettings) -> WriteSettings:
+    org = ports.lookup.org_facts()
+    currencies = {it.currency.upper() for _, _, plan in planned for it in plan.intents
+                  if isinstance(it, rules.OpportunityIntent) and it.currency}
+    if org.currencies is not None and not ports.lookup.described and currencies - org.currencies:
+        # The cached describe may predate a currency the admin has since activated (the dead letter's
+        # advice): describe again, once per run, before dead-lettering on stale facts.
+        org = ports.lookup.org_facts(refresh=True)
+    return WriteSettings(settings.names, settings.record_type_id, org.task_keyed, coalesce=settings.coalesce,
+                         currencies=org.currencies)
+
+
+def _materialize(planned: Planned, materializer: Materializer) -> dict[str, tuple[str, str]]:
+    """Turn each event's intents into writes; (code, reason) of the events that cannot be."""
+    failures: dict[str, tuple[str, str]] = {}
+    for _, change, plan in planned:
+        try:
+            err = materializer.add_event(change.meta.event_id, plan.intents)
+        except Exception as exc:  # never let one event's data stop the batch
+            log.exception("unexpected error resolving %s", change.meta.event_id)
+            failures[change.meta.event_id] = ("UNEXPECTED", f"{type(exc).__name__} while resolving; "
+                                              "report it with `stripe-sf dlq list --json` output")
+            continue
+        if err is not None:
+            failures[change.meta.event_id] = (err.code, err.reason)
+    return failures
+
+
+def _failed_writes(ops: Sequence[SfOp], results: Sequence[WriteResult], write_settings: WriteSettings,
+                   ports: Ports) -> dict[str, tuple[str, str]]:
+    """(code, reason) for every event whose write failed; successful Account updates are remembered."""
+    failures: dict[str, tuple[str, str]] = {}
+    for op, res in zip(ops, results, strict=True):
+        if res.success or _task_exists(op, res, write_settings):
+            if op.sobject == "Account" and op.kind == "update":
+                ports.lookup.wrote_account(op.key, op.fields, write_settings.names)
+            continue
+        for ev in op.events:
+            failures.setdefault(ev, (res.code or "UNKNOWN", f"{op.label}: {res.code} {res.message or ''}".strip()))
+    return failures
+
+
+def _task_exists(op: SfOp, res: WriteResult, settings: WriteSettings) -> bool:
+    """A keyed Task create refused because a Task with that key exists (a Unique key field says so with
+    DUPLICATE_VALUE): someone made it after the lookup, or it was out of the integration user's sight. The
+    Task exists, so the event's Task is done, and that Task is left as it is."""
+    key_field = settings.names.task_event_id
+    return (op.sobject == "Task" and op.kind == "create" and settings.task_keyed and res.code == "DUPLICATE_VALUE"
+            and key_field.lower() in (res.message or "").lower())
+
+
+def _outcome(change: Any, kind: Any, reason: str | None, *, object_id: bool = True) -> Outcome:
+    meta = change.meta
+    return Outcome(meta.event_id, meta.event_type, meta.created, kind,
+                   object_id=change.object_id if object_id else None, reason=reason)
+
+
+def describe_op(op: SfOp) -> dict[str, Any]:
+    """A planned write, JSON-ready (a dry run prints these)."""
+    return {"action": op.kind, "sobject": op.sobject, "key": op.key, "external_id_field": op.ext_field,
+            "fields": {k: (str(v) if not isinstance(v, str | int | bool | type(None)) else v)
+                       for k, v in op.fields.items()},
+            "events": list(op.events)}

@@ -1,0 +1,199 @@
+"""Where a sync starts (`--since`, the stored cursor, or backfill's hand-off), the lookback re-read behind
+the cursor, and how the cursor moves: only forward, and only with the outcomes it passes."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from stripe_sf_sync.errors import ConfigError, CursorExpiredError
+from stripe_sf_sync.state import Cursor
+from stripe_sf_sync.stripe_source import RETENTION_S
+
+HANDOFF_SINCE_KEY = "handoff_since"
+# The oldest `created` sync's history covers (`sync --since`, or just after backfill's hand-off event): the
+# lookback never re-reads before it, so events from before the history began are never applied.
+SYNC_FLOOR_KEY = "sync_floor"
+
+Event = dict[str, Any]
+
+
+class EventLister(Protocol):
+    """The event reads a sync needs (the Stripe edge)."""
+
+    def check_cursor_age(self, cursor_created: int) -> None:
+        """Raise CursorExpiredError when Stripe no longer lists events after the cursor."""
+
+    def events_after(self, cursor_id: str) -> Iterator[Event]:
+        """Every event newer than the cursor, oldest first."""
+
+    def event_pages(self, since: int, until: int | None = None) -> Iterator[list[Event]]:
+        """Pages of events created in [since, until], newest first."""
+
+    def oldest_event_since(self, since: int) -> tuple[str, int] | None:
+        """The newest event created before `since`, as a cursor."""
+
+    def first_event_since(self, since: int) -> Event | None:
+        """The oldest event created at or after `since`."""
+
+
+class CursorState(Protocol):
+    """What the cursor logic reads from state."""
+
+    def cursor(self) -> Cursor | None:
+        """The stored cursor."""
+
+    def get_meta(self, key: str) -> str | None:
+        """A stored value."""
+
+    def outcomes_for(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """Recorded outcomes of these events."""
+
+
+@dataclass
+class SyncStart:
+    """What a sync run reads, in order."""
+
+    late: list[Event]  # listed late, behind the cursor, with no recorded outcome: applied first, oldest first
+    events: Iterable[Event]  # after the cursor (or from --since), oldest first
+    meta: dict[str, str] | None  # committed with the run's batches: where a new history starts
+
+
+def sync_start(source: EventLister, state: CursorState, *, since: int | None, lookback: int,
+               clock: Callable[[], float]) -> SyncStart:
+    """Where this run starts: `since` on a first run, else the stored cursor (with the lookback re-read),
+    else the time a backfill handed over at (when Stripe had no events then)."""
+    if since is not None:
+        if since < clock() - RETENTION_S:
+            day = datetime.fromtimestamp(since, tz=UTC).date().isoformat()
+            raise CursorExpiredError(
+                f"--since {day} is past Stripe's 30-day event retention.",
+                hint=f"Run `stripe-sf backfill --since {day}` for the older history, then `stripe-sf sync`.")
+        return SyncStart([], _events_since(source, since), {SYNC_FLOOR_KEY: str(since)})
+    cursor = state.cursor()
+    if cursor is not None:
+        source.check_cursor_age(cursor.created)
+        floor = state.get_meta(SYNC_FLOOR_KEY)
+        late, events = _lookback(source, state, cursor, lookback, int(floor) if floor is not None else 0)
+        return SyncStart(late, events, None)
+    handoff = state.get_meta(HANDOFF_SINCE_KEY)
+    if handoff is not None:  # a backfill ran while Stripe had no events at all: start from when it began
+        return SyncStart([], _events_since(source, int(handoff)), {SYNC_FLOOR_KEY: handoff})
+    raise ConfigError(["there is no saved cursor yet"], source="invocation",
+                      hint="For the first run, say where to start: `stripe-sf sync --since 2026-11-01` "
+                           "(within the last 30 days), or run `stripe-sf backfill --since DATE` first.")
+
+
+def next_cursor(current: Cursor | None, last_event: tuple[str, int] | None) -> Cursor | None:
+    """The cursor after a batch whose outcomes are committed with it: its last event, never going back."""
+    if last_event is None:
+        return None
+    candidate = Cursor(*last_event)
+    if current is not None and candidate.created < current.created:
+        return None
+    return candidate
+
+
+class HandOffState(Protocol):
+    """The state writes of a hand-off."""
+
+    def cursor(self) -> Cursor | None:
+        """The stored cursor."""
+
+    def set_cursor(self, cursor: Cursor, *, meta: dict[str, str] | None = None) -> None:
+        """Move the cursor forward, with `meta` in the same transaction."""
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a value."""
+
+
+def hand_off(state: HandOffState, newest: tuple[str, int] | None, *, now: int) -> None:
+    """Backfill's hand-off to sync: Stripe's newest event becomes the cursor (unless a newer one is stored),
+    or, when Stripe lists no event at all, the time sync starts from.
+
+    Sync's history then starts after that event's second: the lookback must not re-apply the events the
+    backfill's lists already cover. An event of that same second listed late is the one thing this gives
+    up, rather than re-applying the second's other events."""
+    current = state.cursor()
+    if newest is not None:
+        cursor = next_cursor(current, newest)
+        if cursor is not None and (current is None or cursor.created > current.created):
+            state.set_cursor(cursor, meta={SYNC_FLOOR_KEY: str(newest[1] + 1)})
+    elif current is None:
+        state.set_meta(HANDOFF_SINCE_KEY, str(now))
+
+
+def _events_since(source: EventLister, since: int) -> Iterator[Event]:
+    before = source.oldest_event_since(since)
+    if before is not None:
+        yield from source.events_after(before[0])
+        return
+    first = source.first_event_since(since)
+    if first is None:
+        return
+    yield first
+    yield from source.events_after(first["id"])
+
+
+def _lookback(source: EventLister, state: CursorState, cursor: Cursor, lookback: int,
+              floor: int) -> tuple[list[Event], Iterable[Event]]:
+    """(The events behind the cursor whose outcome is not recorded, oldest first; the events after it.)
+
+    Stripe's event list is eventually consistent: an event can become listable after newer ones were
+    listed, behind the cursor, where `ending_before` never returns it. So each run re-reads the events
+    created `lookback` seconds before the cursor's (never before `floor`) and keeps those the ledger has no
+    outcome for; the order guard then decides stale or applied as usual.
+
+    One listing from the window's start, newest first, usually answers both: when the cursor is on its
+    first page, the events listed before it are every event after the cursor, so a quiet run still costs
+    one call. With more than a page of new events, the window is listed on its own and the new events are
+    walked from the cursor, oldest first (holding them all would grow with the backlog), up to that first
+    page, which ends the walk.
+    """
+    start = max(cursor.created - lookback, floor)
+    if lookback == 0 or start > cursor.created:
+        return [], source.events_after(cursor.event_id)
+    pages = source.event_pages(start)
+    first = next(pages, [])
+    at = next((i for i, e in enumerate(first) if e.get("id") == cursor.event_id), None)
+    if at is not None:
+        late = _unrecorded(state, itertools.chain([first[at + 1:]], pages))
+        return late, list(reversed(first[:at]))
+    window = source.event_pages(start, until=cursor.created)
+    return _unrecorded(state, window, behind=cursor.event_id), _walk_to(source, cursor, first)
+
+
+def _walk_to(source: EventLister, cursor: Cursor, newest: list[Event]) -> Iterator[Event]:
+    """The events after the cursor, oldest first, walked until `newest` (a first page, newest first,
+    already read) begins, then `newest` itself: its page is not read twice. Without meeting it (the cursor
+    sat inside it after all), the walk goes on to the end and `newest` adds nothing."""
+    stop = newest[-1].get("id") if newest else None
+    for event in source.events_after(cursor.event_id):
+        if stop is not None and event.get("id") == stop:
+            # Events listed since then are newer than `newest` (or late, and the next lookback finds them).
+            yield from reversed(newest)
+            return
+        yield event
+
+
+def _unrecorded(state: CursorState, pages: Iterable[list[Event]], *, behind: str | None = None) -> list[Event]:
+    """The events of `pages` (newest first) without a recorded outcome, oldest first. With `behind`, only
+    those listed after that event: the ones before it sort after it, and `events_after` returns them.
+    Each page is checked against the ledger as it comes, so only what is missing is held."""
+    found: list[Event] = []
+    for page in pages:
+        # An event without an id cannot be matched to its outcome: it was dead-lettered as malformed when
+        # the cursor passed it, and re-reading it would dead-letter it again on every run.
+        ids = [e["id"] for e in page if isinstance(e.get("id"), str)]
+        known = state.outcomes_for(ids)
+        for event in page:
+            eid = event.get("id")
+            if eid == behind:
+                found.clear()
+            elif isinstance(eid, str) and eid not in known:
+                found.append(event)
+    found.reverse()
+    return found

@@ -1,0 +1,159 @@
+"""The real ports: the batch step's view of the Salesforce edge (connected only when a batch has something
+to write), and the dry run's writer and state, which record the plan and change nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.pipeline.batch import describe_op
+from stripe_sf_sync.pipeline.org import OrgCheck, OrgFacts
+from stripe_sf_sync.resolve import AccountCache, Lookups, lookup
+from stripe_sf_sync.rules import Intent
+from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, WriteResult, apply_writes, apply_writes_bulk
+from stripe_sf_sync.state import CachedCustomer, Cursor, Outcome, StateStore
+
+
+class SalesforceAccess:
+    """Connects to Salesforce only when a batch has something to write (quiet runs cost nothing)."""
+
+    def __init__(self, factory: Callable[[], SalesforceGateway]) -> None:
+        self._factory = factory
+        self._gw: SalesforceGateway | None = None
+
+    @property
+    def connected(self) -> SalesforceGateway | None:
+        """The gateway, if one was opened."""
+        return self._gw
+
+    def get(self) -> SalesforceGateway:
+        """The gateway, connecting on first use."""
+        if self._gw is None:
+            self._gw = self._factory()
+        return self._gw
+
+    def budget_spent(self) -> str | None:
+        """Why the run must stop here, when the org's daily usage reached the configured share."""
+        gw = self._gw
+        if gw is None or not gw.over_budget():
+            return None
+        return (f"Salesforce API usage reached {gw.usage.used}/{gw.usage.total}, the configured budget of "
+                f"{gw.budget:.0%}")
+
+
+class SalesforceRecords:
+    """The record lookup port: batched SOQL through the gateway, the org's facts, and the Accounts this run
+    has read (stripe-sf never creates Accounts and records what it writes to them, so later batches of a
+    run need not look them up again)."""
+
+    def __init__(self, access: SalesforceAccess, org: OrgCheck) -> None:
+        self._access = access
+        self._org = org
+        self._accounts = AccountCache()
+
+    @property
+    def described(self) -> bool:
+        """Whether the org was described in this run."""
+        return self._org.described
+
+    def org_facts(self, *, refresh: bool = False) -> OrgFacts:
+        """The org's facts (describe once a day)."""
+        return self._org.facts(self._access.get(), refresh=refresh)
+
+    def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool) -> Lookups:
+        """The records the intents name."""
+        return lookup(self._access.get(), names, intents, self._accounts, task_keyed=task_keyed)
+
+    def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
+        """Remember a successful Account update."""
+        self._accounts.wrote(account_id, fields, names)
+
+
+class CollectionsWriter:
+    """Writes through sObject Collections, up to `workers` calls in flight within one kind of write."""
+
+    sends = True
+
+    def __init__(self, access: SalesforceAccess, *, workers: int, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._access = access
+        self._workers = workers
+        self._sleep = sleep
+
+    def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
+        """One result per op."""
+        return apply_writes(self._access.get(), ops, sleep=self._sleep, workers=self._workers) if ops else []
+
+
+class BulkWriter:
+    """Updates and upserts through Bulk API 2.0; creates (Tasks, created once and never upserted) through
+    collections, since a failed bulk insert row carries no key to report it by."""
+
+    sends = True
+
+    def __init__(self, access: SalesforceAccess, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._access = access
+        self._sleep = sleep
+
+    def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
+        """One result per op."""
+        gw = self._access.get()
+        bulkable = [i for i, op in enumerate(ops) if op.kind != "create"]
+        inserts = [i for i, op in enumerate(ops) if op.kind == "create"]
+        results: list[WriteResult] = [WriteResult(False, code="UNKNOWN")] * len(ops)
+        for i, res in zip(bulkable, apply_writes_bulk(gw, [ops[i] for i in bulkable]), strict=True):
+            results[i] = res
+        for i, res in zip(inserts, apply_writes(gw, [ops[i] for i in inserts], sleep=self._sleep), strict=True):
+            results[i] = res
+        return results
+
+
+class PlanRecorder:
+    """The dry run's writer: records each write it is given and sends nothing."""
+
+    sends = False
+
+    def __init__(self) -> None:
+        self.planned: list[dict[str, Any]] = []
+
+    def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
+        """Record the plan; every write 'succeeds', so the plan goes on as if it had been sent."""
+        self.planned.extend(describe_op(op) for op in ops)
+        return [WriteResult(True) for _ in ops]
+
+
+class DryRunState:
+    """The state a dry run sees: everything reads as it is, and nothing is written."""
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)  # reads (cursor, meta, ledger, customers, lock) go through
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Nothing is stored."""
+
+    def delete_meta(self, key: str) -> None:
+        """Nothing is stored."""
+
+    def set_cursor(self, cursor: Cursor, *, meta: dict[str, str] | None = None) -> None:
+        """Nothing is stored."""
+
+    def remember_customers(self, customers: Iterable[CachedCustomer]) -> None:
+        """Nothing is stored."""
+
+    def commit_batch(self, outcomes: Sequence[Outcome], **kwargs: Any) -> None:
+        """Nothing is stored."""
+
+    def prune_ledger(self, now: int | None = None) -> int:
+        """Nothing is pruned."""
+        return 0
+
+    def start_run(self, command: str) -> int:
+        """A dry run is not recorded."""
+        return 0
+
+    def finish_run(self, run_id: int, exit_code: int, summary: dict[str, Any]) -> None:
+        """A dry run is not recorded."""

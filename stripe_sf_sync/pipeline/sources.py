@@ -1,0 +1,119 @@
+"""Sources: each turns what it reads into batches, each batch with the policy its commit follows.
+
+sync moves the cursor; dead-letter retry closes dead letters and leaves the cursor alone; backfill
+(backfill.py) commits a checkpoint; the webhook inbox will mark its entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stripe_sf_sync.pipeline.batch import BatchResult
+from stripe_sf_sync.pipeline.cursor import CursorState, EventLister, sync_start
+from stripe_sf_sync.pipeline.held import HeldEvent
+
+
+@dataclass(frozen=True)
+class CommitPolicy:
+    """How a batch's outcomes are committed."""
+
+    advance_cursor: bool = False  # the cursor moves to the batch's last event, in the same transaction
+    retried: bool = False  # dead letters sent again: a success closes them
+    bulk: bool = False  # written through Bulk API 2.0
+    late: bool = False  # listed late, behind the cursor (counted as such)
+    meta: Mapping[str, str] | None = None  # state values committed with the batch (checkpoint, floor)
+
+
+@dataclass
+class Batch:
+    """Events to apply together, and how to commit them."""
+
+    events: list[HeldEvent]
+    policy: CommitPolicy = field(default_factory=CommitPolicy)
+
+
+class Source(Protocol):
+    """Something that yields batches; told what each batch did."""
+
+    interrupted: bool  # stopped on request (Ctrl-C) before its end
+    objects: dict[str, dict[str, Any]]  # counts per object type, for sources that keep them (backfill)
+
+    def batches(self) -> Iterator[Batch]:
+        """The batches, in the order they must be applied."""
+
+    def applied(self, batch: Batch, result: BatchResult) -> None:
+        """A batch was applied and committed."""
+
+
+def in_batches(events: Iterable[Mapping[str, Any]], size: int, policy: CommitPolicy, *,
+               more: Callable[[], bool] = lambda: True) -> Iterator[Batch]:
+    """Hold events as they arrive and cut them into batches of `size`. `more()` is asked after each
+    event; False ends the stream there (a limit was reached), without reading one event too many."""
+    held: list[HeldEvent] = []
+    for event in events:
+        held.append(HeldEvent.of(event))
+        last = not more()
+        if len(held) >= size or last:
+            yield Batch(held, policy)
+            held = []
+        if last:
+            return
+    if held:
+        yield Batch(held, policy)
+
+
+class SyncEvents:
+    """`stripe-sf sync`: events listed late behind the cursor first (the cursor stays), then every event
+    after it, oldest first (the cursor follows)."""
+
+    interrupted = False
+    objects: dict[str, dict[str, Any]] = {}  # noqa: RUF012 - never written
+
+    def __init__(self, source: EventLister, state: CursorState, *, since: int | None, lookback: int,
+                 clock: Callable[[], float], batch_size: int, max_events: int | None = None) -> None:
+        self._source = source
+        self._state = state
+        self._since = since
+        self._lookback = lookback
+        self._clock = clock
+        self._size = batch_size
+        self._left = max_events
+
+    def _more(self) -> bool:
+        """Count one event read; False once `max_events` have been."""
+        if self._left is None:
+            return True
+        self._left -= 1
+        return self._left > 0
+
+    def batches(self) -> Iterator[Batch]:
+        """Late events, then the new ones."""
+        start = sync_start(self._source, self._state, since=self._since, lookback=self._lookback,
+                           clock=self._clock)
+        yield from in_batches(start.late, self._size, CommitPolicy(late=True), more=self._more)
+        if self._left is None or self._left > 0:
+            yield from in_batches(start.events, self._size, CommitPolicy(advance_cursor=True, meta=start.meta),
+                                  more=self._more)
+
+    def applied(self, batch: Batch, result: BatchResult) -> None:
+        """Nothing to track: the cursor is committed with each batch."""
+
+
+class DeadLetters:
+    """`stripe-sf dlq retry`: dead-lettered events again, oldest first; the cursor does not move."""
+
+    interrupted = False
+    objects: dict[str, dict[str, Any]] = {}  # noqa: RUF012 - never written
+
+    def __init__(self, events: Sequence[Mapping[str, Any]], *, batch_size: int) -> None:
+        self._events = sorted(events, key=lambda e: int(e.get("created") or 0))
+        self._size = batch_size
+
+    def batches(self) -> Iterator[Batch]:
+        """The dead letters, in batches."""
+        yield from in_batches(self._events, self._size, CommitPolicy(retried=True))
+
+    def applied(self, batch: Batch, result: BatchResult) -> None:
+        """Nothing to track: each success closes its dead letter in the commit."""
