@@ -1,0 +1,203 @@
+"""The batch step against in-memory ports: no HTTP, no state file. The sandbox tests stay the end-to-end
+layer; these pin what the batch step itself decides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stripe_sf_sync import model, rules
+from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.pipeline import BatchSettings, CommitPolicy, apply_batch
+from stripe_sf_sync.pipeline.cursor import next_cursor
+from stripe_sf_sync.pipeline.edges import PlanRecorder
+from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.pipeline.org import OrgFacts
+from stripe_sf_sync.pipeline.ports import Ports
+from stripe_sf_sync.pipeline.sources import in_batches
+from stripe_sf_sync.resolve import AccountRow, Lookups
+from stripe_sf_sync.salesforce_sink import SfOp, WriteResult
+from stripe_sf_sync.state import CachedCustomer, Cursor
+
+from . import payloads as p
+
+NAMES = FieldNames()
+SETTINGS = BatchSettings(rules.RuleContext("Closed Won", NAMES), NAMES, record_type_id=None)
+ACCOUNT = AccountRow("001Hs00000CmAbcIAE", "Acme", "005Hs00000DnDefIAG", None, "trialing", "cus_Pabcdefghij")
+
+
+@dataclass
+class Ledger:
+    outcomes: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+
+    def outcomes_for(self, event_ids: Sequence[str]) -> dict[str, str]:
+        return {e: self.outcomes[e] for e in event_ids if e in self.outcomes}
+
+    def versions_for(self, object_ids: Iterable[str]) -> dict[str, int]:
+        return {o: self.versions[o] for o in object_ids if o in self.versions}
+
+
+class AsIs:
+    """A hydrator for payloads that already carry everything."""
+
+    def prepare(self, fresh: Any, customer_changes: Sequence[model.CustomerChange]) -> list[CachedCustomer]:
+        return [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created)
+                for c in customer_changes]
+
+    def hydrate(self, held: HeldEvent, change: model.Change) -> model.Change:
+        return change
+
+    def fresh_customers(self) -> list[CachedCustomer]:
+        return []
+
+
+@dataclass
+class Records:
+    """One Account, found by its customer; the Task keys that exist."""
+
+    task_keys: set[str] = field(default_factory=set)
+    described: bool = True
+    wrote: list[str] = field(default_factory=list)
+
+    def org_facts(self, *, refresh: bool = False) -> OrgFacts:
+        return OrgFacts(task_keyed=True)
+
+    def find(self, names: FieldNames, intents: Any, *, task_keyed: bool) -> Lookups:
+        found = Lookups(task_keys=set(self.task_keys))
+        found.add_account(ACCOUNT)
+        return found
+
+    def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
+        self.wrote.append(account_id)
+
+
+@dataclass
+class Writer:
+    """Answers each op with `fail.get((sobject, kind))`, else success."""
+
+    fail: dict[tuple[str, str], WriteResult] = field(default_factory=dict)
+    sent: list[SfOp] = field(default_factory=list)
+    sends: bool = True
+
+    def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
+        self.sent.extend(ops)
+        return [self.fail.get((op.sobject, op.kind), WriteResult(True, record_id="x")) for op in ops]
+
+
+def ports(ledger: Ledger | None = None, writer: Any = None, records: Records | None = None) -> Ports:
+    writer = writer or Writer()
+    return Ports(ledger or Ledger(), AsIs(), records or Records(), writer, writer)
+
+
+def held(*events: dict[str, Any]) -> list[HeldEvent]:
+    return [HeldEvent.of(e) for e in events]
+
+
+def updated(event_id: str, created: int, status: str = "active", previous: str = "trialing") -> dict[str, Any]:
+    sub = p.subscription(status=status)
+    return p.event("customer.subscription.updated", sub, event_id=event_id, created=created,
+                   previous={"status": previous})
+
+
+def test_an_event_already_recorded_is_skipped_unless_it_is_a_dead_letter_sent_again():
+    ledger = Ledger(outcomes={"evt_a": "applied", "evt_b": "dead_letter"})
+    events = held(updated("evt_a", p.T0), updated("evt_b", p.T0 + 1))
+    result = apply_batch(events, ports(ledger), SETTINGS)
+    assert (result.skipped_duplicate, result.outcomes) == (2, [])
+    retried = apply_batch(events, ports(ledger), SETTINGS, retried=True)
+    assert retried.skipped_duplicate == 1 and [o.event_id for o in retried.outcomes] == ["evt_b"]
+
+
+def test_an_event_older_than_what_its_object_has_is_stale_and_writes_nothing():
+    writer = Writer()
+    ledger = Ledger(versions={"sub_1OHAabcdefghij": p.T0 + 100})
+    result = apply_batch(held(updated("evt_old", p.T0)), ports(ledger, writer), SETTINGS)
+    assert [(o.kind, o.object_id) for o in result.outcomes] == [("stale", "sub_1OHAabcdefghij")]
+    assert writer.sent == [] and result.versions == {}
+
+
+def test_applied_events_set_their_objects_version_and_the_batch_ends_at_its_last_event():
+    result = apply_batch(held(updated("evt_1", p.T0), updated("evt_2", p.T0 + 5, "past_due", "active")),
+                         ports(), SETTINGS)
+    assert [o.kind for o in result.outcomes] == ["applied", "applied"]
+    assert result.versions == {"sub_1OHAabcdefghij": (p.T0 + 5, "evt_2")}
+    assert result.last_event == ("evt_2", p.T0 + 5) and result.records_written > 0
+
+
+def test_a_malformed_event_is_dead_lettered_with_its_payload_and_the_rest_go_on():
+    bad = {"id": "evt_bad", "type": "customer.subscription.updated", "created": p.T0, "data": {"object": 7}}
+    result = apply_batch(held(bad, updated("evt_ok", p.T0 + 1)), ports(), SETTINGS)
+    dead, ok = result.outcomes
+    assert (dead.kind, dead.event_id, ok.kind) == ("dead_letter", "evt_bad", "applied")
+    assert '"evt_bad"' in (dead.payload or "")
+
+
+def test_a_failed_write_dead_letters_its_events_with_the_salesforce_code():
+    writer = Writer(fail={("Account", "update"): WriteResult(False, code="FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                                                            message="no")})
+    result = apply_batch(held(updated("evt_1", p.T0, "past_due", "active")), ports(writer=writer), SETTINGS)
+    [dead] = result.outcomes
+    assert dead.kind == "dead_letter" and dead.code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+    assert "Account" in (dead.reason or "")
+
+
+def test_a_task_that_exists_is_not_written_again():
+    event = p.event("customer.subscription.deleted", p.subscription(status="canceled"), event_id="evt_del")
+    writer = Writer()
+    records = Records(task_keys={"evt_del:follow-up", "evt_del:status"})
+    result = apply_batch(held(event), ports(writer=writer, records=records), SETTINGS)
+    assert [o.kind for o in result.outcomes] == ["applied"]
+    assert not [op for op in writer.sent if op.sobject == "Task"]
+
+
+def test_a_refused_duplicate_task_key_counts_as_done():
+    event = p.event("customer.subscription.deleted", p.subscription(status="canceled"), event_id="evt_del")
+    writer = Writer(fail={("Task", "create"): WriteResult(False, code="DUPLICATE_VALUE",
+                                                         message="duplicate value found: Stripe_Event_ID__c")})
+    result = apply_batch(held(event), ports(writer=writer), SETTINGS)
+    assert [o.kind for o in result.outcomes] == ["applied"]
+
+
+def test_a_dry_run_writer_records_the_plan_and_counts_nothing_written():
+    recorder = PlanRecorder()
+    result = apply_batch(held(updated("evt_1", p.T0, "past_due", "active")), ports(writer=recorder), SETTINGS)
+    assert result.records_written == 0 and [o.kind for o in result.outcomes] == ["applied"]
+    assert {w["sobject"] for w in recorder.planned} >= {"Account", "Task"}
+
+
+def test_customer_events_need_no_write_and_their_details_are_kept():
+    customer = {"id": "cus_Pabcdefghij", "object": "customer", "name": "Acme", "metadata": {"a": "b"},
+                "created": p.T0}
+    writer = Writer()
+    result = apply_batch(held(p.event("customer.updated", customer, event_id="evt_c")), ports(writer=writer),
+                         SETTINGS)
+    assert [o.kind for o in result.outcomes] == ["ignored"] and writer.sent == []
+    assert [(c.customer_id, dict(c.metadata)) for c in result.customers] == [("cus_Pabcdefghij", {"a": "b"})]
+
+
+def test_the_cursor_only_moves_forward():
+    assert next_cursor(None, ("evt_1", 10)) == Cursor("evt_1", 10)
+    assert next_cursor(Cursor("evt_2", 20), ("evt_1", 10)) is None
+    assert next_cursor(Cursor("evt_2", 20), ("evt_3", 20)) == Cursor("evt_3", 20)
+    assert next_cursor(Cursor("evt_2", 20), None) is None
+
+
+def test_batches_stop_at_a_limit_without_reading_one_event_too_many():
+    read: list[int] = []
+
+    def events() -> Any:
+        for i in range(10):
+            read.append(i)
+            yield {"id": f"evt_{i}", "created": i, "type": "x"}
+
+    left = [4]
+
+    def more() -> bool:
+        left[0] -= 1
+        return left[0] > 0
+
+    batches = list(in_batches(events(), 3, CommitPolicy(advance_cursor=True), more=more))
+    assert [[e.id for e in b.events] for b in batches] == [["evt_0", "evt_1", "evt_2"], ["evt_3"]]
+    assert read == [0, 1, 2, 3]
