@@ -64,22 +64,23 @@ def in_batches(events: Iterable[Mapping[str, Any]], size: int, policy: CommitPol
         yield Batch(held, policy)
 
 
+@dataclass
 class SyncEvents:
     """`stripe-sf sync`: events listed late behind the cursor first (the cursor stays), then every event
     after it, oldest first (the cursor follows)."""
 
-    interrupted = False
-    objects: dict[str, dict[str, Any]] = {}  # noqa: RUF012 - never written
+    source: EventLister
+    state: CursorState
+    since: int | None
+    lookback: int
+    clock: Callable[[], float]
+    batch_size: int
+    max_events: int | None = None
+    interrupted: bool = False
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def __init__(self, source: EventLister, state: CursorState, *, since: int | None, lookback: int,
-                 clock: Callable[[], float], batch_size: int, max_events: int | None = None) -> None:
-        self._source = source
-        self._state = state
-        self._since = since
-        self._lookback = lookback
-        self._clock = clock
-        self._size = batch_size
-        self._left = max_events
+    def __post_init__(self) -> None:
+        self._left = self.max_events
 
     def _more(self) -> bool:
         """Count one event read; False once `max_events` have been."""
@@ -90,12 +91,11 @@ class SyncEvents:
 
     def batches(self) -> Iterator[Batch]:
         """Late events, then the new ones."""
-        start = sync_start(self._source, self._state, since=self._since, lookback=self._lookback,
-                           clock=self._clock)
-        yield from in_batches(start.late, self._size, CommitPolicy(late=True), more=self._more)
+        start = sync_start(self.source, self.state, since=self.since, lookback=self.lookback, clock=self.clock)
+        yield from in_batches(start.late, self.batch_size, CommitPolicy(late=True), more=self._more)
         if self._left is None or self._left > 0:
-            yield from in_batches(start.events, self._size, CommitPolicy(advance_cursor=True, meta=start.meta),
-                                  more=self._more)
+            yield from in_batches(start.events, self.batch_size,
+                                  CommitPolicy(advance_cursor=True, meta=start.meta), more=self._more)
 
     def applied(self, batch: Batch, result: BatchResult) -> None:
         """Nothing to track: the cursor is committed with each batch."""
