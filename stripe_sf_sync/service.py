@@ -20,6 +20,7 @@ import requests
 
 from stripe_sf_sync import rules
 from stripe_sf_sync.config import (
+    DEFAULT_CONFIG_PATH,
     DEFAULT_SF_API_VERSION,
     LoadedConfig,
     load_config,
@@ -354,7 +355,7 @@ def run_discover(config_path: Path | None, environment: Environment, *, write: b
     """`stripe-sf discover-config`: query the org; with write, store the values in sync.yaml."""
     from stripe_sf_sync.discover import discover, write_discovery
 
-    path = config_path or Path("sync.yaml")
+    path = config_path or DEFAULT_CONFIG_PATH
     loaded: LoadedConfig | None = None
     if path.exists():
         loaded = load_config(path)
