@@ -17,6 +17,7 @@ from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import LoadedConfig
 from stripe_sf_sync.errors import ConfigError, CursorExpiredError, StripeSfError
 from stripe_sf_sync.model import (
+    CachedCustomer,
     CustomerChange,
     InvoiceFailureChange,
     MalformedEvent,
@@ -25,7 +26,7 @@ from stripe_sf_sync.model import (
 )
 from stripe_sf_sync.resolve import AccountCache, Materializer, WriteSettings, lookup
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes, apply_writes_bulk
-from stripe_sf_sync.state import CachedCustomer, Cursor, Outcome, StateStore
+from stripe_sf_sync.state import Cursor, Outcome, StateStore
 from stripe_sf_sync.stripe_source import BASIL, RETENTION_S, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")

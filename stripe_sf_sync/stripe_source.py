@@ -22,8 +22,7 @@ from tenacity import (
 )
 
 from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError
-from stripe_sf_sync.model import EVENT_TYPES
-from stripe_sf_sync.state import CachedCustomer
+from stripe_sf_sync.model import EVENT_TYPES, CachedCustomer
 
 RETENTION_S = 30 * 86400  # Stripe lists events for 30 days only (api-facts.md §1)
 TYPES_PER_REQUEST = 20  # `types[]` accepts at most 20 names (api-facts.md §1)
