@@ -1,11 +1,13 @@
 """Stripe edge: events since the cursor (oldest first), hydration with a per-run cache.
 
-Only this module talks to Stripe. It takes an injected `stripe.StripeClient`. Every list is read through
-`StripeSource._walk` (the one pager).
+Only this module talks to Stripe. It takes an injected `stripe.StripeClient`. Every request goes through
+`StripeSource._get` (pacing and the one retry policy) and every list through `StripeSource._walk` (the
+one pager).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -14,16 +16,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import stripe
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError
 from stripe_sf_sync.model import EVENT_TYPES, CachedCustomer
+
+log = logging.getLogger("stripe_sf_sync")
 
 # Stripe lists events of the last 30 days only, and `types[]` takes at most 20 names
 # (Stripe API reference: List all events).
@@ -31,6 +29,10 @@ RETENTION_S = 30 * 86400
 TYPES_PER_REQUEST = 20
 PAGE_LIMIT = 100
 BASIL = "2025-03-31"
+# A request is tried at most this many times, with a random wait before each retry of up to 0.5 s, 1 s,
+# 2 s, 4 s, then 8 s (exponential backoff with full jitter). The SDK's own retries are off
+# (build_client), so nothing multiplies it.
+MAX_ATTEMPTS = 6
 RETRY_LATER_HINT = "Retry later; if it persists, report it with --debug output."
 # Late attaches (see StripeSource._late_attachments): links kept for a run at most, and how stale the kept
 # listing may get before what was created since is listed too.
@@ -42,7 +44,7 @@ MAX_CACHED_PRICES = 10_000
 
 
 class CountingRequestsClient(stripe.RequestsClient):
-    """The SDK's requests client, counting real HTTP requests (SDK retries included)."""
+    """The SDK's requests client, counting real HTTP requests."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -56,9 +58,10 @@ class CountingRequestsClient(stripe.RequestsClient):
 
 def build_client(api_key: str, *, api_base: str | None, api_version: str, timeout: float) -> tuple[
         stripe.StripeClient, CountingRequestsClient]:
-    """A StripeClient pinned to `api_version`, with a counting HTTP client."""
+    """A StripeClient pinned to `api_version`, with a counting HTTP client and no retries of its own:
+    StripeSource retries (its `_get`), so that a request is tried a known number of times."""
     http = CountingRequestsClient(timeout=timeout)
-    kwargs: dict[str, Any] = {"stripe_version": api_version, "max_network_retries": 2, "http_client": http}
+    kwargs: dict[str, Any] = {"stripe_version": api_version, "max_network_retries": 0, "http_client": http}
     if api_base:
         kwargs["base_addresses"] = {"api": api_base}
     return stripe.StripeClient(api_key, **kwargs), http
@@ -108,6 +111,37 @@ def _fatal(exc: stripe.StripeError, what: str) -> FatalSyncError:
                           hint="Nothing was lost: the next run resumes from the saved cursor.")
 
 
+def _retry_reason(exc: BaseException) -> str | None:
+    """Why a failed request deserves another attempt, in a few words, or None when it does not.
+
+    The SDK's rule (stripe/_http_client.py `_should_retry`): a connection error or timeout the SDK marks
+    retriable, a 409, a 5xx, or `Stripe-Should-Retry: true`; never when that header is "false". Plus a 429,
+    which the SDK does not retry: Stripe asks clients to back off and retry it (docs.stripe.com/rate-limits).
+    """
+    if isinstance(exc, stripe.APIConnectionError):
+        return "no response (connection error or timeout)" if getattr(exc, "should_retry", False) else None
+    if not isinstance(exc, stripe.StripeError):
+        return None
+    status = exc.http_status or 0
+    error = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
+    code = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+    reason = f"HTTP {status or 'error'} {code or type(exc).__name__}"  # Stripe's error code, never the message
+    if isinstance(exc, stripe.RateLimitError):
+        return reason
+    should_retry = {str(k).lower(): v for k, v in (exc.headers or {}).items()}.get("stripe-should-retry")
+    if should_retry == "false":
+        return None
+    return reason if should_retry == "true" or status == 409 or status >= 500 else None
+
+
+def _log_retry(state: RetryCallState, path: str, attempts: int) -> None:
+    """One warning per retry: the reason, the request and the attempt (never a body or a secret)."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("Stripe: %s on GET %s; retrying (attempt %d of %d) in %.1f s",
+                _retry_reason(exc) if exc is not None else "error", path, state.attempt_number + 1, attempts, wait)
+
+
 def _unknown_cursor(exc: stripe.InvalidRequestError, cursor_id: str) -> Exception:
     """What a 400/404 while listing events after `cursor_id` means."""
     if getattr(exc, "code", None) == "resource_missing":
@@ -146,13 +180,13 @@ class StripeSource:
     """Reads events and the objects they point to."""
 
     def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
-                 api_version: str, requests_per_second: float = 20.0, max_rate_limit_retries: int = 6,
+                 api_version: str, requests_per_second: float = 20.0, max_attempts: int = MAX_ATTEMPTS,
                  clock: Any = time.time, sleep: Any = time.sleep) -> None:
         self._client = client
         self._http = http
         self._api_version = api_version
         self._pacer = Pacer(requests_per_second)
-        self._max_429 = max_rate_limit_retries
+        self._max_attempts = max_attempts
         self._clock = clock
         self._sleep = sleep
         self._customers: dict[str, CachedCustomer] = {}
@@ -173,39 +207,35 @@ class StripeSource:
 
     @property
     def calls(self) -> int:
-        """HTTP requests made to Stripe (SDK retries included when the client counts them)."""
+        """HTTP requests made to Stripe, every retry included (each attempt is one request)."""
         return self._http.calls if self._http is not None else self.calls_made
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One API call: paced, and retried on 429 ourselves (the SDK retries a 429 only when
-        Stripe sends `Stripe-Should-Retry: true`; api-facts.md §3)."""
+    def _get(self, what: str, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """GET a Stripe path and return the JSON Stripe sent: paced, and tried at most `max_attempts` times.
+
+        The one retry policy of this edge (see `_retry_reason`); the SDK's own retries are off
+        (`build_client`), so an attempt is one HTTP request. An InvalidRequestError (a 400 or 404) goes
+        to the caller, which knows whether a missing object matters; anything else that is not
+        retried, or still fails on the last attempt, is fatal. `raw_request` skips the SDK's
+        StripeObject construction, which profiling showed to be three quarters of a backfill's time for
+        pages we only read as plain dicts (the rules take dicts).
+        """
         def attempt() -> Any:
             self._pacer.wait()
             self.calls_made += 1
-            return fn(*args, **kwargs)
+            return self._client.raw_request("get", path, **(params or {}))
 
         retrying = Retrying(
-            retry=retry_if_exception_type((stripe.RateLimitError, stripe.APIConnectionError)),
-            wait=wait_random_exponential(multiplier=0.5, max=8), stop=stop_after_attempt(self._max_429),
-            sleep=self._sleep, reraise=False)
+            retry=retry_if_exception(lambda exc: _retry_reason(exc) is not None),
+            wait=wait_random_exponential(multiplier=0.5, max=8), stop=stop_after_attempt(self._max_attempts),
+            sleep=self._sleep, before_sleep=lambda state: _log_retry(state, path, self._max_attempts),
+            reraise=True)
         try:
-            return retrying(attempt)
-        except RetryError as exc:
-            inner = exc.last_attempt.exception()
-            assert isinstance(inner, stripe.StripeError)
-            raise _fatal(inner, what) from None
+            resp = retrying(attempt)
         except stripe.InvalidRequestError:
             raise
         except stripe.StripeError as exc:
             raise _fatal(exc, what) from None
-
-    def _get(self, what: str, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """GET a Stripe path and return the JSON Stripe sent.
-
-        `raw_request` skips the SDK's StripeObject construction, which profiling showed to be three
-        quarters of a backfill's time for pages we only read as plain dicts (the rules take dicts).
-        """
-        resp = self._call(what, self._client.raw_request, "get", path, **(params or {}))
         data = getattr(resp, "data", None)
         if not isinstance(data, dict):
             raise FatalSyncError(f"Stripe sent a response that is not a JSON object while {what}.",
