@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
 from stripe_sf_sync.sandbox.stripe_factory import StripeFactory, link_invoice_payment
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
-from stripe_sf_sync.state import CachedCustomer, StateStore
+from stripe_sf_sync.state import StateStore
 
 DAY = 86400
 WINDOW_DAYS = 25  # inside Stripe's 30-day event retention, with room for a --since at UTC midnight

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from stripe_sf_sync import model
 from stripe_sf_sync.model import (
+    CachedCustomer,
     CustomerChange,
     InvoiceFailureChange,
     MalformedEvent,
@@ -21,7 +22,6 @@ from stripe_sf_sync.model import (
     SubscriptionChange,
 )
 from stripe_sf_sync.pipeline.held import HeldEvent
-from stripe_sf_sync.state import CachedCustomer
 from stripe_sf_sync.stripe_source import BASIL, StripeSource
 
 # Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps

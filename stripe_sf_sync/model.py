@@ -165,6 +165,18 @@ class CustomerChange:
         return self.customer_id
 
 
+@dataclass(frozen=True)
+class CachedCustomer:
+    """The few customer details rules read: metadata (Salesforce Ids) and name. `version` is the time
+    they were true at (event `created` or read time), so an older copy never replaces a newer one."""
+
+    customer_id: str
+    metadata: Mapping[str, str]
+    name: str | None
+    deleted: bool
+    version: int
+
+
 @dataclass
 class Unsupported:
     """An event type no rule handles (counted, not dead-lettered)."""

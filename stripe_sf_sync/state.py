@@ -12,12 +12,13 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from stripe_sf_sync.errors import LockHeldError, StateError
+from stripe_sf_sync.model import CachedCustomer
 
 SCHEMA_VERSION = 2  # 2: the customers table
 LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
@@ -66,18 +67,6 @@ class Outcome:
     reason: str | None = None
     code: str | None = None
     payload: str | None = None  # JSON of the raw event, kept for dead letters only
-
-
-@dataclass(frozen=True)
-class CachedCustomer:
-    """The few customer details rules read: metadata (Salesforce Ids) and name. `version` is the time
-    they were true at (event `created` or read time), so an older copy never replaces a newer one."""
-
-    customer_id: str
-    metadata: Mapping[str, str]
-    name: str | None
-    deleted: bool
-    version: int
 
 
 @dataclass(frozen=True)

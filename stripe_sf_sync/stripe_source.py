@@ -1,34 +1,39 @@
 """Stripe edge: events since the cursor (oldest first), hydration with a per-run cache.
 
-Only this module talks to Stripe. It takes an injected `stripe.StripeClient`.
+Only this module talks to Stripe. It takes an injected `stripe.StripeClient`. Every request goes through
+`StripeSource._get` (pacing and the one retry policy) and every list through `StripeSource._walk` (the
+one pager).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import stripe
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError
-from stripe_sf_sync.model import EVENT_TYPES
-from stripe_sf_sync.state import CachedCustomer
+from stripe_sf_sync.model import EVENT_TYPES, CachedCustomer
 
-RETENTION_S = 30 * 86400  # Stripe lists events for 30 days only (api-facts.md §1)
-TYPES_PER_REQUEST = 20  # `types[]` accepts at most 20 names (api-facts.md §1)
+log = logging.getLogger("stripe_sf_sync")
+
+# Stripe lists events of the last 30 days only, and `types[]` takes at most 20 names
+# (Stripe API reference: List all events).
+RETENTION_S = 30 * 86400
+TYPES_PER_REQUEST = 20
 PAGE_LIMIT = 100
 BASIL = "2025-03-31"
+# A request is tried at most this many times, with a random wait before each retry of up to 0.5 s, 1 s,
+# 2 s, 4 s, then 8 s (exponential backoff with full jitter). The SDK's own retries are off
+# (build_client), so nothing multiplies it.
+MAX_ATTEMPTS = 6
+RETRY_LATER_HINT = "Retry later; if it persists, report it with --debug output."
 # Late attaches (see StripeSource._late_attachments): links kept for a run at most, and how stale the kept
 # listing may get before what was created since is listed too.
 MAX_ATTACHED = 100_000
@@ -37,11 +42,9 @@ ATTACHED_REFRESH_S = 300
 # bound only guards memory against an unusual account, dropping the oldest entry first.
 MAX_CACHED_PRICES = 10_000
 
-T = TypeVar("T")
-
 
 class CountingRequestsClient(stripe.RequestsClient):
-    """The SDK's requests client, counting real HTTP requests (SDK retries included)."""
+    """The SDK's requests client, counting real HTTP requests."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,9 +58,10 @@ class CountingRequestsClient(stripe.RequestsClient):
 
 def build_client(api_key: str, *, api_base: str | None, api_version: str, timeout: float) -> tuple[
         stripe.StripeClient, CountingRequestsClient]:
-    """A StripeClient pinned to `api_version`, with a counting HTTP client."""
+    """A StripeClient pinned to `api_version`, with a counting HTTP client and no retries of its own:
+    StripeSource retries (its `_get`), so that a request is tried a known number of times."""
     http = CountingRequestsClient(timeout=timeout)
-    kwargs: dict[str, Any] = {"stripe_version": api_version, "max_network_retries": 2, "http_client": http}
+    kwargs: dict[str, Any] = {"stripe_version": api_version, "max_network_retries": 0, "http_client": http}
     if api_base:
         kwargs["base_addresses"] = {"api": api_base}
     return stripe.StripeClient(api_key, **kwargs), http
@@ -65,7 +69,7 @@ def build_client(api_key: str, *, api_base: str | None, api_version: str, timeou
 
 class Pacer:
     """At most `per_second` requests in any window of one second (Stripe: 25/s test mode, 100/s live;
-    api-facts.md §3). A sliding window rather than a fixed gap: a burst of page reads goes at once, and
+    docs.stripe.com/rate-limits). A sliding window rather than a fixed gap: a burst of page reads goes at once, and
     only a sustained rate above the limit waits."""
 
     def __init__(self, per_second: float, *, clock: Callable[[], float] = time.monotonic,
@@ -107,17 +111,82 @@ def _fatal(exc: stripe.StripeError, what: str) -> FatalSyncError:
                           hint="Nothing was lost: the next run resumes from the saved cursor.")
 
 
+def _retry_reason(exc: BaseException) -> str | None:
+    """Why a failed request deserves another attempt, in a few words, or None when it does not.
+
+    The SDK's rule (stripe/_http_client.py `_should_retry`): a connection error or timeout the SDK marks
+    retriable, a 409, a 5xx, or `Stripe-Should-Retry: true`; never when that header is "false". Plus a 429,
+    which the SDK does not retry: Stripe asks clients to back off and retry it (docs.stripe.com/rate-limits).
+    """
+    if isinstance(exc, stripe.APIConnectionError):
+        return "no response (connection error or timeout)" if getattr(exc, "should_retry", False) else None
+    if not isinstance(exc, stripe.StripeError):
+        return None
+    status = exc.http_status or 0
+    error = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
+    code = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+    reason = f"HTTP {status or 'error'} {code or type(exc).__name__}"  # Stripe's error code, never the message
+    if isinstance(exc, stripe.RateLimitError):
+        return reason
+    should_retry = {str(k).lower(): v for k, v in (exc.headers or {}).items()}.get("stripe-should-retry")
+    if should_retry == "false":
+        return None
+    return reason if should_retry == "true" or status == 409 or status >= 500 else None
+
+
+def _log_retry(state: RetryCallState, path: str, attempts: int) -> None:
+    """One warning per retry: the reason, the request and the attempt (never a body or a secret)."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("Stripe: %s on GET %s; retrying (attempt %d of %d) in %.1f s",
+                _retry_reason(exc) if exc is not None else "error", path, state.attempt_number + 1, attempts, wait)
+
+
+def _unknown_cursor(exc: stripe.InvalidRequestError, cursor_id: str) -> Exception:
+    """What a 400/404 while listing events after `cursor_id` means."""
+    if getattr(exc, "code", None) == "resource_missing":
+        return CursorExpiredError(
+            f"Stripe no longer knows the saved cursor event {cursor_id}: it is past the 30-day event retention "
+            "or from another account.",
+            hint="Run `stripe-sf backfill --since DATE` (the date of your last good sync), then `stripe-sf sync`.")
+    return _fatal(exc, "listing events")
+
+
+class _PageGuard:
+    """Stops a listing whose pages do not move on (meltano's paginator refuses a repeated page token): a
+    page repeating the last one, or going back in time, would loop forever. It keeps the last page's ids
+    and the furthest `created` reached only, so memory stays flat over a run of millions of objects."""
+
+    def __init__(self, kind: str, *, newer: bool, hint: str) -> None:
+        self._kind = kind
+        self._newer = newer
+        self._hint = hint
+        self._last: set[Any] = set()
+        self._reached: int | None = None
+
+    def check(self, data: list[dict[str, Any]]) -> None:
+        """Raise if `data` (a page, newest first) repeats or goes behind what was read; then remember it."""
+        times = [o["created"] for o in data if isinstance(o.get("created"), int)]
+        behind = bool(times) and self._reached is not None and (
+            min(times) < self._reached if self._newer else max(times) > self._reached)
+        if behind or data[0].get("id") in self._last or data[-1].get("id") in self._last:
+            raise FatalSyncError(f"Stripe returned the same page of {self._kind} twice.", hint=self._hint)
+        self._last = {o.get("id") for o in data}
+        if times:  # a page that passed is at or beyond the furthest time reached
+            self._reached = max(times) if self._newer else min(times)
+
+
 class StripeSource:
     """Reads events and the objects they point to."""
 
     def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
-                 api_version: str, requests_per_second: float = 20.0, max_rate_limit_retries: int = 6,
+                 api_version: str, requests_per_second: float = 20.0, max_attempts: int = MAX_ATTEMPTS,
                  clock: Any = time.time, sleep: Any = time.sleep) -> None:
         self._client = client
         self._http = http
         self._api_version = api_version
         self._pacer = Pacer(requests_per_second)
-        self._max_429 = max_rate_limit_retries
+        self._max_attempts = max_attempts
         self._clock = clock
         self._sleep = sleep
         self._customers: dict[str, CachedCustomer] = {}
@@ -138,44 +207,85 @@ class StripeSource:
 
     @property
     def calls(self) -> int:
-        """HTTP requests made to Stripe (SDK retries included when the client counts them)."""
+        """HTTP requests made to Stripe, every retry included (each attempt is one request)."""
         return self._http.calls if self._http is not None else self.calls_made
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One API call: paced, and retried on 429 ourselves (the SDK retries a 429 only when
-        Stripe sends `Stripe-Should-Retry: true`; api-facts.md §3)."""
+    def _get(self, what: str, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """GET a Stripe path and return the JSON Stripe sent: paced, and tried at most `max_attempts` times.
+
+        The one retry policy of this edge (see `_retry_reason`); the SDK's own retries are off
+        (`build_client`), so an attempt is one HTTP request. An InvalidRequestError (a 400 or 404) goes
+        to the caller, which knows whether a missing object matters; anything else that is not
+        retried, or still fails on the last attempt, is fatal. `raw_request` skips the SDK's
+        StripeObject construction, which profiling showed to be three quarters of a backfill's time for
+        pages we only read as plain dicts (the rules take dicts).
+        """
         def attempt() -> Any:
             self._pacer.wait()
             self.calls_made += 1
-            return fn(*args, **kwargs)
+            return self._client.raw_request("get", path, **(params or {}))
 
         retrying = Retrying(
-            retry=retry_if_exception_type((stripe.RateLimitError, stripe.APIConnectionError)),
-            wait=wait_random_exponential(multiplier=0.5, max=8), stop=stop_after_attempt(self._max_429),
-            sleep=self._sleep, reraise=False)
+            retry=retry_if_exception(lambda exc: _retry_reason(exc) is not None),
+            wait=wait_random_exponential(multiplier=0.5, max=8), stop=stop_after_attempt(self._max_attempts),
+            sleep=self._sleep, before_sleep=lambda state: _log_retry(state, path, self._max_attempts),
+            reraise=True)
         try:
-            return retrying(attempt)
-        except RetryError as exc:
-            inner = exc.last_attempt.exception()
-            assert isinstance(inner, stripe.StripeError)
-            raise _fatal(inner, what) from None
+            resp = retrying(attempt)
         except stripe.InvalidRequestError:
             raise
         except stripe.StripeError as exc:
             raise _fatal(exc, what) from None
-
-    def _get(self, what: str, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """GET a Stripe path and return the JSON Stripe sent.
-
-        `raw_request` skips the SDK's StripeObject construction, which profiling showed to be three
-        quarters of a backfill's time for pages we only read as plain dicts (the rules take dicts).
-        """
-        resp = self._call(what, self._client.raw_request, "get", path, **(params or {}))
         data = getattr(resp, "data", None)
         if not isinstance(data, dict):
             raise FatalSyncError(f"Stripe sent a response that is not a JSON object while {what}.",
-                                 hint="Retry later; if it persists, report it with --debug output.")
+                                 hint=RETRY_LATER_HINT)
         return data
+
+    def _get_or_none(self, what: str, path: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """`_get` of one object, None when Stripe no longer has it (`resource_missing`)."""
+        try:
+            return self._get(what, path, params)
+        except stripe.InvalidRequestError as exc:
+            if getattr(exc, "code", None) != "resource_missing":
+                raise _fatal(exc, what) from None
+            return None
+
+    def _walk(self, kind: str, path: str, params: dict[str, Any], *, start: str | None = None,
+              newer: bool = False, invalid: Callable[[stripe.InvalidRequestError], Exception] | None = None,
+              hint: str = RETRY_LATER_HINT) -> Iterator[list[dict[str, Any]]]:
+        """The one pager: the pages of a Stripe list, each as Stripe sends it (newest first).
+
+        Stripe lists newest first and takes one ID cursor per request (Stripe API reference: Pagination).
+        By default the walk goes back in time with `starting_after` = the page's last (oldest) id, from
+        the newest object or the one just older than `start`. With `newer`, it goes towards now with
+        `ending_before` = the page's first (newest) id, from the page just newer than `start`, as the
+        SDK's `auto_paging_iter` does (stripe/_list_object.py). It stops on an empty page or
+        `has_more: false`, and refuses a page that does not move on (`_PageGuard`). A 400/404 goes to
+        `invalid`, which returns the error to raise, or to the caller without it.
+        """
+        key = "ending_before" if newer else "starting_after"
+        guard = _PageGuard(kind, newer=newer, hint=hint)
+        cursor = start
+        while True:
+            try:
+                page = self._get(f"listing {kind}", path, {**params, key: cursor} if cursor else params)
+            except stripe.InvalidRequestError as exc:
+                if invalid is None:
+                    raise
+                raise invalid(exc) from None
+            data = _raw_list(page)
+            if not data:
+                return
+            guard.check(data)
+            yield data
+            if not _has_more(page):
+                return
+            cursor = data[0]["id"] if newer else data[-1]["id"]
+
+    def _first_page(self, kind: str, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The newest page of a list (one request): a `limit: 1` read answers a single question."""
+        return next(self._walk(kind, path, params), [])
 
     # --- events -----------------------------------------------------------------------------
     def check_cursor_age(self, cursor_created: int) -> None:
@@ -186,112 +296,67 @@ class StripeSource:
                 f"The saved cursor is from {since}, past Stripe's 30-day event retention, so events after "
                 "it can no longer be listed.",
                 hint=f"Run `stripe-sf backfill --since {since}` to rebuild from Stripe's lists, then "
-                     "`stripe-sf sync` again.")
+                     "`stripe-sf sync`.")
 
     def events_after(self, cursor_id: str, types: Sequence[str] = EVENT_TYPES,
                      page_limit: int = PAGE_LIMIT) -> Iterator[dict[str, Any]]:
-        """Every event newer than `cursor_id`, oldest first, one page at a time.
-
-        `ending_before=X` returns the page just newer than X, newest first; walking with
-        `ending_before=data[0].id` and reversing each page yields oldest -> newest, as the SDK's
-        `auto_paging_iter` does (api-facts.md §1). Written out here so each page is one counted,
-        paced, retried call with an explicit stop condition.
-        """
+        """Every event newer than `cursor_id`, oldest first, one page at a time (each page reversed)."""
         chunks = [list(types[i:i + TYPES_PER_REQUEST]) for i in range(0, len(types), TYPES_PER_REQUEST)]
         if len(chunks) > 1:
-            # Separate listings cannot share one cursor position safely; only 5 types are used today.
+            # Separate listings cannot share one cursor position safely; only 8 types are used today.
             raise ValueError("more than 20 event types need a merged listing")
-        before = cursor_id
-        last_page: set[str] = set()  # only the last page: a run can read millions of events
-        newest_seen = 0
-        while True:
-            params: dict[str, Any] = {"limit": page_limit, "ending_before": before, "types": chunks[0]}
-            try:
-                page = self._get("listing events", "/v1/events", params)
-            except stripe.InvalidRequestError as exc:
-                if getattr(exc, "code", None) == "resource_missing":
-                    raise CursorExpiredError(
-                        f"Stripe no longer knows the saved cursor event {cursor_id}: it is past the 30-day "
-                        "event retention or from another account.",
-                        hint="Run `stripe-sf backfill --since DATE` (the date of your last good sync), "
-                             "then `stripe-sf sync`.") from None
-                raise _fatal(exc, "listing events") from None
-            data = _raw_list(page)
-            if not data:
-                return
-            oldest = data[-1].get("created") if isinstance(data[-1].get("created"), int) else 0
-            if data[0]["id"] in last_page or data[-1]["id"] in last_page or oldest < newest_seen:
-                # A repeated (or older) page would loop forever (meltano habit): stop loudly instead. Pages
-                # only move forward in time, so this needs the last page and a time, not every id read.
-                raise FatalSyncError("Stripe returned the same page of events twice.",
-                                     hint="Retry later; if it persists, report it with --debug output.")
-            last_page = {event["id"] for event in data}
-            newest_seen = max(newest_seen, *(e["created"] for e in data if isinstance(e.get("created"), int)), 0)
+        params: dict[str, Any] = {"limit": page_limit, "types": chunks[0]}
+        for data in self._walk("events", "/v1/events", params, start=cursor_id, newer=True,
+                               invalid=lambda exc: _unknown_cursor(exc, cursor_id)):
             yield from reversed(data)
-            if not _has_more(page):
-                return
-            before = data[0]["id"]
 
     def event_pages(self, since: int, until: int | None = None,
                     types: Sequence[str] = EVENT_TYPES) -> Iterator[list[dict[str, Any]]]:
         """Pages of the events created in [since, until] (no upper bound without `until`), newest first,
-        walking `starting_after`: the lookback re-read behind the cursor (api-facts.md §1)."""
+        walking `starting_after`: the lookback re-read behind the cursor (Stripe lists events
+        eventually consistently, so a late one can appear behind a cursor already past it)."""
         created: dict[str, int] = {"gte": since}
         if until is not None:
             created["lte"] = until
         params: dict[str, Any] = {"limit": PAGE_LIMIT, "types": list(types), "created": created}
-        try:
-            yield from self._pages("events", "/v1/events", params)
-        except stripe.InvalidRequestError as exc:
-            raise _fatal(exc, "re-reading recent events") from None
+        yield from self._walk("events", "/v1/events", params,
+                              invalid=lambda exc: _fatal(exc, "re-reading recent events"))
 
     def oldest_event_since(self, since: int, types: Sequence[str] = EVENT_TYPES) -> tuple[str, int] | None:
         """A cursor just before `since`: the newest event created before it, if Stripe still has one.
 
-        Returns None when no such event exists; then `first_events_since` walks from the start.
+        Returns None when no such event exists; then `first_event_since` walks from the start.
         """
-        params = {"limit": 1, "types": list(types), "created": {"lt": since}}
-        page = self._get("listing events", "/v1/events", params)
-        data = _raw_list(page)
-        if data:
-            return data[0]["id"], int(data[0]["created"])
-        return None
+        data = self._first_page("events", "/v1/events", {"limit": 1, "types": list(types), "created": {"lt": since}})
+        return (data[0]["id"], int(data[0]["created"])) if data else None
 
     def first_event_since(self, since: int, types: Sequence[str] = EVENT_TYPES) -> dict[str, Any] | None:
-        """The oldest event created at or after `since` (walks newest-first pages keeping one id)."""
+        """The oldest event created at or after `since` (walks newest-first pages keeping one event)."""
         oldest: dict[str, Any] | None = None
-        after: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": PAGE_LIMIT, "types": list(types), "created": {"gte": since}}
-            if after:
-                params["starting_after"] = after
-            page = self._get("listing events", "/v1/events", params)
-            data = _raw_list(page)
-            if not data:
-                return oldest
+        params: dict[str, Any] = {"limit": PAGE_LIMIT, "types": list(types), "created": {"gte": since}}
+        for data in self._walk("events", "/v1/events", params):
             oldest = data[-1]
-            if not _has_more(page):
-                return oldest
-            after = data[-1]["id"]
+        return oldest
 
     def newest_event(self, types: Sequence[str] = EVENT_TYPES) -> tuple[str, int] | None:
         """The newest event of these types (backfill's hand-off point for sync)."""
-        page = self._get("listing events", "/v1/events", {"limit": 1, "types": list(types)})
-        data = _raw_list(page)
+        data = self._first_page("events", "/v1/events", {"limit": 1, "types": list(types)})
         return (data[0]["id"], int(data[0]["created"])) if data else None
 
     # --- backfill lists -----------------------------------------------------------------------
     def list_pages(self, kind: str, *, since: int, until: int | None,
                    starting_after: str | None = None) -> Iterator[list[dict[str, Any]]]:
         """Pages of one list endpoint, newest first, each a list of raw objects with the customer
-        expanded (`expand[]=data.customer` saves a call per object; api-facts.md §2)."""
+        expanded (`expand[]=data.customer` saves a call per object; Stripe API reference: Expanding
+        responses)."""
         created: dict[str, int] = {"gte": since}
         if until is not None:
             created["lt"] = until
         params: dict[str, Any] = {"limit": PAGE_LIMIT, "created": created, "expand": ["data.customer"]}
         if kind == "subscriptions":
             path = "/v1/subscriptions"
-            params["status"] = "all"  # without it canceled subscriptions are left out (api-facts.md §2)
+            # Without it canceled subscriptions are left out (Stripe API reference: List subscriptions).
+            params["status"] = "all"
         elif kind == "payment_intents":
             path = "/v1/payment_intents"  # no status filter exists: filtered by the caller
         elif kind == "invoices":
@@ -299,27 +364,9 @@ class StripeSource:
             params["status"] = "open"  # unpaid; the caller keeps those with a failed attempt
         else:
             raise ValueError(f"unknown backfill object type {kind!r}")
-        yield from self._pages(kind, path, params, starting_after)
-
-    def _pages(self, kind: str, path: str, params: dict[str, Any],
-               starting_after: str | None = None) -> Iterator[list[dict[str, Any]]]:
-        """Every page of a list endpoint, newest first, walking `starting_after`."""
-        after = starting_after
-        seen_last: str | None = None
-        while True:
-            page = self._get(f"listing {kind}", path, {**params, "starting_after": after} if after else params)
-            data = _raw_list(page)
-            if not data:
-                return
-            if data[-1]["id"] == seen_last:
-                raise FatalSyncError(f"Stripe returned the same page of {kind} twice.",
-                                     hint="Retry later (a backfill with --resume); if it persists, report it "
-                                          "with --debug output.")
-            seen_last = data[-1]["id"]
-            yield data
-            if not _has_more(page):
-                return
-            after = data[-1]["id"]
+        yield from self._walk(kind, path, params, start=starting_after,
+                              hint="Retry later (a backfill with --resume); if it persists, report it "
+                                   "with --debug output.")
 
     # --- hydration --------------------------------------------------------------------------
     def forget(self) -> None:
@@ -347,12 +394,7 @@ class StripeSource:
     def customer(self, customer_id: str) -> CachedCustomer | None:
         """The customer's metadata and name (cached per batch); None if Stripe has deleted it."""
         if customer_id not in self._customers:
-            try:
-                obj = self._get("reading a customer", f"/v1/customers/{_path_id(customer_id)}")
-            except stripe.InvalidRequestError as exc:
-                if getattr(exc, "code", None) != "resource_missing":
-                    raise _fatal(exc, "reading a customer") from None
-                obj = {"deleted": True}
+            obj = self._get_or_none("reading a customer", f"/v1/customers/{_path_id(customer_id)}") or {"deleted": True}
             metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
             # Only what rules read is kept: a run may see tens of thousands of customers.
             self._customers[customer_id] = CachedCustomer(
@@ -367,7 +409,8 @@ class StripeSource:
                                   invoices: Sequence[str]) -> None:
         """Link a batch's PaymentIntents and failed invoices with one listing instead of a call each.
 
-        Lists `/v1/invoice_payments` created in [since, until] (the list takes `created`; api-facts.md §6),
+        Lists `/v1/invoice_payments` created in [since, until] (Stripe API reference: List all payments for
+        an invoice; the `created` filter since stripe-python 14),
         the PaymentIntents expanded when failure codes are wanted. An InvoicePayment names a PaymentIntent
         that already exists, so one created before `since` (the batch's oldest PaymentIntent, less a margin)
         cannot belong to it: a PaymentIntent absent from the listing paid no invoice. A failed invoice
@@ -380,7 +423,7 @@ class StripeSource:
         found_pi: dict[str, str | None] = {}
         found_inv: dict[str, list[dict[str, Any]]] = {}
         listed = 0
-        for data in self._pages("invoice payments", "/v1/invoice_payments", params):
+        for data in self._walk("invoice payments", "/v1/invoice_payments", params):
             listed += len(data)
             for p in data:
                 pi_id, inv = _payment_link(p)
@@ -399,14 +442,14 @@ class StripeSource:
         """Invoices that PaymentIntents were attached to after the batch's window.
 
         A PaymentIntent that has already succeeded can be attached to an invoice long after; the
-        InvoicePayment is created then (api-facts.md §6). When the window ends before now (a catch-up run,
-        a first `sync --since`, a dead-letter retry), look at (after, now] too, by whichever costs fewer
-        calls: one listing of the PaymentIntent payments in that span (its size estimated from the window's
-        density), or one lookup per PaymentIntent still unlinked. The listing is kept for the run (up to
-        MAX_ATTACHED links): batches move forward in time, so a later batch's span is inside it, and only
-        what was created since needs listing. A cron run every few minutes has no such span and pays
-        nothing. An attach after this run has read the payment is not seen: the payment was a one-time
-        payment when it was applied.
+        InvoicePayment is created then (Stripe API reference: Attach a payment to an Invoice). When the
+        window ends before now (a catch-up run, a first `sync --since`, a dead-letter retry), look at
+        (after, now] too, by whichever costs fewer calls: one listing of the PaymentIntent payments in
+        that span (its size estimated from the window's density), or one lookup per PaymentIntent still
+        unlinked. The listing is kept for the run (up to MAX_ATTACHED links): batches move forward in
+        time, so a later batch's span is inside it, and only what was created since needs listing. A
+        cron run every few minutes has no such span and pays nothing. An attach after this run has read
+        the payment is not seen: the payment was a one-time payment when it was applied.
         """
         now = int(self._clock())
         if not missing or now <= after:
@@ -428,7 +471,7 @@ class StripeSource:
         """List the PaymentIntent payments created in (after, until]: answer `missing`, and keep the links
         for later batches while there are at most MAX_ATTACHED of them (memory stays bounded)."""
         params = {"limit": PAGE_LIMIT, "created": {"gt": after, "lte": until}, "payment": {"type": "payment_intent"}}
-        for data in self._pages("invoice payments", "/v1/invoice_payments", params):
+        for data in self._walk("invoice payments", "/v1/invoice_payments", params):
             for p in data:
                 pi_id, inv = _payment_link(p)
                 if pi_id is None or inv is None:
@@ -448,11 +491,10 @@ class StripeSource:
 
     def invoice_of_payment_intent(self, pi_id: str) -> str | None:
         """The invoice a PaymentIntent paid, if any (current API versions no longer embed it;
-        /v1/invoice_payments answers it; api-facts.md §6)."""
+        /v1/invoice_payments filtered by `payment[payment_intent]` answers it; stripe/_payment_intent.py)."""
         if pi_id not in self._invoice_of_pi:
             params = {"limit": 1, "payment": {"type": "payment_intent", "payment_intent": pi_id}}
-            page = self._get("looking up a payment's invoice", "/v1/invoice_payments", params)
-            data = _raw_list(page)
+            data = self._first_page("invoice payments", "/v1/invoice_payments", params)
             inv = data[0].get("invoice") if data else None
             self._invoice_of_pi[pi_id] = inv if isinstance(inv, str) else None
         return self._invoice_of_pi[pi_id]
@@ -460,18 +502,13 @@ class StripeSource:
     def price_currency_options(self, price_id: str) -> dict[str, dict[str, Any]] | None:
         """A Price's amounts per currency (`currency_options`), read once per run; None if it is gone.
 
-        Stripe returns `currency_options` only when expanded (api-facts.md §6), and only a subscription
-        billed in another currency than its Price's default needs them. Kept for the run, unlike the
+        Stripe returns `currency_options` only when expanded (Stripe API reference: The Price object), and
+        only a subscription billed in another currency than its Price's default needs them. Kept for the run, unlike the
         per-batch hydration caches: many subscriptions share few Prices.
         """
         if price_id not in self._price_options:
-            try:
-                obj = self._get("reading a price's currency options", f"/v1/prices/{_path_id(price_id)}",
-                                {"expand": ["currency_options"]})
-            except stripe.InvalidRequestError as exc:
-                if getattr(exc, "code", None) != "resource_missing":
-                    raise _fatal(exc, "reading a price's currency options") from None
-                obj = None
+            obj = self._get_or_none("reading a price's currency options", f"/v1/prices/{_path_id(price_id)}",
+                                    {"expand": ["currency_options"]})
             options: dict[str, dict[str, Any]] | None = None
             if obj is not None:
                 raw = obj.get("currency_options") if isinstance(obj.get("currency_options"), dict) else {}
@@ -485,19 +522,16 @@ class StripeSource:
 
     def failed_invoice(self, invoice_id: str) -> dict[str, Any] | None:
         """The invoice with its PaymentIntent/Charge expanded, to read the failure code
-        (an Invoice itself carries none; shared/docs/README.md correction)."""
+        (an Invoice itself has no `last_payment_error`; stripe/_invoice.py)."""
         if self._api_version >= BASIL:
             # Only the PaymentIntent is expanded: a payment of type "charge" is read separately below.
             expand = ["payments.data.payment.payment_intent"]
         else:
             expand = ["payment_intent", "charge"]
-        try:
-            obj = self._get("reading a failed invoice", f"/v1/invoices/{_path_id(invoice_id)}", {"expand": expand})
-        except stripe.InvalidRequestError as exc:
-            if getattr(exc, "code", None) == "resource_missing":
-                return None
-            raise _fatal(exc, "reading a failed invoice") from None
-        invoice = obj
+        invoice = self._get_or_none("reading a failed invoice", f"/v1/invoices/{_path_id(invoice_id)}",
+                                    {"expand": expand})
+        if invoice is None:
+            return None
         payments = invoice.get("payments")
         for p in (payments.get("data") if isinstance(payments, dict) else None) or []:
             payment = p.get("payment") if isinstance(p, dict) else None

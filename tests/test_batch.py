@@ -9,6 +9,7 @@ from typing import Any
 
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline import BatchSettings, CommitPolicy, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
 from stripe_sf_sync.pipeline.edges import PlanRecorder
@@ -18,7 +19,7 @@ from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.sources import in_batches
 from stripe_sf_sync.resolve import AccountRow, Lookups
 from stripe_sf_sync.salesforce_sink import SfOp, WriteResult
-from stripe_sf_sync.state import CachedCustomer, Cursor
+from stripe_sf_sync.state import Cursor
 
 from . import payloads as p
 

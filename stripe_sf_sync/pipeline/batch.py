@@ -14,12 +14,12 @@ from typing import Any
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.errors import StripeSfError
-from stripe_sf_sync.model import CustomerChange, MalformedEvent
+from stripe_sf_sync.model import CachedCustomer, CustomerChange, MalformedEvent
 from stripe_sf_sync.pipeline.held import HeldEvent, dead_letter, unexpected
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.resolve import Materializer, WriteSettings
 from stripe_sf_sync.salesforce_sink import SfOp, WriteResult
-from stripe_sf_sync.state import CachedCustomer, Outcome
+from stripe_sf_sync.state import Outcome
 
 log = logging.getLogger("stripe_sf_sync")
 

@@ -8,12 +8,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import describe_op
 from stripe_sf_sync.pipeline.org import OrgCheck, OrgFacts
 from stripe_sf_sync.resolve import AccountCache, Lookups, lookup
 from stripe_sf_sync.rules import Intent
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, WriteResult, apply_writes, apply_writes_bulk
-from stripe_sf_sync.state import CachedCustomer, Cursor, Outcome, StateStore
+from stripe_sf_sync.state import Cursor, Outcome, StateStore
 
 
 class SalesforceAccess:

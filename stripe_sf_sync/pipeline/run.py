@@ -10,11 +10,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.sources import Batch, Source
-from stripe_sf_sync.state import CachedCustomer, Cursor, Outcome
+from stripe_sf_sync.state import Cursor, Outcome
 
 log = logging.getLogger("stripe_sf_sync")
 

@@ -1,0 +1,166 @@
+"""The Stripe edge against the Stripe stand-in: one pager for every list, and one retry policy that tries a
+request a known number of times (faults come from the stand-in's fault plan, as in tests/reliability)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from stripe_sf_sync.errors import FatalSyncError
+from stripe_sf_sync.sandbox.stripe_factory import API_VERSION_CURRENT, StripeFactory
+from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync.stripe_source import MAX_ATTEMPTS, StripeSource, build_client
+
+NOW = int(time.time())
+RATE_LIMIT = {"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests"}}
+SERVER_ERROR = {"error": {"type": "api_error", "message": "Something went wrong on Stripe's end."}}
+CONFLICT = {"error": {"type": "invalid_request_error", "code": "lock_timeout", "message": "Conflict"}}
+BAD_REQUEST = {"error": {"type": "invalid_request_error", "code": "parameter_invalid", "message": "Bad"}}
+
+
+class Retries:
+    """The waits a source asked for, and the warnings it logged."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+        self.logged: list[str] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+@pytest.fixture
+def retries() -> Iterator[Retries]:
+    seen = Retries()
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.logged.append(record.getMessage())
+
+    logger = logging.getLogger("stripe_sf_sync")
+    handler, level = Keep(level=logging.WARNING), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def source_for(sb: StripeSandbox, retries: Retries, timeout: float = 5) -> StripeSource:
+    client, http = build_client(sb.api_key, api_base=sb.base_url, api_version=API_VERSION_CURRENT, timeout=timeout)
+    return StripeSource(client, http, api_version=API_VERSION_CURRENT, sleep=retries.sleep)
+
+
+def a_customer(sb: StripeSandbox) -> str:
+    return StripeFactory(sb, seed=71).customer("Retry Co", "r@example.com", created=NOW - 86400)["id"]
+
+
+def test_a_429_without_should_retry_is_retried(stripe_sb, retries):
+    cus = a_customer(stripe_sb)
+    stripe_sb.faults.fail_matching("GET", r"^/v1/customers/", 429, RATE_LIMIT, times=2)
+    mark = stripe_sb.request_count
+    source = source_for(stripe_sb, retries)
+    found = source.customer(cus)
+    assert found is not None and found.name == "Retry Co"
+    assert source.calls == stripe_sb.request_count - mark == 3  # every attempt is one counted request
+    assert len(retries.slept) == 2
+
+
+@pytest.mark.parametrize(("status", "body", "headers", "message"), [
+    (500, SERVER_ERROR, {"Stripe-Should-Retry": "false"}, "HTTP 500"),
+    (409, CONFLICT, {"Stripe-Should-Retry": "false"}, "HTTP 409"),
+    (400, BAD_REQUEST, {}, "HTTP 400 parameter_invalid"),
+    (401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}, {}, "rejected the API key"),
+])
+def test_what_stripe_says_not_to_retry_is_tried_once(stripe_sb, retries, status, body, headers, message):
+    cus = a_customer(stripe_sb)
+    stripe_sb.faults.fail_matching("GET", r"^/v1/customers/", status, body, headers=headers, times=10)
+    mark = stripe_sb.request_count
+    source = source_for(stripe_sb, retries)
+    with pytest.raises(FatalSyncError, match=message):
+        source.customer(cus)
+    assert source.calls == stripe_sb.request_count - mark == 1
+    assert retries.slept == [] and retries.logged == []
+
+
+@pytest.mark.parametrize(("status", "body", "headers"), [
+    (500, SERVER_ERROR, {}),
+    (503, None, {}),
+    (409, CONFLICT, {}),
+    (429, RATE_LIMIT, {}),
+    (429, RATE_LIMIT, {"Stripe-Should-Retry": "true"}),
+    (400, BAD_REQUEST, {"Stripe-Should-Retry": "true"}),
+])
+def test_a_failing_request_is_tried_exactly_max_attempts_times(stripe_sb, retries, status, body, headers):
+    cus = a_customer(stripe_sb)
+    stripe_sb.faults.fail_matching("GET", r"^/v1/customers/", status, body, headers=headers, times=100)
+    mark = stripe_sb.request_count
+    source = source_for(stripe_sb, retries)
+    with pytest.raises(FatalSyncError, match=f"HTTP {status} .*after retries. Nothing was lost"):
+        source.customer(cus)
+    assert MAX_ATTEMPTS == 6
+    assert source.calls == stripe_sb.request_count - mark == MAX_ATTEMPTS  # not 3, not 18
+    assert len(retries.slept) == MAX_ATTEMPTS - 1
+    assert all(0 <= s <= 8 for s in retries.slept)
+
+
+def test_a_timeout_is_tried_exactly_max_attempts_times(stripe_sb, retries):
+    mark = stripe_sb.request_count
+    for n in range(mark + 1, mark + 3 * MAX_ATTEMPTS + 1):
+        stripe_sb.faults.hang_request(n, 0.4)
+    source = source_for(stripe_sb, retries, timeout=0.1)
+    with pytest.raises(FatalSyncError, match="no response"):
+        source.newest_event()
+    assert source.calls == MAX_ATTEMPTS
+    assert retries.logged[0].startswith("Stripe: no response (connection error or timeout) on GET /v1/events")
+
+
+def test_each_retry_logs_one_warning_with_the_reason_and_the_attempt(stripe_sb, retries):
+    stripe_sb.faults.fail_matching("GET", r"^/v1/events", 429, RATE_LIMIT, times=2)
+    source = source_for(stripe_sb, retries)
+    assert source.newest_event() is None
+    assert len(retries.logged) == 2
+    for attempt, (line, slept) in enumerate(zip(retries.logged, retries.slept, strict=True), start=2):
+        assert re.fullmatch(rf"Stripe: HTTP 429 rate_limit on GET /v1/events; retrying \(attempt {attempt} of "
+                            rf"{MAX_ATTEMPTS}\) in \d+\.\d s", line)
+        assert line.endswith(f"in {slept:.1f} s")
+        assert stripe_sb.api_key not in line and "Too many requests" not in line  # no secret, no body
+
+
+def test_events_after_walks_towards_now_and_stops_when_stripe_has_no_more(stripe_sb, retries):
+    f = StripeFactory(stripe_sb, seed=72)
+    events = [f.emit("customer.created", f.customer(f"C{i}", f"c{i}@example.com"), NOW - 1000 + i)
+              for i in range(5)]
+    source = source_for(stripe_sb, retries)
+    got = [e["id"] for e in source.events_after(events[0]["id"], page_limit=2)]
+    assert got == [e["id"] for e in events[1:]]  # oldest first
+    assert source.calls == 2  # two full pages; the second says has_more: false, so no empty third read
+    listed = [p for m, path, p in stripe_sb.requests_log if path == "/v1/events"]
+    assert [p.get("ending_before") for p in listed] == [events[0]["id"], events[2]["id"]]
+    assert source.first_event_since(NOW - 1000)["id"] == events[0]["id"]
+
+
+def pages_from(*pages: dict[str, Any]) -> StripeSource:
+    """A source whose requests answer `pages` in turn (to script a list Stripe would never send)."""
+    answers = iter(pages)
+    source = StripeSource.__new__(StripeSource)
+    source._get = lambda *a, **k: next(answers)  # type: ignore[method-assign]
+    return source
+
+
+def test_a_list_walking_back_that_jumps_forward_in_time_stops_the_run():
+    newer = {"data": [{"id": f"sub_n{i}", "created": 200 - i} for i in range(3)], "has_more": True}
+    later = {"data": [{"id": f"sub_l{i}", "created": 300 - i} for i in range(3)], "has_more": True}
+    source = pages_from(newer, later)
+    pages = source.list_pages("subscriptions", since=0, until=None)
+    assert [s["id"] for s in next(pages)] == ["sub_n0", "sub_n1", "sub_n2"]
+    with pytest.raises(FatalSyncError, match="same page of subscriptions") as info:
+        next(pages)
+    assert "--resume" in info.value.hint
