@@ -23,8 +23,8 @@ from stripe_sf_sync.model import (
     PaymentChange,
     SubscriptionChange,
 )
-from stripe_sf_sync.resolve import AccountCache, Materializer, WriteSettings, lookup
-from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes, apply_writes_bulk
+from stripe_sf_sync.resolve import AccountCache, Materializer, SfOp, WriteSettings, find
+from stripe_sf_sync.salesforce_sink import BulkWriter, CollectionsWriter, SalesforceGateway
 from stripe_sf_sync.state import CachedCustomer, Cursor, Outcome, StateStore
 from stripe_sf_sync.stripe_source import BASIL, RETENTION_S, StripeSource
 
@@ -578,7 +578,7 @@ class Pipeline:
         return change
 
     def _write_bulk(self, gw: SalesforceGateway, ops: Sequence[SfOp]) -> list[Any]:
-        return _write_bulk_split(gw, ops, self.sleep)
+        return BulkWriter(gw, sleep=self.sleep).write(ops)
 
     def _org_facts(self, gw: SalesforceGateway, *, refresh: bool = False) -> OrgFacts:
         if self._org is not None and not refresh:
@@ -617,7 +617,7 @@ class Pipeline:
         settings = WriteSettings(self.settings.salesforce.fields, self.settings.record_type_id(), org.task_keyed,
                                  coalesce=self.settings.sync.coalesce, currencies=org.currencies)
         all_intents = [it for _, _, p in planned for it in p.intents]
-        found = lookup(gw, settings.names, all_intents, self._accounts, task_keyed=org.task_keyed)
+        found = find(gw, settings.names, all_intents, self._accounts, task_keyed=org.task_keyed)
         mat = Materializer(found, settings)
         failures: dict[str, tuple[str, str]] = {}
         for _, change, plan in planned:
@@ -638,7 +638,8 @@ class Pipeline:
             results = self._write_bulk(gw, ops)
             summary.records_written += sum(1 for r in results if r.success)
         else:
-            results = apply_writes(gw, ops, sleep=self.sleep, workers=self.settings.salesforce.write_concurrency)
+            results = CollectionsWriter(gw, workers=self.settings.salesforce.write_concurrency,
+                                        sleep=self.sleep).write(ops)
             summary.records_written += sum(1 for r in results if r.success)
         if not self.dry_run:
             for op, res in zip(ops, results, strict=True):
@@ -662,19 +663,6 @@ class Pipeline:
                 if prev is None or prev[0] <= change.meta.created:
                     versions[change.object_id] = (change.meta.created, eid)
         return out
-
-
-def _write_bulk_split(gw: SalesforceGateway, ops: Sequence[SfOp], sleep: Callable[[float], None]) -> list[Any]:
-    """Updates and upserts through Bulk API 2.0; creates (Tasks, which are created once and never upserted)
-    through collections, since a failed bulk insert row carries no key to report it by."""
-    bulkable = [i for i, op in enumerate(ops) if op.kind != "create"]
-    inserts = [i for i, op in enumerate(ops) if op.kind == "create"]
-    results: list[Any] = [None] * len(ops)
-    for i, res in zip(bulkable, apply_writes_bulk(gw, [ops[i] for i in bulkable]), strict=True):
-        results[i] = res
-    for i, res in zip(inserts, apply_writes(gw, [ops[i] for i in inserts], sleep=sleep), strict=True):
-        results[i] = res
-    return results
 
 
 def _task_exists(op: SfOp, res: Any, settings: WriteSettings) -> bool:
