@@ -315,7 +315,8 @@ class Materializer:
 
     def _currency_field(self, it: OpportunityIntent) -> dict[str, str]:
         """CurrencyIsoCode for a multi-currency org, where an amount without it is read in the running user's
-        currency (api-facts.md §12). A currency the org has not activated is refused before any write."""
+        currency (Salesforce Help, "Multiple Currencies"). A currency the org has not activated is refused
+        before any write."""
         if self.settings.currencies is None or it.currency is None:
             return {}  # a single-currency org has no such field: sending it fails with INVALID_FIELD
         code = it.currency.upper()

@@ -178,9 +178,9 @@ class CallRetriable(SalesforceRetriable):
     def kept_failing(self, attempts: int) -> FatalSyncError:
         """The retries are spent: stop the run (the next one repeats the batch)."""
         f = self.failure
+        detail = ", ".join(part for part in (f.cause, f.code, f.message) if part)
         return FatalSyncError(
-            f"Salesforce kept failing ({f.cause}{', ' + f.code if f.code else ''}) after {attempts} attempts "
-            f"at {self.what}.", code=f.code,
+            f"Salesforce kept failing ({detail}) after {attempts} attempts at {self.what}.", code=f.code,
             hint="Nothing was lost: the next run repeats this batch; check trust.salesforce.com status if it "
                  "persists.")
 
@@ -278,12 +278,10 @@ class SalesforceGateway:
                     self.usage.used, self.usage.total = int(m.group(1)), int(m.group(2))
         sf.session.hooks.setdefault("response", []).append(on_response)
 
-    def renew(self) -> None:
-        """Log in again (bulk2 never refreshes an expired session by itself: simple-salesforce issue #619)."""
-        self._renewed(self.sf, None)
-
     def _renewed(self, expired: Salesforce, code: str | None) -> Salesforce:
-        """A fresh session in place of `expired` (one login, however many threads found it expired)."""
+        """A fresh session in place of `expired` (one login, however many threads found it expired). The
+        SDK renews REST sessions itself when it has credentials, but bulk2 never does (simple-salesforce
+        issue #619), and an access token cannot be renewed at all."""
         with self._renew_lock:
             if self.sf is expired:
                 if self._reconnect is None:
@@ -321,8 +319,8 @@ class SalesforceGateway:
         except CallRetriable as exc:
             raise exc.kept_failing(self.policy.attempts) from None
         except SalesforceRejected as exc:
-            raise FatalSyncError(f"Salesforce rejected {what}: {exc.code} {exc.reason}".strip(), code=exc.code,
-                                 hint=hint) from None
+            detail = " ".join(part for part in (exc.code if exc.code != "UNKNOWN" else "", exc.reason) if part)
+            raise FatalSyncError(f"Salesforce rejected {what}: {detail}", code=exc.code, hint=hint) from None
 
     def _rest(self, path: str, *, method: str = "GET", body: Any = None) -> Callable[[Salesforce], Any]:
         kwargs: dict[str, Any] = {"timeout": self.timeout}
