@@ -18,8 +18,7 @@ from typing import Any
 
 from benchmarks.scenario import Generated, benchmark_org, generate, seed_state
 from stripe_sf_sync import service
-from stripe_sf_sync.resolve import IN_CHUNK
-from stripe_sf_sync.salesforce_sink import COLLECTION_LIMIT, COMPOSITE_QUERIES
+from stripe_sf_sync.salesforce_sink import COLLECTION_LIMIT, COMPOSITE_QUERIES, IN_CHUNK
 from stripe_sf_sync.sandbox.demo import sandbox_environment
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox

@@ -1,20 +1,19 @@
-"""Batched resolution: Stripe ids -> Salesforce records, then intents -> coalesced record writes.
+"""Resolution, pure: Stripe ids -> the lookups a batch needs, then intents -> coalesced record writes.
 
-Lookups cost one SOQL `IN (...)` per lookup kind per batch (chunked so URLs stay short).
-Resolution order for an Opportunity: checked metadata Id -> SOQL by Stripe ids -> upsert-create
-by external id -> dead letter (integration guide, "Common Pitfalls"). A Task is created once: the
-batch's Task keys that already exist are looked up with the other lookups, and only the missing
-Tasks are created; a Task that exists is never written again (api-facts.md §12).
+A batch's lookups are asked for at once (a `LookupRequest`, read by a `RecordLookup` port: the
+Salesforce edge runs them as SOQL). Resolution order for an Opportunity: checked metadata Id -> SOQL
+by Stripe ids -> upsert-create by external id -> dead letter (integration guide, "Common Pitfalls"). A
+Task is created once: the batch's Task keys that already exist are looked up with the other lookups,
+and only the missing Tasks are created; a Task that exists is never written again. The planned writes
+(`SfOp`) go to a `RecordWriter` port, which answers one `WriteResult` per write.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
-
-from simple_salesforce import format_soql
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
 
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.rules import (
@@ -25,12 +24,39 @@ from stripe_sf_sync.rules import (
     TaskIntent,
     transition_task,
 )
-from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp
-from stripe_sf_sync.sfid import to_18
 
 log = logging.getLogger("stripe_sf_sync")
 
-IN_CHUNK = 200  # values per IN (...): keeps the GET query URL well under Salesforce's limit
+WriteKind = Literal["update", "upsert", "create"]
+
+
+@dataclass
+class SfOp:
+    """One planned record write, possibly coalescing several events' changes to the same record."""
+
+    kind: WriteKind
+    sobject: str
+    key: str  # the record Id (update), external id value (upsert) or a unique label (create)
+    fields: dict[str, Any]
+    ext_field: str | None = None
+    events: list[str] = field(default_factory=list)  # contributing event ids, in event order
+    label: str = ""
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        """Writes with the same identity touch the same record and are merged."""
+        return (self.kind, self.sobject, self.ext_field or "", self.key)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """A per-record outcome from Salesforce."""
+
+    success: bool
+    record_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    created: bool | None = None
 
 
 @dataclass
@@ -75,6 +101,17 @@ class Lookups:
         """Index an Account by its Id and, when it has one, its Stripe customer id."""
         _index(self.accounts_by_id, self.accounts_by_customer, row)
 
+    def add_opportunity(self, row: OpportunityRow) -> None:
+        """Index an Opportunity by its Id and Stripe ids; a customer lists each Opportunity once."""
+        first = row.id not in self.opps_by_id
+        self.opps_by_id[row.id] = row
+        if row.subscription_id:
+            self.opps_by_subscription[row.subscription_id] = row
+        if row.payment_intent_id:
+            self.opps_by_payment[row.payment_intent_id] = row
+        if row.customer_id and first:
+            self.opps_by_customer.setdefault(row.customer_id, []).append(row)
+
 
 def _index(by_id: dict[str, AccountRow], by_customer: dict[str, AccountRow], row: AccountRow) -> None:
     by_id[row.id] = row
@@ -82,18 +119,34 @@ def _index(by_id: dict[str, AccountRow], by_customer: dict[str, AccountRow], row
         by_customer[row.customer_id] = row
 
 
-def _chunks(values: Sequence[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
-    for i in range(0, len(values), size):
-        yield list(values[i:i + size])
+@dataclass(frozen=True)
+class LookupRequest:
+    """What one batch must read from Salesforce (Accounts already in the run's AccountCache left out)."""
+
+    account_ids: frozenset[str] = frozenset()
+    customer_ids: frozenset[str] = frozenset()  # Accounts by their Stripe customer id
+    opportunity_ids: frozenset[str] = frozenset()
+    subscription_ids: frozenset[str] = frozenset()
+    payment_intent_ids: frozenset[str] = frozenset()
+    opportunity_customer_ids: frozenset[str] = frozenset()  # a customer's Opportunities, for matching
+    contact_ids: frozenset[str] = frozenset()
+    task_keys: frozenset[str] = frozenset()  # Task keys that may exist (only when the org has the key field)
 
 
-def _selects(fields: str, sobject: str, where_field: str, values: Iterable[str]) -> list[str]:
-    """SELECT … WHERE field IN (…) statements, literals escaped by simple_salesforce.format_soql
-    (invariant 5)."""
-    uniq = sorted({v for v in values if v})
-    # Field and object names come from validated config (an identifier pattern), never from Stripe.
-    return [format_soql(f"SELECT {fields} FROM {sobject} WHERE {where_field} IN {{values}}",  # noqa: S608
-                        values=chunk) for chunk in _chunks(uniq)]
+class RecordLookup(Protocol):
+    """Reads what a LookupRequest asks for (the Salesforce edge: SalesforceGateway)."""
+
+    def lookup(self, request: LookupRequest, names: FieldNames) -> Lookups:
+        """Everything found for `request`, indexed."""
+        ...
+
+
+class RecordWriter(Protocol):
+    """Applies planned writes (the Salesforce edge: CollectionsWriter, BulkWriter)."""
+
+    def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
+        """One result per op, in the ops' order."""
+        ...
 
 
 class AccountCache:
@@ -127,7 +180,7 @@ class AccountCache:
 
 def task_keys_of(intents: Iterable[Intent]) -> set[str]:
     """The keys of every Task the intents may create: their Tasks, and the transition Task of a status change
-    that names a different previous status or takes it from the Account (Materializer._ops_for decides)."""
+    that names a different previous status or takes it from the Account (Materializer._account_ops decides)."""
     keys: set[str] = set()
     for it in intents:
         if isinstance(it, TaskIntent):
@@ -138,11 +191,10 @@ def task_keys_of(intents: Iterable[Intent]) -> set[str]:
     return keys
 
 
-def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
-           accounts: AccountCache | None = None, *, task_keyed: bool = False) -> Lookups:
-    """Run the batch's lookups: Accounts by Id and customer (those not already in `accounts`), Opportunities
-    by Id, sub, payment, customer, and (`task_keyed`: the org has the Task key field) the Task keys that
-    exist already."""
+def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_keyed: bool) -> LookupRequest:
+    """What the intents need read: Accounts by Id and customer (those not in `accounts`), Opportunities by
+    Id, subscription, payment and customer, Contacts, and (`task_keyed`: the org has the Task key field) the
+    Task keys that may exist already."""
     acct_ids: set[str] = set()
     customers: set[str] = set()
     opp_ids: set[str] = set()
@@ -164,61 +216,29 @@ def lookup(gw: SalesforceGateway, names: FieldNames, intents: Sequence[Intent],
                 opp_customers.add(acct.customer_id)
         elif it.who_id:
             contacts.add(it.who_id)
-    task_keys = task_keys_of(intents) if task_keyed else set()
+    return LookupRequest(
+        account_ids=frozenset(acct_ids - accounts.by_id.keys()),
+        customer_ids=frozenset(customers - accounts.by_customer.keys()),
+        opportunity_ids=frozenset(opp_ids), subscription_ids=frozenset(subs), payment_intent_ids=frozenset(payments),
+        opportunity_customer_ids=frozenset(opp_customers), contact_ids=frozenset(contacts),
+        task_keys=frozenset(task_keys_of(intents) if task_keyed else ()))
 
-    found = Lookups()
-    cache = accounts if accounts is not None else AccountCache()
-    for row in [cache.by_id[a] for a in acct_ids if a in cache.by_id] + [
-            cache.by_customer[c] for c in customers if c in cache.by_customer]:
-        found.add_account(row)
-    acct_ids -= cache.by_id.keys()
-    customers -= cache.by_customer.keys()
-    a_fields = ["Id", "Name", "OwnerId", names.subscription_status, names.customer_id]
-    if names.account_csm:
-        a_fields.append(names.account_csm)
-    a_select = ", ".join(dict.fromkeys(a_fields))
-    o_select = ", ".join(dict.fromkeys(["Id", "AccountId", "IsClosed", "CreatedDate", names.subscription_id,
-                                        names.payment_intent_id, names.customer_id]))
-    account_queries = (_selects(a_select, "Account", "Id", acct_ids)
-                       + _selects(a_select, "Account", names.customer_id, customers))
-    opp_queries = (_selects(o_select, "Opportunity", "Id", opp_ids)
-                   + _selects(o_select, "Opportunity", names.subscription_id, subs)
-                   + _selects(o_select, "Opportunity", names.payment_intent_id, payments)
-                   + _selects(o_select, "Opportunity", names.customer_id, opp_customers))
-    contact_queries = _selects("Id", "Contact", "Id", contacts)
-    # Whether a Task exists is asked by SOQL, never by an upsert: an upsert re-sends every field and would
-    # undo what a person did to the Task, and on a non-Unique External ID it needs "View All Data"; a plain
-    # query works whatever the field is (External ID, Unique, both or neither) (api-facts.md §12).
-    task_queries = _selects(names.task_event_id, "Task", names.task_event_id, task_keys)
-    # All of a batch's lookups travel together, five to a Composite call.
-    results = gw.query_many(account_queries + opp_queries + contact_queries + task_queries)
-    n_ao = len(account_queries) + len(opp_queries)
-    found.contacts = {to_18(r["Id"]) for res in results[n_ao:n_ao + len(contact_queries)] for r in res}
-    rows = [r for res in results[:len(account_queries)] for r in res]
-    for r in rows:
-        row = AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
-                         r.get(names.account_csm) if names.account_csm else None,
-                         r.get(names.subscription_status), r.get(names.customer_id))
-        found.add_account(row)
-        cache.add(row)
 
-    rows = [r for res in results[len(account_queries):len(account_queries) + len(opp_queries)] for r in res]
-    seen: set[str] = set()
-    for r in rows:
-        opp = OpportunityRow(to_18(r["Id"]), r.get("AccountId"), r.get(names.subscription_id),
-                             r.get(names.payment_intent_id), r.get(names.customer_id), bool(r.get("IsClosed")),
-                             str(r.get("CreatedDate") or ""))
-        found.opps_by_id[opp.id] = opp
-        if opp.subscription_id:
-            found.opps_by_subscription[opp.subscription_id] = opp
-        if opp.payment_intent_id:
-            found.opps_by_payment[opp.payment_intent_id] = opp
-        if opp.customer_id and opp.id not in seen:
-            found.opps_by_customer.setdefault(opp.customer_id, []).append(opp)
-        seen.add(opp.id)
-    for res in results[n_ao + len(contact_queries):]:
-        found.task_keys.update(str(r[names.task_event_id]) for r in res if r.get(names.task_event_id))
-    return found
+def find(port: RecordLookup, names: FieldNames, intents: Sequence[Intent], accounts: AccountCache, *,
+         task_keyed: bool) -> Lookups:
+    """The batch's lookups: what `accounts` holds already, and what `port` reads (which `accounts` then
+    remembers for the run's later batches)."""
+    read = port.lookup(lookup_request(intents, accounts, task_keyed=task_keyed), names)
+    cached = Lookups()
+    for row in [accounts.by_id.get(it.account.account_id or "") for it in intents] + [
+            accounts.by_customer.get(it.account.customer_id or "") for it in intents]:
+        if row is not None:
+            cached.add_account(row)
+    for row in read.accounts_by_id.values():
+        accounts.add(row)
+    # Rows just read win over cached ones (they are newer), as they would were they indexed after them.
+    return replace(read, accounts_by_id={**cached.accounts_by_id, **read.accounts_by_id},
+                   accounts_by_customer={**cached.accounts_by_customer, **read.accounts_by_customer})
 
 
 @dataclass(frozen=True)
@@ -254,8 +274,8 @@ class Materializer:
     """Turns intents into record writes, in event order, tracking in-batch state."""
 
     def __init__(self, lookups: Lookups, settings: WriteSettings) -> None:
-        self.lk = lookups
-        self.s = settings
+        self.found = lookups
+        self.settings = settings
         self._ops: dict[tuple[str, str, str, str], SfOp] = {}
         self._order: list[SfOp] = []
         self._claimed: set[str] = set()  # customer Opportunities already claimed by a subscription
@@ -264,114 +284,125 @@ class Materializer:
         self._serial = 0
 
     def _account(self, ref: AccountRef) -> AccountRow:
-        if ref.account_id and ref.account_id in self.lk.accounts_by_id:
-            return self.lk.accounts_by_id[ref.account_id]
-        if ref.customer_id and ref.customer_id in self.lk.accounts_by_customer:
-            return self.lk.accounts_by_customer[ref.customer_id]
+        if ref.account_id and ref.account_id in self.found.accounts_by_id:
+            return self.found.accounts_by_id[ref.account_id]
+        if ref.customer_id and ref.customer_id in self.found.accounts_by_customer:
+            return self.found.accounts_by_customer[ref.customer_id]
         who = ref.customer_id or "this payment"
         raise Unresolvable(
             "NO_ACCOUNT",
             f"No Salesforce Account for {who}: set metadata.salesforce_account_id on the Stripe customer, "
-            f"or {self.s.names.customer_id} on the Account, then run `stripe-sf dlq retry --all`")
+            f"or {self.settings.names.customer_id} on the Account, then run `stripe-sf dlq retry --all`")
 
     def _opportunity(self, it: OpportunityIntent) -> OpportunityRow | None:
-        if it.opportunity_id and it.opportunity_id in self.lk.opps_by_id:
-            return self.lk.opps_by_id[it.opportunity_id]  # metadata Id that exists (a missing one falls through)
-        table = self.lk.opps_by_subscription if it.key_kind == "subscription" else self.lk.opps_by_payment
+        if it.opportunity_id and it.opportunity_id in self.found.opps_by_id:
+            return self.found.opps_by_id[it.opportunity_id]  # metadata Id that exists (a missing one falls through)
+        table = self.found.opps_by_subscription if it.key_kind == "subscription" else self.found.opps_by_payment
         if it.key in table:
             return table[it.key]
         if it.match_by_customer and it.account.customer_id:
             # An open Opportunity of this customer not yet tied to a subscription or payment.
-            candidates = [o for o in self.lk.opps_by_customer.get(it.account.customer_id, [])
+            candidates = [o for o in self.found.opps_by_customer.get(it.account.customer_id, [])
                           if not o.is_closed and not o.subscription_id and not o.payment_intent_id
                           and o.id not in self._claimed]
             if candidates:
                 best = max(candidates, key=lambda o: o.created)
                 self._claimed.add(best.id)
                 best.subscription_id = it.key
-                self.lk.opps_by_subscription[it.key] = best
+                self.found.opps_by_subscription[it.key] = best
                 return best
         return None
 
     def _currency_field(self, it: OpportunityIntent) -> dict[str, str]:
         """CurrencyIsoCode for a multi-currency org, where an amount without it is read in the running user's
-        currency (api-facts.md §12). A currency the org has not activated is refused before any write."""
-        if self.s.currencies is None or it.currency is None:
+        currency (Salesforce Help, "Multiple Currencies"). A currency the org has not activated is refused
+        before any write."""
+        if self.settings.currencies is None or it.currency is None:
             return {}  # a single-currency org has no such field: sending it fails with INVALID_FIELD
         code = it.currency.upper()
-        if code not in self.s.currencies:
+        if code not in self.settings.currencies:
             raise Unresolvable(
                 "CURRENCY_NOT_ACTIVE",
                 f"{it.key} is in {code}, which is not an active currency of this Salesforce org (active: "
-                f"{', '.join(sorted(self.s.currencies))}), so its amounts cannot be written: activate {code} "
+                f"{', '.join(sorted(self.settings.currencies))}), so its amounts cannot be written: activate {code} "
                 "in Setup > Company Information > Currencies, then run `stripe-sf dlq retry --all`")
         return {"CurrencyIsoCode": code}
 
     def _ops_for(self, it: Intent) -> list[SfOp]:
-        names = self.s.names
         if isinstance(it, OpportunityIntent):
-            currency = self._currency_field(it)
-            pending = self._pending.get((it.key_kind, it.key))
-            if pending is not None:
-                return [SfOp(pending.kind, "Opportunity", pending.key, {**it.fields, **currency}, pending.ext_field,
-                             label=pending.label)]
-            opp = self._opportunity(it)
-            if opp is not None:
-                return [SfOp("update", "Opportunity", opp.id, {**it.fields, **currency},
-                             label=f"Opportunity {opp.id} ({it.key})")]
-            if not it.may_create:
-                raise Unresolvable("NO_OPPORTUNITY",
-                                   f"No Opportunity for {it.key} to update: create one with {names.subscription_id}"
-                                   f" = {it.key}, or run `stripe-sf backfill`, then `stripe-sf dlq retry --all`")
-            account = self._account(it.account)
-            ext = names.subscription_id if it.key_kind == "subscription" else names.payment_intent_id
-            fields = {"Name": (f"{account.name} - " + it.name_hint.split(" - ", 1)[-1])[:120]
-                      if account.name else it.name_hint[:120], "AccountId": account.id}
-            if self.s.record_type_id:
-                fields["RecordTypeId"] = self.s.record_type_id
-            if account.owner_id:
-                fields["OwnerId"] = account.owner_id
-            fields.update(it.fields)
-            fields.update(currency)
-            fields.pop(ext, None)  # the external id travels as the upsert key, not in the body
-            op = SfOp("upsert", "Opportunity", it.key, fields, ext, label=f"Opportunity {ext}={it.key} (create)")
-            return [op]
+            return self._opportunity_ops(it)
         account = self._account(it.account)
         if isinstance(it, AccountStatusIntent):
-            fields: dict[str, Any] = {names.subscription_status: it.status}
-            if (it.account.customer_id and not account.customer_id
-                    and it.account.customer_id not in self.lk.accounts_by_customer):
-                fields[names.customer_id] = it.account.customer_id  # link it for later lookups
-            ops: list[SfOp] = []
-            # The Account already says so (as read this batch, or as an earlier event of it wrote): no write.
-            # Compared with what Salesforce holds, so a hand-edited status is still put right.
-            if len(fields) > 1 or self._status.get(account.id, account.status) != it.status:
-                ops.append(SfOp("update", "Account", account.id, fields,
-                                label=f"Account {account.id} ({account.name})"))
-            old = it.previous_status
-            if it.previous_from_account:
-                old = self._status.get(account.id, account.status) or "unknown"
-            if it.log_transition and old is not None and old != it.status:
-                ops.extend(self._ops_for(transition_task(it, old)))
-            return ops
+            return self._account_ops(it, account)
         assert isinstance(it, TaskIntent)
+        return self._task_ops(it, account)
+
+    def _opportunity_ops(self, it: OpportunityIntent) -> list[SfOp]:
+        names = self.settings.names
+        currency = self._currency_field(it)
+        pending = self._pending.get((it.key_kind, it.key))
+        if pending is not None:
+            return [SfOp(pending.kind, "Opportunity", pending.key, {**it.fields, **currency}, pending.ext_field,
+                         label=pending.label)]
+        opp = self._opportunity(it)
+        if opp is not None:
+            return [SfOp("update", "Opportunity", opp.id, {**it.fields, **currency},
+                         label=f"Opportunity {opp.id} ({it.key})")]
+        if not it.may_create:
+            raise Unresolvable("NO_OPPORTUNITY",
+                               f"No Opportunity for {it.key} to update: create one with {names.subscription_id}"
+                               f" = {it.key}, or run `stripe-sf backfill`, then `stripe-sf dlq retry --all`")
+        account = self._account(it.account)
+        ext = names.subscription_id if it.key_kind == "subscription" else names.payment_intent_id
+        fields: dict[str, Any] = {"Name": (f"{account.name} - " + it.name_hint.split(" - ", 1)[-1])[:120]
+                                  if account.name else it.name_hint[:120], "AccountId": account.id}
+        if self.settings.record_type_id:
+            fields["RecordTypeId"] = self.settings.record_type_id
+        if account.owner_id:
+            fields["OwnerId"] = account.owner_id
+        fields.update(it.fields)
+        fields.update(currency)
+        fields.pop(ext, None)  # the external id travels as the upsert key, not in the body
+        return [SfOp("upsert", "Opportunity", it.key, fields, ext, label=f"Opportunity {ext}={it.key} (create)")]
+
+    def _account_ops(self, it: AccountStatusIntent, account: AccountRow) -> list[SfOp]:
+        names = self.settings.names
+        fields: dict[str, Any] = {names.subscription_status: it.status}
+        if (it.account.customer_id and not account.customer_id
+                and it.account.customer_id not in self.found.accounts_by_customer):
+            fields[names.customer_id] = it.account.customer_id  # link it for later lookups
+        ops: list[SfOp] = []
+        # The Account already says so (as read this batch, or as an earlier event of it wrote): no write.
+        # Compared with what Salesforce holds, so a hand-edited status is still put right.
+        if len(fields) > 1 or self._status.get(account.id, account.status) != it.status:
+            ops.append(SfOp("update", "Account", account.id, fields, label=f"Account {account.id} ({account.name})"))
+        old = it.previous_status
+        if it.previous_from_account:
+            old = self._status.get(account.id, account.status) or "unknown"
+        if it.log_transition and old is not None and old != it.status:
+            ops.extend(self._ops_for(transition_task(it, old)))
+        return ops
+
+    def _task_ops(self, it: TaskIntent, account: AccountRow) -> list[SfOp]:
+        names = self.settings.names
         owner = account.owner_id
         if it.assign_to == "csm_or_owner" and account.csm_id:
             owner = account.csm_id
-        fields = {"Subject": it.subject[:255], "Description": it.description, "Priority": it.priority,
-                  "Status": it.status, "ActivityDate": it.activity_date, "WhatId": account.id}
+        fields: dict[str, Any] = {"Subject": it.subject[:255], "Description": it.description,
+                                  "Priority": it.priority, "Status": it.status, "ActivityDate": it.activity_date,
+                                  "WhatId": account.id}
         if owner:
             fields["OwnerId"] = owner
-        if it.who_id in self.lk.contacts:
+        if it.who_id in self.found.contacts:
             fields["WhoId"] = it.who_id
         elif it.who_id:
             # A Contact that does not exist (deleted, another org) would fail the whole Task: leave WhoId
             # empty and say so; the Task itself still matters.
             log.warning("Contact %s (metadata.salesforce_contact_id) does not exist in Salesforce: Task %s is "
                         "created without WhoId", it.who_id, it.key)
-        if not self.s.task_keyed:  # nothing to look a Task up by: created, as check_org warned
+        if not self.settings.task_keyed:  # nothing to look a Task up by: created, as check_org warned
             return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
-        if it.key in self.lk.task_keys:
+        if it.key in self.found.task_keys:
             return []  # created by an earlier run: done, and what a person did to it stands
         fields[names.task_event_id] = it.key
         return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
@@ -400,7 +431,7 @@ class Materializer:
     def _merge(self, op: SfOp) -> None:
         ident = op.identity
         # A keyed Task is one record however many intents ask for it: never two creates of one key.
-        if not self.s.coalesce and not (op.sobject == "Task" and self.s.task_keyed):
+        if not self.settings.coalesce and not (op.sobject == "Task" and self.settings.task_keyed):
             self._serial += 1
             ident = (*ident[:3], f"{ident[3]}#{self._serial}")
         existing = self._ops.get(ident)

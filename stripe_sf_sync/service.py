@@ -41,12 +41,12 @@ from stripe_sf_sync.pipeline import (
     run_batches,
 )
 from stripe_sf_sync.pipeline.edges import (
-    BulkWriter,
-    CollectionsWriter,
     DryRunState,
     PlanRecorder,
     SalesforceAccess,
     SalesforceRecords,
+    bulk_writer,
+    collections_writer,
 )
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish
@@ -156,10 +156,10 @@ def _ports(runtime: Runtime, state: Any, source: StripeSource, access: Salesforc
     env = runtime.environment
     org = OrgCheck(runtime.loaded, state, env.clock)
     recorder = PlanRecorder() if dry_run else None
-    writer: Any = recorder or CollectionsWriter(
+    writer: Any = recorder or collections_writer(
         access, workers=runtime.loaded.settings.salesforce.write_concurrency, sleep=env.sleep)
-    bulk_writer: Any = recorder or BulkWriter(access, sleep=env.sleep)
-    return Ports(state, StripeHydrator(source, state), SalesforceRecords(access, org), writer, bulk_writer), recorder
+    bulk: Any = recorder or bulk_writer(access, sleep=env.sleep)
+    return Ports(state, StripeHydrator(source, state), SalesforceRecords(access, org), writer, bulk), recorder
 
 
 def batch_settings(loaded: LoadedConfig) -> BatchSettings:

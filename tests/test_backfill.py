@@ -220,7 +220,8 @@ def test_bulk_jobs_renew_an_expired_session(sf_sb, org):
     """simple-salesforce's bulk2 never re-authenticates; the sink renews and sends the job again."""
     from simple_salesforce import Salesforce
 
-    from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, apply_writes_bulk
+    from stripe_sf_sync.resolve import SfOp
+    from stripe_sf_sync.salesforce_sink import BulkWriter, SalesforceGateway
 
     acct = org.insert("Account", {"Name": "Renew", "Stripe_Customer_ID__c": "cus_renew0001"})
 
@@ -230,12 +231,12 @@ def test_bulk_jobs_renew_an_expired_session(sf_sb, org):
 
     gw = SalesforceGateway(login(), reconnect=login, bulk_poll_seconds=0)
     org.expire_sessions()
-    [res] = apply_writes_bulk(gw, [SfOp("update", "Account", acct, {"Subscription_Status__c": "active"})])
+    [res] = BulkWriter(gw).write([SfOp("update", "Account", acct, {"Subscription_Status__c": "active"})])
     assert res.success
     assert org.get("Account", acct)["Subscription_Status__c"] == "active"
     gw_no_renew = SalesforceGateway(login(), bulk_poll_seconds=0)
     org.expire_sessions()
     from stripe_sf_sync.errors import FatalSyncError
     with pytest.raises(FatalSyncError) as info:
-        apply_writes_bulk(gw_no_renew, [SfOp("update", "Account", acct, {"Subscription_Status__c": "past_due"})])
+        BulkWriter(gw_no_renew).write([SfOp("update", "Account", acct, {"Subscription_Status__c": "past_due"})])
     assert info.value.code == "INVALID_SESSION_ID"

@@ -17,8 +17,7 @@ from stripe_sf_sync.pipeline.held import HeldEvent
 from stripe_sf_sync.pipeline.org import OrgFacts
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.sources import in_batches
-from stripe_sf_sync.resolve import AccountRow, Lookups
-from stripe_sf_sync.salesforce_sink import SfOp, WriteResult
+from stripe_sf_sync.resolve import AccountRow, Lookups, SfOp, WriteResult
 from stripe_sf_sync.state import Cursor
 
 from . import payloads as p

@@ -8,9 +8,9 @@ import re
 import pytest
 
 from stripe_sf_sync.config import FieldNames, salesforce_secrets
-from stripe_sf_sync.resolve import lookup
+from stripe_sf_sync.resolve import AccountCache, SfOp, find
 from stripe_sf_sync.rules import AccountRef, AccountStatusIntent
-from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, connect
+from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.stripe_source import StripeSource, build_client
 
 from .cassette_tools import CASSETTES, recorder
@@ -46,8 +46,9 @@ def test_salesforce_sink_replays_lookup_and_per_record_failures():
     with recorder().use_cassette("salesforce_sink.yaml") as cass:
         gw = SalesforceGateway(connect(secrets, api_version="62.0"))
         assert any(f["name"] == names.task_event_id for f in gw.describe("Task")["fields"])
-        found = lookup(gw, names, [AccountStatusIntent("evt_cassette", AccountRef(m["customer"], None), "sub_x",
-                                                       "active", None, False, "2026-11-20")])
+        intents = [AccountStatusIntent("evt_cassette", AccountRef(m["customer"], None), "sub_x", "active", None, False,
+                                       "2026-11-20")]
+        found = find(gw, names, intents, AccountCache(), task_keyed=False)
         acct = found.accounts_by_customer[m["customer"]]
         assert acct.id == m["account"]
         ops = [SfOp("update", "Account", acct.id, {names.subscription_status: m["status"]}),

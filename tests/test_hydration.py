@@ -256,9 +256,12 @@ def test_later_batches_of_a_run_reuse_the_accounts_it_already_read(tmp_path, env
 
 
 def test_collection_calls_of_one_kind_run_a_few_at_once_grouped_by_account():
-    from stripe_sf_sync.salesforce_sink import SfOp, WriteResult, apply_writes
+    from stripe_sf_sync.resolve import SfOp, WriteResult
+    from stripe_sf_sync.salesforce_sink import CollectionsWriter
 
     class FakeGateway:
+        max_attempts = 5
+
         def __init__(self) -> None:
             self.lock = threading.Lock()
             self.in_flight = self.most = 0
@@ -278,7 +281,7 @@ def test_collection_calls_of_one_kind_run_a_few_at_once_grouped_by_account():
     tasks = [SfOp("upsert", "Task", f"evt_{n}", {"WhatId": accounts[n % 7]}, "Stripe_Event_ID__c") for n in range(700)]
     updates = [SfOp("update", "Account", a, {"Subscription_Status__c": "active"}) for a in accounts]
     gw = FakeGateway()
-    results = apply_writes(gw, tasks + updates, workers=3)  # type: ignore[arg-type]
+    results = CollectionsWriter(gw, workers=3).write(tasks + updates)  # type: ignore[arg-type]
     assert [r.record_id for r in results] == [op.key for op in tasks + updates]  # in the ops' order
     assert gw.most == 3  # four Task calls, three at a time
     # The Account updates start only after every Task call has returned (crash-safety order).

@@ -5,8 +5,18 @@ from decimal import Decimal
 import pytest
 
 from stripe_sf_sync.config import FieldNames
-from stripe_sf_sync.resolve import AccountRow, Lookups, Materializer, OpportunityRow, WriteSettings
-from stripe_sf_sync.rules import AccountRef, AccountStatusIntent, OpportunityIntent
+from stripe_sf_sync.resolve import (
+    AccountCache,
+    AccountRow,
+    LookupRequest,
+    Lookups,
+    Materializer,
+    OpportunityRow,
+    WriteSettings,
+    find,
+    lookup_request,
+)
+from stripe_sf_sync.rules import AccountRef, AccountStatusIntent, OpportunityIntent, TaskIntent
 
 ACCOUNT = "001Hs00000CmAbcIAE"
 OPP = "006Hs00000BkXyzIAF"
@@ -56,3 +66,54 @@ def test_currency_the_org_lacks_dead_letters_the_whole_event_before_any_write():
     assert "EUR" in err.reason and "GBP, USD" in err.reason
     assert "Setup > Company Information > Currencies" in err.reason and "stripe-sf dlq retry --all" in err.reason
     assert mat.result() == []
+
+
+# --- the lookup request and the RecordLookup port -------------------------------------------------------
+
+class FakeLookup:
+    """A RecordLookup in memory: answers from its rows and records what it was asked."""
+
+    def __init__(self, *accounts: AccountRow) -> None:
+        self.accounts = accounts
+        self.requests: list[LookupRequest] = []
+
+    def lookup(self, request: LookupRequest, names: FieldNames) -> Lookups:
+        self.requests.append(request)
+        found = Lookups()
+        for row in self.accounts:
+            if row.id in request.account_ids or row.customer_id in request.customer_ids:
+                found.add_account(row)
+        return found
+
+
+def task(event_id: str, ref: AccountRef, who_id: str | None = None) -> TaskIntent:
+    return TaskIntent(event_id, "payment_failed", ref, "owner", "Payment failed", "", "High", "Open", "2026-01-05",
+                      who_id=who_id)
+
+
+def test_the_lookup_request_names_every_id_the_intents_need_and_task_keys_only_in_keyed_orgs():
+    intents = [won("eur"), task("evt_2", AccountRef(None, ACCOUNT), who_id="003Hs00000AbCdEIAZ")]
+    plain = lookup_request(intents, AccountCache(), task_keyed=False)
+    assert plain == LookupRequest(account_ids=frozenset({ACCOUNT}), customer_ids=frozenset({"cus_Euro"}),
+                                  subscription_ids=frozenset({"sub_Euro"}),
+                                  contact_ids=frozenset({"003Hs00000AbCdEIAZ"}))
+    keyed = lookup_request(intents, AccountCache(), task_keyed=True)
+    assert keyed.task_keys == frozenset({intents[1].key})
+
+
+def test_find_reads_through_the_port_then_reuses_the_accounts_it_read():
+    row = AccountRow(ACCOUNT, "Euro GmbH", None, None, "active", "cus_Euro")
+    port, cache = FakeLookup(row), AccountCache()
+    first = find(port, FieldNames(), [won("eur")], cache, task_keyed=False)
+    assert first.accounts_by_customer["cus_Euro"] is row and cache.by_customer["cus_Euro"] is row
+    again = find(port, FieldNames(), [won("eur"), task("evt_2", AccountRef(None, ACCOUNT))], cache, task_keyed=False)
+    # The second batch asks for no Account: both the customer and the Id are in the run's cache.
+    assert port.requests[1].customer_ids == frozenset() and port.requests[1].account_ids == frozenset()
+    assert again.accounts_by_id == {ACCOUNT: row} and again.accounts_by_customer == {"cus_Euro": row}
+
+
+def test_find_asks_again_for_customers_without_an_account():
+    port, cache = FakeLookup(), AccountCache()
+    find(port, FieldNames(), [won("eur")], cache, task_keyed=False)
+    find(port, FieldNames(), [won("eur")], cache, task_keyed=False)
+    assert [r.customer_ids for r in port.requests] == [frozenset({"cus_Euro"})] * 2

@@ -17,8 +17,7 @@ from stripe_sf_sync.errors import StripeSfError
 from stripe_sf_sync.model import CachedCustomer, CustomerChange, MalformedEvent
 from stripe_sf_sync.pipeline.held import HeldEvent, dead_letter, unexpected
 from stripe_sf_sync.pipeline.ports import Ports
-from stripe_sf_sync.resolve import Materializer, WriteSettings
-from stripe_sf_sync.salesforce_sink import SfOp, WriteResult
+from stripe_sf_sync.resolve import Materializer, SfOp, WriteResult, WriteSettings
 from stripe_sf_sync.state import Outcome
 
 log = logging.getLogger("stripe_sf_sync")

@@ -11,9 +11,9 @@ from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import describe_op
 from stripe_sf_sync.pipeline.org import OrgCheck, OrgFacts
-from stripe_sf_sync.resolve import AccountCache, Lookups, lookup
+from stripe_sf_sync.resolve import AccountCache, Lookups, SfOp, WriteResult, find
 from stripe_sf_sync.rules import Intent
-from stripe_sf_sync.salesforce_sink import SalesforceGateway, SfOp, WriteResult, apply_writes, apply_writes_bulk
+from stripe_sf_sync.salesforce_sink import BulkWriter, CollectionsWriter, SalesforceGateway
 from stripe_sf_sync.state import Cursor, Outcome, StateStore
 
 
@@ -65,49 +65,39 @@ class SalesforceRecords:
 
     def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool) -> Lookups:
         """The records the intents name."""
-        return lookup(self._access.get(), names, intents, self._accounts, task_keyed=task_keyed)
+        return find(self._access.get(), names, intents, self._accounts, task_keyed=task_keyed)
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
         """Remember a successful Account update."""
         self._accounts.wrote(account_id, fields, names)
 
 
-class CollectionsWriter:
-    """Writes through sObject Collections, up to `workers` calls in flight within one kind of write."""
+class LazyWriter:
+    """A writer of the Salesforce edge, made on first use: a run that writes nothing never connects."""
 
     sends = True
 
-    def __init__(self, access: SalesforceAccess, *, workers: int, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, access: SalesforceAccess, make: Callable[[SalesforceGateway], Any]) -> None:
         self._access = access
-        self._workers = workers
-        self._sleep = sleep
+        self._make = make
 
     def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
         """One result per op."""
-        return apply_writes(self._access.get(), ops, sleep=self._sleep, workers=self._workers) if ops else []
+        if not ops:
+            return []
+        result: list[WriteResult] = self._make(self._access.get()).write(ops)
+        return result
 
 
-class BulkWriter:
-    """Updates and upserts through Bulk API 2.0; creates (Tasks, created once and never upserted) through
-    collections, since a failed bulk insert row carries no key to report it by."""
+def collections_writer(access: SalesforceAccess, *, workers: int,
+                       sleep: Callable[[float], None] = time.sleep) -> LazyWriter:
+    """sObject Collections, up to `workers` calls in flight within one kind of write."""
+    return LazyWriter(access, lambda gw: CollectionsWriter(gw, workers=workers, sleep=sleep))
 
-    sends = True
 
-    def __init__(self, access: SalesforceAccess, *, sleep: Callable[[float], None] = time.sleep) -> None:
-        self._access = access
-        self._sleep = sleep
-
-    def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
-        """One result per op."""
-        gw = self._access.get()
-        bulkable = [i for i, op in enumerate(ops) if op.kind != "create"]
-        inserts = [i for i, op in enumerate(ops) if op.kind == "create"]
-        results: list[WriteResult] = [WriteResult(False, code="UNKNOWN")] * len(ops)
-        for i, res in zip(bulkable, apply_writes_bulk(gw, [ops[i] for i in bulkable]), strict=True):
-            results[i] = res
-        for i, res in zip(inserts, apply_writes(gw, [ops[i] for i in inserts], sleep=self._sleep), strict=True):
-            results[i] = res
-        return results
+def bulk_writer(access: SalesforceAccess, *, sleep: Callable[[float], None] = time.sleep) -> LazyWriter:
+    """Bulk API 2.0 for updates and upserts, collections for creates."""
+    return LazyWriter(access, lambda gw: BulkWriter(gw, sleep=sleep))
 
 
 class PlanRecorder:

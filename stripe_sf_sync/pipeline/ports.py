@@ -12,9 +12,8 @@ from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.held import HeldEvent
 from stripe_sf_sync.pipeline.org import OrgFacts
-from stripe_sf_sync.resolve import Lookups
+from stripe_sf_sync.resolve import Lookups, SfOp, WriteResult
 from stripe_sf_sync.rules import Intent
-from stripe_sf_sync.salesforce_sink import SfOp, WriteResult
 
 
 class Ledger(Protocol):
