@@ -35,8 +35,9 @@ import requests
 import trustme
 
 from . import sfids, soql
+from .faults import SalesforceFaultPlan
 
-__all__ = ["FaultPlan", "FieldDef", "SalesforceOrg", "SalesforceSandbox"]
+__all__ = ["FieldDef", "SalesforceFaultPlan", "SalesforceOrg", "SalesforceSandbox"]
 
 QUERY_BATCH_SIZE = 2000
 MAX_URI_BYTES = 16_384  # real orgs: longer URI -> 414, longer URI + headers -> 431
@@ -466,7 +467,7 @@ class SalesforceOrg:
         # Username -> password for the OAuth password grant.
         self.oauth_users: dict[str, str] = {"integration@stripe-sf.sandbox": "sandbox-password"}
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-        # Set by SalesforceSandbox so FaultPlan.lock_rows can fail individual writes.
+        # Set by SalesforceSandbox so SalesforceFaultPlan.lock_rows can fail individual writes.
         self.row_lock_hook: Callable[[str, list[str], str], bool] | None = None
         self._data: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema}
         self._deleted: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -1993,131 +1994,6 @@ def _to_rest_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Fault injection
-
-
-@dataclass
-class _Injected:
-    status: int
-    body: Any
-    headers: dict[str, str]
-
-
-@dataclass
-class _MatchRule:
-    method: str
-    pattern: re.Pattern[str]
-    response: _Injected
-    times: int
-
-
-@dataclass
-class _RowLock:
-    sobject: str
-    key: str
-    times: int
-
-
-class FaultPlan:
-    """Scripted failures for reliability tests.
-
-    Request numbers (``nth``) are 1-based and count every HTTP request the sandbox receives since
-    it started, OAuth token requests included: ``len(sandbox.requests_log)`` is the last one.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_nth: dict[int, _Injected] = {}
-        self._rules: list[_MatchRule] = []
-        self._hangs: dict[int, float] = {}
-        self._row_locks: list[_RowLock] = []
-        self.on_request: Callable[[int, str, str], None] | None = None
-
-    def fail_request(self, nth: int, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        """The nth request gets this response instead of being handled."""
-        with self._lock:
-            self._by_nth[nth] = _Injected(status, body, dict(headers or {}))
-
-    def fail_matching(
-        self,
-        method: str,
-        path_regex: str,
-        status: int,
-        body: Any,
-        times: int = 1,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        """The next ``times`` requests whose method matches and whose path (plus ``?`` and the decoded
-        query string, if any) matches ``path_regex`` (re.search) get this response."""
-        with self._lock:
-            self._rules.append(
-                _MatchRule(
-                    method.upper(),
-                    re.compile(path_regex),
-                    _Injected(status, body, dict(headers or {})),
-                    times,
-                )
-            )
-
-    def concurrent_long_requests(self, method: str, path_regex: str, times: int = 1) -> None:
-        """The org is at its cap of concurrent long-running requests: Salesforce answers 403
-        REQUEST_LIMIT_EXCEEDED with the ConcurrentPerOrgLongTxn message, which clears by itself once the
-        other requests finish, unlike the daily limit (api-facts.md §8)."""
-        self.fail_matching(
-            method,
-            path_regex,
-            403,
-            [{"message": "ConcurrentPerOrgLongTxn Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}],
-            times=times,
-        )
-
-    def hang_request(self, nth: int, seconds: float) -> None:
-        """Sleep before handling the nth request (cut short when the sandbox stops)."""
-        with self._lock:
-            self._hangs[nth] = seconds
-
-    def lock_rows(self, sobject: str, key: str, times: int = 1) -> None:
-        """The next ``times`` writes touching that record (its Id or an external-id value) fail per record
-        with UNABLE_TO_LOCK_ROW."""
-        with self._lock:
-            self._row_locks.append(_RowLock(sobject, key, times))
-
-    def clear(self) -> None:
-        """Forget every scripted fault."""
-        with self._lock:
-            self._by_nth.clear()
-            self._rules.clear()
-            self._hangs.clear()
-            self._row_locks.clear()
-            self.on_request = None
-
-    def _hang_for(self, n: int) -> float:
-        with self._lock:
-            return self._hangs.pop(n, 0.0)
-
-    def _injected(self, n: int, method: str, target: str) -> _Injected | None:
-        with self._lock:
-            if n in self._by_nth:
-                return self._by_nth.pop(n)
-            for rule in self._rules:
-                if rule.times > 0 and rule.method in (method, "*") and rule.pattern.search(target):
-                    rule.times -= 1
-                    return rule.response
-            return None
-
-    def _take_row_lock(self, sobject: str, keys: list[str], _record_id: str) -> bool:
-        with self._lock:
-            normalized = {sfids.normalize_id(k) or k for k in keys}
-            for lock in self._row_locks:
-                if lock.times <= 0 or lock.sobject.lower() != sobject.lower():
-                    continue
-                if (sfids.normalize_id(lock.key) or lock.key) in normalized:
-                    lock.times -= 1
-                    return True
-            return False
-
-
-# ----------------------------------------------------------------------------------------------
 # HTTP
 
 
@@ -2726,12 +2602,12 @@ class _Handler(BaseHTTPRequestHandler):
         hook = sandbox.faults.on_request
         if hook is not None:
             hook(n, method, path)
-        hang = sandbox.faults._hang_for(n)
+        hang = sandbox.faults.hang_for(n)
         if hang and sandbox._stopping.wait(hang):
             return None
         is_api = path.startswith("/services/data")
         target = path + ("?" + unquote_plus(query) if query else "")
-        injected = sandbox.faults._injected(n, method, target)
+        injected = sandbox.faults.injected_for(n, method, target)
         if injected is not None:
             raw = injected.body
             data = raw if isinstance(raw, bytes) else raw.encode() if isinstance(raw, str) else dumps(raw)
@@ -2831,8 +2707,8 @@ class SalesforceSandbox:
     def __init__(self, org: SalesforceOrg | None = None, *, latency_ms: float = 0.0) -> None:
         self.org = org if org is not None else SalesforceOrg()
         self.latency_ms = latency_ms
-        self.faults = FaultPlan()
-        self.org.row_lock_hook = self.faults._take_row_lock
+        self.faults = SalesforceFaultPlan()
+        self.org.row_lock_hook = self.faults.take_row_lock
         self.requests_log: list[tuple[str, str]] = []
         self.unexpected_errors: list[str] = []
         self.instance_url = ""
