@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stripe_sf_sync import __version__, service
+from stripe_sf_sync.config import load_yaml
 from stripe_sf_sync.console import setup_logging
 from stripe_sf_sync.errors import ExitCode, StripeSfError
 from stripe_sf_sync.state import state_error
@@ -85,10 +86,8 @@ def _setup(debug: bool, log_format: str | None, config: Path | None = None) -> N
 
 def _configured_log_format(config: Path) -> str | None:
     """sync.log_format from the config, if it can be read; full validation happens later."""
-    import yaml
-
     try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        data = load_yaml(config.read_text(encoding="utf-8"))
         value = data["sync"]["log_format"]
         return value if value in ("auto", "plain", "json") else None
     except Exception:  # any problem is reported properly when the config is loaded

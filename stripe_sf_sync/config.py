@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.sfid import is_salesforce_id
@@ -162,6 +164,25 @@ def parse_settings(data: Any, *, source: str = "sync.yaml") -> Settings:
     return settings
 
 
+def load_yaml(text: str) -> Any:
+    """Parse YAML into plain mappings, lists and scalars; tags that build objects are refused (ruamel.yaml's
+    safe loader; its pure-Python one, so errors and limits are the same on every install)."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def _yaml_problem(exc: YAMLError, text: str) -> str:
+    """Where and what: ' at line 3, column 5: found duplicate key ...'."""
+    if isinstance(exc, MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f" at line {mark.line + 1}, column {mark.column + 1}" + (f": {exc.problem}" if exc.problem else "")
+    if isinstance(exc, ReaderError):  # a character YAML does not allow (control characters)
+        pos = exc.position
+        line, column = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f" at line {line}, column {column}: character #x{code:04x} is not allowed ({exc.reason})"
+    return ""
+
+
 def load_config(path: Path | None = None) -> LoadedConfig:
     """Read and validate sync.yaml."""
     path = path or DEFAULT_CONFIG_PATH
@@ -169,15 +190,16 @@ def load_config(path: Path | None = None) -> LoadedConfig:
     if not path.exists():
         raise ConfigError([f"{path} does not exist"], source="config",
                           hint="Copy sync.yaml.example to sync.yaml, or pass --config PATH.")
+    text = ""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        raise ConfigError([f"not valid YAML{where}"], source=source,
+        text = path.read_text(encoding="utf-8")
+        data = load_yaml(text)
+    except YAMLError as exc:
+        raise ConfigError([f"not valid YAML{_yaml_problem(exc, text)}"], source=source,
                           hint="Check indentation and quoting; sync.yaml.example is a valid starting point.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(["not valid YAML: the file is not UTF-8 text"], source=source,
+                          hint="Save it as UTF-8; sync.yaml.example is a valid starting point.") from None
     except RecursionError:
         raise ConfigError(["nested too deeply to be a stripe-sf config"], source=source,
                           hint="Start from sync.yaml.example.") from None

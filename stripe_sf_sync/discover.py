@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml as pyyaml
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from stripe_sf_sync.config import parse_settings
+from stripe_sf_sync.config import load_yaml, parse_settings
 from stripe_sf_sync.errors import ConfigError, FatalSyncError
 from stripe_sf_sync.salesforce_sink import SalesforceGateway
 from stripe_sf_sync.sfid import to_18
@@ -112,7 +111,7 @@ def write_discovery(path: Path, found: Discovery, example: str) -> None:
         sf["opportunity_record_type"] = found.chosen_record_type
     buf = io.StringIO()
     yaml.dump(doc, buf)
-    parse_settings(pyyaml.safe_load(buf.getvalue()), source=str(path))  # never write a config that won't load
+    parse_settings(load_yaml(buf.getvalue()), source=str(path))  # never write a config that won't load
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     tmp.replace(path)

@@ -44,6 +44,47 @@ def test_bad_yaml_is_a_clear_error(tmp_path, text):
     assert "sync.yaml" in str(info.value)
 
 
+def test_a_yaml_error_names_its_line_and_column(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_text("stripe:\n  api_version: 2026-10-28.endive\n\tbatch_size: 5\n")
+    with pytest.raises(ConfigError) as info:
+        config.load_config(path)
+    assert "not valid YAML at line 3, column 1" in str(info.value)
+    assert "'\\t'" in str(info.value)  # what the parser found there
+
+
+def test_a_duplicate_key_is_refused_not_silently_overwritten(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_text("sync:\n  batch_size: 100\n  batch_size: 5000\n")
+    with pytest.raises(ConfigError) as info:
+        config.load_config(path)
+    assert "line 3, column 3" in str(info.value) and "duplicate key" in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_says_so(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_bytes("sync:\n  state_path: caf\u00e9.sqlite\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        config.load_config(path)
+    assert "not UTF-8" in str(info.value) and info.value.exit_code == ExitCode.CONFIG
+
+
+def test_a_control_character_is_named(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_text("sync:\n  state_path: a\x07b\n")
+    with pytest.raises(ConfigError) as info:
+        config.load_config(path)
+    assert "at line 2, column 16: character #x0007 is not allowed" in str(info.value)
+
+
+def test_tags_that_build_python_objects_are_refused(tmp_path):
+    path = tmp_path / "sync.yaml"
+    path.write_text("sync: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError) as info:
+        config.load_config(path)
+    assert "not valid YAML at line 1" in str(info.value)
+
+
 def test_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError) as info:
         config.load_config(tmp_path / "nope.yaml")
