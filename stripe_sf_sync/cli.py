@@ -13,12 +13,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stripe_sf_sync import __version__, service
 from stripe_sf_sync.config import load_yaml
 from stripe_sf_sync.console import setup_logging
-from stripe_sf_sync.errors import ExitCode, StripeSfError
+from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
 from stripe_sf_sync.state import state_error
 
 T = TypeVar("T")
@@ -51,7 +52,8 @@ def guarded(fn: Callable[[], T], *, debug: bool) -> T:
     except StripeSfError as exc:
         if debug:
             traceback.print_exc(file=sys.stderr)
-        _stderr().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # Escaped: messages quote brackets (`expand[]`, `.[sandbox]`) that rich would take for markup.
+        _stderr().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         _stderr().print("interrupted: the state is consistent; the next run continues from the last "
@@ -69,7 +71,7 @@ def guarded(fn: Callable[[], T], *, debug: bool) -> T:
         if debug:
             # Without locals: they may hold secrets.
             traceback.print_exc(file=sys.stderr)
-        _stderr().print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in "
+        _stderr().print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}. This is a bug in "
                         "stripe-sf; rerun with --debug and report the output (it contains no secrets).",
                         highlight=False)
         raise typer.Exit(int(ExitCode.FAILURE)) from None
@@ -371,11 +373,24 @@ def demo(debug: DebugOpt = False) -> None:
     Example: stripe-sf demo
     """
     _setup(debug, None)
-    from stripe_sf_sync.sandbox.demo import run_demo
-
+    run_demo = guarded(_sandbox_demo, debug=debug)
     out = Console(file=sys.stdout, width=max(_stdout().width, 150))  # tables stay readable in a narrow pipe
     code = guarded(lambda: run_demo(out), debug=debug)
     raise typer.Exit(int(code))
+
+
+def _sandbox_demo() -> Callable[[Console], int]:
+    """The demo, imported only when asked for: its stand-ins need the optional [sandbox] extra."""
+    try:
+        from stripe_sf_sync.sandbox.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("stripe_sf_sync"):
+            raise
+        raise ConfigError([f"`stripe-sf demo` needs the sandbox extra, and {exc.name} is not installed"],
+                          source="installation",
+                          hint="Install it with `pip install 'stripe-sf-sync[sandbox]'` (from a clone: "
+                               "`pip install -e '.[sandbox]'`), then run `stripe-sf demo` again.") from None
+    return run_demo
 
 
 def _iso(ts: int | None) -> str:

@@ -175,6 +175,17 @@ def test_demo_runs(runner):
         assert text in result.output
 
 
+def test_demo_without_the_sandbox_extra_says_how_to_install_it():
+    # A fresh interpreter in which trustme cannot be imported, as after `pip install stripe-sf-sync`.
+    code = ("import sys; sys.modules['trustme'] = None; sys.argv = ['stripe-sf', 'demo']; "
+            "from stripe_sf_sync.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == ExitCode.CONFIG, done.stderr
+    assert "trustme is not installed" in done.stderr
+    assert "pip install 'stripe-sf-sync[sandbox]'" in done.stderr and "pip install -e '.[sandbox]'" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
 def test_json_log_lines_off_a_tty_and_max_events(runner, tmp_path, stripe_sb, sf_sb, sc):
     env = cli_env(stripe_sb, sf_sb)
     cfg = write_config(tmp_path / "sync.yaml", **{"log_format: auto": "log_format: json"})
