@@ -7,7 +7,6 @@ import sqlite3
 import sys
 import traceback
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from stripe_sf_sync import __version__, service
-from stripe_sf_sync.config import load_yaml
+from stripe_sf_sync.config import example_config, load_yaml
 from stripe_sf_sync.console import setup_logging
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
 from stripe_sf_sync.state import state_error
@@ -239,7 +238,7 @@ def discover_config(
     """
     _setup(debug, None)
     found = guarded(lambda: service.run_discover(config, service.Environment(), write=write,
-                                                 example=_example()), debug=debug)
+                                                 example=example_config()), debug=debug)
     if as_json:
         typer.echo(json.dumps(found.as_dict(), indent=2))
         return
@@ -396,10 +395,6 @@ def _sandbox_demo() -> Callable[[Console], int]:
 def _iso(ts: int | None) -> str:
     import datetime as dt
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else ""
-
-
-def _example() -> str:
-    return resources.files("stripe_sf_sync").joinpath("sync.yaml.example").read_text(encoding="utf-8")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -134,6 +135,15 @@ class LoadedConfig:
         return self.path.parent / STATE_FILE_NAME
 
 
+def example_config() -> str:
+    """The sync.yaml.example shipped in the package: every key, documented, with its default."""
+    return resources.files("stripe_sf_sync").joinpath("sync.yaml.example").read_text(encoding="utf-8")
+
+
+_START_AGAIN = ("Move the file aside and run `stripe-sf discover-config --write` to start again from the packaged "
+                "sync.yaml.example")
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
@@ -144,7 +154,7 @@ def parse_settings(data: Any, *, source: str = "sync.yaml") -> Settings:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError([f"the top level must be a mapping, got {type(data).__name__}"], source=source,
-                          hint="Start from sync.yaml.example.")
+                          hint=f"{_START_AGAIN}.")
     try:
         settings = Settings.model_validate(dict(data))
     except ValidationError as exc:
@@ -155,7 +165,7 @@ def parse_settings(data: Any, *, source: str = "sync.yaml") -> Settings:
                 msg = "unknown key"
             problems.append(f"{_key_path(err['loc'])}: {msg}")
         raise ConfigError(problems, source=source,
-                          hint="Fix these keys; sync.yaml.example documents each one.") from None
+                          hint="Fix these keys; the packaged sync.yaml.example documents each one.") from None
     chosen = settings.salesforce.opportunity_record_type
     if chosen and chosen not in settings.salesforce.record_types:
         raise ConfigError(
@@ -189,20 +199,21 @@ def load_config(path: Path | None = None) -> LoadedConfig:
     source = str(path)
     if not path.exists():
         raise ConfigError([f"{path} does not exist"], source="config",
-                          hint="Copy sync.yaml.example to sync.yaml, or pass --config PATH.")
+                          hint="Run `stripe-sf discover-config --write` to create it from the packaged "
+                               "sync.yaml.example with the org's values, or pass --config PATH.")
     text = ""
     try:
         text = path.read_text(encoding="utf-8")
         data = load_yaml(text)
     except YAMLError as exc:
         raise ConfigError([f"not valid YAML{_yaml_problem(exc, text)}"], source=source,
-                          hint="Check indentation and quoting; sync.yaml.example is a valid starting point.") from None
+                          hint=f"Check indentation and quoting, or {_START_AGAIN.lower()}.") from None
     except UnicodeDecodeError:
         raise ConfigError(["not valid YAML: the file is not UTF-8 text"], source=source,
-                          hint="Save it as UTF-8; sync.yaml.example is a valid starting point.") from None
+                          hint=f"Save it as UTF-8, or {_START_AGAIN.lower()}.") from None
     except RecursionError:
         raise ConfigError(["nested too deeply to be a stripe-sf config"], source=source,
-                          hint="Start from sync.yaml.example.") from None
+                          hint=f"{_START_AGAIN}.") from None
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror}"], source="config") from None
     return LoadedConfig(parse_settings(data, source=source), path)
