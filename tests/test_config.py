@@ -45,45 +45,25 @@ def test_bad_yaml_is_a_clear_error(tmp_path, text):
     assert "sync.yaml" in str(info.value)
 
 
-def test_a_yaml_error_names_its_line_and_column(tmp_path):
+@pytest.mark.parametrize(("content", "expected"), [
+    pytest.param(b"stripe:\n  api_version: 2026-10-28.endive\n\tbatch_size: 5\n",
+                 ["not valid YAML at line 3, column 1", "'\\t'"], id="where, and what the parser found there"),
+    pytest.param(b"sync:\n  batch_size: 100\n  batch_size: 5000\n", ["at line 3, column 3", "duplicate key"],
+                 id="a duplicate key is refused, not silently overwritten"),
+    pytest.param(b"sync:\n  state_path: a\x07b\n", ["at line 2, column 16: character #x0007 is not allowed"],
+                 id="a control character"),
+    pytest.param(b"sync: !!python/object/apply:os.system ['true']\n", ["not valid YAML at line 1"],
+                 id="tags that build Python objects are refused"),
+    pytest.param("sync:\n  state_path: caf\u00e9.sqlite\n".encode("latin-1"), ["not UTF-8"], id="not UTF-8"),
+])
+def test_a_yaml_problem_says_where_and_what(tmp_path, content, expected):
     path = tmp_path / "sync.yaml"
-    path.write_text("stripe:\n  api_version: 2026-10-28.endive\n\tbatch_size: 5\n")
+    path.write_bytes(content)
     with pytest.raises(ConfigError) as info:
         config.load_config(path)
-    assert "not valid YAML at line 3, column 1" in str(info.value)
-    assert "'\\t'" in str(info.value)  # what the parser found there
-
-
-def test_a_duplicate_key_is_refused_not_silently_overwritten(tmp_path):
-    path = tmp_path / "sync.yaml"
-    path.write_text("sync:\n  batch_size: 100\n  batch_size: 5000\n")
-    with pytest.raises(ConfigError) as info:
-        config.load_config(path)
-    assert "line 3, column 3" in str(info.value) and "duplicate key" in str(info.value)
-
-
-def test_a_file_that_is_not_utf8_says_so(tmp_path):
-    path = tmp_path / "sync.yaml"
-    path.write_bytes("sync:\n  state_path: caf\u00e9.sqlite\n".encode("latin-1"))
-    with pytest.raises(ConfigError) as info:
-        config.load_config(path)
-    assert "not UTF-8" in str(info.value) and info.value.exit_code == ExitCode.CONFIG
-
-
-def test_a_control_character_is_named(tmp_path):
-    path = tmp_path / "sync.yaml"
-    path.write_text("sync:\n  state_path: a\x07b\n")
-    with pytest.raises(ConfigError) as info:
-        config.load_config(path)
-    assert "at line 2, column 16: character #x0007 is not allowed" in str(info.value)
-
-
-def test_tags_that_build_python_objects_are_refused(tmp_path):
-    path = tmp_path / "sync.yaml"
-    path.write_text("sync: !!python/object/apply:os.system ['true']\n")
-    with pytest.raises(ConfigError) as info:
-        config.load_config(path)
-    assert "not valid YAML at line 1" in str(info.value)
+    assert info.value.exit_code == ExitCode.CONFIG
+    for text in expected:
+        assert text in str(info.value)
 
 
 def test_missing_file_says_what_to_do(tmp_path):
