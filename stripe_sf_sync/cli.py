@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from stripe_sf_sync import __version__, service
-from stripe_sf_sync.config import example_config, load_yaml
+from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml
 from stripe_sf_sync.console import setup_logging
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
 from stripe_sf_sync.state import state_error
@@ -32,8 +32,6 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to sync.ya
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logs, and a traceback on errors.")]
 LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="auto, plain or json (stderr).")]
-
-DEFAULT_CONFIG = Path("sync.yaml")
 
 
 def _stdout() -> Console:
@@ -150,7 +148,7 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
 
 @app.command()
 def sync(
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     since: Annotated[str | None, typer.Option(help="First run: start at this DATE or DATETIME (UTC).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
     max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
@@ -179,7 +177,7 @@ def backfill(
     until: Annotated[str | None, typer.Option(help="...and before this DATE.")] = None,
     objects: Annotated[str, typer.Option(help="Comma-separated: subscriptions,payment_intents,invoices.")] = (
         "subscriptions,payment_intents,invoices"),
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted backfill.")] = False,
     as_json: JsonOpt = False,
@@ -227,7 +225,7 @@ def backfill(
 
 @app.command("discover-config")
 def discover_config(
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     write: Annotated[bool, typer.Option("--write", help="Store the values in the config file.")] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -270,7 +268,7 @@ def discover_config(
 
 
 @dlq_app.command("list")
-def dlq_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def dlq_list(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List open dead letters with their reason and Salesforce error code.
 
     Example: stripe-sf dlq list --json
@@ -295,7 +293,7 @@ def dlq_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False, debug
 def dlq_retry(
     event_id: Annotated[str | None, typer.Argument(help="The event to retry.")] = None,
     retry_all: Annotated[bool, typer.Option("--all", help="Retry every open dead letter.")] = False,
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -317,7 +315,7 @@ def dlq_retry(
 @dlq_app.command("drop")
 def dlq_drop(
     event_id: Annotated[str, typer.Argument(help="The event to stop retrying.")],
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     debug: DebugOpt = False,
 ) -> None:
     """Stop retrying a dead letter (it stays in the state file for audit).
@@ -330,7 +328,7 @@ def dlq_drop(
 
 
 @app.command()
-def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Show the cursor and its age, the last runs, dead letters and API usage.
 
     Example: stripe-sf status --json

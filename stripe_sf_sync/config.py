@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -109,13 +109,14 @@ class Settings(_Strict):
     def record_type_id(self) -> str | None:
         """The RecordTypeId new Opportunities get, or None for the org default."""
         types = self.salesforce.record_types
-        chosen = self.salesforce.opportunity_record_type
-        if chosen:
-            return types.get(chosen)
-        for name, rid in types.items():
-            if name.lower().replace("_", " ") == "new business":
-                return rid
-        return None
+        chosen = self.salesforce.opportunity_record_type or new_business_record_type(types)
+        return types.get(chosen) if chosen else None
+
+
+def new_business_record_type(names: Iterable[str]) -> str | None:
+    """The record type new Opportunities get unless one is configured: the first named like "New Business"
+    (any case, `_` for a space), in the order given. discover-config proposes it too."""
+    return next((name for name in names if name.lower().replace("_", " ") == "new business"), None)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from stripe_sf_sync.config import load_yaml, parse_settings
+from stripe_sf_sync.config import load_yaml, new_business_record_type, parse_settings
 from stripe_sf_sync.errors import ConfigError, FatalSyncError
 from stripe_sf_sync.salesforce_sink import SalesforceGateway
 from stripe_sf_sync.sfid import to_18
@@ -46,10 +46,6 @@ class Discovery:
                 "configured_record_type_unavailable": self.configured_unavailable}
 
 
-def _is_new_business(name: str) -> bool:
-    return name.lower().replace("_", " ") == "new business"
-
-
 def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discovery:
     """Query OpportunityStage and RecordType, and describe Opportunity for what this user may use.
 
@@ -82,7 +78,7 @@ def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discover
     if preferred and preferred in usable:
         chosen = preferred
     else:
-        chosen = next((name for name in usable if _is_new_business(name)), None)
+        chosen = new_business_record_type(usable)
         chosen = chosen or (default if default in usable else None)
         chosen = chosen or (usable[0] if len(usable) == 1 else None)  # the only one this user may use
     configured_unavailable = preferred if preferred and preferred in types and preferred not in available else None

@@ -1,6 +1,6 @@
 import pytest
 
-from stripe_sf_sync import config
+from stripe_sf_sync import config, sfid
 from stripe_sf_sync.errors import ConfigError, ExitCode
 
 GOOD_RT = "0125g000000AbCdAAK"
@@ -85,6 +85,18 @@ def test_record_type_choice():
     assert s.record_type_id() is None  # org default
     with pytest.raises(ConfigError):
         config.parse_settings({"salesforce": {"opportunity_record_type": "Upsell", "record_types": {}}})
+
+
+def test_the_new_business_rule_takes_the_first_match():
+    assert config.new_business_record_type(["Renewal", "new_business", "New Business"]) == "new_business"
+    assert config.new_business_record_type(["Renewal", "New Business Plus"]) is None
+    first, second = sfid.to_18("0125g000000AbCe"), sfid.to_18("0125g000000AbCf")
+    s = config.parse_settings({"salesforce": {"record_types": {"Renewal": GOOD_RT, "New_Business": first,
+                                                               "New Business": second}}})
+    assert s.record_type_id() == first
+    s = config.parse_settings({"salesforce": {"record_types": {"Renewal": GOOD_RT, "New_Business": first},
+                                              "opportunity_record_type": "Renewal"}})
+    assert s.record_type_id() == GOOD_RT  # a configured one wins over the rule
 
 
 def test_stripe_secret_from_environment_only():
