@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from stripe_sf_sync import __version__, service
 from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml
 from stripe_sf_sync.console import setup_logging
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
-from stripe_sf_sync.state import state_error
 
 T = TypeVar("T")
 
@@ -56,12 +54,6 @@ def guarded(fn: Callable[[], T], *, debug: bool) -> T:
         _stderr().print("interrupted: the state is consistent; the next run continues from the last "
                         "committed batch.")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-    except sqlite3.DatabaseError as exc:
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        err = state_error(exc)
-        _stderr().print(f"[bold red]error:[/] {err}", highlight=False)
-        raise typer.Exit(int(err.exit_code)) from None
     except typer.Exit:
         raise
     except Exception as exc:
