@@ -23,8 +23,9 @@ DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
 DEFAULT_SF_API_VERSION = "62.0"
 STATE_FILE_NAME = "stripe-sf-state.sqlite"
 # Stripe's event list is eventually consistent: reports say events turn up seconds, at most about a minute,
-# late (api-facts.md §1). An hour is ample, keeps each run's re-read small, and stays far inside the event
-# ledger's retention (state.LEDGER_RETENTION_S, 40 days), which the re-read relies on to drop what is done.
+# late (Stripe's docs do not say; integrators report it, e.g. singer-io/tap-stripe). An hour is ample, keeps
+# each run's re-read small, and stays far inside the event ledger's retention (state.LEDGER_RETENTION_S,
+# 40 days), which the re-read relies on to drop what is done.
 MAX_LOOKBACK_S = 3600
 
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")

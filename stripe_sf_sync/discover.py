@@ -29,7 +29,8 @@ class Discovery:
 
     @property
     def won_stage(self) -> str:
-        """The won stage's API name: the value `StageName` takes (api-facts.md §12)."""
+        """The won stage's API name: the value `StageName` takes (Salesforce Object Reference:
+        OpportunityStage, `ApiName`)."""
         return self.won_stages[0][0]
 
     @property
@@ -50,7 +51,8 @@ def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discover
     """Query OpportunityStage and RecordType, and describe Opportunity for what this user may use.
 
     The won stage is read by `ApiName`, not `MasterLabel` as the integration guide's query has it:
-    `StageName` takes the API name, and an admin may rename the label (api-facts.md §12).
+    `StageName` takes the API name, and an admin may rename the label (Salesforce Object Reference:
+    OpportunityStage, `ApiName` since API 36.0).
     """
     stages = [(str(r.get("ApiName") or r["MasterLabel"]), str(r["MasterLabel"])) for r in gw.query(
         "SELECT ApiName, MasterLabel, SortOrder FROM OpportunityStage WHERE IsWon = true AND IsClosed = true "
@@ -62,7 +64,7 @@ def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discover
         "SELECT Id, Name, DeveloperName FROM RecordType WHERE SobjectType = 'Opportunity' AND IsActive = true "
         "ORDER BY Name")}
     # An active record type the integration user's profile may not use fails every create with it
-    # (describe: recordTypeInfos[].available; api-facts.md §12): never propose one.
+    # (Salesforce REST API: sObject Describe, `recordTypeInfos[].available`): never propose one.
     default = None
     available: set[str] = set()
     for info in gw.describe("Opportunity").get("recordTypeInfos", []):

@@ -58,7 +58,7 @@ class OpportunityIntent:
     name_hint: str
     may_create: bool
     # The ISO code (lower case, as Stripe sends it) the amounts in `fields` are in. A multi-currency org
-    # reads an amount in the record's CurrencyIsoCode (api-facts.md §12): resolve sets it from this.
+    # reads an amount in the record's CurrencyIsoCode (Salesforce Help: multiple currencies): resolve sets it.
     currency: str | None = None
 
 
@@ -162,7 +162,8 @@ def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange) -> 
     f = ctx.fields
     if any(line.currency != change.currency for line in change.lines):
         # Items show their Price's default currency; the amount billed is in subscription.currency
-        # (api-facts.md §6). Hydration converts them (model.in_billed_currency); never guess here.
+        # (Stripe API reference: Prices, `currency_options`). Hydration converts them
+        # (model.in_billed_currency); never guess here.
         raise ValueError(f"{change.subscription_id}: items must be converted to {change.currency.upper()} "
                          "(the subscription's currency) before planning")
     out: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """SQLite state: the cursor, the event ledger, object versions, dead letters and run history.
 
-One transaction per batch records every event's outcome and advances the cursor (design
-invariant 1). WAL mode lets `status` read while a `sync` writes.
+One transaction per batch records every event's outcome and advances the cursor, so the cursor never
+passes an event whose outcome is not stored. WAL mode lets `status` read while a `sync` writes.
 """
 
 from __future__ import annotations

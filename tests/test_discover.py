@@ -1,5 +1,5 @@
 """discover-config and the org check against an org whose won stage's label differs from its API name,
-and whose record types are not all available to the integration user (api-facts.md §12)."""
+and whose record types are not all available to the integration user (sObject Describe)."""
 
 from __future__ import annotations
 

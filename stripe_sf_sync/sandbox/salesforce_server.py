@@ -85,7 +85,7 @@ class FieldDef:
     external_id: bool = False
     unique: bool = False
     picklist: list[str] | None = None
-    # Picklist value -> label where they differ: the API takes and returns the value (api-facts.md §12).
+    # Picklist value -> label where they differ: the API takes and returns the value (sObject Describe).
     picklist_labels: dict[str, str] | None = None
     restricted: bool = False
     reference_to: list[str] | None = None
@@ -150,7 +150,7 @@ def _owner() -> FieldDef:
 
 
 # What an admin made of Task.Stripe_Event_ID__c: External ID and Unique, External ID only, Unique only, or a
-# plain Text field. Whether an Activity custom field can be marked Unique is unconfirmed (api-facts.md §12),
+# plain Text field. Whether an Activity custom field can be marked Unique is not documented clearly,
 # so stripe-sf must work with every variant.
 TaskKeyKind = Literal["external_unique", "external", "unique", "text"]
 
@@ -439,10 +439,11 @@ class SalesforceOrg:
             task_event_id_field, csm_field, task_event_id_kind
         )
         # The integration user's "View All Data" permission: an upsert on a non-Unique External ID needs it
-        # (api-facts.md §12, SF-ups1).
+        # (Salesforce REST API: Insert or Update (Upsert) a Record Using an External ID).
         self.view_all_data = view_all_data
-        # A multi-currency org (api-facts.md §12): records gain CurrencyIsoCode, a restricted picklist of
-        # the org's active currencies, the first being the corporate currency (the default on create).
+        # A multi-currency org (Salesforce Help: multiple currencies): records gain CurrencyIsoCode, a
+        # restricted picklist of the org's active currencies, the first being the corporate currency (the
+        # default on create).
         # A single-currency org (None) has no such field, and a write naming it fails with INVALID_FIELD.
         self.currencies: list[str] | None = [c.upper() for c in currencies] if currencies is not None else None
         if self.currencies is not None:
@@ -454,9 +455,9 @@ class SalesforceOrg:
                     label=f"{sobject} Currency",
                 )
         self.key_prefixes: dict[str, str] = dict(sfids.KEY_PREFIXES)
-        self.won_stage = won_stage  # the stage's API name: what StageName takes (api-facts.md §12)
+        self.won_stage = won_stage  # the stage's API name: what StageName takes (Object Reference: OpportunityStage)
         # Record types (by Name or DeveloperName) the integration user's profile may not use: active in
-        # the org, but `available: false` in describe, and every create with one fails (api-facts.md §12).
+        # the org, but `available: false` in describe, and every create with one fails (sObject Describe).
         self.unavailable_record_types = frozenset(unavailable_record_types)
         self.require_record_type = require_record_type
         self.csm_field = csm_field
@@ -514,7 +515,7 @@ class SalesforceOrg:
                 {"Name": label, "DeveloperName": dev_name, "SobjectType": "Opportunity", "IsActive": True},
             )
         # (API name, label, won, closed). An admin may rename a stage's label while its API name stays
-        # (api-facts.md §12): the won stage's label may differ from the value StageName takes.
+        # (Object Reference: OpportunityStage): the won stage's label may differ from the value StageName takes.
         stages = [
             ("Prospecting", "Prospecting", False, False),
             ("Qualification", "Qualification", False, False),
@@ -773,7 +774,7 @@ class SalesforceOrg:
 
     def _sync_stage_picklist(self) -> None:
         # StageName is a restricted picklist whose values are the active stages' API names; their
-        # labels (MasterLabel) are only shown to people (api-facts.md §12).
+        # labels (MasterLabel) are only shown to people (Object Reference: OpportunityStage).
         stages = sorted(
             (r for r in self._data.get("OpportunityStage", {}).values() if r.get("IsActive")),
             key=lambda r: r.get("SortOrder") or 0,
@@ -1127,7 +1128,7 @@ class SalesforceOrg:
 
     def may_upsert_by(self, fd: FieldDef) -> bool:
         """Without a unique index, an upsert by a user who cannot see every record could duplicate one it
-        cannot see, so Salesforce requires "View All Data" for it (api-facts.md §12, SF-ups1)."""
+        cannot see, so Salesforce requires "View All Data" for it (REST API: Upsert a Record Using an External ID)."""
         return fd.type == "id" or fd.unique or not fd.external_id or self.view_all_data
 
     def _check_row_lock(self, sobject: str, existing: dict[str, Any] | None, fields: dict[str, Any]) -> None:
@@ -2139,7 +2140,7 @@ class _Api:
 
     def _composite(self, method: str, version: str, body: bytes, headers: Any) -> _Response:
         """POST /composite: up to 25 subrequests, at most 5 of them queries or collections, billed as
-        one API call (api-facts.md §7). Only GET subrequests (queries, describes) are served here."""
+        one API call (Salesforce REST API: Composite). Only GET subrequests (queries, describes) are served here."""
         if method != "POST":
             return self._method_not_allowed(method, "POST")
         try:

@@ -328,7 +328,7 @@ class StripeSandbox:
         self._seq = 0
         self._event_index: dict[str, int] = {}
         # Events Stripe has created but does not list yet: its event list is eventually consistent
-        # (api-facts.md §1), see delay_listing.
+        # (reported by integrators, not documented by Stripe), see delay_listing.
         self._unlisted: set[str] = set()
         # List indexes, rebuilt when what they index changed (see _sorted_events, _sorted_objects).
         self._sorted: list[tuple[tuple[int, int], Obj]] = []
@@ -510,8 +510,9 @@ class StripeSandbox:
         """Keep already-emitted events out of every listing (and retrieve) until `release_listing`.
 
         Stripe's event list is eventually consistent: an event can become listable seconds to a minute
-        after newer events were listed (api-facts.md §1). A delayed event keeps the place its `created`
-        and its emission order give it, so once released it sits behind the newer events a client has
+        after newer events were listed (Stripe's docs do not state it; integrators report it, e.g.
+        singer-io/tap-stripe's 5-minute lookback). A delayed event keeps the place its `created` and its
+        emission order give it, so once released it sits behind the newer events a client has
         already listed: `ending_before=<a newer id>` never returns it, as with Stripe's own cursor.
         """
         with self._lock:
