@@ -214,32 +214,41 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
         log_transition=kind in ("updated", "deleted"), activity_date=day.isoformat(),
         previous_from_account=kind == "deleted", who_id=who))
 
+    plan.intents.extend(_subscription_tasks(ctx, change, kind, account, who))
+    return plan
+
+
+def _subscription_tasks(ctx: RuleContext, change: SubscriptionChange, kind: str, account: AccountRef,
+                        who: str | None) -> list[TaskIntent]:
+    """The CSM's Tasks for a subscription: a cancellation was scheduled, or it was cancelled."""
+    meta = change.meta
+    day = event_date(meta.created)
     follow_up = next_business_day(day).isoformat()
+    links = [f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
+             f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
+             f"Stripe event: {meta.event_id}"]
+    tasks: list[TaskIntent] = []
     if kind == "updated" and change.cancel_turned_on:
         ends = event_date(change.period_end).isoformat() if change.period_end else "the period end"
-        plan.intents.append(TaskIntent(
+        tasks.append(TaskIntent(
             meta.event_id, "cancel-warning", account, "csm_or_owner",
             f"Cancellation scheduled: subscription ends {ends}",
             "\n".join([
                 f"Stripe subscription {change.subscription_id} was set to cancel at the end of its period ({ends}).",
                 "Reach out before it ends.",
-                f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
-                f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
-                f"Stripe event: {meta.event_id}",
+                *links,
             ]), "High", "Not Started", follow_up, who_id=who))
     if kind == "deleted":
         reason = change.cancellation_reason or "not given"
-        plan.intents.append(TaskIntent(
+        tasks.append(TaskIntent(
             meta.event_id, "follow-up", account, "csm_or_owner",
             "Subscription cancelled - follow up with the customer",
             "\n".join([
                 f"Stripe subscription {change.subscription_id} was cancelled on {day.isoformat()}.",
                 f"Cancellation reason: {reason}",
-                f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
-                f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
-                f"Stripe event: {meta.event_id}",
+                *links,
             ]), "High", "Not Started", follow_up, who_id=who))
-    return plan
+    return tasks
 
 
 def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, opp_id: str | None,
