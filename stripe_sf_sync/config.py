@@ -107,11 +107,15 @@ class Settings(_Strict):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
+    def record_type_name(self) -> str | None:
+        """The record type new Opportunities get: the configured one, else the "New Business" rule; None for
+        the org default."""
+        return self.salesforce.opportunity_record_type or new_business_record_type(self.salesforce.record_types)
+
     def record_type_id(self) -> str | None:
         """The RecordTypeId new Opportunities get, or None for the org default."""
-        types = self.salesforce.record_types
-        chosen = self.salesforce.opportunity_record_type or new_business_record_type(types)
-        return types.get(chosen) if chosen else None
+        name = self.record_type_name()
+        return self.salesforce.record_types.get(name) if name else None
 
 
 def new_business_record_type(names: Iterable[str]) -> str | None:

@@ -93,7 +93,7 @@ def test_the_new_business_rule_takes_the_first_match():
     first, second = sfid.to_18("0125g000000AbCe"), sfid.to_18("0125g000000AbCf")
     s = config.parse_settings({"salesforce": {"record_types": {"Renewal": GOOD_RT, "New_Business": first,
                                                                "New Business": second}}})
-    assert s.record_type_id() == first
+    assert s.record_type_id() == first and s.record_type_name() == "New_Business"
     s = config.parse_settings({"salesforce": {"record_types": {"Renewal": GOOD_RT, "New_Business": first},
                                               "opportunity_record_type": "Renewal"}})
     assert s.record_type_id() == GOOD_RT  # a configured one wins over the rule
