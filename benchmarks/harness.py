@@ -12,12 +12,12 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from benchmarks.scenario import Generated, benchmark_org, generate, seed_state
 from stripe_sf_sync import service
+from stripe_sf_sync.config import example_config
 from stripe_sf_sync.salesforce_sink import COLLECTION_LIMIT, COMPOSITE_QUERIES, IN_CHUNK
 from stripe_sf_sync.sandbox.demo import sandbox_environment
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
@@ -178,11 +178,6 @@ def write_config(path: Path, mode: str, stripe_rps: float | None = None) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def example_config() -> str:
-    """The sync.yaml.example shipped in the package."""
-    return resources.files("stripe_sf_sync").joinpath("sync.yaml.example").read_text(encoding="utf-8")
 
 
 def profile_paths(base: Path) -> tuple[Path, Path]:

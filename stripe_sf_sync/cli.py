@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import traceback
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stripe_sf_sync import __version__, service
+from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml
 from stripe_sf_sync.console import setup_logging
-from stripe_sf_sync.errors import ExitCode, StripeSfError
-from stripe_sf_sync.state import state_error
+from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
 
 T = TypeVar("T")
 
@@ -31,8 +30,6 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to sync.ya
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logs, and a traceback on errors.")]
 LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="auto, plain or json (stderr).")]
-
-DEFAULT_CONFIG = Path("sync.yaml")
 
 
 def _stdout() -> Console:
@@ -50,25 +47,20 @@ def guarded(fn: Callable[[], T], *, debug: bool) -> T:
     except StripeSfError as exc:
         if debug:
             traceback.print_exc(file=sys.stderr)
-        _stderr().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # Escaped: messages quote brackets (`expand[]`, `.[sandbox]`) that rich would take for markup.
+        _stderr().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         _stderr().print("interrupted: the state is consistent; the next run continues from the last "
                         "committed batch.")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-    except sqlite3.DatabaseError as exc:
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        err = state_error(exc)
-        _stderr().print(f"[bold red]error:[/] {err}", highlight=False)
-        raise typer.Exit(int(err.exit_code)) from None
     except typer.Exit:
         raise
     except Exception as exc:
         if debug:
             # Without locals: they may hold secrets.
             traceback.print_exc(file=sys.stderr)
-        _stderr().print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in "
+        _stderr().print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}. This is a bug in "
                         "stripe-sf; rerun with --debug and report the output (it contains no secrets).",
                         highlight=False)
         raise typer.Exit(int(ExitCode.FAILURE)) from None
@@ -85,10 +77,8 @@ def _setup(debug: bool, log_format: str | None, config: Path | None = None) -> N
 
 def _configured_log_format(config: Path) -> str | None:
     """sync.log_format from the config, if it can be read; full validation happens later."""
-    import yaml
-
     try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        data = load_yaml(config.read_text(encoding="utf-8"))
         value = data["sync"]["log_format"]
         return value if value in ("auto", "plain", "json") else None
     except Exception:  # any problem is reported properly when the config is loaded
@@ -150,7 +140,7 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
 
 @app.command()
 def sync(
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     since: Annotated[str | None, typer.Option(help="First run: start at this DATE or DATETIME (UTC).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
     max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
@@ -179,7 +169,7 @@ def backfill(
     until: Annotated[str | None, typer.Option(help="...and before this DATE.")] = None,
     objects: Annotated[str, typer.Option(help="Comma-separated: subscriptions,payment_intents,invoices.")] = (
         "subscriptions,payment_intents,invoices"),
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted backfill.")] = False,
     as_json: JsonOpt = False,
@@ -227,7 +217,7 @@ def backfill(
 
 @app.command("discover-config")
 def discover_config(
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     write: Annotated[bool, typer.Option("--write", help="Store the values in the config file.")] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -238,7 +228,7 @@ def discover_config(
     """
     _setup(debug, None)
     found = guarded(lambda: service.run_discover(config, service.Environment(), write=write,
-                                                 example=_example()), debug=debug)
+                                                 example=example_config()), debug=debug)
     if as_json:
         typer.echo(json.dumps(found.as_dict(), indent=2))
         return
@@ -270,7 +260,7 @@ def discover_config(
 
 
 @dlq_app.command("list")
-def dlq_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def dlq_list(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List open dead letters with their reason and Salesforce error code.
 
     Example: stripe-sf dlq list --json
@@ -295,7 +285,7 @@ def dlq_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False, debug
 def dlq_retry(
     event_id: Annotated[str | None, typer.Argument(help="The event to retry.")] = None,
     retry_all: Annotated[bool, typer.Option("--all", help="Retry every open dead letter.")] = False,
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -317,7 +307,7 @@ def dlq_retry(
 @dlq_app.command("drop")
 def dlq_drop(
     event_id: Annotated[str, typer.Argument(help="The event to stop retrying.")],
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
     debug: DebugOpt = False,
 ) -> None:
     """Stop retrying a dead letter (it stays in the state file for audit).
@@ -330,7 +320,7 @@ def dlq_drop(
 
 
 @app.command()
-def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Show the cursor and its age, the last runs, dead letters and API usage.
 
     Example: stripe-sf status --json
@@ -372,20 +362,29 @@ def demo(debug: DebugOpt = False) -> None:
     Example: stripe-sf demo
     """
     _setup(debug, None)
-    from stripe_sf_sync.sandbox.demo import run_demo
-
+    run_demo = guarded(_sandbox_demo, debug=debug)
     out = Console(file=sys.stdout, width=max(_stdout().width, 150))  # tables stay readable in a narrow pipe
     code = guarded(lambda: run_demo(out), debug=debug)
     raise typer.Exit(int(code))
 
 
+def _sandbox_demo() -> Callable[[Console], int]:
+    """The demo, imported only when asked for: its stand-ins need the optional [sandbox] extra."""
+    try:
+        from stripe_sf_sync.sandbox.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("stripe_sf_sync"):
+            raise
+        raise ConfigError([f"`stripe-sf demo` needs the sandbox extra, and {exc.name} is not installed"],
+                          source="installation",
+                          hint="Install it with `pip install 'stripe-sf-sync[sandbox]'` (from a clone: "
+                               "`pip install -e '.[sandbox]'`), then run `stripe-sf demo` again.") from None
+    return run_demo
+
+
 def _iso(ts: int | None) -> str:
     import datetime as dt
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else ""
-
-
-def _example() -> str:
-    return resources.files("stripe_sf_sync").joinpath("sync.yaml.example").read_text(encoding="utf-8")
 
 
 def main() -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.sfid import is_salesforce_id
@@ -20,8 +23,9 @@ DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
 DEFAULT_SF_API_VERSION = "62.0"
 STATE_FILE_NAME = "stripe-sf-state.sqlite"
 # Stripe's event list is eventually consistent: reports say events turn up seconds, at most about a minute,
-# late (api-facts.md §1). An hour is ample, keeps each run's re-read small, and stays far inside the event
-# ledger's retention (state.LEDGER_RETENTION_S, 40 days), which the re-read relies on to drop what is done.
+# late (Stripe's docs do not say; integrators report it, e.g. singer-io/tap-stripe). An hour is ample, keeps
+# each run's re-read small, and stays far inside the event ledger's retention (state.LEDGER_RETENTION_S,
+# 40 days), which the re-read relies on to drop what is done.
 MAX_LOOKBACK_S = 3600
 
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
@@ -103,16 +107,21 @@ class Settings(_Strict):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
+    def record_type_name(self) -> str | None:
+        """The record type new Opportunities get: the configured one, else the "New Business" rule; None for
+        the org default."""
+        return self.salesforce.opportunity_record_type or new_business_record_type(self.salesforce.record_types)
+
     def record_type_id(self) -> str | None:
         """The RecordTypeId new Opportunities get, or None for the org default."""
-        types = self.salesforce.record_types
-        chosen = self.salesforce.opportunity_record_type
-        if chosen:
-            return types.get(chosen)
-        for name, rid in types.items():
-            if name.lower().replace("_", " ") == "new business":
-                return rid
-        return None
+        name = self.record_type_name()
+        return self.salesforce.record_types.get(name) if name else None
+
+
+def new_business_record_type(names: Iterable[str]) -> str | None:
+    """The record type new Opportunities get unless one is configured: the first named like "New Business"
+    (any case, `_` for a space), in the order given. discover-config proposes it too."""
+    return next((name for name in names if name.lower().replace("_", " ") == "new business"), None)
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,15 @@ class LoadedConfig:
         return self.path.parent / STATE_FILE_NAME
 
 
+def example_config() -> str:
+    """The sync.yaml.example shipped in the package: every key, documented, with its default."""
+    return resources.files("stripe_sf_sync").joinpath("sync.yaml.example").read_text(encoding="utf-8")
+
+
+_START_AGAIN = ("Move the file aside and run `stripe-sf discover-config --write` to start again from the packaged "
+                "sync.yaml.example")
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
@@ -142,7 +160,7 @@ def parse_settings(data: Any, *, source: str = "sync.yaml") -> Settings:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError([f"the top level must be a mapping, got {type(data).__name__}"], source=source,
-                          hint="Start from sync.yaml.example.")
+                          hint=f"{_START_AGAIN}.")
     try:
         settings = Settings.model_validate(dict(data))
     except ValidationError as exc:
@@ -153,7 +171,7 @@ def parse_settings(data: Any, *, source: str = "sync.yaml") -> Settings:
                 msg = "unknown key"
             problems.append(f"{_key_path(err['loc'])}: {msg}")
         raise ConfigError(problems, source=source,
-                          hint="Fix these keys; sync.yaml.example documents each one.") from None
+                          hint="Fix these keys; the packaged sync.yaml.example documents each one.") from None
     chosen = settings.salesforce.opportunity_record_type
     if chosen and chosen not in settings.salesforce.record_types:
         raise ConfigError(
@@ -162,25 +180,46 @@ def parse_settings(data: Any, *, source: str = "sync.yaml") -> Settings:
     return settings
 
 
+def load_yaml(text: str) -> Any:
+    """Parse YAML into plain mappings, lists and scalars; tags that build objects are refused (ruamel.yaml's
+    safe loader; its pure-Python one, so errors and limits are the same on every install)."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def _yaml_problem(exc: YAMLError, text: str) -> str:
+    """Where and what: ' at line 3, column 5: found duplicate key ...'."""
+    if isinstance(exc, MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f" at line {mark.line + 1}, column {mark.column + 1}" + (f": {exc.problem}" if exc.problem else "")
+    if isinstance(exc, ReaderError):  # a character YAML does not allow (control characters)
+        pos = exc.position
+        line, column = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f" at line {line}, column {column}: character #x{code:04x} is not allowed ({exc.reason})"
+    return ""
+
+
 def load_config(path: Path | None = None) -> LoadedConfig:
     """Read and validate sync.yaml."""
     path = path or DEFAULT_CONFIG_PATH
     source = str(path)
     if not path.exists():
         raise ConfigError([f"{path} does not exist"], source="config",
-                          hint="Copy sync.yaml.example to sync.yaml, or pass --config PATH.")
+                          hint="Run `stripe-sf discover-config --write` to create it from the packaged "
+                               "sync.yaml.example with the org's values, or pass --config PATH.")
+    text = ""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        raise ConfigError([f"not valid YAML{where}"], source=source,
-                          hint="Check indentation and quoting; sync.yaml.example is a valid starting point.") from None
+        text = path.read_text(encoding="utf-8")
+        data = load_yaml(text)
+    except YAMLError as exc:
+        raise ConfigError([f"not valid YAML{_yaml_problem(exc, text)}"], source=source,
+                          hint=f"Check indentation and quoting, or {_START_AGAIN.lower()}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(["not valid YAML: the file is not UTF-8 text"], source=source,
+                          hint=f"Save it as UTF-8, or {_START_AGAIN.lower()}.") from None
     except RecursionError:
         raise ConfigError(["nested too deeply to be a stripe-sf config"], source=source,
-                          hint="Start from sync.yaml.example.") from None
+                          hint=f"{_START_AGAIN}.") from None
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror}"], source="config") from None
     return LoadedConfig(parse_settings(data, source=source), path)

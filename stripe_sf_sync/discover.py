@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml as pyyaml
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from stripe_sf_sync.config import parse_settings
+from stripe_sf_sync.config import load_yaml, new_business_record_type, parse_settings
 from stripe_sf_sync.errors import ConfigError, FatalSyncError
 from stripe_sf_sync.salesforce_sink import SalesforceGateway
 from stripe_sf_sync.sfid import to_18
@@ -30,7 +29,8 @@ class Discovery:
 
     @property
     def won_stage(self) -> str:
-        """The won stage's API name: the value `StageName` takes (api-facts.md §12)."""
+        """The won stage's API name: the value `StageName` takes (Salesforce Object Reference:
+        OpportunityStage, `ApiName`)."""
         return self.won_stages[0][0]
 
     @property
@@ -47,15 +47,12 @@ class Discovery:
                 "configured_record_type_unavailable": self.configured_unavailable}
 
 
-def _is_new_business(name: str) -> bool:
-    return name.lower().replace("_", " ") == "new business"
-
-
 def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discovery:
     """Query OpportunityStage and RecordType, and describe Opportunity for what this user may use.
 
     The won stage is read by `ApiName`, not `MasterLabel` as the integration guide's query has it:
-    `StageName` takes the API name, and an admin may rename the label (api-facts.md §12).
+    `StageName` takes the API name, and an admin may rename the label (Salesforce Object Reference:
+    OpportunityStage, `ApiName` since API 36.0).
     """
     stages = [(str(r.get("ApiName") or r["MasterLabel"]), str(r["MasterLabel"])) for r in gw.query(
         "SELECT ApiName, MasterLabel, SortOrder FROM OpportunityStage WHERE IsWon = true AND IsClosed = true "
@@ -67,7 +64,7 @@ def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discover
         "SELECT Id, Name, DeveloperName FROM RecordType WHERE SobjectType = 'Opportunity' AND IsActive = true "
         "ORDER BY Name")}
     # An active record type the integration user's profile may not use fails every create with it
-    # (describe: recordTypeInfos[].available; api-facts.md §12): never propose one.
+    # (Salesforce REST API: sObject Describe, `recordTypeInfos[].available`): never propose one.
     default = None
     available: set[str] = set()
     for info in gw.describe("Opportunity").get("recordTypeInfos", []):
@@ -83,7 +80,7 @@ def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discover
     if preferred and preferred in usable:
         chosen = preferred
     else:
-        chosen = next((name for name in usable if _is_new_business(name)), None)
+        chosen = new_business_record_type(usable)
         chosen = chosen or (default if default in usable else None)
         chosen = chosen or (usable[0] if len(usable) == 1 else None)  # the only one this user may use
     configured_unavailable = preferred if preferred and preferred in types and preferred not in available else None
@@ -112,7 +109,7 @@ def write_discovery(path: Path, found: Discovery, example: str) -> None:
         sf["opportunity_record_type"] = found.chosen_record_type
     buf = io.StringIO()
     yaml.dump(doc, buf)
-    parse_settings(pyyaml.safe_load(buf.getvalue()), source=str(path))  # never write a config that won't load
+    parse_settings(load_yaml(buf.getvalue()), source=str(path))  # never write a config that won't load
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     tmp.replace(path)

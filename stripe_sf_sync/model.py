@@ -1,9 +1,12 @@
 """Version-tolerant parsing of Stripe event payloads into small typed changes.
 
-Payloads are rendered in each event's own API version (api-facts.md §1), so both shapes are read:
+Payloads are rendered in each event's own API version (Stripe API reference: the Event object,
+`api_version`; `stripe/_event.py`), so both shapes are read:
 before `2025-03-31.basil` subscriptions carry `current_period_*` at the top and invoices carry
 `subscription`/`payment_intent`/`charge`; from basil on the periods live on the items and the
-invoice links live under `parent.subscription_details` and `payments` (api-facts.md §6).
+invoice links live under `parent.subscription_details` and `payments` (Stripe changelog, 2025-03-31.basil:
+"Deprecate subscription current period start and end", "Add support for multiple partial payments on
+invoices").
 """
 
 from __future__ import annotations
@@ -362,7 +365,8 @@ def _unit_amount(option: Mapping[str, Any], where: str) -> Decimal | None:
 
 def foreign_price_ids(change: SubscriptionChange) -> list[str]:
     """The Prices whose `currency_options` are needed: those of items priced in another currency than the
-    subscription is billed in (api-facts.md §6). Empty for the usual single-currency subscription."""
+    subscription is billed in (Stripe API reference: Prices, `currency_options`). Empty for the usual
+    single-currency subscription."""
     wanted: list[str] = []
     for i, line in enumerate(change.lines):
         if line.currency == change.currency:
@@ -383,8 +387,9 @@ def in_billed_currency(change: SubscriptionChange,
 
     `options` maps each of `foreign_price_ids(change)` to its Price's `currency_options` (None when the
     Price no longer exists). A subscription billed in one of a Price's options shows the default currency
-    and amount on its items (api-facts.md §6); the amount billed is the option's. Without an option for
-    the currency the value is unknown: the event is dead-lettered rather than written with a guess.
+    and amount on its items (`stripe/_price.py`, `currency_options`); the amount billed is the option's.
+    Without an option for the currency the value is unknown: the event is dead-lettered rather than written
+    with a guess.
     """
     lines: list[money.PriceLine] = []
     billed = change.currency
@@ -477,7 +482,9 @@ def parse_payment(event: Mapping[str, Any], meta: EventMeta) -> PaymentChange:
 
 def _failure_code_from(obj: Mapping[str, Any]) -> str | None:
     """Failure code of an expanded PaymentIntent (`last_payment_error.code`) or Charge
-    (`failure_code`), with the card's decline code when there is one (api-facts.md §5 correction)."""
+    (`failure_code`), with the card's decline code when there is one. An Invoice has no
+    `last_payment_error` (`stripe/_invoice.py`); its payment's PaymentIntent or Charge has
+    (`stripe/_payment_intent.py`, `stripe/_charge.py`)."""
     code = _get(obj, "last_payment_error.code")
     decline = _get(obj, "last_payment_error.decline_code")
     if code is None:

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-# Stripe's zero-decimal currencies: the amount is already in major units (api-facts.md §5, D-cur).
+# Stripe's zero-decimal currencies: the amount is already in major units (Stripe docs: Supported
+# currencies, "Zero-decimal currencies").
 ZERO_DECIMAL = frozenset(
     "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()
 )
@@ -81,7 +82,8 @@ def _one_currency(lines: Iterable[PriceLine]) -> tuple[PriceLine, ...]:
     """The lines, refused when they mix currencies: amounts in different currencies cannot be summed.
 
     A subscription billed in one of its prices' `currency_options` carries the default currency on its
-    items (api-facts.md §6); such lines must be converted (model.in_billed_currency) before they get here.
+    items (Stripe API reference: Prices, `currency_options`); such lines must be converted
+    (model.in_billed_currency) before they get here.
     """
     lines = tuple(lines)
     currencies = {line.currency.lower() for line in lines}

@@ -58,7 +58,7 @@ class OpportunityIntent:
     name_hint: str
     may_create: bool
     # The ISO code (lower case, as Stripe sends it) the amounts in `fields` are in. A multi-currency org
-    # reads an amount in the record's CurrencyIsoCode (api-facts.md §12): resolve sets it from this.
+    # reads an amount in the record's CurrencyIsoCode (Salesforce Help: multiple currencies): resolve sets it.
     currency: str | None = None
 
 
@@ -162,7 +162,8 @@ def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange) -> 
     f = ctx.fields
     if any(line.currency != change.currency for line in change.lines):
         # Items show their Price's default currency; the amount billed is in subscription.currency
-        # (api-facts.md §6). Hydration converts them (model.in_billed_currency); never guess here.
+        # (Stripe API reference: Prices, `currency_options`). Hydration converts them
+        # (model.in_billed_currency); never guess here.
         raise ValueError(f"{change.subscription_id}: items must be converted to {change.currency.upper()} "
                          "(the subscription's currency) before planning")
     out: dict[str, Any] = {}
@@ -213,32 +214,41 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
         log_transition=kind in ("updated", "deleted"), activity_date=day.isoformat(),
         previous_from_account=kind == "deleted", who_id=who))
 
+    plan.intents.extend(_subscription_tasks(ctx, change, kind, account, who))
+    return plan
+
+
+def _subscription_tasks(ctx: RuleContext, change: SubscriptionChange, kind: str, account: AccountRef,
+                        who: str | None) -> list[TaskIntent]:
+    """The CSM's Tasks for a subscription: a cancellation was scheduled, or it was cancelled."""
+    meta = change.meta
+    day = event_date(meta.created)
     follow_up = next_business_day(day).isoformat()
+    links = [f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
+             f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
+             f"Stripe event: {meta.event_id}"]
+    tasks: list[TaskIntent] = []
     if kind == "updated" and change.cancel_turned_on:
         ends = event_date(change.period_end).isoformat() if change.period_end else "the period end"
-        plan.intents.append(TaskIntent(
+        tasks.append(TaskIntent(
             meta.event_id, "cancel-warning", account, "csm_or_owner",
             f"Cancellation scheduled: subscription ends {ends}",
             "\n".join([
                 f"Stripe subscription {change.subscription_id} was set to cancel at the end of its period ({ends}).",
                 "Reach out before it ends.",
-                f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
-                f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
-                f"Stripe event: {meta.event_id}",
+                *links,
             ]), "High", "Not Started", follow_up, who_id=who))
     if kind == "deleted":
         reason = change.cancellation_reason or "not given"
-        plan.intents.append(TaskIntent(
+        tasks.append(TaskIntent(
             meta.event_id, "follow-up", account, "csm_or_owner",
             "Subscription cancelled - follow up with the customer",
             "\n".join([
                 f"Stripe subscription {change.subscription_id} was cancelled on {day.isoformat()}.",
                 f"Cancellation reason: {reason}",
-                f"Subscription: {_dashboard(ctx, meta.livemode, 'subscriptions', change.subscription_id)}",
-                f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
-                f"Stripe event: {meta.event_id}",
+                *links,
             ]), "High", "Not Started", follow_up, who_id=who))
-    return plan
+    return tasks
 
 
 def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, opp_id: str | None,

@@ -1,27 +1,31 @@
 """SQLite state: the cursor, the event ledger, object versions, dead letters and run history.
 
-One transaction per batch records every event's outcome and advances the cursor (design
-invariant 1). WAL mode lets `status` read while a `sync` writes.
+One transaction per batch records every event's outcome and advances the cursor, so the cursor never
+passes an event whose outcome is not stored. WAL mode lets `status` read while a `sync` writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from stripe_sf_sync.errors import LockHeldError, StateError
 from stripe_sf_sync.model import CachedCustomer
 
 SCHEMA_VERSION = 2  # 2: the customers table
 LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 OutcomeKind = Literal["applied", "stale", "ignored", "dead_letter"]
 
@@ -83,6 +87,17 @@ class DeadLetter:
     first_failed_at: int
     last_failed_at: int
     status: str
+
+
+def _mapped_errors(method: Callable[Concatenate[StateStore, P], R]) -> Callable[Concatenate[StateStore, P], R]:
+    """SQLite's errors leave the store as a StateError naming the file: callers need not know it is SQLite."""
+    @functools.wraps(method)
+    def wrapper(self: StateStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise state_error(exc, self.path) from exc
+    return wrapper
 
 
 class StateStore:
@@ -171,21 +186,25 @@ class StateStore:
             self._lock_fd = None
 
     # --- meta -----------------------------------------------------------------------------
+    @_mapped_errors
     def get_meta(self, key: str) -> str | None:
         """A stored setting, or None."""
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    @_mapped_errors
     def set_meta(self, key: str, value: str) -> None:
         """Store a setting (its own transaction)."""
         self._conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
+    @_mapped_errors
     def delete_meta(self, key: str) -> None:
         """Forget a setting."""
         self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     # --- cursor ---------------------------------------------------------------------------
+    @_mapped_errors
     def cursor(self) -> Cursor | None:
         """The stored cursor, if any."""
         event_id = self.get_meta("cursor_event_id")
@@ -194,6 +213,7 @@ class StateStore:
             return Cursor(event_id, int(created))
         return None
 
+    @_mapped_errors
     def set_cursor(self, cursor: Cursor, *, meta: dict[str, str] | None = None) -> None:
         """Move the cursor forward outside a batch (backfill hand-off), with `meta` in the same transaction."""
         with self._tx():
@@ -218,21 +238,25 @@ class StateStore:
             # `select` and `column` are this module's constants; the keys travel as parameters.
             yield from self._conn.execute(f"{select} WHERE {column} IN ({marks})", chunk)
 
+    @_mapped_errors
     def outcomes_for(self, event_ids: Sequence[str]) -> dict[str, str]:
         """Durable outcomes of these events (those not yet seen are absent)."""
         return {row[0]: row[1] for row in self._rows_in("SELECT event_id, outcome FROM events", "event_id", event_ids)}
 
+    @_mapped_errors
     def versions_for(self, object_ids: Iterable[str]) -> dict[str, int]:
         """Newest applied event time per Stripe object (the order guard)."""
         return {row[0]: row[1] for row in self._rows_in("SELECT object_id, created FROM object_versions",
                                                          "object_id", object_ids)}
 
+    @_mapped_errors
     def customers_for(self, customer_ids: Iterable[str]) -> dict[str, CachedCustomer]:
         """What state knows of these customers (from customer.* events, backfill and earlier reads)."""
         rows = self._rows_in("SELECT customer_id, metadata, name, deleted, version FROM customers", "customer_id",
                              customer_ids)
         return {row[0]: CachedCustomer(row[0], json.loads(row[1]), row[2], bool(row[3]), row[4]) for row in rows}
 
+    @_mapped_errors
     def remember_customers(self, customers: Iterable[CachedCustomer]) -> None:
         """Keep customers' details; an older version never replaces a newer one."""
         rows = [(c.customer_id, json.dumps(dict(c.metadata), sort_keys=True), c.name, int(c.deleted), c.version)
@@ -246,6 +270,7 @@ class StateStore:
                 "deleted = excluded.deleted, version = excluded.version "
                 "WHERE excluded.version >= customers.version", rows)
 
+    @_mapped_errors
     def commit_batch(self, outcomes: Sequence[Outcome], *, cursor: Cursor | None,
                      versions: dict[str, tuple[int, str]], run_id: int | None,
                      retried: bool = False, meta: dict[str, str] | None = None) -> None:
@@ -283,6 +308,7 @@ class StateStore:
             for key, value in (meta or {}).items():
                 self.set_meta(key, value)
 
+    @_mapped_errors
     def prune_ledger(self, now: int | None = None) -> int:
         """Drop ledger rows older than Stripe could ever list again; dead letters are kept."""
         cutoff = (now or int(time.time())) - LEDGER_RETENTION_S
@@ -292,6 +318,7 @@ class StateStore:
         return cur.rowcount
 
     # --- dead letters ---------------------------------------------------------------------
+    @_mapped_errors
     def dead_letters(self, *, status: str = "open", limit: int | None = None) -> list[DeadLetter]:
         """Dead letters with this status, oldest event first."""
         sql = "SELECT * FROM dead_letters WHERE status = ? ORDER BY created, event_id"
@@ -301,11 +328,13 @@ class StateStore:
             params.append(limit)
         return [DeadLetter(**dict(r)) for r in self._conn.execute(sql, params)]
 
+    @_mapped_errors
     def dead_letter(self, event_id: str) -> DeadLetter | None:
         """One dead letter by event id."""
         row = self._conn.execute("SELECT * FROM dead_letters WHERE event_id = ?", (event_id,)).fetchone()
         return DeadLetter(**dict(row)) if row else None
 
+    @_mapped_errors
     def drop_dead_letter(self, event_id: str) -> bool:
         """Mark a dead letter dropped (kept for audit, no longer retried or counted)."""
         with self._tx():
@@ -313,22 +342,26 @@ class StateStore:
                                      "AND status = 'open'", (event_id,))
         return cur.rowcount > 0
 
+    @_mapped_errors
     def dead_letter_count(self) -> int:
         """Open dead letters."""
         return int(self._conn.execute("SELECT COUNT(*) FROM dead_letters WHERE status = 'open'").fetchone()[0])
 
     # --- runs -----------------------------------------------------------------------------
+    @_mapped_errors
     def start_run(self, command: str) -> int:
         """Record the start of a run."""
         cur = self._conn.execute("INSERT INTO runs(command, started_at) VALUES (?, ?)",
                                  (command, int(time.time())))
         return int(cur.lastrowid or 0)
 
+    @_mapped_errors
     def finish_run(self, run_id: int, exit_code: int, summary: dict[str, Any]) -> None:
         """Record how a run ended."""
         self._conn.execute("UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
                            (int(time.time()), exit_code, json.dumps(summary, default=str), run_id))
 
+    @_mapped_errors
     def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         """The latest runs, newest first."""
         rows = self._conn.execute("SELECT * FROM runs ORDER BY run_id DESC LIMIT ?", (limit,)).fetchall()
@@ -339,6 +372,7 @@ class StateStore:
             out.append(d)
         return out
 
+    @_mapped_errors
     def integrity_check(self) -> str:
         """SQLite's own integrity check ('ok' when healthy)."""
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
@@ -354,14 +388,14 @@ class StateStore:
         self._conn.execute("COMMIT")
 
 
-def state_error(exc: sqlite3.DatabaseError) -> StateError:
+def state_error(exc: sqlite3.DatabaseError, path: Path) -> StateError:
     """A clear StateError for SQLite's own errors once the file is open (corrupt pages, a lock held
-    by another program)."""
+    by another program), naming the file and what to do."""
     text = str(exc)
     if "locked" in text or "busy" in text:
-        return StateError(f"The state file is locked by another program ({text}).",
+        return StateError(f"The state file {path} is locked by another program ({text}).",
                           hint="Close whatever has it open (an sqlite3 shell, a backup job), then run again.")
-    return StateError(f"The state file cannot be read: {text}.",
+    return StateError(f"The state file {path} cannot be read: {text}.",
                       hint="Move it aside and restart with `stripe-sf sync --since DATE` (re-applying is "
                            "idempotent), or restore it from a backup.")
 

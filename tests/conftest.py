@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from stripe_sf_sync import service
+from stripe_sf_sync.config import example_config
 from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.demo import sandbox_environment
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = (ROOT / "sync.yaml.example").read_text()
+EXAMPLE = example_config()
 
 
 @pytest.fixture

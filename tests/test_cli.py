@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from stripe_sf_sync import __version__
 from stripe_sf_sync.cli import app
+from stripe_sf_sync.config import example_config, load_config, require_org_values
 from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.sandbox.scenario import WON_STAGE
 from stripe_sf_sync.state import StateStore
 
 from .conftest import since, write_config
@@ -173,6 +175,32 @@ def test_demo_runs(runner):
     for text in ("Opportunities", "Accounts", "Tasks", "Payment Failed - Immediate Action Required", "NO_ACCOUNT",
                  "0 events read"):
         assert text in result.output
+
+
+def test_demo_without_the_sandbox_extra_says_how_to_install_it():
+    # A fresh interpreter in which trustme cannot be imported, as after `pip install stripe-sf-sync`.
+    code = ("import sys; sys.modules['trustme'] = None; sys.argv = ['stripe-sf', 'demo']; "
+            "from stripe_sf_sync.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == ExitCode.CONFIG, done.stderr
+    assert "trustme is not installed" in done.stderr
+    assert "pip install 'stripe-sf-sync[sandbox]'" in done.stderr and "pip install -e '.[sandbox]'" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_discover_config_write_creates_sync_yaml_from_the_packaged_example(runner, tmp_path, monkeypatch, stripe_sb,
+                                                                          sf_sb):
+    """The README's set-up step as written: no sync.yaml yet, `stripe-sf discover-config --write` in its folder."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["discover-config", "--write"], env=cli_env(stripe_sb, sf_sb))
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "sync.yaml").read_text()
+    assert f"won_stage: {WON_STAGE}" in written
+    first_comment = example_config().splitlines()[0]
+    assert written.startswith(first_comment)  # the example's comments document every key
+    loaded = load_config(tmp_path / "sync.yaml")
+    require_org_values(loaded.settings, "sync.yaml")
+    assert loaded.settings.salesforce.record_types
 
 
 def test_json_log_lines_off_a_tty_and_max_events(runner, tmp_path, stripe_sb, sf_sb, sc):

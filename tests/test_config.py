@@ -1,15 +1,16 @@
 import pytest
 
-from stripe_sf_sync import config
+from stripe_sf_sync import config, sfid
 from stripe_sf_sync.errors import ConfigError, ExitCode
 
 GOOD_RT = "0125g000000AbCdAAK"
 
 
-def test_example_config_is_valid_and_identical_to_the_packaged_copy(tmp_path):
+def test_the_packaged_example_config_is_valid_and_the_only_copy(tmp_path):
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    example = (root / "sync.yaml.example").read_text()
+    assert not (root / "sync.yaml.example").exists()  # one example: the one the package ships
+    example = config.example_config()
     assert example == (root / "stripe_sf_sync" / "sync.yaml.example").read_text()
     path = tmp_path / "sync.yaml"
     path.write_text(example)
@@ -44,6 +45,27 @@ def test_bad_yaml_is_a_clear_error(tmp_path, text):
     assert "sync.yaml" in str(info.value)
 
 
+@pytest.mark.parametrize(("content", "expected"), [
+    pytest.param(b"stripe:\n  api_version: 2026-10-28.endive\n\tbatch_size: 5\n",
+                 ["not valid YAML at line 3, column 1", "'\\t'"], id="where, and what the parser found there"),
+    pytest.param(b"sync:\n  batch_size: 100\n  batch_size: 5000\n", ["at line 3, column 3", "duplicate key"],
+                 id="a duplicate key is refused, not silently overwritten"),
+    pytest.param(b"sync:\n  state_path: a\x07b\n", ["at line 2, column 16: character #x0007 is not allowed"],
+                 id="a control character"),
+    pytest.param(b"sync: !!python/object/apply:os.system ['true']\n", ["not valid YAML at line 1"],
+                 id="tags that build Python objects are refused"),
+    pytest.param("sync:\n  state_path: caf\u00e9.sqlite\n".encode("latin-1"), ["not UTF-8"], id="not UTF-8"),
+])
+def test_a_yaml_problem_says_where_and_what(tmp_path, content, expected):
+    path = tmp_path / "sync.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        config.load_config(path)
+    assert info.value.exit_code == ExitCode.CONFIG
+    for text in expected:
+        assert text in str(info.value)
+
+
 def test_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError) as info:
         config.load_config(tmp_path / "nope.yaml")
@@ -63,6 +85,18 @@ def test_record_type_choice():
     assert s.record_type_id() is None  # org default
     with pytest.raises(ConfigError):
         config.parse_settings({"salesforce": {"opportunity_record_type": "Upsell", "record_types": {}}})
+
+
+def test_the_new_business_rule_takes_the_first_match():
+    assert config.new_business_record_type(["Renewal", "new_business", "New Business"]) == "new_business"
+    assert config.new_business_record_type(["Renewal", "New Business Plus"]) is None
+    first, second = sfid.to_18("0125g000000AbCe"), sfid.to_18("0125g000000AbCf")
+    s = config.parse_settings({"salesforce": {"record_types": {"Renewal": GOOD_RT, "New_Business": first,
+                                                               "New Business": second}}})
+    assert s.record_type_id() == first and s.record_type_name() == "New_Business"
+    s = config.parse_settings({"salesforce": {"record_types": {"Renewal": GOOD_RT, "New_Business": first},
+                                              "opportunity_record_type": "Renewal"}})
+    assert s.record_type_id() == GOOD_RT  # a configured one wins over the rule
 
 
 def test_stripe_secret_from_environment_only():

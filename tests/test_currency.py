@@ -1,8 +1,8 @@
 """Money in the currency the customer is billed in, end to end against the stand-ins.
 
 A subscription billed in one of its Price's `currency_options` says so in `subscription.currency`, while
-its items show the Price's default currency and amount (api-facts.md §6). A multi-currency Salesforce org
-reads an amount in the record's CurrencyIsoCode (api-facts.md §12).
+its items show the Price's default currency and amount (Stripe API reference: Prices). A multi-currency Salesforce org
+reads an amount in the record's CurrencyIsoCode (Salesforce Help: multiple currencies).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """discover-config and the org check against an org whose won stage's label differs from its API name,
-and whose record types are not all available to the integration user (api-facts.md §12)."""
+and whose record types are not all available to the integration user (sObject Describe)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
+from stripe_sf_sync.config import parse_settings
 from stripe_sf_sync.errors import ConfigError, ExitCode
 from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.demo import sandbox_environment
@@ -97,6 +98,19 @@ def test_discover_proposes_only_a_record_type_the_user_may_use(tmp_path, stripe_
     assert found.chosen_record_type == "Renewal"
     assert found.unavailable_record_types == ["New Business"]
     assert "opportunity_record_type: Renewal" in config.read_text()
+
+
+def test_discover_and_sync_choose_the_same_new_business_record_type(tmp_path, stripe_sb):
+    """Two record types named like "New Business": discover-config proposes the one sync would use unconfigured."""
+    org = SalesforceOrg(won_stage=WON_STAGE, record_types={"New_Business": "New_Business_2", "New Business":
+                                                           "New_Business", "Renewal": "Renewal"})
+    with SalesforceSandbox(org) as sf:
+        found = service.run_discover(write_config(tmp_path / "sync.yaml"), sandbox_environment(stripe_sb, sf),
+                                     write=False, example=EXAMPLE)
+    assert list(found.record_types) == ["New Business", "New_Business", "Renewal"]  # ORDER BY Name
+    assert found.chosen_record_type == "New Business"
+    settings = parse_settings({"salesforce": {"record_types": found.record_types}})
+    assert settings.record_type_id() == found.record_types["New Business"] == org.record_type_id("New_Business")
 
 
 def test_an_unavailable_configured_record_type_is_named(tmp_path, stripe_sb, restricted_sb, restricted_org):

@@ -112,7 +112,7 @@ def test_one_listing_links_a_batch_of_payments_and_failures(tmp_path, env, org, 
     assert (summary.applied, summary.ignored, summary.dead_lettered) == (5, 1, 0)  # the renewal is no win
     paths = stripe_paths(stripe_sb, mark)
     # One listing around the batch, and, the events being two days old, one of the PaymentIntent payments
-    # created since (a late attach; api-facts.md §6) instead of one lookup per one-time payment.
+    # created since (a late attach: `stripe/_invoice.py` attach_payment) instead of one lookup per one-time payment.
     assert paths.count("/v1/invoice_payments") == 2
     assert not [p for p in paths if p.startswith("/v1/invoices/")]
     window, since_then = (params for _, path, params in stripe_sb.requests_log[mark:]
@@ -294,8 +294,8 @@ def test_collection_calls_of_one_kind_run_a_few_at_once_grouped_by_account():
 def test_a_payment_attached_to_an_invoice_long_after_it_succeeded_wins_no_opportunity(config, env, org, sc,
                                                                                         stripe_sb):
     """An InvoicePayment is created when the PaymentIntent is attached, which can be days after it
-    succeeded (api-facts.md §6). A run that reads the payment after the attach must see the invoice, even
-    when the attach is far outside the batch's own time window."""
+    succeeded (`stripe/_invoice.py` attach_payment). A run that reads the payment after the attach must see
+    the invoice, even when the attach is far outside the batch's own time window."""
     f = StripeFactory(stripe_sb, seed=41)
     now = int(time.time())
     cus = sc.customers["acme"]

@@ -1,4 +1,4 @@
-"""The lookback re-read: Stripe's event list is eventually consistent (api-facts.md §1), so an event can
+"""The lookback re-read: Stripe's event list is eventually consistent (reported by integrators), so an event can
 become listable behind a cursor already past it. Each sync re-reads a window behind the cursor, end to end
 against the stand-ins (the Stripe one lists such an event late: StripeSandbox.delay_listing)."""
 

@@ -104,7 +104,7 @@ def test_huge_amount_is_rejected_not_crashing():
 
 
 def _euro_subscription(*items):
-    """A subscription billed in EUR on USD-default Prices (its items show USD amounts; api-facts.md §6)."""
+    """A subscription billed in EUR on USD-default Prices (its items show USD amounts, as Stripe shows them)."""
     sub = p.subscription(currency="eur", items=list(items))
     return model.parse_event(p.event("customer.subscription.created", sub))
 

@@ -76,7 +76,7 @@ def test_period_total_and_arr():
 
 
 def test_lines_in_several_currencies_are_refused_not_summed():
-    # A EUR subscription's items still show their USD-default Price (api-facts.md §6): summing them
+    # A EUR subscription's items still show their USD-default Price (`currency_options`): summing them
     # with EUR lines would give a number in no currency at all.
     mixed = [line(9000, currency="eur"), line(10000, currency="usd")]
     for total in (money.period_total, money.monthly_recurring, money.annual_recurring):

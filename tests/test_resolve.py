@@ -1,4 +1,4 @@
-"""Intents become record writes: CurrencyIsoCode in multi-currency orgs (api-facts.md §12)."""
+"""Intents become record writes: CurrencyIsoCode in multi-currency orgs."""
 
 from decimal import Decimal
 

@@ -164,7 +164,7 @@ def test_opportunity_amounts_carry_their_currency():
 
 
 def test_items_in_the_price_default_currency_must_be_converted_before_planning():
-    # Billed in EUR on a USD-default Price: the items show USD 100.00 (api-facts.md §6). Writing that as the
+    # Billed in EUR on a USD-default Price: the items show USD 100.00 (`currency_options`). Writing that as the
     # Amount would be wrong; the rules refuse it rather than guess (hydration converts the lines).
     sub = p.subscription(currency="eur", items=[(p.price(10000, "usd"), 2)])
     change = model.parse_event(p.event("customer.subscription.created", sub))

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from stripe_sf_sync.errors import LockHeldError, StateError
+from stripe_sf_sync.errors import ExitCode, LockHeldError, StateError
 from stripe_sf_sync.state import SCHEMA_VERSION, Cursor, Outcome, StateStore
 
 
@@ -76,3 +76,37 @@ def test_dead_letter_attempts_and_resolution(tmp_path):
                         run_id=None, retried=True)
         assert st.dead_letter("evt_9").status == "resolved"
         assert st.dead_letter_count() == 0
+
+
+def _corrupt_after_page_one(path):
+    data = bytearray(path.read_bytes())
+    data[4096 * 2:4096 * 2 + 3000] = b"Z" * len(data[4096 * 2:4096 * 2 + 3000])
+    path.write_bytes(bytes(data))
+
+
+def test_sqlite_errors_after_opening_are_state_errors_naming_the_file(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with StateStore.open(path) as st:
+        outs = [Outcome(f"evt_{i:05d}", "t", i, "applied", object_id=f"sub_{i}") for i in range(2000)]
+        st.commit_batch(outs, cursor=Cursor("evt_01999", 1999), versions={}, run_id=None)
+    _corrupt_after_page_one(path)
+    with StateStore.open(path) as st:  # page one (the schema) is intact: the damage shows on the first read
+        with pytest.raises(StateError) as info:
+            st.cursor()
+    assert str(path) in str(info.value) and "malformed" in str(info.value)
+    assert "Move it aside" in str(info.value) and info.value.exit_code == ExitCode.STATE
+
+
+def test_a_lock_held_by_another_program_is_a_state_error_naming_the_file(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with StateStore.open(path) as st:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StateError) as info:  # after SQLite's busy timeout (5 s)
+                st.commit_batch([Outcome("evt_1", "t", 1, "applied")], cursor=None, versions={}, run_id=None)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert st.outcomes_for(["evt_1"]) == {}  # nothing half-written
+    assert f"{path} is locked by another program" in str(info.value) and "Close whatever" in str(info.value)

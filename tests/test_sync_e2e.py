@@ -1,5 +1,5 @@
-"""The sync pipeline end to end against the sandbox stand-ins: the rules, idempotency and the
-design's invariants (shared/docs/design.md)."""
+"""The sync pipeline end to end against the sandbox stand-ins: the rules, idempotency, the
+order guard, and a cursor that never passes an event whose outcome is not stored."""
 
 from __future__ import annotations
 
@@ -366,7 +366,8 @@ def test_stripe_rate_limit_without_should_retry_is_backed_off(config, env, sc, s
 
 def test_concurrent_request_limit_clears_by_itself_and_is_retried(config, env, org, sc, sf_sb):
     """REQUEST_LIMIT_EXCEEDED "ConcurrentPerOrgLongTxn" is not the daily limit: back off and go on
-    (api-facts.md §8). Once on a whole call (a lookup), twice on a collections write."""
+    (Salesforce REST API: Status Codes and Error Responses). Once on a whole call (a lookup), twice on a
+    collections write."""
     sf_sb.faults.concurrent_long_requests("POST", r"/composite$", times=1)
     sf_sb.faults.concurrent_long_requests("PATCH", r"composite/sobjects", times=2)
     summary = run(config, env, since=since(sc))

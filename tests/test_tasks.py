@@ -1,4 +1,4 @@
-"""A Task is created once and never rewritten (design.md invariant 2, api-facts.md §12): what a person did to
+"""A Task is created once and never rewritten (an upsert would re-send every field it carries): what a person did to
 it (completed, reassigned, re-dated) stands through every rerun, dead-letter retry and second backfill, and
 no rerun duplicates it. Every test runs against each way an admin may have made Task.Stripe_Event_ID__c:
 External ID and Unique, External ID only (an upsert on it would need "View All Data"), Unique only, or a

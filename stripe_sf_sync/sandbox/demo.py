@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from stripe_sf_sync import service
+from stripe_sf_sync.config import example_config
 from stripe_sf_sync.errors import ExitCode
 from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
@@ -42,7 +42,7 @@ def run_demo(console: Console) -> ExitCode:
         sc = scenario.load(stripe, org, now=now)
         env = sandbox_environment(stripe, sf)
         config = Path(tmp) / "sync.yaml"
-        example = resources.files("stripe_sf_sync").joinpath("sync.yaml.example").read_text(encoding="utf-8")
+        example = example_config()
         config.write_text(example.replace("account_csm: null", "account_csm: CSM__c"), encoding="utf-8")
 
         console.rule("1. stripe-sf discover-config --write")

@@ -35,8 +35,9 @@ import requests
 import trustme
 
 from . import sfids, soql
+from .faults import SalesforceFaultPlan
 
-__all__ = ["FaultPlan", "FieldDef", "SalesforceOrg", "SalesforceSandbox"]
+__all__ = ["FieldDef", "SalesforceFaultPlan", "SalesforceOrg", "SalesforceSandbox"]
 
 QUERY_BATCH_SIZE = 2000
 MAX_URI_BYTES = 16_384  # real orgs: longer URI -> 414, longer URI + headers -> 431
@@ -84,7 +85,7 @@ class FieldDef:
     external_id: bool = False
     unique: bool = False
     picklist: list[str] | None = None
-    # Picklist value -> label where they differ: the API takes and returns the value (api-facts.md §12).
+    # Picklist value -> label where they differ: the API takes and returns the value (sObject Describe).
     picklist_labels: dict[str, str] | None = None
     restricted: bool = False
     reference_to: list[str] | None = None
@@ -149,7 +150,7 @@ def _owner() -> FieldDef:
 
 
 # What an admin made of Task.Stripe_Event_ID__c: External ID and Unique, External ID only, Unique only, or a
-# plain Text field. Whether an Activity custom field can be marked Unique is unconfirmed (api-facts.md §12),
+# plain Text field. Whether an Activity custom field can be marked Unique is not documented clearly,
 # so stripe-sf must work with every variant.
 TaskKeyKind = Literal["external_unique", "external", "unique", "text"]
 
@@ -438,10 +439,11 @@ class SalesforceOrg:
             task_event_id_field, csm_field, task_event_id_kind
         )
         # The integration user's "View All Data" permission: an upsert on a non-Unique External ID needs it
-        # (api-facts.md §12, SF-ups1).
+        # (Salesforce REST API: Insert or Update (Upsert) a Record Using an External ID).
         self.view_all_data = view_all_data
-        # A multi-currency org (api-facts.md §12): records gain CurrencyIsoCode, a restricted picklist of
-        # the org's active currencies, the first being the corporate currency (the default on create).
+        # A multi-currency org (Salesforce Help: multiple currencies): records gain CurrencyIsoCode, a
+        # restricted picklist of the org's active currencies, the first being the corporate currency (the
+        # default on create).
         # A single-currency org (None) has no such field, and a write naming it fails with INVALID_FIELD.
         self.currencies: list[str] | None = [c.upper() for c in currencies] if currencies is not None else None
         if self.currencies is not None:
@@ -453,9 +455,9 @@ class SalesforceOrg:
                     label=f"{sobject} Currency",
                 )
         self.key_prefixes: dict[str, str] = dict(sfids.KEY_PREFIXES)
-        self.won_stage = won_stage  # the stage's API name: what StageName takes (api-facts.md §12)
+        self.won_stage = won_stage  # the stage's API name: what StageName takes (Object Reference: OpportunityStage)
         # Record types (by Name or DeveloperName) the integration user's profile may not use: active in
-        # the org, but `available: false` in describe, and every create with one fails (api-facts.md §12).
+        # the org, but `available: false` in describe, and every create with one fails (sObject Describe).
         self.unavailable_record_types = frozenset(unavailable_record_types)
         self.require_record_type = require_record_type
         self.csm_field = csm_field
@@ -466,7 +468,7 @@ class SalesforceOrg:
         # Username -> password for the OAuth password grant.
         self.oauth_users: dict[str, str] = {"integration@stripe-sf.sandbox": "sandbox-password"}
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-        # Set by SalesforceSandbox so FaultPlan.lock_rows can fail individual writes.
+        # Set by SalesforceSandbox so SalesforceFaultPlan.lock_rows can fail individual writes.
         self.row_lock_hook: Callable[[str, list[str], str], bool] | None = None
         self._data: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema}
         self._deleted: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -513,7 +515,7 @@ class SalesforceOrg:
                 {"Name": label, "DeveloperName": dev_name, "SobjectType": "Opportunity", "IsActive": True},
             )
         # (API name, label, won, closed). An admin may rename a stage's label while its API name stays
-        # (api-facts.md §12): the won stage's label may differ from the value StageName takes.
+        # (Object Reference: OpportunityStage): the won stage's label may differ from the value StageName takes.
         stages = [
             ("Prospecting", "Prospecting", False, False),
             ("Qualification", "Qualification", False, False),
@@ -772,7 +774,7 @@ class SalesforceOrg:
 
     def _sync_stage_picklist(self) -> None:
         # StageName is a restricted picklist whose values are the active stages' API names; their
-        # labels (MasterLabel) are only shown to people (api-facts.md §12).
+        # labels (MasterLabel) are only shown to people (Object Reference: OpportunityStage).
         stages = sorted(
             (r for r in self._data.get("OpportunityStage", {}).values() if r.get("IsActive")),
             key=lambda r: r.get("SortOrder") or 0,
@@ -1126,7 +1128,7 @@ class SalesforceOrg:
 
     def may_upsert_by(self, fd: FieldDef) -> bool:
         """Without a unique index, an upsert by a user who cannot see every record could duplicate one it
-        cannot see, so Salesforce requires "View All Data" for it (api-facts.md §12, SF-ups1)."""
+        cannot see, so Salesforce requires "View All Data" for it (REST API: Upsert a Record Using an External ID)."""
         return fd.type == "id" or fd.unique or not fd.external_id or self.view_all_data
 
     def _check_row_lock(self, sobject: str, existing: dict[str, Any] | None, fields: dict[str, Any]) -> None:
@@ -1993,131 +1995,6 @@ def _to_rest_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Fault injection
-
-
-@dataclass
-class _Injected:
-    status: int
-    body: Any
-    headers: dict[str, str]
-
-
-@dataclass
-class _MatchRule:
-    method: str
-    pattern: re.Pattern[str]
-    response: _Injected
-    times: int
-
-
-@dataclass
-class _RowLock:
-    sobject: str
-    key: str
-    times: int
-
-
-class FaultPlan:
-    """Scripted failures for reliability tests.
-
-    Request numbers (``nth``) are 1-based and count every HTTP request the sandbox receives since
-    it started, OAuth token requests included: ``len(sandbox.requests_log)`` is the last one.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_nth: dict[int, _Injected] = {}
-        self._rules: list[_MatchRule] = []
-        self._hangs: dict[int, float] = {}
-        self._row_locks: list[_RowLock] = []
-        self.on_request: Callable[[int, str, str], None] | None = None
-
-    def fail_request(self, nth: int, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        """The nth request gets this response instead of being handled."""
-        with self._lock:
-            self._by_nth[nth] = _Injected(status, body, dict(headers or {}))
-
-    def fail_matching(
-        self,
-        method: str,
-        path_regex: str,
-        status: int,
-        body: Any,
-        times: int = 1,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        """The next ``times`` requests whose method matches and whose path (plus ``?`` and the decoded
-        query string, if any) matches ``path_regex`` (re.search) get this response."""
-        with self._lock:
-            self._rules.append(
-                _MatchRule(
-                    method.upper(),
-                    re.compile(path_regex),
-                    _Injected(status, body, dict(headers or {})),
-                    times,
-                )
-            )
-
-    def concurrent_long_requests(self, method: str, path_regex: str, times: int = 1) -> None:
-        """The org is at its cap of concurrent long-running requests: Salesforce answers 403
-        REQUEST_LIMIT_EXCEEDED with the ConcurrentPerOrgLongTxn message, which clears by itself once the
-        other requests finish, unlike the daily limit (api-facts.md §8)."""
-        self.fail_matching(
-            method,
-            path_regex,
-            403,
-            [{"message": "ConcurrentPerOrgLongTxn Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}],
-            times=times,
-        )
-
-    def hang_request(self, nth: int, seconds: float) -> None:
-        """Sleep before handling the nth request (cut short when the sandbox stops)."""
-        with self._lock:
-            self._hangs[nth] = seconds
-
-    def lock_rows(self, sobject: str, key: str, times: int = 1) -> None:
-        """The next ``times`` writes touching that record (its Id or an external-id value) fail per record
-        with UNABLE_TO_LOCK_ROW."""
-        with self._lock:
-            self._row_locks.append(_RowLock(sobject, key, times))
-
-    def clear(self) -> None:
-        """Forget every scripted fault."""
-        with self._lock:
-            self._by_nth.clear()
-            self._rules.clear()
-            self._hangs.clear()
-            self._row_locks.clear()
-            self.on_request = None
-
-    def _hang_for(self, n: int) -> float:
-        with self._lock:
-            return self._hangs.pop(n, 0.0)
-
-    def _injected(self, n: int, method: str, target: str) -> _Injected | None:
-        with self._lock:
-            if n in self._by_nth:
-                return self._by_nth.pop(n)
-            for rule in self._rules:
-                if rule.times > 0 and rule.method in (method, "*") and rule.pattern.search(target):
-                    rule.times -= 1
-                    return rule.response
-            return None
-
-    def _take_row_lock(self, sobject: str, keys: list[str], _record_id: str) -> bool:
-        with self._lock:
-            normalized = {sfids.normalize_id(k) or k for k in keys}
-            for lock in self._row_locks:
-                if lock.times <= 0 or lock.sobject.lower() != sobject.lower():
-                    continue
-                if (sfids.normalize_id(lock.key) or lock.key) in normalized:
-                    lock.times -= 1
-                    return True
-            return False
-
-
-# ----------------------------------------------------------------------------------------------
 # HTTP
 
 
@@ -2263,7 +2140,7 @@ class _Api:
 
     def _composite(self, method: str, version: str, body: bytes, headers: Any) -> _Response:
         """POST /composite: up to 25 subrequests, at most 5 of them queries or collections, billed as
-        one API call (api-facts.md §7). Only GET subrequests (queries, describes) are served here."""
+        one API call (Salesforce REST API: Composite). Only GET subrequests (queries, describes) are served here."""
         if method != "POST":
             return self._method_not_allowed(method, "POST")
         try:
@@ -2726,12 +2603,12 @@ class _Handler(BaseHTTPRequestHandler):
         hook = sandbox.faults.on_request
         if hook is not None:
             hook(n, method, path)
-        hang = sandbox.faults._hang_for(n)
+        hang = sandbox.faults.hang_for(n)
         if hang and sandbox._stopping.wait(hang):
             return None
         is_api = path.startswith("/services/data")
         target = path + ("?" + unquote_plus(query) if query else "")
-        injected = sandbox.faults._injected(n, method, target)
+        injected = sandbox.faults.injected_for(n, method, target)
         if injected is not None:
             raw = injected.body
             data = raw if isinstance(raw, bytes) else raw.encode() if isinstance(raw, str) else dumps(raw)
@@ -2831,8 +2708,8 @@ class SalesforceSandbox:
     def __init__(self, org: SalesforceOrg | None = None, *, latency_ms: float = 0.0) -> None:
         self.org = org if org is not None else SalesforceOrg()
         self.latency_ms = latency_ms
-        self.faults = FaultPlan()
-        self.org.row_lock_hook = self.faults._take_row_lock
+        self.faults = SalesforceFaultPlan()
+        self.org.row_lock_hook = self.faults.take_row_lock
         self.requests_log: list[tuple[str, str]] = []
         self.unexpected_errors: list[str] = []
         self.instance_url = ""

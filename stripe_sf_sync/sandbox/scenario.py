@@ -14,7 +14,7 @@ from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 DAY = 86400
 WON_STAGE = "Closed Won"  # the API name StageName takes
-WON_STAGE_LABEL = "Won"  # renamed by an admin: what people see (api-facts.md §12)
+WON_STAGE_LABEL = "Won"  # renamed by an admin: what people see (Object Reference: OpportunityStage)
 
 
 @dataclass

@@ -186,7 +186,7 @@ def _plan_from_price(price: Obj) -> Obj | None:
 
 def public_price(price: Obj) -> Obj:
     """`price` as Stripe returns it by default: `currency_options` only appears when expanded
-    (`expand[]=currency_options`; api-facts.md §6), so stored options never leak into payloads."""
+    (`expand[]=currency_options`; Stripe API reference: Prices), so stored options never leak into payloads."""
     out = clone(price)
     out.pop("currency_options", None)
     return out
@@ -785,7 +785,7 @@ class StripeFactory:
 
         `currency` bills it in one of its prices' `currency_options` (default: the first price's
         currency). As in Stripe, `subscription.currency` then says so, while each item's `price` still
-        shows the Price's default `currency` and `unit_amount` (api-facts.md §6).
+        shows the Price's default `currency` and `unit_amount` (`stripe/_price.py`).
         """
         if not items:
             raise ValueError("a subscription needs at least one item")
@@ -1575,7 +1575,7 @@ class StripeFactory:
     def attach_payment(self, invoice: Obj | str, pi: Obj | str, at: int) -> Obj:
         """`POST /v1/invoices/{id}/attach_payment` with a PaymentIntent that has already succeeded: the
         InvoicePayment is created, paid, at attach time `at`, which may be long after the PaymentIntent
-        succeeded (api-facts.md §6). The invoice is paid; emits `invoice.paid`."""
+        succeeded (`stripe/_invoice.py`, `attach_payment`). The invoice is paid; emits `invoice.paid`."""
         inv = self._current(invoice)
         payment = self._current(pi)
         if payment.get("status") != "succeeded":

@@ -24,13 +24,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
 import stripe
 
+from stripe_sf_sync.sandbox.faults import FaultPlan
 from stripe_sf_sync.sandbox.stripe_factory import (
     API_VERSION_CURRENT,
     ID_PREFIX_OBJECTS,
@@ -268,83 +268,6 @@ def _expand_paths(params: Mapping[str, Any]) -> list[str]:
     return paths
 
 
-@dataclass
-class _Failure:
-    status: int
-    body: Body
-    headers: dict[str, str]
-
-
-@dataclass
-class _MatchRule:
-    method: str
-    path_re: re.Pattern[str]
-    failure: _Failure
-    remaining: int
-
-
-@dataclass
-class FaultPlan:
-    """Scripted failures. Requests are numbered from 1 in arrival order (`StripeSandbox.request_count`)."""
-
-    on_request: Callable[[int, str, str], None] | None = None
-    _by_nth: dict[int, _Failure] = field(default_factory=dict)
-    _rules: list[_MatchRule] = field(default_factory=list)
-    _hangs: dict[int, float] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def fail_request(
-        self, nth: int, status: int, body: Body = None, headers: Mapping[str, str] | None = None
-    ) -> None:
-        """Answer request number `nth` with `status`/`body` (a dict is JSON-encoded; None = generic error)."""
-        with self._lock:
-            self._by_nth[nth] = _Failure(status, body, dict(headers or {}))
-
-    def fail_matching(
-        self,
-        method: str,
-        path_regex: str,
-        status: int,
-        body: Body = None,
-        headers: Mapping[str, str] | None = None,
-        times: int = 1,
-    ) -> None:
-        """Answer the next `times` requests whose method and path (`re.search`) match with `status`/`body`."""
-        with self._lock:
-            self._rules.append(
-                _MatchRule(
-                    method.upper(), re.compile(path_regex), _Failure(status, body, dict(headers or {})), times
-                )
-            )
-
-    def hang_request(self, nth: int, seconds: float) -> None:
-        """Stall request number `nth` for `seconds` before answering (to trip client timeouts)."""
-        with self._lock:
-            self._hangs[nth] = seconds
-
-    def clear(self) -> None:
-        """Drop every scripted fault and the hook."""
-        with self._lock:
-            self._by_nth.clear()
-            self._rules.clear()
-            self._hangs.clear()
-            self.on_request = None
-
-    def _hang_for(self, n: int) -> float:
-        with self._lock:
-            return self._hangs.pop(n, 0.0)
-
-    def _failure_for(self, n: int, method: str, path: str) -> _Failure | None:
-        with self._lock:
-            if n in self._by_nth:
-                return self._by_nth.pop(n)
-            for rule in self._rules:
-                if rule.remaining > 0 and rule.method == method and rule.path_re.search(path):
-                    rule.remaining -= 1
-                    return rule.failure
-        return None
-
-
 def _generic_error_body(status: int) -> Obj:
     kind = "api_error" if status >= 500 else "invalid_request_error"
     return {"error": {"type": kind, "message": f"Sandbox injected failure (HTTP {status})."}}
@@ -405,7 +328,7 @@ class StripeSandbox:
         self._seq = 0
         self._event_index: dict[str, int] = {}
         # Events Stripe has created but does not list yet: its event list is eventually consistent
-        # (api-facts.md §1), see delay_listing.
+        # (reported by integrators, not documented by Stripe), see delay_listing.
         self._unlisted: set[str] = set()
         # List indexes, rebuilt when what they index changed (see _sorted_events, _sorted_objects).
         self._sorted: list[tuple[tuple[int, int], Obj]] = []
@@ -587,8 +510,9 @@ class StripeSandbox:
         """Keep already-emitted events out of every listing (and retrieve) until `release_listing`.
 
         Stripe's event list is eventually consistent: an event can become listable seconds to a minute
-        after newer events were listed (api-facts.md §1). A delayed event keeps the place its `created`
-        and its emission order give it, so once released it sits behind the newer events a client has
+        after newer events were listed (Stripe's docs do not state it; integrators report it, e.g.
+        singer-io/tap-stripe's 5-minute lookback). A delayed event keeps the place its `created` and its
+        emission order give it, so once released it sits behind the newer events a client has
         already listed: `ending_before=<a newer id>` never returns it, as with Stripe's own cursor.
         """
         with self._lock:
@@ -697,12 +621,12 @@ class StripeSandbox:
             hook = self.faults.on_request
             if hook is not None:
                 hook(n, method, path)
-            hang = self.faults._hang_for(n)
+            hang = self.faults.hang_for(n)
             if hang:
                 time.sleep(hang)
             if self.latency_ms:
                 time.sleep(self.latency_ms / 1000.0)
-            failure = self.faults._failure_for(n, method, path)
+            failure = self.faults.injected_for(n, method, path)
             if failure is not None:
                 body = failure.body if failure.body is not None else _generic_error_body(failure.status)
                 return failure.status, body, dict(failure.headers)

@@ -16,7 +16,6 @@ import time
 import traceback
 from pathlib import Path
 
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,13 +47,13 @@ def fuzz_events(examples: int) -> tuple[collections.Counter, dict[str, str]]:
 
 
 def fuzz_configs(examples: int) -> tuple[collections.Counter, dict[str, str]]:
-    from .test_hostile_input import _valid_shaped, yaml_docs
+    from .test_hostile_input import _valid_shaped, yaml_docs, yaml_text
     counts: collections.Counter = collections.Counter()
     unexpected: dict[str, str] = {}
     tmp = Path(tempfile.mkdtemp(prefix="soak-config-"))
 
     @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(st.one_of(yaml_docs, _valid_shaped()).map(lambda d: yaml.safe_dump(d, allow_unicode=True))
+    @given(st.one_of(yaml_docs, _valid_shaped()).map(yaml_text)
            | st.text(max_size=300))
     def run(text: str) -> None:
         path = tmp / "sync.yaml"

@@ -539,8 +539,8 @@ def task(**fields: Any) -> dict[str, Any]:
 )
 def test_task_key_field_variants_and_what_an_upsert_on_them_needs(kind: str, external: bool, unique: bool) -> None:
     """Task.Stripe_Event_ID__c as an admin may have made it: only an External ID can be an upsert key; a
-    non-Unique one needs "View All Data" (api-facts.md §12); a Unique one rejects a second record with the
-    key; every variant can be created and looked up with SOQL."""
+    non-Unique one needs "View All Data" (REST API: Upsert by External ID); a Unique one rejects a second
+    record with the key; every variant can be created and looked up with SOQL."""
     bulk_row = {"Stripe_Event_ID__c": "evt_4:purpose", "Subject": "Call", "Status": "Not Started",
                 "Priority": "Normal"}
     for view_all in (False, True):
@@ -659,7 +659,7 @@ def test_renamed_won_stage_is_a_restricted_picklist() -> None:
 
 
 def test_a_renamed_won_stage_keeps_its_api_name_as_the_picklist_value() -> None:
-    """StageName takes the API name; the label is only shown (api-facts.md §12)."""
+    """StageName takes the API name; the label is only shown (Object Reference: OpportunityStage)."""
     with SalesforceSandbox(SalesforceOrg(won_stage="Closed Won", won_stage_label="Contract Executed")) as sb:
         sf = client(sb)
         results = create(sf, opp(StageName="Contract Executed"), opp(StageName="Closed Won"))

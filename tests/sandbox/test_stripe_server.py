@@ -310,7 +310,7 @@ def test_created_filters(sandbox: StripeSandbox, factory: StripeFactory, client:
 def test_an_event_listed_late_sits_behind_newer_events_already_listed(
     sandbox: StripeSandbox, factory: StripeFactory, client: stripe.StripeClient
 ) -> None:
-    """Stripe's event list is eventually consistent (api-facts.md §1): an event can become listable after
+    """Stripe's event list is eventually consistent (reported by integrators): an event can become listable after
     newer ones were listed, at the place its `created` gives it, so a cursor already past it never sees it."""
     cus = factory.customer("L", "l@example.com", created=T0 - DAY)
 
@@ -744,7 +744,7 @@ def test_objects_only_use_fields_real_stripe_has(
 def test_multi_currency_price_and_a_subscription_billed_in_another_currency(
     sandbox: StripeSandbox, factory: StripeFactory, client: stripe.StripeClient
 ) -> None:
-    """api-facts.md §6: `currency_options` only when expanded; `subscription.currency` names the billed
+    """Stripe API reference, Prices: `currency_options` only when expanded; `subscription.currency` names the billed
     currency while the items' `price` keeps the default currency and amount."""
     cus = factory.customer("Euro GmbH", "eu@example.com", created=T0 - DAY)
     price = factory.price(10000, "usd", currency_options={"eur": 9000})
