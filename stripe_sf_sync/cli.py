@@ -107,12 +107,10 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
         typer.echo(json.dumps(summary.as_dict(), indent=2, default=str))
         return
     out = _stdout()
-    per_type = getattr(summary, "objects", None)
-    if per_type:
-        for kind, c in per_type.items():
-            out.print(f"{kind}: {c['read']} read, {c['written']} written, {c['dead_lettered']} dead-lettered"
-                      f"{' via Bulk API 2.0' if c['bulk'] else ''}{'' if c['done'] else ' (not finished)'}",
-                      highlight=False)
+    for kind, c in summary.objects.items():
+        out.print(f"{kind}: {c['read']} read, {c['written']} written, {c['dead_lettered']} dead-lettered"
+                  f"{' via Bulk API 2.0' if c['bulk'] else ''}{'' if c['done'] else ' (not finished)'}",
+                  highlight=False)
     if summary.dry_run and summary.planned_writes:
         table = Table(title="Planned writes (dry run: nothing was changed)")
         for col in ("action", "object", "key", "fields", "events"):

@@ -79,3 +79,23 @@ def snapshot(org: SalesforceOrg) -> dict[str, Any]:
         return tuple(sorted((k, str(v)) for k, v in d.items()))
 
     return {obj: sorted(clean(r) for r in org.records(obj)) for obj in ("Opportunity", "Account", "Task")}
+
+
+def crash_before_commit_then_rerun(monkeypatch: pytest.MonkeyPatch, crashed_run: Any, between: Any = None) -> Any:
+    """Run `crashed_run` so that the process dies after Salesforce accepted the writes and before the state
+    commit; call `between()` (a person at work in the org, or a check); then return what `crashed_run`
+    returns on the rerun, with commits working again."""
+    from stripe_sf_sync.state import StateStore
+
+    real_commit = StateStore.commit_batch
+
+    def crash(self: Any, *a: Any, **kw: Any) -> None:
+        raise KeyboardInterrupt  # the process dies after Salesforce accepted the writes
+
+    monkeypatch.setattr(StateStore, "commit_batch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        crashed_run()
+    if between is not None:
+        between()
+    monkeypatch.setattr(StateStore, "commit_batch", real_commit)
+    return crashed_run()

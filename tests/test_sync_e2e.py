@@ -16,7 +16,7 @@ from stripe_sf_sync.pipeline import DeadLetters, RunSummary
 from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import Cursor, StateStore
 
-from .conftest import since, snapshot, write_config
+from .conftest import crash_before_commit_then_rerun, since, snapshot, write_config
 
 
 def run(config, env, **kw):
@@ -161,19 +161,15 @@ def test_fatal_error_mid_run_commits_nothing_of_that_batch_and_rerun_converges(t
 
 
 def test_crash_between_salesforce_write_and_state_commit_is_repaired_by_rerun(config, env, org, sc, monkeypatch):
-    """Invariant 2: every write is idempotent; no duplicate Task after a crash and a rerun."""
-    real_commit = StateStore.commit_batch
+    """Every write is idempotent: no duplicate Task after a crash and a rerun."""
+    seen = {}
 
-    def crash(self, *a, **kw):
-        raise KeyboardInterrupt  # the process dies after Salesforce accepted the writes
+    def crashed() -> None:
+        seen["written"] = snapshot(org)
+        assert len(org.records("Task")) == 6
 
-    monkeypatch.setattr(StateStore, "commit_batch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, env, since=since(sc))
-    written = snapshot(org)
-    assert len(org.records("Task")) == 6
-    monkeypatch.setattr(StateStore, "commit_batch", real_commit)
-    summary = run(config, env, since=since(sc))
+    summary = crash_before_commit_then_rerun(monkeypatch, lambda: run(config, env, since=since(sc)), crashed)
+    written = seen["written"]
     assert summary.applied == len(sc.events) - 1
     assert snapshot(org) == written
     assert len(org.records("Task")) == 6 and len(org.records("Opportunity")) == 4

@@ -16,7 +16,7 @@ from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
 from stripe_sf_sync.state import StateStore
 
-from .conftest import since, snapshot, write_config
+from .conftest import crash_before_commit_then_rerun, since, snapshot, write_config
 from .test_backfill import backfill, configured, history, since_days
 
 KINDS = ["external_unique", "external", "unique", "text"]
@@ -61,18 +61,13 @@ def assert_one_task_per_key(org: SalesforceOrg) -> None:
 
 def test_rerun_after_a_crash_leaves_the_reps_tasks_as_they_left_them(config, env, org, sc, monkeypatch):
     """(a) A crash between the Salesforce write and the state commit: the rerun reaches every Task again."""
-    real_commit = StateStore.commit_batch
+    worked = {}
 
-    def crash(self, *a, **kw):
-        raise KeyboardInterrupt  # the process dies after Salesforce accepted the writes
+    def rep_at_work() -> None:
+        assert len(org.records("Task")) == 6
+        worked.update(work_the_tasks(org))
 
-    monkeypatch.setattr(StateStore, "commit_batch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, env, since=since(sc))
-    assert len(org.records("Task")) == 6
-    worked = work_the_tasks(org)
-    monkeypatch.setattr(StateStore, "commit_batch", real_commit)
-    summary = run(config, env, since=since(sc))
+    summary = crash_before_commit_then_rerun(monkeypatch, lambda: run(config, env, since=since(sc)), rep_at_work)
     assert summary.applied == len(sc.events) - 1 and summary.dead_lettered == 1  # only Hooli, as before
     assert tasks_by_id(org) == worked  # not one field rewritten, not even LastModifiedById
     assert_one_task_per_key(org)

@@ -112,8 +112,7 @@ def _record_type_problems(loaded: LoadedConfig, infos: Sequence[Mapping[str, Any
     rid = loaded.settings.record_type_id()
     if rid is None:
         return []
-    name = loaded.settings.salesforce.opportunity_record_type or next(
-        (n for n, i in loaded.settings.salesforce.record_types.items() if i == rid), rid)
+    name = loaded.settings.record_type_name() or rid
     info = next((i for i in infos if str(i.get("recordTypeId"))[:15] == rid[:15]), None)
     if info is None or not info.get("active", True):
         return [f"salesforce.opportunity_record_type {name!r} ({rid}) is not an active Opportunity record type "
