@@ -314,19 +314,8 @@ def _price_line(item: Mapping[str, Any], sub_currency: str, idx: int) -> money.P
         raise MalformedEvent(f"items.data[{idx}].price is missing")
     currency = price.get("currency") or sub_currency
     currency = _currency({"currency": currency})
-    raw = price.get("unit_amount_decimal")
-    if raw is None:
-        raw = price.get("unit_amount", price.get("amount"))
-    unit: Decimal | None
-    if raw is None:
-        unit = None  # tiered pricing: no single unit amount
-    else:
-        try:
-            unit = Decimal(str(raw)) if not isinstance(raw, bool | float) else None
-        except InvalidOperation:
-            unit = None
-        if unit is None or not unit.is_finite() or unit < 0 or unit > MAX_MINOR_UNITS:
-            raise MalformedEvent(f"items.data[{idx}].price.unit_amount is not a number in range")
+    # Very old plans name it `amount`; None: tiered pricing, no single unit amount.
+    unit = _unit_amount({"unit_amount": price.get("amount"), **price}, f"items.data[{idx}].price")
     recurring = price.get("recurring") if isinstance(price.get("recurring"), Mapping) else price
     interval = recurring.get("interval")
     if interval is not None and interval not in ("day", "week", "month", "year"):
