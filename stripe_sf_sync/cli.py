@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,20 +17,44 @@ from rich.table import Table
 
 from stripe_sf_sync import __version__, service
 from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml
-from stripe_sf_sync.console import setup_logging
+from stripe_sf_sync.console import LogFormat, active_settings, fields, setup_logging
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
 
 T = TypeVar("T")
+log = logging.getLogger("stripe_sf_sync")
 
 app = typer.Typer(help="Keep Salesforce true to what Stripe has actually collected.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+                  add_completion=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 dlq_app = typer.Typer(help="Inspect, retry and drop dead-lettered events.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to sync.yaml.", show_default=True)]
+_GIVEN = "stripe_sf.global_options"  # ctx.meta key: the global options given before the command name
+
+
+def _global(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    """A global option (--config, --log-format, -v, --quiet) works before or after the command name: the
+    root command and every command declare it. Given after the name, it wins; given only before, the
+    command takes that value; otherwise its own (the environment variable, or the default)."""
+    given: dict[str, Any] = ctx.meta.setdefault(_GIVEN, {})
+    source = ctx.get_parameter_source(param.name or "")
+    if source is not None and source.name == "COMMANDLINE":
+        given[param.name or ""] = value
+        return value
+    return given.get(param.name or "", value)
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="STRIPE_SF_CONFIG", callback=_global,
+                                         help="Path to sync.yaml.", show_default=True)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logs, and a traceback on errors.")]
-LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="auto, plain or json (stderr).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", "--verbose", "-v", callback=_global,
+                                        help="Debug logs (each API call), and a traceback on errors.")]
+LogFormatOpt = Annotated[LogFormat | None, typer.Option(
+    "--log-format", envvar="STRIPE_SF_LOG_FORMAT", callback=_global, case_sensitive=False,
+    help="Log lines on stderr: auto (pretty on a terminal), plain, or json (one object a line). "
+         "Default: sync.log_format in the config, else auto.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", callback=_global,
+                                        help="Warnings and errors only; a run's summary only with --json.")]
 
 
 def _stdout() -> Console:
@@ -41,38 +66,62 @@ def _stderr() -> Console:
 
 
 def guarded(fn: Callable[[], T], *, debug: bool) -> T:
-    """The one error boundary: a domain error becomes one paragraph on stderr and its exit code."""
+    """The one error boundary: a domain error becomes one paragraph on stderr (with --log-format json, one
+    JSON line with its exit code and error code) and its exit code."""
     try:
         return fn()
     except StripeSfError as exc:
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        # Escaped: messages quote brackets (`expand[]`, `.[sandbox]`) that rich would take for markup.
-        _stderr().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
+        _error("error", str(exc), exc, debug, exit_code=int(exc.exit_code), error=type(exc).__name__,
+               code=getattr(exc, "code", None), request_id=getattr(exc, "request_id", None),
+               problems=getattr(exc, "problems", None), hint=exc.hint or None)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
-        _stderr().print("interrupted: the state is consistent; the next run continues from the last "
-                        "committed batch.")
+        _say(logging.WARNING, "interrupted: the state is consistent; the next run continues from the last "
+                              "committed batch.", kind="interrupted", exit_code=int(ExitCode.INTERRUPTED))
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except typer.Exit:
         raise
     except Exception as exc:
-        if debug:
-            # Without locals: they may hold secrets.
-            traceback.print_exc(file=sys.stderr)
-        _stderr().print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}. This is a bug in "
-                        "stripe-sf; rerun with --debug and report the output (it contains no secrets).",
-                        highlight=False)
+        _error("internal error", f"{type(exc).__name__}: {exc}. This is a bug in stripe-sf; rerun with --debug "
+               "and report the output (it contains no secrets).", exc, debug, exit_code=int(ExitCode.FAILURE),
+               error=type(exc).__name__)
         raise typer.Exit(int(ExitCode.FAILURE)) from None
 
 
-def _setup(debug: bool, log_format: str | None, config: Path | None = None) -> None:
+def _error(label: str, text: str, exc: BaseException, debug: bool, **extra: Any) -> None:
+    """An error on stderr: a paragraph for people, or one JSON line when the log is JSON. Tracebacks (only with
+    --debug) never include local variables: they may hold secrets."""
+    if active_settings().json:
+        log.error("%s", text if label == "error" else f"{label}: {text}", exc_info=exc if debug else None,
+                  extra=fields(kind="error", **extra))
+        return
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    # Escaped: messages quote brackets (`expand[]`, `.[sandbox]`) that rich would take for markup.
+    _stderr().print(f"[bold red]{label}:[/] {escape(text)}", highlight=False, markup=True)
+
+
+def _say(level: int, text: str, **extra: Any) -> None:
+    """A notice on stderr (a warning or an error): a log line when the log is JSON, so that every line there is
+    a JSON object; printed as it is otherwise."""
+    if active_settings().json:
+        log.log(level, "%s", text, extra=fields(**extra))
+    else:
+        _stderr().print(text, highlight=False)
+
+
+def _setup(debug: bool, log_format: str | None, config: Path | None = None, quiet: bool = False) -> None:
+    """Logging for one command: the format from the option (or STRIPE_SF_LOG_FORMAT), else the config's
+    sync.log_format, else auto."""
     if log_format is None and config is not None:
         log_format = _configured_log_format(config)
     if log_format not in (None, "auto", "plain", "json"):
         _stderr().print(f"error: --log-format must be auto, plain or json, not {log_format!r}.", highlight=False)
         raise typer.Exit(int(ExitCode.CONFIG))
-    setup_logging(log_format or "auto", debug=debug)
+    if debug and quiet:
+        _stderr().print("error: --quiet and -v/--debug ask for opposite things; choose one.", highlight=False)
+        raise typer.Exit(int(ExitCode.CONFIG))
+    setup_logging(str(log_format or "auto"), debug=debug, quiet=quiet)
 
 
 def _configured_log_format(config: Path) -> str | None:
@@ -95,17 +144,36 @@ def _version(value: bool) -> None:
 def main_callback(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    log_format: LogFormatOpt = None,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Keep Salesforce true to what Stripe has actually collected.
+
+    --config, --log-format, -v and --quiet work before or after the command name.
 
     Example: stripe-sf sync --config /etc/stripe-sf/sync.yaml
     """
 
 
 def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
+    """The run's summary on stdout: as JSON with --json; for people otherwise, unless --quiet or a JSON log
+    (there the summary is a log line, and stdout carries only what --json asks for)."""
     if as_json:
         typer.echo(json.dumps(summary.as_dict(), indent=2, default=str))
-        return
+    elif not (active_settings().quiet or active_settings().json):
+        _print_human_summary(summary)
+    if summary.stopped_early:  # a warning, so that --quiet and a JSON log show it too
+        _say(logging.WARNING, f"Stopped early: {summary.stopped_early}. The next run continues from the cursor.",
+             kind="stopped_early", reason=summary.stopped_early)
+    if summary.dead_lettered:
+        _say(logging.WARNING, f"{summary.dead_lettered} events were dead-lettered: see `stripe-sf dlq list`, fix "
+                              "the cause, then `stripe-sf dlq retry --all`.",
+             kind="dead_letters", dead_lettered=summary.dead_lettered)
+
+
+def _print_human_summary(summary: service.RunSummary) -> None:
     out = _stdout()
     for kind, c in summary.objects.items():
         out.print(f"{kind}: {c['read']} read, {c['written']} written, {c['dead_lettered']} dead-lettered"
@@ -128,12 +196,6 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
         f"{summary.dead_lettered} dead-lettered; {summary.records_written} records written; "
         f"{summary.stripe_calls} Stripe and {summary.salesforce_calls} Salesforce calls; "
         f"Salesforce API usage {api}; {summary.duration_s:.1f}s.", highlight=False)
-    if summary.stopped_early:
-        out.print(f"Stopped early: {summary.stopped_early}. The next run continues from the cursor.",
-                  highlight=False)
-    if summary.dead_lettered:
-        _stderr().print(f"{summary.dead_lettered} events were dead-lettered: see `stripe-sf dlq list`, fix the "
-                        "cause, then `stripe-sf dlq retry --all`.", highlight=False)
 
 
 @app.command()
@@ -145,6 +207,7 @@ def sync(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
     log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Apply Stripe events since the saved cursor to Salesforce, in batches.
 
@@ -154,7 +217,7 @@ def sync(
 
         */5 * * * * cd /etc/stripe-sf && stripe-sf sync --log-format json
     """
-    _setup(debug, log_format, config)
+    _setup(debug, log_format, config, quiet)
     summary = guarded(lambda: service.run_sync(config, service.Environment(), since=since, dry_run=dry_run,
                                                max_events=max_events), debug=debug)
     _print_summary(summary, as_json)
@@ -173,16 +236,17 @@ def backfill(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
     log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Bring Salesforce to Stripe's current state for history older than the 30-day event window.
 
     Example: stripe-sf backfill --since 2024-01-01, then `stripe-sf sync` continues with no gap.
     """
-    _setup(debug, log_format, config)
+    _setup(debug, log_format, config, quiet)
     from stripe_sf_sync.backfill import TypeProgress
 
     err = _stderr()
-    if err.is_terminal and not as_json:
+    if err.is_terminal and not as_json and not active_settings().json and not active_settings().quiet:
         from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("{task.description}"), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
@@ -208,8 +272,9 @@ def backfill(
                           debug=debug)
     _print_summary(summary, as_json)
     if summary.interrupted:
-        err.print(f"Interrupted at a page boundary. Continue with `stripe-sf backfill --since {since}"
-                  f"{' --until ' + until if until else ''} --objects {objects} --resume`.", highlight=False)
+        _say(logging.WARNING, f"Interrupted at a page boundary. Continue with `stripe-sf backfill --since {since}"
+                              f"{' --until ' + until if until else ''} --objects {objects} --resume`.",
+             kind="interrupted")
     raise typer.Exit(int(service.exit_code_for(summary)))
 
 
@@ -219,12 +284,14 @@ def discover_config(
     write: Annotated[bool, typer.Option("--write", help="Store the values in the config file.")] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Find the org's Opportunity RecordTypeIds and its won stage (by API name).
 
     Example: stripe-sf discover-config --write
     """
-    _setup(debug, None)
+    _setup(debug, log_format, config, quiet)
     found = guarded(lambda: service.run_discover(config, service.Environment(), write=write,
                                                  example=example_config()), debug=debug)
     if as_json:
@@ -258,12 +325,13 @@ def discover_config(
 
 
 @dlq_app.command("list")
-def dlq_list(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def dlq_list(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False,
+             log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
     """List open dead letters with their reason and Salesforce error code.
 
     Example: stripe-sf dlq list --json
     """
-    _setup(debug, None)
+    _setup(debug, log_format, config, quiet)
     rows = guarded(lambda: service.dlq_list(config, service.Environment()), debug=debug)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -286,14 +354,16 @@ def dlq_retry(
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Send dead letters through the pipeline again, after fixing their cause.
 
     Example: stripe-sf dlq retry --all
     """
-    _setup(debug, None)
+    _setup(debug, log_format, config, quiet)
     if not event_id and not retry_all:
-        _stderr().print("error: name an EVENT_ID or pass --all.")
+        _say(logging.ERROR, "error: name an EVENT_ID or pass --all.", kind="error", exit_code=int(ExitCode.CONFIG))
         raise typer.Exit(int(ExitCode.CONFIG))
     summary = guarded(lambda: service.run_dlq_retry(config, service.Environment(),
                                                     event_ids=[event_id] if event_id else [],
@@ -307,23 +377,26 @@ def dlq_drop(
     event_id: Annotated[str, typer.Argument(help="The event to stop retrying.")],
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Stop retrying a dead letter (it stays in the state file for audit).
 
     Example: stripe-sf dlq drop evt_1QxYz...
     """
-    _setup(debug, None)
+    _setup(debug, log_format, config, quiet)
     guarded(lambda: service.dlq_drop(config, service.Environment(), event_id), debug=debug)
     _stdout().print(f"Dropped {event_id}.", highlight=False)
 
 
 @app.command()
-def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False,
+           log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
     """Show the cursor and its age, the last runs, dead letters and API usage.
 
     Example: stripe-sf status --json
     """
-    _setup(debug, None)
+    _setup(debug, log_format, config, quiet)
     report = guarded(lambda: service.status_report(config, service.Environment()), debug=debug)
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
@@ -354,12 +427,12 @@ def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
 
 
 @app.command()
-def demo(debug: DebugOpt = False) -> None:
+def demo(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
     """Run the real pipeline against local stand-ins of Stripe and Salesforce; no credentials needed.
 
     Example: stripe-sf demo
     """
-    _setup(debug, None)
+    _setup(debug, log_format, None, quiet)
     run_demo = guarded(_sandbox_demo, debug=debug)
     out = Console(file=sys.stdout, width=max(_stdout().width, 150))  # tables stay readable in a narrow pipe
     code = guarded(lambda: run_demo(out), debug=debug)

@@ -1,27 +1,102 @@
-"""Where output goes: results to stdout, logs and progress to stderr (plain or JSON off a TTY)."""
+"""Where output goes: results to stdout, logs and progress to stderr (plain or JSON off a TTY).
+
+Levels: info shows one line per batch, every retry (a warning) and the run's summary; debug (`-v`) adds one
+line per API call (method, path, status, duration: never a body, a query string or a secret); quiet shows
+warnings and errors only. With the json format every line on stderr is one JSON object carrying the run id
+and the record's structured fields (`fields(...)`).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.logging import RichHandler
 
+PACKAGE = "stripe_sf_sync"
 _SECRET_ENV = ("STRIPE_API_KEY", "SF_ACCESS_TOKEN", "SF_CONSUMER_SECRET", "SF_PASSWORD", "SF_SECURITY_TOKEN")
+# Third-party loggers that log request URLs (urllib3: the SOQL in a query string) or bodies (the Stripe SDK at
+# debug, stripe/_api_requestor.py "API response body"): kept at warning whatever the level asked for.
+_THIRD_PARTY = ("simple_salesforce", "urllib3", "stripe", "requests", "tenacity")
+# LogRecord attributes a record's structured fields may not replace in the JSON object.
+_BASE_KEYS = frozenset({"ts", "level", "logger", "message", "run_id", "traceback"})
+
+
+class LogFormat(StrEnum):
+    """How log lines are written on stderr."""
+
+    AUTO = "auto"  # pretty on a terminal, plain otherwise
+    PLAIN = "plain"
+    JSON = "json"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """What `setup_logging` chose for this command: the CLI reads it to keep stdout and stderr consistent."""
+
+    format: str  # "rich", "plain" or "json" (auto resolved)
+    debug: bool = False
+    quiet: bool = False
+
+    @property
+    def json(self) -> bool:
+        """Every line on stderr is a JSON object: nothing may be printed there except through the logger."""
+        return self.format == "json"
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra=` for a log call: structured fields the JSON format writes as keys next to the message."""
+    return {"fields": values}
+
+
+class RunContext(logging.Filter):
+    """Stamps every record with the run it belongs to (its id in the state file), once the run is recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_id: int | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.run_id = self.run_id
+        return True
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers reading cron output."""
+    """One JSON object per line, for log shippers reading cron output: the message, the run id and the
+    record's structured fields as keys (`jq 'select(.kind == "batch")'`), every value redacted."""
+
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        super().__init__()
+        self.secrets = [s for s in (secrets or []) if s and len(s) >= 6]
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
                                "level": record.levelname.lower(), "logger": record.name,
-                               "message": record.getMessage()}
-        return json.dumps(out, ensure_ascii=False)
+                               "message": record.getMessage(), "run_id": getattr(record, "run_id", None)}
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            out.update({k: v for k, v in extra.items() if k not in _BASE_KEYS and v is not None})
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(self._redacted(out), ensure_ascii=False, default=str)
+
+    def _redacted(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for s in self.secrets:
+                value = value.replace(s, "***")
+            return value
+        if isinstance(value, dict):
+            return {k: self._redacted(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._redacted(v) for v in value]
+        return value
 
 
 class RedactingFilter(logging.Filter):
@@ -41,28 +116,96 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(fmt: str = "auto", *, debug: bool = False, stream: TextIO | None = None,
-                  env: dict[str, str] | None = None) -> None:
-    """Configure the package logger once per command."""
-    stream = stream or sys.stderr
-    logger = logging.getLogger("stripe_sf_sync")
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-    tty = hasattr(stream, "isatty") and stream.isatty()
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (as logging's last-resort handler does), so a handler
+    left installed never writes to a stream that was swapped out and closed."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+
+class _Settings(logging.Filter):
+    """Carries the LogSettings on the handler that `setup_logging` installed (it filters nothing)."""
+
+    def __init__(self, settings: LogSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+
+def _handler(kind: str, stream: TextIO | None, secrets: list[str], run: RunContext,
+             settings: LogSettings) -> logging.Handler:
     handler: logging.Handler
-    if fmt == "json":
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(JsonFormatter())
-    elif fmt == "auto" and tty:
-        handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=False)
+    if kind == "json":
+        handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+        handler.setFormatter(JsonFormatter(secrets))
+    elif kind == "rich":
+        console = Console(file=stream) if stream is not None else Console(stderr=True)
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
     else:
-        handler = logging.StreamHandler(stream)
+        handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
-    env = env if env is not None else dict(__import__("os").environ)
-    handler.addFilter(RedactingFilter([env.get(k, "") for k in _SECRET_ENV]))
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.propagate = False
-    # simple-salesforce and urllib3 log request URLs at debug; they never need to reach cron mail.
-    for noisy in ("simple_salesforce", "urllib3", "stripe"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler.addFilter(RedactingFilter(secrets))
+    handler.addFilter(run)
+    handler.addFilter(_Settings(settings))
+    return handler
+
+
+def setup_logging(fmt: str = "auto", *, debug: bool = False, quiet: bool = False, stream: TextIO | None = None,
+                  env: dict[str, str] | None = None) -> LogSettings:
+    """Configure logging once per command: the package's records at the chosen level, and the warnings of the
+    libraries below it in the same format (so that a JSON log holds JSON lines only)."""
+    target = stream if stream is not None else sys.stderr
+    tty = hasattr(target, "isatty") and target.isatty()
+    kind = "json" if fmt == "json" else ("rich" if fmt == "auto" and tty else "plain")
+    settings = LogSettings(kind, debug=debug, quiet=quiet)
+    env = env if env is not None else dict(os.environ)
+    secrets = [env.get(k, "") for k in _SECRET_ENV]
+    run = RunContext()
+    package = logging.getLogger(PACKAGE)
+    root = logging.getLogger()
+    for h in list(package.handlers):  # an earlier set-up of this process (tests call it again)
+        package.removeHandler(h)
+    for h in list(root.handlers):  # only ours: the root logger may carry other handlers (pytest's)
+        if any(isinstance(f, _Settings) for f in h.filters):
+            root.removeHandler(h)
+    package.addHandler(_handler(kind, stream, secrets, run, settings))
+    package.setLevel(logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO)
+    package.propagate = False
+    # The libraries' own warnings (urllib3's full connection pool, say) in the same format; never their debug
+    # lines, which carry request URLs and bodies.
+    for name in _THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    library = _handler(kind, stream, secrets, run, settings)
+    library.setLevel(logging.WARNING)
+    root.addHandler(library)
+    if kind == "json":
+        logging.captureWarnings(True)  # Python warnings, too, as JSON lines
+    if env.get("STRIPE_LOG"):
+        # The Stripe SDK prints request and response bodies to stderr itself when STRIPE_LOG is set
+        # (stripe/_util.py log_debug), bypassing logging.
+        package.warning(
+            "STRIPE_LOG is set: the Stripe SDK then prints request and response bodies (customer data) to "
+            "stderr by itself. Unset it; use -v for stripe-sf's own call lines.")
+    return settings
+
+
+def active_settings() -> LogSettings:
+    """The settings of the installed set-up (plain, info level, when there is none)."""
+    for h in logging.getLogger(PACKAGE).handlers:
+        for f in h.filters:
+            if isinstance(f, _Settings):
+                return f.settings
+    return LogSettings("plain")
+
+
+def bind_run(run_id: int | None) -> None:
+    """From now on, every log line of this command carries `run_id` (the errors printed after the run too)."""
+    for logger in (logging.getLogger(PACKAGE), logging.getLogger()):
+        for h in logger.handlers:
+            for f in h.filters:
+                if isinstance(f, RunContext):
+                    f.run_id = run_id

@@ -24,7 +24,7 @@ from enum import StrEnum
 from functools import partial
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from simple_salesforce import Salesforce, format_soql
@@ -32,6 +32,7 @@ from simple_salesforce.exceptions import SalesforceAuthenticationFailed, Salesfo
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from stripe_sf_sync.config import FieldNames, SalesforceSecrets
+from stripe_sf_sync.console import fields
 from stripe_sf_sync.errors import FatalSyncError, RetriableError, SkippableError
 from stripe_sf_sync.resolve import (
     AccountRow,
@@ -210,11 +211,28 @@ class RetryPolicy:
         exc = state.outcome.exception() if state.outcome is not None else None
         reason = exc.reason if isinstance(exc, SalesforceRetriable) else type(exc).__name__
         wait = state.next_action.sleep if state.next_action is not None else 0.0
+        failure = exc.failure if isinstance(exc, CallRetriable) else None
         log.warning("Salesforce: %s; retrying (attempt %d of %d) in %.1f s", reason, state.attempt_number + 1,
-                    self.attempts, wait)
+                    self.attempts, wait,
+                    extra=fields(kind="retry", edge="salesforce", reason=reason, attempt=state.attempt_number + 1,
+                                 max_attempts=self.attempts, wait_s=round(wait, 2),
+                                 code=getattr(exc, "code", None), cause=failure.cause if failure else None))
 
 
 # --- the gateway: one place HTTP happens -------------------------------------------------------------
+
+def _log_call(response: requests.Response) -> None:
+    """One debug line per HTTP call: method, path, status, duration. The path only: a query's SOQL in the
+    query string is customer data, and bodies and headers (the session token) are never logged."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    path = urlsplit(response.url).path
+    method = (response.request.method or "") if response.request is not None else ""
+    ms = response.elapsed.total_seconds() * 1000
+    log.debug("Salesforce: %s %s -> %d in %.0f ms", method, path, response.status_code, ms,
+              extra=fields(kind="api_call", edge="salesforce", method=method, path=path,
+                           status=response.status_code, duration_ms=round(ms, 1)))
+
 
 @dataclass
 class ApiUsage:
@@ -268,6 +286,7 @@ class SalesforceGateway:
         """Count every HTTP call on the session (REST and Bulk 2.0 alike) and read the org's usage
         from `Sforce-Limit-Info`, which simple-salesforce's bulk2 does not parse (its bulk2.py)."""
         def on_response(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+            _log_call(response)
             if "/services/oauth2/" in response.url:
                 return  # token requests are not API calls
             info = response.headers.get("Sforce-Limit-Info", "")

@@ -28,6 +28,7 @@ from stripe_sf_sync.config import (
     salesforce_secrets,
     stripe_secrets,
 )
+from stripe_sf_sync.console import bind_run
 from stripe_sf_sync.errors import ConfigError, ExitCode, StateError
 from stripe_sf_sync.hydrate import StripeHydrator
 from stripe_sf_sync.pipeline import (
@@ -49,7 +50,7 @@ from stripe_sf_sync.pipeline.edges import (
     collections_writer,
 )
 from stripe_sf_sync.pipeline.ports import Ports
-from stripe_sf_sync.pipeline.run import finish
+from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.state import DeadLetter, StateStore
 from stripe_sf_sync.stripe_source import StripeSource, build_client
@@ -147,7 +148,12 @@ class RecordedRun:
     def apply(self, batches: Source) -> None:
         """Every batch of `batches` through the batch step, each committed by its policy."""
         run_batches(batches, self.ports, self.settings, self.state, self.summary, run_id=self.run_id,
-                    budget=self.access.budget_spent)
+                    budget=self.access.budget_spent, calls=self.calls)
+
+    def calls(self) -> tuple[int, int]:
+        """Stripe and Salesforce calls this run has made so far."""
+        gw = self.access.connected
+        return self.source.calls, gw.usage.calls if gw is not None else 0
 
 
 def _ports(runtime: Runtime, state: Any, source: StripeSource, access: SalesforceAccess,
@@ -182,6 +188,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         ports, recorder = _ports(runtime, state, source, access, summary.dry_run)
         run = RecordedRun(state, source, ports, batch_settings(runtime.loaded), summary,
                           state.start_run(summary.command), access)
+        bind_run(run.run_id or None)  # a dry run is not recorded: it has no id
         code: int = ExitCode.FAILURE
         try:
             yield run
@@ -199,6 +206,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
                                                          "max": summary.salesforce_api_max,
                                                          "at": int(runtime.environment.clock())}))
             state.finish_run(run.run_id, code, summary.as_dict())
+            log_summary(summary, code)
 
 
 def run_sync(config_path: Path | None, environment: Environment, *, since: str | None, dry_run: bool,

@@ -14,10 +14,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import stripe
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from stripe_sf_sync.console import fields
 from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError
 from stripe_sf_sync.model import EVENT_TYPES, CachedCustomer
 
@@ -44,7 +46,7 @@ MAX_CACHED_PRICES = 10_000
 
 
 class CountingRequestsClient(stripe.RequestsClient):
-    """The SDK's requests client, counting real HTTP requests."""
+    """The SDK's requests client, counting real HTTP requests and logging each at debug."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -53,7 +55,27 @@ class CountingRequestsClient(stripe.RequestsClient):
     def request(self, method: str, url: str, headers: Mapping[str, str] | None,
                 post_data: Any = None) -> tuple[bytes, int, Mapping[str, str]]:
         self.calls += 1
-        return super().request(method, url, headers, post_data)
+        started = time.monotonic()
+        status: int | None = None
+        request_id: str | None = None
+        try:
+            body, status, rheaders = super().request(method, url, headers, post_data)
+            request_id = rheaders.get("Request-Id")
+            return body, status, rheaders
+        finally:
+            _log_call(method, url, status, time.monotonic() - started, request_id)
+
+
+def _log_call(method: str, url: str, status: int | None, seconds: float, request_id: str | None) -> None:
+    """One debug line per HTTP request: method, path, status, duration and Stripe's request id. Never the
+    query string (list filters, customer ids), a header (the API key) or a body (customer data)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    path = urlsplit(url).path
+    log.debug("Stripe: %s %s -> %s in %.0f ms%s", method.upper(), path, status or "no response", seconds * 1000,
+              f" (request {request_id})" if request_id else "",
+              extra=fields(kind="api_call", edge="stripe", method=method.upper(), path=path, status=status,
+                           duration_ms=round(seconds * 1000, 1), request_id=request_id))
 
 
 def build_client(api_key: str, *, api_base: str | None, api_version: str, timeout: float) -> tuple[
@@ -138,8 +160,12 @@ def _log_retry(state: RetryCallState, path: str, attempts: int) -> None:
     """One warning per retry: the reason, the request and the attempt (never a body or a secret)."""
     exc = state.outcome.exception() if state.outcome is not None else None
     wait = state.next_action.sleep if state.next_action is not None else 0.0
+    reason = _retry_reason(exc) if exc is not None else "error"
     log.warning("Stripe: %s on GET %s; retrying (attempt %d of %d) in %.1f s",
-                _retry_reason(exc) if exc is not None else "error", path, state.attempt_number + 1, attempts, wait)
+                reason, path, state.attempt_number + 1, attempts, wait,
+                extra=fields(kind="retry", edge="stripe", reason=reason, method="GET", path=path,
+                             attempt=state.attempt_number + 1, max_attempts=attempts, wait_s=round(wait, 2),
+                             code=getattr(exc, "code", None), status=getattr(exc, "http_status", None)))
 
 
 def _unknown_cursor(exc: stripe.InvalidRequestError, cursor_id: str) -> Exception:

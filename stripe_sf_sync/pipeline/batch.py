@@ -13,6 +13,7 @@ from typing import Any
 
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.console import fields
 from stripe_sf_sync.errors import StripeSfError
 from stripe_sf_sync.model import CachedCustomer, CustomerChange, MalformedEvent
 from stripe_sf_sync.pipeline.held import HeldEvent, dead_letter, unexpected
@@ -72,7 +73,8 @@ def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettin
         _write(planned, ports, settings, result, bulk=bulk)
     for o in result.outcomes:
         if o.kind == "dead_letter":
-            log.warning("dead-lettered %s (%s): %s %s", o.event_id, o.event_type, o.code, o.reason)
+            log.warning("dead-lettered %s (%s): %s %s", o.event_id, o.event_type, o.code, o.reason,
+                        extra=fields(kind="dead_letter", event_id=o.event_id, event_type=o.event_type, code=o.code))
     return result
 
 
@@ -137,7 +139,9 @@ def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], ports: Ports, setting
             result.outcomes.append(unexpected(held, exc))
             continue
         for warning in plan.warnings:
-            log.warning("%s (%s): %s", change.meta.event_id, change.meta.event_type, warning)
+            log.warning("%s (%s): %s", change.meta.event_id, change.meta.event_type, warning,
+                        extra=fields(kind="rule_warning", event_id=change.meta.event_id,
+                                     event_type=change.meta.event_type))
         if plan.ignored or not plan.intents:
             result.outcomes.append(_outcome(change, "ignored", plan.ignored))
             result.versions[change.object_id] = (change.meta.created, change.meta.event_id)

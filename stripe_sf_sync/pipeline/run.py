@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stripe_sf_sync.console import fields
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
@@ -92,23 +93,59 @@ def commit(state: CommitStore, batch: Batch, result: BatchResult, run_id: int | 
 
 
 def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: CommitStore, summary: RunSummary, *,
-                run_id: int | None, budget: Callable[[], str | None] = lambda: None) -> None:
-    """Apply and commit every batch of `source`; stop early when `budget()` names a reason."""
+                run_id: int | None, budget: Callable[[], str | None] = lambda: None,
+                calls: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+    """Apply and commit every batch of `source`; stop early when `budget()` names a reason. Each batch is
+    logged at info with the Stripe and Salesforce calls (`calls()`: the run's totals so far) it took."""
+    started, before = time.monotonic(), calls()
     for batch in source.batches():
         reason = budget()
         if reason:
             summary.stopped_early = reason
             break
-        started = time.monotonic()
         result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried, bulk=batch.policy.bulk)
         commit(state, batch, result, run_id)
         summary.add(result, batch)
         source.applied(batch, result)
-        log.debug("batch: %d events, %d applied, %d dead-lettered, %d records written in %.1f s",
-                 result.events_read, result.count("applied"), result.count("dead_letter"), result.records_written,
-                 time.monotonic() - started)
+        # From the end of the previous batch: reading the batch from Stripe is part of its cost.
+        now, after = time.monotonic(), calls()
+        log_batch(result, stripe_calls=after[0] - before[0], salesforce_calls=after[1] - before[1],
+                  seconds=now - started, dry_run=summary.dry_run)
+        started, before = now, after
     summary.interrupted = summary.interrupted or source.interrupted
     summary.objects = dict(source.objects)
+
+
+def log_batch(result: BatchResult, *, stripe_calls: int, salesforce_calls: int, seconds: float,
+              dry_run: bool = False) -> None:
+    """One info line per committed batch: its events, their outcomes, the calls and the time it took."""
+    counts = {"events": result.events_read, "applied": result.count("applied"), "stale": result.count("stale"),
+              "already_done": result.skipped_duplicate, "ignored": result.count("ignored"),
+              "dead_lettered": result.count("dead_letter"), "records_written": result.records_written}
+    outcomes = ("would apply %d, %d stale, %d already done, %d needing no write, would dead-letter %d; "
+                "would write %d records" if dry_run else
+                "%d applied, %d stale, %d already done, %d needing no write, %d dead-lettered; %d records written")
+    log.info(f"batch{' (dry run)' if dry_run else ''}: %d events: {outcomes}; %d Stripe and %d Salesforce calls; "
+             "%.1f s", *counts.values(), stripe_calls, salesforce_calls, seconds,
+             extra=fields(kind="batch", dry_run=dry_run, **counts, stripe_calls=stripe_calls,
+                          salesforce_calls=salesforce_calls, duration_s=round(seconds, 3)))
+
+
+def log_summary(summary: RunSummary, exit_code: int) -> None:
+    """The run's summary at info, however it ended: its counts as fields (the planned writes of a dry run
+    stay out: they hold customer data, and `--json` prints them)."""
+    api = (f"{summary.salesforce_api_used}/{summary.salesforce_api_max}"
+           if summary.salesforce_api_used is not None else "not contacted")
+    counts = {k: v for k, v in summary.as_dict().items() if k != "planned_writes"}
+    outcomes = ("would apply %d, %d skipped as stale, %d already done, %d needing no write, would dead-letter %d; "
+                "would write %d records" if summary.dry_run else
+                "%d applied, %d skipped as stale, %d already done, %d needing no write, %d dead-lettered; "
+                "%d records written")
+    log.info(f"%s%s finished with exit code %d: %d events read, {outcomes}; %d Stripe and %d Salesforce calls; "
+             "Salesforce API usage %s; %.1f s", summary.command, " (dry run)" if summary.dry_run else "", exit_code,
+             summary.events_read, summary.applied, summary.skipped_stale, summary.skipped_duplicate, summary.ignored,
+             summary.dead_lettered, summary.records_written, summary.stripe_calls, summary.salesforce_calls, api,
+             summary.duration_s, extra=fields(kind="summary", exit_code=exit_code, **counts))
 
 
 def finish(summary: RunSummary, *, started: float, stripe_calls: int, usage: Any | None, cursor: Cursor | None,
