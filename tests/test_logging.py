@@ -8,8 +8,10 @@ import json
 import math
 import os
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +307,10 @@ def test_on_a_terminal_the_batch_line_retries_and_summary_are_shown(cfg, stripe_
                              since(sc)], env=env, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     chunks: list[bytes] = []
-    while True:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not select.select([master], [], [], 1)[0]:
+            continue
         try:
             data = os.read(master, 65536)
         except OSError:  # EIO: the child closed the terminal
