@@ -50,10 +50,11 @@ def guarded(fn: Callable[[], T], *, debug: bool) -> T:
         # Escaped: messages quote brackets (`expand[]`, `.[sandbox]`) that rich would take for markup.
         _stderr().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         raise typer.Exit(int(exc.exit_code)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _stderr().print("interrupted: the state is consistent; the next run continues from the last "
                         "committed batch.")
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        # A second SIGTERM aborts with 143, a second Ctrl-C (or Python's own) with 130.
+        raise typer.Exit(int(getattr(exc, "exit_code", ExitCode.INTERRUPTED))) from None
     except typer.Exit:
         raise
     except Exception as exc:
@@ -139,7 +140,12 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
 @app.command()
 def sync(
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
-    since: Annotated[str | None, typer.Option(help="First run: start at this DATE or DATETIME (UTC).")] = None,
+    since: Annotated[str | None, typer.Option(help="First run: start at this DATE or DATETIME (UTC), within "
+                                                   "the last 30 days.")] = None,
+    rewind: Annotated[bool, typer.Option("--rewind", help="With --since when a cursor exists: re-read events "
+                                         "from that date. Events already recorded are not applied again, only "
+                                         "unrecorded ones; the lookback floor moves back to the date, never "
+                                         "forward.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
     max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
     as_json: JsonOpt = False,
@@ -153,10 +159,13 @@ def sync(
         stripe-sf sync --since 2026-11-01
 
         */5 * * * * cd /etc/stripe-sf && stripe-sf sync --log-format json
+
+    Ctrl-C or SIGTERM stops it after the current batch, with everything finished so far saved (exit 130 or
+    143); the next run continues from the cursor.
     """
     _setup(debug, log_format, config)
     summary = guarded(lambda: service.run_sync(config, service.Environment(), since=since, dry_run=dry_run,
-                                               max_events=max_events), debug=debug)
+                                               max_events=max_events, rewind=rewind), debug=debug)
     _print_summary(summary, as_json)
     raise typer.Exit(int(service.exit_code_for(summary)))
 
@@ -177,6 +186,8 @@ def backfill(
     """Bring Salesforce to Stripe's current state for history older than the 30-day event window.
 
     Example: stripe-sf backfill --since 2024-01-01, then `stripe-sf sync` continues with no gap.
+
+    Ctrl-C or SIGTERM stops it at the next page boundary (exit 130 or 143) and prints the --resume command.
     """
     _setup(debug, log_format, config)
     from stripe_sf_sync.backfill import TypeProgress
@@ -207,10 +218,21 @@ def backfill(
                                                        objects=objects, dry_run=dry_run, resume=resume),
                           debug=debug)
     _print_summary(summary, as_json)
-    if summary.interrupted:
-        err.print(f"Interrupted at a page boundary. Continue with `stripe-sf backfill --since {since}"
-                  f"{' --until ' + until if until else ''} --objects {objects} --resume`.", highlight=False)
+    if summary.interrupted and not dry_run:
+        err.print(f"Stopped at a page boundary{f' ({summary.stopped_by})' if summary.stopped_by else ''}. "
+                  f"Continue with: {_resume_command(config, since, until, objects)}", highlight=False)
     raise typer.Exit(int(service.exit_code_for(summary)))
+
+
+def _resume_command(config: Path, since: str, until: str | None, objects: str) -> str:
+    """The exact command that continues this backfill (its checkpoint is keyed by since, until and objects)."""
+    import shlex
+
+    kinds = ",".join(k.strip() for k in objects.split(",") if k.strip())
+    args = ["stripe-sf", "backfill", "--since", since, *(["--until", until] if until else []), "--objects", kinds]
+    if config != DEFAULT_CONFIG_PATH:
+        args += ["--config", str(config)]
+    return shlex.join([*args, "--resume"])
 
 
 @app.command("discover-config")
@@ -290,6 +312,8 @@ def dlq_retry(
     """Send dead letters through the pipeline again, after fixing their cause.
 
     Example: stripe-sf dlq retry --all
+
+    Ctrl-C or SIGTERM stops it after the current batch (exit 130 or 143); the rest stay open.
     """
     _setup(debug, None)
     if not event_id and not retry_all:
@@ -348,7 +372,8 @@ def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
         table.add_column(col)
     for r in report["runs"]:
         s: dict[str, Any] = r.get("summary") or {}
-        table.add_row(str(r["run_id"]), r["command"], _iso(r["started_at"]), str(r.get("exit_code")),
+        end = str(r.get("exit_code")) if r.get("state", "finished") == "finished" else r["state"]
+        table.add_row(str(r["run_id"]), r["command"], _iso(r["started_at"]), end,
                       str(s.get("events_read", "")), str(s.get("applied", "")), str(s.get("dead_lettered", "")))
     out.print(table)
 
