@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 from stripe_sf_sync import model
@@ -22,6 +20,7 @@ from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.pipeline import Batch, BatchResult, CommitPolicy
 from stripe_sf_sync.pipeline.cursor import hand_off
 from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.stripe_source import StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
@@ -106,31 +105,6 @@ def _describe(key: dict[str, Any]) -> str:
     return f"--since {day(key['since'])} --until {day(key['until'])} --objects {','.join(key['objects'])}"
 
 
-class StopFlag:
-    """Ctrl-C during a backfill stops at the next page boundary; a second Ctrl-C aborts at once."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self._previous: Any = None
-
-    def __enter__(self) -> StopFlag:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread (tests): no signal handling
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop:
-            raise KeyboardInterrupt
-        self.stop = True
-        log.warning("Stopping after the current page; Ctrl-C again to abort now.")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 @dataclass
 class BackfillPlan:
     """What to backfill."""
@@ -149,7 +123,7 @@ class BackfillObjects:
 
     def __init__(self, source: StripeSource, state: Any, plan: BackfillPlan, *, batch_size: int,
                  clock: Callable[[], float] = time.time,
-                 progress: Callable[[str, TypeProgress], None] | None = None, stop: StopFlag | None = None,
+                 progress: Callable[[str, TypeProgress], None] | None = None, stop: Stop | None = None,
                  log_every_pages: int = 50) -> None:
         self._source = source
         self._state = state
@@ -157,7 +131,7 @@ class BackfillObjects:
         self._batch_size = batch_size
         self.clock = clock
         self.progress = progress
-        self.stop = stop or StopFlag()
+        self.stop = stop or Stop()  # a signal (SIGINT, SIGTERM) stops the listing at the next page
         self.log_every = log_every_pages
         self.counts: dict[str, TypeProgress] = {k: TypeProgress() for k in plan.objects}
         self._finished = False
@@ -167,7 +141,7 @@ class BackfillObjects:
 
     @property
     def interrupted(self) -> bool:
-        """Stopped before the end (Ctrl-C, or the API budget): `--resume` continues."""
+        """Stopped before the end (Ctrl-C, SIGTERM, or the API budget): `--resume` continues."""
         return not self._finished
 
     @property
@@ -218,7 +192,7 @@ class BackfillObjects:
                 continue
             self._kind = kind
             yield from self._batches_of(kind, checkpoint)
-            if self.stop.stop:
+            if self.stop.requested:
                 return
         checkpoint["finished"] = True
         self._state.set_meta(CHECKPOINT_KEY, json.dumps(checkpoint))
@@ -257,10 +231,10 @@ class BackfillObjects:
                 yield from self._flush(kind, buffer, after, checkpoint, final=False)
                 buffer = []
             self._report(kind, pages)
-            if self.stop.stop:
+            if self.stop.requested:
                 break
         yield from self._flush(kind, buffer, after, checkpoint, final=True)
-        counts.done = not self.stop.stop
+        counts.done = not self.stop.requested
         if self.progress:
             self.progress(kind, counts)
 
@@ -280,7 +254,7 @@ class BackfillObjects:
         """The buffer as batches; the last carries the checkpoint, committed with its outcomes."""
         if not buffer and not final:
             return
-        checkpoint["types"][kind] = {"last_id": last_id, "finished": final and not self.stop.stop}
+        checkpoint["types"][kind] = {"last_id": last_id, "finished": final and not self.stop.requested}
         bulk = self.counts[kind].bulk
         size = self.plan.bulk_chunk if bulk else self._batch_size
         meta = {CHECKPOINT_KEY: json.dumps(checkpoint)}

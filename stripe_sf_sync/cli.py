@@ -75,10 +75,12 @@ def guarded(fn: Callable[[], T], *, debug: bool) -> T:
                code=getattr(exc, "code", None), request_id=getattr(exc, "request_id", None),
                problems=getattr(exc, "problems", None), hint=exc.hint or None)
         raise typer.Exit(int(exc.exit_code)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # A second SIGTERM aborts with 143, a second Ctrl-C (or Python's own) with 130.
+        code = int(getattr(exc, "exit_code", ExitCode.INTERRUPTED))
         _say(logging.WARNING, "interrupted: the state is consistent; the next run continues from the last "
-                              "committed batch.", kind="interrupted", exit_code=int(ExitCode.INTERRUPTED))
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+                              "committed batch.", kind="interrupted", exit_code=code)
+        raise typer.Exit(code) from None
     except typer.Exit:
         raise
     except Exception as exc:
@@ -201,7 +203,12 @@ def _print_human_summary(summary: service.RunSummary) -> None:
 @app.command()
 def sync(
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
-    since: Annotated[str | None, typer.Option(help="First run: start at this DATE or DATETIME (UTC).")] = None,
+    since: Annotated[str | None, typer.Option(help="First run: start at this DATE or DATETIME (UTC), within "
+                                                   "the last 30 days.")] = None,
+    rewind: Annotated[bool, typer.Option("--rewind", help="With --since when a cursor exists: re-read events "
+                                         "from that date. Events already recorded are not applied again, only "
+                                         "unrecorded ones; the lookback floor moves back to the date, never "
+                                         "forward.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
     max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
     as_json: JsonOpt = False,
@@ -216,10 +223,13 @@ def sync(
         stripe-sf sync --since 2026-11-01
 
         */5 * * * * cd /etc/stripe-sf && stripe-sf sync --log-format json
+
+    Ctrl-C or SIGTERM stops it after the current batch, with everything finished so far saved (exit 130 or
+    143); the next run continues from the cursor.
     """
     _setup(debug, log_format, config, quiet)
     summary = guarded(lambda: service.run_sync(config, service.Environment(), since=since, dry_run=dry_run,
-                                               max_events=max_events), debug=debug)
+                                               max_events=max_events, rewind=rewind), debug=debug)
     _print_summary(summary, as_json)
     raise typer.Exit(int(service.exit_code_for(summary)))
 
@@ -241,6 +251,8 @@ def backfill(
     """Bring Salesforce to Stripe's current state for history older than the 30-day event window.
 
     Example: stripe-sf backfill --since 2024-01-01, then `stripe-sf sync` continues with no gap.
+
+    Ctrl-C or SIGTERM stops it at the next page boundary (exit 130 or 143) and prints the --resume command.
     """
     _setup(debug, log_format, config, quiet)
     from stripe_sf_sync.backfill import TypeProgress
@@ -271,11 +283,21 @@ def backfill(
                                                        objects=objects, dry_run=dry_run, resume=resume),
                           debug=debug)
     _print_summary(summary, as_json)
-    if summary.interrupted:
-        _say(logging.WARNING, f"Interrupted at a page boundary. Continue with `stripe-sf backfill --since {since}"
-                              f"{' --until ' + until if until else ''} --objects {objects} --resume`.",
-             kind="interrupted")
+    if summary.interrupted and not dry_run:
+        _say(logging.WARNING, f"Stopped at a page boundary{f' ({summary.stopped_by})' if summary.stopped_by else ''}. "
+                              f"Continue with: {_resume_command(config, since, until, objects)}", kind="interrupted")
     raise typer.Exit(int(service.exit_code_for(summary)))
+
+
+def _resume_command(config: Path, since: str, until: str | None, objects: str) -> str:
+    """The exact command that continues this backfill (its checkpoint is keyed by since, until and objects)."""
+    import shlex
+
+    kinds = ",".join(k.strip() for k in objects.split(",") if k.strip())
+    args = ["stripe-sf", "backfill", "--since", since, *(["--until", until] if until else []), "--objects", kinds]
+    if config != DEFAULT_CONFIG_PATH:
+        args += ["--config", str(config)]
+    return shlex.join([*args, "--resume"])
 
 
 @app.command("discover-config")
@@ -360,6 +382,8 @@ def dlq_retry(
     """Send dead letters through the pipeline again, after fixing their cause.
 
     Example: stripe-sf dlq retry --all
+
+    Ctrl-C or SIGTERM stops it after the current batch (exit 130 or 143); the rest stay open.
     """
     _setup(debug, log_format, config, quiet)
     if not event_id and not retry_all:
@@ -421,7 +445,8 @@ def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
         table.add_column(col)
     for r in report["runs"]:
         s: dict[str, Any] = r.get("summary") or {}
-        table.add_row(str(r["run_id"]), r["command"], _iso(r["started_at"]), str(r.get("exit_code")),
+        end = str(r.get("exit_code")) if r.get("state", "finished") == "finished" else r["state"]
+        table.add_row(str(r["run_id"]), r["command"], _iso(r["started_at"]), end,
                       str(s.get("events_read", "")), str(s.get("applied", "")), str(s.get("dead_lettered", "")))
     out.print(table)
 

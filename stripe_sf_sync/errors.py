@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     CURSOR_EXPIRED = 6  # the stored cursor is older than Stripe's 30-day event retention
     STATE = 7  # the state file is corrupt, locked by another program, or from a newer version
     INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells expect
+    TERMINATED = 143  # SIGTERM (cron's `timeout`, systemd, Kubernetes): 128 + 15, as shells report it
 
 
 class StripeSfError(Exception):

@@ -51,6 +51,7 @@ from stripe_sf_sync.pipeline.edges import (
 )
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish, log_summary
+from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.state import DeadLetter, StateStore
 from stripe_sf_sync.stripe_source import StripeSource, build_client
@@ -124,7 +125,12 @@ class Runtime:
 
 
 def exit_code_for(summary: RunSummary) -> ExitCode:
-    """Dead letters in this run make a distinct, non-zero exit; a budget stop counts as refusal."""
+    """Dead letters in this run make a distinct, non-zero exit; a budget stop counts as refusal; a run a
+    signal stopped exits as shells report that signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    if summary.stopped_by == "SIGTERM":
+        return ExitCode.TERMINATED
+    if summary.stopped_by == "SIGINT":
+        return ExitCode.INTERRUPTED
     if summary.stopped_early:
         return ExitCode.UNAVAILABLE
     if summary.interrupted:
@@ -144,11 +150,12 @@ class RecordedRun:
     summary: RunSummary
     run_id: int
     access: SalesforceAccess
+    stop: Stop | None = None
 
     def apply(self, batches: Source) -> None:
         """Every batch of `batches` through the batch step, each committed by its policy."""
         run_batches(batches, self.ports, self.settings, self.state, self.summary, run_id=self.run_id,
-                    budget=self.access.budget_spent, calls=self.calls)
+                    budget=self.access.budget_spent, calls=self.calls, stop=self.stop)
 
     def calls(self) -> tuple[int, int]:
         """Stripe and Salesforce calls this run has made so far."""
@@ -177,9 +184,10 @@ def batch_settings(loaded: LoadedConfig) -> BatchSettings:
 
 @contextlib.contextmanager
 def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
-                  sf_factory: Callable[[], SalesforceGateway], *, create: bool = True) -> Iterator[RecordedRun]:
+                  sf_factory: Callable[[], SalesforceGateway], *, create: bool = True,
+                  stop: Stop | None = None) -> Iterator[RecordedRun]:
     """Lock the state, record the run and its exit code, and leave usage figures behind, however the
-    run ends. A dry run's state records nothing."""
+    run ends (a signal's stop included). A dry run's state records nothing."""
     started = time.monotonic()
     access = SalesforceAccess(sf_factory)
     with runtime.open_state(create=create) as store:
@@ -187,11 +195,14 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         state: Any = DryRunState(store) if summary.dry_run else store
         ports, recorder = _ports(runtime, state, source, access, summary.dry_run)
         run = RecordedRun(state, source, ports, batch_settings(runtime.loaded), summary,
-                          state.start_run(summary.command), access)
+                          state.start_run(summary.command), access, stop)
         bind_run(run.run_id or None)  # a dry run is not recorded: it has no id
         code: int = ExitCode.FAILURE
         try:
             yield run
+            if stop is not None and stop.requested:  # also when it came after the last batch
+                summary.stopped_by = stop.signal
+                summary.interrupted = True
             code = exit_code_for(summary)
         except BaseException as exc:
             code = int(getattr(exc, "exit_code", ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt)
@@ -210,17 +221,21 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
 
 
 def run_sync(config_path: Path | None, environment: Environment, *, since: str | None, dry_run: bool,
-             max_events: int | None) -> RunSummary:
-    """`stripe-sf sync`: validate everything, take the lock, apply events batch by batch."""
+             max_events: int | None, rewind: bool = False) -> RunSummary:
+    """`stripe-sf sync`: validate everything, take the lock, apply events batch by batch; SIGINT or SIGTERM
+    stop it after the batch being applied."""
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
     since_ts = parse_since(since) if since else None
+    if rewind and since_ts is None:
+        raise ConfigError(["--rewind needs --since DATE (where to re-read events from)"], source="invocation")
     source, sf_factory = clients(runtime)
     summary = RunSummary("sync", dry_run=dry_run)
     s = runtime.loaded.settings
-    with recorded_run(runtime, summary, source, sf_factory) as run:
+    with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop) as run:
         run.apply(SyncEvents(source, run.state, since=since_ts, lookback=s.stripe.lookback_seconds,
-                             clock=environment.clock, batch_size=s.sync.batch_size, max_events=max_events))
+                             clock=environment.clock, batch_size=s.sync.batch_size, max_events=max_events,
+                             rewind=rewind, stop=stop))
         run.state.prune_ledger(int(environment.clock()))
     return summary
 
@@ -248,7 +263,7 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
                  objects: str, dry_run: bool, resume: bool,
                  progress: Callable[[str, Any], None] | None = None) -> Any:
     """`stripe-sf backfill`: current state from Stripe's lists, then a gap-free hand-off to sync."""
-    from stripe_sf_sync.backfill import OBJECT_TYPES, BackfillObjects, BackfillPlan, StopFlag
+    from stripe_sf_sync.backfill import OBJECT_TYPES, BackfillObjects, BackfillPlan
 
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
@@ -267,7 +282,7 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
     b = runtime.loaded.settings.backfill
     plan = BackfillPlan(since_ts, until_ts, kinds, resume, bulk_threshold=b.bulk_threshold, bulk_chunk=b.bulk_chunk)
     summary = RunSummary("backfill", dry_run=dry_run)
-    with StopFlag() as stop, recorded_run(runtime, summary, source, sf_factory) as run:
+    with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop) as run:
         run.apply(BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
                                   clock=environment.clock, progress=progress, stop=stop,
                                   log_every_pages=b.log_every_pages))
@@ -281,7 +296,8 @@ def run_dlq_retry(config_path: Path | None, environment: Environment, *, event_i
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
     source, sf_factory = clients(runtime)
     summary = RunSummary("dlq retry")
-    with recorded_run(runtime, summary, source, sf_factory, create=False) as run:
+    with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, create=False,
+                                                 stop=stop) as run:
         letters = _chosen_dead_letters(run.state, event_ids, retry_all)
         run.apply(DeadLetters([_letter_event(dl) for dl in letters],
                               batch_size=runtime.loaded.settings.sync.batch_size))
@@ -355,8 +371,20 @@ def status_report(config_path: Path | None, environment: Environment) -> dict[st
                        "age_s": int(now - cursor.created)} if cursor else None,
             "dead_letters": state.dead_letter_count(),
             "api_usage": json.loads(usage) if usage else None,
-            "runs": state.recent_runs(5),
+            "runs": _with_run_states(state.recent_runs(5), lock_held=state.lock_held()),
         }
+
+
+def _with_run_states(runs: list[dict[str, Any]], *, lock_held: bool) -> list[dict[str, Any]]:
+    """Each run (newest first) with its state: "finished" (its exit code is recorded), "running" (the newest
+    run, while a process holds the lock), or "ended abnormally" (killed, or the machine stopped, before it
+    could record an exit code: its process, and so its lock, is gone)."""
+    for i, run in enumerate(runs):
+        if run.get("exit_code") is not None:
+            run["state"] = "finished"
+        else:
+            run["state"] = "running" if lock_held and i == 0 else "ended abnormally"
+    return runs
 
 
 def run_discover(config_path: Path | None, environment: Environment, *, write: bool, example: str) -> Any:

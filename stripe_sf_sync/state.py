@@ -166,7 +166,7 @@ class StateStore:
         lock_path = Path(f"{self.path}.lock")
         fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_briefly_retried(fd)
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -176,6 +176,25 @@ class StateStore:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+
+    def lock_held(self) -> bool:
+        """Whether a run (in any process) holds the run lock now. Probed with a shared lock held for an
+        instant and never created: a run that died (SIGKILL, power loss) released its lock with its process."""
+        if self._lock_fd is not None:
+            return True
+        try:
+            fd = os.open(Path(f"{self.path}.lock"), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
 
     def release_lock(self) -> None:
         """Drop the run lock if held."""
@@ -398,6 +417,19 @@ def state_error(exc: sqlite3.DatabaseError, path: Path) -> StateError:
     return StateError(f"The state file {path} cannot be read: {text}.",
                       hint="Move it aside and restart with `stripe-sf sync --since DATE` (re-applying is "
                            "idempotent), or restore it from a backup.")
+
+
+def _flock_briefly_retried(fd: int, attempts: int = 5, pause_s: float = 0.02) -> None:
+    """The exclusive lock, or BlockingIOError. A few short retries: `lock_held` (status) holds a shared lock
+    for an instant, and a run starting in that instant must not be turned away as if another run held it."""
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

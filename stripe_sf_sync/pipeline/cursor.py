@@ -63,16 +63,11 @@ class SyncStart:
 
 
 def sync_start(source: EventLister, state: CursorState, *, since: int | None, lookback: int,
-               clock: Callable[[], float]) -> SyncStart:
-    """Where this run starts: `since` on a first run, else the stored cursor (with the lookback re-read),
-    else the time a backfill handed over at (when Stripe had no events then)."""
+               clock: Callable[[], float], rewind: bool = False) -> SyncStart:
+    """Where this run starts: `since` on a first run (or with `rewind`), else the stored cursor (with the
+    lookback re-read), else the time a backfill, or a first `--since` that found nothing, handed over at."""
     if since is not None:
-        if since < clock() - RETENTION_S:
-            day = datetime.fromtimestamp(since, tz=UTC).date().isoformat()
-            raise CursorExpiredError(
-                f"--since {day} is past Stripe's 30-day event retention.",
-                hint=f"Run `stripe-sf backfill --since {day}` for the older history, then `stripe-sf sync`.")
-        return SyncStart([], _events_since(source, since), {SYNC_FLOOR_KEY: str(since)})
+        return SyncStart([], _events_since(source, since), _since_meta(state, since, clock=clock, rewind=rewind))
     cursor = state.cursor()
     if cursor is not None:
         source.check_cursor_age(cursor.created)
@@ -80,11 +75,46 @@ def sync_start(source: EventLister, state: CursorState, *, since: int | None, lo
         late, events = _lookback(source, state, cursor, lookback, int(floor) if floor is not None else 0)
         return SyncStart(late, events, None)
     handoff = state.get_meta(HANDOFF_SINCE_KEY)
-    if handoff is not None:  # a backfill ran while Stripe had no events at all: start from when it began
+    if handoff is not None:  # nothing was listed when sync's history began: start from when it began
         return SyncStart([], _events_since(source, int(handoff)), {SYNC_FLOOR_KEY: handoff})
     raise ConfigError(["there is no saved cursor yet"], source="invocation",
                       hint="For the first run, say where to start: `stripe-sf sync --since 2026-11-01` "
                            "(within the last 30 days), or run `stripe-sf backfill --since DATE` first.")
+
+
+def _since_meta(state: CursorState, since: int, *, clock: Callable[[], float], rewind: bool) -> dict[str, str]:
+    """Check a `--since` (not in the future, within Stripe's retention, `--rewind` when a cursor exists, never
+    after the cursor) and return the lookback floor to commit with the run's batches.
+
+    A rewind lowers the floor to `since` when that is earlier, and never raises it: the lookback keeps covering
+    what it covered, and history now also starts at `since`."""
+    day = datetime.fromtimestamp(since, tz=UTC).isoformat().replace("+00:00", "Z")
+    if since > clock():
+        raise ConfigError([f"--since {day} is in the future"], source="invocation",
+                          hint="Give a date within the last 30 days, e.g. today's: sync then applies events "
+                               "from then on.")
+    if since < clock() - RETENTION_S:
+        day = day[:10]
+        raise CursorExpiredError(
+            f"--since {day} is past Stripe's 30-day event retention.",
+            hint=f"Run `stripe-sf backfill --since {day}` for the older history, then `stripe-sf sync`.")
+    cursor = state.cursor()
+    if cursor is None:
+        return {SYNC_FLOOR_KEY: str(since)}
+    at = datetime.fromtimestamp(cursor.created, tz=UTC).isoformat().replace("+00:00", "Z")
+    if not rewind:
+        raise ConfigError(
+            [f"--since {day} would rewind the saved cursor ({cursor.event_id}, {at})"], source="invocation",
+            hint="A plain `stripe-sf sync` continues from the cursor. To re-read events from that date, add "
+                 "--rewind: events whose outcome is already recorded are not applied again, only unrecorded "
+                 "ones (for example those deleted from the state file).")
+    if since > cursor.created:
+        raise ConfigError(
+            [f"--since {day} is after the saved cursor ({cursor.event_id}, {at}): starting there would skip "
+             "the events in between"], source="invocation",
+            hint="Run `stripe-sf sync` without --since: it continues from the cursor with no gap.")
+    floor = state.get_meta(SYNC_FLOOR_KEY)
+    return {SYNC_FLOOR_KEY: str(min(int(floor), since) if floor is not None else since)}
 
 
 def next_cursor(current: Cursor | None, last_event: tuple[str, int] | None) -> Cursor | None:

@@ -16,6 +16,7 @@ from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batc
 from stripe_sf_sync.pipeline.cursor import next_cursor
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.sources import Batch, Source
+from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.state import Cursor, Outcome
 
 log = logging.getLogger("stripe_sf_sync")
@@ -42,7 +43,8 @@ class RunSummary:
     duration_s: float = 0.0
     cursor: str | None = None
     stopped_early: str | None = None
-    interrupted: bool = False  # stopped on request (Ctrl-C) before the end
+    interrupted: bool = False  # stopped on request (Ctrl-C, SIGTERM) before the end
+    stopped_by: str | None = None  # the signal that asked the run to stop: SIGINT or SIGTERM
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # backfill: counts per object type
     planned_writes: list[dict[str, Any]] = field(default_factory=list)
 
@@ -64,7 +66,6 @@ class RunSummary:
             d.pop("planned_writes")
         if self.command != "backfill":
             d.pop("objects")
-            d.pop("interrupted")
         return d
 
 
@@ -94,9 +95,10 @@ def commit(state: CommitStore, batch: Batch, result: BatchResult, run_id: int | 
 
 def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: CommitStore, summary: RunSummary, *,
                 run_id: int | None, budget: Callable[[], str | None] = lambda: None,
-                calls: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
-    """Apply and commit every batch of `source`; stop early when `budget()` names a reason. Each batch is
-    logged at info with the Stripe and Salesforce calls (`calls()`: the run's totals so far) it took."""
+                calls: Callable[[], tuple[int, int]] = lambda: (0, 0), stop: Stop | None = None) -> None:
+    """Apply and commit every batch of `source`; stop early when `budget()` names a reason, and after the
+    batch just committed when a stop was asked for (a signal). Each batch is logged at info with the Stripe
+    and Salesforce calls (`calls()`: the run's totals so far) it took."""
     started, before = time.monotonic(), calls()
     for batch in source.batches():
         reason = budget()
@@ -112,7 +114,11 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
         log_batch(result, stripe_calls=after[0] - before[0], salesforce_calls=after[1] - before[1],
                   seconds=now - started, dry_run=summary.dry_run)
         started, before = now, after
-    summary.interrupted = summary.interrupted or source.interrupted
+        if stop is not None and stop.requested:
+            break  # before the source reads another batch: everything read so far is committed
+    if stop is not None and stop.requested:
+        summary.stopped_by = stop.signal
+    summary.interrupted = summary.interrupted or source.interrupted or summary.stopped_by is not None
     summary.objects = dict(source.objects)
 
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stripe_sf_sync.pipeline.batch import BatchResult
-from stripe_sf_sync.pipeline.cursor import CursorState, EventLister, sync_start
+from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, CursorState, EventLister, sync_start
 from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.pipeline.stop import Stop
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Batch:
 class Source(Protocol):
     """Something that yields batches; told what each batch did."""
 
-    interrupted: bool  # stopped on request (Ctrl-C) before its end
+    interrupted: bool  # stopped on request (Ctrl-C, SIGTERM) before its end
     objects: dict[str, dict[str, Any]]  # counts per object type, for sources that keep them (backfill)
 
     def batches(self) -> Iterator[Batch]:
@@ -76,26 +77,41 @@ class SyncEvents:
     clock: Callable[[], float]
     batch_size: int
     max_events: int | None = None
+    rewind: bool = False  # --since while a cursor exists: re-read from there (the ledger skips what is recorded)
+    stop: Stop | None = None  # a signal ends the batch being read, so that what was read is applied and committed
     interrupted: bool = False
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._left = self.max_events
 
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.requested
+
     def _more(self) -> bool:
-        """Count one event read; False once `max_events` have been."""
-        if self._left is None:
-            return True
-        self._left -= 1
-        return self._left > 0
+        """Count one event read; False once `max_events` have been, or when a stop was asked for."""
+        if self._left is not None:
+            self._left -= 1
+            if self._left <= 0:
+                return False
+        return not self._stopping()
 
     def batches(self) -> Iterator[Batch]:
         """Late events, then the new ones."""
-        start = sync_start(self.source, self.state, since=self.since, lookback=self.lookback, clock=self.clock)
+        start = sync_start(self.source, self.state, since=self.since, lookback=self.lookback, clock=self.clock,
+                           rewind=self.rewind)
         yield from in_batches(start.late, self.batch_size, CommitPolicy(late=True), more=self._more)
-        if self._left is None or self._left > 0:
-            yield from in_batches(start.events, self.batch_size,
-                                  CommitPolicy(advance_cursor=True, meta=start.meta), more=self._more)
+        if (self._left is not None and self._left <= 0) or self._stopping():
+            return
+        found = False
+        for batch in in_batches(start.events, self.batch_size, CommitPolicy(advance_cursor=True, meta=start.meta),
+                                more=self._more):
+            found = True
+            yield batch
+        if not found and self.since is not None and start.meta is not None:
+            # A first `--since` that found no event still records where sync starts, committed like a batch
+            # (a dry run's state keeps nothing): the next plain `sync` lists from there.
+            yield Batch([], CommitPolicy(meta={**start.meta, HANDOFF_SINCE_KEY: str(self.since)}))
 
     def applied(self, batch: Batch, result: BatchResult) -> None:
         """Nothing to track: the cursor is committed with each batch."""

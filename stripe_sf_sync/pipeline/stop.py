@@ -1,0 +1,72 @@
+"""Stopping a run on request. SIGINT (Ctrl-C) and SIGTERM (what cron's `timeout`, systemd and Kubernetes
+send) ask the run to stop at the next batch or page boundary, with every finished outcome committed; a
+second signal aborts at once. The run loop (`run_batches`, between batches) and the sources that read for
+a long time before they yield a batch (sync's event pages, backfill's list pages) check the same `Stop`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("stripe_sf_sync")
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Aborted(KeyboardInterrupt):
+    """A second signal: stop now. The open batch is not committed (its transaction rolls back), and the next
+    run repeats it idempotently. A KeyboardInterrupt, so everything that cleans up after Ctrl-C does so."""
+
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = exit_code
+
+
+class Stop:
+    """Whether a stop was asked for, and by which signal."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None  # "SIGINT" or "SIGTERM", once asked
+        self.exit_code: int | None = None  # 128 + the signal's number, as shells report a signalled process
+
+    @property
+    def requested(self) -> bool:
+        """True once a stop was asked for."""
+        return self.signal is not None
+
+    def request(self, signum: int) -> None:
+        """Ask the run to stop at the next boundary; a second request aborts at once."""
+        name = signal.Signals(signum).name
+        if self.requested:
+            raise Aborted(name, 128 + signum)
+        self.signal, self.exit_code = name, 128 + signum
+        # One line, as soon as the signal arrives: a supervisor's SIGKILL may follow before the run ends.
+        log.warning("Stopping after the current batch (%s); everything finished so far is saved. "
+                    "Send it again to abort at once.", name)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Stop]:
+    """A `Stop` that SIGINT and SIGTERM request while the block runs. Python lets only the main thread install
+    signal handlers: elsewhere (a library caller's worker thread) the signals keep their usual effect."""
+    stop = Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.request(signum)
+
+    previous: dict[int, Any] = {sig: signal.signal(sig, handle) for sig in SIGNALS}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            # None: the handler was not set from Python; the default is the closest thing to restore.
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

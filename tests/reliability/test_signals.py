@@ -1,0 +1,315 @@
+"""Signals and run records, on real `stripe-sf` subprocesses: SIGTERM (what cron's `timeout`, systemd and
+Kubernetes send) and Ctrl-C in the middle of a sync, a backfill and a dead-letter retry stop after the batch in
+flight with its outcomes committed, say so on stderr, record the run's exit code (143 or 130) and exit with it;
+a second signal aborts at once; the rerun converges. A run that dies without recording an exit (SIGKILL) shows
+in `status` as "ended abnormally" once no process holds the lock, and as "running" while one does."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.state import StateStore
+
+from ..conftest import snapshot
+from ..test_backfill import backfill, configured, history, since_days
+from .world import (
+    ROOT,
+    STATE_NAME,
+    World,
+    assert_converged,
+    build_world,
+    discover,
+    expected_of,
+    state_rows,
+    stripe_sf,
+    sync,
+    write_config,
+)
+
+NOW = int(time.time())
+EXTRA = 6
+STOPPING = "Stopping after the current batch ({}); everything finished so far is saved."
+
+
+class Child:
+    """A `stripe-sf` subprocess whose stderr goes to a file, so that a stand-in's hook can watch it while the
+    child waits for that stand-in's answer."""
+
+    def __init__(self, args: list[str], env: dict[str, str], directory: Path) -> None:
+        self.err_path = directory / f"stderr-{time.monotonic_ns()}.txt"
+        self._err = self.err_path.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "stripe_sf_sync", *args], env=env, cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True)
+        self.signalled = threading.Event()
+        self.saw_stopping = threading.Event()
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def signal_and_wait(self, sig: int, *, then: int | None = None) -> None:
+        """Send `sig`; wait until the child says it is stopping (its handler ran while a request of the batch in
+        flight is held here); with `then`, send that second signal too."""
+        if self.signalled.is_set():
+            return
+        self.signalled.set()
+        os.kill(self.proc.pid, sig)
+        line = STOPPING.format(signal.Signals(sig).name)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if line in self.stderr:
+                self.saw_stopping.set()
+                break
+            time.sleep(0.02)
+        if then is not None:
+            os.kill(self.proc.pid, then)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self._err.close()
+        return self.proc.returncode, out, self.stderr
+
+
+def runs(state: Path) -> list[dict[str, Any]]:
+    """The runs table, oldest first."""
+    con = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY run_id")]
+    finally:
+        con.close()
+    for r in rows:
+        r["summary"] = json.loads(r["summary"]) if r["summary"] else None
+    return rows
+
+
+def at_collections_write(world: World, nth: int, act: Any) -> None:
+    """Call `act()` inside the stand-in when the child's `nth` sObject Collections write arrives (before the
+    stand-in applies it and answers)."""
+    writes = [0]
+
+    def hook(n: int, method: str, path: str) -> None:
+        if "composite/sobjects" in path:
+            writes[0] += 1
+            if writes[0] == nth:
+                act()
+    world.sf.faults.on_request = hook
+
+
+@pytest.fixture(scope="module")
+def clean() -> dict[str, Any]:
+    """The final state of a sync that was never interrupted."""
+    with build_world(NOW, extra=EXTRA) as world, tempfile.TemporaryDirectory() as tmp:
+        cfg = discover(write_config(Path(tmp)), world)
+        summary = sync(cfg, world.env(), since=world.since)
+        assert summary.dead_lettered >= 3 and summary.applied > 20
+        return expected_of(world, Path(tmp) / STATE_NAME)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    with build_world(NOW, extra=EXTRA) as w:
+        yield w
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, ExitCode.TERMINATED),
+                                           (signal.SIGINT, ExitCode.INTERRUPTED)])
+def test_a_signal_mid_sync_stops_after_the_batch_records_its_exit_code_and_the_rerun_converges(
+        world, tmp_path, clean, sig, code):
+    cfg = discover(write_config(tmp_path), world)
+    child = Child(["sync", "--config", str(cfg), "--since", world.since], world.cli_env(), tmp_path)
+    before: list[int] = []
+
+    def stop_now() -> None:
+        before.append(len(state_rows(tmp_path / STATE_NAME)["events"]))  # committed before the batch in flight
+        child.signal_and_wait(sig)
+    at_collections_write(world, 6, stop_now)
+    returncode, stdout, stderr = child.finish()
+    world.sf.faults.clear()
+    name = signal.Signals(sig).name
+
+    assert child.saw_stopping.is_set(), stderr  # said at once, while a write of the batch was in flight
+    assert returncode == code == {"SIGTERM": 143, "SIGINT": 130}[name], stderr
+    assert stderr.count(STOPPING.format(name)) == 1 and "Traceback" not in stderr
+    [run] = runs(tmp_path / STATE_NAME)
+    assert run["exit_code"] == code and run["finished_at"] is not None
+    assert run["summary"]["stopped_by"] == name and run["summary"]["interrupted"] is True
+    # Stopped part-way, with everything it read committed: the batch in flight included, nothing after it.
+    rows = state_rows(tmp_path / STATE_NAME)
+    assert rows["cursor"] is not None and before[0] < len(rows["events"]) < len(world.event_ids)
+    assert len(rows["events"]) == run["summary"]["events_read"]
+    assert run["summary"]["applied"] > 0 and "events read" in stdout
+
+    again = stripe_sf(["sync", "--config", str(cfg)], world.cli_env())
+    assert again.returncode in (0, 3), again.stderr
+    assert_converged(world, tmp_path / STATE_NAME, clean)
+
+
+def test_a_second_sigterm_aborts_at_once_records_143_and_the_rerun_converges(world, tmp_path, clean):
+    cfg = discover(write_config(tmp_path), world)
+    child = Child(["sync", "--config", str(cfg), "--since", world.since], world.cli_env(), tmp_path)
+    before: list[int] = []
+
+    def abort_now() -> None:
+        before.append(len(state_rows(tmp_path / STATE_NAME)["events"]))
+        child.signal_and_wait(signal.SIGTERM, then=signal.SIGTERM)
+    at_collections_write(world, 6, abort_now)
+    returncode, _, stderr = child.finish()
+    world.sf.faults.clear()
+
+    assert child.saw_stopping.is_set(), stderr
+    assert returncode == ExitCode.TERMINATED, stderr
+    assert "interrupted: the state is consistent" in stderr and "Traceback" not in stderr
+    [run] = runs(tmp_path / STATE_NAME)
+    assert run["exit_code"] == ExitCode.TERMINATED and run["finished_at"] is not None
+    # The batch in flight was not committed (its writes reached Salesforce: the rerun repeats them idempotently).
+    rows = state_rows(tmp_path / STATE_NAME)
+    assert len(rows["events"]) == before[0] == run["summary"]["events_read"]
+
+    args = ["sync", "--config", str(cfg)] + ([] if rows["cursor"] else ["--since", world.since])
+    again = stripe_sf(args, world.cli_env())
+    assert again.returncode in (0, 3), again.stderr
+    assert_converged(world, tmp_path / STATE_NAME, clean)
+
+
+def test_sigterm_mid_dlq_retry_stops_after_the_batch_and_leaves_the_rest_open(world, tmp_path):
+    cfg = discover(write_config(tmp_path, batch_size=1), world)
+    assert sync(cfg, world.env(), since=world.since).dead_lettered >= 3
+    letters = state_rows(tmp_path / STATE_NAME)["dead"]
+    child = Child(["dlq", "retry", "--all", "--config", str(cfg)], world.cli_env(), tmp_path)
+
+    def first_request(n: int, method: str, path: str) -> None:
+        child.signal_and_wait(signal.SIGTERM)
+    world.sf.faults.on_request = first_request
+    returncode, _, stderr = child.finish()
+    world.sf.faults.clear()
+
+    assert child.saw_stopping.is_set(), stderr
+    assert returncode == ExitCode.TERMINATED, stderr
+    assert STOPPING.format("SIGTERM") in stderr
+    retry = runs(tmp_path / STATE_NAME)[-1]
+    assert retry["command"] == "dlq retry" and retry["exit_code"] == ExitCode.TERMINATED
+    after = state_rows(tmp_path / STATE_NAME)["dead"]
+    retried = [eid for eid in letters if after[eid]["attempts"] == 2]
+    assert 1 <= len(retried) < len(letters), after  # one batch of one letter, then the stop
+    assert all(d["status"] == "open" for d in after.values())
+
+
+def test_sigterm_mid_backfill_prints_the_exact_resume_command_which_converges(tmp_path, stripe_sb, sf_sb, org, env):
+    _, h = history(stripe_sb, org, subs=250)
+    cfg = configured(tmp_path, env, **{"bulk_threshold: 2000": "bulk_threshold: 10",
+                                       "bulk_chunk: 5000": "bulk_chunk: 100",
+                                       "bulk_poll_seconds: 5": "bulk_poll_seconds: 0"})
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith(("SF_", "STRIPE_"))}
+    cli_env.update({"STRIPE_API_KEY": stripe_sb.api_key, "STRIPE_API_BASE": stripe_sb.base_url,
+                    "SF_INSTANCE_URL": sf_sb.instance_url, "SF_ACCESS_TOKEN": sf_sb.access_token,
+                    "REQUESTS_CA_BUNDLE": sf_sb.ca_path})
+    since = since_days(400)
+    child = Child(["backfill", "--since", since, "--objects", "subscriptions, payment_intents,invoices",
+                   "--config", str(cfg)], cli_env, tmp_path)
+    pages = [0]
+
+    def second_page(n: int, method: str, path: str) -> None:
+        if path.startswith("/v1/subscriptions"):
+            pages[0] += 1
+            if pages[0] == 2:
+                child.signal_and_wait(signal.SIGTERM)
+    stripe_sb.faults.on_request = second_page
+    returncode, _, stderr = child.finish()
+    stripe_sb.faults.clear()
+
+    assert child.saw_stopping.is_set(), stderr
+    assert returncode == ExitCode.TERMINATED, stderr
+    command = (f"stripe-sf backfill --since {since} --objects subscriptions,payment_intents,invoices "
+               f"--config {shlex.quote(str(cfg))} --resume")
+    assert f"Stopped at a page boundary (SIGTERM). Continue with: {command}" in stderr.replace("\n", " ")
+    [run] = runs(tmp_path / STATE_NAME)
+    assert run["command"] == "backfill" and run["exit_code"] == ExitCode.TERMINATED
+    assert run["summary"]["objects"]["subscriptions"]["read"] == 200  # the two pages read, both committed
+    assert 0 < len(org.records("Opportunity"))
+
+    resumed = subprocess.run([sys.executable, "-m", "stripe_sf_sync", *shlex.split(command)[1:]], env=cli_env,
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert resumed.returncode == ExitCode.OK, resumed.stderr
+    assert runs(tmp_path / STATE_NAME)[-1]["summary"]["objects"]["subscriptions"]["read"] == 50  # the rest only
+    won = [s for s in h["subs"] if s["status"] in ("active", "trialing", "past_due", "unpaid")]
+    assert len([o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c")]) == len(won)
+    statuses = {a["Stripe_Customer_ID__c"]: a.get("Subscription_Status__c") for a in org.records("Account")}
+    assert all(statuses[s["customer"]] == s["status"] for s in h["subs"])
+    # Converged: a whole backfill from scratch finds nothing to change.
+    resumed_org = snapshot(org)
+    assert backfill(cfg, env, since=since).dead_lettered == 0
+    assert snapshot(org) == resumed_org
+
+
+def test_a_sigkilled_run_is_running_while_it_holds_the_lock_then_ended_abnormally(world, tmp_path):
+    cfg = discover(write_config(tmp_path), world)
+    pause = tmp_path / "paused"
+    env = world.cli_env(STRIPE_SF_TEST_KILL="pause:commit:3", STRIPE_SF_TEST_PAUSE_FILE=str(pause))
+    proc = subprocess.Popen([sys.executable, "-m", "stripe_sf_sync", "sync", "--config", str(cfg), "--since",
+                             world.since], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not pause.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert pause.exists(), "the sync never reached its third commit"
+        during = stripe_sf(["status", "--config", str(cfg), "--json"], world.cli_env(), timeout=30)
+        assert during.returncode == 0, during.stderr
+        [run] = json.loads(during.stdout)["runs"]
+        assert run["state"] == "running" and run["exit_code"] is None
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+    after = stripe_sf(["status", "--config", str(cfg), "--json"], world.cli_env(), timeout=30)
+    [run] = json.loads(after.stdout)["runs"]
+    assert run["state"] == "ended abnormally" and run["exit_code"] is None
+    text = stripe_sf(["status", "--config", str(cfg)], world.cli_env(), timeout=30)
+    assert text.returncode == 0 and "ended abnormally" in text.stdout and "running" not in text.stdout
+
+    # The next run is recorded as finished; the dead one stays "ended abnormally".
+    again = stripe_sf(["sync", "--config", str(cfg)], world.cli_env())
+    assert again.returncode in (0, 3), again.stderr
+    newest, killed = json.loads(stripe_sf(["status", "--config", str(cfg), "--json"], world.cli_env()).stdout)["runs"]
+    assert newest["state"] == "finished" and newest["exit_code"] == again.returncode
+    assert killed["state"] == "ended abnormally"
+
+
+def test_the_status_probe_of_the_lock_never_turns_a_starting_run_away(tmp_path):
+    """`status` probes the run lock with a shared lock held for an instant; a run starting in that instant
+    waits for it instead of exiting as if another run held the lock."""
+    path = tmp_path / STATE_NAME
+    with StateStore.open(path) as reader, StateStore.open(path) as starting:
+        assert not reader.lock_held()
+        probe = os.open(f"{path}.lock", os.O_RDONLY | os.O_CREAT, 0o600)
+        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the probe, caught mid-instant
+        release = threading.Timer(0.03, lambda: (fcntl.flock(probe, fcntl.LOCK_UN), os.close(probe)))
+        release.start()
+        try:
+            starting.acquire_lock()
+        finally:
+            release.join()
+        assert reader.lock_held()
+        starting.release_lock()
+        assert not reader.lock_held()
