@@ -354,6 +354,31 @@ def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
 
 
 @app.command()
+def doctor(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Check everything a run depends on, before the first write: one line per check, each problem with its fix.
+
+    Exits 0 when healthy (warnings alone included), else with the code of the first error: 2 (the config
+    or the org's setup), 5 (a service refuses, or the API budget is spent), 6 (the cursor is past Stripe's
+    retention) or 7 (the state file).
+
+    Example: stripe-sf doctor --json
+    """
+    from stripe_sf_sync.doctor import run_doctor
+
+    _setup(debug, None)
+    report = guarded(lambda: run_doctor(config, service.Environment()), debug=debug)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for check in report.checks:
+            typer.echo(check.line())
+        c = report.counts()
+        typer.echo(f"doctor: {c['ok']} ok, {c['warning']} warning{'s' if c['warning'] != 1 else ''}, "
+                   f"{c['error']} error{'s' if c['error'] != 1 else ''}.")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
 def demo(debug: DebugOpt = False) -> None:
     """Run the real pipeline against local stand-ins of Stripe and Salesforce; no credentials needed.
 

@@ -145,11 +145,13 @@ def field_problems(by_obj: FieldsByObject, names: FieldNames, *, thorough: bool 
     key that is no External ID, a Task key that cannot be filtered or written) is checked by every sync;
     `thorough` adds what `stripe-sf doctor` checks too: types, Unique, field-level security, and the
     subscription statuses the status field accepts."""
-    problems: list[OrgProblem] = []
-    for need in field_needs(names):
-        f = by_obj.get(need.sobject, {}).get(need.name.lower())
-        problems.extend(_missing(need) if f is None else _field_need_problems(need, f, thorough=thorough))
-    return problems
+    return [p for need in field_needs(names) for p in need_problems(need, by_obj, thorough=thorough)]
+
+
+def need_problems(need: FieldNeed, by_obj: FieldsByObject, *, thorough: bool = False) -> list[OrgProblem]:
+    """What is wrong with one configured field (see `field_problems`)."""
+    f = by_obj.get(need.sobject, {}).get(need.name.lower())
+    return _missing(need) if f is None else _field_need_problems(need, f, thorough=thorough)
 
 
 def _missing(need: FieldNeed) -> list[OrgProblem]:
@@ -170,8 +172,8 @@ def _field_need_problems(need: FieldNeed, f: Mapping[str, Any], *, thorough: boo
         return [OrgProblem(subject, f"{subject} must be a writable Text(255) field (it is {ftype})",
                            "External ID is recommended, Unique is not needed")]
     if need.key == "upsert" and not f.get("externalId"):
-        return [OrgProblem(subject, f"{subject} must be marked External ID (and Unique)",
-                           "it is the upsert key of new Opportunities: tick External ID and Unique on the field")]
+        return [OrgProblem(subject, f"{subject} must be marked External ID and Unique: it is the upsert key of new "
+                           "Opportunities", "tick External ID and Unique on the field")]
     problems: list[OrgProblem] = []
     if need.key == "task" and not (f.get("externalId") or f.get("unique")):
         # Salesforce indexes a custom field only when it is an External ID or Unique: without an index, the
@@ -216,11 +218,11 @@ def status_value_problems(subject: str, f: Mapping[str, Any]) -> list[OrgProblem
         if not missing:
             return []
         if f.get("restrictedPicklist"):
-            return [OrgProblem(subject, f"the restricted picklist {subject} lacks {', '.join(missing)}, so an "
+            return [OrgProblem(subject, f"{subject} is a restricted picklist without {', '.join(missing)}, so an "
                                "Account whose subscription turns to it cannot be written",
                                f"add the value{'s' if len(missing) > 1 else ''} {', '.join(missing)} to the picklist")]
-        return [OrgProblem(subject, f"the picklist {subject} lacks {', '.join(missing)}: Salesforce stores them, as "
-                           "values outside the list", f"add {', '.join(missing)} to the picklist", "warning")]
+        return [OrgProblem(subject, f"{subject} is a picklist without {', '.join(missing)}: Salesforce stores them, "
+                           "as values outside the list", f"add {', '.join(missing)} to the picklist", "warning")]
     longest = max(statuses, key=len)
     length = int(f.get("length") or 0)
     if length < len(longest):
