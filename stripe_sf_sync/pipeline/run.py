@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stripe_sf_sync.errors import BudgetSpent
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
@@ -93,14 +94,21 @@ def commit(state: CommitStore, batch: Batch, result: BatchResult, run_id: int | 
 
 def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: CommitStore, summary: RunSummary, *,
                 run_id: int | None, budget: Callable[[], str | None] = lambda: None) -> None:
-    """Apply and commit every batch of `source`; stop early when `budget()` names a reason."""
+    """Apply and commit every batch of `source`; stop early when `budget()` names a reason, or when a writer
+    refuses to send because the API budget is spent (BudgetSpent: that batch is not committed)."""
     for batch in source.batches():
         reason = budget()
         if reason:
             summary.stopped_early = reason
             break
         started = time.monotonic()
-        result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried, bulk=batch.policy.bulk)
+        try:
+            result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried, bulk=batch.policy.bulk)
+        except BudgetSpent as exc:
+            # A writer refused to send (the usage, learnt from this batch's lookups, reached the budget): nothing
+            # of the batch is committed, and the next run repeats it.
+            summary.stopped_early = exc.message
+            break
         commit(state, batch, result, run_id)
         summary.add(result, batch)
         source.applied(batch, result)
