@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -357,9 +358,7 @@ def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
 def doctor(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Check everything a run depends on, before the first write: one line per check, each problem with its fix.
 
-    Exits 0 when healthy (warnings alone included), else with the code of the first error: 2 (the config
-    or the org's setup), 5 (a service refuses, or the API budget is spent), 6 (the cursor is past Stripe's
-    retention) or 7 (the state file).
+    Exit 0 when healthy (with warnings too), else the first error's code: 2, 5, 6 or 7 (README: doctor).
 
     Example: stripe-sf doctor --json
     """
@@ -393,16 +392,44 @@ def demo(debug: DebugOpt = False) -> None:
 
 def _sandbox_demo() -> Callable[[Console], int]:
     """The demo, imported only when asked for: its stand-ins need the optional [sandbox] extra."""
-    try:
+    with _sandbox_extra("demo"):
         from stripe_sf_sync.sandbox.demo import run_demo
+    return run_demo
+
+
+@contextlib.contextmanager
+def _sandbox_extra(command: str) -> Iterator[None]:
+    """Imports of the stand-ins: a missing [sandbox] extra is a usage error that says how to install it."""
+    try:
+        yield
     except ModuleNotFoundError as exc:
         if (exc.name or "").startswith("stripe_sf_sync"):
             raise
-        raise ConfigError([f"`stripe-sf demo` needs the sandbox extra, and {exc.name} is not installed"],
+        raise ConfigError([f"`stripe-sf {command}` needs the sandbox extra, and {exc.name} is not installed"],
                           source="installation",
                           hint="Install it with `pip install 'stripe-sf-sync[sandbox]'` (from a clone: "
-                               "`pip install -e '.[sandbox]'`), then run `stripe-sf demo` again.") from None
-    return run_demo
+                               f"`pip install -e '.[sandbox]'`), then run `stripe-sf {command}` again.") from None
+
+
+@app.command("sandbox")
+def sandbox_command(debug: DebugOpt = False) -> None:
+    """Serve local stand-ins of Stripe and Salesforce, seeded with the demo data, until Ctrl-C (or SIGTERM).
+
+    It prints the `export` lines that point the other commands at them (README: "Rehearse offline").
+
+    Example: stripe-sf sandbox > sandbox.env &   then   . ./sandbox.env && stripe-sf discover-config --write
+    """
+    _setup(debug, None)
+
+    def load() -> Callable[..., int]:
+        with _sandbox_extra("sandbox"):
+            from stripe_sf_sync.sandbox.rehearsal import serve
+        return serve
+
+    serve = guarded(load, debug=debug)
+    code = guarded(lambda: serve(typer.echo), debug=debug)
+    _stderr().print("sandbox stopped.", highlight=False)
+    raise typer.Exit(code)
 
 
 def _iso(ts: int | None) -> str:
