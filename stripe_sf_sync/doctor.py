@@ -159,7 +159,12 @@ class Doctor:
                          "run `stripe-sf discover-config --write` to read it from the org", "salesforce.won_stage",
                          int(ExitCode.CONFIG))
         problems = stage_problems(won_stage, by_obj["Opportunity"].get("stagename") or {})
-        won = won_stages(gw)
+        try:
+            won = won_stages(gw)
+        except FatalSyncError as exc:
+            return Check("salesforce", "won stage", "error", f"cannot read OpportunityStage: {exc.message}",
+                         "give the integration user read access to Opportunity stages", won_stage,
+                         int(exc.exit_code))
         problems = problems or won_stage_problems(won_stage, won)
         if problems:
             return _from_problem("salesforce", "won stage", problems[0])
