@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
@@ -60,23 +61,28 @@ def rehearsal(*, now: int | None = None) -> Iterator[Rehearsal]:
 
 
 def serve(echo: Callable[[str], None], *, stop: threading.Event | None = None) -> int:
-    """Start the stand-ins, print the export lines, and serve until Ctrl-C, SIGTERM or `stop`; 0 when stopped."""
+    """Start the stand-ins, print the export lines, and serve until Ctrl-C, SIGTERM or `stop`; 0 when stopped.
+
+    Once the stand-ins serve, SIGINT and SIGTERM only set `stop`, so that a signal arriving at any moment,
+    even while the lines are printed, ends the loop and the stand-ins stop cleanly (their CA file removed).
+    A SIGINT the shell ignores (a background job) stays ignored."""
     stop = stop or threading.Event()
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        with rehearsal() as r:
+    with rehearsal() as r:
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    previous[signum] = signal.signal(signum, on_signal)
+        try:
             for line in r.lines():
                 echo(line)
-            with contextlib.suppress(KeyboardInterrupt):
-                while not stop.wait(0.2):  # a short wait: Ctrl-C is delivered between waits
-                    pass
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            while not stop.wait(0.2):  # a short wait: the handlers run between waits
+                pass
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     return 0
