@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -452,6 +453,30 @@ def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
 
 
 @app.command()
+def doctor(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False,
+           log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
+    """Check everything a run depends on, before the first write: one line per check, each problem with its fix.
+
+    Exit 0 when healthy (with warnings too), else the first error's code: 2, 5, 6 or 7 (README: doctor).
+
+    Example: stripe-sf doctor --json
+    """
+    from stripe_sf_sync.doctor import run_doctor
+
+    _setup(debug, log_format, config, quiet)
+    report = guarded(lambda: run_doctor(config, service.Environment()), debug=debug)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for check in report.checks:
+            typer.echo(check.line())
+        c = report.counts()
+        typer.echo(f"doctor: {c['ok']} ok, {c['warning']} warning{'s' if c['warning'] != 1 else ''}, "
+                   f"{c['error']} error{'s' if c['error'] != 1 else ''}.")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
 def demo(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
     """Run the real pipeline against local stand-ins of Stripe and Salesforce; no credentials needed.
 
@@ -466,16 +491,44 @@ def demo(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietO
 
 def _sandbox_demo() -> Callable[[Console], int]:
     """The demo, imported only when asked for: its stand-ins need the optional [sandbox] extra."""
-    try:
+    with _sandbox_extra("demo"):
         from stripe_sf_sync.sandbox.demo import run_demo
+    return run_demo
+
+
+@contextlib.contextmanager
+def _sandbox_extra(command: str) -> Iterator[None]:
+    """Imports of the stand-ins: a missing [sandbox] extra is a usage error that says how to install it."""
+    try:
+        yield
     except ModuleNotFoundError as exc:
         if (exc.name or "").startswith("stripe_sf_sync"):
             raise
-        raise ConfigError([f"`stripe-sf demo` needs the sandbox extra, and {exc.name} is not installed"],
+        raise ConfigError([f"`stripe-sf {command}` needs the sandbox extra, and {exc.name} is not installed"],
                           source="installation",
                           hint="Install it with `pip install 'stripe-sf-sync[sandbox]'` (from a clone: "
-                               "`pip install -e '.[sandbox]'`), then run `stripe-sf demo` again.") from None
-    return run_demo
+                               f"`pip install -e '.[sandbox]'`), then run `stripe-sf {command}` again.") from None
+
+
+@app.command("sandbox")
+def sandbox_command(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
+    """Serve local stand-ins of Stripe and Salesforce, seeded with the demo data, until Ctrl-C (or SIGTERM).
+
+    It prints the `export` lines that point the other commands at them (README: "Rehearse offline").
+
+    Example: stripe-sf sandbox > sandbox.env &   then   . ./sandbox.env && stripe-sf discover-config --write
+    """
+    _setup(debug, log_format, None, quiet)
+
+    def load() -> Callable[..., int]:
+        with _sandbox_extra("sandbox"):
+            from stripe_sf_sync.sandbox.rehearsal import serve
+        return serve
+
+    serve = guarded(load, debug=debug)
+    code = guarded(lambda: serve(typer.echo), debug=debug)
+    _stderr().print("sandbox stopped.", highlight=False)
+    raise typer.Exit(code)
 
 
 def _iso(ts: int | None) -> str:

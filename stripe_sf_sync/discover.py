@@ -47,6 +47,13 @@ class Discovery:
                 "configured_record_type_unavailable": self.configured_unavailable}
 
 
+def won_stages(gw: SalesforceGateway) -> list[tuple[str, str]]:
+    """(API name, label) of each active won and closed Opportunity stage, by sort order."""
+    return [(str(r.get("ApiName") or r["MasterLabel"]), str(r["MasterLabel"])) for r in gw.query(
+        "SELECT ApiName, MasterLabel, SortOrder FROM OpportunityStage WHERE IsWon = true AND IsClosed = true "
+        "AND IsActive = true ORDER BY SortOrder")]
+
+
 def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discovery:
     """Query OpportunityStage and RecordType, and describe Opportunity for what this user may use.
 
@@ -54,9 +61,7 @@ def discover(gw: SalesforceGateway, *, preferred: str | None = None) -> Discover
     `StageName` takes the API name, and an admin may rename the label (Salesforce Object Reference:
     OpportunityStage, `ApiName` since API 36.0).
     """
-    stages = [(str(r.get("ApiName") or r["MasterLabel"]), str(r["MasterLabel"])) for r in gw.query(
-        "SELECT ApiName, MasterLabel, SortOrder FROM OpportunityStage WHERE IsWon = true AND IsClosed = true "
-        "AND IsActive = true ORDER BY SortOrder")]
+    stages = won_stages(gw)
     if not stages:
         raise FatalSyncError("The org has no active Opportunity stage that is both won and closed.",
                              hint="Ask an admin to mark the won stage (Setup > Opportunity Stages).")

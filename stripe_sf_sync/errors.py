@@ -78,6 +78,11 @@ class FatalSyncError(StripeSfError):
         self.request_id = request_id
 
 
+class BudgetSpent(FatalSyncError):
+    """The org's daily API usage reached salesforce.api_budget: nothing more is written in this run. The run
+    stops before the batch at hand commits anything, so the next run repeats it."""
+
+
 class RetriableError(Exception):
     """A transient failure worth retrying with backoff (429, 5xx, UNABLE_TO_LOCK_ROW)."""
 

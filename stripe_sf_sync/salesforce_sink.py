@@ -33,7 +33,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from stripe_sf_sync.config import FieldNames, SalesforceSecrets
 from stripe_sf_sync.console import fields
-from stripe_sf_sync.errors import FatalSyncError, RetriableError, SkippableError
+from stripe_sf_sync.errors import BudgetSpent, FatalSyncError, RetriableError, SkippableError
 from stripe_sf_sync.resolve import (
     AccountRow,
     LookupRequest,
@@ -314,6 +314,27 @@ class SalesforceGateway:
         frac = self.usage.fraction
         return frac is not None and frac >= self.budget
 
+    def budget_reason(self) -> str | None:
+        """Why nothing more may be written, when the org's daily usage has reached the configured share."""
+        if not self.over_budget():
+            return None
+        return (f"Salesforce API usage reached {self.usage.used}/{self.usage.total}, the configured budget of "
+                f"{self.budget:.0%}")
+
+    def require_budget(self, sobject: str) -> None:
+        """Refuse a write once the org's usage has reached the budget (raise BudgetSpent). Every response
+        tells the usage (`Sforce-Limit-Info`; REST API Developer Guide, "Limit Info Header"), so a batch's
+        lookups have told it before its first write; a write that no response preceded asks first, with the
+        lightest call on the sObject it writes."""
+        if self.usage.fraction is None:
+            self.send(self._rest(f"sobjects/{sobject}/"), what=f"the basic information of {sobject}",
+                      hint=DESCRIBE_HINT)
+        reason = self.budget_reason()
+        if reason:
+            raise BudgetSpent(reason, code="API_BUDGET",
+                              hint="Nothing of this batch was written or committed: the next run repeats it once "
+                                   "the rolling 24-hour usage drops (or raise salesforce.api_budget).")
+
     def attempt(self, call: Callable[[Salesforce], T], what: str) -> T:
         """One try of `call`, after renewing an expired session once if need be. A failure is raised
         classified: CallRetriable (try again), SalesforceRejected (the data), FatalSyncError (stop)."""
@@ -431,6 +452,7 @@ class SalesforceGateway:
         failure of the whole call raises CallRetriable, for the writer's policy to send it again."""
         if len(ops) > COLLECTION_LIMIT:
             raise ValueError("a collections call takes at most 200 records")
+        self.require_budget(sobject)
         records = []
         for op in ops:
             rec: dict[str, Any] = {"attributes": {"type": op.sobject}}
@@ -758,6 +780,7 @@ class BulkWriter:
     def _job(self, group: Group, ops: Sequence[SfOp]) -> list[WriteResult]:
         """One ingest job (simple-salesforce splits it at 100 MB) and its failed rows."""
         kind, sobject, ext = group
+        self.gw.require_budget(sobject)  # a job's calls count against the daily allowance like any other
         key_col = "Id" if kind == "update" else ext
         rows = _bulk_rows(key_col, ops)
 

@@ -225,6 +225,8 @@ class StripeSource:
         # price id -> {currency: {unit_amount, unit_amount_decimal}}, None for a Price Stripe no longer has.
         self._price_options: dict[str, dict[str, dict[str, Any]] | None] = {}
         self.calls_made = 0
+        # The last response's headers, by lower-case name (`stripe-version`: the version Stripe answered in).
+        self.last_headers: dict[str, str] = {}
 
     @property
     def api_version(self) -> str:
@@ -266,6 +268,7 @@ class StripeSource:
         if not isinstance(data, dict):
             raise FatalSyncError(f"Stripe sent a response that is not a JSON object while {what}.",
                                  hint=RETRY_LATER_HINT)
+        self.last_headers = {str(k).lower(): str(v) for k, v in (getattr(resp, "headers", None) or {}).items()}
         return data
 
     def _get_or_none(self, what: str, path: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:

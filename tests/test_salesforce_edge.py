@@ -20,7 +20,7 @@ from simple_salesforce.exceptions import (
 )
 
 from stripe_sf_sync import service
-from stripe_sf_sync.errors import FatalSyncError
+from stripe_sf_sync.errors import BudgetSpent, ExitCode, FatalSyncError
 from stripe_sf_sync.resolve import SfOp, WriteResult
 from stripe_sf_sync.salesforce_sink import (
     BulkWriter,
@@ -364,6 +364,24 @@ def test_bulk_writer_sends_updates_as_a_job_and_creates_through_collections_in_o
     paths = [(m, p) for m, p in sf_sb.requests_log[start:]]
     assert any("/jobs/ingest" in p for _, p in paths)
     assert paths[-1][0] == "POST" and paths[-1][1].rstrip("/").endswith("/composite/sobjects")  # the create, last
+
+
+def test_no_write_is_sent_at_or_over_the_api_budget_even_before_any_response_told_the_usage(sf_sb, org):
+    """The writers refuse to send once usage reaches the budget. A write that no response preceded (here, the
+    gateway's very first call) asks for the usage first, with the lightest call on the sObject."""
+    acct = org.insert("Account", {"Name": "Budget", "Stripe_Customer_ID__c": "cus_budget01"})
+    org.api_used = 80_000  # exactly at a budget of 0.8: at the budget, nothing is written
+    ops = [SfOp("update", "Account", acct, {"Subscription_Status__c": "past_due"})]
+    for writer in (CollectionsWriter(gateway(sf_sb, org)), BulkWriter(gateway(sf_sb, org, bulk_poll_seconds=0))):
+        start = len(sf_sb.requests_log)
+        with pytest.raises(BudgetSpent) as info:
+            writer.write(ops)
+        assert info.value.exit_code == ExitCode.UNAVAILABLE and "budget of 80%" in str(info.value)
+        assert [m for m, _ in sf_sb.requests_log[start:]] == ["GET"]  # the usage, then no write
+        assert sf_sb.requests_log[start][1].rstrip("/").endswith("/sobjects/Account")
+    assert org.get("Account", acct)["Subscription_Status__c"] is None
+    org.api_used = 0
+    assert [r.success for r in CollectionsWriter(gateway(sf_sb, org)).write(ops)] == [True]
 
 
 # --- through the pipeline ----------------------------------------------------------------------------------

@@ -37,11 +37,7 @@ class SalesforceAccess:
 
     def budget_spent(self) -> str | None:
         """Why the run must stop here, when the org's daily usage reached the configured share."""
-        gw = self._gw
-        if gw is None or not gw.over_budget():
-            return None
-        return (f"Salesforce API usage reached {gw.usage.used}/{gw.usage.total}, the configured budget of "
-                f"{gw.budget:.0%}")
+        return None if self._gw is None else self._gw.budget_reason()
 
 
 class SalesforceRecords:

@@ -6,10 +6,11 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from stripe_sf_sync.config import FieldNames, LoadedConfig
 from stripe_sf_sync.errors import ConfigError
+from stripe_sf_sync.model import SUBSCRIPTION_STATUSES
 
 log = logging.getLogger("stripe_sf_sync")
 
@@ -44,21 +45,93 @@ class MetaStore(Protocol):
         """Store a value."""
 
 
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class OrgProblem:
+    """One thing the org lacks for this config: what is at fault, what is wrong, and the fix."""
+
+    subject: str  # the field (Object.Field), picklist, stage, record type or sObject at fault
+    problem: str
+    fix: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        return f"{self.problem} ({self.fix})"
+
+
+@dataclass(frozen=True)
+class FieldNeed:
+    """What stripe-sf needs of one configured field (the README's table 'The Salesforce fields the org
+    needs'): its type, what it writes to it, and its role as a key."""
+
+    sobject: str
+    name: str
+    kind: str  # how to create it
+    types: frozenset[str]  # describe `type`s that hold its values
+    writes: tuple[str, ...] = ()  # "create", "update": the field-level security it needs
+    # upsert: an Opportunity upsert key, which must be External ID, and Unique (an upsert on a non-Unique
+    # External ID needs "View All Data"; REST API, "Upsert a Record Using an External ID");
+    # match: looked up by SOQL, where an External ID (indexed) and Unique (one Account per customer) help;
+    # task: the Task key, which must be a filterable Text field, External ID recommended for the index.
+    key: Literal["upsert", "match", "task"] | None = None
+    optional: bool = False  # a missing field is a warning, not an error
+    holds_status: bool = False  # takes Stripe's subscription statuses
+
+    @property
+    def subject(self) -> str:
+        """Object.Field."""
+        return f"{self.sobject}.{self.name}"
+
+
+TEXT = frozenset({"string"})
+WRITE = ("create", "update")
+
+
+def field_needs(names: FieldNames) -> list[FieldNeed]:
+    """Every configured field, with what stripe-sf needs of it."""
+    needs = [
+        FieldNeed("Opportunity", names.subscription_id, "Text(255), External ID, Unique", TEXT, WRITE, "upsert"),
+        FieldNeed("Opportunity", names.payment_intent_id, "Text(255), External ID, Unique", TEXT, WRITE, "upsert"),
+        FieldNeed("Opportunity", names.customer_id, "Text(255)", TEXT, WRITE),
+        FieldNeed("Opportunity", names.mrr, "Currency(16, 2)", frozenset({"currency", "double"}), WRITE),
+        FieldNeed("Opportunity", names.arr, "Currency(16, 2)", frozenset({"currency", "double"}), WRITE),
+        FieldNeed("Account", names.customer_id, "Text(255), External ID, Unique", TEXT, ("update",), "match"),
+        FieldNeed("Account", names.subscription_status, "Picklist or Text(40)", frozenset({"picklist", "string"}),
+                  ("update",), holds_status=True),
+    ]
+    if names.account_csm:
+        needs.append(FieldNeed("Account", names.account_csm, "Lookup(User)", frozenset({"reference"})))
+    needs.append(FieldNeed("Task", names.task_event_id, "Text(255)", TEXT, ("create",), "task", optional=True))
+    return needs
+
+
+FieldsByObject = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+
+def fields_by_object(described: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """Describe's fields of each sObject, by lower-case name (API names are case-insensitive)."""
+    return {name: {f["name"].lower(): f for f in d.get("fields", [])} for name, d in described.items()}
+
+
 def check_org(describer: Describer, loaded: LoadedConfig) -> OrgFacts:
     """Describe Opportunity, Account and Task; list every missing field or stage as one config error."""
     described = describer.describe_many(["Opportunity", "Account", "Task"])
-    by_obj = {name: {f["name"].lower(): f for f in d.get("fields", [])} for name, d in described.items()}
+    by_obj = fields_by_object(described)
     s = loaded.settings.salesforce
-    fields = _field_problems(by_obj, s.fields)
-    problems = [*fields, *_stage_problems(s.won_stage or "", by_obj["Opportunity"].get("stagename") or {}),
-                *_record_type_problems(loaded, described["Opportunity"].get("recordTypeInfos", []))]
-    task_field = by_obj["Task"].get(s.fields.task_event_id.lower())
-    problems.extend(_task_field_problems(task_field, s.fields.task_event_id))
-    if problems:
-        raise ConfigError(problems, source="Salesforce org setup",
+    fields = field_problems(by_obj, s.fields)
+    problems = [*fields, *stage_problems(s.won_stage or "", by_obj["Opportunity"].get("stagename") or {}),
+                *record_type_problems(loaded, described["Opportunity"].get("recordTypeInfos", []))]
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise ConfigError([str(p) for p in errors], source="Salesforce org setup",
                           hint="Create the fields (README: 'Salesforce fields'), or change salesforce.fields in "
-                               "the config." if fields else "Run `stripe-sf discover-config --write`, then sync again.")
-    _warn_about_task_field(task_field, s.fields.task_event_id)
+                               "the config." if any(p.severity == "error" for p in fields)
+                          else "Run `stripe-sf discover-config --write`, then sync again.")
+    for p in problems:
+        log.warning("%s. %s", p.problem, p.fix[:1].upper() + p.fix[1:] + ".")
+    task_field = by_obj["Task"].get(s.fields.task_event_id.lower())
     currency = by_obj["Opportunity"].get("currencyisocode")
     currencies = None
     if currency is not None:
@@ -67,29 +140,114 @@ def check_org(describer: Describer, loaded: LoadedConfig) -> OrgFacts:
     return OrgFacts(task_keyed=task_field is not None, currencies=currencies)
 
 
-def _field_problems(by_obj: Mapping[str, Mapping[str, Any]], names: FieldNames) -> list[str]:
-    problems: list[str] = []
+def field_problems(by_obj: FieldsByObject, names: FieldNames, *, thorough: bool = False) -> list[OrgProblem]:
+    """What is wrong with the configured fields. What a run cannot do without (a missing field, an upsert
+    key that is no External ID, a Task key that cannot be filtered or written) is checked by every sync;
+    `thorough` adds what `stripe-sf doctor` checks too: types, Unique, field-level security, and the
+    subscription statuses the status field accepts."""
+    return [p for need in field_needs(names) for p in need_problems(need, by_obj, thorough=thorough)]
 
-    def need(obj: str, fname: str, kind: str, *, external: bool = False) -> None:
-        f = by_obj[obj].get(fname.lower())
-        if f is None:
-            problems.append(f"{obj}.{fname} does not exist in the org (create it as {kind})")
-        elif external and not f.get("externalId"):
-            problems.append(f"{obj}.{fname} must be marked External ID (and Unique)")
 
-    need("Opportunity", names.subscription_id, "Text(255), External ID, Unique", external=True)
-    need("Opportunity", names.payment_intent_id, "Text(255), External ID, Unique", external=True)
-    need("Opportunity", names.customer_id, "Text(255)")
-    need("Opportunity", names.mrr, "Currency(16, 2)")
-    need("Opportunity", names.arr, "Currency(16, 2)")
-    need("Account", names.customer_id, "Text(255), External ID, Unique")
-    need("Account", names.subscription_status, "Picklist or Text(40)")
-    if names.account_csm:
-        need("Account", names.account_csm, "Lookup(User)")
+def need_problems(need: FieldNeed, by_obj: FieldsByObject, *, thorough: bool = False) -> list[OrgProblem]:
+    """What is wrong with one configured field (see `field_problems`)."""
+    f = by_obj.get(need.sobject, {}).get(need.name.lower())
+    return _missing(need) if f is None else _field_need_problems(need, f, thorough=thorough)
+
+
+def _missing(need: FieldNeed) -> list[OrgProblem]:
+    if need.key == "task":
+        return [OrgProblem(need.subject, f"{need.subject} does not exist: Tasks are created without a key, so a "
+                           "rerun after a crash between the write and the state commit, a `dlq retry` or a second "
+                           "backfill can create a Task again",
+                           "create it as Text(255), External ID recommended (Unique is not needed): then each "
+                           "Task is created once and never rewritten", "warning")]
+    return [OrgProblem(need.subject, f"{need.subject} does not exist in the org", f"create it as {need.kind}")]
+
+
+def _field_need_problems(need: FieldNeed, f: Mapping[str, Any], *, thorough: bool) -> list[OrgProblem]:
+    subject, ftype = need.subject, str(f.get("type"))
+    if need.key == "task" and (ftype != "string" or not f.get("filterable", True) or not f.get("createable", True)):
+        # Looked up with SOQL `IN (...)` and written on create; no Task is ever upserted, so neither External
+        # ID nor Unique is needed.
+        return [OrgProblem(subject, f"{subject} must be a writable Text(255) field (it is {ftype})",
+                           "External ID is recommended, Unique is not needed")]
+    if need.key == "upsert" and not f.get("externalId"):
+        return [OrgProblem(subject, f"{subject} must be marked External ID and Unique: it is the upsert key of new "
+                           "Opportunities", "tick External ID and Unique on the field")]
+    problems: list[OrgProblem] = []
+    if need.key == "task" and not (f.get("externalId") or f.get("unique")):
+        # Salesforce indexes a custom field only when it is an External ID or Unique: without an index, the
+        # per-batch lookup scans every Task of the org.
+        problems.append(OrgProblem(subject, f"{subject} is not indexed, so looking Tasks up by it is slow in an "
+                                   "org with many Tasks", "mark it External ID (Unique is not needed)", "warning"))
+    if not thorough:
+        return problems
+    if ftype not in need.types:
+        return [OrgProblem(subject, f"{subject} is a {ftype} field, which cannot hold what stripe-sf writes",
+                           f"make it {need.kind}, or name another field under salesforce.fields")]
+    if need.types == frozenset({"reference"}) and "User" not in (f.get("referenceTo") or []):
+        problems.append(OrgProblem(subject, f"{subject} does not look up a User", "make it Lookup(User)"))
+    if need.key == "upsert" and not f.get("unique"):
+        problems.append(OrgProblem(subject, f"{subject} is an External ID but not Unique: an upsert by it needs "
+                                   "the integration user to have View All Data, and two Opportunities could share "
+                                   "it", "tick Unique on the field"))
+    if need.key == "match" and not f.get("externalId"):
+        problems.append(OrgProblem(subject, f"{subject} is not an External ID, so it is not indexed and matching "
+                                   "Accounts by it scans every Account", "tick External ID (and Unique) on the field",
+                                   "warning"))
+    elif need.key == "match" and not f.get("unique"):
+        problems.append(OrgProblem(subject, f"{subject} is not Unique: two Accounts may carry the same Stripe "
+                                   "customer, and events then go to either", "tick Unique on the field", "warning"))
+    for verb, flag in (("create", "createable"), ("update", "updateable")):
+        if verb in need.writes and not f.get(flag, True):
+            problems.append(OrgProblem(subject, f"the integration user cannot {verb} {subject} (field-level "
+                                       "security)", "make the field editable for its profile or a permission set"))
+    if need.holds_status:
+        problems.extend(status_value_problems(subject, f))
     return problems
 
 
-def _stage_problems(won_stage: str, stage_field: Mapping[str, Any]) -> list[str]:
+def status_value_problems(subject: str, f: Mapping[str, Any]) -> list[OrgProblem]:
+    """The subscription status field must take every status Stripe has (Stripe API reference: the
+    Subscription object, `status`): a restricted picklist refuses a value it lacks
+    (INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST), a text field one longer than its length."""
+    statuses = sorted(SUBSCRIPTION_STATUSES)
+    if f.get("type") == "picklist":
+        values = {str(p.get("value")) for p in f.get("picklistValues", []) if p.get("active", True)}
+        missing = [s for s in statuses if s not in values]
+        if not missing:
+            return []
+        if f.get("restrictedPicklist"):
+            return [OrgProblem(subject, f"{subject} is a restricted picklist without {', '.join(missing)}, so an "
+                               "Account whose subscription turns to it cannot be written",
+                               f"add the value{'s' if len(missing) > 1 else ''} {', '.join(missing)} to the picklist")]
+        return [OrgProblem(subject, f"{subject} is a picklist without {', '.join(missing)}: Salesforce stores them, "
+                           "as values outside the list", f"add {', '.join(missing)} to the picklist", "warning")]
+    longest = max(statuses, key=len)
+    length = int(f.get("length") or 0)
+    if length < len(longest):
+        return [OrgProblem(subject, f"{subject} holds {length} characters, too few for the status {longest!r}",
+                           "make it Text(40)")]
+    return []
+
+
+def object_access_problems(described: Mapping[str, Mapping[str, Any]]) -> list[OrgProblem]:
+    """What the integration user must be able to do (describe's sObject `createable`/`updateable` reflect
+    its profile and permission sets): create and edit Opportunities, edit Accounts (stripe-sf never
+    creates one), create Tasks (never edited: a Task is created once)."""
+    needed = {"Opportunity": ("create", "edit"), "Account": ("edit",), "Task": ("create",)}
+    problems = []
+    for sobject, verbs in needed.items():
+        d = described.get(sobject, {})
+        missing = [v for v in verbs if not d.get("createable" if v == "create" else "updateable", False)]
+        if missing:
+            what = " and ".join(missing)
+            problems.append(OrgProblem(sobject, f"the integration user cannot {what} {sobject} records",
+                                       f"give its profile or a permission set {what.title()} on {sobject}"))
+    return problems
+
+
+def stage_problems(won_stage: str, stage_field: Mapping[str, Any]) -> list[OrgProblem]:
     """StageName takes a picklist value, the stage's API name; describe's `label` is only what people
     see, and may differ after an admin renames the stage (Salesforce Object Reference: OpportunityStage,
     ApiName)."""
@@ -98,53 +256,45 @@ def _stage_problems(won_stage: str, stage_field: Mapping[str, Any]) -> list[str]
     if not values or won_stage in values:
         return []
     by_label = {str(p.get("label")): str(p.get("value")) for p in picklist}
+    subject = f"won stage {won_stage!r}"
     if won_stage in by_label:
-        return [f"salesforce.won_stage {won_stage!r} is the label of the won stage; Salesforce takes its API name, "
-                f"{by_label[won_stage]!r} (an earlier stripe-sf stored the label). `stripe-sf discover-config "
-                f"--write` repairs sync.yaml"]
-    return [f"salesforce.won_stage {won_stage!r} is not an Opportunity stage of this org (API names: "
-            f"{', '.join(values)}); `stripe-sf discover-config --write` stores the won stage's API name"]
+        return [OrgProblem(subject, f"salesforce.won_stage {won_stage!r} is the label of the won stage; Salesforce "
+                           f"takes its API name, {by_label[won_stage]!r}; an earlier stripe-sf stored the label",
+                           "`stripe-sf discover-config --write` repairs sync.yaml")]
+    return [OrgProblem(subject, f"salesforce.won_stage {won_stage!r} is not an Opportunity stage of this org (API "
+                       f"names: {', '.join(values)})", "`stripe-sf discover-config --write` stores the won stage's API "
+                       "name")]
 
 
-def _record_type_problems(loaded: LoadedConfig, infos: Sequence[Mapping[str, Any]]) -> list[str]:
+def won_stage_problems(won_stage: str, won: Sequence[tuple[str, str]]) -> list[OrgProblem]:
+    """A stage of the org that is not an active won and closed one would leave every Opportunity open:
+    `won` is (API name, label) of each active won stage (OpportunityStage: IsWon, IsClosed)."""
+    if won_stage in {api for api, _ in won}:
+        return []
+    names = ", ".join(api for api, _ in won) or "none"
+    return [OrgProblem(f"won stage {won_stage!r}", f"salesforce.won_stage {won_stage!r} is not an active won and "
+                       f"closed stage (the org's: {names})", "`stripe-sf discover-config --write` stores the won "
+                       "stage's API name")]
+
+
+def record_type_problems(loaded: LoadedConfig, infos: Sequence[Mapping[str, Any]]) -> list[OrgProblem]:
     """A record type the integration user may not use fails every Opportunity create (describe's
     `recordTypeInfos[].available`)."""
     rid = loaded.settings.record_type_id()
     if rid is None:
         return []
     name = loaded.settings.record_type_name() or rid
+    subject = f"record type {name!r}"
     info = next((i for i in infos if str(i.get("recordTypeId"))[:15] == rid[:15]), None)
     if info is None or not info.get("active", True):
-        return [f"salesforce.opportunity_record_type {name!r} ({rid}) is not an active Opportunity record type "
-                "of this org; `stripe-sf discover-config --write` lists the current ones"]
+        return [OrgProblem(subject, f"salesforce.opportunity_record_type {name!r} ({rid}) is not an active "
+                           "Opportunity record type of this org", "`stripe-sf discover-config --write` lists the "
+                           "current ones")]
     if not info.get("available"):
-        return [f"salesforce.opportunity_record_type {name!r} is not available to the integration user, so every "
-                "Opportunity it creates would fail; give the user's profile access to it, or run `stripe-sf "
-                "discover-config --write` to choose one it may use"]
+        return [OrgProblem(subject, f"salesforce.opportunity_record_type {name!r} is not available to the "
+                           "integration user, so every Opportunity it creates would fail", "give the user's profile "
+                           "access to it, or run `stripe-sf discover-config --write` to choose one it may use")]
     return []
-
-
-def _task_field_problems(task_field: Mapping[str, Any] | None, name: str) -> list[str]:
-    """The Task key is looked up with SOQL `IN (...)` and written on create: a filterable, writable Text
-    field. Neither External ID nor Unique is needed, since no Task is ever upserted."""
-    if task_field is not None and (task_field.get("type") != "string" or not task_field.get("filterable", True)
-                                   or not task_field.get("createable", True)):
-        return [f"Task.{name} must be a writable Text(255) field (it is {task_field.get('type')}); External ID is "
-                "recommended, Unique is not needed"]
-    return []
-
-
-def _warn_about_task_field(task_field: Mapping[str, Any] | None, name: str) -> None:
-    if task_field is None:
-        log.warning("Task.%s does not exist: Tasks are created without a key, so a rerun after a crash between "
-                    "the write and the state commit, a `dlq retry` or a second backfill can create a Task again. "
-                    "Create it as Text(255), External ID recommended (Unique is not needed): then each Task is "
-                    "created once and never rewritten.", name)
-    elif not (task_field.get("externalId") or task_field.get("unique")):
-        # Salesforce indexes a custom field only when it is an External ID or Unique: without an index, the
-        # per-batch lookup scans every Task of the org.
-        log.warning("Task.%s is not indexed: mark it External ID (Unique is not needed) so that looking Tasks "
-                    "up by it stays fast in an org with many Tasks.", name)
 
 
 class OrgCheck:

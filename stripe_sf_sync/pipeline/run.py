@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stripe_sf_sync.console import fields
+from stripe_sf_sync.errors import BudgetSpent
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
@@ -96,16 +97,23 @@ def commit(state: CommitStore, batch: Batch, result: BatchResult, run_id: int | 
 def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: CommitStore, summary: RunSummary, *,
                 run_id: int | None, budget: Callable[[], str | None] = lambda: None,
                 calls: Callable[[], tuple[int, int]] = lambda: (0, 0), stop: Stop | None = None) -> None:
-    """Apply and commit every batch of `source`; stop early when `budget()` names a reason, and after the
-    batch just committed when a stop was asked for (a signal). Each batch is logged at info with the Stripe
-    and Salesforce calls (`calls()`: the run's totals so far) it took."""
+    """Apply and commit every batch of `source`; stop early when `budget()` names a reason, or when a writer
+    refuses to send because the API budget is spent (BudgetSpent: that batch is not committed), and after
+    the batch just committed when a stop was asked for (a signal). Each batch is logged at info with the
+    Stripe and Salesforce calls (`calls()`: the run's totals so far) it took."""
     started, before = time.monotonic(), calls()
     for batch in source.batches():
         reason = budget()
         if reason:
             summary.stopped_early = reason
             break
-        result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried, bulk=batch.policy.bulk)
+        try:
+            result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried, bulk=batch.policy.bulk)
+        except BudgetSpent as exc:
+            # A writer refused to send (the usage, learnt from this batch's lookups, reached the budget): nothing
+            # of the batch is committed, and the next run repeats it.
+            summary.stopped_early = exc.message
+            break
         commit(state, batch, result, run_id)
         summary.add(result, batch)
         source.applied(batch, result)

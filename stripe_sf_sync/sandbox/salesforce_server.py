@@ -432,6 +432,8 @@ class SalesforceOrg:
         csm_field: str | None = "CSM__c",
         daily_api_limit: int = 100_000,
         currencies: Sequence[str] | None = None,
+        no_create: Iterable[str] = (),
+        no_edit: Iterable[str] = (),
     ) -> None:
         self._lock = threading.RLock()
         self._ids = sfids.IdFactory()
@@ -459,6 +461,11 @@ class SalesforceOrg:
         # Record types (by Name or DeveloperName) the integration user's profile may not use: active in
         # the org, but `available: false` in describe, and every create with one fails (sObject Describe).
         self.unavailable_record_types = frozenset(unavailable_record_types)
+        # sObjects the integration user's profile may not create, or not edit: describe says so
+        # (`createable`/`updateable` of the sObject), and such a write fails with
+        # CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY "entity type cannot be inserted: Task".
+        self.no_create = set(no_create)
+        self.no_edit = set(no_edit)
         self.require_record_type = require_record_type
         self.csm_field = csm_field
         self.daily_api_limit = daily_api_limit
@@ -938,6 +945,9 @@ class SalesforceOrg:
         elif op.kind == "upsert":
             existing = self._upsert_target(op)
         creating = existing is None
+        if not op.seeding and sobject in (self.no_create if creating else self.no_edit):
+            verb = "inserted" if creating else "updated"
+            raise _fail("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", f"entity type cannot be {verb}: {sobject}")
         fields = dict(op.fields)
         if op.kind == "upsert" and op.ext_field and op.ext_field != "Id":
             if creating:
@@ -1657,8 +1667,8 @@ class SalesforceOrg:
             "labelPlural": sobject + "s",
             "keyPrefix": self.prefix_of(sobject),
             "custom": sobject.endswith("__c"),
-            "createable": writable,
-            "updateable": writable,
+            "createable": writable and sobject not in self.no_create,
+            "updateable": writable and sobject not in self.no_edit,
             "deletable": writable,
             "queryable": True,
             "retrieveable": True,

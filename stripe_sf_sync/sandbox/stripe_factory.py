@@ -98,8 +98,15 @@ def clone(value: Any) -> Any:
 
 
 def is_valid_api_version(version: str) -> bool:
-    """True for `YYYY-MM-DD` or `YYYY-MM-DD.name` (the shape of every Stripe API version)."""
-    return bool(_VERSION_RE.match(version))
+    """True for `YYYY-MM-DD` or `YYYY-MM-DD.name` (the shape of every Stripe API version) on a real calendar
+    date: Stripe answers 400 "Invalid Stripe API version" to anything else."""
+    if not _VERSION_RE.match(version):
+        return False
+    try:
+        dt.date.fromisoformat(version[:10])
+    except ValueError:
+        return False
+    return True
 
 
 def is_pre_basil(version: str) -> bool:

@@ -317,6 +317,8 @@ class StripeSandbox:
         # Version used when a request carries no Stripe-Version header (the account default in Stripe).
         self.account_api_version = account_api_version
         self.api_key = "sk_test_sandbox_" + _rand_suffix(24)
+        # Keys rolled or deleted in the Dashboard: Stripe answers 401 "Expired API Key provided".
+        self.revoked_keys: set[str] = set()
         self.base_url = ""
         self.events: list[Obj] = []
         self.request_count = 0
@@ -601,6 +603,8 @@ class StripeSandbox:
             )
         if not key.startswith(self.api_key_prefixes):
             raise StripeApiError(401, f"Invalid API Key provided: {masked}")
+        if key in self.revoked_keys:
+            raise StripeApiError(401, f"Expired API Key provided: {masked}")
 
     def _handle(
         self, method: str, raw_path: str, headers: Mapping[str, str]

@@ -190,6 +190,47 @@ def test_request_limit_exceeded_through_the_cli_exits_unavailable(world, tmp_pat
     assert "REQUEST_LIMIT_EXCEEDED" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_org_already_over_the_api_budget_gets_no_write_and_a_rerun_converges(world, tmp_path, clean):
+    """The budget holds from the first write: the first batch's lookups tell the usage, and nothing is sent."""
+    cfg = config_for(world, tmp_path)
+    world.org.api_used = 85_000  # of 100,000; salesforce.api_budget is 0.8
+    world.org.reset_key_counters()
+    done = stripe_sf(["sync", "--config", str(cfg), "--since", world.since], world.cli_env())
+    assert done.returncode == ExitCode.UNAVAILABLE, done.stderr
+    assert "Stopped early: Salesforce API usage reached" in done.stderr and "budget of 80%" in done.stderr
+    assert world.org.written_keys == {}  # not one record written
+    from .world import state_rows
+    rows = state_rows(cfg.parent / STATE_NAME)
+    assert rows["events"] == {} and rows["cursor"] is None  # nothing of the batch committed
+    world.org.api_used = 0  # the rolling 24 hours moved on
+    done = stripe_sf(["sync", "--config", str(cfg), "--since", world.since], world.cli_env())
+    assert done.returncode == ExitCode.DEAD_LETTERS, done.stderr
+    assert_converged(world, cfg.parent / STATE_NAME, clean)
+
+
+def test_bulk_jobs_respect_the_api_budget_from_the_first_write(tmp_path):
+    """A backfill through Bulk API 2.0 started over the budget starts no job; `--resume` later writes it all."""
+    with build_world(NOW, extra=EXTRA) as world:
+        cfg = config_for(world, tmp_path, extra="")
+        cfg.write_text(cfg.read_text().replace("bulk_threshold: 2000", "bulk_threshold: 1")
+                       .replace("bulk_poll_seconds: 5", "bulk_poll_seconds: 0"))
+        world.org.api_used = 90_000
+        args = ["backfill", "--config", str(cfg), "--since", world.since, "--objects", "subscriptions"]
+        done = stripe_sf(args, world.cli_env())
+        assert done.returncode == ExitCode.UNAVAILABLE, done.stderr
+        assert "Stopped early: Salesforce API usage reached" in done.stderr and "--resume" in done.stderr
+        assert not any("jobs/ingest" in path for _, path in world.sf.requests_log)
+        assert world.org.written_keys == {}
+        world.org.api_used = 0
+        done = stripe_sf([*args, "--resume"], world.cli_env())
+        assert done.returncode in (ExitCode.OK, ExitCode.DEAD_LETTERS), done.stderr
+        assert any("jobs/ingest" in path for _, path in world.sf.requests_log)
+        live = {s["customer"] for s in world.stripe.objects_of("subscription") if s["status"] == "active"}
+        matched = {a["Stripe_Customer_ID__c"] for a in world.org.records("Account")}
+        opportunities = {o["Stripe_Customer_ID__c"] for o in world.org.records("Opportunity")}
+        assert live & matched <= opportunities
+
+
 def test_salesforce_slower_than_the_timeout_is_retried(world, tmp_path, clean):
     cfg = config_for(world, tmp_path)
     cfg.write_text(cfg.read_text().replace("timeout_seconds: 60", "timeout_seconds: 0.5"))

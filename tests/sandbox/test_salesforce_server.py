@@ -686,6 +686,23 @@ def test_a_record_type_the_user_may_not_use_is_unavailable_and_refused() -> None
         assert results[1]["success"]
 
 
+def test_an_object_the_user_may_not_create_or_edit_says_so_in_describe_and_refuses_the_write() -> None:
+    org = SalesforceOrg(no_create=["Task"], no_edit=["Account"])
+    account = org.insert("Account", {"Name": "Acme"})  # an admin's record: seeding is not the integration user
+    with SalesforceSandbox(org) as sb:
+        sf = client(sb)
+        task, acc = sf.Task.describe(), sf.Account.describe()
+        assert (task["createable"], task["updateable"]) == (False, True)
+        assert (acc["createable"], acc["updateable"]) == (True, False)
+        [created] = create(sf, {"attributes": {"type": "Task"}, "Subject": "Call", "WhatId": account})
+        assert error_of(created)[0] == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"
+        assert created["errors"][0]["message"] == "entity type cannot be inserted: Task"
+        [updated] = sf.restful("composite/sobjects", method="PATCH", json={"allOrNone": False, "records": [
+            {"attributes": {"type": "Account"}, "id": account, "Name": "Acme Corp"}]})
+        assert updated["errors"][0]["message"] == "entity type cannot be updated: Account"
+        assert org.get("Account", account)["Name"] == "Acme"
+
+
 def test_multi_currency_org_has_currency_iso_code_as_a_restricted_picklist() -> None:
     with SalesforceSandbox(SalesforceOrg(currencies=["USD", "EUR"])) as sb:
         sf = client(sb)

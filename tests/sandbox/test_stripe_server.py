@@ -129,6 +129,14 @@ def test_restricted_test_key_and_basic_auth_accepted(sandbox: StripeSandbox) -> 
     assert resp.status_code == 200
 
 
+def test_a_revoked_key_is_refused_as_expired(sandbox: StripeSandbox) -> None:
+    sandbox.revoked_keys.add(sandbox.api_key)
+    with pytest.raises(stripe.AuthenticationError) as exc:
+        sandbox.client().v1.customers.list()
+    assert exc.value.http_status == 401 and "Expired API Key provided" in str(exc.value)
+    assert sandbox.api_key not in str(exc.value)  # masked
+
+
 # ------------------------------------------------------------------------------------------- events
 
 
