@@ -76,6 +76,7 @@ class SyncEvents:
     clock: Callable[[], float]
     batch_size: int
     max_events: int | None = None
+    progress: Callable[[], None] | None = None  # told after each committed batch (the terminal's display)
     interrupted: bool = False
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -98,7 +99,9 @@ class SyncEvents:
                                   CommitPolicy(advance_cursor=True, meta=start.meta), more=self._more)
 
     def applied(self, batch: Batch, result: BatchResult) -> None:
-        """Nothing to track: the cursor is committed with each batch."""
+        """Nothing to track (the cursor is committed with each batch); the progress display is told."""
+        if self.progress is not None:
+            self.progress()
 
 
 class DeadLetters:
