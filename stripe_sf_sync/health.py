@@ -60,11 +60,12 @@ class Thresholds:
 
 
 def run_view(row: dict[str, Any], *, newest: bool, lock_held: bool) -> dict[str, Any]:
-    """A runs-table row with how it ended: `running` (unfinished, newest, and a process holds the lock) or
-    `abnormal` (unfinished otherwise: killed before it could record an exit code)."""
-    unfinished = row.get("finished_at") is None and row.get("exit_code") is None
-    running = unfinished and newest and lock_held
-    abnormal = bool(row.get("abnormal")) or (unfinished and not running)
+    """A runs-table row with how it ended: `running` (no exit code recorded, the newest run, and a process
+    holds the lock) or `abnormal` (no exit code otherwise: killed before it could record one). A row that
+    already says (`state`: "running" or "ended abnormally") is taken at its word."""
+    unfinished = row.get("exit_code") is None
+    running = row["state"] == "running" if "state" in row else unfinished and newest and lock_held
+    abnormal = row["state"] == "ended abnormally" if "state" in row else unfinished and not running
     return {**row, "running": running, "abnormal": abnormal, "started_iso": iso(row.get("started_at")),
             "finished_iso": iso(row.get("finished_at"))}
 

@@ -53,7 +53,7 @@ from stripe_sf_sync.pipeline.edges import (
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
-from stripe_sf_sync.state import DeadLetter, StateStore, run_lock_held
+from stripe_sf_sync.state import DeadLetter, StateStore
 from stripe_sf_sync.stripe_source import StripeSource, build_client
 
 log = logging.getLogger("stripe_sf_sync")
@@ -394,7 +394,7 @@ def status_report(config_path: Path | None, environment: Environment, *,
             backfill = state.get_meta("backfill_checkpoint")
             read_through = int(state.get_meta(READ_THROUGH_KEY) or 0)
             rows = state.recent_runs(5)
-            held = bool(rows) and rows[0].get("finished_at") is None and run_lock_held(path)
+            held = bool(rows) and rows[0].get("finished_at") is None and state.lock_held()
             runs = [run_view(r, newest=i == 0, lock_held=held) for i, r in enumerate(rows)]
             current = max(cursor.created, read_through) if cursor else None
             report.update({

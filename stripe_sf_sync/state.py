@@ -184,6 +184,25 @@ class StateStore:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
+    def lock_held(self) -> bool:
+        """Whether a run (in any process) holds the run lock now. Probed with a shared lock held for an
+        instant and never created: a run that died (SIGKILL, power loss) released its lock with its process."""
+        if self._lock_fd is not None:
+            return True
+        try:
+            fd = os.open(Path(f"{self.path}.lock"), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
     def release_lock(self) -> None:
         """Drop the run lock if held."""
         if self._lock_fd is not None:
@@ -400,24 +419,6 @@ class StateStore:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
-
-
-def run_lock_held(path: Path) -> bool:
-    """Whether a process holds the run lock of the state file at `path` (the kernel drops a flock when its
-    process dies, so a run killed without recording its end holds nothing). A probe: a shared lock taken and
-    dropped at once, without creating the lock file; a run starting in that very instant exits 4 (locked), and
-    the next scheduled run continues."""
-    try:
-        fd = os.open(f"{path}.lock", os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the probe's lock
-    return False
 
 
 _WRITABLE_HINT = ("stripe-sf needs to create and write files in that directory: the state file, its -wal and -shm "
