@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,12 +15,13 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from stripe_sf_sync import __version__, service
 from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml
 from stripe_sf_sync.console import LogFormat, active_settings, fields, setup_logging
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
+from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE, span
+from stripe_sf_sync.tables import Column, print_records
 
 T = TypeVar("T")
 log = logging.getLogger("stripe_sf_sync")
@@ -56,6 +58,9 @@ LogFormatOpt = Annotated[LogFormat | None, typer.Option(
          "Default: sync.log_format in the config, else auto.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", callback=_global,
                                         help="Warnings and errors only; a run's summary only with --json.")]
+MetricsOpt = Annotated[Path | None, typer.Option(
+    "--metrics-file", help="Write the run's figures here in Prometheus text format (node_exporter's textfile "
+                           "collector), atomically.")]
 
 
 def _stdout() -> Console:
@@ -170,7 +175,11 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
     if summary.stopped_early:  # a warning, so that --quiet and a JSON log show it too
         _say(logging.WARNING, f"Stopped early: {summary.stopped_early}. The next run continues from the cursor.",
              kind="stopped_early", reason=summary.stopped_early)
-    if summary.dead_lettered:
+    if summary.dead_lettered and summary.dry_run:
+        _say(logging.WARNING, f"A real run would dead-letter {summary.dead_lettered} events (the warnings above say "
+                              "why): fix the cause first, or apply the rest and retry them with `stripe-sf dlq "
+                              "retry --all`.", kind="would_dead_letter", dead_lettered=summary.dead_lettered)
+    elif summary.dead_lettered:
         _say(logging.WARNING, f"{summary.dead_lettered} events were dead-lettered: see `stripe-sf dlq list`, fix "
                               "the cause, then `stripe-sf dlq retry --all`.",
              kind="dead_letters", dead_lettered=summary.dead_lettered)
@@ -178,27 +187,54 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
 
 def _print_human_summary(summary: service.RunSummary) -> None:
     out = _stdout()
+    dry = summary.dry_run  # a dry run dead-letters and writes nothing: it says what it would do
     for kind, c in summary.objects.items():
-        out.print(f"{kind}: {c['read']} read, {c['written']} written, {c['dead_lettered']} dead-lettered"
+        counts = (f"would write {c['written']}, would dead-letter {c['dead_lettered']}" if dry else
+                  f"{c['written']} written, {c['dead_lettered']} dead-lettered")
+        out.print(f"{kind}: {c['read']} read, {counts}"
                   f"{' via Bulk API 2.0' if c['bulk'] else ''}{'' if c['done'] else ' (not finished)'}",
                   highlight=False)
-    if summary.dry_run and summary.planned_writes:
-        table = Table(title="Planned writes (dry run: nothing was changed)")
-        for col in ("action", "object", "key", "fields", "events"):
-            table.add_column(col)
-        for w in summary.planned_writes:
-            fields = ", ".join(f"{k}={v}" for k, v in w["fields"].items())
-            table.add_row(w["action"], w["sobject"], w["key"], fields, ", ".join(w["events"]))
-        out.print(table)
+    if dry and summary.planned_writes:
+        rows = [(w["action"], w["sobject"], w["key"], ", ".join(w["events"]), w["fields"])
+                for w in summary.planned_writes]
+        print_records(out, f"Planned writes (dry run: nothing was changed): {len(rows)}",
+                      [Column("action"), Column("object"), Column("key", is_id=True), Column("events", is_id=True),
+                       Column("fields")], rows)
     api = (f"{summary.salesforce_api_used}/{summary.salesforce_api_max}"
            if summary.salesforce_api_used is not None else "not contacted")
+    outcomes = (f"would apply {summary.applied}" if dry else f"{summary.applied} applied")
+    dead = (f"would dead-letter {summary.dead_lettered}" if dry else f"{summary.dead_lettered} dead-lettered")
+    writes = (f"{len(summary.planned_writes)} writes planned" if dry else
+              f"{summary.records_written} records written")
     out.print(
-        f"{summary.command}{' (dry run)' if summary.dry_run else ''}: {summary.events_read} events read, "
-        f"{summary.applied} applied, {summary.skipped_stale} skipped as stale, "
+        f"{summary.command}{' (dry run)' if dry else ''}: {summary.events_read} events read, "
+        f"{outcomes}, {summary.skipped_stale} skipped as stale, "
         f"{summary.skipped_duplicate} already done, {summary.ignored} needing no write, "
-        f"{summary.dead_lettered} dead-lettered; {summary.records_written} records written; "
+        f"{dead}; {writes}; "
         f"{summary.stripe_calls} Stripe and {summary.salesforce_calls} Salesforce calls; "
         f"Salesforce API usage {api}; {summary.duration_s:.1f}s.", highlight=False)
+
+
+@contextlib.contextmanager
+def _terminal_progress(as_json: bool) -> Iterator[Callable[[str, str], None] | None]:
+    """A live display on stderr when it is a terminal (never with --json, never in cron): `update(name,
+    stats)` sets the line of `name`. None otherwise."""
+    err = _stderr()
+    if as_json or not err.is_terminal or active_settings().json or active_settings().quiet:
+        yield None
+        return
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                  console=err, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(name: str, stats: str) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=None, stats="")
+            bar.update(tasks[name], stats=stats)
+
+        yield update
 
 
 @app.command()
@@ -216,6 +252,7 @@ def sync(
     debug: DebugOpt = False,
     log_format: LogFormatOpt = None,
     quiet: QuietOpt = False,
+    metrics_file: MetricsOpt = None,
 ) -> None:
     """Apply Stripe events since the saved cursor to Salesforce, in batches.
 
@@ -229,8 +266,17 @@ def sync(
     143); the next run continues from the cursor.
     """
     _setup(debug, log_format, config, quiet)
-    summary = guarded(lambda: service.run_sync(config, service.Environment(), since=since, dry_run=dry_run,
-                                               max_events=max_events, rewind=rewind), debug=debug)
+    started = time.monotonic()
+    with _terminal_progress(as_json) as update:
+        def show(s: service.RunSummary) -> None:
+            if update is not None:
+                rate = s.events_read / max(time.monotonic() - started, 1e-6)
+                dead = f"would dead-letter {s.dead_lettered}" if s.dry_run else f"{s.dead_lettered} dead-lettered"
+                update("sync", f"{s.events_read} read, {s.applied} applied, {dead}, {rate:.0f}/s")
+
+        summary = guarded(lambda: service.run_sync(config, service.Environment(), since=since, dry_run=dry_run,
+                                                   max_events=max_events, rewind=rewind, metrics_file=metrics_file,
+                                                   progress=show if update is not None else None), debug=debug)
     _print_summary(summary, as_json)
     raise typer.Exit(int(service.exit_code_for(summary)))
 
@@ -248,6 +294,7 @@ def backfill(
     debug: DebugOpt = False,
     log_format: LogFormatOpt = None,
     quiet: QuietOpt = False,
+    metrics_file: MetricsOpt = None,
 ) -> None:
     """Bring Salesforce to Stripe's current state for history older than the 30-day event window.
 
@@ -258,31 +305,21 @@ def backfill(
     _setup(debug, log_format, config, quiet)
     from stripe_sf_sync.backfill import TypeProgress
 
-    err = _stderr()
-    if err.is_terminal and not as_json and not active_settings().json and not active_settings().quiet:
-        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+    with _terminal_progress(as_json) as update:
+        started: dict[str, float] = {}
 
-        with Progress(TextColumn("{task.description}"), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                      console=err, transient=False) as bar:
-            tasks: dict[str, Any] = {}
-            started: dict[str, float] = {}
+        def show(kind: str, c: TypeProgress) -> None:
+            if update is not None:
+                started.setdefault(kind, time.monotonic())
+                rate = c.read / max(time.monotonic() - started[kind], 1e-6)
+                counts = (f"would write {c.written}, would dead-letter {c.dead_lettered}" if dry_run else
+                          f"{c.written} written, {c.dead_lettered} dead-lettered")
+                update(kind, f"{c.read} read, {counts}, {rate:.0f}/s{' (Bulk API)' if c.bulk else ''}")
 
-            def show(kind: str, c: TypeProgress) -> None:
-                import time as _t
-                if kind not in tasks:
-                    tasks[kind] = bar.add_task(kind, total=None, stats="")
-                    started[kind] = _t.monotonic()
-                rate = c.read / max(_t.monotonic() - started[kind], 1e-6)
-                bar.update(tasks[kind], stats=f"{c.read} read, {c.written} written, {c.dead_lettered} dead-lettered, "
-                                              f"{rate:.0f}/s{' (Bulk API)' if c.bulk else ''}")
-
-            summary = guarded(lambda: service.run_backfill(config, service.Environment(), since=since, until=until,
-                                                           objects=objects, dry_run=dry_run, resume=resume,
-                                                           progress=show), debug=debug)
-    else:
         summary = guarded(lambda: service.run_backfill(config, service.Environment(), since=since, until=until,
-                                                       objects=objects, dry_run=dry_run, resume=resume),
-                          debug=debug)
+                                                       objects=objects, dry_run=dry_run, resume=resume,
+                                                       progress=show if update is not None else None,
+                                                       metrics_file=metrics_file), debug=debug)
     _print_summary(summary, as_json)
     if summary.interrupted and not dry_run:
         _say(logging.WARNING, f"Stopped at a page boundary{f' ({summary.stopped_by})' if summary.stopped_by else ''}. "
@@ -325,16 +362,14 @@ def discover_config(
     others = [api for api, _ in found.won_stages[1:]]
     out.print(f"Won stage: {found.won_stage}{label}" + (f" (also won: {', '.join(others)})" if others else ""),
               highlight=False)
-    table = Table(title="Opportunity record types")
-    table.add_column("name")
-    table.add_column("RecordTypeId")
-    table.add_column("")
+    rows = []
     for name, rid in found.record_types.items():
         mark = "new Opportunities" if name == found.chosen_record_type else (
             "not available to this user" if name in found.unavailable_record_types else (
                 "org default" if name == found.default_record_type else ""))
-        table.add_row(name, rid, mark)
-    out.print(table)
+        rows.append((name, rid, mark))
+    print_records(out, "Opportunity record types", [Column("name"), Column("RecordTypeId", is_id=True),
+                                                    Column("use")], rows)
     if found.configured_unavailable:
         fix = (f"--write set opportunity_record_type to {found.chosen_record_type!r}." if write and
                found.chosen_record_type else
@@ -362,12 +397,11 @@ def dlq_list(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, 
     if not rows:
         _stdout().print("No open dead letters.")
         return
-    table = Table(title=f"{len(rows)} open dead letters")
-    for col in ("event", "type", "code", "attempts", "reason"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(r["event_id"], r["event_type"], r["error_code"], str(r["attempts"]), r["reason"])
-    _stdout().print(table)
+    print_records(_stdout(), f"{len(rows)} open dead letters",
+                  [Column("event", is_id=True), Column("type", is_id=True), Column("code", is_id=True),
+                   Column("attempts"), Column("last failed"), Column("reason")],
+                  [(r["event_id"], r["event_type"], r["error_code"], str(r["attempts"]), _iso(r["last_failed_at"]),
+                    r["reason"]) for r in rows])
 
 
 @dlq_app.command("retry")
@@ -415,24 +449,53 @@ def dlq_drop(
 
 
 @app.command()
-def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, debug: DebugOpt = False,
-           log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
-    """Show the cursor and its age, the last runs, dead letters and API usage.
+def status(
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 8 when unhealthy (for a monitoring check); "
+                                                        "the README says what counts.")] = False,
+    max_cursor_age: Annotated[str, typer.Option(help="--check: the oldest the cursor may be (90s, 15m, 2h, 1d).")
+                              ] = DEFAULT_MAX_CURSOR_AGE,
+    max_dead_letters: Annotated[int | None, typer.Option(min=0, help="--check: more open dead letters than this "
+                                                                     "is unhealthy (default: only a warning).")
+                                ] = None,
+) -> None:
+    """Show the cursor and its age, the last runs, dead letters, API usage and health.
 
-    Example: stripe-sf status --json
+    Example: stripe-sf status --json; from a monitoring check: stripe-sf status --check --max-cursor-age 15m
     """
     _setup(debug, log_format, config, quiet)
-    report = guarded(lambda: service.status_report(config, service.Environment()), debug=debug)
+    report = guarded(lambda: service.status_report(config, service.Environment(), max_cursor_age=max_cursor_age,
+                                                   max_dead_letters=max_dead_letters), debug=debug)
+    health = report["health"]
+    code = ExitCode.UNHEALTHY if check and not health["healthy"] else ExitCode.OK
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
-        return
+        raise typer.Exit(int(code))
     out = _stdout()
+    if report["never_run"]:
+        out.print(f"Never run: no run is recorded in {report['state_path']}. Start with `stripe-sf sync --since "
+                  "DATE` (or `stripe-sf backfill --since DATE`).", highlight=False, markup=False)
     cur = report["cursor"]
     if cur:
-        hours = cur["age_s"] / 3600
-        out.print(f"Cursor: {cur['event_id']} from {cur['created_iso']} ({hours:.1f} h ago)", highlight=False)
-    else:
+        out.print(f"Cursor: {cur['event_id']} from {_iso(cur['created'])} ({span(cur['age_s'])} ago)",
+                  highlight=False)
+        out.print(f"  current as of {_iso(cur['current_at'])} ({span(cur['current_age_s'])} ago)", highlight=False)
+    elif not report["never_run"]:
         out.print("Cursor: none yet (run `stripe-sf sync --since DATE`)")
+    if report["running"]:
+        r = report["running"]
+        out.print(f"Running now: {r['command']} #{r['run_id']}, started {r['started_iso']}", highlight=False)
+    last = report["last_run"]
+    if last:
+        ended = ("ended abnormally (killed before it recorded an exit code)" if last["abnormal"] else
+                 f"ended {_iso(last['finished_at'])}, exit {last['exit_code']}")
+        out.print(f"Last run: {last['command']} #{last['run_id']}, {ended}", highlight=False)
+        out.print(f"  {last['events_read'] or 0} read, {last['applied'] or 0} applied, "
+                  f"{last['dead_lettered'] or 0} dead-lettered", highlight=False)
     out.print(f"Open dead letters: {report['dead_letters']}")
     bf = report.get("backfill")
     if bf:
@@ -441,15 +504,22 @@ def status(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
     usage = report["api_usage"]
     out.print("Salesforce API usage last seen: " + (f"{usage['used']}/{usage['max']}" if usage else "never"),
               highlight=False)
-    table = Table(title="Recent runs")
-    for col in ("run", "command", "started", "exit", "read", "applied", "dead-lettered"):
-        table.add_column(col)
-    for r in report["runs"]:
-        s: dict[str, Any] = r.get("summary") or {}
-        end = str(r.get("exit_code")) if r.get("state", "finished") == "finished" else r["state"]
-        table.add_row(str(r["run_id"]), r["command"], _iso(r["started_at"]), end,
-                      str(s.get("events_read", "")), str(s.get("applied", "")), str(s.get("dead_lettered", "")))
-    out.print(table)
+    out.print(f"Health: {'ok' if health['healthy'] else 'UNHEALTHY'}", highlight=False)
+    for line in health["problems"]:
+        out.print(f"  problem: {line}", highlight=False, markup=False)
+    for line in health["warnings"]:
+        out.print(f"  warning: {line}", highlight=False, markup=False)
+    if report["runs"]:
+        rows = []
+        for r in report["runs"]:
+            s: dict[str, Any] = r.get("summary") or {}
+            ended = "running" if r["running"] else ("ended abnormally" if r["abnormal"] else str(r.get("exit_code")))
+            rows.append((str(r["run_id"]), r["command"], _iso(r["started_at"]), _iso(r.get("finished_at")), ended,
+                         str(s.get("events_read", "")), str(s.get("applied", "")), str(s.get("dead_lettered", ""))))
+        print_records(out, "Recent runs", [Column("run"), Column("command"), Column("started", is_id=True),
+                                           Column("ended", is_id=True), Column("exit"), Column("read"),
+                                           Column("applied"), Column("dead-lettered")], rows)
+    raise typer.Exit(int(code))
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from enum import IntEnum
 
 
@@ -15,7 +16,8 @@ class ExitCode(IntEnum):
     LOCKED = 4  # another run holds the lock
     UNAVAILABLE = 5  # Stripe or Salesforce unreachable or refusing after retries (auth, daily limit)
     CURSOR_EXPIRED = 6  # the stored cursor is older than Stripe's 30-day event retention
-    STATE = 7  # the state file is corrupt, locked by another program, or from a newer version
+    STATE = 7  # the state file or its directory cannot be used: not writable, corrupt, locked, newer version
+    UNHEALTHY = 8  # `status --check`: the sync is not healthy (each problem is printed)
     INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells expect
     TERMINATED = 143  # SIGTERM (cron's `timeout`, systemd, Kubernetes): 128 + 15, as shells report it
 
@@ -98,3 +100,34 @@ class SkippableError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+
+
+TLS_HINT = ("If a proxy inspects TLS on this network, export REQUESTS_CA_BUNDLE=/path/to/bundle.pem (a PEM bundle "
+            "with its CA; both edges read it), or fix the system's clock or CA certificates. TLS verification is "
+            "never switched off. Nothing was lost.")
+
+
+def certificate_problem(exc: BaseException) -> str | None:
+    """What is wrong with the server's certificate, when `exc` (or what it wraps: requests and urllib3 wrap
+    `ssl.SSLCertVerificationError` in their own errors) is a failed certificate check; else None.
+
+    Such a failure does not clear by itself, so it is never retried, unlike a dropped TLS connection."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return e.verify_message or str(e)
+        todo.extend(x for x in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+                    if isinstance(x, BaseException))
+    text = str(exc)
+    return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else None
+
+
+def tls_error(service: str, what: str, problem: str) -> FatalSyncError:
+    """Stop the run: `service`'s TLS certificate is not trusted here (no request reached it)."""
+    return FatalSyncError(f"Cannot verify {service}'s TLS certificate while {what}: {problem}.", hint=TLS_HINT,
+                          code="TLS_CERTIFICATE")

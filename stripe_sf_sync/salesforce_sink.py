@@ -33,7 +33,14 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from stripe_sf_sync.config import FieldNames, SalesforceSecrets
 from stripe_sf_sync.console import fields
-from stripe_sf_sync.errors import BudgetSpent, FatalSyncError, RetriableError, SkippableError
+from stripe_sf_sync.errors import (
+    BudgetSpent,
+    FatalSyncError,
+    RetriableError,
+    SkippableError,
+    certificate_problem,
+    tls_error,
+)
 from stripe_sf_sync.resolve import (
     AccountRow,
     LookupRequest,
@@ -115,9 +122,12 @@ class Failure:
     code: str | None
     message: str
     cause: str  # "HTTP 503", "ConnectionError talking to Salesforce"
+    tls: bool = False  # Salesforce's certificate is not trusted here: no request reached it
 
     def error(self, what: str) -> Exception:
         """The exception that carries this failure to the caller."""
+        if self.tls:
+            return tls_error("Salesforce", what, self.message)
         if self.verdict is Verdict.RETRY:
             return CallRetriable(self, what)
         if self.verdict is Verdict.SKIP:
@@ -133,6 +143,9 @@ class Failure:
 
 def failure_of(exc: BaseException) -> Failure | None:
     """Classify what a simple-salesforce call raised; None for anything else (a bug: raised as it is)."""
+    problem = certificate_problem(exc) if isinstance(exc, requests.exceptions.SSLError) else None
+    if problem is not None:  # a certificate nobody here trusts does not clear by itself: stop, never retry
+        return Failure(Verdict.FATAL, None, problem, "TLS certificate not trusted", tls=True)
     if isinstance(exc, requests.RequestException):  # connection refused or reset, timeouts
         return Failure(Verdict.RETRY, None, "", f"{type(exc).__name__} talking to Salesforce")
     if isinstance(exc, SalesforceAuthenticationFailed):  # a login: its content is only the message
@@ -505,6 +518,8 @@ def connect(secrets: SalesforceSecrets, *, api_version: str, session: requests.S
         failure = failure_of(exc)
         if failure is None:
             raise
+    if failure.tls:
+        raise failure.error("logging in")
     if failure.code is None:  # no answer at all
         raise FatalSyncError(f"Cannot reach Salesforce to log in: {failure.cause.split()[0]}.",
                              hint="Check the network and SF_DOMAIN / SF_INSTANCE_URL.")

@@ -29,8 +29,10 @@ from stripe_sf_sync.config import (
     stripe_secrets,
 )
 from stripe_sf_sync.console import bind_run
-from stripe_sf_sync.errors import ConfigError, ExitCode, StateError
+from stripe_sf_sync.errors import ConfigError, ExitCode
+from stripe_sf_sync.health import Thresholds, assess, iso, last_run, parse_duration, run_view
 from stripe_sf_sync.hydrate import StripeHydrator
+from stripe_sf_sync.metrics import RunFigures, check_metrics_path, write_metrics
 from stripe_sf_sync.pipeline import (
     ORG_CACHE_KEY,
     BatchSettings,
@@ -102,8 +104,11 @@ class Runtime:
         """A StripeSource from STRIPE_API_KEY (checked before any network call)."""
         secrets = stripe_secrets(self.environment.env)
         s = self.loaded.settings.stripe
+        env = self.environment.env
+        # The variables requests reads for every other session (its `merge_environment_settings`).
+        ca_bundle = env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or None
         client, http = build_client(secrets.api_key, api_base=secrets.api_base, api_version=s.api_version,
-                                    timeout=s.timeout_seconds)
+                                    timeout=s.timeout_seconds, ca_bundle=ca_bundle)
         return StripeSource(client, http, api_version=s.api_version, requests_per_second=s.requests_per_second,
                             clock=self.environment.clock, sleep=self.environment.sleep)
 
@@ -126,7 +131,8 @@ class Runtime:
 
 def exit_code_for(summary: RunSummary) -> ExitCode:
     """Dead letters in this run make a distinct, non-zero exit; a budget stop counts as refusal; a run a
-    signal stopped exits as shells report that signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    signal stopped exits as shells report that signal (130 for Ctrl-C, 143 for SIGTERM). A dry run
+    dead-letters nothing: the events it would dead-letter are part of its plan, not a failure."""
     if summary.stopped_by == "SIGTERM":
         return ExitCode.TERMINATED
     if summary.stopped_by == "SIGINT":
@@ -135,7 +141,7 @@ def exit_code_for(summary: RunSummary) -> ExitCode:
         return ExitCode.UNAVAILABLE
     if summary.interrupted:
         return ExitCode.INTERRUPTED
-    return ExitCode.DEAD_LETTERS if summary.dead_lettered else ExitCode.OK
+    return ExitCode.DEAD_LETTERS if summary.dead_lettered and not summary.dry_run else ExitCode.OK
 
 
 @dataclass
@@ -182,12 +188,15 @@ def batch_settings(loaded: LoadedConfig) -> BatchSettings:
     return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce)
 
 
+READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end
+
+
 @contextlib.contextmanager
 def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
                   sf_factory: Callable[[], SalesforceGateway], *, create: bool = True,
-                  stop: Stop | None = None) -> Iterator[RecordedRun]:
-    """Lock the state, record the run and its exit code, and leave usage figures behind, however the
-    run ends (a signal's stop included). A dry run's state records nothing."""
+                  stop: Stop | None = None, metrics_file: Path | None = None) -> Iterator[RecordedRun]:
+    """Lock the state, record the run and its exit code, and leave usage figures (and the metrics file)
+    behind, however the run ends (a signal's stop included). A dry run's state records nothing."""
     started = time.monotonic()
     access = SalesforceAccess(sf_factory)
     with runtime.open_state(create=create) as store:
@@ -218,26 +227,62 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
                                                          "at": int(runtime.environment.clock())}))
             state.finish_run(run.run_id, code, summary.as_dict())
             log_summary(summary, code)
+            if metrics_file is not None:
+                _write_run_metrics(metrics_file, state, summary, code, runtime.environment.clock())
+
+
+def _write_run_metrics(path: Path, state: StateStore, summary: RunSummary, code: int, now: float) -> None:
+    """The run's figures for the textfile collector; a failure to write them is logged, and leaves the run's
+    exit code as it is (the path was checked before the run)."""
+    try:
+        cursor = state.cursor()
+        read_through = state.get_meta(READ_THROUGH_KEY)
+        current = max(cursor.created if cursor else 0, int(read_through or 0)) or None
+        write_metrics(path, RunFigures(summary.command, code, now, summary.as_dict(), state.dead_letter_count(),
+                                       cursor.created if cursor else None, current,
+                                       state.last_success(summary.command)))
+    except OSError as exc:
+        log.error("Could not write the metrics file %s: %s. Check its directory's space and permissions; the "
+                  "next run writes it again.", path, exc.strerror or exc)
 
 
 def run_sync(config_path: Path | None, environment: Environment, *, since: str | None, dry_run: bool,
-             max_events: int | None, rewind: bool = False) -> RunSummary:
+             max_events: int | None, rewind: bool = False, metrics_file: Path | None = None,
+             progress: Callable[[RunSummary], None] | None = None) -> RunSummary:
     """`stripe-sf sync`: validate everything, take the lock, apply events batch by batch; SIGINT or SIGTERM
-    stop it after the batch being applied."""
+    stop it after the batch being applied. `progress` is called with the summary after each committed batch."""
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
     since_ts = parse_since(since) if since else None
     if rewind and since_ts is None:
         raise ConfigError(["--rewind needs --since DATE (where to re-read events from)"], source="invocation")
+    check_run_metrics(metrics_file, dry_run=dry_run)
     source, sf_factory = clients(runtime)
     summary = RunSummary("sync", dry_run=dry_run)
     s = runtime.loaded.settings
-    with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop) as run:
+    started = int(environment.clock())
+    with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
+                                                 metrics_file=metrics_file) as run:
         run.apply(SyncEvents(source, run.state, since=since_ts, lookback=s.stripe.lookback_seconds,
                              clock=environment.clock, batch_size=s.sync.batch_size, max_events=max_events,
-                             rewind=rewind, stop=stop))
+                             rewind=rewind, stop=stop, progress=(lambda: progress(summary)) if progress else None))
         run.state.prune_ledger(int(environment.clock()))
+        if not summary.stopped_early and (max_events is None or summary.events_read < max_events):
+            # Read to the end of the list: every event created before this run started is applied, so the
+            # cursor is current as of then, even when no new event came (status --check's cursor age).
+            run.state.set_meta(READ_THROUGH_KEY, str(started))
     return summary
+
+
+def check_run_metrics(metrics_file: Path | None, *, dry_run: bool) -> None:
+    """`--metrics-file`: refused with --dry-run (its figures would read as a real run's), and checked to be
+    writable before any network call."""
+    if metrics_file is None:
+        return
+    if dry_run:
+        raise ConfigError(["--metrics-file cannot be combined with --dry-run: a dry run's figures would read as "
+                           "a real run's"], source="invocation", hint="Drop one of the two options.")
+    check_metrics_path(metrics_file)
 
 
 def clients(runtime: Runtime) -> tuple[StripeSource, Callable[[], SalesforceGateway]]:
@@ -261,7 +306,7 @@ def clients(runtime: Runtime) -> tuple[StripeSource, Callable[[], SalesforceGate
 
 def run_backfill(config_path: Path | None, environment: Environment, *, since: str, until: str | None,
                  objects: str, dry_run: bool, resume: bool,
-                 progress: Callable[[str, Any], None] | None = None) -> Any:
+                 progress: Callable[[str, Any], None] | None = None, metrics_file: Path | None = None) -> Any:
     """`stripe-sf backfill`: current state from Stripe's lists, then a gap-free hand-off to sync."""
     from stripe_sf_sync.backfill import OBJECT_TYPES, BackfillObjects, BackfillPlan
 
@@ -278,11 +323,13 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
         problems.append("--until must be after --since")
     if problems:
         raise ConfigError(problems, source="invocation")
+    check_run_metrics(metrics_file, dry_run=dry_run)
     source, sf_factory = clients(runtime)
     b = runtime.loaded.settings.backfill
     plan = BackfillPlan(since_ts, until_ts, kinds, resume, bulk_threshold=b.bulk_threshold, bulk_chunk=b.bulk_chunk)
     summary = RunSummary("backfill", dry_run=dry_run)
-    with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop) as run:
+    with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
+                                                 metrics_file=metrics_file) as run:
         run.apply(BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
                                   clock=environment.clock, progress=progress, stop=stop,
                                   log_every_pages=b.log_every_pages))
@@ -351,28 +398,68 @@ def _backfill_status(checkpoint: dict[str, Any]) -> dict[str, Any]:
             "types": checkpoint.get("types", {})}
 
 
-def status_report(config_path: Path | None, environment: Environment) -> dict[str, Any]:
-    """Cursor and its age, recent runs, dead-letter count, last API usage. Reads only (WAL: never blocks sync)."""
+def status_report(config_path: Path | None, environment: Environment, *,
+                  max_cursor_age: str = "15m", max_dead_letters: int | None = None) -> dict[str, Any]:
+    """Cursor and its age, the last run's end, exit code and counts, open dead letters, last API usage, and the
+    health verdict (see health.py). Nothing run yet is a report too ("never run"). Reads only (WAL: never blocks
+    sync)."""
+    thresholds = Thresholds(parse_duration(max_cursor_age, "--max-cursor-age"), max_dead_letters)
     runtime = Runtime(config_path, environment)
     path = runtime.loaded.state_path
-    if not path.exists():
-        raise StateError(f"No state file at {path}: nothing has run yet.",
-                         hint="Start with `stripe-sf sync --since DATE`.")
-    with runtime.open_state(create=False) as state:
-        cursor = state.cursor()
-        now = environment.clock()
-        usage = state.get_meta("api_usage")
-        backfill = state.get_meta("backfill_checkpoint")
-        return {
-            "backfill": _backfill_status(json.loads(backfill)) if backfill else None,
-            "state_path": str(path),
-            "cursor": {"event_id": cursor.event_id, "created": cursor.created,
-                       "created_iso": datetime.fromtimestamp(cursor.created, tz=UTC).isoformat(),
-                       "age_s": int(now - cursor.created)} if cursor else None,
-            "dead_letters": state.dead_letter_count(),
-            "api_usage": json.loads(usage) if usage else None,
-            "runs": _with_run_states(state.recent_runs(5), lock_held=state.lock_held()),
-        }
+    budget = runtime.loaded.settings.salesforce.api_budget
+    now = environment.clock()
+    report: dict[str, Any] = {"state_path": str(path), "never_run": True, "cursor": None, "running": None,
+                              "last_run": None, "dead_letters": 0, "api_usage": None, "backfill": None, "runs": []}
+    if path.exists():
+        with runtime.open_state(create=False) as state:
+            cursor = state.cursor()
+            usage = state.get_meta("api_usage")
+            backfill = state.get_meta("backfill_checkpoint")
+            read_through = int(state.get_meta(READ_THROUGH_KEY) or 0)
+            rows = state.recent_runs(5)
+            held = bool(rows) and rows[0].get("finished_at") is None and state.lock_held()
+            runs = [run_view(r, newest=i == 0, lock_held=held)
+                    for i, r in enumerate(_with_run_states(rows, lock_held=held))]
+            current = max(cursor.created, read_through) if cursor else None
+            report.update({
+                "never_run": not runs and cursor is None,
+                "backfill": _backfill_status(json.loads(backfill)) if backfill else None,
+                "cursor": {"event_id": cursor.event_id, "created": cursor.created,
+                           "created_iso": datetime.fromtimestamp(cursor.created, tz=UTC).isoformat(),
+                           "age_s": int(now - cursor.created), "current_at": current, "current_iso": iso(current),
+                           "current_age_s": int(now - (current or cursor.created))} if cursor else None,
+                "running": next(({"run_id": r["run_id"], "command": r["command"], "started_at": r["started_at"],
+                                  "started_iso": r["started_iso"]} for r in runs if r["running"]), None),
+                "last_run": last_run(runs),
+                "dead_letters": state.dead_letter_count(),
+                "api_usage": _usage(json.loads(usage), budget) if usage else None,
+                "runs": runs,
+            })
+    report["health"] = assess(report, thresholds)
+    return report
+
+
+def _usage(seen: dict[str, Any], budget: float) -> dict[str, Any]:
+    """The org's daily API usage as last seen, with its share and the configured budget."""
+    used, total = seen.get("used"), seen.get("max")
+    fraction = used / total if isinstance(used, int) and isinstance(total, int) and total else None
+    return {**seen, "fraction": fraction, "budget": budget}
+
+
+def _check_config_writable(path: Path) -> None:
+    """`discover-config --write` replaces the config through a temporary file next to it: checked before
+    logging in, so that a wrong --config fails at once, not after the org was read."""
+    directory = path.parent
+    problem = ""
+    if path.is_dir():
+        problem = f"{path} is a directory; --config names the file (like {path / 'sync.yaml'})"
+    elif not directory.is_dir():
+        problem = f"{path} cannot be written: the directory {directory} does not exist"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        problem = f"{path} cannot be written: the directory {directory} is not writable"
+    if problem:
+        raise ConfigError([problem], source="config",
+                          hint="Create the directory (or make it writable), or pass --config with another path.")
 
 
 def _with_run_states(runs: list[dict[str, Any]], *, lock_held: bool) -> list[dict[str, Any]]:
@@ -398,6 +485,8 @@ def run_discover(config_path: Path | None, environment: Environment, *, write: b
     elif not write:
         raise ConfigError([f"{path} does not exist"], source="config",
                           hint="Pass --write to create it from sync.yaml.example with the org's values.")
+    if write:
+        _check_config_writable(path)
     secrets = salesforce_secrets(environment.env)
     version = loaded.settings.salesforce.api_version if loaded else DEFAULT_SF_API_VERSION
     sf = connect(secrets, api_version=version, session=environment.session_factory())

@@ -117,10 +117,10 @@ class StateStore:
             if not create:
                 raise StateError(f"No state file at {path}.",
                                  hint="Run `stripe-sf sync --since DATE` first, or check --config.")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Create it 0600 before SQLite touches it: it holds customer payloads in dead letters.
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-            os.close(fd)
+            _create(path)
+        else:
+            _check_writable(path)
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
@@ -138,6 +138,10 @@ class StateStore:
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            if _is_access_error(exc):
+                raise _not_writable(path, path.parent, str(exc)) from None
             raise StateError(
                 f"The state file {path} cannot be used: {exc}.",
                 hint="If another program holds it, wait and retry; if it is corrupt, move it aside and "
@@ -164,7 +168,10 @@ class StateStore:
     def acquire_lock(self) -> None:
         """Take the exclusive run lock or raise LockHeldError at once."""
         lock_path = Path(f"{self.path}.lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise _not_writable(lock_path, lock_path.parent, exc.strerror or str(exc)) from None
         try:
             _flock_briefly_retried(fd)
         except BlockingIOError:
@@ -381,6 +388,13 @@ class StateStore:
                            (int(time.time()), exit_code, json.dumps(summary, default=str), run_id))
 
     @_mapped_errors
+    def last_success(self, command: str) -> int | None:
+        """When the newest run of `command` that did its work (exit 0, or 3: some dead letters) ended."""
+        row = self._conn.execute("SELECT MAX(finished_at) FROM runs WHERE command = ? AND exit_code IN (0, 3)",
+                                 (command,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    @_mapped_errors
     def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         """The latest runs, newest first."""
         rows = self._conn.execute("SELECT * FROM runs ORDER BY run_id DESC LIMIT ?", (limit,)).fetchall()
@@ -407,10 +421,62 @@ class StateStore:
         self._conn.execute("COMMIT")
 
 
+_WRITABLE_HINT = ("stripe-sf needs to create and write files in that directory: the state file, its -wal and -shm "
+                  "files (SQLite's write-ahead log) and the .lock file. Run stripe-sf as the user that owns it, make "
+                  "it writable for that user (`chown`/`chmod u+rwx`), or set sync.state_path in the config to a "
+                  "writable place.")
+
+
+def _create(path: Path) -> None:
+    """Create the state file, and its directory when missing, with mode 0600; a directory that cannot be
+    made or written is a StateError naming it."""
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StateError(f"The state directory {directory} is not a directory.",
+                         hint="Set sync.state_path in the config to a file in a writable directory.") from None
+    except OSError as exc:
+        raise StateError(f"Cannot create the state directory {directory}: {exc.strerror or exc}.",
+                         hint=("Create it and make it writable for the user that runs stripe-sf (`mkdir -p "
+                               f"{directory}`, then `chown`), or set sync.state_path in the config to a "
+                               "writable place.")) from None
+    _check_writable(path)
+    try:
+        # Created 0600 before SQLite touches it: it holds customer payloads in dead letters.
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise _not_writable(path, directory, exc.strerror or str(exc)) from None
+    os.close(fd)
+
+
+def _check_writable(path: Path) -> None:
+    """The state file (when it exists) and its directory must be writable: SQLite creates its -wal and -shm
+    files next to the file, and the run lock is a file there too. access(2) also reports a read-only file
+    system (EROFS), even to root."""
+    directory = path.parent
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise _not_writable(path, directory, "the directory is read-only")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise _not_writable(path, directory, "the file is not readable and writable")
+
+
+def _not_writable(path: Path, directory: Path, why: str) -> StateError:
+    return StateError(f"Cannot write the state file {path}: {why} (directory {directory}).", hint=_WRITABLE_HINT)
+
+
+def _is_access_error(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite's words for a file or directory it may not write (SQLITE_READONLY, SQLITE_CANTOPEN)."""
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
+
+
 def state_error(exc: sqlite3.DatabaseError, path: Path) -> StateError:
     """A clear StateError for SQLite's own errors once the file is open (corrupt pages, a lock held
     by another program), naming the file and what to do."""
     text = str(exc)
+    if _is_access_error(exc):
+        return _not_writable(path, path.parent, text)
     if "locked" in text or "busy" in text:
         return StateError(f"The state file {path} is locked by another program ({text}).",
                           hint="Close whatever has it open (an sqlite3 shell, a backup job), then run again.")

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 import stripe
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from stripe_sf_sync.console import fields
-from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError
+from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError, certificate_problem, tls_error
 from stripe_sf_sync.model import EVENT_TYPES, CachedCustomer
 
 log = logging.getLogger("stripe_sf_sync")
@@ -78,11 +79,28 @@ def _log_call(method: str, url: str, status: int | None, seconds: float, request
                            duration_ms=round(seconds * 1000, 1), request_id=request_id))
 
 
-def build_client(api_key: str, *, api_base: str | None, api_version: str, timeout: float) -> tuple[
-        stripe.StripeClient, CountingRequestsClient]:
+class CaBundleSession(requests.Session):
+    """A session that verifies Stripe's certificate against `ca_bundle` (REQUESTS_CA_BUNDLE). The SDK passes its
+    own bundled CAs as `verify=` on every request (stripe/_http_client.py, `RequestsClient._request_internal`),
+    and an explicit `verify` makes requests ignore REQUESTS_CA_BUNDLE: behind a TLS-inspecting proxy the
+    variable would work for Salesforce and not for Stripe."""
+
+    def __init__(self, ca_bundle: str) -> None:
+        super().__init__()
+        self.ca_bundle = ca_bundle
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("verify") is not False:  # verification is never switched off; only its CAs change
+            kwargs["verify"] = self.ca_bundle
+        return super().request(method, url, *args, **kwargs)
+
+
+def build_client(api_key: str, *, api_base: str | None, api_version: str, timeout: float,
+                 ca_bundle: str | None = None) -> tuple[stripe.StripeClient, CountingRequestsClient]:
     """A StripeClient pinned to `api_version`, with a counting HTTP client and no retries of its own:
-    StripeSource retries (its `_get`), so that a request is tried a known number of times."""
-    http = CountingRequestsClient(timeout=timeout)
+    StripeSource retries (its `_get`), so that a request is tried a known number of times. `ca_bundle`
+    (REQUESTS_CA_BUNDLE) replaces the SDK's bundled CAs."""
+    http = CountingRequestsClient(timeout=timeout, session=CaBundleSession(ca_bundle) if ca_bundle else None)
     kwargs: dict[str, Any] = {"stripe_version": api_version, "max_network_retries": 0, "http_client": http}
     if api_base:
         kwargs["base_addresses"] = {"api": api_base}
@@ -121,6 +139,9 @@ def _fatal(exc: stripe.StripeError, what: str) -> FatalSyncError:
     code = getattr(exc, "code", None)
     status = getattr(exc, "http_status", None)
     ref = f" (request {rid})" if rid else ""
+    problem = certificate_problem(exc) if isinstance(exc, stripe.APIConnectionError) else None
+    if problem is not None:
+        return tls_error("Stripe", what, problem)
     if isinstance(exc, stripe.AuthenticationError):
         return FatalSyncError(f"Stripe rejected the API key while {what}{ref}.", code=code, request_id=rid,
                               hint="Check STRIPE_API_KEY: it may be revoked, or a live/test mismatch.")
@@ -141,6 +162,8 @@ def _retry_reason(exc: BaseException) -> str | None:
     which the SDK does not retry: Stripe asks clients to back off and retry it (docs.stripe.com/rate-limits).
     """
     if isinstance(exc, stripe.APIConnectionError):
+        if certificate_problem(exc) is not None:  # an untrusted certificate does not clear by itself
+            return None
         return "no response (connection error or timeout)" if getattr(exc, "should_retry", False) else None
     if not isinstance(exc, stripe.StripeError):
         return None

@@ -257,10 +257,10 @@ def test_the_environment_sets_the_config_and_the_log_format_and_options_win(runn
 
 def test_the_config_s_log_format_applies_when_neither_option_nor_environment_says(runner, tmp_path):
     cfg = write_config(tmp_path / "sync.yaml", **{"log_format: auto": "log_format: json"})
-    done = runner.invoke(app, ["status", "--config", str(cfg)])
+    done = runner.invoke(app, ["dlq", "list", "--config", str(cfg)])
     [error] = json_lines(done.stderr)  # no state yet
     assert done.exit_code == ExitCode.STATE == error["exit_code"]
-    done = runner.invoke(app, ["status", "--config", str(cfg)], env={"STRIPE_SF_LOG_FORMAT": "plain"})
+    done = runner.invoke(app, ["dlq", "list", "--config", str(cfg)], env={"STRIPE_SF_LOG_FORMAT": "plain"})
     assert done.exit_code == ExitCode.STATE and not done.stderr.startswith("{")
 
 

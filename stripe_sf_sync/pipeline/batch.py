@@ -71,9 +71,10 @@ def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettin
     result.customers.extend(ports.hydrator.fresh_customers())
     if planned:
         _write(planned, ports, settings, result, bulk=bulk)
+    verb = "dead-lettered" if ports.writer.sends else "would dead-letter"  # a dry run's writer sends nothing
     for o in result.outcomes:
         if o.kind == "dead_letter":
-            log.warning("dead-lettered %s (%s): %s %s", o.event_id, o.event_type, o.code, o.reason,
+            log.warning("%s %s (%s): %s %s", verb, o.event_id, o.event_type, o.code, o.reason,
                         extra=fields(kind="dead_letter", event_id=o.event_id, event_type=o.event_type, code=o.code))
     return result
 

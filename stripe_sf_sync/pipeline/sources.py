@@ -79,6 +79,7 @@ class SyncEvents:
     max_events: int | None = None
     rewind: bool = False  # --since while a cursor exists: re-read from there (the ledger skips what is recorded)
     stop: Stop | None = None  # a signal ends the batch being read, so that what was read is applied and committed
+    progress: Callable[[], None] | None = None  # told after each committed batch (the terminal's display)
     interrupted: bool = False
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -114,7 +115,9 @@ class SyncEvents:
             yield Batch([], CommitPolicy(meta={**start.meta, HANDOFF_SINCE_KEY: str(self.since)}))
 
     def applied(self, batch: Batch, result: BatchResult) -> None:
-        """Nothing to track: the cursor is committed with each batch."""
+        """Nothing to track (the cursor is committed with each batch); the progress display is told."""
+        if self.progress is not None:
+            self.progress()
 
 
 class DeadLetters:

@@ -1,4 +1,5 @@
-"""A local, read-only stand-in of the Stripe API (v1) over plain HTTP on 127.0.0.1.
+"""A local, read-only stand-in of the Stripe API (v1) over plain HTTP on 127.0.0.1 (or HTTPS, like
+api.stripe.com, with a throwaway CA: `StripeSandbox(tls=True)`).
 
 It serves the endpoints stripe-sf reads, with Stripe's list, cursor, filter, expand, error, auth,
 rate-limit and API-version semantics, so the official `stripe` SDK can talk to it unchanged:
@@ -17,9 +18,12 @@ import bisect
 import json
 import random
 import re
+import shutil
 import socket
+import ssl
 import string
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -306,6 +310,7 @@ class StripeSandbox:
         should_retry_header: bool | None = None,
         api_key_prefixes: tuple[str, ...] = ("sk_test_", "rk_test_"),
         account_api_version: str = API_VERSION_CURRENT,
+        tls: bool = False,
     ) -> None:
         if not is_valid_api_version(account_api_version):
             raise ValueError(f"invalid Stripe API version {account_api_version!r}")
@@ -320,6 +325,10 @@ class StripeSandbox:
         # Keys rolled or deleted in the Dashboard: Stripe answers 401 "Expired API Key provided".
         self.revoked_keys: set[str] = set()
         self.base_url = ""
+        # HTTPS with a trustme CA, as api.stripe.com serves: a client trusts it only through ca_path.
+        self.tls = tls
+        self.ca_path = ""
+        self._tmpdir: str | None = None
         self.events: list[Obj] = []
         self.request_count = 0
         self.requests_log: list[tuple[str, str, Obj]] = []
@@ -352,10 +361,9 @@ class StripeSandbox:
         """Listen on 127.0.0.1 on a free port, serving from a daemon thread."""
         if self._server is not None:
             return self
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._server.daemon_threads = True
+        self._server = _Server(_make_handler(self), self._tls_context() if self.tls else None)
         host, port = self._server.server_address[:2]
-        self.base_url = f"http://{host!s}:{port}"
+        self.base_url = f"{'https' if self.tls else 'http'}://{host!s}:{port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -381,6 +389,21 @@ class StripeSandbox:
                 pass
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """A server context with a certificate for 127.0.0.1 from a new CA, written to `ca_path`."""
+        import trustme  # the sandbox extra
+
+        ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        self._tmpdir = tempfile.mkdtemp(prefix="stripe-sandbox-")
+        self.ca_path = f"{self._tmpdir}/ca.pem"
+        ca.cert_pem.write_to_path(self.ca_path)
+        return context
 
     def __enter__(self) -> StripeSandbox:
         return self.start()
@@ -991,6 +1014,27 @@ _NOT_INCLUDABLE: Final = _NotIncludable()
 def _ref_id(value: Any) -> Any:
     """An expandable reference's id, whether it holds an id string or an expanded object."""
     return value.get("id") if isinstance(value, dict) else value
+
+
+class _Server(ThreadingHTTPServer):
+    """Plain HTTP, or HTTPS when given a context (the handshake runs in the request's thread)."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext | None) -> None:
+        self._context = context
+        super().__init__(("127.0.0.1", 0), handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        if self._context is None:
+            return sock, addr
+        return self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that refuses the certificate hangs up in the handshake: expected, stay quiet."""
+        if self._context is None:
+            super().handle_error(request, client_address)
 
 
 def _make_handler(sandbox: StripeSandbox) -> type[BaseHTTPRequestHandler]:
