@@ -43,6 +43,7 @@ class ConfigError(StripeSfError):
 
     def __init__(self, problems: list[str], *, source: str = "configuration", hint: str = "") -> None:
         self.problems = problems
+        self.source = source  # "invocation": a mistake in the command line, not a failed run
         joined = "; ".join(problems)
         super().__init__(f"Invalid {source}: {joined}.", hint=hint)
 

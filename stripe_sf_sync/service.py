@@ -207,6 +207,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
                           state.start_run(summary.command), access, stop)
         bind_run(run.run_id or None)  # a dry run is not recorded: it has no id
         code: int = ExitCode.FAILURE
+        mistake = False  # a usage error met once the state was open: not a run that failed (status --check)
         try:
             yield run
             if stop is not None and stop.requested:  # also when it came after the last batch
@@ -216,19 +217,30 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         except BaseException as exc:
             code = int(getattr(exc, "exit_code", ExitCode.INTERRUPTED if isinstance(exc, KeyboardInterrupt)
                                else ExitCode.FAILURE))
+            mistake = isinstance(exc, ConfigError) and exc.source == "invocation"
             raise
         finally:
-            gw = access.connected
-            finish(summary, started=started, stripe_calls=source.calls, usage=gw.usage if gw else None,
-                   cursor=state.cursor(), planned=recorder.planned if recorder else ())
-            if summary.salesforce_api_used is not None:
-                state.set_meta("api_usage", json.dumps({"used": summary.salesforce_api_used,
-                                                         "max": summary.salesforce_api_max,
-                                                         "at": int(runtime.environment.clock())}))
-            state.finish_run(run.run_id, code, summary.as_dict())
-            log_summary(summary, code)
-            if metrics_file is not None:
-                _write_run_metrics(metrics_file, state, summary, code, runtime.environment.clock())
+            if mistake:
+                state.discard_run(run.run_id)
+            else:
+                _record_end(runtime, state, run, summary, code, started=started, planned=recorder,
+                            metrics_file=metrics_file)
+
+
+def _record_end(runtime: Runtime, state: Any, run: RecordedRun, summary: RunSummary, code: int, *, started: float,
+                planned: PlanRecorder | None, metrics_file: Path | None) -> None:
+    """Close the summary and record how the run ended: its exit code, the usage seen, the metrics file."""
+    gw = run.access.connected
+    finish(summary, started=started, stripe_calls=run.source.calls, usage=gw.usage if gw else None,
+           cursor=state.cursor(), planned=planned.planned if planned else ())
+    if summary.salesforce_api_used is not None:
+        state.set_meta("api_usage", json.dumps({"used": summary.salesforce_api_used,
+                                                 "max": summary.salesforce_api_max,
+                                                 "at": int(runtime.environment.clock())}))
+    state.finish_run(run.run_id, code, summary.as_dict())
+    log_summary(summary, code)
+    if metrics_file is not None:
+        _write_run_metrics(metrics_file, state, summary, code, runtime.environment.clock())
 
 
 def _write_run_metrics(path: Path, state: StateStore, summary: RunSummary, code: int, now: float) -> None:

@@ -388,6 +388,11 @@ class StateStore:
                            (int(time.time()), exit_code, json.dumps(summary, default=str), run_id))
 
     @_mapped_errors
+    def discard_run(self, run_id: int) -> None:
+        """Forget a run that never started its work (a mistake in the command line): it is not a failure."""
+        self._conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+    @_mapped_errors
     def last_success(self, command: str) -> int | None:
         """When the newest run of `command` that did its work (exit 0, or 3: some dead letters) ended."""
         row = self._conn.execute("SELECT MAX(finished_at) FROM runs WHERE command = ? AND exit_code IN (0, 3)",

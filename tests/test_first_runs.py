@@ -106,6 +106,10 @@ def test_since_while_a_cursor_exists_needs_rewind_and_says_what_it_means(cli, co
     assert stripe_sb.request_count == calls and snapshot(org) == before
     with StateStore.open(config.parent / "stripe-sf-state.sqlite") as st:
         assert st.cursor() == cursor
+        # A mistake in the command line is not a run that failed: the last run stays the real one, and a
+        # monitoring check does not turn red for a typo at the terminal.
+        assert [r["exit_code"] for r in st.recent_runs(5)] == [ExitCode.DEAD_LETTERS]
+    assert json.loads(cli("status", "--json").stdout)["last_run"]["exit_code"] == ExitCode.DEAD_LETTERS
 
 
 def test_rewind_applies_only_the_events_with_no_recorded_outcome(cli, config, sc, org):

@@ -144,3 +144,6 @@ class DryRunState:
 
     def finish_run(self, run_id: int, exit_code: int, summary: dict[str, Any]) -> None:
         """A dry run is not recorded."""
+
+    def discard_run(self, run_id: int) -> None:
+        """A dry run is not recorded."""
