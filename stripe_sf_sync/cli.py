@@ -547,6 +547,51 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
 
 
 @app.command()
+def serve(
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    host: Annotated[str, typer.Option(help="Address to listen on (behind a load balancer or proxy that "
+                                           "terminates TLS).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    path: Annotated[str, typer.Option(help="The webhook route registered in Stripe.")] = "/stripe/webhook",
+    sync_every: Annotated[str, typer.Option(help="Run the cursor sync this often as a safety net for missed "
+                                                 "deliveries (90s, 5m, 1h); 0 turns it off.")] = "5m",
+    debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Receive Stripe webhooks, verified with STRIPE_WEBHOOK_SECRET, and apply them through the same pipeline.
+
+    Each verified event is kept in the state's inbox before the 200 goes back; one worker applies the inbox,
+    under the same lock as `sync`. GET /healthz, /readyz and /metrics serve operations. SIGTERM stops taking
+    requests, finishes what is in flight and exits 0. Needs the [server] extra.
+
+    Example: STRIPE_WEBHOOK_SECRET=whsec_... stripe-sf serve --host 0.0.0.0 --port 8080
+    """
+    from stripe_sf_sync.health import parse_duration
+
+    _setup(debug, log_format, config, quiet)
+
+    def load() -> Any:
+        try:
+            from stripe_sf_sync import serve as serving
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").startswith("stripe_sf_sync"):
+                raise
+            raise ConfigError([f"`stripe-sf serve` needs the server extra, and {exc.name} is not installed"],
+                              source="installation",
+                              hint="Install it with `pip install 'stripe-sf-sync[server]'` (from a clone: "
+                                   "`pip install -e '.[server]'`), then run `stripe-sf serve` again.") from None
+        if not path.startswith("/"):
+            raise ConfigError([f"--path {path!r} must start with /"], source="invocation")
+        options = serving.ServeOptions(host=host, port=port, path=path,
+                                       sync_every_s=parse_duration(sync_every, "--sync-every"))
+        return lambda: serving.run_serve(config, service.Environment(), options)
+
+    run = guarded(load, debug=debug)
+    raise typer.Exit(guarded(run, debug=debug))
+
+
+@app.command()
 def demo(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
     """Run the real pipeline against local stand-ins of Stripe and Salesforce; no credentials needed.
 

@@ -271,19 +271,27 @@ def run_sync(config_path: Path | None, environment: Environment, *, since: str |
     check_run_metrics(metrics_file, dry_run=dry_run)
     source, sf_factory = clients(runtime)
     summary = RunSummary("sync", dry_run=dry_run)
-    s = runtime.loaded.settings
-    started = int(environment.clock())
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
                                                  metrics_file=metrics_file) as run:
-        run.apply(SyncEvents(source, run.state, since=since_ts, lookback=s.stripe.lookback_seconds,
-                             clock=environment.clock, batch_size=s.sync.batch_size, max_events=max_events,
-                             rewind=rewind, stop=stop, progress=(lambda: progress(summary)) if progress else None))
-        run.state.prune_ledger(int(environment.clock()))
-        if not summary.stopped_early and (max_events is None or summary.events_read < max_events):
-            # Read to the end of the list: every event created before this run started is applied, so the
-            # cursor is current as of then, even when no new event came (status --check's cursor age).
-            run.state.set_meta(READ_THROUGH_KEY, str(started))
+        apply_sync(run, runtime, since=since_ts, max_events=max_events, rewind=rewind, stop=stop,
+                   progress=(lambda: progress(summary)) if progress else None)
     return summary
+
+
+def apply_sync(run: RecordedRun, runtime: Runtime, *, since: int | None = None, max_events: int | None = None,
+               rewind: bool = False, stop: Stop | None = None, progress: Callable[[], None] | None = None) -> None:
+    """The cursor sync inside a recorded run: `stripe-sf sync`, and `serve`'s safety net."""
+    s = runtime.loaded.settings
+    clock = runtime.environment.clock
+    started = int(clock())
+    run.apply(SyncEvents(run.source, run.state, since=since, lookback=s.stripe.lookback_seconds, clock=clock,
+                         batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
+                         progress=progress))
+    run.state.prune_ledger(int(clock()))
+    if not run.summary.stopped_early and (max_events is None or run.summary.events_read < max_events):
+        # Read to the end of the list: every event created before this run started is applied, so the
+        # cursor is current as of then, even when no new event came (status --check's cursor age).
+        run.state.set_meta(READ_THROUGH_KEY, str(started))
 
 
 def check_run_metrics(metrics_file: Path | None, *, dry_run: bool) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 from stripe_sf_sync.errors import LockHeldError, StateError
 from stripe_sf_sync.model import CachedCustomer
 
-SCHEMA_VERSION = 2  # 2: the customers table
+SCHEMA_VERSION = 3  # 2: the customers table; 3: the webhook inbox
 LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
 
 P = ParamSpec("P")
@@ -45,6 +45,10 @@ CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters(status);
 CREATE TABLE IF NOT EXISTS customers (
     customer_id TEXT PRIMARY KEY, metadata TEXT NOT NULL, name TEXT, deleted INTEGER NOT NULL,
     version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inbox (
+    event_id TEXT PRIMARY KEY, created INTEGER NOT NULL, received_at REAL NOT NULL, payload TEXT NOT NULL,
+    status TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox(status, created, received_at);
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, started_at INTEGER NOT NULL,
     finished_at INTEGER, exit_code INTEGER, summary TEXT);
@@ -71,6 +75,16 @@ class Outcome:
     reason: str | None = None
     code: str | None = None
     payload: str | None = None  # JSON of the raw event, kept for dead letters only
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """A verified webhook event waiting in the inbox (or applied: status 'done')."""
+
+    event_id: str
+    created: int
+    received_at: float
+    payload: str
 
 
 @dataclass(frozen=True)
@@ -299,8 +313,11 @@ class StateStore:
     @_mapped_errors
     def commit_batch(self, outcomes: Sequence[Outcome], *, cursor: Cursor | None,
                      versions: dict[str, tuple[int, str]], run_id: int | None,
-                     retried: bool = False, meta: dict[str, str] | None = None) -> None:
-        """Record outcomes, object versions, the cursor and any checkpoint in one transaction."""
+                     retried: bool = False, meta: dict[str, str] | None = None,
+                     inbox_done: Sequence[str] = ()) -> None:
+        """Record outcomes, object versions, the cursor and any checkpoint in one transaction; `inbox_done`
+        marks webhook inbox entries done in that same transaction (a crash leaves them pending, and the
+        ledger skips what was recorded when they are drained again)."""
         now = int(time.time())
         with self._tx():
             for o in outcomes:
@@ -333,6 +350,39 @@ class StateStore:
                 self._advance_cursor(cursor)
             for key, value in (meta or {}).items():
                 self.set_meta(key, value)
+            self._conn.executemany("UPDATE inbox SET status = 'done' WHERE event_id = ?",
+                                   [(event_id,) for event_id in inbox_done])
+
+    # --- the webhook inbox: written by `serve`'s receiver, drained by its worker ------------
+    @_mapped_errors
+    def inbox_add(self, event_id: str, created: int, payload: str, received_at: float) -> bool:
+        """Keep a verified event, once per id (Stripe delivers at least once). Its own short transaction,
+        which works while another process holds the run lock (WAL, busy timeout). False when the id was
+        already there."""
+        cur = self._conn.execute(
+            "INSERT INTO inbox(event_id, created, received_at, payload, status) VALUES (?,?,?,?,'pending') "
+            "ON CONFLICT(event_id) DO NOTHING", (event_id, created, received_at, payload))
+        return cur.rowcount > 0
+
+    @_mapped_errors
+    def inbox_pending(self, limit: int) -> list[InboxEntry]:
+        """Pending inbox entries, oldest event first."""
+        rows = self._conn.execute("SELECT event_id, created, received_at, payload FROM inbox WHERE status = "
+                                  "'pending' ORDER BY created, received_at, event_id LIMIT ?", (limit,))
+        return [InboxEntry(r[0], r[1], r[2], r[3]) for r in rows]
+
+    @_mapped_errors
+    def inbox_depth(self) -> int:
+        """Inbox entries not applied yet."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM inbox WHERE status = 'pending'").fetchone()[0])
+
+    @_mapped_errors
+    def prune_inbox(self, now: int | None = None) -> int:
+        """Drop applied inbox entries past the ledger's retention (their outcome is in the ledger until then)."""
+        cutoff = (now or int(time.time())) - LEDGER_RETENTION_S
+        with self._tx():
+            cur = self._conn.execute("DELETE FROM inbox WHERE status = 'done' AND received_at < ?", (cutoff,))
+        return cur.rowcount
 
     @_mapped_errors
     def prune_ledger(self, now: int | None = None) -> int:

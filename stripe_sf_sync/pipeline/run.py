@@ -81,17 +81,22 @@ class CommitStore(Protocol):
 
     def commit_batch(self, outcomes: Sequence[Outcome], *, cursor: Cursor | None,
                      versions: dict[str, tuple[int, str]], run_id: int | None, retried: bool = False,
-                     meta: dict[str, str] | None = None) -> None:
-        """Outcomes, versions, cursor and meta in one transaction."""
+                     meta: dict[str, str] | None = None, inbox_done: Sequence[str] = ()) -> None:
+        """Outcomes, versions, cursor, meta and inbox entries done, in one transaction."""
 
 
 def commit(state: CommitStore, batch: Batch, result: BatchResult, run_id: int | None) -> None:
-    """Commit a batch by its policy: outcomes, object versions, and the cursor (sync) or a checkpoint
-    (backfill) in one transaction, so the cursor never passes an event without a durable outcome."""
+    """Commit a batch by its policy: outcomes, object versions, and the cursor (sync), a checkpoint (backfill)
+    or the inbox entries done (serve) in one transaction, so neither the cursor nor the inbox ever passes an
+    event without a durable outcome."""
     state.remember_customers(result.customers)
     cursor = next_cursor(state.cursor(), result.last_event) if batch.policy.advance_cursor else None
+    extra: dict[str, Any] = {}
+    if batch.policy.inbox:
+        extra["inbox_done"] = [e.id for e in batch.events if e.id]
     state.commit_batch(result.outcomes, cursor=cursor, versions=result.versions, run_id=run_id,
-                       retried=batch.policy.retried, meta=dict(batch.policy.meta) if batch.policy.meta else None)
+                       retried=batch.policy.retried, meta=dict(batch.policy.meta) if batch.policy.meta else None,
+                       **extra)
 
 
 def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: CommitStore, summary: RunSummary, *,

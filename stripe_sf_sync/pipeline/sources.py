@@ -1,11 +1,12 @@
 """Sources: each turns what it reads into batches, each batch with the policy its commit follows.
 
 sync moves the cursor; dead-letter retry closes dead letters and leaves the cursor alone; backfill
-(backfill.py) commits a checkpoint; the webhook inbox will mark its entries.
+(backfill.py) commits a checkpoint; the webhook inbox (`stripe-sf serve`) marks its entries done.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from stripe_sf_sync.pipeline.batch import BatchResult
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, CursorState, EventLister, sync_start
 from stripe_sf_sync.pipeline.held import HeldEvent
 from stripe_sf_sync.pipeline.stop import Stop
+from stripe_sf_sync.state import InboxEntry
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class CommitPolicy:
     bulk: bool = False  # written through Bulk API 2.0
     late: bool = False  # listed late, behind the cursor (counted as such)
     meta: Mapping[str, str] | None = None  # state values committed with the batch (checkpoint, floor)
+    inbox: bool = False  # webhook inbox entries: marked done with the batch's outcomes
 
 
 @dataclass
@@ -136,3 +139,50 @@ class DeadLetters:
 
     def applied(self, batch: Batch, result: BatchResult) -> None:
         """Nothing to track: each success closes its dead letter in the commit."""
+
+
+class InboxStore(Protocol):
+    """What the inbox source reads from state."""
+
+    def inbox_pending(self, limit: int) -> Sequence[InboxEntry]:
+        """Pending inbox entries, oldest event first."""
+
+
+class InboxEvents:
+    """`stripe-sf serve`'s worker: verified webhook events from the inbox, oldest first, read once per drain
+    (at most `limit`); each batch marks its entries done in the transaction that records their outcomes.
+    The cursor does not move: the cursor sync that runs as the safety net finds them in the ledger."""
+
+    interrupted = False
+    objects: dict[str, dict[str, Any]] = {}  # noqa: RUF012 - never written
+
+    def __init__(self, state: InboxStore, *, batch_size: int, limit: int,
+                 applied: Callable[[list[InboxEntry], BatchResult], None] | None = None) -> None:
+        self._state = state
+        self._size = batch_size
+        self._limit = limit
+        self._told = applied
+        self._entries: dict[str, InboxEntry] = {}
+
+    def batches(self) -> Iterator[Batch]:
+        """The pending entries, in batches."""
+        entries = list(self._state.inbox_pending(self._limit))
+        self._entries = {e.event_id: e for e in entries}
+        for start in range(0, len(entries), self._size):
+            chunk = entries[start:start + self._size]
+            yield Batch([HeldEvent.of(_decoded(e)) for e in chunk], CommitPolicy(inbox=True))
+
+    def applied(self, batch: Batch, result: BatchResult) -> None:
+        """Tell the server (its metrics) which entries were committed."""
+        if self._told is not None:
+            self._told([self._entries[e.id] for e in batch.events if e.id in self._entries], result)
+
+
+def _decoded(entry: InboxEntry) -> dict[str, Any]:
+    """An inbox entry's event (the receiver stored only JSON objects with an id; anything else is held as a
+    bare event, to be dead-lettered with a reason rather than dropped)."""
+    try:
+        event = json.loads(entry.payload)
+    except json.JSONDecodeError:
+        event = None
+    return event if isinstance(event, dict) else {"id": entry.event_id, "created": entry.created}
