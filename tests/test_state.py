@@ -110,3 +110,44 @@ def test_a_lock_held_by_another_program_is_a_state_error_naming_the_file(tmp_pat
             holder.close()
         assert st.outcomes_for(["evt_1"]) == {}  # nothing half-written
     assert f"{path} is locked by another program" in str(info.value) and "Close whatever" in str(info.value)
+
+
+def test_schema_2_gains_the_inbox(tmp_path):
+    path = tmp_path / "s.sqlite"
+    StateStore.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE inbox")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with StateStore.open(path) as st:
+        assert st.inbox_add("evt_1", 100, '{"id": "evt_1"}', 1.5)
+        assert st.inbox_depth() == 1
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+
+
+def test_inbox_keeps_an_event_once_and_its_batch_marks_it_done(tmp_path):
+    with StateStore.open(tmp_path / "s.sqlite") as st:
+        assert st.inbox_add("evt_b", 200, '{"id": "evt_b"}', 2.0)
+        assert st.inbox_add("evt_a", 100, '{"id": "evt_a"}', 3.0)
+        assert not st.inbox_add("evt_a", 100, '{"id": "evt_a", "again": true}', 4.0)  # a redelivery
+        assert [e.event_id for e in st.inbox_pending(10)] == ["evt_a", "evt_b"]  # oldest event first
+        assert st.inbox_pending(10)[0].payload == '{"id": "evt_a"}'
+        st.commit_batch([Outcome("evt_a", "customer.updated", 100, "ignored")], cursor=None, versions={},
+                        run_id=None, inbox_done=["evt_a"])
+        assert [e.event_id for e in st.inbox_pending(10)] == ["evt_b"] and st.inbox_depth() == 1
+        assert st.outcomes_for(["evt_a"]) == {"evt_a": "ignored"}
+        assert st.cursor() is None  # the inbox never moves the cursor
+
+
+def test_inbox_insert_waits_for_another_writer_and_works_under_the_run_lock(tmp_path):
+    import threading
+
+    path = tmp_path / "s.sqlite"
+    with StateStore.open(path) as runner, StateStore.open(path) as receiver:
+        runner.acquire_lock()  # a run (sync, or serve's worker) holds the lock
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # and is in the middle of committing a batch
+        threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+        assert receiver.inbox_add("evt_1", 100, "{}", 1.0)  # waits for the commit (busy timeout), then writes
+        other.close()
+        assert runner.inbox_depth() == 1
