@@ -103,3 +103,19 @@ def test_report_renders_with_targets(runs: dict[str, RunResult]) -> None:
     text = bench.markdown(report)
     assert "| batched (300) |" in text and "**met**" in text
     assert bench.as_json(report)["sizes"][0]["sf_calls_ratio"] >= 20
+
+
+def test_serve_benchmark_runs_small():
+    """benchmarks.serve_bench end to end (a child process delivers; every event is drained), small; the
+    figures' shape is pinned, not their values (2 cores shared with the stand-ins: times vary)."""
+    from benchmarks import serve_bench
+
+    args = argparse.Namespace(rate=50.0, seconds=1.0, burst=20, concurrency=4, paced_threads=2, sf_latency_ms=0.0,
+                              stripe_latency_ms=0.0, seed=SEED, drain_timeout=60.0)
+    figures = serve_bench.measure(args)
+    assert figures["drained"] == figures["events"] >= 70  # the generator may add a few (a customer's sign-up)
+    paced = figures["paced"]
+    assert paced["requests"] == 50 and paced["failed"] == 0 and paced["applied"] == 50
+    assert paced["ack_p50_ms"] <= paced["ack_p99_ms"] and paced["write_p50_ms"] <= paced["write_p95_ms"]
+    assert figures["burst"]["requests"] == figures["events"] - 50 and figures["burst"]["failed"] == 0
+    assert set(figures["targets"]) == {"ack_p99_under_50ms_at_rate", "write_p95_under_2s_at_rate"}
