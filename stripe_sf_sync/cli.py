@@ -563,7 +563,7 @@ def serve(
 
     Each verified event is kept in the state's inbox before the 200 goes back; one worker applies the inbox,
     under the same lock as `sync`. GET /healthz, /readyz and /metrics serve operations. SIGTERM stops taking
-    requests, finishes what is in flight and exits 0. Needs the [server] extra.
+    requests, finishes what is in flight and exits 0. Needs the optional server extra.
 
     Example: STRIPE_WEBHOOK_SECRET=whsec_... stripe-sf serve --host 0.0.0.0 --port 8080
     """

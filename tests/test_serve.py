@@ -129,6 +129,8 @@ def test_a_signed_event_is_applied_in_salesforce(config, env, org, sc, stripe_sb
     with StateStore.open(state_path(config)) as st:
         serve_runs = [r for r in st.recent_runs(10) if r["command"] == "serve"]
         assert serve_runs and serve_runs[0]["exit_code"] == 0 and serve_runs[0]["summary"]["applied"] == 1
+    report = service.status_report(config, env)
+    assert report["last_run"]["command"] == "serve" and report["last_run"]["exit_code"] == 0
 
 
 def test_refused_deliveries_write_nothing(config, env, org, sc, stripe_sb):
