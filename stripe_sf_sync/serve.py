@@ -202,9 +202,7 @@ class Worker:
                 self._next_sync = time.monotonic() + self.sync_every_s
             elif self._pending:
                 self._pending = False
-                if self._drain():
-                    self._pending = True  # a full drain: more may wait
-                    return 0.0
+                return self._drain()
             return RETRY_S
         except LockHeldError:
             self._pending = True
@@ -221,8 +219,8 @@ class Worker:
             log.exception("unexpected error in the worker; the events stay in the inbox and are retried")
             return BACKOFF_MAX_S
 
-    def _drain(self) -> bool:
-        """Apply what the inbox holds, as one recorded run; True when it read as much as a drain may."""
+    def _drain(self) -> float:
+        """Apply what the inbox holds, as one recorded run; the pause before the next step."""
         size = self.runtime.loaded.settings.sync.batch_size
         limit = size * DRAIN_LIMIT_BATCHES
         summary = RunSummary("serve")
@@ -231,7 +229,14 @@ class Worker:
             run.apply(source)
             self.metrics.inbox_depth.set(run.state.inbox_depth())
             run.state.prune_inbox(int(self.runtime.environment.clock()))
-        return summary.events_read >= limit
+        if summary.stopped_early:
+            # The org's API budget is spent: what is left waits in the inbox, tried again later.
+            self._pending = True
+            return BACKOFF_MAX_S
+        if summary.events_read >= limit:
+            self._pending = True  # a full drain: more may wait
+            return 0.0
+        return RETRY_S
 
     def _sync(self) -> None:
         """The cursor sync, as `stripe-sf sync` runs it: missed or disabled deliveries are caught up."""

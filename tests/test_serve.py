@@ -297,3 +297,18 @@ def test_serve_without_a_signing_secret_says_what_to_export(config, env):
     with pytest.raises(Exception) as caught:
         serve.prepare(config, env)
     assert "STRIPE_WEBHOOK_SECRET is not set" in str(caught.value)
+
+
+def test_a_failing_salesforce_leaves_the_event_in_the_inbox_and_it_is_retried(config, env, org, sc, stripe_sb,
+                                                                                sf_sb):
+    sf_sb.faults.fail_matching("PATCH", r"composite/sobjects", 403,
+                               [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}],
+                               times=1)
+    event = event_of(stripe_sb, sc.events[0])
+    with serving(config, env) as (url, _srv):
+        assert deliver(url, event).status_code == 200
+        eventually(lambda: acme_opportunities(org, sc), timeout=30)  # after the worker's pause
+        eventually(lambda: inbox_rows(config) == [(event["id"], "done")])
+    with StateStore.open(state_path(config)) as st:
+        codes = [r["exit_code"] for r in st.recent_runs(10) if r["command"] == "serve"]
+    assert ExitCode.UNAVAILABLE in codes and codes[0] == ExitCode.OK  # the failed drain, then the one that applied
