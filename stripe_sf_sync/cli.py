@@ -474,8 +474,15 @@ def status(
     code = ExitCode.UNHEALTHY if check and not health["healthy"] else ExitCode.OK
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
-        raise typer.Exit(int(code))
+    else:
+        _print_status(report)
+    raise typer.Exit(int(code))
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    """`status` for people: where the cursor is, the last run, dead letters, usage, health, recent runs."""
     out = _stdout()
+    health = report["health"]
     if report["never_run"]:
         out.print(f"Never run: no run is recorded in {report['state_path']}. Start with `stripe-sf sync --since "
                   "DATE` (or `stripe-sf backfill --since DATE`).", highlight=False, markup=False)
@@ -509,9 +516,14 @@ def status(
         out.print(f"  problem: {line}", highlight=False, markup=False)
     for line in health["warnings"]:
         out.print(f"  warning: {line}", highlight=False, markup=False)
-    if report["runs"]:
+    _print_runs(out, report["runs"])
+
+
+def _print_runs(out: Console, runs: list[dict[str, Any]]) -> None:
+    """The recent runs, newest first: an id or a time is never cut."""
+    if runs:
         rows = []
-        for r in report["runs"]:
+        for r in runs:
             s: dict[str, Any] = r.get("summary") or {}
             ended = "running" if r["running"] else ("ended abnormally" if r["abnormal"] else str(r.get("exit_code")))
             rows.append((str(r["run_id"]), r["command"], _iso(r["started_at"]), _iso(r.get("finished_at")), ended,
@@ -519,7 +531,6 @@ def status(
         print_records(out, "Recent runs", [Column("run"), Column("command"), Column("started", is_id=True),
                                            Column("ended", is_id=True), Column("exit"), Column("read"),
                                            Column("applied"), Column("dead-lettered")], rows)
-    raise typer.Exit(int(code))
 
 
 @app.command()

@@ -323,3 +323,17 @@ def salesforce_secrets(env: Mapping[str, str] | None = None) -> SalesforceSecret
         hint="Set one of: SF_INSTANCE_URL + SF_ACCESS_TOKEN; SF_CONSUMER_KEY + SF_CONSUMER_SECRET + SF_DOMAIN "
              "(client credentials); SF_USERNAME + SF_CONSUMER_KEY + SF_PRIVATE_KEY_FILE (JWT); "
              "SF_USERNAME + SF_PASSWORD + SF_SECURITY_TOKEN (legacy).")
+
+
+def writable_file_problem(path: Path, option: str, example: str) -> str | None:
+    """Why `path` (given as `option`) cannot be written through a temporary file next to it, or None:
+    checked before any network call, so that a wrong path fails at once."""
+    directory = path.parent
+    if path.is_dir():
+        return f"{option} {path} is a directory; name a file in it, like {path / example}"
+    if not directory.is_dir():
+        return f"{option} {path}: the directory {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{option} {path}: the directory {directory} is not writable"
+    return None
+

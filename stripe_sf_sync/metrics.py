@@ -6,13 +6,13 @@ target and renames it over the target, so the collector never reads half a file.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
+from stripe_sf_sync.config import writable_file_problem
 from stripe_sf_sync.errors import ConfigError
 
 PREFIX = "stripe_sf"
@@ -37,14 +37,7 @@ class RunFigures:
 
 def check_metrics_path(path: Path) -> None:
     """Before any network call: the file can be written where it is asked for. A usage error otherwise."""
-    directory = path.parent
-    problem = ""
-    if path.is_dir():
-        problem = f"--metrics-file {path} is a directory; name a file in it, like {path / 'stripe_sf.prom'}"
-    elif not directory.is_dir():
-        problem = f"--metrics-file {path}: the directory {directory} does not exist"
-    elif not os.access(directory, os.W_OK | os.X_OK):
-        problem = f"--metrics-file {path}: the directory {directory} is not writable"
+    problem = writable_file_problem(path, "--metrics-file", "stripe_sf.prom")
     if problem:
         raise ConfigError([problem], source="invocation",
                           hint="Point it into node_exporter's --collector.textfile.directory, writable by the user "

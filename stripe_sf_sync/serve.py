@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,14 +299,10 @@ class Inbox:
             return self.store.inbox_depth()
 
 
-def build_app(runtime: Runtime, options: ServeOptions, *, worker: bool = True) -> Starlette:
-    """The ASGI app: the webhook route, health, readiness and metrics; the worker runs for its lifespan.
-    `worker=False` receives only (tests of the receiver alone)."""
-    env = runtime.environment.env
-    secrets = webhook_secrets(env)
-    live = key_livemode(env)
-    metrics = Metrics()
-    state: dict[str, Any] = {}
+def _webhook(options: ServeOptions, secrets: Sequence[str], live: bool, metrics: Metrics,
+             state: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
+    """The webhook route: verify the signature on the raw body, then keep the event in the inbox before the
+    2xx goes back (Stripe's webhook signatures: `t=…,v1=…`, HMAC-SHA256 of `t.body`)."""
 
     def reject(reason: str, status: int = 400) -> Response:
         metrics.rejected.labels(reason=reason).inc()
@@ -341,6 +337,20 @@ def build_app(runtime: Runtime, options: ServeOptions, *, worker: bool = True) -
         elif not new:
             metrics.duplicates.inc()
         return JSONResponse({"received": True, "duplicate": not new})
+
+    return webhook
+
+
+def build_app(runtime: Runtime, options: ServeOptions, *, worker: bool = True) -> Starlette:
+    """The ASGI app: the webhook route, health, readiness and metrics; the worker runs for its lifespan.
+    `worker=False` receives only (tests of the receiver alone)."""
+    env = runtime.environment.env
+    secrets = webhook_secrets(env)
+    live = key_livemode(env)
+    metrics = Metrics()
+    state: dict[str, Any] = {}
+
+    webhook = _webhook(options, secrets, live, metrics, state)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

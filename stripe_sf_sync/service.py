@@ -27,6 +27,7 @@ from stripe_sf_sync.config import (
     require_org_values,
     salesforce_secrets,
     stripe_secrets,
+    writable_file_problem,
 )
 from stripe_sf_sync.console import bind_run
 from stripe_sf_sync.errors import ConfigError, ExitCode
@@ -469,14 +470,7 @@ def _usage(seen: dict[str, Any], budget: float) -> dict[str, Any]:
 def _check_config_writable(path: Path) -> None:
     """`discover-config --write` replaces the config through a temporary file next to it: checked before
     logging in, so that a wrong --config fails at once, not after the org was read."""
-    directory = path.parent
-    problem = ""
-    if path.is_dir():
-        problem = f"{path} is a directory; --config names the file (like {path / 'sync.yaml'})"
-    elif not directory.is_dir():
-        problem = f"{path} cannot be written: the directory {directory} does not exist"
-    elif not os.access(directory, os.W_OK | os.X_OK):
-        problem = f"{path} cannot be written: the directory {directory} is not writable"
+    problem = writable_file_problem(path, "--config", "sync.yaml")
     if problem:
         raise ConfigError([problem], source="config",
                           hint="Create the directory (or make it writable), or pass --config with another path.")
