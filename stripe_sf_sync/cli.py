@@ -583,15 +583,8 @@ def serve(
     _setup(debug, log_format, config, quiet)
 
     def load() -> Any:
-        try:
+        with _missing_extra("serve", "server"):
             from stripe_sf_sync import serve as serving
-        except ModuleNotFoundError as exc:
-            if (exc.name or "").startswith("stripe_sf_sync"):
-                raise
-            raise ConfigError([f"`stripe-sf serve` needs the server extra, and {exc.name} is not installed"],
-                              source="installation",
-                              hint="Install it with `pip install 'stripe-sf-sync[server]'` (from a clone: "
-                                   "`pip install -e '.[server]'`), then run `stripe-sf serve` again.") from None
         if not path.startswith("/"):
             raise ConfigError([f"--path {path!r} must start with /"], source="invocation")
         options = serving.ServeOptions(host=host, port=port, path=path,
@@ -623,17 +616,23 @@ def _sandbox_demo() -> Callable[[Console], int]:
 
 
 @contextlib.contextmanager
-def _sandbox_extra(command: str) -> Iterator[None]:
-    """Imports of the stand-ins: a missing [sandbox] extra is a usage error that says how to install it."""
+def _missing_extra(command: str, extra: str) -> Iterator[None]:
+    """Imports of an optional part (the stand-ins, the webhook server): a missing extra is a usage error that
+    says how to install it."""
     try:
         yield
     except ModuleNotFoundError as exc:
         if (exc.name or "").startswith("stripe_sf_sync"):
             raise
-        raise ConfigError([f"`stripe-sf {command}` needs the sandbox extra, and {exc.name} is not installed"],
+        raise ConfigError([f"`stripe-sf {command}` needs the {extra} extra, and {exc.name} is not installed"],
                           source="installation",
-                          hint="Install it with `pip install 'stripe-sf-sync[sandbox]'` (from a clone: "
-                               f"`pip install -e '.[sandbox]'`), then run `stripe-sf {command}` again.") from None
+                          hint=f"Install it with `pip install 'stripe-sf-sync[{extra}]'` (from a clone: "
+                               f"`pip install -e '.[{extra}]'`), then run `stripe-sf {command}` again.") from None
+
+
+def _sandbox_extra(command: str) -> contextlib.AbstractContextManager[None]:
+    """Imports of the stand-ins (the [sandbox] extra)."""
+    return _missing_extra(command, "sandbox")
 
 
 @app.command("sandbox")
