@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
@@ -99,3 +100,17 @@ def crash_before_commit_then_rerun(monkeypatch: pytest.MonkeyPatch, crashed_run:
         between()
     monkeypatch.setattr(StateStore, "commit_batch", real_commit)
     return crashed_run()
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    """Runs the CLI in-process."""
+    return CliRunner()
+
+
+@pytest.fixture
+def cli_env(stripe_sb, sf_sb) -> dict[str, str]:
+    """The environment that points the CLI at the two stand-ins."""
+    return {"STRIPE_API_KEY": stripe_sb.api_key, "STRIPE_API_BASE": stripe_sb.base_url,
+            "SF_INSTANCE_URL": sf_sb.instance_url, "SF_ACCESS_TOKEN": sf_sb.access_token,
+            "REQUESTS_CA_BUNDLE": sf_sb.ca_path}

@@ -24,18 +24,6 @@ from .reliability.world import ROOT, STATE_NAME, build_world, discover, stripe_s
 from .reliability.world import write_config as world_config
 
 
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-@pytest.fixture
-def cli_env(stripe_sb, sf_sb) -> dict[str, str]:
-    return {"STRIPE_API_KEY": stripe_sb.api_key, "STRIPE_API_BASE": stripe_sb.base_url,
-            "SF_INSTANCE_URL": sf_sb.instance_url, "SF_ACCESS_TOKEN": sf_sb.access_token,
-            "REQUESTS_CA_BUNDLE": sf_sb.ca_path}
-
-
 def status(runner: CliRunner, config: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
     result = runner.invoke(app, ["status", "--config", str(config), "--json", *args], env=env)
     return result.exit_code, json.loads(result.stdout)

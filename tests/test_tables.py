@@ -9,7 +9,6 @@ import time
 
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner
 
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.tables import Column, print_records
@@ -19,16 +18,6 @@ from .conftest import since
 NARROW = {"COLUMNS": "80"}
 
 
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-@pytest.fixture
-def cli_env(stripe_sb, sf_sb) -> dict[str, str]:
-    return {"STRIPE_API_KEY": stripe_sb.api_key, "STRIPE_API_BASE": stripe_sb.base_url,
-            "SF_INSTANCE_URL": sf_sb.instance_url, "SF_ACCESS_TOKEN": sf_sb.access_token,
-            "REQUESTS_CA_BUNDLE": sf_sb.ca_path}
 
 
 def whole(text: str, value: str) -> bool:
