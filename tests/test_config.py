@@ -9,7 +9,9 @@ GOOD_RT = "0125g000000AbCdAAK"
 def test_the_packaged_example_config_is_valid_and_the_only_copy(tmp_path):
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    assert not (root / "sync.yaml.example").exists()  # one example: the one the package ships
+    # One example: the one the package ships; the repository's top level links to it, so it cannot drift.
+    top = root / "sync.yaml.example"
+    assert top.is_symlink() and top.resolve() == (root / "stripe_sf_sync" / "sync.yaml.example").resolve()
     example = config.example_config()
     assert example == (root / "stripe_sf_sync" / "sync.yaml.example").read_text()
     path = tmp_path / "sync.yaml"
