@@ -22,6 +22,7 @@ from stripe_sf_sync.model import (
     SubscriptionChange,
 )
 from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.sfid import checked_id
 from stripe_sf_sync.stripe_source import BASIL, StripeSource
 
 # Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
@@ -77,11 +78,13 @@ class StripeHydrator:
             since=min(starts) - INVOICE_PAYMENT_MARGIN_S, until=max(ends) + INVOICE_PAYMENT_MARGIN_S,
             payment_intents=[c.payment_intent_id for c in payments], invoices=[c.invoice_id for c in failures])
 
-    def hydrate(self, held: HeldEvent, change: model.Change) -> model.Change:
+    def hydrate(self, held: HeldEvent, change: model.Change, *, with_customer: bool = False) -> model.Change:
         """Fill in what the payload lacks (customer metadata, invoice links, a failed invoice's failure
-        code, amounts in the billed currency), from the batch's prefetch where it has it."""
+        code, amounts in the billed currency), from the batch's prefetch where it has it. `with_customer`:
+        the customer too when its own metadata seemed enough (its named Opportunity was not found)."""
         customer_id = getattr(change, "customer_id", None)
-        if customer_id and needs_customer(change):
+        if customer_id and (needs_customer(change) or (
+                with_customer and getattr(change, "customer_metadata", None) is None)):
             cust = self._source.customer(customer_id)
             change = dataclasses.replace(change, customer_metadata=dict(cust.metadata) if cust else {},
                                          customer_name=cust.name if cust else None)
@@ -120,11 +123,13 @@ class StripeHydrator:
 
 def needs_customer(change: model.Change) -> bool:
     """Whether a rule needs the customer's metadata: the object's own metadata does not name every
-    Salesforce Id the rules will use (the Opportunity and Account, and the Contact of a Task it raises)."""
+    Salesforce target the rules will use (the Opportunity, whose Account is the object's when its own
+    metadata names none: rules.AccountRef; and the Contact of a Task it raises). When the named Opportunity
+    turns out not to exist, the batch step reads the customer after all (pipeline.batch._find)."""
     meta = getattr(change, "metadata", {}) or {}
     if not getattr(change, "customer_id", None) or getattr(change, "customer_metadata", None) is not None:
         return False
-    if not (meta.get("salesforce_opportunity_id") and meta.get("salesforce_account_id")):
+    if not checked_id(meta.get("salesforce_opportunity_id"), "Opportunity"):
         return True
     return _raises_task(change) and not meta.get("salesforce_contact_id")
 

@@ -101,6 +101,11 @@ class Lookups:
         """Index an Account by its Id and, when it has one, its Stripe customer id."""
         _index(self.accounts_by_id, self.accounts_by_customer, row)
 
+    def account_of_opportunity(self, opportunity_id: str | None) -> AccountRow | None:
+        """The Account of an Opportunity found by Id, when it has one that was read with it."""
+        opp = self.opps_by_id.get(opportunity_id) if opportunity_id else None
+        return self.accounts_by_id.get(opp.account_id) if opp is not None and opp.account_id else None
+
     def add_opportunity(self, row: OpportunityRow) -> None:
         """Index an Opportunity by its Id and Stripe ids; a customer lists each Opportunity once."""
         first = row.id not in self.opps_by_id
@@ -206,6 +211,8 @@ def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_ke
         acct = it.account
         if acct.account_id:
             acct_ids.add(acct.account_id)
+        if acct.opportunity_id:  # its Account comes with it (salesforce_sink.lookup_statements)
+            opp_ids.add(acct.opportunity_id)
         if acct.customer_id:
             customers.add(acct.customer_id)
         if isinstance(it, OpportunityIntent):
@@ -284,6 +291,11 @@ class Materializer:
         self._serial = 0
 
     def _account(self, ref: AccountRef) -> AccountRow:
+        # Set only when the object's own metadata names no Account: its named Opportunity's Account comes
+        # before any customer metadata (AccountRef).
+        by_opportunity = self.found.account_of_opportunity(ref.opportunity_id)
+        if by_opportunity is not None:
+            return by_opportunity
         if ref.account_id and ref.account_id in self.found.accounts_by_id:
             return self.found.accounts_by_id[ref.account_id]
         if ref.customer_id and ref.customer_id in self.found.accounts_by_customer:

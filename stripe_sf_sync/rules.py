@@ -38,10 +38,16 @@ class RuleContext:
 
 @dataclass(frozen=True)
 class AccountRef:
-    """How to find the Account: a checked metadata Id first, else by Stripe customer id."""
+    """How to find the Account: a checked metadata Id first, else by Stripe customer id.
+
+    `opportunity_id`: the Opportunity the object's own metadata names when its own metadata names no
+    Account. That Opportunity's Account is the object's Account, ahead of the customer's metadata (an
+    object's own metadata wins), so a subscription naming its Opportunity needs no customer read.
+    """
 
     customer_id: str | None
     account_id: str | None
+    opportunity_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,14 @@ def _metadata_ids(own: Mapping[str, str], customer: Mapping[str, str] | None) ->
     return opp, acct
 
 
+def _account_ref(change: SubscriptionChange | PaymentChange | InvoiceFailureChange, acct_id: str | None) -> AccountRef:
+    """The change's AccountRef: its Account Id from metadata, else the Account of the Opportunity its own
+    metadata names (resolve looks that up with the Opportunity), else its customer's Account."""
+    own_acct = checked_id(change.metadata.get("salesforce_account_id"), "Account")
+    own_opp = None if own_acct else checked_id(change.metadata.get("salesforce_opportunity_id"), "Opportunity")
+    return AccountRef(change.customer_id, acct_id, own_opp)
+
+
 def _contact_id(own: Mapping[str, str], customer: Mapping[str, str] | None, plan: Plan) -> str | None:
     """The Task's WhoId: `metadata.salesforce_contact_id` (the integration guide's convention), on the object
     first, then on its customer. A value that is not a Contact Id leaves WhoId empty with a warning: the
@@ -183,7 +197,7 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
     meta = change.meta
     day = event_date(meta.created)
     opp_id, acct_id = _metadata_ids(change.metadata, change.customer_metadata)
-    account = AccountRef(change.customer_id, acct_id)
+    account = _account_ref(change, acct_id)
     label = change.customer_name or change.customer_id
     plan = Plan()
     kind = meta.event_type.rsplit(".", 1)[-1]
@@ -293,7 +307,7 @@ def plan_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
     name = f"{label} - Payment {change.payment_intent_id}"
     return Plan([OpportunityIntent(
         meta.event_id, "payment_intent", change.payment_intent_id, opp_id, False,
-        AccountRef(change.customer_id, acct_id), fields, name, may_create=True, currency=change.currency)])
+        _account_ref(change, acct_id), fields, name, may_create=True, currency=change.currency)])
 
 
 def failed_payment_description(ctx: RuleContext, change: InvoiceFailureChange) -> str:
@@ -323,7 +337,7 @@ def plan_invoice_failure(ctx: RuleContext, change: InvoiceFailureChange) -> Plan
     plan = Plan()
     who = _contact_id(change.metadata, change.customer_metadata, plan)
     plan.intents.append(TaskIntent(
-        meta.event_id, "payment-failed", AccountRef(change.customer_id, acct_id), "owner",
+        meta.event_id, "payment-failed", _account_ref(change, acct_id), "owner",
         FAILED_PAYMENT_SUBJECT, failed_payment_description(ctx, change), "High", "Not Started", due,
         key_base=f"evt_backfill_{change.invoice_id}" if meta.backfill else None, who_id=who))
     return plan

@@ -553,7 +553,10 @@ def lookup_statements(request: LookupRequest, names: FieldNames) -> list[tuple[L
                                         names.payment_intent_id, names.customer_id]))
     accounts = (_selects(a_select, "Account", "Id", request.account_ids)
                 + _selects(a_select, "Account", names.customer_id, request.customer_ids))
-    opportunities = (_selects(o_select, "Opportunity", "Id", request.opportunity_ids)
+    # Opportunities named in metadata bring their Account (parent relationship fields, in the same
+    # statement): an object naming only its Opportunity resolves its Account without its customer.
+    by_id_select = ", ".join([o_select, *(f"Account.{f}" for f in dict.fromkeys(a_fields))])
+    opportunities = (_selects(by_id_select, "Opportunity", "Id", request.opportunity_ids)
                      + _selects(o_select, "Opportunity", names.subscription_id, request.subscription_ids)
                      + _selects(o_select, "Opportunity", names.payment_intent_id, request.payment_intent_ids)
                      + _selects(o_select, "Opportunity", names.customer_id, request.opportunity_customer_ids))
@@ -567,16 +570,22 @@ def lookup_statements(request: LookupRequest, names: FieldNames) -> list[tuple[L
     return [(kind, soql) for kind, statements in kinds for soql in statements]
 
 
+def _account_row(r: Mapping[str, Any], names: FieldNames) -> AccountRow:
+    return AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
+                      r.get(names.account_csm) if names.account_csm else None,
+                      r.get(names.subscription_status), r.get(names.customer_id))
+
+
 def lookups_of(results: Iterable[tuple[LookupKind, list[dict[str, Any]]]], names: FieldNames) -> Lookups:
     """Index the rows each statement returned."""
     found = Lookups()
     for kind, records in results:
         for r in records:
             if kind == "account":
-                found.add_account(AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
-                                             r.get(names.account_csm) if names.account_csm else None,
-                                             r.get(names.subscription_status), r.get(names.customer_id)))
+                found.add_account(_account_row(r, names))
             elif kind == "opportunity":
+                if isinstance(r.get("Account"), Mapping) and r["Account"].get("Id"):
+                    found.add_account(_account_row(r["Account"], names))
                 found.add_opportunity(OpportunityRow(
                     to_18(r["Id"]), r.get("AccountId"), r.get(names.subscription_id), r.get(names.payment_intent_id),
                     r.get(names.customer_id), bool(r.get("IsClosed")), str(r.get("CreatedDate") or "")))

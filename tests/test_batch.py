@@ -46,7 +46,7 @@ class AsIs:
         return [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created)
                 for c in customer_changes]
 
-    def hydrate(self, held: HeldEvent, change: model.Change) -> model.Change:
+    def hydrate(self, held: HeldEvent, change: model.Change, *, with_customer: bool = False) -> model.Change:
         return change
 
     def fresh_customers(self) -> list[CachedCustomer]:

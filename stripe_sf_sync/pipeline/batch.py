@@ -18,7 +18,7 @@ from stripe_sf_sync.errors import StripeSfError
 from stripe_sf_sync.model import CachedCustomer, CustomerChange, MalformedEvent
 from stripe_sf_sync.pipeline.held import HeldEvent, dead_letter, unexpected
 from stripe_sf_sync.pipeline.ports import Ports
-from stripe_sf_sync.resolve import Materializer, SfOp, WriteResult, WriteSettings
+from stripe_sf_sync.resolve import Lookups, Materializer, SfOp, WriteResult, WriteSettings
 from stripe_sf_sync.state import Outcome
 
 log = logging.getLogger("stripe_sf_sync")
@@ -154,8 +154,7 @@ def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], ports: Ports, setting
 def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: BatchResult, *, bulk: bool) -> None:
     """Resolve the planned intents against Salesforce, write them, and record each event's outcome."""
     write_settings = _write_settings(planned, ports, settings)
-    intents = [it for _, _, plan in planned for it in plan.intents]
-    found = ports.lookup.find(settings.names, intents, task_keyed=write_settings.task_keyed)
+    planned, found = _find(planned, ports, settings, result, task_keyed=write_settings.task_keyed)
     materializer = Materializer(found, write_settings)
     failures = _materialize(planned, materializer)
     ops = materializer.result()
@@ -175,6 +174,37 @@ def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: Batc
         prev = result.versions.get(change.object_id)
         if prev is None or prev[0] <= change.meta.created:
             result.versions[change.object_id] = (change.meta.created, eid)
+
+
+def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: BatchResult, *,
+          task_keyed: bool) -> tuple[Planned, Lookups]:
+    """The batch's lookups. A change whose own metadata names its Opportunity was planned without its
+    customer (hydrate.needs_customer): when that Opportunity does not exist or has no Account, the customer's
+    metadata is next in precedence, so the customer is read now, the change planned again, and the lookups
+    made again (one more lookup call, for such batches only)."""
+    intents = [it for _, _, plan in planned for it in plan.intents]
+    found = ports.lookup.find(settings.names, intents, task_keyed=task_keyed)
+    late = {i for i, (_, change, plan) in enumerate(planned) if _customer_still_needed(change, plan, found)}
+    if not late:
+        return planned, found
+    again: Planned = []
+    for i, (held, change, plan) in enumerate(planned):
+        if i in late:
+            change = ports.hydrator.hydrate(held, change, with_customer=True)
+            replanned = rules.plan(settings.rules, change)
+            plan = replanned if replanned.intents else plan
+        again.append((held, change, plan))
+    result.customers.extend(ports.hydrator.fresh_customers())
+    intents = [it for _, _, plan in again for it in plan.intents]
+    return again, ports.lookup.find(settings.names, intents, task_keyed=task_keyed)
+
+
+def _customer_still_needed(change: model.Change, plan: rules.Plan, found: Lookups) -> bool:
+    """Whether a change planned without its customer names an Opportunity whose Account was not found."""
+    if not getattr(change, "customer_id", None) or getattr(change, "customer_metadata", None) is not None:
+        return False
+    return any(it.account.opportunity_id and found.account_of_opportunity(it.account.opportunity_id) is None
+               for it in plan.intents)
 
 
 def _write_settings(planned: Planned, ports: Ports, settings: BatchSettings) -> WriteSettings:

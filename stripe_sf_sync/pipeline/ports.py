@@ -33,8 +33,9 @@ class Hydrator(Protocol):
                 customer_changes: Sequence[model.CustomerChange]) -> list[CachedCustomer]:
         """Fetch for the whole batch; return the customer details the batch carries, for state to keep."""
 
-    def hydrate(self, held: HeldEvent, change: model.Change) -> model.Change:
-        """One change with what its rule needs."""
+    def hydrate(self, held: HeldEvent, change: model.Change, *, with_customer: bool = False) -> model.Change:
+        """One change with what its rule needs (`with_customer`: its customer's details even when its own
+        metadata seemed enough)."""
 
     def fresh_customers(self) -> list[CachedCustomer]:
         """Customers read from Stripe since the last call, for state to keep."""
