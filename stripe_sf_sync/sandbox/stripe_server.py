@@ -461,6 +461,14 @@ class StripeSandbox:
         self._objects[obj_id] = canonical
         self._store_version += 1  # invalidates the list indexes
 
+    def delete_customer(self, customer_id: str) -> None:
+        """Delete a customer as Stripe does: retrieving it then returns only `{id, object, deleted: true}`
+        (Stripe API reference: Retrieve a customer), and the customer list no longer holds it."""
+        with self._lock:
+            if customer_id not in self._objects:
+                raise ValueError(f"no customer {customer_id} to delete")
+            self._store({"id": customer_id, "object": "customer", "deleted": True})
+
     def get(self, obj_id: str) -> Obj | None:
         """A copy of the stored (canonical) object, or None."""
         with self._lock:
@@ -955,6 +963,9 @@ class StripeSandbox:
                         == sub
                     )
                 )
+        elif collection == "customers":
+            # Deleted customers are not listed (only retrieved, as `deleted: true`).
+            checks.append(lambda o: not o.get("deleted"))
         elif collection == "charges":
             pi = _str_param(params, "payment_intent")
             if pi is not None:

@@ -431,6 +431,22 @@ def test_unknown_ids_are_404_resource_missing(sandbox: StripeSandbox, client: st
     assert resp.status_code == 404 and "Request-Id" in resp.headers
 
 
+def test_a_deleted_customer_is_retrieved_as_deleted_and_never_listed(
+    sandbox: StripeSandbox, factory: StripeFactory, client: stripe.StripeClient
+) -> None:
+    """Stripe API reference: retrieving a deleted Customer returns a subset with `deleted: true`; the
+    customer list holds live customers only, newest first, with the `created` range filter."""
+    kept = [factory.customer(f"C{i}", f"c{i}@example.com", created=T0 - (10 - i) * DAY) for i in range(3)]
+    gone = factory.customer("Gone", "gone@example.com", {"salesforce_account_id": "001x"}, created=T0 - 5 * DAY)
+    sandbox.delete_customer(gone["id"])
+    got = client.v1.customers.retrieve(gone["id"])
+    assert got.id == gone["id"] and got.deleted is True and "metadata" not in got
+    listed = [c.id for c in client.v1.customers.list({"limit": 100}).data]
+    assert listed == [c["id"] for c in reversed(kept)]
+    bounded = client.v1.customers.list({"limit": 100, "created": {"lte": T0 - 9 * DAY}}).data
+    assert [c.id for c in bounded] == [kept[1]["id"], kept[0]["id"]]
+
+
 def test_expand_on_retrieve(world: dict[str, Any], client: stripe.StripeClient) -> None:
     inv = client.v1.invoices.retrieve(
         world["invoice"]["id"], {"expand": ["payments.data.payment.payment_intent", "customer"]}
