@@ -61,6 +61,10 @@ class StripeHydrator:
         wanted -= {c for c in wanted if self._source.knows_customer(c)}
         for cached in [*self._customers.customers_for(wanted).values(), *known]:
             self._source.remember_customer(cached)  # the batch's own come last: newer than what state held
+        unknown = {c for c in wanted if not self._source.knows_customer(c)}
+        if unknown:  # many at once when many are unknown (a first run without backfill)
+            self._source.prefetch_customers(unknown, created_until=max(
+                c.meta.created for _, c in fresh if getattr(c, "customer_id", None) in unknown))
         self._prefetch_invoice_payments(fresh)
         return known
 

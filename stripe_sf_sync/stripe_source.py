@@ -12,7 +12,7 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +41,10 @@ RETRY_LATER_HINT = "Retry later; if it persists, report it with --debug output."
 # listing may get before what was created since is listed too.
 MAX_ATTACHED = 100_000
 ATTACHED_REFRESH_S = 300
+# Unknown customers of a batch, from this many on, are looked for in the customer list (100 a call, newest
+# first) before any is read on its own. The listing stops as soon as it has cost more calls than the reads it
+# saved, so it costs at most one call more than reading each; below this count that one call is not risked.
+CUSTOMER_LIST_FROM = 10
 # Prices read for their currency_options are kept for the whole run (an account has few Prices); the
 # bound only guards memory against an unusual account, dropping the oldest entry first.
 MAX_CACHED_PRICES = 10_000
@@ -247,6 +251,9 @@ class StripeSource:
         self._attached_span: tuple[int, int] | None = None
         # price id -> {currency: {unit_amount, unit_amount_decimal}}, None for a Price Stripe no longer has.
         self._price_options: dict[str, dict[str, dict[str, Any]] | None] = {}
+        # Run-level: where the customer listing stopped (its `created` bound and last id), and whether it ended.
+        self._customer_list: tuple[int, str | None] | None = None
+        self._customer_list_ended = False
         self.calls_made = 0
         # The last response's headers, by lower-case name (`stripe-version`: the version Stripe answered in).
         self.last_headers: dict[str, str] = {}
@@ -447,15 +454,48 @@ class StripeSource:
         """The customer's metadata and name (cached per batch); None if Stripe has deleted it."""
         if customer_id not in self._customers:
             obj = self._get_or_none("reading a customer", f"/v1/customers/{_path_id(customer_id)}") or {"deleted": True}
-            metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-            # Only what rules read is kept: a run may see tens of thousands of customers.
-            self._customers[customer_id] = CachedCustomer(
-                customer_id, {k: v for k, v in metadata.items() if isinstance(v, str)},
-                obj.get("name") if isinstance(obj.get("name"), str) else None, obj.get("deleted") is True,
-                int(self._clock()))
-            self._fresh_customers.append(customer_id)
+            self._keep_customer(customer_id, obj)
         cached = self._customers[customer_id]
         return None if cached.deleted else cached
+
+    def _keep_customer(self, customer_id: str, obj: Mapping[str, Any]) -> None:
+        """Cache a customer read from Stripe, for this batch and (as fresh) for state."""
+        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+        # Only what rules read is kept: a run may see tens of thousands of customers.
+        self._customers[customer_id] = CachedCustomer(
+            customer_id, {k: v for k, v in metadata.items() if isinstance(v, str)},
+            obj.get("name") if isinstance(obj.get("name"), str) else None, obj.get("deleted") is True,
+            int(self._clock()))
+        self._fresh_customers.append(customer_id)
+
+    def prefetch_customers(self, customer_ids: Iterable[str], *, created_until: int) -> None:
+        """Look for many unknown customers in the customer list (100 a call) instead of one read each.
+
+        From CUSTOMER_LIST_FROM unknown customers on, list `/v1/customers` newest first, created at or before
+        `created_until` (a customer exists before any event naming it; `created` filter:
+        stripe/params/_customer_list_params.py), keeping every customer listed (for later batches and runs),
+        until every unknown one is found, the list ends, or the listing has cost more calls than the reads it
+        saved. Later batches of the run go on from where it stopped. A deleted customer is never listed
+        (Stripe API reference: List all customers; airbyte PR 19975): one not found is read on its own by
+        `customer`, which learns it is deleted.
+        """
+        missing = {c for c in customer_ids if c not in self._customers}
+        if len(missing) < CUSTOMER_LIST_FROM or self._customer_list_ended:
+            return
+        until, cursor = self._customer_list or (created_until, None)
+        params: dict[str, Any] = {"limit": PAGE_LIMIT, "created": {"lte": until}}
+        pages = found = 0
+        for data in self._walk("customers", "/v1/customers", params, start=cursor):
+            pages += 1
+            for obj in data:
+                found += obj["id"] in missing
+                if obj["id"] not in self._customers:  # state and the batch's own customer events stand
+                    self._keep_customer(obj["id"], obj)
+            missing -= {o["id"] for o in data}
+            self._customer_list = (until, data[-1]["id"])
+            if not missing or found < pages:
+                return
+        self._customer_list_ended = True
 
     def prefetch_invoice_payments(self, *, since: int, until: int, payment_intents: Sequence[str],
                                   invoices: Sequence[str]) -> None:

@@ -76,3 +76,96 @@ def test_a_named_opportunity_that_does_not_exist_falls_back_to_the_customer_meta
     [created] = [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == sub["id"]]
     assert created["AccountId"] == account
     assert org.get("Account", account)["Subscription_Status__c"] == "active"
+
+
+def old_customers(f, org, n: int, created: int, *, linked_by: str, name: str = "Old") -> list[dict]:
+    """`n` customers created at `created`, each with an Account linked by customer metadata or customer id."""
+    out = []
+    for i in range(n):
+        account = org.insert("Account", {"Name": f"{name} {i}"})
+        meta = {"salesforce_account_id": account} if linked_by == "metadata" else {}
+        cus = f.customer(f"{name} {i}", f"{name.lower()}{i}@example.com", metadata=meta, created=created + i)
+        if linked_by == "customer_id":
+            org.update("Account", account, {"Stripe_Customer_ID__c": cus["id"]})
+        out.append(cus)
+    return out
+
+
+def subscribe_each(f, customers: list[dict], t: int) -> None:
+    price = f.price(2500)
+    for i, cus in enumerate(customers):
+        sub = f.subscription(cus["id"], [(price, 1)], status="active", created=t + i)
+        f.subscription_created(sub, t + i)
+
+
+def test_many_unknown_customers_are_listed_a_hundred_at_a_time(tmp_path, env, org, stripe_sb):
+    """120 customers named by events and known nowhere: two pages of the customer list, bounded by the
+    batch's last event, instead of 120 reads; a deleted one is not listed, so it alone is read on its own."""
+    f = StripeFactory(stripe_sb, seed=63)
+    t = int(time.time()) - 2 * DAY
+    customers = old_customers(f, org, 120, t - 90 * DAY, linked_by="metadata")
+    [gone] = old_customers(f, org, 1, t - 80 * DAY, linked_by="customer_id", name="Gone")
+    subscribe_each(f, [*customers, gone], t)
+    stripe_sb.delete_customer(gone["id"])
+    old_customers(f, org, 30, t + DAY, linked_by="customer_id", name="New")  # signed up after the events: not listed
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+    summary = run(config, env, t - DAY)
+    assert (summary.applied, summary.dead_lettered) == (121, 0)
+    assert customer_calls(stripe_sb, mark) == ["/v1/customers", "/v1/customers", f"/v1/customers/{gone['id']}"]
+    listings = [params for _, path, params in stripe_sb.requests_log[mark:] if path == "/v1/customers"]
+    assert all(set(p["created"]) == {"lte"} for p in listings)
+    status = {a["Name"]: a.get("Subscription_Status__c") for a in org.records("Account")}
+    assert all(status[f"Old {i}"] == "active" for i in range(120))
+
+
+def test_a_few_unknown_customers_are_read_one_by_one(tmp_path, env, org, stripe_sb):
+    f = StripeFactory(stripe_sb, seed=64)
+    t = int(time.time()) - 2 * DAY
+    customers = old_customers(f, org, 3, t - 90 * DAY, linked_by="metadata")
+    subscribe_each(f, customers, t)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+    assert run(config, env, t - DAY).applied == 3
+    assert sorted(customer_calls(stripe_sb, mark)) == sorted(f"/v1/customers/{c['id']}" for c in customers)
+
+
+def test_a_listing_that_does_not_pay_stops_after_one_page(tmp_path, env, org, stripe_sb):
+    """The unknown customers are the account's oldest, behind 150 newer ones: the first page finds none of
+    them, so the listing stops there and each is read on its own (one call more than reading each)."""
+    f = StripeFactory(stripe_sb, seed=65)
+    t = int(time.time()) - 2 * DAY
+    customers = old_customers(f, org, 12, t - 90 * DAY, linked_by="metadata")
+    old_customers(f, org, 150, t - 30 * DAY, linked_by="customer_id")
+    subscribe_each(f, customers, t)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+    assert run(config, env, t - DAY).applied == 12
+    calls = customer_calls(stripe_sb, mark)
+    assert calls.count("/v1/customers") == 1 and len(calls) == 13
+
+
+def test_the_named_opportunity_s_account_comes_before_the_customer_s_metadata(tmp_path, env, org, stripe_sb):
+    """An object's own metadata wins: the Account of the Opportunity it names, even when its customer is read
+    anyway (for a Task's Contact) and names another Account. The result does not depend on whether the
+    customer was read."""
+    f = StripeFactory(stripe_sb, seed=66)
+    t = int(time.time()) - 2 * DAY
+    own = org.insert("Account", {"Name": "Own"})
+    other = org.insert("Account", {"Name": "Customer's"})
+    contact = org.insert("Contact", {"LastName": "Costanza", "AccountId": own})
+    opp = deal(org, own, "Own deal")
+    cus = f.customer("Split", "s@example.com", metadata={"salesforce_account_id": other,
+                                                          "salesforce_contact_id": contact}, created=t - 90 * DAY)
+    sub = f.subscription(cus["id"], [(f.price(4000), 1)], status="active", created=t,
+                         metadata={"salesforce_opportunity_id": opp})
+    f.subscription_created(sub, t)
+    f.subscription_updated(sub["id"], {"status": "past_due"}, t + 60)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+    assert run(config, env, t - DAY).applied == 2
+    assert customer_calls(stripe_sb, mark) == [f"/v1/customers/{cus['id']}"]  # the Task's Contact needs it
+    assert org.get("Account", own)["Subscription_Status__c"] == "past_due"
+    assert not org.get("Account", other).get("Subscription_Status__c")
+    [task] = [t for t in org.records("Task") if t["Subject"].startswith("Subscription status")]
+    assert task["WhatId"] == own and task["WhoId"] == contact
