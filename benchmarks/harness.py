@@ -10,12 +10,13 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.scenario import Generated, benchmark_org, generate, seed_state
+from benchmarks.scenario import Generated, benchmark_org, generate, generate_cold, seed_state
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
 from stripe_sf_sync.salesforce_sink import COLLECTION_LIMIT, COMPOSITE_QUERIES, IN_CHUNK
@@ -121,6 +122,8 @@ class RunResult:
     sf_latency_ms: float = 0.0
     stripe_latency_ms: float = 0.0
     profiled: bool = False  # times and RSS include cProfile's overhead
+    # Stripe requests during the sync by kind (`stripe_kind`): what the cold-start floor is compared with.
+    stripe_by_kind: dict[str, int] = field(default_factory=dict)
 
     @property
     def sf_per_1000(self) -> float:
@@ -189,15 +192,21 @@ def profile_paths(base: Path) -> tuple[Path, Path]:
 
 def measure(mode: str, workdir: Path, *, events: int, customers: int | None, seed: int, now: int,
             sf_latency_ms: float, stripe_latency_ms: float, max_events: int | None = None,
-            stripe_rps: float | None = None, profile: Path | None = None) -> RunResult:
+            stripe_rps: float | None = None, profile: Path | None = None, cold: str | None = None) -> RunResult:
     """Build fresh stand-ins with the scenario, discover the org, and time one sync in a spawned child.
 
-    `profile`: also write a cProfile report of the sync to this path (see `profile_paths`).
+    `profile`: also write a cProfile report of the sync to this path (see `profile_paths`). `cold`: the
+    cold-start scenario of that variant instead (`scenario.generate_cold`; `customers` beyond `events` exist
+    without events), with no backfill state.
     """
     with StripeSandbox(latency_ms=stripe_latency_ms) as stripe, \
             SalesforceSandbox(benchmark_org(), latency_ms=sf_latency_ms) as sf:
         _disable_nagle(stripe)
-        gen = generate(stripe, sf.org, events=events, customers=customers, seed=seed, now=now)
+        if cold is not None:
+            gen = generate_cold(stripe, sf.org, events=events, variant=cold, seed=seed, now=now,
+                                extra_customers=max(0, (customers or events) - events))
+        else:
+            gen = generate(stripe, sf.org, events=events, customers=customers, seed=seed, now=now)
         # The stand-ins' objects live as long as the run: keep the collector from rescanning them while serving.
         gc.collect()
         gc.freeze()
@@ -239,6 +248,7 @@ def _sync_in_child(mode: str, workdir: Path, gen: Generated, stripe: StripeSandb
            "SF_INSTANCE_URL": sf.instance_url, "SF_ACCESS_TOKEN": sf.access_token}
     since = time.strftime("%Y-%m-%d", time.gmtime(gen.since))
     sf_seen, sf_used, stripe_seen = len(sf.requests_log), sf.org.api_used, stripe.request_count
+    stripe_logged = len(stripe.requests_log)
     sf.org.reset_key_counters()  # discovery's queries are not the sync's
 
     # A fresh interpreter per run: no memory shared with this process or the other run.
@@ -263,4 +273,11 @@ def _sync_in_child(mode: str, workdir: Path, gen: Generated, stripe: StripeSandb
         ru_maxrss_mib=report["ru_maxrss_kib"] / 1024,
         extrapolated_to=gen.events if max_events is not None and s["events_read"] < gen.events else None,
         written=_counts(sf.org.written_keys), lookup_keys=_counts(sf.org.queried_keys),
-        profiled=profile is not None)
+        profiled=profile is not None,
+        stripe_by_kind=dict(Counter(stripe_kind(path) for _, path, _ in stripe.requests_log[stripe_logged:])))
+
+
+def stripe_kind(path: str) -> str:
+    """A Stripe request's kind: a list (`/v1/customers`) or a read of one object (`/v1/customers/{id}`)."""
+    parts = path.strip("/").split("/")
+    return "/".join(parts[:2]) + ("/{id}" if len(parts) > 2 else "")

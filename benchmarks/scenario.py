@@ -299,3 +299,68 @@ def _invoice_failed(b: _Builder, sub_id: str, at: int) -> dict[str, Any]:
                                       inpay_id=f.new_id("inpay")))
     inv.update(attempted=True, attempt_count=1, next_payment_attempt=at + 3 * DAY)
     return f.emit("invoice.payment_failed", inv, at, automatic=True)
+
+
+# Cold start (issue 14): where the Account of a subscription is named.
+COLD_OPPORTUNITY = "opportunity"  # the subscription's own metadata names its (open) Opportunity
+COLD_CUSTOMER_METADATA = "customer-metadata"  # only the customer's metadata names its Account
+COLD_VARIANTS = (COLD_OPPORTUNITY, COLD_CUSTOMER_METADATA)
+
+
+def generate_cold(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, variant: str, seed: int = 42,
+                  now: int, extra_customers: int = 0) -> Generated:
+    """A first `sync --since` without backfill: `events` existing customers (created 40 days before the window,
+    so no customer event is in reach, none known to state), one `customer.subscription.created` (active) each
+    in the window, in random order. Each has an Account (not linked by Stripe_Customer_ID__c): named by the
+    subscription's Opportunity (`opportunity`) or by the customer's metadata (`customer-metadata`).
+    `extra_customers` more customers exist without any event (a bigger account to list)."""
+    if variant not in COLD_VARIANTS:
+        raise ValueError(f"unknown cold-start variant {variant!r}: use one of {', '.join(COLD_VARIANTS)}")
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _generate_cold(stripe, org, events=events, variant=variant, seed=seed, now=now,
+                              extra_customers=extra_customers)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _generate_cold(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, variant: str, seed: int, now: int,
+                   extra_customers: int) -> Generated:
+    b = _Builder(stripe, org, seed)
+    f = b.f
+    start = now - WINDOW_DAYS * DAY
+    before = start - 40 * DAY
+    catalog = b.catalog(before - 30 * DAY)
+    owners = [org.user_id("Ava Owner"), org.user_id("Ben Owner")]
+    new_business = org.record_type_id("New_Business")
+    out = Generated(since=(start - DAY) // DAY * DAY, now=now, events=events, customers=events + extra_customers,
+                    unmatched_customers=0)
+    named: list[tuple[str, dict[str, str]]] = []
+    for i in range(events):
+        name = f"Customer {i:06d}"
+        account = org.insert("Account", {"Name": name, "OwnerId": owners[i % 2]})
+        meta = {"salesforce_account_id": account} if variant == COLD_CUSTOMER_METADATA else {}
+        cus = f.customer(name, f"billing{i}@example.com", metadata=meta, created=before + i)
+        sub_meta: dict[str, str] = {}
+        if variant == COLD_OPPORTUNITY:
+            sub_meta["salesforce_opportunity_id"] = org.insert("Opportunity", {
+                "Name": f"{name} - new deal", "AccountId": account, "StageName": "Negotiation",
+                "CloseDate": "2026-12-31", "RecordTypeId": new_business})
+        named.append((str(cus["id"]), sub_meta))
+    for k in range(extra_customers):
+        f.customer(f"Quiet {k:06d}", f"quiet{k}@example.com", created=before + events + k)
+    # An account with history (see _generate): a few events just before --since, of a customer of its own.
+    history = f.customer("History", "history@example.com", created=before)
+    for k in range(HISTORY_EVENTS):
+        f.emit("customer.updated", history, out.since - 3600 + k, previous_attributes={"name": str(k)})
+    b.rng.shuffle(named)
+    step = WINDOW_DAYS * DAY / max(events, 1)
+    for n, (cus_id, sub_meta) in enumerate(named):
+        at = start + int(n * step)
+        sub = f.subscription(cus_id, b.items(catalog), status="active", created=at, metadata=sub_meta)
+        ev = f.subscription_created(sub, at)
+        out.kinds["subscription.created"] += 1
+        out.event_types[ev["type"]] += 1
+    return out
