@@ -311,8 +311,9 @@ def generate_cold(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, var
                   now: int, extra_customers: int = 0) -> Generated:
     """A first `sync --since` without backfill: `events` existing customers (created 40 days before the window,
     so no customer event is in reach, none known to state), one `customer.subscription.created` (active) each
-    in the window, in random order. Each has an Account (not linked by Stripe_Customer_ID__c): named by the
-    subscription's Opportunity (`opportunity`) or by the customer's metadata (`customer-metadata`).
+    in the window, in random order. `opportunity`: the subscription's metadata names the customer's open
+    Opportunity, and its Account has the customer's Stripe_Customer_ID__c; `customer-metadata`: only the
+    customer's metadata names its Account.
     `extra_customers` more customers exist without any event (a bigger account to list)."""
     if variant not in COLD_VARIANTS:
         raise ValueError(f"unknown cold-start variant {variant!r}: use one of {', '.join(COLD_VARIANTS)}")
@@ -339,15 +340,17 @@ def _generate_cold(stripe: StripeSandbox, org: SalesforceOrg, *, events: int, va
                     unmatched_customers=0)
     named: list[tuple[str, dict[str, str]]] = []
     for i in range(events):
-        name = f"Customer {i:06d}"
-        account = org.insert("Account", {"Name": name, "OwnerId": owners[i % 2]})
-        meta = {"salesforce_account_id": account} if variant == COLD_CUSTOMER_METADATA else {}
-        cus = f.customer(name, f"billing{i}@example.com", metadata=meta, created=before + i)
+        name, email, record = f"Customer {i:06d}", f"billing{i}@example.com", {"OwnerId": owners[i % 2]}
         sub_meta: dict[str, str] = {}
         if variant == COLD_OPPORTUNITY:
+            cus = f.customer(name, email, created=before + i)
+            account = org.insert("Account", {"Name": name, **record, "Stripe_Customer_ID__c": cus["id"]})
             sub_meta["salesforce_opportunity_id"] = org.insert("Opportunity", {
                 "Name": f"{name} - new deal", "AccountId": account, "StageName": "Negotiation",
                 "CloseDate": "2026-12-31", "RecordTypeId": new_business})
+        else:
+            account = org.insert("Account", {"Name": name, **record})
+            cus = f.customer(name, email, metadata={"salesforce_account_id": account}, created=before + i)
         named.append((str(cus["id"]), sub_meta))
     for k in range(extra_customers):
         f.customer(f"Quiet {k:06d}", f"quiet{k}@example.com", created=before + events + k)

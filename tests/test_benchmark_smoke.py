@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import cold_run
 from benchmarks import run as bench
 from benchmarks.harness import BATCHED, PER_EVENT, RunResult, measure
-from benchmarks.scenario import benchmark_org, generate
+from benchmarks.scenario import COLD_CUSTOMER_METADATA, COLD_OPPORTUNITY, COLD_VARIANTS, benchmark_org, generate
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 EVENTS = 300
@@ -103,6 +104,23 @@ def test_report_renders_with_targets(runs: dict[str, RunResult]) -> None:
     text = bench.markdown(report)
     assert "| batched (300) |" in text and "**met**" in text
     assert bench.as_json(report)["sizes"][0]["sf_calls_ratio"] >= 20
+
+
+# The cold start (benchmarks.cold_run), small: pinned so a customer read per event (or per customer) fails CI.
+COLD_EVENTS = 300
+COLD_STRIPE_CALLS = {COLD_OPPORTUNITY: 4, COLD_CUSTOMER_METADATA: 8}  # 4 event pages; + 4 customer lists
+COLD_SF_CALLS = {COLD_OPPORTUNITY: 7, COLD_CUSTOMER_METADATA: 7}
+
+
+@pytest.mark.parametrize("variant", COLD_VARIANTS)
+def test_cold_start_call_counts_are_pinned(tmp_path: Path, variant: str) -> None:
+    r = measure(BATCHED, tmp_path, events=COLD_EVENTS, customers=None, seed=SEED, now=int(time.time()),
+                sf_latency_ms=0, stripe_latency_ms=0, stripe_rps=100, cold=variant)
+    assert r.events == COLD_EVENTS and (r.applied, r.dead_lettered) == (COLD_EVENTS, 0)
+    assert r.stripe_calls == r.stripe_requests_seen == COLD_STRIPE_CALLS[variant]
+    assert r.stripe_by_kind.get("v1/customers/{id}", 0) == 0  # not one customer read on its own
+    assert r.sf_calls == r.sf_api_used == COLD_SF_CALLS[variant]
+    assert r.stripe_calls <= cold_run.FLOOR_FACTOR * cold_run.floor_of(variant, COLD_EVENTS, COLD_EVENTS).total
 
 
 def test_serve_benchmark_runs_small():
