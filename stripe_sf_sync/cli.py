@@ -212,6 +212,8 @@ def _print_human_summary(summary: service.RunSummary) -> None:
         f"{summary.skipped_duplicate} already done, {summary.ignored} needing no write, "
         f"{dead}; {writes}; "
         f"{summary.stripe_calls} Stripe and {summary.salesforce_calls} Salesforce calls; "
+        + (f"Stripe rate-limited {summary.stripe_rate_limited} times (HTTP 429; pacing lowered); "
+           if summary.stripe_rate_limited else "") +
         f"Salesforce API usage {api}; {summary.duration_s:.1f}s.", highlight=False)
 
 

@@ -53,7 +53,8 @@ class StripeSettings(_Strict):
     """Stripe-side settings (the key itself comes from STRIPE_API_KEY)."""
 
     api_version: str = Field(DEFAULT_STRIPE_API_VERSION, pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
-    requests_per_second: float = Field(20.0, gt=0, le=100)
+    # None: from the key's mode (stripe_source.default_requests_per_second); set, it overrides that.
+    requests_per_second: float | None = Field(None, gt=0, le=100)
     timeout_seconds: float = Field(30.0, gt=0, le=600)
     dashboard_url: str = Field("https://dashboard.stripe.com", pattern=r"^https://")
     # Each sync re-reads the events created this long before its cursor, for those listed late.

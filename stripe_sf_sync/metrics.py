@@ -69,6 +69,8 @@ def write_metrics(path: Path, figures: RunFigures) -> None:
                   registry=registry)
     calls.labels(command=command, api="stripe").set(s.get("stripe_calls") or 0)
     calls.labels(command=command, api="salesforce").set(s.get("salesforce_calls") or 0)
+    gauge("last_run_stripe_rate_limited", "Stripe's 429 answers in the last run (each halved the pacing).",
+          s.get("stripe_rate_limited") or 0)
     gauge("last_run_stopped_early", "1 when the last run stopped at the Salesforce API budget.",
           1 if s.get("stopped_early") else 0)
     gauge("last_success_timestamp_seconds", "When the newest run of this command that did its work (exit 0 or 3) "

@@ -57,7 +57,7 @@ from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.state import DeadLetter, StateStore
-from stripe_sf_sync.stripe_source import StripeSource, build_client
+from stripe_sf_sync.stripe_source import StripeSource, build_client, default_requests_per_second
 
 log = logging.getLogger("stripe_sf_sync")
 
@@ -110,7 +110,8 @@ class Runtime:
         ca_bundle = env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or None
         client, http = build_client(secrets.api_key, api_base=secrets.api_base, api_version=s.api_version,
                                     timeout=s.timeout_seconds, ca_bundle=ca_bundle)
-        return StripeSource(client, http, api_version=s.api_version, requests_per_second=s.requests_per_second,
+        pace = s.requests_per_second or default_requests_per_second(secrets.api_key)
+        return StripeSource(client, http, api_version=s.api_version, requests_per_second=pace,
                             clock=self.environment.clock, sleep=self.environment.sleep)
 
     def salesforce_factory(self) -> Callable[[], SalesforceGateway]:
@@ -233,7 +234,8 @@ def _record_end(runtime: Runtime, state: Any, run: RecordedRun, summary: RunSumm
     """Close the summary and record how the run ended: its exit code, the usage seen, the metrics file."""
     gw = run.access.connected
     finish(summary, started=started, stripe_calls=run.source.calls, usage=gw.usage if gw else None,
-           cursor=state.cursor(), planned=planned.planned if planned else ())
+           cursor=state.cursor(), planned=planned.planned if planned else (),
+           stripe_rate_limited=run.source.rate_limited)
     if summary.salesforce_api_used is not None:
         state.set_meta("api_usage", json.dumps({"used": summary.salesforce_api_used,
                                                  "max": summary.salesforce_api_max,

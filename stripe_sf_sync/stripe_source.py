@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -111,31 +112,98 @@ def build_client(api_key: str, *, api_base: str | None, api_version: str, timeou
     return stripe.StripeClient(api_key, **kwargs), http
 
 
+# Stripe's read limits (docs.stripe.com/rate-limits; api-facts.md §3): 25 requests/s in test mode, 100 live.
+TEST_MODE_RPS = 25.0
+LIVE_MODE_RPS = 100.0
+# The share of that limit stripe-sf paces itself to when `stripe.requests_per_second` is unset: the limit is
+# the account's, shared with the merchant's own app, the Dashboard and other integrations, so 20% is left
+# to them (20/s with a test key, 80/s live).
+RATE_LIMIT_SHARE = 0.8
+# After a 429 the pace is halved, down to MIN_RPS; then every PROBE_EVERY_S seconds without a 429 it goes up
+# by PROBE_STEP, back to where it started (additive increase, multiplicative decrease, as TCP does).
+MIN_RPS = 1.0
+PROBE_EVERY_S = 5.0
+PROBE_STEP = 1.0
+
+
+def default_requests_per_second(api_key: str) -> float:
+    """The pace for a key when the config names none: RATE_LIMIT_SHARE of its mode's limit. A secret or
+    restricted test key (sk_test_, rk_test_) is in test mode; any other key is taken as live."""
+    test_mode = api_key.startswith(("sk_test_", "rk_test_"))
+    return RATE_LIMIT_SHARE * (TEST_MODE_RPS if test_mode else LIVE_MODE_RPS)
+
+
 class Pacer:
     """At most `per_second` requests in any window of one second (Stripe: 25/s test mode, 100/s live;
     docs.stripe.com/rate-limits). A sliding window rather than a fixed gap: a burst of page reads goes at once, and
-    only a sustained rate above the limit waits."""
+    only a sustained rate above the limit waits.
+
+    Rate-aware: `throttled` (a 429) halves the pace, at most once a window so a burst of 429s from requests
+    already sent counts as one signal; `succeeded` raises it by PROBE_STEP after each PROBE_EVERY_S seconds
+    without a 429, up to the starting pace (the ceiling). Each change is logged at INFO. Thread-safe: one
+    Pacer may pace several threads (a slot is reserved under the lock, then slept for outside it).
+    """
 
     def __init__(self, per_second: float, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.per_second = per_second
-        # A fractional rate (0.5/s) becomes one request per 2 s; 2.5/s, two per 0.8 s.
-        self._n = max(1, int(per_second))
-        self._window = self._n / per_second
+        self.ceiling = per_second
+        self.throttles = 0  # 429s met
         self._sent: deque[float] = deque()
         self._clock = clock
         self._sleep = sleep
+        self._lock = threading.Lock()
+        self._set_rate(per_second)
+        self._changed = clock()  # the last change of pace, or 429
+        self._lowered = -math.inf  # the last halving
+
+    @property
+    def per_second(self) -> float:
+        """The current pace."""
+        return self._rate
+
+    def _set_rate(self, per_second: float) -> None:
+        self._rate = per_second
+        # A fractional rate (0.5/s) becomes one request per 2 s; 2.5/s, two per 0.8 s.
+        self._n = max(1, int(per_second))
+        self._window = self._n / per_second
 
     def wait(self) -> None:
         """Sleep until one more request fits in the window, and count it."""
-        now = self._clock()
-        while self._sent and now - self._sent[0] >= self._window:
-            self._sent.popleft()
-        if len(self._sent) >= self._n:
-            self._sleep(self._sent[0] + self._window - now)
-            now = max(now, self._sent[0] + self._window)
-            self._sent.popleft()
-        self._sent.append(now)
+        with self._lock:
+            now = self._clock()
+            # The n-th most recent request must have left the window (also right after the pace changed).
+            at = max(now, self._sent[-self._n] + self._window) if len(self._sent) >= self._n else now
+            self._sent.append(at)
+            while len(self._sent) > self._n:
+                self._sent.popleft()
+        if at > now:
+            self._sleep(at - now)
+
+    def throttled(self) -> None:
+        """Stripe answered 429: halve the pace (at most once a window), down to MIN_RPS."""
+        with self._lock:
+            self.throttles += 1
+            now = self._clock()
+            self._changed = now  # the probe's quiet seconds start again
+            if now - self._lowered < self._window or self._rate <= MIN_RPS:
+                return
+            old = self._rate
+            self._set_rate(max(MIN_RPS, old / 2))
+            self._lowered = now
+        log.info("Stripe: rate limited (HTTP 429); pacing lowered from %g to %g requests/s", old, self._rate,
+                 extra=fields(kind="pacing", edge="stripe", reason="rate_limited", old_rps=old, rps=self._rate))
+
+    def succeeded(self) -> None:
+        """A request went through: after PROBE_EVERY_S seconds without a 429, raise the pace by PROBE_STEP."""
+        with self._lock:
+            now = self._clock()
+            if self._rate >= self.ceiling or now - self._changed < PROBE_EVERY_S:
+                return
+            old = self._rate
+            self._set_rate(min(self.ceiling, old + PROBE_STEP))
+            self._changed = now
+        log.info("Stripe: no rate limiting for %g s; pacing raised from %g to %g requests/s", PROBE_EVERY_S, old,
+                 self._rate, extra=fields(kind="pacing", edge="stripe", reason="probe", old_rps=old, rps=self._rate))
 
 
 def _fatal(exc: stripe.StripeError, what: str) -> FatalSyncError:
@@ -264,6 +332,11 @@ class StripeSource:
         return self._api_version
 
     @property
+    def rate_limited(self) -> int:
+        """429s Stripe answered this run (each retried; see Pacer for what they do to the pace)."""
+        return self._pacer.throttles
+
+    @property
     def calls(self) -> int:
         """HTTP requests made to Stripe, every retry included (each attempt is one request)."""
         return self._http.calls if self._http is not None else self.calls_made
@@ -281,7 +354,15 @@ class StripeSource:
         def attempt() -> Any:
             self._pacer.wait()
             self.calls_made += 1
-            return self._client.raw_request("get", path, **(params or {}))
+            try:
+                resp = self._client.raw_request("get", path, **(params or {}))
+            except stripe.RateLimitError as exc:
+                # A 429 `lock_timeout` is about one object, not the rate: it leaves the pace alone.
+                if getattr(exc, "code", None) != "lock_timeout":
+                    self._pacer.throttled()
+                raise
+            self._pacer.succeeded()
+            return resp
 
         retrying = Retrying(
             retry=retry_if_exception(lambda exc: _retry_reason(exc) is not None),

@@ -38,6 +38,7 @@ class RunSummary:
     dead_lettered: int = 0
     records_written: int = 0
     stripe_calls: int = 0
+    stripe_rate_limited: int = 0  # 429s Stripe answered (each retried, and the pace lowered)
     salesforce_calls: int = 0
     salesforce_api_used: int | None = None
     salesforce_api_max: int | None = None
@@ -168,10 +169,12 @@ def log_summary(summary: RunSummary, exit_code: int) -> None:
 
 
 def finish(summary: RunSummary, *, started: float, stripe_calls: int, usage: Any | None, cursor: Cursor | None,
-           planned: Sequence[dict[str, Any]] = ()) -> None:
-    """Close the summary however the run ended: duration, the edges' call counts and the org's usage."""
+           planned: Sequence[dict[str, Any]] = (), stripe_rate_limited: int = 0) -> None:
+    """Close the summary however the run ended: duration, the edges' call counts (and Stripe's 429s) and the
+    org's usage."""
     summary.duration_s = round(time.monotonic() - started, 3)
     summary.stripe_calls = stripe_calls
+    summary.stripe_rate_limited = stripe_rate_limited
     if usage is not None:
         summary.salesforce_calls = usage.calls
         summary.salesforce_api_used, summary.salesforce_api_max = usage.used, usage.total

@@ -128,9 +128,9 @@ def write_config(directory: Path, *, batch_size: int = 5, extra: str = "") -> Pa
     """sync.yaml with the awkward org's discovered values (deterministic across worlds) and small batches."""
     directory.mkdir(parents=True, exist_ok=True)
     text = EXAMPLE.replace("account_csm: null", "account_csm: CSM__c")
-    assert "batch_size: 10000" in text and "requests_per_second: 20" in text, "sync.yaml.example defaults moved"
+    assert "batch_size: 10000" in text and "requests_per_second: null" in text, "sync.yaml.example defaults moved"
     text = text.replace("batch_size: 10000", f"batch_size: {batch_size}")
-    text = text.replace("requests_per_second: 20", "requests_per_second: 100")
+    text = text.replace("requests_per_second: null", "requests_per_second: 100")
     path = directory / "sync.yaml"
     path.write_text(text + extra)
     return path
