@@ -43,8 +43,8 @@ RETRY_LATER_HINT = "Retry later; if it persists, report it with --debug output."
 MAX_ATTACHED = 100_000
 ATTACHED_REFRESH_S = 300
 # Unknown customers of a batch, from this many on, are looked for in the customer list (100 a call, newest
-# first) before any is read on its own. The listing stops as soon as it has cost more calls than the reads it
-# saved, so it costs at most one call more than reading each; below this count that one call is not risked.
+# first) before any is read on its own. Below it, reading each costs at most a few calls, which a listing
+# that finds none of them could double (see StripeSource.prefetch_customers).
 CUSTOMER_LIST_FROM = 10
 # Prices read for their currency_options are kept for the whole run (an account has few Prices); the
 # bound only guards memory against an unusual account, dropping the oldest entry first.
@@ -555,26 +555,28 @@ class StripeSource:
         From CUSTOMER_LIST_FROM unknown customers on, list `/v1/customers` newest first, created at or before
         `created_until` (a customer exists before any event naming it; `created` filter:
         stripe/params/_customer_list_params.py), keeping every customer listed (for later batches and runs),
-        until every unknown one is found, the list ends, or the listing has cost more calls than the reads it
-        saved. Later batches of the run go on from where it stopped. A deleted customer is never listed
-        (Stripe API reference: List all customers; airbyte PR 19975): one not found is read on its own by
-        `customer`, which learns it is deleted.
+        until every unknown one is found, the list ends, or its pages are as many as the customers still
+        missing. How many pages finding them takes is not known beforehand (the account's size is not), so
+        this is the rent-or-buy rule: the listing never costs more than reading the rest would, and the
+        batch's customer calls are at most twice the cheaper of listing and reading each. Later batches of
+        the run go on from where it stopped. A deleted customer is never listed (Stripe API reference: List
+        all customers; airbyte PR 19975): one not found is read on its own by `customer`, which learns it is
+        deleted.
         """
         missing = {c for c in customer_ids if c not in self._customers}
         if len(missing) < CUSTOMER_LIST_FROM or self._customer_list_ended:
             return
         until, cursor = self._customer_list or (created_until, None)
         params: dict[str, Any] = {"limit": PAGE_LIMIT, "created": {"lte": until}}
-        pages = found = 0
+        pages = 0
         for data in self._walk("customers", "/v1/customers", params, start=cursor):
             pages += 1
             for obj in data:
-                found += obj["id"] in missing
                 if obj["id"] not in self._customers:  # state and the batch's own customer events stand
                     self._keep_customer(obj["id"], obj)
             missing -= {o["id"] for o in data}
             self._customer_list = (until, data[-1]["id"])
-            if not missing or found < pages:
+            if pages >= len(missing):  # also when none is missing any more
                 return
         self._customer_list_ended = True
 

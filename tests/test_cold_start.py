@@ -33,6 +33,18 @@ def deal(org, account: str, name: str) -> str:
                                       "CloseDate": "2026-12-31", "RecordTypeId": org.record_type_id("New_Business")})
 
 
+def sync_one_naming(f, cus, opp: str, t: int, tmp_path, env, stripe_sb) -> tuple[dict, list[str]]:
+    """An active subscription of `cus` whose metadata names `opp`, synced: (it, the run's customer calls)."""
+    sub = f.subscription(cus["id"], [(f.price(4000), 1)], status="active", created=t,
+                         metadata={"salesforce_opportunity_id": opp})
+    f.subscription_created(sub, t)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+    summary = run(config, env, t - DAY)
+    assert (summary.applied, summary.dead_lettered) == (1, 0)
+    return sub, customer_calls(stripe_sb, mark)
+
+
 def test_a_subscription_naming_its_opportunity_is_applied_without_reading_its_customer(tmp_path, env, org,
                                                                                        stripe_sb):
     """The Account is the one the named Opportunity belongs to: it comes with the batch's Opportunity lookup,
@@ -42,14 +54,8 @@ def test_a_subscription_naming_its_opportunity_is_applied_without_reading_its_cu
     account = org.insert("Account", {"Name": "Kramerica"})
     opp = deal(org, account, "Kramerica deal")
     cus = f.customer("Kramerica", "k@example.com", created=t - 90 * DAY)
-    sub = f.subscription(cus["id"], [(f.price(4000), 1)], status="active", created=t,
-                         metadata={"salesforce_opportunity_id": opp})
-    f.subscription_created(sub, t)
-    config = configured(tmp_path, env)
-    mark = len(stripe_sb.requests_log)
-    summary = run(config, env, t - DAY)
-    assert (summary.applied, summary.dead_lettered) == (1, 0)
-    assert customer_calls(stripe_sb, mark) == []
+    sub, calls = sync_one_naming(f, cus, opp, t, tmp_path, env, stripe_sb)
+    assert calls == []
     won = org.get("Opportunity", opp)
     assert won["StageName"] == "Closed Won" and won["Stripe_Subscription_ID__c"] == sub["id"]
     assert org.get("Account", account)["Subscription_Status__c"] == "active"
@@ -65,14 +71,8 @@ def test_a_named_opportunity_that_does_not_exist_falls_back_to_the_customer_meta
     gone = deal(org, account, "Deleted deal")
     org.delete("Opportunity", gone)
     cus = f.customer("Pendant", "p@example.com", metadata={"salesforce_account_id": account}, created=t - 90 * DAY)
-    sub = f.subscription(cus["id"], [(f.price(4000), 1)], status="active", created=t,
-                         metadata={"salesforce_opportunity_id": gone})
-    f.subscription_created(sub, t)
-    config = configured(tmp_path, env)
-    mark = len(stripe_sb.requests_log)
-    summary = run(config, env, t - DAY)
-    assert (summary.applied, summary.dead_lettered) == (1, 0)
-    assert customer_calls(stripe_sb, mark) == [f"/v1/customers/{cus['id']}"]
+    sub, calls = sync_one_naming(f, cus, gone, t, tmp_path, env, stripe_sb)
+    assert calls == [f"/v1/customers/{cus['id']}"]
     [created] = [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == sub["id"]]
     assert created["AccountId"] == account
     assert org.get("Account", account)["Subscription_Status__c"] == "active"
@@ -130,19 +130,39 @@ def test_a_few_unknown_customers_are_read_one_by_one(tmp_path, env, org, stripe_
     assert sorted(customer_calls(stripe_sb, mark)) == sorted(f"/v1/customers/{c['id']}" for c in customers)
 
 
-def test_a_listing_that_does_not_pay_stops_after_one_page(tmp_path, env, org, stripe_sb):
-    """The unknown customers are the account's oldest, behind 150 newer ones: the first page finds none of
-    them, so the listing stops there and each is read on its own (one call more than reading each)."""
+def quiet_customers(f, n: int, created: int) -> None:
+    """`n` customers without events or Accounts (a bigger account to list)."""
+    for k in range(n):
+        f.customer(f"Quiet {k}", f"quiet{k}@example.com", created=created + k)
+
+
+def test_unknown_customers_behind_newer_ones_are_still_found_by_the_listing(tmp_path, env, org, stripe_sb):
+    """The unknown customers are the account's oldest, behind 150 newer ones: a page of none of them is not
+    the end; the second page finds them all, and no customer is read on its own."""
     f = StripeFactory(stripe_sb, seed=65)
     t = int(time.time()) - 2 * DAY
     customers = old_customers(f, org, 12, t - 90 * DAY, linked_by="metadata")
-    old_customers(f, org, 150, t - 30 * DAY, linked_by="customer_id")
+    quiet_customers(f, 150, t - 30 * DAY)
+    subscribe_each(f, customers, t)
+    config = configured(tmp_path, env)
+    mark = len(stripe_sb.requests_log)
+    assert run(config, env, t - DAY).applied == 12
+    assert customer_calls(stripe_sb, mark) == ["/v1/customers"] * 2
+
+
+def test_a_listing_never_costs_more_than_reading_the_customers_still_missing(tmp_path, env, org, stripe_sb):
+    """Behind 1,300 newer customers, 12 pages find none of the 12 unknown ones: the listing stops there (it
+    has cost what reading them costs), and each is read on its own: 24 calls, never more than twice 12."""
+    f = StripeFactory(stripe_sb, seed=67)
+    t = int(time.time()) - 2 * DAY
+    customers = old_customers(f, org, 12, t - 90 * DAY, linked_by="metadata")
+    quiet_customers(f, 1300, t - 30 * DAY)
     subscribe_each(f, customers, t)
     config = configured(tmp_path, env)
     mark = len(stripe_sb.requests_log)
     assert run(config, env, t - DAY).applied == 12
     calls = customer_calls(stripe_sb, mark)
-    assert calls.count("/v1/customers") == 1 and len(calls) == 13
+    assert calls.count("/v1/customers") == 12 and len(calls) == 24
 
 
 def test_the_named_opportunity_s_account_comes_before_the_customer_s_metadata(tmp_path, env, org, stripe_sb):

@@ -26,19 +26,7 @@ from stripe_sf_sync.stripe_source import (
 )
 
 from .conftest import write_config
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, s: float) -> None:
-        self.slept.append(s)
-        self.now += s
+from .test_hydration import FakeTime
 
 
 @pytest.mark.parametrize(("key", "rps"), [("sk_test_abc", 20.0), ("rk_test_abc", 20.0), ("sk_live_abc", 80.0),
