@@ -598,8 +598,9 @@ class StripeSandbox:
         mark = self._store_version
         cached = self._object_indexes.get(kind)
         if cached is None or cached[0] != mark:
+            # A deleted customer is not listed, only retrieved (as `deleted: true`).
             ordered = sorted(((o.get("created") or 0, self._order[o["id"]]), o)
-                             for o in self._objects.values() if o.get("object") == kind)
+                             for o in self._objects.values() if o.get("object") == kind and not o.get("deleted"))
             cached = (mark, ordered, {o["id"]: j for j, (_, o) in enumerate(ordered)})
             self._object_indexes[kind] = cached
         return cached[1], cached[2]
@@ -963,9 +964,6 @@ class StripeSandbox:
                         == sub
                     )
                 )
-        elif collection == "customers":
-            # Deleted customers are not listed (only retrieved, as `deleted: true`).
-            checks.append(lambda o: not o.get("deleted"))
         elif collection == "charges":
             pi = _str_param(params, "payment_intent")
             if pi is not None:
