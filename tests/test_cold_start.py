@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from stripe_sf_sync import service
 from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 
@@ -136,33 +138,22 @@ def quiet_customers(f, n: int, created: int) -> None:
         f.customer(f"Quiet {k}", f"quiet{k}@example.com", created=created + k)
 
 
-def test_unknown_customers_behind_newer_ones_are_still_found_by_the_listing(tmp_path, env, org, stripe_sb):
-    """The unknown customers are the account's oldest, behind 150 newer ones: a page of none of them is not
-    the end; the second page finds them all, and no customer is read on its own."""
+@pytest.mark.parametrize(("newer", "lists", "reads"), [(150, 2, 0), (1300, 12, 12)])
+def test_a_listing_goes_on_while_it_costs_less_than_reading_the_customers_still_missing(
+        tmp_path, env, org, stripe_sb, newer, lists, reads):
+    """The 12 unknown customers are the account's oldest. Behind 150 newer ones, a page of none of them is not
+    the end: the second finds them all. Behind 1,300, 12 pages find none: the listing stops there (it has cost
+    what reading them costs), and each is read on its own: 24 calls, never more than twice 12."""
     f = StripeFactory(stripe_sb, seed=65)
     t = int(time.time()) - 2 * DAY
     customers = old_customers(f, org, 12, t - 90 * DAY, linked_by="metadata")
-    quiet_customers(f, 150, t - 30 * DAY)
-    subscribe_each(f, customers, t)
-    config = configured(tmp_path, env)
-    mark = len(stripe_sb.requests_log)
-    assert run(config, env, t - DAY).applied == 12
-    assert customer_calls(stripe_sb, mark) == ["/v1/customers"] * 2
-
-
-def test_a_listing_never_costs_more_than_reading_the_customers_still_missing(tmp_path, env, org, stripe_sb):
-    """Behind 1,300 newer customers, 12 pages find none of the 12 unknown ones: the listing stops there (it
-    has cost what reading them costs), and each is read on its own: 24 calls, never more than twice 12."""
-    f = StripeFactory(stripe_sb, seed=67)
-    t = int(time.time()) - 2 * DAY
-    customers = old_customers(f, org, 12, t - 90 * DAY, linked_by="metadata")
-    quiet_customers(f, 1300, t - 30 * DAY)
+    quiet_customers(f, newer, t - 30 * DAY)
     subscribe_each(f, customers, t)
     config = configured(tmp_path, env)
     mark = len(stripe_sb.requests_log)
     assert run(config, env, t - DAY).applied == 12
     calls = customer_calls(stripe_sb, mark)
-    assert calls.count("/v1/customers") == 12 and len(calls) == 24
+    assert calls.count("/v1/customers") == lists and len(calls) == lists + reads
 
 
 def test_the_named_opportunity_s_account_comes_before_the_customer_s_metadata(tmp_path, env, org, stripe_sb):
