@@ -19,7 +19,7 @@ from rich.markup import escape
 from stripe_sf_sync import __version__, service
 from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml
 from stripe_sf_sync.console import LogFormat, active_settings, fields, setup_logging
-from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
+from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError, missing_extra
 from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE, span
 from stripe_sf_sync.tables import Column, print_records
 
@@ -483,6 +483,7 @@ def _print_status(report: dict[str, Any]) -> None:
     """`status` for people: where the cursor is, the last run, dead letters, usage, health, recent runs."""
     out = _stdout()
     health = report["health"]
+    out.print(f"State: {report['state_backend']}, {report['state_path']}", highlight=False, markup=False)
     if report["never_run"]:
         out.print(f"Never run: no run is recorded in {report['state_path']}. Start with `stripe-sf sync --since "
                   "DATE` (or `stripe-sf backfill --since DATE`).", highlight=False, markup=False)
@@ -615,19 +616,10 @@ def _sandbox_demo() -> Callable[[Console], int]:
     return run_demo
 
 
-@contextlib.contextmanager
-def _missing_extra(command: str, extra: str) -> Iterator[None]:
+def _missing_extra(command: str, extra: str) -> contextlib.AbstractContextManager[None]:
     """Imports of an optional part (the stand-ins, the webhook server): a missing extra is a usage error that
     says how to install it."""
-    try:
-        yield
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").startswith("stripe_sf_sync"):
-            raise
-        raise ConfigError([f"`stripe-sf {command}` needs the {extra} extra, and {exc.name} is not installed"],
-                          source="installation",
-                          hint=f"Install it with `pip install 'stripe-sf-sync[{extra}]'` (from a clone: "
-                               f"`pip install -e '.[{extra}]'`), then run `stripe-sf {command}` again.") from None
+    return missing_extra(f"`stripe-sf {command}`", extra, f"run `stripe-sf {command}` again")
 
 
 def _sandbox_extra(command: str) -> contextlib.AbstractContextManager[None]:
