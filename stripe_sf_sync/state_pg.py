@@ -12,6 +12,7 @@ psycopg is imported here only, so the core install does not need the [postgres] 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -244,7 +245,8 @@ class PgStateStore(StateStore):
         """Drop the run lock if held (a lost connection dropped it already)."""
         if self._locked:
             self._locked = False
-            if not self._conn.raw.closed:
+            # A connection that died took the lock with it: nothing left to release.
+            with contextlib.suppress(psycopg.OperationalError):
                 self._conn.execute("SELECT pg_advisory_unlock(?)", (self._lock_key,))
 
     def integrity_check(self) -> str:

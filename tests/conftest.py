@@ -140,3 +140,12 @@ def pg_url(pg_server: Any) -> Iterator[str]:
         yield pg_server.url(name)
     finally:
         pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Each state test runs on both backends: the SQLite file, and a fresh PostgreSQL database."""
+    from .state_backends import STATE_NAME, Backend
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return Backend(request.param, tmp_path / STATE_NAME, url)
