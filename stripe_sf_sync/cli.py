@@ -31,6 +31,8 @@ app = typer.Typer(help="Keep Salesforce true to what Stripe has actually collect
                   context_settings={"help_option_names": ["-h", "--help"]})
 dlq_app = typer.Typer(help="Inspect, retry and drop dead-lettered events.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+state_app = typer.Typer(help="Move the state to PostgreSQL (shared by more than one host).", no_args_is_help=True)
+app.add_typer(state_app, name="state")
 
 _GIVEN = "stripe_sf.global_options"  # ctx.meta key: the global options given before the command name
 
@@ -532,6 +534,36 @@ def _print_runs(out: Console, runs: list[dict[str, Any]]) -> None:
         print_records(out, "Recent runs", [Column("run"), Column("command"), Column("started", is_id=True),
                                            Column("ended", is_id=True), Column("exit"), Column("read"),
                                            Column("applied"), Column("dead-lettered")], rows)
+
+
+@state_app.command("migrate")
+def state_migrate(
+    to: Annotated[str, typer.Option("--to", help="postgresql://USER@HOST:5432/DB of an empty store (the password "
+                                                 "from PGPASSWORD).")],
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Copy the SQLite state (cursor, ledger, versions, dead letters, runs, customers, inbox) into an empty
+    PostgreSQL store; every table is verified, and the file is left untouched.
+
+    Example: PGPASSWORD=... stripe-sf state migrate --to postgresql://stripe_sf@db.internal:5432/stripe_sf
+    """
+    _setup(debug, log_format, config, quiet)
+    result = guarded(lambda: service.run_state_migrate(config, service.Environment(), to), debug=debug)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        raise typer.Exit(0)
+    out = _stdout()
+    out.print(f"Copied {result['from']} to {result['to']}, verified (rows and a checksum per table):",
+              highlight=False, markup=False)
+    for table, seen in result["tables"].items():
+        out.print(f"  {table}: {seen['rows']} rows, checksum {seen['checksum'][:16]}", highlight=False)
+    out.print(f"The file {result['from']} is left as it was. Next: set STRIPE_SF_STATE_URL={result['to']} (or "
+              "state.url in sync.yaml) for every host and run `stripe-sf status`; keep the file as a backup.",
+              highlight=False, markup=False)
 
 
 @app.command()

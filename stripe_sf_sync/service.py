@@ -28,6 +28,7 @@ from stripe_sf_sync.config import (
     require_org_values,
     salesforce_secrets,
     state_url,
+    state_url_problem,
     stripe_secrets,
     writable_file_problem,
 )
@@ -417,6 +418,22 @@ def dlq_drop(config_path: Path | None, environment: Environment, event_id: str) 
         if not state.drop_dead_letter(event_id):
             raise ConfigError([f"{event_id} is not an open dead letter"], source="invocation",
                               hint="`stripe-sf dlq list` shows the open ones.")
+
+
+def run_state_migrate(config_path: Path | None, environment: Environment, to_url: str) -> dict[str, Any]:
+    """`stripe-sf state migrate --to URL`: the SQLite state into an empty PostgreSQL store, verified table by
+    table (rows and a checksum); the file is left as it was."""
+    runtime = Runtime(config_path, environment)
+    problem = state_url_problem(to_url)
+    if problem:
+        raise ConfigError([f"--to {problem}"], source="invocation")
+    path = runtime.loaded.state_path
+    with StateStore.open(path, create=False) as source, open_state(path, to_url) as target:
+        from stripe_sf_sync.state_pg import migrate_from  # psycopg is installed: open_state imported it
+
+        copied = migrate_from(source, target)
+    return {"from": str(path), "to": masked_url(to_url),
+            "tables": {table: {"rows": rows, "checksum": digest} for table, (rows, digest) in copied.items()}}
 
 
 def _backfill_status(checkpoint: dict[str, Any]) -> dict[str, Any]:

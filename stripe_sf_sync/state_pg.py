@@ -316,6 +316,15 @@ def _select(table: str) -> str:
     return f"SELECT * FROM {table}{where}"  # noqa: S608  (table names are this module's constants)
 
 
+def migrate_from(source: StateStore, target: PgStateStore) -> dict[str, tuple[int, str]]:
+    """`stripe-sf state migrate`: both run locks held (no run writes either store meanwhile), `target` checked
+    empty, then every table copied and verified in one transaction. `source` is only read."""
+    source.acquire_lock()
+    target.acquire_lock()
+    target._guard(lambda: check_empty(target))
+    return source._guard(lambda: target._guard(lambda: copy_tables(source, target)))
+
+
 def check_empty(store: PgStateStore) -> None:
     """Refuse to migrate into a store that holds any state (a run, or another migration, wrote there)."""
     used = [t for t in TABLES if store._conn.execute(f"SELECT EXISTS ({_select(t)})").fetchone()[0]]
