@@ -15,7 +15,9 @@ from stripe_sf_sync.config import parse_settings as settings_of
 from stripe_sf_sync.errors import ConfigError, ExitCode, LockHeldError, StateError, StateUnavailableError
 from stripe_sf_sync.state import Cursor, Outcome, open_state
 
-pytest.importorskip("psycopg")  # the pg_server fixture skips, or fails in CI, without it
+from . import pgserver
+
+# No importorskip here: the pg_server fixture skips without psycopg or the server, and fails instead in CI.
 
 
 def _open(url, tmp_path, **kw):
@@ -140,3 +142,13 @@ def test_the_core_import_path_does_not_import_psycopg():
             "print('psycopg' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_without_postgresql_the_tests_skip_here_and_fail_in_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("STRIPE_SF_REQUIRE_POSTGRES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="install the postgresql package"):
+        pgserver.unavailable("no initdb")
+    monkeypatch.setenv("STRIPE_SF_REQUIRE_POSTGRES", "1")
+    with pytest.raises(pytest.fail.Exception, match="PostgreSQL is required"):
+        pgserver.unavailable("no initdb")

@@ -15,13 +15,10 @@ import pytest
 
 from stripe_sf_sync import service
 from stripe_sf_sync.errors import ExitCode, StateUnavailableError
-from stripe_sf_sync.state_pg import PgStateStore, _PgConnection
 
 from ..state_backends import Backend
 from . import crash
 from .world import ROOT, assert_converged, build_world, discover, stripe_sf, write_config
-
-pytest.importorskip("psycopg")
 
 EXTRA = 2
 
@@ -73,6 +70,8 @@ def test_two_runs_from_two_directories_one_runs_and_the_other_exits_with_the_loc
 def _drop_inside_commit(monkeypatch: pytest.MonkeyPatch, url: str, nth: int, drops: int) -> dict[str, list[str]]:
     """In the `nth` batch commit, terminate the store's server process right after the first row of each
     attempt's transaction, `drops` times. Returns the event ids that commit carried."""
+    from stripe_sf_sync.state_pg import PgStateStore, _PgConnection
+
     seen: dict[str, list[str]] = {"batch": []}
     counts = {"commit": 0, "statements": 0, "drops": 0}
     real_execute, real_commit = _PgConnection.execute, PgStateStore.commit_batch
