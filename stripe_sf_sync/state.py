@@ -333,33 +333,32 @@ class StateStore:
         marks webhook inbox entries done in that same transaction (a crash leaves them pending, and the
         ledger skips what was recorded when they are drained again)."""
         now = int(time.time())
+        # executemany: one call per statement rather than per event (PostgreSQL pipelines the rows: one round
+        # trip per event would make a 10,000-event commit take seconds; see benchmarks/README.md).
         with self._tx():
-            for o in outcomes:
-                self._conn.execute(
-                    "INSERT INTO events(event_id, event_type, object_id, created, outcome, detail, run_id, "
-                    "recorded_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO UPDATE SET "
-                    "outcome = excluded.outcome, detail = excluded.detail, run_id = excluded.run_id, "
-                    "recorded_at = excluded.recorded_at",
-                    (o.event_id, o.event_type, o.object_id, o.created, o.kind, o.reason, run_id, now))
-                if o.kind == "dead_letter":
-                    self._conn.execute(
-                        "INSERT INTO dead_letters(event_id, event_type, created, payload, reason, error_code, "
-                        "attempts, first_failed_at, last_failed_at, status) VALUES (?,?,?,?,?,?,1,?,?,'open') "
-                        "ON CONFLICT(event_id) DO UPDATE SET reason = excluded.reason, "
-                        "error_code = excluded.error_code, attempts = dead_letters.attempts + 1, "
-                        "last_failed_at = excluded.last_failed_at, status = 'open', "
-                        "payload = excluded.payload",
-                        (o.event_id, o.event_type, o.created, o.payload or "{}", o.reason or "unknown",
-                         o.code or "UNKNOWN", now, now))
-                elif retried:
-                    self._conn.execute("UPDATE dead_letters SET status = 'resolved', last_failed_at = ? "
-                                       "WHERE event_id = ?", (now, o.event_id))
-            for object_id, (created, event_id) in versions.items():
-                self._conn.execute(
-                    "INSERT INTO object_versions(object_id, created, event_id) VALUES (?,?,?) "
-                    "ON CONFLICT(object_id) DO UPDATE SET created = excluded.created, "
-                    "event_id = excluded.event_id WHERE excluded.created >= object_versions.created",
-                    (object_id, created, event_id))
+            self._conn.executemany(
+                "INSERT INTO events(event_id, event_type, object_id, created, outcome, detail, run_id, "
+                "recorded_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO UPDATE SET "
+                "outcome = excluded.outcome, detail = excluded.detail, run_id = excluded.run_id, "
+                "recorded_at = excluded.recorded_at",
+                [(o.event_id, o.event_type, o.object_id, o.created, o.kind, o.reason, run_id, now) for o in outcomes])
+            self._conn.executemany(
+                "INSERT INTO dead_letters(event_id, event_type, created, payload, reason, error_code, "
+                "attempts, first_failed_at, last_failed_at, status) VALUES (?,?,?,?,?,?,1,?,?,'open') "
+                "ON CONFLICT(event_id) DO UPDATE SET reason = excluded.reason, "
+                "error_code = excluded.error_code, attempts = dead_letters.attempts + 1, "
+                "last_failed_at = excluded.last_failed_at, status = 'open', payload = excluded.payload",
+                [(o.event_id, o.event_type, o.created, o.payload or "{}", o.reason or "unknown", o.code or "UNKNOWN",
+                  now, now) for o in outcomes if o.kind == "dead_letter"])
+            if retried:
+                self._conn.executemany("UPDATE dead_letters SET status = 'resolved', last_failed_at = ? "
+                                       "WHERE event_id = ?",
+                                       [(now, o.event_id) for o in outcomes if o.kind != "dead_letter"])
+            self._conn.executemany(
+                "INSERT INTO object_versions(object_id, created, event_id) VALUES (?,?,?) "
+                "ON CONFLICT(object_id) DO UPDATE SET created = excluded.created, "
+                "event_id = excluded.event_id WHERE excluded.created >= object_versions.created",
+                [(object_id, created, event_id) for object_id, (created, event_id) in versions.items()])
             if cursor is not None:
                 self._advance_cursor(cursor)
             for key, value in (meta or {}).items():

@@ -91,7 +91,8 @@ class _PgConnection:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
         cur = self.raw.cursor()
-        cur.executemany(sql.replace("?", "%s"), list(rows))  # type: ignore[arg-type]
+        if rows := list(rows):  # psycopg sends them in one pipeline: one round trip, not one per row
+            cur.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
         return cur
 
     def close(self) -> None:

@@ -63,6 +63,7 @@ class Server:
     bindir: Path
     root: Path
     port: int
+    fsync: bool = False  # tests: off (fast); the benchmark turns it on
 
     @property
     def admin_url(self) -> str:
@@ -90,7 +91,7 @@ class Server:
         return _as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), *args])
 
     def start(self) -> None:
-        opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c max_connections=200"
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200" + ("" if self.fsync else " -F")
         done = self.ctl("-w", "-t", "60", "-l", str(self.root / "log"), "-o", opts, "start")
         if done.returncode != 0:
             log = (self.root / "log").read_text(errors="replace") if (self.root / "log").exists() else ""
@@ -107,7 +108,7 @@ def _as_postgres(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
 
 
-def start_server() -> Server:
+def start_server(*, fsync: bool = False) -> Server:
     """initdb (trust auth for loopback: tests only), then start on a free loopback port."""
     bins = bindir()
     if bins is None:
@@ -121,7 +122,7 @@ def start_server() -> Server:
                          "-E", "UTF8", "--no-sync", "--locale=C"])
     if done.returncode != 0:
         raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
-    server = Server(bins, root, _free_port())
+    server = Server(bins, root, _free_port(), fsync)
     server.start()
     return server
 
