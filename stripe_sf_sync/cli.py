@@ -485,7 +485,9 @@ def _print_status(report: dict[str, Any]) -> None:
     """`status` for people: where the cursor is, the last run, dead letters, usage, health, recent runs."""
     out = _stdout()
     health = report["health"]
-    out.print(f"State: {report['state_backend']}, {report['state_path']}", highlight=False, markup=False)
+    # The URL (password masked) for PostgreSQL; the file's name for SQLite (its full path: --json, state_path).
+    where = report["state_path"] if report["state_backend"] == "postgresql" else Path(report["state_path"]).name
+    out.print(f"State: {report['state_backend']}, {where}", highlight=False, markup=False)
     if report["never_run"]:
         out.print(f"Never run: no run is recorded in {report['state_path']}. Start with `stripe-sf sync --since "
                   "DATE` (or `stripe-sf backfill --since DATE`).", highlight=False, markup=False)

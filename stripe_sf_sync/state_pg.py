@@ -34,6 +34,7 @@ log = logging.getLogger("stripe_sf_sync")
 R = TypeVar("R")
 
 CONNECT_TIMEOUT_S = 10
+RELOCK_TRIES, RELOCK_PAUSE_S = 25, 0.2  # after a reconnect: up to 5 s for the server to end the old session
 _LOCK_NAMESPACE = "stripe-sf run lock"
 _SCHEMA_LOCK_KEY = 0x5354_5346_5343_4845  # "STSFSCHE": serialises two first runs creating the schema
 # The holder of the run lock writes who it is here, so that a run turned away can name it.
@@ -190,11 +191,19 @@ class PgStateStore(StateStore):
             raise self._error(exc) from exc
 
     def _reconnect(self) -> None:
-        """A new connection; the run lock went with the old one, so it is taken again (or the run stops)."""
+        """A new connection; the run lock went with the old one, so it is taken again (or the run stops). The
+        server frees it once the old session has ended, which may take it a moment: a few tries, then
+        LockHeldError (another run took it meanwhile)."""
         self._conn.close()
         self._conn = _PgConnection(_connect(self.url, self.location))
         if self._locked:
             self._locked = False
+            for _ in range(RELOCK_TRIES - 1):
+                if self._try_lock():
+                    self._locked = True
+                    self._note_holder()
+                    return
+                time.sleep(RELOCK_PAUSE_S)
             self.acquire_lock()
 
     def _error(self, exc: psycopg.Error) -> StateError:
@@ -209,11 +218,17 @@ class PgStateStore(StateStore):
     # --- the run lock: a session advisory lock, freed by the server with the connection --------
     def acquire_lock(self) -> None:
         """Take the run lock or raise LockHeldError at once, naming the holder's host and pid."""
-        got = self._guard(lambda: self._conn.execute("SELECT pg_try_advisory_lock(?)", (self._lock_key,))
-                          .fetchone()[0])
-        if not got:
+        if not self._try_lock():
             raise self._held_error()
         self._locked = True
+        self._note_holder()
+
+    def _try_lock(self) -> bool:
+        return bool(self._guard(lambda: self._conn.execute("SELECT pg_try_advisory_lock(?)", (self._lock_key,))
+                                .fetchone()[0]))
+
+    def _note_holder(self) -> None:
+        """Who holds the lock, for the message of a run turned away."""
         self._guard(lambda: self._conn.execute(
             "INSERT INTO run_lock(lock_key, host, pid, acquired_at) VALUES (?,?,?,?) ON CONFLICT(lock_key) DO "
             "UPDATE SET host = excluded.host, pid = excluded.pid, acquired_at = excluded.acquired_at",

@@ -15,8 +15,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,6 +86,13 @@ class Server:
         self.admin(f"CREATE DATABASE {name} TEMPLATE template0")
         return name
 
+    def wait_idle(self, name: str) -> None:
+        """Until no stripe-sf session is left on database `name` (a killed run's is ending)."""
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            wait_gone(conn, database=name)
+
     def drop_database(self, name: str) -> None:
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -99,6 +108,22 @@ class Server:
 
     def stop(self) -> None:
         self.ctl("-w", "-m", "fast", "stop")
+
+
+def wait_gone(conn: Any, pid: int | None = None, database: str | None = None, timeout_s: float = 15) -> None:
+    """Wait until a server process (`pid`), or every stripe-sf session on `database`, has ended: a client killed
+    or a backend terminated leaves the server a moment of work before its advisory locks are free."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pid is not None:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        else:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
+                               "'stripe-sf'", (database,)).fetchone()
+        if row[0] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server still has the session(s) of {pid or database} after {timeout_s} s")
 
 
 def _as_postgres(cmd: list[str]) -> subprocess.CompletedProcess[str]:

@@ -56,6 +56,13 @@ def test_migrate_copies_a_real_state_and_the_next_sync_continues_from_its_cursor
     assert [r[0] for r in pg.execute("SELECT run_id FROM runs ORDER BY run_id")] == [1, 2]  # ids continue
     assert hashlib.sha256(sqlite.path.read_bytes()).hexdigest() == before  # and the file is not used
 
+    shown = {**cli_env, "STRIPE_SF_STATE_URL": pg_url.replace("postgres@", "postgres:pw@")}
+    status = runner.invoke(app, ["status", "--config", str(config)], env=shown)
+    assert status.exit_code == 0, status.output
+    assert "State: postgresql, postgresql://postgres:***@127.0.0.1" in status.output and ":pw@" not in status.output
+    doctor = runner.invoke(app, ["doctor", "--config", str(config)], env=shown)
+    assert "PostgreSQL at postgresql://postgres:***@127.0.0.1" in doctor.output and ":pw@" not in doctor.output
+
 
 def test_migrate_refuses_a_store_that_is_not_empty(runner, config, env, sc, pg_url, cli_env):
     _sync(config, env, since=since(sc))

@@ -33,6 +33,7 @@ def _terminate(url: str, pid: int) -> None:
 
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+        pgserver.wait_gone(conn, pid)  # the signal is sent; the session ends a moment later
 
 
 def test_the_schema_is_created_once_and_versioned(pg_url, tmp_path):

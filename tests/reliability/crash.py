@@ -145,13 +145,15 @@ def run_point(ref: Reference, point: KillPoint, pg: Any = None) -> str | None:
     with build_world(ref.now, extra=ref.extra) as world, tempfile.TemporaryDirectory(prefix="kill-") as tmp:
         database = pg.create_database() if pg is not None else None
         try:
-            return _kill_and_rerun(ref, point, world, Path(tmp), pg.url(database) if database else None)
+            return _kill_and_rerun(ref, point, world, Path(tmp), pg.url(database) if database else None,
+                                   wait=(lambda: pg.wait_idle(database)) if database else None)
         finally:
             if database:
                 pg.drop_database(database)
 
 
-def _kill_and_rerun(ref: Reference, point: KillPoint, world: World, tmp: Path, url: str | None) -> str | None:
+def _kill_and_rerun(ref: Reference, point: KillPoint, world: World, tmp: Path, url: str | None,
+                    wait: Callable[[], None] | None = None) -> str | None:
     cfg = _config(tmp / "host-a", world)
     state = Backend("postgresql", tmp / "host-a" / STATE_NAME, url) if url else tmp / "host-a" / STATE_NAME
     base = {"STRIPE_SF_STATE_URL": url} if url else {}
@@ -167,6 +169,8 @@ def _kill_and_rerun(ref: Reference, point: KillPoint, world: World, tmp: Path, u
         return f"{point}: the kill point was not reached (exit {killed.returncode}): {killed.stderr[-500:]}"
     if url:
         cfg = _config(tmp / "host-b", world)  # host B: its own directory, the same PostgreSQL store
+    if wait is not None:
+        wait()  # the killed run's session is over (as the next cron run would find it), its lock free
     args = ["sync", "--config", str(cfg)]
     if _cursor(state) is None:
         args += ["--since", world.since]

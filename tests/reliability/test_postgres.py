@@ -28,6 +28,15 @@ def reference() -> crash.Reference:
     return crash.reference_run(crash.now(), extra=EXTRA)
 
 
+def _wait_idle(url: str) -> None:
+    import psycopg
+
+    from ..pgserver import wait_gone
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        wait_gone(conn, database=conn.info.dbname)
+
+
 def _terminate(url: str, pid: int) -> None:
     import psycopg
 
@@ -62,6 +71,7 @@ def test_two_runs_from_two_directories_one_runs_and_the_other_exits_with_the_loc
         finally:
             os.kill(proc.pid, signal.SIGKILL)
             proc.communicate()
+        _wait_idle(pg_url)
         again = stripe_sf(["sync", "--config", str(cfg_b)], env_b)
         assert again.returncode in (0, 3), again.stderr
         assert_converged(world, Backend("postgresql", tmp_path / "unused", pg_url), reference.as_expected())
