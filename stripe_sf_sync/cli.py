@@ -19,7 +19,7 @@ from rich.markup import escape
 from stripe_sf_sync import __version__, service
 from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml
 from stripe_sf_sync.console import LogFormat, active_settings, fields, setup_logging
-from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
+from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError, missing_extra
 from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE, span
 from stripe_sf_sync.tables import Column, print_records
 
@@ -31,6 +31,8 @@ app = typer.Typer(help="Keep Salesforce true to what Stripe has actually collect
                   context_settings={"help_option_names": ["-h", "--help"]})
 dlq_app = typer.Typer(help="Inspect, retry and drop dead-lettered events.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+state_app = typer.Typer(help="Move the state to PostgreSQL (shared by more than one host).", no_args_is_help=True)
+app.add_typer(state_app, name="state")
 
 _GIVEN = "stripe_sf.global_options"  # ctx.meta key: the global options given before the command name
 
@@ -485,6 +487,9 @@ def _print_status(report: dict[str, Any]) -> None:
     """`status` for people: where the cursor is, the last run, dead letters, usage, health, recent runs."""
     out = _stdout()
     health = report["health"]
+    # The URL (password masked) for PostgreSQL; the file's name for SQLite (its full path: --json, state_path).
+    where = report["state_path"] if report["state_backend"] == "postgresql" else Path(report["state_path"]).name
+    out.print(f"State: {report['state_backend']}, {where}", highlight=False, markup=False)
     if report["never_run"]:
         out.print(f"Never run: no run is recorded in {report['state_path']}. Start with `stripe-sf sync --since "
                   "DATE` (or `stripe-sf backfill --since DATE`).", highlight=False, markup=False)
@@ -533,6 +538,36 @@ def _print_runs(out: Console, runs: list[dict[str, Any]]) -> None:
         print_records(out, "Recent runs", [Column("run"), Column("command"), Column("started", is_id=True),
                                            Column("ended", is_id=True), Column("exit"), Column("read"),
                                            Column("applied"), Column("dead-lettered")], rows)
+
+
+@state_app.command("migrate")
+def state_migrate(
+    to: Annotated[str, typer.Option("--to", help="postgresql://USER@HOST:5432/DB of an empty store (the password "
+                                                 "from PGPASSWORD).")],
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Copy the SQLite state (cursor, ledger, versions, dead letters, runs, customers, inbox) into an empty
+    PostgreSQL store; every table is verified, and the file is left untouched.
+
+    Example: PGPASSWORD=... stripe-sf state migrate --to postgresql://stripe_sf@db.internal:5432/stripe_sf
+    """
+    _setup(debug, log_format, config, quiet)
+    result = guarded(lambda: service.run_state_migrate(config, service.Environment(), to), debug=debug)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        raise typer.Exit(0)
+    out = _stdout()
+    out.print(f"Copied {result['from']} to {result['to']}, verified (rows and a checksum per table):",
+              highlight=False, markup=False)
+    for table, seen in result["tables"].items():
+        out.print(f"  {table}: {seen['rows']} rows, checksum {seen['checksum'][:16]}", highlight=False)
+    out.print(f"The file {result['from']} is left as it was. Next: set STRIPE_SF_STATE_URL={result['to']} (or "
+              "state.url in sync.yaml) for every host and run `stripe-sf status`; keep the file as a backup.",
+              highlight=False, markup=False)
 
 
 @app.command()
@@ -617,19 +652,10 @@ def _sandbox_demo() -> Callable[[Console], int]:
     return run_demo
 
 
-@contextlib.contextmanager
-def _missing_extra(command: str, extra: str) -> Iterator[None]:
+def _missing_extra(command: str, extra: str) -> contextlib.AbstractContextManager[None]:
     """Imports of an optional part (the stand-ins, the webhook server): a missing extra is a usage error that
     says how to install it."""
-    try:
-        yield
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").startswith("stripe_sf_sync"):
-            raise
-        raise ConfigError([f"`stripe-sf {command}` needs the {extra} extra, and {exc.name} is not installed"],
-                          source="installation",
-                          hint=f"Install it with `pip install 'stripe-sf-sync[{extra}]'` (from a clone: "
-                               f"`pip install -e '.[{extra}]'`), then run `stripe-sf {command}` again.") from None
+    return missing_extra(f"`stripe-sf {command}`", extra, f"run `stripe-sf {command}` again")
 
 
 def _sandbox_extra(command: str) -> contextlib.AbstractContextManager[None]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ruamel.yaml import YAML
@@ -91,6 +92,35 @@ class SyncSettings(_Strict):
     log_format: Literal["auto", "plain", "json"] = "auto"
 
 
+STATE_URL_ENV = "STRIPE_SF_STATE_URL"
+_STATE_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def state_url_problem(url: str) -> str | None:
+    """Why `url` cannot name a PostgreSQL state store, or None (the URL is not repeated: it may hold a password)."""
+    if not url.startswith(_STATE_URL_SCHEMES):
+        return "must be a postgresql:// (or postgres://) URL, like postgresql://stripe_sf@db.internal:5432/stripe_sf"
+    try:
+        urlsplit(url).port  # noqa: B018  (a bad port raises)
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    return None
+
+
+class StateSettings(_Strict):
+    """Where shared state lives: a PostgreSQL URL (STRIPE_SF_STATE_URL overrides it); unset: the SQLite file."""
+
+    url: str | None = Field(None, min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        problem = state_url_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 class BackfillSettings(_Strict):
     """When backfill switches to Bulk API 2.0, and how it reports progress."""
 
@@ -106,6 +136,7 @@ class Settings(_Strict):
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     salesforce: SalesforceSettings = Field(default_factory=SalesforceSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     def record_type_name(self) -> str | None:
@@ -140,6 +171,28 @@ class LoadedConfig:
             p = Path(configured).expanduser()
             return p if p.is_absolute() else (self.path.parent / p)
         return self.path.parent / STATE_FILE_NAME
+
+
+def state_url(settings: Settings, env: Mapping[str, str]) -> str | None:
+    """The PostgreSQL state URL: STRIPE_SF_STATE_URL (12-factor), else state.url; None means the SQLite file."""
+    value = env.get(STATE_URL_ENV, "").strip()
+    if not value:
+        return settings.state.url
+    problem = state_url_problem(value)
+    if problem:
+        raise ConfigError([f"{STATE_URL_ENV} {problem}"], source="environment",
+                          hint=f"Fix {STATE_URL_ENV}, or unset it to use the SQLite file next to sync.yaml.")
+    return value
+
+
+def masked_url(url: str) -> str:
+    """`url` safe to print or log: a password in it is replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def example_config() -> str:

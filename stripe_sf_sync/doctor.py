@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import stripe
 
-from stripe_sf_sync.config import LoadedConfig, salesforce_secrets
+from stripe_sf_sync.config import LoadedConfig, masked_url, salesforce_secrets, state_url
 from stripe_sf_sync.discover import won_stages
-from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, StateError
+from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY
 from stripe_sf_sync.pipeline.org import (
     OrgProblem,
@@ -34,7 +34,7 @@ from stripe_sf_sync.pipeline.org import (
 )
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.service import Environment, Runtime
-from stripe_sf_sync.state import StateStore
+from stripe_sf_sync.state import open_state
 from stripe_sf_sync.stripe_source import RETENTION_S
 
 Status = Literal["ok", "warning", "error"]
@@ -264,6 +264,9 @@ class Doctor:
     # --- local --------------------------------------------------------------------------------
     def local_checks(self) -> tuple[list[Check], tuple[str, int] | None]:
         """The state store (readable, writable), its files' modes, open dead letters; and the cursor."""
+        url = state_url(self.loaded.settings, self.env)
+        if url:
+            return self.postgres_checks(url)
         path = self.loaded.state_path
         if not path.exists():
             parent = _existing_ancestor(path.parent)
@@ -274,7 +277,7 @@ class Doctor:
             return [Check("local", "state", "ok", f"no state file yet at {path}: the first run creates it "
                           "(mode 0600)")], None
         try:
-            with StateStore.open(path, create=False) as store:
+            with open_state(path, create=False) as store:
                 integrity = store.integrity_check()
                 stored = store.cursor()
                 handoff = store.get_meta(HANDOFF_SINCE_KEY)
@@ -295,10 +298,30 @@ class Doctor:
                         "this user", str(path), int(ExitCode.STATE)) if unwritable else
                   Check("local", "state", "ok", f"{path} is readable, writable and passes SQLite's integrity check")]
         checks.append(_file_modes(path))
-        checks.append(Check("local", "dead letters", "warning", f"{dead} open dead letter{'s' if dead != 1 else ''}",
-                            "`stripe-sf dlq list`, fix the cause, then `stripe-sf dlq retry --all`")
-                      if dead else Check("local", "dead letters", "ok", "none open"))
+        checks.append(_dead_letters_check(dead))
         return checks, cursor
+
+    def postgres_checks(self, url: str) -> tuple[list[Check], tuple[str, int] | None]:
+        """The PostgreSQL state store answers (URL shown with its password masked), its dead letters; the cursor.
+        Only reads: the run lock is never taken."""
+        where = masked_url(url)
+        try:
+            with open_state(self.loaded.state_path, url, create=False) as store:
+                stored = store.cursor()
+                handoff = store.get_meta(HANDOFF_SINCE_KEY)
+                dead = store.dead_letter_count()
+                running = store.lock_held()
+        except NoStateError:
+            return [Check("local", "state", "ok", f"PostgreSQL at {where}: no stripe-sf tables yet, the first run "
+                          "creates them")], None
+        except (StateError, ConfigError) as exc:
+            return [Check("local", "state", "error", exc.message, _sentence(exc.hint), where,
+                          int(exc.exit_code))], None
+        cursor = (stored.event_id, stored.created) if stored else None
+        if cursor is None and handoff:
+            cursor = ("(backfill's hand-off)", int(handoff))
+        state = f"PostgreSQL at {where} answers" + (" (a run holds the run lock now)" if running else "")
+        return [Check("local", "state", "ok", state), _dead_letters_check(dead)], cursor
 
 
 _MODES = {"token": "access token", "client_credentials": "client credentials", "jwt": "JWT bearer",
@@ -327,6 +350,12 @@ def _field_summary(f: Mapping[str, Any]) -> str:
         kind += f" ({'restricted, ' if f.get('restrictedPicklist') else ''}{n} values)"
     flags = [flag for flag, on in (("External ID", f.get("externalId")), ("Unique", f.get("unique"))) if on]
     return ", ".join([kind, *flags])
+
+
+def _dead_letters_check(dead: int) -> Check:
+    return (Check("local", "dead letters", "warning", f"{dead} open dead letter{'s' if dead != 1 else ''}",
+                  "`stripe-sf dlq list`, fix the cause, then `stripe-sf dlq retry --all`")
+            if dead else Check("local", "dead letters", "ok", "none open"))
 
 
 def _file_modes(path: Path) -> Check:

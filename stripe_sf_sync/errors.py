@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import Iterator
 from enum import IntEnum
 
 
@@ -61,9 +63,35 @@ class CursorExpiredError(StripeSfError):
 
 
 class StateError(StripeSfError):
-    """The SQLite state store cannot be used."""
+    """The state store (the SQLite file, or the PostgreSQL database) cannot be used."""
 
     exit_code = ExitCode.STATE
+
+
+class NoStateError(StateError):
+    """A command that only reads found no state store yet (`status` reports "never run")."""
+
+
+class StateUnavailableError(StateError):
+    """The PostgreSQL state server cannot be reached, or the connection was lost again after one reconnect.
+    Nothing of the batch at hand is committed, so the next run repeats it idempotently."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+@contextlib.contextmanager
+def missing_extra(needs: str, extra: str, then: str) -> Iterator[None]:
+    """Imports of an optional part: a missing extra is a usage error that says how to install it. `needs` names
+    what needs it ("`stripe-sf serve`"), `then` what to do once installed."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("stripe_sf_sync"):
+            raise
+        raise ConfigError([f"{needs} needs the {extra} extra, and {exc.name} is not installed"],
+                          source="installation",
+                          hint=f"Install it with `pip install 'stripe-sf-sync[{extra}]'` (from a clone: "
+                               f"`pip install -e '.[{extra}]'`), then {then}.") from None
 
 
 class FatalSyncError(StripeSfError):

@@ -24,13 +24,16 @@ from stripe_sf_sync.config import (
     DEFAULT_SF_API_VERSION,
     LoadedConfig,
     load_config,
+    masked_url,
     require_org_values,
     salesforce_secrets,
+    state_url,
+    state_url_problem,
     stripe_secrets,
     writable_file_problem,
 )
 from stripe_sf_sync.console import bind_run
-from stripe_sf_sync.errors import ConfigError, ExitCode
+from stripe_sf_sync.errors import ConfigError, ExitCode, NoStateError
 from stripe_sf_sync.health import Thresholds, assess, iso, last_run, parse_duration, run_view
 from stripe_sf_sync.hydrate import StripeHydrator
 from stripe_sf_sync.metrics import RunFigures, check_metrics_path, write_metrics
@@ -56,7 +59,7 @@ from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
-from stripe_sf_sync.state import DeadLetter, StateStore
+from stripe_sf_sync.state import DeadLetter, StateStore, open_state
 from stripe_sf_sync.stripe_source import StripeSource, build_client, default_requests_per_second
 
 log = logging.getLogger("stripe_sf_sync")
@@ -96,10 +99,15 @@ class Runtime:
     def __init__(self, config_path: Path | None, environment: Environment) -> None:
         self.environment = environment
         self.loaded: LoadedConfig = load_config(config_path)
+        self.state_url = state_url(self.loaded.settings, environment.env)
 
     def open_state(self, *, create: bool = True) -> StateStore:
-        """The state store of this config."""
-        return StateStore.open(self.loaded.state_path, create=create)
+        """The state store of this config: PostgreSQL when a state URL is set, else the SQLite file."""
+        return open_state(self.loaded.state_path, self.state_url, create=create)
+
+    def state_exists(self) -> bool:
+        """Whether there may be state to read: a PostgreSQL store is asked (NoStateError), a file looked for."""
+        return bool(self.state_url) or self.loaded.state_path.exists()
 
     def stripe_source(self) -> StripeSource:
         """A StripeSource from STRIPE_API_KEY (checked before any network call)."""
@@ -414,6 +422,22 @@ def dlq_drop(config_path: Path | None, environment: Environment, event_id: str) 
                               hint="`stripe-sf dlq list` shows the open ones.")
 
 
+def run_state_migrate(config_path: Path | None, environment: Environment, to_url: str) -> dict[str, Any]:
+    """`stripe-sf state migrate --to URL`: the SQLite state into an empty PostgreSQL store, verified table by
+    table (rows and a checksum); the file is left as it was."""
+    runtime = Runtime(config_path, environment)
+    problem = state_url_problem(to_url)
+    if problem:
+        raise ConfigError([f"--to {problem}"], source="invocation")
+    path = runtime.loaded.state_path
+    with StateStore.open(path, create=False) as source, open_state(path, to_url) as target:
+        from stripe_sf_sync.state_pg import migrate_from  # psycopg is installed: open_state imported it
+
+        copied = migrate_from(source, target)
+    return {"from": str(path), "to": masked_url(to_url),
+            "tables": {table: {"rows": rows, "checksum": digest} for table, (rows, digest) in copied.items()}}
+
+
 def _backfill_status(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Where the last backfill got to."""
     return {"finished": bool(checkpoint.get("finished")), "since": checkpoint["key"]["since"],
@@ -428,13 +452,14 @@ def status_report(config_path: Path | None, environment: Environment, *,
     sync)."""
     thresholds = Thresholds(parse_duration(max_cursor_age, "--max-cursor-age"), max_dead_letters)
     runtime = Runtime(config_path, environment)
-    path = runtime.loaded.state_path
     budget = runtime.loaded.settings.salesforce.api_budget
     now = environment.clock()
-    report: dict[str, Any] = {"state_path": str(path), "never_run": True, "cursor": None, "running": None,
-                              "last_run": None, "dead_letters": 0, "api_usage": None, "backfill": None, "runs": []}
-    if path.exists():
-        with runtime.open_state(create=False) as state:
+    report: dict[str, Any] = {"state_path": masked_url(runtime.state_url) if runtime.state_url else
+                              str(runtime.loaded.state_path), "state_backend": "postgresql" if runtime.state_url
+                              else "sqlite", "never_run": True, "cursor": None, "running": None, "last_run": None,
+                              "dead_letters": 0, "api_usage": None, "backfill": None, "runs": []}
+    with _existing_state(runtime) as state:
+        if state is not None:
             cursor = state.cursor()
             usage = state.get_meta("api_usage")
             backfill = state.get_meta("backfill_checkpoint")
@@ -460,6 +485,21 @@ def status_report(config_path: Path | None, environment: Environment, *,
             })
     report["health"] = assess(report, thresholds)
     return report
+
+
+@contextlib.contextmanager
+def _existing_state(runtime: Runtime) -> Iterator[StateStore | None]:
+    """The state store to read, or None when there is none yet (never run). Never takes the run lock."""
+    if not runtime.state_exists():
+        yield None
+        return
+    try:
+        state = runtime.open_state(create=False)
+    except NoStateError:
+        yield None
+        return
+    with state:
+        yield state
 
 
 def _usage(seen: dict[str, Any], budget: float) -> dict[str, Any]:
@@ -510,9 +550,8 @@ def run_discover(config_path: Path | None, environment: Environment, *, write: b
     found = discover(gw, preferred=loaded.settings.salesforce.opportunity_record_type if loaded else None)
     if write:
         write_discovery(path, found, example)
-        state_path = load_config(path).state_path
-        if state_path.exists():
-            # The org may have changed: make the next sync describe it again.
-            with StateStore.open(state_path) as state:
+        # The org may have changed: make the next sync describe it again.
+        with _existing_state(Runtime(path, environment)) as state:
+            if state is not None:
                 state.delete_meta(ORG_CACHE_KEY)
     return found

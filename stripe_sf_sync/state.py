@@ -2,6 +2,8 @@
 
 One transaction per batch records every event's outcome and advances the cursor, so the cursor never
 passes an event whose outcome is not stored. WAL mode lets `status` read while a `sync` writes.
+The PostgreSQL store (state_pg.py) runs these same statements through a small dialect layer; `open_state`
+chooses between the two by the configured URL.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from stripe_sf_sync.errors import LockHeldError, StateError
+from stripe_sf_sync.errors import LockHeldError, NoStateError, StateError, missing_extra
 from stripe_sf_sync.model import CachedCustomer
 
 SCHEMA_VERSION = 3  # 2: the customers table; 3: the webhook inbox
@@ -104,23 +106,35 @@ class DeadLetter:
 
 
 def _mapped_errors(method: Callable[Concatenate[StateStore, P], R]) -> Callable[Concatenate[StateStore, P], R]:
-    """SQLite's errors leave the store as a StateError naming the file: callers need not know it is SQLite."""
+    """The database's errors leave the store as a StateError naming it: callers need not know which it is."""
     @functools.wraps(method)
     def wrapper(self: StateStore, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as exc:
-            raise state_error(exc, self.path) from exc
+        return self._guard(functools.partial(method, self, *args, **kwargs))
     return wrapper
 
 
 class StateStore:
-    """The SQLite state file. Open it with `StateStore.open(path)`."""
+    """The SQLite state file. Open it with `StateStore.open(path)` (or `open_state`, which also knows PostgreSQL)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    backend = "sqlite"
+    _BEGIN = "BEGIN IMMEDIATE"  # SQLite: take the write lock at the start, not at the first write
+
+    def __init__(self, conn: Any, path: Path) -> None:
         self._conn = conn
         self.path = path
         self._lock_fd: int | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the state is, as shown to people (the file; for PostgreSQL the URL, password masked)."""
+        return str(self.path)
+
+    def _guard(self, call: Callable[[], R]) -> R:
+        """Run one store operation; SQLite's errors become a StateError naming the file."""
+        try:
+            return call()
+        except sqlite3.DatabaseError as exc:
+            raise state_error(exc, self.path) from exc
 
     # --- opening ---------------------------------------------------------------------------
     @classmethod
@@ -129,7 +143,7 @@ class StateStore:
         path = Path(path)
         if not path.exists():
             if not create:
-                raise StateError(f"No state file at {path}.",
+                raise NoStateError(f"No state file at {path}.",
                                  hint="Run `stripe-sf sync --since DATE` first, or check --config.")
             _create(path)
         else:
@@ -270,7 +284,7 @@ class StateStore:
         self.set_meta("cursor_created", str(cursor.created))
 
     # --- ledger, versions -----------------------------------------------------------------
-    def _rows_in(self, select: str, column: str, keys: Iterable[str]) -> Iterator[sqlite3.Row]:
+    def _rows_in(self, select: str, column: str, keys: Iterable[str]) -> Iterator[Any]:
         """`select` rows whose `column` is one of `keys`, 500 placeholders at a time (SQLite's limit)."""
         ids = list(dict.fromkeys(keys))
         for chunk in _chunks(ids, 500):
@@ -319,33 +333,32 @@ class StateStore:
         marks webhook inbox entries done in that same transaction (a crash leaves them pending, and the
         ledger skips what was recorded when they are drained again)."""
         now = int(time.time())
+        # executemany: one call per statement rather than per event (PostgreSQL pipelines the rows: one round
+        # trip per event would make a 10,000-event commit take seconds; see benchmarks/README.md).
         with self._tx():
-            for o in outcomes:
-                self._conn.execute(
-                    "INSERT INTO events(event_id, event_type, object_id, created, outcome, detail, run_id, "
-                    "recorded_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO UPDATE SET "
-                    "outcome = excluded.outcome, detail = excluded.detail, run_id = excluded.run_id, "
-                    "recorded_at = excluded.recorded_at",
-                    (o.event_id, o.event_type, o.object_id, o.created, o.kind, o.reason, run_id, now))
-                if o.kind == "dead_letter":
-                    self._conn.execute(
-                        "INSERT INTO dead_letters(event_id, event_type, created, payload, reason, error_code, "
-                        "attempts, first_failed_at, last_failed_at, status) VALUES (?,?,?,?,?,?,1,?,?,'open') "
-                        "ON CONFLICT(event_id) DO UPDATE SET reason = excluded.reason, "
-                        "error_code = excluded.error_code, attempts = dead_letters.attempts + 1, "
-                        "last_failed_at = excluded.last_failed_at, status = 'open', "
-                        "payload = excluded.payload",
-                        (o.event_id, o.event_type, o.created, o.payload or "{}", o.reason or "unknown",
-                         o.code or "UNKNOWN", now, now))
-                elif retried:
-                    self._conn.execute("UPDATE dead_letters SET status = 'resolved', last_failed_at = ? "
-                                       "WHERE event_id = ?", (now, o.event_id))
-            for object_id, (created, event_id) in versions.items():
-                self._conn.execute(
-                    "INSERT INTO object_versions(object_id, created, event_id) VALUES (?,?,?) "
-                    "ON CONFLICT(object_id) DO UPDATE SET created = excluded.created, "
-                    "event_id = excluded.event_id WHERE excluded.created >= object_versions.created",
-                    (object_id, created, event_id))
+            self._conn.executemany(
+                "INSERT INTO events(event_id, event_type, object_id, created, outcome, detail, run_id, "
+                "recorded_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO UPDATE SET "
+                "outcome = excluded.outcome, detail = excluded.detail, run_id = excluded.run_id, "
+                "recorded_at = excluded.recorded_at",
+                [(o.event_id, o.event_type, o.object_id, o.created, o.kind, o.reason, run_id, now) for o in outcomes])
+            self._conn.executemany(
+                "INSERT INTO dead_letters(event_id, event_type, created, payload, reason, error_code, "
+                "attempts, first_failed_at, last_failed_at, status) VALUES (?,?,?,?,?,?,1,?,?,'open') "
+                "ON CONFLICT(event_id) DO UPDATE SET reason = excluded.reason, "
+                "error_code = excluded.error_code, attempts = dead_letters.attempts + 1, "
+                "last_failed_at = excluded.last_failed_at, status = 'open', payload = excluded.payload",
+                [(o.event_id, o.event_type, o.created, o.payload or "{}", o.reason or "unknown", o.code or "UNKNOWN",
+                  now, now) for o in outcomes if o.kind == "dead_letter"])
+            if retried:
+                self._conn.executemany("UPDATE dead_letters SET status = 'resolved', last_failed_at = ? "
+                                       "WHERE event_id = ?",
+                                       [(now, o.event_id) for o in outcomes if o.kind != "dead_letter"])
+            self._conn.executemany(
+                "INSERT INTO object_versions(object_id, created, event_id) VALUES (?,?,?) "
+                "ON CONFLICT(object_id) DO UPDATE SET created = excluded.created, "
+                "event_id = excluded.event_id WHERE excluded.created >= object_versions.created",
+                [(object_id, created, event_id) for object_id, (created, event_id) in versions.items()])
             if cursor is not None:
                 self._advance_cursor(cursor)
             for key, value in (meta or {}).items():
@@ -427,9 +440,9 @@ class StateStore:
     @_mapped_errors
     def start_run(self, command: str) -> int:
         """Record the start of a run."""
-        cur = self._conn.execute("INSERT INTO runs(command, started_at) VALUES (?, ?)",
-                                 (command, int(time.time())))
-        return int(cur.lastrowid or 0)
+        row = self._conn.execute("INSERT INTO runs(command, started_at) VALUES (?, ?) RETURNING run_id",
+                                 (command, int(time.time()))).fetchone()
+        return int(row[0])
 
     @_mapped_errors
     def finish_run(self, run_id: int, exit_code: int, summary: dict[str, Any]) -> None:
@@ -467,13 +480,16 @@ class StateStore:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute(self._BEGIN)
         try:
             yield
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
         self._conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        self._conn.execute("ROLLBACK")
 
 
 _WRITABLE_HINT = ("stripe-sf needs to create and write files in that directory: the state file, its -wal and -shm "
@@ -556,3 +572,14 @@ def _flock_briefly_retried(fd: int, attempts: int = 5, pause_s: float = 0.02) ->
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def open_state(path: Path, url: str | None = None, *, create: bool = True) -> StateStore:
+    """The state store: PostgreSQL when a URL is configured (STRIPE_SF_STATE_URL or state.url), else the SQLite
+    file at `path`. psycopg is imported only here, on that path: the core install does not need it."""
+    if url:
+        with missing_extra("A postgresql:// state URL (STRIPE_SF_STATE_URL or state.url)", "postgres",
+                           "run the command again"):
+            from stripe_sf_sync.state_pg import PgStateStore
+        return PgStateStore.connect(url, create=create)
+    return StateStore.open(path, create=create)

@@ -114,3 +114,38 @@ def cli_env(stripe_sb, sf_sb) -> dict[str, str]:
     return {"STRIPE_API_KEY": stripe_sb.api_key, "STRIPE_API_BASE": stripe_sb.base_url,
             "SF_INSTANCE_URL": sf_sb.instance_url, "SF_ACCESS_TOKEN": sf_sb.access_token,
             "REQUESTS_CA_BUNDLE": sf_sb.ca_path}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the session (tests/pgserver.py); skipped (failed in CI) without it."""
+    from . import pgserver
+
+    try:
+        import psycopg  # noqa: F401
+    except ModuleNotFoundError:
+        pgserver.unavailable("psycopg is not installed (pip install -e '.[test]')")
+    server = pgserver.start_server()
+    try:
+        yield server
+    finally:
+        pgserver.remove(server)
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> Iterator[str]:
+    """A fresh, empty database on the session's server."""
+    name = pg_server.create_database()
+    try:
+        yield pg_server.url(name)
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Each state test runs on both backends: the SQLite file, and a fresh PostgreSQL database."""
+    from .state_backends import STATE_NAME, Backend
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return Backend(request.param, tmp_path / STATE_NAME, url)

@@ -1,10 +1,12 @@
 import os
 import sqlite3
 import stat
+import time
 
 import pytest
 
 from stripe_sf_sync.errors import ExitCode, LockHeldError, StateError
+from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.state import SCHEMA_VERSION, Cursor, Outcome, StateStore
 
 
@@ -17,15 +19,13 @@ def test_created_private_with_wal(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "s.sqlite"
-    StateStore.open(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    conn.close()
+def test_newer_schema_is_refused(backend):
+    backend.open().close()
+    backend.set_schema_version(SCHEMA_VERSION + 1)
     with pytest.raises(StateError) as info:
-        StateStore.open(path)
+        backend.open()
     assert "newer" in str(info.value) and "Upgrade" in str(info.value)
+    assert info.value.exit_code == ExitCode.STATE
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path):
@@ -36,19 +36,20 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
     assert "move it aside" in str(info.value)
 
 
-def test_second_lock_holder_is_refused_at_once(tmp_path):
-    path = tmp_path / "s.sqlite"
-    with StateStore.open(path) as a, StateStore.open(path) as b:
+def test_second_lock_holder_is_refused_at_once(backend):
+    with backend.open() as a, backend.open() as b:
         a.acquire_lock()
+        assert b.lock_held()
         with pytest.raises(LockHeldError) as info:
             b.acquire_lock()
         assert str(os.getpid()) in str(info.value)
         a.release_lock()
+        assert not b.lock_held()
         b.acquire_lock()
 
 
-def test_batch_commit_is_atomic_and_cursor_never_goes_back(tmp_path):
-    with StateStore.open(tmp_path / "s.sqlite") as st:
+def test_batch_commit_is_atomic_and_cursor_never_goes_back(backend):
+    with backend.open() as st:
         outs = [Outcome("evt_1", "t", 10, "applied", object_id="sub_1"),
                 Outcome("evt_2", "t", 11, "dead_letter", reason="NO_ACCOUNT", code="NO_ACCOUNT", payload="{}")]
         st.commit_batch(outs, cursor=Cursor("evt_2", 11), versions={"sub_1": (10, "evt_1")}, run_id=None)
@@ -66,8 +67,8 @@ def test_batch_commit_is_atomic_and_cursor_never_goes_back(tmp_path):
         assert st.versions_for(["sub_1"]) == {"sub_1": 10}
 
 
-def test_dead_letter_attempts_and_resolution(tmp_path):
-    with StateStore.open(tmp_path / "s.sqlite") as st:
+def test_dead_letter_attempts_and_resolution(backend):
+    with backend.open() as st:
         dl = Outcome("evt_9", "invoice.payment_failed", 9, "dead_letter", reason="r", code="C", payload='{"id":1}')
         st.commit_batch([dl], cursor=None, versions={}, run_id=None)
         st.commit_batch([dl], cursor=None, versions={}, run_id=None, retried=True)
@@ -125,8 +126,8 @@ def test_schema_2_gains_the_inbox(tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
-def test_inbox_keeps_an_event_once_and_its_batch_marks_it_done(tmp_path):
-    with StateStore.open(tmp_path / "s.sqlite") as st:
+def test_inbox_keeps_an_event_once_and_its_batch_marks_it_done(backend):
+    with backend.open() as st:
         assert st.inbox_add("evt_b", 200, '{"id": "evt_b"}', 2.0)
         assert st.inbox_add("evt_a", 100, '{"id": "evt_a"}', 3.0)
         assert not st.inbox_add("evt_a", 100, '{"id": "evt_a", "again": true}', 4.0)  # a redelivery
@@ -151,3 +152,33 @@ def test_inbox_insert_waits_for_another_writer_and_works_under_the_run_lock(tmp_
         assert receiver.inbox_add("evt_1", 100, "{}", 1.0)  # waits for the commit (busy timeout), then writes
         other.close()
         assert runner.inbox_depth() == 1
+
+
+def test_runs_customers_and_pruning(backend):
+    with backend.open() as st:
+        first, second = st.start_run("sync"), st.start_run("backfill")
+        assert second > first
+        st.finish_run(first, 3, {"applied": 2})
+        assert st.last_success("sync") is not None and st.last_success("backfill") is None
+        assert [r["run_id"] for r in st.recent_runs()] == [second, first]
+        assert st.recent_runs()[1]["summary"] == {"applied": 2}
+        st.remember_customers([CachedCustomer("cus_1", {"a": "1"}, "Ada", False, 5)])
+        st.remember_customers([CachedCustomer("cus_1", {"a": "0"}, "Old", False, 4)])  # older: ignored
+        assert st.customers_for(["cus_1", "cus_2"]) == {"cus_1": CachedCustomer("cus_1", {"a": "1"}, "Ada", False, 5)}
+        st.commit_batch([Outcome("evt_old", "t", 1, "applied")], cursor=None, versions={}, run_id=first)
+        assert st.prune_ledger(now=10**10) == 1 and st.outcomes_for(["evt_old"]) == {}
+        assert st.integrity_check() == "ok"
+
+
+def test_a_reader_never_waits_for_an_open_write_transaction(backend):
+    """`status` and `dlq list` read while a run is inside a batch's transaction: they see the last commit."""
+    with backend.open() as runner, backend.open() as reader:
+        runner.acquire_lock()
+        runner.commit_batch([Outcome("evt_1", "t", 1, "applied")], cursor=Cursor("evt_1", 1), versions={}, run_id=None)
+        with runner._tx():
+            runner._conn.execute("INSERT INTO meta(key, value) VALUES ('k', 'v')")
+            started = time.monotonic()
+            assert reader.cursor() == Cursor("evt_1", 1) and reader.get_meta("k") is None
+            assert reader.dead_letters() == [] and reader.lock_held()
+            assert time.monotonic() - started < 1
+        assert reader.get_meta("k") == "v"

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stripe_sf_sync.errors import NoStateError
+
 from ..conftest import snapshot
+from ..state_backends import Backend
 from .world import STATE_NAME, World, assert_converged, build_world, run_and_kill, state_rows, stripe_sf, write_config
 
 # Share of kill points per kind (the soak scales these up).
@@ -135,40 +138,69 @@ def _child_spec(point: KillPoint) -> str | None:
             "deadletter": f"deadletter:{point.nth}"}.get(point.kind)
 
 
-def run_point(ref: Reference, point: KillPoint) -> str | None:
-    """Kill at `point`, rerun to completion, compare. None when converged, else what went wrong."""
+def run_point(ref: Reference, point: KillPoint, pg: Any = None) -> str | None:
+    """Kill at `point`, rerun to completion, compare. None when converged, else what went wrong. With `pg` (the
+    test PostgreSQL server) the state is a fresh database there, and the rerun starts from another working
+    directory: killed on "host A", continued on "host B"."""
     with build_world(ref.now, extra=ref.extra) as world, tempfile.TemporaryDirectory(prefix="kill-") as tmp:
-        cfg = _config(Path(tmp), world)
-        extra = {}
-        spec = _child_spec(point)
-        if spec:
-            extra["STRIPE_SF_TEST_KILL"] = spec
-        killed = run_and_kill(["sync", "--config", str(cfg), "--since", world.since], world.cli_env(**extra),
-                              arm=_arm(world, point))
-        world.stripe.faults.clear()
-        world.sf.faults.clear()
-        if killed.returncode != -9:
-            return f"{point}: the kill point was not reached (exit {killed.returncode}): {killed.stderr[-500:]}"
-        state = Path(tmp) / STATE_NAME
-        args = ["sync", "--config", str(cfg)]
-        if not state.exists() or state_rows(state)["cursor"] is None:
-            args += ["--since", world.since]
-        again = stripe_sf(args, world.cli_env())
-        if again.returncode not in (0, 3):
-            return f"{point}: the rerun failed (exit {again.returncode}): {again.stderr[-1000:]}"
+        database = pg.create_database() if pg is not None else None
         try:
-            assert_converged(world, state, ref.as_expected())
-        except AssertionError as exc:
-            import traceback
-            return f"{point}: {exc} {traceback.format_exc(limit=-1)}"
+            return _kill_and_rerun(ref, point, world, Path(tmp), pg.url(database) if database else None,
+                                   wait=(lambda: pg.wait_idle(database)) if database else None)
+        finally:
+            if database:
+                pg.drop_database(database)
+
+
+def _kill_and_rerun(ref: Reference, point: KillPoint, world: World, tmp: Path, url: str | None,
+                    wait: Callable[[], None] | None = None) -> str | None:
+    cfg = _config(tmp / "host-a", world)
+    state = Backend("postgresql", tmp / "host-a" / STATE_NAME, url) if url else tmp / "host-a" / STATE_NAME
+    base = {"STRIPE_SF_STATE_URL": url} if url else {}
+    extra = dict(base)
+    spec = _child_spec(point)
+    if spec:
+        extra["STRIPE_SF_TEST_KILL"] = spec
+    killed = run_and_kill(["sync", "--config", str(cfg), "--since", world.since], world.cli_env(**extra),
+                          arm=_arm(world, point))
+    world.stripe.faults.clear()
+    world.sf.faults.clear()
+    if killed.returncode != -9:
+        return f"{point}: the kill point was not reached (exit {killed.returncode}): {killed.stderr[-500:]}"
+    if url:
+        cfg = _config(tmp / "host-b", world)  # host B: its own directory, the same PostgreSQL store
+    if wait is not None:
+        wait()  # the killed run's session is over (as the next cron run would find it), its lock free
+    args = ["sync", "--config", str(cfg)]
+    if _cursor(state) is None:
+        args += ["--since", world.since]
+    again = stripe_sf(args, world.cli_env(**base))
+    if again.returncode not in (0, 3):
+        return f"{point}: the rerun failed (exit {again.returncode}): {again.stderr[-1000:]}"
+    try:
+        assert_converged(world, state, ref.as_expected())
+    except AssertionError as exc:
+        import traceback
+        return f"{point}: {exc} {traceback.format_exc(limit=-1)}"
     return None
 
 
+def _cursor(state: Path | Backend) -> str | None:
+    """The stored cursor, None when there is none (or no state at all yet)."""
+    if isinstance(state, Path) and not state.exists():
+        return None
+    try:
+        return state_rows(state)["cursor"]
+    except NoStateError:
+        return None
+
+
 def run_points(ref: Reference, points: list[KillPoint], *, workers: int = 2,
-               progress: Callable[[KillPoint, str | None], None] | None = None) -> dict[KillPoint, str | None]:
+               progress: Callable[[KillPoint, str | None], None] | None = None,
+               pg: Any = None) -> dict[KillPoint, str | None]:
     results: dict[KillPoint, str | None] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_point, ref, p): p for p in points}
+        futures = {pool.submit(run_point, ref, p, pg): p for p in points}
         for fut, p in futures.items():
             try:
                 results[p] = fut.result()

@@ -25,6 +25,7 @@ from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 from ..conftest import EXAMPLE, snapshot
+from ..state_backends import Backend
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILDHOOK = Path(__file__).resolve().parent / "childhook"
@@ -188,8 +189,10 @@ def run_and_kill(args: list[str], env: dict[str, str], *, arm: Callable[[Callabl
 
 # --- checks ---------------------------------------------------------------------------------------
 
-def state_rows(state_path: Path) -> dict[str, Any]:
-    """The ledger, dead letters, cursor and integrity of a state file (read-only)."""
+def state_rows(state_path: Path | Backend) -> dict[str, Any]:
+    """The ledger, dead letters, cursor and integrity of a state file (read-only), or of a state Backend."""
+    if isinstance(state_path, Backend):
+        return state_path.rows()
     con = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
     try:
         integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
@@ -203,7 +206,7 @@ def state_rows(state_path: Path) -> dict[str, Any]:
     return {"integrity": integrity, "events": events, "dead": dead, "cursor": meta.get("cursor_event_id")}
 
 
-def assert_converged(world: World, state_path: Path, reference: dict[str, Any]) -> None:
+def assert_converged(world: World, state_path: Path | Backend, reference: dict[str, Any]) -> None:
     """The org equals a never-killed run's, no duplicate Task, every event has exactly one outcome
     (and the same one), dead letters hold exactly the expected events once, and the file is sound."""
     snap = snapshot(world.org)

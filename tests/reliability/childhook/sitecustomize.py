@@ -103,14 +103,24 @@ def _install_kill(spec: str, counts_path: str) -> None:
 
         def execute(self, sql, *a):  # type: ignore[no-untyped-def]
             cur = self._c.execute(sql, *a)
+            self._written(sql)
+            return cur
+
+        def executemany(self, sql, rows):  # type: ignore[no-untyped-def]
+            def each():  # type: ignore[no-untyped-def]
+                for row in rows:
+                    yield row
+                    self._written(sql)  # the store asked for the next row: this one is written (or queued)
+            return self._c.executemany(sql, each())
+
+        def _written(self, sql):  # type: ignore[no-untyped-def]
             self._statements += 1
             if sql.startswith("INSERT INTO dead_letters"):
                 counts["deadletters"] += 1
                 if kind == "deadletter" and counts["deadletters"] == nth:
                     stop_here()
             if kind == "commit" and stage == "mid" and self._n == nth and self._statements == 2:
-                stop_here()  # BEGIN IMMEDIATE and one row are in the open transaction
-            return cur
+                stop_here()  # BEGIN and one row are in the open transaction
 
         def __getattr__(self, name):  # type: ignore[no-untyped-def]
             return getattr(self._c, name)
