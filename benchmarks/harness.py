@@ -121,6 +121,7 @@ class RunResult:
     sf_latency_ms: float = 0.0
     stripe_latency_ms: float = 0.0
     profiled: bool = False  # times and RSS include cProfile's overhead
+    sync_cpu_s: float = 0.0  # the child's CPU time during run_sync only (imports excluded)
 
     @property
     def sf_per_1000(self) -> float:
@@ -131,6 +132,11 @@ class RunResult:
     def stripe_per_1000(self) -> float:
         """Stripe calls per 1,000 events."""
         return 1000 * self.stripe_calls / self.events if self.events else 0.0
+
+    @property
+    def cpu_ms_per_1000(self) -> float:
+        """The sync's own CPU time per 1,000 events, in ms: unlike wall time, it does not depend on the load."""
+        return 1_000_000 * self.sync_cpu_s / self.events if self.events else 0.0
 
     @property
     def events_per_s(self) -> float:
@@ -154,13 +160,14 @@ class RunResult:
             dead_lettered=round(self.dead_lettered * k), records_written=round(self.records_written * k),
             sf_calls=round(self.sf_calls * k), sf_requests_seen=round(self.sf_requests_seen * k),
             sf_api_used=round(self.sf_api_used * k), stripe_calls=round(self.stripe_calls * k),
-            stripe_requests_seen=round(self.stripe_requests_seen * k), wall_s=self.wall_s * k, cpu_s=self.cpu_s * k)
+            stripe_requests_seen=round(self.stripe_requests_seen * k), wall_s=self.wall_s * k, cpu_s=self.cpu_s * k,
+            sync_cpu_s=self.sync_cpu_s * k)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, with the derived rates."""
         return {**asdict(self), "sf_calls_per_1000_events": round(self.sf_per_1000, 2),
                 "stripe_calls_per_1000_events": round(self.stripe_per_1000, 2),
-                "events_per_s": round(self.events_per_s, 1)}
+                "events_per_s": round(self.events_per_s, 1), "cpu_ms_per_1000_events": round(self.cpu_ms_per_1000, 1)}
 
 
 def write_config(path: Path, mode: str, stripe_rps: float | None = None) -> Path:
@@ -263,4 +270,4 @@ def _sync_in_child(mode: str, workdir: Path, gen: Generated, stripe: StripeSandb
         ru_maxrss_mib=report["ru_maxrss_kib"] / 1024,
         extrapolated_to=gen.events if max_events is not None and s["events_read"] < gen.events else None,
         written=_counts(sf.org.written_keys), lookup_keys=_counts(sf.org.queried_keys),
-        profiled=profile is not None)
+        profiled=profile is not None, sync_cpu_s=report.get("sync_cpu_s", 0.0))
