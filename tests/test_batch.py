@@ -3,6 +3,8 @@ layer; these pin what the batch step itself decides."""
 
 from __future__ import annotations
 
+import datetime
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,3 +203,16 @@ def test_batches_stop_at_a_limit_without_reading_one_event_too_many():
     batches = list(in_batches(events(), 3, CommitPolicy(advance_cursor=True), more=more))
     assert [[e.id for e in b.events] for b in batches] == [["evt_0", "evt_1", "evt_2"], ["evt_3"]]
     assert read == [0, 1, 2, 3]
+
+
+def test_a_held_event_reads_back_as_the_json_module_wrote_it() -> None:
+    """The held text (a dead letter's payload) is written by orjson where it can (issue 14): whatever the
+    event holds, it decodes to what the json module's text decoded to, with either decoder."""
+    event = {"id": "evt_held", "type": "customer.created", "created": 1_700_000_000, "big": 2**70,
+             "at": datetime.datetime(2026, 1, 2, 3, 4, 5), 7: "seven", "name": "Zoë Ünïcode", "x": [1, 2.5, None]}
+    held = HeldEvent.of(event)
+    before = json.loads(json.dumps(event, default=str, separators=(",", ":")))
+    assert held.load() == before == json.loads(held.text)
+    assert (held.id, held.created, held.type) == ("evt_held", 1_700_000_000, "customer.created")
+    nan = HeldEvent.of({"id": "evt_nan", "amount": float("nan")})
+    assert nan.load()["id"] == "evt_nan"
