@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -122,6 +123,7 @@ class RunResult:
     stripe_latency_ms: float = 0.0
     profiled: bool = False  # times and RSS include cProfile's overhead
     sync_cpu_s: float = 0.0  # the child's CPU time during run_sync only (imports excluded)
+    standins_cpu_s: float = 0.0  # both stand-ins' CPU time (the harness process) while the child ran
 
     @property
     def sf_per_1000(self) -> float:
@@ -161,7 +163,7 @@ class RunResult:
             sf_calls=round(self.sf_calls * k), sf_requests_seen=round(self.sf_requests_seen * k),
             sf_api_used=round(self.sf_api_used * k), stripe_calls=round(self.stripe_calls * k),
             stripe_requests_seen=round(self.stripe_requests_seen * k), wall_s=self.wall_s * k, cpu_s=self.cpu_s * k,
-            sync_cpu_s=self.sync_cpu_s * k)
+            sync_cpu_s=self.sync_cpu_s * k, standins_cpu_s=self.standins_cpu_s * k)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, with the derived rates."""
@@ -255,8 +257,11 @@ def _sync_in_child(mode: str, workdir: Path, gen: Generated, stripe: StripeSandb
         text, raw = profile_paths(profile)
         text.parent.mkdir(parents=True, exist_ok=True)
         request["profile"] = {"text": str(text.resolve()), "stats": str(raw.resolve())}
+    # This process only serves the stand-ins while the child syncs: its CPU meanwhile is theirs.
+    serving = resource.getrusage(resource.RUSAGE_SELF)
     proc = subprocess.run([sys.executable, "-m", "benchmarks.child"], input=json.dumps(request), text=True,
                           capture_output=True, cwd=ROOT, check=False)
+    served = resource.getrusage(resource.RUSAGE_SELF)
     if proc.returncode != 0:
         raise RuntimeError(f"the {mode} run exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
     report = json.loads(proc.stdout)
@@ -270,4 +275,5 @@ def _sync_in_child(mode: str, workdir: Path, gen: Generated, stripe: StripeSandb
         ru_maxrss_mib=report["ru_maxrss_kib"] / 1024,
         extrapolated_to=gen.events if max_events is not None and s["events_read"] < gen.events else None,
         written=_counts(sf.org.written_keys), lookup_keys=_counts(sf.org.queried_keys),
-        profiled=profile is not None, sync_cpu_s=report.get("sync_cpu_s", 0.0))
+        profiled=profile is not None, sync_cpu_s=report.get("sync_cpu_s", 0.0),
+        standins_cpu_s=(served.ru_utime + served.ru_stime) - (serving.ru_utime + serving.ru_stime))

@@ -399,6 +399,12 @@ def markdown(report: Report) -> str:
     if report.throughput is not None:
         t = report.throughput
         lines.append(_row(t, f"batched ({t.events:,}), zero latency" + (", profiled" if t.profiled else "")))
+    batched = [(f"batched ({s.events:,})", s.batched) for s in report.sizes]
+    if report.throughput is not None:
+        batched.append((f"batched ({report.throughput.events:,}), zero latency", report.throughput))
+    notes += [f"{label}: the stand-ins (the harness process) used {r.standins_cpu_s:,.1f} s of CPU during the "
+              f"sync, {1_000_000 * r.standins_cpu_s / r.events:,.0f} ms per 1,000 events." for label, r in batched
+              if r.standins_cpu_s and r.events]
     if any(s.batched.profiled for s in report.sizes) or (report.throughput and report.throughput.profiled):
         notes.append("Profiled runs: wall time, CPU and RSS include cProfile's overhead (pessimistic).")
     lines.append("")
