@@ -3,6 +3,7 @@ request a known number of times (faults come from the stand-in's fault plan, as 
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import time
@@ -202,8 +203,9 @@ def test_a_success_body_the_fast_decoder_does_not_take_goes_to_the_sdk(stripe_sb
     stripe_sb.faults.fail_matching("GET", r"^/v1/events", 200, body)
     source = source_for(stripe_sb, retries)
     if outcome is None:
-        assert source.newest_event() is None and source.calls == 1
+        assert source.newest_event() is None and source.calls == 1 and gc.isenabled()
         return
     with pytest.raises(FatalSyncError, match=outcome):
         source.newest_event()
     assert source.calls == 1  # a 200 is not retried
+    assert gc.isenabled()  # paused while a page is decoded only
