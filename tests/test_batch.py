@@ -4,10 +4,13 @@ layer; these pin what the batch step itself decides."""
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import FieldNames
@@ -216,3 +219,20 @@ def test_a_held_event_reads_back_as_the_json_module_wrote_it() -> None:
     assert (held.id, held.created, held.type) == ("evt_held", 1_700_000_000, "customer.created")
     nan = HeldEvent.of({"id": "evt_nan", "amount": float("nan")})
     assert nan.load()["id"] == "evt_nan"
+
+
+def test_the_collector_is_paused_only_while_a_batch_is_read() -> None:
+    """Reading a batch pauses the cyclic collector (issue 14); applying it, or a failed read, does not."""
+    seen: list[bool] = []
+
+    def events() -> Any:
+        for i in range(5):
+            seen.append(gc.isenabled())
+            yield {"id": f"evt_{i}", "created": i, "type": "x"}
+        raise RuntimeError("the listing failed")
+
+    applying: list[bool] = []
+    with pytest.raises(RuntimeError, match="listing failed"):
+        for _ in in_batches(events(), 2, CommitPolicy(advance_cursor=True)):
+            applying.append(gc.isenabled())
+    assert seen == [False] * 5 and applying == [True, True] and gc.isenabled()
