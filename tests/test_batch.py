@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import gc
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,8 @@ from stripe_sf_sync.pipeline.edges import PlanRecorder
 from stripe_sf_sync.pipeline.held import HeldEvent
 from stripe_sf_sync.pipeline.org import OrgFacts
 from stripe_sf_sync.pipeline.ports import Ports
-from stripe_sf_sync.pipeline.sources import in_batches
+from stripe_sf_sync.pipeline.run import RunSummary, run_batches
+from stripe_sf_sync.pipeline.sources import Batch, in_batches
 from stripe_sf_sync.resolve import AccountRow, Lookups, SfOp, WriteResult
 from stripe_sf_sync.state import Cursor
 
@@ -236,3 +237,65 @@ def test_the_collector_is_paused_only_while_a_batch_is_read() -> None:
         for _ in in_batches(events(), 2, CommitPolicy(advance_cursor=True)):
             applying.append(gc.isenabled())
     assert seen == [False] * 5 and applying == [True, True] and gc.isenabled()
+
+
+@dataclass
+class Commits:
+    """A CommitStore that keeps what was committed, and whether the collector ran meanwhile."""
+
+    committed: list[int] = field(default_factory=list)
+    collecting: list[bool] = field(default_factory=list)
+
+    def cursor(self) -> Cursor | None:
+        return None
+
+    def remember_customers(self, customers: Sequence[CachedCustomer]) -> None:
+        pass
+
+    def commit_batch(self, outcomes: Sequence[Any], **kw: Any) -> None:
+        self.committed.append(len(outcomes))
+        self.collecting.append(gc.isenabled())
+
+
+@dataclass
+class Batches:
+    """A Source of given batches."""
+
+    given: list[Batch]
+    interrupted: bool = False
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def batches(self) -> Iterator[Batch]:
+        yield from self.given
+
+    def applied(self, batch: Batch, result: Any) -> None:
+        pass
+
+
+class Watching(Writer):
+    """A Writer noting whether the collector runs while a batch is applied; `fail` raises on a later write."""
+
+    def __init__(self, raise_on: int | None = None) -> None:
+        super().__init__()
+        self.collecting: list[bool] = []
+        self.raise_on = raise_on
+
+    def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
+        self.collecting.append(gc.isenabled())
+        if self.raise_on is not None and len(self.collecting) >= self.raise_on:
+            raise RuntimeError("the write failed")
+        return super().write(ops)
+
+
+def test_the_collector_is_paused_while_a_batch_is_applied_and_runs_again_after() -> None:
+    """Applying a batch pauses the cyclic collector (issue 14); committing, or a failed apply, does not."""
+    policy = CommitPolicy(advance_cursor=True)
+    two = [Batch(held(updated("evt_1", p.T0)), policy), Batch(held(updated("evt_2", p.T0 + 1)), policy)]
+    writer, state = Watching(), Commits()
+    run_batches(Batches(two), ports(writer=writer), SETTINGS, state, RunSummary("sync"), run_id=None)
+    assert writer.collecting and not any(writer.collecting)
+    assert state.committed == [1, 1] and state.collecting == [True, True] and gc.isenabled()
+    failing = Watching(raise_on=1)
+    with pytest.raises(RuntimeError, match="write failed"):
+        run_batches(Batches(two), ports(writer=failing), SETTINGS, Commits(), RunSummary("sync"), run_id=None)
+    assert failing.collecting == [False] and gc.isenabled()
