@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -124,6 +125,8 @@ class RunResult:
     profiled: bool = False  # times and RSS include cProfile's overhead
     # Stripe requests during the sync by kind (`stripe_kind`): what the cold-start floor is compared with.
     stripe_by_kind: dict[str, int] = field(default_factory=dict)
+    sync_cpu_s: float = 0.0  # the child's CPU time during run_sync only (imports excluded)
+    standins_cpu_s: float = 0.0  # both stand-ins' CPU time (the harness process) while the child ran
 
     @property
     def sf_per_1000(self) -> float:
@@ -134,6 +137,11 @@ class RunResult:
     def stripe_per_1000(self) -> float:
         """Stripe calls per 1,000 events."""
         return 1000 * self.stripe_calls / self.events if self.events else 0.0
+
+    @property
+    def cpu_ms_per_1000(self) -> float:
+        """The sync's own CPU time per 1,000 events, in ms: unlike wall time, it does not depend on the load."""
+        return 1_000_000 * self.sync_cpu_s / self.events if self.events else 0.0
 
     @property
     def events_per_s(self) -> float:
@@ -157,13 +165,14 @@ class RunResult:
             dead_lettered=round(self.dead_lettered * k), records_written=round(self.records_written * k),
             sf_calls=round(self.sf_calls * k), sf_requests_seen=round(self.sf_requests_seen * k),
             sf_api_used=round(self.sf_api_used * k), stripe_calls=round(self.stripe_calls * k),
-            stripe_requests_seen=round(self.stripe_requests_seen * k), wall_s=self.wall_s * k, cpu_s=self.cpu_s * k)
+            stripe_requests_seen=round(self.stripe_requests_seen * k), wall_s=self.wall_s * k, cpu_s=self.cpu_s * k,
+            sync_cpu_s=self.sync_cpu_s * k, standins_cpu_s=self.standins_cpu_s * k)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, with the derived rates."""
         return {**asdict(self), "sf_calls_per_1000_events": round(self.sf_per_1000, 2),
                 "stripe_calls_per_1000_events": round(self.stripe_per_1000, 2),
-                "events_per_s": round(self.events_per_s, 1)}
+                "events_per_s": round(self.events_per_s, 1), "cpu_ms_per_1000_events": round(self.cpu_ms_per_1000, 1)}
 
 
 def write_config(path: Path, mode: str, stripe_rps: float | None = None) -> Path:
@@ -258,8 +267,11 @@ def _sync_in_child(mode: str, workdir: Path, gen: Generated, stripe: StripeSandb
         text, raw = profile_paths(profile)
         text.parent.mkdir(parents=True, exist_ok=True)
         request["profile"] = {"text": str(text.resolve()), "stats": str(raw.resolve())}
+    # This process only serves the stand-ins while the child syncs: its CPU meanwhile is theirs.
+    serving = resource.getrusage(resource.RUSAGE_SELF)
     proc = subprocess.run([sys.executable, "-m", "benchmarks.child"], input=json.dumps(request), text=True,
                           capture_output=True, cwd=ROOT, check=False)
+    served = resource.getrusage(resource.RUSAGE_SELF)
     if proc.returncode != 0:
         raise RuntimeError(f"the {mode} run exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
     report = json.loads(proc.stdout)
@@ -273,7 +285,8 @@ def _sync_in_child(mode: str, workdir: Path, gen: Generated, stripe: StripeSandb
         ru_maxrss_mib=report["ru_maxrss_kib"] / 1024,
         extrapolated_to=gen.events if max_events is not None and s["events_read"] < gen.events else None,
         written=_counts(sf.org.written_keys), lookup_keys=_counts(sf.org.queried_keys),
-        profiled=profile is not None,
+        profiled=profile is not None, sync_cpu_s=report.get("sync_cpu_s", 0.0),
+        standins_cpu_s=(served.ru_utime + served.ru_stime) - (serving.ru_utime + serving.ru_stime),
         stripe_by_kind=dict(Counter(stripe_kind(path) for _, path, _ in stripe.requests_log[stripe_logged:])))
 
 

@@ -349,7 +349,7 @@ def _row(r: RunResult, label: str) -> str:
     check = "" if r.sf_calls == r.sf_api_used == r.sf_requests_seen else " ⚠"
     return (f"| {label} | {r.events:,} | {r.sf_calls:,} / {r.sf_api_used:,}{check} | {r.sf_per_1000:,.1f} | "
             f"{r.stripe_calls:,} | {r.stripe_per_1000:,.1f} | {r.wall_s:,.1f} s | {r.cpu_s:,.1f} s | "
-            f"{r.events_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB |")
+            f"{r.cpu_ms_per_1000:,.0f} ms | {r.events_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB |")
 
 
 def _times(x: float | None) -> str:
@@ -377,8 +377,9 @@ def markdown(report: Report) -> str:
         + (f"; what-if Stripe pacing {st['stripe_rps']:g}/s." if st.get("stripe_rps") else "; config defaults."),
         "",
         "| Run | Events | Salesforce calls (summary / org counter) | SF calls per 1,000 events | Stripe calls "
-        "| Stripe calls per 1,000 events | Wall time | CPU (sync process) | Events/s | Peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Stripe calls per 1,000 events | Wall time | CPU (sync process) | CPU per 1,000 events (sync only) "
+        "| Events/s | Peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes: list[str] = []
     for s in report.sizes:
@@ -394,10 +395,16 @@ def markdown(report: Report) -> str:
                 lines.append(_row(b, f"per-event ({s.events:,})"))
             r = s.ratios()
             lines.append(f"| **per-event ÷ batched** ({s.events:,}) | | {_times(r['sf_calls'])} | | "
-                         f"{_times(r['stripe_calls'])} | | {_times(r['wall_s'])} | | | {_times(r['peak_rss'])} |")
+                         f"{_times(r['stripe_calls'])} | | {_times(r['wall_s'])} | | | | {_times(r['peak_rss'])} |")
     if report.throughput is not None:
         t = report.throughput
         lines.append(_row(t, f"batched ({t.events:,}), zero latency" + (", profiled" if t.profiled else "")))
+    batched = [(f"batched ({s.events:,})", s.batched) for s in report.sizes]
+    if report.throughput is not None:
+        batched.append((f"batched ({report.throughput.events:,}), zero latency", report.throughput))
+    notes += [f"{label}: the stand-ins (the harness process) used {r.standins_cpu_s:,.1f} s of CPU during the "
+              f"sync, {1_000_000 * r.standins_cpu_s / r.events:,.0f} ms per 1,000 events." for label, r in batched
+              if r.standins_cpu_s and r.events]
     if any(s.batched.profiled for s in report.sizes) or (report.throughput and report.throughput.profiled):
         notes.append("Profiled runs: wall time, CPU and RSS include cProfile's overhead (pessimistic).")
     lines.append("")

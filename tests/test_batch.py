@@ -3,9 +3,14 @@ layer; these pin what the batch step itself decides."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import datetime
+import gc
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import FieldNames
@@ -16,7 +21,8 @@ from stripe_sf_sync.pipeline.edges import PlanRecorder
 from stripe_sf_sync.pipeline.held import HeldEvent
 from stripe_sf_sync.pipeline.org import OrgFacts
 from stripe_sf_sync.pipeline.ports import Ports
-from stripe_sf_sync.pipeline.sources import in_batches
+from stripe_sf_sync.pipeline.run import RunSummary, run_batches
+from stripe_sf_sync.pipeline.sources import Batch, in_batches
 from stripe_sf_sync.resolve import AccountRow, Lookups, SfOp, WriteResult
 from stripe_sf_sync.state import Cursor
 
@@ -201,3 +207,95 @@ def test_batches_stop_at_a_limit_without_reading_one_event_too_many():
     batches = list(in_batches(events(), 3, CommitPolicy(advance_cursor=True), more=more))
     assert [[e.id for e in b.events] for b in batches] == [["evt_0", "evt_1", "evt_2"], ["evt_3"]]
     assert read == [0, 1, 2, 3]
+
+
+def test_a_held_event_reads_back_as_the_json_module_wrote_it() -> None:
+    """The held text (a dead letter's payload) is written by orjson where it can (issue 14): whatever the
+    event holds, it decodes to what the json module's text decoded to, with either decoder."""
+    event = {"id": "evt_held", "type": "customer.created", "created": 1_700_000_000, "big": 2**70,
+             "at": datetime.datetime(2026, 1, 2, 3, 4, 5), 7: "seven", "name": "Zoë Ünïcode", "x": [1, 2.5, None]}
+    held = HeldEvent.of(event)
+    before = json.loads(json.dumps(event, default=str, separators=(",", ":")))
+    assert held.load() == before == json.loads(held.text)
+    assert (held.id, held.created, held.type) == ("evt_held", 1_700_000_000, "customer.created")
+    nan = HeldEvent.of({"id": "evt_nan", "amount": float("nan")})
+    assert nan.load()["id"] == "evt_nan"
+
+
+def test_the_collector_is_paused_only_while_a_batch_is_read() -> None:
+    """Reading a batch pauses the cyclic collector (issue 14); applying it, or a failed read, does not."""
+    seen: list[bool] = []
+
+    def events() -> Any:
+        for i in range(5):
+            seen.append(gc.isenabled())
+            yield {"id": f"evt_{i}", "created": i, "type": "x"}
+        raise RuntimeError("the listing failed")
+
+    applying: list[bool] = []
+    with pytest.raises(RuntimeError, match="listing failed"):
+        for _ in in_batches(events(), 2, CommitPolicy(advance_cursor=True)):
+            applying.append(gc.isenabled())
+    assert seen == [False] * 5 and applying == [True, True] and gc.isenabled()
+
+
+@dataclass
+class Commits:
+    """A CommitStore that keeps what was committed, and whether the collector ran meanwhile."""
+
+    committed: list[int] = field(default_factory=list)
+    collecting: list[bool] = field(default_factory=list)
+
+    def cursor(self) -> Cursor | None:
+        return None
+
+    def remember_customers(self, customers: Sequence[CachedCustomer]) -> None:
+        pass
+
+    def commit_batch(self, outcomes: Sequence[Any], **kw: Any) -> None:
+        self.committed.append(len(outcomes))
+        self.collecting.append(gc.isenabled())
+
+
+@dataclass
+class Batches:
+    """A Source of given batches."""
+
+    given: list[Batch]
+    interrupted: bool = False
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def batches(self) -> Iterator[Batch]:
+        yield from self.given
+
+    def applied(self, batch: Batch, result: Any) -> None:
+        pass
+
+
+class Watching(Writer):
+    """A Writer noting whether the collector runs while a batch is applied; `fail` raises on a later write."""
+
+    def __init__(self, raise_on: int | None = None) -> None:
+        super().__init__()
+        self.collecting: list[bool] = []
+        self.raise_on = raise_on
+
+    def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
+        self.collecting.append(gc.isenabled())
+        if self.raise_on is not None and len(self.collecting) >= self.raise_on:
+            raise RuntimeError("the write failed")
+        return super().write(ops)
+
+
+def test_the_collector_is_paused_while_a_batch_is_applied_and_runs_again_after() -> None:
+    """Applying a batch pauses the cyclic collector (issue 14); committing, or a failed apply, does not."""
+    policy = CommitPolicy(advance_cursor=True)
+    two = [Batch(held(updated("evt_1", p.T0)), policy), Batch(held(updated("evt_2", p.T0 + 1)), policy)]
+    writer, state = Watching(), Commits()
+    run_batches(Batches(two), ports(writer=writer), SETTINGS, state, RunSummary("sync"), run_id=None)
+    assert writer.collecting and not any(writer.collecting)
+    assert state.committed == [1, 1] and state.collecting == [True, True] and gc.isenabled()
+    failing = Watching(raise_on=1)
+    with pytest.raises(RuntimeError, match="write failed"):
+        run_batches(Batches(two), ports(writer=failing), SETTINGS, Commits(), RunSummary("sync"), run_id=None)
+    assert failing.collecting == [False] and gc.isenabled()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -196,3 +197,18 @@ def test_markdown_and_json() -> None:
 def test_profile_paths() -> None:
     assert harness.profile_paths(Path("p.txt")) == (Path("p.txt"), Path("p.txt.prof"))
     assert harness.profile_paths(Path("p.prof")) == (Path("p.txt"), Path("p.prof"))
+
+
+def test_cpu_per_1000_events_is_the_sync_only_share() -> None:
+    report = _report()
+    batched = report.sizes[0].batched
+    report.sizes[0].batched = dataclasses.replace(batched, sync_cpu_s=2.5, standins_cpu_s=1.2)  # over 10,000 events
+    report.targets = bench.evaluate(report, _args())
+    assert report.sizes[0].batched.cpu_ms_per_1000 == 250.0
+    assert "| CPU per 1,000 events (sync only) |" in bench.markdown(report)
+    assert "| 1.0 s | 250 ms | 1,000 |" in bench.markdown(report)
+    assert "batched (10,000): the stand-ins (the harness process) used 1.2 s of CPU during the sync, 120 ms per " \
+           "1,000 events." in bench.markdown(report)
+    assert bench.as_json(report)["sizes"][0]["batched"]["cpu_ms_per_1000_events"] == 250.0
+    scaled = dataclasses.replace(report.sizes[0].baseline, sync_cpu_s=0.5).scaled()
+    assert scaled.sync_cpu_s == 5.0 and scaled.cpu_ms_per_1000 == 500.0

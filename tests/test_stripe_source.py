@@ -3,6 +3,7 @@ request a known number of times (faults come from the stand-in's fault plan, as 
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import time
@@ -164,3 +165,47 @@ def test_a_list_walking_back_that_jumps_forward_in_time_stops_the_run():
     with pytest.raises(FatalSyncError, match="same page of subscriptions") as info:
         next(pages)
     assert "--resume" in info.value.hint
+
+
+def test_a_page_reaches_neither_the_sdks_decoder_nor_its_debug_log(stripe_sb, retries):
+    """Pages are decoded once, by the edge: the SDK neither decodes them again nor formats them for its log
+    (issue 14: its json.loads and logfmt were most of a run's CPU)."""
+    f = StripeFactory(stripe_sb, seed=73)
+    events = [f.emit("customer.created", f.customer(f"Quiet {i}", f"q{i}@example.com"), NOW - 900 + i)
+              for i in range(3)]
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    sdk_log = logging.getLogger("stripe")
+    handler, level = Keep(level=logging.DEBUG), sdk_log.level
+    sdk_log.addHandler(handler)
+    sdk_log.setLevel(logging.DEBUG)
+    try:
+        source = source_for(stripe_sb, retries)
+        got = [e["id"] for e in source.events_after(events[0]["id"])]
+    finally:
+        sdk_log.removeHandler(handler)
+        sdk_log.setLevel(level)
+    assert got == [e["id"] for e in events[1:]] and type(next(source.events_after(events[0]["id"]))) is dict
+    bodies = [m for m in seen if "API response body" in m]
+    assert bodies and all("Quiet" not in m and events[1]["id"] not in m for m in bodies)
+
+
+@pytest.mark.parametrize(("body", "outcome"), [
+    ("<html>maintenance</html>", "did not answer usefully"),  # the SDK's APIError, as before
+    ('[{"id": "evt_1"}]', "not a JSON object"),
+    ('{"data": [], "has_more": false, "x": NaN}', None),  # orjson refuses NaN; the SDK's decoder reads it
+])
+def test_a_success_body_the_fast_decoder_does_not_take_goes_to_the_sdk(stripe_sb, retries, body, outcome):
+    stripe_sb.faults.fail_matching("GET", r"^/v1/events", 200, body)
+    source = source_for(stripe_sb, retries)
+    if outcome is None:
+        assert source.newest_event() is None and source.calls == 1 and gc.isenabled()
+        return
+    with pytest.raises(FatalSyncError, match=outcome):
+        source.newest_event()
+    assert source.calls == 1  # a 200 is not retried
+    assert gc.isenabled()  # paused while a page is decoded only

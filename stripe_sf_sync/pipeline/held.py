@@ -9,10 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from stripe_sf_sync import model
 from stripe_sf_sync.state import Outcome
 
 log = logging.getLogger("stripe_sf_sync")
+# What the json module's `default=str` did, kept: keys that are not strings become strings, and dates and
+# dataclasses go through `default` rather than orjson's own encodings.
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def _typed(event: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -44,7 +49,7 @@ class HeldEvent:
         except Exception as exc:  # raised again where the batch parses it, to be dead-lettered there
             parsed = exc
         return cls(_typed(event, "id", str), _typed(event, "created", int), _typed(event, "type", str),
-                   json.dumps(event, default=str, separators=(",", ":")), parsed)
+                   _compact(event), parsed)
 
     def parse(self) -> model.Change | model.CustomerChange | model.Unsupported:
         """model.parse_event's result for this event (raising what it raised)."""
@@ -54,7 +59,10 @@ class HeldEvent:
 
     def load(self) -> dict[str, Any]:
         """The event, decoded."""
-        event = json.loads(self.text)
+        try:
+            event = orjson.loads(self.text)
+        except orjson.JSONDecodeError:  # what only the json module writes and reads (NaN)
+            event = json.loads(self.text)
         return event if isinstance(event, dict) else {}
 
     def data_object(self) -> dict[str, Any]:
@@ -62,6 +70,16 @@ class HeldEvent:
         data = self.load().get("data")
         obj = data.get("object") if isinstance(data, Mapping) else None
         return dict(obj) if isinstance(obj, Mapping) else {}
+
+
+def _compact(event: Mapping[str, Any]) -> str:
+    """`event` as compact JSON (a dead letter's payload): by orjson, about ten times faster than the json
+    module on the per-event path (issue 14), or by the json module for what orjson refuses (an integer past
+    64 bits). Either is read back by `HeldEvent.load` and by `json.loads`."""
+    try:
+        return orjson.dumps(event, default=str, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(event, default=str, separators=(",", ":"))
 
 
 def dead_letter(held: HeldEvent, reason: str, code: str, object_id: str | None = None) -> Outcome:

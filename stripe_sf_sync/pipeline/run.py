@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stripe_sf_sync import collector
 from stripe_sf_sync.console import fields
 from stripe_sf_sync.errors import BudgetSpent
 from stripe_sf_sync.model import CachedCustomer
@@ -114,7 +115,9 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
             summary.stopped_early = reason
             break
         try:
-            result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried, bulk=batch.policy.bulk)
+            with collector.paused():  # the batch's objects stay until it is applied (collector.py)
+                result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried,
+                                     bulk=batch.policy.bulk)
         except BudgetSpent as exc:
             # A writer refused to send (the usage, learnt from this batch's lookups, reached the budget): nothing
             # of the batch is committed, and the next run repeats it.

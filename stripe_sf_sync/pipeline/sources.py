@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stripe_sf_sync import collector
 from stripe_sf_sync.pipeline.batch import BatchResult
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, CursorState, EventLister, sync_start
 from stripe_sf_sync.pipeline.held import HeldEvent
@@ -55,17 +56,26 @@ def in_batches(events: Iterable[Mapping[str, Any]], size: int, policy: CommitPol
                more: Callable[[], bool] = lambda: True) -> Iterator[Batch]:
     """Hold events as they arrive and cut them into batches of `size`. `more()` is asked after each
     event; False ends the stream there (a limit was reached), without reading one event too many."""
-    held: list[HeldEvent] = []
-    for event in events:
-        held.append(HeldEvent.of(event))
-        last = not more()
-        if len(held) >= size or last:
+    stream = iter(events)
+    while True:
+        with collector.paused():  # resumed while the batch is applied (collector.py)
+            held, last = _fill(stream, size, more)
+        if held:
             yield Batch(held, policy)
-            held = []
         if last:
             return
-    if held:
-        yield Batch(held, policy)
+
+
+def _fill(stream: Iterator[Mapping[str, Any]], size: int, more: Callable[[], bool]) -> tuple[list[HeldEvent], bool]:
+    """Up to `size` events of `stream`, held; and whether the stream ended (or `more()` said stop)."""
+    held: list[HeldEvent] = []
+    for event in stream:
+        held.append(HeldEvent.of(event))
+        if not more():
+            return held, True
+        if len(held) >= size:
+            return held, False
+    return held, True
 
 
 @dataclass
