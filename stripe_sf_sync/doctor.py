@@ -61,9 +61,10 @@ class Check:
 
     def line(self) -> str:
         """`error    salesforce  won stage: … Fix: ….` (the name once, when the message starts with it)."""
-        fix = f" Fix: {self.fix}." if self.fix else ""
+        fix = f" Fix: {self.fix.rstrip('.')}." if self.fix else ""
         name = "" if self.message.startswith(self.name) else f"{self.name}: "
-        return f"{self.status:<8} {self.area:<11} {name}{self.message}.{fix}"
+        # Messages borrowed from errors end with their own full stop.
+        return f"{self.status:<8} {self.area:<11} {name}{self.message.rstrip('.')}.{fix}"
 
 
 @dataclass
