@@ -18,7 +18,9 @@ Drift kinds (stable names, used in `--json` and `--csv`):
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -152,6 +154,26 @@ class Report:
         """The `--json` document."""
         kinds = {name: {"mismatch": k.mismatch, "fixable": k.fixable, "means": k.means} for name, k in KINDS.items()}
         return {**self.summary(), "kinds": kinds, "details": [f.as_dict() for f in self.findings]}
+
+
+CSV_COLUMNS = ("kind", "mismatch", "fixable", "stripe_id", "salesforce_id", "currency", "field", "stripe_value",
+               "salesforce_value", "detail")
+
+
+def write_csv(path: Path, report: Report) -> None:
+    """One row per finding and field, the Stripe and Salesforce values side by side (a finding with no
+    values, an unknown id, is one row). Written through a temporary file next to `path`, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(CSV_COLUMNS)
+        for f in report.findings:
+            k = KINDS[f.kind]
+            head = (f.kind, str(k.mismatch).lower(), str(k.fixable).lower(), f.stripe_id or "", f.salesforce_id or "",
+                    (f.currency or "").upper())
+            for name, stripe, salesforce in f.values or (("", None, None),):
+                out.writerow((*head, name, stripe or "", salesforce or "", f.detail))
+    os.replace(tmp, path)
 
 
 def sf_decimal(value: Any) -> Decimal | None:

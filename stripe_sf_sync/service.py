@@ -381,7 +381,7 @@ def run_reconcile(config_path: Path | None, environment: Environment, *, since: 
                   fix: bool, dry_run: bool, csv_path: Path | None = None) -> tuple[RunSummary, Any]:
     """`stripe-sf reconcile`: compare Salesforce with Stripe object by object; with `fix`, feed the objects
     behind the fixable drift through backfill's pipeline. Recorded in the runs table like every command."""
-    from stripe_sf_sync.reconcile import Spill
+    from stripe_sf_sync.reconcile import Spill, write_csv
 
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
@@ -393,6 +393,8 @@ def run_reconcile(config_path: Path | None, environment: Environment, *, since: 
           Spill() as spill):
         report = _reconcile_in(run, runtime, spill, kinds, since_ts, fix=fix)
         summary.reconcile = report.summary()
+    if csv_path is not None:
+        write_csv(csv_path, report)
     return summary, report
 
 
@@ -499,7 +501,8 @@ def status_report(config_path: Path | None, environment: Environment, *,
     budget = runtime.loaded.settings.salesforce.api_budget
     now = environment.clock()
     report: dict[str, Any] = {"state_path": str(path), "never_run": True, "cursor": None, "running": None,
-                              "last_run": None, "dead_letters": 0, "api_usage": None, "backfill": None, "runs": []}
+                              "last_run": None, "dead_letters": 0, "api_usage": None, "backfill": None, "runs": [],
+                              "reconcile": None}
     if path.exists():
         with runtime.open_state(create=False) as state:
             cursor = state.cursor()
@@ -524,9 +527,20 @@ def status_report(config_path: Path | None, environment: Environment, *,
                 "dead_letters": state.dead_letter_count(),
                 "api_usage": _usage(json.loads(usage), budget) if usage else None,
                 "runs": runs,
+                "reconcile": _reconcile_status(state.last_run_of("reconcile")),
             })
     report["health"] = assess(report, thresholds)
     return report
+
+
+def _reconcile_status(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last reconcile: when, its exit code, and its counts and MRR totals."""
+    if row is None:
+        return None
+    found = (row.get("summary") or {}).get("reconcile") or {}
+    keep = ("mismatches", "matched", "counts", "totals")
+    return {"run_id": row["run_id"], "finished_at": row.get("finished_at"), "finished_iso": iso(row.get("finished_at")),
+            "exit_code": row.get("exit_code"), **{k: found.get(k) for k in keep}}
 
 
 def _usage(seen: dict[str, Any], budget: float) -> dict[str, Any]:

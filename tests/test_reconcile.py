@@ -63,7 +63,7 @@ def opp_of(org, key, value):
 def drift(f, w, org):
     """One of each kind of drift, the way it happens in an org."""
     amount = opp_of(org, "Stripe_Subscription_ID__c", w["subs"]["Amount"]["id"])
-    org.update("Opportunity", amount["Id"], {"Amount": 90.5, "MRR__c": 99.98})  # edited by hand
+    org.update("Opportunity", amount["Id"], {"Amount": 90.5, "MRR__c": 80})  # edited by hand
     org.delete("Opportunity", opp_of(org, "Stripe_Subscription_ID__c", w["subs"]["Deleted"]["id"])["Id"])
     org.update("Account", w["accounts"]["Status"], {"Subscription_Status__c": "active"})
     w["late_pi"] = f.payment_intent(w["subs"]["Euro"]["customer"], 7000, "eur", created=NOW - 3 * DAY)  # never synced
@@ -87,19 +87,77 @@ def test_a_synced_org_reconciles_clean(tmp_path, env, org, stripe_sb):
     assert service.exit_code_for(summary) == ExitCode.OK
 
 
+def expected_findings(w, org):
+    subs = {k: s["id"] for k, s in w["subs"].items()}
+    return [
+        {"kind": "missing_opportunity", "mismatch": True, "fixable": True, "stripe_id": subs["Deleted"],
+         "salesforce_id": None, "currency": "usd", "values": [{"field": "StageName", "stripe": "Closed Won",
+                                                               "salesforce": None}],
+         "detail": "active subscription; no Opportunity names it"},
+        {"kind": "value_mismatch", "mismatch": True, "fixable": True, "stripe_id": subs["Amount"],
+         "salesforce_id": opp_of(org, "Stripe_Subscription_ID__c", subs["Amount"])["Id"], "currency": "usd",
+         "values": [{"field": "Amount", "stripe": "99.98", "salesforce": "90.50"},
+                    {"field": "MRR__c", "stripe": "99.98", "salesforce": "80.00"}],
+         "detail": "differs from what the rules compute from Stripe today"},
+        {"kind": "missing_payment_opportunity", "mismatch": True, "fixable": True, "stripe_id": w["late_pi"]["id"],
+         "salesforce_id": None, "currency": "eur", "values": [{"field": "Amount", "stripe": "70.00",
+                                                               "salesforce": None}],
+         "detail": "no won Opportunity names this one-time payment"},
+        {"kind": "status_mismatch", "mismatch": True, "fixable": True, "stripe_id": subs["Status"],
+         "salesforce_id": w["accounts"]["Status"], "currency": None,
+         "values": [{"field": "Subscription_Status__c", "stripe": "past_due", "salesforce": "active"}],
+         "detail": f"Account 'Status' ({w['subs']['Status']['customer']}): its deciding subscription is "
+                   f"{subs['Status']}"},
+        {"kind": "unknown_stripe_id", "mismatch": True, "fixable": False, "stripe_id": "sub_1NotInStripe0000000000",
+         "salesforce_id": w["ghost"], "currency": None, "values": [],
+         "detail": "Opportunity names a Stripe subscription Stripe does not know"},
+        {"kind": "won_but_canceled", "mismatch": False, "fixable": False, "stripe_id": subs["Ended"],
+         "salesforce_id": w["won_ended"], "currency": "usd",
+         "values": [{"field": "status", "stripe": "canceled", "salesforce": "won"}],
+         "detail": "won in Salesforce; the subscription is canceled in Stripe"},
+    ]
+
+
 def test_each_kind_of_drift_is_reported_exactly_then_fixed(tmp_path, env, org, stripe_sb):
     f, w, config = synced(tmp_path, env, org, stripe_sb)
     drift(f, w, org)
     summary, report = reconcile(config, env)
-    subs = {k: s["id"] for k, s in w["subs"].items()}
-    deleted_opp = None
-    expected = [
-        {"kind": "value_mismatch", "mismatch": True, "fixable": True, "stripe_id": subs["Amount"],
-         "salesforce_id": opp_of(org, "Stripe_Subscription_ID__c", subs["Amount"])["Id"], "currency": "usd",
-         "values": [{"field": "Amount", "stripe": "99.98", "salesforce": "90.50"},
-                    {"field": "MRR__c", "stripe": "99.98", "salesforce": "99.98"}][:1] + [],
-         "detail": "differs from what the rules compute from Stripe today"},
-    ]
-    got = [x.as_dict() for x in report.findings]
-    print(json.dumps(got, indent=1))
-    assert deleted_opp is None and expected and got
+    assert [x.as_dict() for x in report.findings] == expected_findings(w, org)
+    assert report.checked == {"subscriptions": 4, "payment_intents": 2, "accounts": 5}
+    assert report.matched == 7  # 2 subscriptions (Status, Euro), the synced payment, 4 Accounts
+    assert report.counts() == {"missing_opportunity": 1, "value_mismatch": 1, "status_mismatch": 1,
+                               "missing_payment_opportunity": 1, "unknown_stripe_id": 1, "won_but_canceled": 1,
+                               "unverifiable": 0}
+    assert report.totals == {
+        "EUR": {"stripe_mrr": "100.00", "salesforce_mrr": "100.00", "difference": "0.00"},
+        "UNKNOWN": {"stripe_mrr": "0", "salesforce_mrr": "10.0", "difference": "10.0"},
+        "USD": {"stripe_mrr": "199.96", "salesforce_mrr": "129.99", "difference": "-69.97"}}
+    assert service.exit_code_for(summary) == ExitCode.DRIFT
+
+    fixed, repair = reconcile(config, env, fix=True)
+    assert repair.fix == {"events": 4, "applied": 4, "dead_lettered": 0, "dry_run": False}
+    assert service.exit_code_for(fixed) == ExitCode.DRIFT  # it found drift (and repaired what it could)
+    again, after = reconcile(config, env)
+    assert [x["kind"] for x in (x.as_dict() for x in after.findings)] == ["unknown_stripe_id", "won_but_canceled"]
+    assert org.get("Opportunity", w["ghost"]) is not None  # never deletes anything
+
+
+def test_fix_dry_run_prints_the_plan_and_writes_nothing(tmp_path, env, org, stripe_sb):
+    f, w, config = synced(tmp_path, env, org, stripe_sb)
+    drift(f, w, org)
+    before = snapshot(org)
+    with StateStore.open(tmp_path / "stripe-sf-state.sqlite") as st:
+        runs_before = st.recent_runs(100)
+    summary, report = reconcile(config, env, fix=True, dry_run=True)
+    assert snapshot(org) == before
+    with StateStore.open(tmp_path / "stripe-sf-state.sqlite") as st:
+        assert st.recent_runs(100) == runs_before  # a dry run records nothing, as every dry run
+    assert report.fix == {"events": 4, "applied": 4, "dead_lettered": 0, "dry_run": True}
+    planned = {(p["action"], p["sobject"], tuple(sorted(p["fields"]))) for p in summary.planned_writes}
+    assert ("update", "Account", ("Subscription_Status__c",)) in planned
+    assert any(a == "upsert" and o == "Opportunity" for a, o, _ in planned)  # the deleted one, created again
+    # The Status subscription's (matching) Opportunity is written again with the same values: the pipeline
+    # writes a subscription's whole current state, as backfill does.
+    assert sorted((p["action"], p["sobject"]) for p in summary.planned_writes) == [
+        ("update", "Account"), ("update", "Opportunity"), ("update", "Opportunity"), ("upsert", "Opportunity"),
+        ("upsert", "Opportunity")]
