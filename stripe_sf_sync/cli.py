@@ -402,7 +402,8 @@ def _print_reconcile(report: Any, summary: service.RunSummary) -> None:
     shown = report.findings[:RECONCILE_SHOWN]
     if shown:
         rows = [(f.kind, f.stripe_id or "", f.salesforce_id or "",
-                 {name: f"Stripe {a} | Salesforce {b}" for name, a, b in f.values}, f.detail) for f in shown]
+                 {name: f"Stripe {a or '(none)'} | Salesforce {b or '(none)'}" for name, a, b in f.values}, f.detail)
+                for f in shown]
         print_records(out, f"Findings: {len(report.findings)}", [
             Column("kind"), Column("stripe", is_id=True), Column("salesforce", is_id=True), Column("values"),
             Column("detail")], rows)

@@ -278,7 +278,7 @@ def compare_accounts(spill: Spill, report: Report, names: Any) -> None:
         report.findings.append(Finding(
             "status_mismatch", row["sub"], row["id"], None,
             ((names.subscription_status, row["expected"], row["status"]),),
-            f"Account {row['name']!r} ({row['customer']}): its deciding subscription is {row['sub']}"))
+            f"the deciding subscription of {row['customer']} (Account {row['name']!r})"))
     report.checked["accounts"] = checked
 
 

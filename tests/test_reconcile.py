@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
-from decimal import Decimal
 
 import pytest
 
@@ -68,7 +68,8 @@ def drift(f, w, org):
     org.update("Account", w["accounts"]["Status"], {"Subscription_Status__c": "active"})
     w["late_pi"] = f.payment_intent(w["subs"]["Euro"]["customer"], 7000, "eur", created=NOW - 3 * DAY)  # never synced
     w["ghost"] = org.insert("Opportunity", {"Name": "Ghost", "StageName": "Closed Won", "CloseDate": "2026-01-01",
-                                            "AccountId": w["accounts"]["Euro"], "RecordTypeId": amount["RecordTypeId"], "Amount": 10, "MRR__c": 10,
+                                            "AccountId": w["accounts"]["Euro"], "RecordTypeId": amount["RecordTypeId"],
+                                            "Amount": 10, "MRR__c": 10,
                                             "Stripe_Subscription_ID__c": "sub_1NotInStripe0000000000"})
     w["won_ended"] = org.insert("Opportunity", {"Name": "Rep's win", "StageName": "Closed Won",
                                                 "CloseDate": "2026-01-01", "AccountId": w["accounts"]["Ended"],
@@ -77,7 +78,7 @@ def drift(f, w, org):
 
 
 def test_a_synced_org_reconciles_clean(tmp_path, env, org, stripe_sb):
-    _, w, config = synced(tmp_path, env, org, stripe_sb)
+    _, _, config = synced(tmp_path, env, org, stripe_sb)
     summary, report = reconcile(config, env)
     assert [x.as_dict() for x in report.findings] == []
     assert report.checked == {"subscriptions": 4, "payment_intents": 1, "accounts": 5}
@@ -106,8 +107,7 @@ def expected_findings(w, org):
         {"kind": "status_mismatch", "mismatch": True, "fixable": True, "stripe_id": subs["Status"],
          "salesforce_id": w["accounts"]["Status"], "currency": None,
          "values": [{"field": "Subscription_Status__c", "stripe": "past_due", "salesforce": "active"}],
-         "detail": f"Account 'Status' ({w['subs']['Status']['customer']}): its deciding subscription is "
-                   f"{subs['Status']}"},
+         "detail": f"the deciding subscription of {w['subs']['Status']['customer']} (Account 'Status')"},
         {"kind": "unknown_stripe_id", "mismatch": True, "fixable": False, "stripe_id": "sub_1NotInStripe0000000000",
          "salesforce_id": w["ghost"], "currency": None, "values": [],
          "detail": "Opportunity names a Stripe subscription Stripe does not know"},
@@ -138,7 +138,8 @@ def test_each_kind_of_drift_is_reported_exactly_then_fixed(tmp_path, env, org, s
     assert repair.fix == {"events": 4, "applied": 4, "dead_lettered": 0, "dry_run": False}
     assert service.exit_code_for(fixed) == ExitCode.DRIFT  # it found drift (and repaired what it could)
     again, after = reconcile(config, env)
-    assert [x["kind"] for x in (x.as_dict() for x in after.findings)] == ["unknown_stripe_id", "won_but_canceled"]
+    assert [x.kind for x in after.findings] == ["unknown_stripe_id", "won_but_canceled"]
+    assert after.matched == report.matched + 4 and service.exit_code_for(again) == ExitCode.DRIFT
     assert org.get("Opportunity", w["ghost"]) is not None  # never deletes anything
 
 
@@ -161,3 +162,75 @@ def test_fix_dry_run_prints_the_plan_and_writes_nothing(tmp_path, env, org, stri
     assert sorted((p["action"], p["sobject"]) for p in summary.planned_writes) == [
         ("update", "Account"), ("update", "Opportunity"), ("update", "Opportunity"), ("upsert", "Opportunity"),
         ("upsert", "Opportunity")]
+
+
+def whole(text: str, value: str) -> bool:
+    return any(value in line for line in text.splitlines())
+
+
+def test_cli_json_csv_exit_codes_and_status(tmp_path, env, org, stripe_sb, runner, cli_env):
+    f, w, config = synced(tmp_path, env, org, stripe_sb)
+    drift(f, w, org)
+    out = tmp_path / "drift.csv"
+    result = runner.invoke(app, ["reconcile", "--config", str(config), "--json", "--csv", str(out)], env=cli_env)
+    assert result.exit_code == ExitCode.DRIFT == 9, result.output
+    doc = json.loads(result.stdout)
+    assert doc["details"] == expected_findings(w, org)
+    assert doc["mismatches"] == 5 and doc["matched"] == 7 and doc["exit_code"] == 9
+    assert doc["totals"]["USD"] == {"stripe_mrr": "199.96", "salesforce_mrr": "129.99", "difference": "-69.97"}
+    assert set(doc["kinds"]) == set(doc["counts"]) == {
+        "missing_opportunity", "value_mismatch", "status_mismatch", "missing_payment_opportunity",
+        "unknown_stripe_id", "won_but_canceled", "unverifiable"}
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 7  # one per finding and field: the value mismatch has two fields
+    amount = next(r for r in rows if r["field"] == "Amount" and r["kind"] == "value_mismatch")
+    assert (amount["stripe_value"], amount["salesforce_value"], amount["currency"]) == ("99.98", "90.50", "USD")
+    assert next(r for r in rows if r["kind"] == "unknown_stripe_id")["stripe_id"] == "sub_1NotInStripe0000000000"
+
+    fixed = runner.invoke(app, ["reconcile", "--config", str(config), "--fix"], env=cli_env)
+    assert fixed.exit_code == 9, fixed.output  # found drift, repaired the fixable part
+    assert "4 applied" in fixed.stdout and "0 dead-lettered" in fixed.stdout
+    org.delete("Opportunity", w["ghost"])  # a person removes the record that names an unknown id
+    clean = runner.invoke(app, ["reconcile", "--config", str(config)], env=cli_env)
+    assert clean.exit_code == 0, clean.output  # only information is left (won_but_canceled)
+    assert "0 mismatches" in clean.stdout and "won_but_canceled: 1" in clean.stdout
+    status = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"], env=cli_env).stdout)
+    assert status["reconcile"]["exit_code"] == 0 and status["reconcile"]["mismatches"] == 0
+    assert status["reconcile"]["totals"]["USD"]["difference"] == "0.00"
+    assert status["health"]["problems"] == [] or "reconcile" not in " ".join(status["health"]["problems"])
+    text = runner.invoke(app, ["status", "--config", str(config)], env=cli_env).stdout
+    assert f"Last reconcile: #{status['reconcile']['run_id']}" in text and "exit 0: 0 mismatches" in text
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_the_report_reads_at_80_columns_with_every_id_whole(tmp_path, env, org, stripe_sb, runner, cli_env, terminal):
+    f, w, config = synced(tmp_path, env, org, stripe_sb)
+    drift(f, w, org)
+    narrow = {**cli_env, "COLUMNS": "80", **({"TTY_COMPATIBLE": "1"} if terminal else {})}
+    result = runner.invoke(app, ["reconcile", "--config", str(config)], env=narrow)
+    assert result.exit_code == 9, result.output
+    for finding in expected_findings(w, org):
+        assert whole(result.stdout, finding["stripe_id"]), finding
+        if finding["salesforce_id"]:
+            assert whole(result.stdout, finding["salesforce_id"]), finding
+    assert whole(result.stdout, "Checked 4 subscriptions, 2 payment intents, 5 accounts: 7 matched, 5 mismatches.")
+    assert whole(result.stdout, "USD") and whole(result.stdout, "-69.97")
+    assert whole(result.stdout, "Amount: Stripe 99.98 | Salesforce 90.50")
+    assert whole(result.stdout, "Amount: Stripe 70.00 | Salesforce (none)")
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # a terminal's bold headings
+    assert max(len(line) for line in plain.splitlines()) <= 80, result.stdout
+
+
+def test_mistakes_in_the_command_line_are_usage_errors_before_any_call(tmp_path, env, org, stripe_sb, runner, cli_env):
+    config = configured(tmp_path, env)
+    calls = stripe_sb.request_count
+    with pytest.raises(ConfigError) as err:
+        reconcile(config, env, objects="subscriptions,invoices", dry_run=True)
+    assert err.value.problems == [
+        "--objects: unknown type 'invoices' (choose from subscriptions, payment_intents, accounts)",
+        "--dry-run goes with --fix (a reconcile without --fix writes nothing anyway)"]
+    result = runner.invoke(app, ["reconcile", "--config", str(config), "--csv", str(tmp_path / "no" / "x.csv")],
+                           env=cli_env)
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert "the directory" in result.output and "does not exist" in result.output
+    assert stripe_sb.request_count == calls
