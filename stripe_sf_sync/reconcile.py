@@ -23,7 +23,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -358,18 +358,22 @@ def compare(spill: Spill, names: Any, objects: Sequence[str], *, won_stage: str,
 
 class FixObjects:
     """`reconcile --fix`: the Stripe objects behind the fixable findings, as backfill's synthetic events,
-    through the same batch step (same rules, resolution, idempotency and dead letters). The events carry
-    the time the objects were read, at or after every version already applied to them, so the order guard
-    lets them through however Salesforce drifted; their ids are new to this run, so the ledger does not
-    take them for events already done. A subscription that does not decide its customer's status is
-    marked so, as backfill does, and leaves the Account alone."""
+    through the same batch step (same rules, resolution, idempotency and dead letters).
+
+    The order guard skips an event older than the newest applied to its object, whatever Salesforce holds
+    now. Each event carries the time the object was read, raised to that newest version when it is later
+    (Stripe's clock ahead of this machine's): the state read is the current one, newer than every event
+    applied before this run (it holds the lock), so the repair is not taken for a stale event. Its id is
+    new to this run, so the ledger does not take it for an event already done either. A subscription that
+    does not decide its customer's status is marked so, as backfill does, and leaves the Account alone."""
 
     interrupted = False
     objects: dict[str, dict[str, Any]] = {}  # noqa: RUF012 - never written
 
-    def __init__(self, spill: Spill, findings: Sequence[Finding], *, tag: str, read_at: int, api_version: str,
-                 batch_size: int) -> None:
+    def __init__(self, spill: Spill, findings: Sequence[Finding], versions: Callable[[Iterable[str]], dict[str, int]],
+                 *, tag: str, read_at: int, api_version: str, batch_size: int) -> None:
         self._spill = spill
+        self._versions = versions
         self._ids = sorted({f.stripe_id for f in findings if KINDS[f.kind].fixable and f.stripe_id})
         self._tag, self._read_at, self._version, self._size = tag, read_at, api_version, batch_size
         self.repaired: dict[str, int] = {"events": 0, "applied": 0, "dead_lettered": 0}
@@ -384,9 +388,11 @@ class FixObjects:
                       FROM subs s WHERE s.id IN ({marks})
                       UNION ALL SELECT 'payment_intents', p.id, p.payload, 1 FROM pis p
                       WHERE p.id IN ({marks}) AND p.payload IS NOT NULL ORDER BY 2"""  # noqa: S608
+            applied = self._versions(chunk)
             for row in self._spill.rows(sql, [*chunk, *chunk]):
-                event = synthetic_event(row["kind"], json.loads(row["payload"]), tag=self._tag,
-                                        read_at=self._read_at, api_version=self._version)
+                read_at = max(self._read_at, applied.get(row["id"], 0))
+                event = synthetic_event(row["kind"], json.loads(row["payload"]), tag=self._tag, read_at=read_at,
+                                        api_version=self._version)
                 if not row["decides"]:
                     event[model.BACKFILL_STATUS_MARK] = False
                 yield event

@@ -421,8 +421,8 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
                     accounts="accounts" in kinds)
     report = compare(spill, names, kinds, won_stage=run.settings.rules.won_stage, complete=complete)
     if fix:
-        repair = FixObjects(spill, report.findings, tag=tag, read_at=read_at, api_version=run.source.api_version,
-                            batch_size=runtime.loaded.settings.sync.batch_size)
+        repair = FixObjects(spill, report.findings, run.state.versions_for, tag=tag, read_at=read_at,
+                            api_version=run.source.api_version, batch_size=runtime.loaded.settings.sync.batch_size)
         run.apply(repair)
         report.fix = {**repair.repaired, "dry_run": run.summary.dry_run}
     return report

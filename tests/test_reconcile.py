@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import time
+from decimal import Decimal
 
 import pytest
 
@@ -234,3 +235,18 @@ def test_mistakes_in_the_command_line_are_usage_errors_before_any_call(tmp_path,
     assert result.exit_code == ExitCode.CONFIG, result.output
     assert "the directory" in result.output and "does not exist" in result.output
     assert stripe_sb.request_count == calls
+
+
+def test_a_repair_gets_past_an_applied_event_timed_after_this_machines_clock(tmp_path, env, org, stripe_sb):
+    """Stripe's clock may run ahead of this machine's: a sync applied an event whose `created` is later than the
+    moment reconcile reads the subscription. The repair must not be taken for an older, stale event."""
+    f, w, config = synced(tmp_path, env, org, stripe_sb)
+    sub = w["subs"]["Amount"]
+    f.subscription_updated(sub["id"], {"metadata": {"note": "x"}}, int(time.time()) + 600)
+    service.run_sync(config, env, since=None, dry_run=False, max_events=None)
+    opp = opp_of(org, "Stripe_Subscription_ID__c", sub["id"])
+    org.update("Opportunity", opp["Id"], {"Amount": 1})
+    _, report = reconcile(config, env, fix=True)
+    assert [x.kind for x in report.findings] == ["value_mismatch"]
+    assert report.fix == {"events": 1, "applied": 1, "dead_lettered": 0, "dry_run": False}
+    assert Decimal(str(org.get("Opportunity", opp["Id"])["Amount"])) == Decimal("99.98")
