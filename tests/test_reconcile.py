@@ -250,3 +250,14 @@ def test_a_repair_gets_past_an_applied_event_timed_after_this_machines_clock(tmp
     assert [x.kind for x in report.findings] == ["value_mismatch"]
     assert report.fix == {"events": 1, "applied": 1, "dead_lettered": 0, "dry_run": False}
     assert Decimal(str(org.get("Opportunity", opp["Id"])["Amount"])) == Decimal("99.98")
+
+
+def test_since_checks_only_recent_objects_and_says_what_it_left_out(tmp_path, env, org, stripe_sb):
+    f, w, config = synced(tmp_path, env, org, stripe_sb)
+    drift(f, w, org)
+    _, report = reconcile(config, env, since=time.strftime("%Y-%m-%d", time.gmtime(NOW - 10 * DAY)))
+    assert [(x.kind, x.stripe_id) for x in report.findings] == [("missing_payment_opportunity", w["late_pi"]["id"])]
+    assert report.checked == {"subscriptions": 0, "payment_intents": 1}
+    assert report.skipped_checks == [
+        "accounts: --since leaves out older subscriptions, which may decide the status",
+        "unknown_stripe_id: needs every object type and no --since"]
