@@ -261,3 +261,26 @@ def test_since_checks_only_recent_objects_and_says_what_it_left_out(tmp_path, en
     assert report.skipped_checks == [
         "accounts: --since leaves out older subscriptions, which may decide the status",
         "unknown_stripe_id: needs every object type and no --since"]
+
+
+def test_what_fix_cannot_write_is_dead_lettered_and_an_unknown_customer_is_reported(tmp_path, env, org, stripe_sb,
+                                                                                      runner, cli_env):
+    _, w, config = synced(tmp_path, env, org, stripe_sb)
+    org.delete("Opportunity", opp_of(org, "Stripe_Subscription_ID__c", w["subs"]["Deleted"]["id"])["Id"])
+    org.delete("Account", w["accounts"]["Deleted"])  # nothing to attach a new Opportunity to
+    stray = org.insert("Account", {"Name": "Other mode", "Stripe_Customer_ID__c": "cus_LiveModeOnly0001"})
+    summary, report = reconcile(config, env, fix=True)
+    assert [(x.kind, x.stripe_id, x.salesforce_id, x.detail) for x in report.findings] == [
+        ("missing_opportunity", w["subs"]["Deleted"]["id"], None, "active subscription; no Opportunity names it"),
+        ("unknown_stripe_id", "cus_LiveModeOnly0001", stray, "Account names a Stripe customer Stripe does not know"),
+    ]
+    assert report.fix == {"events": 1, "applied": 0, "dead_lettered": 1, "dry_run": False}
+    assert service.exit_code_for(summary) == ExitCode.DEAD_LETTERS  # the next step is `dlq list`
+    letters = json.loads(runner.invoke(app, ["dlq", "list", "--config", str(config), "--json"], env=cli_env).stdout)
+    assert [dl["error_code"] for dl in letters] == ["NO_ACCOUNT"]
+    assert w["subs"]["Deleted"]["customer"] in letters[0]["reason"]
+
+
+def test_reconcile_help_has_an_example(runner):
+    result = runner.invoke(app, ["reconcile", "--help"])
+    assert result.exit_code == 0 and "Example" in result.output
