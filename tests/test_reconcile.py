@@ -284,3 +284,15 @@ def test_what_fix_cannot_write_is_dead_lettered_and_an_unknown_customer_is_repor
 def test_reconcile_help_has_an_example(runner):
     result = runner.invoke(app, ["reconcile", "--help"])
     assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_an_account_naming_a_deleted_customer_is_unknown_to_stripe(tmp_path, env, org, stripe_sb):
+    """Stripe lists no deleted customer (the stand-in learnt it): the Account's id is reported, never deleted."""
+    f, w, config = synced(tmp_path, env, org, stripe_sb)
+    ended = w["subs"]["Ended"]
+    f.customer_deleted(ended["customer"], int(time.time()))
+    assert stripe_sb.get(ended["customer"]) == {"id": ended["customer"], "object": "customer", "deleted": True}
+    _, report = reconcile(config, env)
+    assert [(x.kind, x.stripe_id, x.salesforce_id) for x in report.findings] == [
+        ("unknown_stripe_id", ended["customer"], w["accounts"]["Ended"])]
+    assert org.get("Account", w["accounts"]["Ended"]) is not None
