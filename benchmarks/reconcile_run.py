@@ -19,12 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.backfill_run import _WRAPPER, DAY, ROOT, _max_rss_kib, seed, write_config
-from benchmarks.run import RSS_BIG, RSS_SMALL, machine_info, rss_goal, rss_target
+from benchmarks.backfill_run import _WRAPPER, DAY, ROOT, _max_rss_kib, evaluate, seed, write_config
+from benchmarks.run import RSS_BIG, RSS_SMALL, machine_info
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
@@ -100,54 +100,45 @@ def _reconcile(n: int, stripe: StripeSandbox, sf: SalesforceSandbox, tmp: Path, 
             "exit_code": proc.returncode}
 
 
-def evaluate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The peak-RSS target over these runs (flatness needs both 10,000 and 100,000)."""
-    by_size = {int(r["subscriptions"]): float(r["peak_rss_mib"]) for r in runs}
-    measured, met = rss_target(by_size.get(RSS_SMALL), by_size.get(RSS_BIG), unit="subscriptions",
-                               hint=f"needs --subscriptions {RSS_SMALL} {RSS_BIG}")
-    return {"goal": rss_goal("subscriptions"), "measured": measured, "met": met,
-            "verdict": "not measured" if met is None else ("met" if met else "NOT met")}
+# The Markdown table: heading, and the cell of a run.
+TABLE: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("Subscriptions", lambda r: f"{r['subscriptions']:,}"), ("Wall time", lambda r: f"{r['wall_s']:,.1f} s"),
+    ("Objects/s", lambda r: f"{r['objects_per_s']:,}"), ("Stripe calls", lambda r: f"{r['stripe_calls']:,}"),
+    ("Salesforce calls", lambda r: f"{r['salesforce_calls']:,}"), ("Mismatches", lambda r: f"{r['mismatches']:,}"),
+    ("Peak RSS", lambda r: f"{r['peak_rss_mib']:.0f} MiB"))
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The runs and the target as Markdown."""
+    """The settings, a row per run and the target, as Markdown."""
     st, t = report["settings"], report["target"]
-    lines = [f"Latency per request: Salesforce {st['sf_latency_ms']:g} ms, Stripe {st['stripe_latency_ms']:g} ms; "
-             f"Stripe pacing {st['stripe_rps']:g}/s; one record in {DRIFT_EVERY} drifted per kind.", "",
-             "| Subscriptions | Wall time | Objects/s | Stripe calls | Salesforce calls | Mismatches | Peak RSS |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['subscriptions']:,} | {r['wall_s']:,.1f} s | {r['objects_per_s']:,} | {r['stripe_calls']:,} "
-              f"| {r['salesforce_calls']:,} | {r['mismatches']:,} | {r['peak_rss_mib']:.0f} MiB |"
-              for r in report["runs"]]
-    lines += ["", "| Target | Goal | Measured | Verdict |", "|---|---|---|---|",
-              f"| Peak RSS, reconcile | {t['goal']} | {t['measured']} | **{t['verdict']}** |"]
-    return "\n".join(lines) + "\n"
+    head = (f"Latency per request: Salesforce {st['sf_latency_ms']:g} ms, Stripe {st['stripe_latency_ms']:g} ms; "
+            f"Stripe pacing {st['stripe_rps']:g}/s; one record in {DRIFT_EVERY} drifted per kind.")
+    rows = ["| " + " | ".join(cell(r) for _, cell in TABLE) + " |" for r in report["runs"]]
+    return "\n".join([head, "", "| " + " | ".join(h for h, _ in TABLE) + " |", "|" + "---:|" * len(TABLE), *rows, "",
+                      "| Target | Goal | Measured | Verdict |", "|---|---|---|---|",
+                      f"| Peak RSS, reconcile | {t['goal']} | {t['measured']} | **{t['verdict']}** |"]) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point."""
+    """Entry point: each size in turn, then the table (and the JSON)."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.reconcile_run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subscriptions", type=int, nargs="+", default=[RSS_SMALL, RSS_BIG],
                     help="reconcile size(s); 10000 100000 (the default) judges the peak-RSS target")
-    ap.add_argument("--sf-latency-ms", type=float, default=20.0)
-    ap.add_argument("--stripe-latency-ms", type=float, default=10.0)
-    ap.add_argument("--stripe-rps", type=float, default=100.0, help="stripe.requests_per_second (Stripe's live limit)")
+    for name, default in (("--sf-latency-ms", 20.0), ("--stripe-latency-ms", 10.0), ("--stripe-rps", 100.0)):
+        ap.add_argument(name, type=float, default=default)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    if any(n < 1 for n in args.subscriptions):
+    if min(args.subscriptions) < 1:
         ap.error("--subscriptions must be positive")
+    settings = {"sf_latency_ms": args.sf_latency_ms, "stripe_latency_ms": args.stripe_latency_ms,
+                "stripe_rps": args.stripe_rps}
     runs = []
     for n in args.subscriptions:
         print(f"[{n} subscriptions] seeding, backfilling, drifting, reconciling ...", file=sys.stderr, flush=True)
-        runs.append(run(n, sf_latency_ms=args.sf_latency_ms, stripe_latency_ms=args.stripe_latency_ms,
-                        stripe_rps=args.stripe_rps))
-        print(f"[{n} subscriptions] {runs[-1]['wall_s']} s, peak RSS {runs[-1]['peak_rss_mib']} MiB",
-              file=sys.stderr, flush=True)
-    report = {"machine": machine_info(),
-              "settings": {"sf_latency_ms": args.sf_latency_ms, "stripe_latency_ms": args.stripe_latency_ms,
-                           "stripe_rps": args.stripe_rps},
-              "runs": runs, "target": evaluate(runs)}
+        runs.append(run(n, **settings))
+        print(f"[{n}] {runs[-1]}", file=sys.stderr, flush=True)
+    report = {"machine": machine_info(), "settings": settings, "runs": runs, "target": evaluate(runs)}
     print(markdown(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
