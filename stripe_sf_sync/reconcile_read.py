@@ -18,6 +18,7 @@ from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.errors import SkippableError
 from stripe_sf_sync.hydrate import StripeHydrator
 from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.pipeline.stop import Aborted, Stop
 from stripe_sf_sync.reconcile import Spill, sf_decimal, text
 from stripe_sf_sync.salesforce_sink import QUERY_HINT, SalesforceGateway
 from stripe_sf_sync.sfid import to_18
@@ -26,12 +27,20 @@ from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource
 Planned = tuple[rules.Plan | None, str | None]  # (the rules' plan, or why the object cannot be planned)
 
 
+def check_stop(stop: Stop | None) -> None:
+    """Stop reading at a page boundary when a signal asked for it (pipeline/stop.py): reading writes nothing and
+    a partial comparison would report drift that is not there, so the run ends with the signal's exit code."""
+    if stop is not None and stop.requested:
+        raise Aborted(str(stop.signal), int(stop.exit_code or 130))
+
+
 class StripeReader:
     """Lists Stripe's objects and spills each with what the rules say Salesforce should hold."""
 
     def __init__(self, source: StripeSource, hydrator: StripeHydrator, ctx: rules.RuleContext, *, tag: str,
-                 read_at: int, since: int) -> None:
+                 read_at: int, since: int, stop: Stop | None = None) -> None:
         self._source = source
+        self._stop = stop
         self._hydrator = hydrator
         self._ctx = ctx
         self._tag = tag
@@ -73,6 +82,7 @@ class StripeReader:
                              int(obj.get("status") in _LIVE), problem,
                              json.dumps(slim("subscriptions", obj), separators=(",", ":"))))
             spill.put("subs", rows)
+            check_stop(self._stop)
 
     def payment_intents(self, spill: Spill) -> None:
         """Every PaymentIntent (for ids Stripe knows); a succeeded one with its one-time payment's values."""
@@ -89,12 +99,14 @@ class StripeReader:
                              json.dumps(slim("payment_intents", obj), separators=(",", ":"))
                              if obj["id"] in planned else None))
             spill.put("pis", rows)
+            check_stop(self._stop)
 
     def customers(self, spill: Spill) -> None:
         """Every customer id Stripe lists (deleted customers are not listed), through the one pager."""
         params: dict[str, Any] = {"limit": PAGE_LIMIT, "created": {"gte": self.since}}
         for page in self._source._walk("customers", "/v1/customers", params):
             spill.put("customers", [(o["id"],) for o in page])
+            check_stop(self._stop)
 
 
 def _opportunity_fields(plan: rules.Plan | None) -> dict[str, Any]:
@@ -119,7 +131,7 @@ def soql_pages(gw: SalesforceGateway, soql: str) -> Iterator[list[dict[str, Any]
 
 
 def read_salesforce(spill: Spill, gw: SalesforceGateway, names: FieldNames, *, multi_currency: bool,
-                    accounts: bool) -> None:
+                    accounts: bool, stop: Stop | None = None) -> None:
     """The Opportunities that carry a Stripe subscription or PaymentIntent id, and the Accounts that carry a
     Stripe customer id. A multi-currency org says each Opportunity's currency (CurrencyIsoCode); a
     single-currency org has no such field, and asking for it fails (api-facts.md §12)."""
@@ -133,6 +145,7 @@ def read_salesforce(spill: Spill, gw: SalesforceGateway, names: FieldNames, *, m
                             text(sf_decimal(r.get("Amount"))), text(sf_decimal(r.get(names.mrr))),
                             text(sf_decimal(r.get(names.arr))), r.get(names.subscription_id) or None,
                             r.get(names.payment_intent_id) or None, r.get("CurrencyIsoCode")) for r in records])
+        check_stop(stop)
     if not accounts:
         return
     soql = (f"SELECT Id, Name, {names.subscription_status}, {names.customer_id} FROM Account "  # noqa: S608
@@ -140,3 +153,4 @@ def read_salesforce(spill: Spill, gw: SalesforceGateway, names: FieldNames, *, m
     for records in soql_pages(gw, soql):
         spill.put("accounts", [(to_18(r["Id"]), r.get("Name"), r.get(names.subscription_status),
                                 r.get(names.customer_id)) for r in records])
+        check_stop(stop)

@@ -409,7 +409,7 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
     names = runtime.loaded.settings.salesforce.fields
     complete = since is None
     reader = StripeReader(run.source, run.ports.hydrator, run.settings.rules,  # type: ignore[arg-type]
-                          tag=tag, read_at=read_at, since=since or 0)
+                          tag=tag, read_at=read_at, since=since or 0, stop=run.stop)
     if "subscriptions" in kinds or "accounts" in kinds:
         reader.subscriptions(spill, names)
     if "payment_intents" in kinds:
@@ -418,7 +418,7 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
         reader.customers(spill)
     facts = run.ports.lookup.org_facts()  # type: ignore[attr-defined]
     read_salesforce(spill, run.access.get(), names, multi_currency=facts.currencies is not None,
-                    accounts="accounts" in kinds)
+                    accounts="accounts" in kinds, stop=run.stop)
     report = compare(spill, names, kinds, won_stage=run.settings.rules.won_stage, complete=complete)
     if fix:
         repair = FixObjects(spill, report.findings, run.state.versions_for, tag=tag, read_at=read_at,

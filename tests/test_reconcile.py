@@ -296,3 +296,29 @@ def test_an_account_naming_a_deleted_customer_is_unknown_to_stripe(tmp_path, env
     assert [(x.kind, x.stripe_id, x.salesforce_id) for x in report.findings] == [
         ("unknown_stripe_id", ended["customer"], w["accounts"]["Ended"])]
     assert org.get("Account", w["accounts"]["Ended"]) is not None
+
+
+def test_a_signal_while_reading_stops_at_the_next_page_with_its_exit_code(tmp_path, env, org, stripe_sb, monkeypatch):
+    """SIGTERM (cron's `timeout`) while Stripe's lists are read: no partial report, the run recorded as 143."""
+    import os
+    import signal
+
+    from stripe_sf_sync.pipeline.stop import Aborted
+    from stripe_sf_sync.reconcile_read import StripeReader
+
+    _, _, config = synced(tmp_path, env, org, stripe_sb)
+    real = StripeReader._plans
+    sent = []
+
+    def plans_then_signal(self, kind, objects):
+        if not sent:  # once: a second signal would abort at once anyway
+            sent.append(kind)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by stop_on_signals: a request, not an exception
+        return real(self, kind, objects)
+
+    monkeypatch.setattr(StripeReader, "_plans", plans_then_signal)
+    with pytest.raises(Aborted) as stopped:
+        reconcile(config, env)
+    assert stopped.value.exit_code == 143 and sent == ["subscriptions"]
+    with StateStore.open(tmp_path / "stripe-sf-state.sqlite") as st:
+        assert st.last_run_of("reconcile")["exit_code"] == 143
