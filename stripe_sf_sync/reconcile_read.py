@@ -9,6 +9,7 @@ billed currency) and planned by `rules.plan`, so reconcile can never disagree wi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -25,6 +26,10 @@ from stripe_sf_sync.sfid import to_18
 from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource
 
 Planned = tuple[rules.Plan | None, str | None]  # (the rules' plan, or why the object cannot be planned)
+# Customers that Accounts name and no listed object showed: read one by one up to this many, else listed.
+LOOKUP_AT_MOST = 100
+# A customer id typed into Salesforce reaches a URL path only with a customer id's shape (design.md invariant 5).
+_CUSTOMER_ID = re.compile(r"cus_[A-Za-z0-9]{1,250}")
 
 
 def check_stop(stop: Stop | None) -> None:
@@ -76,6 +81,7 @@ class StripeReader:
                 spill.seq += 1
                 opp = _opportunity_fields(plan)
                 cust = obj.get("customer")
+                _known_customer(spill, cust)
                 rows.append((obj["id"], spill.seq, cust.get("id") if isinstance(cust, dict) else cust,
                              str(obj.get("status")), obj.get("currency"), text(opp.get("Amount")),
                              text(opp.get(names.mrr)), text(opp.get(names.arr)), int(bool(opp)),
@@ -94,11 +100,27 @@ class StripeReader:
                 plan, problem = planned.get(obj["id"], (None, None))
                 opp = _opportunity_fields(plan)
                 cust = obj.get("customer")
+                _known_customer(spill, cust)
                 rows.append((obj["id"], cust.get("id") if isinstance(cust, dict) else cust, obj.get("currency"),
                              text(opp.get("Amount")), int(bool(opp)), problem,
                              json.dumps(slim("payment_intents", obj), separators=(",", ":"))
                              if obj["id"] in planned else None))
             spill.put("pis", rows)
+            check_stop(self._stop)
+
+    def account_customers(self, spill: Spill) -> None:
+        """Whether Stripe knows the customers that Accounts name and no listed object showed (expanded, not
+        deleted): each read on its own while they are few (a deleted or unknown one reads as missing), else
+        the whole customer list, a hundred a call."""
+        sql = ("SELECT DISTINCT a.customer FROM accounts a WHERE NOT EXISTS "
+               "(SELECT 1 FROM customers c WHERE c.id = a.customer) LIMIT ?")
+        unseen = [row[0] for row in spill.rows(sql, (LOOKUP_AT_MOST + 1,))]
+        if len(unseen) > LOOKUP_AT_MOST:
+            self.customers(spill)
+            return
+        for customer_id in unseen:
+            if _CUSTOMER_ID.fullmatch(customer_id) and self._source.customer(customer_id) is not None:
+                spill.put("customers", [(customer_id,)])
             check_stop(self._stop)
 
     def customers(self, spill: Spill) -> None:
@@ -107,6 +129,12 @@ class StripeReader:
         for page in self._source._walk("customers", "/v1/customers", params):
             spill.put("customers", [(o["id"],) for o in page])
             check_stop(self._stop)
+
+
+def _known_customer(spill: Spill, customer: Any) -> None:
+    """A customer a listed object showed expanded, unless it is deleted (then it is a stub: {id, deleted})."""
+    if isinstance(customer, dict) and isinstance(customer.get("id"), str) and customer.get("deleted") is not True:
+        spill.put("customers", [(customer["id"],)])
 
 
 def _opportunity_fields(plan: rules.Plan | None) -> dict[str, Any]:

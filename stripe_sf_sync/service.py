@@ -414,11 +414,11 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
         reader.subscriptions(spill, names)
     if "payment_intents" in kinds:
         reader.payment_intents(spill)
-    if complete and "accounts" in kinds:
-        reader.customers(spill)
     facts = run.ports.lookup.org_facts()  # type: ignore[attr-defined]
     read_salesforce(spill, run.access.get(), names, multi_currency=facts.currencies is not None,
                     accounts="accounts" in kinds, stop=run.stop)
+    if complete and "accounts" in kinds:
+        reader.account_customers(spill)
     report = compare(spill, names, kinds, won_stage=run.settings.rules.won_stage, complete=complete)
     if fix:
         repair = FixObjects(spill, report.findings, run.state.versions_for, tag=tag, read_at=read_at,

@@ -322,3 +322,28 @@ def test_a_signal_while_reading_stops_at_the_next_page_with_its_exit_code(tmp_pa
     assert stopped.value.exit_code == 143 and sent == ["subscriptions"]
     with StateStore.open(tmp_path / "stripe-sf-state.sqlite") as st:
         assert st.last_run_of("reconcile")["exit_code"] == 143
+
+
+@pytest.mark.parametrize("at_most", [0, 100])
+def test_unseen_account_customers_are_read_one_by_one_or_listed(tmp_path, env, org, stripe_sb, monkeypatch, at_most):
+    """Customers no listed object showed: one read each while few (a malformed id costs no call), else the list;
+    the same findings either way."""
+    from stripe_sf_sync import reconcile_read
+
+    f, _, config = synced(tmp_path, env, org, stripe_sb)
+    lone = f.customer("No subscription", "lone@example.com")
+    org.insert("Account", {"Name": "Lone", "Stripe_Customer_ID__c": lone["id"]})
+    typo = org.insert("Account", {"Name": "Typo", "Stripe_Customer_ID__c": "cus 12/../x"})
+    monkeypatch.setattr(reconcile_read, "LOOKUP_AT_MOST", at_most)
+    listed = []
+    real = reconcile_read.StripeReader.customers
+    monkeypatch.setattr(reconcile_read.StripeReader, "customers",
+                        lambda self, spill: listed.append(1) or real(self, spill))
+    calls = stripe_sb.request_count
+    summary, report = reconcile(config, env)
+    assert [(x.kind, x.stripe_id, x.salesforce_id) for x in report.findings] == [
+        ("unknown_stripe_id", "cus 12/../x", typo)]
+    assert listed == ([1] if at_most == 0 else [])
+    # a page of subscriptions, one of payments, one of invoice payments (is the payment an invoice's?), then a
+    # page of customers, or one read of the lone customer
+    assert summary.stripe_calls == stripe_sb.request_count - calls == 4
