@@ -342,6 +342,83 @@ def _resume_command(config: Path, since: str, until: str | None, objects: str) -
     return shlex.join([*args, "--resume"])
 
 
+RECONCILE_SHOWN = 50  # findings printed for people; --csv and --json carry them all
+
+
+@app.command()
+def reconcile(
+    since: Annotated[str | None, typer.Option(help="Only objects created at or after this DATE (UTC); the checks "
+                                                   "that need every object are skipped.")] = None,
+    objects: Annotated[str, typer.Option(help="Comma-separated: subscriptions,payment_intents,accounts.")] = (
+        "subscriptions,payment_intents,accounts"),
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write every finding to this CSV file, the Stripe "
+                                                                "and Salesforce values side by side.")] = None,
+    fix: Annotated[bool, typer.Option("--fix", help="Repair the fixable drift through backfill's pipeline; never "
+                                                    "deletes anything.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --fix: print the planned writes; change "
+                                                            "nothing.")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    log_format: LogFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compare Salesforce with Stripe object by object, and say exactly where they disagree.
+
+    Exit 0 when they agree, 9 when anything drifted (README: reconcile), 3 when a --fix repair was dead-lettered.
+
+    Example: stripe-sf reconcile --csv drift.csv; then stripe-sf reconcile --fix --dry-run, and --fix
+    """
+    _setup(debug, log_format, config, quiet)
+    summary, report = guarded(lambda: service.run_reconcile(config, service.Environment(), since=since,
+                                                            objects=objects, fix=fix, dry_run=dry_run,
+                                                            csv_path=csv_path), debug=debug)
+    code = service.exit_code_for(summary)
+    if as_json:
+        doc = {**report.as_dict(), "exit_code": int(code), "stripe_calls": summary.stripe_calls,
+               "salesforce_calls": summary.salesforce_calls, "duration_s": summary.duration_s}
+        if summary.dry_run:
+            doc["planned_writes"] = summary.planned_writes
+        typer.echo(json.dumps(doc, indent=2))
+    elif not (active_settings().quiet or active_settings().json):
+        _print_reconcile(report, summary)
+    if fix and not as_json:
+        _print_summary(summary, as_json=False)  # the repair's run: events applied, dead letters, planned writes
+    raise typer.Exit(int(code))
+
+
+def _print_reconcile(report: Any, summary: service.RunSummary) -> None:
+    """The reconcile report for people: readable at 80 columns and in a pipe (tables.py)."""
+    out = _stdout()
+    c = report.checked
+    checked = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in c.items())
+    out.print(f"Checked {checked}: {report.matched} matched, {report.mismatches} mismatches.", highlight=False)
+    if report.totals:
+        rows = [(cur, t["stripe_mrr"], t["salesforce_mrr"], t["difference"]) for cur, t in report.totals.items()]
+        print_records(out, "MRR per currency", [Column("currency", is_id=True), Column("Stripe", is_id=True),
+                                                Column("Salesforce", is_id=True), Column("difference", is_id=True)],
+                      rows)
+    for kind, n in report.counts().items():
+        if n:
+            out.print(f"  {kind}: {n}", highlight=False)
+    for skipped in report.skipped_checks:
+        out.print(f"  not checked: {skipped}", highlight=False, markup=False)
+    shown = report.findings[:RECONCILE_SHOWN]
+    if shown:
+        rows = [(f.kind, f.stripe_id or "", f.salesforce_id or "",
+                 {name: f"Stripe {a or '(none)'} | Salesforce {b or '(none)'}" for name, a, b in f.values}, f.detail)
+                for f in shown]
+        print_records(out, f"Findings: {len(report.findings)}", [
+            Column("kind"), Column("stripe", is_id=True), Column("salesforce", is_id=True), Column("values"),
+            Column("detail")], rows)
+    if len(report.findings) > len(shown):
+        out.print(f"... and {len(report.findings) - len(shown)} more: --csv PATH or --json lists every one.",
+                  highlight=False)
+    if report.fix is None:
+        out.print(f"{summary.stripe_calls} Stripe and {summary.salesforce_calls} Salesforce calls; "
+                  f"{summary.duration_s:.1f}s.", highlight=False)
+
+
 @app.command("discover-config")
 def discover_config(
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
@@ -515,6 +592,12 @@ def _print_status(report: dict[str, Any]) -> None:
     if bf:
         state_word = "finished" if bf["finished"] else "interrupted (continue with `stripe-sf backfill ... --resume`)"
         out.print(f"Last backfill since {_iso(bf['since'])[:10]}: {state_word}", highlight=False)
+    rec = report.get("reconcile")
+    if rec:
+        drifted = ", ".join(f"{n} {k}" for k, n in (rec.get("counts") or {}).items() if n)
+        out.print(f"Last reconcile: #{rec['run_id']}, ended {_iso(rec['finished_at'])}, exit {rec['exit_code']}: "
+                  f"{rec.get('mismatches') or 0} mismatches{f' ({drifted})' if drifted else ''}", highlight=False,
+                  markup=False)
     usage = report["api_usage"]
     out.print("Salesforce API usage last seen: " + (f"{usage['used']}/{usage['max']}" if usage else "never"),
               highlight=False)

@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     CURSOR_EXPIRED = 6  # the stored cursor is older than Stripe's 30-day event retention
     STATE = 7  # the state file or its directory cannot be used: not writable, corrupt, locked, newer version
     UNHEALTHY = 8  # `status --check`: the sync is not healthy (each problem is printed)
+    DRIFT = 9  # `reconcile`: Salesforce disagrees with Stripe (each finding is printed)
     INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells expect
     TERMINATED = 143  # SIGTERM (cron's `timeout`, systemd, Kubernetes): 128 + 15, as shells report it
 

@@ -22,7 +22,7 @@ from typing import Any
 from stripe_sf_sync.errors import ConfigError
 
 DEFAULT_MAX_CURSOR_AGE = "15m"
-DONE_EXITS = (0, 3)  # finished its work (3: some events dead-lettered, counted on their own)
+DONE_EXITS = (0, 3, 9)  # finished its work (3: some events dead-lettered; 9: reconcile found drift)
 INTERRUPTED_EXITS = (130, 143)  # Ctrl-C, SIGTERM (128 + the signal): stopped at a boundary, the next run continues
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

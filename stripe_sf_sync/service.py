@@ -151,7 +151,9 @@ def exit_code_for(summary: RunSummary) -> ExitCode:
         return ExitCode.UNAVAILABLE
     if summary.interrupted:
         return ExitCode.INTERRUPTED
-    return ExitCode.DEAD_LETTERS if summary.dead_lettered and not summary.dry_run else ExitCode.OK
+    if summary.dead_lettered and not summary.dry_run:
+        return ExitCode.DEAD_LETTERS
+    return ExitCode.DRIFT if summary.reconcile and summary.reconcile.get("mismatches") else ExitCode.OK
 
 
 @dataclass
@@ -367,6 +369,75 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
     return summary
 
 
+def _reconcile_objects(objects: str, *, fix: bool, dry_run: bool, csv_path: Path | None) -> tuple[str, ...]:
+    """The object types to reconcile; every mistake in the command line at once, before any network call."""
+    from stripe_sf_sync.reconcile import OBJECTS
+
+    kinds = tuple(dict.fromkeys(k.strip() for k in objects.split(",") if k.strip()))
+    problems = [f"--objects: unknown type {k!r} (choose from {', '.join(OBJECTS)})" for k in kinds if k not in OBJECTS]
+    if not kinds:
+        problems.append("--objects is empty")
+    if dry_run and not fix:
+        problems.append("--dry-run goes with --fix (a reconcile without --fix writes nothing anyway)")
+    problem = writable_file_problem(csv_path, "--csv", "drift.csv") if csv_path is not None else None
+    if problem:
+        problems.append(problem)
+    if problems:
+        raise ConfigError(problems, source="invocation")
+    return kinds
+
+
+def run_reconcile(config_path: Path | None, environment: Environment, *, since: str | None, objects: str,
+                  fix: bool, dry_run: bool, csv_path: Path | None = None) -> tuple[RunSummary, Any]:
+    """`stripe-sf reconcile`: compare Salesforce with Stripe object by object; with `fix`, feed the objects
+    behind the fixable drift through backfill's pipeline. Recorded in the runs table like every command."""
+    from stripe_sf_sync.reconcile import Spill, write_csv
+
+    runtime = Runtime(config_path, environment)
+    require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
+    kinds = _reconcile_objects(objects, fix=fix, dry_run=dry_run, csv_path=csv_path)
+    since_ts = parse_since(since) if since else None
+    source, sf_factory = clients(runtime)
+    summary = RunSummary("reconcile", dry_run=dry_run)
+    with (stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop) as run,
+          Spill() as spill):
+        report = _reconcile_in(run, runtime, spill, kinds, since_ts, fix=fix)
+        summary.reconcile = report.summary()
+    if csv_path is not None:
+        write_csv(csv_path, report)
+    return summary, report
+
+
+def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[str, ...], since: int | None, *,
+                  fix: bool) -> Any:
+    """Read both sides into the spill, compare them, and (with `fix`) repair through the batch step."""
+    from stripe_sf_sync.reconcile import FixObjects, compare
+    from stripe_sf_sync.reconcile_read import StripeReader, read_salesforce
+
+    read_at = int(runtime.environment.clock())
+    tag = f"rc{run.run_id}t{read_at}"  # new event ids each run: the ledger never takes a repair for one done
+    names = runtime.loaded.settings.salesforce.fields
+    complete = since is None
+    reader = StripeReader(run.source, run.ports.hydrator, run.settings.rules,  # type: ignore[arg-type]
+                          tag=tag, read_at=read_at, since=since or 0, stop=run.stop)
+    if "subscriptions" in kinds or "accounts" in kinds:
+        reader.subscriptions(spill, names)
+    if "payment_intents" in kinds:
+        reader.payment_intents(spill)
+    facts = run.ports.lookup.org_facts()  # type: ignore[attr-defined]
+    read_salesforce(spill, run.access.get(), names, multi_currency=facts.currencies is not None,
+                    accounts="accounts" in kinds, stop=run.stop)
+    if complete and "accounts" in kinds:
+        reader.account_customers(spill)
+    report = compare(spill, names, kinds, won_stage=run.settings.rules.won_stage, complete=complete)
+    if fix:
+        repair = FixObjects(spill, report.findings, run.state.versions_for, tag=tag, read_at=read_at,
+                            api_version=run.source.api_version, batch_size=runtime.loaded.settings.sync.batch_size)
+        run.apply(repair)
+        report.fix = {**repair.repaired, "dry_run": run.summary.dry_run}
+    return report
+
+
 def run_dlq_retry(config_path: Path | None, environment: Environment, *, event_ids: list[str],
                   retry_all: bool) -> RunSummary:
     """`stripe-sf dlq retry`: the chosen dead letters through the same pipeline."""
@@ -457,7 +528,7 @@ def status_report(config_path: Path | None, environment: Environment, *,
     report: dict[str, Any] = {"state_path": masked_url(runtime.state_url) if runtime.state_url else
                               str(runtime.loaded.state_path), "state_backend": "postgresql" if runtime.state_url
                               else "sqlite", "never_run": True, "cursor": None, "running": None, "last_run": None,
-                              "dead_letters": 0, "api_usage": None, "backfill": None, "runs": []}
+                              "dead_letters": 0, "api_usage": None, "backfill": None, "runs": [], "reconcile": None}
     with _existing_state(runtime) as state:
         if state is not None:
             cursor = state.cursor()
@@ -482,6 +553,7 @@ def status_report(config_path: Path | None, environment: Environment, *,
                 "dead_letters": state.dead_letter_count(),
                 "api_usage": _usage(json.loads(usage), budget) if usage else None,
                 "runs": runs,
+                "reconcile": _reconcile_status(state.last_run_of("reconcile")),
             })
     report["health"] = assess(report, thresholds)
     return report
@@ -500,6 +572,16 @@ def _existing_state(runtime: Runtime) -> Iterator[StateStore | None]:
         return
     with state:
         yield state
+
+
+def _reconcile_status(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last reconcile: when, its exit code, and its counts and MRR totals."""
+    if row is None:
+        return None
+    found = (row.get("summary") or {}).get("reconcile") or {}
+    keep = ("mismatches", "matched", "counts", "totals")
+    return {"run_id": row["run_id"], "finished_at": row.get("finished_at"), "finished_iso": iso(row.get("finished_at")),
+            "exit_code": row.get("exit_code"), **{k: found.get(k) for k in keep}}
 
 
 def _usage(seen: dict[str, Any], budget: float) -> dict[str, Any]:

@@ -474,6 +474,17 @@ class StateStore:
         return out
 
     @_mapped_errors
+    def last_run_of(self, command: str) -> dict[str, Any] | None:
+        """The newest finished run of `command` (its summary decoded), or None."""
+        row = self._conn.execute("SELECT * FROM runs WHERE command = ? AND exit_code IS NOT NULL "
+                                 "ORDER BY run_id DESC LIMIT 1", (command,)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["summary"] = json.loads(d["summary"]) if d.get("summary") else None
+        return d
+
+    @_mapped_errors
     def integrity_check(self) -> str:
         """SQLite's own integrity check ('ok' when healthy)."""
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])

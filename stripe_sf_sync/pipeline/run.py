@@ -50,6 +50,7 @@ class RunSummary:
     stopped_by: str | None = None  # the signal that asked the run to stop: SIGINT or SIGTERM
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # backfill: counts per object type
     planned_writes: list[dict[str, Any]] = field(default_factory=list)
+    reconcile: dict[str, Any] | None = None  # reconcile: counts, totals and what --fix repaired
 
     def add(self, result: BatchResult, batch: Batch) -> None:
         """Count one committed batch."""
@@ -69,6 +70,8 @@ class RunSummary:
             d.pop("planned_writes")
         if self.command != "backfill":
             d.pop("objects")
+        if self.reconcile is None:
+            d.pop("reconcile")
         return d
 
 

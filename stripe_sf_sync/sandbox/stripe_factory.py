@@ -637,6 +637,14 @@ class StripeFactory:
         self._save(obj)
         return self._out(obj, api_version)
 
+    def customer_deleted(self, cus: Obj | str, at: int) -> Obj:
+        """Delete a customer: emit `customer.deleted` (its last state), then keep only the stub Stripe answers
+        for it ({id, object, deleted: true}), which no list shows (Stripe API reference: Delete a customer)."""
+        old = self._current(cus)
+        event = self.emit("customer.deleted", old, at)
+        self._save({"id": old["id"], "object": "customer", "deleted": True})
+        return event
+
     def product(
         self, name: str, created: int | None = None, *, metadata: Mapping[str, str] | None = None
     ) -> Obj:

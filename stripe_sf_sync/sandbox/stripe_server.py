@@ -924,6 +924,10 @@ class StripeSandbox:
             wanted = _str_param(params, name) if name in params else None
             if wanted is not None:
                 checks.append(lambda o, n=name, w=wanted: _ref_id(o.get(n)) == w)
+        if collection == "customers":
+            # A deleted customer is retrieved as a stub ({id, object, deleted: true}) and never listed
+            # (Stripe API reference: Delete a customer; List all customers).
+            checks.append(lambda o: o.get("deleted") is not True)
         if collection == "subscriptions":
             status = _str_param(params, "status")
             if status is not None and status not in _SUBSCRIPTION_STATUSES:

@@ -1,0 +1,184 @@
+"""reconcile's reading edge: Stripe's list endpoints (as backfill reads them) and Salesforce's SOQL pages,
+a page at a time into the spill (reconcile.Spill).
+
+What Salesforce should hold comes from the pipeline's own functions: each listed object becomes backfill's
+synthetic event, is hydrated by the batch step's hydrator (an invoice's payment, a Price's amount in the
+billed currency) and planned by `rules.plan`, so reconcile can never disagree with sync.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from stripe_sf_sync import rules
+from stripe_sf_sync.backfill import _LIVE, relevant, slim, synthetic_event
+from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.errors import SkippableError
+from stripe_sf_sync.hydrate import StripeHydrator
+from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.pipeline.stop import Aborted, Stop
+from stripe_sf_sync.reconcile import Spill, sf_decimal, text
+from stripe_sf_sync.salesforce_sink import QUERY_HINT, SalesforceGateway
+from stripe_sf_sync.sfid import to_18
+from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource
+
+Planned = tuple[rules.Plan | None, str | None]  # (the rules' plan, or why the object cannot be planned)
+# Customers that Accounts name and no listed object showed: read one by one up to this many, else listed.
+LOOKUP_AT_MOST = 100
+# A customer id typed into Salesforce reaches a URL path only with a customer id's shape (design.md invariant 5).
+_CUSTOMER_ID = re.compile(r"cus_[A-Za-z0-9]{1,250}")
+
+
+def check_stop(stop: Stop | None) -> None:
+    """Stop reading at a page boundary when a signal asked for it (pipeline/stop.py): reading writes nothing and
+    a partial comparison would report drift that is not there, so the run ends with the signal's exit code."""
+    if stop is not None and stop.requested:
+        raise Aborted(str(stop.signal), int(stop.exit_code or 130))
+
+
+class StripeReader:
+    """Lists Stripe's objects and spills each with what the rules say Salesforce should hold."""
+
+    def __init__(self, source: StripeSource, hydrator: StripeHydrator, ctx: rules.RuleContext, *, tag: str,
+                 read_at: int, since: int, stop: Stop | None = None) -> None:
+        self._source = source
+        self._stop = stop
+        self._hydrator = hydrator
+        self._ctx = ctx
+        self._tag = tag
+        self._read_at = read_at
+        self.since = since
+
+    def _plans(self, kind: str, objects: Sequence[dict[str, Any]]) -> list[Planned]:
+        """The rules' plan for each object (in order), as the batch step makes it for a backfill event."""
+        held = [HeldEvent.of(synthetic_event(kind, o, tag=self._tag, read_at=self._read_at,
+                                             api_version=self._source.api_version)) for o in objects]
+        out: list[Planned] = [(None, None)] * len(objects)
+        parsed: list[tuple[int, HeldEvent, Any]] = []
+        for i, h in enumerate(held):
+            try:
+                parsed.append((i, h, h.parse()))
+            except SkippableError as exc:
+                out[i] = (None, exc.reason)
+        self._hydrator.prepare([(h, c) for _, h, c in parsed], [])
+        for i, h, change in parsed:
+            try:
+                out[i] = (rules.plan(self._ctx, self._hydrator.hydrate(h, change)), None)
+            except SkippableError as exc:
+                out[i] = (None, exc.reason)
+            except ValueError as exc:  # the rules refuse what they cannot compute; sync dead-letters it
+                out[i] = (None, str(exc))
+        return out
+
+    def subscriptions(self, spill: Spill, names: FieldNames) -> None:
+        """Every subscription (status=all), with the won Opportunity's values the rules give it."""
+        for page in self._source.list_pages("subscriptions", since=self.since, until=None):
+            rows = []
+            for obj, (plan, problem) in zip(page, self._plans("subscriptions", page), strict=True):
+                spill.seq += 1
+                opp = _opportunity_fields(plan)
+                cust = obj.get("customer")
+                _known_customer(spill, cust)
+                rows.append((obj["id"], spill.seq, cust.get("id") if isinstance(cust, dict) else cust,
+                             str(obj.get("status")), obj.get("currency"), text(opp.get("Amount")),
+                             text(opp.get(names.mrr)), text(opp.get(names.arr)), int(bool(opp)),
+                             int(obj.get("status") in _LIVE), problem,
+                             json.dumps(slim("subscriptions", obj), separators=(",", ":"))))
+            spill.put("subs", rows)
+            check_stop(self._stop)
+
+    def payment_intents(self, spill: Spill) -> None:
+        """Every PaymentIntent (for ids Stripe knows); a succeeded one with its one-time payment's values."""
+        for page in self._source.list_pages("payment_intents", since=self.since, until=None):
+            kept = [o for o in page if relevant("payment_intents", o)]
+            planned = dict(zip((o["id"] for o in kept), self._plans("payment_intents", kept), strict=True))
+            rows = []
+            for obj in page:
+                plan, problem = planned.get(obj["id"], (None, None))
+                opp = _opportunity_fields(plan)
+                cust = obj.get("customer")
+                _known_customer(spill, cust)
+                rows.append((obj["id"], cust.get("id") if isinstance(cust, dict) else cust, obj.get("currency"),
+                             text(opp.get("Amount")), int(bool(opp)), problem,
+                             json.dumps(slim("payment_intents", obj), separators=(",", ":"))
+                             if obj["id"] in planned else None))
+            spill.put("pis", rows)
+            check_stop(self._stop)
+
+    def account_customers(self, spill: Spill) -> None:
+        """Whether Stripe knows the customers that Accounts name and no listed object showed (expanded, not
+        deleted): each read on its own while they are few (a deleted or unknown one reads as missing), else
+        the whole customer list, a hundred a call."""
+        sql = ("SELECT DISTINCT a.customer FROM accounts a WHERE NOT EXISTS "
+               "(SELECT 1 FROM customers c WHERE c.id = a.customer) LIMIT ?")
+        unseen = [row[0] for row in spill.rows(sql, (LOOKUP_AT_MOST + 1,))]
+        if len(unseen) > LOOKUP_AT_MOST:
+            self.customers(spill)
+            return
+        for customer_id in unseen:
+            if _CUSTOMER_ID.fullmatch(customer_id) and self._source.customer(customer_id) is not None:
+                spill.put("customers", [(customer_id,)])
+            check_stop(self._stop)
+
+    def customers(self, spill: Spill) -> None:
+        """Every customer id Stripe lists (deleted customers are not listed), through the one pager."""
+        params: dict[str, Any] = {"limit": PAGE_LIMIT, "created": {"gte": self.since}}
+        for page in self._source._walk("customers", "/v1/customers", params):
+            spill.put("customers", [(o["id"],) for o in page])
+            check_stop(self._stop)
+
+
+def _known_customer(spill: Spill, customer: Any) -> None:
+    """A customer a listed object showed expanded, unless it is deleted (then it is a stub: {id, deleted})."""
+    if isinstance(customer, dict) and isinstance(customer.get("id"), str) and customer.get("deleted") is not True:
+        spill.put("customers", [(customer["id"],)])
+
+
+def _opportunity_fields(plan: rules.Plan | None) -> dict[str, Any]:
+    """The fields of the plan's won Opportunity ({} when the rules want none)."""
+    for intent in plan.intents if plan else ():
+        if isinstance(intent, rules.OpportunityIntent):
+            return dict(intent.fields)
+    return {}
+
+
+def soql_pages(gw: SalesforceGateway, soql: str) -> Iterator[list[dict[str, Any]]]:
+    """The records of a SOQL query, a page (up to 2,000 records) at a time: `query`, then `query_more` by
+    `nextRecordsUrl`, as simple-salesforce's query_all_iter walks them (api-facts.md §11), each page retried
+    on its own by the gateway's policy instead of the whole query."""
+    page = gw.send(lambda sf: sf.query(soql, timeout=gw.timeout), what="a reconcile query", hint=QUERY_HINT)
+    yield list(page.get("records", []))
+    while not page.get("done", True) and page.get("nextRecordsUrl"):
+        url = page["nextRecordsUrl"]
+        page = gw.send(lambda sf, url=url: sf.query_more(url, identifier_is_url=True, timeout=gw.timeout),
+                       what="the next page of a reconcile query", hint=QUERY_HINT)
+        yield list(page.get("records", []))
+
+
+def read_salesforce(spill: Spill, gw: SalesforceGateway, names: FieldNames, *, multi_currency: bool,
+                    accounts: bool, stop: Stop | None = None) -> None:
+    """The Opportunities that carry a Stripe subscription or PaymentIntent id, and the Accounts that carry a
+    Stripe customer id. A multi-currency org says each Opportunity's currency (CurrencyIsoCode); a
+    single-currency org has no such field, and asking for it fails (api-facts.md §12)."""
+    currency = ", CurrencyIsoCode" if multi_currency else ""
+    # Field names come from validated config (an identifier pattern), never from Stripe.
+    soql = (f"SELECT Id, StageName, IsWon, Amount, {names.mrr}, {names.arr}, {names.subscription_id}, "  # noqa: S608
+            f"{names.payment_intent_id}{currency} FROM Opportunity "
+            f"WHERE {names.subscription_id} != null OR {names.payment_intent_id} != null")
+    for records in soql_pages(gw, soql):
+        spill.put("opps", [(to_18(r["Id"]), r.get("StageName"), int(bool(r.get("IsWon"))),
+                            text(sf_decimal(r.get("Amount"))), text(sf_decimal(r.get(names.mrr))),
+                            text(sf_decimal(r.get(names.arr))), r.get(names.subscription_id) or None,
+                            r.get(names.payment_intent_id) or None, r.get("CurrencyIsoCode")) for r in records])
+        check_stop(stop)
+    if not accounts:
+        return
+    soql = (f"SELECT Id, Name, {names.subscription_status}, {names.customer_id} FROM Account "  # noqa: S608
+            f"WHERE {names.customer_id} != null")
+    for records in soql_pages(gw, soql):
+        spill.put("accounts", [(to_18(r["Id"]), r.get("Name"), r.get(names.subscription_status),
+                                r.get(names.customer_id)) for r in records])
+        check_stop(stop)
