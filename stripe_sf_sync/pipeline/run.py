@@ -167,6 +167,15 @@ def log_summary(summary: RunSummary, exit_code: int) -> None:
                 "would write %d records" if summary.dry_run else
                 "%d applied, %d skipped as stale, %d already done, %d needing no write, %d dead-lettered; "
                 "%d records written")
+    if summary.reconcile is not None and not summary.events_read:  # a reconcile that repaired nothing
+        found = summary.reconcile
+        log.info("%s%s finished with exit code %d: %d objects checked, %d matched, %d mismatches; %d Stripe and "
+                 "%d Salesforce calls; Salesforce API usage %s; %.1f s", summary.command,
+                 " (dry run)" if summary.dry_run else "", exit_code, sum((found.get("checked") or {}).values()),
+                 found.get("matched") or 0, found.get("mismatches") or 0, summary.stripe_calls,
+                 summary.salesforce_calls, api, summary.duration_s,
+                 extra=fields(kind="summary", exit_code=exit_code, **counts))
+        return
     log.info(f"%s%s finished with exit code %d: %d events read, {outcomes}; %d Stripe and %d Salesforce calls; "
              "Salesforce API usage %s; %.1f s", summary.command, " (dry run)" if summary.dry_run else "", exit_code,
              summary.events_read, summary.applied, summary.skipped_stale, summary.skipped_duplicate, summary.ignored,
