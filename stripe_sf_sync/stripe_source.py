@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,18 +45,31 @@ ATTACHED_REFRESH_S = 300
 # Prices read for their currency_options are kept for the whole run (an account has few Prices); the
 # bound only guards memory against an unusual account, dropping the oldest entry first.
 MAX_CACHED_PRICES = 10_000
+# Each named API operation (`GET /v1/subscriptions`) has its own limit of 25 requests a second, live mode
+# included, counted against the account's global one too (docs.stripe.com/rate-limits: "API endpoints have a
+# default limit of 25 requests per second"). Backfill lists one endpoint from several threads at once.
+ENDPOINT_REQUESTS_PER_SECOND = 25.0
 
 
 class CountingRequestsClient(stripe.RequestsClient):
-    """The SDK's requests client, counting real HTTP requests and logging each at debug."""
+    """The SDK's requests client, counting real HTTP requests and logging each at debug. Thread-safe: the
+    count is locked, and each thread gets its own session from `session_factory` (the SDK keeps one
+    session per thread, `RequestsClient._thread_local`, but shares a session passed in to every thread;
+    stripe/_http_client.py `_request_internal`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, session_factory: Callable[[], requests.Session] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.calls = 0
+        self._count_lock = threading.Lock()
+        self._session_factory = session_factory
 
     def request(self, method: str, url: str, headers: Mapping[str, str] | None,
                 post_data: Any = None) -> tuple[bytes, int, Mapping[str, str]]:
-        self.calls += 1
+        with self._count_lock:
+            self.calls += 1
+        if self._session_factory is not None and getattr(self._thread_local, "session", None) is None:
+            self._thread_local.session = self._session_factory()
         started = time.monotonic()
         status: int | None = None
         request_id: str | None = None
@@ -100,7 +114,8 @@ def build_client(api_key: str, *, api_base: str | None, api_version: str, timeou
     """A StripeClient pinned to `api_version`, with a counting HTTP client and no retries of its own:
     StripeSource retries (its `_get`), so that a request is tried a known number of times. `ca_bundle`
     (REQUESTS_CA_BUNDLE) replaces the SDK's bundled CAs."""
-    http = CountingRequestsClient(timeout=timeout, session=CaBundleSession(ca_bundle) if ca_bundle else None)
+    http = CountingRequestsClient(timeout=timeout,
+                                  session_factory=(lambda: CaBundleSession(ca_bundle)) if ca_bundle else None)
     kwargs: dict[str, Any] = {"stripe_version": api_version, "max_network_retries": 0, "http_client": http}
     if api_base:
         kwargs["base_addresses"] = {"api": api_base}
@@ -230,11 +245,17 @@ class StripeSource:
 
     def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
                  api_version: str, requests_per_second: float = 20.0, max_attempts: int = MAX_ATTEMPTS,
-                 clock: Any = time.time, sleep: Any = time.sleep) -> None:
+                 clock: Any = time.time, sleep: Any = time.sleep,
+                 endpoint_requests_per_second: float = ENDPOINT_REQUESTS_PER_SECOND) -> None:
         self._client = client
         self._http = http
         self._api_version = api_version
         self._pacer = Pacer(requests_per_second)
+        # Backfill lists from several threads: the pacers are shared, so one wait at a time (a smallest lock,
+        # until the Pacer itself is thread-safe). Per list endpoint, a pacer of its own (ENDPOINT_REQUESTS_PER_SECOND).
+        self._pace_lock = threading.Lock()
+        self._endpoint_pacers: dict[str, Pacer] = {}
+        self._endpoint_rate = min(requests_per_second, endpoint_requests_per_second)
         self._max_attempts = max_attempts
         self._clock = clock
         self._sleep = sleep
@@ -261,7 +282,8 @@ class StripeSource:
         """HTTP requests made to Stripe, every retry included (each attempt is one request)."""
         return self._http.calls if self._http is not None else self.calls_made
 
-    def _get(self, what: str, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _get(self, what: str, path: str, params: dict[str, Any] | None = None, *,
+             endpoint: Pacer | None = None) -> dict[str, Any]:
         """GET a Stripe path and return the JSON Stripe sent: paced, and tried at most `max_attempts` times.
 
         The one retry policy of this edge (see `_retry_reason`); the SDK's own retries are off
@@ -272,8 +294,11 @@ class StripeSource:
         pages we only read as plain dicts (the rules take dicts).
         """
         def attempt() -> Any:
-            self._pacer.wait()
-            self.calls_made += 1
+            with self._pace_lock:
+                if endpoint is not None:
+                    endpoint.wait()
+                self._pacer.wait()
+                self.calls_made += 1
             return self._client.raw_request("get", path, **(params or {}))
 
         retrying = Retrying(
@@ -305,7 +330,7 @@ class StripeSource:
 
     def _walk(self, kind: str, path: str, params: dict[str, Any], *, start: str | None = None,
               newer: bool = False, invalid: Callable[[stripe.InvalidRequestError], Exception] | None = None,
-              hint: str = RETRY_LATER_HINT) -> Iterator[list[dict[str, Any]]]:
+              hint: str = RETRY_LATER_HINT, endpoint: Pacer | None = None) -> Iterator[list[dict[str, Any]]]:
         """The one pager: the pages of a Stripe list, each as Stripe sends it (newest first).
 
         Stripe lists newest first and takes one ID cursor per request (Stripe API reference: Pagination).
@@ -321,7 +346,8 @@ class StripeSource:
         cursor = start
         while True:
             try:
-                page = self._get(f"listing {kind}", path, {**params, key: cursor} if cursor else params)
+                page = self._get(f"listing {kind}", path, {**params, key: cursor} if cursor else params,
+                                 endpoint=endpoint)
             except stripe.InvalidRequestError as exc:
                 if invalid is None:
                     raise
@@ -416,9 +442,19 @@ class StripeSource:
             params["status"] = "open"  # unpaid; the caller keeps those with a failed attempt
         else:
             raise ValueError(f"unknown backfill object type {kind!r}")
-        yield from self._walk(kind, path, params, start=starting_after,
+        yield from self._walk(kind, path, params, start=starting_after, endpoint=self._endpoint_pacer(path),
                               hint="Retry later (a backfill with --resume); if it persists, report it "
                                    "with --debug output.")
+
+    def _endpoint_pacer(self, path: str) -> Pacer:
+        """The pacer every thread listing `path` shares (ENDPOINT_REQUESTS_PER_SECOND)."""
+        with self._pace_lock:
+            return self._endpoint_pacers.setdefault(path, Pacer(self._endpoint_rate))
+
+    def end_thread(self) -> None:
+        """Close the calling thread's HTTP session (a backfill lister that is done)."""
+        if self._http is not None:
+            self._http.close()
 
     # --- hydration --------------------------------------------------------------------------
     def forget(self) -> None:
