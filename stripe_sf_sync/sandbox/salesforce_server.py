@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -1454,7 +1454,8 @@ class SalesforceOrg:
                         item.pos, "INVALID_FIELD", f"field '{item.field}' can not be sorted in a query call"
                     )
 
-            rows = list(self._data.get(sobject, {}).values())
+            candidates = None if include_deleted else self._indexed(sobject, query.where, bind)
+            rows = list(self._data.get(sobject, {}).values()) if candidates is None else candidates
             if include_deleted:
                 rows += [r for s, r in self._deleted.values() if s == sobject]
 
@@ -1481,6 +1482,34 @@ class SalesforceOrg:
                 return {"totalSize": len(rows), "done": True, "records": []}
             out = [self._query_row(sobject, rec, select, version) for rec in rows]
             return self._page(out, version, "queryAll" if include_deleted else "query", batch_size)
+
+    def _indexed(
+        self, sobject: str, where: soql.Node | None, bind: Callable[[str, int], tuple[str, FieldDef, FieldDef | None]]
+    ) -> list[dict[str, Any]] | None:
+        """The live rows that a `field = x` or `field IN (...)` condition (alone or within an AND) on a text field
+        or Id can match, found through the field's index, in storage order; None when no condition can use one.
+        The WHERE clause is still evaluated on them: this only spares evaluating it on every row of a large
+        table (a backfill's lookups against 100,000 Accounts made the stand-in the benchmark's bottleneck)."""
+        conditions = [where] if isinstance(where, soql.Comparison) else (
+            where.items if isinstance(where, soql.Logical) and where.op == "AND" else [])
+        table = self._data.get(sobject, {})
+        for cond in conditions:
+            if not isinstance(cond, soql.Comparison) or cond.op not in ("=", "IN"):
+                continue
+            if any(lit.value in (None, "") or not isinstance(lit.value, str) for lit in cond.values):
+                continue  # a null literal matches empty fields, which no index holds
+            _path, fd, ref = bind(cond.field, cond.pos)
+            if ref is not None:
+                continue
+            if fd.type == "id":
+                ids = {sfids.normalize_id(lit.value) for lit in cond.values}
+            elif fd.type in soql.INDEXABLE_TYPES:
+                index = self._index(sobject, replace(fd, case_sensitive=False))  # SOQL compares text caselessly
+                ids = {rid for lit in cond.values for rid in index.get(self._norm(lit.value, False), ())}
+            else:
+                continue
+            return [rec for rid, rec in table.items() if rid in ids] if ids else []
+        return None
 
     def _bind_field(
         self, query: soql.Query, sobject: str, name: str, pos: int
