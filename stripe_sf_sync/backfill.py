@@ -22,7 +22,7 @@ from stripe_sf_sync.pipeline.cursor import hand_off
 from stripe_sf_sync.pipeline.held import HeldEvent
 from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.slices import SLICES_PER_WORKER, Page, SliceListing, plan_slices
-from stripe_sf_sync.stripe_source import StripeSource
+from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
 
@@ -264,7 +264,8 @@ class BackfillObjects:
         buffer: list[dict[str, Any]] = []
         pages = 0
         with SliceListing(self._source, kind, slices, workers=self.plan.parallel_slices,
-                          keep=lambda page: [slim(kind, o) for o in page if relevant(kind, o)]) as listing:
+                          keep=lambda page: [slim(kind, o) for o in page if relevant(kind, o)],
+                          ahead=-(-self.plan.bulk_chunk // PAGE_LIMIT)) as listing:
             self._listing = listing
             for page in listing.pages(self.stop):
                 self._take(slices[page.slice], page)

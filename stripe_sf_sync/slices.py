@@ -25,9 +25,11 @@ log = logging.getLogger("stripe_sf_sync")
 # Slices per worker: slices of equal time hold unequal numbers of objects (an account grows), so a worker that
 # finishes a sparse slice takes the next one instead of idling while another lists a dense one.
 SLICES_PER_WORKER = 4
-# Pages waiting for the consumer, per worker: enough to keep the workers busy while a batch is written,
-# bounded so that memory does not grow with the history (a page is 100 slimmed objects).
+# Pages waiting for the consumer: at least this many per worker, and up to a chunk's worth (`ahead`), so that
+# the next chunk is listed while the consumer writes one; never more than MAX_PAGES_AHEAD, so that memory does
+# not grow with the history or the chunk size (a page is 100 slimmed objects, about 150 KB).
 PAGES_PER_WORKER = 2
+MAX_PAGES_AHEAD = 50
 _POLL_S = 0.2  # how often a blocked worker or the consumer looks at the stop flag
 _JOIN_S = 60.0  # an in-flight request ends within its timeout; a worker still alive after this is reported
 
@@ -68,11 +70,12 @@ class SliceListing:
 
     Use it as a context manager: leaving it (the end, a stop, an error) stops the workers and joins them, so
     that none outlives the run. `keep` turns a raw page into what the consumer needs (the relevant objects,
-    slimmed): done on the worker, so that the queue holds small pages.
+    slimmed): done on the worker, so that the queue holds small pages. `ahead`: pages the workers may read
+    ahead of the consumer (a chunk's worth, see MAX_PAGES_AHEAD).
     """
 
     def __init__(self, source: StripeSource, kind: str, slices: list[dict[str, Any]], *, workers: int,
-                 keep: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+                 keep: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], ahead: int = 0) -> None:
         self._source = source
         self._kind = kind
         self._slices = [dict(s) for s in slices]  # the workers' copy: the consumer's changes as it commits
@@ -82,7 +85,7 @@ class SliceListing:
         for i in open_:
             self._todo.put(i)
         count = max(1, min(workers, len(open_)))
-        self._out: queue.Queue[Any] = queue.Queue(maxsize=PAGES_PER_WORKER * count)
+        self._out: queue.Queue[Any] = queue.Queue(maxsize=max(PAGES_PER_WORKER * count, min(ahead, MAX_PAGES_AHEAD)))
         self._cancel = threading.Event()
         self._threads = [threading.Thread(target=self._work, name=f"backfill-{kind}-{n}", daemon=True)
                          for n in range(count)] if open_ else []
