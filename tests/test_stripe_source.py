@@ -164,3 +164,27 @@ def test_a_list_walking_back_that_jumps_forward_in_time_stops_the_run():
     with pytest.raises(FatalSyncError, match="same page of subscriptions") as info:
         next(pages)
     assert "--resume" in info.value.hint
+
+
+def test_parallel_slices_share_one_pacer_per_list_endpoint(retries):
+    """Stripe limits each list endpoint on its own (docs.stripe.com/rate-limits, 25/s by default): slices listed
+    from several threads stay under it together, so none of their requests meets a 429."""
+    from stripe_sf_sync.pipeline.stop import Stop
+    from stripe_sf_sync.slices import SliceListing, plan_slices
+
+    with StripeSandbox(endpoint_limit_per_s=5) as sb:
+        f = StripeFactory(sb, seed=41)
+        price = f.price(1000)
+        for i in range(450):
+            cus = f.customer(f"C{i}", f"c{i}@example.com", created=NOW - 5000 + i * 10)
+            f.subscription(cus["id"], [(price, 1)], created=NOW - 5000 + i * 10)
+        client, http = build_client(sb.api_key, api_base=sb.base_url, api_version=API_VERSION_CURRENT, timeout=10)
+        source = StripeSource(client, http, api_version=API_VERSION_CURRENT, requests_per_second=100,
+                              endpoint_requests_per_second=5, sleep=retries.sleep)
+        slices = plan_slices(NOW - 5001, None, NOW, 12)
+        before = len(sb.requests_log)
+        with SliceListing(source, "subscriptions", slices, workers=4, keep=lambda page: page) as listing:
+            ids = [o["id"] for page in listing.pages(Stop()) for o in page.objects]
+        assert len(ids) == len(set(ids)) == 450  # every slice listed, each object once
+        assert retries.slept == []  # no 429 was met: nothing retried
+        assert http.calls == len(sb.requests_log) - before
