@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from stripe_sf_sync import model
@@ -25,6 +26,9 @@ from stripe_sf_sync.slices import SLICES_PER_WORKER, Page, SliceListing, plan_sl
 from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
+
+# A listed object: its slimmed form, the event the batch holds, and whether it decides its Account's status.
+Listed = tuple[dict[str, Any], HeldEvent, bool]
 
 OBJECT_TYPES = ("subscriptions", "payment_intents", "invoices")
 CHECKPOINT_KEY = "backfill_checkpoint"
@@ -143,7 +147,7 @@ class BackfillObjects:
     def __init__(self, source: StripeSource, state: Any, plan: BackfillPlan, *, batch_size: int,
                  clock: Callable[[], float] = time.time,
                  progress: Callable[[str, TypeProgress], None] | None = None, stop: Stop | None = None,
-                 log_every_pages: int = 50) -> None:
+                 log_every_pages: int = 50, dry_run: bool = False) -> None:
         self._source = source
         self._state = state
         self.plan = plan
@@ -152,6 +156,7 @@ class BackfillObjects:
         self.progress = progress
         self.stop = stop or Stop()  # a signal (SIGINT, SIGTERM) stops the listing at the next page
         self.log_every = log_every_pages
+        self.dry_run = dry_run  # its state keeps nothing: the status ranks stay in memory
         self.counts: dict[str, TypeProgress] = {k: TypeProgress() for k in plan.objects}
         self._finished = False
         self._kind = plan.objects[0] if plan.objects else ""  # the object type being listed
@@ -173,7 +178,7 @@ class BackfillObjects:
         """Whether this subscription decides its customer's Account status: it outranks (`status_rank`) every
         other one of the customer seen so far. Slices are listed in any order, so a later one can outrank an
         earlier one; its write then comes later too (batches apply in order), and the highest rank is the
-        last write. Ranks committed before a `--resume` come from state (`_load_owners`)."""
+        last write. Ranks committed in earlier chunks, or before a `--resume`, come from state (`_load_owners`)."""
         rank = status_rank(sub)
         if rank is None:
             return True
@@ -184,8 +189,9 @@ class BackfillObjects:
         return False
 
     def _load_owners(self, subs: list[dict[str, Any]], read_at: int) -> None:
-        """On `--resume`: the ranks this backfill committed for these customers before it was interrupted
-        (kept with its batches as object versions, `status_key`, of version `read_at`)."""
+        """The ranks this backfill committed for these customers in earlier chunks, or before it was interrupted
+        (kept with its batches as object versions, `status_key`, of version `read_at`: an older backfill's
+        are not this one's)."""
         wanted = {r[0] for r in map(status_rank, subs) if r is not None and r[0] not in self._status_owner}
         if not wanted:
             return
@@ -261,10 +267,12 @@ class BackfillObjects:
         (every slice's last page taken into the chunk) goes with each chunk's last batch."""
         counts = self.counts[kind]
         slices = self._slices(kind, checkpoint)
-        buffer: list[dict[str, Any]] = []
+        buffer: list[Listed] = []
         pages = 0
+        make = partial(_held, kind, tag=checkpoint["tag"], read_at=int(checkpoint["read_at"]),
+                       api_version=self._source.api_version)
         with SliceListing(self._source, kind, slices, workers=self.plan.parallel_slices,
-                          keep=lambda page: [slim(kind, o) for o in page if relevant(kind, o)],
+                          keep=lambda page: [make(o) for o in page if relevant(kind, o)],
                           ahead=-(-self.plan.bulk_chunk // PAGE_LIMIT)) as listing:
             self._listing = listing
             for page in listing.pages(self.stop):
@@ -279,6 +287,7 @@ class BackfillObjects:
                 if counts.bulk and len(buffer) >= self.plan.bulk_chunk:
                     yield from self._flush(kind, buffer, slices, checkpoint, final=False)
                     buffer = []
+                    self._committed()
                 self._report(kind, pages)
             yield from self._flush(kind, buffer, slices, checkpoint, final=True)
         counts.done = not self.stop.requested
@@ -293,21 +302,32 @@ class BackfillObjects:
         else:
             s["last_id"] = page.last_id
 
-    def _events(self, kind: str, objects: list[dict[str, Any]], checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
-        version = self._source.api_version
+    def _events(self, kind: str, objects: list[Listed], checkpoint: dict[str, Any]) -> list[Listed]:
+        """The page's events as the workers held them; a subscription that does not decide its customer's
+        Account status (`_decides_status`, in listing order) is held again with the mark that says so."""
+        if kind != "subscriptions":
+            return objects
         read_at = int(checkpoint["read_at"])
-        if kind == "subscriptions" and self.plan.resume:
-            self._load_owners(objects, read_at)
-        events = []
-        for o in objects:
-            event = synthetic_event(kind, o, tag=checkpoint["tag"], read_at=read_at, api_version=version,
-                                    slimmed=True)
-            if kind == "subscriptions" and not self._decides_status(o):
-                event[model.BACKFILL_STATUS_MARK] = False
-            events.append(event)
-        return events
+        self._load_owners([sub for sub, _held, _decides in objects], read_at)
+        out = []
+        for sub, held, _ in objects:
+            if self._decides_status(sub):
+                out.append((sub, held, True))
+                continue
+            event = synthetic_event(kind, sub, tag=checkpoint["tag"], read_at=read_at,
+                                    api_version=self._source.api_version, slimmed=True)
+            event[model.BACKFILL_STATUS_MARK] = False
+            out.append((sub, HeldEvent.of(event), False))
+        return out
 
-    def _flush(self, kind: str, buffer: list[dict[str, Any]], slices: list[dict[str, Any]],
+    def _committed(self) -> None:
+        """A chunk is committed, with the status ranks it decided: state answers for them from now on
+        (`_load_owners`), so memory holds only the ranks of the chunk being read. A dry run commits nothing,
+        so it keeps them all."""
+        if not self.dry_run:
+            self._status_owner.clear()
+
+    def _flush(self, kind: str, buffer: list[Listed], slices: list[dict[str, Any]],
                checkpoint: dict[str, Any], *, final: bool) -> Iterator[Batch]:
         """The buffer as batches; the last carries the checkpoint, committed with its outcomes. Each batch
         carries the status ranks its subscriptions decide (`_owners`), committed with them."""
@@ -319,11 +339,12 @@ class BackfillObjects:
         size = self.plan.bulk_chunk if bulk else self._batch_size
         meta = {CHECKPOINT_KEY: json.dumps(checkpoint)}
         starts = range(0, max(len(buffer), 1), size)
+        read_at = int(checkpoint["read_at"])
         for i in starts:
             last = i == starts[-1]
-            events = buffer[i:i + size]
-            yield Batch([HeldEvent.of(e) for e in events],
-                        CommitPolicy(bulk=bulk, meta=meta if last else None, versions=_owners(events)))
+            listed = buffer[i:i + size]
+            yield Batch([held for _, held, _ in listed],
+                        CommitPolicy(bulk=bulk, meta=meta if last else None, versions=_owners(kind, listed, read_at)))
 
     def _report(self, kind: str, pages: int) -> None:
         counts = self.counts[kind]
@@ -334,13 +355,24 @@ class BackfillObjects:
                      counts.dead_lettered)
 
 
-def _owners(events: list[dict[str, Any]]) -> dict[str, tuple[int, str]] | None:
+def _held(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, api_version: str) -> Listed:
+    """A listed object as the batch will hold it: built on a listing thread, so that encoding and parsing
+    overlap with the run's thread waiting on Salesforce. A subscription is held as deciding its Account's
+    status until the run's thread says otherwise (`_events`)."""
+    small = slim(kind, obj)
+    event = synthetic_event(kind, small, tag=tag, read_at=read_at, api_version=api_version, slimmed=True)
+    return small, HeldEvent.of(event), True
+
+
+def _owners(kind: str, listed: list[Listed], read_at: int) -> dict[str, tuple[int, str]] | None:
     """The status ranks the subscriptions of these events decide, as object versions of the backfill's read
-    time: `--resume` reads them back, so an older subscription never takes the status from a newer one."""
+    time: later chunks and `--resume` read them back, so an older subscription never takes the status from a
+    newer one."""
+    if kind != "subscriptions":
+        return None
     owners: dict[str, tuple[int, str]] = {}
-    for e in events:
-        sub = e["data"]["object"]
-        rank = status_rank(sub) if e.get("type") == _EVENT_TYPE["subscriptions"] else None
-        if rank is not None and e.get(model.BACKFILL_STATUS_MARK) is not False:
-            owners[status_key(rank[0])] = (int(e["created"]), f"{rank[1]}:{rank[2]}:{sub.get('id')}")
+    for sub, _held, decides in listed:
+        rank = status_rank(sub) if decides else None
+        if rank is not None:
+            owners[status_key(rank[0])] = (read_at, f"{rank[1]}:{rank[2]}:{sub.get('id')}")
     return owners or None

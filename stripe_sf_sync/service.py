@@ -354,7 +354,7 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
                                                  metrics_file=metrics_file) as run:
         objects = BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
                                   clock=environment.clock, progress=progress, stop=stop,
-                                  log_every_pages=b.log_every_pages)
+                                  log_every_pages=b.log_every_pages, dry_run=dry_run)
         try:
             run.apply(objects)
         finally:

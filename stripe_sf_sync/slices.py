@@ -50,7 +50,7 @@ class Page:
     """A page of one slice (`last_id` its oldest id), or the slice's end (`last_id` None, no objects)."""
 
     slice: int
-    objects: list[dict[str, Any]]
+    objects: list[Any]  # what `keep` made of the page's objects
     last_id: str | None
     listed: int = 0  # objects on the page before the relevance filter
 
@@ -69,13 +69,14 @@ class SliceListing:
     """The open slices of one object type, listed by up to `workers` threads into a bounded queue.
 
     Use it as a context manager: leaving it (the end, a stop, an error) stops the workers and joins them, so
-    that none outlives the run. `keep` turns a raw page into what the consumer needs (the relevant objects,
-    slimmed): done on the worker, so that the queue holds small pages. `ahead`: pages the workers may read
+    that none outlives the run. `keep` turns a raw page into what the consumer needs (backfill: the relevant
+    objects, slimmed, and their events as a batch holds them): done on the worker, so that the queue holds
+    small pages and that work overlaps with the consumer's waits on Salesforce. `ahead`: pages the workers may read
     ahead of the consumer (a chunk's worth, see MAX_PAGES_AHEAD).
     """
 
     def __init__(self, source: StripeSource, kind: str, slices: list[dict[str, Any]], *, workers: int,
-                 keep: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], ahead: int = 0) -> None:
+                 keep: Callable[[list[dict[str, Any]]], list[Any]], ahead: int = 0) -> None:
         self._source = source
         self._kind = kind
         self._slices = [dict(s) for s in slices]  # the workers' copy: the consumer's changes as it commits

@@ -307,3 +307,17 @@ def test_a_resumed_backfill_keeps_the_status_a_newer_subscription_decided(tmp_pa
     backfill(config, env, since=since_days(400), objects="subscriptions", resume=True)
     # The older subscription, listed only after the resume, does not take the status back.
     assert org.get("Account", acct)["Subscription_Status__c"] == "active"
+
+
+def test_a_later_chunk_keeps_the_status_an_earlier_chunk_decided(tmp_path, env, org, stripe_sb, sf_sb):
+    f = StripeFactory(stripe_sb, seed=33)
+    history(stripe_sb, org, subs=250)
+    acct = two_subscriptions(f, org, newer_days=5, older_days=399)
+    # One slice at a time, newest first: the newer subscription is in the first chunk, the older in the last.
+    config = configured(tmp_path, env, **{"bulk_threshold: 2000": "bulk_threshold: 10",
+                                          "bulk_chunk: 5000": "bulk_chunk: 100",
+                                          "bulk_poll_seconds: 5": "bulk_poll_seconds: 0",
+                                          "parallel_slices: 4": "parallel_slices: 1"})
+    summary = backfill(config, env, since=since_days(400), objects="subscriptions")
+    assert summary.objects["subscriptions"]["read"] == 252 and summary.dead_lettered == 0
+    assert org.get("Account", acct)["Subscription_Status__c"] == "active"
