@@ -27,8 +27,11 @@ from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
 
-# A listed object: its slimmed form, the event the batch holds, and whether it decides its Account's status.
-Listed = tuple[dict[str, Any], HeldEvent, bool]
+# (customer, running?, created) of a subscription: see `status_rank`.
+Rank = tuple[str, int, int]
+# A listed object: its subscription's rank (None for other objects), the event the batch holds (compact), and
+# whether it decides its Account's status.
+Listed = tuple[Rank | None, HeldEvent, bool]
 
 OBJECT_TYPES = ("subscriptions", "payment_intents", "invoices")
 CHECKPOINT_KEY = "backfill_checkpoint"
@@ -105,7 +108,7 @@ def synthetic_event(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, a
             "data": {"object": obj if slimmed else slim(kind, obj)}, model.BACKFILL_MARK: True}
 
 
-def status_rank(sub: dict[str, Any]) -> tuple[str, int, int] | None:
+def status_rank(sub: dict[str, Any]) -> Rank | None:
     """(customer, live?, created) of a subscription: of a customer's subscriptions, a running one decides the
     Account status over an ended one, and the newest over older ones. None without a customer."""
     cust = sub.get("customer")
@@ -174,12 +177,11 @@ class BackfillObjects:
         """Counts per object type."""
         return {k: vars(v) for k, v in self.counts.items()}
 
-    def _decides_status(self, sub: dict[str, Any]) -> bool:
+    def _decides_status(self, rank: Rank | None) -> bool:
         """Whether this subscription decides its customer's Account status: it outranks (`status_rank`) every
         other one of the customer seen so far. Slices are listed in any order, so a later one can outrank an
         earlier one; its write then comes later too (batches apply in order), and the highest rank is the
         last write. Ranks committed in earlier chunks, or before a `--resume`, come from state (`_load_owners`)."""
-        rank = status_rank(sub)
         if rank is None:
             return True
         best = self._status_owner.get(rank[0])
@@ -188,15 +190,15 @@ class BackfillObjects:
             return True
         return False
 
-    def _load_owners(self, subs: list[dict[str, Any]], read_at: int) -> None:
+    def _load_owners(self, ranks: list[Rank | None], read_at: int) -> None:
         """The ranks this backfill committed for these customers in earlier chunks, or before it was interrupted
         (kept with its batches as object versions, `status_key`, of version `read_at`: an older backfill's
         are not this one's)."""
-        wanted = {r[0] for r in map(status_rank, subs) if r is not None and r[0] not in self._status_owner}
+        wanted = {r[0] for r in ranks if r is not None and r[0] not in self._status_owner}
         if not wanted:
             return
         for key, (version, detail) in self._state.version_events_for(status_key(c) for c in wanted).items():
-            live, created, _sub = (detail or "::").split(":", 2)
+            live, created, _event = (detail or "::").split(":", 2)
             if version == read_at and live.isdigit() and created.isdigit():
                 self._status_owner[key.rsplit("#", 1)[0]] = (int(live), int(created))
 
@@ -308,16 +310,15 @@ class BackfillObjects:
         if kind != "subscriptions":
             return objects
         read_at = int(checkpoint["read_at"])
-        self._load_owners([sub for sub, _held, _decides in objects], read_at)
-        out = []
-        for sub, held, _ in objects:
-            if self._decides_status(sub):
-                out.append((sub, held, True))
+        self._load_owners([rank for rank, _held, _decides in objects], read_at)
+        out: list[Listed] = []
+        for rank, held, _ in objects:
+            if self._decides_status(rank):
+                out.append((rank, held, True))
                 continue
-            event = synthetic_event(kind, sub, tag=checkpoint["tag"], read_at=read_at,
-                                    api_version=self._source.api_version, slimmed=True)
+            event = json.loads(held.text)
             event[model.BACKFILL_STATUS_MARK] = False
-            out.append((sub, HeldEvent.of(event), False))
+            out.append((rank, HeldEvent.of(event), False))
         return out
 
     def _committed(self) -> None:
@@ -344,7 +345,7 @@ class BackfillObjects:
             last = i == starts[-1]
             listed = buffer[i:i + size]
             yield Batch([held for _, held, _ in listed],
-                        CommitPolicy(bulk=bulk, meta=meta if last else None, versions=_owners(kind, listed, read_at)))
+                        CommitPolicy(bulk=bulk, meta=meta if last else None, versions=_owners(listed, read_at)))
 
     def _report(self, kind: str, pages: int) -> None:
         counts = self.counts[kind]
@@ -361,18 +362,15 @@ def _held(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, api_version
     status until the run's thread says otherwise (`_events`)."""
     small = slim(kind, obj)
     event = synthetic_event(kind, small, tag=tag, read_at=read_at, api_version=api_version, slimmed=True)
-    return small, HeldEvent.of(event), True
+    return (status_rank(small) if kind == "subscriptions" else None), HeldEvent.of(event), True
 
 
-def _owners(kind: str, listed: list[Listed], read_at: int) -> dict[str, tuple[int, str]] | None:
+def _owners(listed: list[Listed], read_at: int) -> dict[str, tuple[int, str]] | None:
     """The status ranks the subscriptions of these events decide, as object versions of the backfill's read
     time: later chunks and `--resume` read them back, so an older subscription never takes the status from a
     newer one."""
-    if kind != "subscriptions":
-        return None
     owners: dict[str, tuple[int, str]] = {}
-    for sub, _held, decides in listed:
-        rank = status_rank(sub) if decides else None
-        if rank is not None:
-            owners[status_key(rank[0])] = (read_at, f"{rank[1]}:{rank[2]}:{sub.get('id')}")
+    for rank, held, decides in listed:
+        if rank is not None and decides:
+            owners[status_key(rank[0])] = (read_at, f"{rank[1]}:{rank[2]}:{held.id}")
     return owners or None

@@ -288,13 +288,20 @@ def test_the_newest_running_subscription_decides_when_an_older_slice_is_listed_f
     assert org.get("Account", acct)["Subscription_Status__c"] == "active"
 
 
-def test_a_resumed_backfill_keeps_the_status_a_newer_subscription_decided(tmp_path, env, org, stripe_sb, sf_sb):
-    f = StripeFactory(stripe_sb, seed=32)
+SMALL_CHUNKS = {"bulk_threshold: 2000": "bulk_threshold: 10", "bulk_chunk: 5000": "bulk_chunk: 100",
+                "bulk_poll_seconds: 5": "bulk_poll_seconds: 0"}
+
+
+def two_running_among_many(tmp_path, env, org, stripe_sb, *, seed: int, **overrides):
+    """250 customers and one with two running subscriptions, 5 and 399 days old; chunks of 100."""
+    f = StripeFactory(stripe_sb, seed=seed)
     history(stripe_sb, org, subs=250)
     acct = two_subscriptions(f, org, newer_days=5, older_days=399)
-    config = configured(tmp_path, env, **{"bulk_threshold: 2000": "bulk_threshold: 10",
-                                          "bulk_chunk: 5000": "bulk_chunk: 100",
-                                          "bulk_poll_seconds: 5": "bulk_poll_seconds: 0"})
+    return acct, configured(tmp_path, env, **SMALL_CHUNKS, **overrides)
+
+
+def test_a_resumed_backfill_keeps_the_status_a_newer_subscription_decided(tmp_path, env, org, stripe_sb, sf_sb):
+    acct, config = two_running_among_many(tmp_path, env, org, stripe_sb, seed=32)
 
     def crash_after_first_chunk(kind, counts):
         if counts.written >= 100:
@@ -310,14 +317,9 @@ def test_a_resumed_backfill_keeps_the_status_a_newer_subscription_decided(tmp_pa
 
 
 def test_a_later_chunk_keeps_the_status_an_earlier_chunk_decided(tmp_path, env, org, stripe_sb, sf_sb):
-    f = StripeFactory(stripe_sb, seed=33)
-    history(stripe_sb, org, subs=250)
-    acct = two_subscriptions(f, org, newer_days=5, older_days=399)
     # One slice at a time, newest first: the newer subscription is in the first chunk, the older in the last.
-    config = configured(tmp_path, env, **{"bulk_threshold: 2000": "bulk_threshold: 10",
-                                          "bulk_chunk: 5000": "bulk_chunk: 100",
-                                          "bulk_poll_seconds: 5": "bulk_poll_seconds: 0",
-                                          "parallel_slices: 4": "parallel_slices: 1"})
+    acct, config = two_running_among_many(tmp_path, env, org, stripe_sb, seed=33,
+                                          **{"parallel_slices: 4": "parallel_slices: 1"})
     summary = backfill(config, env, since=since_days(400), objects="subscriptions")
     assert summary.objects["subscriptions"]["read"] == 252 and summary.dead_lettered == 0
     assert org.get("Account", acct)["Subscription_Status__c"] == "active"
