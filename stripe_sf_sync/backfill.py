@@ -337,7 +337,9 @@ class BackfillObjects:
         finished = final and not self.stop.requested
         checkpoint["types"][kind] = {"slices": slices, "finished": finished}
         bulk = self.counts[kind].bulk
-        size = self.plan.bulk_chunk if bulk else self._batch_size
+        # A chunk is one batch: pages of slices end short, so a chunk passes bulk_chunk by up to a page, and a
+        # stop between two batches of it would commit the first without the checkpoint.
+        size = max(len(buffer), 1) if bulk else self._batch_size
         meta = {CHECKPOINT_KEY: json.dumps(checkpoint)}
         starts = range(0, max(len(buffer), 1), size)
         read_at = int(checkpoint["read_at"])
