@@ -13,6 +13,7 @@ import binascii
 import copy
 import csv
 import io
+import itertools
 import json
 import re
 import secrets
@@ -480,6 +481,10 @@ class SalesforceOrg:
         self._data: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema}
         self._deleted: dict[str, tuple[str, dict[str, Any]]] = {}
         self._indexes: dict[tuple[str, str, bool], dict[str, list[str]]] = {}
+        # Each live record's place in its table's order (what a query without ORDER BY follows), so that rows
+        # found through an index come back in that order without walking the table (`_indexed`).
+        self._places: dict[str, int] = {}
+        self._place_seq = itertools.count()
         self._tokens: set[str] = set()
         self._cursors: dict[str, tuple[str, int, list[dict[str, Any]]]] = {}
         self._jobs: dict[str, _IngestJob] = {}
@@ -753,6 +758,8 @@ class SalesforceOrg:
         prev = table.get(rec["Id"])
         undo.append(("put", sobject, rec["Id"], prev))
         self._index_update(sobject, prev, add=False)
+        if prev is None:
+            self._places[rec["Id"]] = next(self._place_seq)
         table[rec["Id"]] = rec
         self._index_update(sobject, rec, add=True)
 
@@ -775,6 +782,7 @@ class SalesforceOrg:
                     self._index_update(sobject, prev, add=True)
             else:
                 self._deleted.pop(rid, None)
+                self._places[rid] = next(self._place_seq)  # back at the end of its table, as a dict puts it
                 table[rid] = prev
                 self._index_update(sobject, prev, add=True)
         self._sync_stage_picklist()
@@ -1508,7 +1516,7 @@ class SalesforceOrg:
                 ids = {rid for lit in cond.values for rid in index.get(self._norm(lit.value, False), ())}
             else:
                 continue
-            return [rec for rid, rec in table.items() if rid in ids] if ids else []
+            return [table[rid] for rid in sorted((i for i in ids if i in table), key=self._places.__getitem__)]
         return None
 
     def _bind_field(
