@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from stripe_sf_sync import model
@@ -21,9 +22,16 @@ from stripe_sf_sync.pipeline import Batch, BatchResult, CommitPolicy
 from stripe_sf_sync.pipeline.cursor import hand_off
 from stripe_sf_sync.pipeline.held import HeldEvent
 from stripe_sf_sync.pipeline.stop import Stop
-from stripe_sf_sync.stripe_source import StripeSource
+from stripe_sf_sync.slices import SLICES_PER_WORKER, Page, SliceListing, plan_slices
+from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
+
+# (customer, running?, created) of a subscription: see `status_rank`.
+Rank = tuple[str, int, int]
+# A listed object: its subscription's rank (None for other objects), the event the batch holds (compact), and
+# whether it decides its Account's status.
+Listed = tuple[Rank | None, HeldEvent, bool]
 
 OBJECT_TYPES = ("subscriptions", "payment_intents", "invoices")
 CHECKPOINT_KEY = "backfill_checkpoint"
@@ -92,11 +100,28 @@ def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def synthetic_event(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, api_version: str) -> dict[str, Any]:
+def synthetic_event(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, api_version: str,
+                    slimmed: bool = False) -> dict[str, Any]:
     """A change from an object's current state, in the shape of the event the rules expect."""
     return {"id": f"evt_bf{tag}_{obj.get('id')}", "object": "event", "type": _EVENT_TYPE[kind],
             "created": read_at, "api_version": api_version, "livemode": bool(obj.get("livemode")),
-            "data": {"object": slim(kind, obj)}, model.BACKFILL_MARK: True}
+            "data": {"object": obj if slimmed else slim(kind, obj)}, model.BACKFILL_MARK: True}
+
+
+def status_rank(sub: dict[str, Any]) -> Rank | None:
+    """(customer, live?, created) of a subscription: of a customer's subscriptions, a running one decides the
+    Account status over an ended one, and the newest over older ones. None without a customer."""
+    cust = sub.get("customer")
+    cust_id = cust.get("id") if isinstance(cust, dict) else cust
+    if not isinstance(cust_id, str):
+        return None
+    return cust_id, 1 if sub.get("status") in _LIVE else 0, int(sub.get("created") or 0)
+
+
+def status_key(customer_id: str) -> str:
+    """The object-versions key of "which subscription decides this customer's Account status" (never a Stripe
+    id: those have no '#')."""
+    return f"{customer_id}#backfill-status"
 
 
 def _describe(key: dict[str, Any]) -> str:
@@ -115,6 +140,7 @@ class BackfillPlan:
     resume: bool
     bulk_threshold: int = 2000
     bulk_chunk: int = 5_000
+    parallel_slices: int = 4  # slices listed at once (worker threads)
 
 
 class BackfillObjects:
@@ -124,7 +150,7 @@ class BackfillObjects:
     def __init__(self, source: StripeSource, state: Any, plan: BackfillPlan, *, batch_size: int,
                  clock: Callable[[], float] = time.time,
                  progress: Callable[[str, TypeProgress], None] | None = None, stop: Stop | None = None,
-                 log_every_pages: int = 50) -> None:
+                 log_every_pages: int = 50, dry_run: bool = False) -> None:
         self._source = source
         self._state = state
         self.plan = plan
@@ -133,11 +159,13 @@ class BackfillObjects:
         self.progress = progress
         self.stop = stop or Stop()  # a signal (SIGINT, SIGTERM) stops the listing at the next page
         self.log_every = log_every_pages
+        self.dry_run = dry_run  # its state keeps nothing: the status ranks stay in memory
         self.counts: dict[str, TypeProgress] = {k: TypeProgress() for k in plan.objects}
         self._finished = False
         self._kind = plan.objects[0] if plan.objects else ""  # the object type being listed
         # customer -> (live?, created) of the subscription whose status this run wrote to the Account
         self._status_owner: dict[str, tuple[int, int]] = {}
+        self._listing: SliceListing | None = None  # the listing in progress, stopped by `close`
 
     @property
     def interrupted(self) -> bool:
@@ -149,19 +177,30 @@ class BackfillObjects:
         """Counts per object type."""
         return {k: vars(v) for k, v in self.counts.items()}
 
-    def _decides_status(self, sub: dict[str, Any]) -> bool:
-        """Of a customer's subscriptions, a running one decides the Account status over an ended one,
-        and the newest over older ones (lists come newest first)."""
-        cust = sub.get("customer")
-        cust_id = cust.get("id") if isinstance(cust, dict) else cust
-        if not isinstance(cust_id, str):
+    def _decides_status(self, rank: Rank | None) -> bool:
+        """Whether this subscription decides its customer's Account status: it outranks (`status_rank`) every
+        other one of the customer seen so far. Slices are listed in any order, so a later one can outrank an
+        earlier one; its write then comes later too (batches apply in order), and the highest rank is the
+        last write. Ranks committed in earlier chunks, or before a `--resume`, come from state (`_load_owners`)."""
+        if rank is None:
             return True
-        rank = (1 if sub.get("status") in _LIVE else 0, int(sub.get("created") or 0))
-        best = self._status_owner.get(cust_id)
-        if best is None or rank[0] > best[0]:
-            self._status_owner[cust_id] = rank
+        best = self._status_owner.get(rank[0])
+        if best is None or rank[1:] > best:
+            self._status_owner[rank[0]] = rank[1:]
             return True
         return False
+
+    def _load_owners(self, ranks: list[Rank | None], read_at: int) -> None:
+        """The ranks this backfill committed for these customers in earlier chunks, or before it was interrupted
+        (kept with its batches as object versions, `status_key`, of version `read_at`: an older backfill's
+        are not this one's)."""
+        wanted = {r[0] for r in ranks if r is not None and r[0] not in self._status_owner}
+        if not wanted:
+            return
+        for key, (version, detail) in self._state.version_events_for(status_key(c) for c in wanted).items():
+            live, created, _event = (detail or "::").split(":", 2)
+            if version == read_at and live.isdigit() and created.isdigit():
+                self._status_owner[key.rsplit("#", 1)[0]] = (int(live), int(created))
 
     def _checkpoint(self) -> dict[str, Any]:
         """The checkpoint to continue from (`--resume`), or a new one after the hand-off."""
@@ -198,6 +237,11 @@ class BackfillObjects:
         self._state.set_meta(CHECKPOINT_KEY, json.dumps(checkpoint))
         self._finished = True
 
+    def close(self) -> None:
+        """Stop and join the listing threads, however the run ended (its batches may not have been closed)."""
+        if self._listing is not None:
+            self._listing.close()
+
     def applied(self, batch: Batch, result: BatchResult) -> None:
         """Count what the batch wrote and dead-lettered, for its object type."""
         counts = self.counts[self._kind]
@@ -208,61 +252,102 @@ class BackfillObjects:
         """Hand over to sync before listing anything, so that sync later continues with no gap."""
         hand_off(self._state, self._source.newest_event(), now=int(self.clock()))
 
-    def _objects(self, kind: str, after: str | None) -> Iterator[tuple[list[dict[str, Any]], str]]:
-        """(relevant objects of a page, the page's last id) for every page."""
-        for page in self._source.list_pages(kind, since=self.plan.since, until=self.plan.until,
-                                            starting_after=after):
-            yield [o for o in page if relevant(kind, o)], page[-1]["id"]
+    def _slices(self, kind: str, checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+        """The kind's slices: as the checkpoint left them, or planned anew (from the checkpoint's read time, so
+        a resume before the first commit plans the same ones). A checkpoint from before slices is one slice."""
+        entry = checkpoint["types"].get(kind) or {}
+        if "slices" in entry:
+            return [dict(s) for s in entry["slices"]]
+        if "last_id" in entry:
+            return [{"gte": self.plan.since, "lt": self.plan.until, "last_id": entry["last_id"],
+                     "finished": bool(entry.get("finished"))}]
+        return plan_slices(self.plan.since, self.plan.until, int(checkpoint["read_at"]),
+                           self.plan.parallel_slices * SLICES_PER_WORKER)
 
     def _batches_of(self, kind: str, checkpoint: dict[str, Any]) -> Iterator[Batch]:
-        """One object type's synthetic events, a chunk at a time, the checkpoint with each chunk's last batch."""
+        """One object type's synthetic events, its slices listed in parallel, a chunk at a time; the checkpoint
+        (every slice's last page taken into the chunk) goes with each chunk's last batch."""
         counts = self.counts[kind]
-        after = checkpoint["types"].get(kind, {}).get("last_id")
-        buffer: list[dict[str, Any]] = []
+        slices = self._slices(kind, checkpoint)
+        buffer: list[Listed] = []
         pages = 0
-        for objects, page_last in self._objects(kind, after):
-            pages += 1
-            counts.read += len(objects)
-            buffer.extend(self._events(kind, objects, checkpoint))
-            after = page_last
-            if not counts.bulk and counts.read >= self.plan.bulk_threshold:
-                counts.bulk = True  # above the threshold Salesforce does the heavy lifting
-            if counts.bulk and len(buffer) >= self.plan.bulk_chunk:
-                yield from self._flush(kind, buffer, after, checkpoint, final=False)
-                buffer = []
-            self._report(kind, pages)
-            if self.stop.requested:
-                break
-        yield from self._flush(kind, buffer, after, checkpoint, final=True)
+        make = partial(_held, kind, tag=checkpoint["tag"], read_at=int(checkpoint["read_at"]),
+                       api_version=self._source.api_version)
+        with SliceListing(self._source, kind, slices, workers=self.plan.parallel_slices,
+                          keep=lambda page: [make(o) for o in page if relevant(kind, o)],
+                          ahead=-(-self.plan.bulk_chunk // PAGE_LIMIT)) as listing:
+            self._listing = listing
+            for page in listing.pages(self.stop):
+                self._take(slices[page.slice], page)
+                if page.last_id is None:
+                    continue
+                pages += 1
+                counts.read += len(page.objects)
+                buffer.extend(self._events(kind, page.objects, checkpoint))
+                if not counts.bulk and counts.read >= self.plan.bulk_threshold:
+                    counts.bulk = True  # above the threshold Salesforce does the heavy lifting
+                if counts.bulk and len(buffer) >= self.plan.bulk_chunk:
+                    yield from self._flush(kind, buffer, slices, checkpoint, final=False)
+                    buffer = []
+                    self._committed()
+                self._report(kind, pages)
+            yield from self._flush(kind, buffer, slices, checkpoint, final=True)
         counts.done = not self.stop.requested
         if self.progress:
             self.progress(kind, counts)
 
-    def _events(self, kind: str, objects: list[dict[str, Any]], checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
-        version = self._source.api_version
-        events = []
-        for o in objects:
-            event = synthetic_event(kind, o, tag=checkpoint["tag"], read_at=int(checkpoint["read_at"]),
-                                    api_version=version)
-            if kind == "subscriptions" and not self._decides_status(o):
-                event[model.BACKFILL_STATUS_MARK] = False
-            events.append(event)
-        return events
+    @staticmethod
+    def _take(s: dict[str, Any], page: Page) -> None:
+        """A slice's progress once the consumer holds its page: its last id, or its end."""
+        if page.last_id is None:
+            s["finished"] = True
+        else:
+            s["last_id"] = page.last_id
 
-    def _flush(self, kind: str, buffer: list[dict[str, Any]], last_id: str | None, checkpoint: dict[str, Any], *,
-               final: bool) -> Iterator[Batch]:
-        """The buffer as batches; the last carries the checkpoint, committed with its outcomes."""
+    def _events(self, kind: str, objects: list[Listed], checkpoint: dict[str, Any]) -> list[Listed]:
+        """The page's events as the workers held them; a subscription that does not decide its customer's
+        Account status (`_decides_status`, in listing order) is held again with the mark that says so."""
+        if kind != "subscriptions":
+            return objects
+        read_at = int(checkpoint["read_at"])
+        self._load_owners([rank for rank, _held, _decides in objects], read_at)
+        out: list[Listed] = []
+        for rank, held, _ in objects:
+            if self._decides_status(rank):
+                out.append((rank, held, True))
+                continue
+            event = json.loads(held.text)
+            event[model.BACKFILL_STATUS_MARK] = False
+            out.append((rank, HeldEvent.of(event), False))
+        return out
+
+    def _committed(self) -> None:
+        """A chunk is committed, with the status ranks it decided: state answers for them from now on
+        (`_load_owners`), so memory holds only the ranks of the chunk being read. A dry run commits nothing,
+        so it keeps them all."""
+        if not self.dry_run:
+            self._status_owner.clear()
+
+    def _flush(self, kind: str, buffer: list[Listed], slices: list[dict[str, Any]],
+               checkpoint: dict[str, Any], *, final: bool) -> Iterator[Batch]:
+        """The buffer as batches; the last carries the checkpoint, committed with its outcomes. Each batch
+        carries the status ranks its subscriptions decide (`_owners`), committed with them."""
         if not buffer and not final:
             return
-        checkpoint["types"][kind] = {"last_id": last_id, "finished": final and not self.stop.requested}
+        finished = final and not self.stop.requested
+        checkpoint["types"][kind] = {"slices": slices, "finished": finished}
         bulk = self.counts[kind].bulk
-        size = self.plan.bulk_chunk if bulk else self._batch_size
+        # A chunk is one batch: pages of slices end short, so a chunk passes bulk_chunk by up to a page, and a
+        # stop between two batches of it would commit the first without the checkpoint.
+        size = max(len(buffer), 1) if bulk else self._batch_size
         meta = {CHECKPOINT_KEY: json.dumps(checkpoint)}
         starts = range(0, max(len(buffer), 1), size)
+        read_at = int(checkpoint["read_at"])
         for i in starts:
             last = i == starts[-1]
-            yield Batch([HeldEvent.of(e) for e in buffer[i:i + size]],
-                        CommitPolicy(bulk=bulk, meta=meta if last else None))
+            listed = buffer[i:i + size]
+            yield Batch([held for _, held, _ in listed],
+                        CommitPolicy(bulk=bulk, meta=meta if last else None, versions=_owners(listed, read_at)))
 
     def _report(self, kind: str, pages: int) -> None:
         counts = self.counts[kind]
@@ -271,3 +356,23 @@ class BackfillObjects:
         elif pages % self.log_every == 0:
             log.info("backfill %s: %d read, %d written, %d dead-lettered", kind, counts.read, counts.written,
                      counts.dead_lettered)
+
+
+def _held(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, api_version: str) -> Listed:
+    """A listed object as the batch will hold it: built on a listing thread, so that encoding and parsing
+    overlap with the run's thread waiting on Salesforce. A subscription is held as deciding its Account's
+    status until the run's thread says otherwise (`_events`)."""
+    small = slim(kind, obj)
+    event = synthetic_event(kind, small, tag=tag, read_at=read_at, api_version=api_version, slimmed=True)
+    return (status_rank(small) if kind == "subscriptions" else None), HeldEvent.of(event), True
+
+
+def _owners(listed: list[Listed], read_at: int) -> dict[str, tuple[int, str]] | None:
+    """The status ranks the subscriptions of these events decide, as object versions of the backfill's read
+    time: later chunks and `--resume` read them back, so an older subscription never takes the status from a
+    newer one."""
+    owners: dict[str, tuple[int, str]] = {}
+    for rank, held, decides in listed:
+        if rank is not None and decides:
+            owners[status_key(rank[0])] = (read_at, f"{rank[1]}:{rank[2]}:{held.id}")
+    return owners or None

@@ -122,12 +122,13 @@ class StateSettings(_Strict):
 
 
 class BackfillSettings(_Strict):
-    """When backfill switches to Bulk API 2.0, and how it reports progress."""
+    """When backfill switches to Bulk API 2.0, how many time slices it lists at once, and how it reports progress."""
 
     bulk_threshold: int = Field(2000, ge=1)
     bulk_chunk: int = Field(5000, ge=1, le=150_000)
     bulk_poll_seconds: float = Field(5.0, ge=0, le=300)
     log_every_pages: int = Field(50, ge=1)
+    parallel_slices: int = Field(4, ge=1, le=16)
 
 
 class Settings(_Strict):

@@ -359,13 +359,18 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
     check_run_metrics(metrics_file, dry_run=dry_run)
     source, sf_factory = clients(runtime)
     b = runtime.loaded.settings.backfill
-    plan = BackfillPlan(since_ts, until_ts, kinds, resume, bulk_threshold=b.bulk_threshold, bulk_chunk=b.bulk_chunk)
+    plan = BackfillPlan(since_ts, until_ts, kinds, resume, bulk_threshold=b.bulk_threshold, bulk_chunk=b.bulk_chunk,
+                        parallel_slices=b.parallel_slices)
     summary = RunSummary("backfill", dry_run=dry_run)
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
                                                  metrics_file=metrics_file) as run:
-        run.apply(BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
+        objects = BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
                                   clock=environment.clock, progress=progress, stop=stop,
-                                  log_every_pages=b.log_every_pages))
+                                  log_every_pages=b.log_every_pages, dry_run=dry_run)
+        try:
+            run.apply(objects)
+        finally:
+            objects.close()  # no listing thread outlives the run
     return summary
 
 

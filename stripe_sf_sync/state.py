@@ -304,6 +304,12 @@ class StateStore:
                                                          "object_id", object_ids)}
 
     @_mapped_errors
+    def version_events_for(self, object_ids: Iterable[str]) -> dict[str, tuple[int, str | None]]:
+        """(newest applied time, what applied it) per object: `versions_for` with the event id column."""
+        return {row[0]: (row[1], row[2]) for row in self._rows_in(
+            "SELECT object_id, created, event_id FROM object_versions", "object_id", object_ids)}
+
+    @_mapped_errors
     def customers_for(self, customer_ids: Iterable[str]) -> dict[str, CachedCustomer]:
         """What state knows of these customers (from customer.* events, backfill and earlier reads)."""
         rows = self._rows_in("SELECT customer_id, metadata, name, deleted, version FROM customers", "customer_id",

@@ -51,6 +51,12 @@ CUSTOMER_LIST_FROM = 10
 # Prices read for their currency_options are kept for the whole run (an account has few Prices); the
 # bound only guards memory against an unusual account, dropping the oldest entry first.
 MAX_CACHED_PRICES = 10_000
+# Each named API operation (`GET /v1/subscriptions`) has its own limit of 25 requests a second, live mode
+# included, counted against the account's global one too (docs.stripe.com/rate-limits: "API endpoints have a
+# default limit of 25 requests per second"; "Requests to GET /v1/payment_intents/{id} for different
+# PaymentIntent IDs count against the same endpoint limit"). Sync's event pages and a cold start's customer
+# reads each meet it before the live global limit; backfill lists one endpoint from several threads at once.
+ENDPOINT_REQUESTS_PER_SECOND = 25.0
 
 
 class CountingRequestsClient(stripe.RequestsClient):
@@ -61,11 +67,18 @@ class CountingRequestsClient(stripe.RequestsClient):
     for its debug log even when that is off (stripe/_api_requestor.py `request_raw`, "API response body"):
     profiled, three quarters of reading a page. So a success body decoded here reaches the SDK as `{}`. An
     error body, or one orjson cannot read, reaches the SDK as sent: it still raises its typed errors.
+
+    Thread-safe: the count is locked, and each thread gets its own session from `session_factory` (the SDK
+    keeps one session per thread, `RequestsClient._thread_local`, but shares a session passed in to every
+    thread; stripe/_http_client.py `_request_internal`).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, session_factory: Callable[[], requests.Session] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.calls = 0
+        self._count_lock = threading.Lock()
+        self._session_factory = session_factory
         # Per thread: a request and its decoding happen on the thread that called `_get`.
         self._decoding = threading.local()
 
@@ -80,7 +93,10 @@ class CountingRequestsClient(stripe.RequestsClient):
 
     def request(self, method: str, url: str, headers: Mapping[str, str] | None,
                 post_data: Any = None) -> tuple[bytes, int, Mapping[str, str]]:
-        self.calls += 1
+        with self._count_lock:
+            self.calls += 1
+        if self._session_factory is not None and getattr(self._thread_local, "session", None) is None:
+            self._thread_local.session = self._session_factory()
         started = time.monotonic()
         status: int | None = None
         request_id: str | None = None
@@ -139,7 +155,8 @@ def build_client(api_key: str, *, api_base: str | None, api_version: str, timeou
     """A StripeClient pinned to `api_version`, with a counting HTTP client and no retries of its own:
     StripeSource retries (its `_get`), so that a request is tried a known number of times. `ca_bundle`
     (REQUESTS_CA_BUNDLE) replaces the SDK's bundled CAs."""
-    http = CountingRequestsClient(timeout=timeout, session=CaBundleSession(ca_bundle) if ca_bundle else None)
+    http = CountingRequestsClient(timeout=timeout,
+                                  session_factory=(lambda: CaBundleSession(ca_bundle)) if ca_bundle else None)
     kwargs: dict[str, Any] = {"stripe_version": api_version, "max_network_retries": 0, "http_client": http}
     if api_base:
         kwargs["base_addresses"] = {"api": api_base}
@@ -336,11 +353,18 @@ class StripeSource:
 
     def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
                  api_version: str, requests_per_second: float = 20.0, max_attempts: int = MAX_ATTEMPTS,
-                 clock: Any = time.time, sleep: Any = time.sleep) -> None:
+                 clock: Any = time.time, sleep: Any = time.sleep,
+                 endpoint_requests_per_second: float = ENDPOINT_REQUESTS_PER_SECOND) -> None:
         self._client = client
         self._http = http
         self._api_version = api_version
         self._pacer = Pacer(requests_per_second)
+        # Every endpoint (a named API operation) has a pacer of its own besides the global one; backfill's
+        # listing threads share them (the Pacer is thread-safe). The lock guards the pacers' table and the count.
+        self._pace_lock = threading.Lock()
+        self._endpoint_pacers: dict[str, Pacer] = {}
+        # The same share of the endpoint's limit as of the global one: the account's own app calls these too.
+        self._endpoint_rate = min(requests_per_second, endpoint_requests_per_second * RATE_LIMIT_SHARE)
         self._max_attempts = max_attempts
         self._clock = clock
         self._sleep = sleep
@@ -386,21 +410,28 @@ class StripeSource:
         pages we only read as plain dicts (the rules take dicts); and the body is decoded once, by the HTTP
         client (`CountingRequestsClient`), not again by the SDK.
         """
+        paces = (self._pacer, self._endpoint_pacer(_endpoint_of(path)))
+
         def attempt() -> tuple[Any, dict[str, Any] | None]:
-            self._pacer.wait()
-            self.calls_made += 1
+            for pacer in paces:
+                pacer.wait()
+            with self._pace_lock:
+                self.calls_made += 1
             if self._http is not None:
                 self._http.decode_next()
             try:
                 resp = self._client.raw_request("get", path, **(params or {}))
             except stripe.RateLimitError as exc:
-                # A 429 `lock_timeout` is about one object, not the rate: it leaves the pace alone.
+                # A 429 `lock_timeout` is about one object, not the rate: it leaves the pace alone. Stripe does
+                # not say which limiter refused, so both paces this request went through slow down.
                 if getattr(exc, "code", None) != "lock_timeout":
-                    self._pacer.throttled()
+                    for pacer in paces:
+                        pacer.throttled()
                 raise
             finally:
                 decoded = self._http.take_decoded() if self._http is not None else None
-            self._pacer.succeeded()
+            for pacer in paces:
+                pacer.succeeded()
             return resp, decoded
 
         retrying = Retrying(
@@ -546,6 +577,18 @@ class StripeSource:
         yield from self._walk(kind, path, params, start=starting_after,
                               hint="Retry later (a backfill with --resume); if it persists, report it "
                                    "with --debug output.")
+
+    def _endpoint_pacer(self, endpoint: str) -> Pacer:
+        """The pacer every request to `endpoint` shares, from every thread (ENDPOINT_REQUESTS_PER_SECOND)."""
+        with self._pace_lock:
+            if endpoint not in self._endpoint_pacers:
+                self._endpoint_pacers[endpoint] = Pacer(self._endpoint_rate)
+            return self._endpoint_pacers[endpoint]
+
+    def end_thread(self) -> None:
+        """Close the calling thread's HTTP session (a backfill lister that is done)."""
+        if self._http is not None:
+            self._http.close()
 
     # --- hydration --------------------------------------------------------------------------
     def forget(self) -> None:
@@ -765,6 +808,13 @@ def _payment_link(payment: Mapping[str, Any]) -> tuple[str | None, str | None]:
     pi_id = pi.get("id") if isinstance(pi, Mapping) else pi
     inv = payment.get("invoice")
     return (pi_id if isinstance(pi_id, str) else None), (inv if isinstance(inv, str) else None)
+
+
+def _endpoint_of(path: str) -> str:
+    """The named API operation a GET path belongs to, as Stripe counts it for its per-endpoint limit:
+    `/v1/customers/cus_1` and `/v1/customers/cus_2` are one endpoint, `/v1/customers/{id}`."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    return "/" + "/".join(p if i % 2 == 1 or i == 0 else "{id}" for i, p in enumerate(parts))
 
 
 def _path_id(value: str) -> str:

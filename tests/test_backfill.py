@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from decimal import Decimal
 
@@ -46,6 +47,19 @@ def backfill(config, env, **kw):
     kw.setdefault("dry_run", False)
     kw.setdefault("resume", False)
     return service.run_backfill(config, env, **kw)
+
+
+def committed_backfill_events(tmp_path) -> int:
+    """Backfill's synthetic events with a committed outcome (0 before the state file has any)."""
+    path = tmp_path / "stripe-sf-state.sqlite"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM events WHERE event_id LIKE 'evt_bf%'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # not created yet
+        return 0
 
 
 def since_days(days: int) -> str:
@@ -153,8 +167,12 @@ def test_interrupted_backfill_resumes_and_converges(tmp_path, env, org, stripe_s
                              dry_run=False, resume=False, progress=crash_after_first_chunk)
     partial = len(org.records("Opportunity"))
     assert 0 < partial < 200
+    committed = committed_backfill_events(tmp_path)
+    assert 100 <= committed < 250
     resumed = backfill(config, env, since=since_days(400), objects="subscriptions", resume=True)
-    assert resumed.objects["subscriptions"]["read"] == 150  # only the pages after the checkpoint
+    # Only what the checkpoint does not cover is read again: each slice from its own last committed page.
+    assert resumed.objects["subscriptions"]["read"] == 250 - committed
+    assert committed_backfill_events(tmp_path) == 250
     won = [s for s in h["subs"] if s["status"] in ("active", "trialing", "past_due", "unpaid")]
     assert len(org.records("Opportunity")) == len(won)
     statuses = {a["Stripe_Customer_ID__c"]: a.get("Subscription_Status__c") for a in org.records("Account")}
@@ -240,3 +258,68 @@ def test_bulk_jobs_renew_an_expired_session(sf_sb, org):
     with pytest.raises(FatalSyncError) as info:
         BulkWriter(gw_no_renew).write([SfOp("update", "Account", acct, {"Subscription_Status__c": "past_due"})])
     assert info.value.code == "INVALID_SESSION_ID"
+
+
+def two_subscriptions(f, org, *, newer_days: int, older_days: int):
+    """A customer whose newer subscription is active and older one past due: both running, so the newer decides."""
+    price = f.price(2000)
+    cus = f.customer("Two running", "two@example.com", created=NOW - 399 * DAY)
+    acct = org.insert("Account", {"Name": "Two running", "Stripe_Customer_ID__c": cus["id"]})
+    f.subscription(cus["id"], [(price, 1)], status="past_due", created=NOW - older_days * DAY)
+    f.subscription(cus["id"], [(price, 1)], status="active", created=NOW - newer_days * DAY)
+    return acct
+
+
+def test_the_newest_running_subscription_decides_when_an_older_slice_is_listed_first(tmp_path, env, org, stripe_sb):
+    f = StripeFactory(stripe_sb, seed=31)
+    history(stripe_sb, org, subs=20)
+    acct = two_subscriptions(f, org, newer_days=10, older_days=300)
+    config = configured(tmp_path, env, **{"parallel_slices: 4": "parallel_slices: 2"})
+
+    def newest_slice_late(n: int, method: str, path: str) -> None:
+        created = stripe_sb.requests_log[n - 1][2].get("created") or {}
+        if path == "/v1/subscriptions" and "lt" not in created:
+            time.sleep(1.0)  # the open-ended (newest) slice answers after every older one
+    stripe_sb.faults.on_request = newest_slice_late
+    backfill(config, env, since=since_days(400), objects="subscriptions")
+    stripe_sb.faults.clear()
+    listed = [p["created"] for m, path, p in stripe_sb.requests_log if path == "/v1/subscriptions"]
+    assert sum("lt" not in created for created in listed) == 1 and len(listed) > 2  # one open-ended slice of many
+    assert org.get("Account", acct)["Subscription_Status__c"] == "active"
+
+
+SMALL_CHUNKS = {"bulk_threshold: 2000": "bulk_threshold: 10", "bulk_chunk: 5000": "bulk_chunk: 100",
+                "bulk_poll_seconds: 5": "bulk_poll_seconds: 0"}
+
+
+def two_running_among_many(tmp_path, env, org, stripe_sb, *, seed: int, **overrides):
+    """250 customers and one with two running subscriptions, 5 and 399 days old; chunks of 100."""
+    f = StripeFactory(stripe_sb, seed=seed)
+    history(stripe_sb, org, subs=250)
+    acct = two_subscriptions(f, org, newer_days=5, older_days=399)
+    return acct, configured(tmp_path, env, **SMALL_CHUNKS, **overrides)
+
+
+def test_a_resumed_backfill_keeps_the_status_a_newer_subscription_decided(tmp_path, env, org, stripe_sb, sf_sb):
+    acct, config = two_running_among_many(tmp_path, env, org, stripe_sb, seed=32)
+
+    def crash_after_first_chunk(kind, counts):
+        if counts.written >= 100:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        service.run_backfill(config, env, since=since_days(400), until=None, objects="subscriptions",
+                             dry_run=False, resume=False, progress=crash_after_first_chunk)
+    assert org.get("Account", acct)["Subscription_Status__c"] == "active"  # the newer one, committed
+    backfill(config, env, since=since_days(400), objects="subscriptions", resume=True)
+    # The older subscription, listed only after the resume, does not take the status back.
+    assert org.get("Account", acct)["Subscription_Status__c"] == "active"
+
+
+def test_a_later_chunk_keeps_the_status_an_earlier_chunk_decided(tmp_path, env, org, stripe_sb, sf_sb):
+    # One slice at a time, newest first: the newer subscription is in the first chunk, the older in the last.
+    acct, config = two_running_among_many(tmp_path, env, org, stripe_sb, seed=33,
+                                          **{"parallel_slices: 4": "parallel_slices: 1"})
+    summary = backfill(config, env, since=since_days(400), objects="subscriptions")
+    assert summary.objects["subscriptions"]["read"] == 252 and summary.dead_lettered == 0
+    assert org.get("Account", acct)["Subscription_Status__c"] == "active"

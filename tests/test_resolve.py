@@ -117,3 +117,15 @@ def test_find_asks_again_for_customers_without_an_account():
     find(port, FieldNames(), [won("eur")], cache, task_keyed=False)
     find(port, FieldNames(), [won("eur")], cache, task_keyed=False)
     assert [r.customer_ids for r in port.requests] == [frozenset({"cus_Euro"})] * 2
+
+
+def test_the_run_keeps_a_bounded_number_of_accounts_and_reads_a_forgotten_one_again():
+    rows = [AccountRow(f"001Hs00000AbCd{i}IAZ", f"A{i}", None, None, "active", f"cus_{i}") for i in range(3)]
+    cache = AccountCache(limit=2)
+    for row in rows:
+        cache.add(row)
+    # The oldest is forgotten (a backfill reads each of 100,000 Accounts once: memory stays flat).
+    assert list(cache.by_id) == [rows[1].id, rows[2].id] and set(cache.by_customer) == {"cus_1", "cus_2"}
+    request = lookup_request([task("evt_1", AccountRef("cus_0", None)), task("evt_2", AccountRef("cus_2", None))],
+                             cache, task_keyed=False)
+    assert request.customer_ids == frozenset({"cus_0"})

@@ -151,7 +151,7 @@ def test_events_after_walks_towards_now_and_stops_when_stripe_has_no_more(stripe
 def pages_from(*pages: dict[str, Any]) -> StripeSource:
     """A source whose requests answer `pages` in turn (to script a list Stripe would never send)."""
     answers = iter(pages)
-    source = StripeSource.__new__(StripeSource)
+    source = StripeSource(None, api_version="2025-03-31")  # type: ignore[arg-type]  # no request reaches it
     source._get = lambda *a, **k: next(answers)  # type: ignore[method-assign]
     return source
 
@@ -209,3 +209,42 @@ def test_a_success_body_the_fast_decoder_does_not_take_goes_to_the_sdk(stripe_sb
         source.newest_event()
     assert source.calls == 1  # a 200 is not retried
     assert gc.isenabled()  # paused while a page is decoded only
+
+
+def test_parallel_slices_share_one_pacer_per_list_endpoint(retries):
+    """Stripe limits each list endpoint on its own (docs.stripe.com/rate-limits, 25/s by default): slices listed
+    from several threads stay under it together, so none of their requests meets a 429."""
+    from stripe_sf_sync.pipeline.stop import Stop
+    from stripe_sf_sync.slices import SliceListing, plan_slices
+
+    with StripeSandbox(endpoint_limit_per_s=5) as sb:
+        f = StripeFactory(sb, seed=41)
+        price = f.price(1000)
+        for i in range(450):
+            cus = f.customer(f"C{i}", f"c{i}@example.com", created=NOW - 5000 + i * 10)
+            f.subscription(cus["id"], [(price, 1)], created=NOW - 5000 + i * 10)
+        client, http = build_client(sb.api_key, api_base=sb.base_url, api_version=API_VERSION_CURRENT, timeout=10)
+        source = StripeSource(client, http, api_version=API_VERSION_CURRENT, requests_per_second=100,
+                              endpoint_requests_per_second=5, sleep=retries.sleep)
+        slices = plan_slices(NOW - 5001, None, NOW, 12)
+        before = len(sb.requests_log)
+        with SliceListing(source, "subscriptions", slices, workers=4, keep=lambda page: page) as listing:
+            ids = [o["id"] for page in listing.pages(Stop()) for o in page.objects]
+        assert len(ids) == len(set(ids)) == 450  # every slice listed, each object once
+        assert retries.slept == []  # no 429 was met: nothing retried
+        assert http.calls == len(sb.requests_log) - before
+
+
+def test_reads_of_one_object_kind_share_their_endpoint_pacer(retries):
+    """GET /v1/customers/{id} for different ids is one endpoint with its own limit (docs.stripe.com/rate-limits):
+    a cold start's customer reads stay under it even when the global pace would allow more."""
+    with StripeSandbox(endpoint_limit_per_s=5) as sb:
+        f = StripeFactory(sb, seed=43)
+        ids = [f.customer(f"R{i}", f"r{i}@example.com")["id"] for i in range(12)]
+        client, http = build_client(sb.api_key, api_base=sb.base_url, api_version=API_VERSION_CURRENT, timeout=10)
+        source = StripeSource(client, http, api_version=API_VERSION_CURRENT, requests_per_second=100,
+                              endpoint_requests_per_second=5, sleep=retries.sleep)
+        started = time.monotonic()
+        assert all(source.customer(c) is not None for c in ids)
+        assert retries.slept == []  # no 429 met
+        assert http.calls == 12 and time.monotonic() - started >= 1.0  # 12 reads at 4/s (80% of 5) wait

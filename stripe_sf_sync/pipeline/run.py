@@ -99,7 +99,8 @@ def commit(state: CommitStore, batch: Batch, result: BatchResult, run_id: int | 
     extra: dict[str, Any] = {}
     if batch.policy.inbox:
         extra["inbox_done"] = [e.id for e in batch.events if e.id]
-    state.commit_batch(result.outcomes, cursor=cursor, versions=result.versions, run_id=run_id,
+    versions = {**batch.policy.versions, **result.versions} if batch.policy.versions else result.versions
+    state.commit_batch(result.outcomes, cursor=cursor, versions=versions, run_id=run_id,
                        retried=batch.policy.retried, meta=dict(batch.policy.meta) if batch.policy.meta else None,
                        **extra)
 

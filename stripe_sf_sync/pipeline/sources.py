@@ -29,6 +29,8 @@ class CommitPolicy:
     late: bool = False  # listed late, behind the cursor (counted as such)
     meta: Mapping[str, str] | None = None  # state values committed with the batch (checkpoint, floor)
     inbox: bool = False  # webhook inbox entries: marked done with the batch's outcomes
+    # Object versions committed with the batch besides its events' own (backfill: who decides an Account's status)
+    versions: Mapping[str, tuple[int, str]] | None = None
 
 
 @dataclass

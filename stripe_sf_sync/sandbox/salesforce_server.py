@@ -13,6 +13,7 @@ import binascii
 import copy
 import csv
 import io
+import itertools
 import json
 import re
 import secrets
@@ -24,7 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -480,6 +481,10 @@ class SalesforceOrg:
         self._data: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema}
         self._deleted: dict[str, tuple[str, dict[str, Any]]] = {}
         self._indexes: dict[tuple[str, str, bool], dict[str, list[str]]] = {}
+        # Each live record's place in its table's order (what a query without ORDER BY follows), so that rows
+        # found through an index come back in that order without walking the table (`_indexed`).
+        self._places: dict[str, int] = {}
+        self._place_seq = itertools.count()
         self._tokens: set[str] = set()
         self._cursors: dict[str, tuple[str, int, list[dict[str, Any]]]] = {}
         self._jobs: dict[str, _IngestJob] = {}
@@ -753,6 +758,8 @@ class SalesforceOrg:
         prev = table.get(rec["Id"])
         undo.append(("put", sobject, rec["Id"], prev))
         self._index_update(sobject, prev, add=False)
+        if prev is None:
+            self._places[rec["Id"]] = next(self._place_seq)
         table[rec["Id"]] = rec
         self._index_update(sobject, rec, add=True)
 
@@ -775,6 +782,7 @@ class SalesforceOrg:
                     self._index_update(sobject, prev, add=True)
             else:
                 self._deleted.pop(rid, None)
+                self._places[rid] = next(self._place_seq)  # back at the end of its table, as a dict puts it
                 table[rid] = prev
                 self._index_update(sobject, prev, add=True)
         self._sync_stage_picklist()
@@ -1454,7 +1462,8 @@ class SalesforceOrg:
                         item.pos, "INVALID_FIELD", f"field '{item.field}' can not be sorted in a query call"
                     )
 
-            rows = list(self._data.get(sobject, {}).values())
+            candidates = None if include_deleted else self._indexed(sobject, query.where, bind)
+            rows = list(self._data.get(sobject, {}).values()) if candidates is None else candidates
             if include_deleted:
                 rows += [r for s, r in self._deleted.values() if s == sobject]
 
@@ -1481,6 +1490,34 @@ class SalesforceOrg:
                 return {"totalSize": len(rows), "done": True, "records": []}
             out = [self._query_row(sobject, rec, select, version) for rec in rows]
             return self._page(out, version, "queryAll" if include_deleted else "query", batch_size)
+
+    def _indexed(
+        self, sobject: str, where: soql.Node | None, bind: Callable[[str, int], tuple[str, FieldDef, FieldDef | None]]
+    ) -> list[dict[str, Any]] | None:
+        """The live rows that a `field = x` or `field IN (...)` condition (alone or within an AND) on a text field
+        or Id can match, found through the field's index, in storage order; None when no condition can use one.
+        The WHERE clause is still evaluated on them: this only spares evaluating it on every row of a large
+        table (a backfill's lookups against 100,000 Accounts made the stand-in the benchmark's bottleneck)."""
+        conditions = [where] if isinstance(where, soql.Comparison) else (
+            where.items if isinstance(where, soql.Logical) and where.op == "AND" else [])
+        table = self._data.get(sobject, {})
+        for cond in conditions:
+            if not isinstance(cond, soql.Comparison) or cond.op not in ("=", "IN"):
+                continue
+            if any(lit.value in (None, "") or not isinstance(lit.value, str) for lit in cond.values):
+                continue  # a null literal matches empty fields, which no index holds
+            _path, fd, ref = bind(cond.field, cond.pos)
+            if ref is not None:
+                continue
+            if fd.type == "id":
+                ids = {sfids.normalize_id(lit.value) for lit in cond.values}
+            elif fd.type in soql.INDEXABLE_TYPES:
+                index = self._index(sobject, replace(fd, case_sensitive=False))  # SOQL compares text caselessly
+                ids = {rid for lit in cond.values for rid in index.get(self._norm(lit.value, False), ())}
+            else:
+                continue
+            return [table[rid] for rid in sorted((i for i in ids if i in table), key=self._places.__getitem__)]
+        return None
 
     def _bind_field(
         self, query: soql.Query, sobject: str, name: str, pos: int

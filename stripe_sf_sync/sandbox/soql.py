@@ -464,6 +464,8 @@ def parse(query: str) -> Query:
 
 _STRING_TYPES = {"string", "textarea", "picklist", "email", "phone", "url"}
 _ID_TYPES = {"id", "reference"}
+# Text types whose `=` and `IN` compare casefolded values (`_comparable`): a caseless index answers them.
+INDEXABLE_TYPES = frozenset(_STRING_TYPES)
 _NUMBER_TYPES = {"currency", "double", "percent", "int"}
 
 

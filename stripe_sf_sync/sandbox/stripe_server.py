@@ -307,6 +307,7 @@ class StripeSandbox:
         now: Callable[[], int] | None = None,
         latency_ms: float = 0.0,
         rate_limit_per_s: float | None = None,
+        endpoint_limit_per_s: float | None = None,
         should_retry_header: bool | None = None,
         api_key_prefixes: tuple[str, ...] = ("sk_test_", "rk_test_"),
         account_api_version: str = API_VERSION_CURRENT,
@@ -349,6 +350,10 @@ class StripeSandbox:
         self._object_indexes: dict[str, tuple[int, list[tuple[tuple[int, int], Obj]], dict[str, int]]] = {}
         self._lock = threading.RLock()
         self._bucket = _TokenBucket(rate_limit_per_s) if rate_limit_per_s else None
+        # Stripe limits each named API operation too (`GET /v1/subscriptions`, `GET /v1/customers/{id}`), by
+        # default to 25 requests a second in live mode as in test mode (docs.stripe.com/rate-limits).
+        self.endpoint_limit_per_s = endpoint_limit_per_s
+        self._endpoint_buckets: dict[str, _TokenBucket] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
@@ -668,17 +673,9 @@ class StripeSandbox:
                 return failure.status, body, dict(failure.headers)
             self._check_auth(headers.get("authorization"))
             if self._bucket is not None and not self._bucket.take():
-                extra = {}
-                if self.should_retry_header is not None:
-                    # stripe-python retries a 429 only when this header says "true".
-                    extra["Stripe-Should-Retry"] = "true" if self.should_retry_header else "false"
-                raise StripeApiError(
-                    429,
-                    "Too many requests hit the API too quickly. We recommend an exponential backoff of your "
-                    "requests.",
-                    code="rate_limit",
-                    headers=extra,
-                )
+                raise self._rate_limited()
+            if self.endpoint_limit_per_s and not self._endpoint_bucket(method, path).take():
+                raise self._rate_limited()
             version = headers.get("stripe-version") or self.account_api_version
             if not is_valid_api_version(version):
                 _bad(f"Invalid Stripe API version: {version}")
@@ -692,6 +689,25 @@ class StripeSandbox:
             self.server_errors.append(traceback.format_exc())
             print(f"stripe sandbox: internal error\n{self.server_errors[-1]}", file=sys.stderr)
             return 500, {"error": {"type": "api_error", "message": "Sandbox internal error."}}, {}
+
+    def _rate_limited(self) -> StripeApiError:
+        extra = {}
+        if self.should_retry_header is not None:
+            # stripe-python retries a 429 only when this header says "true".
+            extra["Stripe-Should-Retry"] = "true" if self.should_retry_header else "false"
+        return StripeApiError(
+            429,
+            "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests.",
+            code="rate_limit",
+            headers=extra,
+        )
+
+    def _endpoint_bucket(self, method: str, path: str) -> _TokenBucket:
+        """The bucket of a named operation: the path with object ids as `{id}`."""
+        parts = path.rstrip("/").split("/")
+        name = method + " " + "/".join(p if i < 3 or p in COLLECTIONS else "{id}" for i, p in enumerate(parts))
+        with self._lock:
+            return self._endpoint_buckets.setdefault(name, _TokenBucket(self.endpoint_limit_per_s or 1.0))
 
     def _route(self, method: str, path: str, params: Obj, version: str) -> tuple[int, Obj]:
         m = _PATH_RE.match(path)
