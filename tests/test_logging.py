@@ -281,8 +281,10 @@ def test_h_is_help(runner, cmd):
 def test_shell_completion_is_offered_and_completes_commands_and_choices(tmp_path):
     script = Path(sys.executable).parent / "stripe-sf"
     env = {k: v for k, v in os.environ.items() if not k.startswith("_STRIPE_SF")}
-    shown = subprocess.run([script, "--show-completion", "bash"], env=env, capture_output=True, text=True,
-                           timeout=60, check=False)
+    # Typer detects the shell from the process's ancestors, as in an operator's shell: run it under bash (the
+    # trailing `exit` keeps bash from exec-ing it), so a suite started from cron or in the background passes too.
+    shown = subprocess.run(["bash", "-c", f"'{script}' --show-completion; exit $?"], env=env, capture_output=True,
+                           text=True, timeout=60, check=False)
     assert shown.returncode == 0 and "complete -o default -F _stripe_sf_completion stripe-sf" in shown.stdout
 
     def complete(words: str) -> list[str]:
