@@ -11,17 +11,38 @@ process-wide: another thread's cycles wait as long, at most one batch (peak RSS 
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+class _Pauses:
+    """The blocks that hold the collector paused, counted across threads: a page may be decoded on another
+    thread (stripe_source.py, `CountingRequestsClient`) while a batch is applied, and the first block to end
+    must not resume the collector under another thread's block. Process-wide, as the collector is."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held = 0
+        self.resume = False  # whether the collector ran when the first block paused it
+
+
+_PAUSES = _Pauses()
+
+
 @contextmanager
 def paused() -> Iterator[None]:
-    """No cyclic collection inside the block; the collector is as it was after it (nesting is safe)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
+    """No cyclic collection inside the block; once no block on any thread holds it, the collector is as it was
+    before the first (nesting, and blocks overlapping on several threads, are safe)."""
+    with _PAUSES.lock:
+        if _PAUSES.held == 0:
+            _PAUSES.resume = gc.isenabled()
+            gc.disable()
+        _PAUSES.held += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _PAUSES.lock:
+            _PAUSES.held -= 1
+            if _PAUSES.held == 0 and _PAUSES.resume:
+                gc.enable()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime
 import gc
 import json
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from stripe_sf_sync import model, rules
+from stripe_sf_sync import collector, model, rules
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline import BatchSettings, CommitPolicy, apply_batch
@@ -237,6 +238,27 @@ def test_the_collector_is_paused_only_while_a_batch_is_read() -> None:
         for _ in in_batches(events(), 2, CommitPolicy(advance_cursor=True)):
             applying.append(gc.isenabled())
     assert seen == [False] * 5 and applying == [True, True] and gc.isenabled()
+
+
+def test_a_pause_held_on_one_thread_is_not_ended_by_another_threads_pause() -> None:
+    """A page decoded on another thread (a read-ahead) under its own pause while this thread applies a batch
+    under its own: the first pause to end must not switch the collector back on under the other."""
+    assert gc.isenabled()
+    inside, leave = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with collector.paused():
+            inside.set()
+            leave.wait(5.0)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert inside.wait(5.0)
+    with collector.paused():
+        leave.set()
+        thread.join(5.0)
+        assert not gc.isenabled()  # the other thread's block ended; this one still holds the pause
+    assert gc.isenabled()
 
 
 @dataclass
