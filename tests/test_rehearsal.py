@@ -46,8 +46,11 @@ class Served:
 
 
 def start_sandbox() -> Served:
+    # Ctrl-C as on a terminal: a suite started in the background inherits an ignored SIGINT, which the
+    # sandbox, like any background job, keeps ignoring.
     proc = subprocess.Popen([sys.executable, "-m", "stripe_sf_sync", "sandbox"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(60, proc.kill)  # never hang the suite on a sandbox that does not start
     watchdog.start()
     lines: list[str] = []
