@@ -137,7 +137,7 @@ def test_time_targets_need_the_default_latencies_and_the_configs_pacing() -> Non
 
 
 def test_throughput_is_judged_at_zero_latency_only() -> None:
-    fast = _run(BATCHED, 10_000, sf=60, stripe=100, wall=4.0, rss=80.0)
+    fast = _run(BATCHED, 10_000, sf=60, stripe=100, wall=1.8, rss=80.0)
     slow = _run(BATCHED, 10_000, sf=60, stripe=100, wall=8.0, rss=80.0)
     assert _verdicts(_report(throughput=fast), _args())["4"] is True
     assert _verdicts(_report(throughput=slow), _args())["4"] is False
