@@ -23,7 +23,7 @@ from stripe_sf_sync.pipeline.stop import Aborted, Stop
 from stripe_sf_sync.reconcile import Spill, sf_decimal, text
 from stripe_sf_sync.salesforce_sink import QUERY_HINT, SalesforceGateway
 from stripe_sf_sync.sfid import to_18
-from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource
+from stripe_sf_sync.stripe_source import StripeSource
 
 Planned = tuple[rules.Plan | None, str | None]  # (the rules' plan, or why the object cannot be planned)
 # Customers that Accounts name and no listed object showed: read one by one up to this many, else listed.
@@ -125,8 +125,7 @@ class StripeReader:
 
     def customers(self, spill: Spill) -> None:
         """Every customer id Stripe lists (deleted customers are not listed), through the one pager."""
-        params: dict[str, Any] = {"limit": PAGE_LIMIT, "created": {"gte": self.since}}
-        for page in self._source._walk("customers", "/v1/customers", params):
+        for page in self._source.customer_pages(created={"gte": self.since}):
             spill.put("customers", [(o["id"],) for o in page])
             check_stop(self._stop)
 

@@ -631,6 +631,11 @@ class StripeSource:
             int(self._clock()))
         self._fresh_customers.append(customer_id)
 
+    def customer_pages(self, *, created: dict[str, int], start: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Pages of the customer list, newest first, 100 a call, from the one just older than `start`. Stripe never
+        lists a deleted customer (Stripe API reference: List all customers)."""
+        return self._walk("customers", "/v1/customers", {"limit": PAGE_LIMIT, "created": created}, start=start)
+
     def prefetch_customers(self, customer_ids: Iterable[str], *, created_until: int) -> None:
         """Look for many unknown customers in the customer list (100 a call) instead of one read each.
 
@@ -649,9 +654,8 @@ class StripeSource:
         if len(missing) < CUSTOMER_LIST_FROM or self._customer_list_ended:
             return
         until, cursor = self._customer_list or (created_until, None)
-        params: dict[str, Any] = {"limit": PAGE_LIMIT, "created": {"lte": until}}
         pages = 0
-        for data in self._walk("customers", "/v1/customers", params, start=cursor):
+        for data in self.customer_pages(created={"lte": until}, start=cursor):
             pages += 1
             for obj in data:
                 if obj["id"] not in self._customers:  # state and the batch's own customer events stand
