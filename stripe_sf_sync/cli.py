@@ -365,7 +365,7 @@ def reconcile(
 ) -> None:
     """Compare Salesforce with Stripe object by object, and say exactly where they disagree.
 
-    Exit 0 when they agree, 9 when anything drifted (README: reconcile), 3 when a --fix repair was dead-lettered.
+    Exit 0 when they agree, 9 when anything drifted (docs/reconcile.md), 3 when a --fix repair was dead-lettered.
 
     Example: stripe-sf reconcile --csv drift.csv; then stripe-sf reconcile --fix --dry-run, and --fix
     """
@@ -537,7 +537,7 @@ def status(
     log_format: LogFormatOpt = None,
     quiet: QuietOpt = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 8 when unhealthy (for a monitoring check); "
-                                                        "the README says what counts.")] = False,
+                                                        "docs/reconcile.md says what counts.")] = False,
     max_cursor_age: Annotated[str, typer.Option(help="--check: the oldest the cursor may be (90s, 15m, 2h, 1d).")
                               ] = DEFAULT_MAX_CURSOR_AGE,
     max_dead_letters: Annotated[int | None, typer.Option(min=0, help="--check: more open dead letters than this "
@@ -658,7 +658,7 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
            log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
     """Check everything a run depends on, before the first write: one line per check, each problem with its fix.
 
-    Exit 0 when healthy (with warnings too), else the first error's code: 2, 5, 6 or 7 (README: doctor).
+    Exit 0 when healthy (with warnings too), else the first error's code: 2, 5, 6 or 7 (docs/configure.md).
 
     Example: stripe-sf doctor --json
     """
@@ -750,7 +750,7 @@ def _sandbox_extra(command: str) -> contextlib.AbstractContextManager[None]:
 def sandbox_command(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
     """Serve local stand-ins of Stripe and Salesforce, seeded with the demo data, until Ctrl-C (or SIGTERM).
 
-    It prints the `export` lines that point the other commands at them (README: "Rehearse offline").
+    It prints the `export` lines that point the other commands at them (docs/rehearse.md).
 
     Example: stripe-sf sandbox > sandbox.env &   then   . ./sandbox.env && stripe-sf discover-config --write
     """

@@ -124,7 +124,7 @@ class Doctor:
             secrets = salesforce_secrets(self.env)
         except ConfigError as exc:
             return [Check("salesforce", "login", "error", "; ".join(exc.problems),
-                          "export the SF_* variables of one mode (README: 'Environment')",
+                          "export the SF_* variables of one mode (docs/environment.md)",
                           "SF_*", int(ExitCode.CONFIG))]
         try:
             sf = connect(secrets, api_version=s.api_version, session=self.session_factory())

@@ -9,7 +9,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Process exit codes. Documented in the README; cron wrappers branch on them."""
+    """Process exit codes. Documented in docs/exit-codes.md; cron wrappers branch on them."""
 
     OK = 0  # finished, nothing newly dead-lettered
     FAILURE = 1  # unexpected internal error (a bug: please report it with --debug output)

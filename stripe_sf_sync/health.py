@@ -109,7 +109,7 @@ def assess(report: dict[str, Any], thresholds: Thresholds) -> dict[str, Any]:
                                 "continues")
             elif last["exit_code"] not in DONE_EXITS:
                 problems.append(f"the last run ({name}) failed with exit code {last['exit_code']}: its log says "
-                                "why; the README's exit codes say what to do")
+                                "why; docs/exit-codes.md says what to do")
     dead = report["dead_letters"]
     if thresholds.max_dead_letters is not None and dead > thresholds.max_dead_letters:
         problems.append(f"{dead} open dead letters, more than {thresholds.max_dead_letters}: `stripe-sf dlq list`, "

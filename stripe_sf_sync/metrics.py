@@ -57,7 +57,8 @@ def write_metrics(path: Path, figures: RunFigures) -> None:
                 command=command, **labels).set(value)
 
     gauge("last_run_timestamp_seconds", "When the last run ended (Unix time).", figures.finished_at)
-    gauge("last_run_exit_code", "The last run's exit code (0 ok, 3 dead letters; see the README).", figures.exit_code)
+    gauge("last_run_exit_code", "The last run's exit code (0 ok, 3 dead letters; docs/exit-codes.md).",
+          figures.exit_code)
     gauge("last_run_duration_seconds", "How long the last run took.", s.get("duration_s"))
     gauge("last_run_events_read", "Events (or backfilled objects) the last run read.", s.get("events_read"))
     events = Gauge(f"{PREFIX}_last_run_events", "Events of the last run, by outcome.", ["command", "outcome"],

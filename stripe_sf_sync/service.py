@@ -332,7 +332,7 @@ def clients(runtime: Runtime) -> tuple[StripeSource, Callable[[], SalesforceGate
         problems.extend(exc.problems)
     if problems or source is None or sf_factory is None:
         raise ConfigError(problems, source="environment",
-                          hint="Export the variables listed in the README ('Environment'); secrets are read "
+                          hint="Export the variables listed in docs/environment.md; secrets are read "
                                "only from the environment.")
     return source, sf_factory
 

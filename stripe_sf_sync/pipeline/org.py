@@ -126,7 +126,7 @@ def check_org(describer: Describer, loaded: LoadedConfig) -> OrgFacts:
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ConfigError([str(p) for p in errors], source="Salesforce org setup",
-                          hint="Create the fields (README: 'Salesforce fields'), or change salesforce.fields in "
+                          hint="Create the fields (docs/salesforce-fields.md), or change salesforce.fields in "
                                "the config." if any(p.severity == "error" for p in fields)
                           else "Run `stripe-sf discover-config --write`, then sync again.")
     for p in problems:

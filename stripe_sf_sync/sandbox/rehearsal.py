@@ -1,5 +1,5 @@
 """`stripe-sf sandbox`: both stand-ins as local servers, seeded with the demo data, so that every command can
-be rehearsed offline against them (README: "Rehearse offline")."""
+be rehearsed offline against them (docs/rehearse.md)."""
 
 from __future__ import annotations
 
