@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from stripe_sf_sync import money
@@ -161,13 +161,26 @@ def _currency(value: Any, where: str) -> str:
     return value.lower()
 
 
+# Working precision: 60 digits, then snapped to 1e-20 of a minor unit before rounding half up. Divisions by
+# 365, 52, 12, an interval count or (100 + tax %) do not terminate; snapping first puts an exact half (9.99 x
+# 52 x 0.875 = 454.545) back on its boundary instead of a hair below it.
+_PRECISION = 60
+_SNAP = Decimal("1e-20")
+
+
 def _minor_to_figure(minor: Decimal, currency: str) -> Figure:
-    return Figure(money.quantize(minor.scaleb(-money.exponent(currency)), currency), currency)
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        snapped = minor.quantize(_SNAP)
+        return Figure(money.quantize(snapped.scaleb(-money.exponent(currency)), currency), currency)
 
 
 def _safely(currency: str, compute: Callable[[], Decimal]) -> Figure:
     try:
-        return _minor_to_figure(compute(), currency)
+        with localcontext() as ctx:
+            ctx.prec = _PRECISION
+            minor = compute()
+        return _minor_to_figure(minor, currency)
     except Unknowable as exc:
         return Figure(None, currency, str(exc))
 
@@ -609,11 +622,16 @@ def subscription_value(subscription: Mapping[str, Any], lookups: Lookups | None 
         return sum((_net(item, amounts[k]) / item.months for k, item in enumerate(items)), Decimal(0))
 
     try:
-        exact = monthly()
+        with localcontext() as ctx:
+            ctx.prec = _PRECISION
+            exact = monthly()
     except Unknowable as exc:
         unknown = Figure(None, billed, str(exc))
         return SubscriptionValue(sub_id, billed, unknown, unknown, counted_by_stripe(subscription))
-    return SubscriptionValue(sub_id, billed, _minor_to_figure(exact, billed), _minor_to_figure(exact * 12, billed),
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        yearly = exact * 12
+    return SubscriptionValue(sub_id, billed, _minor_to_figure(exact, billed), _minor_to_figure(yearly, billed),
                              counted_by_stripe(subscription))
 
 
@@ -621,8 +639,8 @@ def first_period_from_subscription(subscription: Mapping[str, Any], lookups: Loo
                                    at: int | None = None, customer_discount: Any = None,
                                    default_tax_behavior: str | None = None) -> Figure:
     """What the subscription's first paid invoice will charge before tax: one period of every licensed
-    item after every discount still on it at `at` (default: `trial_end`, when that invoice comes), on one
-    invoice. For a trial, until that invoice exists.
+    item after every discount still on it at `at` (default: a trialing subscription's `trial_end`, when that
+    invoice comes; else every discount on it now), on one invoice. For a trial, until that invoice exists.
 
     A once discount still listed has not been used yet (Stripe removes a discount when it ends), so it
     applies; a repeating one applies while `at` is before its `end`. Metered items bill nothing in advance.
@@ -630,7 +648,7 @@ def first_period_from_subscription(subscription: Mapping[str, Any], lookups: Loo
     lookups = lookups or Lookups()
     billed = billed_currency(subscription)
     sub_id = str(subscription.get("id"))
-    trial_end = subscription.get("trial_end")
+    trial_end = subscription.get("trial_end") if subscription.get("status") == "trialing" else None
     when = at if at is not None else (trial_end if isinstance(trial_end, int) else None)
 
     def keep(discount: Discount) -> bool:
@@ -660,14 +678,20 @@ def _tax_total(invoice: Mapping[str, Any], where: str) -> Decimal | None:
     return None
 
 
+def _invoice_currency(invoice: Mapping[str, Any]) -> str:
+    """The invoice's currency; ValueError for a malformed payload (dead-lettered upstream)."""
+    try:
+        return _currency(invoice.get("currency"), "currency")
+    except Unknowable:
+        raise ValueError(f"invoice {invoice.get('id')} names no valid currency") from None
+
+
 def first_period_from_invoice(invoice: Mapping[str, Any]) -> Figure:
     """What an invoice charged after every discount, before any tax: `total_excluding_tax` ("including all
     discounts but excluding all tax", pkg `_invoice.py`), else `total` less its taxes. Credit notes and
     refunds are applied by the caller (issue 22 items 1-2); the customer balance does not change `total`."""
     where = str(invoice.get("id"))
-    currency = _currency(invoice.get("currency"), f"{where} currency") if invoice.get("currency") else None
-    if currency is None:
-        raise ValueError(f"invoice {where} names no currency")
+    currency = _invoice_currency(invoice)
 
     def charged() -> Decimal:
         direct = _decimal(invoice.get("total_excluding_tax"), f"{where}.total_excluding_tax")
@@ -686,7 +710,7 @@ def invoice_discounts(invoice: Mapping[str, Any]) -> Figure:
     """What the invoice's discounts took off, all durations (`total_discount_amounts`, pkg `_invoice.py`):
     what discounts cost, for reports."""
     where = str(invoice.get("id"))
-    currency = _currency(invoice.get("currency"), f"{where} currency")
+    currency = _invoice_currency(invoice)
 
     def total() -> Decimal:
         return sum((_decimal((_obj(r) or {}).get("amount"), f"{where}.total_discount_amounts") or Decimal(0)
@@ -734,7 +758,10 @@ def needed(subscription: Mapping[str, Any], lookups: Lookups | None = None) -> N
         if isinstance(coupon, str) and coupon not in lookups.coupons and coupon not in coupons:
             coupons.append(coupon)
     for item in items:
-        price = _price_of(item, lookups, "item")
+        try:
+            price = _price_of(item, lookups, "item")
+        except Unknowable:
+            continue  # no price at all: nothing to fetch; the figure says why
         price_id = price.get("id")
         if not isinstance(price_id, str) or price_id in prices:
             continue
