@@ -771,3 +771,24 @@ def needed(subscription: Mapping[str, Any], lookups: Lookups | None = None) -> N
         if missing_option or missing_tiers:
             prices.append(price_id)
     return Needed(tuple(discounts), tuple(coupons), tuple(prices))
+
+
+def _ref_ids(refs: Any) -> list[str | None]:
+    return [_id(ref) for ref in _list(refs)]
+
+
+def discounts_changed(subscription: Mapping[str, Any], previous_attributes: Mapping[str, Any] | None) -> bool:
+    """Whether a `customer.subscription.updated` changed a discount: a coupon added, removed or ended.
+
+    `previous_attributes` lists changed fields with arrays whole (api-facts "Events"): `discount`
+    (pre-basil) or `discounts` at the top, or an item whose own `discounts` differ. From basil on every
+    renewal lists `items` (their periods moved), so items count only when their discounts differ.
+    """
+    prev = previous_attributes or {}
+    if "discount" in prev or "discounts" in prev:
+        return True
+    if "items" not in prev:
+        return False
+    before = {_id(i): _ref_ids(_obj(i).get("discounts")) for i in _list(prev.get("items")) if _obj(i) is not None}
+    now = {_id(i): _ref_ids(_obj(i).get("discounts")) for i in _list(subscription.get("items")) if _obj(i) is not None}
+    return any(item_id in now and now[item_id] != ids for item_id, ids in before.items())

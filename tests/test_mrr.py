@@ -567,3 +567,20 @@ def test_invoice_without_a_valid_currency_is_malformed(currency: Any) -> None:
         mrr.first_period_from_invoice(basil_invoice(currency=currency))
     with pytest.raises(ValueError):
         mrr.invoice_discounts(basil_invoice(currency=currency))
+
+
+# --- which updates change the value ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "previous", "changed"), [
+    ("coupon added (basil+)", {"discounts": []}, True),
+    ("coupon removed (pre-basil)", {"discount": {"id": "di_old", "coupon": coupon(percent=5)}}, True),
+    ("a renewal moves item periods only", {"items": {"object": "list", "data": [
+        {**item(price(10000), discounts=["di_item"]), "current_period_end": T0}]}}, False),
+    ("an item's coupon removed", {"items": {"object": "list", "data": [
+        item(price(10000), discounts=["di_item", "di_gone"])]}}, True),
+    ("metadata only", {"metadata": {"plan": "old"}}, False),
+    ("no previous attributes", None, False),
+])
+def test_discounts_changed(name: str, previous: dict[str, Any] | None, changed: bool) -> None:
+    now = sub([item(price(10000), discounts=["di_item"])], discounts=["di_1"])
+    assert mrr.discounts_changed(now, previous) is changed
