@@ -476,10 +476,11 @@ def _months(price: Mapping[str, Any], where: str) -> Decimal | None:
     recurring = _obj(price.get("recurring")) or (price if "interval" in price else None)  # old Plans
     if recurring is None or recurring.get("interval") is None:
         return None
-    per = MONTHS_PER_INTERVAL.get(recurring.get("interval"))  # type: ignore[arg-type]
+    interval = recurring.get("interval")
+    per = MONTHS_PER_INTERVAL.get(interval) if isinstance(interval, str) else None
     count = recurring.get("interval_count") or 1
     if per is None or isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
-        raise Unknowable(f"{where}: billing interval {recurring.get('interval')!r} x{count} is unknown")
+        raise Unknowable(f"{where}: billing interval {interval!r} x{count} is unknown")
     return per * count
 
 
