@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from stripe_sf_sync.errors import ExitCode, LockHeldError
+from stripe_sf_sync.errors import ConfigError, ExitCode, LockHeldError
 from stripe_sf_sync.state import Cursor, Outcome, open_state
 
-from . import pgserver
+from . import pgbouncer, pgserver
 
 
 def _open(url, tmp_path, **kw):
@@ -100,3 +100,99 @@ def test_prepared_statements_are_off_so_the_pooler_never_sees_one(pooled_url, tm
         assert st._conn.raw.prepare_threshold is None
         prepared = st._conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
         assert prepared == 0
+
+
+def test_a_direct_connection_is_told_from_a_pooled_one(pg_url, pooled_url, tmp_path):
+    with _open(pg_url, tmp_path) as direct, _open(pooled_url, tmp_path) as pooled:
+        assert direct._direct and not pooled._direct
+
+
+def test_direct_and_pooled_hosts_on_one_store_exclude_each_other(pg_url, pooled_url, tmp_path):
+    """One host on the direct URL (lease and advisory lock), another through the pooler (lease only)."""
+    with _open(pg_url, tmp_path) as direct, _open(pooled_url, tmp_path) as pooled:
+        direct.acquire_lock()
+        with pytest.raises(LockHeldError) as info:
+            pooled.acquire_lock()
+        assert "frees the lock with its connection" in str(info.value)
+        direct.release_lock()
+        pooled.acquire_lock()
+        assert direct.lock_held()
+        with pytest.raises(LockHeldError) as info:
+            direct.acquire_lock()
+        assert "lease expires within" in str(info.value)
+        pooled.release_lock()
+        pooled.acquire_lock()  # the refused direct run left no advisory lock behind to keep pooled runs out
+        pooled.release_lock()
+        direct.acquire_lock()
+
+
+def test_a_crashed_direct_holder_frees_the_lock_at_once_for_a_direct_run(pg_url, tmp_path, monkeypatch):
+    """On a direct connection the lease does not slow down a takeover: the server freed the crashed holder's
+    advisory lock with its connection, and that says its lease is stale."""
+    monkeypatch.setenv("STRIPE_SF_LOCK_LEASE_S", "600")
+    with _open(pg_url, tmp_path) as holder, _open(pg_url, tmp_path) as other:
+        holder.acquire_lock()
+        holder._stop_heartbeat()
+        pid = int(holder._conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        import psycopg
+
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            pgserver.wait_gone(admin, pid)
+        holder._locked = False  # the crashed process is gone; only its row is left
+        other.acquire_lock()
+
+
+def test_the_heartbeat_reconnects_when_its_connection_is_lost(pg_url, tmp_path, monkeypatch):
+    import psycopg
+
+    monkeypatch.setenv("STRIPE_SF_LOCK_LEASE_S", "2")
+    with _open(pg_url, tmp_path) as holder:
+        holder.acquire_lock()
+        own = int(holder._conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            time.sleep(0.3)  # the heartbeat has connected
+            for (pid,) in admin.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'stripe-sf' "
+                                        "AND datname = current_database() AND pid <> %s", (own,)).fetchall():
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(3)
+        assert holder._lost is None
+        holder.commit_batch(**_batch("evt_1"))  # the lease is still ours
+
+
+def test_an_older_run_lock_table_gains_the_lease_columns(pg_url, tmp_path):
+    """A store created by the previous release (run_lock without the lease, no pg_schema_version) is brought
+    up to date when opened; its last holder's row, without an expiry, does not keep a run out."""
+    with _open(pg_url, tmp_path):
+        pass
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE run_lock DROP COLUMN run_token, DROP COLUMN expires_at, DROP COLUMN direct")
+        conn.execute("DELETE FROM meta WHERE key = 'pg_schema_version'")
+        conn.execute("INSERT INTO run_lock VALUES (1, 'old-host', 1, 0)")
+    with _open(pg_url, tmp_path) as st:
+        st._conn.execute("UPDATE run_lock SET lock_key = ?", (st._lock_key,))
+        st.acquire_lock()
+        assert st.get_meta("pg_schema_version") == "1"
+
+
+def test_the_lease_length_comes_from_the_environment_and_is_checked():
+    from stripe_sf_sync.state_pg import DEFAULT_LEASE_S, lease_seconds
+
+    assert lease_seconds({}) == DEFAULT_LEASE_S == 60
+    assert lease_seconds({"STRIPE_SF_LOCK_LEASE_S": "15"}) == 15
+    for wrong in ("0", "abc", "86400"):
+        with pytest.raises(ConfigError) as info:
+            lease_seconds({"STRIPE_SF_LOCK_LEASE_S": wrong})
+        assert "STRIPE_SF_LOCK_LEASE_S" in str(info.value) and info.value.exit_code == ExitCode.CONFIG
+
+
+def test_without_pgbouncer_the_pooler_tests_skip_here_and_fail_in_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("STRIPE_SF_REQUIRE_POSTGRES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="install the pgbouncer package"):
+        pgbouncer.unavailable("no pgbouncer")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="PgBouncer is required"):
+        pgbouncer.unavailable("no pgbouncer")
