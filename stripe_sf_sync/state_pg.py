@@ -212,12 +212,16 @@ def _advisory_ids(key: int) -> dict[str, int]:
 class _Heartbeat:
     """Renews the lease every quarter of its length, on a connection of its own (the store's may be inside a
     batch's transaction, or in another thread's hands). Calls `on_lost` once and stops when another run took
-    the lease over, or when it could not renew it before the lease would have expired (with a margin: the
-    holder stops before anyone else may take over)."""
+    the lease over. `overdue()` tells the store when no renewal succeeded for 90% of the lease: the holder
+    then stops before anyone else may take over, even while this thread hangs on an unresponsive network."""
+
+    MARGIN = 0.9  # of the lease: a holder stops at 90% of it, before the server lets another run take over
 
     def __init__(self, url: str, key: int, token: str, lease_s: float, on_lost: Callable[[str], None]) -> None:
-        self._url, self._params, self._lease_s, self._on_lost = url, {"key": key, "token": token,
-                                                                       "lease": lease_s}, lease_s, on_lost
+        self._url, self._lease_s, self._on_lost = url, lease_s, on_lost
+        self._params = {"key": key, "token": token, "lease": lease_s}
+        self._deadline = time.monotonic() + lease_s * self.MARGIN  # the lease was taken a moment ago
+        self._error = ""
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stripe-sf lease", daemon=True)
 
@@ -229,31 +233,49 @@ class _Heartbeat:
         if self._thread is not threading.current_thread():
             self._thread.join(CONNECT_TIMEOUT_S)
 
+    def renewed(self, sent: float) -> None:
+        """A renewal sent at `sent` (monotonic) succeeded: here, or in a batch's commit (`_fence`)."""
+        self._deadline = max(self._deadline, sent + self._lease_s * self.MARGIN)
+
+    def overdue(self) -> str | None:
+        """Why the holder must stop, when no renewal succeeded in time; else None."""
+        if time.monotonic() < self._deadline:
+            return None
+        return f"its lease could not be renewed for {self._lease_s:g} s" + (f" ({self._error})" if self._error
+                                                                                else "")
+
     def _run(self) -> None:
         every = self._lease_s / 4
-        deadline = time.monotonic() + self._lease_s * 0.9  # the lease was taken a moment before this started
         conn: psycopg.Connection[Any] | None = None
         pause = every
         try:
             while not self._stopping.wait(pause):
                 sent = time.monotonic()
                 try:
-                    conn = conn or _raw_connect(self._url, max(2, math.ceil(every)))
+                    conn = conn or _heartbeat_connect(self._url, every)
                     if conn.execute(_RENEW, self._params).rowcount != 1:  # type: ignore[arg-type]
                         self._on_lost("another run took it over")
                         return
-                    deadline, pause = sent + self._lease_s * 0.9, every
+                    self.renewed(sent)
+                    self._error, pause = "", every
                 except psycopg.Error as exc:
+                    self._error = _first_line(exc)
                     if conn is not None:
                         conn.close()
                     conn = None
-                    if time.monotonic() + min(every, 1.0) >= deadline:
-                        self._on_lost(f"its lease could not be renewed for {self._lease_s:g} s ({_first_line(exc)})")
-                        return
                     pause = min(every, 1.0)  # retry soon: the lease runs out
         finally:
             if conn is not None:
                 conn.close()
+
+
+def _heartbeat_connect(url: str, every: float) -> psycopg.Connection[Any]:
+    """The heartbeat's connection: a renewal that gets no answer fails within about `every` seconds (TCP
+    keepalives and tcp_user_timeout, libpq's client-side settings, which a pooler does not see)."""
+    wait = max(2, math.ceil(every))
+    return psycopg.connect(url, autocommit=True, connect_timeout=wait, prepare_threshold=None,
+                           application_name="stripe-sf", keepalives=1, keepalives_idle=wait,
+                           keepalives_interval=1, keepalives_count=3, tcp_user_timeout=wait * 1000)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -413,6 +435,8 @@ class PgStateStore(StateStore):
     def _check_lease(self, *, writing: bool) -> None:
         """Stop a run that lost its lease: its next operation raises once (the run ends with the lock code and
         records its end); every later write transaction raises again."""
+        if self._lost is None and self._heartbeat is not None and (why := self._heartbeat.overdue()):
+            self._lose(why)
         if self._lost is None or not (writing or not self._lost_reported):
             return
         self._lost_reported = True
@@ -422,15 +446,17 @@ class PgStateStore(StateStore):
                  f"from the last committed batch. A run loses the lock when it cannot renew its {self._lease_s:g} s "
                  "lease (the database or the pooler unreachable, the host frozen): check them if this repeats.")
 
-    def _fence(self) -> None:
+    def _fence(self) -> float | None:
         """Inside each write transaction, just before COMMIT: the lease is still ours (and renewed), or the
         transaction rolls back. A run that lost the lock commits nothing more, whatever its heartbeat saw."""
         if self._token is None:
-            return
+            return None
+        sent = time.monotonic()
         renewed = self._conn.execute(_RENEW, {"key": self._lock_key, "token": self._token, "lease": self._lease_s})
         if renewed.rowcount != 1:
             self._lose("another run took it over")
             self._check_lease(writing=True)
+        return sent
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -438,11 +464,13 @@ class PgStateStore(StateStore):
         self._conn.execute(self._BEGIN)
         try:
             yield
-            self._fence()
+            sent = self._fence()
         except BaseException:
             self._rollback()
             raise
         self._conn.execute("COMMIT")
+        if sent is not None and self._heartbeat is not None:
+            self._heartbeat.renewed(sent)  # committed: the lease runs from the renewal on
 
     def _held_error(self) -> LockHeldError:
         row = self._guard(lambda: self._conn.execute(

@@ -59,6 +59,23 @@ def test_a_holder_that_stops_renewing_loses_the_lock_after_the_lease_and_writes_
         assert other.cursor() is None and other.outcomes_for(["evt_1"]) == {}
 
 
+def test_a_holder_that_cannot_renew_in_time_stops_itself_before_its_lease_ends(pooled_url, tmp_path, monkeypatch):
+    """The heartbeat hangs or cannot reach the database: at 90% of the lease the run's next store operation
+    stops it (once, so that the run can record its end); every later write transaction is refused."""
+    monkeypatch.setenv("STRIPE_SF_LOCK_LEASE_S", "2")
+    with _open(pooled_url, tmp_path) as holder:
+        holder.acquire_lock()
+        holder._heartbeat._stopping.set()  # renews no more, as if hung
+        time.sleep(1.9)
+        with pytest.raises(LockHeldError) as info:
+            holder.outcomes_for(["evt_1"])
+        assert "could not be renewed for 2 s" in str(info.value) and info.value.exit_code == ExitCode.LOCKED
+        assert holder.cursor() is None  # the run records its end
+        with pytest.raises(LockHeldError):
+            holder.commit_batch(**_batch("evt_1"))
+        assert holder.outcomes_for(["evt_1"]) == {}
+
+
 def test_the_heartbeat_keeps_the_lease_past_its_length_and_notices_a_takeover(pooled_url, tmp_path, monkeypatch):
     monkeypatch.setenv("STRIPE_SF_LOCK_LEASE_S", "2")
     with _open(pooled_url, tmp_path) as holder, _open(pooled_url, tmp_path) as other:
