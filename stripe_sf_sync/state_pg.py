@@ -47,6 +47,7 @@ log = logging.getLogger("stripe_sf_sync")
 R = TypeVar("R")
 
 CONNECT_TIMEOUT_S = 10
+PREPARE_THRESHOLD = 5  # psycopg's default: prepare a statement from its 5th execution (direct connections only)
 RELOCK_TRIES, RELOCK_PAUSE_S = 25, 0.2  # after a reconnect: up to 5 s for the server to end the old session
 _LOCK_NAMESPACE = "stripe-sf run lock"
 _SCHEMA_LOCK_KEY = 0x5354_5346_5343_4845  # "STSFSCHE": serialises two first runs creating the schema
@@ -157,15 +158,19 @@ def _connect(url: str, location: str) -> psycopg.Connection[Any]:
 
 def _raw_connect(url: str, timeout_s: int = CONNECT_TIMEOUT_S) -> psycopg.Connection[Any]:
     # prepare_threshold=None: no server-side prepared statements, which a transaction-mode pooler cannot
-    # follow from one server connection to the next (psycopg.org/psycopg3/docs/advanced/prepare.html).
+    # follow from one server connection to the next (psycopg.org/psycopg3/docs/advanced/prepare.html); a
+    # direct connection turns them back on (`_session`).
     return psycopg.connect(url, autocommit=True, connect_timeout=timeout_s, prepare_threshold=None,
                            application_name="stripe-sf", row_factory=_row_factory)
 
 
-def _keepalives(raw: psycopg.Connection[Any]) -> None:
-    """On a direct connection only (a SET behind a transaction-mode pooler would change whichever server
-    connection ran it): the server notices a holder that vanished (power loss) within about two minutes,
-    and frees its advisory lock."""
+def _session(raw: psycopg.Connection[Any]) -> None:
+    """What a direct connection may rely on, and a transaction-mode pooler could not follow. Server-side
+    prepared statements (psycopg's default threshold): a batch's executemany of 10,000 rows takes about half
+    the time with them (benchmarks/state_bench.py). TCP keepalives (a SET behind a pooler would change
+    whichever server connection ran it): the server notices a holder that vanished (power loss) within about
+    two minutes, and frees its advisory lock."""
+    raw.prepare_threshold = PREPARE_THRESHOLD
     raw.execute("SET tcp_keepalives_idle = 60; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 6")
 
 
@@ -322,7 +327,7 @@ class PgStateStore(StateStore):
         try:
             direct = _is_direct(raw)
             if direct:
-                _keepalives(raw)
+                _session(raw)
             _prepare_schema(raw, location, create=create)
             db, schema = raw.execute("SELECT current_database(), current_schema()").fetchone() or ("", "")
         except BaseException:
@@ -372,7 +377,7 @@ class PgStateStore(StateStore):
         raw = _connect(self.url, self.location)
         self._conn = _PgConnection(raw)
         if self._direct:
-            _keepalives(raw)
+            _session(raw)
         if not (self._locked and self._direct):
             return
         for _ in range(RELOCK_TRIES):

@@ -110,7 +110,9 @@ def test_a_lost_server_connection_behind_the_pooler_is_retried_and_the_lease_kep
             other.acquire_lock()
 
 
-def test_prepared_statements_are_off_so_the_pooler_never_sees_one(pooled_url, tmp_path):
+def test_prepared_statements_are_off_so_the_pooler_never_sees_one(pooled_url, pg_url, tmp_path):
+    with _open(pg_url, tmp_path) as direct:  # a direct connection keeps them: a batch commits in half the time
+        assert direct._conn.raw.prepare_threshold == 5
     with _open(pooled_url, tmp_path) as st:
         for _ in range(8):  # psycopg prepares a statement from its 5th execution unless told not to
             st.outcomes_for(["evt_1"])
