@@ -278,9 +278,11 @@ def _heartbeat_connect(url: str, every: float) -> psycopg.Connection[Any]:
     """The heartbeat's connection: a renewal that gets no answer fails within about `every` seconds (TCP
     keepalives and tcp_user_timeout, libpq's client-side settings, which a pooler does not see)."""
     wait = max(2, math.ceil(every))
+    # tcp_user_timeout: libpq 12 or newer (psycopg[binary] bundles a newer one); an older one refuses it
+    unacked = {"tcp_user_timeout": wait * 1000} if psycopg.pq.version() >= 120000 else {}
     return psycopg.connect(url, autocommit=True, connect_timeout=wait, prepare_threshold=None,
                            application_name="stripe-sf", keepalives=1, keepalives_idle=wait,
-                           keepalives_interval=1, keepalives_count=3, tcp_user_timeout=wait * 1000)
+                           keepalives_interval=1, keepalives_count=3, **unacked)
 
 
 def _first_line(exc: BaseException) -> str:
