@@ -196,3 +196,38 @@ def test_two_hosts_through_a_transaction_pooler_never_overlap_and_a_killed_holde
         again = stripe_sf(["sync", "--config", str(cfg_b)], env_b)
         assert again.returncode in (0, 3), again.stderr
         assert_converged(world, Backend("postgresql", tmp_path / "unused", pg_url), reference.as_expected())
+
+
+def test_a_run_whose_lease_is_taken_over_stops_with_the_lock_code_and_commits_nothing_more(
+        reference, pg_pooler, pg_url, tmp_path, monkeypatch):
+    """Through the pooler: another run takes the lease over while this one is in its third batch (its host
+    froze past the lease); that batch is not committed, the run ends with the lock code and records it, and
+    the next run repeats the batch and converges."""
+    from stripe_sf_sync.errors import LockHeldError
+    from stripe_sf_sync.state_pg import PgStateStore
+
+    url = pg_pooler.url(pg_url.rsplit("/", 1)[1])
+    state = Backend("postgresql", tmp_path / "unused", pg_url)
+    seen: dict[str, list[str]] = {"batch": []}
+    real_commit, commits = PgStateStore.commit_batch, [0]
+
+    def commit_batch(self, outcomes, **kw):  # type: ignore[no-untyped-def]
+        commits[0] += 1
+        if commits[0] == 3:
+            seen["batch"] = [o.event_id for o in outcomes]
+            state.execute("UPDATE run_lock SET run_token = 'another run', host = 'host-b'")
+        return real_commit(self, outcomes, **kw)
+
+    with build_world(reference.now, extra=EXTRA) as world:
+        cfg = discover(write_config(tmp_path), world)
+        monkeypatch.setattr(PgStateStore, "commit_batch", commit_batch)
+        with pytest.raises(LockHeldError) as info:
+            _sync(cfg, world, url, since=world.since)
+        assert "lost the run lock" in str(info.value) and info.value.exit_code == ExitCode.LOCKED
+        rows = state.rows()
+        assert seen["batch"] and not set(seen["batch"]) & set(rows["events"])
+        assert state.execute("SELECT exit_code FROM runs ORDER BY run_id DESC LIMIT 1") == [(ExitCode.LOCKED,)]
+        monkeypatch.undo()
+        state.execute("UPDATE run_lock SET expires_at = '-infinity'")  # "host-b" has finished
+        _sync(cfg, world, url)
+        assert_converged(world, state, reference.as_expected())
