@@ -142,6 +142,25 @@ def pg_url(pg_server: Any) -> Iterator[str]:
         pg_server.drop_database(name)
 
 
+@pytest.fixture(scope="session")
+def pg_pooler(pg_server: Any) -> Iterator[Any]:
+    """A PgBouncer in transaction mode in front of the session's server (tests/pgbouncer.py); skipped (failed
+    in CI) without it."""
+    from . import pgbouncer
+
+    pooler = pgbouncer.start(pg_server)
+    try:
+        yield pooler
+    finally:
+        pgbouncer.stop(pooler)
+
+
+@pytest.fixture
+def pooled_url(pg_pooler: Any, pg_url: str) -> str:
+    """The fresh database of `pg_url`, reached through the transaction-mode pooler."""
+    return str(pg_pooler.url(pg_url.rsplit("/", 1)[1]))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """Each state test runs on both backends: the SQLite file, and a fresh PostgreSQL database."""
