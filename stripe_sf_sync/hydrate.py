@@ -92,6 +92,9 @@ class StripeHydrator:
             cust = self._source.customer(customer_id)
             change = dataclasses.replace(change, customer_metadata=dict(cust.metadata) if cust else {},
                                          customer_name=cust.name if cust else None)
+        if isinstance(change, SubscriptionChange) and not change.items_complete:
+            # The embedded list is a first page (`has_more`): the amounts need every item.
+            change = model.with_all_items(change, self._source.subscription_items(change.subscription_id))
         if isinstance(change, SubscriptionChange):
             foreign = model.foreign_price_ids(change)
             if foreign:  # billed in one of its Prices' currency_options: read them (once per run)

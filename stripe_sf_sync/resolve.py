@@ -300,6 +300,10 @@ class Materializer:
         self._pending: dict[tuple[str, str], SfOp] = {}  # Opportunities this batch creates
         self._status: dict[str, str | None] = {}  # Account status as of the events seen so far
         self._serial = 0
+        # event id -> subscription: value updates (a plan change) that found no Opportunity to update. Not a
+        # dead letter: the rest of the event applies, and `stripe-sf reconcile` lists the subscription.
+        self.no_opportunity: dict[str, str] = {}
+        self._unmatched: list[tuple[str, str]] = []  # this event's, kept only if the event materialises
 
     def _account(self, ref: AccountRef) -> AccountRow:
         # Set only when the object's own metadata names no Account: its named Opportunity's Account comes
@@ -372,9 +376,10 @@ class Materializer:
             return [SfOp("update", "Opportunity", opp.id, {**it.fields, **currency},
                          label=f"Opportunity {opp.id} ({it.key})")]
         if not it.may_create:
-            raise Unresolvable("NO_OPPORTUNITY",
-                               f"No Opportunity for {it.key} to update: create one with {names.subscription_id}"
-                               f" = {it.key}, or run `stripe-sf backfill`, then `stripe-sf dlq retry --all`")
+            # A value update of a subscription no Opportunity tracks (it predates the first sync, or its
+            # Opportunity was deleted): nothing to update, and no reason to hold back its status and Tasks.
+            self._unmatched.append((it.event_id, it.key))
+            return []
         account = self._account(it.account)
         ext = names.subscription_id if it.key_kind == "subscription" else names.payment_intent_id
         fields: dict[str, Any] = {"Name": (f"{account.name} - " + it.name_hint.split(" - ", 1)[-1])[:120]
@@ -432,12 +437,14 @@ class Materializer:
 
     def add_event(self, event_id: str, intents: Sequence[Intent]) -> Unresolvable | None:
         """Materialise one event's intents; all of them or none (then it is dead-lettered)."""
+        self._unmatched = []
         try:
             produced: list[SfOp] = []
             for it in intents:
                 produced.extend(self._ops_for(it))
         except Unresolvable as exc:
             return exc
+        self.no_opportunity.update(self._unmatched)
         for it in intents:  # only now is the in-batch state of this event real
             if isinstance(it, AccountStatusIntent):
                 acct = self._account(it.account)

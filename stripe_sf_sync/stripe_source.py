@@ -760,6 +760,16 @@ class StripeSource:
             self._invoice_of_pi[pi_id] = inv if isinstance(inv, str) else None
         return self._invoice_of_pi[pi_id]
 
+    def subscription_items(self, subscription_id: str) -> list[dict[str, Any]]:
+        """Every item of a subscription, read to the end of `/v1/subscription_items?subscription=…` (Stripe API
+        reference: List all subscription items; `limit` up to 100). A subscription's embedded `items` list is a
+        first page: with `has_more` the rest is only here."""
+        items: list[dict[str, Any]] = []
+        for page in self._walk("subscription items", "/v1/subscription_items",
+                               {"subscription": _path_id(subscription_id), "limit": 100}):
+            items.extend(page)
+        return items
+
     def price_currency_options(self, price_id: str) -> dict[str, dict[str, Any]] | None:
         """A Price's amounts per currency (`currency_options`), read once per run; None if it is gone.
 

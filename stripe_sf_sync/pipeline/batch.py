@@ -157,6 +157,7 @@ def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: Batc
     planned, found = _find(planned, ports, settings, result, task_keyed=write_settings.task_keyed)
     materializer = Materializer(found, write_settings)
     failures = _materialize(planned, materializer)
+    _log_no_opportunity(materializer.no_opportunity, failures, settings.names)
     ops = materializer.result()
     writer = ports.bulk_writer if bulk else ports.writer
     results = writer.write(ops)
@@ -174,6 +175,22 @@ def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: Batc
         prev = result.versions.get(change.object_id)
         if prev is None or prev[0] <= change.meta.created:
             result.versions[change.object_id] = (change.meta.created, eid)
+
+
+def _log_no_opportunity(unmatched: dict[str, str], failures: dict[str, tuple[str, str]], names: FieldNames) -> None:
+    """One line per subscription whose plan changed but that no Opportunity tracks: its amounts are not
+    written, the rest of its events applies."""
+    events: dict[str, list[str]] = {}
+    for event_id, subscription_id in unmatched.items():
+        if event_id not in failures:
+            events.setdefault(subscription_id, []).append(event_id)
+    for subscription_id, ids in events.items():
+        n = len(ids)
+        log.warning("%s changed plan (%d event%s, last %s) but no Opportunity has %s = %s: its Amount, MRR and ARR "
+                    "were not written; the rest of the event%s applied. Create the Opportunity, or run `stripe-sf "
+                    "backfill`; `stripe-sf reconcile` lists it meanwhile", subscription_id, n, "" if n == 1 else "s",
+                    ids[-1], names.subscription_id, subscription_id, "" if n == 1 else "s",
+                    extra=fields(kind="no_opportunity", subscription_id=subscription_id, event_id=ids[-1]))
 
 
 def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: BatchResult, *,
