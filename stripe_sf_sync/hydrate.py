@@ -148,7 +148,7 @@ def _raises_task(change: model.Change) -> bool:
     if isinstance(change, SubscriptionChange) and not change.meta.backfill:
         kind = change.meta.event_type.rsplit(".", 1)[-1]
         return kind == "deleted" or (kind == "updated" and (
-            change.cancel_turned_on or (change.previous_status is not None
+            change.cancel_turned_on or change.cancel_at_turned_on or (change.previous_status is not None
                                         and change.previous_status != change.status)))
     return False
 

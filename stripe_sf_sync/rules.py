@@ -242,16 +242,8 @@ def _subscription_tasks(ctx: RuleContext, change: SubscriptionChange, kind: str,
              f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
              f"Stripe event: {meta.event_id}"]
     tasks: list[TaskIntent] = []
-    if kind == "updated" and change.cancel_turned_on:
-        ends = event_date(change.period_end).isoformat() if change.period_end else "the period end"
-        tasks.append(TaskIntent(
-            meta.event_id, "cancel-warning", account, "csm_or_owner",
-            f"Cancellation scheduled: subscription ends {ends}",
-            "\n".join([
-                f"Stripe subscription {change.subscription_id} was set to cancel at the end of its period ({ends}).",
-                "Reach out before it ends.",
-                *links,
-            ]), "High", "Not Started", follow_up, who_id=who))
+    if kind == "updated" and (change.cancel_turned_on or change.cancel_at_turned_on):
+        tasks.append(_cancel_warning(change, account, who, follow_up, links))
     if kind == "deleted":
         reason = change.cancellation_reason or "not given"
         tasks.append(TaskIntent(
@@ -263,6 +255,26 @@ def _subscription_tasks(ctx: RuleContext, change: SubscriptionChange, kind: str,
                 *links,
             ]), "High", "Not Started", follow_up, who_id=who))
     return tasks
+
+
+def _cancel_warning(change: SubscriptionChange, account: AccountRef, who: str | None, follow_up: str,
+                    links: list[str]) -> TaskIntent:
+    """The early warning that a cancellation was scheduled: at the period end (`cancel_at_period_end`), or at a
+    date (`cancel_at`, while `cancel_at_period_end` stays false: stripe/_subscription.py), with the date it
+    takes effect."""
+    if change.cancel_turned_on:
+        ends = event_date(change.period_end).isoformat() if change.period_end else "the period end"
+        when = f"at the end of its period ({ends})"
+    else:
+        assert change.cancel_at is not None
+        ends = event_date(change.cancel_at).isoformat()
+        when = f"on {ends}"
+    return TaskIntent(
+        change.meta.event_id, "cancel-warning", account, "csm_or_owner",
+        f"Cancellation scheduled: subscription ends {ends}",
+        "\n".join([f"Stripe subscription {change.subscription_id} was set to cancel {when}.",
+                   "Reach out before it ends.", *links]),
+        "High", "Not Started", follow_up, who_id=who)
 
 
 def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, opp_id: str | None,

@@ -183,3 +183,23 @@ def test_the_stand_in_pages_subscription_items_and_embeds_a_first_page(stripe_sb
     old = stripe_sb.client(stripe_version=API_VERSION_PRE_BASIL)  # the period lived on the subscription then
     assert "current_period_end" not in old.v1.subscription_items.list({"subscription": sub["id"]}).data[0]
     assert "current_period_end" in every[0]
+
+
+def test_a_cancellation_scheduled_with_cancel_at_raises_the_early_warning(tmp_path, stripe_sb, org, sf_sb):
+    now = int(time.time())
+    book = a_month_of_renewals(stripe_sb, org, now - DAY)
+    sub_id = book.subscriptions["basil monthly-opp"]
+    cancel_on = now + 10 * DAY
+    event = book.factories["basil"].schedule_cancellation(sub_id, cancel_on, now - 600)
+    scheduled = event["data"]["object"]
+    assert scheduled["cancel_at_period_end"] is False and scheduled["cancel_at"] == cancel_on
+    runner, env = CliRunner(), cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, runner, env)
+
+    result = sync(runner, config, env, since=now - 29 * DAY)
+
+    assert result.exit_code == ExitCode.OK, result.output
+    day = time.strftime("%Y-%m-%d", time.gmtime(cancel_on))
+    [task] = [t for t in org.records("Task") if t["WhatId"] == book.accounts["basil monthly-opp"]]
+    assert task["Subject"] == f"Cancellation scheduled: subscription ends {day}"
+    assert f"set to cancel on {day}" in task["Description"] and task["Priority"] == "High"
