@@ -7,6 +7,7 @@ by the batch's own policy (cursor, checkpoint, dead letters).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,17 +56,19 @@ class BatchResult:
 
 
 def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettings, *, retried: bool = False,
-                bulk: bool = False) -> BatchResult:
+                bulk: bool = False, unordered: bool = False) -> BatchResult:
     """Apply one batch of events to Salesforce through `ports`; commit nothing.
 
     `retried`: dead letters sent again, which their recorded outcome must not skip. `bulk`: write through
-    Bulk API 2.0 (backfill above its threshold).
+    Bulk API 2.0 (backfill above its threshold). `unordered`: Stripe's order of the events is not known
+    (webhook deliveries, events listed late): events of the same second as another of their object are
+    applied with the object's current state (`_guard`).
     """
     last = events[-1] if events else None
     result = BatchResult(events_read=len(events),
                          last_event=(last.id, last.created) if last and last.id and last.created is not None else None)
     parsed = _parse(events, ports, result, retried=retried)
-    fresh, customer_changes = _guard(parsed, ports, result)
+    fresh, customer_changes = _guard(parsed, ports, result, unordered=unordered)
     result.customers.extend(ports.hydrator.prepare(fresh, customer_changes))
     planned = _plan(fresh, ports, settings, result)
     result.customers.extend(ports.hydrator.fresh_customers())
@@ -104,10 +107,18 @@ def _parse(events: Sequence[HeldEvent], ports: Ports, result: BatchResult, *,
 
 
 def _guard(parsed: Sequence[tuple[HeldEvent, model.Change | CustomerChange]], ports: Ports,
-           result: BatchResult) -> tuple[list[tuple[HeldEvent, model.Change]], list[CustomerChange]]:
+           result: BatchResult, *, unordered: bool = False) -> tuple[list[tuple[HeldEvent, model.Change]],
+                                                                     list[CustomerChange]]:
     """The order guard: an event older than the newest applied to its object is stale. Customer events
-    need no write: their details are kept for resolving the customer's other events."""
+    need no write: their details are kept for resolving the customer's other events.
+
+    Of two events of one object in the same second, the newer by Stripe's list order wins: a listing's
+    order is the batch's, and a later batch's events come after an earlier one's. Where the order is not
+    known (`unordered`: webhook deliveries, events listed late), such an event is applied with the object's
+    current state, read once (Stripe: "order is not guaranteed", docs.stripe.com/webhooks).
+    """
     stored = ports.ledger.versions_for(c.object_id for _, c in parsed)
+    seconds = Counter((c.object_id, c.meta.created) for _, c in parsed)
     fresh: list[tuple[HeldEvent, model.Change]] = []
     customers: list[CustomerChange] = []
     for held, change in parsed:
@@ -118,6 +129,8 @@ def _guard(parsed: Sequence[tuple[HeldEvent, model.Change | CustomerChange]], po
             customers.append(change)
             result.outcomes.append(_outcome(change, "ignored", "customer details kept for resolving its other events"))
             result.versions[change.object_id] = (change.meta.created, change.meta.event_id)
+        elif unordered and (newest == change.meta.created or seconds[(change.object_id, change.meta.created)] > 1):
+            fresh.append((held, ports.hydrator.current_state(held, change)))
         else:
             fresh.append((held, change))
     return fresh, customers

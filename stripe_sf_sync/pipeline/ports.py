@@ -40,6 +40,10 @@ class Hydrator(Protocol):
     def fresh_customers(self) -> list[CachedCustomer]:
         """Customers read from Stripe since the last call, for state to keep."""
 
+    def current_state(self, held: HeldEvent, change: model.Change) -> model.Change:
+        """The change with its object as Stripe holds it now (read once per object and batch), for an event
+        whose order among its object's events of the same second is not known."""
+
 
 class RecordLookup(Protocol):
     """Finds the Salesforce records a batch's intents name, and knows the org's facts."""

@@ -121,7 +121,7 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
         try:
             with collector.paused():  # the batch's objects stay until it is applied (collector.py)
                 result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried,
-                                     bulk=batch.policy.bulk)
+                                     bulk=batch.policy.bulk, unordered=batch.policy.inbox or batch.policy.late)
         except BudgetSpent as exc:
             # A writer refused to send (the usage, learnt from this batch's lookups, reached the budget): nothing
             # of the batch is committed, and the next run repeats it.
