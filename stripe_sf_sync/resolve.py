@@ -200,10 +200,10 @@ def task_keys_of(intents: Iterable[Intent]) -> set[str]:
     keys: set[str] = set()
     for it in intents:
         if isinstance(it, TaskIntent):
-            keys.add(it.key)
+            keys.update(it.keys)
         elif isinstance(it, AccountStatusIntent) and it.log_transition and (
                 it.previous_from_account or it.previous_status not in (None, it.status)):
-            keys.add(transition_task(it, it.previous_status or "").key)  # the key does not depend on the status
+            keys.update(transition_task(it, it.previous_status or "").keys)  # they do not depend on the old status
     return keys
 
 
@@ -430,8 +430,8 @@ class Materializer:
                         "created without WhoId", it.who_id, it.key)
         if not self.settings.task_keyed:  # nothing to look a Task up by: created, as check_org warned
             return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
-        if it.key in self.found.task_keys:
-            return []  # created by an earlier run: done, and what a person did to it stands
+        if any(k in self.found.task_keys for k in it.keys):
+            return []  # created by an earlier run (under this key or an earlier version's): what a person did stands
         fields[names.task_event_id] = it.key
         return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
 

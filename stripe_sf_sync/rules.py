@@ -96,13 +96,29 @@ class TaskIntent:
     priority: str
     status: str
     activity_date: str
-    key_base: str | None = None  # backfill keys Tasks by object, so a second backfill finds the same Task
+    key_base: str | None = None  # backfill keyed Tasks by object before `about` (found by `legacy_key`)
     who_id: str | None = None  # a checked Contact Id from metadata.salesforce_contact_id (WhoId)
+    # What the Task is about, its key: an invoice and its attempt (`in_…#attempt-2`), a subscription and its
+    # transition or warning. Stripe may send one change as two Event objects with different ids
+    # (docs.stripe.com/webhooks; api-facts §4), and a webhook and a backfill tell the same fact: keyed by
+    # what it is about, they make one Task.
+    about: str | None = None
 
     @property
     def key(self) -> str:
-        """The Task's key (Stripe_Event_ID__c): one event can raise several Tasks."""
+        """The Task's key (Stripe_Event_ID__c)."""
+        return self.about or self.legacy_key
+
+    @property
+    def legacy_key(self) -> str:
+        """The key earlier versions gave this Task (`evt_…:purpose`), still looked up: no duplicate after an
+        upgrade."""
         return f"{self.key_base or self.event_id}:{self.purpose}"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key this Task may exist under: its own, then the one earlier versions gave it."""
+        return tuple(dict.fromkeys((self.key, self.legacy_key)))
 
 
 Intent = OpportunityIntent | AccountStatusIntent | TaskIntent
@@ -253,7 +269,8 @@ def _subscription_tasks(ctx: RuleContext, change: SubscriptionChange, kind: str,
                 f"Stripe subscription {change.subscription_id} was cancelled on {day.isoformat()}.",
                 f"Cancellation reason: {reason}",
                 *links,
-            ]), "High", "Not Started", follow_up, who_id=who))
+            ]), "High", "Not Started", follow_up, who_id=who,
+            about=f"{change.subscription_id}#cancelled"))
     return tasks
 
 
@@ -274,7 +291,7 @@ def _cancel_warning(change: SubscriptionChange, account: AccountRef, who: str | 
         f"Cancellation scheduled: subscription ends {ends}",
         "\n".join([f"Stripe subscription {change.subscription_id} was set to cancel {when}.",
                    "Reach out before it ends.", *links]),
-        "High", "Not Started", follow_up, who_id=who)
+        "High", "Not Started", follow_up, who_id=who, about=f"{change.subscription_id}#cancel-warning@{ends}")
 
 
 def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, opp_id: str | None,
@@ -351,7 +368,8 @@ def plan_invoice_failure(ctx: RuleContext, change: InvoiceFailureChange) -> Plan
     plan.intents.append(TaskIntent(
         meta.event_id, "payment-failed", _account_ref(change, acct_id), "owner",
         FAILED_PAYMENT_SUBJECT, failed_payment_description(ctx, change), "High", "Not Started", due,
-        key_base=f"evt_backfill_{change.invoice_id}" if meta.backfill else None, who_id=who))
+        key_base=f"evt_backfill_{change.invoice_id}" if meta.backfill else None, who_id=who,
+        about=f"{change.invoice_id}#attempt-{change.attempt_count}"))
     return plan
 
 
@@ -371,4 +389,6 @@ def transition_task(intent: AccountStatusIntent, old: str) -> TaskIntent:
         f"Subscription status: {old} → {intent.status}",
         f"Stripe subscription {intent.subscription_id} changed from {old} to {intent.status}.\n"
         f"Stripe event: {intent.event_id}",
-        "Normal", "Completed", intent.activity_date, who_id=intent.who_id)
+        "Normal", "Completed", intent.activity_date, who_id=intent.who_id,
+        # Not by the old status: a deleted subscription's comes from the Account, after the lookup.
+        about=f"{intent.subscription_id}#status-{intent.status}@{intent.activity_date}")

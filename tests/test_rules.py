@@ -60,7 +60,7 @@ def test_status_transition_is_logged_on_update():
     assert (status.previous_status, status.status, status.log_transition) == ("active", "past_due", True)
     task = rules.transition_task(status, "active")
     assert task.subject == "Subscription status: active → past_due"
-    assert task.status == "Completed" and task.key.endswith(":status")
+    assert task.status == "Completed" and task.key == "sub_1OHAabcdefghij#status-past_due@2026-09-21"
 
 
 def test_plan_change_refreshes_amounts_without_creating():
@@ -106,7 +106,8 @@ def test_deleted_sets_canceled_and_follow_up_for_csm():
     status = next(i for i in plan.intents if isinstance(i, AccountStatusIntent))
     assert status.status == "canceled" and status.previous_from_account
     follow = next(i for i in plan.intents if isinstance(i, TaskIntent))
-    assert follow.key == "evt_1OHAabcdefghij:follow-up" and follow.assign_to == "csm_or_owner"
+    assert follow.key == "sub_1OHAabcdefghij#cancelled" and follow.assign_to == "csm_or_owner"
+    assert follow.legacy_key == "evt_1OHAabcdefghij:follow-up"
     assert follow.activity_date == "2025-09-16"
 
 

@@ -92,3 +92,27 @@ def test_inbox_deliveries_of_one_second_apply_the_current_state_read_once():
     assert result.count("applied") == 3
     in_order = apply_batch(events[:2], ports(), SETTINGS)  # a listing's order is known: as listed
     assert in_order.count("applied") == 2
+
+
+def test_duplicate_event_objects_a_backfill_and_an_earlier_key_make_one_task_each(tmp_path, env, org, stripe_sb):
+    f, now, acct, sub, config = setup(tmp_path, env, org, stripe_sb)
+    inv = f.invoice(sub["id"], sub["customer"], 5000, created=now - 7200)
+    failed = f.invoice_payment_failed(inv["id"], now - 7200)
+    f.duplicate(failed)  # one change, two Event objects
+    past_due = f.subscription_updated(sub["id"], {"status": "past_due"}, now - 7000)
+    f.duplicate(past_due)
+    cancel = f.subscription_updated(sub["id"], {"cancel_at_period_end": True}, now - 6000)
+    # A Task an earlier version created for this event, keyed by its event id, before the upgrade:
+    org.insert("Task", {"Subject": "made before the upgrade", "WhatId": acct, "Status": "Completed",
+                        "Stripe_Event_ID__c": f"{cancel['id']}:cancel-warning"})
+
+    summary = run(config, env, since=since(now - 2 * DAY))
+
+    assert summary.dead_lettered == 0 and summary.applied == 5
+    keys = sorted(t["Stripe_Event_ID__c"] for t in org.records("Task"))
+    assert keys == sorted([f"{inv['id']}#attempt-1", f"{cancel['id']}:cancel-warning",
+                           f"{sub['id']}#status-past_due@{since(now - 7000)}"])
+    later = service.run_backfill(config, env, since=since(now - 2 * DAY), until=None, objects="invoices",
+                                 dry_run=False, resume=False)
+    assert later.dead_lettered == 0
+    assert len(org.records("Task")) == 3  # the backfill's unpaid invoice is the same attempt: the same Task

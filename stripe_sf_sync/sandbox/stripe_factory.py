@@ -1526,6 +1526,16 @@ class StripeFactory:
         return self.subscription_updated(sub, {"cancel_at": cancel_at, "canceled_at": at, "cancellation_details": {
             "reason": "cancellation_requested"}}, at)
 
+    def duplicate(self, event: Obj) -> Obj:
+        """A second Event object for the same change: same type, time and data, another id. Stripe documents
+        that "in some cases, two separate Event objects are generated" for one change (docs.stripe.com/webhooks;
+        api-facts §4)."""
+        data = event["data"]
+        return self._require_sandbox().emit(
+            event["type"], clone(data["object"]), created=event["created"], store=False,
+            previous_attributes=data.get("previous_attributes"), api_version=event["api_version"],
+            event_id=self.new_id("evt"), request=event.get("request"))
+
     def _replace_items(self, old: Obj, pairs: Sequence[tuple[Obj, int]], at: int) -> Obj:
         old_items = old["items"]["data"]
         by_price = {item["price"]["id"]: item for item in old_items}
