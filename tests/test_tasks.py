@@ -263,3 +263,34 @@ def test_the_task_lookup_rides_in_the_batch_composite_call(config, env, org, sc,
     assert summary.salesforce_calls == 8
     assert len(org.queried_keys["Task.Stripe_Event_ID__c"]) == 12  # each Task's key and its key before issue 19
     assert not [p for m, p in sf_sb.requests_log[start:] if m == "GET" and "/query" in p]
+
+
+def test_an_archived_task_is_found_through_query_all_and_never_created_again(config, env, org, sc, sf_sb):
+    """Salesforce archives a Task closed with a due date over a year ago: `query` stops returning it, `queryAll`
+    does (api-facts §12). The key lookup goes through queryAll in the same Composite call, so replaying the
+    same events (here: a lost state file) finds every such Task and creates none."""
+    run(config, env, since=since(sc))
+    rep = org.user_id("Ben Owner")
+    for t in org.records("Task"):  # done long ago: archived
+        org.update("Task", t["Id"], {"Status": "Completed", "ActivityDate": "2023-01-02"}, as_user=rep)
+    before = tasks_by_id(org)
+    (config.parent / "stripe-sf-state.sqlite").unlink()
+    start = len(sf_sb.requests_log)
+
+    again = run(config, env, since=since(sc))
+
+    assert again.dead_lettered == 1  # Hooli's, as on the first run
+    assert tasks_by_id(org) == before  # not one Task created again, none rewritten
+    assert not [p for m, p in sf_sb.requests_log[start:] if m == "GET" and "/query" in p]  # inside Composite calls
+    assert_one_task_per_key(org)
+
+
+def test_the_stand_in_archives_old_closed_tasks(org):
+    acct = org.insert("Account", {"Name": "Archive"})
+    old = org.insert("Task", {"Subject": "old", "WhatId": acct, "Status": "Completed", "ActivityDate": "2020-05-01"})
+    org.insert("Task", {"Subject": "open", "WhatId": acct, "Status": "Not Started", "ActivityDate": "2020-05-01"})
+    soql = "SELECT Id, Subject, IsArchived FROM Task WHERE Subject IN ('old', 'open')"
+    live = org.run_query(soql, version="62.0")["records"]
+    every = org.run_query(soql, version="62.0", include_deleted=True)["records"]
+    assert [r["Subject"] for r in live] == ["open"]
+    assert {r["Subject"]: r["IsArchived"] for r in every} == {"old": True, "open": False} and old
