@@ -11,7 +11,7 @@ and only the missing Tasks are created; a Task that exists is never written agai
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -194,20 +194,24 @@ class AccountCache:
             self.by_customer[row.customer_id] = row
 
 
-def task_keys_of(intents: Iterable[Intent]) -> set[str]:
+def task_keys_of(intents: Iterable[Intent], legacy_events: Collection[str] | None = None) -> set[str]:
     """The keys of every Task the intents may create: their Tasks, and the transition Task of a status change
-    that names a different previous status or takes it from the Account (Materializer._account_ops decides)."""
+    that names a different previous status or takes it from the Account (Materializer._account_ops decides).
+    With each, the key an earlier version gave it, for the events in `legacy_events` (None: every event):
+    only an event an earlier version may have seen can have such a Task."""
     keys: set[str] = set()
     for it in intents:
-        if isinstance(it, TaskIntent):
-            keys.update(it.keys)
-        elif isinstance(it, AccountStatusIntent) and it.log_transition and (
+        task = it if isinstance(it, TaskIntent) else None
+        if isinstance(it, AccountStatusIntent) and it.log_transition and (
                 it.previous_from_account or it.previous_status not in (None, it.status)):
-            keys.update(transition_task(it, it.previous_status or "").keys)  # they do not depend on the old status
+            task = transition_task(it, it.previous_status or "")  # its keys do not depend on the old status
+        if task is not None:
+            keys.update(task.keys if legacy_events is None or task.event_id in legacy_events else (task.key,))
     return keys
 
 
-def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_keyed: bool) -> LookupRequest:
+def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_keyed: bool,
+                   legacy_events: Collection[str] | None = None) -> LookupRequest:
     """What the intents need read: Accounts by Id and customer (those not in `accounts`), Opportunities by
     Id, subscription, payment and customer, Contacts, and (`task_keyed`: the org has the Task key field) the
     Task keys that may exist already."""
@@ -239,14 +243,14 @@ def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_ke
         customer_ids=frozenset(customers - accounts.by_customer.keys()),
         opportunity_ids=frozenset(opp_ids), subscription_ids=frozenset(subs), payment_intent_ids=frozenset(payments),
         opportunity_customer_ids=frozenset(opp_customers), contact_ids=frozenset(contacts),
-        task_keys=frozenset(task_keys_of(intents) if task_keyed else ()))
+        task_keys=frozenset(task_keys_of(intents, legacy_events) if task_keyed else ()))
 
 
 def find(port: RecordLookup, names: FieldNames, intents: Sequence[Intent], accounts: AccountCache, *,
-         task_keyed: bool) -> Lookups:
+         task_keyed: bool, legacy_events: Collection[str] | None = None) -> Lookups:
     """The batch's lookups: what `accounts` holds already, and what `port` reads (which `accounts` then
-    remembers for the run's later batches)."""
-    read = port.lookup(lookup_request(intents, accounts, task_keyed=task_keyed), names)
+    remembers for the run's later batches). `legacy_events`: see `task_keys_of`."""
+    read = port.lookup(lookup_request(intents, accounts, task_keyed=task_keyed, legacy_events=legacy_events), names)
     cached = Lookups()
     for row in [accounts.by_id.get(it.account.account_id or "") for it in intents] + [
             accounts.by_customer.get(it.account.customer_id or "") for it in intents]:

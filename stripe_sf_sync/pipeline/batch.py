@@ -36,6 +36,9 @@ class BatchSettings:
     names: FieldNames
     record_type_id: str | None
     coalesce: bool = True
+    # When Tasks were first keyed by what they are about in this state (issue 19): only events older than
+    # that can have a Task under the event-id key of earlier versions. None: look that key up for every event.
+    legacy_task_keys_before: int | None = None
 
 
 @dataclass
@@ -213,7 +216,8 @@ def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: Batch
     metadata is next in precedence, so the customer is read now, the change planned again, and the lookups
     made again (one more lookup call, for such batches only)."""
     intents = [it for _, _, plan in planned for it in plan.intents]
-    found = ports.lookup.find(settings.names, intents, task_keyed=task_keyed)
+    legacy = _legacy_events(planned, settings.legacy_task_keys_before)
+    found = ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy)
     late = {i for i, (_, change, plan) in enumerate(planned) if _customer_still_needed(change, plan, found)}
     if not late:
         return planned, found
@@ -226,7 +230,16 @@ def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: Batch
         again.append((held, change, plan))
     result.customers.extend(ports.hydrator.fresh_customers())
     intents = [it for _, _, plan in again for it in plan.intents]
-    return again, ports.lookup.find(settings.names, intents, task_keyed=task_keyed)
+    return again, ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy)
+
+
+def _legacy_events(planned: Planned, before: int | None) -> set[str] | None:
+    """The events whose Tasks an earlier version may have made under their event-id key: those older than
+    `before` (a backfill's, by its object's own time: its events are made now). None: every event."""
+    if before is None:
+        return None
+    return {c.meta.event_id for _, c, _ in planned
+            if ((c.meta.object_created or c.meta.created) if c.meta.backfill else c.meta.created) < before}
 
 
 def _customer_still_needed(change: model.Change, plan: rules.Plan, found: Lookups) -> bool:
