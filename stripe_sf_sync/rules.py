@@ -81,6 +81,7 @@ class AccountStatusIntent:
     activity_date: str
     previous_from_account: bool = False  # .deleted carries no previous status: use the Account's
     who_id: str | None = None  # the Contact its transition Task names
+    changed_at: int | None = None  # when the status changed (the event's time): the transition Task's key
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
         meta.event_id, account, change.subscription_id, status,
         change.previous_status if kind == "updated" else None,
         log_transition=kind in ("updated", "deleted"), activity_date=day.isoformat(),
-        previous_from_account=kind == "deleted", who_id=who))
+        previous_from_account=kind == "deleted", who_id=who, changed_at=meta.created))
 
     plan.intents.extend(_subscription_tasks(ctx, change, kind, account, who))
     return plan
@@ -390,5 +391,13 @@ def transition_task(intent: AccountStatusIntent, old: str) -> TaskIntent:
         f"Stripe subscription {intent.subscription_id} changed from {old} to {intent.status}.\n"
         f"Stripe event: {intent.event_id}",
         "Normal", "Completed", intent.activity_date, who_id=intent.who_id,
-        # Not by the old status: a deleted subscription's comes from the Account, after the lookup.
-        about=f"{intent.subscription_id}#status-{intent.status}@{intent.activity_date}")
+        # The new status and when (two Event objects of one change share their time); not the old status: a
+        # deleted subscription's comes from the Account, after the lookup.
+        about=f"{intent.subscription_id}#status-{intent.status}@{_instant(intent.changed_at, intent.activity_date)}")
+
+
+def _instant(ts: int | None, day: str) -> str:
+    """A Unix time as an ISO UTC instant (`2026-12-07T05:05:19Z`), or the day when there is none."""
+    if ts is None:
+        return day
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

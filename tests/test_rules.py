@@ -60,7 +60,7 @@ def test_status_transition_is_logged_on_update():
     assert (status.previous_status, status.status, status.log_transition) == ("active", "past_due", True)
     task = rules.transition_task(status, "active")
     assert task.subject == "Subscription status: active → past_due"
-    assert task.status == "Completed" and task.key == "sub_1OHAabcdefghij#status-past_due@2026-09-21"
+    assert task.status == "Completed" and task.key == "sub_1OHAabcdefghij#status-past_due@2026-09-21T14:13:20Z"
 
 
 def test_plan_change_refreshes_amounts_without_creating():
