@@ -292,7 +292,10 @@ def _cancel_warning(change: SubscriptionChange, account: AccountRef, who: str | 
         f"Cancellation scheduled: subscription ends {ends}",
         "\n".join([f"Stripe subscription {change.subscription_id} was set to cancel {when}.",
                    "Reach out before it ends.", *links]),
-        "High", "Not Started", follow_up, who_id=who, about=f"{change.subscription_id}#cancel-warning@{ends}")
+        "High", "Not Started", follow_up, who_id=who,
+        # When it was scheduled (two Event objects of one change share their time): scheduled again after
+        # being taken back, it warns again.
+        about=f"{change.subscription_id}#cancel-warning@{_instant(change.meta.created, '')}")
 
 
 def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, opp_id: str | None,
