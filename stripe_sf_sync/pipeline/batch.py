@@ -64,8 +64,8 @@ def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettin
 
     `retried`: dead letters sent again, which their recorded outcome must not skip. `bulk`: write through
     Bulk API 2.0 (backfill above its threshold). `unordered`: Stripe's order of the events is not known
-    (webhook deliveries, events listed late): events of the same second as another of their object are
-    applied with the object's current state (`_guard`).
+    (webhook deliveries, events listed late, dead letters sent again): events of the same second as another
+    of their object are applied with the object's current state (`_guard`).
     """
     last = events[-1] if events else None
     result = BatchResult(events_read=len(events),
@@ -117,8 +117,8 @@ def _guard(parsed: Sequence[tuple[HeldEvent, model.Change | CustomerChange]], po
 
     Of two events of one object in the same second, the newer by Stripe's list order wins: a listing's
     order is the batch's, and a later batch's events come after an earlier one's. Where the order is not
-    known (`unordered`: webhook deliveries, events listed late), such an event is applied with the object's
-    current state, read once (Stripe: "order is not guaranteed", docs.stripe.com/webhooks).
+    known (`unordered`), such an event is applied with the object's current state, read once per object and
+    batch (Stripe: "order is not guaranteed", docs.stripe.com/webhooks).
     """
     stored = ports.ledger.versions_for(c.object_id for _, c in parsed)
     seconds = Counter((c.object_id, c.meta.created) for _, c in parsed)
