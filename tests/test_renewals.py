@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 from typer.testing import CliRunner
 
+from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.sandbox.demo import sandbox_environment
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
 from stripe_sf_sync.sandbox.stripe_factory import API_VERSION_PRE_BASIL, StripeFactory
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
@@ -147,6 +149,9 @@ def test_a_plan_change_without_an_opportunity_applies_the_rest_and_is_logged_onc
     assert len(said) == 1 and sub_id in said[0] and "2 events" in said[0], result.output
     assert "stripe-sf reconcile" in said[0]
     assert not [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == sub_id]
+    _, report = service.run_reconcile(config, sandbox_environment(stripe_sb, sf_sb), since=None,
+                                      objects="subscriptions", fix=False, dry_run=False)
+    assert sub_id in {x.stripe_id for x in report.findings if x.kind == "missing_opportunity"}  # as before
 
 
 def test_a_plan_change_reads_an_items_list_with_has_more_to_its_end(tmp_path, stripe_sb, org, sf_sb):
