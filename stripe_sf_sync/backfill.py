@@ -96,7 +96,7 @@ def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
                 if isinstance(item.get(key), dict):
                     new[key] = {k: item[key][k] for k in _KEEP_PRICE if k in item[key]}
             slim_items.append(new)
-        out["items"] = {"object": "list", "data": slim_items}
+        out["items"] = {"object": "list", "data": slim_items, "has_more": bool(obj["items"].get("has_more"))}
     return out
 
 

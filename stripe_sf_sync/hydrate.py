@@ -43,12 +43,14 @@ class StripeHydrator:
     def __init__(self, source: StripeSource, customers: CustomerStore) -> None:
         self._source = source
         self._customers = customers
+        self._current: dict[str, dict[str, Any] | None] = {}  # object id -> its current state, this batch
 
     def prepare(self, fresh: Sequence[tuple[HeldEvent, model.Change]],
                 customer_changes: Sequence[CustomerChange]) -> list[CachedCustomer]:
         """Gather what the batch's payloads lack, in a few calls for the whole batch. Returns the customer
         details the batch itself carries (customer events, expanded customers), for state to keep."""
         self._source.forget()
+        self._current.clear()
         known = [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created)
                  for c in customer_changes]
         for _, change in fresh:  # an expanded customer (backfill's lists) is as good as a customer event
@@ -92,6 +94,9 @@ class StripeHydrator:
             cust = self._source.customer(customer_id)
             change = dataclasses.replace(change, customer_metadata=dict(cust.metadata) if cust else {},
                                          customer_name=cust.name if cust else None)
+        if isinstance(change, SubscriptionChange) and not change.items_complete:
+            # The embedded list is a first page (`has_more`): the amounts need every item.
+            change = model.with_all_items(change, self._source.subscription_items(change.subscription_id))
         if isinstance(change, SubscriptionChange):
             foreign = model.foreign_price_ids(change)
             if foreign:  # billed in one of its Prices' currency_options: read them (once per run)
@@ -124,6 +129,27 @@ class StripeHydrator:
         """Customers read from Stripe since the last call, for state to keep."""
         return self._source.take_fresh_customers()
 
+    def current_state(self, held: HeldEvent, change: model.Change) -> model.Change:
+        """The change with its `data.object` replaced by the object as Stripe holds it now, read once per
+        object and batch: of two events of one object in the same second whose order is unknown (webhook
+        deliveries, late listings), neither snapshot is known to be the newer, the current state is. The
+        event's own `previous_attributes` still say what it changed. Unchanged when the object is gone or
+        does not parse."""
+        if change.object_id not in self._current:
+            self._current[change.object_id] = self._source.current_object(change.object_id)
+        obj = self._current[change.object_id]
+        if obj is None:
+            return change
+        event = held.load()
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        # The object comes in the pinned version; the event's `previous_attributes` in its own.
+        event = {**event, "data": {**data, "object": obj}}
+        try:
+            now = model.parse_event(event)
+        except MalformedEvent:
+            return change
+        return now if type(now) is type(change) else change
+
 
 def needs_customer(change: model.Change) -> bool:
     """Whether a rule needs the customer's metadata: the object's own metadata does not name every
@@ -145,7 +171,7 @@ def _raises_task(change: model.Change) -> bool:
     if isinstance(change, SubscriptionChange) and not change.meta.backfill:
         kind = change.meta.event_type.rsplit(".", 1)[-1]
         return kind == "deleted" or (kind == "updated" and (
-            change.cancel_turned_on or (change.previous_status is not None
+            change.cancel_turned_on or change.cancel_at_turned_on or (change.previous_status is not None
                                         and change.previous_status != change.status)))
     return False
 

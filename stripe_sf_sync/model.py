@@ -12,7 +12,7 @@ invoices").
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -97,6 +97,13 @@ class SubscriptionChange:
     customer_metadata: Mapping[str, str] | None
     customer_name: str | None
     cancellation_reason: str | None = None
+    # False when the payload's embedded `items` list has `has_more`: hydration reads the rest
+    # (`/v1/subscription_items?subscription=…`) before any amount is computed from `lines`.
+    items_complete: bool = True
+    # A cancellation scheduled with `cancel_at` (a timestamp) while `cancel_at_period_end` stays false
+    # (stripe/_subscription.py, `cancel_at`): when it takes effect, and whether this event scheduled it.
+    cancel_at: int | None = None
+    cancel_at_turned_on: bool = False
 
     @property
     def object_id(self) -> str:
@@ -355,6 +362,15 @@ def _unit_amount(option: Mapping[str, Any], where: str) -> Decimal | None:
     return unit
 
 
+def with_all_items(change: SubscriptionChange, items: Sequence[Any]) -> SubscriptionChange:
+    """The change with its lines from the whole item list (`items`: every SubscriptionItem, read to the end of
+    `/v1/subscription_items?subscription=…`), when the payload's embedded list had `has_more`."""
+    lines = tuple(_price_line(item, change.currency, i) for i, item in enumerate(items))
+    if not lines:
+        raise MalformedEvent(f"{change.subscription_id} lists no subscription items")
+    return replace(change, lines=lines, items_complete=True)
+
+
 def foreign_price_ids(change: SubscriptionChange) -> list[str]:
     """The Prices whose `currency_options` are needed: those of items priced in another currency than the
     subscription is billed in (Stripe API reference: Prices, `currency_options`). Empty for the usual
@@ -416,6 +432,55 @@ def _period_end(sub: Mapping[str, Any]) -> int | None:
     return min(ends) if ends else None
 
 
+def _item_keys(items: Any) -> list[tuple[Any, Any, Any]] | None:
+    """(item id, price id, quantity) of each item of an `items` list object, or None when it names no `data`."""
+    data = _get(items, "data") if isinstance(items, _OBJECT) else None
+    if not isinstance(data, list):
+        return None
+    keys = []
+    for item in data:
+        if not isinstance(item, _OBJECT):
+            keys.append((None, None, None))
+            continue
+        price = item.get("price") if isinstance(item.get("price"), _OBJECT) else item.get("plan")
+        price_id = price.get("id") if isinstance(price, _OBJECT) else price
+        keys.append((item.get("id"), price_id, item.get("quantity", 1)))
+    return keys
+
+
+def is_pre_basil(api_version: str | None) -> bool:
+    """Whether a payload is rendered in a version before `2025-03-31.basil` (date prefixes compare lexically).
+    An event without a version is read in both shapes."""
+    return api_version is not None and api_version[:10] < "2025-03-31"
+
+
+def plan_changed(sub: Mapping[str, Any], prev: Mapping[str, Any], api_version: str | None) -> bool:
+    """Whether an update changed the plan: its items by (item id, price id, quantity), or, in the pre-basil
+    shape, the subscription's own `plan`/`quantity`. Period fields never count.
+
+    From `2025-03-31.basil` the billing period lives on the items, so every renewal carries `items` in
+    `previous_attributes`, arrays whole, although no price or quantity changed (Stripe changelog, basil:
+    "Deprecate subscription current period start and end"; api-facts §6). The event's own `api_version`
+    decides the shape (its payload is rendered in it, stripe/_event.py), not the version stripe-sf pins.
+    """
+    if api_version is None or is_pre_basil(api_version):
+        if "plan" in prev or "quantity" in prev:
+            return True
+    if "items" not in prev:
+        return False
+    before = _item_keys(prev.get("items"))
+    if before is None:
+        return False  # only the list's other attributes changed (its `data` is sent whole when it changes)
+    after = _item_keys(sub.get("items"))
+    if after is None or before != after:
+        return True
+    if not (_get(sub, "items.has_more") or _get(prev, "items.has_more")):
+        return False
+    # The embedded list is a first page. A renewal changes every item's period, so the first page differs in
+    # them; a first page that did not change at all means the change is past it, in items not shown here.
+    return _get(prev, "items.data") == _get(sub, "items.data")
+
+
 def parse_subscription(event: Mapping[str, Any], meta: EventMeta) -> SubscriptionChange:
     """customer.subscription.* -> SubscriptionChange."""
     sub = _get(event, "data.object")
@@ -439,16 +504,22 @@ def parse_subscription(event: Mapping[str, Any], meta: EventMeta) -> Subscriptio
     lines = tuple(_price_line(item, currency, i) for i, item in enumerate(items))
     cancel = _bool(sub, "cancel_at_period_end")
     cancel_turned_on = (cancel and "cancel_at_period_end" in prev and prev.get("cancel_at_period_end") is False)
-    plan_changed = any(k in prev for k in ("items", "plan", "quantity"))
+    cancel_at = _timestamp(sub, "cancel_at", required=False)
+    # A cancellation scheduled by a timestamp: `cancel_at` set now, and unset before (null in
+    # previous_attributes). With cancel_at_period_end, Stripe fills cancel_at too: that is the warning above.
+    cancel_at_turned_on = (cancel_at is not None and not cancel and "cancel_at" in prev
+                           and prev.get("cancel_at") is None)
     cust_meta, cust_name = _customer_details(sub)
     reason = _get(sub, "cancellation_details.reason")
     assert sub_id and customer_id and status
     return SubscriptionChange(
         meta=meta, subscription_id=sub_id, customer_id=customer_id, status=status,
         previous_status=prev_status, cancel_at_period_end=cancel, cancel_turned_on=bool(cancel_turned_on),
-        plan_changed=plan_changed, currency=currency, lines=lines, period_end=_period_end(sub),
-        metadata=_metadata(sub), customer_metadata=cust_meta, customer_name=cust_name,
+        plan_changed=plan_changed(sub, prev, meta.api_version), currency=currency, lines=lines,
+        period_end=_period_end(sub), metadata=_metadata(sub), customer_metadata=cust_meta, customer_name=cust_name,
         cancellation_reason=reason if isinstance(reason, str) else None,
+        items_complete=not _get(sub, "items.has_more"), cancel_at=cancel_at,
+        cancel_at_turned_on=bool(cancel_at_turned_on),
     )
 
 

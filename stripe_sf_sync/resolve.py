@@ -11,7 +11,7 @@ and only the missing Tasks are created; a Task that exists is never written agai
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -194,20 +194,24 @@ class AccountCache:
             self.by_customer[row.customer_id] = row
 
 
-def task_keys_of(intents: Iterable[Intent]) -> set[str]:
+def task_keys_of(intents: Iterable[Intent], legacy_events: Collection[str] | None = None) -> set[str]:
     """The keys of every Task the intents may create: their Tasks, and the transition Task of a status change
-    that names a different previous status or takes it from the Account (Materializer._account_ops decides)."""
+    that names a different previous status or takes it from the Account (Materializer._account_ops decides).
+    With each, the key an earlier version gave it, for the events in `legacy_events` (None: every event):
+    only an event an earlier version may have seen can have such a Task."""
     keys: set[str] = set()
     for it in intents:
-        if isinstance(it, TaskIntent):
-            keys.add(it.key)
-        elif isinstance(it, AccountStatusIntent) and it.log_transition and (
+        task = it if isinstance(it, TaskIntent) else None
+        if isinstance(it, AccountStatusIntent) and it.log_transition and (
                 it.previous_from_account or it.previous_status not in (None, it.status)):
-            keys.add(transition_task(it, it.previous_status or "").key)  # the key does not depend on the status
+            task = transition_task(it, it.previous_status or "")  # its keys do not depend on the old status
+        if task is not None:
+            keys.update(task.keys if legacy_events is None or task.event_id in legacy_events else (task.key,))
     return keys
 
 
-def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_keyed: bool) -> LookupRequest:
+def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_keyed: bool,
+                   legacy_events: Collection[str] | None = None) -> LookupRequest:
     """What the intents need read: Accounts by Id and customer (those not in `accounts`), Opportunities by
     Id, subscription, payment and customer, Contacts, and (`task_keyed`: the org has the Task key field) the
     Task keys that may exist already."""
@@ -239,14 +243,14 @@ def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_ke
         customer_ids=frozenset(customers - accounts.by_customer.keys()),
         opportunity_ids=frozenset(opp_ids), subscription_ids=frozenset(subs), payment_intent_ids=frozenset(payments),
         opportunity_customer_ids=frozenset(opp_customers), contact_ids=frozenset(contacts),
-        task_keys=frozenset(task_keys_of(intents) if task_keyed else ()))
+        task_keys=frozenset(task_keys_of(intents, legacy_events) if task_keyed else ()))
 
 
 def find(port: RecordLookup, names: FieldNames, intents: Sequence[Intent], accounts: AccountCache, *,
-         task_keyed: bool) -> Lookups:
+         task_keyed: bool, legacy_events: Collection[str] | None = None) -> Lookups:
     """The batch's lookups: what `accounts` holds already, and what `port` reads (which `accounts` then
-    remembers for the run's later batches)."""
-    read = port.lookup(lookup_request(intents, accounts, task_keyed=task_keyed), names)
+    remembers for the run's later batches). `legacy_events`: see `task_keys_of`."""
+    read = port.lookup(lookup_request(intents, accounts, task_keyed=task_keyed, legacy_events=legacy_events), names)
     cached = Lookups()
     for row in [accounts.by_id.get(it.account.account_id or "") for it in intents] + [
             accounts.by_customer.get(it.account.customer_id or "") for it in intents]:
@@ -300,6 +304,10 @@ class Materializer:
         self._pending: dict[tuple[str, str], SfOp] = {}  # Opportunities this batch creates
         self._status: dict[str, str | None] = {}  # Account status as of the events seen so far
         self._serial = 0
+        # event id -> subscription: value updates (a plan change) that found no Opportunity to update. Not a
+        # dead letter: the rest of the event applies, and `stripe-sf reconcile` lists the subscription.
+        self.no_opportunity: dict[str, str] = {}
+        self._unmatched: list[tuple[str, str]] = []  # this event's, kept only if the event materialises
 
     def _account(self, ref: AccountRef) -> AccountRow:
         # Set only when the object's own metadata names no Account: its named Opportunity's Account comes
@@ -372,9 +380,10 @@ class Materializer:
             return [SfOp("update", "Opportunity", opp.id, {**it.fields, **currency},
                          label=f"Opportunity {opp.id} ({it.key})")]
         if not it.may_create:
-            raise Unresolvable("NO_OPPORTUNITY",
-                               f"No Opportunity for {it.key} to update: create one with {names.subscription_id}"
-                               f" = {it.key}, or run `stripe-sf backfill`, then `stripe-sf dlq retry --all`")
+            # A value update of a subscription no Opportunity tracks (it predates the first sync, or its
+            # Opportunity was deleted): nothing to update, and no reason to hold back its status and Tasks.
+            self._unmatched.append((it.event_id, it.key))
+            return []
         account = self._account(it.account)
         ext = names.subscription_id if it.key_kind == "subscription" else names.payment_intent_id
         fields: dict[str, Any] = {"Name": (f"{account.name} - " + it.name_hint.split(" - ", 1)[-1])[:120]
@@ -425,19 +434,21 @@ class Materializer:
                         "created without WhoId", it.who_id, it.key)
         if not self.settings.task_keyed:  # nothing to look a Task up by: created, as check_org warned
             return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
-        if it.key in self.found.task_keys:
-            return []  # created by an earlier run: done, and what a person did to it stands
+        if any(k in self.found.task_keys for k in it.keys):
+            return []  # created by an earlier run (under this key or an earlier version's): what a person did stands
         fields[names.task_event_id] = it.key
         return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
 
     def add_event(self, event_id: str, intents: Sequence[Intent]) -> Unresolvable | None:
         """Materialise one event's intents; all of them or none (then it is dead-lettered)."""
+        self._unmatched = []
         try:
             produced: list[SfOp] = []
             for it in intents:
                 produced.extend(self._ops_for(it))
         except Unresolvable as exc:
             return exc
+        self.no_opportunity.update(self._unmatched)
         for it in intents:  # only now is the in-batch state of this event real
             if isinstance(it, AccountStatusIntent):
                 acct = self._account(it.account)

@@ -81,6 +81,7 @@ class AccountStatusIntent:
     activity_date: str
     previous_from_account: bool = False  # .deleted carries no previous status: use the Account's
     who_id: str | None = None  # the Contact its transition Task names
+    changed_at: int | None = None  # when the status changed (the event's time): the transition Task's key
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,29 @@ class TaskIntent:
     priority: str
     status: str
     activity_date: str
-    key_base: str | None = None  # backfill keys Tasks by object, so a second backfill finds the same Task
+    key_base: str | None = None  # backfill keyed Tasks by object before `about` (found by `legacy_key`)
     who_id: str | None = None  # a checked Contact Id from metadata.salesforce_contact_id (WhoId)
+    # What the Task is about, its key: an invoice and its attempt (`in_…#attempt-2`), a subscription and its
+    # transition or warning. Stripe may send one change as two Event objects with different ids
+    # (docs.stripe.com/webhooks; api-facts §4), and a webhook and a backfill tell the same fact: keyed by
+    # what it is about, they make one Task.
+    about: str | None = None
 
     @property
     def key(self) -> str:
-        """The Task's key (Stripe_Event_ID__c): one event can raise several Tasks."""
+        """The Task's key (Stripe_Event_ID__c)."""
+        return self.about or self.legacy_key
+
+    @property
+    def legacy_key(self) -> str:
+        """The key earlier versions gave this Task (`evt_…:purpose`), still looked up: no duplicate after an
+        upgrade."""
         return f"{self.key_base or self.event_id}:{self.purpose}"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key this Task may exist under: its own, then the one earlier versions gave it."""
+        return tuple(dict.fromkeys((self.key, self.legacy_key)))
 
 
 Intent = OpportunityIntent | AccountStatusIntent | TaskIntent
@@ -226,7 +243,7 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
         meta.event_id, account, change.subscription_id, status,
         change.previous_status if kind == "updated" else None,
         log_transition=kind in ("updated", "deleted"), activity_date=day.isoformat(),
-        previous_from_account=kind == "deleted", who_id=who))
+        previous_from_account=kind == "deleted", who_id=who, changed_at=meta.created))
 
     plan.intents.extend(_subscription_tasks(ctx, change, kind, account, who))
     return plan
@@ -242,16 +259,8 @@ def _subscription_tasks(ctx: RuleContext, change: SubscriptionChange, kind: str,
              f"Customer: {_dashboard(ctx, meta.livemode, 'customers', change.customer_id)}",
              f"Stripe event: {meta.event_id}"]
     tasks: list[TaskIntent] = []
-    if kind == "updated" and change.cancel_turned_on:
-        ends = event_date(change.period_end).isoformat() if change.period_end else "the period end"
-        tasks.append(TaskIntent(
-            meta.event_id, "cancel-warning", account, "csm_or_owner",
-            f"Cancellation scheduled: subscription ends {ends}",
-            "\n".join([
-                f"Stripe subscription {change.subscription_id} was set to cancel at the end of its period ({ends}).",
-                "Reach out before it ends.",
-                *links,
-            ]), "High", "Not Started", follow_up, who_id=who))
+    if kind == "updated" and (change.cancel_turned_on or change.cancel_at_turned_on):
+        tasks.append(_cancel_warning(change, account, who, follow_up, links))
     if kind == "deleted":
         reason = change.cancellation_reason or "not given"
         tasks.append(TaskIntent(
@@ -261,8 +270,32 @@ def _subscription_tasks(ctx: RuleContext, change: SubscriptionChange, kind: str,
                 f"Stripe subscription {change.subscription_id} was cancelled on {day.isoformat()}.",
                 f"Cancellation reason: {reason}",
                 *links,
-            ]), "High", "Not Started", follow_up, who_id=who))
+            ]), "High", "Not Started", follow_up, who_id=who,
+            about=f"{change.subscription_id}#cancelled"))
     return tasks
+
+
+def _cancel_warning(change: SubscriptionChange, account: AccountRef, who: str | None, follow_up: str,
+                    links: list[str]) -> TaskIntent:
+    """The early warning that a cancellation was scheduled: at the period end (`cancel_at_period_end`), or at a
+    date (`cancel_at`, while `cancel_at_period_end` stays false: stripe/_subscription.py), with the date it
+    takes effect."""
+    if change.cancel_turned_on:
+        ends = event_date(change.period_end).isoformat() if change.period_end else "the period end"
+        when = f"at the end of its period ({ends})"
+    else:
+        assert change.cancel_at is not None
+        ends = event_date(change.cancel_at).isoformat()
+        when = f"on {ends}"
+    return TaskIntent(
+        change.meta.event_id, "cancel-warning", account, "csm_or_owner",
+        f"Cancellation scheduled: subscription ends {ends}",
+        "\n".join([f"Stripe subscription {change.subscription_id} was set to cancel {when}.",
+                   "Reach out before it ends.", *links]),
+        "High", "Not Started", follow_up, who_id=who,
+        # When it was scheduled (two Event objects of one change share their time): scheduled again after
+        # being taken back, it warns again.
+        about=f"{change.subscription_id}#cancel-warning@{_instant(change.meta.created, '')}")
 
 
 def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, opp_id: str | None,
@@ -339,7 +372,8 @@ def plan_invoice_failure(ctx: RuleContext, change: InvoiceFailureChange) -> Plan
     plan.intents.append(TaskIntent(
         meta.event_id, "payment-failed", _account_ref(change, acct_id), "owner",
         FAILED_PAYMENT_SUBJECT, failed_payment_description(ctx, change), "High", "Not Started", due,
-        key_base=f"evt_backfill_{change.invoice_id}" if meta.backfill else None, who_id=who))
+        key_base=f"evt_backfill_{change.invoice_id}" if meta.backfill else None, who_id=who,
+        about=f"{change.invoice_id}#attempt-{change.attempt_count}"))
     return plan
 
 
@@ -359,4 +393,14 @@ def transition_task(intent: AccountStatusIntent, old: str) -> TaskIntent:
         f"Subscription status: {old} → {intent.status}",
         f"Stripe subscription {intent.subscription_id} changed from {old} to {intent.status}.\n"
         f"Stripe event: {intent.event_id}",
-        "Normal", "Completed", intent.activity_date, who_id=intent.who_id)
+        "Normal", "Completed", intent.activity_date, who_id=intent.who_id,
+        # The new status and when (two Event objects of one change share their time); not the old status: a
+        # deleted subscription's comes from the Account, after the lookup.
+        about=f"{intent.subscription_id}#status-{intent.status}@{_instant(intent.changed_at, intent.activity_date)}")
+
+
+def _instant(ts: int | None, day: str) -> str:
+    """A Unix time as an ISO UTC instant (`2026-12-07T05:05:19Z`), or the day when there is none."""
+    if ts is None:
+        return day
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

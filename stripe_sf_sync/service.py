@@ -193,11 +193,28 @@ def _ports(runtime: Runtime, state: Any, source: StripeSource, access: Salesforc
     return Ports(state, StripeHydrator(source, state), SalesforceRecords(access, org), writer, bulk), recorder
 
 
-def batch_settings(loaded: LoadedConfig) -> BatchSettings:
-    """What the batch step reads from the config."""
+def batch_settings(loaded: LoadedConfig, *, legacy_task_keys_before: int | None = None) -> BatchSettings:
+    """What the batch step reads from the config (and, from state, when Tasks were first keyed by subject)."""
     s = loaded.settings
     ctx = rules.RuleContext(s.salesforce.won_stage or "", s.salesforce.fields, s.stripe.dashboard_url)
-    return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce)
+    return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce,
+                         legacy_task_keys_before=legacy_task_keys_before)
+
+
+TASK_KEYS_ABOUT_KEY = "task_keys_about_since"  # when this state's runs began keying Tasks by subject (issue 19)
+
+
+def task_keys_about_since(state: Any, now: int) -> int:
+    """When runs on this state began keying Tasks by what they are about, set by the first such run: now, when
+    an earlier version ran on this state (it has a cursor or a run), else 0. Events older than that may have
+    a Task under that version's key (the event id), which is then looked up too; newer ones cannot, and their
+    lookups stay as small as before (benchmarks: no extra call)."""
+    raw = state.get_meta(TASK_KEYS_ABOUT_KEY)
+    if raw is not None and raw.isdigit():
+        return int(raw)
+    since = now if state.cursor() is not None or state.recent_runs(1) else 0
+    state.set_meta(TASK_KEYS_ABOUT_KEY, str(since))
+    return since
 
 
 READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end
@@ -215,8 +232,9 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         store.acquire_lock()
         state: Any = DryRunState(store) if summary.dry_run else store
         ports, recorder = _ports(runtime, state, source, access, summary.dry_run)
-        run = RecordedRun(state, source, ports, batch_settings(runtime.loaded), summary,
-                          state.start_run(summary.command), access, stop)
+        settings = batch_settings(runtime.loaded, legacy_task_keys_before=task_keys_about_since(
+            state, int(runtime.environment.clock())))
+        run = RecordedRun(state, source, ports, settings, summary, state.start_run(summary.command), access, stop)
         bind_run(run.run_id or None)  # a dry run is not recorded: it has no id
         code: int = ExitCode.FAILURE
         mistake = False  # a usage error met once the state was open: not a run that failed (status --check)

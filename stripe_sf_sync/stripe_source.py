@@ -760,6 +760,24 @@ class StripeSource:
             self._invoice_of_pi[pi_id] = inv if isinstance(inv, str) else None
         return self._invoice_of_pi[pi_id]
 
+    def current_object(self, object_id: str) -> dict[str, Any] | None:
+        """A subscription, invoice or PaymentIntent as Stripe holds it now (None when it is gone, or of
+        another kind)."""
+        path = _CURRENT_PATHS.get(object_id.split("_", 1)[0])
+        if path is None:
+            return None
+        return self._get_or_none("reading an object's current state", f"{path}/{_path_id(object_id)}")
+
+    def subscription_items(self, subscription_id: str) -> list[dict[str, Any]]:
+        """Every item of a subscription, read to the end of `/v1/subscription_items?subscription=…` (Stripe API
+        reference: List all subscription items; `limit` up to 100). A subscription's embedded `items` list is a
+        first page: with `has_more` the rest is only here."""
+        items: list[dict[str, Any]] = []
+        for page in self._walk("subscription items", "/v1/subscription_items",
+                               {"subscription": _path_id(subscription_id), "limit": 100}):
+            items.extend(page)
+        return items
+
     def price_currency_options(self, price_id: str) -> dict[str, dict[str, Any]] | None:
         """A Price's amounts per currency (`currency_options`), read once per run; None if it is gone.
 
@@ -803,6 +821,10 @@ class StripeSource:
                 except stripe.InvalidRequestError:
                     pass  # the invoice still names the failure's amount and attempt; the code stays unknown
         return invoice
+
+
+# Id prefix -> the path its object is read at (the objects whose events have rules).
+_CURRENT_PATHS = {"sub": "/v1/subscriptions", "in": "/v1/invoices", "pi": "/v1/payment_intents"}
 
 
 def _payment_link(payment: Mapping[str, Any]) -> tuple[str | None, str | None]:

@@ -59,6 +59,9 @@ class AsIs:
     def fresh_customers(self) -> list[CachedCustomer]:
         return []
 
+    def current_state(self, held: HeldEvent, change: model.Change) -> model.Change:
+        return change
+
 
 @dataclass
 class Records:
@@ -71,7 +74,7 @@ class Records:
     def org_facts(self, *, refresh: bool = False) -> OrgFacts:
         return OrgFacts(task_keyed=True)
 
-    def find(self, names: FieldNames, intents: Any, *, task_keyed: bool) -> Lookups:
+    def find(self, names: FieldNames, intents: Any, *, task_keyed: bool, legacy_events: Any = None) -> Lookups:
         found = Lookups(task_keys=set(self.task_keys))
         found.add_account(ACCOUNT)
         return found

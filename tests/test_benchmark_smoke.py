@@ -48,7 +48,9 @@ def test_batched_call_counts_are_pinned(runs: dict[str, RunResult]) -> None:
     signups = _signups(int(time.time()))
     assert signups > 0
     assert b.events == EVENTS and b.applied + b.dead_lettered == EVENTS - signups
-    assert b.dead_lettered > 0  # customers without an Account are part of the scenario
+    # At this size no customer lacks an Account (2 % of 30); the dead letters seen here before issue 19 were
+    # plan changes of subscriptions no Opportunity tracks, which now apply the rest of their event.
+    assert b.dead_lettered == 0
     assert b.sf_calls == BATCHED_SF_CALLS
     assert b.stripe_calls == BATCHED_STRIPE_CALLS
     # The summary agrees with what the stand-ins themselves counted.

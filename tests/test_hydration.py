@@ -242,9 +242,9 @@ def test_later_batches_of_a_run_reuse_the_accounts_it_already_read(tmp_path, env
     queries: list[str] = []
     real = SalesforceGateway.query_many
 
-    def spy(self, soql):
+    def spy(self, soql, **kw):
         queries.extend(soql)
-        return real(self, soql)
+        return real(self, soql, **kw)
 
     monkeypatch.setattr(SalesforceGateway, "query_many", spy)
     summary = run(config, env, since=day(t - DAY))

@@ -1,3 +1,4 @@
+import copy
 from decimal import Decimal
 
 import pytest
@@ -171,3 +172,64 @@ def test_out_of_range_option_amount_is_malformed():
     change = _euro_subscription((_price("price_Pro", 10000), 1))
     with pytest.raises(MalformedEvent, match="unit_amount"):
         model.in_billed_currency(change, {"price_Pro": {"eur": {"unit_amount": -5}}})
+
+
+# --- a renewal is not a plan change (issue 19 §1) ------------------------------------------------------------
+
+def _renewal_items(sub, start, end):
+    items = copy.deepcopy(sub["items"])
+    for item in items["data"]:
+        item["current_period_start"], item["current_period_end"] = start, end
+    return items
+
+
+def test_a_basil_renewal_carries_items_but_is_no_plan_change():
+    sub = p.subscription(period_start=p.T0, period_end=p.T0 + 30 * 86400)
+    prev = {"items": _renewal_items(sub, p.T0 - 30 * 86400, p.T0), "latest_invoice": "in_1Oold"}
+    change = model.parse_event(p.event("customer.subscription.updated", sub, previous=prev))
+    assert change.plan_changed is False
+
+
+def test_a_pre_basil_renewal_is_no_plan_change():
+    sub = p.subscription(version=p.PRE_BASIL)
+    prev = {"current_period_start": p.T0 - 30 * 86400, "current_period_end": p.T0, "latest_invoice": "in_1Oold"}
+    change = model.parse_event(p.event("customer.subscription.updated", sub, previous=prev, version=p.PRE_BASIL))
+    assert change.plan_changed is False
+
+
+@pytest.mark.parametrize("edit", ["quantity", "price", "item id", "item added"])
+def test_a_change_of_items_by_id_price_or_quantity_is_a_plan_change(edit):
+    sub = p.subscription()
+    before = copy.deepcopy(sub["items"])
+    item = before["data"][0]
+    if edit == "quantity":
+        item["quantity"] = 7
+    elif edit == "price":
+        item["price"] = {**item["price"], "id": "price_1Oother0000000"}
+    elif edit == "item id":
+        item["id"] = "si_Qold0000"
+    else:
+        before["data"] = []
+    change = model.parse_event(p.event("customer.subscription.updated", sub, previous={"items": before}))
+    assert change.plan_changed is True
+
+
+def test_the_events_own_version_decides_which_fields_count():
+    old = p.subscription(version=p.PRE_BASIL)
+    pre = model.parse_event(p.event("customer.subscription.updated", old, previous={"plan": {"id": "price_x"}},
+                                    version=p.PRE_BASIL))
+    assert pre.plan_changed is True  # pre-basil: the subscription's own plan changed
+    cur = model.parse_event(p.event("customer.subscription.updated", p.subscription(), previous={"quantity": 1}))
+    assert cur.plan_changed is False  # basil+: only items say what the plan is
+
+
+def test_a_first_page_of_items_is_read_with_care():
+    sub = p.subscription(items=[(p.price(), 1)] * 2)
+    sub["items"]["has_more"] = True
+    renewal = {"items": _renewal_items(sub, p.T0 - 30 * 86400, p.T0)}
+    change = model.parse_event(p.event("customer.subscription.updated", sub, previous=renewal))
+    assert change.plan_changed is False and change.items_complete is False
+    unseen = {"items": copy.deepcopy(sub["items"])}  # nothing on the first page changed: the change is past it
+    assert model.parse_event(p.event("customer.subscription.updated", sub, previous=unseen)).plan_changed is True
+    full = model.with_all_items(change, [*sub["items"]["data"], {**sub["items"]["data"][0], "id": "si_Qabc0099"}])
+    assert len(full.lines) == 3 and full.items_complete is True

@@ -60,7 +60,7 @@ def test_status_transition_is_logged_on_update():
     assert (status.previous_status, status.status, status.log_transition) == ("active", "past_due", True)
     task = rules.transition_task(status, "active")
     assert task.subject == "Subscription status: active → past_due"
-    assert task.status == "Completed" and task.key.endswith(":status")
+    assert task.status == "Completed" and task.key == "sub_1OHAabcdefghij#status-past_due@2026-09-21T14:13:20Z"
 
 
 def test_plan_change_refreshes_amounts_without_creating():
@@ -81,13 +81,33 @@ def test_cancel_at_period_end_turning_true_raises_early_warning():
     assert tasks[0].assign_to == "csm_or_owner" and tasks[0].priority == "High"
 
 
+def test_cancel_at_scheduled_raises_the_same_early_warning_with_its_date():
+    sub = p.subscription(period_end=1760486400)  # period ends 2025-10-15; cancels earlier, on 2025-10-01
+    sub["cancel_at"] = 1759276800
+    plan = plan_of(p.event("customer.subscription.updated", sub, previous={"cancel_at": None, "canceled_at": None},
+                           created=1757894400))
+    [task] = [i for i in plan.intents if isinstance(i, TaskIntent)]
+    assert task.purpose == "cancel-warning" and task.subject == "Cancellation scheduled: subscription ends 2025-10-01"
+    assert "set to cancel on 2025-10-01" in task.description
+    assert task.assign_to == "csm_or_owner" and task.priority == "High"
+
+
+def test_cancel_at_period_end_fills_cancel_at_too_and_raises_one_warning():
+    sub = p.subscription(cancel_at_period_end=True, period_end=1760486400)
+    sub["cancel_at"] = 1760486400  # Stripe sets cancel_at to the period end as well
+    plan = plan_of(p.event("customer.subscription.updated", sub,
+                           previous={"cancel_at_period_end": False, "cancel_at": None}, created=1757894400))
+    assert len([i for i in plan.intents if isinstance(i, TaskIntent)]) == 1
+
+
 def test_deleted_sets_canceled_and_follow_up_for_csm():
     sub = p.subscription(status="canceled")
     plan = plan_of(p.event("customer.subscription.deleted", sub, created=1757894400))
     status = next(i for i in plan.intents if isinstance(i, AccountStatusIntent))
     assert status.status == "canceled" and status.previous_from_account
     follow = next(i for i in plan.intents if isinstance(i, TaskIntent))
-    assert follow.key == "evt_1OHAabcdefghij:follow-up" and follow.assign_to == "csm_or_owner"
+    assert follow.key == "sub_1OHAabcdefghij#cancelled" and follow.assign_to == "csm_or_owner"
+    assert follow.legacy_key == "evt_1OHAabcdefghij:follow-up"
     assert follow.activity_date == "2025-09-16"
 
 

@@ -6,6 +6,8 @@ plain Text field."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from typing import Any
 
@@ -115,15 +117,15 @@ def test_dlq_retry_leaves_the_tasks_of_the_retried_events_alone(config, env, org
 
 @pytest.mark.parametrize("bulk", [False, True], ids=["collections", "bulk"])
 def test_second_backfill_leaves_the_failed_payment_task_alone(tmp_path, env, org, stripe_sb, sf_sb, bulk):
-    """(c) Failure Tasks of a backfill are keyed per invoice (evt_backfill_<invoice>:payment-failed): a second
-    backfill over the same range finds the Task and leaves it as the rep left it, with Bulk API 2.0 too."""
+    """(c) Failure Tasks of a backfill are keyed by invoice and attempt (in_…#attempt-N): a second backfill over
+    the same range finds the Task and leaves it as the rep left it, with Bulk API 2.0 too."""
     history(stripe_sb, org)
     overrides = {"bulk_threshold: 2000": "bulk_threshold: 1", "bulk_poll_seconds: 5": "bulk_poll_seconds: 0"}
     config = configured(tmp_path, env, **(overrides if bulk else {}))
     first = backfill(config, env, since=since_days(400))
     assert first.dead_lettered == 0 and first.objects["invoices"]["bulk"] is bulk
     [task] = org.records("Task")
-    assert task["Stripe_Event_ID__c"].startswith("evt_backfill_in_")
+    assert re.fullmatch(r"in_\w+#attempt-\d+", task["Stripe_Event_ID__c"])
     worked = work_the_tasks(org)
     others = {k: v for k, v in snapshot(org).items() if k != "Task"}
 
@@ -165,7 +167,7 @@ def test_no_task_is_ever_upserted(config, env, org, sc, sf_sb):
     assert summary.dead_lettered == 1 and len(org.records("Task")) == 6
     assert not [p for _m, p in sf_sb.requests_log if "/Task/" in p or p.rstrip("/").endswith("/Task")]
     assert_one_task_per_key(org)
-    assert all(t["Stripe_Event_ID__c"].startswith("evt_") for t in org.records("Task"))
+    assert all(t["Stripe_Event_ID__c"].startswith(("sub_", "in_")) for t in org.records("Task"))
 
 
 @pytest.mark.parametrize("org", ["external_unique"], indirect=True)
@@ -240,6 +242,17 @@ def test_one_create_per_missing_key_and_none_for_a_key_that_exists(coalesce):
     assert (op.kind, op.sobject, op.ext_field) == ("create", "Task", None)
     assert op.fields["Stripe_Event_ID__c"] == "evt_backfill_in_1:payment-failed" and op.fields["Subject"] == "b"
     assert op.events == ["evt_bf_a", "evt_bf_b"]
+    # Keyed by what it is about (an invoice and its attempt): a Task made before under its event's key is found
+    # by that key; two Event objects of one fact (different ids) make one Task.
+    about = {"about": "in_1#attempt-1"}
+    mat = Materializer(lookups, WriteSettings(FieldNames(), None, task_keyed=True, coalesce=coalesce))
+    assert mat.add_event("evt_old", [dataclasses.replace(task("evt_old", "first"), **about)]) is None
+    assert mat.result() == []  # found under its earlier key: no write
+    mat = Materializer(lookups, WriteSettings(FieldNames(), None, task_keyed=True, coalesce=coalesce))
+    assert mat.add_event("evt_dup1", [dataclasses.replace(task("evt_dup1", "one"), **about)]) is None
+    assert mat.add_event("evt_dup2", [dataclasses.replace(task("evt_dup2", "two"), **about)]) is None
+    [op] = mat.result()
+    assert op.fields["Stripe_Event_ID__c"] == "in_1#attempt-1" and op.events == ["evt_dup1", "evt_dup2"]
 
 
 def test_the_task_lookup_rides_in_the_batch_composite_call(config, env, org, sc, sf_sb):
@@ -248,5 +261,36 @@ def test_the_task_lookup_rides_in_the_batch_composite_call(config, env, org, sc,
     summary = run(config, env, since=since(sc))
     # As test_sync_e2e.test_batched_writes_cost_few_calls: 1 describe + 2 lookup Composites + 5 writes.
     assert summary.salesforce_calls == 8
-    assert len(org.queried_keys["Task.Stripe_Event_ID__c"]) == 6
+    assert len(org.queried_keys["Task.Stripe_Event_ID__c"]) == 6  # a new state: no earlier version made a Task
     assert not [p for m, p in sf_sb.requests_log[start:] if m == "GET" and "/query" in p]
+
+
+def test_an_archived_task_is_found_through_query_all_and_never_created_again(config, env, org, sc, sf_sb):
+    """Salesforce archives a Task closed with a due date over a year ago: `query` stops returning it, `queryAll`
+    does (api-facts §12). The key lookup goes through queryAll in the same Composite call, so replaying the
+    same events (here: a lost state file) finds every such Task and creates none."""
+    run(config, env, since=since(sc))
+    rep = org.user_id("Ben Owner")
+    for t in org.records("Task"):  # done long ago: archived
+        org.update("Task", t["Id"], {"Status": "Completed", "ActivityDate": "2023-01-02"}, as_user=rep)
+    before = tasks_by_id(org)
+    (config.parent / "stripe-sf-state.sqlite").unlink()
+    start = len(sf_sb.requests_log)
+
+    again = run(config, env, since=since(sc))
+
+    assert again.dead_lettered == 1  # Hooli's, as on the first run
+    assert tasks_by_id(org) == before  # not one Task created again, none rewritten
+    assert not [p for m, p in sf_sb.requests_log[start:] if m == "GET" and "/query" in p]  # inside Composite calls
+    assert_one_task_per_key(org)
+
+
+def test_the_stand_in_archives_old_closed_tasks(org):
+    acct = org.insert("Account", {"Name": "Archive"})
+    old = org.insert("Task", {"Subject": "old", "WhatId": acct, "Status": "Completed", "ActivityDate": "2020-05-01"})
+    org.insert("Task", {"Subject": "open", "WhatId": acct, "Status": "Not Started", "ActivityDate": "2020-05-01"})
+    soql = "SELECT Id, Subject, IsArchived FROM Task WHERE Subject IN ('old', 'open')"
+    live = org.run_query(soql, version="62.0")["records"]
+    every = org.run_query(soql, version="62.0", include_deleted=True)["records"]
+    assert [r["Subject"] for r in live] == ["open"]
+    assert {r["Subject"]: r["IsArchived"] for r in every} == {"old": True, "open": False} and old

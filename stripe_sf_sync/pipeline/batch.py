@@ -7,6 +7,7 @@ by the batch's own policy (cursor, checkpoint, dead letters).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ class BatchSettings:
     names: FieldNames
     record_type_id: str | None
     coalesce: bool = True
+    # When Tasks were first keyed by what they are about in this state (issue 19): only events older than
+    # that can have a Task under the event-id key of earlier versions. None: look that key up for every event.
+    legacy_task_keys_before: int | None = None
 
 
 @dataclass
@@ -55,17 +59,19 @@ class BatchResult:
 
 
 def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettings, *, retried: bool = False,
-                bulk: bool = False) -> BatchResult:
+                bulk: bool = False, unordered: bool = False) -> BatchResult:
     """Apply one batch of events to Salesforce through `ports`; commit nothing.
 
     `retried`: dead letters sent again, which their recorded outcome must not skip. `bulk`: write through
-    Bulk API 2.0 (backfill above its threshold).
+    Bulk API 2.0 (backfill above its threshold). `unordered`: Stripe's order of the events is not known
+    (webhook deliveries, events listed late, dead letters sent again): events of the same second as another
+    of their object are applied with the object's current state (`_guard`).
     """
     last = events[-1] if events else None
     result = BatchResult(events_read=len(events),
                          last_event=(last.id, last.created) if last and last.id and last.created is not None else None)
     parsed = _parse(events, ports, result, retried=retried)
-    fresh, customer_changes = _guard(parsed, ports, result)
+    fresh, customer_changes = _guard(parsed, ports, result, unordered=unordered)
     result.customers.extend(ports.hydrator.prepare(fresh, customer_changes))
     planned = _plan(fresh, ports, settings, result)
     result.customers.extend(ports.hydrator.fresh_customers())
@@ -104,10 +110,18 @@ def _parse(events: Sequence[HeldEvent], ports: Ports, result: BatchResult, *,
 
 
 def _guard(parsed: Sequence[tuple[HeldEvent, model.Change | CustomerChange]], ports: Ports,
-           result: BatchResult) -> tuple[list[tuple[HeldEvent, model.Change]], list[CustomerChange]]:
+           result: BatchResult, *, unordered: bool = False) -> tuple[list[tuple[HeldEvent, model.Change]],
+                                                                     list[CustomerChange]]:
     """The order guard: an event older than the newest applied to its object is stale. Customer events
-    need no write: their details are kept for resolving the customer's other events."""
+    need no write: their details are kept for resolving the customer's other events.
+
+    Of two events of one object in the same second, the newer by Stripe's list order wins: a listing's
+    order is the batch's, and a later batch's events come after an earlier one's. Where the order is not
+    known (`unordered`), such an event is applied with the object's current state, read once per object and
+    batch (Stripe: "order is not guaranteed", docs.stripe.com/webhooks).
+    """
     stored = ports.ledger.versions_for(c.object_id for _, c in parsed)
+    seconds = Counter((c.object_id, c.meta.created) for _, c in parsed)
     fresh: list[tuple[HeldEvent, model.Change]] = []
     customers: list[CustomerChange] = []
     for held, change in parsed:
@@ -118,6 +132,8 @@ def _guard(parsed: Sequence[tuple[HeldEvent, model.Change | CustomerChange]], po
             customers.append(change)
             result.outcomes.append(_outcome(change, "ignored", "customer details kept for resolving its other events"))
             result.versions[change.object_id] = (change.meta.created, change.meta.event_id)
+        elif unordered and (newest == change.meta.created or seconds[(change.object_id, change.meta.created)] > 1):
+            fresh.append((held, ports.hydrator.current_state(held, change)))
         else:
             fresh.append((held, change))
     return fresh, customers
@@ -157,6 +173,7 @@ def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: Batc
     planned, found = _find(planned, ports, settings, result, task_keyed=write_settings.task_keyed)
     materializer = Materializer(found, write_settings)
     failures = _materialize(planned, materializer)
+    _log_no_opportunity(materializer.no_opportunity, failures, settings.names)
     ops = materializer.result()
     writer = ports.bulk_writer if bulk else ports.writer
     results = writer.write(ops)
@@ -176,6 +193,22 @@ def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: Batc
             result.versions[change.object_id] = (change.meta.created, eid)
 
 
+def _log_no_opportunity(unmatched: dict[str, str], failures: dict[str, tuple[str, str]], names: FieldNames) -> None:
+    """One line per subscription whose plan changed but that no Opportunity tracks: its amounts are not
+    written, the rest of its events applies."""
+    events: dict[str, list[str]] = {}
+    for event_id, subscription_id in unmatched.items():
+        if event_id not in failures:
+            events.setdefault(subscription_id, []).append(event_id)
+    for subscription_id, ids in events.items():
+        n = len(ids)
+        log.warning("%s changed plan (%d event%s, last %s) but no Opportunity has %s = %s: its Amount, MRR and ARR "
+                    "were not written; the rest of the event%s applied. Create the Opportunity, or run `stripe-sf "
+                    "backfill`; `stripe-sf reconcile` lists it meanwhile", subscription_id, n, "" if n == 1 else "s",
+                    ids[-1], names.subscription_id, subscription_id, "" if n == 1 else "s",
+                    extra=fields(kind="no_opportunity", subscription_id=subscription_id, event_id=ids[-1]))
+
+
 def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: BatchResult, *,
           task_keyed: bool) -> tuple[Planned, Lookups]:
     """The batch's lookups. A change whose own metadata names its Opportunity was planned without its
@@ -183,7 +216,8 @@ def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: Batch
     metadata is next in precedence, so the customer is read now, the change planned again, and the lookups
     made again (one more lookup call, for such batches only)."""
     intents = [it for _, _, plan in planned for it in plan.intents]
-    found = ports.lookup.find(settings.names, intents, task_keyed=task_keyed)
+    legacy = _legacy_events(planned, settings.legacy_task_keys_before)
+    found = ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy)
     late = {i for i, (_, change, plan) in enumerate(planned) if _customer_still_needed(change, plan, found)}
     if not late:
         return planned, found
@@ -196,7 +230,16 @@ def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: Batch
         again.append((held, change, plan))
     result.customers.extend(ports.hydrator.fresh_customers())
     intents = [it for _, _, plan in again for it in plan.intents]
-    return again, ports.lookup.find(settings.names, intents, task_keyed=task_keyed)
+    return again, ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy)
+
+
+def _legacy_events(planned: Planned, before: int | None) -> set[str] | None:
+    """The events whose Tasks an earlier version may have made under their event-id key: those older than
+    `before` (a backfill's, by its object's own time: its events are made now). None: every event."""
+    if before is None:
+        return None
+    return {c.meta.event_id for _, c, _ in planned
+            if ((c.meta.object_created or c.meta.created) if c.meta.backfill else c.meta.created) < before}
 
 
 def _customer_still_needed(change: model.Change, plan: rules.Plan, found: Lookups) -> bool:

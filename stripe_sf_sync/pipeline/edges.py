@@ -4,7 +4,7 @@ to write), and the dry run's writer and state, which record the plan and change 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from stripe_sf_sync.config import FieldNames
@@ -59,9 +59,11 @@ class SalesforceRecords:
         """The org's facts (describe once a day)."""
         return self._org.facts(self._access.get(), refresh=refresh)
 
-    def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool) -> Lookups:
-        """The records the intents name."""
-        return find(self._access.get(), names, intents, self._accounts, task_keyed=task_keyed)
+    def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
+             legacy_events: Collection[str] | None = None) -> Lookups:
+        """The records the intents name (`legacy_events`: resolve.task_keys_of)."""
+        return find(self._access.get(), names, intents, self._accounts, task_keyed=task_keyed,
+                    legacy_events=legacy_events)
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
         """Remember a successful Account update."""

@@ -3,7 +3,7 @@ finds and writes Salesforce records. The real ones sit at the two HTTP edges; te
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +40,10 @@ class Hydrator(Protocol):
     def fresh_customers(self) -> list[CachedCustomer]:
         """Customers read from Stripe since the last call, for state to keep."""
 
+    def current_state(self, held: HeldEvent, change: model.Change) -> model.Change:
+        """The change with its object as Stripe holds it now (read once per object and batch), for an event
+        whose order among its object's events of the same second is not known."""
+
 
 class RecordLookup(Protocol):
     """Finds the Salesforce records a batch's intents name, and knows the org's facts."""
@@ -51,8 +55,10 @@ class RecordLookup(Protocol):
     def org_facts(self, *, refresh: bool = False) -> OrgFacts:
         """The org's facts (checked against the config; raises its ConfigError)."""
 
-    def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool) -> Lookups:
-        """Every record the intents name, in a few calls for the whole batch."""
+    def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
+             legacy_events: Collection[str] | None = None) -> Lookups:
+        """Every record the intents name, in a few calls for the whole batch; the Tasks of `legacy_events`
+        (None: of every event) also by the key an earlier version gave them (resolve.task_keys_of)."""
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
         """An Account update succeeded: later batches of the run compare with what it now holds."""

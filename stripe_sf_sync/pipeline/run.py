@@ -17,7 +17,7 @@ from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
 from stripe_sf_sync.pipeline.ports import Ports
-from stripe_sf_sync.pipeline.sources import Batch, Source
+from stripe_sf_sync.pipeline.sources import Batch, CommitPolicy, Source
 from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.state import Cursor, Outcome
 
@@ -121,7 +121,7 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
         try:
             with collector.paused():  # the batch's objects stay until it is applied (collector.py)
                 result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried,
-                                     bulk=batch.policy.bulk)
+                                     bulk=batch.policy.bulk, unordered=_unordered(batch.policy))
         except BudgetSpent as exc:
             # A writer refused to send (the usage, learnt from this batch's lookups, reached the budget): nothing
             # of the batch is committed, and the next run repeats it.
@@ -141,6 +141,12 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
         summary.stopped_by = stop.signal
     summary.interrupted = summary.interrupted or source.interrupted or summary.stopped_by is not None
     summary.objects = dict(source.objects)
+
+
+def _unordered(policy: CommitPolicy) -> bool:
+    """Whether Stripe's order of a batch's events is unknown: webhook deliveries (not ordered), events listed
+    late behind the cursor, dead letters sent again (both sorted by time only)."""
+    return policy.inbox or policy.late or policy.retried
 
 
 def log_batch(result: BatchResult, *, stripe_calls: int, salesforce_calls: int, seconds: float,

@@ -236,6 +236,7 @@ def _default_schema(
         ),
         FieldDef("ActivityDate", "date", label="Due Date Only"),
         FieldDef("Type", "picklist", length=255, picklist=["Call", "Email", "Other"]),
+        FieldDef("IsArchived", "boolean", createable=False, updateable=False),
     )
     if task_event_id_field:
         task["Stripe_Event_ID__c"] = _task_key_field(task_event_id_kind)
@@ -697,6 +698,8 @@ class SalesforceOrg:
         out = {name: copy.deepcopy(rec.get(name)) for name in self.schema[sobject]}
         if "IsDeleted" in out and out["IsDeleted"] is None:
             out["IsDeleted"] = False
+        if sobject == "Task":
+            out["IsArchived"] = self._archived(rec)  # it depends on today's date
         return out
 
     def _find(self, record_id: str) -> tuple[str | None, dict[str, Any] | None, bool]:
@@ -1464,6 +1467,11 @@ class SalesforceOrg:
 
             candidates = None if include_deleted else self._indexed(sobject, query.where, bind)
             rows = list(self._data.get(sobject, {}).values()) if candidates is None else candidates
+            if sobject == "Task":
+                for r in rows:
+                    r["IsArchived"] = self._archived(r)
+                if not include_deleted:  # archived activities: only queryAll returns them
+                    rows = [r for r in rows if not r["IsArchived"]]
             if include_deleted:
                 rows += [r for s, r in self._deleted.values() if s == sobject]
 
@@ -1490,6 +1498,18 @@ class SalesforceOrg:
                 return {"totalSize": len(rows), "done": True, "records": []}
             out = [self._query_row(sobject, rec, select, version) for rec in rows]
             return self._page(out, version, "queryAll" if include_deleted else "query", batch_size)
+
+    def _archived(self, task: dict[str, Any]) -> bool:
+        """Salesforce archives a Task closed with a due date over 365 days ago: `query` no longer returns it,
+        `queryAll` does, with IsArchived true (SOAP API Developer Guide: Task, IsArchived; api-facts §12)."""
+        due = task.get("ActivityDate")
+        if task.get("Status") != "Completed" or not isinstance(due, str):
+            return False
+        try:
+            day = date.fromisoformat(due[:10])
+        except ValueError:
+            return False
+        return (self.clock().date() - day).days > 365
 
     def _indexed(
         self, sobject: str, where: soql.Node | None, bind: Callable[[str, int], tuple[str, FieldDef, FieldDef | None]]

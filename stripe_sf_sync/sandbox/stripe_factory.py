@@ -39,6 +39,8 @@ API_VERSION_CLOVER: Final = "2025-09-30.clover"
 API_VERSION_CURRENT: Final = "2026-10-28.endive"
 
 _BASIL_DATE: Final = "2025-03-31"
+# The items a subscription's embedded `items` list shows; past them it says `has_more` (a first page).
+EMBEDDED_LIST_LIMIT: Final = 10
 _VERSION_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
 _ALNUM: Final = string.ascii_letters + string.digits
 
@@ -217,13 +219,25 @@ def render(obj: Obj, version: str, links: Links) -> Obj:
     if kind == "price":
         out.pop("currency_options", None)
     elif kind == "subscription":
-        for item in (out.get("items") or {}).get("data") or []:
+        listed = out.get("items") or {}
+        data = listed.get("data") or []
+        for item in data:
             if isinstance(item, dict) and isinstance(item.get("price"), dict):
                 item["price"].pop("currency_options", None)
+        if isinstance(listed, dict) and len(data) > EMBEDDED_LIST_LIMIT:
+            # An embedded list is its first page; the rest is read from its `url`
+            # (/v1/subscription_items?subscription=…), as with an invoice's `lines`.
+            listed["data"] = data[:EMBEDDED_LIST_LIMIT]
+            listed["has_more"] = True
+    elif kind == "subscription_item" and isinstance(out.get("price"), dict):
+        out["price"].pop("currency_options", None)
     if not is_pre_basil(version):
         return out
     if kind == "subscription":
         _subscription_to_pre_basil(out)
+    elif kind == "subscription_item":
+        out.pop("current_period_start", None)
+        out.pop("current_period_end", None)
     elif kind == "invoice":
         _invoice_to_pre_basil(out, links)
     elif kind == "payment_intent":
@@ -1474,6 +1488,53 @@ class StripeFactory:
         new = _deep_merge(old, changes)
         prev = diff_attributes(self._out(old, None), self._out(new, None))
         return self.emit("customer.subscription.updated", new, at, previous_attributes=prev)
+
+    def renewal(self, sub: Obj | str, *, pay: bool = True) -> list[Obj]:
+        """The subscription's next period starts, as Stripe does it on its own at the period end: a
+        `subscription_cycle` invoice, then `customer.subscription.updated` (automatic, `request.id` null) with the
+        new period and `latest_invoice`, and (`pay`) its PaymentIntent succeeding an hour later.
+
+        Nothing about the plan changes, yet from basil on `previous_attributes` carries `items` whole (the period
+        lives on each item), and before basil `current_period_start`/`current_period_end` (Stripe changelog,
+        basil: "Deprecate subscription current period start and end"; api-facts §6). Returns the events.
+        """
+        old = self._current(sub)
+        items = old["items"]["data"]
+        start = int(items[0]["current_period_end"])
+        recurring = (items[0].get("price") or {}).get("recurring") or {"interval": "month", "interval_count": 1}
+        end = add_interval(start, recurring["interval"], recurring.get("interval_count", 1))
+        amount = sum(int(currency_option_amount(self._lookup(str(i["price"]["id"])) or i["price"], old["currency"])
+                         or 0) * int(i.get("quantity") or 1) for i in items)
+        inv = self.invoice(old["id"], old["customer"], amount, old["currency"], status="open", created=start,
+                           period_start=start, period_end=end, attempt_count=0, next_payment_attempt=start + 3600)
+        self._save(old)  # the invoice set latest_invoice already: previous_attributes must show the old one
+        new_items = clone(old["items"])
+        for item in new_items["data"]:
+            item["current_period_start"], item["current_period_end"] = start, end
+        new = _deep_merge(old, {"items": new_items, "latest_invoice": inv["id"]})
+        prev = diff_attributes(self._out(old, None), self._out(new, None))
+        events = [self.emit("customer.subscription.updated", new, start, previous_attributes=prev, automatic=True)]
+        if pay and amount > 0:
+            pi = self.payment_intent(old["customer"], amount, old["currency"], status="requires_confirmation",
+                                     invoice=inv["id"], created=start + 3600, description="Subscription update")
+            events.append(self.payment_succeeded(pi["id"], start + 3600))
+        return events
+
+    def schedule_cancellation(self, sub: Obj | str, cancel_at: int, at: int) -> Obj:
+        """Schedule the cancellation for `cancel_at` (a timestamp) while `cancel_at_period_end` stays false
+        (`stripe/_subscription.py`, `cancel_at`); emits `customer.subscription.updated`."""
+        return self.subscription_updated(sub, {"cancel_at": cancel_at, "canceled_at": at, "cancellation_details": {
+            "reason": "cancellation_requested"}}, at)
+
+    def duplicate(self, event: Obj) -> Obj:
+        """A second Event object for the same change: same type, time and data, another id. Stripe documents
+        that "in some cases, two separate Event objects are generated" for one change (docs.stripe.com/webhooks;
+        api-facts §4)."""
+        data = event["data"]
+        return self._require_sandbox().emit(
+            event["type"], clone(data["object"]), created=event["created"], store=False,
+            previous_attributes=data.get("previous_attributes"), api_version=event["api_version"],
+            event_id=self.new_id("evt"), request=event.get("request"))
 
     def _replace_items(self, old: Obj, pairs: Sequence[tuple[Obj, int]], at: int) -> Obj:
         old_items = old["items"]["data"]

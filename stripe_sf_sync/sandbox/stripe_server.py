@@ -74,6 +74,7 @@ COLLECTIONS: Final[Mapping[str, str]] = {
     "invoice_payments": "invoice_payment",
     "prices": "price",
     "products": "product",
+    "subscription_items": "subscription_item",
 }
 _LIST_COMMON: Final = frozenset({"limit", "starting_after", "ending_before", "expand", "created"})
 # Filters implemented per list endpoint (subset of Stripe's own list parameters).
@@ -87,6 +88,7 @@ _LIST_FILTERS: Final[Mapping[str, frozenset[str]]] = {
     "invoice_payments": frozenset({"invoice", "payment", "status"}),
     "prices": frozenset({"active", "product", "currency", "type"}),
     "products": frozenset({"active"}),
+    "subscription_items": frozenset({"subscription"}),
 }
 # Real Stripe list parameters the sandbox does not implement: refused loudly rather than ignored.
 _LIST_UNSUPPORTED: Final[Mapping[str, frozenset[str]]] = {
@@ -101,6 +103,7 @@ _LIST_UNSUPPORTED: Final[Mapping[str, frozenset[str]]] = {
     "invoice_payments": frozenset(),
     "prices": frozenset({"lookup_keys", "recurring"}),
     "products": frozenset({"ids", "shippable", "url"}),
+    "subscription_items": frozenset(),
 }
 _SUBSCRIPTION_STATUSES: Final = frozenset(
     {
@@ -895,7 +898,8 @@ class StripeSandbox:
             return {"object": "list", "data": data, "has_more": has_more, "url": "/v1/events"}
         kind = COLLECTIONS[collection]
         keep = self._object_predicate(collection, params)
-        ordered, positions = self._sorted_objects(kind)
+        ordered, positions = (self._subscription_items(params) if collection == "subscription_items"
+                              else self._sorted_objects(kind))
 
         def position(obj_id: str, param: str) -> int:
             if obj_id not in positions:  # unknown, or another type
@@ -909,6 +913,19 @@ class StripeSandbox:
         data = [render(o, version, self._links) for o in page]
         result: Obj = {"object": "list", "data": data, "has_more": has_more, "url": f"/v1/{collection}"}
         return self._expand(result, paths, version)
+
+    def _subscription_items(self, params: Obj) -> tuple[list[tuple[tuple[int, int], Obj]], dict[str, int]]:
+        """The items of `subscription` (required, as in Stripe: List all subscription items), oldest first, in
+        canonical shape; they live inside their stored subscription, not on their own."""
+        sub_id = _str_param(params, "subscription")
+        if sub_id is None:
+            _bad("Missing required param: subscription.", param="subscription", code="parameter_missing")
+        sub = self._objects.get(sub_id)
+        if sub is None or sub.get("object") != "subscription":
+            _missing("subscription", sub_id, "subscription", status=400)
+        items = [i for i in (sub.get("items") or {}).get("data") or [] if isinstance(i, dict)]
+        ordered = sorted(((i.get("created") or 0, n), i) for n, i in enumerate(items))
+        return ordered, {o["id"]: j for j, (_, o) in enumerate(ordered)}
 
     def _event_predicate(self, params: Obj) -> Callable[[Obj], bool]:
         single = _str_param(params, "type")
