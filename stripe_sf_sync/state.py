@@ -13,6 +13,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ from stripe_sf_sync.errors import LockHeldError, NoStateError, StateError, missi
 from stripe_sf_sync.model import CachedCustomer
 
 SCHEMA_VERSION = 3  # 2: the customers table; 3: the webhook inbox
+_BACKFILL_ID = re.compile(r"evt_bf\d+_(.+)")  # backfill.synthetic_event's id: the run's time, the object id
 LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
 
 P = ParamSpec("P")
@@ -348,6 +350,7 @@ class StateStore:
                 "outcome = excluded.outcome, detail = excluded.detail, run_id = excluded.run_id, "
                 "recorded_at = excluded.recorded_at",
                 [(o.event_id, o.event_type, o.object_id, o.created, o.kind, o.reason, run_id, now) for o in outcomes])
+            self._fold_backfill_letters([o for o in outcomes if o.kind == "dead_letter"])
             self._conn.executemany(
                 "INSERT INTO dead_letters(event_id, event_type, created, payload, reason, error_code, "
                 "attempts, first_failed_at, last_failed_at, status) VALUES (?,?,?,?,?,?,1,?,?,'open') "
@@ -371,6 +374,29 @@ class StateStore:
                 self.set_meta(key, value)
             self._conn.executemany("UPDATE inbox SET status = 'done' WHERE event_id = ?",
                                    [(event_id,) for event_id in inbox_done])
+
+    def _fold_backfill_letters(self, letters: Sequence[Outcome]) -> None:
+        """A backfill's synthetic event id holds its run's time, so each rerun would add a second dead letter
+        for an object that fails again. The object's letters for the same error code (one per earlier run,
+        rows from before this rule included) become one, under the new id: the upsert that follows counts
+        this run's attempt on it, and one dead letter stays per object and reason."""
+        for o in letters:
+            match = _BACKFILL_ID.fullmatch(o.event_id)
+            if not match:
+                continue
+            suffix = "_" + match.group(1)
+            rows = self._conn.execute(
+                "SELECT event_id, attempts, first_failed_at FROM dead_letters WHERE error_code = ? "
+                "AND substr(event_id, 1, 6) = 'evt_bf' AND substr(event_id, length(event_id) - CAST(? AS "
+                "INTEGER) + 1) = ? ORDER BY event_id = ? DESC, status = 'open' DESC, last_failed_at DESC",
+                (o.code or "UNKNOWN", len(suffix), suffix, o.event_id)).fetchall()
+            rows = [r for r in rows if (m := _BACKFILL_ID.fullmatch(r[0])) and m.group(1) == match.group(1)]
+            if not rows or [r[0] for r in rows] == [o.event_id]:
+                continue
+            self._conn.executemany("DELETE FROM dead_letters WHERE event_id = ?", [(r[0],) for r in rows[1:]])
+            self._conn.execute("UPDATE dead_letters SET event_id = ?, attempts = ?, first_failed_at = ? "
+                               "WHERE event_id = ?", (o.event_id, sum(r[1] for r in rows),
+                                                      min(r[2] for r in rows), rows[0][0]))
 
     # --- the webhook inbox: written by `serve`'s receiver, drained by its worker ------------
     @_mapped_errors
