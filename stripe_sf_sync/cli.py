@@ -22,6 +22,7 @@ from stripe_sf_sync.console import LogFormat, active_settings, fields, setup_log
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError, missing_extra
 from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE, span
 from stripe_sf_sync.tables import Column, print_records
+from stripe_sf_sync.words import counted
 
 T = TypeVar("T")
 log = logging.getLogger("stripe_sf_sync")
@@ -178,12 +179,13 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
         _say(logging.WARNING, f"Stopped early: {summary.stopped_early}. The next run continues from the cursor.",
              kind="stopped_early", reason=summary.stopped_early)
     if summary.dead_lettered and summary.dry_run:
-        _say(logging.WARNING, f"A real run would dead-letter {summary.dead_lettered} events (the warnings above say "
-                              "why): fix the cause first, or apply the rest and retry them with `stripe-sf dlq "
-                              "retry --all`.", kind="would_dead_letter", dead_lettered=summary.dead_lettered)
+        _say(logging.WARNING, f"A real run would dead-letter {counted(summary.dead_lettered, 'event')} (the "
+                              "warnings above say why): fix the cause first, or apply the rest and retry them "
+                              "with `stripe-sf dlq retry --all`.",
+             kind="would_dead_letter", dead_lettered=summary.dead_lettered)
     elif summary.dead_lettered:
-        _say(logging.WARNING, f"{summary.dead_lettered} events were dead-lettered: see `stripe-sf dlq list`, fix "
-                              "the cause, then `stripe-sf dlq retry --all`.",
+        _say(logging.WARNING, f"{counted(summary.dead_lettered, 'event was', 'events were')} dead-lettered: see "
+                              "`stripe-sf dlq list`, fix the cause, then `stripe-sf dlq retry --all`.",
              kind="dead_letters", dead_lettered=summary.dead_lettered)
 
 
@@ -206,15 +208,15 @@ def _print_human_summary(summary: service.RunSummary) -> None:
            if summary.salesforce_api_used is not None else "not contacted")
     outcomes = (f"would apply {summary.applied}" if dry else f"{summary.applied} applied")
     dead = (f"would dead-letter {summary.dead_lettered}" if dry else f"{summary.dead_lettered} dead-lettered")
-    writes = (f"{len(summary.planned_writes)} writes planned" if dry else
-              f"{summary.records_written} records written")
+    writes = (f"{counted(len(summary.planned_writes), 'write')} planned" if dry else
+              f"{counted(summary.records_written, 'record')} written")
     out.print(
-        f"{summary.command}{' (dry run)' if dry else ''}: {summary.events_read} events read, "
+        f"{summary.command}{' (dry run)' if dry else ''}: {counted(summary.events_read, 'event')} read, "
         f"{outcomes}, {summary.skipped_stale} skipped as stale, "
         f"{summary.skipped_duplicate} already done, {summary.ignored} needing no write, "
         f"{dead}; {writes}; "
-        f"{summary.stripe_calls} Stripe and {summary.salesforce_calls} Salesforce calls; "
-        + (f"Stripe rate-limited {summary.stripe_rate_limited} times (HTTP 429; pacing lowered); "
+        f"{counted(summary.stripe_calls, 'Stripe call')}, {counted(summary.salesforce_calls, 'Salesforce call')}; "
+        + (f"Stripe rate-limited {counted(summary.stripe_rate_limited, 'time')} (HTTP 429; pacing lowered); "
            if summary.stripe_rate_limited else "") +
         f"Salesforce API usage {api}; {summary.duration_s:.1f}s.", highlight=False)
 
@@ -391,8 +393,9 @@ def _print_reconcile(report: Any, summary: service.RunSummary) -> None:
     """The reconcile report for people: readable at 80 columns and in a pipe (tables.py)."""
     out = _stdout()
     c = report.checked
-    checked = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in c.items())
-    out.print(f"Checked {checked}: {report.matched} matched, {report.mismatches} mismatches.", highlight=False)
+    checked = ", ".join(counted(n, k.replace("_", " ")[:-1], k.replace("_", " ")) for k, n in c.items())
+    out.print(f"Checked {checked}: {report.matched} matched, {counted(report.mismatches, 'mismatch', 'mismatches')}.",
+              highlight=False)
     if report.totals:
         rows = [(cur, t["stripe_mrr"], t["salesforce_mrr"], t["difference"]) for cur, t in report.totals.items()]
         print_records(out, "MRR per currency", [Column("currency", is_id=True), Column("Stripe", is_id=True),
@@ -415,7 +418,8 @@ def _print_reconcile(report: Any, summary: service.RunSummary) -> None:
         out.print(f"... and {len(report.findings) - len(shown)} more: --csv PATH or --json lists every one.",
                   highlight=False)
     if report.fix is None:
-        out.print(f"{summary.stripe_calls} Stripe and {summary.salesforce_calls} Salesforce calls; "
+        out.print(f"{counted(summary.stripe_calls, 'Stripe call')}, "
+                  f"{counted(summary.salesforce_calls, 'Salesforce call')}; "
                   f"{summary.duration_s:.1f}s.", highlight=False)
 
 
@@ -478,7 +482,7 @@ def dlq_list(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, 
     if not rows:
         _stdout().print("No open dead letters.")
         return
-    print_records(_stdout(), f"{len(rows)} open dead letters",
+    print_records(_stdout(), f"{counted(len(rows), 'open dead letter')}",
                   [Column("event", is_id=True), Column("type", is_id=True), Column("code", is_id=True),
                    Column("attempts"), Column("last failed"), Column("reason")],
                   [(r["event_id"], r["event_type"], r["error_code"], str(r["attempts"]), _iso(r["last_failed_at"]),
@@ -596,8 +600,8 @@ def _print_status(report: dict[str, Any]) -> None:
     if rec:
         drifted = ", ".join(f"{n} {k}" for k, n in (rec.get("counts") or {}).items() if n)
         out.print(f"Last reconcile: #{rec['run_id']}, ended {_iso(rec['finished_at'])}, exit {rec['exit_code']}: "
-                  f"{rec.get('mismatches') or 0} mismatches{f' ({drifted})' if drifted else ''}", highlight=False,
-                  markup=False)
+                  f"{counted(rec.get('mismatches') or 0, 'mismatch', 'mismatches')}"
+                  f"{f' ({drifted})' if drifted else ''}", highlight=False, markup=False)
     usage = report["api_usage"]
     out.print("Salesforce API usage last seen: " + (f"{usage['used']}/{usage['max']}" if usage else "never"),
               highlight=False)
@@ -647,7 +651,7 @@ def state_migrate(
     out.print(f"Copied {result['from']} to {result['to']}, verified (rows and a checksum per table):",
               highlight=False, markup=False)
     for table, seen in result["tables"].items():
-        out.print(f"  {table}: {seen['rows']} rows, checksum {seen['checksum'][:16]}", highlight=False)
+        out.print(f"  {table}: {counted(seen['rows'], 'row')}, checksum {seen['checksum'][:16]}", highlight=False)
     out.print(f"The file {result['from']} is left as it was. Next: set STRIPE_SF_STATE_URL={result['to']} (or "
               "state.url in sync.yaml) for every host and run `stripe-sf status`; keep the file as a backup.",
               highlight=False, markup=False)
@@ -672,8 +676,7 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
         for check in report.checks:
             typer.echo(check.line())
         c = report.counts()
-        typer.echo(f"doctor: {c['ok']} ok, {c['warning']} warning{'s' if c['warning'] != 1 else ''}, "
-                   f"{c['error']} error{'s' if c['error'] != 1 else ''}.")
+        typer.echo(f"doctor: {c['ok']} ok, {counted(c['warning'], 'warning')}, {counted(c['error'], 'error')}.")
     raise typer.Exit(report.exit_code)
 
 

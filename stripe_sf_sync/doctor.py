@@ -36,6 +36,7 @@ from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.service import Environment, Runtime
 from stripe_sf_sync.state import open_state
 from stripe_sf_sync.stripe_source import RETENTION_S
+from stripe_sf_sync.words import counted
 
 Status = Literal["ok", "warning", "error"]
 Area = Literal["salesforce", "stripe", "local"]
@@ -348,13 +349,13 @@ def _field_summary(f: Mapping[str, Any]) -> str:
         kind += f"({', '.join(f.get('referenceTo') or [])})"
     elif ftype == "picklist":
         n = sum(1 for p in f.get("picklistValues", []) if p.get("active", True))
-        kind += f" ({'restricted, ' if f.get('restrictedPicklist') else ''}{n} values)"
+        kind += f" ({'restricted, ' if f.get('restrictedPicklist') else ''}{counted(n, 'value')})"
     flags = [flag for flag, on in (("External ID", f.get("externalId")), ("Unique", f.get("unique"))) if on]
     return ", ".join([kind, *flags])
 
 
 def _dead_letters_check(dead: int) -> Check:
-    return (Check("local", "dead letters", "warning", f"{dead} open dead letter{'s' if dead != 1 else ''}",
+    return (Check("local", "dead letters", "warning", counted(dead, "open dead letter"),
                   "`stripe-sf dlq list`, fix the cause, then `stripe-sf dlq retry --all`")
             if dead else Check("local", "dead letters", "ok", "none open"))
 

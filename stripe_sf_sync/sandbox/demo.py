@@ -15,6 +15,7 @@ from stripe_sf_sync.errors import ExitCode
 from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync.words import counted
 
 
 def sandbox_environment(stripe: StripeSandbox, sf: SalesforceSandbox) -> service.Environment:
@@ -81,7 +82,7 @@ def run_demo(console: Console) -> ExitCode:
                ["event_id", "event_type", "error_code", "reason"])
         ok = second.events_read == 0 and first.dead_lettered == len(sc.unmatched_events)
         console.print(f"Stripe calls {first.stripe_calls + second.stripe_calls}, Salesforce calls "
-                      f"{first.salesforce_calls + second.salesforce_calls} for {first.events_read} events.")
+                      f"{first.salesforce_calls + second.salesforce_calls} for {counted(first.events_read, 'event')}.")
         return ExitCode.OK if ok else ExitCode.FAILURE
 
 
@@ -93,6 +94,7 @@ def _record_type(org: object, rid: str | None) -> str | None:
 
 
 def _line(s: service.RunSummary) -> str:
-    return (f"{s.events_read} events read, {s.applied} applied, {s.skipped_stale} stale, {s.ignored} needing no "
-            f"write, {s.dead_lettered} dead-lettered; {s.records_written} records written with "
-            f"{s.salesforce_calls} Salesforce calls and {s.stripe_calls} Stripe calls in {s.duration_s:.2f}s")
+    return (f"{counted(s.events_read, 'event')} read, {s.applied} applied, {s.skipped_stale} stale, {s.ignored} "
+            f"needing no write, {s.dead_lettered} dead-lettered; {counted(s.records_written, 'record')} written "
+            f"with {counted(s.salesforce_calls, 'Salesforce call')} and {counted(s.stripe_calls, 'Stripe call')} "
+            f"in {s.duration_s:.2f}s")

@@ -16,6 +16,7 @@ from typing import Any
 from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync.words import counted
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Rehearsal:
         exports = [f"export {name}={shlex.quote(value)}" for name, value in self.exports().items()]
         return [
             f"# stripe-sf sandbox: Stripe at {self.stripe.base_url}, Salesforce at {self.sf.instance_url}, "
-            f"seeded with the demo data ({len(self.scenario.events)} events since {self.since}).",
+            f"seeded with the demo data ({counted(len(self.scenario.events), 'event')} since {self.since}).",
             "# In another shell, run these export lines (or: stripe-sf sandbox > sandbox.env & then . ./sandbox.env):",
             *exports,
             f"# Then, in an empty folder: stripe-sf discover-config --write; stripe-sf doctor; "
