@@ -354,8 +354,12 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
         problems.append("--objects is empty")
     if until_ts is not None and until_ts <= since_ts:
         problems.append("--until must be after --since")
+    future = since_ts > environment.clock()  # refused as sync refuses it (pipeline/cursor.py): nothing is there
+    if future:
+        problems.append(f"--since {since} is in the future")
     if problems:
-        raise ConfigError(problems, source="invocation")
+        raise ConfigError(problems, source="invocation",
+                          hint="Give a date in the past, e.g. `--since 2025-01-01`." if future else "")
     check_run_metrics(metrics_file, dry_run=dry_run)
     source, sf_factory = clients(runtime)
     b = runtime.loaded.settings.backfill

@@ -214,3 +214,13 @@ def test_json_log_lines_off_a_tty_and_max_events(runner, tmp_path, stripe_sb, sf
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert any(rec["level"] == "warning" and "dead-lettered" in rec["message"] for rec in lines)
     assert json.loads(result.stdout)["events_read"] == len(sc.events) - 3
+
+
+@pytest.mark.parametrize("command", ["sync", "backfill"])
+def test_since_in_the_future_is_a_usage_error_for_sync_and_backfill(runner, tmp_path, stripe_sb, sf_sb, command):
+    """Issue 20 §5: `backfill --since` in the future exited 0 while `sync` exited 2."""
+    cfg = write_config(tmp_path / "sync.yaml", **{"won_stage: null": "won_stage: Won"})
+    tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 2 * 86400))
+    result = runner.invoke(app, [command, "--config", str(cfg), "--since", tomorrow], env=cli_env(stripe_sb, sf_sb))
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert f"--since {tomorrow}" in result.output and "is in the future" in result.output
