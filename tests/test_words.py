@@ -16,7 +16,8 @@ ONE_PLURAL = re.compile(r"(?<![\d.,])1 (events|records|calls|Stripe calls|Salesf
 
 def test_counted_agrees_with_its_number():
     assert counted(1, "event") == "1 event" and counted(0, "event") == "0 events"
-    assert counted(2, "mismatch", "mismatches") == "2 mismatches" and counted(1, "mismatch", "mismatches") == "1 mismatch"
+    assert counted(2, "mismatch", "mismatches") == "2 mismatches"
+    assert counted(1, "mismatch", "mismatches") == "1 mismatch"
     assert counted(1, "event was", "events were") == "1 event was"
 
 
