@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import sys
 import time
 import traceback
@@ -652,9 +653,12 @@ def state_migrate(
               highlight=False, markup=False)
     for table, seen in result["tables"].items():
         out.print(f"  {table}: {counted(seen['rows'], 'row')}, checksum {seen['checksum'][:16]}", highlight=False)
-    out.print(f"The file {result['from']} is left as it was. Next: set STRIPE_SF_STATE_URL={result['to']} (or "
-              "state.url in sync.yaml) for every host and run `stripe-sf status`; keep the file as a backup.",
-              highlight=False, markup=False)
+    # The URL to set, without the password: a password in it would sit in shell history and process lists.
+    out.print(f"The file {result['from']} is left as it was; keep it as a backup. Next, on every host that runs "
+              "stripe-sf (or as state.url in sync.yaml, the password still apart):\n"
+              f"  export STRIPE_SF_STATE_URL={shlex.quote(result['state_url'])}\n"
+              "  export PGPASSWORD='...'   # or a ~/.pgpass file (libpq reads either)\n"
+              "then run `stripe-sf status`.", highlight=False, markup=False)
 
 
 @app.command()

@@ -196,6 +196,16 @@ def masked_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
+def url_without_password(url: str) -> str:
+    """`url` with any password left out: what to set, the password going apart (PGPASSWORD or ~/.pgpass)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit((parts.scheme, f"{user}{host}", parts.path, parts.query, parts.fragment))
+
+
 def example_config() -> str:
     """The sync.yaml.example shipped in the package: every key, documented, with its default."""
     return resources.files("stripe_sf_sync").joinpath("sync.yaml.example").read_text(encoding="utf-8")

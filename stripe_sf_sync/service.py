@@ -30,6 +30,7 @@ from stripe_sf_sync.config import (
     state_url,
     state_url_problem,
     stripe_secrets,
+    url_without_password,
     writable_file_problem,
 )
 from stripe_sf_sync.console import bind_run
@@ -514,7 +515,7 @@ def run_state_migrate(config_path: Path | None, environment: Environment, to_url
         from stripe_sf_sync.state_pg import migrate_from  # psycopg is installed: open_state imported it
 
         copied = migrate_from(source, target)
-    return {"from": str(path), "to": masked_url(to_url),
+    return {"from": str(path), "to": masked_url(to_url), "state_url": url_without_password(to_url),
             "tables": {table: {"rows": rows, "checksum": digest} for table, (rows, digest) in copied.items()}}
 
 
