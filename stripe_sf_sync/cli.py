@@ -677,10 +677,13 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
+        quiet_now = active_settings().quiet  # -q: warnings and errors only, and the count line when there are any
         for check in report.checks:
-            typer.echo(check.line())
+            if not (quiet_now and check.status == "ok"):
+                typer.echo(check.line())
         c = report.counts()
-        typer.echo(f"doctor: {c['ok']} ok, {counted(c['warning'], 'warning')}, {counted(c['error'], 'error')}.")
+        if not (quiet_now and not c["warning"] and not c["error"]):
+            typer.echo(f"doctor: {c['ok']} ok, {counted(c['warning'], 'warning')}, {counted(c['error'], 'error')}.")
     raise typer.Exit(report.exit_code)
 
 
