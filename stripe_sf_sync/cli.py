@@ -402,6 +402,11 @@ def _print_reconcile(report: Any, summary: service.RunSummary) -> None:
         print_records(out, "MRR per currency", [Column("currency", is_id=True), Column("Stripe", is_id=True),
                                                 Column("Salesforce", is_id=True), Column("difference", is_id=True)],
                       rows)
+    if report.totals_left_out:
+        # Two short lines: the report reads at 80 columns in a pipe.
+        out.print(f"Not in the MRR totals: {counted(report.totals_left_out, 'won Opportunity', 'won Opportunities')}"
+                  " naming\n  a subscription Stripe did not list (--since: older; else: unknown_stripe_id).",
+                  highlight=False)
     for kind, n in report.counts().items():
         if n:
             out.print(f"  {kind}: {n}", highlight=False)
