@@ -110,6 +110,13 @@ class FatalSyncError(StripeSfError):
         self.request_id = request_id
 
 
+class StripeRefusedError(FatalSyncError):
+    """Stripe refused a request as invalid (HTTP 400, `invalid_request_error`): trying again sends the same
+    request, so the run stops with the usage code and says which request and why."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class BudgetSpent(FatalSyncError):
     """The org's daily API usage reached salesforce.api_budget: nothing more is written in this run. The run
     stops before the batch at hand commits anything, so the next run repeats it."""

@@ -223,3 +223,22 @@ def test_a_dry_run_with_a_wrong_config_still_exits_2(runner, tmp_path):
     cfg = write_config(tmp_path / "sync.yaml")  # no won stage
     result = runner.invoke(app, ["sync", "--config", str(cfg), "--dry-run"], env=OFFLINE)
     assert result.exit_code == ExitCode.CONFIG and "discover-config --write" in result.output
+
+
+# --- a request Stripe refuses ----------------------------------------------------------------------------------
+
+def test_a_list_call_stripe_refuses_names_the_request_stripe_s_message_and_request_id(runner, config, stripe_sb,
+                                                                                      sf_sb):
+    """Issue 20 §5: a 400 from a Stripe list call surfaced as an internal error (exit 1, "a bug")."""
+    # Stripe's error shape for a refused parameter (Stripe API reference: Errors): type, message, param.
+    stripe_sb.faults.fail_matching("GET", r"^/v1/subscriptions", 400, body={"error": {
+        "type": "invalid_request_error", "code": "parameter_unknown", "param": "status",
+        "message": "Received unknown parameter: status"}}, times=10)
+    env = cli_env(stripe_sb, sf_sb, ca_bundle=sf_sb.ca_path)
+    result = runner.invoke(app, ["backfill", "--config", str(config), "--since", "2020-01-01",
+                                 "--objects", "subscriptions"], env=env)
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    text = " ".join(result.stderr.split())
+    assert "Stripe refused GET /v1/subscriptions while listing subscriptions: Received unknown parameter: " \
+           "status (HTTP 400 parameter_unknown, parameter status, request req_" in text, text
+    assert "stripe.api_version" in text and "bug" not in text and "Traceback" not in result.output
