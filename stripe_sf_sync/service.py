@@ -102,9 +102,9 @@ class Runtime:
         self.loaded: LoadedConfig = load_config(config_path)
         self.state_url = state_url(self.loaded.settings, environment.env)
 
-    def open_state(self, *, create: bool = True) -> StateStore:
+    def open_state(self, *, create: bool = True, read_only: bool = False) -> StateStore:
         """The state store of this config: PostgreSQL when a state URL is set, else the SQLite file."""
-        return open_state(self.loaded.state_path, self.state_url, create=create)
+        return open_state(self.loaded.state_path, self.state_url, create=create, read_only=read_only)
 
     def state_exists(self) -> bool:
         """Whether there may be state to read: a PostgreSQL store is asked (NoStateError), a file looked for."""
@@ -539,7 +539,7 @@ def status_report(config_path: Path | None, environment: Environment, *,
                               str(runtime.loaded.state_path), "state_backend": "postgresql" if runtime.state_url
                               else "sqlite", "never_run": True, "cursor": None, "running": None, "last_run": None,
                               "dead_letters": 0, "api_usage": None, "backfill": None, "runs": [], "reconcile": None}
-    with _existing_state(runtime) as state:
+    with _existing_state(runtime, read_only=True) as state:  # status needs no write access
         if state is not None:
             cursor = state.cursor()
             usage = state.get_meta("api_usage")
@@ -570,13 +570,13 @@ def status_report(config_path: Path | None, environment: Environment, *,
 
 
 @contextlib.contextmanager
-def _existing_state(runtime: Runtime) -> Iterator[StateStore | None]:
+def _existing_state(runtime: Runtime, *, read_only: bool = False) -> Iterator[StateStore | None]:
     """The state store to read, or None when there is none yet (never run). Never takes the run lock."""
     if not runtime.state_exists():
         yield None
         return
     try:
-        state = runtime.open_state(create=False)
+        state = runtime.open_state(create=False, read_only=read_only)
     except NoStateError:
         yield None
         return

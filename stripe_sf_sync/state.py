@@ -183,6 +183,49 @@ class StateStore:
                     os.chmod(side, 0o600)
         return cls(conn, path)
 
+    @classmethod
+    def open_read_only(cls, path: Path) -> StateStore:
+        """Open the state file to read (`status`), without the write access a run needs (an operator's account,
+        a read-only mount). SQLite reads a WAL database read-only when its -wal and -shm files exist or can be
+        created (sqlite.org/wal.html, "Read-Only Databases"). Without them and without a writable directory,
+        no writer has the file open (the last connection to close removes them), so the file alone holds
+        every commit: it is read as immutable. With a -wal that cannot be read, the error says what is needed."""
+        path = Path(path)
+        if not path.exists():
+            raise NoStateError(f"No state file at {path}.",
+                               hint="Run `stripe-sf sync --since DATE` first, or check --config.")
+        if not os.access(path, os.R_OK):
+            raise StateError(f"Cannot read the state file {path}: permission denied.", hint=_READABLE_HINT)
+        uri = path.resolve().as_uri()
+        try:
+            return cls._read_only(f"{uri}?mode=ro", path)
+        except sqlite3.DatabaseError as exc:
+            wal = Path(f"{path}-wal")
+            if not _is_access_error(exc) or wal.exists():
+                raise StateError(f"Cannot read the state file {path}: {exc}.", hint=_READABLE_HINT) from None
+        try:
+            return cls._read_only(f"{uri}?mode=ro&immutable=1", path)
+        except sqlite3.DatabaseError as exc:
+            raise state_error(exc, path) from None
+
+    @classmethod
+    def _read_only(cls, uri: str, path: Path) -> StateStore:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 5000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # reads the file: fails here if it must
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"The state file {path} has schema version {version}, newer than this stripe-sf "
+                    f"understands ({SCHEMA_VERSION}).",
+                    hint="Upgrade stripe-sf (pip install -U stripe-sf-sync) rather than downgrading.")
+            conn.execute("SELECT COUNT(*) FROM runs").fetchone()  # an older file's missing table fails later
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
     def close(self) -> None:
         """Release the lock and close the database."""
         self.release_lock()
@@ -575,6 +618,12 @@ def _check_writable(path: Path) -> None:
         raise _not_writable(path, directory, "the file is not readable and writable")
 
 
+_READABLE_HINT = ("`stripe-sf status` needs read access to the state file, and while a run has it open, to its -wal "
+                  "and -shm files next to it (or write access to their directory, where SQLite creates them). Give "
+                  "this account read access to all three (a group with `chmod g+r`), or run status as the "
+                  "account that runs sync.")
+
+
 def _not_writable(path: Path, directory: Path, why: str) -> StateError:
     return StateError(f"Cannot write the state file {path}: {why} (directory {directory}).", hint=_WRITABLE_HINT)
 
@@ -617,12 +666,13 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
-def open_state(path: Path, url: str | None = None, *, create: bool = True) -> StateStore:
+def open_state(path: Path, url: str | None = None, *, create: bool = True, read_only: bool = False) -> StateStore:
     """The state store: PostgreSQL when a URL is configured (STRIPE_SF_STATE_URL or state.url), else the SQLite
-    file at `path`. psycopg is imported only here, on that path: the core install does not need it."""
+    file at `path` (`read_only`: for commands that only read, which then need no write access to it). psycopg
+    is imported only here, on that path: the core install does not need it."""
     if url:
         with missing_extra("A postgresql:// state URL (STRIPE_SF_STATE_URL or state.url)", "postgres",
                            "run the command again"):
             from stripe_sf_sync.state_pg import PgStateStore
         return PgStateStore.connect(url, create=create)
-    return StateStore.open(path, create=create)
+    return StateStore.open_read_only(path) if read_only else StateStore.open(path, create=create)

@@ -115,11 +115,49 @@ def test_an_existing_state_file_in_a_read_only_directory_is_not_called_corrupt(r
     with read_only(data):
         synced = runner.invoke(app, ["sync", "--config", str(cfg)], env=OFFLINE)
         status = runner.invoke(app, ["status", "--config", str(cfg)])
-    for result in (synced, status):
-        assert result.exit_code == ExitCode.STATE, result.output
-        assert f"Cannot write the state file {state}" in result.output and "writable" in result.output
-        assert "move it aside" not in result.output and "corrupt" not in result.output
-        assert "Traceback" not in result.output
+    assert synced.exit_code == ExitCode.STATE, synced.output
+    assert f"Cannot write the state file {state}" in synced.output and "writable" in synced.output
+    assert "move it aside" not in synced.output and "corrupt" not in synced.output
+    assert "Traceback" not in synced.output
+    assert status.exit_code == ExitCode.OK and "Never run" in status.stdout, status.output  # it only reads
+
+
+def test_status_reads_a_state_file_in_a_read_only_directory(runner, config, stripe_sb, sf_sb, sc):
+    """Issue 20 §5: status needed write access to the state directory (SQLite's -wal and -shm files), so an
+    operator's read-only account (here a read-only mount, which stops root too) could not read it."""
+    env = cli_env(stripe_sb, sf_sb, ca_bundle=sf_sb.ca_path)
+    runner.invoke(app, ["sync", "--config", str(config), "--since", since(sc)], env=env)
+    before = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"]).stdout)
+    state = config.parent / "stripe-sf-state.sqlite"
+    StateStore.open(state).close()  # the last writer to close checkpoints and removes the -wal and -shm files
+    assert not Path(f"{state}-wal").exists()  # no run has it open: the file alone holds every commit
+    with read_only(config.parent):
+        quiet = runner.invoke(app, ["status", "--config", str(config), "--json"])
+        text = runner.invoke(app, ["status", "--config", str(config)])
+    assert quiet.exit_code == ExitCode.OK, quiet.output
+    after = json.loads(quiet.stdout)
+    for key in ("cursor", "dead_letters", "last_run", "never_run"):
+        assert after[key] == before[key], key
+    assert text.exit_code == ExitCode.OK and "Open dead letters: 1" in text.stdout, text.output
+
+
+def test_status_in_a_read_only_directory_sees_what_an_open_run_committed_to_the_wal(runner, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    state = data / "state.sqlite"
+    cfg = state_config(tmp_path, state)
+    StateStore.open(state).close()
+    writer = StateStore.open(state)  # a run with the file open: its commits sit in the -wal until a checkpoint
+    try:
+        writer.start_run("sync")
+        assert Path(f"{state}-wal").exists() and Path(f"{state}-shm").exists()
+        with read_only(data):
+            result = runner.invoke(app, ["status", "--config", str(cfg), "--json"])
+    finally:
+        writer.close()
+    assert result.exit_code == ExitCode.OK, result.output
+    report = json.loads(result.stdout)
+    assert [r["command"] for r in report["runs"]] == ["sync"] and report["never_run"] is False
 
 
 # --- TLS certificates ------------------------------------------------------------------------------------------
