@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from stripe_sf_sync import __version__, service
-from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml
+from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml, writable_file_problem
 from stripe_sf_sync.console import LogFormat, active_settings, fields, setup_logging
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError, missing_extra
 from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE, span
@@ -762,24 +762,53 @@ def _sandbox_extra(command: str) -> contextlib.AbstractContextManager[None]:
 
 
 @app.command("sandbox")
-def sandbox_command(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
+def sandbox_command(
+    env_file: Annotated[Path | None, typer.Option("--env-file", help="Run in the background: return once the "
+                                                  "stand-ins answer and their export lines are in this file "
+                                                  "(removed when they stop).")] = None,
+    foreground: Annotated[bool, typer.Option("--foreground", help="With --env-file: keep serving in this "
+                                             "process (a container, a service manager).")] = False,
+    debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietOpt = False,
+) -> None:
     """Serve local stand-ins of Stripe and Salesforce, seeded with the demo data, until Ctrl-C (or SIGTERM).
 
     It prints the `export` lines that point the other commands at them (README: "Rehearse offline").
 
-    Example: stripe-sf sandbox > sandbox.env &   then   . ./sandbox.env && stripe-sf discover-config --write
+    Example: stripe-sf sandbox --env-file sandbox.env && . ./sandbox.env && stripe-sf discover-config --write
     """
     _setup(debug, log_format, None, quiet)
 
-    def load() -> Callable[..., int]:
+    def load() -> Any:
         with _sandbox_extra("sandbox"):
-            from stripe_sf_sync.sandbox.rehearsal import serve
-        return serve
+            from stripe_sf_sync.sandbox import rehearsal
+        return rehearsal
 
-    serve = guarded(load, debug=debug)
-    code = guarded(lambda: serve(typer.echo), debug=debug)
+    rehearsal = guarded(load, debug=debug)
+    if env_file is not None and not foreground:
+        pid = guarded(lambda: _detached_sandbox(rehearsal, env_file), debug=debug)
+        typer.echo(f"sandbox running (pid {pid}); its export lines are in {env_file}: . {_sourced(env_file)}\n"
+                   f"Stop it with: kill {pid}")
+        raise typer.Exit(0)
+    code = guarded(lambda: rehearsal.serve(typer.echo, env_file=env_file), debug=debug)
     _stderr().print("sandbox stopped.", highlight=False)
     raise typer.Exit(code)
+
+
+def _detached_sandbox(rehearsal: Any, env_file: Path) -> int:
+    problem = writable_file_problem(env_file, "--env-file", "sandbox.env")
+    if problem:
+        raise ConfigError([problem], source="invocation")
+    try:
+        return int(rehearsal.start_detached(env_file))
+    except RuntimeError as exc:
+        raise StripeSfError(f"The sandbox did not start: {exc}", hint="Run `stripe-sf sandbox` in the "
+                            "foreground to see why.") from None
+
+
+def _sourced(path: Path) -> str:
+    """How to source `path` in sh: `.` searches PATH for a bare name, so a relative one gets its `./`."""
+    text = str(path)
+    return shlex.quote(text if path.is_absolute() or text.startswith(".") else f"./{text}")
 
 
 def _iso(ts: int | None) -> str:
