@@ -11,19 +11,26 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from stripe_sf_sync import __version__, service
-from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml, writable_file_problem
+import stripe_sf_sync
 from stripe_sf_sync.console import LogFormat, active_settings, fields, setup_logging
+from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError, missing_extra
 from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE, span
+from stripe_sf_sync.lazy import lazy_module
 from stripe_sf_sync.tables import Column, print_records
 from stripe_sf_sync.words import counted
+
+# Loaded when a command first uses them: `--help` and TAB completion start without the Stripe SDK,
+# simple-salesforce, pydantic or requests (issue 20 §5; tests/test_cli.py checks it).
+service = lazy_module("stripe_sf_sync.service")
+configuration = lazy_module("stripe_sf_sync.config")
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 T = TypeVar("T")
 log = logging.getLogger("stripe_sf_sync")
@@ -68,10 +75,14 @@ MetricsOpt = Annotated[Path | None, typer.Option(
 
 
 def _stdout() -> Console:
+    from rich.console import Console  # here: TAB completion starts without rich
+
     return Console(file=sys.stdout, soft_wrap=True)
 
 
 def _stderr() -> Console:
+    from rich.console import Console
+
     return Console(file=sys.stderr, soft_wrap=True)
 
 
@@ -110,6 +121,8 @@ def _error(label: str, text: str, exc: BaseException, debug: bool, **extra: Any)
     if debug:
         traceback.print_exc(file=sys.stderr)
     # Escaped: messages quote brackets (`expand[]`, `.[sandbox]`) that rich would take for markup.
+    from rich.markup import escape
+
     _stderr().print(f"[bold red]{label}:[/] {escape(text)}", highlight=False, markup=True)
 
 
@@ -139,7 +152,7 @@ def _setup(debug: bool, log_format: str | None, config: Path | None = None, quie
 def _configured_log_format(config: Path) -> str | None:
     """sync.log_format from the config, if it can be read; full validation happens later."""
     try:
-        data = load_yaml(config.read_text(encoding="utf-8"))
+        data = configuration.load_yaml(config.read_text(encoding="utf-8"))
         value = data["sync"]["log_format"]
         return value if value in ("auto", "plain", "json") else None
     except Exception:  # any problem is reported properly when the config is loaded
@@ -148,7 +161,7 @@ def _configured_log_format(config: Path) -> str | None:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"stripe-sf {__version__}")
+        typer.echo(f"stripe-sf {stripe_sf_sync.__version__}")
         raise typer.Exit()
 
 
@@ -444,7 +457,7 @@ def discover_config(
     """
     _setup(debug, log_format, config, quiet)
     found = guarded(lambda: service.run_discover(config, service.Environment(), write=write,
-                                                 example=example_config()), debug=debug)
+                                                 example=configuration.example_config()), debug=debug)
     if as_json:
         typer.echo(json.dumps(found.as_dict(), indent=2))
         return
@@ -738,6 +751,8 @@ def demo(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietO
     """
     _setup(debug, log_format, None, quiet)
     run_demo = guarded(_sandbox_demo, debug=debug)
+    from rich.console import Console
+
     out = Console(file=sys.stdout, width=max(_stdout().width, 150))  # tables stay readable in a narrow pipe
     code = guarded(lambda: run_demo(out), debug=debug)
     raise typer.Exit(int(code))
@@ -795,7 +810,7 @@ def sandbox_command(
 
 
 def _detached_sandbox(rehearsal: Any, env_file: Path) -> int:
-    problem = writable_file_problem(env_file, "--env-file", "sandbox.env")
+    problem = configuration.writable_file_problem(env_file, "--env-file", "sandbox.env")
     if problem:
         raise ConfigError([problem], source="invocation")
     try:

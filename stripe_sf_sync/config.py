@@ -16,10 +16,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
+from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.sfid import is_salesforce_id
 
-DEFAULT_CONFIG_PATH = Path("sync.yaml")
 DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
 DEFAULT_SF_API_VERSION = "62.0"
 STATE_FILE_NAME = "stripe-sf-state.sqlite"

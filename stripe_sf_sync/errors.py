@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ssl
 from collections.abc import Iterator
 from enum import IntEnum
 
@@ -149,6 +148,8 @@ def certificate_problem(exc: BaseException) -> str | None:
     `ssl.SSLCertVerificationError` in their own errors) is a failed certificate check; else None.
 
     Such a failure does not clear by itself, so it is never retried, unlike a dropped TLS connection."""
+    import ssl  # here: a command that never connects starts without it
+
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
     while todo:

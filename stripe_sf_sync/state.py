@@ -172,10 +172,7 @@ class StateStore:
                 conn.close()
             if _is_access_error(exc):
                 raise _not_writable(path, path.parent, str(exc)) from None
-            raise StateError(
-                f"The state file {path} cannot be used: {exc}.",
-                hint="If another program holds it, wait and retry; if it is corrupt, move it aside and "
-                     "restart with `stripe-sf sync --since DATE` (re-applying is idempotent).") from None
+            raise _unusable(path, exc) from None
         for suffix in ("-wal", "-shm"):
             side = Path(f"{path}{suffix}")
             if side.exists():
@@ -200,8 +197,9 @@ class StateStore:
         try:
             return cls._read_only(f"{uri}?mode=ro", path)
         except sqlite3.DatabaseError as exc:
-            wal = Path(f"{path}-wal")
-            if not _is_access_error(exc) or wal.exists():
+            if not _is_access_error(exc):
+                raise _unusable(path, exc) from None  # corrupt, or locked by another program
+            if Path(f"{path}-wal").exists():
                 raise StateError(f"Cannot read the state file {path}: {exc}.", hint=_READABLE_HINT) from None
         try:
             return cls._read_only(f"{uri}?mode=ro&immutable=1", path)
@@ -622,6 +620,12 @@ _READABLE_HINT = ("`stripe-sf status` needs read access to the state file, and w
                   "and -shm files next to it (or write access to their directory, where SQLite creates them). Give "
                   "this account read access to all three (a group with `chmod g+r`), or run status as the "
                   "account that runs sync.")
+
+
+def _unusable(path: Path, exc: sqlite3.DatabaseError) -> StateError:
+    return StateError(f"The state file {path} cannot be used: {exc}.",
+                      hint="If another program holds it, wait and retry; if it is corrupt, move it aside and "
+                           "restart with `stripe-sf sync --since DATE` (re-applying is idempotent).")
 
 
 def _not_writable(path: Path, directory: Path, why: str) -> StateError:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 MIN_FOLDED = 12  # the narrowest a folded (non-id) column may get before blocks read better
 
@@ -72,6 +73,9 @@ def _fits(width: int, columns: Sequence[Column], rows: Sequence[Sequence[str]]) 
 
 
 def _table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> Table:
+    from rich.table import Table  # here: a command that prints no table starts without it
+    from rich.text import Text
+
     table = Table(title=Text(title), title_justify="left")
     for i, column in enumerate(columns):
         if column.is_id:

@@ -224,3 +224,39 @@ def test_since_in_the_future_is_a_usage_error_for_sync_and_backfill(runner, tmp_
     result = runner.invoke(app, [command, "--config", str(cfg), "--since", tomorrow], env=cli_env(stripe_sb, sf_sb))
     assert result.exit_code == ExitCode.CONFIG, result.output
     assert f"--since {tomorrow}" in result.output and "is in the future" in result.output
+
+
+# What a command imports when it runs. Typer itself imports pydantic to coerce parameters (typer/_adapters.py)
+# and rich to format --help; the rest is ours to leave out until a command needs it.
+HEAVY = ("stripe", "simple_salesforce", "requests", "urllib3", "psycopg", "starlette", "uvicorn",
+         "prometheus_client", "ruamel", "ssl")
+
+
+def _imported(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `code` (which ends by calling what it tests) and print the top-level modules loaded, on stderr."""
+    report = ("import sys, atexit; atexit.register(lambda: print(sorted({m.split('.')[0] for m in sys.modules}), "
+              "file=sys.stderr)); ")
+    return subprocess.run([sys.executable, "-c", report + code], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, check=False)
+
+
+def test_the_cli_starts_without_what_its_commands_use():
+    """Issue 20 §5: every command (and every TAB completion) took 0.6 s to start, importing the Stripe SDK,
+    simple-salesforce, pydantic and the rest before parsing its arguments."""
+    imported = _imported("import stripe_sf_sync.cli")
+    loaded = set(eval(imported.stderr.strip().splitlines()[-1]))  # noqa: S307 (our own subprocess's list)
+    assert not loaded & {*HEAVY, "pydantic", "rich"}, loaded & {*HEAVY, "pydantic", "rich"}
+    metadata = _imported("import stripe_sf_sync.cli; print('importlib.metadata' in sys.modules)")
+    assert metadata.stdout.strip() == "False"  # --version reads the installed version when asked
+    completion = _imported("sys.argv[0] = 'stripe-sf'; from stripe_sf_sync.cli import main; main()",
+                           {"_STRIPE_SF_COMPLETE": "complete_bash", "COMP_WORDS": "stripe-sf sy", "COMP_CWORD": "1"})
+    assert completion.stdout.split() == ["sync"], completion
+    loaded = set(eval(completion.stderr.strip().splitlines()[-1]))  # noqa: S307
+    assert not loaded & {*HEAVY, "rich"}, loaded & {*HEAVY, "rich"}
+
+
+def test_a_command_still_loads_what_it_uses(runner, tmp_path):
+    cfg = write_config(tmp_path / "sync.yaml")
+    result = runner.invoke(app, ["status", "--config", str(cfg), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["never_run"] is True
+    assert f"stripe-sf {__version__}" in runner.invoke(app, ["--version"]).output
