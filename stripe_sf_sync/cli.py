@@ -305,8 +305,8 @@ def sync(
 def backfill(
     since: Annotated[str, typer.Option(help="Objects created at or after this DATE (UTC).")],
     until: Annotated[str | None, typer.Option(help="...and before this DATE.")] = None,
-    objects: Annotated[str, typer.Option(help="Comma-separated: subscriptions,payment_intents,invoices.")] = (
-        "subscriptions,payment_intents,invoices"),
+    objects: Annotated[str, typer.Option(help="Comma-separated, any of: subscriptions, payment_intents, invoices.",
+                                         show_default="all three")] = "subscriptions,payment_intents,invoices",
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted backfill.")] = False,
@@ -365,8 +365,8 @@ RECONCILE_SHOWN = 50  # findings printed for people; --csv and --json carry them
 def reconcile(
     since: Annotated[str | None, typer.Option(help="Only objects created at or after this DATE (UTC); the checks "
                                                    "that need every object are skipped.")] = None,
-    objects: Annotated[str, typer.Option(help="Comma-separated: subscriptions,payment_intents,accounts.")] = (
-        "subscriptions,payment_intents,accounts"),
+    objects: Annotated[str, typer.Option(help="Comma-separated, any of: subscriptions, payment_intents, accounts.",
+                                         show_default="all three")] = "subscriptions,payment_intents,accounts",
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write every finding to this CSV file, the Stripe "
                                                                 "and Salesforce values side by side.")] = None,
     fix: Annotated[bool, typer.Option("--fix", help="Repair the fixable drift through backfill's pipeline; never "
@@ -648,8 +648,8 @@ def _print_runs(out: Console, runs: list[dict[str, Any]]) -> None:
 
 @state_app.command("migrate")
 def state_migrate(
-    to: Annotated[str, typer.Option("--to", help="postgresql://USER@HOST:5432/DB of an empty store (the password "
-                                                 "from PGPASSWORD).")],
+    to: Annotated[str, typer.Option("--to", help="The URL of an empty store, like postgresql://USER@HOST/DB (the "
+                                                 "password from PGPASSWORD).")],
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -753,7 +753,7 @@ def demo(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietO
     run_demo = guarded(_sandbox_demo, debug=debug)
     from rich.console import Console
 
-    out = Console(file=sys.stdout, width=max(_stdout().width, 150))  # tables stay readable in a narrow pipe
+    out = Console(file=sys.stdout)  # the terminal's width (COLUMNS; 80 in a pipe): its tables fit or become blocks
     code = guarded(lambda: run_demo(out), debug=debug)
     raise typer.Exit(int(code))
 

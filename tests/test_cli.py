@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -260,3 +261,28 @@ def test_a_command_still_loads_what_it_uses(runner, tmp_path):
     result = runner.invoke(app, ["status", "--config", str(cfg), "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["never_run"] is True
     assert f"stripe-sf {__version__}" in runner.invoke(app, ["--version"]).output
+
+
+@pytest.mark.parametrize(("columns", "terminal"), [(80, False), (80, True), (120, True)])
+def test_demo_fits_the_terminal_width(runner, columns, terminal):
+    """Issue 20 §5: the demo printed 150 columns whatever the terminal's width."""
+    env = {"COLUMNS": str(columns), **({"TTY_COMPATIBLE": "1", "NO_COLOR": "1"} if terminal else {})}
+    result = runner.invoke(app, ["demo"], env=env)
+    assert result.exit_code == 0, result.output
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    # A block's `key: value` line keeps a long value whole (tables.py): the terminal wraps it, a pipe never does.
+    too_wide = [line for line in plain.splitlines()
+                if len(line) > columns and not re.match(r"^[A-Za-z_ ]+: +\S", line)]
+    assert not too_wide, too_wide
+    assert ("┃" in plain) == terminal  # tables on a terminal where they fit; blocks of lines in a pipe
+
+
+def test_help_at_80_columns_cuts_nothing_short():
+    """Issue 20 §5: at 80 columns `backfill --help` showed its default as `subscriptions,payment_inte…`."""
+    script = ("import sys; from typer.testing import CliRunner; from stripe_sf_sync.cli import app; "
+              "sys.stdout.write(CliRunner().invoke(app, sys.argv[1:] + ['--help']).output)")
+    for cmd in [[], *COMMANDS, ["backfill"], ["reconcile"], ["doctor"], ["serve"], ["sandbox"], ["state", "migrate"]]:
+        done = subprocess.run([sys.executable, "-c", script, *cmd], env={**os.environ, "COLUMNS": "80"},
+                              capture_output=True, text=True, check=True)
+        assert "Usage" in done.stdout and "…" not in done.stdout, (cmd, done.stdout)
+        assert max(len(line) for line in done.stdout.splitlines()) <= 80, cmd

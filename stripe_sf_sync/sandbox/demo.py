@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
@@ -15,6 +14,7 @@ from stripe_sf_sync.errors import ExitCode
 from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync.tables import Column, print_records
 from stripe_sf_sync.words import counted
 
 
@@ -25,13 +25,15 @@ def sandbox_environment(stripe: StripeSandbox, sf: SalesforceSandbox) -> service
     return service.Environment(env=env, session_factory=sf.session)
 
 
+# Columns shown whole (ids, dates, amounts, codes): the rest wraps between words.
+_WHOLE = {"Stripe_Customer_ID__c", "CloseDate", "Amount", "MRR__c", "ARR__c", "ActivityDate", "event_id",
+          "event_type", "error_code", "Priority", "Status", "StageName", "Subscription_Status__c"}
+
+
 def _table(console: Console, title: str, rows: list[dict], columns: list[str]) -> None:
-    table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c, overflow="fold")
-    for r in rows:
-        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
-    console.print(table)
+    """A table at the terminal's width when it fits, else one block of lines per record (tables.py)."""
+    print_records(console, title, [Column(c, is_id=c in _WHOLE) for c in columns],
+                  [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows])
 
 
 def run_demo(console: Console) -> ExitCode:
