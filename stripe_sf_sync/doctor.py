@@ -20,7 +20,7 @@ import stripe
 
 from stripe_sf_sync.config import LoadedConfig, masked_url, salesforce_secrets, state_url
 from stripe_sf_sync.discover import won_stages
-from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError
+from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError, StripeRefusedError
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY
 from stripe_sf_sync.pipeline.org import (
     OrgProblem,
@@ -224,8 +224,9 @@ class Doctor:
         version = self.loaded.settings.stripe.api_version
         try:
             source.newest_event()
-        except stripe.InvalidRequestError as exc:
-            message = str(exc.user_message or exc)[:300]
+        except (stripe.InvalidRequestError, StripeRefusedError) as exc:  # the edge raises the latter (a 400)
+            said = exc.stripe_message if isinstance(exc, StripeRefusedError) else str(exc.user_message or exc)
+            message = said[:300]
             if "version" in message.lower():
                 return [Check("stripe", "API version", "error", f"Stripe refused stripe.api_version {version!r}: "
                               f"{message}", "set stripe.api_version to a version Stripe lists, e.g. the default "

@@ -115,6 +115,11 @@ class StripeRefusedError(FatalSyncError):
 
     exit_code = ExitCode.CONFIG
 
+    def __init__(self, message: str, *, stripe_message: str, hint: str = "", code: str | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(message, hint=hint, code=code, request_id=request_id)
+        self.stripe_message = stripe_message  # Stripe's own words, for a caller that words its own message
+
 
 class BudgetSpent(FatalSyncError):
     """The org's daily API usage reached salesforce.api_budget: nothing more is written in this run. The run

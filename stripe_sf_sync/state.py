@@ -264,6 +264,9 @@ class StateStore:
             fd = os.open(Path(f"{self.path}.lock"), os.O_RDONLY)
         except FileNotFoundError:
             return False
+        except PermissionError:  # an operator's account reading status: say what it needs, never guess
+            raise StateError(f"Cannot read the run lock {self.path}.lock: permission denied.",
+                             hint=_READABLE_HINT) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -616,10 +619,10 @@ def _check_writable(path: Path) -> None:
         raise _not_writable(path, directory, "the file is not readable and writable")
 
 
-_READABLE_HINT = ("`stripe-sf status` needs read access to the state file, and while a run has it open, to its -wal "
-                  "and -shm files next to it (or write access to their directory, where SQLite creates them). Give "
-                  "this account read access to all three (a group with `chmod g+r`), or run status as the "
-                  "account that runs sync.")
+_READABLE_HINT = ("`stripe-sf status` needs read access to the state file, its .lock file (to tell a running run "
+                  "from one that died), and while a run has it open, its -wal and -shm files (or write access to "
+                  "their directory, where SQLite creates them). Give this account read access to them (a group "
+                  "with `chmod g+r`), or run status as the account that runs sync.")
 
 
 def _unusable(path: Path, exc: sqlite3.DatabaseError) -> StateError:

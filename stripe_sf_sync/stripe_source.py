@@ -276,7 +276,8 @@ def _refused(exc: stripe.InvalidRequestError, what: str, path: str | None = None
     detail = ", ".join(part for part in (status, f"parameter {error['param']}" if error.get("param") else None,
                                          f"request {rid}" if rid else None) if part)
     return StripeRefusedError(
-        f"Stripe refused {request} while {what}: {message} ({detail}).", code=code, request_id=rid,
+        f"Stripe refused {request} while {what}: {message} ({detail}).", stripe_message=message, code=code,
+        request_id=rid,
         hint="Sending it again would be refused again. Check stripe.api_version in sync.yaml and the command's "
              "options; if they are right, report this with the request id. Nothing of this batch was written.")
 

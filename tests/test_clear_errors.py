@@ -7,7 +7,10 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,3 +283,42 @@ def test_a_list_call_stripe_refuses_names_the_request_stripe_s_message_and_reque
     assert "Stripe refused GET /v1/subscriptions while listing subscriptions: Received unknown parameter: " \
            "status (HTTP 400 parameter_unknown, parameter status, request req_" in text, text
     assert "stripe.api_version" in text and "bug" not in text and "Traceback" not in result.output
+
+
+def test_status_as_another_account_that_may_only_read(tmp_path):
+    """Issue 20 §5: an operator's account, which may read the state but write nothing next to it, runs status.
+    As root (where modes do not bite) it runs as `nobody`; the state and its directory belong to this user."""
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot run status as another account")
+        as_other = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    else:
+        as_other = []  # this user, and the modes below bite
+    data = Path(tempfile.mkdtemp(prefix="stripe-sf-ro-", dir="/tmp"))  # reachable by `nobody`
+    try:
+        state = data / "stripe-sf-state.sqlite"
+        with StateStore.open(state) as st:
+            st.finish_run(st.start_run("sync"), 0, {"events_read": 7, "applied": 7, "dead_lettered": 0})
+            st.acquire_lock()
+        cfg = state_config(data, state)
+        data.chmod(0o755 if as_other else 0o555)  # not writable by the account that runs status
+
+        def status() -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*as_other, sys.executable, "-m", "stripe_sf_sync", "status", "--config", str(cfg)],
+                                  capture_output=True, text=True, timeout=60, cwd="/")
+
+        state.chmod(0o600 if as_other else 0o000)
+        refused = status()
+        assert refused.returncode == ExitCode.STATE, refused
+        assert f"Cannot read the state file {state}: permission denied" in refused.stderr
+        assert "read access" in refused.stderr and "Traceback" not in refused.stderr
+        state.chmod(0o644)
+        Path(f"{state}.lock").chmod(0o644)
+        read = status()
+        assert read.returncode == ExitCode.OK, read
+        assert "Last run: sync #1" in read.stdout and "7 read, 7 applied" in read.stdout
+        assert sorted(p.name for p in data.iterdir()) == ["stripe-sf-state.sqlite", "stripe-sf-state.sqlite.lock",
+                                                          "sync.yaml"]  # status wrote nothing
+    finally:
+        data.chmod(0o755)
+        shutil.rmtree(data)
