@@ -5,23 +5,32 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from stripe_sf_sync import __version__, service
-from stripe_sf_sync.config import DEFAULT_CONFIG_PATH, example_config, load_yaml
+import stripe_sf_sync
 from stripe_sf_sync.console import LogFormat, active_settings, fields, setup_logging
+from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError, missing_extra
 from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE, span
+from stripe_sf_sync.lazy import lazy_module
 from stripe_sf_sync.tables import Column, print_records
+from stripe_sf_sync.words import counted
+
+# Loaded when a command first uses them: `--help` and TAB completion start without the Stripe SDK,
+# simple-salesforce, pydantic or requests (issue 20 §5; tests/test_cli.py checks it).
+service = lazy_module("stripe_sf_sync.service")
+configuration = lazy_module("stripe_sf_sync.config")
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 T = TypeVar("T")
 log = logging.getLogger("stripe_sf_sync")
@@ -66,10 +75,14 @@ MetricsOpt = Annotated[Path | None, typer.Option(
 
 
 def _stdout() -> Console:
+    from rich.console import Console  # here: TAB completion starts without rich
+
     return Console(file=sys.stdout, soft_wrap=True)
 
 
 def _stderr() -> Console:
+    from rich.console import Console
+
     return Console(file=sys.stderr, soft_wrap=True)
 
 
@@ -108,6 +121,8 @@ def _error(label: str, text: str, exc: BaseException, debug: bool, **extra: Any)
     if debug:
         traceback.print_exc(file=sys.stderr)
     # Escaped: messages quote brackets (`expand[]`, `.[sandbox]`) that rich would take for markup.
+    from rich.markup import escape
+
     _stderr().print(f"[bold red]{label}:[/] {escape(text)}", highlight=False, markup=True)
 
 
@@ -137,7 +152,7 @@ def _setup(debug: bool, log_format: str | None, config: Path | None = None, quie
 def _configured_log_format(config: Path) -> str | None:
     """sync.log_format from the config, if it can be read; full validation happens later."""
     try:
-        data = load_yaml(config.read_text(encoding="utf-8"))
+        data = configuration.load_yaml(config.read_text(encoding="utf-8"))
         value = data["sync"]["log_format"]
         return value if value in ("auto", "plain", "json") else None
     except Exception:  # any problem is reported properly when the config is loaded
@@ -146,7 +161,7 @@ def _configured_log_format(config: Path) -> str | None:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"stripe-sf {__version__}")
+        typer.echo(f"stripe-sf {stripe_sf_sync.__version__}")
         raise typer.Exit()
 
 
@@ -178,12 +193,13 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
         _say(logging.WARNING, f"Stopped early: {summary.stopped_early}. The next run continues from the cursor.",
              kind="stopped_early", reason=summary.stopped_early)
     if summary.dead_lettered and summary.dry_run:
-        _say(logging.WARNING, f"A real run would dead-letter {summary.dead_lettered} events (the warnings above say "
-                              "why): fix the cause first, or apply the rest and retry them with `stripe-sf dlq "
-                              "retry --all`.", kind="would_dead_letter", dead_lettered=summary.dead_lettered)
+        _say(logging.WARNING, f"A real run would dead-letter {counted(summary.dead_lettered, 'event')} (the "
+                              "warnings above say why): fix the cause first, or apply the rest and retry them "
+                              "with `stripe-sf dlq retry --all`.",
+             kind="would_dead_letter", dead_lettered=summary.dead_lettered)
     elif summary.dead_lettered:
-        _say(logging.WARNING, f"{summary.dead_lettered} events were dead-lettered: see `stripe-sf dlq list`, fix "
-                              "the cause, then `stripe-sf dlq retry --all`.",
+        _say(logging.WARNING, f"{counted(summary.dead_lettered, 'event was', 'events were')} dead-lettered: see "
+                              "`stripe-sf dlq list`, fix the cause, then `stripe-sf dlq retry --all`.",
              kind="dead_letters", dead_lettered=summary.dead_lettered)
 
 
@@ -206,15 +222,15 @@ def _print_human_summary(summary: service.RunSummary) -> None:
            if summary.salesforce_api_used is not None else "not contacted")
     outcomes = (f"would apply {summary.applied}" if dry else f"{summary.applied} applied")
     dead = (f"would dead-letter {summary.dead_lettered}" if dry else f"{summary.dead_lettered} dead-lettered")
-    writes = (f"{len(summary.planned_writes)} writes planned" if dry else
-              f"{summary.records_written} records written")
+    writes = (f"{counted(len(summary.planned_writes), 'write')} planned" if dry else
+              f"{counted(summary.records_written, 'record')} written")
     out.print(
-        f"{summary.command}{' (dry run)' if dry else ''}: {summary.events_read} events read, "
+        f"{summary.command}{' (dry run)' if dry else ''}: {counted(summary.events_read, 'event')} read, "
         f"{outcomes}, {summary.skipped_stale} skipped as stale, "
         f"{summary.skipped_duplicate} already done, {summary.ignored} needing no write, "
         f"{dead}; {writes}; "
-        f"{summary.stripe_calls} Stripe and {summary.salesforce_calls} Salesforce calls; "
-        + (f"Stripe rate-limited {summary.stripe_rate_limited} times (HTTP 429; pacing lowered); "
+        f"{counted(summary.stripe_calls, 'Stripe call')}, {counted(summary.salesforce_calls, 'Salesforce call')}; "
+        + (f"Stripe rate-limited {counted(summary.stripe_rate_limited, 'time')} (HTTP 429; pacing lowered); "
            if summary.stripe_rate_limited else "") +
         f"Salesforce API usage {api}; {summary.duration_s:.1f}s.", highlight=False)
 
@@ -289,8 +305,8 @@ def sync(
 def backfill(
     since: Annotated[str, typer.Option(help="Objects created at or after this DATE (UTC).")],
     until: Annotated[str | None, typer.Option(help="...and before this DATE.")] = None,
-    objects: Annotated[str, typer.Option(help="Comma-separated: subscriptions,payment_intents,invoices.")] = (
-        "subscriptions,payment_intents,invoices"),
+    objects: Annotated[str, typer.Option(help="Comma-separated, any of: subscriptions, payment_intents, invoices.",
+                                         show_default="all three")] = "subscriptions,payment_intents,invoices",
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted backfill.")] = False,
@@ -349,8 +365,8 @@ RECONCILE_SHOWN = 50  # findings printed for people; --csv and --json carry them
 def reconcile(
     since: Annotated[str | None, typer.Option(help="Only objects created at or after this DATE (UTC); the checks "
                                                    "that need every object are skipped.")] = None,
-    objects: Annotated[str, typer.Option(help="Comma-separated: subscriptions,payment_intents,accounts.")] = (
-        "subscriptions,payment_intents,accounts"),
+    objects: Annotated[str, typer.Option(help="Comma-separated, any of: subscriptions, payment_intents, accounts.",
+                                         show_default="all three")] = "subscriptions,payment_intents,accounts",
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write every finding to this CSV file, the Stripe "
                                                                 "and Salesforce values side by side.")] = None,
     fix: Annotated[bool, typer.Option("--fix", help="Repair the fixable drift through backfill's pipeline; never "
@@ -391,13 +407,19 @@ def _print_reconcile(report: Any, summary: service.RunSummary) -> None:
     """The reconcile report for people: readable at 80 columns and in a pipe (tables.py)."""
     out = _stdout()
     c = report.checked
-    checked = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in c.items())
-    out.print(f"Checked {checked}: {report.matched} matched, {report.mismatches} mismatches.", highlight=False)
+    checked = ", ".join(counted(n, k.replace("_", " ")[:-1], k.replace("_", " ")) for k, n in c.items())
+    out.print(f"Checked {checked}: {report.matched} matched, {counted(report.mismatches, 'mismatch', 'mismatches')}.",
+              highlight=False)
     if report.totals:
         rows = [(cur, t["stripe_mrr"], t["salesforce_mrr"], t["difference"]) for cur, t in report.totals.items()]
         print_records(out, "MRR per currency", [Column("currency", is_id=True), Column("Stripe", is_id=True),
                                                 Column("Salesforce", is_id=True), Column("difference", is_id=True)],
                       rows)
+    if report.totals_left_out:
+        # Two short lines: the report reads at 80 columns in a pipe.
+        out.print(f"Not in the MRR totals: {counted(report.totals_left_out, 'won Opportunity', 'won Opportunities')}"
+                  " naming\n  a subscription Stripe did not list (--since: older; else: unknown_stripe_id).",
+                  highlight=False)
     for kind, n in report.counts().items():
         if n:
             out.print(f"  {kind}: {n}", highlight=False)
@@ -415,7 +437,8 @@ def _print_reconcile(report: Any, summary: service.RunSummary) -> None:
         out.print(f"... and {len(report.findings) - len(shown)} more: --csv PATH or --json lists every one.",
                   highlight=False)
     if report.fix is None:
-        out.print(f"{summary.stripe_calls} Stripe and {summary.salesforce_calls} Salesforce calls; "
+        out.print(f"{counted(summary.stripe_calls, 'Stripe call')}, "
+                  f"{counted(summary.salesforce_calls, 'Salesforce call')}; "
                   f"{summary.duration_s:.1f}s.", highlight=False)
 
 
@@ -434,7 +457,7 @@ def discover_config(
     """
     _setup(debug, log_format, config, quiet)
     found = guarded(lambda: service.run_discover(config, service.Environment(), write=write,
-                                                 example=example_config()), debug=debug)
+                                                 example=configuration.example_config()), debug=debug)
     if as_json:
         typer.echo(json.dumps(found.as_dict(), indent=2))
         return
@@ -478,7 +501,7 @@ def dlq_list(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, 
     if not rows:
         _stdout().print("No open dead letters.")
         return
-    print_records(_stdout(), f"{len(rows)} open dead letters",
+    print_records(_stdout(), f"{counted(len(rows), 'open dead letter')}",
                   [Column("event", is_id=True), Column("type", is_id=True), Column("code", is_id=True),
                    Column("attempts"), Column("last failed"), Column("reason")],
                   [(r["event_id"], r["event_type"], r["error_code"], str(r["attempts"]), _iso(r["last_failed_at"]),
@@ -596,8 +619,8 @@ def _print_status(report: dict[str, Any]) -> None:
     if rec:
         drifted = ", ".join(f"{n} {k}" for k, n in (rec.get("counts") or {}).items() if n)
         out.print(f"Last reconcile: #{rec['run_id']}, ended {_iso(rec['finished_at'])}, exit {rec['exit_code']}: "
-                  f"{rec.get('mismatches') or 0} mismatches{f' ({drifted})' if drifted else ''}", highlight=False,
-                  markup=False)
+                  f"{counted(rec.get('mismatches') or 0, 'mismatch', 'mismatches')}"
+                  f"{f' ({drifted})' if drifted else ''}", highlight=False, markup=False)
     usage = report["api_usage"]
     out.print("Salesforce API usage last seen: " + (f"{usage['used']}/{usage['max']}" if usage else "never"),
               highlight=False)
@@ -625,8 +648,8 @@ def _print_runs(out: Console, runs: list[dict[str, Any]]) -> None:
 
 @state_app.command("migrate")
 def state_migrate(
-    to: Annotated[str, typer.Option("--to", help="postgresql://USER@HOST:5432/DB of an empty store (the password "
-                                                 "from PGPASSWORD).")],
+    to: Annotated[str, typer.Option("--to", help="The URL of an empty store, like postgresql://USER@HOST/DB (the "
+                                                 "password from PGPASSWORD).")],
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -647,10 +670,13 @@ def state_migrate(
     out.print(f"Copied {result['from']} to {result['to']}, verified (rows and a checksum per table):",
               highlight=False, markup=False)
     for table, seen in result["tables"].items():
-        out.print(f"  {table}: {seen['rows']} rows, checksum {seen['checksum'][:16]}", highlight=False)
-    out.print(f"The file {result['from']} is left as it was. Next: set STRIPE_SF_STATE_URL={result['to']} (or "
-              "state.url in sync.yaml) for every host and run `stripe-sf status`; keep the file as a backup.",
-              highlight=False, markup=False)
+        out.print(f"  {table}: {counted(seen['rows'], 'row')}, checksum {seen['checksum'][:16]}", highlight=False)
+    # The URL to set, without the password: a password in it would sit in shell history and process lists.
+    out.print(f"The file {result['from']} is left as it was; keep it as a backup. Next, on every host that runs "
+              "stripe-sf (or as state.url in sync.yaml, the password still apart):\n"
+              f"  export STRIPE_SF_STATE_URL={shlex.quote(result['state_url'])}\n"
+              "  export PGPASSWORD='...'   # or a ~/.pgpass file (libpq reads either)\n"
+              "then run `stripe-sf status`.", highlight=False, markup=False)
 
 
 @app.command()
@@ -669,11 +695,13 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG_PATH, as_json: JsonOpt = False, de
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
+        quiet_now = active_settings().quiet  # -q: warnings and errors only, and the count line when there are any
         for check in report.checks:
-            typer.echo(check.line())
+            if not (quiet_now and check.status == "ok"):
+                typer.echo(check.line())
         c = report.counts()
-        typer.echo(f"doctor: {c['ok']} ok, {c['warning']} warning{'s' if c['warning'] != 1 else ''}, "
-                   f"{c['error']} error{'s' if c['error'] != 1 else ''}.")
+        if not (quiet_now and not c["warning"] and not c["error"]):
+            typer.echo(f"doctor: {c['ok']} ok, {counted(c['warning'], 'warning')}, {counted(c['error'], 'error')}.")
     raise typer.Exit(report.exit_code)
 
 
@@ -723,7 +751,9 @@ def demo(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietO
     """
     _setup(debug, log_format, None, quiet)
     run_demo = guarded(_sandbox_demo, debug=debug)
-    out = Console(file=sys.stdout, width=max(_stdout().width, 150))  # tables stay readable in a narrow pipe
+    from rich.console import Console
+
+    out = Console(file=sys.stdout)  # the terminal's width (COLUMNS; 80 in a pipe): its tables fit or become blocks
     code = guarded(lambda: run_demo(out), debug=debug)
     raise typer.Exit(int(code))
 
@@ -747,24 +777,53 @@ def _sandbox_extra(command: str) -> contextlib.AbstractContextManager[None]:
 
 
 @app.command("sandbox")
-def sandbox_command(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietOpt = False) -> None:
+def sandbox_command(
+    env_file: Annotated[Path | None, typer.Option("--env-file", help="Run in the background: return once the "
+                                                  "stand-ins answer and their export lines are in this file "
+                                                  "(removed when they stop).")] = None,
+    foreground: Annotated[bool, typer.Option("--foreground", help="With --env-file: keep serving in this "
+                                             "process (a container, a service manager).")] = False,
+    debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietOpt = False,
+) -> None:
     """Serve local stand-ins of Stripe and Salesforce, seeded with the demo data, until Ctrl-C (or SIGTERM).
 
     It prints the `export` lines that point the other commands at them (docs/rehearse.md).
 
-    Example: stripe-sf sandbox > sandbox.env &   then   . ./sandbox.env && stripe-sf discover-config --write
+    Example: stripe-sf sandbox --env-file sandbox.env && . ./sandbox.env && stripe-sf discover-config --write
     """
     _setup(debug, log_format, None, quiet)
 
-    def load() -> Callable[..., int]:
+    def load() -> Any:
         with _sandbox_extra("sandbox"):
-            from stripe_sf_sync.sandbox.rehearsal import serve
-        return serve
+            from stripe_sf_sync.sandbox import rehearsal
+        return rehearsal
 
-    serve = guarded(load, debug=debug)
-    code = guarded(lambda: serve(typer.echo), debug=debug)
+    rehearsal = guarded(load, debug=debug)
+    if env_file is not None and not foreground:
+        pid = guarded(lambda: _detached_sandbox(rehearsal, env_file), debug=debug)
+        typer.echo(f"sandbox running (pid {pid}); its export lines are in {env_file}: . {_sourced(env_file)}\n"
+                   f"Stop it with: kill {pid}")
+        raise typer.Exit(0)
+    code = guarded(lambda: rehearsal.serve(typer.echo, env_file=env_file), debug=debug)
     _stderr().print("sandbox stopped.", highlight=False)
     raise typer.Exit(code)
+
+
+def _detached_sandbox(rehearsal: Any, env_file: Path) -> int:
+    problem = configuration.writable_file_problem(env_file, "--env-file", "sandbox.env")
+    if problem:
+        raise ConfigError([problem], source="invocation")
+    try:
+        return int(rehearsal.start_detached(env_file))
+    except RuntimeError as exc:
+        raise StripeSfError(f"The sandbox did not start: {exc}", hint="Run `stripe-sf sandbox` in the "
+                            "foreground to see why.") from None
+
+
+def _sourced(path: Path) -> str:
+    """How to source `path` in sh: `.` searches PATH for a bare name, so a relative one gets its `./`."""
+    text = str(path)
+    return shlex.quote(text if path.is_absolute() or text.startswith(".") else f"./{text}")
 
 
 def _iso(ts: int | None) -> str:

@@ -16,10 +16,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
+from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.sfid import is_salesforce_id
 
-DEFAULT_CONFIG_PATH = Path("sync.yaml")
 DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
 DEFAULT_SF_API_VERSION = "62.0"
 STATE_FILE_NAME = "stripe-sf-state.sqlite"
@@ -194,6 +194,16 @@ def masked_url(url: str) -> str:
     host = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def url_without_password(url: str) -> str:
+    """`url` with any password left out: what to set, the password going apart (PGPASSWORD or ~/.pgpass)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit((parts.scheme, f"{user}{host}", parts.path, parts.query, parts.fragment))
 
 
 def example_config() -> str:

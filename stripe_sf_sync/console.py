@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.logging import RichHandler
-
 PACKAGE = "stripe_sf_sync"
 _SECRET_ENV = ("STRIPE_API_KEY", "SF_ACCESS_TOKEN", "SF_CONSUMER_SECRET", "SF_PASSWORD", "SF_SECURITY_TOKEN")
 # Third-party loggers that log request URLs (urllib3: the SOQL in a query string) or bodies (the Stripe SDK at
@@ -143,6 +140,9 @@ def _handler(kind: str, stream: TextIO | None, secrets: list[str], run: RunConte
         handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
         handler.setFormatter(JsonFormatter(secrets))
     elif kind == "rich":
+        from rich.console import Console  # here: TAB completion starts without rich
+        from rich.logging import RichHandler
+
         console = Console(file=stream) if stream is not None else Console(stderr=True)
         handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
     else:

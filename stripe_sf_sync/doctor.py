@@ -20,7 +20,7 @@ import stripe
 
 from stripe_sf_sync.config import LoadedConfig, masked_url, salesforce_secrets, state_url
 from stripe_sf_sync.discover import won_stages
-from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError
+from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError, StripeRefusedError
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY
 from stripe_sf_sync.pipeline.org import (
     OrgProblem,
@@ -36,6 +36,7 @@ from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.service import Environment, Runtime
 from stripe_sf_sync.state import open_state
 from stripe_sf_sync.stripe_source import RETENTION_S
+from stripe_sf_sync.words import counted
 
 Status = Literal["ok", "warning", "error"]
 Area = Literal["salesforce", "stripe", "local"]
@@ -223,8 +224,9 @@ class Doctor:
         version = self.loaded.settings.stripe.api_version
         try:
             source.newest_event()
-        except stripe.InvalidRequestError as exc:
-            message = str(exc.user_message or exc)[:300]
+        except (stripe.InvalidRequestError, StripeRefusedError) as exc:  # the edge raises the latter (a 400)
+            said = exc.stripe_message if isinstance(exc, StripeRefusedError) else str(exc.user_message or exc)
+            message = said[:300]
             if "version" in message.lower():
                 return [Check("stripe", "API version", "error", f"Stripe refused stripe.api_version {version!r}: "
                               f"{message}", "set stripe.api_version to a version Stripe lists, e.g. the default "
@@ -348,13 +350,13 @@ def _field_summary(f: Mapping[str, Any]) -> str:
         kind += f"({', '.join(f.get('referenceTo') or [])})"
     elif ftype == "picklist":
         n = sum(1 for p in f.get("picklistValues", []) if p.get("active", True))
-        kind += f" ({'restricted, ' if f.get('restrictedPicklist') else ''}{n} values)"
+        kind += f" ({'restricted, ' if f.get('restrictedPicklist') else ''}{counted(n, 'value')})"
     flags = [flag for flag, on in (("External ID", f.get("externalId")), ("Unique", f.get("unique"))) if on]
     return ", ".join([kind, *flags])
 
 
 def _dead_letters_check(dead: int) -> Check:
-    return (Check("local", "dead letters", "warning", f"{dead} open dead letter{'s' if dead != 1 else ''}",
+    return (Check("local", "dead letters", "warning", counted(dead, "open dead letter"),
                   "`stripe-sf dlq list`, fix the cause, then `stripe-sf dlq retry --all`")
             if dead else Check("local", "dead letters", "ok", "none open"))
 

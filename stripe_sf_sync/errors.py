@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ssl
 from collections.abc import Iterator
 from enum import IntEnum
 
@@ -110,6 +109,18 @@ class FatalSyncError(StripeSfError):
         self.request_id = request_id
 
 
+class StripeRefusedError(FatalSyncError):
+    """Stripe refused a request as invalid (HTTP 400, `invalid_request_error`): trying again sends the same
+    request, so the run stops with the usage code and says which request and why."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, message: str, *, stripe_message: str, hint: str = "", code: str | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(message, hint=hint, code=code, request_id=request_id)
+        self.stripe_message = stripe_message  # Stripe's own words, for a caller that words its own message
+
+
 class BudgetSpent(FatalSyncError):
     """The org's daily API usage reached salesforce.api_budget: nothing more is written in this run. The run
     stops before the batch at hand commits anything, so the next run repeats it."""
@@ -142,6 +153,8 @@ def certificate_problem(exc: BaseException) -> str | None:
     `ssl.SSLCertVerificationError` in their own errors) is a failed certificate check; else None.
 
     Such a failure does not clear by itself, so it is never retried, unlike a dropped TLS connection."""
+    import ssl  # here: a command that never connects starts without it
+
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
     while todo:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stripe_sf_sync.errors import ConfigError
+from stripe_sf_sync.words import counted
 
 DEFAULT_MAX_CURSOR_AGE = "15m"
 DONE_EXITS = (0, 3, 9)  # finished its work (3: some events dead-lettered; 9: reconcile found drift)
@@ -112,10 +113,10 @@ def assess(report: dict[str, Any], thresholds: Thresholds) -> dict[str, Any]:
                                 "why; docs/exit-codes.md says what to do")
     dead = report["dead_letters"]
     if thresholds.max_dead_letters is not None and dead > thresholds.max_dead_letters:
-        problems.append(f"{dead} open dead letters, more than {thresholds.max_dead_letters}: `stripe-sf dlq list`, "
-                        "fix the cause, then `stripe-sf dlq retry --all`")
+        problems.append(f"{counted(dead, 'open dead letter')}, more than {thresholds.max_dead_letters}: "
+                        "`stripe-sf dlq list`, fix the cause, then `stripe-sf dlq retry --all`")
     elif dead:
-        warnings.append(f"{dead} open dead letters: `stripe-sf dlq list`")
+        warnings.append(f"{counted(dead, 'open dead letter')}: `stripe-sf dlq list`")
     usage = report["api_usage"]
     if usage and usage.get("fraction") is not None and usage["fraction"] >= usage["budget"]:
         warnings.append(f"Salesforce API usage {usage['used']}/{usage['max']} was at or over the budget "

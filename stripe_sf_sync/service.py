@@ -30,6 +30,7 @@ from stripe_sf_sync.config import (
     state_url,
     state_url_problem,
     stripe_secrets,
+    url_without_password,
     writable_file_problem,
 )
 from stripe_sf_sync.console import bind_run
@@ -101,9 +102,9 @@ class Runtime:
         self.loaded: LoadedConfig = load_config(config_path)
         self.state_url = state_url(self.loaded.settings, environment.env)
 
-    def open_state(self, *, create: bool = True) -> StateStore:
+    def open_state(self, *, create: bool = True, read_only: bool = False) -> StateStore:
         """The state store of this config: PostgreSQL when a state URL is set, else the SQLite file."""
-        return open_state(self.loaded.state_path, self.state_url, create=create)
+        return open_state(self.loaded.state_path, self.state_url, create=create, read_only=read_only)
 
     def state_exists(self) -> bool:
         """Whether there may be state to read: a PostgreSQL store is asked (NoStateError), a file looked for."""
@@ -372,8 +373,12 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
         problems.append("--objects is empty")
     if until_ts is not None and until_ts <= since_ts:
         problems.append("--until must be after --since")
+    future = since_ts > environment.clock()  # refused as sync refuses it (pipeline/cursor.py): nothing is there
+    if future:
+        problems.append(f"--since {since} is in the future")
     if problems:
-        raise ConfigError(problems, source="invocation")
+        raise ConfigError(problems, source="invocation",
+                          hint="Give a date in the past, e.g. `--since 2025-01-01`." if future else "")
     check_run_metrics(metrics_file, dry_run=dry_run)
     source, sf_factory = clients(runtime)
     b = runtime.loaded.settings.backfill
@@ -528,7 +533,7 @@ def run_state_migrate(config_path: Path | None, environment: Environment, to_url
         from stripe_sf_sync.state_pg import migrate_from  # psycopg is installed: open_state imported it
 
         copied = migrate_from(source, target)
-    return {"from": str(path), "to": masked_url(to_url),
+    return {"from": str(path), "to": masked_url(to_url), "state_url": url_without_password(to_url),
             "tables": {table: {"rows": rows, "checksum": digest} for table, (rows, digest) in copied.items()}}
 
 
@@ -552,7 +557,7 @@ def status_report(config_path: Path | None, environment: Environment, *,
                               str(runtime.loaded.state_path), "state_backend": "postgresql" if runtime.state_url
                               else "sqlite", "never_run": True, "cursor": None, "running": None, "last_run": None,
                               "dead_letters": 0, "api_usage": None, "backfill": None, "runs": [], "reconcile": None}
-    with _existing_state(runtime) as state:
+    with _existing_state(runtime, read_only=True) as state:  # status needs no write access
         if state is not None:
             cursor = state.cursor()
             usage = state.get_meta("api_usage")
@@ -583,13 +588,13 @@ def status_report(config_path: Path | None, environment: Environment, *,
 
 
 @contextlib.contextmanager
-def _existing_state(runtime: Runtime) -> Iterator[StateStore | None]:
+def _existing_state(runtime: Runtime, *, read_only: bool = False) -> Iterator[StateStore | None]:
     """The state store to read, or None when there is none yet (never run). Never takes the run lock."""
     if not runtime.state_exists():
         yield None
         return
     try:
-        state = runtime.open_state(create=False)
+        state = runtime.open_state(create=False, read_only=read_only)
     except NoStateError:
         yield None
         return

@@ -13,6 +13,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ from stripe_sf_sync.errors import LockHeldError, NoStateError, StateError, missi
 from stripe_sf_sync.model import CachedCustomer
 
 SCHEMA_VERSION = 3  # 2: the customers table; 3: the webhook inbox
+_BACKFILL_ID = re.compile(r"evt_bf\d+_(.+)")  # backfill.synthetic_event's id: the run's time, the object id
 LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
 
 P = ParamSpec("P")
@@ -170,15 +172,56 @@ class StateStore:
                 conn.close()
             if _is_access_error(exc):
                 raise _not_writable(path, path.parent, str(exc)) from None
-            raise StateError(
-                f"The state file {path} cannot be used: {exc}.",
-                hint="If another program holds it, wait and retry; if it is corrupt, move it aside and "
-                     "restart with `stripe-sf sync --since DATE` (re-applying is idempotent).") from None
+            raise _unusable(path, exc) from None
         for suffix in ("-wal", "-shm"):
             side = Path(f"{path}{suffix}")
             if side.exists():
                 with contextlib.suppress(OSError):
                     os.chmod(side, 0o600)
+        return cls(conn, path)
+
+    @classmethod
+    def open_read_only(cls, path: Path) -> StateStore:
+        """Open the state file to read (`status`), without the write access a run needs (an operator's account,
+        a read-only mount). SQLite reads a WAL database read-only when its -wal and -shm files exist or can be
+        created (sqlite.org/wal.html, "Read-Only Databases"). Without them and without a writable directory,
+        no writer has the file open (the last connection to close removes them), so the file alone holds
+        every commit: it is read as immutable. With a -wal that cannot be read, the error says what is needed."""
+        path = Path(path)
+        if not path.exists():
+            raise NoStateError(f"No state file at {path}.",
+                               hint="Run `stripe-sf sync --since DATE` first, or check --config.")
+        if not os.access(path, os.R_OK):
+            raise StateError(f"Cannot read the state file {path}: permission denied.", hint=_READABLE_HINT)
+        uri = path.resolve().as_uri()
+        try:
+            return cls._read_only(f"{uri}?mode=ro", path)
+        except sqlite3.DatabaseError as exc:
+            if not _is_access_error(exc):
+                raise _unusable(path, exc) from None  # corrupt, or locked by another program
+            if Path(f"{path}-wal").exists():
+                raise StateError(f"Cannot read the state file {path}: {exc}.", hint=_READABLE_HINT) from None
+        try:
+            return cls._read_only(f"{uri}?mode=ro&immutable=1", path)
+        except sqlite3.DatabaseError as exc:
+            raise state_error(exc, path) from None
+
+    @classmethod
+    def _read_only(cls, uri: str, path: Path) -> StateStore:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 5000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # reads the file: fails here if it must
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"The state file {path} has schema version {version}, newer than this stripe-sf "
+                    f"understands ({SCHEMA_VERSION}).",
+                    hint="Upgrade stripe-sf (pip install -U stripe-sf-sync) rather than downgrading.")
+            conn.execute("SELECT COUNT(*) FROM runs").fetchone()  # an older file's missing table fails later
+        except BaseException:
+            conn.close()
+            raise
         return cls(conn, path)
 
     def close(self) -> None:
@@ -221,6 +264,9 @@ class StateStore:
             fd = os.open(Path(f"{self.path}.lock"), os.O_RDONLY)
         except FileNotFoundError:
             return False
+        except PermissionError:  # an operator's account reading status: say what it needs, never guess
+            raise StateError(f"Cannot read the run lock {self.path}.lock: permission denied.",
+                             hint=_READABLE_HINT) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -348,6 +394,7 @@ class StateStore:
                 "outcome = excluded.outcome, detail = excluded.detail, run_id = excluded.run_id, "
                 "recorded_at = excluded.recorded_at",
                 [(o.event_id, o.event_type, o.object_id, o.created, o.kind, o.reason, run_id, now) for o in outcomes])
+            self._fold_backfill_letters([o for o in outcomes if o.kind == "dead_letter"])
             self._conn.executemany(
                 "INSERT INTO dead_letters(event_id, event_type, created, payload, reason, error_code, "
                 "attempts, first_failed_at, last_failed_at, status) VALUES (?,?,?,?,?,?,1,?,?,'open') "
@@ -371,6 +418,29 @@ class StateStore:
                 self.set_meta(key, value)
             self._conn.executemany("UPDATE inbox SET status = 'done' WHERE event_id = ?",
                                    [(event_id,) for event_id in inbox_done])
+
+    def _fold_backfill_letters(self, letters: Sequence[Outcome]) -> None:
+        """A backfill's synthetic event id holds its run's time, so each rerun would add a second dead letter
+        for an object that fails again. The object's letters for the same error code (one per earlier run,
+        rows from before this rule included) become one, under the new id: the upsert that follows counts
+        this run's attempt on it, and one dead letter stays per object and reason."""
+        for o in letters:
+            match = _BACKFILL_ID.fullmatch(o.event_id)
+            if not match:
+                continue
+            suffix = "_" + match.group(1)
+            rows = self._conn.execute(
+                "SELECT event_id, attempts, first_failed_at FROM dead_letters WHERE error_code = ? "
+                "AND substr(event_id, 1, 6) = 'evt_bf' AND substr(event_id, length(event_id) - CAST(? AS "
+                "INTEGER) + 1) = ? ORDER BY event_id = ? DESC, status = 'open' DESC, last_failed_at DESC",
+                (o.code or "UNKNOWN", len(suffix), suffix, o.event_id)).fetchall()
+            rows = [r for r in rows if (m := _BACKFILL_ID.fullmatch(r[0])) and m.group(1) == match.group(1)]
+            if not rows or [r[0] for r in rows] == [o.event_id]:
+                continue
+            self._conn.executemany("DELETE FROM dead_letters WHERE event_id = ?", [(r[0],) for r in rows[1:]])
+            self._conn.execute("UPDATE dead_letters SET event_id = ?, attempts = ?, first_failed_at = ? "
+                               "WHERE event_id = ?", (o.event_id, sum(r[1] for r in rows),
+                                                      min(r[2] for r in rows), rows[0][0]))
 
     # --- the webhook inbox: written by `serve`'s receiver, drained by its worker ------------
     @_mapped_errors
@@ -549,6 +619,18 @@ def _check_writable(path: Path) -> None:
         raise _not_writable(path, directory, "the file is not readable and writable")
 
 
+_READABLE_HINT = ("`stripe-sf status` needs read access to the state file, its .lock file (to tell a running run "
+                  "from one that died), and while a run has it open, its -wal and -shm files (or write access to "
+                  "their directory, where SQLite creates them). Give this account read access to them (a group "
+                  "with `chmod g+r`), or run status as the account that runs sync.")
+
+
+def _unusable(path: Path, exc: sqlite3.DatabaseError) -> StateError:
+    return StateError(f"The state file {path} cannot be used: {exc}.",
+                      hint="If another program holds it, wait and retry; if it is corrupt, move it aside and "
+                           "restart with `stripe-sf sync --since DATE` (re-applying is idempotent).")
+
+
 def _not_writable(path: Path, directory: Path, why: str) -> StateError:
     return StateError(f"Cannot write the state file {path}: {why} (directory {directory}).", hint=_WRITABLE_HINT)
 
@@ -591,12 +673,13 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
-def open_state(path: Path, url: str | None = None, *, create: bool = True) -> StateStore:
+def open_state(path: Path, url: str | None = None, *, create: bool = True, read_only: bool = False) -> StateStore:
     """The state store: PostgreSQL when a URL is configured (STRIPE_SF_STATE_URL or state.url), else the SQLite
-    file at `path`. psycopg is imported only here, on that path: the core install does not need it."""
+    file at `path` (`read_only`: for commands that only read, which then need no write access to it). psycopg
+    is imported only here, on that path: the core install does not need it."""
     if url:
         with missing_extra("A postgresql:// state URL (STRIPE_SF_STATE_URL or state.url)", "postgres",
                            "run the command again"):
             from stripe_sf_sync.state_pg import PgStateStore
         return PgStateStore.connect(url, create=create)
-    return StateStore.open(path, create=create)
+    return StateStore.open_read_only(path) if read_only else StateStore.open(path, create=create)

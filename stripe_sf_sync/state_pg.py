@@ -42,6 +42,7 @@ import psycopg
 from stripe_sf_sync.config import masked_url
 from stripe_sf_sync.errors import ConfigError, LockHeldError, NoStateError, StateError, StateUnavailableError
 from stripe_sf_sync.state import _SCHEMA, SCHEMA_VERSION, StateStore
+from stripe_sf_sync.words import counted
 
 log = logging.getLogger("stripe_sf_sync")
 R = TypeVar("R")
@@ -628,7 +629,7 @@ def copy_tables(source: StateStore, target: PgStateStore) -> dict[str, tuple[int
             copied[table] = _digest(rows)
             landed = _digest(target._conn.execute(f"SELECT {names} FROM ({_select(table)}) AS t"))  # noqa: S608
             if landed != copied[table]:
-                raise StateError(f"The copy of {table} does not match: {copied[table][0]} rows read, "
+                raise StateError(f"The copy of {table} does not match: {counted(copied[table][0], 'row')} read, "
                                  f"{landed[0]} in PostgreSQL, or their checksums differ.",
                                  hint="Nothing was committed; run `stripe-sf state migrate` again, and report this "
                                       "if it repeats.")

@@ -24,7 +24,13 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from stripe_sf_sync import collector
 from stripe_sf_sync.console import fields
-from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError, certificate_problem, tls_error
+from stripe_sf_sync.errors import (
+    CursorExpiredError,
+    FatalSyncError,
+    StripeRefusedError,
+    certificate_problem,
+    tls_error,
+)
 from stripe_sf_sync.model import EVENT_TYPES, CachedCustomer
 
 log = logging.getLogger("stripe_sf_sync")
@@ -257,7 +263,28 @@ class Pacer:
                  self._rate, extra=fields(kind="pacing", edge="stripe", reason="probe", old_rps=old, rps=self._rate))
 
 
-def _fatal(exc: stripe.StripeError, what: str) -> FatalSyncError:
+def _refused(exc: stripe.InvalidRequestError, what: str, path: str | None = None) -> StripeRefusedError:
+    """A 400 Stripe answered as `invalid_request_error`: which request, Stripe's own message (it names the
+    parameter and never echoes secrets: Stripe API reference, Errors) and its request id."""
+    rid = getattr(exc, "request_id", None)
+    code = getattr(exc, "code", None)
+    error = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    message = str(error.get("message") or getattr(exc, "user_message", None) or "no message").strip().rstrip(".")
+    request = f"GET {path}" if path else "a request"
+    status = f"HTTP {getattr(exc, 'http_status', None) or 400}{' ' + code if code else ''}"
+    detail = ", ".join(part for part in (status, f"parameter {error['param']}" if error.get("param") else None,
+                                         f"request {rid}" if rid else None) if part)
+    return StripeRefusedError(
+        f"Stripe refused {request} while {what}: {message} ({detail}).", stripe_message=message, code=code,
+        request_id=rid,
+        hint="Sending it again would be refused again. Check stripe.api_version in sync.yaml and the command's "
+             "options; if they are right, report this with the request id. Nothing of this batch was written.")
+
+
+def _fatal(exc: stripe.StripeError, what: str, path: str | None = None) -> FatalSyncError:
+    if isinstance(exc, stripe.InvalidRequestError) and _retry_reason(exc) is None:  # not retried: refused
+        return _refused(exc, what, path)
     rid = getattr(exc, "request_id", None)
     code = getattr(exc, "code", None)
     status = getattr(exc, "http_status", None)
@@ -481,8 +508,8 @@ class StripeSource:
             try:
                 page = self._get(f"listing {kind}", path, {**params, key: cursor} if cursor else params)
             except stripe.InvalidRequestError as exc:
-                if invalid is None:
-                    raise
+                if invalid is None:  # a list call Stripe refused: say which and why, never a traceback
+                    raise _fatal(exc, f"listing {kind}", path) from None
                 raise invalid(exc) from None
             data = _raw_list(page)
             if not data:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 MIN_FOLDED = 12  # the narrowest a folded (non-id) column may get before blocks read better
 
@@ -63,22 +64,31 @@ def _one_line(text: str) -> str:
 
 
 def _fits(width: int, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> bool:
-    """Whether every id column at full width, and every other column at MIN_FOLDED, fit in `width`."""
+    """Whether every id column at full width, and every other column at its narrowest (MIN_FOLDED, or its
+    longest word: an id inside a reason is never folded either), fit in `width`."""
     needed = 1 + 3 * len(columns)  # borders and padding of a Rich table
     for i, column in enumerate(columns):
         longest = max([len(column.name), *(len(row[i]) for row in rows)])
-        needed += longest if column.is_id else min(longest, MIN_FOLDED)
+        needed += longest if column.is_id else min(longest, max(MIN_FOLDED, _longest_word(rows, i)))
     return needed <= width
 
 
+def _longest_word(rows: Sequence[Sequence[str]], i: int) -> int:
+    """The longest run without a space in column `i`: where a folded column may not be narrower."""
+    return max((len(word) for row in rows for word in row[i].split()), default=0)
+
+
 def _table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> Table:
+    from rich.table import Table  # here: a command that prints no table starts without it
+    from rich.text import Text
+
     table = Table(title=Text(title), title_justify="left")
     for i, column in enumerate(columns):
         if column.is_id:
             longest = max([len(column.name), *(len(row[i]) for row in rows)])
             table.add_column(column.name, no_wrap=True, min_width=longest)
-        else:
-            table.add_column(column.name, overflow="fold")
+        else:  # wrapped between words, never narrower than its longest word (`_fits` made room)
+            table.add_column(column.name, overflow="fold", min_width=_longest_word(rows, i) or None)
     for row in rows:
         table.add_row(*(Text(value) for value in row))  # values are text, never markup
     return table

@@ -148,6 +148,13 @@ def test_above_threshold_writes_through_bulk_api_and_dead_letters_failed_rows(tm
     won = [s for s in h["subs"] if s["status"] in ("active", "trialing", "past_due", "unpaid")]
     assert len([o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c")]) == len(won)
     assert summary.salesforce_calls < 40  # a few jobs, not 31 records' worth of calls
+    # Issue 20 §5: the same backfill again (a later second: a new run tag) counts an attempt, not a new letter.
+    time.sleep(1.05)
+    again = backfill(config, env, since=since_days(400), objects="subscriptions")
+    assert again.dead_lettered == 1
+    with StateStore.open(tmp_path / "stripe-sf-state.sqlite") as st:
+        [rerun] = st.dead_letters()
+    assert rerun.attempts == 2 and rerun.event_id != dead.event_id and rerun.first_failed_at == dead.first_failed_at
 
 
 def test_interrupted_backfill_resumes_and_converges(tmp_path, env, org, stripe_sb, sf_sb):

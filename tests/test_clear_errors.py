@@ -7,7 +7,10 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,11 +118,49 @@ def test_an_existing_state_file_in_a_read_only_directory_is_not_called_corrupt(r
     with read_only(data):
         synced = runner.invoke(app, ["sync", "--config", str(cfg)], env=OFFLINE)
         status = runner.invoke(app, ["status", "--config", str(cfg)])
-    for result in (synced, status):
-        assert result.exit_code == ExitCode.STATE, result.output
-        assert f"Cannot write the state file {state}" in result.output and "writable" in result.output
-        assert "move it aside" not in result.output and "corrupt" not in result.output
-        assert "Traceback" not in result.output
+    assert synced.exit_code == ExitCode.STATE, synced.output
+    assert f"Cannot write the state file {state}" in synced.output and "writable" in synced.output
+    assert "move it aside" not in synced.output and "corrupt" not in synced.output
+    assert "Traceback" not in synced.output
+    assert status.exit_code == ExitCode.OK and "Never run" in status.stdout, status.output  # it only reads
+
+
+def test_status_reads_a_state_file_in_a_read_only_directory(runner, config, stripe_sb, sf_sb, sc):
+    """Issue 20 §5: status needed write access to the state directory (SQLite's -wal and -shm files), so an
+    operator's read-only account (here a read-only mount, which stops root too) could not read it."""
+    env = cli_env(stripe_sb, sf_sb, ca_bundle=sf_sb.ca_path)
+    runner.invoke(app, ["sync", "--config", str(config), "--since", since(sc)], env=env)
+    before = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"]).stdout)
+    state = config.parent / "stripe-sf-state.sqlite"
+    StateStore.open(state).close()  # the last writer to close checkpoints and removes the -wal and -shm files
+    assert not Path(f"{state}-wal").exists()  # no run has it open: the file alone holds every commit
+    with read_only(config.parent):
+        quiet = runner.invoke(app, ["status", "--config", str(config), "--json"])
+        text = runner.invoke(app, ["status", "--config", str(config)])
+    assert quiet.exit_code == ExitCode.OK, quiet.output
+    after = json.loads(quiet.stdout)
+    for key in ("cursor", "dead_letters", "last_run", "never_run"):
+        assert after[key] == before[key], key
+    assert text.exit_code == ExitCode.OK and "Open dead letters: 1" in text.stdout, text.output
+
+
+def test_status_in_a_read_only_directory_sees_what_an_open_run_committed_to_the_wal(runner, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    state = data / "state.sqlite"
+    cfg = state_config(tmp_path, state)
+    StateStore.open(state).close()
+    writer = StateStore.open(state)  # a run with the file open: its commits sit in the -wal until a checkpoint
+    try:
+        writer.start_run("sync")
+        assert Path(f"{state}-wal").exists() and Path(f"{state}-shm").exists()
+        with read_only(data):
+            result = runner.invoke(app, ["status", "--config", str(cfg), "--json"])
+    finally:
+        writer.close()
+    assert result.exit_code == ExitCode.OK, result.output
+    report = json.loads(result.stdout)
+    assert [r["command"] for r in report["runs"]] == ["sync"] and report["never_run"] is False
 
 
 # --- TLS certificates ------------------------------------------------------------------------------------------
@@ -223,3 +264,61 @@ def test_a_dry_run_with_a_wrong_config_still_exits_2(runner, tmp_path):
     cfg = write_config(tmp_path / "sync.yaml")  # no won stage
     result = runner.invoke(app, ["sync", "--config", str(cfg), "--dry-run"], env=OFFLINE)
     assert result.exit_code == ExitCode.CONFIG and "discover-config --write" in result.output
+
+
+# --- a request Stripe refuses ----------------------------------------------------------------------------------
+
+def test_a_list_call_stripe_refuses_names_the_request_stripe_s_message_and_request_id(runner, config, stripe_sb,
+                                                                                      sf_sb):
+    """Issue 20 §5: a 400 from a Stripe list call surfaced as an internal error (exit 1, "a bug")."""
+    # Stripe's error shape for a refused parameter (Stripe API reference: Errors): type, message, param.
+    stripe_sb.faults.fail_matching("GET", r"^/v1/subscriptions", 400, body={"error": {
+        "type": "invalid_request_error", "code": "parameter_unknown", "param": "status",
+        "message": "Received unknown parameter: status"}}, times=10)
+    env = cli_env(stripe_sb, sf_sb, ca_bundle=sf_sb.ca_path)
+    result = runner.invoke(app, ["backfill", "--config", str(config), "--since", "2020-01-01",
+                                 "--objects", "subscriptions"], env=env)
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    text = " ".join(result.stderr.split())
+    assert "Stripe refused GET /v1/subscriptions while listing subscriptions: Received unknown parameter: " \
+           "status (HTTP 400 parameter_unknown, parameter status, request req_" in text, text
+    assert "stripe.api_version" in text and "bug" not in text and "Traceback" not in result.output
+
+
+def test_status_as_another_account_that_may_only_read(tmp_path):
+    """Issue 20 §5: an operator's account, which may read the state but write nothing next to it, runs status.
+    As root (where modes do not bite) it runs as `nobody`; the state and its directory belong to this user."""
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot run status as another account")
+        as_other = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    else:
+        as_other = []  # this user, and the modes below bite
+    data = Path(tempfile.mkdtemp(prefix="stripe-sf-ro-", dir="/tmp"))  # reachable by `nobody`
+    try:
+        state = data / "stripe-sf-state.sqlite"
+        with StateStore.open(state) as st:
+            st.finish_run(st.start_run("sync"), 0, {"events_read": 7, "applied": 7, "dead_lettered": 0})
+            st.acquire_lock()
+        cfg = state_config(data, state)
+        data.chmod(0o755 if as_other else 0o555)  # not writable by the account that runs status
+
+        def status() -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*as_other, sys.executable, "-m", "stripe_sf_sync", "status", "--config", str(cfg)],
+                                  capture_output=True, text=True, timeout=60, cwd="/")
+
+        state.chmod(0o600 if as_other else 0o000)
+        refused = status()
+        assert refused.returncode == ExitCode.STATE, refused
+        assert f"Cannot read the state file {state}: permission denied" in refused.stderr
+        assert "read access" in refused.stderr and "Traceback" not in refused.stderr
+        state.chmod(0o644)
+        Path(f"{state}.lock").chmod(0o644)
+        read = status()
+        assert read.returncode == ExitCode.OK, read
+        assert "Last run: sync #1" in read.stdout and "7 read, 7 applied" in read.stdout
+        assert sorted(p.name for p in data.iterdir()) == ["stripe-sf-state.sqlite", "stripe-sf-state.sqlite.lock",
+                                                          "sync.yaml"]  # status wrote nothing
+    finally:
+        data.chmod(0o755)
+        shutil.rmtree(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -214,3 +215,74 @@ def test_json_log_lines_off_a_tty_and_max_events(runner, tmp_path, stripe_sb, sf
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert any(rec["level"] == "warning" and "dead-lettered" in rec["message"] for rec in lines)
     assert json.loads(result.stdout)["events_read"] == len(sc.events) - 3
+
+
+@pytest.mark.parametrize("command", ["sync", "backfill"])
+def test_since_in_the_future_is_a_usage_error_for_sync_and_backfill(runner, tmp_path, stripe_sb, sf_sb, command):
+    """Issue 20 §5: `backfill --since` in the future exited 0 while `sync` exited 2."""
+    cfg = write_config(tmp_path / "sync.yaml", **{"won_stage: null": "won_stage: Won"})
+    tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 2 * 86400))
+    result = runner.invoke(app, [command, "--config", str(cfg), "--since", tomorrow], env=cli_env(stripe_sb, sf_sb))
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert f"--since {tomorrow}" in result.output and "is in the future" in result.output
+
+
+# What a command imports when it runs. Typer itself imports pydantic to coerce parameters (typer/_adapters.py)
+# and rich to format --help; the rest is ours to leave out until a command needs it.
+HEAVY = ("stripe", "simple_salesforce", "requests", "urllib3", "psycopg", "starlette", "uvicorn",
+         "prometheus_client", "ruamel", "ssl")
+
+
+def _imported(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `code` (which ends by calling what it tests) and print the top-level modules loaded, on stderr."""
+    report = ("import sys, atexit; atexit.register(lambda: print(sorted({m.split('.')[0] for m in sys.modules}), "
+              "file=sys.stderr)); ")
+    return subprocess.run([sys.executable, "-c", report + code], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, check=False)
+
+
+def test_the_cli_starts_without_what_its_commands_use():
+    """Issue 20 §5: every command (and every TAB completion) took 0.6 s to start, importing the Stripe SDK,
+    simple-salesforce, pydantic and the rest before parsing its arguments."""
+    imported = _imported("import stripe_sf_sync.cli")
+    loaded = set(eval(imported.stderr.strip().splitlines()[-1]))  # noqa: S307 (our own subprocess's list)
+    assert not loaded & {*HEAVY, "pydantic", "rich"}, loaded & {*HEAVY, "pydantic", "rich"}
+    metadata = _imported("import stripe_sf_sync.cli; print('importlib.metadata' in sys.modules)")
+    assert metadata.stdout.strip() == "False"  # --version reads the installed version when asked
+    completion = _imported("sys.argv[0] = 'stripe-sf'; from stripe_sf_sync.cli import main; main()",
+                           {"_STRIPE_SF_COMPLETE": "complete_bash", "COMP_WORDS": "stripe-sf sy", "COMP_CWORD": "1"})
+    assert completion.stdout.split() == ["sync"], completion
+    loaded = set(eval(completion.stderr.strip().splitlines()[-1]))  # noqa: S307
+    assert not loaded & {*HEAVY, "rich"}, loaded & {*HEAVY, "rich"}
+
+
+def test_a_command_still_loads_what_it_uses(runner, tmp_path):
+    cfg = write_config(tmp_path / "sync.yaml")
+    result = runner.invoke(app, ["status", "--config", str(cfg), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["never_run"] is True
+    assert f"stripe-sf {__version__}" in runner.invoke(app, ["--version"]).output
+
+
+@pytest.mark.parametrize(("columns", "terminal"), [(80, False), (80, True), (120, True)])
+def test_demo_fits_the_terminal_width(runner, columns, terminal):
+    """Issue 20 §5: the demo printed 150 columns whatever the terminal's width."""
+    env = {"COLUMNS": str(columns), **({"TTY_COMPATIBLE": "1", "NO_COLOR": "1"} if terminal else {})}
+    result = runner.invoke(app, ["demo"], env=env)
+    assert result.exit_code == 0, result.output
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    # A block's `key: value` line keeps a long value whole (tables.py): the terminal wraps it, a pipe never does.
+    too_wide = [line for line in plain.splitlines()
+                if len(line) > columns and not re.match(r"^[A-Za-z_ ]+: +\S", line)]
+    assert not too_wide, too_wide
+    assert ("┃" in plain) == terminal  # tables on a terminal where they fit; blocks of lines in a pipe
+
+
+def test_help_at_80_columns_cuts_nothing_short():
+    """Issue 20 §5: at 80 columns `backfill --help` showed its default as `subscriptions,payment_inte…`."""
+    script = ("import sys; from typer.testing import CliRunner; from stripe_sf_sync.cli import app; "
+              "sys.stdout.write(CliRunner().invoke(app, sys.argv[1:] + ['--help']).output)")
+    for cmd in [[], *COMMANDS, ["backfill"], ["reconcile"], ["doctor"], ["serve"], ["sandbox"], ["state", "migrate"]]:
+        done = subprocess.run([sys.executable, "-c", script, *cmd], env={**os.environ, "COLUMNS": "80"},
+                              capture_output=True, text=True, check=True)
+        assert "Usage" in done.stdout and "…" not in done.stdout, (cmd, done.stdout)
+        assert max(len(line) for line in done.stdout.splitlines()) <= 80, cmd

@@ -269,3 +269,17 @@ def test_an_open_picklist_missing_a_status_is_a_warning_and_a_read_only_field_an
     assert status_check["status"] == "warning" and "without incomplete_expired" in status_check["message"]
     assert arr["status"] == "error" and "cannot update Opportunity.ARR__c" in arr["message"]
     assert code == ExitCode.CONFIG
+
+
+def test_quiet_shows_warnings_and_errors_only(tmp_path, stripe_sb, sf_sb, org):
+    """Issue 20 §5: `doctor -q` printed every ok line."""
+    env = cli_env(stripe_sb, sf_sb)
+    cfg = discovered(tmp_path, env)
+    healthy = CliRunner().invoke(app, ["doctor", "-q", "--config", str(cfg)], env=env)
+    assert healthy.exit_code == ExitCode.OK and healthy.stdout == "", healthy.stdout
+    org.api_used = 75_000  # a warning: API headroom running out
+    warned = CliRunner().invoke(app, ["doctor", "-q", "--config", str(cfg)], env=env)
+    lines = warned.stdout.splitlines()
+    assert warned.exit_code == ExitCode.OK and lines and not any(line.startswith("ok ") for line in lines), lines
+    assert lines[0].startswith("warning") and "API usage" in lines[0]
+    assert lines[-1].startswith("doctor: ") and "1 warning, 0 errors." in lines[-1]

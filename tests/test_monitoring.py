@@ -70,7 +70,7 @@ def test_status_json_reports_health_after_a_sync(runner, config, cli_env, sc):
     assert report["api_usage"]["used"] > 0 and 0 < report["api_usage"]["fraction"] < report["api_usage"]["budget"]
     assert report["running"] is None and report["never_run"] is False
     health = report["health"]
-    assert health["healthy"] and health["problems"] == [] and "open dead letters" in health["warnings"][0]
+    assert health["healthy"] and health["problems"] == [] and "1 open dead letter:" in health["warnings"][0]
     assert health["max_cursor_age_s"] == 15 * 60
 
     result = runner.invoke(app, ["status", "--config", str(config), "--check"], env=cli_env)
@@ -78,7 +78,7 @@ def test_status_json_reports_health_after_a_sync(runner, config, cli_env, sc):
     result = runner.invoke(app, ["status", "--config", str(config), "--check", "--max-dead-letters", "0"],
                            env=cli_env)
     assert result.exit_code == ExitCode.UNHEALTHY
-    assert "problem: 1 open dead letters, more than 0" in result.stdout
+    assert "problem: 1 open dead letter, more than 0" in result.stdout
 
 
 def test_check_fails_while_the_cursor_is_behind_and_passes_once_sync_caught_up(runner, config, cli_env, sc):

@@ -131,8 +131,8 @@ def test_each_kind_of_drift_is_reported_exactly_then_fixed(tmp_path, env, org, s
                                "unverifiable": 0}
     assert report.totals == {
         "EUR": {"stripe_mrr": "100.00", "salesforce_mrr": "100.00", "difference": "0.00"},
-        "UNKNOWN": {"stripe_mrr": "0", "salesforce_mrr": "10.0", "difference": "10.0"},
         "USD": {"stripe_mrr": "199.96", "salesforce_mrr": "129.99", "difference": "-69.97"}}
+    assert report.totals_left_out == 1  # the ghost, an unknown_stripe_id finding: not an "UNKNOWN" currency
     assert service.exit_code_for(summary) == ExitCode.DRIFT
 
     fixed, repair = reconcile(config, env, fix=True)
@@ -261,6 +261,24 @@ def test_since_checks_only_recent_objects_and_says_what_it_left_out(tmp_path, en
     assert report.skipped_checks == [
         "accounts: --since leaves out older subscriptions, which may decide the status",
         "unknown_stripe_id: needs every object type and no --since"]
+    # Issue 20 §5: the Opportunities of older subscriptions showed as an "UNKNOWN" currency with a difference,
+    # while 0 subscriptions were checked. They are left out of the totals, and the report says how many.
+    assert report.totals == {} and report.totals_left_out == 4  # Amount, Status, Euro, the ghost
+
+
+def test_since_totals_compare_only_the_subscriptions_read(tmp_path, env, org, stripe_sb, runner, cli_env):
+    f, w, config = synced(tmp_path, env, org, stripe_sb)
+    recent = f.subscription(w["subs"]["Euro"]["customer"], [(f.price(2000, "usd", "month"), 1)],
+                            created=NOW - 2 * DAY)
+    service.run_backfill(config, env, since="2000-01-01", until=None, objects="subscriptions", dry_run=False,
+                         resume=False)
+    day = time.strftime("%Y-%m-%d", time.gmtime(NOW - 10 * DAY))
+    result = runner.invoke(app, ["reconcile", "--config", str(config), "--since", day], env=cli_env)
+    assert result.exit_code == 0, result.output
+    assert "UNKNOWN" not in result.stdout and "Checked 1 subscription, 0 payment intents: 1 matched" in result.stdout
+    assert whole(result.stdout, "USD") and whole(result.stdout, "20.00")
+    assert "Not in the MRR totals: 4 won Opportunities naming\n  a subscription" in result.stdout, result.stdout
+    assert recent["id"]
 
 
 def test_what_fix_cannot_write_is_dead_lettered_and_an_unknown_customer_is_reported(tmp_path, env, org, stripe_sb,

@@ -139,3 +139,34 @@ def test_sandbox_and_doctor_have_help_with_an_example(cmd):
 
     result = CliRunner().invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_env_file_returns_once_the_stand_ins_answer_and_is_removed_when_they_stop(tmp_path):
+    """Issue 20 §5: `stripe-sf sandbox > sandbox.env & . ./sandbox.env` sourced an empty file. `--env-file`
+    returns only once the file is whole and the stand-ins answer; a file a previous sandbox left is not
+    taken for this one's."""
+    env_file = tmp_path / "sandbox.env"
+    env_file.write_text("export STRIPE_API_BASE=http://127.0.0.1:9\n# Stop it: kill 1\n")  # left by a kill -9
+    started = subprocess.run([sys.executable, "-m", "stripe_sf_sync", "sandbox", "--env-file", "sandbox.env"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert started.returncode == 0, started.stderr
+    pid = int(re.search(r"kill (\d+)", started.stdout).group(1))
+    try:
+        lines = env_file.read_text().splitlines()
+        assert f"# Stop it: kill {pid}" in lines and ". ./sandbox.env" in started.stdout
+        served = Served(None, lines)  # type: ignore[arg-type]
+        assert served.exports["STRIPE_API_BASE"] != "http://127.0.0.1:9"
+        # sourced by sh, the file points stripe-sf at stand-ins that already answer
+        sourced = subprocess.run(["sh", "-c", ". ./sandbox.env && echo \"$STRIPE_API_BASE\""], cwd=tmp_path,
+                                 capture_output=True, text=True, check=True)
+        assert sourced.stdout.strip() == served.exports["STRIPE_API_BASE"]
+        answer = requests.get(f"{served.exports['STRIPE_API_BASE']}/v1/customers", timeout=10,
+                              auth=(served.exports["STRIPE_API_KEY"], ""))
+        assert answer.status_code == 200 and answer.json()["data"]
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not env_file.exists():
+            break
+        threading.Event().wait(0.1)
+    assert not env_file.exists()  # sourcing it after the stand-ins stopped would point at nothing

@@ -182,3 +182,26 @@ def test_a_reader_never_waits_for_an_open_write_transaction(backend):
             assert reader.dead_letters() == [] and reader.lock_held()
             assert time.monotonic() - started < 1
         assert reader.get_meta("k") == "v"
+
+
+def test_a_rerun_backfill_keeps_one_dead_letter_per_object_and_reason(backend):
+    """Issue 20 §5: the synthetic event id holds the run's time; a rerun counts an attempt, not a new letter."""
+    def letter(tag: int, code: str = "NUMBER_OUTSIDE_VALID_RANGE", obj: str = "in_1") -> Outcome:
+        return Outcome(f"evt_bf{tag}_{obj}", "invoice.updated", tag, "dead_letter", object_id=obj,
+                       reason=f"ARR too large ({tag})", code=code, payload=f'{{"id": "evt_bf{tag}_{obj}"}}')
+    with backend.open() as st:
+        st.commit_batch([letter(100), letter(100, obj="in_2")], cursor=None, versions={}, run_id=None)
+    # Rows written before this rule: two runs already left two letters for in_1.
+    backend.execute("INSERT INTO dead_letters(event_id, event_type, created, payload, reason, error_code, attempts, "
+                    "first_failed_at, last_failed_at, status) VALUES ('evt_bf150_in_1', 'invoice.updated', 150, "
+                    "'{}', 'r', 'NUMBER_OUTSIDE_VALID_RANGE', 1, 5, 150, 'open')")
+    with backend.open() as st:
+        st.commit_batch([letter(200)], cursor=None, versions={}, run_id=None)
+        st.commit_batch([letter(300)], cursor=None, versions={}, run_id=None)
+        st.commit_batch([letter(400, code="NO_ACCOUNT")], cursor=None, versions={}, run_id=None)  # another reason
+        open_letters = {d.event_id: d for d in st.dead_letters()}
+        assert sorted(open_letters) == ["evt_bf100_in_2", "evt_bf300_in_1", "evt_bf400_in_1"]
+        assert st.dead_letter_count() == 3
+        kept = open_letters["evt_bf300_in_1"]
+        assert kept.attempts == 4 and kept.first_failed_at == 5 and kept.reason == "ARR too large (300)"
+        assert kept.error_code == "NUMBER_OUTSIDE_VALID_RANGE" and "evt_bf300_in_1" in kept.payload

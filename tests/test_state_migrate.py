@@ -40,6 +40,7 @@ def test_migrate_copies_a_real_state_and_the_next_sync_continues_from_its_cursor
     assert report["tables"]["events"]["rows"] == len(old["events"]) > 0
     assert report["tables"]["runs"]["rows"] == 1 and report["tables"]["meta"]["rows"] >= 2
     assert hashlib.sha256(sqlite.path.read_bytes()).hexdigest() == before  # the file is left untouched
+    assert report["state_url"] == pg_url and "pw" not in report["state_url"]
 
     pg = Backend("postgresql", sqlite.path, pg_url)
     assert pg.rows() == old  # ledger, dead letters, cursor
@@ -78,3 +79,14 @@ def test_migrate_needs_a_postgresql_url_and_an_existing_file(runner, config, cli
     assert bad.exit_code == ExitCode.CONFIG and "postgresql://" in bad.output
     missing = runner.invoke(app, ["state", "migrate", "--to", pg_url, "--config", str(config)], env=cli_env)
     assert missing.exit_code == ExitCode.STATE and "No state file" in missing.output
+
+
+def test_the_next_step_shows_the_url_to_set_and_the_password_apart(runner, config, env, sc, pg_url, cli_env):
+    """Issue 20 §5: the hint showed `STRIPE_SF_STATE_URL=postgresql://postgres:***@...`, which cannot be set."""
+    _sync(config, env, since=since(sc))
+    done = runner.invoke(app, ["state", "migrate", "--to", pg_url.replace("postgres@", "postgres:pw@"),
+                               "--config", str(config)], env=cli_env)
+    assert done.exit_code == 0, done.output
+    next_step = done.stdout[done.stdout.index("Next"):]
+    assert f"export STRIPE_SF_STATE_URL={pg_url}" in next_step and "export PGPASSWORD=" in next_step, next_step
+    assert "***" not in next_step and ":pw@" not in done.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import pytest
@@ -105,3 +106,36 @@ def test_a_mapping_value_gets_one_line_per_entry_in_blocks():
                   [("sub_1QxYzAbCdEfGhIjKlMnOpQrS", {"Description": "Amount: 149.00 USD\nAttempt: 1", "Amount": 149})])
     assert "key:    sub_1QxYzAbCdEfGhIjKlMnOpQrS\nfields:\n  Description: Amount: 149.00 USD\\nAttempt: 1\n" \
            "  Amount: 149\n" in buf.getvalue()
+
+
+def test_dlq_list_at_120_columns_on_a_terminal_never_folds_an_id_inside_the_reason(runner, config, cli_env, sc,
+                                                                                   org):
+    """Issue 20 §5: at 120 columns the table folded the ids inside the reason column."""
+    for name in ("initech", "hooli"):
+        for acc in org.records("Account"):
+            if acc.get("Stripe_Customer_ID__c") == sc.customers.get(name):
+                org.delete("Account", acc["Id"])
+    runner.invoke(app, ["sync", "--config", str(config), "--since", since(sc)], env=cli_env)
+    letters = json.loads(runner.invoke(app, ["dlq", "list", "--config", str(config), "--json"], env=cli_env).stdout)
+    ids_in_reasons = {word.strip(".,;:()'\"") for dl in letters for word in dl["reason"].split()
+                      if re.match(r"['\"(]?(cus|sub|evt|in|pi|ch)_\w{6,}", word)}
+    assert ids_in_reasons
+    for columns in ("120", "160", "200"):
+        result = runner.invoke(app, ["dlq", "list", "--config", str(config)],
+                               env={**cli_env, "COLUMNS": columns, "TTY_COMPATIBLE": "1"})
+        assert result.exit_code == 0, result.output
+        for dl in letters:
+            assert whole(result.stdout, dl["event_id"]) and whole(result.stdout, dl["error_code"])
+        for word in ids_in_reasons:
+            assert whole(result.stdout, word), (columns, word, result.stdout)
+
+
+def test_a_folded_column_is_never_narrower_than_its_longest_word():
+    rows = [("evt_1QxYzAbCdEfGhIjKlMnOpQrS", "NO_ACCOUNT", "No Salesforce Account has Stripe_Customer_ID__c = "
+             "cus_Q1w2e3r4t5y6u7AbCdEf; create it, or set metadata.salesforce_account_id")]
+    for width in range(40, 200, 7):
+        buf = io.StringIO()
+        print_records(Console(file=buf, width=width, force_terminal=True, color_system=None, soft_wrap=True),
+                      "1 open dead letter", IDS, rows)
+        for word in rows[0][2].split():
+            assert whole(buf.getvalue(), word), (width, word, buf.getvalue())

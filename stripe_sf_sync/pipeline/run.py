@@ -20,6 +20,7 @@ from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.sources import Batch, CommitPolicy, Source
 from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.state import Cursor, Outcome
+from stripe_sf_sync.words import counted
 
 log = logging.getLogger("stripe_sf_sync")
 
@@ -156,10 +157,12 @@ def log_batch(result: BatchResult, *, stripe_calls: int, salesforce_calls: int, 
               "already_done": result.skipped_duplicate, "ignored": result.count("ignored"),
               "dead_lettered": result.count("dead_letter"), "records_written": result.records_written}
     outcomes = ("would apply %d, %d stale, %d already done, %d needing no write, would dead-letter %d; "
-                "would write %d records" if dry_run else
-                "%d applied, %d stale, %d already done, %d needing no write, %d dead-lettered; %d records written")
-    log.info(f"batch{' (dry run)' if dry_run else ''}: %d events: {outcomes}; %d Stripe and %d Salesforce calls; "
-             "%.1f s", *counts.values(), stripe_calls, salesforce_calls, seconds,
+                "would write %s" if dry_run else
+                "%d applied, %d stale, %d already done, %d needing no write, %d dead-lettered; %s written")
+    shown = [*counts.values()]
+    shown[0], shown[-1] = counted(result.events_read, "event"), counted(result.records_written, "record")
+    log.info(f"batch{' (dry run)' if dry_run else ''}: %s: {outcomes}; %s, %s; %.1f s", *shown,
+             counted(stripe_calls, "Stripe call"), counted(salesforce_calls, "Salesforce call"), seconds,
              extra=fields(kind="batch", dry_run=dry_run, **counts, stripe_calls=stripe_calls,
                           salesforce_calls=salesforce_calls, duration_s=round(seconds, 3)))
 
@@ -171,23 +174,23 @@ def log_summary(summary: RunSummary, exit_code: int) -> None:
            if summary.salesforce_api_used is not None else "not contacted")
     counts = {k: v for k, v in summary.as_dict().items() if k != "planned_writes"}
     outcomes = ("would apply %d, %d skipped as stale, %d already done, %d needing no write, would dead-letter %d; "
-                "would write %d records" if summary.dry_run else
+                "would write %s" if summary.dry_run else
                 "%d applied, %d skipped as stale, %d already done, %d needing no write, %d dead-lettered; "
-                "%d records written")
+                "%s written")
+    calls = f"{counted(summary.stripe_calls, 'Stripe call')}, {counted(summary.salesforce_calls, 'Salesforce call')}"
     if summary.reconcile is not None and not summary.events_read:  # a reconcile that repaired nothing
         found = summary.reconcile
-        log.info("%s%s finished with exit code %d: %d objects checked, %d matched, %d mismatches; %d Stripe and "
-                 "%d Salesforce calls; Salesforce API usage %s; %.1f s", summary.command,
-                 " (dry run)" if summary.dry_run else "", exit_code, sum((found.get("checked") or {}).values()),
-                 found.get("matched") or 0, found.get("mismatches") or 0, summary.stripe_calls,
-                 summary.salesforce_calls, api, summary.duration_s,
+        log.info("%s%s finished with exit code %d: %s checked, %d matched, %s; %s; Salesforce API usage %s; "
+                 "%.1f s", summary.command, " (dry run)" if summary.dry_run else "", exit_code,
+                 counted(sum((found.get("checked") or {}).values()), "object"), found.get("matched") or 0,
+                 counted(found.get("mismatches") or 0, "mismatch", "mismatches"), calls, api, summary.duration_s,
                  extra=fields(kind="summary", exit_code=exit_code, **counts))
         return
-    log.info(f"%s%s finished with exit code %d: %d events read, {outcomes}; %d Stripe and %d Salesforce calls; "
-             "Salesforce API usage %s; %.1f s", summary.command, " (dry run)" if summary.dry_run else "", exit_code,
-             summary.events_read, summary.applied, summary.skipped_stale, summary.skipped_duplicate, summary.ignored,
-             summary.dead_lettered, summary.records_written, summary.stripe_calls, summary.salesforce_calls, api,
-             summary.duration_s, extra=fields(kind="summary", exit_code=exit_code, **counts))
+    log.info(f"%s%s finished with exit code %d: %s read, {outcomes}; %s; Salesforce API usage %s; %.1f s",
+             summary.command, " (dry run)" if summary.dry_run else "", exit_code, counted(summary.events_read, "event"),
+             summary.applied, summary.skipped_stale, summary.skipped_duplicate, summary.ignored,
+             summary.dead_lettered, counted(summary.records_written, "record"), calls, api, summary.duration_s,
+             extra=fields(kind="summary", exit_code=exit_code, **counts))
 
 
 def finish(summary: RunSummary, *, started: float, stripe_calls: int, usage: Any | None, cursor: Cursor | None,

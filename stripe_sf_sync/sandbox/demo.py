@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
@@ -15,6 +14,8 @@ from stripe_sf_sync.errors import ExitCode
 from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync.tables import Column, print_records
+from stripe_sf_sync.words import counted
 
 
 def sandbox_environment(stripe: StripeSandbox, sf: SalesforceSandbox) -> service.Environment:
@@ -24,13 +25,15 @@ def sandbox_environment(stripe: StripeSandbox, sf: SalesforceSandbox) -> service
     return service.Environment(env=env, session_factory=sf.session)
 
 
+# Columns shown whole (ids, dates, amounts, codes): the rest wraps between words.
+_WHOLE = {"Stripe_Customer_ID__c", "CloseDate", "Amount", "MRR__c", "ARR__c", "ActivityDate", "event_id",
+          "event_type", "error_code", "Priority", "Status", "StageName", "Subscription_Status__c"}
+
+
 def _table(console: Console, title: str, rows: list[dict], columns: list[str]) -> None:
-    table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c, overflow="fold")
-    for r in rows:
-        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
-    console.print(table)
+    """A table at the terminal's width when it fits, else one block of lines per record (tables.py)."""
+    print_records(console, title, [Column(c, is_id=c in _WHOLE) for c in columns],
+                  [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows])
 
 
 def run_demo(console: Console) -> ExitCode:
@@ -81,7 +84,7 @@ def run_demo(console: Console) -> ExitCode:
                ["event_id", "event_type", "error_code", "reason"])
         ok = second.events_read == 0 and first.dead_lettered == len(sc.unmatched_events)
         console.print(f"Stripe calls {first.stripe_calls + second.stripe_calls}, Salesforce calls "
-                      f"{first.salesforce_calls + second.salesforce_calls} for {first.events_read} events.")
+                      f"{first.salesforce_calls + second.salesforce_calls} for {counted(first.events_read, 'event')}.")
         return ExitCode.OK if ok else ExitCode.FAILURE
 
 
@@ -93,6 +96,7 @@ def _record_type(org: object, rid: str | None) -> str | None:
 
 
 def _line(s: service.RunSummary) -> str:
-    return (f"{s.events_read} events read, {s.applied} applied, {s.skipped_stale} stale, {s.ignored} needing no "
-            f"write, {s.dead_lettered} dead-lettered; {s.records_written} records written with "
-            f"{s.salesforce_calls} Salesforce calls and {s.stripe_calls} Stripe calls in {s.duration_s:.2f}s")
+    return (f"{counted(s.events_read, 'event')} read, {s.applied} applied, {s.skipped_stale} stale, {s.ignored} "
+            f"needing no write, {s.dead_lettered} dead-lettered; {counted(s.records_written, 'record')} written "
+            f"with {counted(s.salesforce_calls, 'Salesforce call')} and {counted(s.stripe_calls, 'Stripe call')} "
+            f"in {s.duration_s:.2f}s")

@@ -4,18 +4,24 @@ be rehearsed offline against them (docs/rehearse.md)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from stripe_sf_sync.sandbox import scenario
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync.words import counted
 
 
 @dataclass
@@ -43,8 +49,9 @@ class Rehearsal:
         exports = [f"export {name}={shlex.quote(value)}" for name, value in self.exports().items()]
         return [
             f"# stripe-sf sandbox: Stripe at {self.stripe.base_url}, Salesforce at {self.sf.instance_url}, "
-            f"seeded with the demo data ({len(self.scenario.events)} events since {self.since}).",
-            "# In another shell, run these export lines (or: stripe-sf sandbox > sandbox.env & then . ./sandbox.env):",
+            f"seeded with the demo data ({counted(len(self.scenario.events), 'event')} since {self.since}).",
+            "# In another shell, run these export lines (or start it with: stripe-sf sandbox --env-file "
+            "sandbox.env, then . ./sandbox.env):",
             *exports,
             f"# Then, in an empty folder: stripe-sf discover-config --write; stripe-sf doctor; "
             f"stripe-sf sync --since {self.since}",
@@ -60,8 +67,10 @@ def rehearsal(*, now: int | None = None) -> Iterator[Rehearsal]:
         yield Rehearsal(stripe, sf, sc)
 
 
-def serve(echo: Callable[[str], None], *, stop: threading.Event | None = None) -> int:
+def serve(echo: Callable[[str], None], *, stop: threading.Event | None = None, env_file: Path | None = None) -> int:
     """Start the stand-ins, print the export lines, and serve until Ctrl-C, SIGTERM or `stop`; 0 when stopped.
+    With `env_file`, the lines are also written there, all at once, when the stand-ins answer, and the file is
+    removed when they stop (sourcing it then would point at nothing).
 
     Once the stand-ins serve, SIGINT and SIGTERM only set `stop`, so that a signal arriving at any moment,
     even while the lines are printed, ends the loop and the stand-ins stop cleanly (their CA file removed).
@@ -77,12 +86,53 @@ def serve(echo: Callable[[str], None], *, stop: threading.Event | None = None) -
             for signum in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(signum) is not signal.SIG_IGN:
                     previous[signum] = signal.signal(signum, on_signal)
+        lines = [*r.lines(), f"# Stop it: kill {os.getpid()}"]
         try:
-            for line in r.lines():
+            for line in lines:
                 echo(line)
+            if env_file is not None:
+                write_env_file(env_file, lines)
             while not stop.wait(0.2):  # a short wait: the handlers run between waits
                 pass
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if env_file is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    env_file.unlink()
     return 0
+
+
+def write_env_file(path: Path, lines: list[str]) -> None:
+    """`lines` into `path` at once: written beside it, then renamed, so a reader sees nothing or all of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def start_detached(env_file: Path, *, timeout_s: float = 60.0) -> int:
+    """Start `stripe-sf sandbox --env-file PATH --foreground` in a session of its own (a Ctrl-C in this shell
+    does not reach it) and return its pid once it has written `env_file`, or raise RuntimeError with what it
+    said. Readiness is the file naming the new process (`kill PID`), never a file a previous sandbox left."""
+    env_file = env_file.resolve()
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen([sys.executable, "-m", "stripe_sf_sync", "sandbox", "--env-file", str(env_file),
+                                 "--foreground"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=errors, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                errors.seek(0)
+                raise RuntimeError(errors.read().decode(errors="replace").strip() or f"exit code {proc.returncode}")
+            with contextlib.suppress(FileNotFoundError):
+                if f"# Stop it: kill {proc.pid}\n" in env_file.read_text():
+                    return proc.pid
+            time.sleep(0.05)
+        proc.terminate()
+        raise RuntimeError(f"the stand-ins did not start within {timeout_s:.0f} s")
