@@ -73,6 +73,9 @@ class SalesforceSettings(_Strict):
     api_budget: float = Field(0.8, gt=0, le=1)
     write_concurrency: int = Field(3, ge=1, le=10)
     timeout_seconds: float = Field(60.0, gt=0, le=600)
+    # An amount in a currency a single-currency org does not hold (the org would read EUR 90 as USD 90):
+    # dead_letter it as CURRENCY_MISMATCH, or write_as_is (the org then reads the number in its own currency).
+    currency_mismatch: Literal["dead_letter", "write_as_is"] = "dead_letter"
 
     @field_validator("record_types")
     @classmethod

@@ -417,10 +417,11 @@ class SalesforceGateway:
             return records
         return self.send(read, what="the next page of a lookup query", hint=QUERY_HINT)
 
-    def _composite(self, subrequests: Sequence[tuple[str, str]], *, what: str,
-                   hint: str) -> list[tuple[str, dict[str, Any]]]:
+    def _composite(self, subrequests: Sequence[tuple[str, str]], *, what: str, hint: str,
+                   optional: frozenset[str] = frozenset()) -> list[tuple[str, dict[str, Any]]]:
         """GET subrequests (referenceId, URL) in one Composite call; a failed sub-response is classified
-        as a call of its own, so a transient one sends the Composite call again."""
+        as a call of its own, so a transient one sends the Composite call again. An `optional` one that fails
+        with a 4xx answers an empty body instead."""
         body = {"allOrNone": False, "compositeRequest": [
             {"method": "GET", "url": url, "referenceId": ref} for ref, url in subrequests]}
         post = self._rest("composite", method="POST", body=body)
@@ -428,19 +429,29 @@ class SalesforceGateway:
         def call(sf: Salesforce) -> list[tuple[str, dict[str, Any]]]:
             subs = (post(sf) or {}).get("compositeResponse", [])
             for sub in subs:
-                if int(sub.get("httpStatusCode", 500)) >= 300:
+                status = int(sub.get("httpStatusCode", 500))
+                if sub.get("referenceId") in optional and 400 <= status < 500:
+                    log.info("Salesforce: %s refused (HTTP %d); going on without it", sub.get("referenceId"), status)
+                    sub["body"] = {}
+                elif status >= 300:
                     raise SalesforceError(f"composite:{sub.get('referenceId')}", int(sub.get("httpStatusCode", 500)),
                                           "composite", sub.get("body"))
             return [(str(sub.get("referenceId")), dict(sub.get("body") or {})) for sub in subs]
         return self.send(call, what=what, hint=hint)
 
-    def describe_many(self, sobjects: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Several describes in one Composite call (one API call instead of one each)."""
-        if len(sobjects) == 1:
+    def describe_many(self, sobjects: Sequence[str], *,
+                      queries: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+        """Several describes in one Composite call (one API call instead of one each), plus `queries` (name ->
+        SOQL; first page only) in the same call. A query Salesforce refuses answers an empty body (its
+        reader falls back), so that it never fails the describes."""
+        queries = queries or {}
+        if len(sobjects) == 1 and not queries:
             return {sobjects[0]: self.describe(sobjects[0])}
         prefix = f"/services/data/v{self.sf.sf_version}"
-        return dict(self._composite([(name, f"{prefix}/sobjects/{name}/describe") for name in sobjects],
-                                    what=f"the describe of {', '.join(sobjects)}", hint=DESCRIBE_HINT))
+        subrequests = [(name, f"{prefix}/sobjects/{name}/describe") for name in sobjects]
+        subrequests += [(name, f"{prefix}/query?q={quote(q, safe='')}") for name, q in queries.items()]
+        return dict(self._composite(subrequests, what=f"the describe of {', '.join(sobjects)}", hint=DESCRIBE_HINT,
+                                    optional=frozenset(queries)))
 
     def describe(self, sobject: str) -> dict[str, Any]:
         """The sObject's describe result."""

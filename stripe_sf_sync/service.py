@@ -197,7 +197,8 @@ def batch_settings(loaded: LoadedConfig) -> BatchSettings:
     """What the batch step reads from the config."""
     s = loaded.settings
     ctx = rules.RuleContext(s.salesforce.won_stage or "", s.salesforce.fields, s.stripe.dashboard_url)
-    return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce)
+    return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce,
+                         currency_mismatch=s.salesforce.currency_mismatch)
 
 
 READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end

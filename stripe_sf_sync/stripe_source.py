@@ -553,6 +553,17 @@ class StripeSource:
         data = self._first_page("events", "/v1/events", {"limit": 1, "types": list(types)})
         return (data[0]["id"], int(data[0]["created"])) if data else None
 
+    def recent_currencies(self, types: Sequence[str] = EVENT_TYPES) -> dict[str, int]:
+        """How many of the newest PAGE_LIMIT events (one request) are in each currency (upper-case ISO code),
+        read from `data.object.currency` (subscriptions, invoices and PaymentIntents all carry one)."""
+        counts: dict[str, int] = {}
+        for event in self._first_page("events", "/v1/events", {"limit": PAGE_LIMIT, "types": list(types)}):
+            obj = (event.get("data") or {}).get("object") or {}
+            code = obj.get("currency") if isinstance(obj, dict) else None
+            if isinstance(code, str) and code:
+                counts[code.upper()] = counts.get(code.upper(), 0) + 1
+        return counts
+
     # --- backfill lists -----------------------------------------------------------------------
     def list_pages(self, kind: str, *, since: int, until: int | None,
                    starting_after: str | None = None) -> Iterator[list[dict[str, Any]]]:
