@@ -296,5 +296,6 @@ def test_recent_stripe_activity_in_a_currency_the_org_does_not_use_is_a_warning(
             cfg2 = discovered(tmp_path / "multi", env2)
             [ok] = by_name(doctor(cfg2, env2)[1])["currencies"]
         # The scenario has a JPY payment too: a multi-currency org without JPY is told to activate it.
-        assert ok["status"] == "warning" and ok["message"].startswith("recent Stripe activity is in JPY (1 event), which")
+        assert ok["status"] == "warning"
+        assert ok["message"].startswith("recent Stripe activity is in JPY (1 event), which")
         assert "CURRENCY_NOT_ACTIVE" in ok["message"] and ok["fix"].startswith("activate JPY in Setup")
