@@ -119,8 +119,10 @@ class Runtime:
         client, http = build_client(secrets.api_key, api_base=secrets.api_base, api_version=s.api_version,
                                     timeout=s.timeout_seconds, ca_bundle=ca_bundle)
         pace = s.requests_per_second or default_requests_per_second(secrets.api_key)
+        endpoint: dict[str, float] = ({"endpoint_requests_per_second": s.endpoint_requests_per_second}
+                                      if s.endpoint_requests_per_second else {})
         return StripeSource(client, http, api_version=s.api_version, requests_per_second=pace,
-                            clock=self.environment.clock, sleep=self.environment.sleep)
+                            clock=self.environment.clock, sleep=self.environment.sleep, **endpoint)
 
     def salesforce_factory(self) -> Callable[[], SalesforceGateway]:
         """A function that logs in on first need (secrets are checked now, before any network call)."""

@@ -230,8 +230,9 @@ class Pacer:
         if at > now:
             self._sleep(at - now)
 
-    def throttled(self) -> None:
-        """Stripe answered 429: halve the pace (at most once a window), down to MIN_RPS."""
+    def throttled(self, reason: str = "rate") -> None:
+        """Stripe answered 429 (`reason`: its Stripe-Rate-Limited-Reason): halve the pace (at most once a window),
+        down to MIN_RPS."""
         with self._lock:
             self.throttles += 1
             now = self._clock()
@@ -241,8 +242,9 @@ class Pacer:
             old = self._rate
             self._set_rate(max(MIN_RPS, old / 2))
             self._lowered = now
-        log.info("Stripe: rate limited (HTTP 429); pacing lowered from %g to %g requests/s", old, self._rate,
-                 extra=fields(kind="pacing", edge="stripe", reason="rate_limited", old_rps=old, rps=self._rate))
+        log.info("Stripe: rate limited (HTTP 429, %s); pacing lowered from %g to %g requests/s", reason, old,
+                 self._rate, extra=fields(kind="pacing", edge="stripe", reason="rate_limited", limiter=reason,
+                                          old_rps=old, rps=self._rate))
 
     def succeeded(self) -> None:
         """A request went through: after PROBE_EVERY_S seconds without a 429, raise the pace by PROBE_STEP."""
@@ -302,6 +304,34 @@ def _retry_reason(exc: BaseException) -> str | None:
     return reason if should_retry == "true" or status == 409 or status >= 500 else None
 
 
+# Stripe-Rate-Limited-Reason (docs.stripe.com/rate-limits): which limiter refused a request. A 429 without it
+# is not a rate limit (for example `lock_timeout` on an object being updated): retried, the pace left alone.
+GLOBAL_REASONS = frozenset({"global-rate", "global-concurrency"})
+ENDPOINT_REASONS = frozenset({"endpoint-rate", "endpoint-concurrency", "resource-specific"})
+
+
+def rate_limited_reason(exc: stripe.StripeError) -> str | None:
+    """The Stripe-Rate-Limited-Reason of a 429, lower case, or None when Stripe sent none."""
+    value = {str(k).lower(): v for k, v in (exc.headers or {}).items()}.get("stripe-rate-limited-reason")
+    return str(value).strip().lower() or None if value is not None else None
+
+
+def _paces_to_slow(exc: stripe.RateLimitError, paces: tuple[Pacer, Pacer]) -> tuple[Pacer, ...]:
+    """The pacers a 429 slows: the global one for a global limit, the endpoint's for its own (or a resource's),
+    both for a reason not known here, none without a reason (no rate limit: lock_timeout and the like)."""
+    reason = rate_limited_reason(exc)
+    if reason is None or getattr(exc, "code", None) == "lock_timeout":
+        log.info("Stripe: HTTP 429 %s without Stripe-Rate-Limited-Reason: not a rate limit; retried at the same "
+                 "pace", getattr(exc, "code", None) or "error",
+                 extra=fields(kind="pacing", edge="stripe", reason="not_a_limit"))
+        return ()
+    if reason in GLOBAL_REASONS:
+        return paces[:1]
+    if reason in ENDPOINT_REASONS:
+        return paces[1:]
+    return paces
+
+
 def _log_retry(state: RetryCallState, path: str, attempts: int) -> None:
     """One warning per retry: the reason, the request and the attempt (never a body or a secret)."""
     exc = state.outcome.exception() if state.outcome is not None else None
@@ -354,7 +384,7 @@ class StripeSource:
     def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
                  api_version: str, requests_per_second: float = 20.0, max_attempts: int = MAX_ATTEMPTS,
                  clock: Any = time.time, sleep: Any = time.sleep,
-                 endpoint_requests_per_second: float = ENDPOINT_REQUESTS_PER_SECOND) -> None:
+                 endpoint_requests_per_second: float | None = None) -> None:
         self._client = client
         self._http = http
         self._api_version = api_version
@@ -363,8 +393,11 @@ class StripeSource:
         # listing threads share them (the Pacer is thread-safe). The lock guards the pacers' table and the count.
         self._pace_lock = threading.Lock()
         self._endpoint_pacers: dict[str, Pacer] = {}
-        # The same share of the endpoint's limit as of the global one: the account's own app calls these too.
-        self._endpoint_rate = min(requests_per_second, endpoint_requests_per_second * RATE_LIMIT_SHARE)
+        self._rate_limited = 0
+        # The same share of the endpoint's default limit as of the global one: the account's own app calls these
+        # too. A pace configured (stripe.endpoint_requests_per_second, for raised limits) is used as it is.
+        endpoint_rate = endpoint_requests_per_second or ENDPOINT_REQUESTS_PER_SECOND * RATE_LIMIT_SHARE
+        self._endpoint_rate = min(requests_per_second, endpoint_rate)
         self._max_attempts = max_attempts
         self._clock = clock
         self._sleep = sleep
@@ -391,8 +424,9 @@ class StripeSource:
 
     @property
     def rate_limited(self) -> int:
-        """429s Stripe answered this run (each retried; see Pacer for what they do to the pace)."""
-        return self._pacer.throttles
+        """Rate-limit 429s Stripe answered this run (each retried; see Pacer for what they do to the pace). A 429
+        without Stripe-Rate-Limited-Reason is no rate limit and is not counted."""
+        return self._rate_limited
 
     @property
     def calls(self) -> int:
@@ -422,11 +456,11 @@ class StripeSource:
             try:
                 resp = self._client.raw_request("get", path, **(params or {}))
             except stripe.RateLimitError as exc:
-                # A 429 `lock_timeout` is about one object, not the rate: it leaves the pace alone. Stripe does
-                # not say which limiter refused, so both paces this request went through slow down.
-                if getattr(exc, "code", None) != "lock_timeout":
-                    for pacer in paces:
-                        pacer.throttled()
+                slowed = _paces_to_slow(exc, paces)
+                with self._pace_lock:
+                    self._rate_limited += bool(slowed)
+                for pacer in slowed:
+                    pacer.throttled(rate_limited_reason(exc) or "rate")
                 raise
             finally:
                 decoded = self._http.take_decoded() if self._http is not None else None
