@@ -60,6 +60,7 @@ from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.state import DeadLetter, StateStore, open_state
+from stripe_sf_sync.reads import reads_last_30_days, record_reads
 from stripe_sf_sync.stripe_source import StripeSource, build_client, default_requests_per_second
 
 log = logging.getLogger("stripe_sf_sync")
@@ -249,6 +250,7 @@ def _record_end(runtime: Runtime, state: Any, run: RecordedRun, summary: RunSumm
     finish(summary, started=started, stripe_calls=run.source.calls, usage=gw.usage if gw else None,
            cursor=state.cursor(), planned=planned.planned if planned else (),
            stripe_rate_limited=run.source.rate_limited)
+    record_reads(state, summary.stripe_calls, runtime.environment.clock())  # Stripe's 30-day read allocation
     if summary.salesforce_api_used is not None:
         state.set_meta("api_usage", json.dumps({"used": summary.salesforce_api_used,
                                                  "max": summary.salesforce_api_max,
@@ -268,7 +270,8 @@ def _write_run_metrics(path: Path, state: StateStore, summary: RunSummary, code:
         current = max(cursor.created if cursor else 0, int(read_through or 0)) or None
         write_metrics(path, RunFigures(summary.command, code, now, summary.as_dict(), state.dead_letter_count(),
                                        cursor.created if cursor else None, current,
-                                       state.last_success(summary.command)))
+                                       state.last_success(summary.command),
+                                       stripe_reads_30d=reads_last_30_days(state, now)))
     except OSError as exc:
         log.error("Could not write the metrics file %s: %s. Check its directory's space and permissions; the "
                   "next run writes it again.", path, exc.strerror or exc)
@@ -562,6 +565,7 @@ def status_report(config_path: Path | None, environment: Environment, *,
                 "api_usage": _usage(json.loads(usage), budget) if usage else None,
                 "runs": runs,
                 "reconcile": _reconcile_status(state.last_run_of("reconcile")),
+                "stripe_reads_30d": reads_last_30_days(state, now),
             })
     report["health"] = assess(report, thresholds)
     return report
