@@ -58,9 +58,9 @@ from stripe_sf_sync.pipeline.edges import (
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
+from stripe_sf_sync.reads import reads_last_30_days, record_reads
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.state import DeadLetter, StateStore, open_state
-from stripe_sf_sync.reads import reads_last_30_days, record_reads
 from stripe_sf_sync.stripe_source import StripeSource, build_client, default_requests_per_second
 
 log = logging.getLogger("stripe_sf_sync")
