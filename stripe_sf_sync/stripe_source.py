@@ -20,11 +20,25 @@ from urllib.parse import urlsplit
 import orjson
 import requests
 import stripe
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
 
 from stripe_sf_sync import collector
 from stripe_sf_sync.console import fields
-from stripe_sf_sync.errors import CursorExpiredError, FatalSyncError, certificate_problem, tls_error
+from stripe_sf_sync.errors import (
+    CursorExpiredError,
+    FatalSyncError,
+    certificate_problem,
+    connection_problem,
+    tls_error,
+    unreachable_error,
+)
 from stripe_sf_sync.model import EVENT_TYPES, CachedCustomer
 
 log = logging.getLogger("stripe_sf_sync")
@@ -75,12 +89,28 @@ class CountingRequestsClient(stripe.RequestsClient):
 
     def __init__(self, *args: Any, session_factory: Callable[[], requests.Session] | None = None,
                  **kwargs: Any) -> None:
+        self._attempt = threading.local()  # this thread's time left for the request at hand (`limit_attempt`)
         super().__init__(*args, **kwargs)
         self.calls = 0
         self._count_lock = threading.Lock()
         self._session_factory = session_factory
         # Per thread: a request and its decoding happen on the thread that called `_get`.
         self._decoding = threading.local()
+
+    # The SDK reads `self._timeout` for every request (stripe/_http_client.py, RequestsClient._request_internal):
+    # a property lets `limit_attempt` shorten this thread's next attempt to what is left of the request's time.
+    @property  # type: ignore[override]
+    def _timeout(self) -> float | None:
+        left = getattr(self._attempt, "left", None)
+        return self.timeout if left is None or self.timeout is None else min(self.timeout, left)
+
+    @_timeout.setter
+    def _timeout(self, value: float | None) -> None:
+        self.timeout = value
+
+    def limit_attempt(self, seconds: float | None) -> None:
+        """The most this thread's next attempts may take (None: the configured timeout)."""
+        self._attempt.left = seconds
 
     def decode_next(self) -> None:
         """Decode the next success body on this thread here, for `take_decoded`."""
@@ -259,7 +289,8 @@ class Pacer:
                  self._rate, extra=fields(kind="pacing", edge="stripe", reason="probe", old_rps=old, rps=self._rate))
 
 
-def _fatal(exc: stripe.StripeError, what: str) -> FatalSyncError:
+def _fatal(exc: stripe.StripeError, what: str, *, attempts: int = 1, seconds: float = 0.0,
+           timeout: float | None = None) -> FatalSyncError:
     rid = getattr(exc, "request_id", None)
     code = getattr(exc, "code", None)
     status = getattr(exc, "http_status", None)
@@ -267,6 +298,11 @@ def _fatal(exc: stripe.StripeError, what: str) -> FatalSyncError:
     problem = certificate_problem(exc) if isinstance(exc, stripe.APIConnectionError) else None
     if problem is not None:
         return tls_error("Stripe", what, problem)
+    reached = connection_problem(exc) if isinstance(exc, stripe.APIConnectionError) else None
+    if reached is not None:
+        return unreachable_error("Stripe", what, reached, attempts=attempts, seconds=seconds, timeout=timeout,
+                                 address_setting="STRIPE_API_BASE, or api.stripe.com",
+                                 timeout_setting="stripe.timeout_seconds")
     if isinstance(exc, stripe.AuthenticationError):
         return FatalSyncError(f"Stripe rejected the API key while {what}{ref}.", code=code, request_id=rid,
                               hint="Check STRIPE_API_KEY: it may be revoked, or a live/test mismatch.")
@@ -289,7 +325,10 @@ def _retry_reason(exc: BaseException) -> str | None:
     if isinstance(exc, stripe.APIConnectionError):
         if certificate_problem(exc) is not None:  # an untrusted certificate does not clear by itself
             return None
-        return "no response (connection error or timeout)" if getattr(exc, "should_retry", False) else None
+        if not getattr(exc, "should_retry", False):
+            return None
+        problem = connection_problem(exc)
+        return f"no response ({problem.describe()})" if problem else "no response (connection error or timeout)"
     if not isinstance(exc, stripe.StripeError):
         return None
     status = exc.http_status or 0
@@ -468,17 +507,34 @@ class StripeSource:
                 pacer.succeeded()
             return resp, decoded
 
+        # The whole request, its retries and their waits included, ends within stripe.timeout_seconds: each
+        # attempt gets what is left, and no retry starts that could not finish in time. A server that accepts the
+        # connection and never answers fails within the timeout, not after MAX_ATTEMPTS of them.
+        total = self._http.timeout if self._http is not None else None
+        started = time.monotonic()
+
+        def limited() -> tuple[Any, dict[str, Any] | None]:
+            if self._http is not None and total:
+                self._http.limit_attempt(max(0.05, total - (time.monotonic() - started)))
+            return attempt()
+
+        stop = stop_after_attempt(self._max_attempts)
         retrying = Retrying(
             retry=retry_if_exception(lambda exc: _retry_reason(exc) is not None),
-            wait=wait_random_exponential(multiplier=0.5, max=8), stop=stop_after_attempt(self._max_attempts),
+            wait=wait_random_exponential(multiplier=0.5, max=8),
+            stop=stop | stop_before_delay(total) if total else stop,
             sleep=self._sleep, before_sleep=lambda state: _log_retry(state, path, self._max_attempts),
             reraise=True)
         try:
-            resp, decoded = retrying(attempt)
+            resp, decoded = retrying(limited)
         except stripe.InvalidRequestError:
             raise
         except stripe.StripeError as exc:
-            raise _fatal(exc, what) from None
+            attempts = retrying.statistics.get("attempt_number", 1)
+            raise _fatal(exc, what, attempts=attempts, seconds=time.monotonic() - started, timeout=total) from None
+        finally:
+            if self._http is not None:
+                self._http.limit_attempt(None)
         data = decoded if decoded is not None else getattr(resp, "data", None)
         if not isinstance(data, dict):
             raise FatalSyncError(f"Stripe sent a response that is not a JSON object while {what}.",
