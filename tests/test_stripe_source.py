@@ -120,7 +120,7 @@ def test_a_request_and_its_retries_end_within_the_configured_timeout(stripe_sb, 
         stripe_sb.faults.hang_request(n, 3.0)
     source = source_for(stripe_sb, retries, timeout=0.5)
     started = time.monotonic()
-    with pytest.raises(FatalSyncError, match="did not answer within 0.5 s; gave up after 1 attempt") as caught:
+    with pytest.raises(FatalSyncError, match=r"did not answer within 0\.5 s; gave up after 1 attempt") as caught:
         source.newest_event()
     assert time.monotonic() - started < 1.5
     assert source.calls == 1 and caught.value.code == "TIMEOUT"
