@@ -252,8 +252,11 @@ def connection_problem(exc: BaseException) -> ConnectionProblem | None:
         return ConnectionProblem("refused", host)
     tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
     if tls is not None or "SSLError" in names:
-        reason = getattr(tls, "reason", None) or (str(tls)[:120] if tls is not None else "")
-        return ConnectionProblem("tls", host, str(reason).lower().replace("_", " "))
+        reason = str(getattr(tls, "reason", None) or (str(tls) if tls is not None else str(exc)))[:120]
+        if "eof" in reason.lower() or "violation of protocol" in reason.lower():
+            # The connection was closed during or after the handshake: it may go through on another try.
+            return ConnectionProblem("connection", host, "the TLS connection was closed")
+        return ConnectionProblem("tls", host, reason.lower().replace("_", " "))
     if names & {"ConnectTimeout", "ConnectTimeoutError"}:
         return ConnectionProblem("connect_timeout", host)
     if names & {"ReadTimeout", "ReadTimeoutError", "Timeout"} or any(isinstance(e, TimeoutError) for e in chain):
@@ -267,9 +270,10 @@ def connection_problem(exc: BaseException) -> ConnectionProblem | None:
 
 def unreachable_error(service: str, what: str, problem: ConnectionProblem, *, attempts: int, seconds: float,
                       timeout: float | None, address_setting: str, timeout_setting: str) -> FatalSyncError:
-    """Stop the run: `service` could not be reached, with the cause, the host and what to do next."""
+    """Stop the run: `service` could not be reached, with the cause, the host and what to do next. `what` says
+    for what ("while listing events", "for a query")."""
     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-    return FatalSyncError(f"Cannot reach {service} while {what}: {problem.describe(timeout)}; gave up after {tries} "
+    return FatalSyncError(f"Cannot reach {service} {what}: {problem.describe(timeout)}; gave up after {tries} "
                           f"in {seconds:.1f} s.", code=problem.code,
                           hint=f"{problem.advice(address_setting, timeout_setting)} Nothing was lost: the next run "
                                "continues from the saved cursor.")

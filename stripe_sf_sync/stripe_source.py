@@ -300,8 +300,8 @@ def _fatal(exc: stripe.StripeError, what: str, *, attempts: int = 1, seconds: fl
         return tls_error("Stripe", what, problem)
     reached = connection_problem(exc) if isinstance(exc, stripe.APIConnectionError) else None
     if reached is not None:
-        return unreachable_error("Stripe", what, reached, attempts=attempts, seconds=seconds, timeout=timeout,
-                                 address_setting="STRIPE_API_BASE, or api.stripe.com",
+        return unreachable_error("Stripe", f"while {what}", reached, attempts=attempts, seconds=seconds,
+                                 timeout=timeout, address_setting="STRIPE_API_BASE, or api.stripe.com",
                                  timeout_setting="stripe.timeout_seconds")
     if isinstance(exc, stripe.AuthenticationError):
         return FatalSyncError(f"Stripe rejected the API key while {what}{ref}.", code=code, request_id=rid,
