@@ -323,6 +323,7 @@ class SalesforceGateway:
         self.timeout = timeout
         self.budget = budget
         self.usage = ApiUsage()
+        self.reached = False  # Salesforce answered a request of this gateway with a success (2xx or 3xx)
         self._usage_lock = threading.Lock()  # collections calls of one phase run on a few threads
         self._renew_lock = threading.Lock()
         self.max_attempts = max_attempts
@@ -340,6 +341,8 @@ class SalesforceGateway:
             _log_call(response)
             if "/services/oauth2/" in response.url:
                 return  # token requests are not API calls
+            if response.status_code < 400:
+                self.reached = True
             info = response.headers.get("Sforce-Limit-Info", "")
             m = re.search(r"api-usage=(\d+)/(\d+)", info)
             with self._usage_lock:
@@ -507,6 +510,12 @@ class SalesforceGateway:
         """The sObject's describe result."""
         return dict(self.send(self._rest(f"sobjects/{sobject}/describe/"), what=f"the describe of {sobject}",
                               hint=DESCRIBE_HINT))
+
+    def ping(self) -> None:
+        """The lightest call that proves the session and the TLS path work: the basic information of
+        Opportunity (`GET sobjects/Opportunity/`, which the integration user can read; GET /limits would need
+        "View Setup and Configuration"). Its `Sforce-Limit-Info` refreshes the usage seen too."""
+        self.send(self._rest("sobjects/Opportunity/"), what="the daily reachability check", hint=DESCRIBE_HINT)
 
     def limits(self) -> dict[str, Any]:
         """GET /limits."""

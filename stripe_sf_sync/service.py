@@ -205,6 +205,11 @@ def batch_settings(loaded: LoadedConfig) -> BatchSettings:
 
 
 READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end
+# When a run last had a success answer from Salesforce. A quiet sync (nothing to write) reaches Salesforce once
+# when this is older than SALESFORCE_CONTACT_EVERY_S, so that a revoked token or a broken CA bundle fails a run
+# (and `status --check`) within a day, not when the next event comes.
+SALESFORCE_CONTACT_KEY = "salesforce_contact_at"
+SALESFORCE_CONTACT_EVERY_S = 86400
 
 
 @contextlib.contextmanager
@@ -247,6 +252,8 @@ def _record_end(runtime: Runtime, state: Any, run: RecordedRun, summary: RunSumm
                 planned: PlanRecorder | None, metrics_file: Path | None) -> None:
     """Close the summary and record how the run ended: its exit code, the usage seen, the metrics file."""
     gw = run.access.connected
+    if gw is not None and gw.reached:
+        state.set_meta(SALESFORCE_CONTACT_KEY, str(int(runtime.environment.clock())))
     finish(summary, started=started, stripe_calls=run.source.calls, usage=gw.usage if gw else None,
            cursor=state.cursor(), planned=planned.planned if planned else (),
            stripe_rate_limited=run.source.rate_limited)
@@ -307,10 +314,24 @@ def apply_sync(run: RecordedRun, runtime: Runtime, *, since: int | None = None, 
                          batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
                          progress=progress))
     run.state.prune_ledger(int(clock()))
+    if stop is None or not stop.requested:
+        prove_salesforce_contact(run, clock())
     if not run.summary.stopped_early and (max_events is None or run.summary.events_read < max_events):
         # Read to the end of the list: every event created before this run started is applied, so the
         # cursor is current as of then, even when no new event came (status --check's cursor age).
         run.state.set_meta(READ_THROUGH_KEY, str(started))
+
+
+def prove_salesforce_contact(run: RecordedRun, now: float) -> None:
+    """One light Salesforce call when neither this run nor any in the last day reached Salesforce (a quiet
+    account): a session or TLS failure then stops this run (exit 5) rather than waiting for the next event."""
+    gw = run.access.connected
+    if gw is not None and gw.reached:
+        return
+    last = run.state.get_meta(SALESFORCE_CONTACT_KEY)
+    if last and now - float(last) < SALESFORCE_CONTACT_EVERY_S:
+        return
+    run.access.get().ping()
 
 
 def check_run_metrics(metrics_file: Path | None, *, dry_run: bool) -> None:
@@ -566,6 +587,8 @@ def status_report(config_path: Path | None, environment: Environment, *,
                 "runs": runs,
                 "reconcile": _reconcile_status(state.last_run_of("reconcile")),
                 "stripe_reads_30d": reads_last_30_days(state, now),
+                "salesforce_contact_iso": iso(int(contact)) if (contact := state.get_meta(SALESFORCE_CONTACT_KEY))
+                else None,
             })
     report["health"] = assess(report, thresholds)
     return report
