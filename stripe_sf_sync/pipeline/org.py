@@ -37,10 +37,12 @@ class OrgFacts:
         return None if self.currency is None else code.upper() == self.currency
 
 
-# The org's currency (Salesforce Object Reference: Organization, DefaultCurrencyIsoCode; the SOAP API's
-# getUserInfo names the same value orgDefaultCurrencyIsoCode, "applicable only when organizationMultiCurrency
-# is false", the currency the API gives records whose currency is not named). Read in the org check's
-# Composite call, so it costs no API call of its own.
+# The org's currency: Organization.DefaultCurrencyIsoCode (Object Reference, "Organization":
+# developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_organization.htm).
+# The SOAP API's getUserInfo gives the same value as orgDefaultCurrencyIsoCode, "applicable only when
+# organizationMultiCurrency is false", the currency the API gives records whose currency is not named
+# (developer.salesforce.com/docs/platform/api/guide/sforce-api-calls-getuserinfo-getuserinforesult.html).
+# Read in the org check's Composite call, so it costs no API call of its own.
 ORG_CURRENCY_SOQL = "SELECT DefaultCurrencyIsoCode FROM Organization"
 
 
