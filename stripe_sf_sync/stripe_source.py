@@ -352,7 +352,8 @@ ENDPOINT_REASONS = frozenset({"endpoint-rate", "endpoint-concurrency", "resource
 def rate_limited_reason(exc: stripe.StripeError) -> str | None:
     """The Stripe-Rate-Limited-Reason of a 429, lower case, or None when Stripe sent none."""
     value = {str(k).lower(): v for k, v in (exc.headers or {}).items()}.get("stripe-rate-limited-reason")
-    return str(value).strip().lower() or None if value is not None else None
+    reason = str(value or "").strip().lower()
+    return reason or None
 
 
 def _paces_to_slow(exc: stripe.RateLimitError, paces: tuple[Pacer, Pacer]) -> tuple[Pacer, ...]:
