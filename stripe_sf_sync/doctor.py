@@ -131,7 +131,8 @@ class Doctor:
                           "export the SF_* variables of one mode (README: 'Environment')",
                           "SF_*", int(ExitCode.CONFIG))]
         try:
-            sf = connect(secrets, api_version=s.api_version, session=self.session_factory())
+            sf = connect(secrets, api_version=s.api_version, session=self.session_factory(),
+                         timeout=s.timeout_seconds)
             gw = SalesforceGateway(sf, timeout=s.timeout_seconds, budget=s.api_budget, sleep=self.sleep)
             described = gw.describe_many(["Opportunity", "Account", "Task"],
                                          queries={"Organization": ORG_CURRENCY_SOQL})

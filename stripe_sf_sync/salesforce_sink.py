@@ -568,11 +568,43 @@ class SalesforceGateway:
         return out
 
 
-def connect(secrets: SalesforceSecrets, *, api_version: str, session: requests.Session | None = None) -> Salesforce:
+class DefaultTimeout(requests.adapters.BaseAdapter):
+    """A transport adapter that gives every request without a timeout this one, around the session's own
+    adapter. simple-salesforce's logins (login.py: `session.post(...)`, JWT, client credentials, password)
+    pass none, so a token endpoint that never answers would hold a run for ever."""
+
+    def __init__(self, inner: requests.adapters.BaseAdapter, timeout: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.timeout = timeout
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
+             verify: Any = True, cert: Any = None, proxies: Any = None) -> requests.Response:
+        """The inner adapter's send, with the default timeout when none was given."""
+        return self.inner.send(request, stream=stream, timeout=timeout if timeout is not None else self.timeout,
+                               verify=verify, cert=cert, proxies=proxies)
+
+    def close(self) -> None:
+        """Close the inner adapter."""
+        self.inner.close()
+
+
+def with_default_timeout(session: requests.Session, timeout: float) -> requests.Session:
+    """`session`, its adapters wrapped in DefaultTimeout (the transport-adapter hook requests offers)."""
+    for prefix, adapter in list(session.adapters.items()):
+        if not isinstance(adapter, DefaultTimeout):
+            session.mount(prefix, DefaultTimeout(adapter, timeout))
+    return session
+
+
+def connect(secrets: SalesforceSecrets, *, api_version: str, session: requests.Session | None = None,
+            timeout: float = 60.0) -> Salesforce:
     """Log in with one of the four modes. TLS verification stays on; REQUESTS_CA_BUNDLE is honoured
-    because requests reads it for every session that trusts the environment. A login is tried once."""
+    because requests reads it for every session that trusts the environment. A login is tried once, and
+    ends within `timeout` (salesforce.timeout_seconds)."""
     v = secrets.values
-    common: dict[str, Any] = {"version": api_version, "session": session or requests.Session()}
+    common: dict[str, Any] = {"version": api_version,
+                              "session": with_default_timeout(session or requests.Session(), timeout)}
     try:
         if secrets.mode == "token":
             return Salesforce(instance_url=v["SF_INSTANCE_URL"], session_id=v["SF_ACCESS_TOKEN"], **common)
@@ -590,6 +622,8 @@ def connect(secrets: SalesforceSecrets, *, api_version: str, session: requests.S
             raise
     if failure.tls:
         raise failure.error("logging in")
+    if failure.problem is not None:  # no answer: the cause and the host
+        raise unreachable(failure.problem, "the login", attempts=1, timeout=timeout)
     if failure.code is None:  # no answer at all
         raise FatalSyncError(f"Cannot reach Salesforce to log in: {failure.cause.split()[0]}.",
                              hint="Check the network and SF_DOMAIN / SF_INSTANCE_URL.")

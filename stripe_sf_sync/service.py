@@ -131,7 +131,8 @@ class Runtime:
         s = self.loaded.settings.salesforce
 
         def login() -> Any:
-            return connect(secrets, api_version=s.api_version, session=self.environment.session_factory())
+            return connect(secrets, api_version=s.api_version, session=self.environment.session_factory(),
+                           timeout=s.timeout_seconds)
 
         def make() -> SalesforceGateway:
             # An access token cannot be renewed; the other modes log in again.
@@ -662,7 +663,8 @@ def run_discover(config_path: Path | None, environment: Environment, *, write: b
         _check_config_writable(path)
     secrets = salesforce_secrets(environment.env)
     version = loaded.settings.salesforce.api_version if loaded else DEFAULT_SF_API_VERSION
-    sf = connect(secrets, api_version=version, session=environment.session_factory())
+    sf = connect(secrets, api_version=version, session=environment.session_factory(),
+                 timeout=loaded.settings.salesforce.timeout_seconds if loaded else 60.0)
     gw = SalesforceGateway(sf, sleep=environment.sleep)
     found = discover(gw, preferred=loaded.settings.salesforce.opportunity_record_type if loaded else None)
     if write:

@@ -142,3 +142,16 @@ def test_a_host_that_does_not_resolve_is_named_as_a_dns_failure():
         assert "cannot resolve stripe-sf-test.invalid:443 (DNS lookup failed)" in got["message"]
         assert "DNS resolver" in got["hint"]
         assert got["took"] < TIMEOUT + 1.0
+
+
+def test_a_login_without_its_own_timeout_still_ends_within_the_timeout(silent):
+    """simple-salesforce's logins post to the token endpoint without a timeout (its login.py); the session
+    stripe-sf gives it adds salesforce.timeout_seconds to any request that has none."""
+    import requests
+
+    secrets = salesforce_secrets({"SF_INSTANCE_URL": f"https://127.0.0.1:{silent}", "SF_ACCESS_TOKEN": "00Dx!AQtoken"})
+    sf = connect(secrets, api_version="62.0", timeout=TIMEOUT)
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        sf.session.post(f"https://127.0.0.1:{silent}/services/oauth2/token", data={"grant_type": "x"})
+    assert time.monotonic() - started < TIMEOUT + 1.0
