@@ -34,12 +34,12 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_before_delay,
     wait_random_exponential,
 )
 
 from stripe_sf_sync.config import FieldNames, SalesforceSecrets
 from stripe_sf_sync.console import fields
+from stripe_sf_sync.deadline import Deadline
 from stripe_sf_sync.errors import (
     BudgetSpent,
     ConnectionProblem,
@@ -239,17 +239,19 @@ class RetryPolicy:
 
     attempts: int = RETRY_ATTEMPTS
     sleep: Callable[[float], None] = time.sleep
-    # The most a call and its retries may take (salesforce.timeout_seconds): no retry starts that would begin
-    # after it, so a server that accepts the connection and never answers fails in that time.
+    # The most a call and its retries may take (salesforce.timeout_seconds; deadline.py): a server that accepts
+    # the connection and never answers fails in that time.
     deadline_s: float | None = None
 
-    def run(self, attempt: Callable[[], T]) -> T:
+    def run(self, attempt: Callable[[], T], deadline: Deadline | None = None) -> T:
         """Call `attempt` until it returns, raises anything but SalesforceRetriable, or the tries (or the time)
         are spent (then the last SalesforceRetriable is raised, its `tried` set)."""
-        stop = stop_after_attempt(self.attempts)
+        if deadline is None and self.deadline_s:
+            deadline = Deadline(self.deadline_s)
+        wait = wait_random_exponential(multiplier=0.5, max=10)
         retrying = Retrying(retry=retry_if_exception_type(SalesforceRetriable),
-                            wait=wait_random_exponential(multiplier=0.5, max=10),
-                            stop=stop | stop_before_delay(self.deadline_s) if self.deadline_s else stop,
+                            wait=deadline.wait(wait) if deadline else wait,
+                            stop=deadline.stop(self.attempts) if deadline else stop_after_attempt(self.attempts),
                             sleep=self.sleep, before_sleep=self._log_retry, reraise=True)
         try:
             return retrying(attempt)
@@ -408,13 +410,13 @@ class SalesforceGateway:
     def send(self, call: Callable[[Salesforce], T], *, what: str, hint: str) -> T:
         """`call` under the one policy: retried while it fails transiently; `hint` is the advice when
         Salesforce rejects what it sent."""
-        started = time.monotonic()
         outer = getattr(self._call_deadline, "at", None)
-        self._call_deadline.at = started + self.timeout if outer is None else outer
+        deadline = Deadline(self.timeout) if outer is None else outer
+        self._call_deadline.at = deadline
         try:
-            return self.policy.run(lambda: self.attempt(call, what))
+            return self.policy.run(lambda: self.attempt(call, what), deadline)
         except CallRetriable as exc:
-            raise exc.kept_failing(exc.tried or self.policy.attempts, seconds=time.monotonic() - started,
+            raise exc.kept_failing(exc.tried or self.policy.attempts, seconds=deadline.elapsed(),
                                    timeout=self.timeout) from None
         except SalesforceRejected as exc:
             detail = " ".join(part for part in (exc.code if exc.code != "UNKNOWN" else "", exc.reason) if part)
@@ -424,8 +426,8 @@ class SalesforceGateway:
 
     def attempt_timeout(self) -> float:
         """The timeout of the next HTTP attempt on this thread: what is left of the call's time (see `send`)."""
-        at = getattr(self._call_deadline, "at", None)
-        return self.timeout if at is None else max(0.05, min(self.timeout, at - time.monotonic()))
+        deadline: Deadline | None = getattr(self._call_deadline, "at", None)
+        return self.timeout if deadline is None else min(self.timeout, deadline.attempt_timeout())
 
     def _rest(self, path: str, *, method: str = "GET", body: Any = None) -> Callable[[Salesforce], Any]:
         kwargs: dict[str, Any] = {}

@@ -25,12 +25,12 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_before_delay,
     wait_random_exponential,
 )
 
 from stripe_sf_sync import collector
 from stripe_sf_sync.console import fields
+from stripe_sf_sync.deadline import Deadline
 from stripe_sf_sync.errors import (
     CursorExpiredError,
     FatalSyncError,
@@ -508,24 +508,25 @@ class StripeSource:
                 pacer.succeeded()
             return resp, decoded
 
-        # The whole request, its retries and their waits included, ends within stripe.timeout_seconds: each
-        # attempt gets what is left, and no retry starts that could not finish in time. A server that accepts the
-        # connection and never answers fails within the timeout, not after MAX_ATTEMPTS of them.
+        # The whole request, its retries and their waits included, ends within stripe.timeout_seconds (see
+        # deadline.py): a stall is tried again within that time, and a server that accepts the connection and
+        # never answers fails when it is up, not after MAX_ATTEMPTS full timeouts.
         total = self._http.timeout if self._http is not None else None
-        started = time.monotonic()
+        deadline = Deadline(total) if total else None
 
         def limited() -> tuple[Any, dict[str, Any] | None]:
-            if self._http is not None and total:
-                self._http.limit_attempt(max(0.05, total - (time.monotonic() - started)))
+            if self._http is not None and deadline is not None:
+                self._http.limit_attempt(deadline.attempt_timeout())
             return attempt()
 
-        stop = stop_after_attempt(self._max_attempts)
+        wait = wait_random_exponential(multiplier=0.5, max=8)
         retrying = Retrying(
             retry=retry_if_exception(lambda exc: _retry_reason(exc) is not None),
-            wait=wait_random_exponential(multiplier=0.5, max=8),
-            stop=stop | stop_before_delay(total) if total else stop,
+            wait=deadline.wait(wait) if deadline else wait,
+            stop=deadline.stop(self._max_attempts) if deadline else stop_after_attempt(self._max_attempts),
             sleep=self._sleep, before_sleep=lambda state: _log_retry(state, path, self._max_attempts),
             reraise=True)
+        started = time.monotonic()
         try:
             resp, decoded = retrying(limited)
         except stripe.InvalidRequestError:

@@ -92,7 +92,7 @@ def test_a_server_that_never_answers_fails_within_the_timeout(edge, silent):
     call = stripe_call if edge == "stripe" else salesforce_call
     scheme = "http" if edge == "stripe" else "https"
     err, took = call(f"{scheme}://127.0.0.1:{silent}")
-    assert TIMEOUT - 0.1 <= took < TIMEOUT + 1.0
+    assert TIMEOUT * 0.8 <= took < TIMEOUT + 1.0  # attempts share the time (deadline.py)
     assert err.code in ("TIMEOUT", "CONNECT_TIMEOUT")
     assert f"127.0.0.1:{silent}" in err.message and f"within {TIMEOUT:g} s" in err.message
     assert f"{edge}.timeout_seconds" in err.hint and "Nothing was lost" in err.hint
