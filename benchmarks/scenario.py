@@ -17,6 +17,7 @@ from typing import Any
 
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
+from stripe_sf_sync.sandbox.scenario import ORG_CURRENCIES
 from stripe_sf_sync.sandbox.stripe_factory import StripeFactory, link_invoice_payment
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.state import StateStore
@@ -71,7 +72,7 @@ def benchmark_org(daily_api_limit: int = 100_000_000) -> SalesforceOrg:
     """The demo's awkward org (renamed won stage, required record type, CSM field) with a daily allowance
     large enough that the per-event baseline is never stopped by the API budget."""
     return SalesforceOrg(won_stage=WON_STAGE, require_record_type=True, csm_field="CSM__c",
-                         daily_api_limit=daily_api_limit)
+                         daily_api_limit=daily_api_limit, currencies=ORG_CURRENCIES)
 
 
 class _Builder:

@@ -624,6 +624,10 @@ def _print_status(report: dict[str, Any]) -> None:
     usage = report["api_usage"]
     out.print("Salesforce API usage last seen: " + (f"{usage['used']}/{usage['max']}" if usage else "never"),
               highlight=False)
+    if report.get("stripe_reads_30d") is not None:  # Stripe allocates reads per 30 days (README: Scheduling)
+        out.print(f"Stripe reads in the last 30 days: {report['stripe_reads_30d']:,}", highlight=False)
+    if report.get("salesforce_contact_iso"):
+        out.print(f"Salesforce last reached: {report['salesforce_contact_iso']}", highlight=False)
     out.print(f"Health: {'ok' if health['healthy'] else 'UNHEALTHY'}", highlight=False)
     for line in health["problems"]:
         out.print(f"  problem: {line}", highlight=False, markup=False)

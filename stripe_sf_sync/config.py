@@ -54,8 +54,11 @@ class StripeSettings(_Strict):
     """Stripe-side settings (the key itself comes from STRIPE_API_KEY)."""
 
     api_version: str = Field(DEFAULT_STRIPE_API_VERSION, pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
-    # None: from the key's mode (stripe_source.default_requests_per_second); set, it overrides that.
-    requests_per_second: float | None = Field(None, gt=0, le=100)
+    # None: from the key's mode (stripe_source.default_requests_per_second); set, it overrides that. Above 100
+    # only for an account whose limits Stripe raised (docs.stripe.com/rate-limits: contact Stripe to raise them).
+    requests_per_second: float | None = Field(None, gt=0, le=1000)
+    # Each named API operation's own pace (Stripe's default endpoint limit is 25/s). None: 80% of 25 (20/s).
+    endpoint_requests_per_second: float | None = Field(None, gt=0, le=1000)
     timeout_seconds: float = Field(30.0, gt=0, le=600)
     dashboard_url: str = Field("https://dashboard.stripe.com", pattern=r"^https://")
     # Each sync re-reads the events created this long before its cursor, for those listed late.
@@ -73,6 +76,9 @@ class SalesforceSettings(_Strict):
     api_budget: float = Field(0.8, gt=0, le=1)
     write_concurrency: int = Field(3, ge=1, le=10)
     timeout_seconds: float = Field(60.0, gt=0, le=600)
+    # An amount in a currency a single-currency org does not hold (the org would read EUR 90 as USD 90):
+    # dead_letter it as CURRENCY_MISMATCH, or write_as_is (the org then reads the number in its own currency).
+    currency_mismatch: Literal["dead_letter", "write_as_is"] = "dead_letter"
 
     @field_validator("record_types")
     @classmethod

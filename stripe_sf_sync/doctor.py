@@ -23,7 +23,10 @@ from stripe_sf_sync.discover import won_stages
 from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError, StripeRefusedError
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY
 from stripe_sf_sync.pipeline.org import (
+    ORG_CURRENCY_SOQL,
+    OrgFacts,
     OrgProblem,
+    currency_facts,
     field_needs,
     fields_by_object,
     need_problems,
@@ -110,6 +113,7 @@ class Doctor:
         self.session_factory = session_factory
         self.clock = clock
         self.sleep = sleep
+        self.org_currencies: OrgFacts | None = None  # what the Salesforce checks learnt of the org's currencies
 
     def run(self, stripe_source: Callable[[], Any]) -> DoctorReport:
         """Every check: Salesforce, Stripe, then the local state (whose cursor the Stripe checks read)."""
@@ -128,9 +132,12 @@ class Doctor:
                           "export the SF_* variables of one mode (docs/environment.md)",
                           "SF_*", int(ExitCode.CONFIG))]
         try:
-            sf = connect(secrets, api_version=s.api_version, session=self.session_factory())
+            sf = connect(secrets, api_version=s.api_version, session=self.session_factory(),
+                         timeout=s.timeout_seconds)
             gw = SalesforceGateway(sf, timeout=s.timeout_seconds, budget=s.api_budget, sleep=self.sleep)
-            described = gw.describe_many(["Opportunity", "Account", "Task"])
+            described = gw.describe_many(["Opportunity", "Account", "Task"],
+                                         queries={"Organization": ORG_CURRENCY_SOQL})
+            self.org_currencies = currency_facts(described)
         except FatalSyncError as exc:
             return [Check("salesforce", "login", "error", exc.message, _sentence(exc.hint), exc.code,
                           int(exc.exit_code))]
@@ -245,7 +252,37 @@ class Doctor:
                                 f"answered in {answered}", "check stripe.api_version", "stripe.api_version"))
         else:
             checks.append(Check("stripe", "API version", "ok", f"{version} (stripe.api_version), accepted by Stripe"))
-        return checks + self._cursor(cursor)
+        return checks + self._currencies(source) + self._cursor(cursor)
+
+    def _currencies(self, source: Any) -> list[Check]:
+        """Whether the newest events (one page) are in currencies the org holds: an org without multiple
+        currencies reads every amount in its own (salesforce.currency_mismatch decides what a run does)."""
+        org = self.org_currencies
+        if org is None or (org.currencies is None and org.currency is None):
+            return []  # Salesforce was not reached, or did not say
+        try:
+            seen = source.recent_currencies()
+        except FatalSyncError:
+            return []  # the key check above has said what is wrong with Stripe
+        foreign = {code: n for code, n in sorted(seen.items()) if org.holds(code) is False}
+        held = (f"active currencies {', '.join(sorted(org.currencies))}" if org.currencies is not None
+                else f"a single currency, {org.currency}")
+        if not foreign:
+            shown = ", ".join(sorted(seen)) or "none yet"
+            return [Check("stripe", "currencies", "ok", f"recent Stripe activity is in {shown}; the org has {held}")]
+        what = ", ".join(f"{code} ({_count(n, 'event')})" for code, n in foreign.items())
+        codes = ", ".join(foreign)
+        if org.currencies is not None:
+            return [Check("stripe", "currencies", "warning", f"recent Stripe activity is in {what}, which the org "
+                          f"does not hold (it has {held}): those events wait as CURRENCY_NOT_ACTIVE",
+                          f"activate {codes} in Setup > Company Information > Currencies", codes)]
+        mismatch = self.loaded.settings.salesforce.currency_mismatch
+        effect = ("their amounts are written as they are, and read as " + str(org.currency)
+                  if mismatch == "write_as_is" else "those events wait as CURRENCY_MISMATCH")
+        return [Check("stripe", "currencies", "warning", f"recent Stripe activity is in {what}, which the org does "
+                      f"not use (it has {held}): {effect}", "turn on multiple currencies in Setup > Company "
+                      f"Information and activate {codes}, or set salesforce.currency_mismatch "
+                      "(README: 'Currencies')", "salesforce.currency_mismatch")]
 
     def _cursor(self, cursor: tuple[str, int] | None) -> list[Check]:
         if cursor is None:
@@ -401,3 +438,8 @@ def run_doctor(config_path: Path | None, environment: Environment) -> DoctorRepo
     doctor = Doctor(runtime.loaded, environment.env, session_factory=environment.session_factory,
                     clock=environment.clock, sleep=environment.sleep)
     return doctor.run(runtime.stripe_source)
+
+
+def _count(n: int, word: str) -> str:
+    """`1 event`, `2 events`."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import IntEnum
+from urllib.parse import urlsplit
 
 
 class ExitCode(IntEnum):
@@ -174,3 +178,116 @@ def tls_error(service: str, what: str, problem: str) -> FatalSyncError:
     """Stop the run: `service`'s TLS certificate is not trusted here (no request reached it)."""
     return FatalSyncError(f"Cannot verify {service}'s TLS certificate while {what}: {problem}.", hint=TLS_HINT,
                           code="TLS_CERTIFICATE")
+
+
+@dataclass(frozen=True)
+class ConnectionProblem:
+    """Why a request got no HTTP answer: `kind` is dns, refused, tls, connect_timeout, timeout or connection;
+    `host` is host:port as asked for (None when no layer said)."""
+
+    kind: str
+    host: str | None
+    detail: str = ""
+
+    @property
+    def code(self) -> str:
+        """The error code a message and a log line carry."""
+        return _PROBLEM_CODES[self.kind]
+
+    def describe(self, timeout: float | None = None) -> str:
+        """The cause in words, with the host: "cannot resolve api.stripe.com (DNS lookup failed)"."""
+        host = self.host or "the server"
+        within = f" within {timeout:g} s" if timeout else ""
+        return {
+            "dns": f"cannot resolve {host} (DNS lookup failed)",
+            "refused": f"{host} refused the connection (nothing listens on that port, or a firewall rejects it)",
+            "tls": f"the TLS handshake with {host} failed ({self.detail or 'not TLS on that port?'})",
+            "connect_timeout": f"connecting to {host} timed out{within} (no reply to the connection request)",
+            "timeout": f"{host} accepted the connection but did not answer{within}",
+            "connection": f"the connection to {host} failed ({self.detail or 'closed or reset'})",
+        }[self.kind]
+
+    def advice(self, address_setting: str, timeout_setting: str) -> str:
+        """What to do next, by cause."""
+        return {
+            "dns": f"Check the address ({address_setting}) and this machine's DNS resolver (/etc/resolv.conf).",
+            "refused": f"Check the address ({address_setting}), and any proxy (HTTPS_PROXY) or firewall on the way.",
+            "tls": "Check that the address speaks HTTPS on that port (a plain-HTTP server fails so), and any proxy "
+                   "that intercepts TLS (then export REQUESTS_CA_BUNDLE).",
+            "connect_timeout": "A firewall may drop the packets: check the network route and any proxy "
+                               "(HTTPS_PROXY).",
+            "timeout": f"{timeout_setting} bounds each request, its retries included; check the service's status, "
+                       "the network and any proxy.",
+            "connection": "Check the network and any proxy (HTTPS_PROXY).",
+        }[self.kind]
+
+
+_PROBLEM_CODES = {"dns": "DNS_FAILURE", "refused": "CONNECTION_REFUSED", "tls": "TLS_HANDSHAKE",
+                  "connect_timeout": "CONNECT_TIMEOUT", "timeout": "TIMEOUT", "connection": "CONNECTION_ERROR"}
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and everything it wraps (requests wraps urllib3's errors, which wrap the socket's; the Stripe SDK
+    raises its APIConnectionError `from` the requests error), each once."""
+    seen: dict[int, BaseException] = {}
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen[id(e)] = e
+        todo.extend(x for x in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+                    if isinstance(x, BaseException))
+    return list(seen.values())
+
+
+def _host_of(chain: list[BaseException]) -> str | None:
+    for e in chain:
+        url = getattr(getattr(e, "request", None), "url", None)  # requests' errors carry the request
+        if isinstance(url, str) and url:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            return f"{parts.hostname}:{port}"
+        for holder in (getattr(e, "pool", None), getattr(e, "conn", None)):  # urllib3's pool or connection
+            if holder is not None and getattr(holder, "host", None):
+                return f"{holder.host}:{holder.port}" if getattr(holder, "port", None) else str(holder.host)
+    return None
+
+
+def connection_problem(exc: BaseException) -> ConnectionProblem | None:
+    """The cause of a request that got no HTTP answer (from the Stripe SDK, requests or simple-salesforce), or
+    None when `exc` is no connection failure. An untrusted certificate is `certificate_problem`'s."""
+    chain = _chain(exc)
+    names = {type(e).__name__ for e in chain}
+    host = _host_of(chain)
+    if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolutionError" in names:
+        return ConnectionProblem("dns", host)
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return ConnectionProblem("refused", host)
+    tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if tls is not None or "SSLError" in names:
+        reason = str(getattr(tls, "reason", None) or (str(tls) if tls is not None else str(exc)))[:120]
+        if "eof" in reason.lower() or "violation of protocol" in reason.lower():
+            # The connection was closed during or after the handshake: it may go through on another try.
+            return ConnectionProblem("connection", host, "the TLS connection was closed")
+        return ConnectionProblem("tls", host, reason.lower().replace("_", " "))
+    if names & {"ConnectTimeout", "ConnectTimeoutError"}:
+        return ConnectionProblem("connect_timeout", host)
+    if names & {"ReadTimeout", "ReadTimeoutError", "Timeout"} or any(isinstance(e, TimeoutError) for e in chain):
+        return ConnectionProblem("timeout", host)
+    if names & {"ConnectionError", "APIConnectionError", "ProtocolError", "RemoteDisconnected"} or any(
+            isinstance(e, ConnectionError) for e in chain):
+        return ConnectionProblem("connection", host, next((type(e).__name__ for e in chain
+                                                            if isinstance(e, ConnectionError | OSError)), ""))
+    return None
+
+
+def unreachable_error(service: str, what: str, problem: ConnectionProblem, *, attempts: int, seconds: float,
+                      timeout: float | None, address_setting: str, timeout_setting: str) -> FatalSyncError:
+    """Stop the run: `service` could not be reached, with the cause, the host and what to do next. `what` says
+    for what ("while listing events", "for a query")."""
+    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+    return FatalSyncError(f"Cannot reach {service} {what}: {problem.describe(timeout)}; gave up after {tries} "
+                          f"in {seconds:.1f} s.", code=problem.code,
+                          hint=f"{problem.advice(address_setting, timeout_setting)} Nothing was lost: the next run "
+                               "continues from the saved cursor.")

@@ -33,6 +33,7 @@ class RunFigures:
     cursor_created: int | None  # the cursor event's time
     cursor_current_at: int | None  # the newer of that and the start of the last sync that read to the end
     last_success_at: int | None  # the newest run of this command that exited 0 or 3
+    stripe_reads_30d: int | None = None  # Stripe reads recorded in the last 30 days (reads.py)
 
 
 def check_metrics_path(path: Path) -> None:
@@ -83,4 +84,7 @@ def write_metrics(path: Path, figures: RunFigures) -> None:
     gauge("cursor_current_timestamp_seconds", "Events created before this time are applied: the newer of the "
           "cursor's event and the start of the last sync that read Stripe's event list to its end.",
           figures.cursor_current_at)
+    if figures.stripe_reads_30d is not None:
+        Gauge(f"{PREFIX}_stripe_reads_30d", "Stripe read requests stripe-sf made in the last 30 days (Stripe "
+              "allocates reads per 30 days).", registry=registry).set(figures.stripe_reads_30d)
     write_to_textfile(str(path), registry)

@@ -273,6 +273,10 @@ class WriteSettings:
     coalesce: bool = True
     # A multi-currency org's active currencies (upper-case ISO codes); None in a single-currency org.
     currencies: frozenset[str] | None = None
+    # A single-currency org's currency (Organization.DefaultCurrencyIsoCode), None when not known; and whether
+    # an amount in another currency is written as it is (salesforce.currency_mismatch: write_as_is).
+    org_currency: str | None = None
+    write_as_is: bool = False
 
 
 class Unresolvable(Exception):
@@ -348,7 +352,10 @@ class Materializer:
         """CurrencyIsoCode for a multi-currency org, where an amount without it is read in the running user's
         currency (Salesforce Help, "Multiple Currencies"). A currency the org has not activated is refused
         before any write."""
-        if self.settings.currencies is None or it.currency is None:
+        if it.currency is None:
+            return {}
+        if self.settings.currencies is None:
+            self._check_single_currency(it)
             return {}  # a single-currency org has no such field: sending it fails with INVALID_FIELD
         code = it.currency.upper()
         if code not in self.settings.currencies:
@@ -358,6 +365,19 @@ class Materializer:
                 f"{', '.join(sorted(self.settings.currencies))}), so its amounts cannot be written: activate {code} "
                 "in Setup > Company Information > Currencies, then run `stripe-sf dlq retry --all`")
         return {"CurrencyIsoCode": code}
+
+    def _check_single_currency(self, it: OpportunityIntent) -> None:
+        """A single-currency org reads every amount in its one currency (Salesforce Help, "Multiple
+        Currencies": without it, amounts carry no currency of their own), so EUR 90 would read as USD 90."""
+        code, org = (it.currency or "").upper(), self.settings.org_currency
+        if org is None or code == org or self.settings.write_as_is:
+            return
+        raise Unresolvable(
+            "CURRENCY_MISMATCH",
+            f"{it.key} is in {code}, but this Salesforce org has a single currency, {org}: its amounts would be "
+            f"read as {org}. Turn on multiple currencies and activate {code} (Setup > Company Information), or set "
+            "salesforce.currency_mismatch: write_as_is to write the amounts as they are; then run "
+            "`stripe-sf dlq retry --all`")
 
     def _ops_for(self, it: Intent) -> list[SfOp]:
         if isinstance(it, OpportunityIntent):

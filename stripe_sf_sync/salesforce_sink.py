@@ -29,17 +29,27 @@ from urllib.parse import quote, urlsplit
 import requests
 from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError, SalesforceOperationError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from stripe_sf_sync.config import FieldNames, SalesforceSecrets
 from stripe_sf_sync.console import fields
+from stripe_sf_sync.deadline import Deadline
 from stripe_sf_sync.errors import (
     BudgetSpent,
+    ConnectionProblem,
     FatalSyncError,
     RetriableError,
     SkippableError,
     certificate_problem,
+    connection_problem,
     tls_error,
+    unreachable_error,
 )
 from stripe_sf_sync.resolve import (
     AccountRow,
@@ -123,11 +133,14 @@ class Failure:
     message: str
     cause: str  # "HTTP 503", "ConnectionError talking to Salesforce"
     tls: bool = False  # Salesforce's certificate is not trusted here: no request reached it
+    problem: ConnectionProblem | None = None  # no HTTP answer: why (DNS, refused, TLS, timeout) and from where
 
     def error(self, what: str) -> Exception:
         """The exception that carries this failure to the caller."""
         if self.tls:
             return tls_error("Salesforce", what, self.message)
+        if self.problem is not None and self.verdict is Verdict.FATAL:
+            return unreachable(self.problem, what, attempts=1)
         if self.verdict is Verdict.RETRY:
             return CallRetriable(self, what)
         if self.verdict is Verdict.SKIP:
@@ -146,8 +159,13 @@ def failure_of(exc: BaseException) -> Failure | None:
     problem = certificate_problem(exc) if isinstance(exc, requests.exceptions.SSLError) else None
     if problem is not None:  # a certificate nobody here trusts does not clear by itself: stop, never retry
         return Failure(Verdict.FATAL, None, problem, "TLS certificate not trusted", tls=True)
-    if isinstance(exc, requests.RequestException):  # connection refused or reset, timeouts
-        return Failure(Verdict.RETRY, None, "", f"{type(exc).__name__} talking to Salesforce")
+    if isinstance(exc, requests.RequestException):  # no answer: DNS, connection refused or reset, TLS, timeouts
+        problem = connection_problem(exc)
+        if problem is None:
+            return Failure(Verdict.RETRY, None, "", f"{type(exc).__name__} talking to Salesforce")
+        # A TLS handshake that fails (not TLS on that port, a proxy in the way) does not clear by itself.
+        return Failure(Verdict.FATAL if problem.kind == "tls" else Verdict.RETRY, problem.code, "",
+                       problem.describe(), problem=problem)
     if isinstance(exc, SalesforceAuthenticationFailed):  # a login: its content is only the message
         return Failure(Verdict.FATAL, str(exc.code or "UNKNOWN"), exc.auth_message[:300], "login refused")
     if isinstance(exc, SalesforceError):
@@ -156,6 +174,14 @@ def failure_of(exc: BaseException) -> Failure | None:
     if isinstance(exc, SalesforceOperationError):  # a Bulk API 2.0 job that failed or timed out, not HTTP
         return Failure(Verdict.SKIP, None, str(exc)[:300], type(exc).__name__)
     return None
+
+
+def unreachable(problem: ConnectionProblem, what: str, *, attempts: int, seconds: float = 0.0,
+                timeout: float | None = None) -> FatalSyncError:
+    """Stop the run: Salesforce gave no HTTP answer, with the cause and the host."""
+    return unreachable_error("Salesforce", f"for {what}", problem, attempts=attempts, seconds=seconds, timeout=timeout,
+                             address_setting="SF_INSTANCE_URL, or the login domain SF_DOMAIN",
+                             timeout_setting="salesforce.timeout_seconds")
 
 
 def session_error(code: str | None) -> FatalSyncError:
@@ -178,6 +204,7 @@ class SalesforceRetriable(RetriableError):
     """Worth another try after a backoff; `reason` says why, for the retry's log line."""
 
     reason: str = ""
+    tried: int = 0  # the attempts made when the policy gave up (set by RetryPolicy.run)
 
 
 class CallRetriable(SalesforceRetriable):
@@ -189,9 +216,11 @@ class CallRetriable(SalesforceRetriable):
         self.what = what
         self.reason = f"{failure.cause}{' ' + failure.code if failure.code else ''} on {what}"
 
-    def kept_failing(self, attempts: int) -> FatalSyncError:
-        """The retries are spent: stop the run (the next one repeats the batch)."""
+    def kept_failing(self, attempts: int, *, seconds: float = 0.0, timeout: float | None = None) -> FatalSyncError:
+        """The retries (or the call's time) are spent: stop the run (the next one repeats the batch)."""
         f = self.failure
+        if f.problem is not None:
+            return unreachable(f.problem, self.what, attempts=attempts, seconds=seconds, timeout=timeout)
         detail = ", ".join(part for part in (f.cause, f.code, f.message) if part)
         return FatalSyncError(
             f"Salesforce kept failing ({detail}) after {attempts} attempts at {self.what}.", code=f.code,
@@ -210,15 +239,25 @@ class RetryPolicy:
 
     attempts: int = RETRY_ATTEMPTS
     sleep: Callable[[float], None] = time.sleep
+    # The most a call and its retries may take (salesforce.timeout_seconds; deadline.py): a server that accepts
+    # the connection and never answers fails in that time.
+    deadline_s: float | None = None
 
-    def run(self, attempt: Callable[[], T]) -> T:
-        """Call `attempt` until it returns, raises anything but SalesforceRetriable, or the tries are spent
-        (then the last SalesforceRetriable is raised)."""
+    def run(self, attempt: Callable[[], T], deadline: Deadline | None = None) -> T:
+        """Call `attempt` until it returns, raises anything but SalesforceRetriable, or the tries (or the time)
+        are spent (then the last SalesforceRetriable is raised, its `tried` set)."""
+        if deadline is None and self.deadline_s:
+            deadline = Deadline(self.deadline_s)
+        wait = wait_random_exponential(multiplier=0.5, max=10)
         retrying = Retrying(retry=retry_if_exception_type(SalesforceRetriable),
-                            wait=wait_random_exponential(multiplier=0.5, max=10),
-                            stop=stop_after_attempt(self.attempts), sleep=self.sleep,
-                            before_sleep=self._log_retry, reraise=True)
-        return retrying(attempt)
+                            wait=deadline.wait(wait) if deadline else wait,
+                            stop=deadline.stop(self.attempts) if deadline else stop_after_attempt(self.attempts),
+                            sleep=self.sleep, before_sleep=self._log_retry, reraise=True)
+        try:
+            return retrying(attempt)
+        except SalesforceRetriable as exc:
+            exc.tried = int(retrying.statistics.get("attempt_number", self.attempts))
+            raise
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -286,10 +325,12 @@ class SalesforceGateway:
         self.timeout = timeout
         self.budget = budget
         self.usage = ApiUsage()
+        self.reached = False  # Salesforce answered a request of this gateway with a success (2xx or 3xx)
         self._usage_lock = threading.Lock()  # collections calls of one phase run on a few threads
         self._renew_lock = threading.Lock()
         self.max_attempts = max_attempts
-        self.policy = RetryPolicy(max_attempts, sleep)
+        self.policy = RetryPolicy(max_attempts, sleep, deadline_s=timeout)
+        self._call_deadline = threading.local()  # this thread's end of the call at hand (`send`)
         self._reconnect = reconnect
         self.bulk_poll_seconds = bulk_poll_seconds
         self.sf = sf
@@ -302,6 +343,8 @@ class SalesforceGateway:
             _log_call(response)
             if "/services/oauth2/" in response.url:
                 return  # token requests are not API calls
+            if response.status_code < 400:
+                self.reached = True
             info = response.headers.get("Sforce-Limit-Info", "")
             m = re.search(r"api-usage=(\d+)/(\d+)", info)
             with self._usage_lock:
@@ -367,20 +410,31 @@ class SalesforceGateway:
     def send(self, call: Callable[[Salesforce], T], *, what: str, hint: str) -> T:
         """`call` under the one policy: retried while it fails transiently; `hint` is the advice when
         Salesforce rejects what it sent."""
+        outer = getattr(self._call_deadline, "at", None)
+        deadline = Deadline(self.timeout) if outer is None else outer
+        self._call_deadline.at = deadline
         try:
-            return self.policy.run(lambda: self.attempt(call, what))
+            return self.policy.run(lambda: self.attempt(call, what), deadline)
         except CallRetriable as exc:
-            raise exc.kept_failing(self.policy.attempts) from None
+            raise exc.kept_failing(exc.tried or self.policy.attempts, seconds=deadline.elapsed(),
+                                   timeout=self.timeout) from None
         except SalesforceRejected as exc:
             detail = " ".join(part for part in (exc.code if exc.code != "UNKNOWN" else "", exc.reason) if part)
             raise FatalSyncError(f"Salesforce rejected {what}: {detail}", code=exc.code, hint=hint) from None
+        finally:
+            self._call_deadline.at = outer
+
+    def attempt_timeout(self) -> float:
+        """The timeout of the next HTTP attempt on this thread: what is left of the call's time (see `send`)."""
+        deadline: Deadline | None = getattr(self._call_deadline, "at", None)
+        return self.timeout if deadline is None else min(self.timeout, deadline.attempt_timeout())
 
     def _rest(self, path: str, *, method: str = "GET", body: Any = None) -> Callable[[Salesforce], Any]:
-        kwargs: dict[str, Any] = {"timeout": self.timeout}
+        kwargs: dict[str, Any] = {}
         if body is not None:
             kwargs["data"] = dumps(body).encode("utf-8")
             kwargs["headers"] = {"Content-Type": "application/json"}
-        return lambda sf: sf.restful(path, method=method, **kwargs)
+        return lambda sf: sf.restful(path, method=method, timeout=self.attempt_timeout(), **kwargs)
 
     # --- reads ------------------------------------------------------------------------------
     def query(self, soql: str, *, include_archived: bool = False) -> list[dict[str, Any]]:
@@ -388,7 +442,8 @@ class SalesforceGateway:
         retry reads the query again from its first page. `include_archived`: through `queryAll`, which also
         returns archived activities and deleted records."""
         return self.send(lambda sf: list(sf.query_all_iter(soql, include_deleted=include_archived,
-                                                           timeout=self.timeout)), what="a query", hint=QUERY_HINT)
+                                                           timeout=self.attempt_timeout())),
+                         what="a query", hint=QUERY_HINT)
 
     def query_many(self, soqls: Sequence[str], *, archived: Collection[int] = ()) -> list[list[dict[str, Any]]]:
         """Several SOQL queries, five to a Composite call, which Salesforce bills as one API call. The
@@ -415,15 +470,17 @@ class SalesforceGateway:
         def read(sf: Salesforce) -> list[dict[str, Any]]:
             records, current = list(page.get("records", [])), page
             while not current.get("done", True) and current.get("nextRecordsUrl"):
-                current = sf.query_more(current["nextRecordsUrl"], identifier_is_url=True, timeout=self.timeout)
+                current = sf.query_more(current["nextRecordsUrl"], identifier_is_url=True,
+                                        timeout=self.attempt_timeout())
                 records.extend(current.get("records", []))
             return records
         return self.send(read, what="the next page of a lookup query", hint=QUERY_HINT)
 
-    def _composite(self, subrequests: Sequence[tuple[str, str]], *, what: str,
-                   hint: str) -> list[tuple[str, dict[str, Any]]]:
+    def _composite(self, subrequests: Sequence[tuple[str, str]], *, what: str, hint: str,
+                   optional: frozenset[str] = frozenset()) -> list[tuple[str, dict[str, Any]]]:
         """GET subrequests (referenceId, URL) in one Composite call; a failed sub-response is classified
-        as a call of its own, so a transient one sends the Composite call again."""
+        as a call of its own, so a transient one sends the Composite call again. An `optional` one that fails
+        with a 4xx answers an empty body instead."""
         body = {"allOrNone": False, "compositeRequest": [
             {"method": "GET", "url": url, "referenceId": ref} for ref, url in subrequests]}
         post = self._rest("composite", method="POST", body=body)
@@ -431,24 +488,40 @@ class SalesforceGateway:
         def call(sf: Salesforce) -> list[tuple[str, dict[str, Any]]]:
             subs = (post(sf) or {}).get("compositeResponse", [])
             for sub in subs:
-                if int(sub.get("httpStatusCode", 500)) >= 300:
+                status = int(sub.get("httpStatusCode", 500))
+                if sub.get("referenceId") in optional and 400 <= status < 500:
+                    log.info("Salesforce: %s refused (HTTP %d); going on without it", sub.get("referenceId"), status)
+                    sub["body"] = {}
+                elif status >= 300:
                     raise SalesforceError(f"composite:{sub.get('referenceId')}", int(sub.get("httpStatusCode", 500)),
                                           "composite", sub.get("body"))
             return [(str(sub.get("referenceId")), dict(sub.get("body") or {})) for sub in subs]
         return self.send(call, what=what, hint=hint)
 
-    def describe_many(self, sobjects: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Several describes in one Composite call (one API call instead of one each)."""
-        if len(sobjects) == 1:
+    def describe_many(self, sobjects: Sequence[str], *,
+                      queries: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+        """Several describes in one Composite call (one API call instead of one each), plus `queries` (name ->
+        SOQL; first page only) in the same call. A query Salesforce refuses answers an empty body (its
+        reader falls back), so that it never fails the describes."""
+        queries = queries or {}
+        if len(sobjects) == 1 and not queries:
             return {sobjects[0]: self.describe(sobjects[0])}
         prefix = f"/services/data/v{self.sf.sf_version}"
-        return dict(self._composite([(name, f"{prefix}/sobjects/{name}/describe") for name in sobjects],
-                                    what=f"the describe of {', '.join(sobjects)}", hint=DESCRIBE_HINT))
+        subrequests = [(name, f"{prefix}/sobjects/{name}/describe") for name in sobjects]
+        subrequests += [(name, f"{prefix}/query?q={quote(q, safe='')}") for name, q in queries.items()]
+        return dict(self._composite(subrequests, what=f"the describe of {', '.join(sobjects)}", hint=DESCRIBE_HINT,
+                                    optional=frozenset(queries)))
 
     def describe(self, sobject: str) -> dict[str, Any]:
         """The sObject's describe result."""
         return dict(self.send(self._rest(f"sobjects/{sobject}/describe/"), what=f"the describe of {sobject}",
                               hint=DESCRIBE_HINT))
+
+    def ping(self) -> None:
+        """The lightest call that proves the session and the TLS path work: the basic information of
+        Opportunity (`GET sobjects/Opportunity/`, which the integration user can read; GET /limits would need
+        "View Setup and Configuration"). Its `Sforce-Limit-Info` refreshes the usage seen too."""
+        self.send(self._rest("sobjects/Opportunity/"), what="the daily reachability check", hint=DESCRIBE_HINT)
 
     def limits(self) -> dict[str, Any]:
         """GET /limits."""
@@ -505,11 +578,43 @@ class SalesforceGateway:
         return out
 
 
-def connect(secrets: SalesforceSecrets, *, api_version: str, session: requests.Session | None = None) -> Salesforce:
+class DefaultTimeout(requests.adapters.BaseAdapter):
+    """A transport adapter that gives every request without a timeout this one, around the session's own
+    adapter. simple-salesforce's logins (login.py: `session.post(...)`, JWT, client credentials, password)
+    pass none, so a token endpoint that never answers would hold a run for ever."""
+
+    def __init__(self, inner: requests.adapters.BaseAdapter, timeout: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.timeout = timeout
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
+             verify: Any = True, cert: Any = None, proxies: Any = None) -> requests.Response:
+        """The inner adapter's send, with the default timeout when none was given."""
+        return self.inner.send(request, stream=stream, timeout=timeout if timeout is not None else self.timeout,
+                               verify=verify, cert=cert, proxies=proxies)
+
+    def close(self) -> None:
+        """Close the inner adapter."""
+        self.inner.close()
+
+
+def with_default_timeout(session: requests.Session, timeout: float) -> requests.Session:
+    """`session`, its adapters wrapped in DefaultTimeout (the transport-adapter hook requests offers)."""
+    for prefix, adapter in list(session.adapters.items()):
+        if not isinstance(adapter, DefaultTimeout):
+            session.mount(prefix, DefaultTimeout(adapter, timeout))
+    return session
+
+
+def connect(secrets: SalesforceSecrets, *, api_version: str, session: requests.Session | None = None,
+            timeout: float = 60.0) -> Salesforce:
     """Log in with one of the four modes. TLS verification stays on; REQUESTS_CA_BUNDLE is honoured
-    because requests reads it for every session that trusts the environment. A login is tried once."""
+    because requests reads it for every session that trusts the environment. A login is tried once, and
+    ends within `timeout` (salesforce.timeout_seconds)."""
     v = secrets.values
-    common: dict[str, Any] = {"version": api_version, "session": session or requests.Session()}
+    common: dict[str, Any] = {"version": api_version,
+                              "session": with_default_timeout(session or requests.Session(), timeout)}
     try:
         if secrets.mode == "token":
             return Salesforce(instance_url=v["SF_INSTANCE_URL"], session_id=v["SF_ACCESS_TOKEN"], **common)
@@ -527,6 +632,8 @@ def connect(secrets: SalesforceSecrets, *, api_version: str, session: requests.S
             raise
     if failure.tls:
         raise failure.error("logging in")
+    if failure.problem is not None:  # no answer: the cause and the host
+        raise unreachable(failure.problem, "the login", attempts=1, timeout=timeout)
     if failure.code is None:  # no answer at all
         raise FatalSyncError(f"Cannot reach Salesforce to log in: {failure.cause.split()[0]}.",
                              hint="Check the network and SF_DOMAIN / SF_INSTANCE_URL.")
@@ -653,12 +760,12 @@ class RecordsRetriable(SalesforceRetriable):
         parts = [f"{code} on {n} {self.sobject} record{'s' if n > 1 else ''}" for code, n in self.codes.items()]
         return ", ".join(parts + ([self.call.reason] if self.call else []))
 
-    def settle(self, attempts: int) -> None:
+    def settle(self, attempts: int, *, seconds: float = 0.0, timeout: float | None = None) -> None:
         """The tries are spent. A call that kept failing or the concurrent-request cap stops the run
         (nothing is lost; the events did nothing wrong); records still locked keep their results and are
         dead-lettered with their code."""
         if self.call is not None:
-            raise self.call.kept_failing(attempts)
+            raise self.call.kept_failing(attempts, seconds=seconds, timeout=timeout)
         if self.concurrent is not None:
             raise FatalSyncError(f"Salesforce refused a {self.sobject} write: {self.concurrent.code} "
                                  f"{self.concurrent.message}", code=self.concurrent.code,
@@ -679,7 +786,7 @@ class CollectionsWriter:
     def __init__(self, gw: SalesforceGateway, *, workers: int = 1, sleep: Callable[[float], None] = time.sleep) -> None:
         self.gw = gw
         self.workers = max(1, workers)
-        self.policy = RetryPolicy(gw.max_attempts, sleep)
+        self.policy = RetryPolicy(gw.max_attempts, sleep, deadline_s=getattr(gw, "timeout", None))
 
     def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
         """One result per op, in the ops' order."""
@@ -703,10 +810,12 @@ class CollectionsWriter:
                 pending = exc.indexes
                 raise
 
+        started = time.monotonic()
         try:
             self.policy.run(attempt)
         except RecordsRetriable as exc:
-            exc.settle(self.policy.attempts)
+            exc.settle(exc.tried or self.policy.attempts, seconds=time.monotonic() - started,
+                       timeout=self.policy.deadline_s)
 
     def _send_round(self, pool: ThreadPoolExecutor, ops: Sequence[SfOp], group: Group, pending: list[int],
                     results: list[WriteResult | None]) -> None:

@@ -59,6 +59,7 @@ from stripe_sf_sync.pipeline.edges import (
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
+from stripe_sf_sync.reads import reads_last_30_days, record_reads
 from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
 from stripe_sf_sync.state import DeadLetter, StateStore, open_state
 from stripe_sf_sync.stripe_source import StripeSource, build_client, default_requests_per_second
@@ -120,8 +121,10 @@ class Runtime:
         client, http = build_client(secrets.api_key, api_base=secrets.api_base, api_version=s.api_version,
                                     timeout=s.timeout_seconds, ca_bundle=ca_bundle)
         pace = s.requests_per_second or default_requests_per_second(secrets.api_key)
+        endpoint: dict[str, float] = ({"endpoint_requests_per_second": s.endpoint_requests_per_second}
+                                      if s.endpoint_requests_per_second else {})
         return StripeSource(client, http, api_version=s.api_version, requests_per_second=pace,
-                            clock=self.environment.clock, sleep=self.environment.sleep)
+                            clock=self.environment.clock, sleep=self.environment.sleep, **endpoint)
 
     def salesforce_factory(self) -> Callable[[], SalesforceGateway]:
         """A function that logs in on first need (secrets are checked now, before any network call)."""
@@ -129,7 +132,8 @@ class Runtime:
         s = self.loaded.settings.salesforce
 
         def login() -> Any:
-            return connect(secrets, api_version=s.api_version, session=self.environment.session_factory())
+            return connect(secrets, api_version=s.api_version, session=self.environment.session_factory(),
+                           timeout=s.timeout_seconds)
 
         def make() -> SalesforceGateway:
             # An access token cannot be renewed; the other modes log in again.
@@ -199,7 +203,8 @@ def batch_settings(loaded: LoadedConfig, *, legacy_task_keys_before: int | None 
     s = loaded.settings
     ctx = rules.RuleContext(s.salesforce.won_stage or "", s.salesforce.fields, s.stripe.dashboard_url)
     return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce,
-                         legacy_task_keys_before=legacy_task_keys_before)
+                         legacy_task_keys_before=legacy_task_keys_before,
+                         currency_mismatch=s.salesforce.currency_mismatch)
 
 
 TASK_KEYS_ABOUT_KEY = "task_keys_about_since"  # when this state's runs began keying Tasks by subject (issue 19)
@@ -219,6 +224,11 @@ def task_keys_about_since(state: Any, now: int) -> int:
 
 
 READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end
+# When a run last had a success answer from Salesforce. A quiet sync (nothing to write) reaches Salesforce once
+# when this is older than SALESFORCE_CONTACT_EVERY_S, so that a revoked token or a broken CA bundle fails a run
+# (and `status --check`) within a day, not when the next event comes.
+SALESFORCE_CONTACT_KEY = "salesforce_contact_at"
+SALESFORCE_CONTACT_EVERY_S = 86400
 
 
 @contextlib.contextmanager
@@ -262,9 +272,12 @@ def _record_end(runtime: Runtime, state: Any, run: RecordedRun, summary: RunSumm
                 planned: PlanRecorder | None, metrics_file: Path | None) -> None:
     """Close the summary and record how the run ended: its exit code, the usage seen, the metrics file."""
     gw = run.access.connected
+    if gw is not None and gw.reached:
+        state.set_meta(SALESFORCE_CONTACT_KEY, str(int(runtime.environment.clock())))
     finish(summary, started=started, stripe_calls=run.source.calls, usage=gw.usage if gw else None,
            cursor=state.cursor(), planned=planned.planned if planned else (),
            stripe_rate_limited=run.source.rate_limited)
+    record_reads(state, summary.stripe_calls, runtime.environment.clock())  # Stripe's 30-day read allocation
     if summary.salesforce_api_used is not None:
         state.set_meta("api_usage", json.dumps({"used": summary.salesforce_api_used,
                                                  "max": summary.salesforce_api_max,
@@ -284,7 +297,8 @@ def _write_run_metrics(path: Path, state: StateStore, summary: RunSummary, code:
         current = max(cursor.created if cursor else 0, int(read_through or 0)) or None
         write_metrics(path, RunFigures(summary.command, code, now, summary.as_dict(), state.dead_letter_count(),
                                        cursor.created if cursor else None, current,
-                                       state.last_success(summary.command)))
+                                       state.last_success(summary.command),
+                                       stripe_reads_30d=reads_last_30_days(state, now)))
     except OSError as exc:
         log.error("Could not write the metrics file %s: %s. Check its directory's space and permissions; the "
                   "next run writes it again.", path, exc.strerror or exc)
@@ -320,10 +334,24 @@ def apply_sync(run: RecordedRun, runtime: Runtime, *, since: int | None = None, 
                          batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
                          progress=progress))
     run.state.prune_ledger(int(clock()))
+    if stop is None or not stop.requested:
+        prove_salesforce_contact(run, clock())
     if not run.summary.stopped_early and (max_events is None or run.summary.events_read < max_events):
         # Read to the end of the list: every event created before this run started is applied, so the
         # cursor is current as of then, even when no new event came (status --check's cursor age).
         run.state.set_meta(READ_THROUGH_KEY, str(started))
+
+
+def prove_salesforce_contact(run: RecordedRun, now: float) -> None:
+    """One light Salesforce call when neither this run nor any in the last day reached Salesforce (a quiet
+    account): a session or TLS failure then stops this run (exit 5) rather than waiting for the next event."""
+    gw = run.access.connected
+    if gw is not None and gw.reached:
+        return
+    last = run.state.get_meta(SALESFORCE_CONTACT_KEY)
+    if last and now - float(last) < SALESFORCE_CONTACT_EVERY_S:
+        return
+    run.access.get().ping()
 
 
 def check_run_metrics(metrics_file: Path | None, *, dry_run: bool) -> None:
@@ -582,6 +610,9 @@ def status_report(config_path: Path | None, environment: Environment, *,
                 "api_usage": _usage(json.loads(usage), budget) if usage else None,
                 "runs": runs,
                 "reconcile": _reconcile_status(state.last_run_of("reconcile")),
+                "stripe_reads_30d": reads_last_30_days(state, now),
+                "salesforce_contact_iso": iso(int(contact)) if (contact := state.get_meta(SALESFORCE_CONTACT_KEY))
+                else None,
             })
     report["health"] = assess(report, thresholds)
     return report
@@ -655,7 +686,8 @@ def run_discover(config_path: Path | None, environment: Environment, *, write: b
         _check_config_writable(path)
     secrets = salesforce_secrets(environment.env)
     version = loaded.settings.salesforce.api_version if loaded else DEFAULT_SF_API_VERSION
-    sf = connect(secrets, api_version=version, session=environment.session_factory())
+    sf = connect(secrets, api_version=version, session=environment.session_factory(),
+                 timeout=loaded.settings.salesforce.timeout_seconds if loaded else 60.0)
     gw = SalesforceGateway(sf, sleep=environment.sleep)
     found = discover(gw, preferred=loaded.settings.salesforce.opportunity_record_type if loaded else None)
     if write:

@@ -20,16 +20,25 @@ from urllib.parse import urlsplit
 import orjson
 import requests
 import stripe
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from stripe_sf_sync import collector
 from stripe_sf_sync.console import fields
+from stripe_sf_sync.deadline import Deadline
 from stripe_sf_sync.errors import (
     CursorExpiredError,
     FatalSyncError,
     StripeRefusedError,
     certificate_problem,
+    connection_problem,
     tls_error,
+    unreachable_error,
 )
 from stripe_sf_sync.model import EVENT_TYPES, CachedCustomer
 
@@ -81,12 +90,28 @@ class CountingRequestsClient(stripe.RequestsClient):
 
     def __init__(self, *args: Any, session_factory: Callable[[], requests.Session] | None = None,
                  **kwargs: Any) -> None:
+        self._attempt = threading.local()  # this thread's time left for the request at hand (`limit_attempt`)
         super().__init__(*args, **kwargs)
         self.calls = 0
         self._count_lock = threading.Lock()
         self._session_factory = session_factory
         # Per thread: a request and its decoding happen on the thread that called `_get`.
         self._decoding = threading.local()
+
+    # The SDK reads `self._timeout` for every request (stripe/_http_client.py, RequestsClient._request_internal):
+    # a property lets `limit_attempt` shorten this thread's next attempt to what is left of the request's time.
+    @property  # type: ignore[override]
+    def _timeout(self) -> float | None:
+        left = getattr(self._attempt, "left", None)
+        return self.timeout if left is None or self.timeout is None else min(self.timeout, left)
+
+    @_timeout.setter
+    def _timeout(self, value: float | None) -> None:
+        self.timeout = value
+
+    def limit_attempt(self, seconds: float | None) -> None:
+        """The most this thread's next attempts may take (None: the configured timeout)."""
+        self._attempt.left = seconds
 
     def decode_next(self) -> None:
         """Decode the next success body on this thread here, for `take_decoded`."""
@@ -236,8 +261,9 @@ class Pacer:
         if at > now:
             self._sleep(at - now)
 
-    def throttled(self) -> None:
-        """Stripe answered 429: halve the pace (at most once a window), down to MIN_RPS."""
+    def throttled(self, reason: str = "rate") -> None:
+        """Stripe answered 429 (`reason`: its Stripe-Rate-Limited-Reason): halve the pace (at most once a window),
+        down to MIN_RPS."""
         with self._lock:
             self.throttles += 1
             now = self._clock()
@@ -247,8 +273,9 @@ class Pacer:
             old = self._rate
             self._set_rate(max(MIN_RPS, old / 2))
             self._lowered = now
-        log.info("Stripe: rate limited (HTTP 429); pacing lowered from %g to %g requests/s", old, self._rate,
-                 extra=fields(kind="pacing", edge="stripe", reason="rate_limited", old_rps=old, rps=self._rate))
+        log.info("Stripe: rate limited (HTTP 429, %s); pacing lowered from %g to %g requests/s", reason, old,
+                 self._rate, extra=fields(kind="pacing", edge="stripe", reason="rate_limited", limiter=reason,
+                                          old_rps=old, rps=self._rate))
 
     def succeeded(self) -> None:
         """A request went through: after PROBE_EVERY_S seconds without a 429, raise the pace by PROBE_STEP."""
@@ -282,7 +309,8 @@ def _refused(exc: stripe.InvalidRequestError, what: str, path: str | None = None
              "options; if they are right, report this with the request id. Nothing of this batch was written.")
 
 
-def _fatal(exc: stripe.StripeError, what: str, path: str | None = None) -> FatalSyncError:
+def _fatal(exc: stripe.StripeError, what: str, path: str | None = None, *, attempts: int = 1,
+           seconds: float = 0.0, timeout: float | None = None) -> FatalSyncError:
     if isinstance(exc, stripe.InvalidRequestError) and _retry_reason(exc) is None:  # not retried: refused
         return _refused(exc, what, path)
     rid = getattr(exc, "request_id", None)
@@ -292,6 +320,11 @@ def _fatal(exc: stripe.StripeError, what: str, path: str | None = None) -> Fatal
     problem = certificate_problem(exc) if isinstance(exc, stripe.APIConnectionError) else None
     if problem is not None:
         return tls_error("Stripe", what, problem)
+    reached = connection_problem(exc) if isinstance(exc, stripe.APIConnectionError) else None
+    if reached is not None:
+        return unreachable_error("Stripe", f"while {what}", reached, attempts=attempts, seconds=seconds,
+                                 timeout=timeout, address_setting="STRIPE_API_BASE, or api.stripe.com",
+                                 timeout_setting="stripe.timeout_seconds")
     if isinstance(exc, stripe.AuthenticationError):
         return FatalSyncError(f"Stripe rejected the API key while {what}{ref}.", code=code, request_id=rid,
                               hint="Check STRIPE_API_KEY: it may be revoked, or a live/test mismatch.")
@@ -314,7 +347,10 @@ def _retry_reason(exc: BaseException) -> str | None:
     if isinstance(exc, stripe.APIConnectionError):
         if certificate_problem(exc) is not None:  # an untrusted certificate does not clear by itself
             return None
-        return "no response (connection error or timeout)" if getattr(exc, "should_retry", False) else None
+        if not getattr(exc, "should_retry", False):
+            return None
+        problem = connection_problem(exc)
+        return f"no response ({problem.describe()})" if problem else "no response (connection error or timeout)"
     if not isinstance(exc, stripe.StripeError):
         return None
     status = exc.http_status or 0
@@ -327,6 +363,35 @@ def _retry_reason(exc: BaseException) -> str | None:
     if should_retry == "false":
         return None
     return reason if should_retry == "true" or status == 409 or status >= 500 else None
+
+
+# Stripe-Rate-Limited-Reason (docs.stripe.com/rate-limits): which limiter refused a request. A 429 without it
+# is not a rate limit (for example `lock_timeout` on an object being updated): retried, the pace left alone.
+GLOBAL_REASONS = frozenset({"global-rate", "global-concurrency"})
+ENDPOINT_REASONS = frozenset({"endpoint-rate", "endpoint-concurrency", "resource-specific"})
+
+
+def rate_limited_reason(exc: stripe.StripeError) -> str | None:
+    """The Stripe-Rate-Limited-Reason of a 429, lower case, or None when Stripe sent none."""
+    value = {str(k).lower(): v for k, v in (exc.headers or {}).items()}.get("stripe-rate-limited-reason")
+    reason = str(value or "").strip().lower()
+    return reason or None
+
+
+def _paces_to_slow(exc: stripe.RateLimitError, paces: tuple[Pacer, Pacer]) -> tuple[Pacer, ...]:
+    """The pacers a 429 slows: the global one for a global limit, the endpoint's for its own (or a resource's),
+    both for a reason not known here, none without a reason (no rate limit: lock_timeout and the like)."""
+    reason = rate_limited_reason(exc)
+    if reason is None or getattr(exc, "code", None) == "lock_timeout":
+        log.info("Stripe: HTTP 429 %s without Stripe-Rate-Limited-Reason: not a rate limit; retried at the same "
+                 "pace", getattr(exc, "code", None) or "error",
+                 extra=fields(kind="pacing", edge="stripe", reason="not_a_limit"))
+        return ()
+    if reason in GLOBAL_REASONS:
+        return paces[:1]
+    if reason in ENDPOINT_REASONS:
+        return paces[1:]
+    return paces
 
 
 def _log_retry(state: RetryCallState, path: str, attempts: int) -> None:
@@ -381,7 +446,7 @@ class StripeSource:
     def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
                  api_version: str, requests_per_second: float = 20.0, max_attempts: int = MAX_ATTEMPTS,
                  clock: Any = time.time, sleep: Any = time.sleep,
-                 endpoint_requests_per_second: float = ENDPOINT_REQUESTS_PER_SECOND) -> None:
+                 endpoint_requests_per_second: float | None = None) -> None:
         self._client = client
         self._http = http
         self._api_version = api_version
@@ -390,8 +455,11 @@ class StripeSource:
         # listing threads share them (the Pacer is thread-safe). The lock guards the pacers' table and the count.
         self._pace_lock = threading.Lock()
         self._endpoint_pacers: dict[str, Pacer] = {}
-        # The same share of the endpoint's limit as of the global one: the account's own app calls these too.
-        self._endpoint_rate = min(requests_per_second, endpoint_requests_per_second * RATE_LIMIT_SHARE)
+        self._rate_limited = 0
+        # The same share of the endpoint's default limit as of the global one: the account's own app calls these
+        # too. A pace configured (stripe.endpoint_requests_per_second, for raised limits) is used as it is.
+        endpoint_rate = endpoint_requests_per_second or ENDPOINT_REQUESTS_PER_SECOND * RATE_LIMIT_SHARE
+        self._endpoint_rate = min(requests_per_second, endpoint_rate)
         self._max_attempts = max_attempts
         self._clock = clock
         self._sleep = sleep
@@ -418,8 +486,9 @@ class StripeSource:
 
     @property
     def rate_limited(self) -> int:
-        """429s Stripe answered this run (each retried; see Pacer for what they do to the pace)."""
-        return self._pacer.throttles
+        """Rate-limit 429s Stripe answered this run (each retried; see Pacer for what they do to the pace). A 429
+        without Stripe-Rate-Limited-Reason is no rate limit and is not counted."""
+        return self._rate_limited
 
     @property
     def calls(self) -> int:
@@ -449,11 +518,11 @@ class StripeSource:
             try:
                 resp = self._client.raw_request("get", path, **(params or {}))
             except stripe.RateLimitError as exc:
-                # A 429 `lock_timeout` is about one object, not the rate: it leaves the pace alone. Stripe does
-                # not say which limiter refused, so both paces this request went through slow down.
-                if getattr(exc, "code", None) != "lock_timeout":
-                    for pacer in paces:
-                        pacer.throttled()
+                slowed = _paces_to_slow(exc, paces)
+                with self._pace_lock:
+                    self._rate_limited += bool(slowed)
+                for pacer in slowed:
+                    pacer.throttled(rate_limited_reason(exc) or "rate")
                 raise
             finally:
                 decoded = self._http.take_decoded() if self._http is not None else None
@@ -461,17 +530,35 @@ class StripeSource:
                 pacer.succeeded()
             return resp, decoded
 
+        # The whole request, its retries and their waits included, ends within stripe.timeout_seconds (see
+        # deadline.py): a stall is tried again within that time, and a server that accepts the connection and
+        # never answers fails when it is up, not after MAX_ATTEMPTS full timeouts.
+        total = self._http.timeout if self._http is not None else None
+        deadline = Deadline(total) if total else None
+
+        def limited() -> tuple[Any, dict[str, Any] | None]:
+            if self._http is not None and deadline is not None:
+                self._http.limit_attempt(deadline.attempt_timeout())
+            return attempt()
+
+        wait = wait_random_exponential(multiplier=0.5, max=8)
         retrying = Retrying(
             retry=retry_if_exception(lambda exc: _retry_reason(exc) is not None),
-            wait=wait_random_exponential(multiplier=0.5, max=8), stop=stop_after_attempt(self._max_attempts),
+            wait=deadline.wait(wait) if deadline else wait,
+            stop=deadline.stop(self._max_attempts) if deadline else stop_after_attempt(self._max_attempts),
             sleep=self._sleep, before_sleep=lambda state: _log_retry(state, path, self._max_attempts),
             reraise=True)
+        started = time.monotonic()
         try:
-            resp, decoded = retrying(attempt)
+            resp, decoded = retrying(limited)
         except stripe.InvalidRequestError:
             raise
         except stripe.StripeError as exc:
-            raise _fatal(exc, what) from None
+            attempts = retrying.statistics.get("attempt_number", 1)
+            raise _fatal(exc, what, attempts=attempts, seconds=time.monotonic() - started, timeout=total) from None
+        finally:
+            if self._http is not None:
+                self._http.limit_attempt(None)
         data = decoded if decoded is not None else getattr(resp, "data", None)
         if not isinstance(data, dict):
             raise FatalSyncError(f"Stripe sent a response that is not a JSON object while {what}.",
@@ -579,6 +666,17 @@ class StripeSource:
         """The newest event of these types (backfill's hand-off point for sync)."""
         data = self._first_page("events", "/v1/events", {"limit": 1, "types": list(types)})
         return (data[0]["id"], int(data[0]["created"])) if data else None
+
+    def recent_currencies(self, types: Sequence[str] = EVENT_TYPES) -> dict[str, int]:
+        """How many of the newest PAGE_LIMIT events (one request) are in each currency (upper-case ISO code),
+        read from `data.object.currency` (subscriptions, invoices and PaymentIntents all carry one)."""
+        counts: dict[str, int] = {}
+        for event in self._first_page("events", "/v1/events", {"limit": PAGE_LIMIT, "types": list(types)}):
+            obj = (event.get("data") or {}).get("object") or {}
+            code = obj.get("currency") if isinstance(obj, dict) else None
+            if isinstance(code, str) and code:
+                counts[code.upper()] = counts.get(code.upper(), 0) + 1
+        return counts
 
     # --- backfill lists -----------------------------------------------------------------------
     def list_pages(self, kind: str, *, since: int, until: int | None,

@@ -31,14 +31,14 @@ T = NOW - 2 * DAY
 
 
 @contextmanager
-def salesforce(tmp_path: Path, stripe_sb: StripeSandbox,
-               currencies: list[str] | None) -> Iterator[tuple[SalesforceOrg, service.Environment, Path]]:
+def salesforce(tmp_path: Path, stripe_sb: StripeSandbox, currencies: list[str] | None, *, default_currency: str = "USD",
+               **overrides: str) -> Iterator[tuple[SalesforceOrg, service.Environment, Path]]:
     """An org (multi-currency when `currencies` is given), its stand-in, and a discovered config."""
-    org = SalesforceOrg(won_stage="Won", currencies=currencies)
+    org = SalesforceOrg(won_stage="Won", currencies=currencies, default_currency=default_currency)
     with SalesforceSandbox(org) as sb:
         env = sandbox_environment(stripe_sb, sb)
         env.sleep = lambda s: None
-        config = write_config(tmp_path / "sync.yaml")
+        config = write_config(tmp_path / "sync.yaml", **overrides)
         service.run_discover(config, env, write=True, example=config.read_text())
         yield org, env, config
 
@@ -81,8 +81,11 @@ def price_reads(stripe_sb: StripeSandbox, mark: int = 0) -> list[tuple[str, Any]
             if path.startswith("/v1/prices/")]
 
 
-def test_single_currency_org_gets_the_billed_currency_amounts(tmp_path, stripe_sb):
-    with salesforce(tmp_path, stripe_sb, None) as (org, env, config):
+WRITE_AS_IS = {"currency_mismatch: dead_letter": "currency_mismatch: write_as_is"}
+
+
+def test_single_currency_org_gets_the_billed_currency_amounts_when_told_to_write_them_as_is(tmp_path, stripe_sb):
+    with salesforce(tmp_path, stripe_sb, None, **WRITE_AS_IS) as (org, env, config):
         w = euro_world(stripe_sb, org)
         summary = sync(config, env)
         assert summary.applied == 3 and summary.dead_lettered == 0
@@ -94,6 +97,42 @@ def test_single_currency_org_gets_the_billed_currency_amounts(tmp_path, stripe_s
         assert money_of(opportunity(org, w["dollar"])) == (Decimal("100.00"), Decimal("100.00"), Decimal("1200.00"))
         # One price read for both EUR subscriptions, none for the USD one.
         assert price_reads(stripe_sb) == [(f"/v1/prices/{w['price']}", ["currency_options"])]
+
+
+def test_single_currency_org_dead_letters_another_currency_naming_both(tmp_path, stripe_sb):
+    """A USD org without multiple currencies would read EUR 180.00 as USD 180.00 (Salesforce Help, "Multiple
+    Currencies"): the EUR events wait as CURRENCY_MISMATCH, whole, and the USD one is written."""
+    with salesforce(tmp_path, stripe_sb, None) as (org, env, config):
+        w = euro_world(stripe_sb, org)
+        summary = sync(config, env)
+        assert summary.applied == 1 and summary.dead_lettered == 2
+        assert [o["Stripe_Subscription_ID__c"] for o in org.records("Opportunity")] == [w["dollar"]]
+        assert {a["Name"]: a.get("Subscription_Status__c") for a in org.records("Account")} == {
+            "Euro Co": None, "Euro2 Co": None, "Dollar Co": "active"}
+        with StateStore.open(config.parent / "stripe-sf-state.sqlite") as st:
+            letters = st.dead_letters()
+            assert json.loads(st.get_meta(ORG_CACHE_KEY))["currency"] == "USD"
+        assert {d.error_code for d in letters} == {"CURRENCY_MISMATCH"}
+        reason = letters[0].reason
+        assert "EUR" in reason and "USD" in reason and "currency_mismatch: write_as_is" in reason
+        assert "stripe-sf dlq retry --all" in reason
+
+        # The org accepts the numbers as they are: the config says so, and the retry writes them.
+        config.write_text(config.read_text().replace(*next(iter(WRITE_AS_IS.items()))))
+        retried = service.run_dlq_retry(config, env, event_ids=[], retry_all=True)
+        assert retried.applied == 2 and retried.dead_lettered == 0
+        assert money_of(opportunity(org, w["euro"])) == (Decimal("180.00"), Decimal("180.00"), Decimal("2160.00"))
+
+
+def test_single_currency_org_in_the_billed_currency_takes_it(tmp_path, stripe_sb):
+    with salesforce(tmp_path, stripe_sb, None, default_currency="EUR") as (org, env, config):
+        w = euro_world(stripe_sb, org)
+        summary = sync(config, env)
+        assert summary.applied == 2 and summary.dead_lettered == 1
+        assert {o["Stripe_Subscription_ID__c"] for o in org.records("Opportunity")} == {w["euro"], w["euro2"]}
+        with StateStore.open(config.parent / "stripe-sf-state.sqlite") as st:
+            [letter] = st.dead_letters()
+        assert letter.error_code == "CURRENCY_MISMATCH" and "USD" in letter.reason and "EUR" in letter.reason
 
 
 def test_multi_currency_org_gets_currency_iso_code(tmp_path, stripe_sb):

@@ -80,7 +80,8 @@ def org() -> SalesforceOrg:
     """The demo org, where the integration user may not use the "New Business" record type (discover-config
     then chooses "Renewal"; a config naming "New Business" is wrong)."""
     return SalesforceOrg(won_stage=scenario.WON_STAGE, won_stage_label=scenario.WON_STAGE_LABEL,
-                         require_record_type=True, csm_field="CSM__c", unavailable_record_types=["New Business"])
+                         require_record_type=True, csm_field="CSM__c", unavailable_record_types=["New Business"],
+                         currencies=scenario.ORG_CURRENCIES)
 
 
 def break_org(org: SalesforceOrg) -> None:
@@ -133,7 +134,7 @@ def test_every_org_problem_is_named_with_its_fix_and_exits_2(tmp_path, stripe_sb
     # the text form: one line per check, each problem with its fix
     [line] = [line for line in text.splitlines() if "Account.Subscription_Status__c" in line]
     assert line.startswith("error") and "Fix: add the value paused to the picklist." in line
-    assert text.splitlines()[-1] == "doctor: 13 ok, 1 warning, 6 errors."
+    assert text.splitlines()[-1] == "doctor: 14 ok, 1 warning, 6 errors."  # currencies included
 
 
 def test_a_won_stage_held_by_its_label_and_an_unset_one_are_named(tmp_path, stripe_sb, sf_sb, org):
@@ -283,3 +284,32 @@ def test_quiet_shows_warnings_and_errors_only(tmp_path, stripe_sb, sf_sb, org):
     assert warned.exit_code == ExitCode.OK and lines and not any(line.startswith("ok ") for line in lines), lines
     assert lines[0].startswith("warning") and "API usage" in lines[0]
     assert lines[-1].startswith("doctor: ") and "1 warning, 0 errors." in lines[-1]
+
+
+def test_recent_stripe_activity_in_a_currency_the_org_does_not_use_is_a_warning(tmp_path, stripe_sb):
+    """A EUR org without multiple currencies, and Stripe events in USD: doctor says the org would read them
+    as EUR, what a run does with them (salesforce.currency_mismatch), and the fix."""
+    org = SalesforceOrg(won_stage=scenario.WON_STAGE, won_stage_label=scenario.WON_STAGE_LABEL, csm_field="CSM__c",
+                        default_currency="EUR")
+    with SalesforceSandbox(org) as sf:
+        env = cli_env(stripe_sb, sf)
+        cfg = discovered(tmp_path, env)
+        scenario.load(stripe_sb, org, now=int(time.time()))
+        code, report, text = doctor(cfg, env)
+        assert code == ExitCode.OK  # a warning: the events wait as dead letters, nothing is lost
+        [check] = by_name(report)["currencies"]
+        assert check["status"] == "warning" and check["area"] == "stripe"
+        assert "USD (" in check["message"] and "single currency, EUR" in check["message"]
+        assert "CURRENCY_MISMATCH" in check["message"] and "salesforce.currency_mismatch" in check["fix"]
+        assert any(line.startswith("warning") and "currencies" in line and "USD" in line for line in text.splitlines())
+
+        multi = SalesforceOrg(won_stage=scenario.WON_STAGE, currencies=["USD", "EUR"])
+        with SalesforceSandbox(multi) as sf2:
+            env2 = cli_env(stripe_sb, sf2)
+            (tmp_path / "multi").mkdir()
+            cfg2 = discovered(tmp_path / "multi", env2)
+            [ok] = by_name(doctor(cfg2, env2)[1])["currencies"]
+        # The scenario has a JPY payment too: a multi-currency org without JPY is told to activate it.
+        assert ok["status"] == "warning"
+        assert ok["message"].startswith("recent Stripe activity is in JPY (1 event), which")
+        assert "CURRENCY_NOT_ACTIVE" in ok["message"] and ok["fix"].startswith("activate JPY in Setup")

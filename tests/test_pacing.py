@@ -39,8 +39,12 @@ def test_the_default_pace_is_eighty_percent_of_the_key_mode_s_limit(key, rps):
 def test_the_config_leaves_the_pace_unset_by_default_and_still_bounds_an_override():
     assert StripeSettings().requests_per_second is None
     assert StripeSettings(requests_per_second=100).requests_per_second == 100
+    # An account whose limits Stripe raised may go faster (docs.stripe.com/rate-limits), up to a sane bound.
+    assert StripeSettings(requests_per_second=400, endpoint_requests_per_second=100).endpoint_requests_per_second == 100
     with pytest.raises(ValueError):
-        StripeSettings(requests_per_second=101)
+        StripeSettings(requests_per_second=1001)
+    with pytest.raises(ValueError):
+        StripeSettings(endpoint_requests_per_second=0)
 
 
 def test_a_429_halves_the_pace_once_a_window_then_it_climbs_back_to_the_ceiling(caplog):
@@ -148,3 +152,64 @@ def test_the_429s_are_in_the_printed_summary_and_the_metrics_file(tmp_path, caps
     write_metrics(prom, RunFigures("sync", 0, time.time(), summary.as_dict(), 0, None, None, None))
     samples = {s.name: s.value for fam in text_string_to_metric_families(prom.read_text()) for s in fam.samples}
     assert samples["stripe_sf_last_run_stripe_rate_limited"] == 3
+
+
+RATE_LIMIT_BODY = {"error": {"type": "invalid_request_error", "code": "rate_limit",
+                             "message": "Too many requests hit the API too quickly."}}
+LOCK_TIMEOUT_BODY = {"error": {"type": "invalid_request_error", "code": "lock_timeout",
+                               "message": "This object cannot be accessed right now because another API request or "
+                                          "Stripe process is currently accessing it."}}
+
+
+def paced_source(stripe_sb: StripeSandbox, **kw: float):
+    from stripe_sf_sync.sandbox.stripe_factory import API_VERSION_CURRENT
+    from stripe_sf_sync.stripe_source import StripeSource, build_client
+
+    client, http = build_client(stripe_sb.api_key, api_base=stripe_sb.base_url, api_version=API_VERSION_CURRENT,
+                                timeout=5)
+    return StripeSource(client, http, api_version=API_VERSION_CURRENT, sleep=lambda s: None, **kw)
+
+
+def paces(source) -> tuple[float, float]:
+    """(global pace, the pace of GET /v1/events)."""
+    return source._pacer.per_second, source._endpoint_pacer("/v1/events").per_second
+
+
+@pytest.mark.parametrize(("headers", "body", "after", "counted"), [
+    # Which limiter refused is in Stripe-Rate-Limited-Reason (docs.stripe.com/rate-limits): only its pace halves.
+    ({"Stripe-Rate-Limited-Reason": "global-rate"}, RATE_LIMIT_BODY, (40.0, 20.0), 2),
+    ({"Stripe-Rate-Limited-Reason": "global-concurrency"}, RATE_LIMIT_BODY, (40.0, 20.0), 2),
+    ({"Stripe-Rate-Limited-Reason": "endpoint-rate"}, RATE_LIMIT_BODY, (80.0, 10.0), 2),
+    ({"stripe-rate-limited-reason": "Endpoint-Concurrency"}, RATE_LIMIT_BODY, (80.0, 10.0), 2),
+    ({"Stripe-Rate-Limited-Reason": "some-new-limiter"}, RATE_LIMIT_BODY, (40.0, 10.0), 2),
+    # A 429 without a reason is no rate limit (a lock timeout on an object being updated): retried, same pace.
+    ({}, LOCK_TIMEOUT_BODY, (80.0, 20.0), 0),
+    ({}, RATE_LIMIT_BODY, (80.0, 20.0), 0),
+])
+def test_a_429_slows_only_the_limit_stripe_names_and_one_without_a_reason_none(stripe_sb, headers, body, after,
+                                                                             counted):
+    source = paced_source(stripe_sb, requests_per_second=80)
+    assert paces(source) == (80.0, 20.0)
+    stripe_sb.faults.fail_matching("GET", r"^/v1/events", 429, body, headers=headers, times=2)
+    assert source.newest_event() is None  # retried until it went through
+    assert source.calls == 3
+    assert paces(source) == after  # halved once: the second 429 came within the same window
+    assert source.rate_limited == counted
+
+
+def test_the_stand_in_says_which_of_its_limits_refused(stripe_sb):
+    import requests
+
+    with StripeSandbox(rate_limit_per_s=2) as sb:
+        got = [requests.get(f"{sb.base_url}/v1/events", headers={"Authorization": f"Bearer {sb.api_key}"}, timeout=5)
+               for _ in range(4)]
+    limited = [r for r in got if r.status_code == 429]
+    assert limited and all(r.headers["Stripe-Rate-Limited-Reason"] == "global-rate" for r in limited)
+    assert limited[0].json()["error"]["code"] == "rate_limit"
+
+
+def test_raised_limits_can_be_configured_per_endpoint(stripe_sb):
+    assert paces(paced_source(stripe_sb, requests_per_second=400)) == (400.0, 20.0)  # 80% of 25 by default
+    assert paces(paced_source(stripe_sb, requests_per_second=400, endpoint_requests_per_second=150)) == (400.0,
+                                                                                                         150.0)
+    assert paces(paced_source(stripe_sb, requests_per_second=10, endpoint_requests_per_second=150)) == (10.0, 10.0)

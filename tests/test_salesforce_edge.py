@@ -80,8 +80,13 @@ def body(code: str, message: str = "") -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize(("exc", "verdict", "code", "cause"), [
-    (requests.ConnectionError("refused"), Verdict.RETRY, None, "ConnectionError talking to Salesforce"),
-    (requests.ReadTimeout("slow"), Verdict.RETRY, None, "ReadTimeout talking to Salesforce"),
+    # No HTTP answer: the cause in words (the host, when the exception carries its request; see
+    # test_connection_failures.py for real sockets).
+    (requests.ConnectionError("reset"), Verdict.RETRY, "CONNECTION_ERROR",
+     "the connection to the server failed (ConnectionError)"),
+    (requests.ReadTimeout("slow"), Verdict.RETRY, "TIMEOUT", "the server accepted the connection but did not answer"),
+    (requests.ConnectionError(ConnectionRefusedError(111, "Connection refused")), Verdict.RETRY, "CONNECTION_REFUSED",
+     "the server refused the connection (nothing listens on that port, or a firewall rejects it)"),
     (SalesforceGeneralError("u", 503, "query", body("SERVER_UNAVAILABLE")), Verdict.RETRY, "SERVER_UNAVAILABLE",
      "HTTP 503"),
     (SalesforceExpiredSession("u", 401, "query", body("INVALID_SESSION_ID")), Verdict.RENEW, "INVALID_SESSION_ID",

@@ -54,7 +54,7 @@ def retries() -> Iterator[Retries]:
         logger.setLevel(level)
 
 
-def source_for(sb: StripeSandbox, retries: Retries, timeout: float = 5) -> StripeSource:
+def source_for(sb: StripeSandbox, retries: Retries, timeout: float = 30) -> StripeSource:
     client, http = build_client(sb.api_key, api_base=sb.base_url, api_version=API_VERSION_CURRENT, timeout=timeout)
     return StripeSource(client, http, api_version=API_VERSION_CURRENT, sleep=retries.sleep)
 
@@ -112,15 +112,24 @@ def test_a_failing_request_is_tried_exactly_max_attempts_times(stripe_sb, retrie
     assert all(0 <= s <= 8 for s in retries.slept)
 
 
-def test_a_timeout_is_tried_exactly_max_attempts_times(stripe_sb, retries):
+def test_a_request_and_its_retries_end_within_the_configured_timeout(stripe_sb, retries):
+    """stripe.timeout_seconds bounds the whole request (deadline.py): each attempt gets half of what is left, so
+    a server that never answers fails when the time is up (it was MAX_ATTEMPTS x the timeout, plus the waits:
+    3 min 11 s with the defaults), and a single stall is tried again within it."""
     mark = stripe_sb.request_count
     for n in range(mark + 1, mark + 3 * MAX_ATTEMPTS + 1):
-        stripe_sb.faults.hang_request(n, 0.4)
-    source = source_for(stripe_sb, retries, timeout=0.1)
-    with pytest.raises(FatalSyncError, match="no response"):
+        stripe_sb.faults.hang_request(n, 3.0)
+    source = source_for(stripe_sb, retries, timeout=0.8)
+    started = time.monotonic()
+    with pytest.raises(FatalSyncError, match=r"did not answer within 0\.8 s; gave up after \d attempts") as caught:
         source.newest_event()
-    assert source.calls == MAX_ATTEMPTS
-    assert retries.logged[0].startswith("Stripe: no response (connection error or timeout) on GET /v1/events")
+    assert 0.6 < time.monotonic() - started < 1.5
+    assert 2 <= source.calls <= MAX_ATTEMPTS and caught.value.code == "TIMEOUT"
+    assert f"127.0.0.1:{stripe_sb.base_url.rsplit(':', 1)[1]}" in caught.value.message
+
+    stripe_sb.faults.clear()
+    stripe_sb.faults.hang_request(stripe_sb.request_count + 1, 3.0)  # one stall: the next attempt answers
+    assert source.newest_event() is None
 
 
 def test_each_retry_logs_one_warning_with_the_reason_and_the_attempt(stripe_sb, retries):

@@ -29,7 +29,7 @@ REP_DATE = "2031-03-14"
 def org(request: pytest.FixtureRequest) -> SalesforceOrg:
     """The demo's awkward org, with the Task key field made one way or another."""
     return SalesforceOrg(won_stage=scenario.WON_STAGE, require_record_type=True, csm_field="CSM__c",
-                         task_event_id_kind=request.param)
+                         task_event_id_kind=request.param, currencies=scenario.ORG_CURRENCIES)
 
 
 def run(config, env, **kw):

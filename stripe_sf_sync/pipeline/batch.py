@@ -39,6 +39,7 @@ class BatchSettings:
     # When Tasks were first keyed by what they are about in this state (issue 19): only events older than
     # that can have a Task under the event-id key of earlier versions. None: look that key up for every event.
     legacy_task_keys_before: int | None = None
+    currency_mismatch: str = "dead_letter"  # salesforce.currency_mismatch
 
 
 @dataclass
@@ -254,12 +255,13 @@ def _write_settings(planned: Planned, ports: Ports, settings: BatchSettings) -> 
     org = ports.lookup.org_facts()
     currencies = {it.currency.upper() for _, _, plan in planned for it in plan.intents
                   if isinstance(it, rules.OpportunityIntent) and it.currency}
-    if org.currencies is not None and not ports.lookup.described and currencies - org.currencies:
-        # The cached describe may predate a currency the admin has since activated (the dead letter's
-        # advice): describe again, once per run, before dead-lettering on stale facts.
+    if not ports.lookup.described and any(org.holds(c) is False for c in currencies):
+        # The cached describe may predate a currency the admin has since activated, or multiple currencies
+        # turned on (the dead letter's advice): describe again, once per run, before dead-lettering on stale facts.
         org = ports.lookup.org_facts(refresh=True)
     return WriteSettings(settings.names, settings.record_type_id, org.task_keyed, coalesce=settings.coalesce,
-                         currencies=org.currencies)
+                         currencies=org.currencies, org_currency=org.currency,
+                         write_as_is=settings.currency_mismatch == "write_as_is")
 
 
 def _materialize(planned: Planned, materializer: Materializer) -> dict[str, tuple[str, str]]:

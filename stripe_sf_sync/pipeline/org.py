@@ -26,13 +26,32 @@ class OrgFacts:
     # A multi-currency org's active currencies (upper-case ISO codes, from Opportunity.CurrencyIsoCode's
     # picklist); None for a single-currency org, which has no CurrencyIsoCode field.
     currencies: frozenset[str] | None = None
+    # The org's own currency (Organization.DefaultCurrencyIsoCode, upper case): a single-currency org reads
+    # every amount in it. None when Salesforce did not say.
+    currency: str | None = None
+
+    def holds(self, code: str) -> bool | None:
+        """Whether an amount in `code` can be written as what it is: True, False, or None (not known)."""
+        if self.currencies is not None:
+            return code.upper() in self.currencies
+        return None if self.currency is None else code.upper() == self.currency
+
+
+# The org's currency: Organization.DefaultCurrencyIsoCode (Object Reference, "Organization":
+# developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_organization.htm).
+# The SOAP API's getUserInfo gives the same value as orgDefaultCurrencyIsoCode, "applicable only when
+# organizationMultiCurrency is false", the currency the API gives records whose currency is not named
+# (developer.salesforce.com/docs/platform/api/guide/sforce-api-calls-getuserinfo-getuserinforesult.html).
+# Read in the org check's Composite call, so it costs no API call of its own.
+ORG_CURRENCY_SOQL = "SELECT DefaultCurrencyIsoCode FROM Organization"
 
 
 class Describer(Protocol):
     """The one Salesforce read the org check needs."""
 
-    def describe_many(self, sobjects: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Describe results by sObject name."""
+    def describe_many(self, sobjects: Sequence[str], *,
+                      queries: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+        """Describe results by sObject name, and the first page of each of `queries` by its name."""
 
 
 class MetaStore(Protocol):
@@ -117,7 +136,7 @@ def fields_by_object(described: Mapping[str, Mapping[str, Any]]) -> dict[str, di
 
 def check_org(describer: Describer, loaded: LoadedConfig) -> OrgFacts:
     """Describe Opportunity, Account and Task; list every missing field or stage as one config error."""
-    described = describer.describe_many(["Opportunity", "Account", "Task"])
+    described = describer.describe_many(["Opportunity", "Account", "Task"], queries={"Organization": ORG_CURRENCY_SOQL})
     by_obj = fields_by_object(described)
     s = loaded.settings.salesforce
     fields = field_problems(by_obj, s.fields)
@@ -132,12 +151,26 @@ def check_org(describer: Describer, loaded: LoadedConfig) -> OrgFacts:
     for p in problems:
         log.warning("%s. %s", p.problem, p.fix[:1].upper() + p.fix[1:] + ".")
     task_field = by_obj["Task"].get(s.fields.task_event_id.lower())
-    currency = by_obj["Opportunity"].get("currencyisocode")
+    return currency_facts(described, task_keyed=task_field is not None)
+
+
+def currency_facts(described: Mapping[str, Mapping[str, Any]], *, task_keyed: bool = True) -> OrgFacts:
+    """The org's currencies: a multi-currency org's active ones (Opportunity.CurrencyIsoCode's picklist), and
+    its own currency (the Organization query, see ORG_CURRENCY_SOQL)."""
+    currency = fields_by_object({"Opportunity": described.get("Opportunity", {})})["Opportunity"].get(
+        "currencyisocode")
     currencies = None
     if currency is not None:
         currencies = frozenset(str(p["value"]).upper() for p in currency.get("picklistValues", [])
                                if p.get("active", True) and isinstance(p.get("value"), str))
-    return OrgFacts(task_keyed=task_field is not None, currencies=currencies)
+    return OrgFacts(task_keyed=task_keyed, currencies=currencies, currency=org_currency(described.get("Organization")))
+
+
+def org_currency(page: Mapping[str, Any] | None) -> str | None:
+    """The org's currency from the `SELECT DefaultCurrencyIsoCode FROM Organization` result, or None."""
+    records = (page or {}).get("records") or []
+    code = records[0].get("DefaultCurrencyIsoCode") if records and isinstance(records[0], Mapping) else None
+    return code.upper() if isinstance(code, str) and len(code) == 3 else None
 
 
 def field_problems(by_obj: FieldsByObject, names: FieldNames, *, thorough: bool = False) -> list[OrgProblem]:
@@ -323,7 +356,8 @@ class OrgCheck:
         currencies = None if self._facts.currencies is None else sorted(self._facts.currencies)
         self._meta.set_meta(ORG_CACHE_KEY, json.dumps({"key": self._key, "at": self._clock(),
                                                        "task_keyed": self._facts.task_keyed,
-                                                       "currencies": currencies}))
+                                                       "currencies": currencies,
+                                                       "currency": self._facts.currency}))
         return self._facts
 
     def _cached(self) -> OrgFacts | None:
@@ -333,9 +367,10 @@ class OrgCheck:
         data = json.loads(raw)
         currencies = data.get("currencies", False)  # False: cached before currencies were learnt
         known = currencies is None or (isinstance(currencies, list) and all(isinstance(c, str) for c in currencies))
-        # An older version's entry (no task_keyed, no currencies) is read again from the org.
-        if (known and "task_keyed" in data and data.get("key") == self._key
+        # An older version's entry (no task_keyed, no currencies, no currency) is read again from the org.
+        if (known and "task_keyed" in data and "currency" in data and data.get("key") == self._key
                 and self._clock() - data.get("at", 0) < ORG_CACHE_TTL_S):
+            currency = data["currency"] if isinstance(data["currency"], str) else None
             return OrgFacts(task_keyed=bool(data["task_keyed"]),
-                            currencies=None if currencies is None else frozenset(currencies))
+                            currencies=None if currencies is None else frozenset(currencies), currency=currency)
         return None

@@ -55,7 +55,7 @@ _RELEASES = {
 # System fields org.insert() may set explicitly, so tests can seed back-dated or fixed-Id records.
 _SEEDABLE = {"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "CreatedById", "LastModifiedById"}
 # Setup objects: readable over the API but not writable (real orgs say INVALID_TYPE_FOR_OPERATION).
-_SETUP_OBJECTS = {"User", "RecordType", "OpportunityStage"}
+_SETUP_OBJECTS = {"User", "RecordType", "OpportunityStage", "Organization"}
 _NUMBER_TYPES = {"currency", "double", "percent", "int"}
 _TEXT_TYPES = {"string", "textarea", "picklist", "email", "phone", "url"}
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -267,7 +267,16 @@ def _default_schema(
         FieldDef("IsActive", "boolean"),
         FieldDef("SortOrder", "double", precision=9, scale=0),
     )
+    # The org's one Organization record (Object Reference: Organization). DefaultCurrencyIsoCode is the
+    # org's currency; in a single-currency org every amount is read in it.
+    organization = _fields(
+        FieldDef("Name", "string", length=80, required=True),
+        FieldDef("IsSandbox", "boolean"),
+        FieldDef("OrganizationType", "picklist", length=40, picklist=["Enterprise Edition", "Developer Edition"]),
+        FieldDef("DefaultCurrencyIsoCode", "picklist", length=3, label="Currency Locale"),
+    )
     return {
+        "Organization": organization,
         "User": user,
         "RecordType": record_type,
         "OpportunityStage": stage,
@@ -434,6 +443,7 @@ class SalesforceOrg:
         csm_field: str | None = "CSM__c",
         daily_api_limit: int = 100_000,
         currencies: Sequence[str] | None = None,
+        default_currency: str = "USD",
         no_create: Iterable[str] = (),
         no_edit: Iterable[str] = (),
     ) -> None:
@@ -519,6 +529,10 @@ class SalesforceOrg:
                     "IsActive": True,
                 },
             )
+        # Organization.DefaultCurrencyIsoCode: a single-currency org's currency (the corporate one of a
+        # multi-currency org); `SELECT DefaultCurrencyIsoCode FROM Organization` reads it.
+        self.insert("Organization", {"Name": "Sandbox Org", "IsSandbox": True, "OrganizationType": "Enterprise Edition",
+                                     "DefaultCurrencyIsoCode": (self.currencies or [default_currency])[0]})
         types = (
             {"New Business": "New_Business", "Renewal": "Renewal"} if record_types is None else record_types
         )

@@ -31,10 +31,16 @@ class Scenario:
     unmatched_events: list[str] = field(default_factory=list)  # events that must dead-letter
 
 
+# The scenario bills in USD and JPY (and the benchmarks in EUR too): an org without multiple currencies would
+# read those amounts as its own currency, so stripe-sf dead-letters them (CURRENCY_MISMATCH).
+ORG_CURRENCIES = ("USD", "EUR", "JPY")
+
+
 def awkward_org() -> SalesforceOrg:
-    """An org with a renamed won stage label, required record types and a CSM field."""
+    """A multi-currency org (USD corporate, EUR, JPY) with a renamed won stage label, required record types and
+    a CSM field."""
     return SalesforceOrg(won_stage=WON_STAGE, won_stage_label=WON_STAGE_LABEL, require_record_type=True,
-                         csm_field="CSM__c")
+                         csm_field="CSM__c", currencies=ORG_CURRENCIES)
 
 
 def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) -> Scenario:

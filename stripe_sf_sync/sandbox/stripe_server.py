@@ -676,9 +676,9 @@ class StripeSandbox:
                 return failure.status, body, dict(failure.headers)
             self._check_auth(headers.get("authorization"))
             if self._bucket is not None and not self._bucket.take():
-                raise self._rate_limited()
+                raise self._rate_limited("global-rate")
             if self.endpoint_limit_per_s and not self._endpoint_bucket(method, path).take():
-                raise self._rate_limited()
+                raise self._rate_limited("endpoint-rate")
             version = headers.get("stripe-version") or self.account_api_version
             if not is_valid_api_version(version):
                 _bad(f"Invalid Stripe API version: {version}")
@@ -693,8 +693,11 @@ class StripeSandbox:
             print(f"stripe sandbox: internal error\n{self.server_errors[-1]}", file=sys.stderr)
             return 500, {"error": {"type": "api_error", "message": "Sandbox internal error."}}, {}
 
-    def _rate_limited(self) -> StripeApiError:
-        extra = {}
+    def _rate_limited(self, reason: str) -> StripeApiError:
+        # A 429 of a rate limiter says which one refused (docs.stripe.com/rate-limits: the
+        # Stripe-Rate-Limited-Reason header: global-rate, global-concurrency, endpoint-rate,
+        # endpoint-concurrency, resource-specific); a 429 without it is no rate limit (e.g. lock_timeout).
+        extra = {"Stripe-Rate-Limited-Reason": reason}
         if self.should_retry_header is not None:
             # stripe-python retries a 429 only when this header says "true".
             extra["Stripe-Should-Retry"] = "true" if self.should_retry_header else "false"
