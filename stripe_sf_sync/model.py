@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeGuard
 
 from stripe_sf_sync import money
 from stripe_sf_sync.errors import SkippableError
@@ -326,7 +326,7 @@ def _price_line(item: Mapping[str, Any], sub_currency: str, idx: int) -> money.P
     currency = _currency({"currency": currency})
     # Very old plans name it `amount`; None: tiered pricing, no single unit amount.
     unit = _unit_amount({"unit_amount": price.get("amount"), **price}, f"items.data[{idx}].price")
-    recurring = price.get("recurring") if isinstance(price.get("recurring"), _OBJECT) else price
+    recurring = rec if isinstance(rec := price.get("recurring"), _OBJECT) else price
     interval = recurring.get("interval")
     if interval is not None and interval not in ("day", "week", "month", "year"):
         raise MalformedEvent(f"items.data[{idx}] has unknown interval {interval!r}")
@@ -420,14 +420,15 @@ def in_billed_currency(change: SubscriptionChange,
 
 
 def _period_end(sub: Mapping[str, Any]) -> int | None:
-    def plausible(v: Any) -> bool:
+    def plausible(v: Any) -> TypeGuard[int]:
         return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_TIMESTAMP
 
     top = sub.get("current_period_end")  # pre-basil
     if plausible(top):
         return int(top)
     items = _get(sub, "items.data")
-    ends = [i.get("current_period_end") for i in (items if isinstance(items, list) else []) if isinstance(i, _OBJECT)]
+    ends: list[Any] = [i.get("current_period_end")
+                       for i in (items if isinstance(items, list) else []) if isinstance(i, _OBJECT)]
     ends = [e for e in ends if plausible(e)]
     return min(ends) if ends else None
 

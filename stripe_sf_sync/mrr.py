@@ -193,7 +193,7 @@ def _price_of(item: Mapping[str, Any], lookups: Lookups, where: str) -> Mapping[
     price = _obj(item.get("price")) or _obj(item.get("plan"))
     if price is None:
         raise Unknowable(f"{where} has no price")
-    looked = lookups.prices.get(price.get("id")) if isinstance(price.get("id"), str) else None
+    looked = lookups.prices.get(price_id) if isinstance(price_id := price.get("id"), str) else None
     if looked is None:
         return price
     return {**looked, **{k: v for k, v in price.items() if v is not None}}
@@ -227,7 +227,7 @@ def _units(quantity: int, transform: Any, where: str) -> Decimal:
     divide_by = spec.get("divide_by")
     if isinstance(divide_by, bool) or not isinstance(divide_by, int) or divide_by < 1:
         raise Unknowable(f"{where}: transform_quantity.divide_by is not a positive integer")
-    rounding = {"up": ROUND_CEILING, "down": ROUND_FLOOR}.get(spec.get("round"))
+    rounding = {"up": ROUND_CEILING, "down": ROUND_FLOOR}.get(spec.get("round", ""))
     if rounding is None:
         raise Unknowable(f"{where}: transform_quantity.round is neither up nor down")
     return (Decimal(quantity) / Decimal(divide_by)).quantize(Decimal(1), rounding=rounding)
@@ -582,8 +582,8 @@ def billed_currency(subscription: Mapping[str, Any]) -> str:
     """The currency the subscription is billed in (`currency`; very old payloads: its first price's).
     Raises ValueError when the payload names none (a malformed payload, dead-lettered upstream)."""
     candidates = [subscription.get("currency")]
-    first = next(iter(_list(subscription.get("items"))), None)
-    if _obj(first) is not None:
+    first = _obj(next(iter(_list(subscription.get("items"))), None))
+    if first is not None:
         price = _obj(first.get("price")) or _obj(first.get("plan")) or {}
         candidates.append(price.get("currency"))
     for value in candidates:
@@ -790,6 +790,6 @@ def discounts_changed(subscription: Mapping[str, Any], previous_attributes: Mapp
         return True
     if "items" not in prev:
         return False
-    before = {_id(i): _ref_ids(_obj(i).get("discounts")) for i in _list(prev.get("items")) if _obj(i) is not None}
-    now = {_id(i): _ref_ids(_obj(i).get("discounts")) for i in _list(subscription.get("items")) if _obj(i) is not None}
+    before = {_id(i): _ref_ids(o.get("discounts")) for i in _list(prev.get("items")) if (o := _obj(i)) is not None}
+    now = {_id(i): _ref_ids(o.get("discounts")) for i in _list(subscription.get("items")) if (o := _obj(i)) is not None}
     return any(item_id in now and now[item_id] != ids for item_id, ids in before.items())

@@ -152,7 +152,8 @@ def soql_pages(gw: SalesforceGateway, soql: str) -> Iterator[list[dict[str, Any]
     yield list(page.get("records", []))
     while not page.get("done", True) and page.get("nextRecordsUrl"):
         url = page["nextRecordsUrl"]
-        page = gw.send(lambda sf, url=url: sf.query_more(url, identifier_is_url=True, timeout=gw.timeout),
+        # ignored below: mypy cannot infer a lambda with a default argument (python/mypy#15459)
+        page = gw.send(lambda sf, url=url: sf.query_more(url, identifier_is_url=True, timeout=gw.timeout),  # type: ignore[misc]
                        what="the next page of a reconcile query", hint=QUERY_HINT)
         yield list(page.get("records", []))
 

@@ -126,7 +126,7 @@ class FieldDef:
 
 
 def _system_fields() -> list[FieldDef]:
-    ro = {"createable": False, "updateable": False}
+    ro: dict[str, Any] = {"createable": False, "updateable": False}
     return [
         FieldDef("Id", "id", length=18, **ro),
         FieldDef("IsDeleted", "boolean", **ro),
@@ -1501,7 +1501,8 @@ class SalesforceOrg:
 
             if query.where is not None:
                 where = query.where
-                rows = [r for r in rows if soql.evaluate(where, lambda n, r=r: value_of(r, n))]
+                # ignored below: mypy cannot infer a lambda with a default argument (python/mypy#15459)
+                rows = [r for r in rows if soql.evaluate(where, lambda n, r=r: value_of(r, n))]  # type: ignore[misc]
             if query.order_by:
                 rows = soql.sort_records(rows, query.order_by, value_of)
             if query.offset:
@@ -2238,7 +2239,7 @@ class _Api:
         if heavy > 5:
             raise _api_error(400, "LIMIT_EXCEEDED",
                              "Composite requests may contain at most 5 query or sObject Collections subrequests")
-        out = []
+        out: list[dict[str, Any]] = []
         for sr in subs:
             ref = sr.get("referenceId") if isinstance(sr, dict) else None
             url = str(sr.get("url", "")) if isinstance(sr, dict) else ""

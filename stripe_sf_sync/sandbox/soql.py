@@ -10,6 +10,7 @@ The module knows nothing about schemas: the server binds field names and supplie
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -184,7 +185,7 @@ class Comparison:
     op: str  # = != < <= > >= LIKE IN NOT IN
     values: list[Literal]
     # Literals converted for one field type, computed once per query rather than once per row.
-    _converted: dict[str, tuple[list[Any], frozenset[Any]]] = field(
+    _converted: dict[str, tuple[list[Any], frozenset[Any]]] = dataclasses.field(  # `field` alone: the attribute above
         default_factory=dict, repr=False, compare=False
     )
 

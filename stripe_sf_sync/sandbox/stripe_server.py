@@ -959,7 +959,8 @@ class StripeSandbox:
         for name in ("customer", "collection_method", "email", "currency", "product"):
             wanted = _str_param(params, name) if name in params else None
             if wanted is not None:
-                checks.append(lambda o, n=name, w=wanted: _ref_id(o.get(n)) == w)
+                # ignored below: mypy cannot infer a lambda with a default argument (python/mypy#15459)
+                checks.append(lambda o, n=name, w=wanted: _ref_id(o.get(n)) == w)  # type: ignore[misc]
         if collection == "customers":
             # A deleted customer is retrieved as a stub ({id, object, deleted: true}) and never listed
             # (Stripe API reference: Delete a customer; List all customers).
@@ -977,7 +978,8 @@ class StripeSandbox:
             elif status == "ended":
                 checks.append(lambda o: o.get("status") in ("canceled", "incomplete_expired"))
             elif status != "all":
-                checks.append(lambda o, s=status: o.get("status") == s)
+                # ignored below: mypy cannot infer a lambda with a default argument (python/mypy#15459)
+                checks.append(lambda o, s=status: o.get("status") == s)  # type: ignore[misc]
             price = _str_param(params, "price")
             if price is not None:
                 checks.append(
