@@ -754,8 +754,8 @@ class RecordsRetriable(SalesforceRetriable):
         self.indexes.extend(indexes)
         self.call = exc
 
-    @property  # type: ignore[override]
-    def reason(self) -> str:
+    @property
+    def reason(self) -> str:  # type: ignore[override]
         """E.g. "UNABLE_TO_LOCK_ROW on 3 Account records"."""
         parts = [f"{code} on {n} {self.sobject} record{'s' if n > 1 else ''}" for code, n in self.codes.items()]
         return ", ".join(parts + ([self.call.reason] if self.call else []))

@@ -480,7 +480,7 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
         reader.subscriptions(spill, names)
     if "payment_intents" in kinds:
         reader.payment_intents(spill)
-    facts = run.ports.lookup.org_facts()  # type: ignore[attr-defined]
+    facts = run.ports.lookup.org_facts()
     read_salesforce(spill, run.access.get(), names, multi_currency=facts.currencies is not None,
                     accounts="accounts" in kinds, stop=run.stop)
     if complete and "accounts" in kinds:

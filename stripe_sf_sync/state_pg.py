@@ -132,14 +132,14 @@ class _PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> psycopg.Cursor[Any]:
         if isinstance(params, Mapping):  # named %(name)s placeholders, as psycopg takes them
-            return self.raw.execute(sql, params)  # type: ignore[arg-type]
+            return self.raw.execute(sql, params)
         # Our statements hold no literal `?` or `%`: the placeholders translate one for one.
-        return self.raw.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+        return self.raw.execute(sql.replace("?", "%s"), tuple(params))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
         cur = self.raw.cursor()
         if rows := list(rows):  # psycopg sends them in one pipeline: one round trip, not one per row
-            cur.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
+            cur.executemany(sql.replace("?", "%s"), rows)
         return cur
 
     def close(self) -> None:
@@ -259,7 +259,7 @@ class _Heartbeat:
                 sent = time.monotonic()
                 try:
                     conn = conn or _heartbeat_connect(self._url, every)
-                    if conn.execute(_RENEW, self._params).rowcount != 1:  # type: ignore[arg-type]
+                    if conn.execute(_RENEW, self._params).rowcount != 1:
                         self._on_lost("another run took it over")
                         return
                     self.renewed(sent)
@@ -542,7 +542,7 @@ def _stored_version(raw: psycopg.Connection[Any]) -> int | None:
     PostgreSQL-only part is older, so that it is brought up to date too."""
     if raw.execute("SELECT to_regclass('meta')").fetchone()[0] is None:  # type: ignore[index]
         return None
-    rows = dict(raw.execute("SELECT key, value FROM meta WHERE key IN (%s, %s)",  # type: ignore[arg-type]
+    rows = dict(raw.execute("SELECT key, value FROM meta WHERE key IN (%s, %s)",
                             (_VERSION_KEY, _PG_VERSION_KEY)).fetchall())
     version = int(rows.get(_VERSION_KEY, 0))
     if version == SCHEMA_VERSION and int(rows.get(_PG_VERSION_KEY, 0)) < PG_SCHEMA_VERSION:
@@ -569,7 +569,7 @@ def _prepare_schema(raw: psycopg.Connection[Any], location: str, *, create: bool
         with raw.transaction():
             raw.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
             for statement in pg_schema():
-                raw.execute(statement)  # type: ignore[arg-type]
+                raw.execute(statement)
             for key, value in ((_VERSION_KEY, SCHEMA_VERSION), (_PG_VERSION_KEY, PG_SCHEMA_VERSION)):
                 raw.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT(key) DO UPDATE SET value = "
                             "excluded.value", (key, str(value)))

@@ -122,7 +122,8 @@ class CountingRequestsClient(stripe.RequestsClient):
         value, self._decoding.wanted, self._decoding.value = getattr(self._decoding, "value", None), False, None
         return value
 
-    def request(self, method: str, url: str, headers: Mapping[str, str] | None,
+    # The SDK's own RequestsClient.request has this signature (bytes, no `_usage`), at odds with HTTPClient's.
+    def request(self, method: str, url: str, headers: Mapping[str, str] | None,  # type: ignore[override]
                 post_data: Any = None) -> tuple[bytes, int, Mapping[str, str]]:
         with self._count_lock:
             self.calls += 1
@@ -175,7 +176,7 @@ class CaBundleSession(requests.Session):
         super().__init__()
         self.ca_bundle = ca_bundle
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         if kwargs.get("verify") is not False:  # verification is never switched off; only its CAs change
             kwargs["verify"] = self.ca_bundle
         return super().request(method, url, *args, **kwargs)
@@ -748,7 +749,7 @@ class StripeSource:
 
     def _keep_customer(self, customer_id: str, obj: Mapping[str, Any]) -> None:
         """Cache a customer read from Stripe, for this batch and (as fresh) for state."""
-        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+        metadata = meta if isinstance(meta := obj.get("metadata"), Mapping) else {}
         # Only what rules read is kept: a run may see tens of thousands of customers.
         self._customers[customer_id] = CachedCustomer(
             customer_id, {k: v for k, v in metadata.items() if isinstance(v, str)},
@@ -915,7 +916,7 @@ class StripeSource:
                                     {"expand": ["currency_options"]})
             options: dict[str, dict[str, Any]] | None = None
             if obj is not None:
-                raw = obj.get("currency_options") if isinstance(obj.get("currency_options"), dict) else {}
+                raw = opts if isinstance(opts := obj.get("currency_options"), dict) else {}
                 # Only what the amounts need (tiers and custom amounts leave the unit amount unknown).
                 options = {str(cur).lower(): {k: o.get(k) for k in ("unit_amount", "unit_amount_decimal")}
                            for cur, o in raw.items() if isinstance(o, dict)}
@@ -954,7 +955,7 @@ _CURRENT_PATHS = {"sub": "/v1/subscriptions", "in": "/v1/invoices", "pi": "/v1/p
 
 def _payment_link(payment: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(PaymentIntent id, invoice id) of an InvoicePayment (the PaymentIntent may be expanded)."""
-    inner = payment.get("payment") if isinstance(payment.get("payment"), Mapping) else {}
+    inner = paid if isinstance(paid := payment.get("payment"), Mapping) else {}
     pi = inner.get("payment_intent")
     pi_id = pi.get("id") if isinstance(pi, Mapping) else pi
     inv = payment.get("invoice")

@@ -55,7 +55,7 @@ class HeldEvent:
         """model.parse_event's result for this event (raising what it raised)."""
         if isinstance(self.parsed, Exception):
             raise self.parsed
-        return self.parsed  # type: ignore[no-any-return]
+        return self.parsed
 
     def load(self) -> dict[str, Any]:
         """The event, decoded."""

@@ -81,7 +81,7 @@ def serve(echo: Callable[[str], None], *, stop: threading.Event | None = None, e
         stop.set()
 
     with rehearsal() as r:
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(signum) is not signal.SIG_IGN:

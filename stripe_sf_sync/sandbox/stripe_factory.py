@@ -1371,6 +1371,7 @@ class StripeFactory:
         end: int,
     ) -> Obj:
         specs: list[tuple[Obj | None, Obj | None, int, int]] = []
+        item: Obj | None  # a subscription item below; None in the single line of a fallback spec
         for item in sub_items:
             price = item.get("price") or {}
             # A subscription billed in another of the price's currencies is invoiced at that option's amount.
