@@ -59,7 +59,7 @@ class StripeHydrator:
             if cust_meta is not None and customer_id:
                 known.append(CachedCustomer(customer_id, cust_meta, getattr(change, "customer_name", None), False,
                                             change.meta.created))
-        wanted = {c.customer_id for _, c in fresh if needs_customer(c)}
+        wanted = {c.customer_id for _, c in fresh if needs_customer(c) and c.customer_id}  # `and`: a str to mypy
         wanted -= {c for c in wanted if self._source.knows_customer(c)}
         for cached in [*self._customers.customers_for(wanted).values(), *known]:
             self._source.remember_customer(cached)  # the batch's own come last: newer than what state held
@@ -141,7 +141,7 @@ class StripeHydrator:
         if obj is None:
             return change
         event = held.load()
-        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        data = event_data if isinstance(event_data := event.get("data"), dict) else {}
         # The object comes in the pinned version; the event's `previous_attributes` in its own.
         event = {**event, "data": {**data, "object": obj}}
         try:

@@ -119,7 +119,7 @@ def classify(status: int | None, code: str | None, message: str | None = None) -
         return Verdict.RETRY
     if status is not None and status >= 500:
         return Verdict.RETRY
-    if status in STATUS_VERDICTS:
+    if status is not None and status in STATUS_VERDICTS:
         return STATUS_VERDICTS[status]
     return CODE_VERDICTS.get(code or "", Verdict.SKIP)
 
@@ -156,9 +156,9 @@ class Failure:
 
 def failure_of(exc: BaseException) -> Failure | None:
     """Classify what a simple-salesforce call raised; None for anything else (a bug: raised as it is)."""
-    problem = certificate_problem(exc) if isinstance(exc, requests.exceptions.SSLError) else None
-    if problem is not None:  # a certificate nobody here trusts does not clear by itself: stop, never retry
-        return Failure(Verdict.FATAL, None, problem, "TLS certificate not trusted", tls=True)
+    untrusted = certificate_problem(exc) if isinstance(exc, requests.exceptions.SSLError) else None
+    if untrusted is not None:  # a certificate nobody here trusts does not clear by itself: stop, never retry
+        return Failure(Verdict.FATAL, None, untrusted, "TLS certificate not trusted", tls=True)
     if isinstance(exc, requests.RequestException):  # no answer: DNS, connection refused or reset, TLS, timeouts
         problem = connection_problem(exc)
         if problem is None:
@@ -845,7 +845,8 @@ class CollectionsWriter:
         # Duplicate external ids in one call fail both rows (DUPLICATE_VALUE): coalescing already merged
         # them, and this split is the guard if coalescing is off.
         seen: set[str] = set()
-        first, later = [], []
+        first: list[int] = []
+        later: list[int] = []
         for i in chunk:
             (later if ops[i].key in seen and kind != "create" else first).append(i)
             seen.add(ops[i].key)

@@ -159,7 +159,7 @@ def log_batch(result: BatchResult, *, stripe_calls: int, salesforce_calls: int, 
     outcomes = ("would apply %d, %d stale, %d already done, %d needing no write, would dead-letter %d; "
                 "would write %s" if dry_run else
                 "%d applied, %d stale, %d already done, %d needing no write, %d dead-lettered; %s written")
-    shown = [*counts.values()]
+    shown: list[int | str] = [*counts.values()]
     shown[0], shown[-1] = counted(result.events_read, "event"), counted(result.records_written, "record")
     log.info(f"batch{' (dry run)' if dry_run else ''}: %s: {outcomes}; %s, %s; %.1f s", *shown,
              counted(stripe_calls, "Stripe call"), counted(salesforce_calls, "Salesforce call"), seconds,
