@@ -121,8 +121,8 @@ class Runtime:
         client, http = build_client(secrets.api_key, api_base=secrets.api_base, api_version=s.api_version,
                                     timeout=s.timeout_seconds, ca_bundle=ca_bundle)
         pace = s.requests_per_second or default_requests_per_second(secrets.api_key)
-        endpoint: dict[str, float] = ({"endpoint_requests_per_second": s.endpoint_requests_per_second}
-                                      if s.endpoint_requests_per_second else {})
+        endpoint: dict[str, Any] = ({"endpoint_requests_per_second": s.endpoint_requests_per_second}
+                                    if s.endpoint_requests_per_second else {})
         return StripeSource(client, http, api_version=s.api_version, requests_per_second=pace,
                             clock=self.environment.clock, sleep=self.environment.sleep, **endpoint)
 
@@ -415,13 +415,13 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
     summary = RunSummary("backfill", dry_run=dry_run)
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
                                                  metrics_file=metrics_file) as run:
-        objects = BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
+        listing = BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
                                   clock=environment.clock, progress=progress, stop=stop,
                                   log_every_pages=b.log_every_pages, dry_run=dry_run)
         try:
-            run.apply(objects)
+            run.apply(listing)
         finally:
-            objects.close()  # no listing thread outlives the run
+            listing.close()  # no listing thread outlives the run
     return summary
 
 
@@ -558,8 +558,9 @@ def run_state_migrate(config_path: Path | None, environment: Environment, to_url
         raise ConfigError([f"--to {problem}"], source="invocation")
     path = runtime.loaded.state_path
     with StateStore.open(path, create=False) as source, open_state(path, to_url) as target:
-        from stripe_sf_sync.state_pg import migrate_from  # psycopg is installed: open_state imported it
+        from stripe_sf_sync.state_pg import PgStateStore, migrate_from  # psycopg is installed: open_state imported it
 
+        assert isinstance(target, PgStateStore)  # a postgresql:// URL (state_url_problem above): open_state's store
         copied = migrate_from(source, target)
     return {"from": str(path), "to": masked_url(to_url), "state_url": url_without_password(to_url),
             "tables": {table: {"rows": rows, "checksum": digest} for table, (rows, digest) in copied.items()}}

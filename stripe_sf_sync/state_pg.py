@@ -280,7 +280,7 @@ def _heartbeat_connect(url: str, every: float) -> psycopg.Connection[Any]:
     keepalives and tcp_user_timeout, libpq's client-side settings, which a pooler does not see)."""
     wait = max(2, math.ceil(every))
     # tcp_user_timeout: libpq 12 or newer (psycopg[binary] bundles a newer one); an older one refuses it
-    unacked = {"tcp_user_timeout": wait * 1000} if psycopg.pq.version() >= 120000 else {}
+    unacked: dict[str, Any] = {"tcp_user_timeout": wait * 1000} if psycopg.pq.version() >= 120000 else {}
     return psycopg.connect(url, autocommit=True, connect_timeout=wait, prepare_threshold=None,
                            application_name="stripe-sf", keepalives=1, keepalives_idle=wait,
                            keepalives_interval=1, keepalives_count=3, **unacked)

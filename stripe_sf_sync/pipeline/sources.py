@@ -44,8 +44,14 @@ class Batch:
 class Source(Protocol):
     """Something that yields batches; told what each batch did."""
 
-    interrupted: bool  # stopped on request (Ctrl-C, SIGTERM) before its end
-    objects: dict[str, dict[str, Any]]  # counts per object type, for sources that keep them (backfill)
+    # Read-only to the run: an attribute or a property (backfill's) answers either.
+    @property
+    def interrupted(self) -> bool:
+        """Stopped on request (Ctrl-C, SIGTERM) before its end."""
+
+    @property
+    def objects(self) -> dict[str, dict[str, Any]]:
+        """Counts per object type, for sources that keep them (backfill)."""
 
     def batches(self) -> Iterator[Batch]:
         """The batches, in the order they must be applied."""
