@@ -26,11 +26,14 @@ from stripe_sf_sync.words import counted
 
 # Loaded when a command first uses them: `--help` and TAB completion start without the Stripe SDK,
 # simple-salesforce, pydantic or requests (issue 20 §5; tests/test_cli.py checks it).
-service = lazy_module("stripe_sf_sync.service")
-configuration = lazy_module("stripe_sf_sync.config")
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the modules themselves, to the type checker
     from rich.console import Console
+
+    from stripe_sf_sync import config as configuration
+    from stripe_sf_sync import service
+else:
+    service = lazy_module("stripe_sf_sync.service")
+    configuration = lazy_module("stripe_sf_sync.config")
 
 T = TypeVar("T")
 log = logging.getLogger("stripe_sf_sync")
@@ -411,7 +414,8 @@ def _print_reconcile(report: Any, summary: service.RunSummary) -> None:
     out.print(f"Checked {checked}: {report.matched} matched, {counted(report.mismatches, 'mismatch', 'mismatches')}.",
               highlight=False)
     if report.totals:
-        rows = [(cur, t["stripe_mrr"], t["salesforce_mrr"], t["difference"]) for cur, t in report.totals.items()]
+        rows: list[tuple[Any, ...]] = [(cur, t["stripe_mrr"], t["salesforce_mrr"], t["difference"])
+                                       for cur, t in report.totals.items()]
         print_records(out, "MRR per currency", [Column("currency", is_id=True), Column("Stripe", is_id=True),
                                                 Column("Salesforce", is_id=True), Column("difference", is_id=True)],
                       rows)
