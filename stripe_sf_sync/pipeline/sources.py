@@ -44,7 +44,7 @@ class Batch:
 class Source(Protocol):
     """Something that yields batches; told what each batch did."""
 
-    # Read-only to the run: an attribute or a property (backfill's) answers either.
+    # Read-only to the run: a plain attribute satisfies them, and so do backfill's properties.
     @property
     def interrupted(self) -> bool:
         """Stopped on request (Ctrl-C, SIGTERM) before its end."""

@@ -185,7 +185,7 @@ class Comparison:
     op: str  # = != < <= > >= LIKE IN NOT IN
     values: list[Literal]
     # Literals converted for one field type, computed once per query rather than once per row.
-    _converted: dict[str, tuple[list[Any], frozenset[Any]]] = dataclasses.field(  # `field` alone: the attribute above
+    _converted: dict[str, tuple[list[Any], frozenset[Any]]] = dataclasses.field(  # mypy: `field` is the attribute above
         default_factory=dict, repr=False, compare=False
     )
 
