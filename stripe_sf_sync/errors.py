@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -257,6 +255,9 @@ def _host_of(chain: list[BaseException]) -> str | None:
 def connection_problem(exc: BaseException) -> ConnectionProblem | None:
     """The cause of a request that got no HTTP answer (from the Stripe SDK, requests or simple-salesforce), or
     None when `exc` is no connection failure. An untrusted certificate is `certificate_problem`'s."""
+    import socket  # here: a command that never connects starts without them
+    import ssl
+
     chain = _chain(exc)
     names = {type(e).__name__ for e in chain}
     host = _host_of(chain)
