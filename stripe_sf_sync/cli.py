@@ -175,7 +175,7 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
     elif not (active_settings().quiet or active_settings().json):
         _print_human_summary(summary)
     if summary.stopped_early:  # a warning, so that --quiet and a JSON log show it too
-        _say(logging.WARNING, f"Stopped early: {summary.stopped_early}. The next run continues from the cursor.",
+        _say(logging.WARNING, f"Stopped early: {summary.stopped_early}. The next run continues where this one stopped.",
              kind="stopped_early", reason=summary.stopped_early)
     if summary.dead_lettered and summary.dry_run:
         _say(logging.WARNING, f"A real run would dead-letter {summary.dead_lettered} events (the warnings above say "

@@ -47,6 +47,7 @@ from stripe_sf_sync.pipeline import (
     SyncEvents,
     run_batches,
 )
+from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
 from stripe_sf_sync.pipeline.edges import (
     DryRunState,
     PlanRecorder,
@@ -200,6 +201,7 @@ def batch_settings(loaded: LoadedConfig) -> BatchSettings:
     return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce)
 
 
+BACKFILL_CHECKPOINT_KEY = "backfill_checkpoint"  # backfill.CHECKPOINT_KEY (backfill.py is imported lazily)
 READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end
 
 
@@ -263,9 +265,11 @@ def _write_run_metrics(path: Path, state: StateStore, summary: RunSummary, code:
         cursor = state.cursor()
         read_through = state.get_meta(READ_THROUGH_KEY)
         current = max(cursor.created if cursor else 0, int(read_through or 0)) or None
+        checkpoint = state.get_meta(BACKFILL_CHECKPOINT_KEY)
+        unfinished = not json.loads(checkpoint).get("finished") if checkpoint else None
         write_metrics(path, RunFigures(summary.command, code, now, summary.as_dict(), state.dead_letter_count(),
                                        cursor.created if cursor else None, current,
-                                       state.last_success(summary.command)))
+                                       state.last_success(summary.command), unfinished))
     except OSError as exc:
         log.error("Could not write the metrics file %s: %s. Check its directory's space and permissions; the "
                   "next run writes it again.", path, exc.strerror or exc)
@@ -297,14 +301,29 @@ def apply_sync(run: RecordedRun, runtime: Runtime, *, since: int | None = None, 
     s = runtime.loaded.settings
     clock = runtime.environment.clock
     started = int(clock())
-    run.apply(SyncEvents(run.source, run.state, since=since, lookback=s.stripe.lookback_seconds, clock=clock,
-                         batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
-                         progress=progress))
+    events = SyncEvents(run.source, run.state, since=since, lookback=s.stripe.lookback_seconds, clock=clock,
+                        batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
+                        progress=progress)
+    run.apply(events)
+    if since is not None and run.state.cursor() is None:
+        _keep_sync_start(run, since)
     run.state.prune_ledger(int(clock()))
-    if not run.summary.stopped_early and (max_events is None or run.summary.events_read < max_events):
+    stopped = run.summary.stopped_early or run.summary.stopped_by or (stop is not None and stop.requested)
+    if events.read_to_end and not stopped:
         # Read to the end of the list: every event created before this run started is applied, so the
-        # cursor is current as of then, even when no new event came (status --check's cursor age).
+        # cursor is current as of then, even when no new event came (status --check's cursor age). A run
+        # stopped before the end (a signal, the API budget, --max-events) leaves it: the cursor's own time is
+        # then how current Salesforce is, and the backlog shows in status and the metrics (issue 20).
         run.state.set_meta(READ_THROUGH_KEY, str(started))
+
+
+def _keep_sync_start(run: RecordedRun, since: int) -> None:
+    """A first `sync --since` that committed no event (stopped by a signal or the API budget before its first
+    commit, or an error) still records where sync's history starts: the next plain `sync` lists from there."""
+    if run.state.get_meta(HANDOFF_SINCE_KEY) == str(since):
+        return
+    run.state.commit_batch([], cursor=None, versions={}, run_id=run.run_id or None,
+                           meta={SYNC_FLOOR_KEY: str(since), HANDOFF_SINCE_KEY: str(since)})
 
 
 def check_run_metrics(metrics_file: Path | None, *, dry_run: bool) -> None:
@@ -538,7 +557,7 @@ def status_report(config_path: Path | None, environment: Environment, *,
         if state is not None:
             cursor = state.cursor()
             usage = state.get_meta("api_usage")
-            backfill = state.get_meta("backfill_checkpoint")
+            backfill = state.get_meta(BACKFILL_CHECKPOINT_KEY)
             read_through = int(state.get_meta(READ_THROUGH_KEY) or 0)
             rows = state.recent_runs(5)
             held = bool(rows) and rows[0].get("finished_at") is None and state.lock_held()

@@ -226,8 +226,9 @@ def test_sigterm_mid_backfill_prints_the_exact_resume_command_which_converges(tm
                     "SF_INSTANCE_URL": sf_sb.instance_url, "SF_ACCESS_TOKEN": sf_sb.access_token,
                     "REQUESTS_CA_BUNDLE": sf_sb.ca_path})
     since = since_days(400)
+    prom = tmp_path / "backfill.prom"
     child = Child(["backfill", "--since", since, "--objects", "subscriptions, payment_intents,invoices",
-                   "--config", str(cfg)], cli_env, tmp_path)
+                   "--config", str(cfg), "--metrics-file", str(prom)], cli_env, tmp_path)
     pages = [0]
 
     def once_a_chunk_is_committed(n: int, method: str, path: str) -> None:
@@ -254,10 +255,20 @@ def test_sigterm_mid_backfill_prints_the_exact_resume_command_which_converges(tm
     first_read = run["summary"]["objects"]["subscriptions"]["read"]
     assert 0 < first_read < 250
     assert 0 < len(org.records("Opportunity"))
+    # Issue 20 §1: status --check and the metrics say the history is incomplete, and how to finish it.
+    code, report = health_check(cfg, cli_env, "30d")
+    assert code == ExitCode.UNHEALTHY
+    [problem] = [p for p in report["health"]["problems"] if "backfill" in p]
+    assert "stopped before its end: subscriptions, payment_intents, invoices not all in Salesforce" in problem
+    assert f"`stripe-sf backfill --since {since} --objects subscriptions,payment_intents,invoices --resume`" in problem
+    assert prom_values(prom)["stripe_sf_backfill_unfinished"] == 1
 
-    resumed = subprocess.run([sys.executable, "-m", "stripe_sf_sync", *shlex.split(command)[1:]], env=cli_env,
+    resumed = subprocess.run([sys.executable, "-m", "stripe_sf_sync", *shlex.split(command)[1:],
+                              "--metrics-file", str(prom)], env=cli_env,
                              capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert resumed.returncode == ExitCode.OK, resumed.stderr
+    assert prom_values(prom)["stripe_sf_backfill_unfinished"] == 0
+    assert not [p for p in health_check(cfg, cli_env, "30d")[1]["health"]["problems"] if "backfill" in p]
     # The rest only: each slice from its own last committed page.
     assert runs(tmp_path / STATE_NAME)[-1]["summary"]["objects"]["subscriptions"]["read"] == 250 - first_read
     won = [s for s in h["subs"] if s["status"] in ("active", "trialing", "past_due", "unpaid")]
@@ -322,3 +333,90 @@ def test_the_status_probe_of_the_lock_never_turns_a_starting_run_away(tmp_path):
         assert reader.lock_held()
         starting.release_lock()
         assert not reader.lock_held()
+
+
+# --- issue 20: an interrupted run never looks current -----------------------------------------------------------
+
+def with_latency(world: World) -> World:
+    """The benchmarks' stand-in latency (Salesforce 20 ms, Stripe 10 ms a request)."""
+    world.sf.latency_ms, world.stripe.latency_ms = 20.0, 10.0
+    return world
+
+
+def health_check(cfg: Path, env: dict[str, str], max_age: str = "1h") -> tuple[int, dict[str, Any]]:
+    """`status --check --json --max-cursor-age MAX_AGE` in a subprocess: its exit code and report."""
+    done = stripe_sf(["status", "--config", str(cfg), "--check", "--json", "--max-cursor-age", max_age], env,
+                     timeout=60)
+    return done.returncode, json.loads(done.stdout)
+
+
+def prom_values(path: Path) -> dict[str, float]:
+    """The metrics file's samples by name (one command per file here)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return {s.name: s.value for f in text_string_to_metric_families(path.read_text()) for s in f.samples
+            if len(s.labels) == 1}
+
+
+def assert_reported_behind(cfg: Path, env: dict[str, str], prom: Path) -> None:
+    """status --check fails on the cursor's age, which is its own event's, and the metrics file says the same."""
+    code, report = health_check(cfg, env)
+    cursor = report["cursor"]
+    assert code == ExitCode.UNHEALTHY, report["health"]
+    assert cursor["current_at"] == cursor["created"] and cursor["current_age_s"] > 3600
+    assert any(p.startswith("the cursor is ") and "more than 60 min" in p for p in report["health"]["problems"])
+    assert prom_values(prom)["stripe_sf_cursor_current_timestamp_seconds"] == cursor["created"]
+
+
+def test_a_sync_a_signal_stopped_is_reported_behind_until_a_run_reads_to_the_end(world, tmp_path):
+    """Issue 20 §1: SIGTERM mid-run left the cursor days old, yet status --check passed with an age of seconds
+    (the run was marked as having read the list to its end)."""
+    with_latency(world)
+    cfg = discover(write_config(tmp_path), world)
+    prom = tmp_path / "sync.prom"
+    child = Child(["sync", "--config", str(cfg), "--since", world.since, "--metrics-file", str(prom)],
+                  world.cli_env(), tmp_path)
+    at_collections_write(world, 6, lambda: child.signal_and_wait(signal.SIGTERM))
+    returncode, _, stderr = child.finish()
+    world.sf.faults.clear()
+    assert returncode == ExitCode.TERMINATED, stderr
+    assert_reported_behind(cfg, world.cli_env(), prom)
+    values = prom_values(prom)
+    assert values["stripe_sf_last_run_interrupted"] == 1
+
+    again = stripe_sf(["sync", "--config", str(cfg), "--metrics-file", str(prom)], world.cli_env())
+    assert again.returncode in (0, 3), again.stderr
+    code, report = health_check(cfg, world.cli_env())
+    assert code == ExitCode.OK, report["health"]
+    assert abs(prom_values(prom)["stripe_sf_cursor_current_timestamp_seconds"] - time.time()) < 120
+    assert prom_values(prom)["stripe_sf_last_run_interrupted"] == 0
+
+
+def test_a_sync_the_api_budget_stopped_is_reported_behind(world, tmp_path):
+    with_latency(world)
+    cfg = discover(write_config(tmp_path), world)
+    prom = tmp_path / "sync.prom"
+
+    def spend() -> None:
+        world.org.api_used = 85_000  # of 100,000; salesforce.api_budget is 0.8: the next batch is not sent
+    at_collections_write(world, 4, spend)
+    done = stripe_sf(["sync", "--config", str(cfg), "--since", world.since, "--metrics-file", str(prom)],
+                     world.cli_env())
+    world.sf.faults.clear()
+    assert done.returncode == ExitCode.UNAVAILABLE, done.stderr
+    assert "Stopped early: Salesforce API usage reached" in done.stderr
+    assert state_rows(tmp_path / STATE_NAME)["cursor"] is not None
+    assert_reported_behind(cfg, world.cli_env(), prom)
+
+
+def test_a_first_sync_since_the_budget_stopped_before_its_first_commit_keeps_its_start(world, tmp_path, clean):
+    """Issue 20 §1: it said "The next run continues from the cursor", and the next plain `sync` found none."""
+    cfg = discover(write_config(tmp_path), world)
+    world.org.api_used = 85_000
+    done = stripe_sf(["sync", "--config", str(cfg), "--since", world.since], world.cli_env())
+    assert done.returncode == ExitCode.UNAVAILABLE, done.stderr
+    assert "The next run continues where this one stopped" in done.stderr.replace("\n", " ")
+    assert state_rows(tmp_path / STATE_NAME)["cursor"] is None
+    world.org.api_used = 0
+    again = stripe_sf(["sync", "--config", str(cfg)], world.cli_env())
+    assert again.returncode == ExitCode.DEAD_LETTERS, again.stderr
+    assert_converged(world, tmp_path / STATE_NAME, clean)
