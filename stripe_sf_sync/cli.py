@@ -266,8 +266,8 @@ def sync(
 
         */5 * * * * cd /etc/stripe-sf && stripe-sf sync --log-format json
 
-    Ctrl-C or SIGTERM stops it after the current batch, with everything finished so far saved (exit 130 or
-    143); the next run continues from the cursor.
+    Ctrl-C or SIGTERM stops it within seconds, with everything finished so far saved (exit 130 or 143); the
+    next run continues from the cursor.
     """
     _setup(debug, log_format, config, quiet)
     started = time.monotonic()
@@ -304,7 +304,8 @@ def backfill(
 
     Example: stripe-sf backfill --since 2024-01-01, then `stripe-sf sync` continues with no gap.
 
-    Ctrl-C or SIGTERM stops it at the next page boundary (exit 130 or 143) and prints the --resume command.
+    Ctrl-C or SIGTERM stops it within seconds (exit 130 or 143), with what it finished saved, and prints the
+    --resume command.
     """
     _setup(debug, log_format, config, quiet)
     from stripe_sf_sync.backfill import TypeProgress
@@ -326,7 +327,8 @@ def backfill(
                                                        metrics_file=metrics_file), debug=debug)
     _print_summary(summary, as_json)
     if summary.interrupted and not dry_run:
-        _say(logging.WARNING, f"Stopped at a page boundary{f' ({summary.stopped_by})' if summary.stopped_by else ''}. "
+        by = f" ({summary.stopped_by})" if summary.stopped_by else ""
+        _say(logging.WARNING, f"Stopped{by}; everything finished so far is saved. "
                               f"Continue with: {_resume_command(config, since, until, objects)}", kind="interrupted")
     raise typer.Exit(int(service.exit_code_for(summary)))
 

@@ -56,6 +56,7 @@ from stripe_sf_sync.pipeline.edges import (
     bulk_writer,
     collections_writer,
 )
+from stripe_sf_sync.pipeline.heartbeat import Activity, heartbeat
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
@@ -170,11 +171,12 @@ class RecordedRun:
     run_id: int
     access: SalesforceAccess
     stop: Stop | None = None
+    activity: Activity = field(default_factory=Activity)  # where the run is, for the heartbeat
 
     def apply(self, batches: Source) -> None:
         """Every batch of `batches` through the batch step, each committed by its policy."""
         run_batches(batches, self.ports, self.settings, self.state, self.summary, run_id=self.run_id,
-                    budget=self.access.budget_spent, calls=self.calls, stop=self.stop)
+                    budget=self.access.budget_spent, calls=self.calls, stop=self.stop, activity=self.activity)
 
     def calls(self) -> tuple[int, int]:
         """Stripe and Salesforce calls this run has made so far."""
@@ -208,9 +210,11 @@ READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Strip
 @contextlib.contextmanager
 def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
                   sf_factory: Callable[[], SalesforceGateway], *, create: bool = True,
-                  stop: Stop | None = None, metrics_file: Path | None = None) -> Iterator[RecordedRun]:
+                  stop: Stop | None = None, metrics_file: Path | None = None,
+                  beat: bool = False) -> Iterator[RecordedRun]:
     """Lock the state, record the run and its exit code, and leave usage figures (and the metrics file)
-    behind, however the run ends (a signal's stop included). A dry run's state records nothing."""
+    behind, however the run ends (a signal's stop included). A dry run's state records nothing. With `beat`
+    (off a terminal), a heartbeat line says where the run is every `sync.heartbeat_seconds`."""
     started = time.monotonic()
     access = SalesforceAccess(sf_factory)
     with runtime.open_state(create=create) as store:
@@ -222,8 +226,11 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         bind_run(run.run_id or None)  # a dry run is not recorded: it has no id
         code: int = ExitCode.FAILURE
         mistake = False  # a usage error met once the state was open: not a run that failed (status --check)
+        beating = (heartbeat(summary.command, run.activity, runtime.loaded.settings.sync.heartbeat_seconds) if beat
+                   else contextlib.nullcontext())
         try:
-            yield run
+            with beating:
+                yield run
             if stop is not None and stop.requested:  # also when it came after the last batch
                 summary.stopped_by = stop.signal
                 summary.interrupted = True
@@ -289,7 +296,7 @@ def run_sync(config_path: Path | None, environment: Environment, *, since: str |
     source, sf_factory = clients(runtime)
     summary = RunSummary("sync", dry_run=dry_run)
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
-                                                 metrics_file=metrics_file) as run:
+                                                 metrics_file=metrics_file, beat=progress is None) as run:
         apply_sync(run, runtime, since=since_ts, max_events=max_events, rewind=rewind, stop=stop,
                    progress=(lambda: progress(summary)) if progress else None)
     return summary
@@ -304,9 +311,12 @@ def apply_sync(run: RecordedRun, runtime: Runtime, *, since: int | None = None, 
     events = SyncEvents(run.source, run.state, since=since, lookback=s.stripe.lookback_seconds, clock=clock,
                         batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
                         progress=progress)
-    run.apply(events)
-    if since is not None and run.state.cursor() is None:
+    try:
+        run.apply(events)
+    except KeyboardInterrupt:  # a second signal (Aborted) or Ctrl-C outside a handler: the start still counts
         _keep_sync_start(run, since)
+        raise
+    _keep_sync_start(run, since)
     run.state.prune_ledger(int(clock()))
     stopped = run.summary.stopped_early or run.summary.stopped_by or (stop is not None and stop.requested)
     if events.read_to_end and not stopped:
@@ -317,10 +327,10 @@ def apply_sync(run: RecordedRun, runtime: Runtime, *, since: int | None = None, 
         run.state.set_meta(READ_THROUGH_KEY, str(started))
 
 
-def _keep_sync_start(run: RecordedRun, since: int) -> None:
+def _keep_sync_start(run: RecordedRun, since: int | None) -> None:
     """A first `sync --since` that committed no event (stopped by a signal or the API budget before its first
-    commit, or an error) still records where sync's history starts: the next plain `sync` lists from there."""
-    if run.state.get_meta(HANDOFF_SINCE_KEY) == str(since):
+    commit) still records where sync's history starts: the next plain `sync` lists from there."""
+    if since is None or run.state.cursor() is not None or run.state.get_meta(HANDOFF_SINCE_KEY) == str(since):
         return
     run.state.commit_batch([], cursor=None, versions={}, run_id=run.run_id or None,
                            meta={SYNC_FLOOR_KEY: str(since), HANDOFF_SINCE_KEY: str(since)})
@@ -382,7 +392,7 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
                         parallel_slices=b.parallel_slices)
     summary = RunSummary("backfill", dry_run=dry_run)
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
-                                                 metrics_file=metrics_file) as run:
+                                                 metrics_file=metrics_file, beat=progress is None) as run:
         objects = BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
                                   clock=environment.clock, progress=progress, stop=stop,
                                   log_every_pages=b.log_every_pages, dry_run=dry_run)
@@ -423,7 +433,7 @@ def run_reconcile(config_path: Path | None, environment: Environment, *, since: 
     since_ts = parse_since(since) if since else None
     source, sf_factory = clients(runtime)
     summary = RunSummary("reconcile", dry_run=dry_run)
-    with (stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop) as run,
+    with (stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop, beat=True) as run,
           Spill() as spill):
         report = _reconcile_in(run, runtime, spill, kinds, since_ts, fix=fix)
         summary.reconcile = report.summary()
@@ -439,6 +449,7 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
     from stripe_sf_sync.reconcile_read import StripeReader, read_salesforce
 
     read_at = int(runtime.environment.clock())
+    run.activity.note("reading Stripe and Salesforce to compare them")
     tag = f"rc{run.run_id}t{read_at}"  # new event ids each run: the ledger never takes a repair for one done
     names = runtime.loaded.settings.salesforce.fields
     complete = since is None
@@ -470,7 +481,7 @@ def run_dlq_retry(config_path: Path | None, environment: Environment, *, event_i
     source, sf_factory = clients(runtime)
     summary = RunSummary("dlq retry")
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, create=False,
-                                                 stop=stop) as run:
+                                                 stop=stop, beat=True) as run:
         letters = _chosen_dead_letters(run.state, event_ids, retry_all)
         run.apply(DeadLetters([_letter_event(dl) for dl in letters],
                               batch_size=runtime.loaded.settings.sync.batch_size))

@@ -39,6 +39,14 @@ class Batch:
 
     events: list[HeldEvent]
     policy: CommitPolicy = field(default_factory=CommitPolicy)
+    # The policy that commits only the first n events, when a stop cut the batch short (backfill: the checkpoint
+    # of the pages those events came from). None: the batch's own policy does (sync's cursor follows the last
+    # event committed; dead letters and inbox entries are each closed by their own outcome).
+    partial: Callable[[int], CommitPolicy] | None = field(default=None, repr=False)
+
+    def first(self, n: int) -> Batch:
+        """The batch cut to its first n events, with the policy that commits just them."""
+        return Batch(self.events[:n], self.partial(n) if self.partial is not None else self.policy)
 
 
 class Source(Protocol):
