@@ -185,14 +185,14 @@ class RecordedRun:
 
 
 def _ports(runtime: Runtime, state: Any, source: StripeSource, access: SalesforceAccess,
-           dry_run: bool) -> tuple[Ports, PlanRecorder | None]:
+           dry_run: bool, stop: Stop | None = None) -> tuple[Ports, PlanRecorder | None]:
     """The batch step's ports. The one place a dry run differs: its writer records the plan."""
     env = runtime.environment
     org = OrgCheck(runtime.loaded, state, env.clock)
     recorder = PlanRecorder() if dry_run else None
     writer: Any = recorder or collections_writer(
         access, workers=runtime.loaded.settings.salesforce.write_concurrency, sleep=env.sleep)
-    bulk: Any = recorder or bulk_writer(access, sleep=env.sleep)
+    bulk: Any = recorder or bulk_writer(access, sleep=env.sleep, waiting=stop.abandonable if stop else None)
     return Ports(state, StripeHydrator(source, state), SalesforceRecords(access, org), writer, bulk), recorder
 
 
@@ -220,7 +220,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
     with runtime.open_state(create=create) as store:
         store.acquire_lock()
         state: Any = DryRunState(store) if summary.dry_run else store
-        ports, recorder = _ports(runtime, state, source, access, summary.dry_run)
+        ports, recorder = _ports(runtime, state, source, access, summary.dry_run, stop)
         run = RecordedRun(state, source, ports, batch_settings(runtime.loaded), summary,
                           state.start_run(summary.command), access, stop)
         bind_run(run.run_id or None)  # a dry run is not recorded: it has no id

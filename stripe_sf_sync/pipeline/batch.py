@@ -18,6 +18,7 @@ from stripe_sf_sync.errors import StripeSfError
 from stripe_sf_sync.model import CachedCustomer, CustomerChange, MalformedEvent
 from stripe_sf_sync.pipeline.held import HeldEvent, dead_letter, outcome_id, unexpected
 from stripe_sf_sync.pipeline.ports import Ports
+from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.resolve import Lookups, Materializer, SfOp, WriteResult, WriteSettings
 from stripe_sf_sync.state import Outcome
 
@@ -58,15 +59,16 @@ class BatchResult:
 
 
 def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettings, *, retried: bool = False,
-                bulk: bool = False, stopping: Callable[[], bool] = lambda: False,
+                bulk: bool = False, stop: Stop | None = None,
                 note: Callable[[str], None] = lambda step: None) -> BatchResult:
     """Apply one batch of events to Salesforce through `ports`; commit nothing.
 
     `retried`: dead letters sent again, which their recorded outcome must not skip. `bulk`: write through
-    Bulk API 2.0 (backfill above its threshold). `stopping()` is asked between the events' hydration calls
-    (one Stripe call per event at worst: a chunk of failed invoices took minutes): once it says yes, the events
-    hydrated so far are written and the rest dropped, and `result.cut` says how many events the result covers.
-    `note(step)` is told what the step is doing (the heartbeat's "now ...").
+    Bulk API 2.0 (backfill above its threshold). `stop` is asked between the events' hydration calls (one
+    Stripe call per event at worst: a chunk of failed invoices took minutes): once it is overdue (stop.py), the
+    events hydrated so far are written and the rest dropped, and `result.cut` says how many events the result
+    covers; once a stop is asked for, the writes go through sObject Collections, not a Bulk API job (which polls
+    for seconds to minutes). `note(step)` is told what the step is doing (the heartbeat's "now ...").
     """
     last = events[-1] if events else None
     result = BatchResult(events_read=len(events),
@@ -75,10 +77,10 @@ def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettin
     fresh, customer_changes = _guard(parsed, ports, result)
     note(f"reading from Stripe what {_events(len(fresh))} of a batch of {len(events):,} need")
     result.customers.extend(ports.hydrator.prepare(fresh, customer_changes))
-    planned, cut_at = _plan(fresh, ports, settings, result, stopping, note)
+    planned, cut_at = _plan(fresh, ports, settings, result, stop.overdue if stop else lambda: False, note)
     if cut_at is not None:
         _cut(result, events, next(i for i, e in enumerate(events) if e is cut_at))
-        bulk = False  # the few records left go out at once; a Bulk job would poll for them
+    bulk = bulk and not (stop is not None and stop.requested)
     result.customers.extend(ports.hydrator.fresh_customers())
     if planned:
         note(f"writing the records of {_events(len(planned))} to Salesforce{' (Bulk API 2.0)' if bulk else ''}")

@@ -19,7 +19,7 @@ from stripe_sf_sync.pipeline.cursor import next_cursor
 from stripe_sf_sync.pipeline.heartbeat import Activity
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.sources import Batch, Source
-from stripe_sf_sync.pipeline.stop import Stop
+from stripe_sf_sync.pipeline.stop import Abandoned, Stop
 from stripe_sf_sync.state import Cursor, Outcome
 
 log = logging.getLogger("stripe_sf_sync")
@@ -117,7 +117,6 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
     with the Stripe and Salesforce calls (`calls()`: the run's totals so far) it took. `activity` is kept told
     where the run is (the heartbeat's line)."""
     started, before = time.monotonic(), calls()
-    stopping = stop.overdue if stop is not None else (lambda: False)
     activity = activity or Activity()
     activity.note("reading the next batch from Stripe")
     for batch in source.batches():
@@ -128,7 +127,13 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
         try:
             with collector.paused():  # the batch's objects stay until it is applied (collector.py)
                 result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried,
-                                     bulk=batch.policy.bulk, stopping=stopping, note=activity.note)
+                                     bulk=batch.policy.bulk, stop=stop, note=activity.note)
+        except Abandoned as exc:
+            # The stop left a wait (a Bulk API job Salesforce finishes on its own): nothing of the batch is
+            # committed, and the next run repeats it (upserts and updates by Id: idempotent).
+            log.warning("Left %s to Salesforce on the stop: this batch is not recorded, and the next run repeats "
+                        "it (idempotently).", exc.what, extra=fields(kind="batch_abandoned"))
+            break
         except BudgetSpent as exc:
             # A writer refused to send (the usage, learnt from this batch's lookups, reached the budget): nothing
             # of the batch is committed, and the next run repeats it.

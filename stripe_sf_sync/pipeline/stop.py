@@ -35,6 +35,16 @@ class Aborted(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
+class Abandoned(BaseException):
+    """A stop asked for during a wait that can be left (a Bulk API job being polled): the batch in flight is not
+    committed, and the next run repeats it (its writes are idempotent upserts and updates). A BaseException, so
+    that no retry loop (`except Exception`) takes it for a failed call."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
 class Stop:
     """Whether a stop was asked for, and by which signal."""
 
@@ -42,6 +52,7 @@ class Stop:
         self.signal: str | None = None  # "SIGINT" or "SIGTERM", once asked
         self.exit_code: int | None = None  # 128 + the signal's number, as shells report a signalled process
         self.requested_at: float | None = None  # time.monotonic() when it was asked
+        self._leaving: str | None = None  # the wait a stop leaves at once (`abandonable`), while in it
 
     def overdue(self, grace: float = GRACE_S) -> bool:
         """True once a stop was asked for at least `grace` seconds ago: the batch in flight is cut there."""
@@ -61,6 +72,21 @@ class Stop:
         # One line, as soon as the signal arrives: a supervisor's SIGKILL may follow before the run ends.
         log.warning("Stopping (%s) within seconds; everything finished so far is saved. "
                     "Send it again to abort at once.", name)
+        if self._leaving is not None:
+            raise Abandoned(self._leaving)
+
+    @contextlib.contextmanager
+    def abandonable(self, what: str) -> Iterator[None]:
+        """A wait that a stop leaves at once, raising Abandoned (from the signal handler: only around a call whose
+        interruption leaves nothing of ours half-done, such as simple-salesforce polling a Bulk API job, which
+        sleeps 5 s and more between polls and which Salesforce may take minutes to finish)."""
+        if self.requested:
+            raise Abandoned(what)
+        self._leaving = what
+        try:
+            yield
+        finally:
+            self._leaving = None
 
 
 @contextlib.contextmanager

@@ -584,3 +584,41 @@ def test_a_first_sync_since_aborted_by_a_second_signal_keeps_its_start(world, tm
     again = stripe_sf(["sync", "--config", str(cfg)], world.cli_env())
     assert again.returncode == ExitCode.DEAD_LETTERS, again.stderr
     assert_converged(world, tmp_path / STATE_NAME, clean)
+
+
+def test_sigterm_while_salesforce_processes_a_bulk_job_leaves_it_and_stops_within_seconds(
+        tmp_path, stripe_sb, sf_sb, org, env):
+    """A Bulk API 2.0 job is polled until Salesforce has processed it (simple-salesforce sleeps 5 s and more
+    between polls; a large job takes minutes): a stop leaves the job to Salesforce, records nothing of its
+    batch, and --resume sends it again (upserts and updates by Id: idempotent)."""
+    _, h = history(stripe_sb, org, subs=60)
+    cfg = configured(tmp_path, env, **{"bulk_threshold: 2000": "bulk_threshold: 10",
+                                       "bulk_chunk: 5000": "bulk_chunk: 1000"})
+    org.bulk_processing_seconds = 60  # the job stays InProgress for a minute
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith(("SF_", "STRIPE_"))}
+    cli_env.update({"STRIPE_API_KEY": stripe_sb.api_key, "STRIPE_API_BASE": stripe_sb.base_url,
+                    "SF_INSTANCE_URL": sf_sb.instance_url, "SF_ACCESS_TOKEN": sf_sb.access_token,
+                    "REQUESTS_CA_BUNDLE": sf_sb.ca_path})
+    args = ["backfill", "--since", since_days(400), "--objects", "subscriptions", "--config", str(cfg)]
+    child = Child(args, cli_env, tmp_path)
+    sent: list[float] = []
+
+    def at_first_poll(n: int, method: str, path: str) -> None:
+        if method == "GET" and re.search(r"/jobs/ingest/[^/]+$", path) and not sent:
+            sent.append(time.monotonic())
+            child.signal_and_wait(signal.SIGTERM)
+    sf_sb.faults.on_request = at_first_poll
+    returncode, _, stderr = child.finish()
+    took = time.monotonic() - sent[0]
+    sf_sb.faults.clear()
+
+    assert returncode == ExitCode.TERMINATED, stderr
+    assert took < STOP_WITHIN_S, f"stopped {took:.1f} s after SIGTERM"
+    assert "Left a Bulk API 2.0 upsert job on Opportunity to Salesforce on the stop" in stderr.replace("\n", " ")
+    assert "Traceback" not in stderr and committed_backfill_events(tmp_path) == 0
+
+    org.bulk_processing_seconds = 0
+    resumed = stripe_sf([*args, "--resume"], cli_env, timeout=180)
+    assert resumed.returncode == ExitCode.OK, resumed.stderr
+    won = [s for s in h["subs"] if s["status"] in ("active", "trialing", "past_due", "unpaid")]
+    assert len([o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c")]) == len(won)
