@@ -33,6 +33,13 @@ class Activity:
         """What the run is doing now."""
         self.step = step
 
+    def committed_to(self, committed: int, last_event: tuple[str, int] | None) -> None:
+        """A batch is committed: the run's count so far, and (sync) the cursor's new event."""
+        self.committed = committed
+        if last_event is not None:
+            self.newest_created = last_event[1]
+        self.step = "reading the next batch from Stripe"
+
     def describe(self) -> str:
         """The run's position for people: what is committed, and what it is doing now."""
         word = "event" if self.committed == 1 else "events"

@@ -147,10 +147,7 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
         commit(state, batch, result, run_id)
         summary.add(result, batch)
         source.applied(batch, result)
-        activity.committed = summary.events_read
-        if batch.policy.advance_cursor and result.last_event is not None:
-            activity.newest_created = result.last_event[1]
-        activity.note("reading the next batch from Stripe")
+        activity.committed_to(summary.events_read, result.last_event if batch.policy.advance_cursor else None)
         # From the end of the previous batch: reading the batch from Stripe is part of its cost.
         now, after = time.monotonic(), calls()
         log_batch(result, stripe_calls=after[0] - before[0], salesforce_calls=after[1] - before[1],
