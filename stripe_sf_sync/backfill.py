@@ -270,6 +270,9 @@ class BackfillObjects:
         counts = self.counts[kind]
         slices = self._slices(kind, checkpoint)
         buffer: list[Listed] = []
+        # (events in the buffer, the slices as they stood) after each page taken: what a stop that cuts the
+        # chunk short commits as its checkpoint (`_flush`)
+        marks: list[tuple[int, list[dict[str, Any]]]] = [(0, _copied(slices))]
         pages = 0
         make = partial(_held, kind, tag=checkpoint["tag"], read_at=int(checkpoint["read_at"]),
                        api_version=self._source.api_version)
@@ -280,18 +283,21 @@ class BackfillObjects:
             for page in listing.pages(self.stop):
                 self._take(slices[page.slice], page)
                 if page.last_id is None:
+                    marks.append((len(buffer), _copied(slices)))
                     continue
                 pages += 1
                 counts.read += len(page.objects)
                 buffer.extend(self._events(kind, page.objects, checkpoint))
+                marks.append((len(buffer), _copied(slices)))
                 if not counts.bulk and counts.read >= self.plan.bulk_threshold:
                     counts.bulk = True  # above the threshold Salesforce does the heavy lifting
                 if counts.bulk and len(buffer) >= self.plan.bulk_chunk:
-                    yield from self._flush(kind, buffer, slices, checkpoint, final=False)
+                    yield from self._flush(kind, buffer, slices, checkpoint, marks, final=False)
                     buffer = []
+                    marks = [(0, _copied(slices))]
                     self._committed()
                 self._report(kind, pages)
-            yield from self._flush(kind, buffer, slices, checkpoint, final=True)
+            yield from self._flush(kind, buffer, slices, checkpoint, marks, final=True)
         counts.done = not self.stop.requested
         if self.progress:
             self.progress(kind, counts)
@@ -328,10 +334,12 @@ class BackfillObjects:
         if not self.dry_run:
             self._status_owner.clear()
 
-    def _flush(self, kind: str, buffer: list[Listed], slices: list[dict[str, Any]],
-               checkpoint: dict[str, Any], *, final: bool) -> Iterator[Batch]:
+    def _flush(self, kind: str, buffer: list[Listed], slices: list[dict[str, Any]], checkpoint: dict[str, Any],
+               marks: list[tuple[int, list[dict[str, Any]]]], *, final: bool) -> Iterator[Batch]:
         """The buffer as batches; the last carries the checkpoint, committed with its outcomes. Each batch
-        carries the status ranks its subscriptions decide (`_owners`), committed with them."""
+        carries the status ranks its subscriptions decide (`_owners`), committed with them. A stop that cuts a
+        batch short commits the checkpoint of the last page wholly inside what it kept (`marks`): objects past
+        it are listed again by `--resume`, and those already recorded are skipped by the ledger."""
         if not buffer and not final:
             return
         finished = final and not self.stop.requested
@@ -346,8 +354,15 @@ class BackfillObjects:
         for i in starts:
             last = i == starts[-1]
             listed = buffer[i:i + size]
+
+            def partial(n: int, start: int = i, listed: list[Listed] = listed) -> CommitPolicy:
+                taken = [sl for end, sl in marks if end <= start + n][-1]
+                cut = {**checkpoint, "types": {**checkpoint["types"], kind: {"slices": taken, "finished": False}}}
+                return CommitPolicy(bulk=False, meta={CHECKPOINT_KEY: json.dumps(cut)},
+                                    versions=_owners(listed[:n], read_at))
             yield Batch([held for _, held, _ in listed],
-                        CommitPolicy(bulk=bulk, meta=meta if last else None, versions=_owners(listed, read_at)))
+                        CommitPolicy(bulk=bulk, meta=meta if last else None, versions=_owners(listed, read_at)),
+                        partial=partial)
 
     def _report(self, kind: str, pages: int) -> None:
         counts = self.counts[kind]
@@ -365,6 +380,11 @@ def _held(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, api_version
     small = slim(kind, obj)
     event = synthetic_event(kind, small, tag=tag, read_at=read_at, api_version=api_version, slimmed=True)
     return (status_rank(small) if kind == "subscriptions" else None), HeldEvent.of(event), True
+
+
+def _copied(slices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The slices' progress as it stands (their dicts change as later pages are taken)."""
+    return [dict(s) for s in slices]
 
 
 def _owners(listed: list[Listed], read_at: int) -> dict[str, tuple[int, str]] | None:

@@ -193,7 +193,7 @@ def _print_summary(summary: service.RunSummary, as_json: bool) -> None:
     elif not (active_settings().quiet or active_settings().json):
         _print_human_summary(summary)
     if summary.stopped_early:  # a warning, so that --quiet and a JSON log show it too
-        _say(logging.WARNING, f"Stopped early: {summary.stopped_early}. The next run continues from the cursor.",
+        _say(logging.WARNING, f"Stopped early: {summary.stopped_early}. The next run continues where this one stopped.",
              kind="stopped_early", reason=summary.stopped_early)
     if summary.dead_lettered and summary.dry_run:
         _say(logging.WARNING, f"A real run would dead-letter {counted(summary.dead_lettered, 'event')} (the "
@@ -285,8 +285,8 @@ def sync(
 
         */5 * * * * cd /etc/stripe-sf && stripe-sf sync --log-format json
 
-    Ctrl-C or SIGTERM stops it after the current batch, with everything finished so far saved (exit 130 or
-    143); the next run continues from the cursor.
+    Ctrl-C or SIGTERM stops it within seconds, with everything finished so far saved (exit 130 or 143); the
+    next run continues from the cursor.
     """
     _setup(debug, log_format, config, quiet)
     started = time.monotonic()
@@ -323,7 +323,8 @@ def backfill(
 
     Example: stripe-sf backfill --since 2024-01-01, then `stripe-sf sync` continues with no gap.
 
-    Ctrl-C or SIGTERM stops it at the next page boundary (exit 130 or 143) and prints the --resume command.
+    Ctrl-C or SIGTERM stops it within seconds (exit 130 or 143), with what it finished saved, and prints the
+    --resume command.
     """
     _setup(debug, log_format, config, quiet)
     from stripe_sf_sync.backfill import TypeProgress
@@ -345,7 +346,8 @@ def backfill(
                                                        metrics_file=metrics_file), debug=debug)
     _print_summary(summary, as_json)
     if summary.interrupted and not dry_run:
-        _say(logging.WARNING, f"Stopped at a page boundary{f' ({summary.stopped_by})' if summary.stopped_by else ''}. "
+        by = f" ({summary.stopped_by})" if summary.stopped_by else ""
+        _say(logging.WARNING, f"Stopped{by}; everything finished so far is saved. "
                               f"Continue with: {_resume_command(config, since, until, objects)}", kind="interrupted")
     raise typer.Exit(int(service.exit_code_for(summary)))
 

@@ -96,6 +96,7 @@ class SyncSettings(_Strict):
     batch_size: int = Field(10_000, ge=1, le=10_000)
     coalesce: bool = True
     log_format: Literal["auto", "plain", "json"] = "auto"
+    heartbeat_seconds: float = Field(30, gt=0, le=3600)  # off a terminal: a "still running" line this often
 
 
 STATE_URL_ENV = "STRIPE_SF_STATE_URL"

@@ -7,7 +7,11 @@ Unhealthy (`status --check` exits 8, ExitCode.UNHEALTHY):
   no new events stays healthy while sync runs;
 - the last run ended abnormally (killed before it recorded an exit code), or exited with a failure code
   (anything but 0, 3 for dead letters, and 130/143 for an interrupted run, which the next run continues);
-- more open dead letters than `--max-dead-letters`, when given.
+- more open dead letters than `--max-dead-letters`, when given;
+- a backfill stopped before its end (a signal, the API budget, an error) and not running now: the history it was
+  bringing is not all in Salesforce until `backfill ... --resume` finishes it.
+A sync stopped before the end of Stripe's event list (a signal, the API budget, --max-events) does not count as
+having read it: the cursor's age is then its own event's, which is how far behind Salesforce is.
 Open dead letters (without `--max-dead-letters`), an interrupted last run and API usage at or over the budget
 are warnings: reported, not unhealthy.
 """
@@ -106,11 +110,12 @@ def assess(report: dict[str, Any], thresholds: Thresholds) -> dict[str, Any]:
                 problems.append(f"the last run ({name}) ended abnormally: it was killed before it recorded an exit "
                                 "code (SIGKILL, out of memory, power loss); the next run repeats its last batch")
             elif last["exit_code"] in INTERRUPTED_EXITS:
-                warnings.append(f"the last run ({name}) was interrupted (exit {last['exit_code']}); the next run "
-                                "continues")
+                warnings.append(f"the last run ({name}) was interrupted (exit {last['exit_code']}) before the end of "
+                                "its work; the next run continues where it stopped")
             elif last["exit_code"] not in DONE_EXITS:
                 problems.append(f"the last run ({name}) failed with exit code {last['exit_code']}: its log says "
                                 "why; docs/exit-codes.md says what to do")
+    problems.extend(_backfill_problem(report))
     dead = report["dead_letters"]
     if thresholds.max_dead_letters is not None and dead > thresholds.max_dead_letters:
         problems.append(f"{counted(dead, 'open dead letter')}, more than {thresholds.max_dead_letters}: "
@@ -123,3 +128,17 @@ def assess(report: dict[str, Any], thresholds: Thresholds) -> dict[str, Any]:
                         f"({usage['budget']:.0%}) when last seen")
     return {"healthy": not problems, "problems": problems, "warnings": warnings,
             "max_cursor_age_s": thresholds.max_cursor_age_s, "max_dead_letters": thresholds.max_dead_letters}
+
+
+def _backfill_problem(report: dict[str, Any]) -> list[str]:
+    """A backfill that stopped before its end and is not running now: its history is incomplete in Salesforce."""
+    bf = report.get("backfill")
+    running = report.get("running")
+    if not bf or bf["finished"] or (running and running["command"] == "backfill"):
+        return []
+    pending = [kind for kind in bf["objects"] if not (bf.get("types") or {}).get(kind, {}).get("finished")]
+    since = (iso(bf["since"]) or "")[:10]
+    until = f" --until {(iso(bf['until']) or '')[:10]}" if bf.get("until") else ""
+    command = f"stripe-sf backfill --since {since}{until} --objects {','.join(bf['objects'])} --resume"
+    return [f"the backfill since {since} stopped before its end: {', '.join(pending) or 'its objects'} not all in "
+            f"Salesforce yet; continue it with `{command}` (and your --config)"]

@@ -34,6 +34,7 @@ class RunFigures:
     cursor_current_at: int | None  # the newer of that and the start of the last sync that read to the end
     last_success_at: int | None  # the newest run of this command that exited 0 or 3
     stripe_reads_30d: int | None = None  # Stripe reads recorded in the last 30 days (reads.py)
+    backfill_unfinished: bool | None = None  # the last backfill stopped before its end (None: no backfill yet)
 
 
 def check_metrics_path(path: Path) -> None:
@@ -75,6 +76,10 @@ def write_metrics(path: Path, figures: RunFigures) -> None:
           s.get("stripe_rate_limited") or 0)
     gauge("last_run_stopped_early", "1 when the last run stopped at the Salesforce API budget.",
           1 if s.get("stopped_early") else 0)
+    gauge("last_run_interrupted", "1 when a signal (SIGINT, SIGTERM) stopped the last run before the end of its "
+          "work; what it finished is committed, and the next run continues.", 1 if s.get("stopped_by") else 0)
+    gauge("backfill_unfinished", "1 while the last backfill stopped before its end (continue it with --resume), "
+          "0 once it finished.", None if figures.backfill_unfinished is None else int(figures.backfill_unfinished))
     gauge("last_success_timestamp_seconds", "When the newest run of this command that did its work (exit 0 or 3) "
           "ended.", figures.last_success_at)
     gauge("salesforce_api_used", "The org's daily API requests used, as last seen.", s.get("salesforce_api_used"))
@@ -82,7 +87,8 @@ def write_metrics(path: Path, figures: RunFigures) -> None:
     gauge("dead_letters_open", "Open dead letters in the state file.", figures.open_dead_letters)
     gauge("cursor_timestamp_seconds", "When the cursor's event was created at Stripe.", figures.cursor_created)
     gauge("cursor_current_timestamp_seconds", "Events created before this time are applied: the newer of the "
-          "cursor's event and the start of the last sync that read Stripe's event list to its end.",
+          "cursor's event and the start of the last sync that read Stripe's event list to its end (a run stopped "
+          "before the end, by a signal or the API budget, does not count).",
           figures.cursor_current_at)
     if figures.stripe_reads_30d is not None:
         Gauge(f"{PREFIX}_stripe_reads_30d", "Stripe read requests stripe-sf made in the last 30 days (Stripe "

@@ -8,6 +8,7 @@ policy of this edge: whole calls by `SalesforceGateway.send`, records (row locks
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -902,9 +903,12 @@ class BulkWriter:
     gateway renews an expired session and sends the job again, as upserts and updates by Id are idempotent.
     """
 
-    def __init__(self, gw: SalesforceGateway, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, gw: SalesforceGateway, *, sleep: Callable[[float], None] = time.sleep,
+                 waiting: Callable[[str], contextlib.AbstractContextManager[None]] | None = None) -> None:
         self.gw = gw
         self.collections = CollectionsWriter(gw, sleep=sleep)
+        # Around each job (sent, then polled until Salesforce finishes it): a stop may leave it (pipeline/stop.py).
+        self.waiting = waiting or (lambda what: contextlib.nullcontext())
 
     def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
         """One result per op, in the ops' order: the bulk jobs first, then the creates."""
@@ -927,12 +931,13 @@ class BulkWriter:
 
         def run(sf: Salesforce) -> list[str]:
             handler = getattr(sf.bulk2, sobject)
-            if kind == "upsert":
-                jobs = handler.upsert(records=rows, external_id_field=ext, wait=self.gw.bulk_poll_seconds)
-            else:
-                jobs = handler.update(records=rows, wait=self.gw.bulk_poll_seconds)
-            return [handler.get_failed_records(job["job_id"]) for job in jobs
-                    if int(job.get("numberRecordsFailed", 0))]
+            with self.waiting(f"a Bulk API 2.0 {kind} job on {sobject}"):
+                if kind == "upsert":
+                    jobs = handler.upsert(records=rows, external_id_field=ext, wait=self.gw.bulk_poll_seconds)
+                else:
+                    jobs = handler.update(records=rows, wait=self.gw.bulk_poll_seconds)
+                return [handler.get_failed_records(job["job_id"]) for job in jobs
+                        if int(job.get("numberRecordsFailed", 0))]
 
         failed: dict[str, tuple[str, str]] = {}
         for text in self.gw.send(run, what=f"a Bulk API 2.0 {kind} job on {sobject}", hint=RESUME_HINT):

@@ -48,6 +48,7 @@ from stripe_sf_sync.pipeline import (
     SyncEvents,
     run_batches,
 )
+from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
 from stripe_sf_sync.pipeline.edges import (
     DryRunState,
     PlanRecorder,
@@ -56,6 +57,7 @@ from stripe_sf_sync.pipeline.edges import (
     bulk_writer,
     collections_writer,
 )
+from stripe_sf_sync.pipeline.heartbeat import Activity, heartbeat
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
@@ -174,11 +176,12 @@ class RecordedRun:
     run_id: int
     access: SalesforceAccess
     stop: Stop | None = None
+    activity: Activity = field(default_factory=Activity)  # where the run is, for the heartbeat
 
     def apply(self, batches: Source) -> None:
         """Every batch of `batches` through the batch step, each committed by its policy."""
         run_batches(batches, self.ports, self.settings, self.state, self.summary, run_id=self.run_id,
-                    budget=self.access.budget_spent, calls=self.calls, stop=self.stop)
+                    budget=self.access.budget_spent, calls=self.calls, stop=self.stop, activity=self.activity)
 
     def calls(self) -> tuple[int, int]:
         """Stripe and Salesforce calls this run has made so far."""
@@ -187,14 +190,14 @@ class RecordedRun:
 
 
 def _ports(runtime: Runtime, state: Any, source: StripeSource, access: SalesforceAccess,
-           dry_run: bool) -> tuple[Ports, PlanRecorder | None]:
+           dry_run: bool, stop: Stop | None = None) -> tuple[Ports, PlanRecorder | None]:
     """The batch step's ports. The one place a dry run differs: its writer records the plan."""
     env = runtime.environment
     org = OrgCheck(runtime.loaded, state, env.clock)
     recorder = PlanRecorder() if dry_run else None
     writer: Any = recorder or collections_writer(
         access, workers=runtime.loaded.settings.salesforce.write_concurrency, sleep=env.sleep)
-    bulk: Any = recorder or bulk_writer(access, sleep=env.sleep)
+    bulk: Any = recorder or bulk_writer(access, sleep=env.sleep, waiting=stop.abandonable if stop else None)
     return Ports(state, StripeHydrator(source, state), SalesforceRecords(access, org), writer, bulk), recorder
 
 
@@ -223,6 +226,7 @@ def task_keys_about_since(state: Any, now: int) -> int:
     return since
 
 
+BACKFILL_CHECKPOINT_KEY = "backfill_checkpoint"  # backfill.CHECKPOINT_KEY (backfill.py is imported lazily)
 READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end
 # When a run last had a success answer from Salesforce. A quiet sync (nothing to write) reaches Salesforce once
 # when this is older than SALESFORCE_CONTACT_EVERY_S, so that a revoked token or a broken CA bundle fails a run
@@ -234,23 +238,28 @@ SALESFORCE_CONTACT_EVERY_S = 86400
 @contextlib.contextmanager
 def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
                   sf_factory: Callable[[], SalesforceGateway], *, create: bool = True,
-                  stop: Stop | None = None, metrics_file: Path | None = None) -> Iterator[RecordedRun]:
+                  stop: Stop | None = None, metrics_file: Path | None = None,
+                  beat: bool = False) -> Iterator[RecordedRun]:
     """Lock the state, record the run and its exit code, and leave usage figures (and the metrics file)
-    behind, however the run ends (a signal's stop included). A dry run's state records nothing."""
+    behind, however the run ends (a signal's stop included). A dry run's state records nothing. With `beat`
+    (off a terminal), a heartbeat line says where the run is every `sync.heartbeat_seconds`."""
     started = time.monotonic()
     access = SalesforceAccess(sf_factory)
     with runtime.open_state(create=create) as store:
         store.acquire_lock()
         state: Any = DryRunState(store) if summary.dry_run else store
-        ports, recorder = _ports(runtime, state, source, access, summary.dry_run)
+        ports, recorder = _ports(runtime, state, source, access, summary.dry_run, stop)
         settings = batch_settings(runtime.loaded, legacy_task_keys_before=task_keys_about_since(
             state, int(runtime.environment.clock())))
         run = RecordedRun(state, source, ports, settings, summary, state.start_run(summary.command), access, stop)
         bind_run(run.run_id or None)  # a dry run is not recorded: it has no id
         code: int = ExitCode.FAILURE
         mistake = False  # a usage error met once the state was open: not a run that failed (status --check)
+        beating = (heartbeat(summary.command, run.activity, runtime.loaded.settings.sync.heartbeat_seconds) if beat
+                   else contextlib.nullcontext())
         try:
-            yield run
+            with beating:
+                yield run
             if stop is not None and stop.requested:  # also when it came after the last batch
                 summary.stopped_by = stop.signal
                 summary.interrupted = True
@@ -295,10 +304,12 @@ def _write_run_metrics(path: Path, state: StateStore, summary: RunSummary, code:
         cursor = state.cursor()
         read_through = state.get_meta(READ_THROUGH_KEY)
         current = max(cursor.created if cursor else 0, int(read_through or 0)) or None
+        checkpoint = state.get_meta(BACKFILL_CHECKPOINT_KEY)
+        unfinished = not json.loads(checkpoint).get("finished") if checkpoint else None
         write_metrics(path, RunFigures(summary.command, code, now, summary.as_dict(), state.dead_letter_count(),
                                        cursor.created if cursor else None, current,
                                        state.last_success(summary.command),
-                                       stripe_reads_30d=reads_last_30_days(state, now)))
+                                       stripe_reads_30d=reads_last_30_days(state, now), backfill_unfinished=unfinished))
     except OSError as exc:
         log.error("Could not write the metrics file %s: %s. Check its directory's space and permissions; the "
                   "next run writes it again.", path, exc.strerror or exc)
@@ -318,7 +329,7 @@ def run_sync(config_path: Path | None, environment: Environment, *, since: str |
     source, sf_factory = clients(runtime)
     summary = RunSummary("sync", dry_run=dry_run)
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
-                                                 metrics_file=metrics_file) as run:
+                                                 metrics_file=metrics_file, beat=progress is None) as run:
         apply_sync(run, runtime, since=since_ts, max_events=max_events, rewind=rewind, stop=stop,
                    progress=(lambda: progress(summary)) if progress else None)
     return summary
@@ -330,15 +341,24 @@ def apply_sync(run: RecordedRun, runtime: Runtime, *, since: int | None = None, 
     s = runtime.loaded.settings
     clock = runtime.environment.clock
     started = int(clock())
-    run.apply(SyncEvents(run.source, run.state, since=since, lookback=s.stripe.lookback_seconds, clock=clock,
-                         batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
-                         progress=progress))
+    events = SyncEvents(run.source, run.state, since=since, lookback=s.stripe.lookback_seconds, clock=clock,
+                        batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
+                        progress=progress)
+    try:
+        run.apply(events)
+    except KeyboardInterrupt:  # a second signal (Aborted) or Ctrl-C outside a handler: the start still counts
+        _keep_sync_start(run, since)
+        raise
+    _keep_sync_start(run, since)
     run.state.prune_ledger(int(clock()))
     if stop is None or not stop.requested:
         prove_salesforce_contact(run, clock())
-    if not run.summary.stopped_early and (max_events is None or run.summary.events_read < max_events):
+    stopped = run.summary.stopped_early or run.summary.stopped_by or (stop is not None and stop.requested)
+    if events.read_to_end and not stopped:
         # Read to the end of the list: every event created before this run started is applied, so the
-        # cursor is current as of then, even when no new event came (status --check's cursor age).
+        # cursor is current as of then, even when no new event came (status --check's cursor age). A run
+        # stopped before the end (a signal, the API budget, --max-events) leaves it: the cursor's own time is
+        # then how current Salesforce is, and the backlog shows in status and the metrics (issue 20).
         run.state.set_meta(READ_THROUGH_KEY, str(started))
 
 
@@ -352,6 +372,13 @@ def prove_salesforce_contact(run: RecordedRun, now: float) -> None:
     if last and now - float(last) < SALESFORCE_CONTACT_EVERY_S:
         return
     run.access.get().ping()
+def _keep_sync_start(run: RecordedRun, since: int | None) -> None:
+    """A first `sync --since` that committed no event (stopped by a signal or the API budget before its first
+    commit) still records where sync's history starts: the next plain `sync` lists from there."""
+    if since is None or run.state.cursor() is not None or run.state.get_meta(HANDOFF_SINCE_KEY) == str(since):
+        return
+    run.state.commit_batch([], cursor=None, versions={}, run_id=run.run_id or None,
+                           meta={SYNC_FLOOR_KEY: str(since), HANDOFF_SINCE_KEY: str(since)})
 
 
 def check_run_metrics(metrics_file: Path | None, *, dry_run: bool) -> None:
@@ -414,7 +441,7 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
                         parallel_slices=b.parallel_slices)
     summary = RunSummary("backfill", dry_run=dry_run)
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
-                                                 metrics_file=metrics_file) as run:
+                                                 metrics_file=metrics_file, beat=progress is None) as run:
         listing = BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
                                   clock=environment.clock, progress=progress, stop=stop,
                                   log_every_pages=b.log_every_pages, dry_run=dry_run)
@@ -455,7 +482,7 @@ def run_reconcile(config_path: Path | None, environment: Environment, *, since: 
     since_ts = parse_since(since) if since else None
     source, sf_factory = clients(runtime)
     summary = RunSummary("reconcile", dry_run=dry_run)
-    with (stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop) as run,
+    with (stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop, beat=True) as run,
           Spill() as spill):
         report = _reconcile_in(run, runtime, spill, kinds, since_ts, fix=fix)
         summary.reconcile = report.summary()
@@ -471,6 +498,7 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
     from stripe_sf_sync.reconcile_read import StripeReader, read_salesforce
 
     read_at = int(runtime.environment.clock())
+    run.activity.note("reading Stripe and Salesforce to compare them")
     tag = f"rc{run.run_id}t{read_at}"  # new event ids each run: the ledger never takes a repair for one done
     names = runtime.loaded.settings.salesforce.fields
     complete = since is None
@@ -502,7 +530,7 @@ def run_dlq_retry(config_path: Path | None, environment: Environment, *, event_i
     source, sf_factory = clients(runtime)
     summary = RunSummary("dlq retry")
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, create=False,
-                                                 stop=stop) as run:
+                                                 stop=stop, beat=True) as run:
         letters = _chosen_dead_letters(run.state, event_ids, retry_all)
         run.apply(DeadLetters([_letter_event(dl) for dl in letters],
                               batch_size=runtime.loaded.settings.sync.batch_size))
@@ -590,7 +618,7 @@ def status_report(config_path: Path | None, environment: Environment, *,
         if state is not None:
             cursor = state.cursor()
             usage = state.get_meta("api_usage")
-            backfill = state.get_meta("backfill_checkpoint")
+            backfill = state.get_meta(BACKFILL_CHECKPOINT_KEY)
             read_through = int(state.get_meta(READ_THROUGH_KEY) or 0)
             rows = state.recent_runs(5)
             held = bool(rows) and rows[0].get("finished_at") is None and state.lock_held()

@@ -324,3 +324,43 @@ def test_the_collector_is_paused_while_a_batch_is_applied_and_runs_again_after()
     with pytest.raises(RuntimeError, match="write failed"):
         run_batches(Batches(two), ports(writer=failing), SETTINGS, Commits(), RunSummary("sync"), run_id=None)
     assert failing.collecting == [False] and gc.isenabled()
+
+
+class StopAfter:
+    """A hydrator that asks for a stop (overdue at once) while hydrating the `nth` event."""
+
+    def __init__(self, stop: Any, nth: int) -> None:
+        self.stop, self.nth, self.seen = stop, nth, 0
+
+    def prepare(self, fresh: Any, customer_changes: Any) -> list[CachedCustomer]:
+        return []
+
+    def hydrate(self, held: HeldEvent, change: model.Change, *, with_customer: bool = False) -> model.Change:
+        self.seen += 1
+        if self.seen == self.nth:
+            self.stop.request(15)  # SIGTERM
+            self.stop.requested_at -= 60  # long past the grace
+        return change
+
+    def fresh_customers(self) -> list[CachedCustomer]:
+        return []
+
+
+def test_a_stop_overdue_mid_hydration_cuts_the_batch_after_the_events_done_and_writes_just_them():
+    """Issue 20 §2: the batch step stops between its per-event calls; the result covers only the events before
+    the cut (the cursor goes to the last of them), and a duplicate after the cut is not counted."""
+    from stripe_sf_sync.pipeline.stop import Stop
+
+    stop = Stop()
+    writer = Writer()
+    ledger = Ledger(outcomes={"evt_5": "applied"})
+    events = held(*(updated(f"evt_{i}", p.T0 + i, "active" if i % 2 else "past_due",
+                            "past_due" if i % 2 else "active") for i in range(1, 6)))
+    the_ports = Ports(ledger, StopAfter(stop, 2), Records(), writer, writer)
+    result = apply_batch(events, the_ports, SETTINGS, stop=stop, bulk=True)
+    assert result.cut == result.events_read == 2  # the stop came while evt_2 was hydrated: evt_3 is not
+    assert [o.event_id for o in result.outcomes] == ["evt_1", "evt_2"] and result.skipped_duplicate == 0
+    assert result.last_event == ("evt_2", p.T0 + 2)
+    assert {e for op in writer.sent for e in op.events} == {"evt_1", "evt_2"}
+    cut = Batch(events, CommitPolicy(advance_cursor=True)).first(result.cut)
+    assert [e.id for e in cut.events] == ["evt_1", "evt_2"] and cut.policy.advance_cursor

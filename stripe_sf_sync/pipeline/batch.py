@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +17,9 @@ from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.console import fields
 from stripe_sf_sync.errors import StripeSfError
 from stripe_sf_sync.model import CachedCustomer, CustomerChange, MalformedEvent
-from stripe_sf_sync.pipeline.held import HeldEvent, dead_letter, unexpected
+from stripe_sf_sync.pipeline.held import HeldEvent, dead_letter, outcome_id, unexpected
 from stripe_sf_sync.pipeline.ports import Ports
+from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.resolve import Lookups, Materializer, SfOp, WriteResult, WriteSettings
 from stripe_sf_sync.state import Outcome
 
@@ -53,6 +54,9 @@ class BatchResult:
     versions: Versions = field(default_factory=dict)
     customers: list[CachedCustomer] = field(default_factory=list)
     last_event: tuple[str, int] | None = None  # (id, created) of the batch's last event, for the cursor
+    # A stop cut the batch short: only its first `cut` events have outcomes (and are to be committed).
+    cut: int | None = None
+    duplicates: list[str] = field(default_factory=list, repr=False)  # ids skipped as already recorded
 
     def count(self, kind: str) -> int:
         """Outcomes of one kind (applied, stale, ignored, dead_letter)."""
@@ -60,23 +64,34 @@ class BatchResult:
 
 
 def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettings, *, retried: bool = False,
-                bulk: bool = False, unordered: bool = False) -> BatchResult:
+                bulk: bool = False, unordered: bool = False, stop: Stop | None = None,
+                note: Callable[[str], None] = lambda step: None) -> BatchResult:
     """Apply one batch of events to Salesforce through `ports`; commit nothing.
 
     `retried`: dead letters sent again, which their recorded outcome must not skip. `bulk`: write through
     Bulk API 2.0 (backfill above its threshold). `unordered`: Stripe's order of the events is not known
     (webhook deliveries, events listed late, dead letters sent again): events of the same second as another
-    of their object are applied with the object's current state (`_guard`).
+    of their object are applied with the object's current state (`_guard`). `stop` is asked between the
+    events' hydration calls (one Stripe call per event at worst: a chunk of failed invoices took minutes): once
+    it is overdue (stop.py), the events hydrated so far are written and the rest dropped, and `result.cut` says
+    how many events the result covers; once a stop is asked for, the writes go through sObject Collections, not
+    a Bulk API job (which polls for seconds to minutes). `note(step)` is told what the step is doing (the
+    heartbeat's "now ...").
     """
     last = events[-1] if events else None
     result = BatchResult(events_read=len(events),
                          last_event=(last.id, last.created) if last and last.id and last.created is not None else None)
     parsed = _parse(events, ports, result, retried=retried)
     fresh, customer_changes = _guard(parsed, ports, result, unordered=unordered)
+    note(f"reading from Stripe what {_events(len(fresh))} of a batch of {len(events):,} need")
     result.customers.extend(ports.hydrator.prepare(fresh, customer_changes))
-    planned = _plan(fresh, ports, settings, result)
+    planned, cut_at = _plan(fresh, ports, settings, result, stop.overdue if stop else lambda: False, note)
+    if cut_at is not None:
+        _cut(result, events, next(i for i, e in enumerate(events) if e is cut_at))
+    bulk = bulk and not (stop is not None and stop.requested)
     result.customers.extend(ports.hydrator.fresh_customers())
     if planned:
+        note(f"writing the records of {_events(len(planned))} to Salesforce{' (Bulk API 2.0)' if bulk else ''}")
         _write(planned, ports, settings, result, bulk=bulk)
     verb = "dead-lettered" if ports.writer.sends else "would dead-letter"  # a dry run's writer sends nothing
     for o in result.outcomes:
@@ -84,6 +99,21 @@ def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettin
             log.warning("%s %s (%s): %s %s", verb, o.event_id, o.event_type, o.code, o.reason,
                         extra=fields(kind="dead_letter", event_id=o.event_id, event_type=o.event_type, code=o.code))
     return result
+
+
+def _events(n: int) -> str:
+    return f"{n:,} event" if n == 1 else f"{n:,} events"
+
+
+def _cut(result: BatchResult, events: Sequence[HeldEvent], keep: int) -> None:
+    """Keep only what the first `keep` events did: the rest are read again by the next run, as if never read."""
+    kept = {outcome_id(e) for e in events[:keep]}
+    result.cut = result.events_read = keep
+    last = events[keep - 1] if keep else None
+    result.last_event = (last.id, last.created) if last and last.id and last.created is not None else None
+    result.outcomes = [o for o in result.outcomes if o.event_id in kept]
+    result.versions = {k: v for k, v in result.versions.items() if v[1] in kept}
+    result.skipped_duplicate = sum(1 for eid in result.duplicates if eid in kept)
 
 
 def _parse(events: Sequence[HeldEvent], ports: Ports, result: BatchResult, *,
@@ -94,6 +124,7 @@ def _parse(events: Sequence[HeldEvent], ports: Ports, result: BatchResult, *,
     for held in events:
         if held.id and held.id in known and not (retried and known[held.id] == "dead_letter"):
             result.skipped_duplicate += 1
+            result.duplicates.append(held.id)
             continue
         try:
             change = held.parse()
@@ -141,10 +172,16 @@ def _guard(parsed: Sequence[tuple[HeldEvent, model.Change | CustomerChange]], po
 
 
 def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], ports: Ports, settings: BatchSettings,
-          result: BatchResult) -> Planned:
-    """Hydrate each change and apply the rules; a change that needs no write is recorded as ignored."""
+          result: BatchResult, stopping: Callable[[], bool],
+          note: Callable[[str], None]) -> tuple[Planned, HeldEvent | None]:
+    """Hydrate each change and apply the rules; a change that needs no write is recorded as ignored. Returns
+    the plan, and the first event left unplanned when `stopping()` said to stop (None when all were)."""
     planned: Planned = []
-    for held, change in fresh:
+    for done, (held, change) in enumerate(fresh):
+        if stopping():
+            return planned, held
+        if done % 50 == 0 and done:
+            note(f"reading from Stripe what each event needs: {done:,} of {len(fresh):,} events done")
         try:
             change = ports.hydrator.hydrate(held, change)
             plan = rules.plan(settings.rules, change)
@@ -165,7 +202,7 @@ def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], ports: Ports, setting
             result.versions[change.object_id] = (change.meta.created, change.meta.event_id)
             continue
         planned.append((held, change, plan))
-    return planned
+    return planned, None
 
 
 def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: BatchResult, *, bulk: bool) -> None:

@@ -3,6 +3,7 @@ to write), and the dry run's writer and state, which record the plan and change 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
@@ -93,9 +94,10 @@ def collections_writer(access: SalesforceAccess, *, workers: int,
     return LazyWriter(access, lambda gw: CollectionsWriter(gw, workers=workers, sleep=sleep))
 
 
-def bulk_writer(access: SalesforceAccess, *, sleep: Callable[[float], None] = time.sleep) -> LazyWriter:
-    """Bulk API 2.0 for updates and upserts, collections for creates."""
-    return LazyWriter(access, lambda gw: BulkWriter(gw, sleep=sleep))
+def bulk_writer(access: SalesforceAccess, *, sleep: Callable[[float], None] = time.sleep,
+                waiting: Callable[[str], contextlib.AbstractContextManager[None]] | None = None) -> LazyWriter:
+    """Bulk API 2.0 for updates and upserts, collections for creates; `waiting`: around each job (a stop's)."""
+    return LazyWriter(access, lambda gw: BulkWriter(gw, sleep=sleep, waiting=waiting))
 
 
 class PlanRecorder:

@@ -82,9 +82,14 @@ def _compact(event: Mapping[str, Any]) -> str:
         return json.dumps(event, default=str, separators=(",", ":"))
 
 
+def outcome_id(held: HeldEvent) -> str:
+    """The id an event's outcome is recorded under: its own, or (without one) a digest of its payload."""
+    return held.id or "malformed_" + hashlib.sha256(held.text.encode()).hexdigest()[:24]
+
+
 def dead_letter(held: HeldEvent, reason: str, code: str, object_id: str | None = None) -> Outcome:
     """The outcome of an event that cannot be applied: kept with its payload, to be retried."""
-    event_id = held.id or "malformed_" + hashlib.sha256(held.text.encode()).hexdigest()[:24]
+    event_id = outcome_id(held)
     return Outcome(event_id, held.type or "unknown", held.created or 0, "dead_letter", object_id=object_id,
                    reason=reason[:1000], code=code, payload=held.text)
 

@@ -16,9 +16,10 @@ from stripe_sf_sync.errors import BudgetSpent
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
+from stripe_sf_sync.pipeline.heartbeat import Activity
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.sources import Batch, CommitPolicy, Source
-from stripe_sf_sync.pipeline.stop import Stop
+from stripe_sf_sync.pipeline.stop import Abandoned, Stop
 from stripe_sf_sync.state import Cursor, Outcome
 from stripe_sf_sync.words import counted
 
@@ -108,12 +109,17 @@ def commit(state: CommitStore, batch: Batch, result: BatchResult, run_id: int | 
 
 def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: CommitStore, summary: RunSummary, *,
                 run_id: int | None, budget: Callable[[], str | None] = lambda: None,
-                calls: Callable[[], tuple[int, int]] = lambda: (0, 0), stop: Stop | None = None) -> None:
+                calls: Callable[[], tuple[int, int]] = lambda: (0, 0), stop: Stop | None = None,
+                activity: Activity | None = None) -> None:
     """Apply and commit every batch of `source`; stop early when `budget()` names a reason, or when a writer
     refuses to send because the API budget is spent (BudgetSpent: that batch is not committed), and after
-    the batch just committed when a stop was asked for (a signal). Each batch is logged at info with the
-    Stripe and Salesforce calls (`calls()`: the run's totals so far) it took."""
+    the batch just committed when a stop was asked for (a signal): a batch still being hydrated `GRACE_S`
+    after the signal is cut there, and its first events committed (stop.py). Each batch is logged at info
+    with the Stripe and Salesforce calls (`calls()`: the run's totals so far) it took. `activity` is kept told
+    where the run is (the heartbeat's line)."""
     started, before = time.monotonic(), calls()
+    activity = activity or Activity()
+    activity.note("reading the next batch from Stripe")
     for batch in source.batches():
         reason = budget()
         if reason:
@@ -122,15 +128,28 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
         try:
             with collector.paused():  # the batch's objects stay until it is applied (collector.py)
                 result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried,
-                                     bulk=batch.policy.bulk, unordered=_unordered(batch.policy))
+                                     bulk=batch.policy.bulk, unordered=_unordered(batch.policy), stop=stop,
+                                     note=activity.note)
+        except Abandoned as exc:
+            # The stop left a wait (a Bulk API job Salesforce finishes on its own): nothing of the batch is
+            # committed, and the next run repeats it (upserts and updates by Id: idempotent).
+            log.warning("Left %s to Salesforce on the stop: this batch is not recorded, and the next run repeats "
+                        "it (idempotently).", exc.what, extra=fields(kind="batch_abandoned"))
+            break
         except BudgetSpent as exc:
             # A writer refused to send (the usage, learnt from this batch's lookups, reached the budget): nothing
             # of the batch is committed, and the next run repeats it.
             summary.stopped_early = exc.message
             break
+        if result.cut is not None:
+            log.info("batch cut by the stop after %d of its %d events; the next run reads the rest", result.cut,
+                     len(batch.events), extra=fields(kind="batch_cut", events=result.cut, of=len(batch.events)))
+            batch = batch.first(result.cut)
+        activity.note("committing a batch")
         commit(state, batch, result, run_id)
         summary.add(result, batch)
         source.applied(batch, result)
+        activity.committed_to(summary.events_read, result.last_event if batch.policy.advance_cursor else None)
         # From the end of the previous batch: reading the batch from Stripe is part of its cost.
         now, after = time.monotonic(), calls()
         log_batch(result, stripe_calls=after[0] - before[0], salesforce_calls=after[1] - before[1],

@@ -39,6 +39,14 @@ class Batch:
 
     events: list[HeldEvent]
     policy: CommitPolicy = field(default_factory=CommitPolicy)
+    # The policy that commits only the first n events, when a stop cut the batch short (backfill: the checkpoint
+    # of the pages those events came from). None: the batch's own policy does (sync's cursor follows the last
+    # event committed; dead letters and inbox entries are each closed by their own outcome).
+    partial: Callable[[int], CommitPolicy] | None = field(default=None, repr=False)
+
+    def first(self, n: int) -> Batch:
+        """The batch cut to its first n events, with the policy that commits just them."""
+        return Batch(self.events[:n], self.partial(n) if self.partial is not None else self.policy)
 
 
 class Source(Protocol):
@@ -103,6 +111,9 @@ class SyncEvents:
     progress: Callable[[], None] | None = None  # told after each committed batch (the terminal's display)
     interrupted: bool = False
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Every event Stripe listed when the run started was read and committed: only then is the cursor current
+    # as of the run's start (status --check's cursor age). A stop (signal, budget, --max-events) leaves it False.
+    read_to_end: bool = False
 
     def __post_init__(self) -> None:
         self._left = self.max_events
@@ -134,6 +145,8 @@ class SyncEvents:
             # A first `--since` that found no event still records where sync starts, committed like a batch
             # (a dry run's state keeps nothing): the next plain `sync` lists from there.
             yield Batch([], CommitPolicy(meta={**start.meta, HANDOFF_SINCE_KEY: str(self.since)}))
+        # Reached only when the run loop asked for a batch after the last one was committed.
+        self.read_to_end = not ((self._left is not None and self._left <= 0) or self._stopping())
 
     def applied(self, batch: Batch, result: BatchResult) -> None:
         """Nothing to track (the cursor is committed with each batch); the progress display is told."""
