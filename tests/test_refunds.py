@@ -1,0 +1,254 @@
+"""Refunds and disputes lower what was collected (issue 22 §1, §3): through the CLI's `sync` against both
+stand-ins, in both payload generations (before 2024-10-28.acacia a refund has only `charge.refunded` and
+`charge.refund.updated`; before basil the Charge names its invoice), from the payment's current state."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+from typer.testing import CliRunner
+
+from stripe_sf_sync import service
+from stripe_sf_sync.cli import app
+from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.sandbox.demo import sandbox_environment
+from stripe_sf_sync.sandbox.salesforce_server import FieldDef, SalesforceOrg, SalesforceSandbox
+from stripe_sf_sync.sandbox.stripe_factory import API_VERSION_PRE_BASIL, StripeFactory
+from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync.state import StateStore
+
+from .conftest import write_config
+
+DAY = 86400
+VERSIONS = pytest.mark.parametrize("version", [None, API_VERSION_PRE_BASIL], ids=["current", "pre-basil"])
+
+
+def cli_env(stripe_sb: StripeSandbox, sf_sb: SalesforceSandbox) -> dict[str, str]:
+    return {"STRIPE_API_KEY": stripe_sb.api_key, "STRIPE_API_BASE": stripe_sb.base_url,
+            "SF_INSTANCE_URL": sf_sb.instance_url, "SF_ACCESS_TOKEN": sf_sb.access_token,
+            "REQUESTS_CA_BUNDLE": sf_sb.ca_path}
+
+
+def configured(tmp_path, org: SalesforceOrg, env, **overrides: str):
+    org.schema["Opportunity"]["Refunded_Amount__c"] = FieldDef("Refunded_Amount__c", "currency", precision=16, scale=2)
+    overrides = {"opportunity_refunded: null": "opportunity_refunded: Refunded_Amount__c", **overrides}
+    config = write_config(tmp_path / "sync.yaml", **overrides)
+    result = CliRunner().invoke(app, ["discover-config", "--config", str(config), "--write"], env=env)
+    assert result.exit_code == 0, result.output
+    return config
+
+
+def sync(config, env, since: int):
+    first = not (config.parent / "stripe-sf-state.sqlite").exists()
+    args = ["--since", time.strftime("%Y-%m-%d", time.gmtime(since))] if first else []
+    result = CliRunner().invoke(app, ["sync", "--config", str(config), *args], env=env)
+    assert result.exit_code == ExitCode.OK, result.output
+    with StateStore.open(config.parent / "stripe-sf-state.sqlite") as st:
+        assert st.dead_letter_count() == 0, result.output
+    return result
+
+
+def payment_opp(org: SalesforceOrg, pi_id: str) -> dict:
+    [opp] = [o for o in org.records("Opportunity") if o.get("Stripe_Payment_Intent_ID__c") == pi_id]
+    return opp
+
+
+def factory(stripe_sb: StripeSandbox, version: str | None, seed: int) -> StripeFactory:
+    return StripeFactory(stripe_sb, seed=seed, **({"api_version": version} if version else {}))
+
+
+def a_paying_customer(f: StripeFactory, org: SalesforceOrg, name: str, amount: int, at: int) -> tuple[str, str]:
+    cus = f.customer(name, f"{name.lower()}@example.com", created=at - DAY)
+    acct = org.insert("Account", {"Name": name, "Stripe_Customer_ID__c": cus["id"]})
+    pi = f.payment_intent(cus["id"], amount, "usd", status="requires_payment_method", created=at)
+    f.payment_succeeded(pi["id"], at + 5)
+    return str(pi["id"]), acct
+
+
+@VERSIONS
+def test_partial_then_full_refund_nets_the_opportunity_and_raises_one_task(tmp_path, stripe_sb, org, sf_sb, version):
+    now = int(time.time())
+    f = factory(stripe_sb, version, 41)
+    pi_id, acct = a_paying_customer(f, org, "Refundco", 25000, now - 3 * DAY)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+    sync(config, env, now - 5 * DAY)
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("250.00")
+
+    f.refund(pi_id, 10000, now - 2 * DAY)
+    sync(config, env, now - 5 * DAY)
+    opp = payment_opp(org, pi_id)
+    assert Decimal(str(opp["Amount"])) == Decimal("150.00")  # 250.00 - 100.00, not 250.00 (amount_received)
+    assert Decimal(str(opp["Refunded_Amount__c"])) == Decimal("100.00")
+    assert [t for t in org.records("Task") if t["WhatId"] == acct] == []  # a partial refund raises no Task
+
+    _, events = f.refund(pi_id, None, now - DAY)  # the rest: fully refunded
+    assert events[0]["data"]["object"]["refunded"] is True
+    sync(config, env, now - 5 * DAY)
+    opp = payment_opp(org, pi_id)
+    assert Decimal(str(opp["Amount"])) == Decimal("0.00") and opp["StageName"] == "Closed Won"  # keeps its stage
+    assert Decimal(str(opp["Refunded_Amount__c"])) == Decimal("250.00")
+    [task] = [t for t in org.records("Task") if t["WhatId"] == acct]
+    assert task["Subject"] == "Payment fully refunded: 250.00 USD" and pi_id in task["Description"]
+    sync(config, env, now - 5 * DAY)  # nothing new: the Task stays one
+    assert len([t for t in org.records("Task") if t["WhatId"] == acct]) == 1
+    assert len(org.records("Opportunity")) == 1
+
+
+def test_pending_and_failed_refunds_do_not_count(tmp_path, stripe_sb, org, sf_sb):
+    now = int(time.time())
+    f = factory(stripe_sb, None, 42)
+    pi_id, _ = a_paying_customer(f, org, "Pendingco", 25000, now - 3 * DAY)
+    refund, _ = f.refund(pi_id, 10000, now - 2 * DAY, status="pending")
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+    sync(config, env, now - 5 * DAY)
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("250.00")
+
+    events = f.refund_updated(refund["id"], "failed", now - DAY)
+    assert [e["type"] for e in events] == ["refund.updated", "refund.failed"]
+    f.refund(pi_id, 5000, now - DAY + 60)
+    sync(config, env, now - 5 * DAY)
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("200.00")
+
+
+def test_refunded_stage_moves_a_fully_refunded_opportunity(tmp_path, stripe_sb, org, sf_sb):
+    now = int(time.time())
+    f = factory(stripe_sb, None, 43)
+    pi_id, _ = a_paying_customer(f, org, "Stageco", 9900, now - 3 * DAY)
+    f.refund(pi_id, None, now - 2 * DAY)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env, **{"refunded_stage: null": "refunded_stage: Closed Lost"})
+    sync(config, env, now - 5 * DAY)  # the payment and its refund in one run
+    opp = payment_opp(org, pi_id)
+    assert opp["StageName"] == "Closed Lost" and Decimal(str(opp["Amount"])) == Decimal("0.00")
+
+
+@VERSIONS
+def test_a_dispute_raises_one_task_and_a_lost_one_lowers_the_amount(tmp_path, stripe_sb, org, sf_sb, version):
+    now = int(time.time())
+    f = factory(stripe_sb, version, 44)
+    pi_id, acct = a_paying_customer(f, org, "Disputeco", 25000, now - 4 * DAY)
+    dispute, _ = f.dispute(pi_id, now - 3 * DAY, amount=25000, reason="fraudulent", due_in_days=9)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+    sync(config, env, now - 6 * DAY)
+    [task] = [t for t in org.records("Task") if t["WhatId"] == acct]
+    due = time.strftime("%Y-%m-%d", time.gmtime(dispute["evidence_details"]["due_by"]))
+    assert task["Priority"] == "High" and task["ActivityDate"] == due
+    assert "250.00 USD" in task["Subject"] and "fraudulent" in task["Subject"]
+    assert f"https://dashboard.stripe.com/test/disputes/{dispute['id']}" in task["Description"]
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("250.00")  # open: nothing lost yet
+
+    f.dispute_closed(dispute["id"], "lost", now - DAY)
+    sync(config, env, now - 6 * DAY)
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("0.00")
+    assert len([t for t in org.records("Task") if t["WhatId"] == acct]) == 1  # created once
+
+
+def test_a_won_dispute_restores_the_amount(tmp_path, stripe_sb, org, sf_sb):
+    now = int(time.time())
+    f = factory(stripe_sb, None, 45)
+    pi_id, _ = a_paying_customer(f, org, "Winco", 12000, now - 4 * DAY)
+    dispute, _ = f.dispute(pi_id, now - 3 * DAY)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+    f.dispute_closed(dispute["id"], "won", now - DAY)
+    sync(config, env, now - 6 * DAY)
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("120.00")
+
+
+@VERSIONS
+def test_a_refunded_invoice_leaves_mrr_alone_and_raises_a_task(tmp_path, stripe_sb, org, sf_sb, version):
+    now = int(time.time())
+    f = factory(stripe_sb, version, 46)
+    cus = f.customer("Subco", "subco@example.com", created=now - 60 * DAY)
+    acct = org.insert("Account", {"Name": "Subco", "Stripe_Customer_ID__c": cus["id"]})
+    price = f.price(5000, "usd", "month")
+    sub = f.subscription(cus["id"], [(price, 2)], created=now - 40 * DAY)
+    org.insert("Opportunity", {"Name": "Subco", "AccountId": acct, "StageName": "Closed Won", "Amount": 100,
+                               "CloseDate": "2026-01-01", "Stripe_Subscription_ID__c": sub["id"], "MRR__c": 100,
+                               "RecordTypeId": org.record_type_id("New_Business")})
+    inv = f.invoice(sub["id"], cus["id"], 10000, "usd", status="paid", created=now - 10 * DAY)
+    pi = next(p for p in stripe_sb.objects_of("invoice_payment") if p["invoice"] == inv["id"])["payment"]
+    f.refund(pi["payment_intent"], 4000, now - 2 * DAY)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+    sync(config, env, now - 5 * DAY)
+    [opp] = [o for o in org.records("Opportunity")]
+    assert Decimal(str(opp["MRR__c"])) == Decimal("100") and Decimal(str(opp["Amount"])) == Decimal("100")
+    [task] = [t for t in org.records("Task") if t["WhatId"] == acct]
+    assert task["Subject"] == f"Invoice {inv['id']} refunded: 40.00 USD"
+
+
+def test_a_webhook_a_replay_and_a_backfill_give_one_figure(tmp_path, stripe_sb, org, sf_sb):
+    """The payment's figure comes from its current state: sync from scratch, then backfill into a fresh
+    state, give the same Opportunity."""
+    now = int(time.time())
+    f = factory(stripe_sb, None, 47)
+    pi_id, _ = a_paying_customer(f, org, "Anyorder", 25000, now - 4 * DAY)
+    f.refund(pi_id, 10000, now - 3 * DAY)
+    dispute, _ = f.dispute(pi_id, now - 2 * DAY, amount=5000)
+    f.dispute_closed(dispute["id"], "lost", now - DAY)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+    result = CliRunner().invoke(app, ["backfill", "--config", str(config), "--since",
+                                      time.strftime("%Y-%m-%d", time.gmtime(now - 6 * DAY))], env=env)
+    assert result.exit_code == ExitCode.OK, result.output
+    opp = payment_opp(org, pi_id)
+    assert Decimal(str(opp["Amount"])) == Decimal("100.00")  # 250 - 100 refunded - 50 lost
+    assert Decimal(str(opp["Refunded_Amount__c"])) == Decimal("100.00")
+    sync(config, env, now - 6 * DAY)  # the events after a backfill change nothing
+    again = payment_opp(org, pi_id)
+    assert Decimal(str(again["Amount"])) == Decimal("100.00")
+    _, report = service.run_reconcile(config, sandbox_environment(stripe_sb, sf_sb), since=None,
+                                      objects="payment_intents", fix=False, dry_run=False)
+    assert not [x for x in report.findings if x.stripe_id == pi_id], report.findings
+
+
+def test_webhooks_out_of_order_give_the_same_figure(tmp_path, stripe_sb, org, sf_sb):
+    """Through `serve`: the refund's and the dispute's deliveries come before the payment's own; the figure is
+    the payment's current state whatever the order, and the late payment_intent.succeeded changes nothing."""
+    from .test_serve import deliver, eventually, serving
+
+    now = int(time.time())
+    f = factory(stripe_sb, None, 48)
+    pi_id, acct = a_paying_customer(f, org, "Hookco", 25000, now - 4 * DAY)
+    paid = stripe_sb.events[-1]
+    _, refunded = f.refund(pi_id, 10000, now - 3 * DAY)
+    dispute, opened = f.dispute(pi_id, now - 2 * DAY, amount=5000)
+    closed = f.dispute_closed(dispute["id"], "lost", now - DAY)
+    env = sandbox_environment(stripe_sb, sf_sb)
+    env.sleep = lambda s: None
+    config = configured(tmp_path, org, cli_env(stripe_sb, sf_sb))
+    with serving(config, env) as (url, _srv):
+        for event in [*reversed(closed), *reversed(opened), *reversed(refunded), paid]:
+            assert deliver(url, event).status_code == 200
+
+        def settled() -> bool:
+            opps = [o for o in org.records("Opportunity") if o.get("Stripe_Payment_Intent_ID__c") == pi_id]
+            return bool(opps) and Decimal(str(opps[0]["Amount"])) == Decimal("100.00")
+
+        eventually(settled)
+        eventually(lambda: len([t for t in org.records("Task") if t["WhatId"] == acct]) == 1)
+        time.sleep(1)  # every delivery handled: still one figure, one Task
+    opp = payment_opp(org, pi_id)
+    assert Decimal(str(opp["Amount"])) == Decimal("100.00") and opp["StageName"] == "Closed Won"
+    assert len(org.records("Opportunity")) == 1
+
+
+def test_reconcile_compares_what_the_payment_kept(tmp_path, stripe_sb, org, sf_sb):
+    now = int(time.time())
+    f = factory(stripe_sb, None, 49)
+    pi_id, _ = a_paying_customer(f, org, "Reconco", 25000, now - 4 * DAY)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+    sync(config, env, now - 6 * DAY)
+    f.refund(pi_id, 10000, now - DAY)  # not synced yet: Salesforce still says 250.00
+    _, report = service.run_reconcile(config, sandbox_environment(stripe_sb, sf_sb), since=None,
+                                      objects="payment_intents", fix=False, dry_run=False)
+    [finding] = [x for x in report.findings if x.stripe_id == pi_id]
+    assert finding.kind == "value_mismatch"
+    assert finding.values[0] == ("Amount", "150.00", "250.00"), finding
