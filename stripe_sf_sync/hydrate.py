@@ -16,6 +16,7 @@ from stripe_sf_sync import model
 from stripe_sf_sync.model import (
     CachedCustomer,
     CollectedChange,
+    CreditNoteChange,
     CustomerChange,
     InvoiceFailureChange,
     MalformedEvent,
@@ -115,7 +116,28 @@ class StripeHydrator:
                 change.payment_intent_id), invoice_known=True)
         if isinstance(change, InvoiceFailureChange) and change.failure_code is None:
             change = self._failure_code(held, change)
+        if isinstance(change, CreditNoteChange) or (
+                isinstance(change, PaymentChange) and change.invoice_id and change.adjusted
+                and change.meta.event_type in model.COLLECTED_EVENT_TYPES):
+            change = self._first_invoice(change)
         return change
+
+    def _first_invoice(self, change: PaymentChange | CreditNoteChange) -> model.Change:
+        """A refund, dispute or credit note of a subscription's first invoice: what that invoice kept, from its
+        current state (the invoice, its credit notes, its payment's refunds and disputes)."""
+        assert change.invoice_id
+        invoice, pi_id, notes = self._source.invoice_credit_notes(change.invoice_id)
+        if invoice is None:
+            return change
+        net = None
+        if invoice.get("billing_reason") == "subscription_create":
+            pi, disputes = self._read_collected(pi_id) if pi_id else (None, [])
+            charge = pi.get("latest_charge") if pi else None
+            refunds = (charge.get("refunds") or {}).get("data") or [] if isinstance(charge, dict) else []
+            net = model.first_invoice_net(invoice, notes, refunds, disputes)
+        if isinstance(change, CreditNoteChange):
+            return dataclasses.replace(change, first_invoice=net, invoice_read=True)
+        return dataclasses.replace(change, first_invoice=net)
 
     def _read_collected(self, pi_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         if pi_id not in self._collected:

@@ -41,7 +41,13 @@ EVENT_TYPES = (
     "charge.refund.updated",  # before 2024-10-28.acacia, a refund's update (it had no refund.* events)
     "charge.dispute.created",
     "charge.dispute.closed",
+    # A credit note lowers what its invoice is worth: the first invoice's nets its subscription's Amount
+    # (api-facts "Credit notes"; issue 22 §2). Never MRR.
+    "credit_note.created",
+    "credit_note.updated",
+    "credit_note.voided",
 )
+CREDIT_NOTE_EVENT_TYPES = frozenset({"credit_note.created", "credit_note.updated", "credit_note.voided"})
 COLLECTED_EVENT_TYPES = frozenset({
     "charge.refunded", "refund.created", "refund.updated", "refund.failed", "charge.refund.updated",
     "charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
@@ -142,6 +148,17 @@ OPEN_DISPUTE_STATUSES = frozenset({"warning_needs_response", "warning_under_revi
 
 
 @dataclass(frozen=True)
+class FirstInvoiceNet:
+    """What a subscription's first invoice kept, before tax: the subscription Opportunity's `Amount` (the first
+    period), netted by credit notes, refunds and lost disputes."""
+
+    subscription_id: str
+    invoice_id: str
+    amount: Decimal  # major units
+    currency: str
+
+
+@dataclass(frozen=True)
 class PaymentChange:
     """payment_intent.succeeded."""
 
@@ -166,6 +183,7 @@ class PaymentChange:
     adjusted: bool = False
     collected_known: bool = True
     paid_at: int | None = None  # the PaymentIntent's `created`: the CloseDate when a refund event creates it
+    first_invoice: FirstInvoiceNet | None = None  # set by hydration when it paid a subscription's first invoice
 
     @property
     def object_id(self) -> str:
@@ -201,6 +219,26 @@ class CollectedChange:
 
 
 @dataclass(frozen=True)
+class CreditNoteChange:
+    """credit_note.created/updated/voided: hydration nets its invoice when it is a subscription's first."""
+
+    meta: EventMeta
+    credit_note_id: str
+    invoice_id: str
+    customer_id: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    customer_metadata: Mapping[str, str] | None = None
+    customer_name: str | None = None
+    first_invoice: FirstInvoiceNet | None = None
+    invoice_read: bool = False  # hydration read the invoice (and so knows whether it is a first one)
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key: the credit note (its events are planned from its invoice's current state)."""
+        return self.credit_note_id
+
+
+@dataclass(frozen=True)
 class InvoiceFailureChange:
     """invoice.payment_failed."""
 
@@ -226,7 +264,7 @@ class InvoiceFailureChange:
         return self.invoice_id
 
 
-Change = SubscriptionChange | PaymentChange | InvoiceFailureChange | CollectedChange
+Change = SubscriptionChange | PaymentChange | InvoiceFailureChange | CollectedChange | CreditNoteChange
 
 
 @dataclass(frozen=True)
@@ -658,6 +696,60 @@ def parse_collected(event: Mapping[str, Any], meta: EventMeta) -> CollectedChang
                            _str(obj, "customer", required=False, prefix="cus_"), dispute_id)
 
 
+def parse_credit_note(event: Mapping[str, Any], meta: EventMeta) -> CreditNoteChange:
+    """credit_note.* -> CreditNoteChange (ids only: the amounts come from its invoice's current state)."""
+    note = _get(event, "data.object")
+    if not isinstance(note, _OBJECT):
+        raise MalformedEvent("missing data.object")
+    note_id = _str(note, "id", prefix="cn_")
+    invoice_id = _str(note, "invoice", prefix="in_")
+    assert note_id and invoice_id
+    return CreditNoteChange(meta, note_id, invoice_id, _str(note, "customer", required=False, prefix="cus_"),
+                            _metadata(note))
+
+
+def _minor(obj: Any, key: str) -> int:
+    value = obj.get(key) if isinstance(obj, _OBJECT) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MINOR_UNITS else 0
+
+
+def first_invoice_net(invoice: Mapping[str, Any], credit_notes: Sequence[Any], refunds: Sequence[Any],
+                      disputes: Sequence[Any]) -> FirstInvoiceNet | None:
+    """The first invoice of a subscription (`billing_reason: subscription_create`), netted; None for any other
+    invoice or one that charged nothing.
+
+    Kept = `total` - non-void credit notes (`pre_payment_amount` + `post_payment_amount`: what it lowered the
+    amount due by and what it refunded, credited or settled out of band; `total` would count a credit note
+    settled out of band as well, but it is the same sum; api-facts "Credit notes", stripe/_credit_note.py)
+    - succeeded refunds a credit note does not already name (a credit note's refund is a Refund too) - lost
+    disputes. The Opportunity's `Amount` is before tax (issue 22 §4): the same share of `total_excluding_tax`.
+    """
+    if invoice.get("billing_reason") != "subscription_create":
+        return None
+    sub_id = (_str(invoice, "parent.subscription_details.subscription", required=False)
+              or _str(invoice, "subscription", required=False))
+    inv_id = _str(invoice, "id", prefix="in_")
+    total = _minor(invoice, "total")
+    if not sub_id or not inv_id or total <= 0:
+        return None
+    currency = _currency(invoice)
+    base = _minor(invoice, "total_excluding_tax") if invoice.get("total_excluding_tax") is not None else total
+    live = [n for n in credit_notes if isinstance(n, _OBJECT) and n.get("status") != "void"]
+    noted = sum(_minor(n, "pre_payment_amount") + _minor(n, "post_payment_amount") for n in live)
+    named = {_ref(r.get("refund")) for n in live for r in (n.get("refunds") or []) if isinstance(r, _OBJECT)}
+    named |= {_ref(n.get("refund")) for n in live if n.get("refund")}  # versions before `refunds` (a list)
+    refunded = sum(_minor(r, "amount") for r in refunds
+                   if isinstance(r, _OBJECT) and r.get("status") == "succeeded" and r.get("id") not in named)
+    lost = sum(_minor(d, "amount") for d in disputes if isinstance(d, _OBJECT) and d.get("status") == "lost")
+    kept = max(0, total - noted - refunded - lost)
+    amount = money.quantize(money.to_major(base, currency) * kept / total, currency)
+    return FirstInvoiceNet(sub_id, inv_id, amount, currency)
+
+
+def _ref(value: Any) -> Any:
+    return value.get("id") if isinstance(value, _OBJECT) else value
+
+
 def _failure_code_from(obj: Mapping[str, Any]) -> str | None:
     """Failure code of an expanded PaymentIntent (`last_payment_error.code`) or Charge
     (`failure_code`), with the card's decline code when there is one. An Invoice has no
@@ -753,6 +845,8 @@ def parse_event(event: Mapping[str, Any]) -> Change | CustomerChange | Unsupport
             return parse_customer(event, meta)
         if meta.event_type in COLLECTED_EVENT_TYPES:
             return parse_collected(event, meta)
+        if meta.event_type in CREDIT_NOTE_EVENT_TYPES:
+            return parse_credit_note(event, meta)
     except MalformedEvent:
         raise
     except (TypeError, ValueError, AttributeError, KeyError) as exc:

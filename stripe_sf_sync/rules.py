@@ -18,7 +18,9 @@ from stripe_sf_sync.model import (
     OPEN_DISPUTE_STATUSES,
     Change,
     CollectedChange,
+    CreditNoteChange,
     Dispute,
+    FirstInvoiceNet,
     InvoiceFailureChange,
     PaymentChange,
     SubscriptionChange,
@@ -379,7 +381,9 @@ def _plan_invoice_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
     _, acct_id = _metadata_ids(change.metadata, change.customer_metadata)
     account = _account_ref(change, acct_id)
     plan = Plan(_dispute_tasks(ctx, change, account))
-    if change.refunded and meta.event_type in COLLECTED_EVENT_TYPES:
+    if change.first_invoice is not None:  # the first period: the subscription's Amount is netted instead
+        plan.intents.insert(0, _first_invoice_intent(change.meta.event_id, change.first_invoice, account))
+    elif change.refunded and meta.event_type in COLLECTED_EVENT_TYPES:
         # Keyed by the refunded total: a second partial refund is a new fact, a replay of this one is not.
         plan.intents.append(_refund_task(
             ctx, change, account, f"Invoice {change.invoice_id} refunded",
@@ -387,6 +391,24 @@ def _plan_invoice_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
     if not plan.intents:
         plan.ignored = f"payment of invoice {change.invoice_id}: handled through its subscription"
     return plan
+
+
+def _first_invoice_intent(event_id: str, net: FirstInvoiceNet, account: AccountRef) -> OpportunityIntent:
+    """The subscription Opportunity's `Amount` (its first period) as its first invoice kept it; MRR and ARR are
+    never touched (issue 22 §1, §2). Only an Opportunity that exists is updated."""
+    return OpportunityIntent(event_id, "subscription", net.subscription_id, None, False, account,
+                             {"Amount": net.amount}, net.subscription_id, may_create=False, currency=net.currency)
+
+
+def plan_credit_note(ctx: RuleContext, change: CreditNoteChange) -> Plan:
+    """credit_note.created/updated/voided: a credit note on a subscription's first invoice nets (or, voided,
+    restores) its Opportunity's `Amount`; on any other invoice it changes nothing stripe-sf writes."""
+    if change.first_invoice is None:
+        why = "not a subscription's first invoice" if change.invoice_read else "an invoice Stripe no longer has"
+        return Plan(ignored=f"credit note {change.credit_note_id} on {change.invoice_id}: {why}; MRR is unchanged")
+    _, acct_id = _metadata_ids(change.metadata, change.customer_metadata)
+    account = AccountRef(change.customer_id, acct_id)
+    return Plan([_first_invoice_intent(change.meta.event_id, change.first_invoice, account)])
 
 
 def _refund_task(ctx: RuleContext, change: PaymentChange, account: AccountRef, subject: str,
@@ -470,6 +492,8 @@ def plan(ctx: RuleContext, change: Change) -> Plan:
         return plan_subscription(ctx, change)
     if isinstance(change, PaymentChange):
         return plan_payment(ctx, change)
+    if isinstance(change, CreditNoteChange):
+        return plan_credit_note(ctx, change)
     if isinstance(change, CollectedChange):  # not turned into its payment: no PaymentIntent, or it is gone
         return Plan(ignored=f"{change.charge_id or 'a charge'} has no PaymentIntent stripe-sf can read: no "
                             "Opportunity tracks it")

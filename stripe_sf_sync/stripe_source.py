@@ -849,6 +849,29 @@ class StripeSource:
         return pi, disputes
 
 
+    def invoice_credit_notes(self, invoice_id: str) -> tuple[dict[str, Any] | None, str | None, list[dict[str, Any]]]:
+        """An invoice as it is now, the PaymentIntent that paid it (pre-basil: `payment_intent`; from basil:
+        its `payments`, expanded), and its credit notes (/v1/credit_notes?invoice=…, every status: a void one
+        says so). Two reads: what a subscription's first invoice kept (issue 22 §1, §2)."""
+        expand = ["payments"] if self._api_version >= BASIL else []
+        invoice = self._get_or_none("reading an invoice's credit notes", f"/v1/invoices/{_path_id(invoice_id)}",
+                                    {"expand": expand} if expand else None)
+        if invoice is None:
+            return None, None, []
+        pi = invoice.get("payment_intent")
+        payments = invoice.get("payments") if isinstance(invoice.get("payments"), dict) else {}
+        for p in payments.get("data") or []:
+            payment = p.get("payment") if isinstance(p, dict) and p.get("status") == "paid" else None
+            if isinstance(payment, dict) and payment.get("payment_intent"):
+                pi = payment["payment_intent"]
+        pi_id = pi.get("id") if isinstance(pi, dict) else pi
+        notes: list[dict[str, Any]] = []
+        if invoice.get("billing_reason") == "subscription_create":
+            for page in self._walk("credit notes", "/v1/credit_notes", {"invoice": _path_id(invoice_id), "limit": 100}):
+                notes.extend(page)
+        return invoice, pi_id if isinstance(pi_id, str) else None, notes
+
+
 # Id prefix -> the path its object is read at (the objects whose events have rules).
 _CURRENT_PATHS = {"sub": "/v1/subscriptions", "in": "/v1/invoices", "pi": "/v1/payment_intents"}
 

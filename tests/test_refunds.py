@@ -252,3 +252,56 @@ def test_reconcile_compares_what_the_payment_kept(tmp_path, stripe_sb, org, sf_s
     [finding] = [x for x in report.findings if x.stripe_id == pi_id]
     assert finding.kind == "value_mismatch"
     assert finding.values[0] == ("Amount", "150.00", "250.00"), finding
+
+
+def a_subscription_with_its_first_invoice(f: StripeFactory, org: SalesforceOrg, name: str, now: int):
+    cus = f.customer(name, f"{name.lower()}@example.com", created=now - 60 * DAY)
+    acct = org.insert("Account", {"Name": name, "Stripe_Customer_ID__c": cus["id"]})
+    sub = f.subscription(cus["id"], [(f.price(5000, "usd", "month"), 2)], created=now - 20 * DAY)
+    first = f.invoice(sub["id"], cus["id"], 10000, "usd", status="paid", billing_reason="subscription_create",
+                      created=now - 20 * DAY)
+    org.insert("Opportunity", {"Name": name, "AccountId": acct, "StageName": "Closed Won", "Amount": 100,
+                               "CloseDate": "2026-01-01", "Stripe_Subscription_ID__c": sub["id"], "MRR__c": 100,
+                               "ARR__c": 1200, "RecordTypeId": org.record_type_id("New_Business")})
+    return sub, first, acct
+
+
+def sub_opp(org: SalesforceOrg, sub_id: str) -> tuple[Decimal, Decimal]:
+    [opp] = [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == sub_id]
+    return Decimal(str(opp["Amount"])), Decimal(str(opp["MRR__c"]))
+
+
+@VERSIONS
+def test_credit_notes_and_refunds_net_the_first_invoice_never_mrr(tmp_path, stripe_sb, org, sf_sb, version):
+    now = int(time.time())
+    f = factory(stripe_sb, version, 50)
+    sub, first, acct = a_subscription_with_its_first_invoice(f, org, "Creditco", now)
+    note, events = f.credit_note(first["id"], 3000, now - 5 * DAY)  # credited to the customer's balance
+    assert note["post_payment_amount"] == 3000 and events[0]["type"] == "credit_note.created"
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+    sync(config, env, now - 7 * DAY)
+    assert sub_opp(org, sub["id"]) == (Decimal("70.00"), Decimal("100"))
+
+    f.credit_note_voided(note["id"], now - 4 * DAY)  # restores it
+    sync(config, env, now - 7 * DAY)
+    assert sub_opp(org, sub["id"]) == (Decimal("100.00"), Decimal("100"))
+
+    pi_id = next(p for p in stripe_sb.objects_of("invoice_payment") if p["invoice"] == first["id"])["payment"]
+    f.refund(pi_id["payment_intent"], 4000, now - 3 * DAY)  # a plain refund of the first invoice
+    f.credit_note(first["id"], 2000, now - 2 * DAY, refund=True)  # a credit note refunded: counted once
+    sync(config, env, now - 7 * DAY)
+    assert sub_opp(org, sub["id"]) == (Decimal("40.00"), Decimal("100"))  # 100 - 40 - 20
+    assert [t for t in org.records("Task") if t["WhatId"] == acct] == []  # the first invoice is netted, no Task
+
+
+def test_a_credit_note_on_a_later_invoice_changes_nothing(tmp_path, stripe_sb, org, sf_sb):
+    now = int(time.time())
+    f = factory(stripe_sb, None, 51)
+    sub, _, _ = a_subscription_with_its_first_invoice(f, org, "Laterco", now)
+    later = f.invoice(sub["id"], sub["customer"], 10000, "usd", status="paid", created=now - 5 * DAY)
+    f.credit_note(later["id"], 3000, now - 4 * DAY)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+    sync(config, env, now - 7 * DAY)
+    assert sub_opp(org, sub["id"]) == (Decimal("100"), Decimal("100"))

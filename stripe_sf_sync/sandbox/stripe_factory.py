@@ -1858,3 +1858,48 @@ class StripeFactory:
         if status == "won":
             events.append(self.emit("charge.dispute.funds_reinstated", new, at, automatic=True))
         return events
+
+    def credit_note(self, invoice: Obj | str, amount: int, at: int, *, refund: bool = False,
+                    reason: str | None = "order_change") -> tuple[Obj, list[Obj]]:
+        """A CreditNote on an invoice (stripe/_credit_note.py): on an open invoice it lowers what is due
+        (`pre_payment_amount`); on a paid one it is refunded (`refund=True`: a Refund is made and named in
+        `refunds`) or credited to the customer balance (`post_payment_amount`). Emits `credit_note.created`."""
+        inv = self._current(invoice)
+        paid = inv.get("status") == "paid"
+        refunds: list[Obj] = []
+        if refund:
+            if not paid:
+                raise ValueError("only a paid invoice's credit note can be refunded")
+            link = next(p for p in self._invoice_payments() if p.get("invoice") == inv["id"])
+            made, _ = self.refund(link["payment"]["payment_intent"], amount, at)
+            refunds.append({"amount_refunded": amount, "refund": made["id"]})
+        note: Obj = {
+            "id": self.new_id("cn"), "object": "credit_note", "amount": amount, "amount_shipping": 0,
+            "created": at, "currency": inv["currency"], "customer": inv["customer"],
+            "customer_balance_transaction": None if refund or not paid else self.new_id("cbtxn"),
+            "discount_amount": 0, "discount_amounts": [], "invoice": inv["id"], "livemode": False,
+            "memo": None, "metadata": {}, "number": f"{inv.get('number') or 'CN'}-CN{self._rng.randint(1, 99)}",
+            "out_of_band_amount": None, "pdf": "https://pay.stripe.com/credit_notes/sandbox/pdf",
+            "post_payment_amount": amount if paid else 0, "pre_payment_amount": 0 if paid else amount,
+            "reason": reason, "refunds": refunds, "status": "issued", "subtotal": amount,
+            "subtotal_excluding_tax": amount, "total": amount, "total_excluding_tax": amount,
+            "type": "post_payment" if paid else "pre_payment", "voided_at": None,
+        }
+        self._save(note)
+        key = "post_payment_credit_notes_amount" if paid else "pre_payment_credit_notes_amount"
+        inv[key] = int(inv.get(key) or 0) + amount
+        if not paid:
+            inv["amount_due"] = max(0, int(inv["amount_due"]) - amount)
+            inv["amount_remaining"] = max(0, int(inv.get("amount_remaining") or 0) - amount)
+        self._save(inv)
+        return self._out(note, None), [self.emit("credit_note.created", note, at)]
+
+    def credit_note_voided(self, note: Obj | str, at: int) -> list[Obj]:
+        """Void a credit note (`status: void`): it no longer lowers its invoice. Emits `credit_note.voided`."""
+        new = self._current(note)
+        new.update(status="void", voided_at=at)
+        inv = self._current(str(new["invoice"]))
+        key = "post_payment_credit_notes_amount" if new["type"] == "post_payment" else "pre_payment_credit_notes_amount"
+        inv[key] = max(0, int(inv.get(key) or 0) - int(new["amount"]))
+        self._save(inv)
+        return [self.emit("credit_note.voided", new, at, previous_attributes={"status": "issued", "voided_at": None})]
