@@ -305,3 +305,18 @@ def test_a_credit_note_on_a_later_invoice_changes_nothing(tmp_path, stripe_sb, o
     config = configured(tmp_path, org, env)
     sync(config, env, now - 7 * DAY)
     assert sub_opp(org, sub["id"]) == (Decimal("100"), Decimal("100"))
+
+
+def test_a_refunded_stage_the_org_lacks_is_refused_before_any_write(tmp_path, stripe_sb, org, sf_sb):
+    now = int(time.time())
+    f = factory(stripe_sb, None, 52)
+    a_paying_customer(f, org, "Nostage", 9900, now - 3 * DAY)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env, **{"refunded_stage: null": "refunded_stage: Refunded"})
+    result = CliRunner().invoke(app, ["sync", "--config", str(config), "--since",
+                                      time.strftime("%Y-%m-%d", time.gmtime(now - 5 * DAY))], env=env)
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert "salesforce.refunded_stage 'Refunded' is not the API name of an active Opportunity stage" in result.output
+    assert "Closed Lost" in result.output and org.records("Opportunity") == []
+    doctor = CliRunner().invoke(app, ["doctor", "--config", str(config)], env=env)
+    assert "refunded stage" in doctor.output and "Refunded" in doctor.output, doctor.output
