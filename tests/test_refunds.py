@@ -252,6 +252,9 @@ def test_reconcile_compares_what_the_payment_kept(tmp_path, stripe_sb, org, sf_s
     [finding] = [x for x in report.findings if x.stripe_id == pi_id]
     assert finding.kind == "value_mismatch"
     assert finding.values[0] == ("Amount", "150.00", "250.00"), finding
+    service.run_reconcile(config, sandbox_environment(stripe_sb, sf_sb), since=None, objects="payment_intents",
+                          fix=True, dry_run=False)
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("150.00")  # --fix writes the net amount
 
 
 def a_subscription_with_its_first_invoice(f: StripeFactory, org: SalesforceOrg, name: str, now: int):
