@@ -323,3 +323,27 @@ def test_a_refunded_stage_the_org_lacks_is_refused_before_any_write(tmp_path, st
     assert "Closed Lost" in result.output and org.records("Opportunity") == []
     doctor = CliRunner().invoke(app, ["doctor", "--config", str(config)], env=env)
     assert "refunded stage" in doctor.output and "Refunded" in doctor.output, doctor.output
+
+
+def _first(total: int = 12000, excl: int = 10000) -> dict:
+    return {"id": "in_first", "object": "invoice", "billing_reason": "subscription_create", "currency": "usd",
+            "total": total, "total_excluding_tax": excl,
+            "parent": {"subscription_details": {"subscription": "sub_first"}}}
+
+
+def test_first_invoice_net_is_before_tax_and_counts_a_credit_notes_refund_once():
+    from stripe_sf_sync.model import first_invoice_net
+
+    notes = [{"status": "issued", "pre_payment_amount": 0, "post_payment_amount": 2400,
+              "refunds": [{"refund": "re_cn", "amount_refunded": 2400}]},
+             {"status": "void", "pre_payment_amount": 0, "post_payment_amount": 6000, "refunds": []}]
+    refunds = [{"id": "re_cn", "amount": 2400, "status": "succeeded"},
+               {"id": "re_plain", "amount": 1200, "status": "succeeded"},
+               {"id": "re_pending", "amount": 5000, "status": "pending"}]
+    net = first_invoice_net(_first(), notes, refunds, [{"amount": 1200, "status": "won"}])
+    # kept 120.00 - 24.00 (credit note, its refund once) - 12.00 = 84.00 of 120.00: 70% of the 100.00 before tax
+    assert net is not None and net.amount == Decimal("70.00") and net.subscription_id == "sub_first"
+    lost = first_invoice_net(_first(), [], [], [{"amount": 12000, "status": "lost"}])
+    assert lost is not None and lost.amount == Decimal("0.00")
+    assert first_invoice_net({**_first(), "billing_reason": "subscription_cycle"}, [], [], []) is None
+    assert first_invoice_net(_first(total=0, excl=0), [], [], []) is None  # a trial's first invoice
