@@ -361,12 +361,11 @@ def plan_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
         fields["StageName"] = ctx.won_stage  # a refund that failed, or a dispute won: collected again
     label = change.customer_name or change.customer_id or "Stripe"
     name = f"{label} - Payment {change.payment_intent_id}"
-    intent = (OpportunityIntent(meta.event_id, "payment_intent", change.payment_intent_id, opp_id, False, account,
-                                fields, name, may_create=True, currency=change.currency, create_only=won)
-              if from_event else
-              OpportunityIntent(meta.event_id, "payment_intent", change.payment_intent_id, opp_id, False, account,
-                                {**won, **fields}, name, may_create=True, currency=change.currency))
-    plan = Plan([intent])
+    # A refund or dispute event leaves an existing Opportunity's stage and CloseDate as they are.
+    plan = Plan([OpportunityIntent(
+        meta.event_id, "payment_intent", change.payment_intent_id, opp_id, False, account,
+        fields if from_event else {**won, **fields}, name, may_create=True, currency=change.currency,
+        create_only=won if from_event else {})])
     if change.fully_refunded and not meta.backfill:
         plan.intents.append(_refund_task(ctx, change, account, "Payment fully refunded",
                                          f"{change.charge_id or change.payment_intent_id}#refunded"))
