@@ -350,3 +350,56 @@ def test_first_invoice_net_is_before_tax_and_counts_a_credit_notes_refund_once()
     assert lost is not None and lost.amount == Decimal("0.00")
     assert first_invoice_net({**_first(), "billing_reason": "subscription_cycle"}, [], [], []) is None
     assert first_invoice_net(_first(total=0, excl=0), [], [], []) is None  # a trial's first invoice
+
+
+def test_a_customers_year_the_worked_example_in_the_docs(tmp_path, stripe_sb, org, sf_sb):
+    """docs-drafts/refunds.md, "A customer's year": the figures Salesforce shows after each step (the year is
+    compressed into Stripe's 30-day event window: a "month" here is two days; the figures do not depend on it)."""
+    month = 2 * DAY
+    start = int(time.time()) - 26 * DAY
+    f = factory(stripe_sb, None, 53)
+    cus = f.customer("Yearco", "yearco@example.com", created=start - DAY)
+    acct = org.insert("Account", {"Name": "Yearco", "Stripe_Customer_ID__c": cus["id"]})
+    sub = f.subscription(cus["id"], [(f.price(5000, "usd", "month"), 2)], created=start)
+    f.subscription_created(sub, start)
+    first = f.invoice(sub["id"], cus["id"], 10000, "usd", status="paid", billing_reason="subscription_create",
+                      created=start)
+    env = cli_env(stripe_sb, sf_sb)
+    config = configured(tmp_path, org, env)
+
+    def step() -> tuple[Decimal, Decimal, list[str]]:
+        sync(config, env, start - DAY)
+        amount, mrr = sub_opp(org, sub["id"])
+        return amount, mrr, sorted(t["Subject"] for t in org.records("Task") if t["WhatId"] == acct)
+
+    # Month 1: a 20.00 credit note on the first invoice (credited to the balance).
+    f.credit_note(first["id"], 2000, start + 1 * month)
+    assert step()[:2] == (Decimal("80.00"), Decimal("100"))
+    # Month 4: the April invoice is refunded 30.00: a Task, Amount and MRR unchanged.
+    april = f.invoice(sub["id"], sub["customer"], 10000, "usd", status="paid", created=start + 4 * month - DAY)
+    april_pi = next(p for p in stripe_sb.objects_of("invoice_payment") if p["invoice"] == april["id"])
+    f.refund(april_pi["payment"]["payment_intent"], 3000, start + 4 * month)
+    amount, mrr, tasks = step()
+    assert (amount, mrr) == (Decimal("80.00"), Decimal("100"))
+    assert tasks == [f"Invoice {april['id']} refunded: 30.00 USD"]
+    # Month 7: a one-time 250.00 payment, half refunded in month 8.
+    pi_id = a_paying_customer_again(f, sub["customer"], 25000, start + 7 * month)
+    assert step()[:2] == (Decimal("80.00"), Decimal("100"))
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("250.00")
+    f.refund(pi_id, 12500, start + 8 * month)
+    step()
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("125.00")
+    # Month 10: the rest of the one-time payment is disputed, and the dispute is lost in month 11.
+    dispute, _ = f.dispute(pi_id, start + 10 * month, amount=12500, reason="product_not_received", due_in_days=10)
+    tasks = step()[2]
+    assert any(t.startswith("Dispute opened: 125.00 USD (product_not_received), respond by") for t in tasks)
+    f.dispute_closed(dispute["id"], "lost", start + 11 * month)
+    amount, mrr, tasks = step()
+    assert Decimal(str(payment_opp(org, pi_id)["Amount"])) == Decimal("0.00")
+    assert (amount, mrr) == (Decimal("80.00"), Decimal("100")) and len(tasks) == 2
+
+
+def a_paying_customer_again(f: StripeFactory, customer_id: str, amount: int, at: int) -> str:
+    pi = f.payment_intent(customer_id, amount, "usd", status="requires_payment_method", created=at)
+    f.payment_succeeded(pi["id"], at + 5)
+    return str(pi["id"])
