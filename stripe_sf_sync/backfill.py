@@ -81,6 +81,16 @@ _KEEP_PRICE = ("id", "currency", "unit_amount", "unit_amount_decimal", "amount",
 def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     """The object reduced to what the rules read."""
     out = {k: obj[k] for k in _KEEP[kind] if k in obj}
+    charge = obj.get("latest_charge") if kind == "payment_intents" else None
+    if isinstance(charge, dict):  # what the payment kept: model._collected_from_charge
+        slim_charge = {k: charge.get(k) for k in ("id", "amount_refunded", "disputed")}
+        refunds = charge.get("refunds")
+        if isinstance(refunds, dict):  # missing: hydration reads them when amount_refunded says there are some
+            slim_charge["refunds"] = {
+                "object": "list", "has_more": bool(refunds.get("has_more")),
+                "data": [{k: r.get(k) for k in ("id", "amount", "status")} for r in refunds.get("data") or []
+                         if isinstance(r, dict)]}
+        out["latest_charge"] = slim_charge
     cust = out.get("customer")
     if isinstance(cust, dict):
         out["customer"] = {k: cust[k] for k in ("id", "object", "name", "metadata") if k in cust}

@@ -48,6 +48,8 @@ class FieldNames(_Strict):
     subscription_status: FieldName = "Subscription_Status__c"
     task_event_id: FieldName = "Stripe_Event_ID__c"
     account_csm: FieldName | None = None
+    # Optional: the payment's succeeded refunds in total (issue 22 §1); unset, nothing is written there.
+    opportunity_refunded: FieldName | None = None
 
 
 class StripeSettings(_Strict):
@@ -70,6 +72,8 @@ class SalesforceSettings(_Strict):
 
     api_version: str = Field(DEFAULT_SF_API_VERSION, pattern=r"^\d{2,3}\.0$")
     won_stage: str | None = Field(None, min_length=1, max_length=255)
+    # Optional: the stage a fully refunded one-time payment's Opportunity moves to; unset, it keeps its stage.
+    refunded_stage: str | None = Field(None, min_length=1, max_length=255)
     record_types: dict[str, str] = Field(default_factory=dict)
     opportunity_record_type: str | None = None
     fields: FieldNames = Field(default_factory=FieldNames)

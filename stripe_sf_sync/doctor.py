@@ -32,6 +32,7 @@ from stripe_sf_sync.pipeline.org import (
     need_problems,
     object_access_problems,
     record_type_problems,
+    refunded_stage_problems,
     stage_problems,
     won_stage_problems,
 )
@@ -154,6 +155,10 @@ class Doctor:
             checks += _problems_or_ok("salesforce", need.subject, need_problems(need, by_obj, thorough=True), ok,
                                       need.subject)
         checks.append(self._won_stage(gw, by_obj))
+        refunded = self.loaded.settings.salesforce.refunded_stage
+        if refunded:
+            checks += _problems_or_ok("salesforce", "refunded stage", refunded_stage_problems(
+                refunded, by_obj["Opportunity"].get("stagename") or {}), f"{refunded!r} is an active stage", refunded)
         checks += _problems_or_ok("salesforce", "record type",
                                   record_type_problems(self.loaded, described["Opportunity"].get("recordTypeInfos",
                                                                                                  [])),

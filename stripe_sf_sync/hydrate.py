@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from stripe_sf_sync import model
 from stripe_sf_sync.model import (
     CachedCustomer,
+    CollectedChange,
+    CreditNoteChange,
     CustomerChange,
     InvoiceFailureChange,
     MalformedEvent,
@@ -44,6 +46,8 @@ class StripeHydrator:
         self._source = source
         self._customers = customers
         self._current: dict[str, dict[str, Any] | None] = {}  # object id -> its current state, this batch
+        # PaymentIntent id -> (it now, with its Charge and refunds, its disputes): read once per batch
+        self._collected: dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]] = {}
 
     def prepare(self, fresh: Sequence[tuple[HeldEvent, model.Change]],
                 customer_changes: Sequence[CustomerChange]) -> list[CachedCustomer]:
@@ -51,6 +55,7 @@ class StripeHydrator:
         details the batch itself carries (customer events, expanded customers), for state to keep."""
         self._source.forget()
         self._current.clear()
+        self._collected.clear()
         known = [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created)
                  for c in customer_changes]
         for _, change in fresh:  # an expanded customer (backfill's lists) is as good as a customer event
@@ -88,6 +93,10 @@ class StripeHydrator:
         """Fill in what the payload lacks (customer metadata, invoice links, a failed invoice's failure
         code, amounts in the billed currency), from the batch's prefetch where it has it. `with_customer`:
         the customer too when its own metadata seemed enough (its named Opportunity was not found)."""
+        if isinstance(change, CollectedChange):
+            change = self._payment_now(change)
+        if isinstance(change, PaymentChange) and not change.collected_known:
+            change = self._with_collected(change)
         customer_id = getattr(change, "customer_id", None)
         if customer_id and (needs_customer(change) or (
                 with_customer and getattr(change, "customer_metadata", None) is None)):
@@ -107,7 +116,54 @@ class StripeHydrator:
                 change.payment_intent_id), invoice_known=True)
         if isinstance(change, InvoiceFailureChange) and change.failure_code is None:
             change = self._failure_code(held, change)
+        if isinstance(change, CreditNoteChange) or (
+                isinstance(change, PaymentChange) and change.invoice_id and change.adjusted
+                and change.meta.event_type in model.COLLECTED_EVENT_TYPES):
+            change = self._first_invoice(change)
         return change
+
+    def _first_invoice(self, change: PaymentChange | CreditNoteChange) -> model.Change:
+        """A refund, dispute or credit note of a subscription's first invoice: what that invoice kept, from its
+        current state (the invoice, its credit notes, its payment's refunds and disputes)."""
+        assert change.invoice_id
+        invoice, pi_id, notes = self._source.invoice_credit_notes(change.invoice_id)
+        if invoice is None:
+            return change
+        net = None
+        if invoice.get("billing_reason") == "subscription_create":
+            pi, disputes = self._read_collected(pi_id) if pi_id else (None, [])
+            charge = pi.get("latest_charge") if pi else None
+            refunds = (charge.get("refunds") or {}).get("data") or [] if isinstance(charge, dict) else []
+            net = model.first_invoice_net(invoice, notes, refunds, disputes)
+        if isinstance(change, CreditNoteChange):
+            return dataclasses.replace(change, first_invoice=net, invoice_read=True)
+        return dataclasses.replace(change, first_invoice=net)
+
+    def _read_collected(self, pi_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        if pi_id not in self._collected:
+            self._collected[pi_id] = self._source.payment_collected(pi_id)
+        return self._collected[pi_id]
+
+    def _payment_now(self, change: CollectedChange) -> model.Change:
+        """A refund or dispute event as its PaymentIntent's change, from the payment's current state: the
+        figures never come from the event's own amounts (issue 22 §1). Unchanged (the rules ignore it) for a
+        Charge without a PaymentIntent, or one Stripe no longer has."""
+        if change.payment_intent_id is None:
+            return change
+        pi, disputes = self._read_collected(change.payment_intent_id)
+        if pi is None:
+            return change
+        now = model.parse_payment({"data": {"object": pi}}, change.meta)
+        return _with_disputes(now, disputes)
+
+    def _with_collected(self, change: PaymentChange) -> PaymentChange:
+        """A backfilled payment whose listing showed refunds or a dispute it could not read in full."""
+        pi, disputes = self._read_collected(change.payment_intent_id)
+        if pi is None:
+            return dataclasses.replace(change, collected_known=True)
+        now = model.parse_payment({"data": {"object": pi}}, change.meta)
+        merged = dataclasses.replace(change, refunded=now.refunded, charge_id=now.charge_id, adjusted=True)
+        return _with_disputes(merged, disputes)
 
     def _failure_code(self, held: HeldEvent, change: InvoiceFailureChange) -> InvoiceFailureChange:
         payments = self._source.prefetched_payments(change.invoice_id)
@@ -135,6 +191,8 @@ class StripeHydrator:
         deliveries, late listings), neither snapshot is known to be the newer, the current state is. The
         event's own `previous_attributes` still say what it changed. Unchanged when the object is gone or
         does not parse."""
+        if isinstance(change, CollectedChange):
+            return change  # planned from the payment's current state anyway (hydrate)
         if change.object_id not in self._current:
             self._current[change.object_id] = self._source.current_object(change.object_id)
         obj = self._current[change.object_id]
@@ -149,6 +207,14 @@ class StripeHydrator:
         except MalformedEvent:
             return change
         return now if type(now) is type(change) else change
+
+
+def _with_disputes(change: PaymentChange, disputes: Sequence[Mapping[str, Any]]) -> PaymentChange:
+    """The payment with its disputes: a lost one kept back its amount (api-facts "Disputes": closed as won or
+    lost; a won one gives the funds back)."""
+    parsed = tuple(model.parse_dispute(d, change.currency) for d in disputes)
+    lost = sum((d.amount for d in parsed if d.status == "lost"), start=change.lost * 0)
+    return dataclasses.replace(change, disputes=parsed, lost=lost, adjusted=True, collected_known=True)
 
 
 def needs_customer(change: model.Change) -> bool:

@@ -31,7 +31,27 @@ EVENT_TYPES = (
     "customer.created",
     "customer.updated",
     "customer.deleted",
+    # What a payment collected changes: planned from the payment's current state (hydrate.collected), never
+    # from the event's amount, so any order gives one figure (api-facts "Refunds", "Disputes").
+    # `charge.dispute.updated`/`funds_withdrawn`/`funds_reinstated` need no write of their own: not listed.
+    "charge.refunded",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",  # before 2024-10-28.acacia, a refund's update (it had no refund.* events)
+    "charge.dispute.created",
+    "charge.dispute.closed",
+    # A credit note lowers what its invoice is worth: the first invoice's nets its subscription's Amount
+    # (api-facts "Credit notes"; issue 22 §2). Never MRR.
+    "credit_note.created",
+    "credit_note.updated",
+    "credit_note.voided",
 )
+CREDIT_NOTE_EVENT_TYPES = frozenset({"credit_note.created", "credit_note.updated", "credit_note.voided"})
+COLLECTED_EVENT_TYPES = frozenset({
+    "charge.refunded", "refund.created", "refund.updated", "refund.failed", "charge.refund.updated",
+    "charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
+})
 CUSTOMER_EVENT_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 # Key marking the synthetic events `backfill` builds from list endpoints (never sent by Stripe).
 BACKFILL_MARK = "stripe_sf_backfill"
@@ -112,6 +132,33 @@ class SubscriptionChange:
 
 
 @dataclass(frozen=True)
+class Dispute:
+    """A chargeback on a payment (stripe/_dispute.py): what its Task names."""
+
+    dispute_id: str
+    amount: Decimal  # major units
+    currency: str
+    reason: str
+    status: str
+    due_by: int | None  # evidence_details.due_by
+
+
+# Statuses of a dispute still waiting for evidence or a decision (stripe/_dispute.py, `status`).
+OPEN_DISPUTE_STATUSES = frozenset({"warning_needs_response", "warning_under_review", "needs_response", "under_review"})
+
+
+@dataclass(frozen=True)
+class FirstInvoiceNet:
+    """What a subscription's first invoice kept, before tax: the subscription Opportunity's `Amount` (the first
+    period), netted by credit notes, refunds and lost disputes."""
+
+    subscription_id: str
+    invoice_id: str
+    amount: Decimal  # major units
+    currency: str
+
+
+@dataclass(frozen=True)
 class PaymentChange:
     """payment_intent.succeeded."""
 
@@ -126,11 +173,69 @@ class PaymentChange:
     description: str | None
     customer_metadata: Mapping[str, str] | None = None
     customer_name: str | None = None
+    # What Stripe kept of it, from the payment's current state (its Charge, refunds, disputes): succeeded
+    # refunds and lost disputes, in major units. `adjusted`: the change is about them (a refund or dispute event,
+    # or a backfill of a payment that has some); `collected_known`: False until hydration read them.
+    refunded: Decimal = Decimal(0)
+    lost: Decimal = Decimal(0)
+    charge_id: str | None = None
+    disputes: tuple[Dispute, ...] = ()
+    adjusted: bool = False
+    collected_known: bool = True
+    paid_at: int | None = None  # the PaymentIntent's `created`: the CloseDate when a refund event creates it
+    first_invoice: FirstInvoiceNet | None = None  # set by hydration when it paid a subscription's first invoice
 
     @property
     def object_id(self) -> str:
         """The order guard's key."""
         return self.payment_intent_id
+
+    @property
+    def net(self) -> Decimal:
+        """What Stripe kept: received, less succeeded refunds and lost disputes (never below zero)."""
+        return max(Decimal(0), self.amount_received - self.refunded - self.lost)
+
+    @property
+    def fully_refunded(self) -> bool:
+        """Every unit received was refunded (a lost dispute is not a refund)."""
+        return self.amount_received > 0 and self.refunded >= self.amount_received
+
+
+@dataclass(frozen=True)
+class CollectedChange:
+    """A refund or dispute event (COLLECTED_EVENT_TYPES): hydration turns it into the PaymentChange of its
+    PaymentIntent as it is now, so replay, webhook and backfill give one figure in any order."""
+
+    meta: EventMeta
+    payment_intent_id: str | None  # None: a Charge made without a PaymentIntent (no Opportunity tracks it)
+    charge_id: str | None
+    customer_id: str | None
+    dispute_id: str | None = None  # the dispute a charge.dispute.* event is about
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key: the PaymentIntent, like its payment_intent.succeeded."""
+        return self.payment_intent_id or self.charge_id or self.meta.event_id
+
+
+@dataclass(frozen=True)
+class CreditNoteChange:
+    """credit_note.created/updated/voided: hydration nets its invoice when it is a subscription's first."""
+
+    meta: EventMeta
+    credit_note_id: str
+    invoice_id: str
+    customer_id: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    customer_metadata: Mapping[str, str] | None = None
+    customer_name: str | None = None
+    first_invoice: FirstInvoiceNet | None = None
+    invoice_read: bool = False  # hydration read the invoice (and so knows whether it is a first one)
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key: the credit note (its events are planned from its invoice's current state)."""
+        return self.credit_note_id
 
 
 @dataclass(frozen=True)
@@ -159,7 +264,7 @@ class InvoiceFailureChange:
         return self.invoice_id
 
 
-Change = SubscriptionChange | PaymentChange | InvoiceFailureChange
+Change = SubscriptionChange | PaymentChange | InvoiceFailureChange | CollectedChange | CreditNoteChange
 
 
 @dataclass(frozen=True)
@@ -541,7 +646,109 @@ def parse_payment(event: Mapping[str, Any], meta: EventMeta) -> PaymentChange:
         meta=meta, payment_intent_id=pi_id, customer_id=_str(pi, "customer", required=False, prefix="cus_"),
         amount_received=amount, currency=currency, metadata=_metadata(pi), invoice_id=invoice_id,
         invoice_known=invoice_known, description=desc, customer_metadata=cust_meta, customer_name=cust_name,
+        paid_at=_timestamp(pi, "created", required=False), **_collected_from_charge(pi.get("latest_charge"), currency),
     )
+
+
+def _collected_from_charge(charge: Any, currency: str) -> dict[str, Any]:
+    """The refunds an expanded Charge shows (`latest_charge`, with `refunds` expanded): succeeded ones only
+    (a pending, failed or canceled refund kept nothing back; stripe/_refund.py `status`). `collected_known` is
+    False when its list is missing or a first page, or the Charge is disputed (disputes are read apart)."""
+    if not isinstance(charge, _OBJECT):
+        return {}
+    out: dict[str, Any] = {"charge_id": _str(charge, "id", required=False, prefix="")}
+    refunded_total = _int(charge, "amount_refunded", required=False) or 0
+    refunds = _get(charge, "refunds.data")
+    known = not _bool(charge, "disputed")
+    if isinstance(refunds, list) and not _get(charge, "refunds.has_more"):
+        ok = sum(int(r.get("amount") or 0) for r in refunds
+                 if isinstance(r, _OBJECT) and r.get("status") == "succeeded")
+        out["refunded"] = _amount({"a": ok}, "a", currency)
+    elif refunded_total:
+        known = False
+    out["collected_known"] = known
+    out["adjusted"] = bool(refunded_total) or _bool(charge, "disputed")
+    return out
+
+
+def parse_dispute(obj: Any, currency: str) -> Dispute:
+    """A Dispute object -> Dispute."""
+    if not isinstance(obj, _OBJECT):
+        raise MalformedEvent("a dispute is not an object")
+    dispute_id = _str(obj, "id", prefix="d")
+    cur = _currency(obj) if obj.get("currency") is not None else currency
+    reason = obj.get("reason") if isinstance(obj.get("reason"), str) else "not given"
+    status = obj.get("status") if isinstance(obj.get("status"), str) else "unknown"
+    assert dispute_id
+    return Dispute(dispute_id, _amount(obj, "amount", cur), cur, reason, status,
+                   _timestamp(obj, "evidence_details.due_by", required=False))
+
+
+def parse_collected(event: Mapping[str, Any], meta: EventMeta) -> CollectedChange:
+    """charge.refunded, refund.*, charge.refund.updated, charge.dispute.* -> CollectedChange (ids only: the
+    amounts come from the payment's current state)."""
+    obj = _get(event, "data.object")
+    if not isinstance(obj, _OBJECT):
+        raise MalformedEvent("missing data.object")
+    kind = obj.get("object")
+    charge_id = (_str(obj, "id", prefix="") if kind == "charge" else _str(obj, "charge", required=False))
+    dispute_id = _str(obj, "id", prefix="d") if kind == "dispute" else None
+    return CollectedChange(meta, _str(obj, "payment_intent", required=False, prefix="pi_"), charge_id,
+                           _str(obj, "customer", required=False, prefix="cus_"), dispute_id)
+
+
+def parse_credit_note(event: Mapping[str, Any], meta: EventMeta) -> CreditNoteChange:
+    """credit_note.* -> CreditNoteChange (ids only: the amounts come from its invoice's current state)."""
+    note = _get(event, "data.object")
+    if not isinstance(note, _OBJECT):
+        raise MalformedEvent("missing data.object")
+    note_id = _str(note, "id", prefix="cn_")
+    invoice_id = _str(note, "invoice", prefix="in_")
+    assert note_id and invoice_id
+    return CreditNoteChange(meta, note_id, invoice_id, _str(note, "customer", required=False, prefix="cus_"),
+                            _metadata(note))
+
+
+def _minor(obj: Any, key: str) -> int:
+    value = obj.get(key) if isinstance(obj, _OBJECT) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MINOR_UNITS else 0
+
+
+def first_invoice_net(invoice: Mapping[str, Any], credit_notes: Sequence[Any], refunds: Sequence[Any],
+                      disputes: Sequence[Any]) -> FirstInvoiceNet | None:
+    """The first invoice of a subscription (`billing_reason: subscription_create`), netted; None for any other
+    invoice or one that charged nothing.
+
+    Kept = `total` - non-void credit notes (`pre_payment_amount` + `post_payment_amount`: what it lowered the
+    amount due by and what it refunded, credited or settled out of band; `total` would count a credit note
+    settled out of band as well, but it is the same sum; api-facts "Credit notes", stripe/_credit_note.py)
+    - succeeded refunds a credit note does not already name (a credit note's refund is a Refund too) - lost
+    disputes. The Opportunity's `Amount` is before tax (issue 22 §4): the same share of `total_excluding_tax`.
+    """
+    if invoice.get("billing_reason") != "subscription_create":
+        return None
+    sub_id = (_str(invoice, "parent.subscription_details.subscription", required=False)
+              or _str(invoice, "subscription", required=False))
+    inv_id = _str(invoice, "id", prefix="in_")
+    total = _minor(invoice, "total")
+    if not sub_id or not inv_id or total <= 0:
+        return None
+    currency = _currency(invoice)
+    base = _minor(invoice, "total_excluding_tax") if invoice.get("total_excluding_tax") is not None else total
+    live = [n for n in credit_notes if isinstance(n, _OBJECT) and n.get("status") != "void"]
+    noted = sum(_minor(n, "pre_payment_amount") + _minor(n, "post_payment_amount") for n in live)
+    named = {_ref(r.get("refund")) for n in live for r in (n.get("refunds") or []) if isinstance(r, _OBJECT)}
+    named |= {_ref(n.get("refund")) for n in live if n.get("refund")}  # versions before `refunds` (a list)
+    refunded = sum(_minor(r, "amount") for r in refunds
+                   if isinstance(r, _OBJECT) and r.get("status") == "succeeded" and r.get("id") not in named)
+    lost = sum(_minor(d, "amount") for d in disputes if isinstance(d, _OBJECT) and d.get("status") == "lost")
+    kept = max(0, total - noted - refunded - lost)
+    amount = money.quantize(money.to_major(base, currency) * kept / total, currency)
+    return FirstInvoiceNet(sub_id, inv_id, amount, currency)
+
+
+def _ref(value: Any) -> Any:
+    return value.get("id") if isinstance(value, _OBJECT) else value
 
 
 def _failure_code_from(obj: Mapping[str, Any]) -> str | None:
@@ -637,6 +844,10 @@ def parse_event(event: Mapping[str, Any]) -> Change | CustomerChange | Unsupport
             return parse_invoice_failure(event, meta)
         if meta.event_type in CUSTOMER_EVENT_TYPES:
             return parse_customer(event, meta)
+        if meta.event_type in COLLECTED_EVENT_TYPES:
+            return parse_collected(event, meta)
+        if meta.event_type in CREDIT_NOTE_EVENT_TYPES:
+            return parse_credit_note(event, meta)
     except MalformedEvent:
         raise
     except (TypeError, ValueError, AttributeError, KeyError) as exc:

@@ -242,12 +242,13 @@ def compare_subscriptions(spill: Spill, report: Report, names: Any, won_stage: s
     report.checked["subscriptions"] = next(spill.rows("SELECT COUNT(*) FROM subs WHERE won = 1"))[0]
 
 
-def compare_payments(spill: Spill, report: Report) -> None:
-    """Succeeded one-time payments against their won Opportunities."""
+def compare_payments(spill: Spill, report: Report, refunded_stage: str | None = None) -> None:
+    """Succeeded one-time payments against their won Opportunities (or, fully refunded, those in
+    `salesforce.refunded_stage`), by what Stripe kept: received, less refunds and lost disputes."""
     sql = """SELECT p.id, p.currency, p.amount, o.id AS o_id, o.amount AS o_amount FROM pis p
-             LEFT JOIN opps o ON o.pi = p.id AND o.won = 1 WHERE p.won = 1 ORDER BY p.id"""
+             LEFT JOIN opps o ON o.pi = p.id AND (o.won = 1 OR o.stage = ?) WHERE p.won = 1 ORDER BY p.id"""
     checked = 0
-    for row in spill.rows(sql):
+    for row in spill.rows(sql, (refunded_stage or "",)):
         checked += 1
         if row["o_id"] is None:
             report.findings.append(Finding("missing_payment_opportunity", row["id"], None, row["currency"],
@@ -257,7 +258,8 @@ def compare_payments(spill: Spill, report: Report) -> None:
         diffs = _value_diffs(row, (("Amount", "amount"),))
         if diffs:
             report.findings.append(Finding("value_mismatch", row["id"], row["o_id"], row["currency"], diffs,
-                                           "differs from the payment's amount received"))
+                                           "differs from what the payment kept (received, less refunds and "
+                                           "lost disputes)"))
         else:
             report.matched += 1
     report.checked["payment_intents"] = checked
@@ -341,7 +343,8 @@ def mrr_totals(spill: Spill) -> tuple[dict[str, dict[str, str]], int]:
     return out, int(left_out)
 
 
-def compare(spill: Spill, names: Any, objects: Sequence[str], *, won_stage: str, complete: bool) -> Report:
+def compare(spill: Spill, names: Any, objects: Sequence[str], *, won_stage: str, complete: bool,
+            refunded_stage: str | None = None) -> Report:
     """Every check the chosen objects ask for, over a filled spill. `complete`: Stripe's lists were read
     whole (no --since), so an id absent from them is unknown to Stripe, and every customer's subscriptions
     are there to decide its Account's status."""
@@ -349,7 +352,7 @@ def compare(spill: Spill, names: Any, objects: Sequence[str], *, won_stage: str,
     if "subscriptions" in objects:
         compare_subscriptions(spill, report, names, won_stage)
     if "payment_intents" in objects:
-        compare_payments(spill, report)
+        compare_payments(spill, report, refunded_stage)
     if "accounts" in objects and complete:
         compare_accounts(spill, report, names)
     elif "accounts" in objects:

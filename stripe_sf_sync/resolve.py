@@ -412,6 +412,7 @@ class Materializer:
             fields["RecordTypeId"] = self.settings.record_type_id
         if account.owner_id:
             fields["OwnerId"] = account.owner_id
+        fields.update(it.create_only)
         fields.update(it.fields)
         fields.update(currency)
         fields.pop(ext, None)  # the external id travels as the upsert key, not in the body

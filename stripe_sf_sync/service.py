@@ -204,7 +204,8 @@ def _ports(runtime: Runtime, state: Any, source: StripeSource, access: Salesforc
 def batch_settings(loaded: LoadedConfig, *, legacy_task_keys_before: int | None = None) -> BatchSettings:
     """What the batch step reads from the config (and, from state, when Tasks were first keyed by subject)."""
     s = loaded.settings
-    ctx = rules.RuleContext(s.salesforce.won_stage or "", s.salesforce.fields, s.stripe.dashboard_url)
+    ctx = rules.RuleContext(s.salesforce.won_stage or "", s.salesforce.fields, s.stripe.dashboard_url,
+                            refunded_stage=s.salesforce.refunded_stage)
     return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce,
                          legacy_task_keys_before=legacy_task_keys_before,
                          currency_mismatch=s.salesforce.currency_mismatch)
@@ -513,7 +514,8 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
                     accounts="accounts" in kinds, stop=run.stop)
     if complete and "accounts" in kinds:
         reader.account_customers(spill)
-    report = compare(spill, names, kinds, won_stage=run.settings.rules.won_stage, complete=complete)
+    report = compare(spill, names, kinds, won_stage=run.settings.rules.won_stage, complete=complete,
+                     refunded_stage=run.settings.rules.refunded_stage)
     if fix:
         repair = FixObjects(spill, report.findings, run.state.versions_for, tag=tag, read_at=read_at,
                             api_version=run.source.api_version, batch_size=runtime.loaded.settings.sync.batch_size)

@@ -695,6 +695,9 @@ class StripeSource:
             params["status"] = "all"
         elif kind == "payment_intents":
             path = "/v1/payment_intents"  # no status filter exists: filtered by the caller
+            # What each payment kept: its Charge's refunds (issue 22 §1), and whether it is disputed (read apart,
+            # for those few: hydrate.collected). Four levels deep at most (Stripe docs, Expanding responses).
+            params["expand"] = ["data.customer", "data.latest_charge.refunds"]
         elif kind == "invoices":
             path = "/v1/invoices"
             params["status"] = "open"  # unpaid; the caller keeps those with a failed attempt
@@ -947,6 +950,52 @@ class StripeSource:
                 except stripe.InvalidRequestError:
                     pass  # the invoice still names the failure's amount and attempt; the code stays unknown
         return invoice
+
+    def payment_collected(self, pi_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """A PaymentIntent as it is now, with its latest Charge and that Charge's refunds expanded (one read),
+        and its disputes when the Charge is `disputed`: what was received, refunded and lost. A refund never
+        lowers `amount_received`; a refund's `status` says whether it kept anything back (api-facts "Refunds";
+        stripe/_payment_intent.py, _charge.py, _refund.py). Since 2022-11-15 `Charge.refunds` comes only when
+        expanded; a first page (`has_more`) is read to its end from /v1/refunds?charge=…"""
+        pi = self._get_or_none("reading a payment's refunds and disputes", f"/v1/payment_intents/{_path_id(pi_id)}",
+                               {"expand": ["latest_charge.refunds"]})
+        charge = pi.get("latest_charge") if pi else None
+        if not isinstance(charge, dict):
+            return pi, []
+        refunds = charge.get("refunds")
+        if isinstance(refunds, dict) and refunds.get("has_more"):
+            every: list[dict[str, Any]] = []
+            for page in self._walk("refunds", "/v1/refunds", {"charge": _path_id(str(charge["id"])), "limit": 100}):
+                every.extend(page)
+            charge["refunds"] = {"object": "list", "data": every, "has_more": False}
+        disputes: list[dict[str, Any]] = []
+        if charge.get("disputed"):  # api-facts "Disputes": List all disputes filters by payment_intent
+            for page in self._walk("disputes", "/v1/disputes", {"payment_intent": _path_id(pi_id), "limit": 100}):
+                disputes.extend(page)
+        return pi, disputes
+
+
+    def invoice_credit_notes(self, invoice_id: str) -> tuple[dict[str, Any] | None, str | None, list[dict[str, Any]]]:
+        """An invoice as it is now, the PaymentIntent that paid it (pre-basil: `payment_intent`; from basil:
+        its `payments`, expanded), and its credit notes (/v1/credit_notes?invoice=…, every status: a void one
+        says so). Two reads: what a subscription's first invoice kept (issue 22 §1, §2)."""
+        expand = ["payments"] if self._api_version >= BASIL else []
+        invoice = self._get_or_none("reading an invoice's credit notes", f"/v1/invoices/{_path_id(invoice_id)}",
+                                    {"expand": expand} if expand else None)
+        if invoice is None:
+            return None, None, []
+        pi = invoice.get("payment_intent")
+        payments = invoice.get("payments") if isinstance(invoice.get("payments"), dict) else {}
+        for p in payments.get("data") or []:
+            payment = p.get("payment") if isinstance(p, dict) and p.get("status") == "paid" else None
+            if isinstance(payment, dict) and payment.get("payment_intent"):
+                pi = payment["payment_intent"]
+        pi_id = pi.get("id") if isinstance(pi, dict) else pi
+        notes: list[dict[str, Any]] = []
+        if invoice.get("billing_reason") == "subscription_create":
+            for page in self._walk("credit notes", "/v1/credit_notes", {"invoice": _path_id(invoice_id), "limit": 100}):
+                notes.extend(page)
+        return invoice, pi_id if isinstance(pi_id, str) else None, notes
 
 
 # Id prefix -> the path its object is read at (the objects whose events have rules).

@@ -94,8 +94,10 @@ def test_malformed_payloads_name_the_field(mutate, reason):
 def test_unknown_event_type_is_unsupported_not_an_error():
     ev = p.event("customer.subscription.paused", p.subscription())
     assert isinstance(model.parse_event(ev), model.Unsupported)
-    ev = p.event("charge.refunded", {"id": "ch_1"})
-    assert isinstance(model.parse_event(ev), model.Unsupported)
+    ev = p.event("charge.dispute.funds_withdrawn", {"id": "dp_1", "object": "dispute", "charge": "ch_1"})
+    assert isinstance(model.parse_event(ev), model.Unsupported)  # no write of its own (issue 22 §3)
+    ev = p.event("charge.refunded", {"id": "ch_1", "object": "charge", "payment_intent": "pi_1234"})
+    assert isinstance(model.parse_event(ev), model.CollectedChange)  # planned from the payment's current state
 
 
 def test_huge_amount_is_rejected_not_crashing():

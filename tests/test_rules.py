@@ -195,3 +195,34 @@ def test_items_in_the_price_default_currency_must_be_converted_before_planning()
     assert (opp.fields["Amount"], opp.fields["MRR__c"], opp.fields["ARR__c"]) == (
         Decimal("180.00"), Decimal("180.00"), Decimal("2160.00"))
     assert opp.currency == "eur"
+
+
+def _refunded(pi_amount: int, refunds: list[tuple[int, str]], *, event_type: str = "charge.refunded",
+              ctx: rules.RuleContext = CTX) -> rules.Plan:
+    """A payment as hydration reads it after a refund event: its PaymentIntent with Charge and refunds."""
+    pi = p.payment_intent(amount=pi_amount)
+    pi["latest_charge"] = {"id": "ch_3Oabcdefghij", "amount_refunded": sum(a for a, _ in refunds), "disputed": False,
+                           "refunds": {"object": "list", "has_more": False,
+                                       "data": [{"id": f"re_{i}", "amount": a, "status": s}
+                                                for i, (a, s) in enumerate(refunds)]}}
+    meta = model.event_meta(p.event(event_type, {"id": "ch_3Oabcdefghij", "object": "charge"}))
+    change = model.parse_payment({"data": {"object": pi}}, meta)
+    import dataclasses
+    return rules.plan(ctx, dataclasses.replace(change, invoice_known=True))
+
+
+def test_a_refund_event_nets_the_amount_and_keeps_stage_and_close_date_for_a_create_only():
+    plan = _refunded(25000, [(10000, "succeeded"), (5000, "pending"), (3000, "failed")])
+    opp = next(i for i in plan.intents if isinstance(i, OpportunityIntent))
+    assert opp.fields == {"Amount": Decimal("150.00")}  # only the succeeded refund counts
+    assert opp.create_only["StageName"] == "Won" and "CloseDate" in opp.create_only and opp.may_create
+    assert not [i for i in plan.intents if isinstance(i, TaskIntent)]  # partial: no Task
+
+
+def test_a_full_refund_raises_one_keyed_task_and_may_move_the_stage():
+    ctx = rules.RuleContext("Won", FieldNames(opportunity_refunded="Refunded_Amount__c"), refunded_stage="Refunded")
+    plan = _refunded(14900, [(14900, "succeeded")], ctx=ctx)
+    opp = next(i for i in plan.intents if isinstance(i, OpportunityIntent))
+    assert opp.fields == {"Amount": Decimal("0.00"), "Refunded_Amount__c": Decimal("149.00"), "StageName": "Refunded"}
+    [task] = [i for i in plan.intents if isinstance(i, TaskIntent)]
+    assert task.key == "ch_3Oabcdefghij#refunded" and task.subject == "Payment fully refunded: 149.00 USD"

@@ -122,6 +122,9 @@ def field_needs(names: FieldNames) -> list[FieldNeed]:
     ]
     if names.account_csm:
         needs.append(FieldNeed("Account", names.account_csm, "Lookup(User)", frozenset({"reference"})))
+    if names.opportunity_refunded:
+        needs.append(FieldNeed("Opportunity", names.opportunity_refunded, "Currency(16, 2)",
+                               frozenset({"currency", "double"}), WRITE))
     needs.append(FieldNeed("Task", names.task_event_id, "Text(255)", TEXT, ("create",), "task", optional=True))
     return needs
 
@@ -141,6 +144,7 @@ def check_org(describer: Describer, loaded: LoadedConfig) -> OrgFacts:
     s = loaded.settings.salesforce
     fields = field_problems(by_obj, s.fields)
     problems = [*fields, *stage_problems(s.won_stage or "", by_obj["Opportunity"].get("stagename") or {}),
+                *refunded_stage_problems(s.refunded_stage, by_obj["Opportunity"].get("stagename") or {}),
                 *record_type_problems(loaded, described["Opportunity"].get("recordTypeInfos", []))]
     errors = [p for p in problems if p.severity == "error"]
     if errors:
@@ -297,6 +301,21 @@ def stage_problems(won_stage: str, stage_field: Mapping[str, Any]) -> list[OrgPr
     return [OrgProblem(subject, f"salesforce.won_stage {won_stage!r} is not an Opportunity stage of this org (API "
                        f"names: {', '.join(values)})", "`stripe-sf discover-config --write` stores the won stage's API "
                        "name")]
+
+
+def refunded_stage_problems(stage: str | None, stage_field: Mapping[str, Any]) -> list[OrgProblem]:
+    """`salesforce.refunded_stage`, when set, must be an active stage's API name, as the won stage must: else
+    every fully refunded payment's write fails (a restricted picklist)."""
+    picklist = [p for p in stage_field.get("picklistValues", []) if p.get("active", True)]
+    values = [str(p.get("value")) for p in picklist]
+    if stage is None or not values or stage in values:
+        return []
+    by_label = {str(p.get("label")): str(p.get("value")) for p in picklist}
+    hint = (f"set it to the stage's API name, {by_label[stage]!r}" if stage in by_label
+            else f"set it to one of {', '.join(values)}, or to null to keep the won stage")
+    return [OrgProblem(f"refunded stage {stage!r}",
+                       f"salesforce.refunded_stage {stage!r} is not the API name of an active Opportunity stage of "
+                       "this org", hint)]
 
 
 def won_stage_problems(won_stage: str, won: Sequence[tuple[str, str]]) -> list[OrgProblem]:

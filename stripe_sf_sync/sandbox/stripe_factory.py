@@ -64,7 +64,19 @@ ID_PREFIX_OBJECTS: Final[Mapping[str, str]] = {
     "evt": "event",
     "pm": "payment_method",
     "txn": "balance_transaction",
+    "re": "refund",
+    "pyr": "refund",
+    "dp": "dispute",
+    "du": "dispute",
+    "cn": "credit_note",
 }
+# `refund.created`/`refund.updated`/`refund.failed` exist from this version on; before it a refund's update was
+# `charge.refund.updated` (docs.stripe.com/changelog/acacia/2024-10-28/refund-webhook-update; api-facts "Refunds").
+REFUND_EVENTS_FROM: Final = "2024-10-28"
+# A dispute that is still open: it waits for evidence or a decision (stripe/_dispute.py, `status`).
+OPEN_DISPUTE_STATUSES: Final = frozenset(
+    {"warning_needs_response", "warning_under_review", "needs_response", "under_review"}
+)
 
 _DECLINE_MESSAGES: Final[Mapping[str, str]] = {
     "insufficient_funds": "Your card has insufficient funds.",
@@ -1749,3 +1761,146 @@ class StripeFactory:
             next_payment_attempt=next_payment_attempt,
         )
         return self.emit("invoice.payment_failed", inv, at, automatic=True)
+
+    # ----------------------------------------------------------------- refunds, disputes, credit notes
+
+    def _charge_of(self, payment: Obj | str) -> Obj:
+        """The succeeded Charge of a PaymentIntent (`pi_…`) or the Charge itself (`ch_…`), canonical."""
+        obj = self._current(payment)
+        if obj.get("object") == "payment_intent":
+            obj = self._current(str(obj["latest_charge"]))
+        return obj
+
+    def _refund_events_exist(self) -> bool:
+        return self.api_version[:10] >= REFUND_EVENTS_FROM
+
+    def refund(self, payment: Obj | str, amount: int | None, at: int, *, status: str = "succeeded",
+               reason: str | None = "requested_by_customer") -> tuple[Obj, list[Obj]]:
+        """Refund `amount` (default: what is left) of a PaymentIntent's or Charge's payment.
+
+        Like Stripe: the Charge's `amount_refunded` grows (a pending refund counts until it fails) and
+        `refunded` turns true once all of it is; `PaymentIntent.amount_received` never drops; the events are
+        `charge.refunded`, and from 2024-10-28.acacia also `refund.created` (api-facts "Refunds").
+        Returns the Refund and the events."""
+        charge = self._charge_of(payment)
+        left = int(charge["amount_captured"]) - int(charge.get("amount_refunded") or 0)
+        amount = left if amount is None else amount
+        if not 0 < amount <= left:
+            raise ValueError(f"cannot refund {amount} of {charge['id']}: {left} is left")
+        refund: Obj = {
+            "id": self.new_id("re"), "object": "refund", "amount": amount,
+            "balance_transaction": self.new_id("txn") if status == "succeeded" else None,
+            "charge": charge["id"], "created": at, "currency": charge["currency"],
+            "destination_details": {"card": {"reference_status": "pending", "type": "refund"}, "type": "card"},
+            "metadata": {}, "payment_intent": charge.get("payment_intent"), "reason": reason,
+            "receipt_number": None, "source_transfer_reversal": None, "status": status,
+            "transfer_reversal": None,
+        }
+        self._save(refund)
+        charge["amount_refunded"] = int(charge.get("amount_refunded") or 0) + amount
+        charge["refunded"] = charge["amount_refunded"] >= int(charge["amount_captured"])
+        events = [self.emit("charge.refunded", charge, at)]
+        if self._refund_events_exist():
+            events.append(self.emit("refund.created", refund, at))
+        return self._out(refund, None), events
+
+    def refund_updated(self, refund: Obj | str, status: str, at: int) -> list[Obj]:
+        """A refund turns `succeeded`, `failed` or `canceled`: a failed or canceled one no longer counts in its
+        Charge's `amount_refunded`. Events: `refund.updated` (and `refund.failed`) from acacia on,
+        `charge.refund.updated` before."""
+        new = self._current(refund)
+        old_status = new["status"]
+        new["status"] = status
+        if status == "failed":
+            new["failure_reason"] = "expired_or_canceled_card"
+        self._save(new)
+        charge = self._current(str(new["charge"]))
+        if status in ("failed", "canceled") and old_status in ("pending", "succeeded", "requires_action"):
+            charge["amount_refunded"] = max(0, int(charge["amount_refunded"]) - int(new["amount"]))
+            charge["refunded"] = False
+            self._save(charge)
+        prev = {"status": old_status}
+        if not self._refund_events_exist():
+            return [self.emit("charge.refund.updated", new, at, previous_attributes=prev, automatic=True)]
+        events = [self.emit("refund.updated", new, at, previous_attributes=prev, automatic=True)]
+        if status == "failed":
+            events.append(self.emit("refund.failed", new, at, automatic=True))
+        return events
+
+    def dispute(self, payment: Obj | str, at: int, *, amount: int | None = None, reason: str = "fraudulent",
+                due_in_days: int = 7) -> tuple[Obj, list[Obj]]:
+        """A chargeback on a payment: `charge.dispute.created` then `charge.dispute.funds_withdrawn`; the Charge
+        becomes `disputed` (api-facts "Disputes"; stripe/_dispute.py)."""
+        charge = self._charge_of(payment)
+        dispute: Obj = {
+            "id": self.new_id("dp"), "object": "dispute",
+            "amount": int(charge["amount_captured"]) if amount is None else amount,
+            "balance_transactions": [], "charge": charge["id"], "created": at, "currency": charge["currency"],
+            "evidence": {}, "evidence_details": {"due_by": at + due_in_days * 86400, "has_evidence": False,
+                                                 "past_due": False, "submission_count": 0},
+            "is_charge_refundable": False, "livemode": False, "metadata": {},
+            "payment_intent": charge.get("payment_intent"), "reason": reason, "status": "needs_response",
+        }
+        self._save(dispute)
+        charge["disputed"] = True
+        self._save(charge)
+        events = [self.emit("charge.dispute.created", dispute, at, automatic=True),
+                  self.emit("charge.dispute.funds_withdrawn", dispute, at, automatic=True)]
+        return self._out(dispute, None), events
+
+    def dispute_closed(self, dispute: Obj | str, status: str, at: int) -> list[Obj]:
+        """The card network's decision: `won` (the funds come back: `funds_reinstated` too) or `lost`."""
+        if status not in ("won", "lost"):
+            raise ValueError("a dispute closes as won or lost")
+        new = self._current(dispute)
+        prev = {"status": new["status"]}
+        new["status"] = status
+        events = [self.emit("charge.dispute.closed", new, at, previous_attributes=prev, automatic=True)]
+        if status == "won":
+            events.append(self.emit("charge.dispute.funds_reinstated", new, at, automatic=True))
+        return events
+
+    def credit_note(self, invoice: Obj | str, amount: int, at: int, *, refund: bool = False,
+                    reason: str | None = "order_change") -> tuple[Obj, list[Obj]]:
+        """A CreditNote on an invoice (stripe/_credit_note.py): on an open invoice it lowers what is due
+        (`pre_payment_amount`); on a paid one it is refunded (`refund=True`: a Refund is made and named in
+        `refunds`) or credited to the customer balance (`post_payment_amount`). Emits `credit_note.created`."""
+        inv = self._current(invoice)
+        paid = inv.get("status") == "paid"
+        refunds: list[Obj] = []
+        if refund:
+            if not paid:
+                raise ValueError("only a paid invoice's credit note can be refunded")
+            link = next(p for p in self._invoice_payments() if p.get("invoice") == inv["id"])
+            made, _ = self.refund(link["payment"]["payment_intent"], amount, at)
+            refunds.append({"amount_refunded": amount, "refund": made["id"]})
+        note: Obj = {
+            "id": self.new_id("cn"), "object": "credit_note", "amount": amount, "amount_shipping": 0,
+            "created": at, "currency": inv["currency"], "customer": inv["customer"],
+            "customer_balance_transaction": None if refund or not paid else self.new_id("cbtxn"),
+            "discount_amount": 0, "discount_amounts": [], "invoice": inv["id"], "livemode": False,
+            "memo": None, "metadata": {}, "number": f"{inv.get('number') or 'CN'}-CN{self._rng.randint(1, 99)}",
+            "out_of_band_amount": None, "pdf": "https://pay.stripe.com/credit_notes/sandbox/pdf",
+            "post_payment_amount": amount if paid else 0, "pre_payment_amount": 0 if paid else amount,
+            "reason": reason, "refunds": refunds, "status": "issued", "subtotal": amount,
+            "subtotal_excluding_tax": amount, "total": amount, "total_excluding_tax": amount,
+            "type": "post_payment" if paid else "pre_payment", "voided_at": None,
+        }
+        self._save(note)
+        key = "post_payment_credit_notes_amount" if paid else "pre_payment_credit_notes_amount"
+        inv[key] = int(inv.get(key) or 0) + amount
+        if not paid:
+            inv["amount_due"] = max(0, int(inv["amount_due"]) - amount)
+            inv["amount_remaining"] = max(0, int(inv.get("amount_remaining") or 0) - amount)
+        self._save(inv)
+        return self._out(note, None), [self.emit("credit_note.created", note, at)]
+
+    def credit_note_voided(self, note: Obj | str, at: int) -> list[Obj]:
+        """Void a credit note (`status: void`): it no longer lowers its invoice. Emits `credit_note.voided`."""
+        new = self._current(note)
+        new.update(status="void", voided_at=at)
+        inv = self._current(str(new["invoice"]))
+        key = "post_payment_credit_notes_amount" if new["type"] == "post_payment" else "pre_payment_credit_notes_amount"
+        inv[key] = max(0, int(inv.get(key) or 0) - int(new["amount"]))
+        self._save(inv)
+        return [self.emit("credit_note.voided", new, at, previous_attributes={"status": "issued", "voided_at": None})]

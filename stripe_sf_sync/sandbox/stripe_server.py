@@ -75,6 +75,9 @@ COLLECTIONS: Final[Mapping[str, str]] = {
     "prices": "price",
     "products": "product",
     "subscription_items": "subscription_item",
+    "refunds": "refund",
+    "disputes": "dispute",
+    "credit_notes": "credit_note",
 }
 _LIST_COMMON: Final = frozenset({"limit", "starting_after", "ending_before", "expand", "created"})
 # Filters implemented per list endpoint (subset of Stripe's own list parameters).
@@ -89,6 +92,11 @@ _LIST_FILTERS: Final[Mapping[str, frozenset[str]]] = {
     "prices": frozenset({"active", "product", "currency", "type"}),
     "products": frozenset({"active"}),
     "subscription_items": frozenset({"subscription"}),
+    # Stripe API reference: List all refunds (charge, payment_intent), List all disputes (charge,
+    # payment_intent), List all credit notes (customer, invoice).
+    "refunds": frozenset({"charge", "payment_intent"}),
+    "disputes": frozenset({"charge", "payment_intent"}),
+    "credit_notes": frozenset({"customer", "invoice"}),
 }
 # Real Stripe list parameters the sandbox does not implement: refused loudly rather than ignored.
 _LIST_UNSUPPORTED: Final[Mapping[str, frozenset[str]]] = {
@@ -104,6 +112,9 @@ _LIST_UNSUPPORTED: Final[Mapping[str, frozenset[str]]] = {
     "prices": frozenset({"lookup_keys", "recurring"}),
     "products": frozenset({"ids", "shippable", "url"}),
     "subscription_items": frozenset(),
+    "refunds": frozenset(),
+    "disputes": frozenset(),
+    "credit_notes": frozenset({"customer_account"}),
 }
 _SUBSCRIPTION_STATUSES: Final = frozenset(
     {
@@ -792,6 +803,15 @@ class StripeSandbox:
                     }
                 }
             return clone(options)
+        if obj.get("object") == "charge" and name == "refunds":
+            # Since 2022-11-15 a Charge's `refunds` list is returned only when expanded (Stripe changelog,
+            # 2022-11-15: "Charge.refunds is no longer included by default"); newest first, a first page.
+            found = [o for o in self._objects.values()
+                     if o.get("object") == "refund" and o.get("charge") == obj.get("id")]
+            found.sort(key=lambda o: (o.get("created") or 0, self._order[o["id"]]), reverse=True)
+            return {"object": "list", "data": [render(o, version, self._links) for o in found[:10]],
+                    "has_more": len(found) > 10, "total_count": len(found),
+                    "url": f"/v1/charges/{obj['id']}/refunds"}
         if obj.get("object") == "invoice" and name == "payments" and not is_pre_basil(version):
             links = [p for p in self._raw_invoice_payments() if p.get("invoice") == obj.get("id")]
             links.sort(key=lambda p: (p.get("created") or 0, self._order[p["id"]]), reverse=True)
@@ -1006,10 +1026,11 @@ class StripeSandbox:
                         == sub
                     )
                 )
-        elif collection == "charges":
-            pi = _str_param(params, "payment_intent")
-            if pi is not None:
-                checks.append(lambda o: _ref_id(o.get("payment_intent")) == pi)
+        elif collection in ("charges", "refunds", "disputes", "credit_notes"):
+            for name in ("payment_intent", "charge", "invoice"):
+                ref = _str_param(params, name) if name in params else None
+                if ref is not None:
+                    checks.append(lambda o, n=name, r=ref: _ref_id(o.get(n)) == r)
         elif collection == "invoice_payments":
             checks += self._invoice_payment_checks(params)
         elif collection in ("prices", "products") and "active" in params:
