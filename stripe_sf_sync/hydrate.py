@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from stripe_sf_sync import model
 from stripe_sf_sync.model import (
@@ -101,7 +101,9 @@ class StripeHydrator:
         if customer_id and (needs_customer(change) or (
                 with_customer and getattr(change, "customer_metadata", None) is None)):
             cust = self._source.customer(customer_id)
-            change = dataclasses.replace(change, customer_metadata=dict(cust.metadata) if cust else {},
+            # Every change with a customer_id carries customer_metadata and customer_name (model.py); mypy cannot
+            # narrow a union by getattr.
+            change = dataclasses.replace(cast(Any, change), customer_metadata=dict(cust.metadata) if cust else {},
                                          customer_name=cust.name if cust else None)
         if isinstance(change, SubscriptionChange) and not change.items_complete:
             # The embedded list is a first page (`has_more`): the amounts need every item.

@@ -677,8 +677,8 @@ def parse_dispute(obj: Any, currency: str) -> Dispute:
         raise MalformedEvent("a dispute is not an object")
     dispute_id = _str(obj, "id", prefix="d")
     cur = _currency(obj) if obj.get("currency") is not None else currency
-    reason = obj.get("reason") if isinstance(obj.get("reason"), str) else "not given"
-    status = obj.get("status") if isinstance(obj.get("status"), str) else "unknown"
+    reason = r if isinstance(r := obj.get("reason"), str) else "not given"
+    status = s if isinstance(s := obj.get("status"), str) else "unknown"
     assert dispute_id
     return Dispute(dispute_id, _amount(obj, "amount", cur), cur, reason, status,
                    _timestamp(obj, "evidence_details.due_by", required=False))

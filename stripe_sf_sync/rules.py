@@ -379,7 +379,7 @@ def _plan_invoice_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
     meta = change.meta
     _, acct_id = _metadata_ids(change.metadata, change.customer_metadata)
     account = _account_ref(change, acct_id)
-    plan = Plan(_dispute_tasks(ctx, change, account))
+    plan = Plan(list[Intent](_dispute_tasks(ctx, change, account)))
     if change.first_invoice is not None:  # the first period: the subscription's Amount is netted instead
         plan.intents.insert(0, _first_invoice_intent(change.meta.event_id, change.first_invoice, account))
     elif change.refunded and meta.event_type in COLLECTED_EVENT_TYPES:

@@ -985,7 +985,7 @@ class StripeSource:
         if invoice is None:
             return None, None, []
         pi = invoice.get("payment_intent")
-        payments = invoice.get("payments") if isinstance(invoice.get("payments"), dict) else {}
+        payments = listed if isinstance(listed := invoice.get("payments"), dict) else {}
         for p in payments.get("data") or []:
             payment = p.get("payment") if isinstance(p, dict) and p.get("status") == "paid" else None
             if isinstance(payment, dict) and payment.get("payment_intent"):

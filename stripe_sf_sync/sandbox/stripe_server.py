@@ -1030,7 +1030,8 @@ class StripeSandbox:
             for name in ("payment_intent", "charge", "invoice"):
                 ref = _str_param(params, name) if name in params else None
                 if ref is not None:
-                    checks.append(lambda o, n=name, r=ref: _ref_id(o.get(n)) == r)
+                    # ignored below: mypy cannot infer a lambda with a default argument (python/mypy#15459)
+                    checks.append(lambda o, n=name, r=ref: _ref_id(o.get(n)) == r)  # type: ignore[misc]
         elif collection == "invoice_payments":
             checks += self._invoice_payment_checks(params)
         elif collection in ("prices", "products") and "active" in params:
