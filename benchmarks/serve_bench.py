@@ -50,7 +50,8 @@ def ms(value: float | None) -> float | None:
 def client(spec_path: Path, out_path: Path) -> None:
     """Deliver the events of `spec_path` (paced, then burst); write each phase's figures to `out_path`."""
     import requests
-    import stripe
+
+    from stripe_sf_sync.sandbox.webhooks import signature_header
 
     spec = json.loads(spec_path.read_text())
     url = spec["url"]
@@ -75,7 +76,7 @@ def client(spec_path: Path, out_path: Path) -> None:
                     if delay > 0:
                         time.sleep(delay)
                 body = bodies[i]
-                header = stripe.WebhookSignature.generate_signature_header(body, SECRET)
+                header = signature_header(body, SECRET)
                 t0 = time.perf_counter()
                 reply = session.post(url, data=body.encode(), timeout=30,
                                      headers={"Stripe-Signature": header, "Content-Type": "application/json"})

@@ -81,15 +81,19 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str], tolerance: i
     a stale one was signed by a known secret (api-facts.md §4)."""
     if not header:
         return "missing signature"
+    try:
+        # On text: from 12.0.0 to 15.3.1 `verify_header` formats the payload as given ("%d.%s"), so bytes
+        # never match; 16.x decodes first (api-facts.md §4, stripe-python `stripe/_webhook.py`).
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body is not UTF-8"
     reasons: list[str] = []
     for secret in secrets:
         try:
-            stripe.WebhookSignature.verify_header(body, header, secret, tolerance)
+            stripe.WebhookSignature.verify_header(text, header, secret, tolerance)
             return None
         except stripe.SignatureVerificationError as exc:
             reasons.append(_reason(str(exc)))
-        except UnicodeDecodeError:
-            return "body is not UTF-8"
     for reason in ("stale timestamp", "malformed signature"):
         if reason in reasons:
             return reason

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 import requests
-import stripe
 
 from stripe_sf_sync import serve, service
 from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.sandbox.webhooks import signature_header
 from stripe_sf_sync.state import StateStore
 
 from .conftest import since, snapshot
@@ -70,7 +70,7 @@ def serving(config: Path, env: service.Environment, *, secrets: str = SECRET, wo
 
 def signed(event: dict[str, Any] | bytes, secret: str = SECRET, *, at: int | None = None) -> tuple[bytes, dict]:
     body = event if isinstance(event, bytes) else json.dumps(event).encode()
-    header = stripe.WebhookSignature.generate_signature_header(body.decode(), secret, timestamp=at)
+    header = signature_header(body, secret, timestamp=at)
     return body, {"Stripe-Signature": header, "Content-Type": "application/json"}
 
 
