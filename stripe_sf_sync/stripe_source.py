@@ -351,6 +351,8 @@ class _PageGuard:
 class StripeSource:
     """Reads events and the objects they point to."""
 
+    _throttles_before = 0  # the shared pacer's 429s before this run (`pace_as`)
+
     def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
                  api_version: str, requests_per_second: float = 20.0, max_attempts: int = MAX_ATTEMPTS,
                  clock: Any = time.time, sleep: Any = time.sleep,
@@ -384,6 +386,12 @@ class StripeSource:
         # The last response's headers, by lower-case name (`stripe-version`: the version Stripe answered in).
         self.last_headers: dict[str, str] = {}
 
+    def pace_as(self, other: StripeSource) -> None:
+        """Share `other`'s pacers (the global one and each endpoint's): a long-lived process (`serve`) builds
+        a source per run, and paces them all as the one client Stripe sees, its 429s remembered."""
+        self._pacer, self._endpoint_pacers, self._pace_lock = other._pacer, other._endpoint_pacers, other._pace_lock
+        self._throttles_before = self._pacer.throttles  # this run's 429s are those from here on
+
     @property
     def api_version(self) -> str:
         """The Stripe API version requests are made with (it decides the payload shapes)."""
@@ -392,7 +400,7 @@ class StripeSource:
     @property
     def rate_limited(self) -> int:
         """429s Stripe answered this run (each retried; see Pacer for what they do to the pace)."""
-        return self._pacer.throttles
+        return self._pacer.throttles - self._throttles_before
 
     @property
     def calls(self) -> int:

@@ -177,11 +177,15 @@ def log_summary(summary: RunSummary, exit_code: int) -> None:
                  summary.salesforce_calls, api, summary.duration_s,
                  extra=fields(kind="summary", exit_code=exit_code, **counts))
         return
-    log.info(f"%s%s finished with exit code %d: %d events read, {outcomes}; %d Stripe and %d Salesforce calls; "
-             "Salesforce API usage %s; %.1f s", summary.command, " (dry run)" if summary.dry_run else "", exit_code,
+    # One of `serve`'s inbox drains: the server goes on, so the drain has no exit code to report (issue 20 §3).
+    ended = ("inbox drain done" if summary.command == "serve" else
+             f"{summary.command}{' (dry run)' if summary.dry_run else ''} finished with exit code {exit_code}")
+    log.info(f"%s: %d events read, {outcomes}; %d Stripe and %d Salesforce calls; "
+             "Salesforce API usage %s; %.1f s", ended,
              summary.events_read, summary.applied, summary.skipped_stale, summary.skipped_duplicate, summary.ignored,
              summary.dead_lettered, summary.records_written, summary.stripe_calls, summary.salesforce_calls, api,
-             summary.duration_s, extra=fields(kind="summary", exit_code=exit_code, **counts))
+             summary.duration_s, extra=fields(kind="drain" if summary.command == "serve" else "summary",
+                                              exit_code=exit_code, **counts))
 
 
 def finish(summary: RunSummary, *, started: float, stripe_calls: int, usage: Any | None, cursor: Cursor | None,
