@@ -58,6 +58,7 @@ KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this (uvicorn'
 HOUSEKEEPING_S = 60.0  # the inbox and the runs table are pruned at most this often
 KEEP_SERVE_RUNS = 1000  # inbox drains kept in the runs table (`status` shows the newest)
 LOG_PER_MINUTE = 20  # refused, ignored or broken deliveries logged one by one each minute; the rest counted
+MAX_DEPTH = 64  # JSON nesting a delivery may have; Stripe's events nest about ten levels
 MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z: a `created` beyond any timestamp is not one (and overflows)
 
 SIGNING_HINT = ("Export STRIPE_WEBHOOK_SECRET with the endpoint's signing secret (whsec_…, shown on the "
@@ -419,13 +420,28 @@ async def _read_body(request: Request, options: ServeOptions) -> bytes:
 
 
 def _parse(body: bytes) -> dict[str, Any] | None:
-    """The delivery's JSON object, or None when it is none: orjson refuses nesting past 1,024 levels with an
-    error (the json module's RecursionError became a 500 that Stripe retried for days)."""
+    """The delivery's JSON object, or None when it is none or nests deeper than MAX_DEPTH: the json module's
+    RecursionError on ~1,000 levels was a 500 that Stripe retried for days, and the worker reads the payload
+    again with it (orjson itself stops at 1,024 levels, with an error)."""
     try:
         event = orjson.loads(body)
-    except (orjson.JSONDecodeError, RecursionError):
+    except orjson.JSONDecodeError:
         return None
-    return event if isinstance(event, dict) else None
+    return event if isinstance(event, dict) and _depth_within(event, MAX_DEPTH) else None
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether `value` nests at most `limit` containers deep (iteratively: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
 
 
 def unusable(event: Mapping[str, Any], live: bool) -> str | None:
