@@ -177,8 +177,8 @@ def test_deliveries_within_the_batch_window_are_applied_as_one_drain(config, env
     assert not any("serve finished with exit code" in m for m in messages)
 
 
-def test_the_runs_table_keeps_a_bounded_number_of_drains(tmp_path):
-    with StateStore.open(tmp_path / "state.sqlite") as st:
+def test_the_runs_table_keeps_a_bounded_number_of_drains(backend):
+    with backend.open() as st:
         good = st.start_run("serve")
         st.finish_run(good, 0, {})
         for _ in range(12):
@@ -192,15 +192,18 @@ def test_the_runs_table_keeps_a_bounded_number_of_drains(tmp_path):
     assert sync in [r["run_id"] for r in runs]
 
 
-def test_the_inbox_prune_is_bounded(tmp_path):
+def test_the_inbox_prune_is_bounded(backend):
     old = time.time() - 50 * 86400
-    with StateStore.open(tmp_path / "state.sqlite") as st:
+    with backend.open() as st:
         for i in range(30):
             st.inbox_add(f"evt_{i:03d}", int(old), "{}", old)
-        st._conn.execute("UPDATE inbox SET status = 'done'")
+        st.inbox_add("evt_recent", int(time.time()), "{}", time.time())
+    backend.execute("UPDATE inbox SET status = 'done'")
+    with backend.open() as st:
         assert st.prune_inbox(limit=10) == 10
         assert st.prune_inbox(limit=100) == 20
         assert st.prune_inbox(limit=100) == 0
+    assert backend.execute("SELECT event_id FROM inbox") == [("evt_recent",)]
 
 
 def test_every_drain_paces_stripe_as_one_client(config, env, sc, stripe_sb):
