@@ -6,6 +6,10 @@ inbox through the batch step (`InboxEvents`, committed with its entries marked d
 lock as `sync`, and every `--sync-every` runs the cursor sync as the safety net for missed deliveries. The
 ledger makes the two ways in apply each event once.
 
+Authentic events it cannot use (a connected account's, a thin event, the other mode's) are acknowledged and
+counted, not applied: Stripe retries any non-2xx for three days. Refusals are logged, rate limited. What a
+client can hold is bounded: connections, the time to send headers and body, the body's size (issue 20 §4).
+
 Starlette and uvicorn are the optional [server] extra: this module is imported only by `stripe-sf serve`.
 """
 
