@@ -724,6 +724,10 @@ def serve(
     path: Annotated[str, typer.Option(help="The webhook route registered in Stripe.")] = "/stripe/webhook",
     sync_every: Annotated[str, typer.Option(help="Run the cursor sync this often as a safety net for missed "
                                                  "deliveries (90s, 5m, 1h); 0 turns it off.")] = "5m",
+    batch_window: Annotated[float, typer.Option(min=0, max=2, help="Seconds a delivery waits for others to "
+                                                "be applied with it in one batch (fewer Salesforce calls).")] = 0.5,
+    max_connections: Annotated[int, typer.Option(min=1, help="Open connections at most; more get a 503, "
+                                                 "which Stripe retries. Keep it under the open-file limit.")] = 100,
     debug: DebugOpt = False,
     log_format: LogFormatOpt = None,
     quiet: QuietOpt = False,
@@ -746,7 +750,8 @@ def serve(
         if not path.startswith("/"):
             raise ConfigError([f"--path {path!r} must start with /"], source="invocation")
         options = serving.ServeOptions(host=host, port=port, path=path,
-                                       sync_every_s=parse_duration(sync_every, "--sync-every"))
+                                       sync_every_s=parse_duration(sync_every, "--sync-every"),
+                                       batch_window_s=batch_window, max_connections=max_connections)
         return lambda: serving.run_serve(config, service.Environment(), options)
 
     run = guarded(load, debug=debug)

@@ -24,6 +24,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 from stripe_sf_sync.errors import LockHeldError, NoStateError, StateError, missing_extra
 from stripe_sf_sync.model import CachedCustomer
 
+INBOX_PRUNE_LIMIT = 1000  # applied inbox entries dropped per prune, at most
 SCHEMA_VERSION = 3  # 2: the customers table; 3: the webhook inbox
 _BACKFILL_ID = re.compile(r"evt_bf\d+_(.+)")  # backfill.synthetic_event's id: the run's time, the object id
 LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
@@ -466,11 +467,15 @@ class StateStore:
         return int(self._conn.execute("SELECT COUNT(*) FROM inbox WHERE status = 'pending'").fetchone()[0])
 
     @_mapped_errors
-    def prune_inbox(self, now: int | None = None) -> int:
-        """Drop applied inbox entries past the ledger's retention (their outcome is in the ledger until then)."""
+    def prune_inbox(self, now: int | None = None, *, limit: int = INBOX_PRUNE_LIMIT) -> int:
+        """Drop at most `limit` applied inbox entries past the ledger's retention (their outcome is in the
+        ledger until then). Bounded: the `created` range is read through the inbox's index, so a prune does
+        not scan every applied row under the write lock (issue 20 §4); `serve` calls it again later."""
         cutoff = (now or int(time.time())) - LEDGER_RETENTION_S
         with self._tx():
-            cur = self._conn.execute("DELETE FROM inbox WHERE status = 'done' AND received_at < ?", (cutoff,))
+            cur = self._conn.execute(
+                "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox WHERE status = 'done' "
+                "AND created < ? AND received_at < ? LIMIT ?)", (cutoff, cutoff, limit))
         return cur.rowcount
 
     @_mapped_errors
@@ -525,6 +530,17 @@ class StateStore:
         """Record how a run ended."""
         self._conn.execute("UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
                            (int(time.time()), exit_code, json.dumps(summary, default=str), run_id))
+
+    @_mapped_errors
+    def prune_runs(self, command: str, keep: int) -> int:
+        """Keep the newest `keep` runs of `command` (and its newest that did its work, for `status`); `serve`
+        records a run per inbox drain, so its runs would otherwise grow without end."""
+        with self._tx():
+            cur = self._conn.execute(
+                "DELETE FROM runs WHERE command = ? AND run_id < (SELECT run_id FROM runs WHERE command = ? "
+                "ORDER BY run_id DESC LIMIT 1 OFFSET ?) AND run_id <> COALESCE((SELECT MAX(run_id) FROM runs "
+                "WHERE command = ? AND exit_code IN (0, 3)), -1)", (command, command, keep - 1, command))
+        return cur.rowcount
 
     @_mapped_errors
     def discard_run(self, run_id: int) -> None:

@@ -444,6 +444,7 @@ class _PageGuard:
 class StripeSource:
     """Reads events and the objects they point to."""
 
+
     def __init__(self, client: stripe.StripeClient, http: CountingRequestsClient | None = None, *,
                  api_version: str, requests_per_second: float = 20.0, max_attempts: int = MAX_ATTEMPTS,
                  clock: Any = time.time, sleep: Any = time.sleep,
@@ -479,6 +480,11 @@ class StripeSource:
         self.calls_made = 0
         # The last response's headers, by lower-case name (`stripe-version`: the version Stripe answered in).
         self.last_headers: dict[str, str] = {}
+
+    def pace_as(self, other: StripeSource) -> None:
+        """Share `other`'s pacers (the global one and each endpoint's): a long-lived process (`serve`) builds
+        a source per run, and paces them all as the one client Stripe sees, its 429s remembered."""
+        self._pacer, self._endpoint_pacers, self._pace_lock = other._pacer, other._endpoint_pacers, other._pace_lock
 
     @property
     def api_version(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,16 @@ from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSa
 from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 EXAMPLE = example_config()
+
+
+@pytest.fixture(autouse=True)
+def _package_logger_propagates() -> Iterator[None]:
+    """A command run in-process (CliRunner) sets the package logger up as the CLI does, not propagating; put it
+    back after each test so that a later test's caplog sees its lines whatever ran before (under pytest 8,
+    the lowest allowed, a later test's caplog missed them)."""
+    yield
+    package = logging.getLogger("stripe_sf_sync")
+    package.propagate = True
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ def test_serve_benchmark_runs_small():
     from benchmarks import serve_bench
 
     args = argparse.Namespace(rate=50.0, seconds=1.0, burst=20, concurrency=4, paced_threads=2, sf_latency_ms=0.0,
-                              stripe_latency_ms=0.0, seed=SEED, drain_timeout=60.0)
+                              stripe_latency_ms=0.0, seed=SEED, drain_timeout=60.0, batch_window=0.5)
     figures = serve_bench.measure(args)
     assert figures["drained"] == figures["events"] >= 70  # the generator may add a few (a customer's sign-up)
     paced = figures["paced"]

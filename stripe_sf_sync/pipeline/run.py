@@ -205,11 +205,14 @@ def log_summary(summary: RunSummary, exit_code: int) -> None:
                  counted(found.get("mismatches") or 0, "mismatch", "mismatches"), calls, api, summary.duration_s,
                  extra=fields(kind="summary", exit_code=exit_code, **counts))
         return
-    log.info(f"%s%s finished with exit code %d: %s read, {outcomes}; %s; Salesforce API usage %s; %.1f s",
-             summary.command, " (dry run)" if summary.dry_run else "", exit_code, counted(summary.events_read, "event"),
+    # One of `serve`'s inbox drains: the server goes on, so the drain has no exit code to report (issue 20 §3).
+    ended = ("inbox drain done" if summary.command == "serve" else
+             f"{summary.command}{' (dry run)' if summary.dry_run else ''} finished with exit code {exit_code}")
+    log.info(f"%s: %s read, {outcomes}; %s; Salesforce API usage %s; %.1f s",
+             ended, counted(summary.events_read, "event"),
              summary.applied, summary.skipped_stale, summary.skipped_duplicate, summary.ignored,
              summary.dead_lettered, counted(summary.records_written, "record"), calls, api, summary.duration_s,
-             extra=fields(kind="summary", exit_code=exit_code, **counts))
+             extra=fields(kind="drain" if summary.command == "serve" else "summary", exit_code=exit_code, **counts))
 
 
 def finish(summary: RunSummary, *, started: float, stripe_calls: int, usage: Any | None, cursor: Cursor | None,
