@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from stripe_sf_sync import model
+from stripe_sf_sync import model, mrr
 from stripe_sf_sync.model import (
     CachedCustomer,
     CustomerChange,
@@ -102,12 +102,45 @@ class StripeHydrator:
             if foreign:  # billed in one of its Prices' currency_options: read them (once per run)
                 change = model.in_billed_currency(
                     change, {price_id: self._source.price_currency_options(price_id) for price_id in foreign})
+            change = self._with_value(change)
         if isinstance(change, PaymentChange) and not change.invoice_known:
             change = dataclasses.replace(change, invoice_id=self._source.invoice_of_payment_intent(
                 change.payment_intent_id), invoice_known=True)
         if isinstance(change, InvoiceFailureChange) and change.failure_code is None:
             change = self._failure_code(held, change)
         return change
+
+    def _with_value(self, change: SubscriptionChange) -> SubscriptionChange:
+        """Attach Stripe's figures (mrr.py) to the change, after reading what its payload names but does
+        not carry: Discounts (one re-read of the subscription, kept for the batch), and coupons and
+        Prices (once per run each). Nothing is read for a subscription without discounts or tiered prices."""
+        sub = change.raw
+        if sub is None:
+            return change
+        lookups = mrr.Lookups()
+        for _ in range(3):  # Discounts, then the coupons a clover Discount names by id
+            need = mrr.needed(sub, lookups)
+            if not need:
+                break
+            discounts = dict(lookups.discounts)
+            if need.discounts:
+                discounts.update({str(d.get("id")): d for d in self._discounts_of(change.subscription_id)})
+            coupons = {**lookups.coupons, **{c: found for c in need.coupons
+                                             if (found := self._source.coupon(c)) is not None}}
+            prices = {**lookups.prices, **{p: found for p in need.prices
+                                           if (found := self._source.price(p)) is not None}}
+            lookups = mrr.Lookups(discounts, coupons, prices)
+        value = mrr.subscription_value(sub, lookups)
+        first = mrr.first_period_from_subscription(sub, lookups)
+        return dataclasses.replace(change, value=model.SubscriptionFigures(value.mrr, value.arr, first,
+                                                                          value.counted))
+
+    def _discounts_of(self, subscription_id: str) -> list[dict[str, Any]]:
+        key = f"discounts:{subscription_id}"
+        if key not in self._current:
+            self._current[key] = {"data": self._source.subscription_discounts(subscription_id)}
+        held = self._current[key]
+        return list(held["data"]) if held else []
 
     def _failure_code(self, held: HeldEvent, change: InvoiceFailureChange) -> InvoiceFailureChange:
         payments = self._source.prefetched_payments(change.invoice_id)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from stripe_sf_sync import money
+from stripe_sf_sync import money, mrr
 from stripe_sf_sync.errors import SkippableError
 
 EVENT_TYPES = (
@@ -104,11 +104,27 @@ class SubscriptionChange:
     # (stripe/_subscription.py, `cancel_at`): when it takes effect, and whether this event scheduled it.
     cancel_at: int | None = None
     cancel_at_turned_on: bool = False
+    # The payload's `data.object`, which mrr.py reads in every generation's shape (discounts, tiers, taxes).
+    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    # Stripe's figures for it, attached by hydration (rules do not fetch); None: not computed (rules fall
+    # back to the list-price lines).
+    value: SubscriptionFigures | None = None
 
     @property
     def object_id(self) -> str:
         """The Stripe object this change describes (the order guard's key)."""
         return self.subscription_id
+
+
+@dataclass(frozen=True)
+class SubscriptionFigures:
+    """A subscription's value as Stripe counts it (mrr.py): MRR/ARR after forever discounts, and the first
+    paid period's amount after every discount, before tax. A figure whose value is None says why."""
+
+    mrr: mrr.Figure
+    arr: mrr.Figure
+    first_period: mrr.Figure
+    counted: bool
 
 
 @dataclass(frozen=True)
@@ -368,7 +384,11 @@ def with_all_items(change: SubscriptionChange, items: Sequence[Any]) -> Subscrip
     lines = tuple(_price_line(item, change.currency, i) for i, item in enumerate(items))
     if not lines:
         raise MalformedEvent(f"{change.subscription_id} lists no subscription items")
-    return replace(change, lines=lines, items_complete=True)
+    raw = change.raw
+    if raw is not None:
+        listed = raw.get("items") if isinstance(raw.get("items"), Mapping) else {}
+        raw = {**raw, "items": {**listed, "data": list(items), "has_more": False}}
+    return replace(change, lines=lines, items_complete=True, raw=raw)
 
 
 def foreign_price_ids(change: SubscriptionChange) -> list[str]:
@@ -515,11 +535,13 @@ def parse_subscription(event: Mapping[str, Any], meta: EventMeta) -> Subscriptio
     return SubscriptionChange(
         meta=meta, subscription_id=sub_id, customer_id=customer_id, status=status,
         previous_status=prev_status, cancel_at_period_end=cancel, cancel_turned_on=bool(cancel_turned_on),
-        plan_changed=plan_changed(sub, prev, meta.api_version), currency=currency, lines=lines,
+        # A coupon added, removed or ended changes MRR: a value change like a new price (issue 22 §4).
+        plan_changed=plan_changed(sub, prev, meta.api_version) or mrr.discounts_changed(sub, prev),
+        currency=currency, lines=lines,
         period_end=_period_end(sub), metadata=_metadata(sub), customer_metadata=cust_meta, customer_name=cust_name,
         cancellation_reason=reason if isinstance(reason, str) else None,
         items_complete=not _get(sub, "items.has_more"), cancel_at=cancel_at,
-        cancel_at_turned_on=bool(cancel_at_turned_on),
+        cancel_at_turned_on=bool(cancel_at_turned_on), raw=sub,
     )
 
 

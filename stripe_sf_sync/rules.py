@@ -189,15 +189,30 @@ def _dashboard(ctx: RuleContext, livemode: bool, kind: str, obj_id: str) -> str:
     return f"{ctx.dashboard_url.rstrip('/')}/{mode}{kind}/{obj_id}"
 
 
-def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange) -> dict[str, Any]:
+def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange, plan: Plan, *,
+                               won: bool) -> dict[str, Any]:
+    """Amount (only when won: the first paid period's value, which later changes leave alone), MRR and ARR.
+    With hydration's figures (mrr.py: Stripe's definition, discounts applied, tax and metered items out), a
+    figure that cannot be known is left alone and the plan says why; without them, the list-price lines."""
     f = ctx.fields
+    if change.value is not None:
+        v = change.value
+        out: dict[str, Any] = {}
+        for name, figure in (("Amount", v.first_period if won else None), (f.mrr, v.mrr), (f.arr, v.arr)):
+            if figure is None:
+                continue
+            if figure.value is not None:
+                out[name] = figure.value
+            elif figure.reason and not any(figure.reason in w for w in plan.warnings):
+                plan.warnings.append(f"{change.subscription_id}: {name} left alone: {figure.reason}")
+        return out
     if any(line.currency != change.currency for line in change.lines):
         # Items show their Price's default currency; the amount billed is in subscription.currency
         # (Stripe API reference: Prices, `currency_options`). Hydration converts them
         # (model.in_billed_currency); never guess here.
         raise ValueError(f"{change.subscription_id}: items must be converted to {change.currency.upper()} "
                          "(the subscription's currency) before planning")
-    out: dict[str, Any] = {}
+    out = {}
     amount = money.period_total(change.lines)
     if amount is not None:
         out["Amount"] = amount
@@ -229,14 +244,16 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
     if won:
         fields = {"StageName": ctx.won_stage, "CloseDate": day.isoformat(),
                   f.subscription_id: change.subscription_id, f.customer_id: change.customer_id}
-        fields.update(_subscription_value_fields(ctx, change))
+        fields.update(_subscription_value_fields(ctx, change, plan, won=True))
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
             f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency))
     elif kind == "updated" and change.plan_changed:
-        plan.intents.append(OpportunityIntent(
-            meta.event_id, "subscription", change.subscription_id, opp_id, False, account,
-            _subscription_value_fields(ctx, change), label, may_create=False, currency=change.currency))
+        values = _subscription_value_fields(ctx, change, plan, won=False)
+        if values:
+            plan.intents.append(OpportunityIntent(
+                meta.event_id, "subscription", change.subscription_id, opp_id, False, account,
+                values, label, may_create=False, currency=change.currency))
 
     status = "canceled" if kind == "deleted" else change.status
     plan.intents.append(AccountStatusIntent(
@@ -309,7 +326,7 @@ def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, op
         closed = event_date(meta.object_created or meta.created).isoformat()
         fields = {"StageName": ctx.won_stage, "CloseDate": closed,
                   f.subscription_id: change.subscription_id, f.customer_id: change.customer_id}
-        fields.update(_subscription_value_fields(ctx, change))
+        fields.update(_subscription_value_fields(ctx, change, plan, won=True))
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
             f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency))

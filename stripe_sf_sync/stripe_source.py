@@ -377,6 +377,10 @@ class StripeSource:
         self._attached_span: tuple[int, int] | None = None
         # price id -> {currency: {unit_amount, unit_amount_decimal}}, None for a Price Stripe no longer has.
         self._price_options: dict[str, dict[str, dict[str, Any]] | None] = {}
+        # Coupons and expanded Prices for MRR (mrr.py): their amounts, currency and duration cannot change
+        # (pkg `_coupon.py` update: "by design, not editable"; a Price's amounts likewise), so kept for the run.
+        self._coupons: dict[str, dict[str, Any] | None] = {}
+        self._prices: dict[str, dict[str, Any] | None] = {}
         # Run-level: where the customer listing stopped (its `created` bound and last id), and whether it ended.
         self._customer_list: tuple[int, str | None] | None = None
         self._customer_list_ended = False
@@ -786,8 +790,7 @@ class StripeSource:
         per-batch hydration caches: many subscriptions share few Prices.
         """
         if price_id not in self._price_options:
-            obj = self._get_or_none("reading a price's currency options", f"/v1/prices/{_path_id(price_id)}",
-                                    {"expand": ["currency_options"]})
+            obj = self.price(price_id)  # one read serves the amounts and MRR (tiers)
             options: dict[str, dict[str, Any]] | None = None
             if obj is not None:
                 raw = obj.get("currency_options") if isinstance(obj.get("currency_options"), dict) else {}
@@ -798,6 +801,40 @@ class StripeSource:
                 self._price_options.pop(next(iter(self._price_options)))
             self._price_options[price_id] = options
         return self._price_options[price_id]
+
+    def subscription_discounts(self, subscription_id: str) -> list[dict[str, Any]]:
+        """The Discount objects of a subscription and of its items, as Stripe holds them now. A Discount cannot
+        be retrieved by id (pkg `_discount.py`): the subscription is re-read with them expanded."""
+        obj = self._get_or_none("reading a subscription's discounts", f"/v1/subscriptions/{_path_id(subscription_id)}",
+                                {"expand": ["discounts", "items.data.discounts"]})
+        if obj is None:
+            return []
+        items = (obj.get("items") or {}).get("data") or []
+        refs = [*(obj.get("discounts") or []), *(d for i in items for d in (i.get("discounts") or []))]
+        return [d for d in refs if isinstance(d, dict)]
+
+    def coupon(self, coupon_id: str) -> dict[str, Any] | None:
+        """A Coupon with the products it is limited to (`expand[]=applies_to`, includable only), once per run."""
+        if coupon_id not in self._coupons:
+            self._bounded(self._coupons)
+            # Coupon ids are chosen by the merchant ("SUMMER-20"): hyphens too, unlike object ids.
+            self._coupons[coupon_id] = self._get_or_none(
+                "reading a coupon", f"/v1/coupons/{coupon_id}", {"expand": ["applies_to"]}
+            ) if re.fullmatch(r"[A-Za-z0-9_-]{1,200}", coupon_id) else None
+        return self._coupons[coupon_id]
+
+    def price(self, price_id: str) -> dict[str, Any] | None:
+        """A Price with its `tiers` and `currency_options` (both includable only, pkg `_price.py`), once per run."""
+        if price_id not in self._prices:
+            self._bounded(self._prices)
+            self._prices[price_id] = self._get_or_none(
+                "reading a price", f"/v1/prices/{_path_id(price_id)}", {"expand": ["tiers", "currency_options"]})
+        return self._prices[price_id]
+
+    @staticmethod
+    def _bounded(cache: dict[str, Any]) -> None:
+        if len(cache) >= MAX_CACHED_PRICES:
+            cache.pop(next(iter(cache)))
 
     def failed_invoice(self, invoice_id: str) -> dict[str, Any] | None:
         """The invoice with its PaymentIntent/Charge expanded, to read the failure code

@@ -93,7 +93,7 @@ def test_single_currency_org_gets_the_billed_currency_amounts(tmp_path, stripe_s
         assert money_of(opportunity(org, w["euro2"])) == (Decimal("90.00"), Decimal("90.00"), Decimal("1080.00"))
         assert money_of(opportunity(org, w["dollar"])) == (Decimal("100.00"), Decimal("100.00"), Decimal("1200.00"))
         # One price read for both EUR subscriptions, none for the USD one.
-        assert price_reads(stripe_sb) == [(f"/v1/prices/{w['price']}", ["currency_options"])]
+        assert price_reads(stripe_sb) == [(f"/v1/prices/{w['price']}", ["tiers", "currency_options"])]
 
 
 def test_multi_currency_org_gets_currency_iso_code(tmp_path, stripe_sb):

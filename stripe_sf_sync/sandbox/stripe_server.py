@@ -75,6 +75,7 @@ COLLECTIONS: Final[Mapping[str, str]] = {
     "prices": "price",
     "products": "product",
     "subscription_items": "subscription_item",
+    "coupons": "coupon",
 }
 _LIST_COMMON: Final = frozenset({"limit", "starting_after", "ending_before", "expand", "created"})
 # Filters implemented per list endpoint (subset of Stripe's own list parameters).
@@ -89,6 +90,7 @@ _LIST_FILTERS: Final[Mapping[str, frozenset[str]]] = {
     "prices": frozenset({"active", "product", "currency", "type"}),
     "products": frozenset({"active"}),
     "subscription_items": frozenset({"subscription"}),
+    "coupons": frozenset(),
 }
 # Real Stripe list parameters the sandbox does not implement: refused loudly rather than ignored.
 _LIST_UNSUPPORTED: Final[Mapping[str, frozenset[str]]] = {
@@ -104,6 +106,7 @@ _LIST_UNSUPPORTED: Final[Mapping[str, frozenset[str]]] = {
     "prices": frozenset({"lookup_keys", "recurring"}),
     "products": frozenset({"ids", "shippable", "url"}),
     "subscription_items": frozenset(),
+    "coupons": frozenset(),
 }
 _SUBSCRIPTION_STATUSES: Final = frozenset(
     {
@@ -789,6 +792,8 @@ class StripeSandbox:
                     }
                 }
             return clone(options)
+        if (obj.get("object"), name) in (("price", "tiers"), ("coupon", "applies_to")):
+            return clone((self._objects.get(str(obj.get("id"))) or {}).get(name))
         if obj.get("object") == "invoice" and name == "payments" and not is_pre_basil(version):
             links = [p for p in self._raw_invoice_payments() if p.get("invoice") == obj.get("id")]
             links.sort(key=lambda p: (p.get("created") or 0, self._order[p["id"]]), reverse=True)
