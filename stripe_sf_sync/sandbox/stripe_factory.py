@@ -983,17 +983,26 @@ class StripeFactory:
         self._save(obj)
         return obj
 
-    def add_discount(self, sub: Obj | str, coupon: Obj, at: int, *, item: int | None = None) -> Obj:
+    def add_discount(self, sub: Obj | str, coupon: Obj, at: int, *, item: int | None = None,
+                     emit: bool = True) -> Obj:
         """Apply `coupon` to the subscription (or to its `item`-th item) and emit
-        `customer.subscription.updated`: `discounts` (ids) in `previous_attributes`, a value change."""
+        `customer.subscription.updated`: `discounts` (ids) in `previous_attributes`, a value change.
+        `emit=False`: only store it (a coupon given at creation, before `subscription_created`); returns the
+        Discount then."""
         old = self._current(sub)
         item_id = old["items"]["data"][item]["id"] if item is not None else None
         discount = self._discount(coupon, old, at, item_id)
+        changes: Obj
         if item is None:
-            return self.subscription_updated(old["id"], {"discounts": [*old["discounts"], discount["id"]]}, at)
-        items = clone(old["items"])
-        items["data"][item]["discounts"] = [*items["data"][item]["discounts"], discount["id"]]
-        return self.subscription_updated(old["id"], {"items": items}, at)
+            changes = {"discounts": [*old["discounts"], discount["id"]]}
+        else:
+            items = clone(old["items"])
+            items["data"][item]["discounts"] = [*items["data"][item]["discounts"], discount["id"]]
+            changes = {"items": items}
+        if not emit:
+            self._save(_deep_merge(old, changes))
+            return clone(discount)
+        return self.subscription_updated(old["id"], changes, at)
 
     def remove_discount(self, sub: Obj | str, discount_id: str, at: int) -> Obj:
         """Remove a discount (a coupon removed, or a repeating one ended) from the subscription or its items."""

@@ -1,0 +1,169 @@
+"""MRR as Stripe counts it, through the CLI against the stand-ins (issue 22 §4-§6).
+
+`MRR__c`/`ARR__c`: the recurring value after forever discounts (subscription and item level), tax and metered
+items out, tiered and package prices computed; `Amount`: the first paid period after every discount on it
+(api-facts "Discounts", "Stripe's MRR"; stripe_sf_sync/mrr.py).
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from stripe_sf_sync.cli import app
+from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
+from stripe_sf_sync.sandbox.stripe_factory import (
+    API_VERSION_BASIL,
+    API_VERSION_CLOVER,
+    API_VERSION_CURRENT,
+    API_VERSION_PRE_BASIL,
+    StripeFactory,
+)
+
+from .conftest import write_config
+from .test_serve import deliver, event_of, eventually, serving
+
+DAY = 86400
+NOW = int(time.time())
+T = NOW - 3 * DAY
+GENERATIONS = [API_VERSION_PRE_BASIL, API_VERSION_BASIL, API_VERSION_CLOVER, API_VERSION_CURRENT]
+
+
+def configured(tmp_path, runner: CliRunner, env: dict[str, str], **overrides: str):
+    config = write_config(tmp_path / "sync.yaml", **overrides)
+    result = runner.invoke(app, ["discover-config", "--config", str(config), "--write"], env=env)
+    assert result.exit_code == 0, result.output
+    return config
+
+
+def sync(runner: CliRunner, config, env: dict[str, str], *, first: bool = True):
+    day = time.strftime("%Y-%m-%d", time.gmtime(T - DAY))
+    result = runner.invoke(app, ["sync", "--config", str(config), *(["--since", day] if first else [])], env=env)
+    assert result.exit_code == ExitCode.OK, result.output
+    return result
+
+
+def customer(f: StripeFactory, org: SalesforceOrg, name: str) -> str:
+    cus = f.customer(name, f"billing@{name.lower().replace(' ', '')}.example", created=T - 30 * DAY)
+    org.insert("Account", {"Name": name, "Stripe_Customer_ID__c": cus["id"]})
+    return str(cus["id"])
+
+
+def figures(org: SalesforceOrg, sub_id: str) -> tuple[Decimal | None, ...]:
+    [opp] = [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == sub_id]
+    return tuple(None if opp.get(k) in (None, "") else Decimal(str(opp[k])).quantize(Decimal("0.01"))
+                 for k in ("Amount", "MRR__c", "ARR__c"))
+
+
+def discounted(f: StripeFactory, org: SalesforceOrg, label: str) -> tuple[dict[str, Any], str]:
+    """Pro at 100.00 USD a month with LAUNCH20 (20 % forever, the subscription's) and WELCOME50 (50 % once,
+    on the item): the first invoice charges 40.00; MRR counts the forever coupon only, 80.00."""
+    cus = customer(f, org, label)
+    sub = f.subscription(cus, [(f.price(10000, product_name="Pro"), 1)], created=T)
+    launch = f.coupon(percent_off=20, duration="forever", name="LAUNCH20")
+    f.add_discount(sub["id"], f.coupon(percent_off=50, duration="once", name="WELCOME50"), T, item=0, emit=False)
+    launch_di = f.add_discount(sub["id"], launch, T, emit=False)
+    f.subscription_created(sub, T)
+    return sub, str(launch_di["id"])
+
+
+@pytest.mark.parametrize("version", GENERATIONS)
+def test_forever_discounts_lower_mrr_and_every_discount_lowers_the_first_amount(
+        version, tmp_path, stripe_sb, org, sf_sb, cli_env):
+    f = StripeFactory(stripe_sb, seed=41, api_version=version)
+    sub, launch = discounted(f, org, "Discounted Co")
+    runner = CliRunner()
+    config = configured(tmp_path, runner, cli_env)
+    sync(runner, config, cli_env)
+    assert figures(org, sub["id"]) == (Decimal("40.00"), Decimal("80.00"), Decimal("960.00"))
+
+    # The coupon removed: a `customer.subscription.updated` whose discounts changed is a value change.
+    event = f.remove_discount(sub["id"], launch, T + DAY)
+    key = "discount" if version == API_VERSION_PRE_BASIL else "discounts"
+    assert key in event["data"]["previous_attributes"]
+    sync(runner, config, cli_env, first=False)
+    assert figures(org, sub["id"]) == (Decimal("40.00"), Decimal("100.00"), Decimal("1200.00"))
+
+
+def test_price_shapes_are_computed_and_metered_items_stay_out(tmp_path, stripe_sb, org, sf_sb, cli_env):
+    f = StripeFactory(stripe_sb, seed=42)
+    tiers = [{"up_to": 5, "unit_amount": 1000}, {"up_to": None, "unit_amount": 800, "flat_amount": 500}]
+    vat = f.tax_rate(20, inclusive=True)
+    cases = {  # label: (items, expected MRR)
+        "Graduated": ([(f.price(0, tiers=tiers), 8)], "79.00"),  # 5 x 10 + 3 x 8 + 5
+        "Volume": ([(f.price(0, tiers=tiers, tiers_mode="volume"), 8)], "69.00"),  # 8 x 8 + 5
+        "Package": ([(f.price(2000, transform_quantity={"divide_by": 10, "round": "up"}), 25)], "60.00"),
+        "Mixed": ([(f.price(10000), 1), (f.price(120000, interval="year"), 1),
+                   (f.price(5, usage_type="metered"), 0)], "200.00"),
+    }
+    subs = {}
+    for n, (label, (items, _)) in enumerate(cases.items()):
+        sub = f.subscription(customer(f, org, f"{label} Co"), items, created=T + n)
+        f.subscription_created(sub, T + n)
+        subs[label] = sub["id"]
+    taxed = f.subscription(customer(f, org, "Taxed Co"), [(f.price(12000, tax_behavior="inclusive"), 1)],
+                           created=T + 10, default_tax_rates=[vat])
+    f.subscription_created(taxed, T + 10)
+    runner = CliRunner()
+    config = configured(tmp_path, runner, cli_env)
+    sync(runner, config, cli_env)
+    for label, (_, expected) in cases.items():
+        assert figures(org, subs[label])[1] == Decimal(expected), label
+    assert figures(org, taxed["id"]) == (Decimal("100.00"), Decimal("100.00"), Decimal("1200.00"))  # VAT out
+
+
+def test_a_value_that_cannot_be_known_is_left_alone_and_said_once(tmp_path, stripe_sb, org, sf_sb, cli_env):
+    f = StripeFactory(stripe_sb, seed=43)
+    sub = f.subscription(customer(f, org, "Stripe Tax Co"), [(f.price(12000, tax_behavior="inclusive"), 1)],
+                         created=T)
+    stored = stripe_sb.get(sub["id"])
+    stored["automatic_tax"]["enabled"] = True  # Stripe Tax: the tax inside depends on where the customer is
+    stripe_sb.put(stored)
+    f.subscription_created(sub, T)
+    runner = CliRunner()
+    config = configured(tmp_path, runner, cli_env)
+    result = sync(runner, config, cli_env)
+    assert figures(org, sub["id"]) == (None, None, None)
+    said = [line for line in result.output.splitlines() if "left alone" in line]
+    assert len(said) == 1 and "Stripe Tax" in said[0], result.output
+
+
+def test_backfill_writes_the_discounted_mrr(tmp_path, stripe_sb, org, sf_sb, cli_env):
+    f = StripeFactory(stripe_sb, seed=44, api_version=API_VERSION_CLOVER)
+    cus = customer(f, org, "Old Discounted")
+    sub = f.subscription(cus, [(f.price(10000), 2)], created=NOW - 200 * DAY)
+    f.add_discount(sub["id"], f.coupon(amount_off=5000, currency="usd", duration="forever"), NOW - 200 * DAY,
+                   emit=False)
+    runner = CliRunner()
+    config = configured(tmp_path, runner, cli_env)
+    day = time.strftime("%Y-%m-%d", time.gmtime(NOW - 400 * DAY))
+    result = runner.invoke(app, ["backfill", "--config", str(config), "--since", day, "--objects", "subscriptions"],
+                           env=cli_env)
+    assert result.exit_code == ExitCode.OK, result.output
+    assert figures(org, sub["id"]) == (Decimal("150.00"), Decimal("150.00"), Decimal("1800.00"))
+
+
+def test_serve_applies_a_coupon_added_later(tmp_path, stripe_sb, org, sf_sb, cli_env, env):
+    f = StripeFactory(stripe_sb, seed=45, api_version=API_VERSION_CLOVER)
+    cus = customer(f, org, "Served Co")
+    sub = f.subscription(cus, [(f.price(10000), 1)], created=T)
+    created = f.subscription_created(sub, T)
+    added = f.add_discount(sub["id"], f.coupon(percent_off=25, duration="forever"), T + 60)
+    runner = CliRunner()
+    config = configured(tmp_path, runner, cli_env)
+    with serving(config, env) as (url, _srv):
+        for event in (created, added):
+            assert deliver(url, event_of(stripe_sb, event["id"])).status_code == 200
+        eventually(lambda: figures_or_none(org, sub["id"]) == (Decimal("100.00"), Decimal("75.00"), Decimal("900.00")))
+
+
+def figures_or_none(org: SalesforceOrg, sub_id: str) -> tuple[Decimal | None, ...] | None:
+    try:
+        return figures(org, sub_id)
+    except ValueError:
+        return None
