@@ -48,6 +48,8 @@ class FieldNames(_Strict):
     subscription_status: FieldName = "Subscription_Status__c"
     task_event_id: FieldName = "Stripe_Event_ID__c"
     account_csm: FieldName | None = None
+    # The customer's current MRR as Stripe counts it (issue 22 §5): unset, nothing is read or written for it.
+    account_mrr: FieldName | None = None
 
 
 class StripeSettings(_Strict):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Protocol
 
-from stripe_sf_sync import model, mrr
+from stripe_sf_sync import model, money, mrr
 from stripe_sf_sync.model import (
     CachedCustomer,
     CustomerChange,
@@ -40,9 +41,11 @@ class CustomerStore(Protocol):
 class StripeHydrator:
     """Fills in what payloads lack, a batch at a time (the batch step's hydrator port)."""
 
-    def __init__(self, source: StripeSource, customers: CustomerStore) -> None:
+    def __init__(self, source: StripeSource, customers: CustomerStore, *, account_mrr: bool = False) -> None:
         self._source = source
         self._customers = customers
+        self._account_mrr = account_mrr  # the Account MRR field is configured: read each customer's subscriptions
+        self._customer_subs: dict[str, list[dict[str, Any]]] = {}  # customer id -> its subscriptions, this batch
         self._current: dict[str, dict[str, Any] | None] = {}  # object id -> its current state, this batch
 
     def prepare(self, fresh: Sequence[tuple[HeldEvent, model.Change]],
@@ -51,6 +54,7 @@ class StripeHydrator:
         details the batch itself carries (customer events, expanded customers), for state to keep."""
         self._source.forget()
         self._current.clear()
+        self._customer_subs.clear()
         known = [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created)
                  for c in customer_changes]
         for _, change in fresh:  # an expanded customer (backfill's lists) is as good as a customer event
@@ -117,23 +121,45 @@ class StripeHydrator:
         sub = change.raw
         if sub is None:
             return change
+        lookups = self._lookups(sub)
+        value = mrr.subscription_value(sub, lookups)
+        first = mrr.first_period_from_subscription(sub, lookups)
+        change = dataclasses.replace(change, value=model.SubscriptionFigures(value.mrr, value.arr, first,
+                                                                            value.counted))
+        if self._account_mrr:
+            change = dataclasses.replace(change, account_mrr=self._customer_mrr(change.customer_id, change.currency))
+        return change
+
+    def _lookups(self, sub: Mapping[str, Any]) -> mrr.Lookups:
+        """What mrr.py needs beyond the payload: Discounts, then the coupons a clover Discount names by id."""
         lookups = mrr.Lookups()
-        for _ in range(3):  # Discounts, then the coupons a clover Discount names by id
+        for _ in range(3):
             need = mrr.needed(sub, lookups)
             if not need:
                 break
             discounts = dict(lookups.discounts)
             if need.discounts:
-                discounts.update({str(d.get("id")): d for d in self._discounts_of(change.subscription_id)})
+                discounts.update({str(d.get("id")): d for d in self._discounts_of(str(sub.get("id")))})
             coupons = {**lookups.coupons, **{c: found for c in need.coupons
                                              if (found := self._source.coupon(c)) is not None}}
             prices = {**lookups.prices, **{p: found for p in need.prices
                                            if (found := self._source.price(p)) is not None}}
             lookups = mrr.Lookups(discounts, coupons, prices)
-        value = mrr.subscription_value(sub, lookups)
-        first = mrr.first_period_from_subscription(sub, lookups)
-        return dataclasses.replace(change, value=model.SubscriptionFigures(value.mrr, value.arr, first,
-                                                                          value.counted))
+        return lookups
+
+    def _customer_mrr(self, customer_id: str, currency: str) -> mrr.Figure:
+        """The customer's MRR now (Stripe's definition: its active and past_due subscriptions), from its
+        subscriptions listed once per batch. No counted subscription: zero."""
+        if customer_id not in self._customer_subs:
+            self._customer_subs[customer_id] = self._source.customer_subscriptions(customer_id)
+        values = []
+        for sub in self._customer_subs[customer_id]:
+            try:
+                values.append(mrr.subscription_value(sub, self._lookups(sub)))
+            except ValueError:
+                continue  # a subscription naming no currency: nothing to count
+        total = mrr.customer_mrr(values)
+        return total if total is not None else mrr.Figure(money.quantize(Decimal(0), currency), currency)
 
     def _discounts_of(self, subscription_id: str) -> list[dict[str, Any]]:
         key = f"discounts:{subscription_id}"

@@ -109,6 +109,9 @@ class SubscriptionChange:
     # Stripe's figures for it, attached by hydration (rules do not fetch); None: not computed (rules fall
     # back to the list-price lines).
     value: SubscriptionFigures | None = None
+    # The customer's current MRR (mrr.customer_mrr over its subscriptions now), attached by hydration when
+    # the Account field is configured; a Figure with value None says why it is left alone.
+    account_mrr: mrr.Figure | None = None
 
     @property
     def object_id(self) -> str:

@@ -82,6 +82,7 @@ class AccountStatusIntent:
     previous_from_account: bool = False  # .deleted carries no previous status: use the Account's
     who_id: str | None = None  # the Contact its transition Task names
     changed_at: int | None = None  # when the status changed (the event's time): the transition Task's key
+    fields: Mapping[str, Any] = field(default_factory=dict)  # other Account fields to write (its MRR)
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,18 @@ def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange, pla
     return out
 
 
+def _account_mrr_fields(ctx: RuleContext, change: SubscriptionChange, plan: Plan) -> dict[str, Any]:
+    """The Account's MRR field (when configured): the customer's MRR now, as hydration computed it; left
+    alone, with the reason, when it cannot be known (billed in several currencies, say)."""
+    name, figure = ctx.fields.account_mrr, change.account_mrr
+    if name is None or figure is None:
+        return {}
+    if figure.value is None:
+        plan.warnings.append(f"{change.customer_id}: Account {name} left alone: {figure.reason}")
+        return {}
+    return {name: figure.value}
+
+
 def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
     """customer.subscription.created / updated / deleted."""
     f = ctx.fields
@@ -260,7 +273,8 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
         meta.event_id, account, change.subscription_id, status,
         change.previous_status if kind == "updated" else None,
         log_transition=kind in ("updated", "deleted"), activity_date=day.isoformat(),
-        previous_from_account=kind == "deleted", who_id=who, changed_at=meta.created))
+        previous_from_account=kind == "deleted", who_id=who, changed_at=meta.created,
+        fields=_account_mrr_fields(ctx, change, plan)))
 
     plan.intents.extend(_subscription_tasks(ctx, change, kind, account, who))
     return plan
@@ -333,7 +347,7 @@ def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, op
     if meta.write_status:
         plan.intents.append(AccountStatusIntent(
             meta.event_id, account, change.subscription_id, change.status, None, log_transition=False,
-            activity_date=event_date(meta.created).isoformat()))
+            activity_date=event_date(meta.created).isoformat(), fields=_account_mrr_fields(ctx, change, plan)))
     if not plan.intents:
         plan.ignored = "an ended subscription; another subscription of the customer sets the Account status"
     return plan

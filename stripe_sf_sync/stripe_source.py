@@ -813,6 +813,16 @@ class StripeSource:
         refs = [*(obj.get("discounts") or []), *(d for i in items for d in (i.get("discounts") or []))]
         return [d for d in refs if isinstance(d, dict)]
 
+    def customer_subscriptions(self, customer_id: str) -> list[dict[str, Any]]:
+        """A customer's subscriptions that are not canceled (the list's default: Stripe API reference, List
+        subscriptions `status`), with their Discounts expanded (depth 4, Stripe's maximum)."""
+        subs: list[dict[str, Any]] = []
+        for page in self._walk("a customer's subscriptions", "/v1/subscriptions", {
+                "customer": _path_id(customer_id), "limit": 100,
+                "expand": ["data.discounts", "data.items.data.discounts"]}):
+            subs.extend(page)
+        return subs
+
     def coupon(self, coupon_id: str) -> dict[str, Any] | None:
         """A Coupon with the products it is limited to (`expand[]=applies_to`, includable only), once per run."""
         if coupon_id not in self._coupons:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
+from stripe_sf_sync.sandbox.salesforce_server import FieldDef, SalesforceOrg
 from stripe_sf_sync.sandbox.stripe_factory import (
     API_VERSION_BASIL,
     API_VERSION_CLOVER,
@@ -167,3 +167,47 @@ def figures_or_none(org: SalesforceOrg, sub_id: str) -> tuple[Decimal | None, ..
         return figures(org, sub_id)
     except ValueError:
         return None
+
+
+def account_mrr_config(tmp_path, runner: CliRunner, org: SalesforceOrg, env: dict[str, str]):
+    org.schema["Account"]["Account_MRR__c"] = FieldDef("Account_MRR__c", "currency", precision=16, scale=2)
+    return configured(tmp_path, runner, env, **{"account_mrr: null": "account_mrr: Account_MRR__c"})
+
+
+@pytest.mark.parametrize("version", [API_VERSION_PRE_BASIL, API_VERSION_CLOVER])
+def test_the_account_holds_the_customers_mrr_and_follows_each_change(version, tmp_path, stripe_sb, org, sf_sb,
+                                                                     cli_env):
+    f = StripeFactory(stripe_sb, seed=46, api_version=version)
+    cus = customer(f, org, "Two Subs")
+    pro = f.subscription(cus, [(f.price(10000), 1)], created=T)
+    f.add_discount(pro["id"], f.coupon(percent_off=20, duration="forever"), T, emit=False)
+    f.subscription_created(pro, T)
+    trial = f.subscription(cus, [(f.price(5000), 1)], status="trialing", created=T + 60)
+    f.subscription_created(trial, T + 60)
+    runner = CliRunner()
+    config = account_mrr_config(tmp_path, runner, org, cli_env)
+    sync(runner, config, cli_env)
+    [acct] = [a for a in org.records("Account") if a.get("Stripe_Customer_ID__c") == cus]
+    assert Decimal(str(acct["Account_MRR__c"])) == Decimal("80.00")  # the trial is not counted yet
+
+    f.subscription_updated(trial["id"], {"status": "active", "trial_end": T + DAY}, T + DAY)  # the trial ends
+    sync(runner, config, cli_env, first=False)
+    assert Decimal(str(org.get("Account", acct["Id"])["Account_MRR__c"])) == Decimal("130.00")
+    f.subscription_updated(pro["id"], {"cancel_at_period_end": True}, T + DAY + 60)  # no longer counted
+    sync(runner, config, cli_env, first=False)
+    assert Decimal(str(org.get("Account", acct["Id"])["Account_MRR__c"])) == Decimal("50.00")
+
+
+def test_a_customer_billed_in_two_currencies_keeps_its_account_mrr_with_a_warning(tmp_path, stripe_sb, org, sf_sb,
+                                                                                  cli_env):
+    f = StripeFactory(stripe_sb, seed=47)
+    cus = customer(f, org, "Two Currencies")
+    for n, currency in enumerate(("usd", "eur")):
+        sub = f.subscription(cus, [(f.price(10000, currency), 1)], created=T + n)
+        f.subscription_created(sub, T + n)
+    runner = CliRunner()
+    config = account_mrr_config(tmp_path, runner, org, cli_env)
+    result = sync(runner, config, cli_env)
+    [acct] = [a for a in org.records("Account") if a.get("Stripe_Customer_ID__c") == cus]
+    assert acct.get("Account_MRR__c") in (None, "")
+    assert "several currencies (EUR, USD)" in result.output
