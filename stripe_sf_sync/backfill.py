@@ -69,7 +69,8 @@ _KEEP = {
     "subscriptions": ("id", "object", "customer", "status", "currency", "cancel_at_period_end", "current_period_end",
                       "metadata", "cancellation_details", "start_date", "created", "livemode",
                       # MRR as Stripe counts it (mrr.py): discounts, taxes, the trial, a scheduled end
-                      "discount", "discounts", "default_tax_rates", "automatic_tax", "trial_end", "cancel_at"),
+                      "discount", "discounts", "default_tax_rates", "automatic_tax", "trial_end", "cancel_at",
+                      "current_period_start"),
     "payment_intents": ("id", "object", "customer", "amount_received", "currency", "metadata", "invoice",
                         "description", "status", "created", "livemode"),
     "invoices": ("id", "object", "customer", "amount_due", "currency", "attempt_count", "attempted",
@@ -94,7 +95,8 @@ def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(item, dict):
                 slim_items.append(item)
                 continue
-            new = {k: item[k] for k in ("id", "quantity", "current_period_end", "discounts", "tax_rates") if k in item}
+            new = {k: item[k] for k in ("id", "quantity", "current_period_start", "current_period_end", "discounts",
+                                        "tax_rates") if k in item}
             for key in ("price", "plan"):
                 if isinstance(item.get(key), dict):
                     new[key] = {k: item[key][k] for k in _KEEP_PRICE if k in item[key]}

@@ -8,8 +8,9 @@ a subscription billed in another currency than its Prices' default reads those P
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -29,6 +30,8 @@ from stripe_sf_sync.stripe_source import BASIL, StripeSource
 # Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
 # (invoice finalised, PaymentIntent created, InvoicePayment linked) are seconds to minutes apart.
 INVOICE_PAYMENT_MARGIN_S = 3600
+# A subscription's first invoice is created with it (or at its trial's end), within seconds.
+FIRST_INVOICE_MARGIN_S = 3600
 
 
 class CustomerStore(Protocol):
@@ -123,12 +126,32 @@ class StripeHydrator:
             return change
         lookups = self._lookups(sub)
         value = mrr.subscription_value(sub, lookups)
-        first = mrr.first_period_from_subscription(sub, lookups)
+        first = self._first_period(change, sub, lookups)
         change = dataclasses.replace(change, value=model.SubscriptionFigures(value.mrr, value.arr, first,
                                                                             value.counted))
         if self._account_mrr:
             change = dataclasses.replace(change, account_mrr=self._customer_mrr(change.customer_id, change.currency))
         return change
+
+    @contextlib.contextmanager
+    def without_account_mrr(self) -> Iterator[None]:
+        """Plan without the Account's MRR (reconcile sums it from the subscriptions it lists: no read each)."""
+        wanted, self._account_mrr = self._account_mrr, False
+        try:
+            yield
+        finally:
+            self._account_mrr = wanted
+
+    def _first_period(self, change: SubscriptionChange, sub: Mapping[str, Any], lookups: mrr.Lookups) -> mrr.Figure:
+        """The first paid period's value. An event of a subscription in its first period carries the discounts
+        its first invoice had; a backfilled one already renewed may have lost them (a once coupon is used up,
+        a repeating one ends), so its first paid invoice is read (one call)."""
+        start = sub.get("trial_end") if isinstance(sub.get("trial_end"), int) else sub.get("start_date")
+        if change.meta.backfill and isinstance(start, int) and _period_start(sub) > start:
+            invoice = self._source.first_invoice(change.subscription_id, start + FIRST_INVOICE_MARGIN_S)
+            if invoice is not None:
+                return mrr.first_period_from_invoice(invoice)
+        return mrr.first_period_from_subscription(sub, lookups)
 
     def _lookups(self, sub: Mapping[str, Any]) -> mrr.Lookups:
         """What mrr.py needs beyond the payload: Discounts, then the coupons a clover Discount names by id."""
@@ -238,3 +261,11 @@ def _raises_task(change: model.Change) -> bool:
 def _has_charge_payment(payments: Sequence[Mapping[str, Any]]) -> bool:
     """A payment of type charge needs its Charge read for the failure code (failed_invoice does that)."""
     return any(isinstance(p.get("payment"), Mapping) and p["payment"].get("type") == "charge" for p in payments)
+
+
+def _period_start(sub: Mapping[str, Any]) -> int:
+    """When the subscription's current period began: on the subscription before basil, on its items since
+    (api-facts §6); 0 when the payload does not say."""
+    starts = [sub.get("current_period_start")] + [
+        i.get("current_period_start") for i in ((sub.get("items") or {}).get("data") or []) if isinstance(i, Mapping)]
+    return max((s for s in starts if isinstance(s, int)), default=0)

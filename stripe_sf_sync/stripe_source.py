@@ -571,6 +571,9 @@ class StripeSource:
             path = "/v1/subscriptions"
             # Without it canceled subscriptions are left out (Stripe API reference: List subscriptions).
             params["status"] = "all"
+            if self._api_version >= BASIL:  # their Discounts for MRR (mrr.py), instead of a read each;
+                # depth 4 is Stripe's maximum (api-facts "Discounts": ids from basil on)
+                params["expand"] = ["data.customer", "data.discounts", "data.items.data.discounts"]
         elif kind == "payment_intents":
             path = "/v1/payment_intents"  # no status filter exists: filtered by the caller
         elif kind == "invoices":
@@ -812,6 +815,14 @@ class StripeSource:
         items = (obj.get("items") or {}).get("data") or []
         refs = [*(obj.get("discounts") or []), *(d for i in items for d in (i.get("discounts") or []))]
         return [d for d in refs if isinstance(d, dict)]
+
+    def first_invoice(self, subscription_id: str, by: int) -> dict[str, Any] | None:
+        """The subscription's newest invoice created at or before `by` (its start, or its trial's end: the
+        first paid invoice), or None (Stripe API reference: List invoices, newest first)."""
+        for page in self._walk("a subscription's first invoice", "/v1/invoices", {
+                "subscription": _path_id(subscription_id), "created": {"lte": by}, "limit": 1}):
+            return page[0] if page else None
+        return None
 
     def customer_subscriptions(self, customer_id: str) -> list[dict[str, Any]]:
         """A customer's subscriptions that are not canceled (the list's default: Stripe API reference, List

@@ -7,6 +7,7 @@ items out, tiered and package prices computed; `Amount`: the first paid period a
 
 from __future__ import annotations
 
+import json
 import time
 from decimal import Decimal
 from typing import Any
@@ -211,3 +212,60 @@ def test_a_customer_billed_in_two_currencies_keeps_its_account_mrr_with_a_warnin
     [acct] = [a for a in org.records("Account") if a.get("Stripe_Customer_ID__c") == cus]
     assert acct.get("Account_MRR__c") in (None, "")
     assert "several currencies (EUR, USD)" in result.output
+
+
+def test_backfill_reads_the_first_invoice_of_a_renewed_subscription(tmp_path, stripe_sb, org, sf_sb, cli_env):
+    """Its once coupon was used up long ago: the first period's Amount is what its first invoice charged."""
+    f = StripeFactory(stripe_sb, seed=48)
+    cus = customer(f, org, "Renewed Co")
+    start = NOW - 200 * DAY
+    sub = f.subscription(cus, [(f.price(10000), 1)], created=start, current_period_start=NOW - 10 * DAY)
+    f.add_discount(sub["id"], f.coupon(percent_off=20, duration="forever"), start, emit=False)
+    f.invoice(sub["id"], cus, 4000, "usd", created=start, status="paid")  # WELCOME50 (once) and LAUNCH20
+    f.invoice(sub["id"], cus, 8000, "usd", created=NOW - 10 * DAY, status="paid")  # a later one: not the first
+    runner = CliRunner()
+    config = configured(tmp_path, runner, cli_env)
+    day = time.strftime("%Y-%m-%d", time.gmtime(NOW - 400 * DAY))
+    result = runner.invoke(app, ["backfill", "--config", str(config), "--since", day, "--objects", "subscriptions"],
+                           env=cli_env)
+    assert result.exit_code == ExitCode.OK, result.output
+    assert figures(org, sub["id"]) == (Decimal("40.00"), Decimal("80.00"), Decimal("960.00"))
+
+
+def test_reconcile_totals_follow_stripes_definition_and_check_the_account_mrr(tmp_path, stripe_sb, org, sf_sb,
+                                                                               cli_env):
+    f = StripeFactory(stripe_sb, seed=49, api_version=API_VERSION_CLOVER)
+    counted = f.subscription(customer(f, org, "Counted"), [(f.price(10000), 1)], created=T)
+    f.add_discount(counted["id"], f.coupon(percent_off=20, duration="forever"), T, emit=False)
+    f.subscription_created(counted, T)
+    trial = f.subscription(customer(f, org, "Trial"), [(f.price(5000), 1)], status="trialing", created=T + 1)
+    f.subscription_created(trial, T + 1)
+    leaving = f.subscription(customer(f, org, "Leaving"), [(f.price(3000), 1)], created=T + 2)
+    f.subscription_created(leaving, T + 2)
+    f.subscription_updated(leaving["id"], {"cancel_at_period_end": True}, T + 60)
+    unpaid = f.subscription(customer(f, org, "Unpaid"), [(f.price(4000), 1)], created=T + 3)
+    f.subscription_created(unpaid, T + 3)
+    f.subscription_updated(unpaid["id"], {"status": "unpaid"}, T + 120)
+    runner = CliRunner()
+    config = account_mrr_config(tmp_path, runner, org, cli_env)
+    sync(runner, config, cli_env)
+
+    result = runner.invoke(app, ["reconcile", "--config", str(config), "--json"], env=cli_env)
+    assert result.exit_code == ExitCode.OK, result.output
+    doc = json.loads(result.stdout)
+    assert doc["totals"] == {"USD": {"stripe_mrr": "80.00", "salesforce_mrr": "80.00", "difference": "0.00",
+                                     "apart_subscriptions": "3", "apart_stripe_mrr": "120.00",
+                                     "apart_salesforce_mrr": "120.00"}}
+    text = runner.invoke(app, ["reconcile", "--config", str(config)], env=cli_env).output
+    assert "USD, counted apart: 3 won subscriptions" in text
+
+    # At list price, as before discounts counted: both the Opportunity and the Account differ from Stripe.
+    [opp] = [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == counted["id"]]
+    org.update("Opportunity", opp["Id"], {"MRR__c": 100})
+    org.update("Account", opp["AccountId"], {"Account_MRR__c": 100})
+    result = runner.invoke(app, ["reconcile", "--config", str(config), "--json"], env=cli_env)
+    assert result.exit_code == ExitCode.DRIFT, result.output
+    found = {(d["kind"], v["field"], v["stripe"], v["salesforce"]) for d in json.loads(result.stdout)["details"]
+             for v in d["values"]}
+    assert found == {("value_mismatch", "MRR__c", "80.00", "100.00"),
+                     ("account_mrr_mismatch", "Account_MRR__c", "80.00", "100.00")}
