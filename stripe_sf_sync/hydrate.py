@@ -32,6 +32,8 @@ from stripe_sf_sync.stripe_source import BASIL, StripeSource
 INVOICE_PAYMENT_MARGIN_S = 3600
 # A subscription's first invoice is created with it (or at its trial's end), within seconds.
 FIRST_INVOICE_MARGIN_S = 3600
+# Statuses whose won Opportunity backfill writes (rules.WON_NOW): only they need the first invoice.
+FIRST_PERIOD_WRITTEN = frozenset({"active", "trialing", "past_due", "unpaid"})
 
 
 class CustomerStore(Protocol):
@@ -147,7 +149,8 @@ class StripeHydrator:
         its first invoice had; a backfilled one already renewed may have lost them (a once coupon is used up,
         a repeating one ends), so its first paid invoice is read (one call)."""
         start = sub.get("trial_end") if isinstance(sub.get("trial_end"), int) else sub.get("start_date")
-        if change.meta.backfill and isinstance(start, int) and _period_start(sub) > start:
+        if (change.meta.backfill and change.status in FIRST_PERIOD_WRITTEN and isinstance(start, int)
+                and _period_start(sub) > start):
             invoice = self._source.first_invoice(change.subscription_id, start + FIRST_INVOICE_MARGIN_S)
             if invoice is not None:
                 return mrr.first_period_from_invoice(invoice)
