@@ -269,3 +269,35 @@ def test_reconcile_totals_follow_stripes_definition_and_check_the_account_mrr(tm
              for v in d["values"]}
     assert found == {("value_mismatch", "MRR__c", "80.00", "100.00"),
                      ("account_mrr_mismatch", "Account_MRR__c", "80.00", "100.00")}
+
+
+def test_worked_example_one_customers_year(tmp_path, stripe_sb, org, sf_sb, cli_env):
+    """docs: the year of one customer (compressed into hours: events older than 30 days are gone), and what
+    Salesforce shows after each step, beside what Stripe's Dashboard counts."""
+    f = StripeFactory(stripe_sb, seed=50)
+    cus = customer(f, org, "Year Co")
+    pro, addon = f.price(10000, product_name="Pro"), f.price(120000, interval="year", product_name="Add-on")
+    sub = f.subscription(cus, [(pro, 1)], created=T)
+    launch = f.add_discount(sub["id"], f.coupon(percent_off=20, duration="forever", name="LAUNCH20"), T, emit=False)
+    welcome = f.add_discount(sub["id"], f.coupon(percent_off=50, duration="repeating", duration_in_months=3,
+                                                 name="WELCOME50"), T, emit=False)
+    f.subscription_created(sub, T)
+    runner = CliRunner()
+    config = account_mrr_config(tmp_path, runner, org, cli_env)
+    steps = [  # (what happens, then: Amount, MRR, ARR, the Account's MRR = Stripe's Dashboard)
+        (lambda at: None, ("40.00", "80.00", "960.00", "80.00")),
+        (lambda at: f.remove_discount(sub["id"], welcome["id"], at), ("40.00", "80.00", "960.00", "80.00")),
+        (lambda at: f.subscription_updated(sub["id"], {"items": [(pro, 3)]}, at), ("40.00", "240.00", "2880.00",
+                                                                                   "240.00")),
+        (lambda at: f.subscription_updated(sub["id"], {"items": [(pro, 3), (addon, 1)]}, at),
+         ("40.00", "320.00", "3840.00", "320.00")),
+        (lambda at: f.remove_discount(sub["id"], launch["id"], at), ("40.00", "400.00", "4800.00", "400.00")),
+        (lambda at: f.subscription_updated(sub["id"], {"cancel_at_period_end": True}, at),
+         ("40.00", "400.00", "4800.00", "0.00")),
+    ]
+    for n, (step, expected) in enumerate(steps):
+        step(T + n * 3600)
+        sync(runner, config, cli_env, first=n == 0)
+        [acct] = [a for a in org.records("Account") if a.get("Stripe_Customer_ID__c") == cus]
+        shown = (*figures(org, sub["id"]), Decimal(str(acct["Account_MRR__c"])).quantize(Decimal("0.01")))
+        assert shown == tuple(Decimal(x) for x in expected), n
