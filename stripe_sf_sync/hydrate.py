@@ -24,6 +24,7 @@ from stripe_sf_sync.model import (
     SubscriptionChange,
 )
 from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.rules import WON_FROM
 from stripe_sf_sync.sfid import checked_id
 from stripe_sf_sync.stripe_source import BASIL, StripeSource
 
@@ -126,14 +127,14 @@ class StripeHydrator:
         sub = change.raw
         if sub is None:
             return change
+        if self._account_mrr:
+            change = dataclasses.replace(change, account_mrr=self._customer_mrr(change.customer_id, change.currency))
+        if not _value_written(change):
+            return change  # a renewal, a status change: the rules write no value, so nothing is read for one
         lookups = self._lookups(sub)
         value = mrr.subscription_value(sub, lookups)
         first = self._first_period(change, sub, lookups)
-        change = dataclasses.replace(change, value=model.SubscriptionFigures(value.mrr, value.arr, first,
-                                                                            value.counted))
-        if self._account_mrr:
-            change = dataclasses.replace(change, account_mrr=self._customer_mrr(change.customer_id, change.currency))
-        return change
+        return dataclasses.replace(change, value=model.SubscriptionFigures(value.mrr, value.arr, first, value.counted))
 
     @contextlib.contextmanager
     def without_account_mrr(self) -> Iterator[None]:
@@ -165,7 +166,7 @@ class StripeHydrator:
                 break
             discounts = dict(lookups.discounts)
             if need.discounts:
-                discounts.update({str(d.get("id")): d for d in self._discounts_of(str(sub.get("id")))})
+                discounts.update({str(d.get("id")): d for d in self._discounts_of(sub)})
             coupons = {**lookups.coupons, **{c: found for c in need.coupons
                                              if (found := self._source.coupon(c)) is not None}}
             prices = {**lookups.prices, **{p: found for p in need.prices
@@ -176,10 +177,8 @@ class StripeHydrator:
     def _customer_mrr(self, customer_id: str, currency: str) -> mrr.Figure:
         """The customer's MRR now (Stripe's definition: its active and past_due subscriptions), from its
         subscriptions listed once per batch. No counted subscription: zero."""
-        if customer_id not in self._customer_subs:
-            self._customer_subs[customer_id] = self._source.customer_subscriptions(customer_id)
         values = []
-        for sub in self._customer_subs[customer_id]:
+        for sub in self._subscriptions_of(customer_id):
             try:
                 values.append(mrr.subscription_value(sub, self._lookups(sub)))
             except ValueError:
@@ -187,10 +186,25 @@ class StripeHydrator:
         total = mrr.customer_mrr(values)
         return total if total is not None else mrr.Figure(money.quantize(Decimal(0), currency), currency)
 
-    def _discounts_of(self, subscription_id: str) -> list[dict[str, Any]]:
-        key = f"discounts:{subscription_id}"
+    def _subscriptions_of(self, customer_id: str) -> list[dict[str, Any]]:
+        if customer_id not in self._customer_subs:
+            self._customer_subs[customer_id] = self._source.customer_subscriptions(customer_id)
+        return self._customer_subs[customer_id]
+
+    def _discounts_of(self, sub: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The subscription's Discount objects: from its customer's listing when the Account MRR already reads
+        it (expanded there), else one re-read of the subscription, once per batch."""
+        sub_id, customer = str(sub.get("id")), sub.get("customer")
+        customer_id = customer.get("id") if isinstance(customer, Mapping) else customer
+        if self._account_mrr and isinstance(customer_id, str):
+            for listed in self._subscriptions_of(customer_id):
+                if listed.get("id") == sub_id:
+                    items = (listed.get("items") or {}).get("data") or []
+                    refs = [*(listed.get("discounts") or []), *(d for i in items for d in (i.get("discounts") or []))]
+                    return [d for d in refs if isinstance(d, dict)]
+        key = f"discounts:{sub_id}"
         if key not in self._current:
-            self._current[key] = {"data": self._source.subscription_discounts(subscription_id)}
+            self._current[key] = {"data": self._source.subscription_discounts(sub_id)}
         held = self._current[key]
         return list(held["data"]) if held else []
 
@@ -272,3 +286,13 @@ def _period_start(sub: Mapping[str, Any]) -> int:
     starts = [sub.get("current_period_start")] + [
         i.get("current_period_start") for i in ((sub.get("items") or {}).get("data") or []) if isinstance(i, Mapping)]
     return max((s for s in starts if isinstance(s, int)), default=0)
+
+
+def _value_written(change: SubscriptionChange) -> bool:
+    """Whether the rules write the subscription's value for this change: when it is won (created, out of a
+    trial or incomplete, or backfilled) or its plan or discounts changed (rules.plan_subscription)."""
+    kind = change.meta.event_type.rsplit(".", 1)[-1]
+    if change.meta.backfill or kind == "created":
+        return True
+    return kind == "updated" and (change.plan_changed or (
+        change.status == "active" and change.previous_status in WON_FROM))
