@@ -143,6 +143,7 @@ def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], ports: Ports, setting
           result: BatchResult) -> Planned:
     """Hydrate each change and apply the rules; a change that needs no write is recorded as ignored."""
     planned: Planned = []
+    said: set[str] = set()  # a warning about a subscription or customer (a value left alone) is said once a batch
     for held, change in fresh:
         try:
             change = ports.hydrator.hydrate(held, change)
@@ -156,6 +157,9 @@ def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], ports: Ports, setting
             result.outcomes.append(unexpected(held, exc))
             continue
         for warning in plan.warnings:
+            if warning in said:
+                continue
+            said.add(warning)
             log.warning("%s (%s): %s", change.meta.event_id, change.meta.event_type, warning,
                         extra=fields(kind="rule_warning", event_id=change.meta.event_id,
                                      event_type=change.meta.event_type))
