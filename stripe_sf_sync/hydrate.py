@@ -164,8 +164,8 @@ class StripeHydrator:
             need = mrr.needed(sub, lookups)
             if not need:
                 break
-            discounts = dict(lookups.discounts)
-            if need.discounts:
+            discounts = {**lookups.discounts, **self._source.known_discounts(need.discounts)}
+            if any(d not in discounts for d in need.discounts):
                 discounts.update({str(d.get("id")): d for d in self._discounts_of(sub)})
             coupons = {**lookups.coupons, **{c: found for c in need.coupons
                                              if (found := self._source.coupon(c)) is not None}}

@@ -205,7 +205,8 @@ def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange, pla
             if figure.value is not None:
                 out[name] = figure.value
             elif figure.reason and not any(figure.reason in w for w in plan.warnings):
-                plan.warnings.append(f"{change.subscription_id}: {name} left alone: {figure.reason}")
+                plan.warnings.append(f"{change.subscription_id}: {name} left alone (Salesforce keeps what it holds; "
+                                     f"reconcile skips it too): {figure.reason}")
         return out
     if any(line.currency != change.currency for line in change.lines):
         # Items show their Price's default currency; the amount billed is in subscription.currency

@@ -380,6 +380,8 @@ class StripeSource:
         # Coupons and expanded Prices for MRR (mrr.py): their amounts, currency and duration cannot change
         # (pkg `_coupon.py` update: "by design, not editable"; a Price's amounts likewise), so kept for the run.
         self._coupons: dict[str, dict[str, Any] | None] = {}
+        # Discounts by id: what one says (its coupon, start and end) never changes; removed, it leaves the lists.
+        self._discounts: dict[str, dict[str, Any]] = {}
         self._prices: dict[str, dict[str, Any] | None] = {}
         # Run-level: where the customer listing stopped (its `created` bound and last id), and whether it ended.
         self._customer_list: tuple[int, str | None] | None = None
@@ -814,7 +816,15 @@ class StripeSource:
             return []
         items = (obj.get("items") or {}).get("data") or []
         refs = [*(obj.get("discounts") or []), *(d for i in items for d in (i.get("discounts") or []))]
-        return [d for d in refs if isinstance(d, dict)]
+        found = [d for d in refs if isinstance(d, dict)]
+        for d in found:
+            self._bounded(self._discounts)
+            self._discounts[str(d.get("id"))] = d
+        return found
+
+    def known_discounts(self, discount_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The Discounts read earlier in this run, of these ids."""
+        return {d: self._discounts[d] for d in discount_ids if d in self._discounts}
 
     def first_invoice(self, subscription_id: str, by: int) -> dict[str, Any] | None:
         """The subscription's newest invoice created at or before `by` (its start, or its trial's end: the

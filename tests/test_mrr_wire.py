@@ -302,3 +302,21 @@ def test_worked_example_one_customers_year(tmp_path, stripe_sb, org, sf_sb, cli_
         [acct] = [a for a in org.records("Account") if a.get("Stripe_Customer_ID__c") == cus]
         shown = (*figures(org, sub["id"]), Decimal(str(acct["Account_MRR__c"])).quantize(Decimal("0.01")))
         assert shown == tuple(Decimal(x) for x in expected), n
+
+
+def test_a_discount_is_read_once_a_run_however_many_batches_change_the_subscription(tmp_path, stripe_sb, org, sf_sb,
+                                                                                     cli_env):
+    f = StripeFactory(stripe_sb, seed=51, api_version=API_VERSION_CLOVER)
+    price = f.price(10000)
+    sub = f.subscription(customer(f, org, "Batches Co"), [(price, 1)], created=T)
+    f.add_discount(sub["id"], f.coupon(percent_off=20, duration="forever"), T, emit=False)
+    f.subscription_created(sub, T)
+    f.subscription_updated(sub["id"], {"items": [(price, 2)]}, T + 60)  # a plan change, in the next batch
+    runner = CliRunner()
+    config = configured(tmp_path, runner, cli_env, **{"batch_size: 10000": "batch_size: 1"})
+    mark = len(stripe_sb.requests_log)
+    sync(runner, config, cli_env)
+    assert figures(org, sub["id"]) == (Decimal("80.00"), Decimal("160.00"), Decimal("1920.00"))
+    reads = [(p, q.get("expand")) for _, p, q in stripe_sb.requests_log[mark:] if p.startswith(("/v1/subscriptions/",
+                                                                                               "/v1/coupons/"))]
+    assert len(reads) == 2, reads  # the subscription's Discounts once, the coupon once
