@@ -104,6 +104,9 @@ class StripeHydrator:
             cust = self._source.customer(customer_id)
             change = dataclasses.replace(change, customer_metadata=dict(cust.metadata) if cust else {},
                                          customer_name=cust.name if cust else None)
+        if (isinstance(change, SubscriptionChange) and change.value is None and change.raw is None
+                and _value_written(change)):
+            change = dataclasses.replace(change, raw=held.data_object())  # decoded again only for these
         if isinstance(change, SubscriptionChange) and not change.items_complete:
             # The embedded list is a first page (`has_more`): the amounts need every item.
             change = model.with_all_items(change, self._source.subscription_items(change.subscription_id))
@@ -124,17 +127,16 @@ class StripeHydrator:
         """Attach Stripe's figures (mrr.py) to the change, after reading what its payload names but does
         not carry: Discounts (one re-read of the subscription, kept for the batch), and coupons and
         Prices (once per run each). Nothing is read for a subscription without discounts or tiered prices."""
-        sub = change.raw
-        if sub is None:
-            return change
-        if self._account_mrr:
+        if self._account_mrr and change.account_mrr is None:
             change = dataclasses.replace(change, account_mrr=self._customer_mrr(change.customer_id, change.currency))
-        if not _value_written(change):
+        sub = change.raw
+        if sub is None or change.value is not None:
             return change  # a renewal, a status change: the rules write no value, so nothing is read for one
         lookups = self._lookups(sub)
         value = mrr.subscription_value(sub, lookups)
         first = self._first_period(change, sub, lookups)
-        return dataclasses.replace(change, value=model.SubscriptionFigures(value.mrr, value.arr, first, value.counted))
+        return dataclasses.replace(change, value=model.SubscriptionFigures(value.mrr, value.arr, first, value.counted),
+                                   raw=None)
 
     @contextlib.contextmanager
     def without_account_mrr(self) -> Iterator[None]:
@@ -247,6 +249,8 @@ class StripeHydrator:
             now = model.parse_event(event)
         except MalformedEvent:
             return change
+        if isinstance(now, SubscriptionChange):
+            now = dataclasses.replace(now, raw=obj)  # its value from the current state, not the event's snapshot
         return now if type(now) is type(change) else change
 
 

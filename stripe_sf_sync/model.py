@@ -104,7 +104,9 @@ class SubscriptionChange:
     # (stripe/_subscription.py, `cancel_at`): when it takes effect, and whether this event scheduled it.
     cancel_at: int | None = None
     cancel_at_turned_on: bool = False
-    # The payload's `data.object`, which mrr.py reads in every generation's shape (discounts, tiers, taxes).
+    # The subscription as mrr.py reads it (discounts, tiers, taxes, in every generation's shape): set by
+    # hydration only while it computes `value` (a batch holds thousands of changes: payloads stay compact
+    # JSON in HeldEvent until needed).
     raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     # Stripe's figures for it, attached by hydration (rules do not fetch); None: not computed (rules fall
     # back to the list-price lines).
@@ -544,7 +546,7 @@ def parse_subscription(event: Mapping[str, Any], meta: EventMeta) -> Subscriptio
         period_end=_period_end(sub), metadata=_metadata(sub), customer_metadata=cust_meta, customer_name=cust_name,
         cancellation_reason=reason if isinstance(reason, str) else None,
         items_complete=not _get(sub, "items.has_more"), cancel_at=cancel_at,
-        cancel_at_turned_on=bool(cancel_at_turned_on), raw=sub,
+        cancel_at_turned_on=bool(cancel_at_turned_on),
     )
 
 
