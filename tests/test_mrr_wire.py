@@ -320,3 +320,17 @@ def test_a_discount_is_read_once_a_run_however_many_batches_change_the_subscript
     reads = [(p, q.get("expand")) for _, p, q in stripe_sb.requests_log[mark:] if p.startswith(("/v1/subscriptions/",
                                                                                                "/v1/coupons/"))]
     assert len(reads) == 2, reads  # the subscription's Discounts once, the coupon once
+
+
+@pytest.mark.parametrize("version", [API_VERSION_PRE_BASIL, API_VERSION_CLOVER])
+def test_a_won_trial_shows_what_its_first_invoice_will_charge(version, tmp_path, stripe_sb, org, sf_sb, cli_env):
+    """Amount of a trial: one period after every discount still on it at the trial's end (a once coupon has
+    not been used yet); MRR counts the forever ones only."""
+    f = StripeFactory(stripe_sb, seed=52, api_version=version)
+    sub = f.subscription(customer(f, org, "Trial Co"), [(f.price(10000), 2)], status="trialing", created=T)
+    f.add_discount(sub["id"], f.coupon(amount_off=5000, currency="usd", duration="once"), T, emit=False)
+    f.subscription_created(sub, T)
+    runner = CliRunner()
+    config = configured(tmp_path, runner, cli_env)
+    sync(runner, config, cli_env)
+    assert figures(org, sub["id"]) == (Decimal("150.00"), Decimal("200.00"), Decimal("2400.00"))
