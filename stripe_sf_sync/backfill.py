@@ -67,7 +67,10 @@ def relevant(kind: str, obj: dict[str, Any]) -> bool:
 # several kilobytes, and a chunk of thousands of them would dominate memory.
 _KEEP = {
     "subscriptions": ("id", "object", "customer", "status", "currency", "cancel_at_period_end", "current_period_end",
-                      "metadata", "cancellation_details", "start_date", "created", "livemode"),
+                      "metadata", "cancellation_details", "start_date", "created", "livemode",
+                      # MRR as Stripe counts it (mrr.py): discounts, taxes, the trial, a scheduled end
+                      "discount", "discounts", "default_tax_rates", "automatic_tax", "trial_end", "cancel_at",
+                      "current_period_start"),
     "payment_intents": ("id", "object", "customer", "amount_received", "currency", "metadata", "invoice",
                         "description", "status", "created", "livemode"),
     "invoices": ("id", "object", "customer", "amount_due", "currency", "attempt_count", "attempted",
@@ -75,7 +78,8 @@ _KEEP = {
                  "payment_intent", "charge", "metadata", "status", "created", "livemode"),
 }
 _KEEP_PRICE = ("id", "currency", "unit_amount", "unit_amount_decimal", "amount", "interval", "interval_count",
-               "usage_type", "recurring")
+               "usage_type", "recurring", "billing_scheme", "tiers_mode", "tiers", "transform_quantity",
+               "transform_usage", "tax_behavior", "type", "product")
 
 
 def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +105,8 @@ def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(item, dict):
                 slim_items.append(item)
                 continue
-            new = {k: item[k] for k in ("id", "quantity", "current_period_end") if k in item}
+            new = {k: item[k] for k in ("id", "quantity", "current_period_start", "current_period_end", "discounts",
+                                        "tax_rates") if k in item}
             for key in ("price", "plan"):
                 if isinstance(item.get(key), dict):
                     new[key] = {k: item[key][k] for k in _KEEP_PRICE if k in item[key]}

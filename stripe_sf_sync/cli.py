@@ -421,6 +421,12 @@ def _print_reconcile(report: Any, summary: service.RunSummary) -> None:
         print_records(out, "MRR per currency", [Column("currency", is_id=True), Column("Stripe", is_id=True),
                                                 Column("Salesforce", is_id=True), Column("difference", is_id=True)],
                       rows)
+        for cur, t in report.totals.items():
+            if "apart_subscriptions" in t:  # mrr_totals: what Salesforce counts and Stripe's Dashboard does not
+                n = int(t["apart_subscriptions"])
+                out.print(f"  {cur}, counted apart: {n} won {'subscription' if n == 1 else 'subscriptions'} Stripe's "
+                          f"MRR leaves out (trialing, unpaid, set to cancel): Salesforce {t['apart_salesforce_mrr']}, "
+                          f"their MRR in Stripe {t['apart_stripe_mrr']}", highlight=False, markup=False)
     if report.totals_left_out:
         # Two short lines: the report reads at 80 columns in a pipe.
         out.print(f"Not in the MRR totals: {counted(report.totals_left_out, 'won Opportunity', 'won Opportunities')}"

@@ -50,6 +50,8 @@ class FieldNames(_Strict):
     account_csm: FieldName | None = None
     # Optional: the payment's succeeded refunds in total (issue 22 §1); unset, nothing is written there.
     opportunity_refunded: FieldName | None = None
+    # The customer's current MRR as Stripe counts it (issue 22 §5): unset, nothing is read or written for it.
+    account_mrr: FieldName | None = None
 
 
 class StripeSettings(_Strict):

@@ -8,11 +8,13 @@ a subscription billed in another currency than its Prices' default reads those P
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Protocol, cast
 
-from stripe_sf_sync import model
+from stripe_sf_sync import model, money, mrr
 from stripe_sf_sync.model import (
     CachedCustomer,
     CollectedChange,
@@ -24,12 +26,17 @@ from stripe_sf_sync.model import (
     SubscriptionChange,
 )
 from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.rules import WON_FROM
 from stripe_sf_sync.sfid import checked_id
 from stripe_sf_sync.stripe_source import BASIL, StripeSource
 
 # Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
 # (invoice finalised, PaymentIntent created, InvoicePayment linked) are seconds to minutes apart.
 INVOICE_PAYMENT_MARGIN_S = 3600
+# A subscription's first invoice is created with it (or at its trial's end), within seconds.
+FIRST_INVOICE_MARGIN_S = 3600
+# Statuses whose won Opportunity backfill writes (rules.WON_NOW): only they need the first invoice.
+FIRST_PERIOD_WRITTEN = frozenset({"active", "trialing", "past_due", "unpaid"})
 
 
 class CustomerStore(Protocol):
@@ -42,9 +49,11 @@ class CustomerStore(Protocol):
 class StripeHydrator:
     """Fills in what payloads lack, a batch at a time (the batch step's hydrator port)."""
 
-    def __init__(self, source: StripeSource, customers: CustomerStore) -> None:
+    def __init__(self, source: StripeSource, customers: CustomerStore, *, account_mrr: bool = False) -> None:
         self._source = source
         self._customers = customers
+        self._account_mrr = account_mrr  # the Account MRR field is configured: read each customer's subscriptions
+        self._customer_subs: dict[str, list[dict[str, Any]]] = {}  # customer id -> its subscriptions, this batch
         self._current: dict[str, dict[str, Any] | None] = {}  # object id -> its current state, this batch
         # PaymentIntent id -> (it now, with its Charge and refunds, its disputes): read once per batch
         self._collected: dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]] = {}
@@ -56,6 +65,7 @@ class StripeHydrator:
         self._source.forget()
         self._current.clear()
         self._collected.clear()
+        self._customer_subs.clear()
         known = [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created)
                  for c in customer_changes]
         for _, change in fresh:  # an expanded customer (backfill's lists) is as good as a customer event
@@ -105,6 +115,9 @@ class StripeHydrator:
             # narrow a union by getattr.
             change = dataclasses.replace(cast(Any, change), customer_metadata=dict(cust.metadata) if cust else {},
                                          customer_name=cust.name if cust else None)
+        if (isinstance(change, SubscriptionChange) and change.value is None and change.raw is None
+                and _value_written(change)):
+            change = dataclasses.replace(change, raw=held.data_object())  # decoded again only for these
         if isinstance(change, SubscriptionChange) and not change.items_complete:
             # The embedded list is a first page (`has_more`): the amounts need every item.
             change = model.with_all_items(change, self._source.subscription_items(change.subscription_id))
@@ -113,6 +126,7 @@ class StripeHydrator:
             if foreign:  # billed in one of its Prices' currency_options: read them (once per run)
                 change = model.in_billed_currency(
                     change, {price_id: self._source.price_currency_options(price_id) for price_id in foreign})
+            change = self._with_value(change)
         if isinstance(change, PaymentChange) and not change.invoice_known:
             change = dataclasses.replace(change, invoice_id=self._source.invoice_of_payment_intent(
                 change.payment_intent_id), invoice_known=True)
@@ -167,6 +181,93 @@ class StripeHydrator:
         merged = dataclasses.replace(change, refunded=now.refunded, charge_id=now.charge_id, adjusted=True)
         return _with_disputes(merged, disputes)
 
+    def _with_value(self, change: SubscriptionChange) -> SubscriptionChange:
+        """Attach Stripe's figures (mrr.py) to the change, after reading what its payload names but does
+        not carry: Discounts (one re-read of the subscription, kept for the batch), and coupons and
+        Prices (once per run each). Nothing is read for a subscription without discounts or tiered prices."""
+        if self._account_mrr and change.account_mrr is None:
+            change = dataclasses.replace(change, account_mrr=self._customer_mrr(change.customer_id, change.currency))
+        sub = change.raw
+        if sub is None or change.value is not None:
+            return change  # a renewal, a status change: the rules write no value, so nothing is read for one
+        lookups = self._lookups(sub)
+        value = mrr.subscription_value(sub, lookups)
+        first = self._first_period(change, sub, lookups)
+        return dataclasses.replace(change, value=model.SubscriptionFigures(value.mrr, value.arr, first, value.counted),
+                                   raw=None)
+
+    @contextlib.contextmanager
+    def without_account_mrr(self) -> Iterator[None]:
+        """Plan without the Account's MRR (reconcile sums it from the subscriptions it lists: no read each)."""
+        wanted, self._account_mrr = self._account_mrr, False
+        try:
+            yield
+        finally:
+            self._account_mrr = wanted
+
+    def _first_period(self, change: SubscriptionChange, sub: Mapping[str, Any], lookups: mrr.Lookups) -> mrr.Figure:
+        """The first paid period's value. An event of a subscription in its first period carries the discounts
+        its first invoice had; a backfilled one already renewed may have lost them (a once coupon is used up,
+        a repeating one ends), so its first paid invoice is read (one call)."""
+        start = sub.get("trial_end") if isinstance(sub.get("trial_end"), int) else sub.get("start_date")
+        if (change.meta.backfill and change.status in FIRST_PERIOD_WRITTEN and isinstance(start, int)
+                and _period_start(sub) > start):
+            invoice = self._source.first_invoice(change.subscription_id, start + FIRST_INVOICE_MARGIN_S)
+            if invoice is not None:
+                return mrr.first_period_from_invoice(invoice)
+        return mrr.first_period_from_subscription(sub, lookups)
+
+    def _lookups(self, sub: Mapping[str, Any]) -> mrr.Lookups:
+        """What mrr.py needs beyond the payload: Discounts, then the coupons a clover Discount names by id."""
+        lookups = mrr.Lookups()
+        for _ in range(3):
+            need = mrr.needed(sub, lookups)
+            if not need:
+                break
+            discounts = {**lookups.discounts, **self._source.known_discounts(need.discounts)}
+            if any(d not in discounts for d in need.discounts):
+                discounts.update({str(d.get("id")): d for d in self._discounts_of(sub)})
+            coupons = {**lookups.coupons, **{c: found for c in need.coupons
+                                             if (found := self._source.coupon(c)) is not None}}
+            prices = {**lookups.prices, **{p: found for p in need.prices
+                                           if (found := self._source.price(p)) is not None}}
+            lookups = mrr.Lookups(discounts, coupons, prices)
+        return lookups
+
+    def _customer_mrr(self, customer_id: str, currency: str) -> mrr.Figure:
+        """The customer's MRR now (Stripe's definition: its active and past_due subscriptions), from its
+        subscriptions listed once per batch. No counted subscription: zero."""
+        values = []
+        for sub in self._subscriptions_of(customer_id):
+            try:
+                values.append(mrr.subscription_value(sub, self._lookups(sub)))
+            except ValueError:
+                continue  # a subscription naming no currency: nothing to count
+        total = mrr.customer_mrr(values)
+        return total if total is not None else mrr.Figure(money.quantize(Decimal(0), currency), currency)
+
+    def _subscriptions_of(self, customer_id: str) -> list[dict[str, Any]]:
+        if customer_id not in self._customer_subs:
+            self._customer_subs[customer_id] = self._source.customer_subscriptions(customer_id)
+        return self._customer_subs[customer_id]
+
+    def _discounts_of(self, sub: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The subscription's Discount objects: from its customer's listing when the Account MRR already reads
+        it (expanded there), else one re-read of the subscription, once per batch."""
+        sub_id, customer = str(sub.get("id")), sub.get("customer")
+        customer_id = customer.get("id") if isinstance(customer, Mapping) else customer
+        if self._account_mrr and isinstance(customer_id, str):
+            for listed in self._subscriptions_of(customer_id):
+                if listed.get("id") == sub_id:
+                    items = (listed.get("items") or {}).get("data") or []
+                    refs = [*(listed.get("discounts") or []), *(d for i in items for d in (i.get("discounts") or []))]
+                    return [d for d in refs if isinstance(d, dict)]
+        key = f"discounts:{sub_id}"
+        if key not in self._current:
+            self._current[key] = {"data": self._source.subscription_discounts(sub_id)}
+        held = self._current[key]
+        return list(held["data"]) if held else []
+
     def _failure_code(self, held: HeldEvent, change: InvoiceFailureChange) -> InvoiceFailureChange:
         payments = self._source.prefetched_payments(change.invoice_id)
         inv: Mapping[str, Any] | None
@@ -208,6 +309,8 @@ class StripeHydrator:
             now = model.parse_event(event)
         except MalformedEvent:
             return change
+        if isinstance(now, SubscriptionChange):
+            now = dataclasses.replace(now, raw=obj)  # its value from the current state, not the event's snapshot
         return now if type(now) is type(change) else change
 
 
@@ -247,3 +350,21 @@ def _raises_task(change: model.Change) -> bool:
 def _has_charge_payment(payments: Sequence[Mapping[str, Any]]) -> bool:
     """A payment of type charge needs its Charge read for the failure code (failed_invoice does that)."""
     return any(isinstance(p.get("payment"), Mapping) and p["payment"].get("type") == "charge" for p in payments)
+
+
+def _period_start(sub: Mapping[str, Any]) -> int:
+    """When the subscription's current period began: on the subscription before basil, on its items since
+    (api-facts §6); 0 when the payload does not say."""
+    starts = [sub.get("current_period_start")] + [
+        i.get("current_period_start") for i in ((sub.get("items") or {}).get("data") or []) if isinstance(i, Mapping)]
+    return max((s for s in starts if isinstance(s, int)), default=0)
+
+
+def _value_written(change: SubscriptionChange) -> bool:
+    """Whether the rules write the subscription's value for this change: when it is won (created, out of a
+    trial or incomplete, or backfilled) or its plan or discounts changed (rules.plan_subscription)."""
+    kind = change.meta.event_type.rsplit(".", 1)[-1]
+    if change.meta.backfill or kind == "created":
+        return True
+    return kind == "updated" and (change.plan_changed or (
+        change.status == "active" and change.previous_status in WON_FROM))

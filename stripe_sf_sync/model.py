@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeGuard
 
-from stripe_sf_sync import money
+from stripe_sf_sync import money, mrr
 from stripe_sf_sync.errors import SkippableError
+from stripe_sf_sync.mrr import Figure
 
 EVENT_TYPES = (
     "payment_intent.succeeded",
@@ -124,6 +125,16 @@ class SubscriptionChange:
     # (stripe/_subscription.py, `cancel_at`): when it takes effect, and whether this event scheduled it.
     cancel_at: int | None = None
     cancel_at_turned_on: bool = False
+    # The subscription as mrr.py reads it (discounts, tiers, taxes, in every generation's shape): set by
+    # hydration only while it computes `value` (a batch holds thousands of changes: payloads stay compact
+    # JSON in HeldEvent until needed).
+    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    # Stripe's figures for it, attached by hydration (rules do not fetch); None: not computed (rules fall
+    # back to the list-price lines).
+    value: SubscriptionFigures | None = None
+    # The customer's current MRR (mrr.customer_mrr over its subscriptions now), attached by hydration when
+    # the Account field is configured; a Figure with value None says why it is left alone.
+    account_mrr: mrr.Figure | None = None
 
     @property
     def object_id(self) -> str:
@@ -156,6 +167,18 @@ class FirstInvoiceNet:
     invoice_id: str
     amount: Decimal  # major units
     currency: str
+
+
+@dataclass(frozen=True)
+class SubscriptionFigures:
+    """A subscription's value as Stripe counts it (mrr.py): MRR/ARR after forever discounts, and the first
+    paid period's amount after every discount, before tax. A figure whose value is None says why."""
+
+    # `Figure`, not `mrr.Figure`: in this class body the field `mrr` would shadow the module.
+    mrr: Figure
+    arr: Figure
+    first_period: Figure
+    counted: bool
 
 
 @dataclass(frozen=True)
@@ -473,7 +496,11 @@ def with_all_items(change: SubscriptionChange, items: Sequence[Any]) -> Subscrip
     lines = tuple(_price_line(item, change.currency, i) for i, item in enumerate(items))
     if not lines:
         raise MalformedEvent(f"{change.subscription_id} lists no subscription items")
-    return replace(change, lines=lines, items_complete=True)
+    raw = change.raw
+    if raw is not None:
+        listed = got if isinstance(got := raw.get("items"), Mapping) else {}
+        raw = {**raw, "items": {**listed, "data": list(items), "has_more": False}}
+    return replace(change, lines=lines, items_complete=True, raw=raw)
 
 
 def foreign_price_ids(change: SubscriptionChange) -> list[str]:
@@ -621,7 +648,9 @@ def parse_subscription(event: Mapping[str, Any], meta: EventMeta) -> Subscriptio
     return SubscriptionChange(
         meta=meta, subscription_id=sub_id, customer_id=customer_id, status=status,
         previous_status=prev_status, cancel_at_period_end=cancel, cancel_turned_on=bool(cancel_turned_on),
-        plan_changed=plan_changed(sub, prev, meta.api_version), currency=currency, lines=lines,
+        # A coupon added, removed or ended changes MRR: a value change like a new price (issue 22 §4).
+        plan_changed=plan_changed(sub, prev, meta.api_version) or mrr.discounts_changed(sub, prev),
+        currency=currency, lines=lines,
         period_end=_period_end(sub), metadata=_metadata(sub), customer_metadata=cust_meta, customer_name=cust_name,
         cancellation_reason=reason if isinstance(reason, str) else None,
         items_complete=not _get(sub, "items.has_more"), cancel_at=cancel_at,

@@ -12,6 +12,8 @@ Drift kinds (stable names, used in `--json` and `--csv`):
   (the newest running one, else the newest: backfill's rule);
 - missing_payment_opportunity: a succeeded one-time PaymentIntent with no won Opportunity;
 - unknown_stripe_id: an Opportunity or Account naming a Stripe id Stripe does not know;
+- account_mrr_mismatch: an Account whose MRR field (salesforce.fields.account_mrr) differs from its customer's
+  MRR as Stripe counts it (the next sync or backfill of its subscriptions rewrites it);
 - won_but_canceled (information): a won Opportunity whose subscription is canceled in Stripe;
 - unverifiable (information): a Stripe object the rules cannot compute (sync dead-letters it too).
 """
@@ -52,6 +54,7 @@ KINDS: dict[str, Kind] = {
     "status_mismatch": Kind(True, True, "Account status differs from its customer's deciding subscription"),
     "missing_payment_opportunity": Kind(True, True, "succeeded one-time payment with no won Opportunity"),
     "unknown_stripe_id": Kind(True, False, "Salesforce record naming a Stripe id Stripe does not know"),
+    "account_mrr_mismatch": Kind(True, False, "Account MRR field differs from its customer's MRR in Stripe"),
     "won_but_canceled": Kind(False, False, "won Opportunity whose subscription is canceled (information)"),
     "unverifiable": Kind(False, False, "Stripe object the rules cannot compute (information)"),
 }
@@ -59,7 +62,7 @@ KINDS: dict[str, Kind] = {
 _SCHEMA = """
 CREATE TABLE subs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, customer TEXT, status TEXT NOT NULL,
     currency TEXT, amount TEXT, mrr TEXT, arr TEXT, won INTEGER NOT NULL, running INTEGER NOT NULL,
-    problem TEXT, payload TEXT NOT NULL);
+    problem TEXT, payload TEXT NOT NULL, counted INTEGER NOT NULL);
 CREATE INDEX subs_customer ON subs(customer, running DESC, seq);
 CREATE TABLE pis (id TEXT PRIMARY KEY, customer TEXT, currency TEXT, amount TEXT, won INTEGER NOT NULL,
     problem TEXT, payload TEXT);
@@ -68,7 +71,7 @@ CREATE TABLE opps (id TEXT PRIMARY KEY, stage TEXT, won INTEGER NOT NULL, amount
     sub TEXT, pi TEXT, currency TEXT);
 CREATE INDEX opps_sub ON opps(sub, won);
 CREATE INDEX opps_pi ON opps(pi, won);
-CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT, status TEXT, customer TEXT);
+CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT, status TEXT, customer TEXT, mrr TEXT);
 """
 
 
@@ -288,6 +291,30 @@ def compare_accounts(spill: Spill, report: Report, names: Any) -> None:
     report.checked["accounts"] = checked
 
 
+def compare_account_mrr(spill: Spill, report: Report, field_name: str) -> None:
+    """Each Account's MRR field against its customer's MRR by Stripe's definition: the sum over its counted
+    subscriptions (mrr.customer_mrr). A customer billed in several currencies, or with a subscription whose
+    MRR cannot be known, is not checked (sync leaves the field alone for it too)."""
+    sql = """SELECT a.id, a.name, a.customer, a.mrr, COUNT(DISTINCT s.currency) AS currencies,
+                    MIN(s.currency) AS currency, SUM(s.mrr IS NULL) AS unknown, GROUP_CONCAT(s.mrr, ' ') AS mrrs
+             FROM accounts a LEFT JOIN subs s ON s.customer = a.customer AND s.won = 1 AND s.counted = 1
+             WHERE EXISTS (SELECT 1 FROM subs x WHERE x.customer = a.customer)
+             GROUP BY a.id ORDER BY a.id"""
+    for row in spill.rows(sql):
+        if row["currencies"] > 1 or (row["unknown"] or 0) > 0:
+            continue
+        currency = row["currency"]
+        total = sum((Decimal(m) for m in (row["mrrs"] or "").split()), Decimal(0))
+        expected = text(money.quantize(total, currency) if currency else total)
+        if _same(expected, row["mrr"], currency or "usd"):
+            report.matched += 1
+            continue
+        report.findings.append(Finding(
+            "account_mrr_mismatch", row["customer"], row["id"], currency,
+            ((field_name, _shown(expected, currency), _shown(row["mrr"], currency)),),
+            f"the MRR of {row['customer']} (Account {row['name']!r}) as Stripe counts it"))
+
+
 def compare_unknown(spill: Spill, report: Report, *, accounts: bool) -> None:
     """Salesforce records naming Stripe ids that Stripe's lists do not have (deleted, another account or
     mode); and, as information, won Opportunities of canceled subscriptions."""
@@ -321,25 +348,41 @@ def compare_info(spill: Spill, report: Report) -> None:
 
 
 def mrr_totals(spill: Spill) -> tuple[dict[str, dict[str, str]], int]:
-    """Per currency: Stripe's MRR (the rules' MRR of every live subscription) against Salesforce's (the MRR
-    of every won Opportunity naming a subscription Stripe listed), summed exactly as Decimals while the rows
-    stream; and how many won Opportunities name a subscription Stripe did not list. Those are left out: with
-    --since their subscription is older than the window (and a single-currency org gives them no currency),
-    else they are unknown_stripe_id findings; summed, they showed as an "UNKNOWN" currency that no finding
-    explained (issue 20 §5)."""
+    """Per currency: Stripe's MRR as its Dashboard counts it (active and past_due subscriptions with no
+    cancellation scheduled, forever discounts applied: mrr.py) against Salesforce's (the MRR of every won
+    Opportunity naming a subscription Stripe listed), summed exactly as Decimals while the rows stream. What the
+    two count differently (a won trial, an unpaid subscription, one set to cancel) is shown apart (`apart_*`),
+    not mixed in. Also how many won Opportunities name a subscription Stripe did not list: those are left out
+    (with --since their subscription is older than the window, and a single-currency org gives them no
+    currency; else they are unknown_stripe_id findings); summed, they showed as an "UNKNOWN" currency that no
+    finding explained (issue 20 §5)."""
     stripe: dict[str, Decimal] = {}
-    for row in spill.rows("SELECT currency, mrr FROM subs WHERE won = 1 AND mrr IS NOT NULL"):
+    for row in spill.rows("SELECT currency, mrr FROM subs WHERE won = 1 AND counted = 1 AND mrr IS NOT NULL"):
         stripe[row[0]] = stripe.get(row[0], Decimal(0)) + Decimal(row[1])
     sf: dict[str, Decimal] = {}
-    for row in spill.rows("""SELECT LOWER(COALESCE(o.currency, s.currency)) AS cur, o.mrr FROM opps o
+    apart: dict[str, list[Decimal]] = {}  # currency -> [Stripe's MRR of them, Salesforce's, how many]
+    for row in spill.rows("""SELECT LOWER(COALESCE(o.currency, s.currency)) AS cur, o.mrr,
+                                    s.won = 1 AND s.counted = 0 AS differently, s.mrr AS s_mrr FROM opps o
                              JOIN subs s ON s.id = o.sub WHERE o.won = 1 AND o.mrr IS NOT NULL"""):
-        sf[row[0]] = sf.get(row[0], Decimal(0)) + Decimal(row[1])
+        cur = row[0]
+        if row[2]:
+            got = apart.setdefault(cur, [Decimal(0), Decimal(0), Decimal(0)])
+            got[0] += Decimal(row[3] or 0)
+            got[1] += Decimal(row[1])
+            got[2] += 1
+            continue
+        sf[cur] = sf.get(cur, Decimal(0)) + Decimal(row[1])
     left_out = next(spill.rows("""SELECT COUNT(*) FROM opps o WHERE o.won = 1 AND o.sub IS NOT NULL AND
                                   o.mrr IS NOT NULL AND NOT EXISTS (SELECT 1 FROM subs s WHERE s.id = o.sub)"""))[0]
     out: dict[str, dict[str, str]] = {}
-    for cur in sorted(stripe.keys() | sf.keys()):
+    for cur in sorted(stripe.keys() | sf.keys() | apart.keys()):
         s, f = money.quantize(stripe.get(cur, Decimal(0)), cur), money.quantize(sf.get(cur, Decimal(0)), cur)
         out[cur.upper()] = {"stripe_mrr": f"{s:f}", "salesforce_mrr": f"{f:f}", "difference": f"{f - s:f}"}
+        if cur in apart:
+            a_s, a_f, n = apart[cur]
+            out[cur.upper()].update(apart_subscriptions=str(int(n)),
+                                    apart_stripe_mrr=f"{money.quantize(a_s, cur):f}",
+                                    apart_salesforce_mrr=f"{money.quantize(a_f, cur):f}")
     return out, int(left_out)
 
 
@@ -355,6 +398,8 @@ def compare(spill: Spill, names: Any, objects: Sequence[str], *, won_stage: str,
         compare_payments(spill, report, refunded_stage)
     if "accounts" in objects and complete:
         compare_accounts(spill, report, names)
+        if names.account_mrr and "subscriptions" in objects:
+            compare_account_mrr(spill, report, names.account_mrr)
     elif "accounts" in objects:
         report.skipped_checks.append("accounts: --since leaves out older subscriptions, which may decide the status")
     if complete and len(objects) == len(OBJECTS):

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from stripe_sf_sync import rules
+from stripe_sf_sync import mrr, rules
 from stripe_sf_sync.backfill import _LIVE, relevant, slim, synthetic_event
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.errors import SkippableError
@@ -64,13 +64,14 @@ class StripeReader:
             except SkippableError as exc:
                 out[i] = (None, exc.reason)
         self._hydrator.prepare([(h, c) for _, h, c in parsed], [])
-        for i, h, change in parsed:
-            try:
-                out[i] = (rules.plan(self._ctx, self._hydrator.hydrate(h, change)), None)
-            except SkippableError as exc:
-                out[i] = (None, exc.reason)
-            except ValueError as exc:  # the rules refuse what they cannot compute; sync dead-letters it
-                out[i] = (None, str(exc))
+        with self._hydrator.without_account_mrr():  # summed from the listed subscriptions (reconcile.py)
+            for i, h, change in parsed:
+                try:
+                    out[i] = (rules.plan(self._ctx, self._hydrator.hydrate(h, change)), None)
+                except SkippableError as exc:
+                    out[i] = (None, exc.reason)
+                except ValueError as exc:  # the rules refuse what they cannot compute; sync dead-letters it
+                    out[i] = (None, str(exc))
         return out
 
     def subscriptions(self, spill: Spill, names: FieldNames) -> None:
@@ -86,7 +87,8 @@ class StripeReader:
                              str(obj.get("status")), obj.get("currency"), text(opp.get("Amount")),
                              text(opp.get(names.mrr)), text(opp.get(names.arr)), int(bool(opp)),
                              int(obj.get("status") in _LIVE), problem,
-                             json.dumps(slim("subscriptions", obj), separators=(",", ":"))))
+                             json.dumps(slim("subscriptions", obj), separators=(",", ":")),
+                             int(mrr.counted_by_stripe(obj))))
             spill.put("subs", rows)
             check_stop(self._stop)
 
@@ -176,9 +178,12 @@ def read_salesforce(spill: Spill, gw: SalesforceGateway, names: FieldNames, *, m
         check_stop(stop)
     if not accounts:
         return
-    soql = (f"SELECT Id, Name, {names.subscription_status}, {names.customer_id} FROM Account "  # noqa: S608
+    account_mrr = f", {names.account_mrr}" if names.account_mrr else ""
+    soql = (f"SELECT Id, Name, {names.subscription_status}, {names.customer_id}{account_mrr} FROM Account "  # noqa: S608
             f"WHERE {names.customer_id} != null")
     for records in soql_pages(gw, soql):
         spill.put("accounts", [(to_18(r["Id"]), r.get("Name"), r.get(names.subscription_status),
-                                r.get(names.customer_id)) for r in records])
+                                r.get(names.customer_id),
+                                text(sf_decimal(r.get(names.account_mrr))) if names.account_mrr else None)
+                               for r in records])
         check_stop(stop)

@@ -420,14 +420,14 @@ class Materializer:
 
     def _account_ops(self, it: AccountStatusIntent, account: AccountRow) -> list[SfOp]:
         names = self.settings.names
-        fields: dict[str, Any] = {names.subscription_status: it.status}
+        fields: dict[str, Any] = {names.subscription_status: it.status, **it.fields}
         if (it.account.customer_id and not account.customer_id
                 and it.account.customer_id not in self.found.accounts_by_customer):
             fields[names.customer_id] = it.account.customer_id  # link it for later lookups
         ops: list[SfOp] = []
         # The Account already says so (as read this batch, or as an earlier event of it wrote): no write.
         # Compared with what Salesforce holds, so a hand-edited status is still put right.
-        if len(fields) > 1 or self._status.get(account.id, account.status) != it.status:
+        if it.fields or len(fields) > 1 or self._status.get(account.id, account.status) != it.status:
             ops.append(SfOp("update", "Account", account.id, fields, label=f"Account {account.id} ({account.name})"))
         old = it.previous_status
         if it.previous_from_account:

@@ -92,6 +92,7 @@ class AccountStatusIntent:
     previous_from_account: bool = False  # .deleted carries no previous status: use the Account's
     who_id: str | None = None  # the Contact its transition Task names
     changed_at: int | None = None  # when the status changed (the event's time): the transition Task's key
+    fields: Mapping[str, Any] = field(default_factory=dict)  # other Account fields to write (its MRR)
 
 
 @dataclass(frozen=True)
@@ -199,15 +200,31 @@ def _dashboard(ctx: RuleContext, livemode: bool, kind: str, obj_id: str) -> str:
     return f"{ctx.dashboard_url.rstrip('/')}/{mode}{kind}/{obj_id}"
 
 
-def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange) -> dict[str, Any]:
+def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange, plan: Plan, *,
+                               won: bool) -> dict[str, Any]:
+    """Amount (only when won: the first paid period's value, which later changes leave alone), MRR and ARR.
+    With hydration's figures (mrr.py: Stripe's definition, discounts applied, tax and metered items out), a
+    figure that cannot be known is left alone and the plan says why; without them, the list-price lines."""
     f = ctx.fields
+    if change.value is not None:
+        v = change.value
+        out: dict[str, Any] = {}
+        for name, figure in (("Amount", v.first_period if won else None), (f.mrr, v.mrr), (f.arr, v.arr)):
+            if figure is None:
+                continue
+            if figure.value is not None:
+                out[name] = figure.value
+            elif figure.reason and not any(figure.reason in w for w in plan.warnings):
+                plan.warnings.append(f"{change.subscription_id}: {name} left alone (Salesforce keeps what it holds; "
+                                     f"reconcile skips it too): {figure.reason}")
+        return out
     if any(line.currency != change.currency for line in change.lines):
         # Items show their Price's default currency; the amount billed is in subscription.currency
         # (Stripe API reference: Prices, `currency_options`). Hydration converts them
         # (model.in_billed_currency); never guess here.
         raise ValueError(f"{change.subscription_id}: items must be converted to {change.currency.upper()} "
                          "(the subscription's currency) before planning")
-    out: dict[str, Any] = {}
+    out = {}
     amount = money.period_total(change.lines)
     if amount is not None:
         out["Amount"] = amount
@@ -216,6 +233,18 @@ def _subscription_value_fields(ctx: RuleContext, change: SubscriptionChange) -> 
         out[f.mrr] = mrr
         out[f.arr] = money.annual_recurring(change.lines)
     return out
+
+
+def _account_mrr_fields(ctx: RuleContext, change: SubscriptionChange, plan: Plan) -> dict[str, Any]:
+    """The Account's MRR field (when configured): the customer's MRR now, as hydration computed it; left
+    alone, with the reason, when it cannot be known (billed in several currencies, say)."""
+    name, figure = ctx.fields.account_mrr, change.account_mrr
+    if name is None or figure is None:
+        return {}
+    if figure.value is None:
+        plan.warnings.append(f"{change.customer_id}: Account {name} left alone: {figure.reason}")
+        return {}
+    return {name: figure.value}
 
 
 def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
@@ -239,21 +268,24 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
     if won:
         fields = {"StageName": ctx.won_stage, "CloseDate": day.isoformat(),
                   f.subscription_id: change.subscription_id, f.customer_id: change.customer_id}
-        fields.update(_subscription_value_fields(ctx, change))
+        fields.update(_subscription_value_fields(ctx, change, plan, won=True))
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
             f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency))
     elif kind == "updated" and change.plan_changed:
-        plan.intents.append(OpportunityIntent(
-            meta.event_id, "subscription", change.subscription_id, opp_id, False, account,
-            _subscription_value_fields(ctx, change), label, may_create=False, currency=change.currency))
+        values = _subscription_value_fields(ctx, change, plan, won=False)
+        if values:
+            plan.intents.append(OpportunityIntent(
+                meta.event_id, "subscription", change.subscription_id, opp_id, False, account,
+                values, label, may_create=False, currency=change.currency))
 
     status = "canceled" if kind == "deleted" else change.status
     plan.intents.append(AccountStatusIntent(
         meta.event_id, account, change.subscription_id, status,
         change.previous_status if kind == "updated" else None,
         log_transition=kind in ("updated", "deleted"), activity_date=day.isoformat(),
-        previous_from_account=kind == "deleted", who_id=who, changed_at=meta.created))
+        previous_from_account=kind == "deleted", who_id=who, changed_at=meta.created,
+        fields=_account_mrr_fields(ctx, change, plan)))
 
     plan.intents.extend(_subscription_tasks(ctx, change, kind, account, who))
     return plan
@@ -319,14 +351,14 @@ def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, op
         closed = event_date(meta.object_created or meta.created).isoformat()
         fields = {"StageName": ctx.won_stage, "CloseDate": closed,
                   f.subscription_id: change.subscription_id, f.customer_id: change.customer_id}
-        fields.update(_subscription_value_fields(ctx, change))
+        fields.update(_subscription_value_fields(ctx, change, plan, won=True))
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
             f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency))
     if meta.write_status:
         plan.intents.append(AccountStatusIntent(
             meta.event_id, account, change.subscription_id, change.status, None, log_transition=False,
-            activity_date=event_date(meta.created).isoformat()))
+            activity_date=event_date(meta.created).isoformat(), fields=_account_mrr_fields(ctx, change, plan)))
     if not plan.intents:
         plan.ignored = "an ended subscription; another subscription of the customer sets the Account status"
     return plan

@@ -198,7 +198,9 @@ def _ports(runtime: Runtime, state: Any, source: StripeSource, access: Salesforc
     writer: Any = recorder or collections_writer(
         access, workers=runtime.loaded.settings.salesforce.write_concurrency, sleep=env.sleep)
     bulk: Any = recorder or bulk_writer(access, sleep=env.sleep, waiting=stop.abandonable if stop else None)
-    return Ports(state, StripeHydrator(source, state), SalesforceRecords(access, org), writer, bulk), recorder
+    hydrator = StripeHydrator(source, state,
+                              account_mrr=runtime.loaded.settings.salesforce.fields.account_mrr is not None)
+    return Ports(state, hydrator, SalesforceRecords(access, org), writer, bulk), recorder
 
 
 def batch_settings(loaded: LoadedConfig, *, legacy_task_keys_before: int | None = None) -> BatchSettings:

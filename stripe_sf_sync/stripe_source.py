@@ -474,6 +474,12 @@ class StripeSource:
         self._attached_span: tuple[int, int] | None = None
         # price id -> {currency: {unit_amount, unit_amount_decimal}}, None for a Price Stripe no longer has.
         self._price_options: dict[str, dict[str, dict[str, Any]] | None] = {}
+        # Coupons and expanded Prices for MRR (mrr.py): their amounts, currency and duration cannot change
+        # (pkg `_coupon.py` update: "by design, not editable"; a Price's amounts likewise), so kept for the run.
+        self._coupons: dict[str, dict[str, Any] | None] = {}
+        # Discounts by id: what one says (its coupon, start and end) never changes; removed, it leaves the lists.
+        self._discounts: dict[str, dict[str, Any]] = {}
+        self._prices: dict[str, dict[str, Any] | None] = {}
         # Run-level: where the customer listing stopped (its `created` bound and last id), and whether it ended.
         self._customer_list: tuple[int, str | None] | None = None
         self._customer_list_ended = False
@@ -699,6 +705,9 @@ class StripeSource:
             path = "/v1/subscriptions"
             # Without it canceled subscriptions are left out (Stripe API reference: List subscriptions).
             params["status"] = "all"
+            if self._api_version >= BASIL:  # their Discounts for MRR (mrr.py), instead of a read each;
+                # depth 4 is Stripe's maximum (api-facts "Discounts": ids from basil on)
+                params["expand"] = ["data.customer", "data.discounts", "data.items.data.discounts"]
         elif kind == "payment_intents":
             path = "/v1/payment_intents"  # no status filter exists: filtered by the caller
             # What each payment kept: its Charge's refunds (issue 22 §1), and whether it is disputed (read apart,
@@ -921,8 +930,7 @@ class StripeSource:
         per-batch hydration caches: many subscriptions share few Prices.
         """
         if price_id not in self._price_options:
-            obj = self._get_or_none("reading a price's currency options", f"/v1/prices/{_path_id(price_id)}",
-                                    {"expand": ["currency_options"]})
+            obj = self.price(price_id)  # one read serves the amounts and MRR (tiers)
             options: dict[str, dict[str, Any]] | None = None
             if obj is not None:
                 raw = opts if isinstance(opts := obj.get("currency_options"), dict) else {}
@@ -933,6 +941,66 @@ class StripeSource:
                 self._price_options.pop(next(iter(self._price_options)))
             self._price_options[price_id] = options
         return self._price_options[price_id]
+
+    def subscription_discounts(self, subscription_id: str) -> list[dict[str, Any]]:
+        """The Discount objects of a subscription and of its items, as Stripe holds them now. A Discount cannot
+        be retrieved by id (pkg `_discount.py`): the subscription is re-read with them expanded."""
+        obj = self._get_or_none("reading a subscription's discounts", f"/v1/subscriptions/{_path_id(subscription_id)}",
+                                {"expand": ["discounts", "items.data.discounts"]})
+        if obj is None:
+            return []
+        items = (obj.get("items") or {}).get("data") or []
+        refs = [*(obj.get("discounts") or []), *(d for i in items for d in (i.get("discounts") or []))]
+        found = [d for d in refs if isinstance(d, dict)]
+        for d in found:
+            self._bounded(self._discounts)
+            self._discounts[str(d.get("id"))] = d
+        return found
+
+    def known_discounts(self, discount_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The Discounts read earlier in this run, of these ids."""
+        return {d: self._discounts[d] for d in discount_ids if d in self._discounts}
+
+    def first_invoice(self, subscription_id: str, by: int) -> dict[str, Any] | None:
+        """The subscription's newest invoice created at or before `by` (its start, or its trial's end: the
+        first paid invoice), or None (Stripe API reference: List invoices, newest first)."""
+        for page in self._walk("a subscription's first invoice", "/v1/invoices", {
+                "subscription": _path_id(subscription_id), "created": {"lte": by}, "limit": 1}):
+            return page[0] if page else None
+        return None
+
+    def customer_subscriptions(self, customer_id: str) -> list[dict[str, Any]]:
+        """A customer's subscriptions that are not canceled (the list's default: Stripe API reference, List
+        subscriptions `status`), with their Discounts expanded (depth 4, Stripe's maximum)."""
+        subs: list[dict[str, Any]] = []
+        for page in self._walk("a customer's subscriptions", "/v1/subscriptions", {
+                "customer": _path_id(customer_id), "limit": 100,
+                "expand": ["data.discounts", "data.items.data.discounts"]}):
+            subs.extend(page)
+        return subs
+
+    def coupon(self, coupon_id: str) -> dict[str, Any] | None:
+        """A Coupon with the products it is limited to (`expand[]=applies_to`, includable only), once per run."""
+        if coupon_id not in self._coupons:
+            self._bounded(self._coupons)
+            # Coupon ids are chosen by the merchant ("SUMMER-20"): hyphens too, unlike object ids.
+            self._coupons[coupon_id] = self._get_or_none(
+                "reading a coupon", f"/v1/coupons/{coupon_id}", {"expand": ["applies_to"]}
+            ) if re.fullmatch(r"[A-Za-z0-9_-]{1,200}", coupon_id) else None
+        return self._coupons[coupon_id]
+
+    def price(self, price_id: str) -> dict[str, Any] | None:
+        """A Price with its `tiers` and `currency_options` (both includable only, pkg `_price.py`), once per run."""
+        if price_id not in self._prices:
+            self._bounded(self._prices)
+            self._prices[price_id] = self._get_or_none(
+                "reading a price", f"/v1/prices/{_path_id(price_id)}", {"expand": ["tiers", "currency_options"]})
+        return self._prices[price_id]
+
+    @staticmethod
+    def _bounded(cache: dict[str, Any]) -> None:
+        if len(cache) >= MAX_CACHED_PRICES:
+            cache.pop(next(iter(cache)))
 
     def failed_invoice(self, invoice_id: str) -> dict[str, Any] | None:
         """The invoice with its PaymentIntent/Charge expanded, to read the failure code

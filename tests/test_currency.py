@@ -96,7 +96,7 @@ def test_single_currency_org_gets_the_billed_currency_amounts_when_told_to_write
         assert money_of(opportunity(org, w["euro2"])) == (Decimal("90.00"), Decimal("90.00"), Decimal("1080.00"))
         assert money_of(opportunity(org, w["dollar"])) == (Decimal("100.00"), Decimal("100.00"), Decimal("1200.00"))
         # One price read for both EUR subscriptions, none for the USD one.
-        assert price_reads(stripe_sb) == [(f"/v1/prices/{w['price']}", ["currency_options"])]
+        assert price_reads(stripe_sb) == [(f"/v1/prices/{w['price']}", ["tiers", "currency_options"])]
 
 
 def test_single_currency_org_dead_letters_another_currency_naming_both(tmp_path, stripe_sb):

@@ -171,7 +171,7 @@ def test_a_plan_change_reads_an_items_list_with_has_more_to_its_end(tmp_path, st
 
     assert result.exit_code == ExitCode.OK, result.output
     [opp] = [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == sub_id]
-    assert str(opp["Amount"]) == "14.66"  # every item, not only the first page's ten (12.45)
+    assert str(opp["MRR__c"]) == "14.66"  # every item, not only the first page's ten (12.45)
 
 
 def test_the_stand_in_pages_subscription_items_and_embeds_a_first_page(stripe_sb):

@@ -52,7 +52,9 @@ def test_renamed_stage_and_required_record_type_write_exactly_the_rules(config, 
     assert Decimal(str(globex["ARR__c"])) == Decimal("10000.00")
 
     initech = by(opps, "Stripe_Subscription_ID__c", sc.subscriptions["initech"])
-    assert Decimal(str(initech["Amount"])) == Decimal("169.00")  # refreshed on the plan change (8 seats)
+    # Amount is the first period's value and stays (issue 22 §4); MRR follows the plan change (8 seats).
+    assert Decimal(str(initech["Amount"])) == Decimal("124.00")
+    assert Decimal(str(initech["MRR__c"])) == Decimal("169.00")
 
     umbrella = by(opps, "Stripe_Payment_Intent_ID__c", sc.payments["umbrella"])
     assert Decimal(str(umbrella["Amount"])) == Decimal("500000") and umbrella.get("MRR__c") in (None, "")

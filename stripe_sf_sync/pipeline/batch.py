@@ -177,6 +177,7 @@ def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], ports: Ports, setting
     """Hydrate each change and apply the rules; a change that needs no write is recorded as ignored. Returns
     the plan, and the first event left unplanned when `stopping()` said to stop (None when all were)."""
     planned: Planned = []
+    said: set[str] = set()  # a warning about a subscription or customer (a value left alone) is said once a batch
     for done, (held, change) in enumerate(fresh):
         if stopping():
             return planned, held
@@ -194,6 +195,9 @@ def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], ports: Ports, setting
             result.outcomes.append(unexpected(held, exc))
             continue
         for warning in plan.warnings:
+            if warning in said:
+                continue
+            said.add(warning)
             log.warning("%s (%s): %s", change.meta.event_id, change.meta.event_type, warning,
                         extra=fields(kind="rule_warning", event_id=change.meta.event_id,
                                      event_type=change.meta.event_type))

@@ -125,6 +125,9 @@ def field_needs(names: FieldNames) -> list[FieldNeed]:
     if names.opportunity_refunded:
         needs.append(FieldNeed("Opportunity", names.opportunity_refunded, "Currency(16, 2)",
                                frozenset({"currency", "double"}), WRITE))
+    if names.account_mrr:
+        needs.append(FieldNeed("Account", names.account_mrr, "Currency(16, 2)", frozenset({"currency", "double"}),
+                               ("update",)))
     needs.append(FieldNeed("Task", names.task_event_id, "Text(255)", TEXT, ("create",), "task", optional=True))
     return needs
 

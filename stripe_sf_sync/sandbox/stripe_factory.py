@@ -39,6 +39,7 @@ API_VERSION_CLOVER: Final = "2025-09-30.clover"
 API_VERSION_CURRENT: Final = "2026-10-28.endive"
 
 _BASIL_DATE: Final = "2025-03-31"
+_CLOVER_DATE: Final = "2025-09-30"
 # The items a subscription's embedded `items` list shows; past them it says `has_more` (a first page).
 EMBEDDED_LIST_LIMIT: Final = 10
 _VERSION_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
@@ -69,6 +70,8 @@ ID_PREFIX_OBJECTS: Final[Mapping[str, str]] = {
     "dp": "dispute",
     "du": "dispute",
     "cn": "credit_note",
+    "di": "discount",
+    "txr": "tax_rate",
 }
 # `refund.created`/`refund.updated`/`refund.failed` exist from this version on; before it a refund's update was
 # `charge.refund.updated` (docs.stripe.com/changelog/acacia/2024-10-28/refund-webhook-update; api-facts "Refunds").
@@ -126,6 +129,12 @@ def is_valid_api_version(version: str) -> bool:
 def is_pre_basil(version: str) -> bool:
     """True for versions older than 2025-03-31.basil (date prefixes compare lexically)."""
     return version[:10] < _BASIL_DATE
+
+
+def is_pre_clover(version: str) -> bool:
+    """Whether `version` predates `2025-09-30.clover`, when a Discount still carried its `coupon` expanded
+    (docs.stripe.com/changelog/clover/2025-09-30/add-discount-source-property)."""
+    return version[:10] < _CLOVER_DATE
 
 
 def add_interval(ts: int, interval: str, count: int = 1) -> int:
@@ -230,12 +239,21 @@ def render(obj: Obj, version: str, links: Links) -> Obj:
     kind = out.get("object")
     if kind == "price":
         out.pop("currency_options", None)
+        out.pop("tiers", None)  # includable only (`expand[]=tiers`, pkg `_price.py`)
+    elif kind == "coupon":
+        out.pop("applies_to", None)  # includable only (`expand[]=applies_to`, pkg `_coupon.py`)
+    elif kind == "discount" and is_pre_clover(version):
+        # Before clover a Discount carries its Coupon expanded under `coupon`, and has no `source`.
+        source = out.pop("source", None) or {}
+        coupon = links.get(str(source.get("coupon")))
+        out["coupon"] = render(coupon, version, links) if coupon is not None else source.get("coupon")
     elif kind == "subscription":
         listed = out.get("items") or {}
         data = listed.get("data") or []
         for item in data:
             if isinstance(item, dict) and isinstance(item.get("price"), dict):
                 item["price"].pop("currency_options", None)
+                item["price"].pop("tiers", None)
         if isinstance(listed, dict) and len(data) > EMBEDDED_LIST_LIMIT:
             # An embedded list is its first page; the rest is read from its `url`
             # (/v1/subscription_items?subscription=…), as with an invoice's `lines`.
@@ -243,10 +261,11 @@ def render(obj: Obj, version: str, links: Links) -> Obj:
             listed["has_more"] = True
     elif kind == "subscription_item" and isinstance(out.get("price"), dict):
         out["price"].pop("currency_options", None)
+        out["price"].pop("tiers", None)
     if not is_pre_basil(version):
         return out
     if kind == "subscription":
-        _subscription_to_pre_basil(out)
+        _subscription_to_pre_basil(out, links, version)
     elif kind == "subscription_item":
         out.pop("current_period_start", None)
         out.pop("current_period_end", None)
@@ -261,7 +280,12 @@ def render(obj: Obj, version: str, links: Links) -> Obj:
     return out
 
 
-def _subscription_to_pre_basil(sub: Obj) -> None:
+def _subscription_to_pre_basil(sub: Obj, links: Links, version: str) -> None:
+    # Before basil a subscription carries one `discount`, its Coupon expanded (basil removed it:
+    # docs.stripe.com/changelog/basil/2025-03-31/deprecate-singular-coupon-promotion-code).
+    ids = sub.pop("discounts", None) or []
+    first = links.get(str(ids[0])) if ids else None
+    sub["discount"] = render(first, version, links) if first is not None else None
     items = (sub.get("items") or {}).get("data") or []
     first = items[0] if items else {}
     # Pre-basil: period on the subscription itself, not on the items.
@@ -714,8 +738,18 @@ class StripeFactory:
         metadata: Mapping[str, str] | None = None,
         created: int | None = None,
         currency_options: Mapping[str, int] | None = None,
+        tiers: Sequence[Mapping[str, int | None]] | None = None,
+        tiers_mode: str = "graduated",
+        transform_quantity: Mapping[str, Any] | None = None,
+        tax_behavior: str = "unspecified",
+        usage_type: str = "licensed",
     ) -> Obj:
         """A Price (`price_`); recurring unless `interval` is None. Creates its Product if not given.
+
+        `tiers` ([{"up_to": 10, "unit_amount": 1000, "flat_amount": 0}, {"up_to": None, ...}]) makes it tiered
+        (`tiers_mode` graduated or volume): like Stripe, `tiers` appear only with `expand[]=tiers`.
+        `transform_quantity` ({"divide_by": 10, "round": "up"}) is package pricing; `usage_type` metered
+        bills usage in arrears (pkg `_price.py`).
 
         `currency_options` ({"eur": 9000}) makes it a multi-currency Price: a subscription may then be
         billed in those currencies too. Like Stripe, the options are stored but only returned when
@@ -744,19 +778,25 @@ class StripeFactory:
                     "interval_count": interval_count,
                     "meter": None,
                     "trial_period_days": None,
-                    "usage_type": "licensed",
+                    "usage_type": usage_type,
                 }
                 if interval
                 else None
             ),
-            "tax_behavior": "unspecified",
-            "tiers_mode": None,
-            "transform_quantity": None,
+            "tax_behavior": tax_behavior,
+            "tiers_mode": tiers_mode if tiers else None,
+            "transform_quantity": dict(transform_quantity) if transform_quantity else None,
             "type": "recurring" if interval else "one_time",
             "unit_amount": unit_amount,
             # Stripe renders the decimal form as a string ("2000" in the fixtures).
             "unit_amount_decimal": str(unit_amount),
         }
+        if tiers:
+            obj.update(billing_scheme="tiered", unit_amount=None, unit_amount_decimal=None, tiers=[
+                {"flat_amount": t.get("flat_amount"), "flat_amount_decimal": None if t.get("flat_amount") is None
+                 else str(t["flat_amount"]), "unit_amount": t.get("unit_amount"), "unit_amount_decimal":
+                 None if t.get("unit_amount") is None else str(t["unit_amount"]), "up_to": t.get("up_to")}
+                for t in tiers])
         if currency_options:
             # Expanded, Stripe lists every currency of the Price, its default one included; each option
             # has the fields of the SDK's `Price.CurrencyOptions` (`tiers` only on tiered prices).
@@ -821,8 +861,11 @@ class StripeFactory:
         cancellation_reason: str | None = None,
         days_until_due: int | None = None,
         currency: str | None = None,
+        default_tax_rates: Sequence[Obj] = (),
     ) -> Obj:
         """A Subscription (`sub_`) with one item (`si_`) per `(price, quantity)`.
+
+        `default_tax_rates`: TaxRate objects (`tax_rate`), embedded whole as Stripe does.
 
         `currency` bills it in one of its prices' `currency_options` (default: the first price's
         currency). As in Stripe, `subscription.currency` then says so, while each item's `price` still
@@ -878,7 +921,7 @@ class StripeFactory:
             "days_until_due": days_until_due if collection_method == "send_invoice" else None,
             "default_payment_method": None,
             "default_source": None,
-            "default_tax_rates": [],
+            "default_tax_rates": [clone(r) for r in default_tax_rates],
             "description": None,
             "discounts": [],
             "ended_at": ended_at,
@@ -911,6 +954,76 @@ class StripeFactory:
         }
         self._save(obj)
         return self._out(obj, api_version)
+
+    def coupon(self, *, percent_off: float | None = None, amount_off: int | None = None, currency: str | None = None,
+               duration: str = "forever", duration_in_months: int | None = None, coupon_id: str | None = None,
+               applies_to: Sequence[str] | None = None, name: str | None = None, created: int | None = None) -> Obj:
+        """A Coupon: `percent_off`, or `amount_off` in `currency`; `duration` once, repeating
+        (`duration_in_months`) or forever; `applies_to` product ids (includable: `expand[]=applies_to`)."""
+        if (percent_off is None) == (amount_off is None):
+            raise ValueError("a coupon has percent_off or amount_off, not both")
+        obj: Obj = {
+            "id": coupon_id or "".join(self._rng.choice(string.ascii_uppercase + string.digits) for _ in range(8)),
+            "object": "coupon", "amount_off": amount_off, "created": self._now() if created is None else created,
+            "currency": currency if amount_off is not None else None, "duration": duration,
+            "duration_in_months": duration_in_months if duration == "repeating" else None, "livemode": False,
+            "max_redemptions": None, "metadata": {}, "name": name, "percent_off": percent_off,
+            "redeem_by": None, "times_redeemed": 0, "valid": True,
+            "applies_to": {"products": list(applies_to)} if applies_to is not None else None,
+        }
+        self._save(obj)
+        return clone(obj)
+
+    def tax_rate(self, percentage: float, *, inclusive: bool) -> Obj:
+        """A TaxRate (`txr_`), inclusive (inside the price) or exclusive (added on top)."""
+        obj: Obj = {"id": self.new_id("txr"), "object": "tax_rate", "active": True, "country": None,
+                    "created": self._now(), "description": None, "display_name": "VAT", "inclusive": inclusive,
+                    "jurisdiction": None, "livemode": False, "metadata": {}, "percentage": percentage,
+                    "rate_type": "percentage", "state": None, "tax_type": "vat"}
+        self._save(obj)
+        return clone(obj)
+
+    def _discount(self, coupon: Obj, sub: Obj, at: int, item_id: str | None) -> Obj:
+        """A Discount (`di_`), canonical in the clover shape: its coupon named under `source`."""
+        end = None
+        if coupon["duration"] == "repeating":
+            end = add_interval(at, "month", int(coupon["duration_in_months"] or 1))
+        obj: Obj = {"id": self.new_id("di"), "object": "discount", "checkout_session": None,
+                    "customer": sub["customer"], "end": end, "invoice": None, "invoice_item": None,
+                    "promotion_code": None, "source": {"coupon": coupon["id"], "type": "coupon"}, "start": at,
+                    "subscription": sub["id"], "subscription_item": item_id}
+        self._save(obj)
+        return obj
+
+    def add_discount(self, sub: Obj | str, coupon: Obj, at: int, *, item: int | None = None,
+                     emit: bool = True) -> Obj:
+        """Apply `coupon` to the subscription (or to its `item`-th item) and emit
+        `customer.subscription.updated`: `discounts` (ids) in `previous_attributes`, a value change.
+        `emit=False`: only store it (a coupon given at creation, before `subscription_created`); returns the
+        Discount then."""
+        old = self._current(sub)
+        item_id = old["items"]["data"][item]["id"] if item is not None else None
+        discount = self._discount(coupon, old, at, item_id)
+        changes: Obj
+        if item is None:
+            changes = {"discounts": [*old["discounts"], discount["id"]]}
+        else:
+            items = clone(old["items"])
+            items["data"][item]["discounts"] = [*items["data"][item]["discounts"], discount["id"]]
+            changes = {"items": items}
+        if not emit:
+            self._save(_deep_merge(old, changes))
+            return clone(discount)
+        return self.subscription_updated(old["id"], changes, at)
+
+    def remove_discount(self, sub: Obj | str, discount_id: str, at: int) -> Obj:
+        """Remove a discount (a coupon removed, or a repeating one ended) from the subscription or its items."""
+        old = self._current(sub)
+        items = clone(old["items"])
+        for it in items["data"]:
+            it["discounts"] = [d for d in it["discounts"] if d != discount_id]
+        return self.subscription_updated(old["id"], {
+            "discounts": [d for d in old["discounts"] if d != discount_id], "items": items}, at)
 
     def charge(
         self,

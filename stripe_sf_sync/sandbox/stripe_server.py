@@ -78,6 +78,7 @@ COLLECTIONS: Final[Mapping[str, str]] = {
     "refunds": "refund",
     "disputes": "dispute",
     "credit_notes": "credit_note",
+    "coupons": "coupon",
 }
 _LIST_COMMON: Final = frozenset({"limit", "starting_after", "ending_before", "expand", "created"})
 # Filters implemented per list endpoint (subset of Stripe's own list parameters).
@@ -97,6 +98,7 @@ _LIST_FILTERS: Final[Mapping[str, frozenset[str]]] = {
     "refunds": frozenset({"charge", "payment_intent"}),
     "disputes": frozenset({"charge", "payment_intent"}),
     "credit_notes": frozenset({"customer", "invoice"}),
+    "coupons": frozenset(),
 }
 # Real Stripe list parameters the sandbox does not implement: refused loudly rather than ignored.
 _LIST_UNSUPPORTED: Final[Mapping[str, frozenset[str]]] = {
@@ -115,6 +117,7 @@ _LIST_UNSUPPORTED: Final[Mapping[str, frozenset[str]]] = {
     "refunds": frozenset(),
     "disputes": frozenset(),
     "credit_notes": frozenset({"customer_account"}),
+    "coupons": frozenset(),
 }
 _SUBSCRIPTION_STATUSES: Final = frozenset(
     {
@@ -812,6 +815,8 @@ class StripeSandbox:
             return {"object": "list", "data": [render(o, version, self._links) for o in found[:10]],
                     "has_more": len(found) > 10, "total_count": len(found),
                     "url": f"/v1/charges/{obj['id']}/refunds"}
+        if (obj.get("object"), name) in (("price", "tiers"), ("coupon", "applies_to")):
+            return clone((self._objects.get(str(obj.get("id"))) or {}).get(name))
         if obj.get("object") == "invoice" and name == "payments" and not is_pre_basil(version):
             links = [p for p in self._raw_invoice_payments() if p.get("invoice") == obj.get("id")]
             links.sort(key=lambda p: (p.get("created") or 0, self._order[p["id"]]), reverse=True)
