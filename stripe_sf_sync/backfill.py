@@ -77,6 +77,10 @@ _KEEP = {
                  "next_payment_attempt", "hosted_invoice_url", "parent", "subscription", "subscription_details",
                  "payment_intent", "charge", "metadata", "status", "created", "livemode"),
 }
+# A subscription's first invoice while it is its latest: what model.first_invoice_net reads (hydrate._first_period).
+_KEEP_FIRST_INVOICE = ("id", "object", "billing_reason", "total", "total_excluding_tax", "currency", "subscription",
+                       "parent", "pre_payment_credit_notes_amount", "post_payment_credit_notes_amount",
+                       "payment_intent", "charge", "created")
 _KEEP_PRICE = ("id", "currency", "unit_amount", "unit_amount_decimal", "amount", "interval", "interval_count",
                "usage_type", "recurring", "billing_scheme", "tiers_mode", "tiers", "transform_quantity",
                "transform_usage", "tax_behavior", "type", "product")
@@ -95,6 +99,11 @@ def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
                 "data": [{k: r.get(k) for k in ("id", "amount", "status")} for r in refunds.get("data") or []
                          if isinstance(r, dict)]}
         out["latest_charge"] = slim_charge
+    latest = obj.get("latest_invoice") if kind == "subscriptions" else None
+    if isinstance(latest, dict) and latest.get("billing_reason") == "subscription_create":
+        out["latest_invoice"] = first = {k: latest[k] for k in _KEEP_FIRST_INVOICE if k in latest}
+        if isinstance(latest.get("charge"), dict):  # pre-basil, expanded: whether it was refunded or disputed
+            first["charge"] = {k: latest["charge"].get(k) for k in ("id", "amount_refunded", "disputed")}
     cust = out.get("customer")
     if isinstance(cust, dict):
         out["customer"] = {k: cust[k] for k in ("id", "object", "name", "metadata") if k in cust}

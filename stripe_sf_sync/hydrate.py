@@ -210,12 +210,41 @@ class StripeHydrator:
         its first invoice had; a backfilled one already renewed may have lost them (a once coupon is used up,
         a repeating one ends), so its first paid invoice is read (one call)."""
         start = sub.get("trial_end") if isinstance(sub.get("trial_end"), int) else sub.get("start_date")
-        if (change.meta.backfill and change.status in FIRST_PERIOD_WRITTEN and isinstance(start, int)
-                and _period_start(sub) > start):
+        if not (change.meta.backfill and change.status in FIRST_PERIOD_WRITTEN):
+            return mrr.first_period_from_subscription(sub, lookups)
+        if isinstance(start, int) and _period_start(sub) > start:
             invoice = self._source.first_invoice(change.subscription_id, start + FIRST_INVOICE_MARGIN_S)
             if invoice is not None:
-                return mrr.first_period_from_invoice(invoice)
-        return mrr.first_period_from_subscription(sub, lookups)
+                return self._netted(invoice) or mrr.first_period_from_invoice(invoice)
+            return mrr.first_period_from_subscription(sub, lookups)
+        latest = sub.get("latest_invoice")  # the listing's, expanded: the first invoice while it is the latest
+        netted = self._netted(latest) if isinstance(latest, Mapping) else None
+        return netted or mrr.first_period_from_subscription(sub, lookups)
+
+    def _netted(self, invoice: Mapping[str, Any]) -> mrr.Figure | None:
+        """A backfilled or reconciled subscription's first invoice netted as `sync` nets it (`_first_invoice`):
+        by its credit notes, listed only when the invoice's credit-note amounts are not 0, and its payment's
+        refunds and lost disputes, read only when its Charge (expanded, pre-basil) shows some. None when
+        nothing changed what it kept (no read: the caller's figure stands) or it is not a first invoice."""
+        if invoice.get("billing_reason") != "subscription_create" or not isinstance(invoice.get("id"), str):
+            return None
+        credited = any(invoice.get(k) not in (None, 0) for k in ("pre_payment_credit_notes_amount",
+                                                                  "post_payment_credit_notes_amount"))
+        charge = invoice.get("charge")
+        adjusted = isinstance(charge, Mapping) and bool(charge.get("amount_refunded") or charge.get("disputed"))
+        if not credited and not adjusted:
+            return None
+        notes = self._source.credit_notes(str(invoice["id"])) if credited else []
+        refunds: list[Any] = []
+        disputes: list[Any] = []
+        pi = invoice.get("payment_intent")
+        pi_id = pi.get("id") if isinstance(pi, Mapping) else pi
+        if adjusted and isinstance(pi_id, str):
+            paid, disputes = self._read_collected(pi_id)
+            latest = paid.get("latest_charge") if paid else None
+            refunds = ((latest.get("refunds") or {}).get("data") or []) if isinstance(latest, dict) else []
+        net = model.first_invoice_net(invoice, notes, refunds, disputes)
+        return mrr.Figure(net.amount, net.currency) if net is not None else None
 
     def _lookups(self, sub: Mapping[str, Any]) -> mrr.Lookups:
         """What mrr.py needs beyond the payload: Discounts, then the coupons a clover Discount names by id."""

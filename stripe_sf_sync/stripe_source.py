@@ -705,9 +705,14 @@ class StripeSource:
             path = "/v1/subscriptions"
             # Without it canceled subscriptions are left out (Stripe API reference: List subscriptions).
             params["status"] = "all"
+            # Its latest invoice: while it is the first (`subscription_create`), whether credit notes or
+            # (pre-basil, its Charge) refunds and disputes changed what it kept (hydrate._first_period), with
+            # no read for the many it did not.
+            latest = "data.latest_invoice" if self._api_version >= BASIL else "data.latest_invoice.charge"
+            params["expand"] = ["data.customer", latest]
             if self._api_version >= BASIL:  # their Discounts for MRR (mrr.py), instead of a read each;
                 # depth 4 is Stripe's maximum (api-facts "Discounts": ids from basil on)
-                params["expand"] = ["data.customer", "data.discounts", "data.items.data.discounts"]
+                params["expand"] = ["data.customer", latest, "data.discounts", "data.items.data.discounts"]
         elif kind == "payment_intents":
             path = "/v1/payment_intents"  # no status filter exists: filtered by the caller
             # What each payment kept: its Charge's refunds (issue 22 §1), and whether it is disputed (read apart,
@@ -964,10 +969,19 @@ class StripeSource:
     def first_invoice(self, subscription_id: str, by: int) -> dict[str, Any] | None:
         """The subscription's newest invoice created at or before `by` (its start, or its trial's end: the
         first paid invoice), or None (Stripe API reference: List invoices, newest first)."""
-        for page in self._walk("a subscription's first invoice", "/v1/invoices", {
-                "subscription": _path_id(subscription_id), "created": {"lte": by}, "limit": 1}):
+        params: dict[str, Any] = {"subscription": _path_id(subscription_id), "created": {"lte": by}, "limit": 1}
+        if self._api_version < BASIL:  # its Charge: whether refunds or disputes changed what it kept
+            params["expand"] = ["data.charge"]
+        for page in self._walk("a subscription's first invoice", "/v1/invoices", params):
             return page[0] if page else None
         return None
+
+    def credit_notes(self, invoice_id: str) -> list[dict[str, Any]]:
+        """An invoice's credit notes, every status (/v1/credit_notes?invoice=…)."""
+        notes: list[dict[str, Any]] = []
+        for page in self._walk("credit notes", "/v1/credit_notes", {"invoice": _path_id(invoice_id), "limit": 100}):
+            notes.extend(page)
+        return notes
 
     def customer_subscriptions(self, customer_id: str) -> list[dict[str, Any]]:
         """A customer's subscriptions that are not canceled (the list's default: Stripe API reference, List
