@@ -353,8 +353,9 @@ def test_first_invoice_net_is_before_tax_and_counts_a_credit_notes_refund_once()
 
 
 def test_a_customers_year_the_worked_example_in_the_docs(tmp_path, stripe_sb, org, sf_sb):
-    """docs-drafts/refunds.md, "A customer's year": the figures Salesforce shows after each step (the year is
-    compressed into Stripe's 30-day event window: a "month" here is two days; the figures do not depend on it)."""
+    """docs/rules.md, "A customer's year: refunds, credit notes, disputes": the figures Salesforce shows after
+    each step (the year is compressed into Stripe's 30-day event window: a "month" here is two days; the figures
+    do not depend on it)."""
     month = 2 * DAY
     start = int(time.time()) - 26 * DAY
     f = factory(stripe_sb, None, 53)
@@ -457,7 +458,7 @@ def test_reconcile_and_backfill_keep_a_first_invoice_netted_by_a_credit_note(tmp
     pytest.param(None, marks=pytest.mark.xfail(strict=True, reason=(
         "from basil on a first invoice's Charge cannot be expanded from a subscription or invoice listing "
         "(payments.data.payment.payment_intent.latest_charge is too deep): a refund is not seen without a read "
-        "per subscription; see docs-drafts/netfirst.md"))),
+        "per subscription; see docs/backfill.md"))),
     API_VERSION_PRE_BASIL], ids=["current", "pre-basil"])
 def test_reconcile_and_backfill_keep_a_first_invoice_netted_by_a_refund(tmp_path, stripe_sb, org, sf_sb, version):
     """A partial refund of a subscription's first invoice: `sync` nets the Amount; reconcile and a backfill
