@@ -22,7 +22,7 @@ def run(config, env, **kw):
     return service.run_sync(config, env, **kw)
 
 
-def setup(tmp_path, env, org, stripe_sb, seed=41):
+def a_subscription_world(tmp_path, env, org, stripe_sb, seed=41):
     f = StripeFactory(stripe_sb, seed=seed)
     now = int(time.time())
     cus = f.customer("Same Second", "s@example.com", created=now - 10 * DAY)
@@ -39,7 +39,7 @@ def since(ts):
 
 
 def test_in_one_listing_the_later_of_one_second_wins(tmp_path, env, org, stripe_sb):
-    f, now, acct, sub, config = setup(tmp_path, env, org, stripe_sb)
+    f, now, acct, sub, config = a_subscription_world(tmp_path, env, org, stripe_sb)
     t = now - 3600
     f.subscription_updated(sub["id"], {"status": "past_due"}, t)
     f.subscription_updated(sub["id"], {"status": "unpaid"}, t)  # same second, listed as the newer
@@ -50,7 +50,7 @@ def test_in_one_listing_the_later_of_one_second_wins(tmp_path, env, org, stripe_
 
 def test_an_event_listed_late_in_the_same_second_as_an_applied_one_applies_the_current_state(
         tmp_path, env, org, stripe_sb):
-    f, now, acct, sub, config = setup(tmp_path, env, org, stripe_sb)
+    f, now, acct, sub, config = a_subscription_world(tmp_path, env, org, stripe_sb)
     t = now - 60
     first = f.subscription_updated(sub["id"], {"status": "past_due"}, t)
     f.subscription_updated(sub["id"], {"status": "unpaid"}, t)  # the newer: Stripe holds `unpaid` now
@@ -95,7 +95,7 @@ def test_inbox_deliveries_of_one_second_apply_the_current_state_read_once():
 
 
 def test_duplicate_event_objects_a_backfill_and_an_earlier_key_make_one_task_each(tmp_path, env, org, stripe_sb):
-    f, now, acct, sub, config = setup(tmp_path, env, org, stripe_sb)
+    f, now, acct, sub, config = a_subscription_world(tmp_path, env, org, stripe_sb)
     # An earlier version ran on this state: it has a cursor, and no mark of when Tasks were keyed by subject.
     f.subscription_updated(sub["id"], {"metadata": {"plan": "gold"}}, now - 8000)
     run(config, env, since=since(now - 2 * DAY))
