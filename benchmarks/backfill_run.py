@@ -24,10 +24,10 @@ from typing import Any
 
 from benchmarks.harness import set_yaml_value
 from benchmarks.run import RSS_BIG, RSS_SMALL, machine_info, rss_goal, rss_target
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox.stripe_factory import StripeFactory
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.config import example_config
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400

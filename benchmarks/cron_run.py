@@ -18,11 +18,11 @@ from typing import Any
 
 from benchmarks.harness import BATCHED, set_yaml_value, write_config
 from benchmarks.scenario import benchmark_org, generate, seed_state
+from stripe_sf_sandbox.demo import sandbox_environment
+from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
-from stripe_sf_sync.sandbox.demo import sandbox_environment
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 
 def _sync(config: Path, env: service.Environment, **kw: Any) -> service.RunSummary:

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.scenario import Generated, benchmark_org, generate, generate_cold, seed_state
+from stripe_sf_sandbox.demo import sandbox_environment
+from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
 from stripe_sf_sync.salesforce_sink import COLLECTION_LIMIT, COMPOSITE_QUERIES, IN_CHUNK
-from stripe_sf_sync.sandbox.demo import sandbox_environment
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 BATCHED = "batched"
 PER_EVENT = "per-event"

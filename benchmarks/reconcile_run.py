@@ -25,8 +25,8 @@ from typing import Any
 
 from benchmarks.backfill_run import _WRAPPER, DAY, ROOT, _max_rss_kib, evaluate, seed, write_config
 from benchmarks.run import RSS_BIG, RSS_SMALL, machine_info
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 
 DRIFT_EVERY = 100  # one record in this many is drifted by hand, per kind
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg
+from stripe_sf_sandbox.scenario import ORG_CURRENCIES
+from stripe_sf_sandbox.stripe_factory import StripeFactory, link_invoice_payment
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.model import CachedCustomer
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
-from stripe_sf_sync.sandbox.scenario import ORG_CURRENCIES
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory, link_invoice_payment
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.state import StateStore
 
 DAY = 86400

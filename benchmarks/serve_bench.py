@@ -51,7 +51,7 @@ def client(spec_path: Path, out_path: Path) -> None:
     """Deliver the events of `spec_path` (paced, then burst); write each phase's figures to `out_path`."""
     import requests
 
-    from stripe_sf_sync.sandbox.webhooks import signature_header
+    from stripe_sf_sandbox.webhooks import signature_header
 
     spec = json.loads(spec_path.read_text())
     url = spec["url"]
@@ -108,11 +108,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run both phases; the figures and whether the targets are met."""
     from benchmarks.harness import BATCHED, write_config
     from benchmarks.scenario import benchmark_org, generate, seed_state
+    from stripe_sf_sandbox.demo import sandbox_environment
+    from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
+    from stripe_sf_sandbox.stripe_server import StripeSandbox
     from stripe_sf_sync import serve, service
     from stripe_sf_sync.config import example_config
-    from stripe_sf_sync.sandbox.demo import sandbox_environment
-    from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
-    from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
     paced_n = int(args.rate * args.seconds)
     with StripeSandbox(latency_ms=args.stripe_latency_ms) as stripe_sb, \

@@ -20,7 +20,7 @@ from stripe_sf_sync import model
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.pipeline import Batch, BatchResult, CommitPolicy
 from stripe_sf_sync.pipeline.cursor import hand_off
-from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.slices import SLICES_PER_WORKER, Page, SliceListing, plan_slices
 from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 import stripe_sf_sync
-from stripe_sf_sync.console import LogFormat, active_settings, fields, setup_logging
 from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
-from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError, missing_extra
+from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError, missing_extra, missing_sandbox
 from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE, span
 from stripe_sf_sync.lazy import lazy_module
+from stripe_sf_sync.logs import LogFormat, active_settings, fields, setup_logging
 from stripe_sf_sync.tables import Column, print_records
 from stripe_sf_sync.words import counted
 
@@ -780,9 +780,9 @@ def demo(debug: DebugOpt = False, log_format: LogFormatOpt = None, quiet: QuietO
 
 
 def _sandbox_demo() -> Callable[[Console], int]:
-    """The demo, imported only when asked for: its stand-ins need the optional [sandbox] extra."""
+    """The demo, imported only when asked for: its stand-ins are a distribution of their own."""
     with _sandbox_extra("demo"):
-        from stripe_sf_sync.sandbox.demo import run_demo
+        from stripe_sf_sandbox.demo import run_demo
     return run_demo
 
 
@@ -793,8 +793,8 @@ def _missing_extra(command: str, extra: str) -> contextlib.AbstractContextManage
 
 
 def _sandbox_extra(command: str) -> contextlib.AbstractContextManager[None]:
-    """Imports of the stand-ins (the [sandbox] extra)."""
-    return _missing_extra(command, "sandbox")
+    """Imports of the stand-ins (their own distribution, stripe-sf-sandbox)."""
+    return missing_sandbox(f"`stripe-sf {command}`", f"run `stripe-sf {command}` again")
 
 
 @app.command("sandbox")
@@ -816,7 +816,7 @@ def sandbox_command(
 
     def load() -> Any:
         with _sandbox_extra("sandbox"):
-            from stripe_sf_sync.sandbox import rehearsal
+            from stripe_sf_sandbox import rehearsal
         return rehearsal
 
     rehearsal = guarded(load, debug=debug)

@@ -18,7 +18,7 @@ from ruamel.yaml.reader import ReaderError
 
 from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.sfid import is_salesforce_id
+from stripe_sf_sync.salesforce_ids import is_salesforce_id
 
 DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
 DEFAULT_SF_API_VERSION = "62.0"

@@ -82,18 +82,30 @@ class StateUnavailableError(StateError):
 
 
 @contextlib.contextmanager
-def missing_extra(needs: str, extra: str, then: str) -> Iterator[None]:
-    """Imports of an optional part: a missing extra is a usage error that says how to install it. `needs` names
-    what needs it ("`stripe-sf serve`"), `then` what to do once installed."""
+def missing_part(needs: str, part: str, install: str, then: str) -> Iterator[None]:
+    """Imports of an optional part: a missing one is a usage error that says how to install it. `needs` names
+    what needs it ("`stripe-sf serve`"), `part` the part, `install` how to install it, `then` what to do next."""
     try:
         yield
     except ModuleNotFoundError as exc:
         if (exc.name or "").startswith("stripe_sf_sync"):
             raise
-        raise ConfigError([f"{needs} needs the {extra} extra, and {exc.name} is not installed"],
-                          source="installation",
-                          hint=f"Install it with `pip install 'stripe-sf-sync[{extra}]'` (from a clone: "
-                               f"`pip install -e '.[{extra}]'`), then {then}.") from None
+        missing = (exc.name or "a module").partition(".")[0]  # the distribution's package, not a submodule
+        raise ConfigError([f"{needs} needs {part}, and {missing} is not installed"], source="installation",
+                          hint=f"Install it with {install}, then {then}.") from None
+
+
+def missing_extra(needs: str, extra: str, then: str) -> contextlib.AbstractContextManager[None]:
+    """Imports of an optional extra of this distribution."""
+    return missing_part(needs, f"the {extra} extra",
+                        f"`pip install 'stripe-sf-sync[{extra}]'` (from a clone: `pip install -e '.[{extra}]'`)", then)
+
+
+def missing_sandbox(needs: str, then: str) -> contextlib.AbstractContextManager[None]:
+    """Imports of the stand-ins, a distribution of their own (`sandbox/` in the repository) that the tool's
+    wheel does not ship."""
+    return missing_part(needs, "the stand-ins (the stripe-sf-sandbox distribution)",
+                        "`pip install -e ./sandbox` from a clone of the stripe-sf repository", then)
 
 
 class FatalSyncError(StripeSfError):

@@ -34,7 +34,7 @@ from typing import Any
 from stripe_sf_sync import model, money
 from stripe_sf_sync.backfill import synthetic_event
 from stripe_sf_sync.pipeline import Batch, BatchResult, CommitPolicy
-from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.pipeline.events import HeldEvent
 
 OBJECTS = ("subscriptions", "payment_intents", "accounts")
 

@@ -25,7 +25,7 @@ from stripe_sf_sync.model import (
     PaymentChange,
     SubscriptionChange,
 )
-from stripe_sf_sync.sfid import checked_id
+from stripe_sf_sync.salesforce_ids import checked_id
 
 FAILED_PAYMENT_SUBJECT = "Payment Failed - Immediate Action Required"
 WON_FROM = frozenset({"incomplete", "trialing"})

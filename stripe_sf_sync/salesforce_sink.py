@@ -39,7 +39,6 @@ from tenacity import (
 )
 
 from stripe_sf_sync.config import FieldNames, SalesforceSecrets
-from stripe_sf_sync.console import fields
 from stripe_sf_sync.deadline import Deadline
 from stripe_sf_sync.errors import (
     BudgetSpent,
@@ -52,6 +51,7 @@ from stripe_sf_sync.errors import (
     tls_error,
     unreachable_error,
 )
+from stripe_sf_sync.logs import fields
 from stripe_sf_sync.resolve import (
     AccountRow,
     LookupRequest,
@@ -61,7 +61,7 @@ from stripe_sf_sync.resolve import (
     WriteKind,
     WriteResult,
 )
-from stripe_sf_sync.sfid import to_18
+from stripe_sf_sync.salesforce_ids import to_18
 
 log = logging.getLogger("stripe_sf_sync")
 

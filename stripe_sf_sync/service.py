@@ -33,10 +33,10 @@ from stripe_sf_sync.config import (
     url_without_password,
     writable_file_problem,
 )
-from stripe_sf_sync.console import bind_run
 from stripe_sf_sync.errors import ConfigError, ExitCode, NoStateError
 from stripe_sf_sync.health import Thresholds, assess, iso, last_run, parse_duration, run_view
 from stripe_sf_sync.hydrate import StripeHydrator
+from stripe_sf_sync.logs import bind_run
 from stripe_sf_sync.metrics import RunFigures, check_metrics_path, write_metrics
 from stripe_sf_sync.pipeline import (
     ORG_CACHE_KEY,

@@ -28,8 +28,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from stripe_sf_sync import collector
-from stripe_sf_sync.console import fields
+from stripe_sf_sync import gc_pause
 from stripe_sf_sync.deadline import Deadline
 from stripe_sf_sync.errors import (
     CursorExpiredError,
@@ -40,6 +39,7 @@ from stripe_sf_sync.errors import (
     tls_error,
     unreachable_error,
 )
+from stripe_sf_sync.logs import fields
 from stripe_sf_sync.model import EVENT_TYPES, CachedCustomer
 
 log = logging.getLogger("stripe_sf_sync")
@@ -144,7 +144,7 @@ class CountingRequestsClient(stripe.RequestsClient):
     def _decode(self, body: bytes) -> bytes:
         """Keep the decoded object and give the SDK `{}`; or the body itself when it is not a JSON object."""
         try:
-            with collector.paused():  # a page is some 30,000 new objects and no cycle
+            with gc_pause.paused():  # a page is some 30,000 new objects and no cycle
                 value = orjson.loads(body)
         except orjson.JSONDecodeError:
             return body  # the SDK decodes it as before (NaN, integers past 64 bits) or raises its APIError

@@ -107,10 +107,10 @@ def record(stripe_key: str, stripe_base: str | None, sf_secrets: Any, sf_session
 
 def record_sandbox() -> None:
     """Record against the sandbox stand-ins, loaded with the demo scenario."""
+    from stripe_sf_sandbox import scenario
+    from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
+    from stripe_sf_sandbox.stripe_server import StripeSandbox
     from stripe_sf_sync.config import salesforce_secrets
-    from stripe_sf_sync.sandbox import scenario
-    from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
-    from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
     with StripeSandbox() as stripe_sb, SalesforceSandbox(scenario.awkward_org()) as sf_sb:
         sc = scenario.load(stripe_sb, sf_sb.org, now=int(time.time()))
@@ -120,7 +120,7 @@ def record_sandbox() -> None:
         record(stripe_sb.api_key, stripe_sb.base_url, secrets, sf_sb.session(), cursor=sc.events[0],
                customer=sc.customers["acme"], failed_invoice=failed["data"]["object"]["id"],
                payment_intent=paid["data"]["object"]["id"],
-               against="the stripe_sf_sync.sandbox stand-ins (stripe_server, salesforce_server)")
+               against="the stripe_sf_sandbox stand-ins (stripe_server, salesforce_server)")
 
 
 def record_live() -> None:

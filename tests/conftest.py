@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.demo import sandbox_environment
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.demo import sandbox_environment
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 EXAMPLE = example_config()
 

@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import StateStore
 
 from .conftest import snapshot, write_config

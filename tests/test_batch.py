@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from stripe_sf_sync import collector, model, rules
+from stripe_sf_sync import gc_pause, model, rules
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline import BatchSettings, CommitPolicy, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
 from stripe_sf_sync.pipeline.edges import PlanRecorder
-from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.pipeline.org import OrgFacts
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import RunSummary, run_batches
@@ -250,14 +250,14 @@ def test_a_pause_held_on_one_thread_is_not_ended_by_another_threads_pause() -> N
     inside, leave = threading.Event(), threading.Event()
 
     def other() -> None:
-        with collector.paused():
+        with gc_pause.paused():
             inside.set()
             leave.wait(5.0)
 
     thread = threading.Thread(target=other)
     thread.start()
     assert inside.wait(5.0)
-    with collector.paused():
+    with gc_pause.paused():
         leave.set()
         thread.join(5.0)
         assert not gc.isenabled()  # the other thread's block ended; this one still holds the pause

@@ -17,7 +17,7 @@ from benchmarks import cold_run
 from benchmarks import run as bench
 from benchmarks.harness import BATCHED, PER_EVENT, RunResult, measure
 from benchmarks.scenario import COLD_CUSTOMER_METADATA, COLD_OPPORTUNITY, COLD_VARIANTS, benchmark_org, generate
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 
 EVENTS = 300
 SEED = 42

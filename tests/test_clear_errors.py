@@ -19,13 +19,13 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.demo import sandbox_environment
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
 from stripe_sf_sync.salesforce_sink import Verdict, failure_of
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.demo import sandbox_environment
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.state import StateStore
 
 from .conftest import EXAMPLE, since, write_config

@@ -12,11 +12,11 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+from stripe_sf_sandbox.scenario import WON_STAGE
 from stripe_sf_sync import __version__
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.config import example_config, load_config, require_org_values
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.sandbox.scenario import WON_STAGE
 from stripe_sf_sync.state import StateStore
 
 from .conftest import since, write_config
@@ -178,14 +178,15 @@ def test_demo_runs(runner):
         assert text in result.output
 
 
-def test_demo_without_the_sandbox_extra_says_how_to_install_it():
-    # A fresh interpreter in which trustme cannot be imported, as after `pip install stripe-sf-sync`.
-    code = ("import sys; sys.modules['trustme'] = None; sys.argv = ['stripe-sf', 'demo']; "
+def test_demo_without_the_sandbox_says_how_to_install_it():
+    # A fresh interpreter in which the stand-ins cannot be imported, as after `pip install stripe-sf-sync`.
+    code = ("import sys; sys.modules['stripe_sf_sandbox'] = None; sys.argv = ['stripe-sf', 'demo']; "
             "from stripe_sf_sync.cli import main; main()")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == ExitCode.CONFIG, done.stderr
-    assert "trustme is not installed" in done.stderr
-    assert "pip install 'stripe-sf-sync[sandbox]'" in done.stderr and "pip install -e '.[sandbox]'" in done.stderr
+    assert "needs the stand-ins (the stripe-sf-sandbox distribution), and stripe_sf_sandbox is not installed" \
+        in " ".join(done.stderr.split())
+    assert "pip install -e ./sandbox" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
 
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 
 from .conftest import write_config
 

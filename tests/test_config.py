@@ -1,6 +1,6 @@
 import pytest
 
-from stripe_sf_sync import config, sfid
+from stripe_sf_sync import config, salesforce_ids
 from stripe_sf_sync.errors import ConfigError, ExitCode
 
 GOOD_RT = "0125g000000AbCdAAK"
@@ -92,7 +92,7 @@ def test_record_type_choice():
 def test_the_new_business_rule_takes_the_first_match():
     assert config.new_business_record_type(["Renewal", "new_business", "New Business"]) == "new_business"
     assert config.new_business_record_type(["Renewal", "New Business Plus"]) is None
-    first, second = sfid.to_18("0125g000000AbCe"), sfid.to_18("0125g000000AbCf")
+    first, second = salesforce_ids.to_18("0125g000000AbCe"), salesforce_ids.to_18("0125g000000AbCf")
     s = config.parse_settings({"salesforce": {"record_types": {"Renewal": GOOD_RT, "New_Business": first,
                                                                "New Business": second}}})
     assert s.record_type_id() == first and s.record_type_name() == "New_Business"

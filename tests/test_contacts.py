@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 
 from .conftest import since
 

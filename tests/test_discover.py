@@ -10,14 +10,14 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.demo import sandbox_environment
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox.scenario import WON_STAGE, WON_STAGE_LABEL
 from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.config import parse_settings
 from stripe_sf_sync.errors import ConfigError, ExitCode
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.demo import sandbox_environment
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
-from stripe_sf_sync.sandbox.scenario import WON_STAGE, WON_STAGE_LABEL
 
 from .conftest import EXAMPLE, since, write_config
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.salesforce_server import FieldDef, SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.salesforce_server import FieldDef, SalesforceOrg, SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.state import StateStore
 
 from .conftest import since, write_config

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.model import CachedCustomer
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import StateStore
 
 from .conftest import since, write_config

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.config import MAX_LOOKBACK_S, parse_settings
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.pipeline import SYNC_FLOOR_KEY
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import LEDGER_RETENTION_S, Outcome, StateStore
 from stripe_sf_sync.stripe_source import RETENTION_S
 

@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from stripe_sf_sync.cli import app
-from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.sandbox.salesforce_server import FieldDef, SalesforceOrg
-from stripe_sf_sync.sandbox.stripe_factory import (
+from stripe_sf_sandbox.salesforce_server import FieldDef, SalesforceOrg
+from stripe_sf_sandbox.stripe_factory import (
     API_VERSION_BASIL,
     API_VERSION_CLOVER,
     API_VERSION_CURRENT,
     API_VERSION_PRE_BASIL,
     StripeFactory,
 )
+from stripe_sf_sync.cli import app
+from stripe_sf_sync.errors import ExitCode
 
 from .conftest import write_config
 from .test_serve import deliver, event_of, eventually, serving

@@ -10,12 +10,12 @@ from decimal import Decimal
 
 import pytest
 
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ConfigError, ExitCode
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import StateStore
 
 from .conftest import snapshot, write_config

@@ -122,13 +122,14 @@ def test_ctrl_c_stops_the_sandbox_cleanly(served):
     assert code == 0 and "sandbox stopped" in err and "Traceback" not in err
 
 
-def test_the_sandbox_without_its_extra_says_how_to_install_it():
-    code = ("import sys; sys.modules['trustme'] = None; sys.argv = ['stripe-sf', 'sandbox']; "
+def test_the_sandbox_without_its_distribution_says_how_to_install_it():
+    code = ("import sys; sys.modules['stripe_sf_sandbox'] = None; sys.argv = ['stripe-sf', 'sandbox']; "
             "from stripe_sf_sync.cli import main; main()")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == ExitCode.CONFIG, done.stderr
-    assert "`stripe-sf sandbox` needs the sandbox extra, and trustme is not installed" in done.stderr
-    assert "pip install 'stripe-sf-sync[sandbox]'" in done.stderr and "Traceback" not in done.stderr
+    assert "`stripe-sf sandbox` needs the stand-ins (the stripe-sf-sandbox distribution), and stripe_sf_sandbox " \
+           "is not installed" in " ".join(done.stderr.split())
+    assert "pip install -e ./sandbox" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("cmd", [["sandbox"], ["doctor"]])

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 from typer.testing import CliRunner
 
+from stripe_sf_sandbox.demo import sandbox_environment
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox.stripe_factory import API_VERSION_PRE_BASIL, StripeFactory
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.sandbox.demo import sandbox_environment
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_factory import API_VERSION_PRE_BASIL, StripeFactory
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.state import StateStore
 
 from .conftest import snapshot, write_config

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import StateStore
 
 from .conftest import write_config

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import requests
 
+from stripe_sf_sandbox.webhooks import signature_header
 from stripe_sf_sync import serve, service
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.sandbox.webhooks import signature_header
 from stripe_sf_sync.state import StateStore
 
 from .conftest import since, snapshot

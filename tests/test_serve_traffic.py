@@ -11,8 +11,8 @@ from typing import Any
 
 import requests
 
+from stripe_sf_sandbox.webhooks import connected_account_event, signature_header, thin_event
 from stripe_sf_sync import serve
-from stripe_sf_sync.sandbox.webhooks import connected_account_event, signature_header, thin_event
 from stripe_sf_sync.state import StateStore
 
 from .test_serve import SECRET, acme_opportunities, deliver, event_of, eventually, inbox_rows, serving, state_path

@@ -7,10 +7,10 @@ import hashlib
 import json
 import time
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 
 from .conftest import since
 from .state_backends import STATE_NAME, Backend

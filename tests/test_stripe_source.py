@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from stripe_sf_sandbox.stripe_factory import API_VERSION_CURRENT, StripeFactory
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.errors import FatalSyncError
-from stripe_sf_sync.sandbox.stripe_factory import API_VERSION_CURRENT, StripeFactory
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.stripe_source import MAX_ATTEMPTS, StripeSource, build_client
 
 NOW = int(time.time())

@@ -10,10 +10,10 @@ from decimal import Decimal
 
 import pytest
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.errors import ConfigError, CursorExpiredError, ExitCode, FatalSyncError, LockHeldError
 from stripe_sf_sync.pipeline import DeadLetters, RunSummary
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import Cursor, StateStore
 
 from .conftest import crash_before_commit_then_rerun, since, snapshot, write_config
@@ -269,9 +269,9 @@ def test_expired_access_token_is_fatal_with_advice(config, env, org, sc):
 
 
 def test_org_without_task_event_id_field_creates_tasks(tmp_path, stripe_sb, sc):
-    from stripe_sf_sync.sandbox import scenario
-    from stripe_sf_sync.sandbox.demo import sandbox_environment
-    from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
+    from stripe_sf_sandbox import scenario
+    from stripe_sf_sandbox.demo import sandbox_environment
+    from stripe_sf_sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
 
     plain = SalesforceOrg(won_stage="Won", require_record_type=True, task_event_id_field=False)
     for name, cus in sc.customers.items():

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg
 from stripe_sf_sync import service
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
 from stripe_sf_sync.state import StateStore
 
 from .conftest import crash_before_commit_then_rerun, since, snapshot, write_config
@@ -173,8 +173,8 @@ def test_no_task_is_ever_upserted(config, env, org, sc, sf_sb):
 @pytest.mark.parametrize("org", ["external_unique"], indirect=True)
 def test_task_field_that_is_not_text_is_a_config_error(tmp_path, env, org, sc):
     """The key is looked up with SOQL `IN (...)`: a field that cannot hold or filter it is named up front."""
+    from stripe_sf_sandbox.salesforce_server import FieldDef
     from stripe_sf_sync.errors import ConfigError
-    from stripe_sf_sync.sandbox.salesforce_server import FieldDef
 
     org.schema["Task"]["Stripe_Event_ID__c"] = FieldDef("Stripe_Event_ID__c", "textarea", length=32000)
     config = write_config(tmp_path / "sync.yaml")
@@ -189,8 +189,8 @@ def test_task_field_that_is_not_text_is_a_config_error(tmp_path, env, org, sc):
 def test_warning_names_the_missing_task_field(tmp_path, env, stripe_sb, sc, caplog):
     """Without the field there is nothing to look Tasks up by: they are created without a key, as before,
     and the run says what to add."""
-    from stripe_sf_sync.sandbox.demo import sandbox_environment
-    from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
+    from stripe_sf_sandbox.demo import sandbox_environment
+    from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
 
     plain = SalesforceOrg(won_stage="Won", require_record_type=True, task_event_id_field=False)
     for name, cus in sc.customers.items():

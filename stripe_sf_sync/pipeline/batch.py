@@ -14,10 +14,10 @@ from typing import Any
 
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import FieldNames
-from stripe_sf_sync.console import fields
 from stripe_sf_sync.errors import StripeSfError
+from stripe_sf_sync.logs import fields
 from stripe_sf_sync.model import CachedCustomer, CustomerChange, MalformedEvent
-from stripe_sf_sync.pipeline.held import HeldEvent, dead_letter, outcome_id, unexpected
+from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, outcome_id, unexpected
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.resolve import Lookups, Materializer, SfOp, WriteResult, WriteSettings

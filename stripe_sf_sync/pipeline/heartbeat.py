@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from stripe_sf_sync.console import fields
 from stripe_sf_sync.health import iso, span
+from stripe_sf_sync.logs import fields
 
 log = logging.getLogger("stripe_sf_sync")
 

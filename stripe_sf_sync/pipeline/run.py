@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from stripe_sf_sync import collector
-from stripe_sf_sync.console import fields
+from stripe_sf_sync import gc_pause
 from stripe_sf_sync.errors import BudgetSpent
+from stripe_sf_sync.logs import fields
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
@@ -126,7 +126,7 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
             summary.stopped_early = reason
             break
         try:
-            with collector.paused():  # the batch's objects stay until it is applied (collector.py)
+            with gc_pause.paused():  # the batch's objects stay until it is applied (gc_pause.py)
                 result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried,
                                      bulk=batch.policy.bulk, unordered=_unordered(batch.policy), stop=stop,
                                      note=activity.note)

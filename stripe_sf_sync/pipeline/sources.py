@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from stripe_sf_sync import collector
+from stripe_sf_sync import gc_pause
 from stripe_sf_sync.pipeline.batch import BatchResult
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, CursorState, EventLister, sync_start
-from stripe_sf_sync.pipeline.held import HeldEvent
+from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.state import InboxEntry
 
@@ -74,7 +74,7 @@ def in_batches(events: Iterable[Mapping[str, Any]], size: int, policy: CommitPol
     event; False ends the stream there (a limit was reached), without reading one event too many."""
     stream = iter(events)
     while True:
-        with collector.paused():  # resumed while the batch is applied (collector.py)
+        with gc_pause.paused():  # resumed while the batch is applied (gc_pause.py)
             held, last = _fill(stream, size, more)
         if held:
             yield Batch(held, policy)

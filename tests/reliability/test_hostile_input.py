@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.config import load_config
 from stripe_sf_sync.errors import ConfigError, ExitCode
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import StateStore
 
 from .. import payloads as p

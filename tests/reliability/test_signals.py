@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.demo import sandbox_environment
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.demo import sandbox_environment
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.state import StateStore
 
 from ..conftest import snapshot
@@ -514,9 +514,9 @@ def test_sigterm_mid_sync_batch_stops_within_seconds_with_the_cursor_at_what_was
     """A sync batch whose events each need a Stripe call (failed invoices on an account pinned before
     2025-03-31.basil: the failure code is read invoice by invoice) is cut between calls: its first events are
     written and committed, the cursor at the last of them, and the next plain sync does the rest."""
-    from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
-    from stripe_sf_sync.sandbox.stripe_factory import API_VERSION_PRE_BASIL
-    from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+    from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
+    from stripe_sf_sandbox.stripe_factory import API_VERSION_PRE_BASIL
+    from stripe_sf_sandbox.stripe_server import StripeSandbox
 
     from ..conftest import write_config as write_test_config
     n = 400

@@ -84,7 +84,7 @@ def test_a_long_read_transaction_never_blocks_sync(tmp_path):
         reader = sqlite3.connect(cfg.parent / STATE_NAME, isolation_level=None)
         reader.execute("BEGIN")
         before = reader.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
+        from stripe_sf_sandbox.stripe_factory import StripeFactory
         f = StripeFactory(world.stripe, seed=5)
         for i in range(12):
             cus = f.customer(f"Wal {i}", f"w{i}@example.com")

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.demo import sandbox_environment
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox.stripe_factory import StripeFactory
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.demo import sandbox_environment
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 
 from ..conftest import EXAMPLE, snapshot
 from ..state_backends import Backend

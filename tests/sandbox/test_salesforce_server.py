@@ -23,8 +23,8 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from stripe_sf_sync.sandbox import sfids
-from stripe_sf_sync.sandbox.salesforce_server import FieldDef, SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox import sfids
+from stripe_sf_sandbox.salesforce_server import FieldDef, SalesforceOrg, SalesforceSandbox
 
 API = "62.0"
 
@@ -1000,7 +1000,7 @@ def test_versions_describe_and_stop_cleans_up() -> None:
 def test_composite_get_subrequests_bill_one_call_and_cap_queries():
     from simple_salesforce import Salesforce
 
-    from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
+    from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
 
     with SalesforceSandbox() as sb:
         sf = Salesforce(instance_url=sb.instance_url, session_id=sb.access_token, session=sb.session(), version="62.0")

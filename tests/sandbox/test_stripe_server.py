@@ -13,14 +13,14 @@ import pytest
 import requests
 import stripe
 
-from stripe_sf_sync.sandbox.stripe_factory import (
+from stripe_sf_sandbox.stripe_factory import (
     API_VERSION_BASIL,
     API_VERSION_CLOVER,
     API_VERSION_CURRENT,
     API_VERSION_PRE_BASIL,
     StripeFactory,
 )
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 
 T0 = 1_790_000_000  # the sandbox clock in these tests
 DAY = 86400

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+    from stripe_sf_sandbox.stripe_server import StripeSandbox
 
 Obj = dict[str, Any]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.words import counted
 
 

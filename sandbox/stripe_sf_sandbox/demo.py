@@ -8,12 +8,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from stripe_sf_sandbox import scenario
+from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.sandbox import scenario
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceSandbox
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.tables import Column, print_records
 from stripe_sf_sync.words import counted
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stripe_sf_sync.sandbox.salesforce_server import SalesforceOrg
-from stripe_sf_sync.sandbox.stripe_factory import StripeFactory
-from stripe_sf_sync.sandbox.stripe_server import StripeSandbox
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg
+from stripe_sf_sandbox.stripe_factory import StripeFactory
+from stripe_sf_sandbox.stripe_server import StripeSandbox
 
 DAY = 86400
 WON_STAGE = "Closed Won"  # the API name StageName takes

@@ -34,8 +34,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import stripe
 
-from stripe_sf_sync.sandbox.faults import FaultPlan
-from stripe_sf_sync.sandbox.stripe_factory import (
+from stripe_sf_sandbox.faults import FaultPlan
+from stripe_sf_sandbox.stripe_factory import (
     API_VERSION_CURRENT,
     ID_PREFIX_OBJECTS,
     Links,
