@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.harness import BATCHED, RunResult, measure
 from benchmarks.scenario import COLD_CUSTOMER_METADATA, COLD_OPPORTUNITY, COLD_VARIANTS
-from stripe_sf_sync.stripe_source import PAGE_LIMIT
+from stripe_sf_sync.stripe.source import PAGE_LIMIT
 
 FLOOR_FACTOR = 1.5  # target: Stripe calls within 1.5x the floor, both variants
 OPPORTUNITY_PER_1000 = 15  # target: Stripe calls per 1,000 events with the Opportunity in subscription metadata

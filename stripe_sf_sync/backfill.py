@@ -23,7 +23,7 @@ from stripe_sf_sync.pipeline.cursor import hand_off
 from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.slices import SLICES_PER_WORKER, Page, SliceListing, plan_slices
-from stripe_sf_sync.stripe_source import PAGE_LIMIT, StripeSource
+from stripe_sf_sync.stripe.source import PAGE_LIMIT, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stripe_sf_sync.pipeline.stop import Stop
-from stripe_sf_sync.stripe_source import StripeSource
+from stripe_sf_sync.stripe.source import StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
 

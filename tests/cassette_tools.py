@@ -67,10 +67,10 @@ def record(stripe_key: str, stripe_base: str | None, sf_secrets: Any, sf_session
     collections writes with per-record failures). Writes touch only one Account's status and a Task
     whose Status is invalid, so nothing is created."""
     from stripe_sf_sync.config import FieldNames
-    from stripe_sf_sync.resolve import AccountCache, SfOp, find
     from stripe_sf_sync.rules import AccountRef, AccountStatusIntent
-    from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
-    from stripe_sf_sync.stripe_source import StripeSource, build_client
+    from stripe_sf_sync.salesforce.lookups import AccountCache, SfOp, find
+    from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
+    from stripe_sf_sync.stripe.source import StripeSource, build_client
 
     v = recorder("all")
     client, http = build_client(stripe_key, api_base=stripe_base, api_version="2026-10-28.endive", timeout=30)

@@ -245,8 +245,8 @@ def test_bulk_jobs_renew_an_expired_session(sf_sb, org):
     """simple-salesforce's bulk2 never re-authenticates; the sink renews and sends the job again."""
     from simple_salesforce import Salesforce
 
-    from stripe_sf_sync.resolve import SfOp
-    from stripe_sf_sync.salesforce_sink import BulkWriter, SalesforceGateway
+    from stripe_sf_sync.salesforce.lookups import SfOp
+    from stripe_sf_sync.salesforce.sink import BulkWriter, SalesforceGateway
 
     acct = org.insert("Account", {"Name": "Renew", "Stripe_Customer_ID__c": "cus_renew0001"})
 

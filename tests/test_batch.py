@@ -18,13 +18,13 @@ from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline import BatchSettings, CommitPolicy, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
-from stripe_sf_sync.pipeline.edges import PlanRecorder
 from stripe_sf_sync.pipeline.events import HeldEvent
-from stripe_sf_sync.pipeline.org import OrgFacts
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import RunSummary, run_batches
 from stripe_sf_sync.pipeline.sources import Batch, in_batches
-from stripe_sf_sync.resolve import AccountRow, Lookups, SfOp, WriteResult
+from stripe_sf_sync.salesforce.edges import PlanRecorder
+from stripe_sf_sync.salesforce.lookups import AccountRow, Lookups, SfOp, WriteResult
+from stripe_sf_sync.salesforce.org import OrgFacts
 from stripe_sf_sync.state import Cursor
 
 from . import payloads as p

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from stripe_sf_sync.config import FieldNames, salesforce_secrets
-from stripe_sf_sync.resolve import AccountCache, SfOp, find
 from stripe_sf_sync.rules import AccountRef, AccountStatusIntent
-from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
-from stripe_sf_sync.stripe_source import StripeSource, build_client
+from stripe_sf_sync.salesforce.lookups import AccountCache, SfOp, find
+from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
+from stripe_sf_sync.stripe.source import StripeSource, build_client
 
 from .cassette_tools import CASSETTES, recorder
 

@@ -20,7 +20,7 @@ from stripe_sf_sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
 from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
-from stripe_sf_sync.pipeline import ORG_CACHE_KEY
+from stripe_sf_sync.salesforce.org import ORG_CACHE_KEY
 from stripe_sf_sync.state import StateStore
 
 from .conftest import write_config
@@ -243,7 +243,7 @@ def test_backfill_converts_like_sync(tmp_path, stripe_sb):
 
 def test_price_reads_are_paced_counted_cached_per_run_and_bounded(stripe_sb, monkeypatch):
     from stripe_sf_sandbox.stripe_factory import API_VERSION_CURRENT
-    from stripe_sf_sync import stripe_source
+    from stripe_sf_sync.stripe import source as stripe_source
 
     f = StripeFactory(stripe_sb, seed=35)
     prices = [f.price(1000 * (i + 1), "usd", currency_options={"eur": 900 * (i + 1)})["id"] for i in range(3)]

@@ -8,9 +8,9 @@ import inspect
 
 import pytest
 
-from stripe_sf_sync.pipeline.edges import DryRunState
 from stripe_sf_sync.state import Cursor, StateStore
-from stripe_sf_sync.state_pg import PgStateStore
+from stripe_sf_sync.state.dry_run import DryRunState
+from stripe_sf_sync.state.postgres import PgStateStore
 
 # The store's methods a dry run never calls through its state: opening and closing the store, the lock (taken
 # on the real store before it is wrapped), and the writes of commands that have no dry run.

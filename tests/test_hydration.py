@@ -166,7 +166,7 @@ class FakeTime:
 
 
 def test_pacer_lets_a_burst_through_and_holds_any_second_to_the_limit():
-    from stripe_sf_sync.stripe_source import Pacer
+    from stripe_sf_sync.stripe.source import Pacer
 
     t = FakeTime()
     pacer = Pacer(20, clock=t.clock, sleep=t.sleep)
@@ -181,7 +181,7 @@ def test_pacer_lets_a_burst_through_and_holds_any_second_to_the_limit():
 
 
 def test_pacer_with_a_fractional_rate_spaces_requests():
-    from stripe_sf_sync.stripe_source import Pacer
+    from stripe_sf_sync.stripe.source import Pacer
 
     t = FakeTime()
     pacer = Pacer(0.5, clock=t.clock, sleep=t.sleep)
@@ -193,7 +193,7 @@ def test_pacer_with_a_fractional_rate_spaces_requests():
 @pytest.mark.parametrize("second", ["same", "older"])
 def test_a_page_that_does_not_move_forward_stops_the_run(second):
     from stripe_sf_sync.errors import FatalSyncError
-    from stripe_sf_sync.stripe_source import StripeSource
+    from stripe_sf_sync.stripe.source import StripeSource
 
     newer = {"data": [{"id": f"evt_n{i}", "created": 200 - i} for i in range(3)], "has_more": True}
     older = {"data": [{"id": f"evt_o{i}", "created": 100 - i} for i in range(3)], "has_more": True}
@@ -227,7 +227,7 @@ def test_account_status_is_written_only_when_salesforce_differs(tmp_path, env, o
 
 
 def test_later_batches_of_a_run_reuse_the_accounts_it_already_read(tmp_path, env, org, stripe_sb, monkeypatch):
-    from stripe_sf_sync.salesforce_sink import SalesforceGateway
+    from stripe_sf_sync.salesforce.sink import SalesforceGateway
 
     f = StripeFactory(stripe_sb, seed=26)
     t = int(time.time()) - 2 * DAY
@@ -256,8 +256,8 @@ def test_later_batches_of_a_run_reuse_the_accounts_it_already_read(tmp_path, env
 
 
 def test_collection_calls_of_one_kind_run_a_few_at_once_grouped_by_account():
-    from stripe_sf_sync.resolve import SfOp, WriteResult
-    from stripe_sf_sync.salesforce_sink import CollectionsWriter
+    from stripe_sf_sync.salesforce.lookups import SfOp, WriteResult
+    from stripe_sf_sync.salesforce.sink import CollectionsWriter
 
     class FakeGateway:
         max_attempts = 5

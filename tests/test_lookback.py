@@ -16,7 +16,7 @@ from stripe_sf_sync.config import MAX_LOOKBACK_S, parse_settings
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.pipeline import SYNC_FLOOR_KEY
 from stripe_sf_sync.state import LEDGER_RETENTION_S, Outcome, StateStore
-from stripe_sf_sync.stripe_source import RETENTION_S
+from stripe_sf_sync.stripe.source import RETENTION_S
 
 from .conftest import since, snapshot, write_config
 from .test_backfill import backfill

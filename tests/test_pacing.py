@@ -17,7 +17,7 @@ from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.config import StripeSettings
-from stripe_sf_sync.stripe_source import (
+from stripe_sf_sync.stripe.source import (
     MIN_RPS,
     PROBE_EVERY_S,
     RATE_LIMIT_SHARE,
@@ -163,7 +163,7 @@ LOCK_TIMEOUT_BODY = {"error": {"type": "invalid_request_error", "code": "lock_ti
 
 def paced_source(stripe_sb: StripeSandbox, **kw: float):
     from stripe_sf_sandbox.stripe_factory import API_VERSION_CURRENT
-    from stripe_sf_sync.stripe_source import StripeSource, build_client
+    from stripe_sf_sync.stripe.source import StripeSource, build_client
 
     client, http = build_client(stripe_sb.api_key, api_base=stripe_sb.base_url, api_version=API_VERSION_CURRENT,
                                 timeout=5)

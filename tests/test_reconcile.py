@@ -334,7 +334,7 @@ def test_a_signal_while_reading_stops_at_the_next_page_with_its_exit_code(tmp_pa
     import signal
 
     from stripe_sf_sync.pipeline.stop import Aborted
-    from stripe_sf_sync.reconcile_read import StripeReader
+    from stripe_sf_sync.reconcile.read import StripeReader
 
     _, _, config = synced(tmp_path, env, org, stripe_sb)
     real = StripeReader._plans
@@ -358,7 +358,7 @@ def test_a_signal_while_reading_stops_at_the_next_page_with_its_exit_code(tmp_pa
 def test_unseen_account_customers_are_read_one_by_one_or_listed(tmp_path, env, org, stripe_sb, monkeypatch, at_most):
     """Customers no listed object showed: one read each while few (a malformed id costs no call), else the list;
     the same findings either way."""
-    from stripe_sf_sync import reconcile_read
+    from stripe_sf_sync.reconcile import read as reconcile_read
 
     f, _, config = synced(tmp_path, env, org, stripe_sb)
     lone = f.customer("No subscription", "lone@example.com")

@@ -5,7 +5,8 @@ from decimal import Decimal
 import pytest
 
 from stripe_sf_sync.config import FieldNames
-from stripe_sf_sync.resolve import (
+from stripe_sf_sync.rules import AccountRef, AccountStatusIntent, OpportunityIntent, TaskIntent
+from stripe_sf_sync.salesforce.lookups import (
     AccountCache,
     AccountRow,
     LookupRequest,
@@ -16,7 +17,6 @@ from stripe_sf_sync.resolve import (
     find,
     lookup_request,
 )
-from stripe_sf_sync.rules import AccountRef, AccountStatusIntent, OpportunityIntent, TaskIntent
 
 ACCOUNT = "001Hs00000CmAbcIAE"
 OPP = "006Hs00000BkXyzIAF"

@@ -21,8 +21,8 @@ from simple_salesforce.exceptions import (
 
 from stripe_sf_sync import service
 from stripe_sf_sync.errors import BudgetSpent, ExitCode, FatalSyncError
-from stripe_sf_sync.resolve import SfOp, WriteResult
-from stripe_sf_sync.salesforce_sink import (
+from stripe_sf_sync.salesforce.lookups import SfOp, WriteResult
+from stripe_sf_sync.salesforce.sink import (
     BulkWriter,
     CallRetriable,
     CollectionsWriter,

@@ -197,7 +197,7 @@ def test_an_older_run_lock_table_gains_the_lease_columns(pg_url, tmp_path):
 
 
 def test_the_lease_length_comes_from_the_environment_and_is_checked():
-    from stripe_sf_sync.state_pg import DEFAULT_LEASE_S, lease_seconds
+    from stripe_sf_sync.state.postgres import DEFAULT_LEASE_S, lease_seconds
 
     assert lease_seconds({}) == DEFAULT_LEASE_S == 60
     assert lease_seconds({"STRIPE_SF_LOCK_LEASE_S": "15"}) == 15

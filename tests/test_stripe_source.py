@@ -15,7 +15,7 @@ import pytest
 from stripe_sf_sandbox.stripe_factory import API_VERSION_CURRENT, StripeFactory
 from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.errors import FatalSyncError
-from stripe_sf_sync.stripe_source import MAX_ATTEMPTS, StripeSource, build_client
+from stripe_sf_sync.stripe.source import MAX_ATTEMPTS, StripeSource, build_client
 
 NOW = int(time.time())
 RATE_LIMIT = {"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests"}}

@@ -5,16 +5,13 @@ through ports, and the run commits each result and sums them into the run's summ
   cursor.py   where a sync starts (--since | stored cursor | backfill's hand-off), the lookback, the cursor's advance
   sources.py  SyncEvents, DeadLetters, InboxEvents (backfill.py: BackfillObjects) -> batches, each with its CommitPolicy
   run.py      for batch in source: apply, commit by policy, add to the RunSummary
-  ports.py    the protocols the batch step talks to; edges.py the real ones and the dry run's
-  org.py      what the org must have, checked through describe once a day
+  ports.py    the protocols the batch step talks to (the real ones: salesforce/edges.py, state/dry_run.py)
 """
 
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
-from stripe_sf_sync.pipeline.org import ORG_CACHE_KEY, OrgCheck, OrgFacts, check_org
 from stripe_sf_sync.pipeline.run import RunSummary, run_batches
 from stripe_sf_sync.pipeline.sources import Batch, CommitPolicy, DeadLetters, InboxEvents, Source, SyncEvents
 
-__all__ = ["HANDOFF_SINCE_KEY", "ORG_CACHE_KEY", "SYNC_FLOOR_KEY", "Batch", "BatchResult", "BatchSettings",
-           "CommitPolicy", "DeadLetters", "InboxEvents", "OrgCheck", "OrgFacts", "RunSummary", "Source", "SyncEvents",
-           "apply_batch", "check_org", "run_batches"]
+__all__ = ["HANDOFF_SINCE_KEY", "SYNC_FLOOR_KEY", "Batch", "BatchResult", "BatchSettings", "CommitPolicy",
+           "DeadLetters", "InboxEvents", "RunSummary", "Source", "SyncEvents", "apply_batch", "run_batches"]

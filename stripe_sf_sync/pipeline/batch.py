@@ -20,7 +20,7 @@ from stripe_sf_sync.model import CachedCustomer, CustomerChange, MalformedEvent
 from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, outcome_id, unexpected
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.stop import Stop
-from stripe_sf_sync.resolve import Lookups, Materializer, SfOp, WriteResult, WriteSettings
+from stripe_sf_sync.salesforce.lookups import Lookups, Materializer, SfOp, WriteResult, WriteSettings
 from stripe_sf_sync.state import Outcome
 
 log = logging.getLogger("stripe_sf_sync")

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from stripe_sf_sync.errors import ConfigError, CursorExpiredError
 from stripe_sf_sync.state import Cursor
-from stripe_sf_sync.stripe_source import RETENTION_S
+from stripe_sf_sync.stripe.source import RETENTION_S
 
 HANDOFF_SINCE_KEY = "handoff_since"
 # The oldest `created` sync's history covers (`sync --since`, or just after backfill's hand-off event): the

@@ -11,9 +11,9 @@ from stripe_sf_sync import model
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.events import HeldEvent
-from stripe_sf_sync.pipeline.org import OrgFacts
-from stripe_sf_sync.resolve import Lookups, SfOp, WriteResult
 from stripe_sf_sync.rules import Intent
+from stripe_sf_sync.salesforce.lookups import Lookups, SfOp, WriteResult
+from stripe_sf_sync.salesforce.org import OrgFacts
 
 
 class Ledger(Protocol):

@@ -80,7 +80,7 @@ def test_two_runs_from_two_directories_one_runs_and_the_other_exits_with_the_loc
 def _drop_inside_commit(monkeypatch: pytest.MonkeyPatch, url: str, nth: int, drops: int) -> dict[str, list[str]]:
     """In the `nth` batch commit, terminate the store's server process right after the first row of each
     attempt's transaction, `drops` times. Returns the event ids that commit carried."""
-    from stripe_sf_sync.state_pg import PgStateStore, _PgConnection
+    from stripe_sf_sync.state.postgres import PgStateStore, _PgConnection
 
     seen: dict[str, list[str]] = {"batch": []}
     counts = {"commit": 0, "statements": 0, "drops": 0}
@@ -204,7 +204,7 @@ def test_a_run_whose_lease_is_taken_over_stops_with_the_lock_code_and_commits_no
     froze past the lease); that batch is not committed, the run ends with the lock code and records it, and
     the next run repeats the batch and converges."""
     from stripe_sf_sync.errors import LockHeldError
-    from stripe_sf_sync.state_pg import PgStateStore
+    from stripe_sf_sync.state.postgres import PgStateStore
 
     url = pg_pooler.url(pg_url.rsplit("/", 1)[1])
     state = Backend("postgresql", tmp_path / "unused", pg_url)

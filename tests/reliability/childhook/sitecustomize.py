@@ -60,7 +60,8 @@ def _install_kill(spec: str, counts_path: str) -> None:
     import json
     import time
 
-    from stripe_sf_sync import salesforce_sink, state
+    from stripe_sf_sync import state
+    from stripe_sf_sync.salesforce import sink as salesforce_sink
 
     counts = {"commits": 0, "writes": 0, "deadletters": 0}
     parts = spec.split(":") if spec else []

@@ -17,13 +17,13 @@ from stripe_sf_sync import mrr, rules
 from stripe_sf_sync.backfill import _LIVE, relevant, slim, synthetic_event
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.errors import SkippableError
-from stripe_sf_sync.hydrate import StripeHydrator
 from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.pipeline.stop import Aborted, Stop
 from stripe_sf_sync.reconcile import Spill, sf_decimal, text
+from stripe_sf_sync.salesforce.sink import QUERY_HINT, SalesforceGateway
 from stripe_sf_sync.salesforce_ids import to_18
-from stripe_sf_sync.salesforce_sink import QUERY_HINT, SalesforceGateway
-from stripe_sf_sync.stripe_source import StripeSource
+from stripe_sf_sync.stripe.hydrator import StripeHydrator
+from stripe_sf_sync.stripe.source import StripeSource
 
 Planned = tuple[rules.Plan | None, str | None]  # (the rules' plan, or why the object cannot be planned)
 # Customers that Accounts name and no listed object showed: read one by one up to this many, else listed.

@@ -696,6 +696,6 @@ def open_state(path: Path, url: str | None = None, *, create: bool = True, read_
     if url:
         with missing_extra("A postgresql:// state URL (STRIPE_SF_STATE_URL or state.url)", "postgres",
                            "run the command again"):
-            from stripe_sf_sync.state_pg import PgStateStore
+            from stripe_sf_sync.state.postgres import PgStateStore
         return PgStateStore.connect(url, create=create)
     return StateStore.open_read_only(path) if read_only else StateStore.open(path, create=create)

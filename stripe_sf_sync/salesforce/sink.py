@@ -52,7 +52,7 @@ from stripe_sf_sync.errors import (
     unreachable_error,
 )
 from stripe_sf_sync.logs import fields
-from stripe_sf_sync.resolve import (
+from stripe_sf_sync.salesforce.lookups import (
     AccountRow,
     LookupRequest,
     Lookups,

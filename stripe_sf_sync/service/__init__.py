@@ -35,36 +35,35 @@ from stripe_sf_sync.config import (
 )
 from stripe_sf_sync.errors import ConfigError, ExitCode, NoStateError
 from stripe_sf_sync.health import Thresholds, assess, iso, last_run, parse_duration, run_view
-from stripe_sf_sync.hydrate import StripeHydrator
 from stripe_sf_sync.logs import bind_run
 from stripe_sf_sync.metrics import RunFigures, check_metrics_path, write_metrics
 from stripe_sf_sync.pipeline import (
-    ORG_CACHE_KEY,
     BatchSettings,
     DeadLetters,
-    OrgCheck,
     RunSummary,
     Source,
     SyncEvents,
     run_batches,
 )
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
-from stripe_sf_sync.pipeline.edges import (
-    DryRunState,
+from stripe_sf_sync.pipeline.heartbeat import Activity, heartbeat
+from stripe_sf_sync.pipeline.ports import Ports
+from stripe_sf_sync.pipeline.run import finish, log_summary
+from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
+from stripe_sf_sync.reads import reads_last_30_days, record_reads
+from stripe_sf_sync.salesforce.edges import (
     PlanRecorder,
     SalesforceAccess,
     SalesforceRecords,
     bulk_writer,
     collections_writer,
 )
-from stripe_sf_sync.pipeline.heartbeat import Activity, heartbeat
-from stripe_sf_sync.pipeline.ports import Ports
-from stripe_sf_sync.pipeline.run import finish, log_summary
-from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
-from stripe_sf_sync.reads import reads_last_30_days, record_reads
-from stripe_sf_sync.salesforce_sink import SalesforceGateway, connect
+from stripe_sf_sync.salesforce.org import ORG_CACHE_KEY, OrgCheck
+from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
 from stripe_sf_sync.state import DeadLetter, StateStore, open_state
-from stripe_sf_sync.stripe_source import StripeSource, build_client, default_requests_per_second
+from stripe_sf_sync.state.dry_run import DryRunState
+from stripe_sf_sync.stripe.hydrator import StripeHydrator
+from stripe_sf_sync.stripe.source import StripeSource, build_client, default_requests_per_second
 
 log = logging.getLogger("stripe_sf_sync")
 
@@ -498,7 +497,7 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
                   fix: bool) -> Any:
     """Read both sides into the spill, compare them, and (with `fix`) repair through the batch step."""
     from stripe_sf_sync.reconcile import FixObjects, compare
-    from stripe_sf_sync.reconcile_read import StripeReader, read_salesforce
+    from stripe_sf_sync.reconcile.read import StripeReader, read_salesforce
 
     read_at = int(runtime.environment.clock())
     run.activity.note("reading Stripe and Salesforce to compare them")
@@ -590,7 +589,10 @@ def run_state_migrate(config_path: Path | None, environment: Environment, to_url
         raise ConfigError([f"--to {problem}"], source="invocation")
     path = runtime.loaded.state_path
     with StateStore.open(path, create=False) as source, open_state(path, to_url) as target:
-        from stripe_sf_sync.state_pg import PgStateStore, migrate_from  # psycopg is installed: open_state imported it
+        from stripe_sf_sync.state.postgres import (  # psycopg is installed: open_state imported it
+            PgStateStore,
+            migrate_from,
+        )
 
         assert isinstance(target, PgStateStore)  # a postgresql:// URL (state_url_problem above): open_state's store
         copied = migrate_from(source, target)

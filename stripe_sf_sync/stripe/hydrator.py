@@ -28,7 +28,7 @@ from stripe_sf_sync.model import (
 from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.rules import WON_FROM
 from stripe_sf_sync.salesforce_ids import checked_id
-from stripe_sf_sync.stripe_source import BASIL, StripeSource
+from stripe_sf_sync.stripe.source import BASIL, StripeSource
 
 # Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
 # (invoice finalised, PaymentIntent created, InvoicePayment linked) are seconds to minutes apart.

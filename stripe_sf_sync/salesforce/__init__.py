@@ -1,0 +1,1 @@
+"""The Salesforce edge: the gateway (SOQL paging, retries), lookups, writers and the org check."""
