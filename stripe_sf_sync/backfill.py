@@ -22,21 +22,18 @@ from stripe_sf_sync.pipeline import Batch, BatchResult, CommitPolicy
 from stripe_sf_sync.pipeline.cursor import hand_off
 from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.pipeline.stop import Stop
+from stripe_sf_sync.rules.status import Rank, status_key, status_rank
 from stripe_sf_sync.slices import SLICES_PER_WORKER, Page, SliceListing, plan_slices
 from stripe_sf_sync.stripe.source import PAGE_LIMIT, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
 
-# (customer, running?, created) of a subscription: see `status_rank`.
-Rank = tuple[str, int, int]
 # A listed object: its subscription's rank (None for other objects), the event the batch holds (compact), and
 # whether it decides its Account's status.
 Listed = tuple[Rank | None, HeldEvent, bool]
 
 OBJECT_TYPES = ("subscriptions", "payment_intents", "invoices")
 CHECKPOINT_KEY = "backfill_checkpoint"
-# Statuses of a subscription that is still running: it decides the Account's status over ended ones.
-_LIVE = frozenset({"active", "trialing", "past_due", "unpaid", "paused", "incomplete"})
 _EVENT_TYPE = {"subscriptions": "customer.subscription.created",
                "payment_intents": "payment_intent.succeeded",
                "invoices": "invoice.payment_failed"}
@@ -130,22 +127,6 @@ def synthetic_event(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, a
     return {"id": f"evt_bf{tag}_{obj.get('id')}", "object": "event", "type": _EVENT_TYPE[kind],
             "created": read_at, "api_version": api_version, "livemode": bool(obj.get("livemode")),
             "data": {"object": obj if slimmed else slim(kind, obj)}, model.BACKFILL_MARK: True}
-
-
-def status_rank(sub: dict[str, Any]) -> Rank | None:
-    """(customer, live?, created) of a subscription: of a customer's subscriptions, a running one decides the
-    Account status over an ended one, and the newest over older ones. None without a customer."""
-    cust = sub.get("customer")
-    cust_id = cust.get("id") if isinstance(cust, dict) else cust
-    if not isinstance(cust_id, str):
-        return None
-    return cust_id, 1 if sub.get("status") in _LIVE else 0, int(sub.get("created") or 0)
-
-
-def status_key(customer_id: str) -> str:
-    """The object-versions key of "which subscription decides this customer's Account status" (never a Stripe
-    id: those have no '#')."""
-    return f"{customer_id}#backfill-status"
 
 
 def _describe(key: dict[str, Any]) -> str:

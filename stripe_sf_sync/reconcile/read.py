@@ -14,12 +14,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from stripe_sf_sync import mrr, rules
-from stripe_sf_sync.backfill import _LIVE, relevant, slim, synthetic_event
+from stripe_sf_sync.backfill import relevant, slim, synthetic_event
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.errors import SkippableError
 from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.pipeline.stop import Aborted, Stop
 from stripe_sf_sync.reconcile import Spill, sf_decimal, text
+from stripe_sf_sync.rules.status import LIVE
 from stripe_sf_sync.salesforce.sink import QUERY_HINT, SalesforceGateway
 from stripe_sf_sync.salesforce_ids import to_18
 from stripe_sf_sync.stripe.hydrator import StripeHydrator
@@ -86,7 +87,7 @@ class StripeReader:
                 rows.append((obj["id"], spill.seq, cust.get("id") if isinstance(cust, dict) else cust,
                              str(obj.get("status")), obj.get("currency"), text(opp.get("Amount")),
                              text(opp.get(names.mrr)), text(opp.get(names.arr)), int(bool(opp)),
-                             int(obj.get("status") in _LIVE), problem,
+                             int(obj.get("status") in LIVE), problem,
                              json.dumps(slim("subscriptions", obj), separators=(",", ":")),
                              int(mrr.counted_by_stripe(obj))))
             spill.put("subs", rows)
