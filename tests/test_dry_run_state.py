@@ -5,19 +5,13 @@ store later cannot write during a dry run."""
 from __future__ import annotations
 
 import inspect
-from typing import Protocol
 
 import pytest
 
 from stripe_sf_sync.state import Cursor, LockAndUpkeep, RunState, RunWrites, StateReads, StateStore
 from stripe_sf_sync.state.dry_run import DryRunState
 
-
-def _members(protocol: type) -> set[str]:
-    """A protocol's operations, its bases' included."""
-    return {name for cls in protocol.__mro__ if cls not in (Protocol, object, type(protocol)) and
-            issubclass(cls, Protocol)  # type: ignore[arg-type]
-            for name in vars(cls) if not name.startswith("_")}
+from .state_backends import protocol_members
 
 
 def _public(cls: type) -> set[str]:
@@ -32,7 +26,8 @@ OPENERS = {"open", "open_read_only"}
 def test_every_operation_of_the_store_is_a_read_a_write_or_one_a_dry_run_never_makes() -> None:
     """A new store method fails this test until it is in the interface: a read (StateReads), a run's write
     (RunWrites: DryRunState gets a no-op), or LockAndUpkeep (never through a dry run)."""
-    classified = _members(StateReads) | _members(RunWrites) | _members(LockAndUpkeep) | OPENERS
+    classified = (protocol_members(StateReads) | protocol_members(RunWrites) | protocol_members(LockAndUpkeep)
+                  | OPENERS)
     assert _public(StateStore) - classified == set(), "add it to state/interface.py (and DryRunState)"
 
 
@@ -40,9 +35,10 @@ def test_the_dry_run_state_has_every_operation_of_a_run_and_nothing_else() -> No
     """Each operation of RunState is written out in DryRunState itself (no pass-through); none of the
     operations a dry run never makes is there."""
     own = {name for name in vars(DryRunState) if not name.startswith("_")}
-    assert own == _members(RunState), f"DryRunState must define exactly RunState's: {sorted(own ^ _members(RunState))}"
+    run_state = protocol_members(RunState)
+    assert own == run_state, f"DryRunState must define exactly RunState's operations: {sorted(own ^ run_state)}"
     assert not hasattr(DryRunState, "__getattr__")
-    assert not _members(LockAndUpkeep) & set(dir(DryRunState))
+    assert not protocol_members(LockAndUpkeep) & set(dir(DryRunState))
 
 
 def test_reads_go_through_writes_change_nothing_and_others_are_not_there(tmp_path) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
@@ -28,7 +28,7 @@ from stripe_sf_sync.state import (
 )
 from stripe_sf_sync.state.dry_run import DryRunState
 
-from .state_backends import STATE_NAME, Backend
+from .state_backends import STATE_NAME, Backend, protocol_members
 
 T0 = 1_700_000_000
 
@@ -43,11 +43,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 def store(backend: Backend) -> Iterator[StateStore]:
     with backend.open() as st:
         yield st
-
-
-def _members(protocol: type) -> set[str]:
-    return {name for cls in protocol.__mro__ if cls not in (Protocol, object) and Protocol in cls.__mro__
-            and cls is not Protocol for name in vars(cls) if not name.startswith("_")}
 
 
 def _applied(event_id: str, created: int, object_id: str | None = None) -> Outcome:
@@ -234,8 +229,8 @@ WRITES: dict[str, Callable[[RunWrites], Any]] = {
 
 
 def test_the_suite_covers_every_operation_of_a_run() -> None:
-    assert set(READS) == _members(StateReads) and set(WRITES) == _members(RunWrites)
-    assert set(READS) | set(WRITES) == _members(RunState)
+    assert set(READS) == protocol_members(StateReads) and set(WRITES) == protocol_members(RunWrites)
+    assert set(READS) | set(WRITES) == protocol_members(RunState)
 
 
 def test_the_dry_run_reads_what_the_store_holds_and_its_writes_change_nothing(store: StateStore) -> None:

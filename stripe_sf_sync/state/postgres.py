@@ -105,7 +105,7 @@ def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], _Row]:
 
 class _PgConnection:
     """The part of sqlite3.Connection the store uses, over a psycopg connection in autocommit mode (so that
-    reads never hold a transaction open; `_tx` issues BEGIN/COMMIT itself)."""
+    reads never hold a transaction open; `PgDatabase.transaction` issues BEGIN/COMMIT itself)."""
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
@@ -203,6 +203,7 @@ class PgDatabase:
 
     @property
     def location(self) -> str:
+        """The URL, its password masked."""
         return masked_url(self.url)
 
     @classmethod
@@ -223,6 +224,7 @@ class PgDatabase:
         return cls(_PgConnection(raw), url, lock_key(f"{db}/{schema}"), direct=direct)
 
     def close(self) -> None:
+        """Release the run lock and close the connection."""
         self.release_lock()
         self.conn.close()
 
@@ -352,6 +354,8 @@ class PgDatabase:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
+        """One write transaction. While the run holds the lock, it commits only if the lease is still its own
+        (`_fence`): a run that lost the lock commits nothing more."""
         self._check_lease(writing=True)
         self.conn.execute(self._BEGIN)
         try:

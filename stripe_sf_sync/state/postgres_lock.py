@@ -88,9 +88,11 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="stripe-sf lease", daemon=True)
 
     def start(self) -> None:
+        """Renew from now on, in a thread of its own."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Renew no more (the lock is released, or the store closed)."""
         self._stopping.set()
         if self._thread is not threading.current_thread():
             self._thread.join(CONNECT_TIMEOUT_S)
