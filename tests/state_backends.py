@@ -1,14 +1,15 @@
 """The state tests' two backends: the SQLite file and a PostgreSQL database on the test server (no mocks).
 
 `Backend.open()` opens the store as the commands do (state.open_state); `env()` is what points a `stripe-sf`
-subprocess at it; `rows()` reads what a run left behind, for comparisons."""
+subprocess at it; `rows()` reads what a run left behind, for comparisons. `protocol_members` lists the
+operations of the state's interface (state/interface.py), for the tests that classify them."""
 
 from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from stripe_sf_sync.state import StateStore, open_state
 
@@ -62,3 +63,9 @@ class Backend:
                                       "FROM dead_letters")}
         meta = dict(self.execute("SELECT key, value FROM meta"))
         return {"integrity": integrity, "events": events, "dead": dead, "cursor": meta.get("cursor_event_id")}
+
+
+def protocol_members(protocol: type) -> set[str]:
+    """The public operations a protocol declares, its protocol bases' included."""
+    return {name for cls in protocol.__mro__ if cls is not Protocol and Protocol in cls.__mro__
+            for name in vars(cls) if not name.startswith("_")}

@@ -62,7 +62,7 @@ def test_stores_in_two_databases_do_not_share_a_lock(pg_server, pg_url, tmp_path
         with _open(pg_url, tmp_path) as a, _open(pg_server.url(name), tmp_path) as b:
             a.acquire_lock()
             b.acquire_lock()
-            assert a._lock_key != b._lock_key
+            assert a._db._lock_key != b._db._lock_key
     finally:
         pg_server.drop_database(name)
 

@@ -47,7 +47,7 @@ def test_a_holder_that_stops_renewing_loses_the_lock_after_the_lease_and_writes_
     monkeypatch.setenv("STRIPE_SF_LOCK_LEASE_S", "2")
     with _open(pooled_url, tmp_path) as holder, _open(pooled_url, tmp_path) as other:
         holder.acquire_lock()
-        holder._stop_heartbeat()  # as if the host froze
+        holder._db._stop_heartbeat()  # as if the host froze
         with pytest.raises(LockHeldError):
             other.acquire_lock()
         time.sleep(2.2)
@@ -65,7 +65,7 @@ def test_a_holder_that_cannot_renew_in_time_stops_itself_before_its_lease_ends(p
     monkeypatch.setenv("STRIPE_SF_LOCK_LEASE_S", "2")
     with _open(pooled_url, tmp_path) as holder:
         holder.acquire_lock()
-        holder._heartbeat._stopping.set()  # renews no more, as if hung
+        holder._db._heartbeat._stopping.set()  # renews no more, as if hung
         time.sleep(1.9)
         with pytest.raises(LockHeldError) as info:
             holder.outcomes_for(["evt_1"])
@@ -85,9 +85,9 @@ def test_the_heartbeat_keeps_the_lease_past_its_length_and_notices_a_takeover(po
             other.acquire_lock()
         other._conn.execute("UPDATE run_lock SET run_token = 'someone else'")  # another run took it over
         deadline = time.monotonic() + 5
-        while holder._lost is None and time.monotonic() < deadline:
+        while holder._db._lost is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert holder._lost and "another run" in holder._lost
+        assert holder._db._lost and "another run" in holder._db._lost
         with pytest.raises(LockHeldError) as info:
             holder.outcomes_for(["evt_1"])  # the run's next step stops it
         assert "lost the run lock" in str(info.value)
@@ -123,7 +123,7 @@ def test_prepared_statements_are_off_so_the_pooler_never_sees_one(pooled_url, pg
 
 def test_a_direct_connection_is_told_from_a_pooled_one(pg_url, pooled_url, tmp_path):
     with _open(pg_url, tmp_path) as direct, _open(pooled_url, tmp_path) as pooled:
-        assert direct._direct and not pooled._direct
+        assert direct._db._direct and not pooled._db._direct
 
 
 def test_direct_and_pooled_hosts_on_one_store_exclude_each_other(pg_url, pooled_url, tmp_path):
@@ -151,14 +151,14 @@ def test_a_crashed_direct_holder_frees_the_lock_at_once_for_a_direct_run(pg_url,
     monkeypatch.setenv("STRIPE_SF_LOCK_LEASE_S", "600")
     with _open(pg_url, tmp_path) as holder, _open(pg_url, tmp_path) as other:
         holder.acquire_lock()
-        holder._stop_heartbeat()
+        holder._db._stop_heartbeat()
         pid = int(holder._conn.execute("SELECT pg_backend_pid()").fetchone()[0])
         import psycopg
 
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             pgserver.wait_gone(admin, pid)
-        holder._locked = False  # the crashed process is gone; only its row is left
+        holder._db._locked = False  # the crashed process is gone; only its row is left
         other.acquire_lock()
 
 
@@ -175,7 +175,7 @@ def test_the_heartbeat_reconnects_when_its_connection_is_lost(pg_url, tmp_path, 
                                         "AND datname = current_database() AND pid <> %s", (own,)).fetchall():
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         time.sleep(3)
-        assert holder._lost is None
+        assert holder._db._lost is None
         holder.commit_batch(**_batch("evt_1"))  # the lease is still ours
 
 
@@ -191,13 +191,13 @@ def test_an_older_run_lock_table_gains_the_lease_columns(pg_url, tmp_path):
         conn.execute("DELETE FROM meta WHERE key = 'pg_schema_version'")
         conn.execute("INSERT INTO run_lock VALUES (1, 'old-host', 1, 0)")
     with _open(pg_url, tmp_path) as st:
-        st._conn.execute("UPDATE run_lock SET lock_key = ?", (st._lock_key,))
+        st._conn.execute("UPDATE run_lock SET lock_key = ?", (st._db._lock_key,))
         st.acquire_lock()
         assert st.get_meta("pg_schema_version") == "1"
 
 
 def test_the_lease_length_comes_from_the_environment_and_is_checked():
-    from stripe_sf_sync.state.postgres import DEFAULT_LEASE_S, lease_seconds
+    from stripe_sf_sync.state.postgres_lock import DEFAULT_LEASE_S, lease_seconds
 
     assert lease_seconds({}) == DEFAULT_LEASE_S == 60
     assert lease_seconds({"STRIPE_SF_LOCK_LEASE_S": "15"}) == 15
