@@ -19,13 +19,14 @@ from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline import BatchSettings, CommitPolicy, apply_batch
 from stripe_sf_sync.pipeline.cursor import next_cursor
 from stripe_sf_sync.pipeline.events import HeldEvent
+from stripe_sf_sync.pipeline.plan import plan_events
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import RunSummary, run_batches
 from stripe_sf_sync.pipeline.sources import Batch, in_batches
 from stripe_sf_sync.salesforce.edges import PlanRecorder
 from stripe_sf_sync.salesforce.lookups import AccountRow, Lookups, SfOp, WriteResult
 from stripe_sf_sync.salesforce.org import OrgFacts
-from stripe_sf_sync.state import Cursor
+from stripe_sf_sync.state import Cursor, Outcome
 
 from . import payloads as p
 
@@ -118,6 +119,35 @@ def test_an_event_already_recorded_is_skipped_unless_it_is_a_dead_letter_sent_ag
     assert (result.skipped_duplicate, result.outcomes) == (2, [])
     retried = apply_batch(events, ports(ledger), SETTINGS, retried=True)
     assert retried.skipped_duplicate == 1 and [o.event_id for o in retried.outcomes] == ["evt_b"]
+
+
+def test_planning_alone_plans_what_the_batch_step_writes_and_sends_nothing():
+    """plan_events is the batch step's first half: the same outcomes for what needs no write, a plan for the rest,
+    and no lookup or write (reconcile calls it to learn what Salesforce should hold)."""
+    ledger = Ledger(outcomes={"evt_a": "applied"}, versions={"sub_1OHAabcdefghij": p.T0 + 100})
+    events = held(updated("evt_a", p.T0), updated("evt_old", p.T0 + 1), updated("evt_new", p.T0 + 200, "past_due"))
+    planning = plan_events(events, ledger, AsIs(), SETTINGS.rules)
+    assert planning.result.skipped_duplicate == 1 and planning.unplanned is None
+    assert [(o.event_id, o.kind) for o in planning.result.outcomes] == [("evt_old", "stale")]
+    assert [h.id for h, _, plan in planning.planned if plan.intents] == ["evt_new"]
+    writer = Writer()
+    result = apply_batch(events, ports(ledger, writer), SETTINGS)
+    assert [o.kind for o in result.outcomes] == ["stale", "applied"] and writer.sent
+
+
+def test_planning_hands_an_unforeseen_error_to_its_caller():
+    """By default a bug met while planning an event dead-letters it as UNEXPECTED; a caller may classify it."""
+
+    class Broken(AsIs):
+        def hydrate(self, held: HeldEvent, change: model.Change, *, with_customer: bool = False) -> model.Change:
+            raise ValueError("cannot compute")
+
+    events = held(updated("evt_1", p.T0))
+    default = plan_events(events, Ledger(), Broken(), SETTINGS.rules)
+    assert [(o.kind, o.code) for o in default.result.outcomes] == [("dead_letter", "UNEXPECTED")]
+    mine = plan_events(events, Ledger(), Broken(), SETTINGS.rules, on_error=lambda h, exc: Outcome(
+        h.id or "", h.type or "", h.created or 0, "dead_letter", reason=str(exc)))
+    assert [o.reason for o in mine.result.outcomes] == ["cannot compute"] and mine.planned == []
 
 
 def test_an_event_older_than_what_its_object_has_is_stale_and_writes_nothing():

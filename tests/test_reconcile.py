@@ -377,3 +377,52 @@ def test_unseen_account_customers_are_read_one_by_one_or_listed(tmp_path, env, o
     # a page of subscriptions, one of payments, one of invoice payments (is the payment an invoice's?), then a
     # page of customers, or one read of the lone customer
     assert summary.stripe_calls == stripe_sb.request_count - calls == 4
+
+
+def test_what_the_rules_cannot_compute_is_unverifiable_with_their_reason_and_a_bug_stops_the_reconcile():
+    """Reconcile plans through the batch step's planning (plan_events): an object the rules refuse with a
+    ValueError is reported with the rules' reason (not the batch step's UNEXPECTED dead letter), a malformed one
+    with its own reason; any other error is a bug and is raised, not reported as drift."""
+    import contextlib
+
+    from stripe_sf_sync import model, rules
+    from stripe_sf_sync.config import FieldNames
+    from stripe_sf_sync.reconcile.read import StripeReader
+
+    from . import payloads as p
+
+    class Source:
+        api_version = p.CURRENT
+
+    class Refusing:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        @contextlib.contextmanager
+        def without_account_mrr(self):
+            yield
+
+        def prepare(self, fresh, customer_changes):
+            return []
+
+        def hydrate(self, held, change, *, with_customer=False):
+            if change.object_id == "sub_1OHArefusedxxx":
+                raise self.error
+            return change
+
+        def fresh_customers(self):
+            return []
+
+    ctx = rules.RuleContext("Closed Won", FieldNames())
+    subs = [p.subscription(sub_id="sub_1OHArefusedxxx"), p.subscription(sub_id="sub_1OHAplannedxxx")]
+    reader = StripeReader(Source(), Refusing(ValueError("items priced in several currencies")), ctx,
+                          tag="rct", read_at=p.T0, since=0)
+    (refused, why), (planned, problem) = reader._plans("subscriptions", subs)
+    assert (refused, why) == (None, "items priced in several currencies")
+    assert planned is not None and problem is None
+    malformed = StripeReader(Source(), Refusing(model.MalformedEvent("items.data[0].price: missing")), ctx,
+                             tag="rct", read_at=p.T0, since=0)
+    assert malformed._plans("subscriptions", subs[:1]) == [(None, "items.data[0].price: missing")]
+    buggy = StripeReader(Source(), Refusing(KeyError("price")), ctx, tag="rct", read_at=p.T0, since=0)
+    with pytest.raises(KeyError):
+        buggy._plans("subscriptions", subs[:1])

@@ -1,32 +1,34 @@
 """reconcile's reading edge: Stripe's list endpoints (as backfill reads them) and Salesforce's SOQL pages,
-a page at a time into the spill (reconcile.Spill).
+a page at a time into the spill (spill.Spill).
 
-What Salesforce should hold comes from the pipeline's own functions: each listed object becomes backfill's
-synthetic event, is hydrated by the batch step's hydrator (an invoice's payment, a Price's amount in the
-billed currency) and planned by `rules.plan`, so reconcile can never disagree with sync.
+What Salesforce should hold comes from the pipeline itself: each listed object becomes backfill's synthetic
+event and goes through the batch step's planning (pipeline/plan.py's `plan_events`: parse → guard → hydrate →
+plan, with the batch step's hydrator: an invoice's payment, a Price's amount in the billed currency), so
+reconcile can never disagree with sync.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from stripe_sf_sync import mrr, rules
 from stripe_sf_sync.backfill import relevant, slim, synthetic_event
 from stripe_sf_sync.config import FieldNames
-from stripe_sf_sync.errors import SkippableError
-from stripe_sf_sync.pipeline.events import HeldEvent
+from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, outcome_id
+from stripe_sf_sync.pipeline.plan import plan_events
 from stripe_sf_sync.pipeline.stop import Aborted, Stop
-from stripe_sf_sync.reconcile import Spill, sf_decimal, text
-from stripe_sf_sync.rules.status import LIVE
+from stripe_sf_sync.reconcile.spill import Spill, sf_decimal, text
+from stripe_sf_sync.rules.status import status_rank
 from stripe_sf_sync.salesforce.sink import QUERY_HINT, SalesforceGateway
 from stripe_sf_sync.salesforce_ids import to_18
+from stripe_sf_sync.state import Outcome
 from stripe_sf_sync.stripe.hydrator import StripeHydrator
 from stripe_sf_sync.stripe.source import StripeSource
 
-Planned = tuple[rules.Plan | None, str | None]  # (the rules' plan, or why the object cannot be planned)
+Computed = tuple[rules.Plan | None, str | None]  # (the rules' plan, or why the object cannot be planned)
 # Customers that Accounts name and no listed object showed: read one by one up to this many, else listed.
 LOOKUP_AT_MOST = 100
 # A customer id typed into Salesforce reaches a URL path only with a customer id's shape (design.md invariant 5).
@@ -53,27 +55,17 @@ class StripeReader:
         self._read_at = read_at
         self.since = since
 
-    def _plans(self, kind: str, objects: Sequence[dict[str, Any]]) -> list[Planned]:
-        """The rules' plan for each object (in order), as the batch step makes it for a backfill event."""
+    def _plans(self, kind: str, objects: Sequence[dict[str, Any]]) -> list[Computed]:
+        """The rules' plan for each object (in order), made by the batch step's planning of its backfill event:
+        with no history (every event new, none stale), and without the Account's MRR (compare.py sums it from
+        the listed subscriptions: no read per customer). No plan for an object the rules ignore."""
         held = [HeldEvent.of(synthetic_event(kind, o, tag=self._tag, read_at=self._read_at,
                                              api_version=self._source.api_version)) for o in objects]
-        out: list[Planned] = [(None, None)] * len(objects)
-        parsed: list[tuple[int, HeldEvent, Any]] = []
-        for i, h in enumerate(held):
-            try:
-                parsed.append((i, h, h.parse()))
-            except SkippableError as exc:
-                out[i] = (None, exc.reason)
-        self._hydrator.prepare([(h, c) for _, h, c in parsed], [])
-        with self._hydrator.without_account_mrr():  # summed from the listed subscriptions (reconcile.py)
-            for i, h, change in parsed:
-                try:
-                    out[i] = (rules.plan(self._ctx, self._hydrator.hydrate(h, change)), None)
-                except SkippableError as exc:
-                    out[i] = (None, exc.reason)
-                except ValueError as exc:  # the rules refuse what they cannot compute; sync dead-letters it
-                    out[i] = (None, str(exc))
-        return out
+        with self._hydrator.without_account_mrr():
+            planning = plan_events(held, _NoHistory(), self._hydrator, self._ctx, on_error=_unverifiable, quiet=True)
+        plans = {outcome_id(h): plan for h, _, plan in planning.planned}
+        problems = {o.event_id: o.reason for o in planning.result.outcomes if o.kind == "dead_letter"}
+        return [(plans.get(outcome_id(h)), problems.get(outcome_id(h))) for h in held]
 
     def subscriptions(self, spill: Spill, names: FieldNames) -> None:
         """Every subscription (status=all), with the won Opportunity's values the rules give it."""
@@ -84,12 +76,13 @@ class StripeReader:
                 opp = _opportunity_fields(plan)
                 cust = obj.get("customer")
                 _known_customer(spill, cust)
+                rank = status_rank(obj)  # a subscription without a customer decides no Account
+                running, created = rank[1:] if rank else (0, 0)
                 rows.append((obj["id"], spill.seq, cust.get("id") if isinstance(cust, dict) else cust,
                              str(obj.get("status")), obj.get("currency"), text(opp.get("Amount")),
                              text(opp.get(names.mrr)), text(opp.get(names.arr)), int(bool(opp)),
-                             int(obj.get("status") in LIVE), problem,
-                             json.dumps(slim("subscriptions", obj), separators=(",", ":")),
-                             int(mrr.counted_by_stripe(obj))))
+                             running, problem, json.dumps(slim("subscriptions", obj), separators=(",", ":")),
+                             int(mrr.counted_by_stripe(obj)), created))
             spill.put("subs", rows)
             check_stop(self._stop)
 
@@ -131,6 +124,28 @@ class StripeReader:
         for page in self._source.customer_pages(created={"gte": self.since}):
             spill.put("customers", [(o["id"],) for o in page])
             check_stop(self._stop)
+
+
+class _NoHistory:
+    """The ledger reconcile plans with: it knows no event and no object's version, so every synthetic event is
+    planned from its object's current state, whatever sync applied before (reconcile writes nothing)."""
+
+    def outcomes_for(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """No event is recorded."""
+        return {}
+
+    def versions_for(self, object_ids: Iterable[str]) -> dict[str, int]:
+        """No object has a version: no event is stale."""
+        return {}
+
+
+def _unverifiable(held: HeldEvent, exc: Exception) -> Outcome:
+    """The rules refuse, with a ValueError, what they cannot compute (items priced in several currencies, an
+    unknown interval): sync dead-letters such an event, and reconcile reports its object as unverifiable, with
+    the reason. Anything else is a bug: it stops the reconcile rather than report drift that is not there."""
+    if isinstance(exc, ValueError):
+        return dead_letter(held, str(exc), "UNVERIFIABLE")
+    raise exc
 
 
 def _known_customer(spill: Spill, customer: Any) -> None:
