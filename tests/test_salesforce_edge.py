@@ -21,18 +21,10 @@ from simple_salesforce.exceptions import (
 
 from stripe_sf_sync import service
 from stripe_sf_sync.errors import BudgetSpent, ExitCode, FatalSyncError
-from stripe_sf_sync.salesforce.lookups import SfOp, WriteResult
-from stripe_sf_sync.salesforce.sink import (
-    BulkWriter,
-    CallRetriable,
-    CollectionsWriter,
-    Failure,
-    RetryPolicy,
-    SalesforceGateway,
-    Verdict,
-    classify,
-    failure_of,
-)
+from stripe_sf_sync.records import SfOp, WriteResult
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway
+from stripe_sf_sync.salesforce.retry import CallRetriable, Failure, RetryPolicy, Verdict, classify, failure_of
+from stripe_sf_sync.salesforce.writers import BulkWriter, CollectionsWriter
 
 from .conftest import since
 

@@ -18,9 +18,10 @@ from stripe_sf_sync.errors import StripeSfError
 from stripe_sf_sync.logs import fields
 from stripe_sf_sync.model import CachedCustomer, CustomerChange, MalformedEvent
 from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, outcome_id, unexpected
+from stripe_sf_sync.pipeline.materialize import Materializer, WriteSettings
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.stop import Stop
-from stripe_sf_sync.salesforce.lookups import Lookups, Materializer, SfOp, WriteResult, WriteSettings
+from stripe_sf_sync.records import Lookups, SfOp, WriteResult
 from stripe_sf_sync.state import Outcome
 
 log = logging.getLogger("stripe_sf_sync")
@@ -348,11 +349,3 @@ def _outcome(change: Any, kind: Any, reason: str | None, *, object_id: bool = Tr
     meta = change.meta
     return Outcome(meta.event_id, meta.event_type, meta.created, kind,
                    object_id=change.object_id if object_id else None, reason=reason)
-
-
-def describe_op(op: SfOp) -> dict[str, Any]:
-    """A planned write, JSON-ready (a dry run prints these)."""
-    return {"action": op.kind, "sobject": op.sobject, "key": op.key, "external_id_field": op.ext_field,
-            "fields": {k: (str(v) if not isinstance(v, str | int | bool | type(None)) else v)
-                       for k, v in op.fields.items()},
-            "events": list(op.events)}

@@ -51,15 +51,11 @@ from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
 from stripe_sf_sync.reads import reads_last_30_days, record_reads
-from stripe_sf_sync.salesforce.edges import (
-    PlanRecorder,
-    SalesforceAccess,
-    SalesforceRecords,
-    bulk_writer,
-    collections_writer,
-)
+from stripe_sf_sync.salesforce.gateway import SalesforceAccess, SalesforceGateway, connect
+from stripe_sf_sync.salesforce.lookups import SalesforceRecords
 from stripe_sf_sync.salesforce.org import ORG_CACHE_KEY, OrgCheck
-from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
+from stripe_sf_sync.salesforce.recorder import PlanRecorder
+from stripe_sf_sync.salesforce.writers import bulk_writer, collections_writer
 from stripe_sf_sync.state import DeadLetter, StateStore, open_state
 from stripe_sf_sync.state.dry_run import DryRunState
 from stripe_sf_sync.stripe.hydrator import StripeHydrator
