@@ -272,7 +272,8 @@ class LazyWriter:
 
     sends = True
 
-    def __init__(self, access: SalesforceAccess, make: Callable[[SalesforceGateway], Any]) -> None:
+    def __init__(self, access: SalesforceAccess,
+                 make: Callable[[SalesforceGateway], CollectionsWriter | BulkWriter]) -> None:
         self._access = access
         self._make = make
 
@@ -280,8 +281,7 @@ class LazyWriter:
         """One result per op."""
         if not ops:
             return []
-        result: list[WriteResult] = self._make(self._access.get()).write(ops)
-        return result
+        return self._make(self._access.get()).write(ops)
 
 
 def collections_writer(access: SalesforceAccess, *, workers: int,
