@@ -2,8 +2,8 @@
 
 It holds the simple-salesforce session (renewed when it expires), counts the calls and the org's daily API
 usage, and sends every call through the one failure table and the one retry policy (retry.py). Reads: the
-one SOQL pager (`pages`), Composite calls of up to five queries, describes; writes: one sObject Collections
-call (`write_chunk`; the writers in writers.py group and retry them).
+one SOQL pager (`pages_after`; `pages` and `query` use it), Composite calls of up to five queries, describes.
+Writes: one sObject Collections call (`write_chunk`; the writers in writers.py group and retry them).
 """
 
 from __future__ import annotations
