@@ -23,7 +23,8 @@ from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
 from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
-from stripe_sf_sync.salesforce.sink import COLLECTION_LIMIT, COMPOSITE_QUERIES, IN_CHUNK
+from stripe_sf_sync.salesforce.gateway import COLLECTION_LIMIT, COMPOSITE_QUERIES
+from stripe_sf_sync.salesforce.lookups import IN_CHUNK
 
 BATCHED = "batched"
 PER_EVENT = "per-event"

@@ -12,7 +12,7 @@ from ruamel.yaml.error import YAMLError
 
 from stripe_sf_sync.config import load_yaml, new_business_record_type, parse_settings
 from stripe_sf_sync.errors import ConfigError, FatalSyncError
-from stripe_sf_sync.salesforce.sink import SalesforceGateway
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 from stripe_sf_sync.salesforce_ids import to_18
 
 

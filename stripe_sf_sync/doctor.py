@@ -22,9 +22,10 @@ from stripe_sf_sync.config import LoadedConfig, masked_url, salesforce_secrets, 
 from stripe_sf_sync.discover import won_stages
 from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError, StripeRefusedError
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY
+from stripe_sf_sync.records import OrgFacts
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
 from stripe_sf_sync.salesforce.org import (
     ORG_CURRENCY_SOQL,
-    OrgFacts,
     OrgProblem,
     currency_facts,
     field_needs,
@@ -36,7 +37,6 @@ from stripe_sf_sync.salesforce.org import (
     stage_problems,
     won_stage_problems,
 )
-from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
 from stripe_sf_sync.service import Environment, Runtime
 from stripe_sf_sync.state import open_state
 from stripe_sf_sync.stripe.source import RETENTION_S

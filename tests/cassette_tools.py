@@ -67,9 +67,10 @@ def record(stripe_key: str, stripe_base: str | None, sf_secrets: Any, sf_session
     collections writes with per-record failures). Writes touch only one Account's status and a Task
     whose Status is invalid, so nothing is created."""
     from stripe_sf_sync.config import FieldNames
+    from stripe_sf_sync.records import SfOp
     from stripe_sf_sync.rules import AccountRef, AccountStatusIntent
-    from stripe_sf_sync.salesforce.lookups import AccountCache, SfOp, find
-    from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
+    from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
+    from stripe_sf_sync.salesforce.lookups import AccountCache, SoqlLookups, find
     from stripe_sf_sync.stripe.source import StripeSource, build_client
 
     v = recorder("all")
@@ -92,7 +93,7 @@ def record(stripe_key: str, stripe_base: str | None, sf_secrets: Any, sf_session
         gw.describe("Task")
         intents = [AccountStatusIntent("evt_cassette", AccountRef(customer, None), "sub_x", "active", None, False,
                                        "2026-11-20")]
-        found = find(gw, names, intents, AccountCache(), task_keyed=False)
+        found = find(SoqlLookups(gw), names, intents, AccountCache(), task_keyed=False)
         acct = found.accounts_by_customer[customer]
         ops = [SfOp("update", "Account", acct.id, {names.subscription_status: acct.status or "active"}),
                SfOp("update", "Account", acct.id[:15] + "ZZZ", {names.subscription_status: "active"}),

@@ -245,8 +245,9 @@ def test_bulk_jobs_renew_an_expired_session(sf_sb, org):
     """simple-salesforce's bulk2 never re-authenticates; the sink renews and sends the job again."""
     from simple_salesforce import Salesforce
 
-    from stripe_sf_sync.salesforce.lookups import SfOp
-    from stripe_sf_sync.salesforce.sink import BulkWriter, SalesforceGateway
+    from stripe_sf_sync.records import SfOp
+    from stripe_sf_sync.salesforce.gateway import SalesforceGateway
+    from stripe_sf_sync.salesforce.writers import BulkWriter
 
     acct = org.insert("Account", {"Name": "Renew", "Stripe_Customer_ID__c": "cus_renew0001"})
 

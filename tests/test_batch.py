@@ -23,9 +23,8 @@ from stripe_sf_sync.pipeline.plan import plan_events
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import RunSummary, run_batches
 from stripe_sf_sync.pipeline.sources import Batch, in_batches
-from stripe_sf_sync.salesforce.edges import PlanRecorder
-from stripe_sf_sync.salesforce.lookups import AccountRow, Lookups, SfOp, WriteResult
-from stripe_sf_sync.salesforce.org import OrgFacts
+from stripe_sf_sync.records import AccountRow, Lookups, OrgFacts, SfOp, WriteResult
+from stripe_sf_sync.salesforce.recorder import PlanRecorder
 from stripe_sf_sync.state import Cursor, Outcome
 
 from . import payloads as p

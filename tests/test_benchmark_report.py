@@ -12,7 +12,8 @@ import pytest
 from benchmarks import backfill_run, harness
 from benchmarks import run as bench
 from benchmarks.harness import BATCHED, PER_EVENT, Floor, RunResult, set_yaml_value
-from stripe_sf_sync.salesforce.sink import COLLECTION_LIMIT, COMPOSITE_QUERIES, IN_CHUNK
+from stripe_sf_sync.salesforce.gateway import COLLECTION_LIMIT, COMPOSITE_QUERIES
+from stripe_sf_sync.salesforce.lookups import IN_CHUNK
 
 WRITTEN = {"Opportunity": 3_100, "Task": 5_000, "Account": 900}
 LOOKUPS = {"Account.Id": 30, "Account.Stripe_Customer_ID__c": 950, "Opportunity.Stripe_Subscription_ID__c": 2_100,

@@ -8,9 +8,10 @@ import re
 import pytest
 
 from stripe_sf_sync.config import FieldNames, salesforce_secrets
+from stripe_sf_sync.records import SfOp
 from stripe_sf_sync.rules import AccountRef, AccountStatusIntent
-from stripe_sf_sync.salesforce.lookups import AccountCache, SfOp, find
-from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
+from stripe_sf_sync.salesforce.lookups import AccountCache, SoqlLookups, find
 from stripe_sf_sync.stripe.source import StripeSource, build_client
 
 from .cassette_tools import CASSETTES, recorder
@@ -48,7 +49,7 @@ def test_salesforce_sink_replays_lookup_and_per_record_failures():
         assert any(f["name"] == names.task_event_id for f in gw.describe("Task")["fields"])
         intents = [AccountStatusIntent("evt_cassette", AccountRef(m["customer"], None), "sub_x", "active", None, False,
                                        "2026-11-20")]
-        found = find(gw, names, intents, AccountCache(), task_keyed=False)
+        found = find(SoqlLookups(gw), names, intents, AccountCache(), task_keyed=False)
         acct = found.accounts_by_customer[m["customer"]]
         assert acct.id == m["account"]
         ops = [SfOp("update", "Account", acct.id, {names.subscription_status: m["status"]}),

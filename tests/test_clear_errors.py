@@ -25,7 +25,7 @@ from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.salesforce.sink import Verdict, failure_of
+from stripe_sf_sync.salesforce.retry import Verdict, failure_of
 from stripe_sf_sync.state import StateStore
 
 from .conftest import EXAMPLE, since, write_config

@@ -18,7 +18,7 @@ import pytest
 
 from stripe_sf_sync.config import salesforce_secrets
 from stripe_sf_sync.errors import FatalSyncError
-from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
 from stripe_sf_sync.stripe.source import StripeSource, build_client
 
 VERSION = "2026-10-28.endive"

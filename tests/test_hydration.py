@@ -227,7 +227,7 @@ def test_account_status_is_written_only_when_salesforce_differs(tmp_path, env, o
 
 
 def test_later_batches_of_a_run_reuse_the_accounts_it_already_read(tmp_path, env, org, stripe_sb, monkeypatch):
-    from stripe_sf_sync.salesforce.sink import SalesforceGateway
+    from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 
     f = StripeFactory(stripe_sb, seed=26)
     t = int(time.time()) - 2 * DAY
@@ -256,8 +256,8 @@ def test_later_batches_of_a_run_reuse_the_accounts_it_already_read(tmp_path, env
 
 
 def test_collection_calls_of_one_kind_run_a_few_at_once_grouped_by_account():
-    from stripe_sf_sync.salesforce.lookups import SfOp, WriteResult
-    from stripe_sf_sync.salesforce.sink import CollectionsWriter
+    from stripe_sf_sync.records import SfOp, WriteResult
+    from stripe_sf_sync.salesforce.writers import CollectionsWriter
 
     class FakeGateway:
         max_attempts = 5

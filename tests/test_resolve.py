@@ -5,18 +5,10 @@ from decimal import Decimal
 import pytest
 
 from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.pipeline.materialize import Materializer, WriteSettings
+from stripe_sf_sync.records import AccountRow, LookupRequest, Lookups, OpportunityRow
 from stripe_sf_sync.rules import AccountRef, AccountStatusIntent, OpportunityIntent, TaskIntent
-from stripe_sf_sync.salesforce.lookups import (
-    AccountCache,
-    AccountRow,
-    LookupRequest,
-    Lookups,
-    Materializer,
-    OpportunityRow,
-    WriteSettings,
-    find,
-    lookup_request,
-)
+from stripe_sf_sync.salesforce.lookups import AccountCache, find, lookup_request
 
 ACCOUNT = "001Hs00000CmAbcIAE"
 OPP = "006Hs00000BkXyzIAF"

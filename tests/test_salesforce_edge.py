@@ -21,18 +21,10 @@ from simple_salesforce.exceptions import (
 
 from stripe_sf_sync import service
 from stripe_sf_sync.errors import BudgetSpent, ExitCode, FatalSyncError
-from stripe_sf_sync.salesforce.lookups import SfOp, WriteResult
-from stripe_sf_sync.salesforce.sink import (
-    BulkWriter,
-    CallRetriable,
-    CollectionsWriter,
-    Failure,
-    RetryPolicy,
-    SalesforceGateway,
-    Verdict,
-    classify,
-    failure_of,
-)
+from stripe_sf_sync.records import SfOp, WriteResult
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway
+from stripe_sf_sync.salesforce.retry import CallRetriable, Failure, RetryPolicy, Verdict, classify, failure_of
+from stripe_sf_sync.salesforce.writers import BulkWriter, CollectionsWriter
 
 from .conftest import since
 
@@ -245,6 +237,21 @@ def test_soql_pages_through_simple_salesforce_for_queries_and_composite_sub_quer
     assert gw.usage.calls == 4  # one Composite call, then query_more for the sub-query's next page
     paths = [p for _, p in sf_sb.requests_log[-2:]]
     assert paths[0].endswith("/composite") and re.search(r"/query/01g\w+-2000$", paths[1])
+
+
+def test_one_pager_retries_a_failed_page_on_its_own_and_names_it(sf_sb, org, caplog):
+    """Every SOQL read (queries, a Composite sub-query's later pages, reconcile's) goes through `pages_after`: a
+    page that fails transiently is read again by itself, not the query from its first page."""
+    for n in range(2_100):
+        org.insert("Account", {"Name": f"Paged {n}", "Stripe_Customer_ID__c": f"cus_paged{n:05d}"})
+    gw = gateway(sf_sb, org)
+    sf_sb.faults.fail_matching("GET", r"/query/01g\w+-2000", 503, SF_503, times=1)
+    with caplog.at_level(logging.WARNING, logger="stripe_sf_sync"):
+        pages = list(gw.pages("SELECT Id FROM Account", what="a reconcile query"))
+    assert [len(p) for p in pages] == [2_000, len(org.records("Account")) - 2_000]
+    assert gw.usage.calls == 3  # the query, the failed next page, the next page again
+    reasons = [m["reason"] for m in (RETRY_LINE.fullmatch(r.getMessage()) for r in caplog.records) if m]
+    assert reasons == ["HTTP 503 SERVER_UNAVAILABLE on the next page of a reconcile query"]
 
 
 class FakeSalesforce:

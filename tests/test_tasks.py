@@ -222,8 +222,9 @@ def test_one_create_per_missing_key_and_none_for_a_key_that_exists(coalesce):
     missing key in a batch give one create (later values win), even with coalescing off; the key travels in
     the create's body."""
     from stripe_sf_sync.config import FieldNames
+    from stripe_sf_sync.pipeline.materialize import Materializer, WriteSettings
+    from stripe_sf_sync.records import AccountRow, Lookups
     from stripe_sf_sync.rules import AccountRef, TaskIntent
-    from stripe_sf_sync.salesforce.lookups import AccountRow, Lookups, Materializer, WriteSettings
 
     ref = AccountRef("cus_1", None)
     row = AccountRow("001Hs00000CmAbcIAF", "Acme", "005Hs00000AbCdEIAV", None, "active", "cus_1")

@@ -5,7 +5,7 @@ through ports, and the run commits each result and sums them into the run's summ
   cursor.py   where a sync starts (--since | stored cursor | backfill's hand-off), the lookback, the cursor's advance
   sources.py  SyncEvents, DeadLetters, InboxEvents (backfill.py: BackfillObjects) -> batches, each with its CommitPolicy
   run.py      for batch in source: apply, commit by policy, add to the RunSummary
-  ports.py    the protocols the batch step talks to (the real ones: salesforce/edges.py, state/dry_run.py)
+  ports.py    the protocols the batch step talks to (the real ones in salesforce/ and state/)
 """
 
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch

@@ -10,21 +10,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.logs import fields
 from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, outcome_id
+from stripe_sf_sync.pipeline.materialize import Materializer, WriteSettings
 from stripe_sf_sync.pipeline.plan import Planned, events_text, plan_events
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.result import BatchResult, outcome
 from stripe_sf_sync.pipeline.stop import Stop
-from stripe_sf_sync.salesforce.lookups import Lookups, Materializer, SfOp, WriteResult, WriteSettings
+from stripe_sf_sync.records import Lookups, SfOp, WriteResult
 
 log = logging.getLogger("stripe_sf_sync")
 
-__all__ = ["BatchResult", "BatchSettings", "apply_batch", "describe_op"]  # BatchResult: from result.py
+__all__ = ["BatchResult", "BatchSettings", "apply_batch"]  # BatchResult: from result.py
 
 
 @dataclass(frozen=True)
@@ -219,9 +219,3 @@ def _task_exists(op: SfOp, res: WriteResult, settings: WriteSettings) -> bool:
             and key_field.lower() in (res.message or "").lower())
 
 
-def describe_op(op: SfOp) -> dict[str, Any]:
-    """A planned write, JSON-ready (a dry run prints these)."""
-    return {"action": op.kind, "sobject": op.sobject, "key": op.key, "external_id_field": op.ext_field,
-            "fields": {k: (str(v) if not isinstance(v, str | int | bool | type(None)) else v)
-                       for k, v in op.fields.items()},
-            "events": list(op.events)}

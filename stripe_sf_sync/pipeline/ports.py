@@ -1,5 +1,7 @@
-"""The batch step's collaborators, as small protocols: what it reads from state, how it hydrates, how it
-finds and writes Salesforce records. The real ones sit at the two HTTP edges; tests use in-memory fakes."""
+"""The batch step's collaborators, as small protocols, each defined here once: what it reads from state, how it
+hydrates, how it finds and writes Salesforce records. The real ones sit at the edges (stripe/, salesforce/:
+SalesforceRecords, the writers and the dry run's PlanRecorder; state/); tests use in-memory fakes. Their data
+are plain types (records.py), so the pipeline imports no edge."""
 
 from __future__ import annotations
 
@@ -11,9 +13,8 @@ from stripe_sf_sync import model
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.events import HeldEvent
+from stripe_sf_sync.records import Lookups, OrgFacts, SfOp, WriteResult
 from stripe_sf_sync.rules import Intent
-from stripe_sf_sync.salesforce.lookups import Lookups, SfOp, WriteResult
-from stripe_sf_sync.salesforce.org import OrgFacts
 
 
 class Ledger(Protocol):
@@ -58,7 +59,7 @@ class RecordLookup(Protocol):
     def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
              legacy_events: Collection[str] | None = None) -> Lookups:
         """Every record the intents name, in a few calls for the whole batch; the Tasks of `legacy_events`
-        (None: of every event) also by the key an earlier version gave them (resolve.task_keys_of)."""
+        (None: of every event) also by the key an earlier version gave them (salesforce/lookups.py: task_keys_of)."""
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
         """An Account update succeeded: later batches of the run compare with what it now holds."""

@@ -22,7 +22,7 @@ from stripe_sf_sync.pipeline.plan import plan_events
 from stripe_sf_sync.pipeline.stop import Aborted, Stop
 from stripe_sf_sync.reconcile.spill import Spill, sf_decimal, text
 from stripe_sf_sync.rules.status import status_rank
-from stripe_sf_sync.salesforce.sink import QUERY_HINT, SalesforceGateway
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 from stripe_sf_sync.salesforce_ids import to_18
 from stripe_sf_sync.state import Outcome
 from stripe_sf_sync.stripe.hydrator import StripeHydrator
@@ -163,17 +163,9 @@ def _opportunity_fields(plan: rules.Plan | None) -> dict[str, Any]:
 
 
 def soql_pages(gw: SalesforceGateway, soql: str) -> Iterator[list[dict[str, Any]]]:
-    """The records of a SOQL query, a page (up to 2,000 records) at a time: `query`, then `query_more` by
-    `nextRecordsUrl`, as simple-salesforce's query_all_iter walks them (api-facts.md §11), each page retried
-    on its own by the gateway's policy instead of the whole query."""
-    page = gw.send(lambda sf: sf.query(soql, timeout=gw.timeout), what="a reconcile query", hint=QUERY_HINT)
-    yield list(page.get("records", []))
-    while not page.get("done", True) and page.get("nextRecordsUrl"):
-        url = page["nextRecordsUrl"]
-        # ignored below: mypy cannot infer a lambda with a default argument (python/mypy#15459)
-        page = gw.send(lambda sf, url=url: sf.query_more(url, identifier_is_url=True, timeout=gw.timeout),  # type: ignore[misc]
-                       what="the next page of a reconcile query", hint=QUERY_HINT)
-        yield list(page.get("records", []))
+    """The records of a SOQL query, a page (up to 2,000 records) at a time, through the gateway's one pager:
+    each page retried on its own by the gateway's policy instead of the whole query."""
+    return gw.pages(soql, what="a reconcile query")
 
 
 def read_salesforce(spill: Spill, gw: SalesforceGateway, names: FieldNames, *, multi_currency: bool,

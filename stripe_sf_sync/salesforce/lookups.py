@@ -1,158 +1,123 @@
-"""Resolution, pure: Stripe ids -> the lookups a batch needs, then intents -> coalesced record writes.
+"""Finding Salesforce records, through the gateway: a batch's intents -> one `LookupRequest` -> batched SOQL
+(one `IN (...)` per kind and 200 values, five statements to a Composite call) -> `Lookups`.
 
-A batch's lookups are asked for at once (a `LookupRequest`, read by a `RecordLookup` port: the
-Salesforce edge runs them as SOQL). Resolution order for an Opportunity: checked metadata Id -> SOQL
-by Stripe ids -> upsert-create by external id -> dead letter (integration guide, "Common Pitfalls"). A
-Task is created once: the batch's Task keys that already exist are looked up with the other lookups,
-and only the missing Tasks are created; a Task that exists is never written again. The planned writes
-(`SfOp`) go to a `RecordWriter` port, which answers one `WriteResult` per write.
+`SalesforceRecords` is the batch step's RecordLookup (pipeline/ports.py): it keeps the run's `AccountCache`
+and the org check's facts; `find` asks a `LookupReader` (`SoqlLookups` over the gateway, or a test's fake).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
+from simple_salesforce import format_soql
+
 from stripe_sf_sync.config import FieldNames
-from stripe_sf_sync.rules import (
-    AccountRef,
-    AccountStatusIntent,
-    Intent,
-    OpportunityIntent,
-    TaskIntent,
-    transition_task,
-)
+from stripe_sf_sync.records import AccountRow, LookupRequest, Lookups, OpportunityRow, OrgFacts, index_account
+from stripe_sf_sync.rules import AccountStatusIntent, Intent, OpportunityIntent, TaskIntent, transition_task
+from stripe_sf_sync.salesforce.gateway import SalesforceAccess, SalesforceGateway
+from stripe_sf_sync.salesforce.org import OrgCheck
+from stripe_sf_sync.salesforce_ids import to_18
 
-log = logging.getLogger("stripe_sf_sync")
-
-WriteKind = Literal["update", "upsert", "create"]
+IN_CHUNK = 200  # values per IN (...): keeps the GET query URL well under Salesforce's limit
 
 
-@dataclass
-class SfOp:
-    """One planned record write, possibly coalescing several events' changes to the same record."""
+# --- SOQL statements and their rows ----------------------------------------------------------------
 
-    kind: WriteKind
-    sobject: str
-    key: str  # the record Id (update), external id value (upsert) or a unique label (create)
-    fields: dict[str, Any]
-    ext_field: str | None = None
-    events: list[str] = field(default_factory=list)  # contributing event ids, in event order
-    label: str = ""
-
-    @property
-    def identity(self) -> tuple[str, str, str, str]:
-        """Writes with the same identity touch the same record and are merged."""
-        return (self.kind, self.sobject, self.ext_field or "", self.key)
+LookupKind = Literal["account", "opportunity", "contact", "task"]
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    """A per-record outcome from Salesforce."""
-
-    success: bool
-    record_id: str | None = None
-    code: str | None = None
-    message: str | None = None
-    created: bool | None = None
+def _selects(fields: str, sobject: str, where_field: str, values: Iterable[str]) -> list[str]:
+    """SELECT … WHERE field IN (…) statements, IN_CHUNK values each, literals escaped by
+    simple_salesforce.format_soql (never pasted into the statement)."""
+    uniq = sorted({v for v in values if v})
+    # Field and object names come from validated config (an identifier pattern), never from Stripe.
+    return [format_soql(f"SELECT {fields} FROM {sobject} WHERE {where_field} IN {{values}}",  # noqa: S608
+                        values=uniq[i:i + IN_CHUNK]) for i in range(0, len(uniq), IN_CHUNK)]
 
 
-@dataclass
-class AccountRow:
-    """The Account fields the rules need."""
-
-    id: str
-    name: str
-    owner_id: str | None
-    csm_id: str | None
-    status: str | None
-    customer_id: str | None
-
-
-@dataclass
-class OpportunityRow:
-    """The Opportunity fields resolution needs."""
-
-    id: str
-    account_id: str | None
-    subscription_id: str | None
-    payment_intent_id: str | None
-    customer_id: str | None
-    is_closed: bool
-    created: str
-
-
-@dataclass
-class Lookups:
-    """Everything one batch's lookups found."""
-
-    accounts_by_id: dict[str, AccountRow] = field(default_factory=dict)
-    accounts_by_customer: dict[str, AccountRow] = field(default_factory=dict)
-    opps_by_id: dict[str, OpportunityRow] = field(default_factory=dict)
-    opps_by_subscription: dict[str, OpportunityRow] = field(default_factory=dict)
-    opps_by_payment: dict[str, OpportunityRow] = field(default_factory=dict)
-    opps_by_customer: dict[str, list[OpportunityRow]] = field(default_factory=dict)
-    contacts: set[str] = field(default_factory=set)  # Contact Ids from metadata that exist
-    task_keys: set[str] = field(default_factory=set)  # Task keys (Stripe_Event_ID__c) that already exist
-
-    def add_account(self, row: AccountRow) -> None:
-        """Index an Account by its Id and, when it has one, its Stripe customer id."""
-        _index(self.accounts_by_id, self.accounts_by_customer, row)
-
-    def account_of_opportunity(self, opportunity_id: str | None) -> AccountRow | None:
-        """The Account of an Opportunity found by Id, when it has one that was read with it."""
-        opp = self.opps_by_id.get(opportunity_id) if opportunity_id else None
-        return self.accounts_by_id.get(opp.account_id) if opp is not None and opp.account_id else None
-
-    def add_opportunity(self, row: OpportunityRow) -> None:
-        """Index an Opportunity by its Id and Stripe ids; a customer lists each Opportunity once."""
-        first = row.id not in self.opps_by_id
-        self.opps_by_id[row.id] = row
-        if row.subscription_id:
-            self.opps_by_subscription[row.subscription_id] = row
-        if row.payment_intent_id:
-            self.opps_by_payment[row.payment_intent_id] = row
-        if row.customer_id and first:
-            self.opps_by_customer.setdefault(row.customer_id, []).append(row)
+def lookup_statements(request: LookupRequest, names: FieldNames) -> list[tuple[LookupKind, str]]:
+    """The SOQL statements of a LookupRequest, in the order they are sent: Accounts, Opportunities,
+    Contacts, Tasks."""
+    a_fields = ["Id", "Name", "OwnerId", names.subscription_status, names.customer_id]
+    if names.account_csm:
+        a_fields.append(names.account_csm)
+    a_select = ", ".join(dict.fromkeys(a_fields))
+    o_select = ", ".join(dict.fromkeys(["Id", "AccountId", "IsClosed", "CreatedDate", names.subscription_id,
+                                        names.payment_intent_id, names.customer_id]))
+    accounts = (_selects(a_select, "Account", "Id", request.account_ids)
+                + _selects(a_select, "Account", names.customer_id, request.customer_ids))
+    # Opportunities named in metadata bring their Account (parent relationship fields, in the same
+    # statement): an object naming only its Opportunity resolves its Account without its customer.
+    by_id_select = ", ".join([o_select, *(f"Account.{f}" for f in dict.fromkeys(a_fields))])
+    opportunities = (_selects(by_id_select, "Opportunity", "Id", request.opportunity_ids)
+                     + _selects(o_select, "Opportunity", names.subscription_id, request.subscription_ids)
+                     + _selects(o_select, "Opportunity", names.payment_intent_id, request.payment_intent_ids)
+                     + _selects(o_select, "Opportunity", names.customer_id, request.opportunity_customer_ids))
+    contacts = _selects("Id", "Contact", "Id", request.contact_ids)
+    # Whether a Task exists is asked by SOQL, never by an upsert: an upsert re-sends every field and would
+    # undo what a person did to the Task, and on a non-Unique External ID it needs "View All Data"; a plain
+    # query works whatever the field is (REST API, "Insert or Update (Upsert) a Record Using an External ID").
+    tasks = _selects(names.task_event_id, "Task", names.task_event_id, request.task_keys)
+    kinds: list[tuple[LookupKind, list[str]]] = [("account", accounts), ("opportunity", opportunities),
+                                                  ("contact", contacts), ("task", tasks)]
+    return [(kind, soql) for kind, statements in kinds for soql in statements]
 
 
-def _index(by_id: dict[str, AccountRow], by_customer: dict[str, AccountRow], row: AccountRow) -> None:
-    by_id[row.id] = row
-    if row.customer_id:
-        by_customer[row.customer_id] = row
+def _account_row(r: Mapping[str, Any], names: FieldNames) -> AccountRow:
+    return AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
+                      r.get(names.account_csm) if names.account_csm else None,
+                      r.get(names.subscription_status), r.get(names.customer_id))
 
 
-@dataclass(frozen=True)
-class LookupRequest:
-    """What one batch must read from Salesforce (Accounts already in the run's AccountCache left out)."""
+def lookups_of(results: Iterable[tuple[LookupKind, list[dict[str, Any]]]], names: FieldNames) -> Lookups:
+    """Index the rows each statement returned."""
+    found = Lookups()
+    for kind, records in results:
+        for r in records:
+            if kind == "account":
+                found.add_account(_account_row(r, names))
+            elif kind == "opportunity":
+                if isinstance(r.get("Account"), Mapping) and r["Account"].get("Id"):
+                    found.add_account(_account_row(r["Account"], names))
+                found.add_opportunity(OpportunityRow(
+                    to_18(r["Id"]), r.get("AccountId"), r.get(names.subscription_id), r.get(names.payment_intent_id),
+                    r.get(names.customer_id), bool(r.get("IsClosed")), str(r.get("CreatedDate") or "")))
+            elif kind == "contact":
+                found.contacts.add(to_18(r["Id"]))
+            elif r.get(names.task_event_id):
+                found.task_keys.add(str(r[names.task_event_id]))
+    return found
 
-    account_ids: frozenset[str] = frozenset()
-    customer_ids: frozenset[str] = frozenset()  # Accounts by their Stripe customer id
-    opportunity_ids: frozenset[str] = frozenset()
-    subscription_ids: frozenset[str] = frozenset()
-    payment_intent_ids: frozenset[str] = frozenset()
-    opportunity_customer_ids: frozenset[str] = frozenset()  # a customer's Opportunities, for matching
-    contact_ids: frozenset[str] = frozenset()
-    task_keys: frozenset[str] = frozenset()  # Task keys that may exist (only when the org has the key field)
 
-
-class RecordLookup(Protocol):
-    """Reads what a LookupRequest asks for (the Salesforce edge: SalesforceGateway)."""
+class LookupReader(Protocol):
+    """Reads what a LookupRequest asks for (SoqlLookups; tests use in-memory fakes)."""
 
     def lookup(self, request: LookupRequest, names: FieldNames) -> Lookups:
         """Everything found for `request`, indexed."""
         ...
 
 
-class RecordWriter(Protocol):
-    """Applies planned writes (the Salesforce edge: CollectionsWriter, BulkWriter)."""
+class SoqlLookups:
+    """A LookupReader through the gateway."""
 
-    def write(self, ops: Sequence[SfOp]) -> list[WriteResult]:
-        """One result per op, in the ops' order."""
-        ...
+    def __init__(self, gw: SalesforceGateway) -> None:
+        self.gw = gw
 
+    def lookup(self, request: LookupRequest, names: FieldNames) -> Lookups:
+        """What `request` asks for: one SOQL `IN (...)` per kind and 200 values, the statements of a batch
+        together, five to a Composite call."""
+        statements = lookup_statements(request, names)
+        # Task keys through queryAll: a Task closed with a due date over a year ago is archived, and `query`
+        # no longer returns it (SOAP API Developer Guide: Task, IsArchived; api-facts §12). Found, it is never
+        # created again.
+        results = self.gw.query_many([soql for _, soql in statements],
+                                     archived={i for i, (kind, _) in enumerate(statements) if kind == "task"})
+        return lookups_of(zip((kind for kind, _ in statements), results, strict=True), names)
+
+
+# --- a batch's lookups: what to ask for, and the Accounts a run keeps ---------------------------------
 
 # Accounts a run keeps (about 0.5 KB each): a sync's customers fit (8,544 Accounts in the 100,000-event
 # benchmark), and a backfill, which reads each Account once, does not keep 100,000 of them (memory stays flat
@@ -180,7 +145,7 @@ class AccountCache:
             oldest = self.by_id.pop(next(iter(self.by_id)))
             if oldest.customer_id and self.by_customer.get(oldest.customer_id) is oldest:
                 del self.by_customer[oldest.customer_id]
-        _index(self.by_id, self.by_customer, row)
+        index_account(self.by_id, self.by_customer, row)
 
     def wrote(self, account_id: str, fields: Mapping[str, Any], names: FieldNames) -> None:
         """Record a successful Account update, so the next batch compares against what it now holds."""
@@ -226,7 +191,7 @@ def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_ke
         acct = it.account
         if acct.account_id:
             acct_ids.add(acct.account_id)
-        if acct.opportunity_id:  # its Account comes with it (salesforce_sink.lookup_statements)
+        if acct.opportunity_id:  # its Account comes with it (lookup_statements)
             opp_ids.add(acct.opportunity_id)
         if acct.customer_id:
             customers.add(acct.customer_id)
@@ -246,7 +211,7 @@ def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_ke
         task_keys=frozenset(task_keys_of(intents, legacy_events) if task_keyed else ()))
 
 
-def find(port: RecordLookup, names: FieldNames, intents: Sequence[Intent], accounts: AccountCache, *,
+def find(port: LookupReader, names: FieldNames, intents: Sequence[Intent], accounts: AccountCache, *,
          task_keyed: bool, legacy_events: Collection[str] | None = None) -> Lookups:
     """The batch's lookups: what `accounts` holds already, and what `port` reads (which `accounts` then
     remembers for the run's later batches). `legacy_events`: see `task_keys_of`."""
@@ -263,249 +228,32 @@ def find(port: RecordLookup, names: FieldNames, intents: Sequence[Intent], accou
                    accounts_by_customer={**cached.accounts_by_customer, **read.accounts_by_customer})
 
 
-@dataclass(frozen=True)
-class WriteSettings:
-    """Org facts that shape the writes."""
+class SalesforceRecords:
+    """The batch step's RecordLookup (pipeline/ports.py): batched SOQL through the gateway, the org's facts,
+    and the Accounts this run has read (stripe-sf never creates Accounts and records what it writes to them,
+    so later batches of a run need not look them up again)."""
 
-    names: FieldNames
-    record_type_id: str | None
-    task_keyed: bool  # the org has the Task key field: Tasks are looked up by it and created once
-    coalesce: bool = True
-    # A multi-currency org's active currencies (upper-case ISO codes); None in a single-currency org.
-    currencies: frozenset[str] | None = None
-    # A single-currency org's currency (Organization.DefaultCurrencyIsoCode), None when not known; and whether
-    # an amount in another currency is written as it is (salesforce.currency_mismatch: write_as_is).
-    org_currency: str | None = None
-    write_as_is: bool = False
+    def __init__(self, access: SalesforceAccess, org: OrgCheck) -> None:
+        self._access = access
+        self._org = org
+        self._accounts = AccountCache()
 
+    @property
+    def described(self) -> bool:
+        """Whether the org was described in this run."""
+        return self._org.described
 
-class Unresolvable(Exception):
-    """The intent cannot be turned into a write: the event goes to the dead-letter queue."""
+    def org_facts(self, *, refresh: bool = False) -> OrgFacts:
+        """The org's facts (describe once a day)."""
+        return self._org.facts(self._access.get(), refresh=refresh)
 
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+    def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
+             legacy_events: Collection[str] | None = None) -> Lookups:
+        """The records the intents name (`legacy_events`: task_keys_of)."""
+        return find(SoqlLookups(self._access.get()), names, intents, self._accounts, task_keyed=task_keyed,
+                    legacy_events=legacy_events)
 
+    def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
+        """Remember a successful Account update."""
+        self._accounts.wrote(account_id, fields, names)
 
-@dataclass
-class Materialized:
-    """A batch's coalesced writes, and the events that could not be resolved."""
-
-    ops: list[SfOp] = field(default_factory=list)
-    failures: dict[str, Unresolvable] = field(default_factory=dict)
-
-
-class Materializer:
-    """Turns intents into record writes, in event order, tracking in-batch state."""
-
-    def __init__(self, lookups: Lookups, settings: WriteSettings) -> None:
-        self.found = lookups
-        self.settings = settings
-        self._ops: dict[tuple[str, str, str, str], SfOp] = {}
-        self._order: list[SfOp] = []
-        self._claimed: set[str] = set()  # customer Opportunities already claimed by a subscription
-        self._pending: dict[tuple[str, str], SfOp] = {}  # Opportunities this batch creates
-        self._status: dict[str, str | None] = {}  # Account status as of the events seen so far
-        self._serial = 0
-        # event id -> subscription: value updates (a plan change) that found no Opportunity to update. Not a
-        # dead letter: the rest of the event applies, and `stripe-sf reconcile` lists the subscription.
-        self.no_opportunity: dict[str, str] = {}
-        self._unmatched: list[tuple[str, str]] = []  # this event's, kept only if the event materialises
-
-    def _account(self, ref: AccountRef) -> AccountRow:
-        # Set only when the object's own metadata names no Account: its named Opportunity's Account comes
-        # before any customer metadata (AccountRef).
-        by_opportunity = self.found.account_of_opportunity(ref.opportunity_id)
-        if by_opportunity is not None:
-            return by_opportunity
-        if ref.account_id and ref.account_id in self.found.accounts_by_id:
-            return self.found.accounts_by_id[ref.account_id]
-        if ref.customer_id and ref.customer_id in self.found.accounts_by_customer:
-            return self.found.accounts_by_customer[ref.customer_id]
-        who = ref.customer_id or "this payment"
-        raise Unresolvable(
-            "NO_ACCOUNT",
-            f"No Salesforce Account for {who}: set metadata.salesforce_account_id on the Stripe customer, "
-            f"or {self.settings.names.customer_id} on the Account, then run `stripe-sf dlq retry --all`")
-
-    def _opportunity(self, it: OpportunityIntent) -> OpportunityRow | None:
-        if it.opportunity_id and it.opportunity_id in self.found.opps_by_id:
-            return self.found.opps_by_id[it.opportunity_id]  # metadata Id that exists (a missing one falls through)
-        table = self.found.opps_by_subscription if it.key_kind == "subscription" else self.found.opps_by_payment
-        if it.key in table:
-            return table[it.key]
-        if it.match_by_customer and it.account.customer_id:
-            # An open Opportunity of this customer not yet tied to a subscription or payment.
-            candidates = [o for o in self.found.opps_by_customer.get(it.account.customer_id, [])
-                          if not o.is_closed and not o.subscription_id and not o.payment_intent_id
-                          and o.id not in self._claimed]
-            if candidates:
-                best = max(candidates, key=lambda o: o.created)
-                self._claimed.add(best.id)
-                best.subscription_id = it.key
-                self.found.opps_by_subscription[it.key] = best
-                return best
-        return None
-
-    def _currency_field(self, it: OpportunityIntent) -> dict[str, str]:
-        """CurrencyIsoCode for a multi-currency org, where an amount without it is read in the running user's
-        currency (Salesforce Help, "Multiple Currencies"). A currency the org has not activated is refused
-        before any write."""
-        if it.currency is None:
-            return {}
-        if self.settings.currencies is None:
-            self._check_single_currency(it)
-            return {}  # a single-currency org has no such field: sending it fails with INVALID_FIELD
-        code = it.currency.upper()
-        if code not in self.settings.currencies:
-            raise Unresolvable(
-                "CURRENCY_NOT_ACTIVE",
-                f"{it.key} is in {code}, which is not an active currency of this Salesforce org (active: "
-                f"{', '.join(sorted(self.settings.currencies))}), so its amounts cannot be written: activate {code} "
-                "in Setup > Company Information > Currencies, then run `stripe-sf dlq retry --all`")
-        return {"CurrencyIsoCode": code}
-
-    def _check_single_currency(self, it: OpportunityIntent) -> None:
-        """A single-currency org reads every amount in its one currency (Salesforce Help, "Multiple
-        Currencies": without it, amounts carry no currency of their own), so EUR 90 would read as USD 90."""
-        code, org = (it.currency or "").upper(), self.settings.org_currency
-        if org is None or code == org or self.settings.write_as_is:
-            return
-        raise Unresolvable(
-            "CURRENCY_MISMATCH",
-            f"{it.key} is in {code}, but this Salesforce org has a single currency, {org}: its amounts would be "
-            f"read as {org}. Turn on multiple currencies and activate {code} (Setup > Company Information), or set "
-            "salesforce.currency_mismatch: write_as_is to write the amounts as they are; then run "
-            "`stripe-sf dlq retry --all`")
-
-    def _ops_for(self, it: Intent) -> list[SfOp]:
-        if isinstance(it, OpportunityIntent):
-            return self._opportunity_ops(it)
-        account = self._account(it.account)
-        if isinstance(it, AccountStatusIntent):
-            return self._account_ops(it, account)
-        assert isinstance(it, TaskIntent)
-        return self._task_ops(it, account)
-
-    def _opportunity_ops(self, it: OpportunityIntent) -> list[SfOp]:
-        names = self.settings.names
-        currency = self._currency_field(it)
-        pending = self._pending.get((it.key_kind, it.key))
-        if pending is not None:
-            return [SfOp(pending.kind, "Opportunity", pending.key, {**it.fields, **currency}, pending.ext_field,
-                         label=pending.label)]
-        opp = self._opportunity(it)
-        if opp is not None:
-            return [SfOp("update", "Opportunity", opp.id, {**it.fields, **currency},
-                         label=f"Opportunity {opp.id} ({it.key})")]
-        if not it.may_create:
-            # A value update of a subscription no Opportunity tracks (it predates the first sync, or its
-            # Opportunity was deleted): nothing to update, and no reason to hold back its status and Tasks.
-            self._unmatched.append((it.event_id, it.key))
-            return []
-        account = self._account(it.account)
-        ext = names.subscription_id if it.key_kind == "subscription" else names.payment_intent_id
-        fields: dict[str, Any] = {"Name": (f"{account.name} - " + it.name_hint.split(" - ", 1)[-1])[:120]
-                                  if account.name else it.name_hint[:120], "AccountId": account.id}
-        if self.settings.record_type_id:
-            fields["RecordTypeId"] = self.settings.record_type_id
-        if account.owner_id:
-            fields["OwnerId"] = account.owner_id
-        fields.update(it.create_only)
-        fields.update(it.fields)
-        fields.update(currency)
-        fields.pop(ext, None)  # the external id travels as the upsert key, not in the body
-        return [SfOp("upsert", "Opportunity", it.key, fields, ext, label=f"Opportunity {ext}={it.key} (create)")]
-
-    def _account_ops(self, it: AccountStatusIntent, account: AccountRow) -> list[SfOp]:
-        names = self.settings.names
-        fields: dict[str, Any] = {names.subscription_status: it.status, **it.fields}
-        if (it.account.customer_id and not account.customer_id
-                and it.account.customer_id not in self.found.accounts_by_customer):
-            fields[names.customer_id] = it.account.customer_id  # link it for later lookups
-        ops: list[SfOp] = []
-        # The Account already says so (as read this batch, or as an earlier event of it wrote): no write.
-        # Compared with what Salesforce holds, so a hand-edited status is still put right.
-        if it.fields or len(fields) > 1 or self._status.get(account.id, account.status) != it.status:
-            ops.append(SfOp("update", "Account", account.id, fields, label=f"Account {account.id} ({account.name})"))
-        old = it.previous_status
-        if it.previous_from_account:
-            old = self._status.get(account.id, account.status) or "unknown"
-        if it.log_transition and old is not None and old != it.status:
-            ops.extend(self._ops_for(transition_task(it, old)))
-        return ops
-
-    def _task_ops(self, it: TaskIntent, account: AccountRow) -> list[SfOp]:
-        names = self.settings.names
-        owner = account.owner_id
-        if it.assign_to == "csm_or_owner" and account.csm_id:
-            owner = account.csm_id
-        fields: dict[str, Any] = {"Subject": it.subject[:255], "Description": it.description,
-                                  "Priority": it.priority, "Status": it.status, "ActivityDate": it.activity_date,
-                                  "WhatId": account.id}
-        if owner:
-            fields["OwnerId"] = owner
-        if it.who_id in self.found.contacts:
-            fields["WhoId"] = it.who_id
-        elif it.who_id:
-            # A Contact that does not exist (deleted, another org) would fail the whole Task: leave WhoId
-            # empty and say so; the Task itself still matters.
-            log.warning("Contact %s (metadata.salesforce_contact_id) does not exist in Salesforce: Task %s is "
-                        "created without WhoId", it.who_id, it.key)
-        if not self.settings.task_keyed:  # nothing to look a Task up by: created, as check_org warned
-            return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
-        if any(k in self.found.task_keys for k in it.keys):
-            return []  # created by an earlier run (under this key or an earlier version's): what a person did stands
-        fields[names.task_event_id] = it.key
-        return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
-
-    def add_event(self, event_id: str, intents: Sequence[Intent]) -> Unresolvable | None:
-        """Materialise one event's intents; all of them or none (then it is dead-lettered)."""
-        self._unmatched = []
-        try:
-            produced: list[SfOp] = []
-            for it in intents:
-                produced.extend(self._ops_for(it))
-        except Unresolvable as exc:
-            return exc
-        self.no_opportunity.update(self._unmatched)
-        for it in intents:  # only now is the in-batch state of this event real
-            if isinstance(it, AccountStatusIntent):
-                acct = self._account(it.account)
-                self._status[acct.id] = it.status
-            elif isinstance(it, OpportunityIntent) and (it.key_kind, it.key) not in self._pending:
-                for op in produced:
-                    if op.sobject == "Opportunity" and op.kind == "upsert" and op.key == it.key:
-                        self._pending[(it.key_kind, it.key)] = op
-        for op in produced:
-            op.events.append(event_id)
-            self._merge(op)
-        return None
-
-    def _merge(self, op: SfOp) -> None:
-        ident = op.identity
-        # A keyed Task is one record however many intents ask for it: never two creates of one key.
-        if not self.settings.coalesce and not (op.sobject == "Task" and self.settings.task_keyed):
-            self._serial += 1
-            ident = (*ident[:3], f"{ident[3]}#{self._serial}")
-        existing = self._ops.get(ident)
-        if existing is None:
-            self._ops[ident] = op
-            self._order.append(op)
-            return
-        # Writes to one record are coalesced in event order: later values win.
-        existing.fields.update(op.fields)
-        for ev in op.events:
-            if ev not in existing.events:
-                existing.events.append(ev)
-
-    def result(self) -> list[SfOp]:
-        """The coalesced writes: Opportunities, then Tasks, then Accounts.
-
-        Tasks go before the Account status they describe: a status-transition Task reads the old
-        status from the Account, so if a run stops between the two writes, the rerun still sees the old
-        status and finds the same Task (by its key). The other order would lose that Task.
-        """
-        rank = {"Opportunity": 0, "Task": 1, "Account": 2}
-        return sorted(self._order, key=lambda o: rank.get(o.sobject, 3))

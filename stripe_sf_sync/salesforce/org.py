@@ -11,30 +11,12 @@ from typing import Any, Literal, Protocol
 from stripe_sf_sync.config import FieldNames, LoadedConfig
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.model import SUBSCRIPTION_STATUSES
+from stripe_sf_sync.records import OrgFacts
 
 log = logging.getLogger("stripe_sf_sync")
 
 ORG_CACHE_KEY = "org_describe"
 ORG_CACHE_TTL_S = 24 * 3600
-
-
-@dataclass(frozen=True)
-class OrgFacts:
-    """What describe told us about the org, cached for a day in state."""
-
-    task_keyed: bool  # Task has the key field: Tasks are looked up by it and created once
-    # A multi-currency org's active currencies (upper-case ISO codes, from Opportunity.CurrencyIsoCode's
-    # picklist); None for a single-currency org, which has no CurrencyIsoCode field.
-    currencies: frozenset[str] | None = None
-    # The org's own currency (Organization.DefaultCurrencyIsoCode, upper case): a single-currency org reads
-    # every amount in it. None when Salesforce did not say.
-    currency: str | None = None
-
-    def holds(self, code: str) -> bool | None:
-        """Whether an amount in `code` can be written as what it is: True, False, or None (not known)."""
-        if self.currencies is not None:
-            return code.upper() in self.currencies
-        return None if self.currency is None else code.upper() == self.currency
 
 
 # The org's currency: Organization.DefaultCurrencyIsoCode (Object Reference, "Organization":

@@ -47,19 +47,15 @@ from stripe_sf_sync.pipeline import (
 )
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
 from stripe_sf_sync.pipeline.heartbeat import Activity, heartbeat
-from stripe_sf_sync.pipeline.ports import Ports
+from stripe_sf_sync.pipeline.ports import Ports, RecordWriter
 from stripe_sf_sync.pipeline.run import finish, log_summary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
 from stripe_sf_sync.reads import reads_last_30_days, record_reads
-from stripe_sf_sync.salesforce.edges import (
-    PlanRecorder,
-    SalesforceAccess,
-    SalesforceRecords,
-    bulk_writer,
-    collections_writer,
-)
+from stripe_sf_sync.salesforce.gateway import SalesforceAccess, SalesforceGateway, connect
+from stripe_sf_sync.salesforce.lookups import SalesforceRecords
 from stripe_sf_sync.salesforce.org import ORG_CACHE_KEY, OrgCheck
-from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
+from stripe_sf_sync.salesforce.recorder import PlanRecorder
+from stripe_sf_sync.salesforce.writers import bulk_writer, collections_writer
 from stripe_sf_sync.state import DeadLetter, StateStore, open_state
 from stripe_sf_sync.state.dry_run import DryRunState
 from stripe_sf_sync.stripe.hydrator import StripeHydrator
@@ -194,9 +190,9 @@ def _ports(runtime: Runtime, state: Any, source: StripeSource, access: Salesforc
     env = runtime.environment
     org = OrgCheck(runtime.loaded, state, env.clock)
     recorder = PlanRecorder() if dry_run else None
-    writer: Any = recorder or collections_writer(
+    writer: RecordWriter = recorder or collections_writer(
         access, workers=runtime.loaded.settings.salesforce.write_concurrency, sleep=env.sleep)
-    bulk: Any = recorder or bulk_writer(access, sleep=env.sleep, waiting=stop.abandonable if stop else None)
+    bulk: RecordWriter = recorder or bulk_writer(access, sleep=env.sleep, waiting=stop.abandonable if stop else None)
     hydrator = StripeHydrator(source, state,
                               account_mrr=runtime.loaded.settings.salesforce.fields.account_mrr is not None)
     return Ports(state, hydrator, SalesforceRecords(access, org), writer, bulk), recorder

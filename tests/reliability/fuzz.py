@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import FieldNames
-from stripe_sf_sync.salesforce.lookups import AccountRow, Lookups, Materializer, WriteSettings
-from stripe_sf_sync.salesforce.sink import dumps
+from stripe_sf_sync.pipeline.materialize import Materializer, WriteSettings
+from stripe_sf_sync.records import AccountRow, Lookups
+from stripe_sf_sync.salesforce.gateway import dumps
 from stripe_sf_sync.salesforce_ids import is_salesforce_id
 
 from .. import payloads as p

@@ -61,7 +61,7 @@ def _install_kill(spec: str, counts_path: str) -> None:
     import time
 
     from stripe_sf_sync import state
-    from stripe_sf_sync.salesforce import sink as salesforce_sink
+    from stripe_sf_sync.salesforce import gateway as salesforce_sink
 
     counts = {"commits": 0, "writes": 0, "deadletters": 0}
     parts = spec.split(":") if spec else []

@@ -1,0 +1,276 @@
+"""Materializing, pure: a batch's rule intents, with what its lookups found, become coalesced record writes.
+
+Resolution order for an Opportunity: checked metadata Id -> SOQL by Stripe ids -> upsert-create by external id
+-> dead letter (integration guide, "Common Pitfalls"). A Task is created once: the batch's Task keys that
+already exist were looked up with the other lookups (salesforce/lookups.py), and only the missing Tasks are
+created; a Task that exists is never written again. The planned writes (`SfOp`) go to a `RecordWriter`
+(ports.py), which answers one `WriteResult` per write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.records import AccountRow, Lookups, OpportunityRow, SfOp
+from stripe_sf_sync.rules import (
+    AccountRef,
+    AccountStatusIntent,
+    Intent,
+    OpportunityIntent,
+    TaskIntent,
+    transition_task,
+)
+
+log = logging.getLogger("stripe_sf_sync")
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    """Org facts that shape the writes."""
+
+    names: FieldNames
+    record_type_id: str | None
+    task_keyed: bool  # the org has the Task key field: Tasks are looked up by it and created once
+    coalesce: bool = True
+    # A multi-currency org's active currencies (upper-case ISO codes); None in a single-currency org.
+    currencies: frozenset[str] | None = None
+    # A single-currency org's currency (Organization.DefaultCurrencyIsoCode), None when not known; and whether
+    # an amount in another currency is written as it is (salesforce.currency_mismatch: write_as_is).
+    org_currency: str | None = None
+    write_as_is: bool = False
+
+
+class Unresolvable(Exception):
+    """The intent cannot be turned into a write: the event goes to the dead-letter queue."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Materialized:
+    """A batch's coalesced writes, and the events that could not be resolved."""
+
+    ops: list[SfOp] = field(default_factory=list)
+    failures: dict[str, Unresolvable] = field(default_factory=dict)
+
+
+class Materializer:
+    """Turns intents into record writes, in event order, tracking in-batch state."""
+
+    def __init__(self, lookups: Lookups, settings: WriteSettings) -> None:
+        self.found = lookups
+        self.settings = settings
+        self._ops: dict[tuple[str, str, str, str], SfOp] = {}
+        self._order: list[SfOp] = []
+        self._claimed: set[str] = set()  # customer Opportunities already claimed by a subscription
+        self._pending: dict[tuple[str, str], SfOp] = {}  # Opportunities this batch creates
+        self._status: dict[str, str | None] = {}  # Account status as of the events seen so far
+        self._serial = 0
+        # event id -> subscription: value updates (a plan change) that found no Opportunity to update. Not a
+        # dead letter: the rest of the event applies, and `stripe-sf reconcile` lists the subscription.
+        self.no_opportunity: dict[str, str] = {}
+        self._unmatched: list[tuple[str, str]] = []  # this event's, kept only if the event materialises
+
+    def _account(self, ref: AccountRef) -> AccountRow:
+        # Set only when the object's own metadata names no Account: its named Opportunity's Account comes
+        # before any customer metadata (AccountRef).
+        by_opportunity = self.found.account_of_opportunity(ref.opportunity_id)
+        if by_opportunity is not None:
+            return by_opportunity
+        if ref.account_id and ref.account_id in self.found.accounts_by_id:
+            return self.found.accounts_by_id[ref.account_id]
+        if ref.customer_id and ref.customer_id in self.found.accounts_by_customer:
+            return self.found.accounts_by_customer[ref.customer_id]
+        who = ref.customer_id or "this payment"
+        raise Unresolvable(
+            "NO_ACCOUNT",
+            f"No Salesforce Account for {who}: set metadata.salesforce_account_id on the Stripe customer, "
+            f"or {self.settings.names.customer_id} on the Account, then run `stripe-sf dlq retry --all`")
+
+    def _opportunity(self, it: OpportunityIntent) -> OpportunityRow | None:
+        if it.opportunity_id and it.opportunity_id in self.found.opps_by_id:
+            return self.found.opps_by_id[it.opportunity_id]  # metadata Id that exists (a missing one falls through)
+        table = self.found.opps_by_subscription if it.key_kind == "subscription" else self.found.opps_by_payment
+        if it.key in table:
+            return table[it.key]
+        if it.match_by_customer and it.account.customer_id:
+            # An open Opportunity of this customer not yet tied to a subscription or payment.
+            candidates = [o for o in self.found.opps_by_customer.get(it.account.customer_id, [])
+                          if not o.is_closed and not o.subscription_id and not o.payment_intent_id
+                          and o.id not in self._claimed]
+            if candidates:
+                best = max(candidates, key=lambda o: o.created)
+                self._claimed.add(best.id)
+                best.subscription_id = it.key
+                self.found.opps_by_subscription[it.key] = best
+                return best
+        return None
+
+    def _currency_field(self, it: OpportunityIntent) -> dict[str, str]:
+        """CurrencyIsoCode for a multi-currency org, where an amount without it is read in the running user's
+        currency (Salesforce Help, "Multiple Currencies"). A currency the org has not activated is refused
+        before any write."""
+        if it.currency is None:
+            return {}
+        if self.settings.currencies is None:
+            self._check_single_currency(it)
+            return {}  # a single-currency org has no such field: sending it fails with INVALID_FIELD
+        code = it.currency.upper()
+        if code not in self.settings.currencies:
+            raise Unresolvable(
+                "CURRENCY_NOT_ACTIVE",
+                f"{it.key} is in {code}, which is not an active currency of this Salesforce org (active: "
+                f"{', '.join(sorted(self.settings.currencies))}), so its amounts cannot be written: activate {code} "
+                "in Setup > Company Information > Currencies, then run `stripe-sf dlq retry --all`")
+        return {"CurrencyIsoCode": code}
+
+    def _check_single_currency(self, it: OpportunityIntent) -> None:
+        """A single-currency org reads every amount in its one currency (Salesforce Help, "Multiple
+        Currencies": without it, amounts carry no currency of their own), so EUR 90 would read as USD 90."""
+        code, org = (it.currency or "").upper(), self.settings.org_currency
+        if org is None or code == org or self.settings.write_as_is:
+            return
+        raise Unresolvable(
+            "CURRENCY_MISMATCH",
+            f"{it.key} is in {code}, but this Salesforce org has a single currency, {org}: its amounts would be "
+            f"read as {org}. Turn on multiple currencies and activate {code} (Setup > Company Information), or set "
+            "salesforce.currency_mismatch: write_as_is to write the amounts as they are; then run "
+            "`stripe-sf dlq retry --all`")
+
+    def _ops_for(self, it: Intent) -> list[SfOp]:
+        if isinstance(it, OpportunityIntent):
+            return self._opportunity_ops(it)
+        account = self._account(it.account)
+        if isinstance(it, AccountStatusIntent):
+            return self._account_ops(it, account)
+        assert isinstance(it, TaskIntent)
+        return self._task_ops(it, account)
+
+    def _opportunity_ops(self, it: OpportunityIntent) -> list[SfOp]:
+        names = self.settings.names
+        currency = self._currency_field(it)
+        pending = self._pending.get((it.key_kind, it.key))
+        if pending is not None:
+            return [SfOp(pending.kind, "Opportunity", pending.key, {**it.fields, **currency}, pending.ext_field,
+                         label=pending.label)]
+        opp = self._opportunity(it)
+        if opp is not None:
+            return [SfOp("update", "Opportunity", opp.id, {**it.fields, **currency},
+                         label=f"Opportunity {opp.id} ({it.key})")]
+        if not it.may_create:
+            # A value update of a subscription no Opportunity tracks (it predates the first sync, or its
+            # Opportunity was deleted): nothing to update, and no reason to hold back its status and Tasks.
+            self._unmatched.append((it.event_id, it.key))
+            return []
+        account = self._account(it.account)
+        ext = names.subscription_id if it.key_kind == "subscription" else names.payment_intent_id
+        fields: dict[str, Any] = {"Name": (f"{account.name} - " + it.name_hint.split(" - ", 1)[-1])[:120]
+                                  if account.name else it.name_hint[:120], "AccountId": account.id}
+        if self.settings.record_type_id:
+            fields["RecordTypeId"] = self.settings.record_type_id
+        if account.owner_id:
+            fields["OwnerId"] = account.owner_id
+        fields.update(it.create_only)
+        fields.update(it.fields)
+        fields.update(currency)
+        fields.pop(ext, None)  # the external id travels as the upsert key, not in the body
+        return [SfOp("upsert", "Opportunity", it.key, fields, ext, label=f"Opportunity {ext}={it.key} (create)")]
+
+    def _account_ops(self, it: AccountStatusIntent, account: AccountRow) -> list[SfOp]:
+        names = self.settings.names
+        fields: dict[str, Any] = {names.subscription_status: it.status, **it.fields}
+        if (it.account.customer_id and not account.customer_id
+                and it.account.customer_id not in self.found.accounts_by_customer):
+            fields[names.customer_id] = it.account.customer_id  # link it for later lookups
+        ops: list[SfOp] = []
+        # The Account already says so (as read this batch, or as an earlier event of it wrote): no write.
+        # Compared with what Salesforce holds, so a hand-edited status is still put right.
+        if it.fields or len(fields) > 1 or self._status.get(account.id, account.status) != it.status:
+            ops.append(SfOp("update", "Account", account.id, fields, label=f"Account {account.id} ({account.name})"))
+        old = it.previous_status
+        if it.previous_from_account:
+            old = self._status.get(account.id, account.status) or "unknown"
+        if it.log_transition and old is not None and old != it.status:
+            ops.extend(self._ops_for(transition_task(it, old)))
+        return ops
+
+    def _task_ops(self, it: TaskIntent, account: AccountRow) -> list[SfOp]:
+        names = self.settings.names
+        owner = account.owner_id
+        if it.assign_to == "csm_or_owner" and account.csm_id:
+            owner = account.csm_id
+        fields: dict[str, Any] = {"Subject": it.subject[:255], "Description": it.description,
+                                  "Priority": it.priority, "Status": it.status, "ActivityDate": it.activity_date,
+                                  "WhatId": account.id}
+        if owner:
+            fields["OwnerId"] = owner
+        if it.who_id in self.found.contacts:
+            fields["WhoId"] = it.who_id
+        elif it.who_id:
+            # A Contact that does not exist (deleted, another org) would fail the whole Task: leave WhoId
+            # empty and say so; the Task itself still matters.
+            log.warning("Contact %s (metadata.salesforce_contact_id) does not exist in Salesforce: Task %s is "
+                        "created without WhoId", it.who_id, it.key)
+        if not self.settings.task_keyed:  # nothing to look a Task up by: created, as check_org warned
+            return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
+        if any(k in self.found.task_keys for k in it.keys):
+            return []  # created by an earlier run (under this key or an earlier version's): what a person did stands
+        fields[names.task_event_id] = it.key
+        return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
+
+    def add_event(self, event_id: str, intents: Sequence[Intent]) -> Unresolvable | None:
+        """Materialise one event's intents; all of them or none (then it is dead-lettered)."""
+        self._unmatched = []
+        try:
+            produced: list[SfOp] = []
+            for it in intents:
+                produced.extend(self._ops_for(it))
+        except Unresolvable as exc:
+            return exc
+        self.no_opportunity.update(self._unmatched)
+        for it in intents:  # only now is the in-batch state of this event real
+            if isinstance(it, AccountStatusIntent):
+                acct = self._account(it.account)
+                self._status[acct.id] = it.status
+            elif isinstance(it, OpportunityIntent) and (it.key_kind, it.key) not in self._pending:
+                for op in produced:
+                    if op.sobject == "Opportunity" and op.kind == "upsert" and op.key == it.key:
+                        self._pending[(it.key_kind, it.key)] = op
+        for op in produced:
+            op.events.append(event_id)
+            self._merge(op)
+        return None
+
+    def _merge(self, op: SfOp) -> None:
+        ident = op.identity
+        # A keyed Task is one record however many intents ask for it: never two creates of one key.
+        if not self.settings.coalesce and not (op.sobject == "Task" and self.settings.task_keyed):
+            self._serial += 1
+            ident = (*ident[:3], f"{ident[3]}#{self._serial}")
+        existing = self._ops.get(ident)
+        if existing is None:
+            self._ops[ident] = op
+            self._order.append(op)
+            return
+        # Writes to one record are coalesced in event order: later values win.
+        existing.fields.update(op.fields)
+        for ev in op.events:
+            if ev not in existing.events:
+                existing.events.append(ev)
+
+    def result(self) -> list[SfOp]:
+        """The coalesced writes: Opportunities, then Tasks, then Accounts.
+
+        Tasks go before the Account status they describe: a status-transition Task reads the old
+        status from the Account, so if a run stops between the two writes, the rerun still sees the old
+        status and finds the same Task (by its key). The other order would lose that Task.
+        """
+        rank = {"Opportunity": 0, "Task": 1, "Account": 2}
+        return sorted(self._order, key=lambda o: rank.get(o.sobject, 3))
