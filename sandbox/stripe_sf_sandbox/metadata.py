@@ -52,6 +52,9 @@ FIELD_TYPES = {"Text": "string", "TextArea": "textarea", "LongTextArea": "textar
 # Type changes Salesforce converts stored values for; others are refused while records hold values.
 _CONVERTIBLE = {("string", "textarea"), ("string", "picklist"), ("picklist", "string"), ("currency", "double"),
                 ("double", "currency"), ("percent", "double"), ("double", "percent")}
+# Task and Event custom fields are Activity fields in metadata (`objects/Activity.object`, `Activity.X__c`): the
+# Metadata API's convention for activities (not verified against a live org); the stand-in has Tasks only.
+_ALIASES = {"activity": "Task"}
 _PREFIXES = {"PermissionSet": "0PS", "PermissionSetAssignment": "0Pa", "FieldPermissions": "01k",
              "ObjectPermissions": "110", "DeployRequest": "0Af"}
 INSUFFICIENT_ACCESS = ("use of the Metadata API requires a user with the ModifyAllData or ModifyMetadata "
@@ -270,7 +273,7 @@ class Deploy:
             c.problem = (f"An object '{member}' of type CustomField was named in package.xml, but was not found in "
                          "zipped directory")
             return c
-        schema_name = self.org.sobject_name(sobject)
+        schema_name = _sobject(self.org, sobject)
         if schema_name is None:
             c.problem = f"In field: fullName - no CustomObject named {sobject} found"  # (wording not verified)
             return c
@@ -352,9 +355,10 @@ class Deploy:
                   for f in root.findall(NS + "fieldPermissions")]
         objects = [(_text(o, "object") or "", _flag(o, "allowCreate"), _flag(o, "allowRead"), _flag(o, "allowEdit"))
                    for o in root.findall(NS + "objectPermissions")]
+        grants = [(_field_name(self.org, name), read, edit) for name, read, edit in grants]
         for name, _read, _edit in grants:
             sobject, _, fname = name.partition(".")
-            known = self.org.sobject_name(sobject)
+            known = _sobject(self.org, sobject)
             if name.lower() not in self.pending_fields and (known is None or fname not in self.org.schema[known]):
                 # The form Salesforce reports a grant on a missing field in.
                 c.problem = f"In field: field - no CustomField named {name} found"
@@ -367,6 +371,16 @@ class Deploy:
         c.created = c.changed = not existing
         c.apply = lambda: _store_permission_set(self.org, member, _text(root, "label") or member, grants, objects)
         return c
+
+
+def _sobject(org: SalesforceOrg, name: str) -> str | None:
+    return org.sobject_name(_ALIASES.get(name.lower(), name))
+
+
+def _field_name(org: SalesforceOrg, name: str) -> str:
+    """"Activity.X__c" as the Task field it is in the stand-in."""
+    sobject, _, fname = name.partition(".")
+    return f"{_sobject(org, sobject) or sobject}.{fname}"
 
 
 def _definition(fd: FieldDef) -> tuple[Any, ...]:

@@ -1,0 +1,138 @@
+"""`run_setup`: read the org, plan, and then write the Salesforce DX project, deploy, or assign, as asked. The CLI
+command (to come) parses its options, calls this once and renders the result."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simple_salesforce import format_soql
+
+from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.salesforce.org import FieldNeed, FieldsByObject, field_needs, fields_by_object
+from stripe_sf_sync.salesforce.sink import SalesforceGateway
+from stripe_sf_sync.setup.deploy import Assignment, DeployOutcome, MetadataDeployer, assign_permission_set
+from stripe_sf_sync.setup.package import metadata_zip, write_sfdx
+from stripe_sf_sync.setup.plan import (
+    PERMISSION_SET,
+    ExistingPermissionSet,
+    ObjectGrant,
+    SetupPlan,
+    make_plan,
+    unique_candidates,
+)
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    """What setup found and did, for the CLI to print."""
+
+    plan: SetupPlan
+    validated: DeployOutcome | None = None  # the checkOnly deployment
+    deployed: DeployOutcome | None = None  # the deployment itself
+    assignment: Assignment | None = None
+    sfdx_files: tuple[Path, ...] = field(default_factory=tuple)
+
+    @property
+    def failed(self) -> bool:
+        """A refusal, or a deployment that did not succeed."""
+        return bool(self.plan.refusals) or any(o is not None and not o.success
+                                               for o in (self.validated, self.deployed))
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """CONFIG when something is left for a person to do, else OK."""
+        return ExitCode.CONFIG if self.failed else ExitCode.OK
+
+    def lines(self) -> list[str]:
+        """The result in plain lines: each change, each refusal, each component's result."""
+        out = ["Nothing to do: the org has every field and grant stripe-sf needs."] if self.plan.nothing_to_do else []
+        out += [f"- {c.description}" for c in self.plan.changes]
+        out += [f"! refused: {r}" for r in self.plan.refusals]
+        for outcome in (self.validated, self.deployed):
+            if outcome is not None:
+                verb = "Validation" if outcome.check_only else "Deployment"
+                out.append(f"{verb} {outcome.deploy_id}: {outcome.status}" + (f" ({outcome.error})" if outcome.error
+                                                                             else ""))
+                out += [f"  {c}" for c in outcome.components]
+        if self.validated is not None and not self.validated.success:
+            out.append("Nothing was deployed: the validation failed. Fix what it names, then run setup again.")
+        if self.assignment is not None:
+            out.append(str(self.assignment))
+        out += [f"wrote {p}" for p in self.sfdx_files]
+        return out
+
+
+def run_setup(gw: SalesforceGateway, names: FieldNames, *, api_version: str, apply: bool = False,
+              assign: str | None = None, sfdx_dir: Path | None = None,
+              deployer: MetadataDeployer | None = None) -> SetupResult:
+    """Plan; then, as asked, write the plan's components as a Salesforce DX project under `sfdx_dir`, deploy them
+    (validated with checkOnly first; the refused fields are left alone, the rest is applied), and assign the
+    permission set to the user `assign`. A plan with nothing to do deploys nothing."""
+    needs = field_needs(names)
+    plan = read_plan(gw, needs)
+    result = SetupResult(plan)
+    if sfdx_dir is not None:
+        result = SetupResult(plan, sfdx_files=tuple(write_sfdx(plan, sfdx_dir, api_version)))
+    if apply and plan.deploys:
+        deployer = deployer or MetadataDeployer(gw.sf, timeout=gw.timeout)
+        zipped = metadata_zip(plan, api_version)
+        validated = deployer.deploy(zipped, check_only=True)
+        if not validated.success:
+            return SetupResult(plan, validated=validated, sfdx_files=result.sfdx_files)
+        result = SetupResult(plan, validated, deployer.deploy(zipped, check_only=False), sfdx_files=result.sfdx_files)
+        if not result.deployed or not result.deployed.success:
+            return result
+    if assign is not None:
+        result = SetupResult(plan, result.validated, result.deployed,
+                             assign_permission_set(gw, PERMISSION_SET, assign), result.sfdx_files)
+    return result
+
+
+# The permission set's grants (Object Reference: PermissionSet, FieldPermissions, ObjectPermissions).
+_SET_SOQL = format_soql("SELECT Id, Label FROM PermissionSet WHERE Name = {}", PERMISSION_SET)
+_FIELDS_SOQL = format_soql("SELECT Field, PermissionsRead, PermissionsEdit FROM FieldPermissions "
+                           "WHERE Parent.Name = {}", PERMISSION_SET)
+_OBJECTS_SOQL = format_soql("SELECT SobjectType, PermissionsCreate, PermissionsRead, PermissionsEdit "
+                            "FROM ObjectPermissions WHERE Parent.Name = {}", PERMISSION_SET)
+
+
+def read_plan(gw: SalesforceGateway, needs: Sequence[FieldNeed]) -> SetupPlan:
+    """Describe the objects and read the permission set in one Composite call, count the duplicates of each field
+    that would become Unique, and plan."""
+    sobjects = list(dict.fromkeys(n.sobject for n in needs))
+    got = gw.describe_many(sobjects, queries={"set": _SET_SOQL, "fields": _FIELDS_SOQL, "objects": _OBJECTS_SOQL})
+    described = fields_by_object({s: got[s] for s in sobjects})
+    existing = existing_permission_set(got.get("set"), got.get("fields"), got.get("objects"))
+    duplicates = {n.subject: duplicate_values(gw, n, described) for n in unique_candidates(needs, described)}
+    return make_plan(needs, described, existing, duplicates=duplicates)
+
+
+def existing_permission_set(ps: dict[str, Any] | None, fields: dict[str, Any] | None,
+                            objects: dict[str, Any] | None) -> ExistingPermissionSet:
+    """The permission set's grants from the three queries' first pages (a set holds far fewer than 2,000)."""
+    records = (ps or {}).get("records") or []
+    if not records:
+        return ExistingPermissionSet()
+    grants = {str(r["Field"]): (bool(r.get("PermissionsRead")), bool(r.get("PermissionsEdit")))
+              for r in (fields or {}).get("records") or [] if r.get("Field")}
+    objs = {str(r["SobjectType"]): ObjectGrant(str(r["SobjectType"]), bool(r.get("PermissionsCreate")),
+                                               bool(r.get("PermissionsRead")), bool(r.get("PermissionsEdit")))
+            for r in (objects or {}).get("records") or [] if r.get("SobjectType")}
+    return ExistingPermissionSet(True, str(records[0].get("Label") or PERMISSION_SET), grants, objs)
+
+
+def duplicate_values(gw: SalesforceGateway, need: FieldNeed, described: FieldsByObject) -> list[tuple[str, int]]:
+    """The values of `need`'s field that more than one record holds, most frequent first. Counted here rather than
+    with SOQL `GROUP BY ... HAVING COUNT(Id) > 1`, which the stand-in does not parse yet; compared as Salesforce
+    compares a Unique text field: without regard to case unless it is case-sensitive."""
+    f = described[need.sobject][need.name.lower()]
+    rows = gw.query(format_soql("SELECT {f:literal} FROM {o:literal} WHERE {f:literal} != null", f=f["name"],
+                                o=need.sobject))
+    fold = not f.get("caseSensitive")
+    counts = Counter(str(r[f["name"]]).casefold() if fold else str(r[f["name"]]) for r in rows)
+    return sorted(((v, n) for v, n in counts.items() if n > 1), key=lambda vn: (-vn[1], vn[0]))
