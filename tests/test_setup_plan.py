@@ -214,3 +214,8 @@ def test_an_unknown_kind_is_a_clear_error(kind: str) -> None:
     need = NEEDS[0].__class__("Opportunity", "X__c", kind, frozenset({"string"}))
     with pytest.raises(ValueError, match="cannot create a field of kind"):
         field_spec(need)
+
+
+def test_a_field_the_permission_set_grants_but_describe_hides_is_not_created_again() -> None:
+    plan = make_plan(NEEDS, org_with(Opportunity__MRR__c=None), full_set())
+    assert plan.hidden == ("Opportunity.MRR__c",) and plan.nothing_to_do and not plan.deploys

@@ -113,6 +113,9 @@ class SetupPlan:
     refusals: tuple[Refusal, ...] = ()
     fields: tuple[FieldSpec, ...] = ()  # the complete definition of every field to create or update
     permission_set: PermissionSetSpec | None = None  # set when the permission set must be created or extended
+    # Fields the permission set grants (so they exist) that describe does not show: field-level security hides
+    # them from the user running setup. Nothing to deploy; the integration user needs the set assigned.
+    hidden: tuple[str, ...] = ()
 
     @property
     def nothing_to_do(self) -> bool:
@@ -174,9 +177,14 @@ def make_plan(needs: Sequence[FieldNeed], described: FieldsByObject, existing: E
     changes: list[Change] = []
     refusals: list[Refusal] = []
     specs: list[FieldSpec] = []
+    hidden: list[str] = []
+    granted = {name.lower() for name in existing.fields}
     for need in needs:
         f = described.get(need.sobject, {}).get(need.name.lower())
         wanted = field_spec(need)
+        if f is None and need.subject.lower() in granted:
+            hidden.append(need.subject)  # a FieldPermissions row exists only for a field that exists
+            continue
         if f is None:
             specs.append(wanted)
             changes.append(Change("create_field", need.subject, f"create {need.subject} as {describe_spec(wanted)}"))
@@ -189,7 +197,7 @@ def make_plan(needs: Sequence[FieldNeed], described: FieldsByObject, existing: E
     permission_set, grant_change = plan_permission_set(needs, existing)
     if grant_change is not None:
         changes.append(grant_change)
-    return SetupPlan(tuple(changes), tuple(refusals), tuple(specs), permission_set)
+    return SetupPlan(tuple(changes), tuple(refusals), tuple(specs), permission_set, tuple(hidden))
 
 
 def describe_spec(spec: FieldSpec) -> str:

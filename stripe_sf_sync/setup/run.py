@@ -53,6 +53,10 @@ class SetupResult:
         out = ["Nothing to do: the org has every field and grant stripe-sf needs."] if self.plan.nothing_to_do else []
         out += [f"- {c.description}" for c in self.plan.changes]
         out += [f"! refused: {r}" for r in self.plan.refusals]
+        if self.plan.hidden:
+            out.append(f"note: {', '.join(self.plan.hidden)} exist but field-level security hides them from this "
+                       f"user; the permission set {PERMISSION_SET} grants them: assign it to the integration user "
+                       "(--assign USERNAME)")
         for outcome in (self.validated, self.deployed):
             if outcome is not None:
                 verb = "Validation" if outcome.check_only else "Deployment"
