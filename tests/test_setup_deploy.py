@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from simple_salesforce import Salesforce
 
+from stripe_sf_sandbox import scenario
 from stripe_sf_sandbox.salesforce_server import SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync import service
 from stripe_sf_sync.config import FieldNames, load_config
 from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError
 from stripe_sf_sync.salesforce.org import check_org, field_needs
@@ -15,7 +20,7 @@ from stripe_sf_sync.salesforce.sink import SalesforceGateway
 from stripe_sf_sync.setup.deploy import MetadataDeployer
 from stripe_sf_sync.setup.package import metadata_zip
 from stripe_sf_sync.setup.run import read_plan, run_setup
-from tests.conftest import write_config
+from tests.conftest import EXAMPLE, since, write_config
 
 API = "62.0"
 NAMES = FieldNames(account_csm="CSM__c")
@@ -24,8 +29,9 @@ USER = "integration@stripe-sf.sandbox"
 
 @pytest.fixture
 def org() -> SalesforceOrg:
-    """An org without stripe-sf's custom fields (what `stripe-sf sandbox --empty-org` is to start)."""
-    return SalesforceOrg(stripe_sf_fields=False)
+    """The tests' awkward org without stripe-sf's custom fields (what `stripe-sf sandbox --empty-org` is to
+    start)."""
+    return scenario.awkward_org(stripe_sf_fields=False)
 
 
 def gateway(sf_sb: SalesforceSandbox) -> SalesforceGateway:
@@ -161,3 +167,19 @@ def test_sfdx_writes_the_planned_components_and_deploys_nothing(sf_sb: Salesforc
     assert rel[0] == "force-app/main/default/objects/Account/fields/Stripe_Customer_ID__c.field-meta.xml"
     assert rel[-1] == "sfdx-project.json" and len(rel) == len(result.plan.fields) + 2
     assert deploys(sf_sb) == 0
+
+
+def test_a_sync_after_setup_writes_the_scenario(stripe_sb: StripeSandbox, sf_sb: SalesforceSandbox,
+                                                env: service.Environment, org: SalesforceOrg, tmp_path: Path) -> None:
+    applied = run_setup(gateway(sf_sb), NAMES, api_version=API, apply=True, assign=USER)
+    assert applied.deployed is not None and applied.deployed.success
+    sc = scenario.load(stripe_sb, org, now=int(time.time()))
+    path = write_config(tmp_path / "sync.yaml")
+    service.run_discover(path, env, write=True, example=EXAMPLE)
+    summary = service.run_sync(path, env, since=since(sc), dry_run=False, max_events=None)
+    # As on the scenario's own org (test_sync_e2e): every event applied but the one that must dead-letter.
+    assert summary.events_read == len(sc.events)
+    assert summary.dead_lettered == 1 and summary.applied == len(sc.events) - 1
+    [acme] = [o for o in org.records("Opportunity") if o["Stripe_Subscription_ID__c"] == sc.subscriptions["acme"]]
+    assert Decimal(str(acme["MRR__c"])) == Decimal("999.00") and acme["StageName"] == "Closed Won"
+    assert {a["Subscription_Status__c"] for a in org.records("Account")} - {None} == {"active", "canceled"}
