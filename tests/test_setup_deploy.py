@@ -100,6 +100,8 @@ def test_a_field_of_another_type_is_refused(sf_sb: SalesforceSandbox) -> None:
     names = FieldNames(account_csm="CSM__c", mrr="Name")  # Opportunity.Name: a Text field
     result = run_setup(gw, names, api_version=API, apply=True, assign=USER)
     assert [r.subject for r in result.plan.refusals] == ["Opportunity.Name"]
+    assert result.plan.permission_set is not None  # grants custom fields only: Name is the profile's
+    assert "Opportunity.Name" not in {name for name, _, _ in result.plan.permission_set.fields}
     assert result.deployed is not None and result.deployed.success  # the rest was applied
     assert all("Opportunity.Name" not in c.full_name for c in result.deployed.components)
     assert result.exit_code is ExitCode.CONFIG

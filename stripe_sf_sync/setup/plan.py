@@ -165,8 +165,10 @@ def text_alternative(need: FieldNeed) -> int | None:
 
 
 def needed_grants(needs: Sequence[FieldNeed]) -> dict[str, tuple[bool, bool]]:
-    """Object.Field -> (read, edit) the integration user needs: edit where stripe-sf writes the field."""
-    return {need.subject: (True, bool(need.writes)) for need in needs}
+    """Object.Field -> (read, edit) the integration user needs: edit where stripe-sf writes the field. Custom
+    fields only: a standard field named in the config (say Opportunity.Name) is the profile's business, and
+    a required one takes no field permissions at all."""
+    return {need.subject: (True, bool(need.writes)) for need in needs if need.name.endswith("__c")}
 
 
 def make_plan(needs: Sequence[FieldNeed], described: FieldsByObject, existing: ExistingPermissionSet, *,

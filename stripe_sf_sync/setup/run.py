@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,23 +77,21 @@ def run_setup(gw: SalesforceGateway, names: FieldNames, *, api_version: str, app
     """Plan; then, as asked, write the plan's components as a Salesforce DX project under `sfdx_dir`, deploy them
     (validated with checkOnly first; the refused fields are left alone, the rest is applied), and assign the
     permission set to the user `assign`. A plan with nothing to do deploys nothing."""
-    needs = field_needs(names)
-    plan = read_plan(gw, needs)
+    plan = read_plan(gw, field_needs(names))
     result = SetupResult(plan)
     if sfdx_dir is not None:
-        result = SetupResult(plan, sfdx_files=tuple(write_sfdx(plan, sfdx_dir, api_version)))
+        result = replace(result, sfdx_files=tuple(write_sfdx(plan, sfdx_dir, api_version)))
     if apply and plan.deploys:
         deployer = deployer or MetadataDeployer(gw.sf, timeout=gw.timeout)
         zipped = metadata_zip(plan, api_version)
-        validated = deployer.deploy(zipped, check_only=True)
-        if not validated.success:
-            return SetupResult(plan, validated=validated, sfdx_files=result.sfdx_files)
-        result = SetupResult(plan, validated, deployer.deploy(zipped, check_only=False), sfdx_files=result.sfdx_files)
+        result = replace(result, validated=deployer.deploy(zipped, check_only=True))
+        if not result.validated or not result.validated.success:
+            return result  # nothing deployed: the validation names what the org refuses
+        result = replace(result, deployed=deployer.deploy(zipped, check_only=False))
         if not result.deployed or not result.deployed.success:
             return result
     if assign is not None:
-        result = SetupResult(plan, result.validated, result.deployed,
-                             assign_permission_set(gw, PERMISSION_SET, assign), result.sfdx_files)
+        result = replace(result, assignment=assign_permission_set(gw, PERMISSION_SET, assign))
     return result
 
 
