@@ -19,7 +19,7 @@ from stripe_sf_sync.salesforce.org import check_org, field_needs
 from stripe_sf_sync.salesforce.sink import SalesforceGateway
 from stripe_sf_sync.setup.deploy import MetadataDeployer
 from stripe_sf_sync.setup.package import metadata_zip
-from stripe_sf_sync.setup.run import read_plan, run_setup
+from stripe_sf_sync.setup.run import as_dict, read_plan, run_setup
 from tests.conftest import EXAMPLE, since, write_config
 
 API = "62.0"
@@ -185,3 +185,25 @@ def test_a_sync_after_setup_writes_the_scenario(stripe_sb: StripeSandbox, sf_sb:
     [acme] = [o for o in org.records("Opportunity") if o["Stripe_Subscription_ID__c"] == sc.subscriptions["acme"]]
     assert Decimal(str(acme["MRR__c"])) == Decimal("999.00") and acme["StageName"] == "Closed Won"
     assert {a["Subscription_Status__c"] for a in org.records("Account")} - {None} == {"active", "canceled"}
+
+
+def test_existing_fields_are_completed_and_never_narrowed() -> None:
+    """An org whose admin made the fields by hand, not quite right: setup adds what they lack, keeps the rest."""
+    with SalesforceSandbox(SalesforceOrg()) as sf_sb:
+        org = sf_sb.org
+        status = org.schema["Account"]["Subscription_Status__c"]
+        status.picklist = ["legacy", "active", "canceled"]  # restricted, without most of Stripe's statuses
+        key = org.schema["Account"]["Stripe_Customer_ID__c"]
+        key.external_id = key.unique = False
+        key.length = 50
+        gw = gateway(sf_sb)
+        result = run_setup(gw, NAMES, api_version=API, apply=True, assign=USER)
+        assert result.deployed is not None and result.deployed.success, result.lines()
+        assert {str(c) for c in result.deployed.components} >= {
+            "CustomField Account.Subscription_Status__c: changed", "CustomField Account.Stripe_Customer_ID__c: changed"}
+        assert status.picklist[:3] == ["legacy", "active", "canceled"] and "paused" in status.picklist
+        assert status.restricted and (key.external_id, key.unique, key.length) == (True, True, 255)
+        again = run_setup(gw, NAMES, api_version=API)
+        assert again.plan.nothing_to_do, again.lines()
+        dumped = as_dict(again)
+        assert dumped["nothing_to_do"] and dumped["exit_code"] == 0 and dumped["deployed"] is None

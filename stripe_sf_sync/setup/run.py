@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,18 @@ class SetupResult:
             out.append(str(self.assignment))
         out += [f"wrote {p}" for p in self.sfdx_files]
         return out
+
+
+def as_dict(result: SetupResult) -> dict[str, Any]:
+    """The result for `--json`: the changes, the refusals, each deployment's components, the assignment."""
+    def outcome(o: DeployOutcome | None) -> dict[str, Any] | None:
+        return None if o is None else {"id": o.deploy_id, "status": o.status, "check_only": o.check_only,
+                                       "error": o.error, "components": [asdict(c) for c in o.components]}
+    return {"nothing_to_do": result.plan.nothing_to_do, "changes": [asdict(c) for c in result.plan.changes],
+            "refusals": [asdict(r) for r in result.plan.refusals], "hidden": list(result.plan.hidden),
+            "validated": outcome(result.validated), "deployed": outcome(result.deployed),
+            "assignment": None if result.assignment is None else asdict(result.assignment),
+            "sfdx_files": [str(p) for p in result.sfdx_files], "exit_code": int(result.exit_code)}
 
 
 def run_setup(gw: SalesforceGateway, names: FieldNames, *, api_version: str, apply: bool = False,
