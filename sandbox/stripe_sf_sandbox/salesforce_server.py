@@ -1470,6 +1470,10 @@ class SalesforceOrg:
     ) -> dict[str, Any]:
         """Execute a SOQL query; raises soql.SoqlError for anything a real org would refuse."""
         with self._lock:
+            from . import aggregate
+
+            if aggregate.is_grouped(text):  # values held by several records: the one aggregate it answers
+                return aggregate.run_grouped(self, text, version=version)
             query = soql.parse(text)
             sobject = self.sobject_name(query.sobject)
             if sobject is None:

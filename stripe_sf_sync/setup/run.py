@@ -3,7 +3,6 @@ command (to come) parses its options, calls this once and renders the result."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -141,12 +140,10 @@ def existing_permission_set(ps: dict[str, Any] | None, fields: dict[str, Any] | 
 
 
 def duplicate_values(gw: SalesforceGateway, need: FieldNeed, described: FieldsByObject) -> list[tuple[str, int]]:
-    """The values of `need`'s field that more than one record holds, most frequent first. Counted here rather than
-    with SOQL `GROUP BY ... HAVING COUNT(Id) > 1`, which the stand-in does not parse yet; compared as Salesforce
-    compares a Unique text field: without regard to case unless it is case-sensitive."""
-    f = described[need.sobject][need.name.lower()]
-    rows = gw.query(format_soql("SELECT {f:literal} FROM {o:literal} WHERE {f:literal} != null", f=f["name"],
-                                o=need.sobject))
-    fold = not f.get("caseSensitive")
-    counts = Counter(str(r[f["name"]]).casefold() if fold else str(r[f["name"]]) for r in rows)
-    return sorted(((v, n) for v, n in counts.items() if n > 1), key=lambda vn: (-vn[1], vn[0]))
+    """The values of `need`'s field that more than one record holds, most frequent first, counted by Salesforce
+    (SOQL and SOSL Reference, "GROUP BY", "HAVING"): one row per duplicated value, however many records."""
+    name = str(described[need.sobject][need.name.lower()]["name"])
+    rows = gw.query(format_soql("SELECT {f:literal}, COUNT(Id) n FROM {o:literal} WHERE {f:literal} != null "
+                                "GROUP BY {f:literal} HAVING COUNT(Id) > 1", f=name, o=need.sobject))
+    found = [(str(r.get(name)), int(r.get("n") or 0)) for r in rows]
+    return sorted(found, key=lambda vn: (-vn[1], vn[0]))

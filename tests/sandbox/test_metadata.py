@@ -132,3 +132,20 @@ def test_a_user_without_modify_metadata_is_refused() -> None:
                                    timeout=10)
         assert answer.status_code == 403
         assert answer.json()[0]["errorCode"] == "INSUFFICIENT_ACCESS"
+
+
+def test_group_by_lists_values_held_by_several_records() -> None:
+    with SalesforceSandbox(SalesforceOrg()) as sandbox:
+        sandbox.org.schema["Account"]["Stripe_Customer_ID__c"].unique = False
+        owner = sandbox.org.integration_user_id
+        for name, customer in (("A", "cus_1"), ("B", "CUS_1"), ("C", "cus_2"), ("D", None)):
+            sandbox.org.insert("Account", {"Name": name, "OwnerId": owner, "Stripe_Customer_ID__c": customer})
+        sf = client(sandbox)
+        got = sf.query("SELECT Stripe_Customer_ID__c, COUNT(Id) n FROM Account WHERE Stripe_Customer_ID__c != null "
+                       "GROUP BY Stripe_Customer_ID__c HAVING COUNT(Id) > 1")
+        assert [(r["Stripe_Customer_ID__c"], r["n"]) for r in got["records"]] == [("cus_1", 2)]
+        assert got["records"][0]["attributes"]["type"] == "AggregateResult"
+        every = sf.query("SELECT Name, COUNT(Id) FROM Account GROUP BY Name")["records"]
+        assert sorted(r["expr0"] for r in every) == [1, 1, 1, 1]
+        with pytest.raises(SalesforceMalformedRequest, match="GROUP BY only"):
+            sf.query("SELECT Name FROM Account GROUP BY Name")
