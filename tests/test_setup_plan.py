@@ -38,7 +38,7 @@ def described(spec: FieldSpec, **overrides: Any) -> dict[str, Any]:
          "externalId": spec.external_id, "unique": spec.unique, "caseSensitive": False,
          "picklistValues": [{"value": v, "active": True} for v in spec.values],
          "restrictedPicklist": spec.restricted, "referenceTo": [spec.reference_to] if spec.reference_to else [],
-         "createable": True, "updateable": True}
+         "createable": True, "updateable": True, "nillable": True}
     f.update(overrides)
     return f
 
@@ -107,12 +107,17 @@ def test_a_lookup_to_another_object_is_refused() -> None:
 
 
 def test_unique_is_added_when_no_value_repeats() -> None:
-    org = org_with(Account__Stripe_Customer_ID__c={"unique": False, "externalId": False, "label": "Stripe Cust"})
+    org = org_with(Account__Stripe_Customer_ID__c={"unique": False, "externalId": False, "label": "Stripe Cust",
+                                                   "inlineHelpText": "Set by billing", "nillable": False})
     [need] = unique_candidates(NEEDS, org)
     assert need.subject == "Account.Stripe_Customer_ID__c"
     plan = make_plan(NEEDS, org, full_set(), duplicates={need.subject: []})
     [spec] = plan.fields
     assert (spec.unique, spec.external_id, spec.label, spec.length) == (True, True, "Stripe Cust", 255)
+    assert (spec.help_text, spec.required) == ("Set by billing", True)  # a deploy replaces the definition: kept
+    account = parse(metadata_files(plan, "62.0")["objects/Account.object"])
+    assert account.findtext(f"{NS}fields/{NS}inlineHelpText") == "Set by billing"
+    assert account.findtext(f"{NS}fields/{NS}required") == "true"
     assert plan.changes[0].description == ("Account.Stripe_Customer_ID__c: mark it External ID; mark it Unique")
 
 
@@ -219,3 +224,9 @@ def test_an_unknown_kind_is_a_clear_error(kind: str) -> None:
 def test_a_field_the_permission_set_grants_but_describe_hides_is_not_created_again() -> None:
     plan = make_plan(NEEDS, org_with(Opportunity__MRR__c=None), full_set())
     assert plan.hidden == ("Opportunity.MRR__c",) and plan.nothing_to_do and not plan.deploys
+
+
+def test_a_missing_standard_field_is_refused_not_created() -> None:
+    plan = make_plan(field_needs(FieldNames(account_csm="CSM__c", mrr="MRR")), {}, ExistingPermissionSet())
+    assert [r.subject for r in plan.refusals] == ["Opportunity.MRR"] and "end in __c" in plan.refusals[0].problem
+    assert "Opportunity.MRR" not in {s.subject for s in plan.fields}

@@ -51,6 +51,8 @@ def field_element(spec: FieldSpec, tag: str, full_name: str) -> ET.Element:
         _el(el, "caseSensitive", spec.case_sensitive)
     if spec.type != "Lookup":
         _el(el, "externalId", spec.external_id)
+    if spec.help_text:
+        _el(el, "inlineHelpText", spec.help_text)
     _el(el, "label", spec.label)
     if spec.length is not None and spec.type in ("Text", "LongTextArea", "TextArea"):
         _el(el, "length", spec.length)
@@ -59,7 +61,7 @@ def field_element(spec: FieldSpec, tag: str, full_name: str) -> ET.Element:
     if spec.reference_to:
         _el(el, "referenceTo", spec.reference_to)
         _el(el, "relationshipName", spec.name.removesuffix("__c"))
-    _el(el, "required", False)
+    _el(el, "required", spec.required)
     if spec.scale is not None:
         _el(el, "scale", spec.scale)
     _el(el, "type", spec.type)

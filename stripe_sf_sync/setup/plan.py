@@ -41,6 +41,8 @@ class FieldSpec:
     values: tuple[str, ...] = ()  # a picklist's values
     restricted: bool = False
     reference_to: str | None = None
+    required: bool = False
+    help_text: str | None = None  # kept from the existing field: a deploy without it would drop it
 
     @property
     def subject(self) -> str:
@@ -187,6 +189,10 @@ def make_plan(needs: Sequence[FieldNeed], described: FieldsByObject, existing: E
         if f is None and need.subject.lower() in granted:
             hidden.append(need.subject)  # a FieldPermissions row exists only for a field that exists
             continue
+        if f is None and not need.name.endswith("__c"):
+            refusals.append(Refusal(need.subject, f"{need.subject} does not exist, and setup creates custom fields "
+                                    "only (their API names end in __c)", "correct the name under salesforce.fields"))
+            continue
         if f is None:
             specs.append(wanted)
             changes.append(Change("create_field", need.subject, f"create {need.subject} as {describe_spec(wanted)}"))
@@ -250,7 +256,8 @@ def current_spec(sobject: str, f: Mapping[str, Any]) -> FieldSpec:
                      length=None if ftype == "picklist" else int(f.get("length") or 0) or None,
                      external_id=bool(f.get("externalId")), unique=bool(f.get("unique")),
                      case_sensitive=bool(f.get("caseSensitive")), values=values,
-                     restricted=bool(f.get("restrictedPicklist")))
+                     restricted=bool(f.get("restrictedPicklist")), required=f.get("nillable") is False,
+                     help_text=str(f["inlineHelpText"]) if f.get("inlineHelpText") else None)
 
 
 def _compare_picklist(subject: str, wanted: FieldSpec, f: Mapping[str, Any]
