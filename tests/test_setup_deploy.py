@@ -117,7 +117,7 @@ def test_the_org_refusing_a_component_deploys_nothing(sf_sb: SalesforceSandbox) 
     assert plan.fields and plan.fields[0].unique
     for name in ("A", "B"):  # then someone writes two Accounts with one customer before the deploy
         org.insert("Account", {"Name": name, "OwnerId": org.integration_user_id, "Stripe_Customer_ID__c": "cus_x"})
-    outcome = MetadataDeployer(gw.sf).deploy(metadata_zip(plan, API), check_only=True)
+    outcome = MetadataDeployer(gw).deploy(metadata_zip(plan, API), check_only=True)
     assert outcome.status == "Failed" and not outcome.success
     [failure] = [c for c in outcome.components if not c.success]
     assert failure.full_name == "Account.Stripe_Customer_ID__c" and "duplicate values" in (failure.problem or "")
@@ -130,7 +130,7 @@ def test_a_user_without_modify_metadata_gets_a_clear_error() -> None:
         assert not run_setup(gw, NAMES, api_version=API).plan.nothing_to_do  # planning needs no admin
         with pytest.raises(ConfigError) as caught:
             run_setup(gw, NAMES, api_version=API, apply=True)
-    assert "INSUFFICIENT_ACCESS" in caught.value.message
+    assert "may not deploy metadata (INSUFFICIENT_ACCESS)" in caught.value.message
     assert "Modify Metadata" in caught.value.hint and "--sfdx" in caught.value.hint
     assert caught.value.exit_code is ExitCode.CONFIG
 
@@ -140,7 +140,7 @@ def test_the_wait_for_a_deployment_is_bounded(sf_sb: SalesforceSandbox) -> None:
     plan = read_plan(gw, field_needs(NAMES))
     sf_sb.org.metadata.pending_polls = 2
     slept: list[float] = []
-    outcome = MetadataDeployer(gw.sf, sleep=slept.append, poll_s=0.5).deploy(metadata_zip(plan, API), check_only=True)
+    outcome = MetadataDeployer(gw, sleep=slept.append, poll_s=0.5).deploy(metadata_zip(plan, API), check_only=True)
     assert outcome.success and slept == [0.5, 0.5]
     sf_sb.org.metadata.pending_polls = 100
     now = [0.0]
@@ -148,7 +148,7 @@ def test_the_wait_for_a_deployment_is_bounded(sf_sb: SalesforceSandbox) -> None:
     def tick(s: float) -> None:
         now[0] += s
 
-    deployer = MetadataDeployer(gw.sf, wait_s=3, poll_s=1, sleep=tick, clock=lambda: now[0])
+    deployer = MetadataDeployer(gw, wait_s=3, poll_s=1, sleep=tick, clock=lambda: now[0])
     with pytest.raises(FatalSyncError, match="still InProgress after 3 s") as caught:
         deployer.deploy(metadata_zip(plan, API), check_only=True)
     assert caught.value.code == "DEPLOY_TIMEOUT" and "Deployment Status" in caught.value.hint

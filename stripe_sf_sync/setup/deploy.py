@@ -17,8 +17,9 @@ from typing import Any
 
 import requests
 from simple_salesforce import Salesforce, format_soql
+from simple_salesforce.util import exception_handler
 
-from stripe_sf_sync.errors import ConfigError, FatalSyncError, connection_problem
+from stripe_sf_sync.errors import ConfigError, FatalSyncError
 from stripe_sf_sync.salesforce.sink import SalesforceGateway
 
 DEPLOY_WAIT_S = 600.0  # a deploy of a few fields takes seconds; a busy org's queue may hold it for minutes
@@ -87,13 +88,12 @@ def outcome_of(deploy_id: str, result: Mapping[str, Any]) -> DeployOutcome:
 
 
 class MetadataDeployer:
-    """Deployments through one Salesforce session, each waited for within `wait_s`."""
+    """Deployments through the gateway (its retries, session renewal and error classes), each waited for within
+    `wait_s`."""
 
-    def __init__(self, sf: Salesforce, *, timeout: float = 60.0, wait_s: float = DEPLOY_WAIT_S,
-                 poll_s: float = POLL_S, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.sf = sf
-        self.timeout = timeout
+    def __init__(self, gw: SalesforceGateway, *, wait_s: float = DEPLOY_WAIT_S, poll_s: float = POLL_S,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        self.gw = gw
         self.wait_s = wait_s
         self.poll_s = poll_s
         self.sleep = sleep
@@ -105,12 +105,14 @@ class MetadataDeployer:
                                      "ignoreWarnings": False, "testLevel": "NoTestRun"}}
         files = {"json": (None, json.dumps(options), "application/json"),
                  "file": ("stripe-sf-setup.zip", zipped, "application/zip")}
-        started = self._call("POST", "metadata/deployRequest", files=files, what="starting the deployment")
+        # A start retried after a lost answer may start a second, identical deployment: harmless, as the zip
+        # only adds what is missing; the one polled is the one whose id came back.
+        started = self._call("POST", "metadata/deployRequest", files=files, what="the start of the deployment")
         deploy_id = str(started.get("id"))
         end = self.clock() + self.wait_s
         while True:
             got = self._call("GET", f"metadata/deployRequest/{deploy_id}", params={"includeDetails": "true"},
-                             what=f"reading deployment {deploy_id}")
+                             what=f"the status of deployment {deploy_id}")
             result = got.get("deployResult") or {}
             if _bool(result.get("done")):
                 return outcome_of(deploy_id, result)
@@ -122,28 +124,24 @@ class MetadataDeployer:
             self.sleep(self.poll_s)
 
     def _call(self, method: str, path: str, *, what: str, **kwargs: Any) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.sf.session_id}"}  # no JSON Content-Type: a multipart body
+        def call(sf: Salesforce) -> Any:
+            # No JSON Content-Type (simple-salesforce's default headers): requests writes the multipart one.
+            response = sf.session.request(method, sf.base_url + path, timeout=self.gw.attempt_timeout(),
+                                          headers={"Authorization": f"Bearer {sf.session_id}"}, **kwargs)
+            if response.status_code >= 300:
+                exception_handler(response, path)  # raises simple-salesforce's error for the status
+            return _json(response)
         try:
-            response = self.sf.session.request(method, self.sf.base_url + path, headers=headers,
-                                               timeout=self.timeout, **kwargs)
-        except requests.RequestException as exc:
-            problem = connection_problem(exc)
-            cause = problem.describe(self.timeout) if problem else type(exc).__name__
-            raise FatalSyncError(f"Cannot reach Salesforce while {what}: {cause}.",
-                                 code=problem.code if problem else None,
-                                 hint="Nothing was deployed unless Setup > Deployment Status lists it; run "
-                                      "`stripe-sf setup --plan` again to see what is still missing.") from None
-        body = _json(response)
-        if response.status_code < 300 and isinstance(body, dict):
-            return body
-        first = body[0] if isinstance(body, list) and body and isinstance(body[0], Mapping) else {}
-        code, message = str(first.get("errorCode") or response.status_code), str(first.get("message") or "")[:300]
-        if code in ("INSUFFICIENT_ACCESS", "INSUFFICIENT_ACCESS_OR_READONLY", "API_DISABLED_FOR_ORG"):
-            raise ConfigError([f"the Salesforce user may not deploy metadata ({code}: {message})"],
-                              source="Salesforce permissions", hint=ADMIN_HINT)
-        raise FatalSyncError(f"Salesforce refused {what}: {code} {message}".strip(), code=code,
-                             hint="Run `stripe-sf setup --plan` to see what is missing; report this with --debug "
-                                  "output if it persists.")
+            body = self.gw.send(call, what=what, hint="Run `stripe-sf setup --plan` to see what is still missing.")
+        except FatalSyncError as exc:
+            if exc.code in ("INSUFFICIENT_ACCESS", "INSUFFICIENT_ACCESS_OR_READONLY", "API_DISABLED_FOR_ORG"):
+                raise ConfigError([f"the Salesforce user may not deploy metadata ({exc.code})"],
+                                  source="Salesforce permissions", hint=ADMIN_HINT) from None
+            raise
+        if not isinstance(body, dict):
+            raise FatalSyncError(f"Salesforce answered {what} with something other than a JSON object.",
+                                 code="UNEXPECTED_RESPONSE", hint="Report this with --debug output.")
+        return body
 
 
 def _json(response: requests.Response) -> Any:

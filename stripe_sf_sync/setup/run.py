@@ -93,7 +93,7 @@ def run_setup(gw: SalesforceGateway, names: FieldNames, *, api_version: str, app
     if sfdx_dir is not None:
         result = replace(result, sfdx_files=tuple(write_sfdx(plan, sfdx_dir, api_version)))
     if apply and plan.deploys:
-        deployer = deployer or MetadataDeployer(gw.sf, timeout=gw.timeout)
+        deployer = deployer or MetadataDeployer(gw)
         zipped = metadata_zip(plan, api_version)
         result = replace(result, validated=deployer.deploy(zipped, check_only=True))
         if not result.validated or not result.validated.success:
