@@ -135,6 +135,15 @@ def test_a_user_without_modify_metadata_gets_a_clear_error() -> None:
     assert caught.value.exit_code is ExitCode.CONFIG
 
 
+def test_a_user_who_may_not_assign_permission_sets_gets_a_clear_error(sf_sb: SalesforceSandbox) -> None:
+    gw = gateway(sf_sb)
+    run_setup(gw, NAMES, api_version=API, apply=True)
+    sf_sb.org.metadata.modify_metadata = False  # an integration user running `--assign` itself
+    with pytest.raises(ConfigError, match="may not assign permission sets") as caught:
+        run_setup(gw, NAMES, api_version=API, assign=USER)
+    assert "Modify Metadata" in caught.value.hint
+
+
 def test_the_wait_for_a_deployment_is_bounded(sf_sb: SalesforceSandbox) -> None:
     gw = gateway(sf_sb)
     plan = read_plan(gw, field_needs(NAMES))

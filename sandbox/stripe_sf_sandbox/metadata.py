@@ -425,6 +425,19 @@ def _upsert(org: SalesforceOrg, sobject: str, values: dict[str, Any], **key: Any
         org.insert(sobject, values)
 
 
+def check_assignment(org: SalesforceOrg, rec: dict[str, Any]) -> None:
+    """A PermissionSetAssignment insert: refused for a user without "Assign Permission Sets" (here: the same
+    switch as Modify Metadata), and for a user who has the set already (wordings not verified)."""
+    from .salesforce_server import _fail
+
+    if not org.metadata.modify_metadata:
+        raise _fail("INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY", "insufficient access rights on cross-reference id")
+    if any(r["Id"] != rec["Id"] for r in _records(org, "PermissionSetAssignment", AssigneeId=rec.get("AssigneeId"),
+                                                   PermissionSetId=rec.get("PermissionSetId"))):
+        raise _fail("DUPLICATE_VALUE", f"Duplicate PermissionSetAssignment. Assignee: {rec.get('AssigneeId')}; "
+                    f"Permission Set: {rec.get('PermissionSetId')}")
+
+
 def refresh_access(org: SalesforceOrg) -> None:
     """Field-level security and object permissions of the integration user, from the permission sets assigned to
     it: a governed field is visible when a set grants Read, writable when one grants Edit."""

@@ -1069,6 +1069,10 @@ class SalesforceOrg:
         self._check_required(sobject, rec, values, creating)
         self._check_references(sobject, rec, values if not creating else rec, as_admin=op.seeding)
         self._check_unique(sobject, rec, values if not creating else rec)
+        if sobject == "PermissionSetAssignment" and not op.seeding:
+            from .metadata import check_assignment
+
+            check_assignment(self, rec)  # one assignment per user and set, by a user who may assign
         self._put(sobject, rec, undo)
         return rec["Id"], creating
 

@@ -183,7 +183,13 @@ def assign_permission_set(gw: SalesforceGateway, permission_set: str, username: 
     if found:
         return Assignment(username, user_id, set_id, created=False)
     body = json.dumps({"AssigneeId": user_id, "PermissionSetId": set_id})
-    gw.send(lambda sf: sf.restful("sobjects/PermissionSetAssignment/", method="POST", data=body,
-                                  timeout=gw.attempt_timeout()),
-            what=f"the assignment of {permission_set} to {username}", hint=ADMIN_HINT)
+    try:
+        gw.send(lambda sf: sf.restful("sobjects/PermissionSetAssignment/", method="POST", data=body,
+                                      timeout=gw.attempt_timeout()),
+                what=f"the assignment of {permission_set} to {username}", hint=ADMIN_HINT)
+    except FatalSyncError as exc:
+        if (exc.code or "").startswith("INSUFFICIENT_ACCESS"):  # "Assign Permission Sets" is missing
+            raise ConfigError([f"the Salesforce user may not assign permission sets ({exc.code})"],
+                              source="Salesforce permissions", hint=ADMIN_HINT) from None
+        raise
     return Assignment(username, user_id, set_id, created=True)

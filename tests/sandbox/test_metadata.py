@@ -90,6 +90,8 @@ def test_a_deployed_field_stays_hidden_until_a_permission_set_is_assigned(sb: Sa
         sf.Account.create({"Name": "A", "Key__c": "k"})
     ps = sf.query("SELECT Id FROM PermissionSet WHERE Name = 'Grant'")["records"][0]["Id"]
     sf.PermissionSetAssignment.create({"AssigneeId": sb.org.integration_user_id, "PermissionSetId": ps})
+    with pytest.raises(SalesforceMalformedRequest, match="Duplicate PermissionSetAssignment"):
+        sf.PermissionSetAssignment.create({"AssigneeId": sb.org.integration_user_id, "PermissionSetId": ps})
     field = next(f for f in sf.Account.describe()["fields"] if f["name"] == "Key__c")
     assert field["externalId"] and field["unique"] and field["updateable"]
     sf.Account.create({"Name": "A", "Key__c": "k", "OwnerId": sb.org.integration_user_id})
