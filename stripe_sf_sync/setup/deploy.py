@@ -101,8 +101,10 @@ class MetadataDeployer:
 
     def deploy(self, zipped: bytes, *, check_only: bool) -> DeployOutcome:
         """Start the deployment (rolled back as a whole if any component fails), then poll it to its end."""
+        # No testLevel: NoTestRun applies only to development orgs, and the default runs no tests for a package
+        # without Apex in production either (Metadata API, DeployOptions: testLevel).
         options = {"deployOptions": {"checkOnly": check_only, "rollbackOnError": True, "singlePackage": True,
-                                     "ignoreWarnings": False, "testLevel": "NoTestRun"}}
+                                     "ignoreWarnings": False}}
         files = {"json": (None, json.dumps(options), "application/json"),
                  "file": ("stripe-sf-setup.zip", zipped, "application/zip")}
         # A start retried after a lost answer may start a second, identical deployment: harmless, as the zip
