@@ -97,6 +97,9 @@ class FieldDef:
     # Salesforce unique/external-id text is case-insensitive unless the admin ticks "case sensitive".
     case_sensitive: bool = False
     label: str | None = None
+    # Field-level security: False while no permission set grants the API user Read (metadata.py), and then the
+    # field is absent from describe and unknown to SOQL and DML, as in a real org.
+    visible: bool = True
 
     @property
     def display_label(self) -> str:
@@ -447,6 +450,8 @@ class SalesforceOrg:
         default_currency: str = "USD",
         no_create: Iterable[str] = (),
         no_edit: Iterable[str] = (),
+        stripe_sf_fields: bool = True,
+        modify_metadata: bool = True,
     ) -> None:
         self._lock = threading.RLock()
         self._ids = sfids.IdFactory()
@@ -470,6 +475,12 @@ class SalesforceOrg:
                     label=f"{sobject} Currency",
                 )
         self.key_prefixes: dict[str, str] = dict(sfids.KEY_PREFIXES)
+        # Deploys, permission sets and field-level security (metadata.py). stripe_sf_fields=False: an org without
+        # stripe-sf's custom fields, for `stripe-sf setup` to create; modify_metadata=False: an API user without
+        # "Modify Metadata", whom every deploy refuses.
+        from . import metadata
+
+        self.metadata = metadata.install(self, stripe_sf_fields=stripe_sf_fields, modify_metadata=modify_metadata)
         self.won_stage = won_stage  # the stage's API name: what StageName takes (Object Reference: OpportunityStage)
         # Record types (by Name or DeveloperName) the integration user's profile may not use: active in
         # the org, but `available: false` in describe, and every create with one fails (sObject Describe).
@@ -684,13 +695,14 @@ class SalesforceOrg:
         self._data.setdefault(resolved, {})
         return resolved
 
-    def field_def(self, sobject: str, name: str) -> FieldDef | None:
-        """Field definition by case-insensitive name."""
+    def field_def(self, sobject: str, name: str, *, admin: bool = False) -> FieldDef | None:
+        """Field definition by case-insensitive name; one the API user cannot see is None unless `admin`."""
         fields = self.schema[sobject]
-        if name in fields:
-            return fields[name]
-        low = name.lower()
-        return next((f for f in fields.values() if f.name.lower() == low), None)
+        found = fields.get(name)
+        if found is None:
+            low = name.lower()
+            found = next((f for f in fields.values() if f.name.lower() == low), None)
+        return found if found is None or found.visible or admin else None
 
     def _relationship(self, sobject: str, rel: str) -> FieldDef | None:
         low = rel.lower()
@@ -884,7 +896,7 @@ class SalesforceOrg:
             if key.lower() == "id" and kind != "create":
                 op.record_id = value
                 continue
-            fd = self.field_def(sobject, key)
+            fd = self.field_def(sobject, key, admin=seeding)
             if fd is not None:
                 op.fields[fd.name] = value
                 continue
@@ -948,6 +960,10 @@ class SalesforceOrg:
                 ]
             elif any(op.sobject == "OpportunityStage" for op in ops):
                 self._sync_stage_picklist()
+            if any(op.sobject == "PermissionSetAssignment" for op in ops):
+                from .metadata import refresh_access
+
+                refresh_access(self)  # a set assigned to the API user may grant it fields
             return outcomes
 
     def _duplicate_ext_values(self, ops: list[_WriteOp]) -> set[int]:
@@ -1053,6 +1069,10 @@ class SalesforceOrg:
         self._check_required(sobject, rec, values, creating)
         self._check_references(sobject, rec, values if not creating else rec, as_admin=op.seeding)
         self._check_unique(sobject, rec, values if not creating else rec)
+        if sobject == "PermissionSetAssignment" and not op.seeding:
+            from .metadata import check_assignment
+
+            check_assignment(self, rec)  # one assignment per user and set, by a user who may assign
         self._put(sobject, rec, undo)
         return rec["Id"], creating
 
@@ -1454,6 +1474,10 @@ class SalesforceOrg:
     ) -> dict[str, Any]:
         """Execute a SOQL query; raises soql.SoqlError for anything a real org would refuse."""
         with self._lock:
+            from . import aggregate
+
+            if aggregate.is_grouped(text):  # values held by several records: the one aggregate it answers
+                return aggregate.run_grouped(self, text, version=version)
             query = soql.parse(text)
             sobject = self.sobject_name(query.sobject)
             if sobject is None:
@@ -1687,6 +1711,8 @@ class SalesforceOrg:
         with self._lock:
             fields = []
             for fd in self.schema[sobject].values():
+                if not fd.visible:
+                    continue
                 default_pick = None
                 if sobject == "Task" and fd.name in ("Status", "Priority"):
                     default_pick = {"Status": "Not Started", "Priority": "Normal"}[fd.name]
@@ -2228,6 +2254,10 @@ class _Api:
             return self._composite(method, version, body, headers)
         if head == "jobs" and len(parts) >= 2 and parts[1] == "ingest":
             return self._ingest(method, version, parts[2:], body)
+        if head == "metadata":
+            from . import metadata
+
+            return _json_response(*metadata.route(self.org, method, version, parts[1:], params, body, headers))
         return self._not_found()
 
     # ------------------------------------------------------------------ composite
@@ -2319,7 +2349,7 @@ class _Api:
                 "url": f"/services/data/v{version}/sobjects/{sobject}/{rec['Id']}",
             }
         }
-        names = list(org.schema[sobject])
+        names = [name for name, fd in org.schema[sobject].items() if fd.visible]
         if fields:
             names = []
             for raw in fields.split(","):

@@ -36,11 +36,11 @@ class Scenario:
 ORG_CURRENCIES = ("USD", "EUR", "JPY")
 
 
-def awkward_org() -> SalesforceOrg:
+def awkward_org(*, stripe_sf_fields: bool = True) -> SalesforceOrg:
     """A multi-currency org (USD corporate, EUR, JPY) with a renamed won stage label, required record types and
-    a CSM field."""
+    a CSM field. `stripe_sf_fields=False`: without stripe-sf's custom fields, for `stripe-sf setup` to create."""
     return SalesforceOrg(won_stage=WON_STAGE, won_stage_label=WON_STAGE_LABEL, require_record_type=True,
-                         csm_field="CSM__c", currencies=ORG_CURRENCIES)
+                         csm_field="CSM__c", currencies=ORG_CURRENCIES, stripe_sf_fields=stripe_sf_fields)
 
 
 def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) -> Scenario:
