@@ -15,8 +15,8 @@ from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.config import FieldNames, load_config
 from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 from stripe_sf_sync.salesforce.org import check_org, field_needs
-from stripe_sf_sync.salesforce.sink import SalesforceGateway
 from stripe_sf_sync.setup.deploy import MetadataDeployer
 from stripe_sf_sync.setup.package import metadata_zip
 from stripe_sf_sync.setup.run import as_dict, read_plan, run_setup

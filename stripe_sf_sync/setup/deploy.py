@@ -20,7 +20,7 @@ from simple_salesforce import Salesforce, format_soql
 from simple_salesforce.util import exception_handler
 
 from stripe_sf_sync.errors import ConfigError, FatalSyncError
-from stripe_sf_sync.salesforce.sink import SalesforceGateway
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 
 DEPLOY_WAIT_S = 600.0  # a deploy of a few fields takes seconds; a busy org's queue may hold it for minutes
 POLL_S = 2.0

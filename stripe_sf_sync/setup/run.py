@@ -12,8 +12,8 @@ from simple_salesforce import format_soql
 
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 from stripe_sf_sync.salesforce.org import FieldNeed, FieldsByObject, field_needs, fields_by_object
-from stripe_sf_sync.salesforce.sink import SalesforceGateway
 from stripe_sf_sync.setup.deploy import Assignment, DeployOutcome, MetadataDeployer, assign_permission_set
 from stripe_sf_sync.setup.package import metadata_zip, write_sfdx
 from stripe_sf_sync.setup.plan import (
