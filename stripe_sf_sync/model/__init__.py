@@ -1,8 +1,9 @@
 """Version-tolerant parsing of Stripe event payloads into small typed changes.
 
-The package: `changes` (the typed changes), `payload` (typed readers of a payload), `parse` (the table of
-event types and their parsers, and `parse_event`), and one parsing module per Stripe object: `subscriptions`,
-`payments`, `invoices`, `customers`. The names other modules use are re-exported here.
+The package: `parse` (the table of event types and their parsers, the `Change` union, and `parse_event`), one
+module per Stripe object with its change types and their parsers (`subscriptions`, `payments`, `invoices`,
+`customers`), `event` (what every change carries, the errors, `Unsupported`) and `payload` (typed readers).
+The names other modules use are re-exported here.
 
 Payloads are rendered in each event's own API version (Stripe API reference: the Event object,
 `api_version`; `stripe/_event.py`), so both shapes are read:
@@ -13,27 +14,16 @@ invoice links live under `parent.subscription_details` and `payments` (Stripe ch
 invoices").
 """
 
-from stripe_sf_sync.model.changes import (
-    OPEN_DISPUTE_STATUSES,
-    SUBSCRIPTION_STATUSES,
-    CachedCustomer,
-    Change,
-    CollectedChange,
+from stripe_sf_sync.model.customers import CachedCustomer, CustomerChange, parse_customer
+from stripe_sf_sync.model.event import SUBSCRIPTION_STATUSES, EventMeta, MalformedEvent, NoCurrencyOption, Unsupported
+from stripe_sf_sync.model.invoices import (
     CreditNoteChange,
-    CustomerChange,
-    Dispute,
-    EventMeta,
     FirstInvoiceNet,
     InvoiceFailureChange,
-    MalformedEvent,
-    NoCurrencyOption,
-    PaymentChange,
-    SubscriptionChange,
-    SubscriptionFigures,
-    Unsupported,
+    first_invoice_net,
+    parse_credit_note,
+    parse_invoice_failure,
 )
-from stripe_sf_sync.model.customers import parse_customer
-from stripe_sf_sync.model.invoices import first_invoice_net, parse_credit_note, parse_invoice_failure
 from stripe_sf_sync.model.parse import (
     COLLECTED_EVENT_TYPES,
     CREDIT_NOTE_EVENT_TYPES,
@@ -41,6 +31,7 @@ from stripe_sf_sync.model.parse import (
     EVENT_TYPES,
     NOT_REQUESTED,
     PARSERS,
+    Change,
     parse_event,
 )
 from stripe_sf_sync.model.payload import (
@@ -51,8 +42,18 @@ from stripe_sf_sync.model.payload import (
     MAX_TIMESTAMP,
     event_meta,
 )
-from stripe_sf_sync.model.payments import parse_collected, parse_dispute, parse_payment
+from stripe_sf_sync.model.payments import (
+    OPEN_DISPUTE_STATUSES,
+    CollectedChange,
+    Dispute,
+    PaymentChange,
+    parse_collected,
+    parse_dispute,
+    parse_payment,
+)
 from stripe_sf_sync.model.subscriptions import (
+    SubscriptionChange,
+    SubscriptionFigures,
     foreign_price_ids,
     in_billed_currency,
     is_pre_basil,

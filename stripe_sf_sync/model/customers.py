@@ -1,12 +1,43 @@
-"""customer.* payloads -> CustomerChange."""
+"""CustomerChange and its parser (customer.*), and CachedCustomer (what state keeps of a customer)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from stripe_sf_sync.model.changes import CustomerChange, EventMeta, MalformedEvent
+from stripe_sf_sync.model.event import EventMeta, MalformedEvent
 from stripe_sf_sync.model.payload import _get, _metadata, _str
+
+
+@dataclass(frozen=True)
+class CustomerChange:
+    """customer.created/updated/deleted: no rule, only the details its other events resolve by."""
+
+    meta: EventMeta
+    customer_id: str
+    metadata: Mapping[str, str]
+    name: str | None
+    deleted: bool
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key."""
+        return self.customer_id
+
+
+@dataclass(frozen=True)
+class CachedCustomer:
+    """The few customer details rules read: metadata (Salesforce Ids) and name. `version` is the time
+    they were true at (event `created` or read time), so an older copy never replaces a newer one."""
+
+    customer_id: str
+    metadata: Mapping[str, str]
+    name: str | None
+    deleted: bool
+    version: int
+
+
 
 
 def parse_customer(event: Mapping[str, Any], meta: EventMeta) -> CustomerChange:

@@ -1,18 +1,15 @@
-"""Invoice and credit note payloads -> InvoiceFailureChange, CreditNoteChange, and a first invoice's net."""
+"""InvoiceFailureChange and CreditNoteChange and their parsers (invoice.payment_failed, credit_note.*), and a
+subscription's first invoice netted (FirstInvoiceNet)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from stripe_sf_sync import money
-from stripe_sf_sync.model.changes import (
-    CreditNoteChange,
-    EventMeta,
-    FirstInvoiceNet,
-    InvoiceFailureChange,
-    MalformedEvent,
-)
+from stripe_sf_sync.model.event import EventMeta, MalformedEvent
 from stripe_sf_sync.model.payload import (
     _OBJECT,
     MAX_MINOR_UNITS,
@@ -25,6 +22,65 @@ from stripe_sf_sync.model.payload import (
     _str,
     _timestamp,
 )
+
+
+@dataclass(frozen=True)
+class FirstInvoiceNet:
+    """What a subscription's first invoice kept, before tax: the subscription Opportunity's `Amount` (the first
+    period), netted by credit notes, refunds and lost disputes."""
+
+    subscription_id: str
+    invoice_id: str
+    amount: Decimal  # major units
+    currency: str
+
+
+@dataclass(frozen=True)
+class CreditNoteChange:
+    """credit_note.created/updated/voided: hydration nets its invoice when it is a subscription's first."""
+
+    meta: EventMeta
+    credit_note_id: str
+    invoice_id: str
+    customer_id: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    customer_metadata: Mapping[str, str] | None = None
+    customer_name: str | None = None
+    first_invoice: FirstInvoiceNet | None = None
+    invoice_read: bool = False  # hydration read the invoice (and so knows whether it is a first one)
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key: the credit note (its events are planned from its invoice's current state)."""
+        return self.credit_note_id
+
+
+@dataclass(frozen=True)
+class InvoiceFailureChange:
+    """invoice.payment_failed."""
+
+    meta: EventMeta
+    invoice_id: str
+    customer_id: str
+    subscription_id: str | None
+    amount_due: Decimal  # major units
+    currency: str
+    attempt_count: int
+    next_payment_attempt: int | None
+    hosted_invoice_url: str | None
+    payment_intent_id: str | None
+    charge_id: str | None
+    failure_code: str | None
+    metadata: Mapping[str, str]
+    customer_metadata: Mapping[str, str] | None = None
+    customer_name: str | None = None
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key."""
+        return self.invoice_id
+
+
 
 
 def parse_credit_note(event: Mapping[str, Any], meta: EventMeta) -> CreditNoteChange:

@@ -10,13 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stripe_sf_sync.model.changes import Change, CustomerChange, EventMeta, MalformedEvent, Unsupported
-from stripe_sf_sync.model.customers import parse_customer
-from stripe_sf_sync.model.invoices import parse_credit_note, parse_invoice_failure
+from stripe_sf_sync.model.customers import CustomerChange, parse_customer
+from stripe_sf_sync.model.event import EventMeta, MalformedEvent, Unsupported
+from stripe_sf_sync.model.invoices import (
+    CreditNoteChange,
+    InvoiceFailureChange,
+    parse_credit_note,
+    parse_invoice_failure,
+)
 from stripe_sf_sync.model.payload import _meta
-from stripe_sf_sync.model.payments import parse_collected, parse_payment
-from stripe_sf_sync.model.subscriptions import parse_subscription
+from stripe_sf_sync.model.payments import CollectedChange, PaymentChange, parse_collected, parse_payment
+from stripe_sf_sync.model.subscriptions import SubscriptionChange, parse_subscription
 
+# Every change a parser returns that a rule plans (rules.RULES): a new change type is added here.
+Change = SubscriptionChange | PaymentChange | InvoiceFailureChange | CollectedChange | CreditNoteChange
 Parser = Callable[[Mapping[str, Any], EventMeta], Change | CustomerChange]
 
 # Every event type stripe-sf parses, and its parser. The order is the order asked of Stripe (`types[]`).

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from stripe_sf_sync import money
-from stripe_sf_sync.model.changes import EventMeta, MalformedEvent
+from stripe_sf_sync.model.event import EventMeta, MalformedEvent
 
 # Key marking the synthetic events `backfill` builds from list endpoints (never sent by Stripe).
 BACKFILL_MARK = "stripe_sf_backfill"

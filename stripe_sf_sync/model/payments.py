@@ -1,11 +1,15 @@
-"""payment_intent.succeeded, refund and dispute payloads -> PaymentChange, CollectedChange, Dispute."""
+"""PaymentChange, CollectedChange and Dispute, and their parsers (payment_intent.succeeded, refund and
+dispute events)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-from stripe_sf_sync.model.changes import CollectedChange, Dispute, EventMeta, MalformedEvent, PaymentChange
+from stripe_sf_sync.model.event import EventMeta, MalformedEvent
+from stripe_sf_sync.model.invoices import FirstInvoiceNet
 from stripe_sf_sync.model.payload import (
     _OBJECT,
     _amount,
@@ -18,6 +22,84 @@ from stripe_sf_sync.model.payload import (
     _str,
     _timestamp,
 )
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """A chargeback on a payment (stripe/_dispute.py): what its Task names."""
+
+    dispute_id: str
+    amount: Decimal  # major units
+    currency: str
+    reason: str
+    status: str
+    due_by: int | None  # evidence_details.due_by
+
+
+# Statuses of a dispute still waiting for evidence or a decision (stripe/_dispute.py, `status`).
+OPEN_DISPUTE_STATUSES = frozenset({"warning_needs_response", "warning_under_review", "needs_response", "under_review"})
+
+
+@dataclass(frozen=True)
+class PaymentChange:
+    """payment_intent.succeeded."""
+
+    meta: EventMeta
+    payment_intent_id: str
+    customer_id: str | None
+    amount_received: Decimal  # major units
+    currency: str
+    metadata: Mapping[str, str]
+    invoice_id: str | None  # pre-basil payloads name the invoice; None otherwise
+    invoice_known: bool  # True when the payload itself says whether an invoice exists
+    description: str | None
+    customer_metadata: Mapping[str, str] | None = None
+    customer_name: str | None = None
+    # What Stripe kept of it, from the payment's current state (its Charge, refunds, disputes): succeeded
+    # refunds and lost disputes, in major units. `adjusted`: the change is about them (a refund or dispute event,
+    # or a backfill of a payment that has some); `collected_known`: False until hydration read them.
+    refunded: Decimal = Decimal(0)
+    lost: Decimal = Decimal(0)
+    charge_id: str | None = None
+    disputes: tuple[Dispute, ...] = ()
+    adjusted: bool = False
+    collected_known: bool = True
+    paid_at: int | None = None  # the PaymentIntent's `created`: the CloseDate when a refund event creates it
+    first_invoice: FirstInvoiceNet | None = None  # set by hydration when it paid a subscription's first invoice
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key."""
+        return self.payment_intent_id
+
+    @property
+    def net(self) -> Decimal:
+        """What Stripe kept: received, less succeeded refunds and lost disputes (never below zero)."""
+        return max(Decimal(0), self.amount_received - self.refunded - self.lost)
+
+    @property
+    def fully_refunded(self) -> bool:
+        """Every unit received was refunded (a lost dispute is not a refund)."""
+        return self.amount_received > 0 and self.refunded >= self.amount_received
+
+
+@dataclass(frozen=True)
+class CollectedChange:
+    """A refund or dispute event (COLLECTED_EVENT_TYPES): hydration turns it into the PaymentChange of its
+    PaymentIntent as it is now, so replay, webhook and backfill give one figure in any order."""
+
+    meta: EventMeta
+    payment_intent_id: str | None  # None: a Charge made without a PaymentIntent (no Opportunity tracks it)
+    charge_id: str | None
+    customer_id: str | None
+    dispute_id: str | None = None  # the dispute a charge.dispute.* event is about
+
+    @property
+    def object_id(self) -> str:
+        """The order guard's key: the PaymentIntent, like its payment_intent.succeeded."""
+        return self.payment_intent_id or self.charge_id or self.meta.event_id
+
+
 
 
 def parse_payment(event: Mapping[str, Any], meta: EventMeta) -> PaymentChange:

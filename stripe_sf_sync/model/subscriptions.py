@@ -1,21 +1,15 @@
-"""customer.subscription.* payloads -> SubscriptionChange, in every API generation's shape; and the
+"""SubscriptionChange and its parser (customer.subscription.*, in every API generation's shape); and the
 item conversions hydration applies (all items, the billed currency)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeGuard
 
 from stripe_sf_sync import money, mrr
-from stripe_sf_sync.model.changes import (
-    SUBSCRIPTION_STATUSES,
-    EventMeta,
-    MalformedEvent,
-    NoCurrencyOption,
-    SubscriptionChange,
-)
+from stripe_sf_sync.model.event import SUBSCRIPTION_STATUSES, EventMeta, MalformedEvent, NoCurrencyOption
 from stripe_sf_sync.model.payload import (
     _OBJECT,
     _STRIPE_ID,
@@ -30,6 +24,64 @@ from stripe_sf_sync.model.payload import (
     _str,
     _timestamp,
 )
+from stripe_sf_sync.mrr import Figure
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    """customer.subscription.created/updated/deleted."""
+
+    meta: EventMeta
+    subscription_id: str
+    customer_id: str
+    status: str
+    previous_status: str | None
+    cancel_at_period_end: bool
+    cancel_turned_on: bool
+    plan_changed: bool
+    currency: str
+    lines: tuple[money.PriceLine, ...]
+    period_end: int | None
+    metadata: Mapping[str, str]
+    customer_metadata: Mapping[str, str] | None
+    customer_name: str | None
+    cancellation_reason: str | None = None
+    # False when the payload's embedded `items` list has `has_more`: hydration reads the rest
+    # (`/v1/subscription_items?subscription=…`) before any amount is computed from `lines`.
+    items_complete: bool = True
+    # A cancellation scheduled with `cancel_at` (a timestamp) while `cancel_at_period_end` stays false
+    # (stripe/_subscription.py, `cancel_at`): when it takes effect, and whether this event scheduled it.
+    cancel_at: int | None = None
+    cancel_at_turned_on: bool = False
+    # The subscription as mrr.py reads it (discounts, tiers, taxes, in every generation's shape): set by
+    # hydration only while it computes `value` (a batch holds thousands of changes: payloads stay compact
+    # JSON in HeldEvent until needed).
+    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    # Stripe's figures for it, attached by hydration (rules do not fetch); None: not computed (rules fall
+    # back to the list-price lines).
+    value: SubscriptionFigures | None = None
+    # The customer's current MRR (mrr.customer_mrr over its subscriptions now), attached by hydration when
+    # the Account field is configured; a Figure with value None says why it is left alone.
+    account_mrr: mrr.Figure | None = None
+
+    @property
+    def object_id(self) -> str:
+        """The Stripe object this change describes (the order guard's key)."""
+        return self.subscription_id
+
+
+@dataclass(frozen=True)
+class SubscriptionFigures:
+    """A subscription's value as Stripe counts it (mrr.py): MRR/ARR after forever discounts, and the first
+    paid period's amount after every discount, before tax. A figure whose value is None says why."""
+
+    # `Figure`, not `mrr.Figure`: in this class body the field `mrr` would shadow the module.
+    mrr: Figure
+    arr: Figure
+    first_period: Figure
+    counted: bool
+
+
 
 
 def _price_line(item: Mapping[str, Any], sub_currency: str, idx: int) -> money.PriceLine:
