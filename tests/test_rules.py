@@ -237,6 +237,10 @@ def test_every_change_type_a_parser_returns_has_a_rule():
     assert returned <= set(rules.RULES) | set(rules.NO_RULE)
     assert set(typing.get_args(model.Change)) == set(rules.RULES)  # plan() takes a Change: each has its rule
     assert not set(rules.RULES) & set(rules.NO_RULE)
+    from stripe_sf_sync.rules import table
+
+    entries = [kind for module in table._MODULES for kind, _ in module.RULE_ENTRIES]
+    assert len(entries) == len(set(entries)) == len(rules.RULES)  # no change type has two rules
 
 
 def test_plan_dispatches_each_change_type_to_its_rule(monkeypatch):

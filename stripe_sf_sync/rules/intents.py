@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from stripe_sf_sync.config import FieldNames
 
@@ -119,3 +119,13 @@ class Plan:
     intents: list[Intent] = field(default_factory=list)
     ignored: str | None = None  # the reason when the event needs no write
     warnings: list[str] = field(default_factory=list)  # worth a log line, not a dead letter
+
+
+C = TypeVar("C")
+Rule = Callable[[RuleContext, Any], Plan]
+
+
+def rule_entry(kind: type[C], rule: Callable[[RuleContext, C], Plan]) -> tuple[type[C], Rule]:
+    """One entry of a rule table (rules.table.RULES): mypy checks that `rule` takes the change type it is filed
+    under. Each rule module lists its own entries, in a tuple (a dict's type context would hide a mismatch)."""
+    return kind, rule

@@ -28,6 +28,7 @@ from stripe_sf_sync.rules.intents import (
     Plan,
     RuleContext,
     TaskIntent,
+    rule_entry,
 )
 
 
@@ -154,3 +155,11 @@ def plan_collected_alone(ctx: RuleContext, change: CollectedChange) -> Plan:
     """A refund or dispute event hydration could not turn into its payment (no PaymentIntent, or it is gone)."""
     return Plan(ignored=f"{change.charge_id or 'a charge'} has no PaymentIntent stripe-sf can read: no "
                         "Opportunity tracks it")
+
+
+# The change types this module plans, and their rules (merged into rules.table.RULES).
+RULE_ENTRIES = (
+    rule_entry(PaymentChange, plan_payment),
+    rule_entry(CreditNoteChange, plan_credit_note),
+    rule_entry(CollectedChange, plan_collected_alone),
+)

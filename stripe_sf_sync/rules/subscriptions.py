@@ -22,6 +22,7 @@ from stripe_sf_sync.rules.intents import (
     Plan,
     RuleContext,
     TaskIntent,
+    rule_entry,
 )
 
 WON_FROM = frozenset({"incomplete", "trialing"})
@@ -191,3 +192,9 @@ def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, op
     if not plan.intents:
         plan.ignored = "an ended subscription; another subscription of the customer sets the Account status"
     return plan
+
+
+# The change types this module plans, and their rules (merged into rules.table.RULES).
+RULE_ENTRIES = (
+    rule_entry(SubscriptionChange, plan_subscription),
+)

@@ -1,43 +1,17 @@
 """One table from a change's type to its rule: `plan` dispatches through it, and a change type without a
-rule is an error, never a default rule."""
+rule is an error, never a default rule. Each rule module lists the change types it plans (`RULE_ENTRIES`, beside
+the rules); this table is their union, checked by tests/test_rules.py against every type a parser returns."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from stripe_sf_sync.model import (
-    Change,
-    CollectedChange,
-    CreditNoteChange,
-    CustomerChange,
-    InvoiceFailureChange,
-    PaymentChange,
-    SubscriptionChange,
-)
-from stripe_sf_sync.rules.intents import Plan, RuleContext
-from stripe_sf_sync.rules.payments import plan_collected_alone, plan_credit_note, plan_payment
-from stripe_sf_sync.rules.subscriptions import plan_subscription
-from stripe_sf_sync.rules.tasks import plan_invoice_failure
+from stripe_sf_sync.model import Change, CustomerChange
+from stripe_sf_sync.rules import payments, subscriptions, tasks
+from stripe_sf_sync.rules.intents import Plan, Rule, RuleContext
 
-C = TypeVar("C")
-Rule = Callable[[RuleContext, Any], Plan]
-
-
-def _rule(kind: type[C], rule: Callable[[RuleContext, C], Plan]) -> tuple[type[C], Rule]:
-    """One entry of RULES: mypy checks that `rule` takes the change type it is filed under."""
-    return kind, rule
-
-
-# Every change type a parser returns (model.PARSERS), and its rule. tests/test_rules.py checks both ways.
-_ENTRIES = (
-    _rule(SubscriptionChange, plan_subscription),
-    _rule(PaymentChange, plan_payment),
-    _rule(CreditNoteChange, plan_credit_note),
-    _rule(CollectedChange, plan_collected_alone),  # hydration found no payment to turn it into
-    _rule(InvoiceFailureChange, plan_invoice_failure),
-)
-RULES: dict[type[Any], Rule] = dict(_ENTRIES)
+_MODULES = (subscriptions, payments, tasks)  # a new rule module is added here
+RULES: dict[type[Any], Rule] = {kind: rule for module in _MODULES for kind, rule in module.RULE_ENTRIES}
 # Change types a parser returns that no rule plans, and why: the batch handles them before planning.
 NO_RULE: dict[type[Any], str] = {
     CustomerChange: "keeps the customer's metadata and name in state, which its other events resolve by",
@@ -53,5 +27,5 @@ def plan(ctx: RuleContext, change: Change) -> Plan:
     # By the type's MRO, as isinstance would: a subclass of a change type is planned as that type.
     rule = next((RULES[k] for k in type(change).__mro__ if k in RULES), None)
     if rule is None:
-        raise NoRule(f"no rule plans a {type(change).__name__}: add one to stripe_sf_sync.rules.table.RULES")
+        raise NoRule(f"no rule plans a {type(change).__name__}: add one to a rule module's RULE_ENTRIES")
     return rule(ctx, change)

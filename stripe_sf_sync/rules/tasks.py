@@ -18,6 +18,7 @@ from stripe_sf_sync.rules.intents import (
     Plan,
     RuleContext,
     TaskIntent,
+    rule_entry,
 )
 
 FAILED_PAYMENT_SUBJECT = "Payment Failed - Immediate Action Required"
@@ -68,3 +69,9 @@ def transition_task(intent: AccountStatusIntent, old: str) -> TaskIntent:
         # The new status and when (two Event objects of one change share their time); not the old status: a
         # deleted subscription's comes from the Account, after the lookup.
         about=f"{intent.subscription_id}#status-{intent.status}@{_instant(intent.changed_at, intent.activity_date)}")
+
+
+# The change types this module plans, and their rules (merged into rules.table.RULES).
+RULE_ENTRIES = (
+    rule_entry(InvoiceFailureChange, plan_invoice_failure),
+)
