@@ -1,8 +1,9 @@
 """One raw event -> its typed change, through one table: the event types stripe-sf reads, each with its parser.
 
-Adding an event type is one line in `PARSERS` (and its parser, when none of these fits): the types asked of
-Stripe (`EVENT_TYPES`) and the sets the rules test derive from it. A type not in the table is `Unsupported`,
-counted with its reason, never parsed by a default.
+Adding an event type is one line in `PARSERS`, with a new change type in `Change` when none of these fits (its
+dataclass and parser go in its Stripe object's module): the types asked of Stripe (`EVENT_TYPES`) and the sets
+the rules test derive from the table. A type not in the table is `Unsupported`, counted with its reason, never
+parsed by a default (docs/add-an-event-type.md).
 """
 
 from __future__ import annotations
