@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,6 +18,7 @@ from ruamel.yaml.reader import ReaderError
 
 from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ConfigError
+from stripe_sf_sync.fields import FieldNames
 from stripe_sf_sync.salesforce_ids import is_salesforce_id
 
 DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
@@ -29,29 +30,9 @@ STATE_FILE_NAME = "stripe-sf-state.sqlite"
 # 40 days), which the re-read relies on to drop what is done.
 MAX_LOOKBACK_S = 3600
 
-_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
-FieldName = Annotated[str, Field(pattern=_FIELD_NAME.pattern)]
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FieldNames(_Strict):
-    """Salesforce API names of every field the tool writes or matches on."""
-
-    subscription_id: FieldName = "Stripe_Subscription_ID__c"
-    customer_id: FieldName = "Stripe_Customer_ID__c"
-    payment_intent_id: FieldName = "Stripe_Payment_Intent_ID__c"
-    mrr: FieldName = "MRR__c"
-    arr: FieldName = "ARR__c"
-    subscription_status: FieldName = "Subscription_Status__c"
-    task_event_id: FieldName = "Stripe_Event_ID__c"
-    account_csm: FieldName | None = None
-    # Optional: the payment's succeeded refunds in total (issue 22 §1); unset, nothing is written there.
-    opportunity_refunded: FieldName | None = None
-    # The customer's current MRR as Stripe counts it (issue 22 §5): unset, nothing is read or written for it.
-    account_mrr: FieldName | None = None
 
 
 class StripeSettings(_Strict):

@@ -137,3 +137,21 @@ def test_partial_salesforce_credentials_name_what_is_missing():
     with pytest.raises(ConfigError) as info:
         config.salesforce_secrets({"SF_INSTANCE_URL": "http://insecure", "SF_ACCESS_TOKEN": "t"})
     assert "https://" in str(info.value)
+
+
+def test_field_names_derive_from_the_one_table_of_fields():
+    from stripe_sf_sync.fields import FIELDS, FieldNames
+
+    keys = list(dict.fromkeys(spec.key for spec in FIELDS))
+    assert sorted(FieldNames.model_fields) == sorted(keys)
+    for spec in FIELDS:
+        assert FieldNames.model_fields[spec.key].default == spec.default, spec.key
+    assert config.FieldNames is FieldNames  # config's name for it, where other modules import it
+
+
+def test_the_packaged_example_documents_every_field():
+    from stripe_sf_sync.fields import FIELDS
+
+    fields = config.example_config().split("\n  fields:\n", 1)[1].split("\n\n", 1)[0]
+    for spec in FIELDS:
+        assert f"\n    {spec.key}: {spec.default or 'null'}\n" in f"\n{fields}\n", spec.key

@@ -235,3 +235,30 @@ def test_a_first_page_of_items_is_read_with_care():
     assert model.parse_event(p.event("customer.subscription.updated", sub, previous=unseen)).plan_changed is True
     full = model.with_all_items(change, [*sub["items"]["data"], {**sub["items"]["data"][0], "id": "si_Qabc0099"}])
     assert len(full.lines) == 3 and full.items_complete is True
+
+
+# --- the parser table: every event type stripe-sf reads has a parser, and nothing else is parsed ----
+
+def test_every_event_type_asked_of_stripe_has_a_parser_and_the_lists_derive_from_the_table():
+    assert set(model.EVENT_TYPES) <= set(model.PARSERS)
+    assert model.NOT_REQUESTED <= set(model.PARSERS)
+    assert model.EVENT_TYPES == tuple(t for t in model.PARSERS if t not in model.NOT_REQUESTED)
+    assert len(set(model.EVENT_TYPES)) == len(model.EVENT_TYPES)
+    for derived, parser in ((model.COLLECTED_EVENT_TYPES, model.parse_collected),
+                            (model.CUSTOMER_EVENT_TYPES, model.parse_customer),
+                            (model.CREDIT_NOTE_EVENT_TYPES, model.parse_credit_note)):
+        assert derived == {t for t, p in model.PARSERS.items() if p is parser}
+
+
+@pytest.mark.parametrize("event_type", sorted(model.PARSERS))
+def test_each_table_entry_reaches_its_parser(event_type, monkeypatch):
+    seen = []
+    monkeypatch.setitem(model.PARSERS, event_type, lambda event, meta: seen.append(meta.event_type) or "parsed")
+    assert model.parse_event(p.event(event_type, {"id": "x"})) == "parsed"
+    assert seen == [event_type]
+
+
+def test_a_type_not_in_the_table_is_unsupported_with_its_reason():
+    change = model.parse_event(p.event("invoice.paid", {"id": "in_1234"}))
+    assert isinstance(change, model.Unsupported)
+    assert change.meta.event_type == "invoice.paid" and change.reason == "event type has no rule"

@@ -226,3 +226,33 @@ def test_a_full_refund_raises_one_keyed_task_and_may_move_the_stage():
     assert opp.fields == {"Amount": Decimal("0.00"), "Refunded_Amount__c": Decimal("149.00"), "StageName": "Refunded"}
     [task] = [i for i in plan.intents if isinstance(i, TaskIntent)]
     assert task.key == "ch_3Oabcdefghij#refunded" and task.subject == "Payment fully refunded: 149.00 USD"
+
+
+# --- the rule table: every change a parser returns has a rule (or a stated reason for none) ------------
+
+def test_every_change_type_a_parser_returns_has_a_rule():
+    import typing
+
+    returned = {typing.get_type_hints(parser)["return"] for parser in model.PARSERS.values()}
+    assert returned <= set(rules.RULES) | set(rules.NO_RULE)
+    assert set(typing.get_args(model.Change)) == set(rules.RULES)  # plan() takes a Change: each has its rule
+    assert not set(rules.RULES) & set(rules.NO_RULE)
+    from stripe_sf_sync.rules import table
+
+    entries = [kind for module in table._MODULES for kind, _ in module.RULE_ENTRIES]
+    assert len(entries) == len(set(entries)) == len(rules.RULES)  # no change type has two rules
+
+
+def test_plan_dispatches_each_change_type_to_its_rule(monkeypatch):
+    from stripe_sf_sync.rules import table
+
+    for kind in list(rules.RULES):
+        monkeypatch.setitem(rules.RULES, kind, lambda ctx, change, kind=kind: rules.Plan(ignored=kind.__name__))
+    for kind in rules.RULES:
+        change = object.__new__(kind)  # the rule is stubbed: only the type matters
+        assert table.plan(CTX, change).ignored == kind.__name__
+
+
+def test_a_change_type_without_a_rule_is_an_error_not_a_default_rule():
+    with pytest.raises(rules.NoRule, match="CustomerChange"):
+        rules.plan(CTX, object.__new__(model.CustomerChange))

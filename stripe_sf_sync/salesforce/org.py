@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol
 
 from stripe_sf_sync.config import FieldNames, LoadedConfig
 from stripe_sf_sync.errors import ConfigError
+from stripe_sf_sync.fields import configured
 from stripe_sf_sync.model import SUBSCRIPTION_STATUSES
 from stripe_sf_sync.records import OrgFacts
 
@@ -86,32 +87,10 @@ class FieldNeed:
         return f"{self.sobject}.{self.name}"
 
 
-TEXT = frozenset({"string"})
-WRITE = ("create", "update")
-
-
 def field_needs(names: FieldNames) -> list[FieldNeed]:
-    """Every configured field, with what stripe-sf needs of it."""
-    needs = [
-        FieldNeed("Opportunity", names.subscription_id, "Text(255), External ID, Unique", TEXT, WRITE, "upsert"),
-        FieldNeed("Opportunity", names.payment_intent_id, "Text(255), External ID, Unique", TEXT, WRITE, "upsert"),
-        FieldNeed("Opportunity", names.customer_id, "Text(255)", TEXT, WRITE),
-        FieldNeed("Opportunity", names.mrr, "Currency(16, 2)", frozenset({"currency", "double"}), WRITE),
-        FieldNeed("Opportunity", names.arr, "Currency(16, 2)", frozenset({"currency", "double"}), WRITE),
-        FieldNeed("Account", names.customer_id, "Text(255), External ID, Unique", TEXT, ("update",), "match"),
-        FieldNeed("Account", names.subscription_status, "Picklist or Text(40)", frozenset({"picklist", "string"}),
-                  ("update",), holds_status=True),
-    ]
-    if names.account_csm:
-        needs.append(FieldNeed("Account", names.account_csm, "Lookup(User)", frozenset({"reference"})))
-    if names.opportunity_refunded:
-        needs.append(FieldNeed("Opportunity", names.opportunity_refunded, "Currency(16, 2)",
-                               frozenset({"currency", "double"}), WRITE))
-    if names.account_mrr:
-        needs.append(FieldNeed("Account", names.account_mrr, "Currency(16, 2)", frozenset({"currency", "double"}),
-                               ("update",)))
-    needs.append(FieldNeed("Task", names.task_event_id, "Text(255)", TEXT, ("create",), "task", optional=True))
-    return needs
+    """Every configured field, with what stripe-sf needs of it (stripe_sf_sync.fields.FIELDS, in its order)."""
+    return [FieldNeed(spec.sobject, name, spec.kind, spec.types, spec.writes, spec.role, optional=spec.optional,
+                      holds_status=spec.holds_status) for spec, name in configured(names)]
 
 
 FieldsByObject = Mapping[str, Mapping[str, Mapping[str, Any]]]
