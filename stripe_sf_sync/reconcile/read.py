@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from stripe_sf_sync import mrr, rules
-from stripe_sf_sync.backfill import relevant, slim, synthetic_event
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.errors import SkippableError
 from stripe_sf_sync.pipeline.events import HeldEvent
@@ -23,6 +22,7 @@ from stripe_sf_sync.reconcile import Spill, sf_decimal, text
 from stripe_sf_sync.rules.status import LIVE
 from stripe_sf_sync.salesforce.sink import QUERY_HINT, SalesforceGateway
 from stripe_sf_sync.salesforce_ids import to_18
+from stripe_sf_sync.sources.synthetic import relevant, slim, synthetic_event
 from stripe_sf_sync.stripe.hydrator import StripeHydrator
 from stripe_sf_sync.stripe.source import StripeSource
 
