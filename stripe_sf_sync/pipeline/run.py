@@ -148,7 +148,7 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
     try:
         source.begin()
         _apply_each(source, ports, settings, state, summary, run_id=run_id, budget=budget, calls=calls, stop=stop,
-                     activity=activity, since=(started, before))
+                     activity=activity, started=started, before=before)
     except KeyboardInterrupt:
         source.end(aborted=True)
         raise
@@ -161,10 +161,9 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
 
 def _apply_each(source: Source, ports: Ports, settings: BatchSettings, state: CommitStore, summary: RunSummary, *,
                 run_id: int | None, budget: Callable[[], str | None], calls: Callable[[], tuple[int, int]],
-                stop: Stop | None, activity: Activity, since: tuple[float, tuple[int, int]]) -> None:
-    """The run's loop over the source's batches (`since`: when, and after how many calls, the first batch's
-    reading began)."""
-    started, before = since
+                stop: Stop | None, activity: Activity, started: float, before: tuple[int, int]) -> None:
+    """The run's loop over the source's batches (`started`, `before`: when, and after how many calls, the
+    first batch's reading began)."""
     for batch in source.batches():
         reason = budget()
         if reason:
