@@ -327,7 +327,7 @@ def backfill(
     --resume command.
     """
     _setup(debug, log_format, config, quiet)
-    from stripe_sf_sync.backfill import TypeProgress
+    from stripe_sf_sync.sources.backfill import TypeProgress
 
     with _terminal_progress(as_json) as update:
         started: dict[str, float] = {}

@@ -21,7 +21,6 @@ import stripe
 from stripe_sf_sync.config import LoadedConfig, masked_url, salesforce_secrets, state_url
 from stripe_sf_sync.discover import won_stages
 from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError, StripeRefusedError
-from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY
 from stripe_sf_sync.records import OrgFacts
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
 from stripe_sf_sync.salesforce.org import (
@@ -38,6 +37,7 @@ from stripe_sf_sync.salesforce.org import (
     won_stage_problems,
 )
 from stripe_sf_sync.service import Environment, Runtime
+from stripe_sf_sync.sources import HANDOFF_SINCE_KEY
 from stripe_sf_sync.state import open_state
 from stripe_sf_sync.stripe.source import RETENTION_S
 from stripe_sf_sync.words import counted

@@ -41,9 +41,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from stripe_sf_sync.config import require_org_values
 from stripe_sf_sync.errors import ConfigError, LockHeldError, StripeSfError
-from stripe_sf_sync.pipeline import BatchResult, InboxEvents, RunSummary
+from stripe_sf_sync.pipeline import BatchResult, RunSummary
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 from stripe_sf_sync.service import Environment, Runtime, apply_sync, clients, recorded_run
+from stripe_sf_sync.sources import InboxEvents
 from stripe_sf_sync.state import InboxEntry, StateStore
 from stripe_sf_sync.stripe.source import StripeSource
 

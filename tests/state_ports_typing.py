@@ -4,12 +4,12 @@ the package: state/store.py, state/dry_run.py), so each of them can be given whe
 
 from __future__ import annotations
 
-from stripe_sf_sync.pipeline.cursor import CursorState, HandOffState
 from stripe_sf_sync.pipeline.ports import Ledger
 from stripe_sf_sync.pipeline.run import CommitStore
-from stripe_sf_sync.pipeline.sources import InboxStore
 from stripe_sf_sync.reads import MetaState
 from stripe_sf_sync.salesforce.org import MetaStore
+from stripe_sf_sync.sources.inbox import InboxStore
+from stripe_sf_sync.sources.sync_events import CursorState, HandOffState, SyncState
 from stripe_sf_sync.state import RunState, StateStore, Store
 from stripe_sf_sync.state.dry_run import DryRunState
 from stripe_sf_sync.stripe.hydrator import CustomerStore
@@ -24,7 +24,8 @@ def run_state_is_each_consumers_state(state: RunState) -> None:
     meta: MetaStore = state
     reads: MetaState = state
     customers: CustomerStore = state
-    del ledger, cursor, hand_off, commits, inbox, meta, reads, customers
+    sync: SyncState = state
+    del ledger, cursor, hand_off, commits, inbox, meta, reads, customers, sync
 
 
 def the_stores_and_the_dry_run_are_run_states(store: StateStore) -> None:

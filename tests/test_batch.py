@@ -16,13 +16,12 @@ import pytest
 from stripe_sf_sync import gc_pause, model, rules
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.model import CachedCustomer
-from stripe_sf_sync.pipeline import BatchSettings, CommitPolicy, apply_batch
-from stripe_sf_sync.pipeline.cursor import next_cursor
+from stripe_sf_sync.pipeline import BatchSettings, CursorCommit, apply_batch
+from stripe_sf_sync.pipeline.batches import Batch, NoRunState, in_batches, next_cursor
 from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.pipeline.plan import plan_events
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import RunSummary, run_batches
-from stripe_sf_sync.pipeline.sources import Batch, in_batches
 from stripe_sf_sync.records import AccountRow, Lookups, OrgFacts, SfOp, WriteResult
 from stripe_sf_sync.salesforce.recorder import PlanRecorder
 from stripe_sf_sync.state import Cursor, Outcome
@@ -237,7 +236,7 @@ def test_batches_stop_at_a_limit_without_reading_one_event_too_many():
         left[0] -= 1
         return left[0] > 0
 
-    batches = list(in_batches(events(), 3, CommitPolicy(advance_cursor=True), more=more))
+    batches = list(in_batches(events(), 3, CursorCommit(), more=more))
     assert [[e.id for e in b.events] for b in batches] == [["evt_0", "evt_1", "evt_2"], ["evt_3"]]
     assert read == [0, 1, 2, 3]
 
@@ -267,7 +266,7 @@ def test_the_collector_is_paused_only_while_a_batch_is_read() -> None:
 
     applying: list[bool] = []
     with pytest.raises(RuntimeError, match="listing failed"):
-        for _ in in_batches(events(), 2, CommitPolicy(advance_cursor=True)):
+        for _ in in_batches(events(), 2, CursorCommit()):
             applying.append(gc.isenabled())
     assert seen == [False] * 5 and applying == [True, True] and gc.isenabled()
 
@@ -312,7 +311,7 @@ class Commits:
 
 
 @dataclass
-class Batches:
+class Batches(NoRunState):
     """A Source of given batches."""
 
     given: list[Batch]
@@ -343,7 +342,7 @@ class Watching(Writer):
 
 def test_the_collector_is_paused_while_a_batch_is_applied_and_runs_again_after() -> None:
     """Applying a batch pauses the cyclic collector (issue 14); committing, or a failed apply, does not."""
-    policy = CommitPolicy(advance_cursor=True)
+    policy = CursorCommit()
     two = [Batch(held(updated("evt_1", p.T0)), policy), Batch(held(updated("evt_2", p.T0 + 1)), policy)]
     writer, state = Watching(), Commits()
     run_batches(Batches(two), ports(writer=writer), SETTINGS, state, RunSummary("sync"), run_id=None)
@@ -391,5 +390,5 @@ def test_a_stop_overdue_mid_hydration_cuts_the_batch_after_the_events_done_and_w
     assert [o.event_id for o in result.outcomes] == ["evt_1", "evt_2"] and result.skipped_duplicate == 0
     assert result.last_event == ("evt_2", p.T0 + 2)
     assert {e for op in writer.sent for e in op.events} == {"evt_1", "evt_2"}
-    cut = Batch(events, CommitPolicy(advance_cursor=True)).first(result.cut)
-    assert [e.id for e in cut.events] == ["evt_1", "evt_2"] and cut.policy.advance_cursor
+    cut = Batch(events, CursorCommit()).first(result.cut)
+    assert [e.id for e in cut.events] == ["evt_1", "evt_2"] and isinstance(cut.commit, CursorCommit)

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.pipeline import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
 from stripe_sf_sync.service import parse_since
+from stripe_sf_sync.sources import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
 from stripe_sf_sync.state import StateStore
 
 from .conftest import since, snapshot

@@ -14,7 +14,7 @@ from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.config import MAX_LOOKBACK_S, parse_settings
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.pipeline import SYNC_FLOOR_KEY
+from stripe_sf_sync.sources import SYNC_FLOOR_KEY
 from stripe_sf_sync.state import LEDGER_RETENTION_S, Outcome, StateStore
 from stripe_sf_sync.stripe.source import RETENTION_S
 

@@ -224,7 +224,7 @@ def test_parallel_slices_share_one_pacer_per_list_endpoint(retries):
     """Stripe limits each list endpoint on its own (docs.stripe.com/rate-limits, 25/s by default): slices listed
     from several threads stay under it together, so none of their requests meets a 429."""
     from stripe_sf_sync.pipeline.stop import Stop
-    from stripe_sf_sync.slices import SliceListing, plan_slices
+    from stripe_sf_sync.sources.slices import SliceListing, plan_slices
 
     with StripeSandbox(endpoint_limit_per_s=5) as sb:
         f = StripeFactory(sb, seed=41)

@@ -13,7 +13,8 @@ import pytest
 from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.errors import ConfigError, CursorExpiredError, ExitCode, FatalSyncError, LockHeldError
-from stripe_sf_sync.pipeline import DeadLetters, RunSummary
+from stripe_sf_sync.pipeline import RunSummary
+from stripe_sf_sync.sources import DeadLetters
 from stripe_sf_sync.state import Cursor, StateStore
 
 from .conftest import crash_before_commit_then_rerun, since, snapshot, write_config

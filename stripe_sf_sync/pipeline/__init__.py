@@ -1,17 +1,27 @@
-"""One batch step, many sources: sources yield batches with a commit policy, the batch step applies them
-through ports, and the run commits each result and sums them into the run's summary.
+"""One batch step, many sources: a source (stripe_sf_sync/sources/) yields batches, each with a commit of a
+closed set of kinds; the batch step applies them through ports, and the run commits each result by its kind
+and sums them into the run's summary.
 
   batch.py    apply_batch(events, ports, settings) -> BatchResult: parse → guard → hydrate → plan → resolve → write
-  cursor.py   where a sync starts (--since | stored cursor | backfill's hand-off), the lookback, the cursor's advance
-  sources.py  SyncEvents, DeadLetters, InboxEvents (backfill.py: BackfillObjects) -> batches, each with its CommitPolicy
-  run.py      for batch in source: apply, commit by policy, add to the RunSummary
+  batches.py  Batch, the commit kinds (CursorCommit, CheckpointCommit, InboxCommit, DeadLetterCommit,
+              OutcomesCommit), the Source protocol (begin, batches, applied, end), in_batches, next_cursor
+  run.py      begin the source; for batch in source: apply, commit by kind, add to the RunSummary; end it
   ports.py    the protocols the batch step talks to (the real ones in salesforce/ and state/)
 """
 
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
-from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
+from stripe_sf_sync.pipeline.batches import (
+    Batch,
+    CheckpointCommit,
+    Commit,
+    CursorCommit,
+    DeadLetterCommit,
+    InboxCommit,
+    NoRunState,
+    OutcomesCommit,
+    Source,
+)
 from stripe_sf_sync.pipeline.run import RunSummary, run_batches
-from stripe_sf_sync.pipeline.sources import Batch, CommitPolicy, DeadLetters, InboxEvents, Source, SyncEvents
 
-__all__ = ["HANDOFF_SINCE_KEY", "SYNC_FLOOR_KEY", "Batch", "BatchResult", "BatchSettings", "CommitPolicy",
-           "DeadLetters", "InboxEvents", "RunSummary", "Source", "SyncEvents", "apply_batch", "run_batches"]
+__all__ = ["Batch", "BatchResult", "BatchSettings", "CheckpointCommit", "Commit", "CursorCommit", "DeadLetterCommit",
+           "InboxCommit", "NoRunState", "OutcomesCommit", "RunSummary", "Source", "apply_batch", "run_batches"]

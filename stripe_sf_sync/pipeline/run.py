@@ -1,24 +1,32 @@
-"""A run: for each batch of a source, apply it, commit it by its policy, and add its result to the run's
-summary. The summary is only ever the sum of the results (and, at the end, the edges' usage)."""
+"""A run: begin the source, apply each of its batches, commit it by its kind, add its result to the run's
+summary, end the source. The summary is only ever the sum of the results (and, at the end, the edges' usage)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from stripe_sf_sync import gc_pause
 from stripe_sf_sync.errors import BudgetSpent
 from stripe_sf_sync.logs import fields
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.batch import BatchResult, BatchSettings, apply_batch
-from stripe_sf_sync.pipeline.cursor import next_cursor
+from stripe_sf_sync.pipeline.batches import (
+    Batch,
+    CheckpointCommit,
+    CursorCommit,
+    DeadLetterCommit,
+    InboxCommit,
+    OutcomesCommit,
+    Source,
+    next_cursor,
+)
 from stripe_sf_sync.pipeline.heartbeat import Activity
 from stripe_sf_sync.pipeline.ports import Ports
-from stripe_sf_sync.pipeline.sources import Batch, CommitPolicy, Source
 from stripe_sf_sync.pipeline.stop import Abandoned, Stop
 from stripe_sf_sync.state import Cursor, Outcome
 from stripe_sf_sync.words import counted
@@ -57,7 +65,7 @@ class RunSummary:
     def add(self, result: BatchResult, batch: Batch) -> None:
         """Count one committed batch."""
         self.events_read += result.events_read
-        self.listed_late += result.events_read if batch.policy.late else 0
+        self.listed_late += result.events_read if batch.late else 0
         self.skipped_duplicate += result.skipped_duplicate
         self.applied += result.count("applied")
         self.skipped_stale += result.count("stale")
@@ -93,33 +101,69 @@ class CommitStore(Protocol):
 
 
 def commit(state: CommitStore, batch: Batch, result: BatchResult, run_id: int | None) -> None:
-    """Commit a batch by its policy: outcomes, object versions, and the cursor (sync), a checkpoint (backfill)
-    or the inbox entries done (serve) in one transaction, so neither the cursor nor the inbox ever passes an
-    event without a durable outcome."""
+    """Commit a batch by its kind: outcomes and object versions, with the cursor (sync), a checkpoint
+    (backfill), the inbox entries done (serve) or the dead letters sent again (dlq retry), in one transaction,
+    so neither the cursor nor the inbox ever passes an event without a durable outcome."""
     state.remember_customers(result.customers)
-    cursor = next_cursor(state.cursor(), result.last_event) if batch.policy.advance_cursor else None
+    cursor: Cursor | None = None
+    versions = result.versions
+    meta: Mapping[str, str] | None = None
+    retried = False
     extra: dict[str, Any] = {}
-    if batch.policy.inbox:
-        extra["inbox_done"] = [e.id for e in batch.events if e.id]
-    versions = {**batch.policy.versions, **result.versions} if batch.policy.versions else result.versions
-    state.commit_batch(result.outcomes, cursor=cursor, versions=versions, run_id=run_id,
-                       retried=batch.policy.retried, meta=dict(batch.policy.meta) if batch.policy.meta else None,
-                       **extra)
+    kind = batch.commit
+    match kind:
+        case CursorCommit():
+            cursor = next_cursor(state.cursor(), result.last_event)
+            meta = kind.meta
+        case CheckpointCommit():
+            meta = kind.meta
+            if kind.versions:
+                versions = {**kind.versions, **result.versions}
+        case InboxCommit():
+            extra["inbox_done"] = [e.id for e in batch.events if e.id]
+        case DeadLetterCommit():
+            retried = True
+        case OutcomesCommit():
+            pass
+        case _:
+            assert_never(kind)
+    state.commit_batch(result.outcomes, cursor=cursor, versions=versions, run_id=run_id, retried=retried,
+                       meta=dict(meta) if meta else None, **extra)
 
 
 def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: CommitStore, summary: RunSummary, *,
                 run_id: int | None, budget: Callable[[], str | None] = lambda: None,
                 calls: Callable[[], tuple[int, int]] = lambda: (0, 0), stop: Stop | None = None,
                 activity: Activity | None = None) -> None:
-    """Apply and commit every batch of `source`; stop early when `budget()` names a reason, or when a writer
-    refuses to send because the API budget is spent (BudgetSpent: that batch is not committed), and after
-    the batch just committed when a stop was asked for (a signal): a batch still being hydrated `GRACE_S`
-    after the signal is cut there, and its first events committed (stop.py). Each batch is logged at info
-    with the Stripe and Salesforce calls (`calls()`: the run's totals so far) it took. `activity` is kept told
-    where the run is (the heartbeat's line)."""
+    """Begin `source`, apply and commit every batch of it, then end it (also when a second signal or a
+    Ctrl-C outside a handler aborts the run: what it began is closed as far as it can be). Stop early when
+    `budget()` names a reason, or when a writer refuses to send because the API budget is spent (BudgetSpent:
+    that batch is not committed), and after the batch just committed when a stop was asked for (a signal): a
+    batch still being hydrated `GRACE_S` after the signal is cut there, and its first events committed
+    (stop.py). Each batch is logged at info with the Stripe and Salesforce calls (`calls()`: the run's totals
+    so far) it took. `activity` is kept told where the run is (the heartbeat's line)."""
     started, before = time.monotonic(), calls()
     activity = activity or Activity()
     activity.note("reading the next batch from Stripe")
+    try:
+        source.begin()
+        _apply_each(source, ports, settings, state, summary, run_id=run_id, budget=budget, calls=calls, stop=stop,
+                     activity=activity, started=started, before=before)
+    except KeyboardInterrupt:
+        source.end(aborted=True)
+        raise
+    if stop is not None and stop.requested:
+        summary.stopped_by = stop.signal
+    summary.interrupted = summary.interrupted or source.interrupted or summary.stopped_by is not None
+    summary.objects = dict(source.objects)
+    source.end(aborted=False)
+
+
+def _apply_each(source: Source, ports: Ports, settings: BatchSettings, state: CommitStore, summary: RunSummary, *,
+                run_id: int | None, budget: Callable[[], str | None], calls: Callable[[], tuple[int, int]],
+                stop: Stop | None, activity: Activity, started: float, before: tuple[int, int]) -> None:
+    """The run's loop over the source's batches (`started`, `before`: when, and after how many calls, the
+    first batch's reading began)."""
     for batch in source.batches():
         reason = budget()
         if reason:
@@ -127,9 +171,8 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
             break
         try:
             with gc_pause.paused():  # the batch's objects stay until it is applied (gc_pause.py)
-                result = apply_batch(batch.events, ports, settings, retried=batch.policy.retried,
-                                     bulk=batch.policy.bulk, unordered=_unordered(batch.policy), stop=stop,
-                                     note=activity.note)
+                result = apply_batch(batch.events, ports, settings, retried=isinstance(batch.commit, DeadLetterCommit),
+                                     bulk=batch.bulk, unordered=batch.unordered, stop=stop, note=activity.note)
         except Abandoned as exc:
             # The stop left a wait (a Bulk API job Salesforce finishes on its own): nothing of the batch is
             # committed, and the next run repeats it (upserts and updates by Id: idempotent).
@@ -149,7 +192,8 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
         commit(state, batch, result, run_id)
         summary.add(result, batch)
         source.applied(batch, result)
-        activity.committed_to(summary.events_read, result.last_event if batch.policy.advance_cursor else None)
+        activity.committed_to(summary.events_read,
+                              result.last_event if isinstance(batch.commit, CursorCommit) else None)
         # From the end of the previous batch: reading the batch from Stripe is part of its cost.
         now, after = time.monotonic(), calls()
         log_batch(result, stripe_calls=after[0] - before[0], salesforce_calls=after[1] - before[1],
@@ -157,16 +201,6 @@ def run_batches(source: Source, ports: Ports, settings: BatchSettings, state: Co
         started, before = now, after
         if stop is not None and stop.requested:
             break  # before the source reads another batch: everything read so far is committed
-    if stop is not None and stop.requested:
-        summary.stopped_by = stop.signal
-    summary.interrupted = summary.interrupted or source.interrupted or summary.stopped_by is not None
-    summary.objects = dict(source.objects)
-
-
-def _unordered(policy: CommitPolicy) -> bool:
-    """Whether Stripe's order of a batch's events is unknown: webhook deliveries (not ordered), events listed
-    late behind the cursor, dead letters sent again (both sorted by time only)."""
-    return policy.inbox or policy.late or policy.retried
 
 
 def log_batch(result: BatchResult, *, stripe_calls: int, salesforce_calls: int, seconds: float,

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from stripe_sf_sync import mrr, rules
-from stripe_sf_sync.backfill import relevant, slim, synthetic_event
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, outcome_id
 from stripe_sf_sync.pipeline.plan import plan_events
@@ -24,6 +23,7 @@ from stripe_sf_sync.reconcile.spill import Spill, sf_decimal, text
 from stripe_sf_sync.rules.status import status_rank
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 from stripe_sf_sync.salesforce_ids import to_18
+from stripe_sf_sync.sources.synthetic import relevant, slim, synthetic_event
 from stripe_sf_sync.state import Outcome
 from stripe_sf_sync.stripe.hydrator import StripeHydrator
 from stripe_sf_sync.stripe.source import StripeSource

@@ -39,13 +39,10 @@ from stripe_sf_sync.logs import bind_run
 from stripe_sf_sync.metrics import RunFigures, check_metrics_path, write_metrics
 from stripe_sf_sync.pipeline import (
     BatchSettings,
-    DeadLetters,
     RunSummary,
     Source,
-    SyncEvents,
     run_batches,
 )
-from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
 from stripe_sf_sync.pipeline.heartbeat import Activity, heartbeat
 from stripe_sf_sync.pipeline.ports import Ports, RecordWriter
 from stripe_sf_sync.pipeline.run import finish, log_summary
@@ -56,6 +53,7 @@ from stripe_sf_sync.salesforce.lookups import SalesforceRecords
 from stripe_sf_sync.salesforce.org import ORG_CACHE_KEY, OrgCheck
 from stripe_sf_sync.salesforce.recorder import PlanRecorder
 from stripe_sf_sync.salesforce.writers import bulk_writer, collections_writer
+from stripe_sf_sync.sources import READ_THROUGH_KEY, DeadLetters, SyncEvents
 from stripe_sf_sync.state import DeadLetter, StateStore, open_state
 from stripe_sf_sync.state.dry_run import DryRunState
 from stripe_sf_sync.stripe.hydrator import StripeHydrator
@@ -225,7 +223,6 @@ def task_keys_about_since(state: Any, now: int) -> int:
 
 
 BACKFILL_CHECKPOINT_KEY = "backfill_checkpoint"  # backfill.CHECKPOINT_KEY (backfill.py is imported lazily)
-READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end
 # When a run last had a success answer from Salesforce. A quiet sync (nothing to write) reaches Salesforce once
 # when this is older than SALESFORCE_CONTACT_EVERY_S, so that a revoked token or a broken CA bundle fails a run
 # (and `status --check`) within a day, not when the next event comes.
@@ -338,26 +335,11 @@ def apply_sync(run: RecordedRun, runtime: Runtime, *, since: int | None = None, 
     """The cursor sync inside a recorded run: `stripe-sf sync`, and `serve`'s safety net."""
     s = runtime.loaded.settings
     clock = runtime.environment.clock
-    started = int(clock())
-    events = SyncEvents(run.source, run.state, since=since, lookback=s.stripe.lookback_seconds, clock=clock,
-                        batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
-                        progress=progress)
-    try:
-        run.apply(events)
-    except KeyboardInterrupt:  # a second signal (Aborted) or Ctrl-C outside a handler: the start still counts
-        _keep_sync_start(run, since)
-        raise
-    _keep_sync_start(run, since)
-    run.state.prune_ledger(int(clock()))
-    if stop is None or not stop.requested:
-        prove_salesforce_contact(run, clock())
-    stopped = run.summary.stopped_early or run.summary.stopped_by or (stop is not None and stop.requested)
-    if events.read_to_end and not stopped:
-        # Read to the end of the list: every event created before this run started is applied, so the
-        # cursor is current as of then, even when no new event came (status --check's cursor age). A run
-        # stopped before the end (a signal, the API budget, --max-events) leaves it: the cursor's own time is
-        # then how current Salesforce is, and the backlog shows in status and the metrics (issue 20).
-        run.state.set_meta(READ_THROUGH_KEY, str(started))
+    # The source's end keeps a first --since's start, prunes the ledger and records the read-through.
+    run.apply(SyncEvents(run.source, run.state, since=since, lookback=s.stripe.lookback_seconds, clock=clock,
+                         batch_size=s.sync.batch_size, max_events=max_events, rewind=rewind, stop=stop,
+                         progress=progress, run_id=run.run_id or None,
+                         prove_contact=lambda: prove_salesforce_contact(run, clock())))
 
 
 def prove_salesforce_contact(run: RecordedRun, now: float) -> None:
@@ -370,13 +352,6 @@ def prove_salesforce_contact(run: RecordedRun, now: float) -> None:
     if last and now - float(last) < SALESFORCE_CONTACT_EVERY_S:
         return
     run.access.get().ping()
-def _keep_sync_start(run: RecordedRun, since: int | None) -> None:
-    """A first `sync --since` that committed no event (stopped by a signal or the API budget before its first
-    commit) still records where sync's history starts: the next plain `sync` lists from there."""
-    if since is None or run.state.cursor() is not None or run.state.get_meta(HANDOFF_SINCE_KEY) == str(since):
-        return
-    run.state.commit_batch([], cursor=None, versions={}, run_id=run.run_id or None,
-                           meta={SYNC_FLOOR_KEY: str(since), HANDOFF_SINCE_KEY: str(since)})
 
 
 def check_run_metrics(metrics_file: Path | None, *, dry_run: bool) -> None:
@@ -413,7 +388,7 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
                  objects: str, dry_run: bool, resume: bool,
                  progress: Callable[[str, Any], None] | None = None, metrics_file: Path | None = None) -> Any:
     """`stripe-sf backfill`: current state from Stripe's lists, then a gap-free hand-off to sync."""
-    from stripe_sf_sync.backfill import OBJECT_TYPES, BackfillObjects, BackfillPlan
+    from stripe_sf_sync.sources.backfill import OBJECT_TYPES, BackfillObjects, BackfillPlan
 
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
@@ -426,7 +401,7 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
         problems.append("--objects is empty")
     if until_ts is not None and until_ts <= since_ts:
         problems.append("--until must be after --since")
-    future = since_ts > environment.clock()  # refused as sync refuses it (pipeline/cursor.py): nothing is there
+    future = since_ts > environment.clock()  # refused as sync refuses it (sources/sync_events.py): nothing is there
     if future:
         problems.append(f"--since {since} is in the future")
     if problems:
@@ -492,8 +467,9 @@ def run_reconcile(config_path: Path | None, environment: Environment, *, since: 
 def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[str, ...], since: int | None, *,
                   fix: bool) -> Any:
     """Read both sides into the spill, compare them, and (with `fix`) repair through the batch step."""
-    from stripe_sf_sync.reconcile import FixObjects, compare
+    from stripe_sf_sync.reconcile import compare
     from stripe_sf_sync.reconcile.read import StripeReader, read_salesforce
+    from stripe_sf_sync.sources.repairs import FixObjects
 
     read_at = int(runtime.environment.clock())
     run.activity.note("reading Stripe and Salesforce to compare them")

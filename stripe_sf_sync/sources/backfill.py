@@ -1,9 +1,10 @@
 """backfill: bring Salesforce to Stripe's current truth from the list endpoints, beyond the 30-day
 event window, then hand over to `sync` without a gap.
 
-Each listed object becomes a synthetic event (marked with `model.BACKFILL_MARK`) that goes through
-the same rules, resolver, sink and state as sync. The object's version is the moment it was read,
-so older events never overwrite it (the order guard).
+Each listed object becomes a synthetic event (synthetic.py) that goes through the same rules, resolver,
+sink and state as sync. The object's version is the moment it was read, so older events never overwrite it
+(the order guard). The run begins with the hand-off and a new checkpoint (or the one `--resume` continues);
+each chunk's last batch commits the checkpoint; the run's end marks it finished.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import Any
 
 from stripe_sf_sync import model
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.pipeline import Batch, BatchResult, CommitPolicy
-from stripe_sf_sync.pipeline.cursor import hand_off
+from stripe_sf_sync.pipeline.batch import BatchResult
+from stripe_sf_sync.pipeline.batches import Batch, CheckpointCommit
 from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.pipeline.stop import Stop
 from stripe_sf_sync.rules.status import Rank, status_key, status_rank
-from stripe_sf_sync.slices import SLICES_PER_WORKER, Page, SliceListing, plan_slices
+from stripe_sf_sync.sources.slices import SLICES_PER_WORKER, Page, SliceListing, plan_slices
+from stripe_sf_sync.sources.sync_events import hand_off
+from stripe_sf_sync.sources.synthetic import relevant, slim, synthetic_event
 from stripe_sf_sync.stripe.source import PAGE_LIMIT, StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
@@ -34,9 +37,6 @@ Listed = tuple[Rank | None, HeldEvent, bool]
 
 OBJECT_TYPES = ("subscriptions", "payment_intents", "invoices")
 CHECKPOINT_KEY = "backfill_checkpoint"
-_EVENT_TYPE = {"subscriptions": "customer.subscription.created",
-               "payment_intents": "payment_intent.succeeded",
-               "invoices": "invoice.payment_failed"}
 
 
 @dataclass
@@ -48,85 +48,6 @@ class TypeProgress:
     dead_lettered: int = 0
     bulk: bool = False
     done: bool = False
-
-
-def relevant(kind: str, obj: dict[str, Any]) -> bool:
-    """Keep what the rules apply to: succeeded one-time-payment candidates, unpaid invoices with a
-    failed attempt, and every subscription (status=all)."""
-    if kind == "payment_intents":
-        return obj.get("status") == "succeeded"
-    if kind == "invoices":
-        return bool(obj.get("attempted")) and (obj.get("attempt_count") or 0) > 0 and obj.get("status") == "open"
-    return True
-
-
-# The fields the rules read (model.py), per object: a full Stripe object with its expanded customer is
-# several kilobytes, and a chunk of thousands of them would dominate memory.
-_KEEP = {
-    "subscriptions": ("id", "object", "customer", "status", "currency", "cancel_at_period_end", "current_period_end",
-                      "metadata", "cancellation_details", "start_date", "created", "livemode",
-                      # MRR as Stripe counts it (mrr.py): discounts, taxes, the trial, a scheduled end
-                      "discount", "discounts", "default_tax_rates", "automatic_tax", "trial_end", "cancel_at",
-                      "current_period_start"),
-    "payment_intents": ("id", "object", "customer", "amount_received", "currency", "metadata", "invoice",
-                        "description", "status", "created", "livemode"),
-    "invoices": ("id", "object", "customer", "amount_due", "currency", "attempt_count", "attempted",
-                 "next_payment_attempt", "hosted_invoice_url", "parent", "subscription", "subscription_details",
-                 "payment_intent", "charge", "metadata", "status", "created", "livemode"),
-}
-# A subscription's first invoice while it is its latest: what model.first_invoice_net reads (hydrate._first_period).
-_KEEP_FIRST_INVOICE = ("id", "object", "billing_reason", "total", "total_excluding_tax", "currency", "subscription",
-                       "parent", "pre_payment_credit_notes_amount", "post_payment_credit_notes_amount",
-                       "payment_intent", "charge", "created")
-_KEEP_PRICE = ("id", "currency", "unit_amount", "unit_amount_decimal", "amount", "interval", "interval_count",
-               "usage_type", "recurring", "billing_scheme", "tiers_mode", "tiers", "transform_quantity",
-               "transform_usage", "tax_behavior", "type", "product")
-
-
-def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """The object reduced to what the rules read."""
-    out = {k: obj[k] for k in _KEEP[kind] if k in obj}
-    charge = obj.get("latest_charge") if kind == "payment_intents" else None
-    if isinstance(charge, dict):  # what the payment kept: model._collected_from_charge
-        slim_charge = {k: charge.get(k) for k in ("id", "amount_refunded", "disputed")}
-        refunds = charge.get("refunds")
-        if isinstance(refunds, dict):  # missing: hydration reads them when amount_refunded says there are some
-            slim_charge["refunds"] = {
-                "object": "list", "has_more": bool(refunds.get("has_more")),
-                "data": [{k: r.get(k) for k in ("id", "amount", "status")} for r in refunds.get("data") or []
-                         if isinstance(r, dict)]}
-        out["latest_charge"] = slim_charge
-    latest = obj.get("latest_invoice") if kind == "subscriptions" else None
-    if isinstance(latest, dict) and latest.get("billing_reason") == "subscription_create":
-        out["latest_invoice"] = first = {k: latest[k] for k in _KEEP_FIRST_INVOICE if k in latest}
-        if isinstance(latest.get("charge"), dict):  # pre-basil, expanded: whether it was refunded or disputed
-            first["charge"] = {k: latest["charge"].get(k) for k in ("id", "amount_refunded", "disputed")}
-    cust = out.get("customer")
-    if isinstance(cust, dict):
-        out["customer"] = {k: cust[k] for k in ("id", "object", "name", "metadata") if k in cust}
-    items = (obj.get("items") or {}).get("data") if kind == "subscriptions" else None
-    if isinstance(items, list):
-        slim_items = []
-        for item in items:
-            if not isinstance(item, dict):
-                slim_items.append(item)
-                continue
-            new = {k: item[k] for k in ("id", "quantity", "current_period_start", "current_period_end", "discounts",
-                                        "tax_rates") if k in item}
-            for key in ("price", "plan"):
-                if isinstance(item.get(key), dict):
-                    new[key] = {k: item[key][k] for k in _KEEP_PRICE if k in item[key]}
-            slim_items.append(new)
-        out["items"] = {"object": "list", "data": slim_items, "has_more": bool(obj["items"].get("has_more"))}
-    return out
-
-
-def synthetic_event(kind: str, obj: dict[str, Any], *, tag: str, read_at: int, api_version: str,
-                    slimmed: bool = False) -> dict[str, Any]:
-    """A change from an object's current state, in the shape of the event the rules expect."""
-    return {"id": f"evt_bf{tag}_{obj.get('id')}", "object": "event", "type": _EVENT_TYPE[kind],
-            "created": read_at, "api_version": api_version, "livemode": bool(obj.get("livemode")),
-            "data": {"object": obj if slimmed else slim(kind, obj)}, model.BACKFILL_MARK: True}
 
 
 def _describe(key: dict[str, Any]) -> str:
@@ -149,8 +70,9 @@ class BackfillPlan:
 
 
 class BackfillObjects:
-    """The backfill source: hands off to sync, then lists each object type page by page and yields its
-    objects' current state as synthetic events, in batches whose commit carries the checkpoint."""
+    """The backfill source: begins with the hand-off to sync, then lists each object type page by page and
+    yields its objects' current state as synthetic events, in batches whose commit carries the checkpoint;
+    ends by marking the checkpoint finished once every type was listed."""
 
     def __init__(self, source: StripeSource, state: Any, plan: BackfillPlan, *, batch_size: int,
                  clock: Callable[[], float] = time.time,
@@ -171,6 +93,7 @@ class BackfillObjects:
         # customer -> (live?, created) of the subscription whose status this run wrote to the Account
         self._status_owner: dict[str, tuple[int, int]] = {}
         self._listing: SliceListing | None = None  # the listing in progress, stopped by `close`
+        self._checkpoint: dict[str, Any] = {}  # where the run is: set by `begin`, committed with the batches
 
     @property
     def interrupted(self) -> bool:
@@ -207,7 +130,7 @@ class BackfillObjects:
             if version == read_at and live.isdigit() and created.isdigit():
                 self._status_owner[key.rsplit("#", 1)[0]] = (int(live), int(created))
 
-    def _checkpoint(self) -> dict[str, Any]:
+    def _opened(self) -> dict[str, Any]:
         """The checkpoint to continue from (`--resume`), or a new one after the hand-off."""
         raw = self._state.get_meta(CHECKPOINT_KEY)
         checkpoint = json.loads(raw) if raw else None
@@ -227,9 +150,14 @@ class BackfillObjects:
                                    "without --resume.")
         return checkpoint
 
+    def begin(self) -> None:
+        """The checkpoint `--resume` continues from (refused when it does not match), or, for a new backfill,
+        the hand-off to sync then a new checkpoint, before anything is listed."""
+        self._checkpoint = self._opened()
+
     def batches(self) -> Iterator[Batch]:
-        """Hand off, then every object type; resumable at every committed batch."""
-        checkpoint = self._checkpoint()
+        """Every object type; resumable at every committed batch."""
+        checkpoint = self._checkpoint
         for kind in self.plan.objects:
             if checkpoint["types"].get(kind, {}).get("finished"):
                 self.counts[kind].done = True
@@ -238,9 +166,14 @@ class BackfillObjects:
             yield from self._batches_of(kind, checkpoint)
             if self.stop.requested:
                 return
-        checkpoint["finished"] = True
-        self._state.set_meta(CHECKPOINT_KEY, json.dumps(checkpoint))
         self._finished = True
+
+    def end(self, *, aborted: bool) -> None:
+        """Once every object type was listed and committed, the checkpoint says the backfill is finished (and
+        `--resume` has nothing left to continue)."""
+        if self._finished:
+            self._checkpoint["finished"] = True
+            self._state.set_meta(CHECKPOINT_KEY, json.dumps(self._checkpoint))
 
     def close(self) -> None:
         """Stop and join the listing threads, however the run ended (its batches may not have been closed)."""
@@ -360,14 +293,13 @@ class BackfillObjects:
             last = i == starts[-1]
             listed = buffer[i:i + size]
 
-            def partial(n: int, start: int = i, listed: list[Listed] = listed) -> CommitPolicy:
+            def partial(n: int, start: int = i, listed: list[Listed] = listed) -> CheckpointCommit:
                 taken = [sl for end, sl in marks if end <= start + n][-1]
                 cut = {**checkpoint, "types": {**checkpoint["types"], kind: {"slices": taken, "finished": False}}}
-                return CommitPolicy(bulk=False, meta={CHECKPOINT_KEY: json.dumps(cut)},
-                                    versions=_owners(listed[:n], read_at))
+                return CheckpointCommit(meta={CHECKPOINT_KEY: json.dumps(cut)}, versions=_owners(listed[:n], read_at))
             yield Batch([held for _, held, _ in listed],
-                        CommitPolicy(bulk=bulk, meta=meta if last else None, versions=_owners(listed, read_at)),
-                        partial=partial)
+                        CheckpointCommit(meta=meta if last else None, versions=_owners(listed, read_at)),
+                        bulk=bulk, partial=partial)
 
     def _report(self, kind: str, pages: int) -> None:
         counts = self.counts[kind]

@@ -1,19 +1,24 @@
-"""Where a sync starts (`--since`, the stored cursor, or backfill's hand-off), the lookback re-read behind
-the cursor, and how the cursor moves: only forward, and only with the outcomes it passes."""
+"""`stripe-sf sync`'s source: where a sync starts (`--since`, the stored cursor, or backfill's hand-off),
+the lookback re-read behind the cursor, the batches (late events, then the new ones, the cursor moving with
+them: only forward, and only with the outcomes it passes), and what a run leaves behind at its end."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from stripe_sf_sync.errors import ConfigError, CursorExpiredError
-from stripe_sf_sync.state import Cursor
+from stripe_sf_sync.pipeline.batch import BatchResult
+from stripe_sf_sync.pipeline.batches import Batch, CursorCommit, OutcomesCommit, in_batches, next_cursor
+from stripe_sf_sync.pipeline.stop import Stop
+from stripe_sf_sync.state import Cursor, Outcome
 from stripe_sf_sync.stripe.source import RETENTION_S
 
 HANDOFF_SINCE_KEY = "handoff_since"
+READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end
 # The oldest `created` sync's history covers (`sync --since`, or just after backfill's hand-off event): the
 # lookback never re-reads before it, so events from before the history began are never applied.
 SYNC_FLOOR_KEY = "sync_floor"
@@ -117,16 +122,6 @@ def _since_meta(state: CursorState, since: int, *, clock: Callable[[], float], r
     return {SYNC_FLOOR_KEY: str(min(int(floor), since) if floor is not None else since)}
 
 
-def next_cursor(current: Cursor | None, last_event: tuple[str, int] | None) -> Cursor | None:
-    """The cursor after a batch whose outcomes are committed with it: its last event, never going back."""
-    if last_event is None:
-        return None
-    candidate = Cursor(*last_event)
-    if current is not None and candidate.created < current.created:
-        return None
-    return candidate
-
-
 class HandOffState(Protocol):
     """The state writes of a hand-off."""
 
@@ -227,3 +222,112 @@ def _unrecorded(state: CursorState, pages: Iterable[list[Event]], *, behind: str
                 found.append(event)
     found.reverse()
     return found
+
+
+class SyncState(CursorState, Protocol):
+    """What a sync run writes besides its batches' commits: its start and its end."""
+
+    def commit_batch(self, outcomes: Sequence[Outcome], *, cursor: Cursor | None,
+                     versions: dict[str, tuple[int, str]], run_id: int | None,
+                     meta: dict[str, str] | None = None) -> None:
+        """Outcomes, cursor and meta in one transaction."""
+
+    def prune_ledger(self, now: int | None = None) -> int:
+        """Forget outcomes older than the ledger keeps."""
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a value."""
+
+
+@dataclass
+class SyncEvents:
+    """`stripe-sf sync`: events listed late behind the cursor first (the cursor stays), then every event
+    after it, oldest first (the cursor follows). Its end keeps a first `--since`'s start, prunes the ledger
+    and, when it read Stripe's list to the end, records that the cursor is current as of the run's start."""
+
+    source: EventLister
+    state: SyncState
+    since: int | None
+    lookback: int
+    clock: Callable[[], float]
+    batch_size: int
+    max_events: int | None = None
+    rewind: bool = False  # --since while a cursor exists: re-read from there (the ledger skips what is recorded)
+    stop: Stop | None = None  # a signal ends the batch being read, so that what was read is applied and committed
+    progress: Callable[[], None] | None = None  # told after each committed batch (the terminal's display)
+    run_id: int | None = None  # the run a first `--since`'s start is committed with (None: a dry run's)
+    # At the end of a run not stopped, before it counts as read to the end: one light Salesforce call when none
+    # was made lately (service.prove_salesforce_contact); its failure ends the run there.
+    prove_contact: Callable[[], None] | None = None
+    interrupted: bool = False
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Every event Stripe listed when the run started was read and committed: only then is the cursor current
+    # as of the run's start (status --check's cursor age). A stop (signal, budget, --max-events) leaves it False.
+    read_to_end: bool = False
+
+    def __post_init__(self) -> None:
+        self._left = self.max_events
+        self._started = 0
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.requested
+
+    def _more(self) -> bool:
+        """Count one event read; False once `max_events` have been, or when a stop was asked for."""
+        if self._left is not None:
+            self._left -= 1
+            if self._left <= 0:
+                return False
+        return not self._stopping()
+
+    def begin(self) -> None:
+        """Note when the run started: what a read to the end makes the cursor current as of."""
+        self._started = int(self.clock())
+
+    def batches(self) -> Iterator[Batch]:
+        """Late events, then the new ones."""
+        start = sync_start(self.source, self.state, since=self.since, lookback=self.lookback, clock=self.clock,
+                           rewind=self.rewind)
+        yield from in_batches(start.late, self.batch_size, OutcomesCommit(), late=True, more=self._more)
+        if (self._left is not None and self._left <= 0) or self._stopping():
+            return
+        found = False
+        for batch in in_batches(start.events, self.batch_size, CursorCommit(meta=start.meta), more=self._more):
+            found = True
+            yield batch
+        if not found and self.since is not None and start.meta is not None:
+            # A first `--since` that found no event still records where sync starts, committed like a batch
+            # (a dry run's state keeps nothing): the next plain `sync` lists from there.
+            yield Batch([], CursorCommit(meta={**start.meta, HANDOFF_SINCE_KEY: str(self.since)}))
+        # Reached only when the run loop asked for a batch after the last one was committed.
+        self.read_to_end = not ((self._left is not None and self._left <= 0) or self._stopping())
+
+    def applied(self, batch: Batch, result: BatchResult) -> None:
+        """Nothing to track (the cursor is committed with each batch); the progress display is told."""
+        if self.progress is not None:
+            self.progress()
+
+    def end(self, *, aborted: bool) -> None:
+        """Keep a first `--since`'s start (also when aborted); then prune the ledger, prove the Salesforce
+        contact and record the read-through, unless a stop came."""
+        self._keep_start()
+        if aborted:
+            return
+        self.state.prune_ledger(int(self.clock()))
+        if not self._stopping() and self.prove_contact is not None:
+            self.prove_contact()
+        if self.read_to_end and not self._stopping():
+            # Read to the end of the list: every event created before this run started is applied, so the
+            # cursor is current as of then, even when no new event came (status --check's cursor age). A run
+            # stopped before the end (a signal, the API budget, --max-events) leaves it: the cursor's own time is
+            # then how current Salesforce is, and the backlog shows in status and the metrics (issue 20).
+            self.state.set_meta(READ_THROUGH_KEY, str(self._started))
+
+    def _keep_start(self) -> None:
+        """A first `sync --since` that committed no event (stopped by a signal or the API budget before its first
+        commit) still records where sync's history starts: the next plain `sync` lists from there."""
+        since = self.since
+        if since is None or self.state.cursor() is not None or self.state.get_meta(HANDOFF_SINCE_KEY) == str(since):
+            return
+        self.state.commit_batch([], cursor=None, versions={}, run_id=self.run_id,
+                                meta={SYNC_FLOOR_KEY: str(since), HANDOFF_SINCE_KEY: str(since)})
