@@ -161,7 +161,7 @@ def pages_from(*pages: dict[str, Any]) -> StripeSource:
     """A source whose requests answer `pages` in turn (to script a list Stripe would never send)."""
     answers = iter(pages)
     source = StripeSource(None, api_version="2025-03-31")  # type: ignore[arg-type]  # no request reaches it
-    source._get = lambda *a, **k: next(answers)  # type: ignore[method-assign]
+    source.client.get = lambda *a, **k: next(answers)  # type: ignore[method-assign]
     return source
 
 
