@@ -140,8 +140,6 @@ def _log_retry(state: RetryCallState, path: str, attempts: int) -> None:
                              code=getattr(exc, "code", None), status=getattr(exc, "http_status", None)))
 
 
-
-
 class _PageGuard:
     """Stops a listing whose pages do not move on (meltano's paginator refuses a repeated page token): a
     page repeating the last one, or going back in time, would loop forever. It keeps the last page's ids
@@ -164,8 +162,6 @@ class _PageGuard:
         self._last = {o.get("id") for o in data}
         if times:  # a page that passed is at or beyond the furthest time reached
             self._reached = max(times) if self._newer else min(times)
-
-
 
 
 class PacedClient:

@@ -30,7 +30,7 @@ class ListReads:
             # Without it canceled subscriptions are left out (Stripe API reference: List subscriptions).
             params["status"] = "all"
             # Its latest invoice: while it is the first (`subscription_create`), whether credit notes or
-            # (pre-basil, its Charge) refunds and disputes changed what it kept (hydrate._first_period), with
+            # (pre-basil, its Charge) refunds and disputes changed what it kept (StripeHydrator._first_period), with
             # no read for the many it did not.
             basil = self._client.api_version >= BASIL
             latest = "data.latest_invoice" if basil else "data.latest_invoice.charge"
@@ -41,7 +41,8 @@ class ListReads:
         elif kind == "payment_intents":
             path = "/v1/payment_intents"  # no status filter exists: filtered by the caller
             # What each payment kept: its Charge's refunds (issue 22 §1), and whether it is disputed (read apart,
-            # for those few: hydrate.collected). Four levels deep at most (Stripe docs, Expanding responses).
+            # for those few: StripeHydrator._with_collected). Four levels deep at most (Stripe docs, Expanding
+            # responses).
             params["expand"] = ["data.customer", "data.latest_charge.refunds"]
         elif kind == "invoices":
             path = "/v1/invoices"
