@@ -243,6 +243,7 @@ def test_backfill_converts_like_sync(tmp_path, stripe_sb):
 
 def test_price_reads_are_paced_counted_cached_per_run_and_bounded(stripe_sb, monkeypatch):
     from stripe_sf_sandbox.stripe_factory import API_VERSION_CURRENT
+    from stripe_sf_sync.stripe import caches as stripe_caches
     from stripe_sf_sync.stripe import source as stripe_source
 
     f = StripeFactory(stripe_sb, seed=35)
@@ -250,7 +251,7 @@ def test_price_reads_are_paced_counted_cached_per_run_and_bounded(stripe_sb, mon
     client, http = stripe_source.build_client(stripe_sb.api_key, api_base=stripe_sb.base_url,
                                               api_version=API_VERSION_CURRENT, timeout=5)
     source = stripe_source.StripeSource(client, http, api_version=API_VERSION_CURRENT)
-    monkeypatch.setattr(stripe_source, "MAX_CACHED_PRICES", 2)
+    monkeypatch.setattr(stripe_caches, "MAX_CACHED_PRICES", 2)
     assert source.price_currency_options(prices[0]) == {
         "usd": {"unit_amount": 1000, "unit_amount_decimal": "1000"},
         "eur": {"unit_amount": 900, "unit_amount_decimal": "900"}}

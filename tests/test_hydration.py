@@ -198,8 +198,8 @@ def test_a_page_that_does_not_move_forward_stops_the_run(second):
     newer = {"data": [{"id": f"evt_n{i}", "created": 200 - i} for i in range(3)], "has_more": True}
     older = {"data": [{"id": f"evt_o{i}", "created": 100 - i} for i in range(3)], "has_more": True}
     pages = iter([newer, newer if second == "same" else older])
-    source = StripeSource.__new__(StripeSource)
-    source._get = lambda *a, **k: next(pages)  # type: ignore[method-assign]
+    source = StripeSource(None, api_version="2025-03-31")  # type: ignore[arg-type]  # no request reaches it
+    source.client.get = lambda *a, **k: next(pages)  # type: ignore[method-assign]
     got = []
     with pytest.raises(FatalSyncError, match="same page"):
         for event in source.events_after("evt_start"):

@@ -172,7 +172,7 @@ def paced_source(stripe_sb: StripeSandbox, **kw: float):
 
 def paces(source) -> tuple[float, float]:
     """(global pace, the pace of GET /v1/events)."""
-    return source._pacer.per_second, source._endpoint_pacer("/v1/events").per_second
+    return source._pacer.per_second, source.client.endpoint_pacer("/v1/events").per_second
 
 
 @pytest.mark.parametrize(("headers", "body", "after", "counted"), [

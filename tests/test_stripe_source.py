@@ -161,7 +161,7 @@ def pages_from(*pages: dict[str, Any]) -> StripeSource:
     """A source whose requests answer `pages` in turn (to script a list Stripe would never send)."""
     answers = iter(pages)
     source = StripeSource(None, api_version="2025-03-31")  # type: ignore[arg-type]  # no request reaches it
-    source._get = lambda *a, **k: next(answers)  # type: ignore[method-assign]
+    source.client.get = lambda *a, **k: next(answers)  # type: ignore[method-assign]
     return source
 
 
@@ -257,3 +257,24 @@ def test_reads_of_one_object_kind_share_their_endpoint_pacer(retries):
         assert all(source.customer(c) is not None for c in ids)
         assert retries.slept == []  # no 429 met
         assert http.calls == 12 and time.monotonic() - started >= 1.0  # 12 reads at 4/s (80% of 5) wait
+
+
+def test_the_stripe_edge_imports_no_layer_above_it():
+    """stripe/ is an edge (issue 21): it imports the core's data types and rules, never the pipeline, the sources,
+    the service layer or the CLI (each module read as source: nothing is imported to check it)."""
+    import ast
+    from pathlib import Path
+
+    import stripe_sf_sync.stripe as edge
+
+    above = ("pipeline", "sources", "service", "cli", "serve", "doctor", "backfill", "slices", "reconcile")
+    found = []
+    for path in sorted(Path(edge.__path__[0]).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):  # `from stripe_sf_sync import cli` names the module in its alias
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            found += [(path.name, n) for n in names
+                      if n.startswith("stripe_sf_sync.") and n.split(".")[1] in above]
+    assert found == []

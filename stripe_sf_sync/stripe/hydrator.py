@@ -4,6 +4,7 @@ Part of the Stripe edge: customer details come from state (kept current by `cust
 backfill's expanded customers) and, failing that, one read each; whether a PaymentIntent paid an invoice,
 and a failed invoice's failure code, come from one `/v1/invoice_payments` listing over the batch's window;
 a subscription billed in another currency than its Prices' default reads those Prices' `currency_options`.
+It reads through `ObjectReads` (objects.py) and the run's `HydrationCache` (caches.py), nothing else.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from stripe_sf_sync.model import (
     PaymentChange,
     SubscriptionChange,
 )
-from stripe_sf_sync.pipeline.events import HeldEvent
 from stripe_sf_sync.rules import WON_FROM
 from stripe_sf_sync.salesforce_ids import checked_id
-from stripe_sf_sync.stripe.source import BASIL, StripeSource
+from stripe_sf_sync.stripe.caches import HydrationCache
+from stripe_sf_sync.stripe.client import BASIL
+from stripe_sf_sync.stripe.objects import ObjectReads
 
 # Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
 # (invoice finalised, PaymentIntent created, InvoicePayment linked) are seconds to minutes apart.
@@ -37,6 +39,32 @@ INVOICE_PAYMENT_MARGIN_S = 3600
 FIRST_INVOICE_MARGIN_S = 3600
 # Statuses whose won Opportunity backfill writes (rules.WON_NOW): only they need the first invoice.
 FIRST_PERIOD_WRITTEN = frozenset({"active", "trialing", "past_due", "unpaid"})
+
+
+class HeldEvent(Protocol):
+    """An event as the batch step holds it (pipeline.events.HeldEvent): its payload decoded on demand."""
+
+    def load(self) -> dict[str, Any]:
+        """The whole event."""
+
+    def data_object(self) -> dict[str, Any]:
+        """The event's `data.object`."""
+
+
+class HydrationReads(Protocol):
+    """What the hydrator reads Stripe through (a StripeSource): the object reads, and the caches over them."""
+
+    @property
+    def api_version(self) -> str:
+        """The API version payloads come in."""
+
+    @property
+    def objects(self) -> ObjectReads:
+        """Reads of single objects, nothing kept."""
+
+    @property
+    def hydration(self) -> HydrationCache:
+        """The run's caches: customers and payment-invoice links per batch; Prices, coupons, Discounts per run."""
 
 
 class CustomerStore(Protocol):
@@ -49,8 +77,13 @@ class CustomerStore(Protocol):
 class StripeHydrator:
     """Fills in what payloads lack, a batch at a time (the batch step's hydrator port)."""
 
-    def __init__(self, source: StripeSource, customers: CustomerStore, *, account_mrr: bool = False) -> None:
-        self._source = source
+    def __init__(self, source: HydrationReads, customers: CustomerStore, *, account_mrr: bool = False) -> None:
+        self._api_version = source.api_version
+        self._reads = source.objects
+        self._cache = source.hydration
+        self._known = source.hydration.customers  # customer details, per batch
+        self._links = source.hydration.links  # which invoice a payment paid, per batch
+        self._catalog = source.hydration.catalog  # Prices, coupons and Discounts, per run
         self._customers = customers
         self._account_mrr = account_mrr  # the Account MRR field is configured: read each customer's subscriptions
         self._customer_subs: dict[str, list[dict[str, Any]]] = {}  # customer id -> its subscriptions, this batch
@@ -62,7 +95,7 @@ class StripeHydrator:
                 customer_changes: Sequence[CustomerChange]) -> list[CachedCustomer]:
         """Gather what the batch's payloads lack, in a few calls for the whole batch. Returns the customer
         details the batch itself carries (customer events, expanded customers), for state to keep."""
-        self._source.forget()
+        self._cache.forget()
         self._current.clear()
         self._collected.clear()
         self._customer_subs.clear()
@@ -75,18 +108,18 @@ class StripeHydrator:
                 known.append(CachedCustomer(customer_id, cust_meta, getattr(change, "customer_name", None), False,
                                             change.meta.created))
         wanted = {c.customer_id for _, c in fresh if needs_customer(c) and c.customer_id}  # `and`: a str to mypy
-        wanted -= {c for c in wanted if self._source.knows_customer(c)}
+        wanted -= {c for c in wanted if self._known.knows_customer(c)}
         for cached in [*self._customers.customers_for(wanted).values(), *known]:
-            self._source.remember_customer(cached)  # the batch's own come last: newer than what state held
-        unknown = {c for c in wanted if not self._source.knows_customer(c)}
+            self._known.remember_customer(cached)  # the batch's own come last: newer than what state held
+        unknown = {c for c in wanted if not self._known.knows_customer(c)}
         if unknown:  # many at once when many are unknown (a first run without backfill)
-            self._source.prefetch_customers(unknown, created_until=max(
+            self._known.prefetch_customers(unknown, created_until=max(
                 c.meta.created for _, c in fresh if getattr(c, "customer_id", None) in unknown))
         self._prefetch_invoice_payments(fresh)
         return known
 
     def _prefetch_invoice_payments(self, fresh: Sequence[tuple[HeldEvent, model.Change]]) -> None:
-        if self._source.api_version < BASIL:
+        if self._api_version < BASIL:
             return  # older payloads name the invoice and PaymentIntent themselves
         payments = [c for _, c in fresh if isinstance(c, PaymentChange) and not c.invoice_known]
         failures = [c for _, c in fresh if isinstance(c, InvoiceFailureChange) and c.failure_code is None]
@@ -95,7 +128,7 @@ class StripeHydrator:
         # A PaymentIntent is created before it succeeds: the window starts at its own `created`.
         starts = [c.meta.object_created or c.meta.created for c in payments] + [c.meta.created for c in failures]
         ends = [c.meta.created for c in payments] + [c.meta.created for c in failures]
-        self._source.prefetch_invoice_payments(
+        self._links.prefetch_invoice_payments(
             since=min(starts) - INVOICE_PAYMENT_MARGIN_S, until=max(ends) + INVOICE_PAYMENT_MARGIN_S,
             payment_intents=[c.payment_intent_id for c in payments], invoices=[c.invoice_id for c in failures])
 
@@ -110,7 +143,7 @@ class StripeHydrator:
         customer_id = getattr(change, "customer_id", None)
         if customer_id and (needs_customer(change) or (
                 with_customer and getattr(change, "customer_metadata", None) is None)):
-            cust = self._source.customer(customer_id)
+            cust = self._known.customer(customer_id)
             # Every change with a customer_id carries customer_metadata and customer_name (model.py); mypy cannot
             # narrow a union by getattr.
             change = dataclasses.replace(cast(Any, change), customer_metadata=dict(cust.metadata) if cust else {},
@@ -120,15 +153,15 @@ class StripeHydrator:
             change = dataclasses.replace(change, raw=held.data_object())  # decoded again only for these
         if isinstance(change, SubscriptionChange) and not change.items_complete:
             # The embedded list is a first page (`has_more`): the amounts need every item.
-            change = model.with_all_items(change, self._source.subscription_items(change.subscription_id))
+            change = model.with_all_items(change, self._reads.subscription_items(change.subscription_id))
         if isinstance(change, SubscriptionChange):
             foreign = model.foreign_price_ids(change)
             if foreign:  # billed in one of its Prices' currency_options: read them (once per run)
                 change = model.in_billed_currency(
-                    change, {price_id: self._source.price_currency_options(price_id) for price_id in foreign})
+                    change, {price_id: self._catalog.price_currency_options(price_id) for price_id in foreign})
             change = self._with_value(change)
         if isinstance(change, PaymentChange) and not change.invoice_known:
-            change = dataclasses.replace(change, invoice_id=self._source.invoice_of_payment_intent(
+            change = dataclasses.replace(change, invoice_id=self._links.invoice_of_payment_intent(
                 change.payment_intent_id), invoice_known=True)
         if isinstance(change, InvoiceFailureChange) and change.failure_code is None:
             change = self._failure_code(held, change)
@@ -142,7 +175,7 @@ class StripeHydrator:
         """A refund, dispute or credit note of a subscription's first invoice: what that invoice kept, from its
         current state (the invoice, its credit notes, its payment's refunds and disputes)."""
         assert change.invoice_id
-        invoice, pi_id, notes = self._source.invoice_credit_notes(change.invoice_id)
+        invoice, pi_id, notes = self._reads.invoice_credit_notes(change.invoice_id)
         if invoice is None:
             return change
         net = None
@@ -157,7 +190,7 @@ class StripeHydrator:
 
     def _read_collected(self, pi_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         if pi_id not in self._collected:
-            self._collected[pi_id] = self._source.payment_collected(pi_id)
+            self._collected[pi_id] = self._reads.payment_collected(pi_id)
         return self._collected[pi_id]
 
     def _payment_now(self, change: CollectedChange) -> model.Change:
@@ -213,7 +246,7 @@ class StripeHydrator:
         if not (change.meta.backfill and change.status in FIRST_PERIOD_WRITTEN):
             return mrr.first_period_from_subscription(sub, lookups)
         if isinstance(start, int) and _period_start(sub) > start:
-            invoice = self._source.first_invoice(change.subscription_id, start + FIRST_INVOICE_MARGIN_S)
+            invoice = self._reads.first_invoice(change.subscription_id, start + FIRST_INVOICE_MARGIN_S)
             if invoice is not None:
                 return self._netted(invoice) or mrr.first_period_from_invoice(invoice)
             return mrr.first_period_from_subscription(sub, lookups)
@@ -234,7 +267,7 @@ class StripeHydrator:
         adjusted = isinstance(charge, Mapping) and bool(charge.get("amount_refunded") or charge.get("disputed"))
         if not credited and not adjusted:
             return None
-        notes = self._source.credit_notes(str(invoice["id"])) if credited else []
+        notes = self._reads.credit_notes(str(invoice["id"])) if credited else []
         refunds: list[Any] = []
         disputes: list[Any] = []
         pi = invoice.get("payment_intent")
@@ -253,13 +286,13 @@ class StripeHydrator:
             need = mrr.needed(sub, lookups)
             if not need:
                 break
-            discounts = {**lookups.discounts, **self._source.known_discounts(need.discounts)}
+            discounts = {**lookups.discounts, **self._catalog.known_discounts(need.discounts)}
             if any(d not in discounts for d in need.discounts):
                 discounts.update({str(d.get("id")): d for d in self._discounts_of(sub)})
             coupons = {**lookups.coupons, **{c: found for c in need.coupons
-                                             if (found := self._source.coupon(c)) is not None}}
+                                             if (found := self._catalog.coupon(c)) is not None}}
             prices = {**lookups.prices, **{p: found for p in need.prices
-                                           if (found := self._source.price(p)) is not None}}
+                                           if (found := self._catalog.price(p)) is not None}}
             lookups = mrr.Lookups(discounts, coupons, prices)
         return lookups
 
@@ -277,7 +310,7 @@ class StripeHydrator:
 
     def _subscriptions_of(self, customer_id: str) -> list[dict[str, Any]]:
         if customer_id not in self._customer_subs:
-            self._customer_subs[customer_id] = self._source.customer_subscriptions(customer_id)
+            self._customer_subs[customer_id] = self._reads.customer_subscriptions(customer_id)
         return self._customer_subs[customer_id]
 
     def _discounts_of(self, sub: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -293,17 +326,17 @@ class StripeHydrator:
                     return [d for d in refs if isinstance(d, dict)]
         key = f"discounts:{sub_id}"
         if key not in self._current:
-            self._current[key] = {"data": self._source.subscription_discounts(sub_id)}
+            self._current[key] = {"data": self._catalog.subscription_discounts(sub_id)}
         held = self._current[key]
         return list(held["data"]) if held else []
 
     def _failure_code(self, held: HeldEvent, change: InvoiceFailureChange) -> InvoiceFailureChange:
-        payments = self._source.prefetched_payments(change.invoice_id)
+        payments = self._links.prefetched_payments(change.invoice_id)
         inv: Mapping[str, Any] | None
         if payments and not _has_charge_payment(payments):
             inv = {**held.data_object(), "payments": {"object": "list", "data": payments}}
         else:
-            inv = self._source.failed_invoice(change.invoice_id)
+            inv = self._reads.failed_invoice(change.invoice_id)
         if not inv:
             return change
         try:
@@ -315,7 +348,7 @@ class StripeHydrator:
 
     def fresh_customers(self) -> list[CachedCustomer]:
         """Customers read from Stripe since the last call, for state to keep."""
-        return self._source.take_fresh_customers()
+        return self._known.take_fresh_customers()
 
     def current_state(self, held: HeldEvent, change: model.Change) -> model.Change:
         """The change with its `data.object` replaced by the object as Stripe holds it now, read once per
@@ -326,7 +359,7 @@ class StripeHydrator:
         if isinstance(change, CollectedChange):
             return change  # planned from the payment's current state anyway (hydrate)
         if change.object_id not in self._current:
-            self._current[change.object_id] = self._source.current_object(change.object_id)
+            self._current[change.object_id] = self._reads.current_object(change.object_id)
         obj = self._current[change.object_id]
         if obj is None:
             return change
