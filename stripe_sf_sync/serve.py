@@ -43,7 +43,9 @@ from stripe_sf_sync.config import require_org_values
 from stripe_sf_sync.errors import ConfigError, LockHeldError, StripeSfError
 from stripe_sf_sync.pipeline import BatchResult, InboxEvents, RunSummary
 from stripe_sf_sync.salesforce.sink import SalesforceGateway
-from stripe_sf_sync.service import Environment, Runtime, apply_sync, clients, recorded_run
+from stripe_sf_sync.service.recorded import recorded_run
+from stripe_sf_sync.service.runtime import Environment, Runtime, clients
+from stripe_sf_sync.service.sync import apply_sync
 from stripe_sf_sync.state import InboxEntry, StateStore
 from stripe_sf_sync.stripe.source import StripeSource
 

@@ -14,7 +14,7 @@ from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.tables import Column, print_records
+from stripe_sf_sync.render import Column, print_records
 from stripe_sf_sync.words import counted
 
 
@@ -31,7 +31,7 @@ _WHOLE = {"Stripe_Customer_ID__c", "CloseDate", "Amount", "MRR__c", "ARR__c", "A
 
 
 def _table(console: Console, title: str, rows: list[dict], columns: list[str]) -> None:
-    """A table at the terminal's width when it fits, else one block of lines per record (tables.py)."""
+    """A table at the terminal's width when it fits, else one block of lines per record (render/tables.py)."""
     print_records(console, title, [Column(c, is_id=c in _WHOLE) for c in columns],
                   [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows])
 
