@@ -43,8 +43,6 @@ state_app = typer.Typer(help="Move the state to PostgreSQL (shared by more than 
 app.add_typer(state_app, name="state")
 
 
-# --- The global options, declared once --------------------------------------------------------------------
-
 _GIVEN = "stripe_sf.global_options"  # ctx.meta key: the global options given before the command name
 
 
@@ -152,8 +150,6 @@ def _configured_log_format(config: Path) -> LogFormat | None:
         return None
 
 
-# --- The one error boundary -------------------------------------------------------------------------------
-
 def guarded(fn: Callable[[], T], *, debug: bool) -> T:
     """The one error boundary: a domain error becomes one paragraph on stderr (with --log-format json, one
     JSON line with its exit code and error code) and its exit code."""
@@ -200,8 +196,6 @@ def main_callback(
 
 app.callback()(_with_global_options(main_callback, config=True, setup=False))
 
-
-# --- The commands -----------------------------------------------------------------------------------------
 
 @command(app)
 def sync(
