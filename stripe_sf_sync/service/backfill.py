@@ -6,22 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stripe_sf_sync.config import (
-    require_org_values,
-)
+from stripe_sf_sync.config import require_org_values
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.pipeline import (
-    RunSummary,
-)
+from stripe_sf_sync.pipeline import RunSummary
 from stripe_sf_sync.pipeline.stop import stop_on_signals
 from stripe_sf_sync.service.recorded import recorded_run
-from stripe_sf_sync.service.runtime import (
-    Environment,
-    Runtime,
-    check_run_metrics,
-    clients,
-    parse_since,
-)
+from stripe_sf_sync.service.runtime import Environment, Runtime, check_run_metrics, clients, parse_since
 
 
 def run_backfill(config_path: Path | None, environment: Environment, *, since: str, until: str | None,

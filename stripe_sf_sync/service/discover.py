@@ -16,11 +16,7 @@ from stripe_sf_sync.config import (
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.salesforce.org import ORG_CACHE_KEY
 from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
-from stripe_sf_sync.service.runtime import (
-    Environment,
-    Runtime,
-    existing_state,
-)
+from stripe_sf_sync.service.runtime import Environment, Runtime, existing_state
 
 
 def _check_config_writable(path: Path) -> None:

@@ -6,21 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stripe_sf_sync.config import (
-    require_org_values,
-)
+from stripe_sf_sync.config import require_org_values
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.pipeline import (
-    DeadLetters,
-    RunSummary,
-)
+from stripe_sf_sync.pipeline import DeadLetters, RunSummary
 from stripe_sf_sync.pipeline.stop import stop_on_signals
 from stripe_sf_sync.service.recorded import recorded_run
-from stripe_sf_sync.service.runtime import (
-    Environment,
-    Runtime,
-    clients,
-)
+from stripe_sf_sync.service.runtime import Environment, Runtime, clients
 from stripe_sf_sync.state import DeadLetter, StateStore
 
 

@@ -5,16 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stripe_sf_sync.config import (
-    masked_url,
-    state_url_problem,
-    url_without_password,
-)
+from stripe_sf_sync.config import masked_url, state_url_problem, url_without_password
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.service.runtime import (
-    Environment,
-    Runtime,
-)
+from stripe_sf_sync.service.runtime import Environment, Runtime
 from stripe_sf_sync.state import StateStore, open_state
 
 

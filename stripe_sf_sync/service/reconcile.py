@@ -5,22 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stripe_sf_sync.config import (
-    require_org_values,
-    writable_file_problem,
-)
+from stripe_sf_sync.config import require_org_values, writable_file_problem
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.pipeline import (
-    RunSummary,
-)
+from stripe_sf_sync.pipeline import RunSummary
 from stripe_sf_sync.pipeline.stop import stop_on_signals
 from stripe_sf_sync.service.recorded import RecordedRun, recorded_run
-from stripe_sf_sync.service.runtime import (
-    Environment,
-    Runtime,
-    clients,
-    parse_since,
-)
+from stripe_sf_sync.service.runtime import Environment, Runtime, clients, parse_since
 
 
 def _reconcile_objects(objects: str, *, fix: bool, dry_run: bool, csv_path: Path | None) -> tuple[str, ...]:

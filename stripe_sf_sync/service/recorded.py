@@ -15,12 +15,7 @@ from typing import Any
 from stripe_sf_sync.errors import ConfigError, ExitCode
 from stripe_sf_sync.logs import bind_run
 from stripe_sf_sync.metrics import RunFigures, write_metrics
-from stripe_sf_sync.pipeline import (
-    BatchSettings,
-    RunSummary,
-    Source,
-    run_batches,
-)
+from stripe_sf_sync.pipeline import BatchSettings, RunSummary, Source, run_batches
 from stripe_sf_sync.pipeline.heartbeat import Activity, heartbeat
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.run import finish, log_summary

@@ -15,19 +15,10 @@ from typing import Any
 import requests
 
 from stripe_sf_sync import rules
-from stripe_sf_sync.config import (
-    LoadedConfig,
-    load_config,
-    salesforce_secrets,
-    state_url,
-    stripe_secrets,
-)
+from stripe_sf_sync.config import LoadedConfig, load_config, salesforce_secrets, state_url, stripe_secrets
 from stripe_sf_sync.errors import ConfigError, ExitCode, NoStateError
 from stripe_sf_sync.metrics import check_metrics_path
-from stripe_sf_sync.pipeline import (
-    BatchSettings,
-    RunSummary,
-)
+from stripe_sf_sync.pipeline import BatchSettings, RunSummary
 from stripe_sf_sync.salesforce.sink import SalesforceGateway, connect
 from stripe_sf_sync.state import StateStore, open_state
 from stripe_sf_sync.stripe.source import StripeSource, build_client, default_requests_per_second
@@ -173,17 +164,11 @@ def task_keys_about_since(state: Any, now: int) -> int:
 
 
 BACKFILL_CHECKPOINT_KEY = "backfill_checkpoint"  # backfill.CHECKPOINT_KEY (backfill.py is imported lazily)
-
-
 READ_THROUGH_KEY = "sync_read_through"  # start of the last sync that read Stripe's event list to its end
-
-
 # When a run last had a success answer from Salesforce. A quiet sync (nothing to write) reaches Salesforce once
 # when this is older than SALESFORCE_CONTACT_EVERY_S, so that a revoked token or a broken CA bundle fails a run
 # (and `status --check`) within a day, not when the next event comes.
 SALESFORCE_CONTACT_KEY = "salesforce_contact_at"
-
-
 SALESFORCE_CONTACT_EVERY_S = 86400
 
 

@@ -7,9 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stripe_sf_sync.config import (
-    masked_url,
-)
+from stripe_sf_sync.config import masked_url
 from stripe_sf_sync.health import Thresholds, assess, iso, last_run, parse_duration, run_view
 from stripe_sf_sync.reads import reads_last_30_days
 from stripe_sf_sync.service.runtime import (

@@ -5,14 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from stripe_sf_sync.config import (
-    require_org_values,
-)
+from stripe_sf_sync.config import require_org_values
 from stripe_sf_sync.errors import ConfigError
-from stripe_sf_sync.pipeline import (
-    RunSummary,
-    SyncEvents,
-)
+from stripe_sf_sync.pipeline import RunSummary, SyncEvents
 from stripe_sf_sync.pipeline.cursor import HANDOFF_SINCE_KEY, SYNC_FLOOR_KEY
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
 from stripe_sf_sync.service.recorded import RecordedRun, recorded_run
