@@ -19,7 +19,6 @@ from stripe_sf_sync.render.console import (
 )
 from stripe_sf_sync.render.reports import (
     doctor_line,
-    iso,
     print_dead_letters,
     print_discovered,
     print_doctor,
@@ -27,6 +26,7 @@ from stripe_sf_sync.render.reports import (
     print_migrated,
     print_sandbox_started,
     print_status,
+    utc_time,
 )
 from stripe_sf_sync.render.runs import (
     RECONCILE_SHOWN,
@@ -44,8 +44,8 @@ from stripe_sf_sync.render.tables import Column, print_records
 
 __all__ = [
     "RECONCILE_SHOWN", "Column", "backfill_progress", "backfill_stopped", "doctor_line", "echo", "error",
-    "for_people", "iso", "print_dead_letters", "print_discovered", "print_doctor", "print_dropped",
+    "for_people", "print_dead_letters", "print_discovered", "print_doctor", "print_dropped",
     "print_human_summary", "print_json", "print_migrated", "print_reconcile", "print_records",
     "print_sandbox_started", "print_status", "print_summary", "reconcile_json", "resume_command", "say", "stderr",
-    "stdout", "sync_progress", "terminal_console", "terminal_progress", "totals_line", "usage_error",
+    "stdout", "sync_progress", "terminal_console", "terminal_progress", "totals_line", "usage_error", "utc_time",
 ]

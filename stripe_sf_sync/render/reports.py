@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-def iso(ts: int | None) -> str:
+def utc_time(ts: int | None) -> str:
     """`2026-11-03 14:05:09Z`, or "" for no time."""
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else ""
 
@@ -54,9 +54,9 @@ def _print_where(out: Console, report: dict[str, Any]) -> None:
     """The cursor, the run in progress and the last run."""
     cur = report["cursor"]
     if cur:
-        out.print(f"Cursor: {cur['event_id']} from {iso(cur['created'])} ({span(cur['age_s'])} ago)",
+        out.print(f"Cursor: {cur['event_id']} from {utc_time(cur['created'])} ({span(cur['age_s'])} ago)",
                   highlight=False)
-        out.print(f"  current as of {iso(cur['current_at'])} ({span(cur['current_age_s'])} ago)", highlight=False)
+        out.print(f"  current as of {utc_time(cur['current_at'])} ({span(cur['current_age_s'])} ago)", highlight=False)
     elif not report["never_run"]:
         out.print("Cursor: none yet (run `stripe-sf sync --since DATE`)")
     if report["running"]:
@@ -65,7 +65,7 @@ def _print_where(out: Console, report: dict[str, Any]) -> None:
     last = report["last_run"]
     if last:
         ended = ("ended abnormally (killed before it recorded an exit code)" if last["abnormal"] else
-                 f"ended {iso(last['finished_at'])}, exit {last['exit_code']}")
+                 f"ended {utc_time(last['finished_at'])}, exit {last['exit_code']}")
         out.print(f"Last run: {last['command']} #{last['run_id']}, {ended}", highlight=False)
         out.print(f"  {last['events_read'] or 0} read, {last['applied'] or 0} applied, "
                   f"{last['dead_lettered'] or 0} dead-lettered", highlight=False)
@@ -76,11 +76,11 @@ def _print_last_jobs(out: Console, report: dict[str, Any]) -> None:
     bf = report.get("backfill")
     if bf:
         state_word = "finished" if bf["finished"] else "interrupted (continue with `stripe-sf backfill ... --resume`)"
-        out.print(f"Last backfill since {iso(bf['since'])[:10]}: {state_word}", highlight=False)
+        out.print(f"Last backfill since {utc_time(bf['since'])[:10]}: {state_word}", highlight=False)
     rec = report.get("reconcile")
     if rec:
         drifted = ", ".join(f"{n} {k}" for k, n in (rec.get("counts") or {}).items() if n)
-        out.print(f"Last reconcile: #{rec['run_id']}, ended {iso(rec['finished_at'])}, exit {rec['exit_code']}: "
+        out.print(f"Last reconcile: #{rec['run_id']}, ended {utc_time(rec['finished_at'])}, exit {rec['exit_code']}: "
                   f"{counted(rec.get('mismatches') or 0, 'mismatch', 'mismatches')}"
                   f"{f' ({drifted})' if drifted else ''}", highlight=False, markup=False)
 
@@ -92,8 +92,9 @@ def _print_runs(out: Console, runs: list[dict[str, Any]]) -> None:
         for r in runs:
             s: dict[str, Any] = r.get("summary") or {}
             ended = "running" if r["running"] else ("ended abnormally" if r["abnormal"] else str(r.get("exit_code")))
-            rows.append((str(r["run_id"]), r["command"], iso(r["started_at"]), iso(r.get("finished_at")), ended,
-                         str(s.get("events_read", "")), str(s.get("applied", "")), str(s.get("dead_lettered", ""))))
+            rows.append((str(r["run_id"]), r["command"], utc_time(r["started_at"]), utc_time(r.get("finished_at")),
+                         ended, str(s.get("events_read", "")), str(s.get("applied", "")),
+                         str(s.get("dead_lettered", ""))))
         print_records(out, "Recent runs", [Column("run"), Column("command"), Column("started", is_id=True),
                                            Column("ended", is_id=True), Column("exit"), Column("read"),
                                            Column("applied"), Column("dead-lettered")], rows)
@@ -108,7 +109,7 @@ def print_dead_letters(rows: list[dict[str, Any]], out: Console | None = None) -
     print_records(out, f"{counted(len(rows), 'open dead letter')}",
                   [Column("event", is_id=True), Column("type", is_id=True), Column("code", is_id=True),
                    Column("attempts"), Column("last failed"), Column("reason")],
-                  [(r["event_id"], r["event_type"], r["error_code"], str(r["attempts"]), iso(r["last_failed_at"]),
+                  [(r["event_id"], r["event_type"], r["error_code"], str(r["attempts"]), utc_time(r["last_failed_at"]),
                     r["reason"]) for r in rows])
 
 
