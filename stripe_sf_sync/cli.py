@@ -48,7 +48,7 @@ _GIVEN = "stripe_sf.global_options"  # ctx.meta key: the global options given be
 
 def _global(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
     """A global option (--config, --log-format, -v, --quiet) works before or after the command name: the
-    root command and every command declare it. Given after the name, it wins; given only before, the
+    root command and every command take it (declared once, below). Given after the name, it wins; given only before, the
     command takes that value; otherwise its own (the environment variable, or the default)."""
     given: dict[str, Any] = ctx.meta.setdefault(_GIVEN, {})
     source = ctx.get_parameter_source(param.name or "")
@@ -92,7 +92,7 @@ _LOGGING = (
 
 def _with_global_options(fn: Callable[..., Any], *, config: bool, setup: bool) -> Callable[..., Any]:
     """`fn` with the global options added to what Typer sees. Its own parameter `opts` gets them, as
-    GlobalOptions, after logging is set up from them (`setup`)."""
+    GlobalOptions, after logging is set up (`setup`). Typer has no options that subcommands inherit."""
     own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "opts"]
     extra = ([_CONFIG] if config else []) + list(_LOGGING)
 
