@@ -275,7 +275,7 @@ def test_demo_fits_the_terminal_width(runner, columns, terminal):
     result = runner.invoke(app, ["demo"], env=env)
     assert result.exit_code == 0, result.output
     plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
-    # A block's `key: value` line keeps a long value whole (tables.py): the terminal wraps it, a pipe never does.
+    # A block's `key: value` line keeps a long value whole (render/tables.py): the terminal wraps it, a pipe never does.
     too_wide = [line for line in plain.splitlines()
                 if len(line) > columns and not re.match(r"^[A-Za-z_ ]+: +\S", line)]
     assert not too_wide, too_wide

@@ -43,3 +43,19 @@ def test_every_command_has_help_with_an_example(cmd: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
 def test_every_command_is_documented(cmd: tuple[str, ...]) -> None:
     assert f"`stripe-sf {' '.join(cmd)}" in (ROOT / "docs" / "commands.md").read_text()
+
+
+def _options(cmd: tuple[str, ...]) -> set[str]:
+    command: Any = typer.main.get_command(app)
+    for name in cmd:
+        command = command.commands[name]
+    return {opt for param in command.params for opt in param.opts}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+def test_every_command_takes_the_global_options(cmd: tuple[str, ...]) -> None:
+    """One declaration (cli.GlobalOptions), on every command: --log-format, -v and -q everywhere, and --config
+    wherever a config is read (all but demo and sandbox)."""
+    options = _options(cmd)
+    assert {"--log-format", "--debug", "--verbose", "-v", "--quiet", "-q"} <= options
+    assert ({"--config", "-c"} <= options) == (cmd not in {("demo",), ("sandbox",)})

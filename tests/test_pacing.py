@@ -141,12 +141,12 @@ def test_a_run_that_meets_429s_slows_down_applies_everything_and_reports_them(tm
 def test_the_429s_are_in_the_printed_summary_and_the_metrics_file(tmp_path, capsys):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from stripe_sf_sync import cli
+    from stripe_sf_sync import render
     from stripe_sf_sync.metrics import RunFigures, write_metrics
     from stripe_sf_sync.pipeline.run import RunSummary
 
     summary = RunSummary("sync", events_read=10, stripe_calls=14, stripe_rate_limited=3)
-    cli._print_human_summary(summary)
+    render.print_human_summary(summary)
     assert "Stripe rate-limited 3 times (HTTP 429; pacing lowered)" in capsys.readouterr().out
     prom = tmp_path / "stripe_sf.prom"
     write_metrics(prom, RunFigures("sync", 0, time.time(), summary.as_dict(), 0, None, None, None))

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from stripe_sf_sync.cli import app
-from stripe_sf_sync.tables import Column, print_records
+from stripe_sf_sync.render import Column, print_records
 
 from .conftest import since
 

@@ -1,4 +1,7 @@
-"""`stripe-sf demo`: the real pipeline, end to end, against local stand-ins. No credentials."""
+"""`stripe-sf demo`: the real pipeline, end to end, against local stand-ins. No credentials.
+
+It imports the service's modules, not the package: `stripe-sf demo` reaches it through service/sandbox.py.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +14,22 @@ from rich.console import Console
 from stripe_sf_sandbox import scenario
 from stripe_sf_sandbox.salesforce_server import SalesforceSandbox
 from stripe_sf_sandbox.stripe_server import StripeSandbox
-from stripe_sf_sync import service
 from stripe_sf_sync.config import example_config
 from stripe_sf_sync.errors import ExitCode
-from stripe_sf_sync.tables import Column, print_records
+from stripe_sf_sync.pipeline import RunSummary
+from stripe_sf_sync.render import Column, print_records
+from stripe_sf_sync.service.discover import run_discover
+from stripe_sf_sync.service.dlq import dlq_list
+from stripe_sf_sync.service.runtime import Environment
+from stripe_sf_sync.service.sync import run_sync
 from stripe_sf_sync.words import counted
 
 
-def sandbox_environment(stripe: StripeSandbox, sf: SalesforceSandbox) -> service.Environment:
+def sandbox_environment(stripe: StripeSandbox, sf: SalesforceSandbox) -> Environment:
     """Environment variables and a TLS-trusting session for the two stand-ins."""
     env = {"STRIPE_API_KEY": stripe.api_key, "STRIPE_API_BASE": stripe.base_url,
            "SF_INSTANCE_URL": sf.instance_url, "SF_ACCESS_TOKEN": sf.access_token}
-    return service.Environment(env=env, session_factory=sf.session)
+    return Environment(env=env, session_factory=sf.session)
 
 
 # Columns shown whole (ids, dates, amounts, codes): the rest wraps between words.
@@ -31,7 +38,7 @@ _WHOLE = {"Stripe_Customer_ID__c", "CloseDate", "Amount", "MRR__c", "ARR__c", "A
 
 
 def _table(console: Console, title: str, rows: list[dict], columns: list[str]) -> None:
-    """A table at the terminal's width when it fits, else one block of lines per record (tables.py)."""
+    """A table at the terminal's width when it fits, else one block of lines per record (render/tables.py)."""
     print_records(console, title, [Column(c, is_id=c in _WHOLE) for c in columns],
                   [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows])
 
@@ -49,18 +56,18 @@ def run_demo(console: Console) -> ExitCode:
         config.write_text(example.replace("account_csm: null", "account_csm: CSM__c"), encoding="utf-8")
 
         console.rule("1. stripe-sf discover-config --write")
-        found = service.run_discover(config, env, write=True, example=example)
+        found = run_discover(config, env, write=True, example=example)
         console.print(f"won stage: [bold]{found.won_stage}[/] (its API name; people see the label "
                       f"{found.won_stage_label!r}); record types: {found.record_types}; "
                       f"new Opportunities get: {found.chosen_record_type}")
 
         since = time.strftime("%Y-%m-%d", time.gmtime(sc.start))
         console.rule(f"2. stripe-sf sync --since {since}")
-        first = service.run_sync(config, env, since=since, dry_run=False, max_events=None)
+        first = run_sync(config, env, since=since, dry_run=False, max_events=None)
         console.print(_line(first))
 
         console.rule("3. stripe-sf sync (again: nothing new to write)")
-        second = service.run_sync(config, env, since=None, dry_run=False, max_events=None)
+        second = run_sync(config, env, since=None, dry_run=False, max_events=None)
         console.print(_line(second))
 
         names = {u["Id"]: u["Name"] for u in org.records("User")}
@@ -79,7 +86,7 @@ def run_demo(console: Console) -> ExitCode:
         if failed:
             console.print("[bold]Payment-failure Task description:[/]")
             console.print(failed["Description"], highlight=False)
-        dead = service.dlq_list(config, env)
+        dead = dlq_list(config, env)
         _table(console, "Dead letters (fix the cause, then `stripe-sf dlq retry --all`)", dead,
                ["event_id", "event_type", "error_code", "reason"])
         ok = second.events_read == 0 and first.dead_lettered == len(sc.unmatched_events)
@@ -95,7 +102,7 @@ def _record_type(org: object, rid: str | None) -> str | None:
     return None
 
 
-def _line(s: service.RunSummary) -> str:
+def _line(s: RunSummary) -> str:
     return (f"{counted(s.events_read, 'event')} read, {s.applied} applied, {s.skipped_stale} stale, {s.ignored} "
             f"needing no write, {s.dead_lettered} dead-lettered; {counted(s.records_written, 'record')} written "
             f"with {counted(s.salesforce_calls, 'Salesforce call')} and {counted(s.stripe_calls, 'Stripe call')} "

@@ -36,7 +36,7 @@ from stripe_sf_sync.salesforce.org import (
     stage_problems,
     won_stage_problems,
 )
-from stripe_sf_sync.service import Environment, Runtime
+from stripe_sf_sync.service.runtime import Environment, Runtime
 from stripe_sf_sync.sources import HANDOFF_SINCE_KEY
 from stripe_sf_sync.state import open_state
 from stripe_sf_sync.stripe.source import RETENTION_S
@@ -63,13 +63,6 @@ class Check:
     fix: str = ""
     subject: str | None = None  # the field, picklist, stage, record type or file at fault
     exit_code: int = int(ExitCode.OK)  # what an error makes doctor exit with (the code a run would meet)
-
-    def line(self) -> str:
-        """`error    salesforce  won stage: … Fix: ….` (the name once, when the message starts with it)."""
-        fix = f" Fix: {self.fix.rstrip('.')}." if self.fix else ""
-        name = "" if self.message.startswith(self.name) else f"{self.name}: "
-        # Messages borrowed from errors end with their own full stop.
-        return f"{self.status:<8} {self.area:<11} {name}{self.message.rstrip('.')}.{fix}"
 
 
 @dataclass
