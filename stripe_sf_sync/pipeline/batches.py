@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from stripe_sf_sync import gc_pause
 from stripe_sf_sync.pipeline.batch import BatchResult
 from stripe_sf_sync.pipeline.events import HeldEvent
-from stripe_sf_sync.state import Cursor
+from stripe_sf_sync.state.records import Cursor
 
 
 @dataclass(frozen=True)

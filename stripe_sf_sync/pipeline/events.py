@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from stripe_sf_sync import model
-from stripe_sf_sync.state import Outcome
+from stripe_sf_sync.state.records import Outcome
 
 log = logging.getLogger("stripe_sf_sync")
 # What the json module's `default=str` did, kept: keys that are not strings become strings, and dates and

@@ -20,7 +20,7 @@ from stripe_sf_sync.model import CustomerChange, MalformedEvent
 from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, unexpected
 from stripe_sf_sync.pipeline.ports import Hydrator, Ledger
 from stripe_sf_sync.pipeline.result import BatchResult, outcome
-from stripe_sf_sync.state import Outcome
+from stripe_sf_sync.state.records import Outcome
 
 log = logging.getLogger("stripe_sf_sync")
 

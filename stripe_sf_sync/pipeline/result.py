@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stripe_sf_sync.model import CachedCustomer
-from stripe_sf_sync.state import Outcome
+from stripe_sf_sync.state.records import Outcome
 
 Versions = dict[str, tuple[int, str]]  # Stripe object id -> (newest applied event time, its id)
 

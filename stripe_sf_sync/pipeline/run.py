@@ -28,7 +28,7 @@ from stripe_sf_sync.pipeline.batches import (
 from stripe_sf_sync.pipeline.heartbeat import Activity
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.stop import Abandoned, Stop
-from stripe_sf_sync.state import Cursor, Outcome
+from stripe_sf_sync.state.records import Cursor, Outcome
 from stripe_sf_sync.words import counted
 
 log = logging.getLogger("stripe_sf_sync")

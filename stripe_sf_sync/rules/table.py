@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from stripe_sf_sync.model import Change, CustomerChange
-from stripe_sf_sync.rules import payments, subscriptions, tasks
 from stripe_sf_sync.rules.intents import Plan, Rule, RuleContext
+from stripe_sf_sync.rules.payments import RULE_ENTRIES as PAYMENT_RULES
+from stripe_sf_sync.rules.subscriptions import RULE_ENTRIES as SUBSCRIPTION_RULES
+from stripe_sf_sync.rules.tasks import RULE_ENTRIES as TASK_RULES
 
-_MODULES = (subscriptions, payments, tasks)  # a new rule module is added here
-RULES: dict[type[Any], Rule] = {kind: rule for module in _MODULES for kind, rule in module.RULE_ENTRIES}
+_ENTRIES = (SUBSCRIPTION_RULES, PAYMENT_RULES, TASK_RULES)  # a new rule module's entries are added here
+RULES: dict[type[Any], Rule] = {kind: rule for entries in _ENTRIES for kind, rule in entries}
 # Change types a parser returns that no rule plans, and why: the batch handles them before planning.
 NO_RULE: dict[type[Any], str] = {
     CustomerChange: "keeps the customer's metadata and name in state, which its other events resolve by",

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from stripe_sf_sync.pipeline.batch import BatchResult
 from stripe_sf_sync.pipeline.batches import Batch, InboxCommit, NoRunState
 from stripe_sf_sync.pipeline.events import HeldEvent
-from stripe_sf_sync.state import InboxEntry
+from stripe_sf_sync.state.records import InboxEntry
 
 
 class InboxStore(Protocol):

@@ -14,7 +14,7 @@ from stripe_sf_sync.errors import ConfigError, CursorExpiredError
 from stripe_sf_sync.pipeline.batch import BatchResult
 from stripe_sf_sync.pipeline.batches import Batch, CursorCommit, OutcomesCommit, in_batches, next_cursor
 from stripe_sf_sync.pipeline.stop import Stop
-from stripe_sf_sync.state import Cursor, Outcome
+from stripe_sf_sync.state.records import Cursor, Outcome
 from stripe_sf_sync.stripe.source import RETENTION_S
 
 HANDOFF_SINCE_KEY = "handoff_since"
