@@ -1,6 +1,7 @@
 """`stripe-sf setup --sfdx` output, checked with Salesforce's own tooling: the Salesforce CLI's converter (`sf project
 convert source`, offline: no org, no network) turns the DX project into Metadata API format, and that must hold the
-same components as the zip `setup --apply` deploys.
+same components as the zip `setup --apply` deploys; and the other way (`sf project convert mdapi`), the zip turned
+into source format must be the DX project's files.
 
 The CLI is Node.js software, installed for CI by `.ci/sf-cli/install.sh` into `.ci-sf-cli/` (or named by
 $STRIPE_SF_SF_CLI). Without it these tests are skipped, unless STRIPE_SF_REQUIRE_SF_CLI=1 (as `.ci/run` sets):
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from stripe_sf_sync.config import DEFAULT_SF_API_VERSION
-from stripe_sf_sync.setup.package import metadata_zip, write_sfdx
+from stripe_sf_sync.setup.package import SFDX_DIR, metadata_zip, write_sfdx
 from stripe_sf_sync.setup.plan import PERMISSION_SET, ExistingPermissionSet, SetupPlan, make_plan, needed_grants
 from tests.test_setup_plan import NEEDS, full_set, org_with
 
@@ -57,14 +59,34 @@ def sf_env(home: Path) -> dict[str, str]:
     return env
 
 
+def run_sf(sf: Path, args: list[str], project: Path, home: Path) -> None:
+    """Run `sf` offline in the DX project `project` (its commands need one); fail with its output on an error."""
+    done = subprocess.run([str(sf), *args, "--json"], cwd=project, env=sf_env(home), capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert done.returncode == 0, f"sf {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    assert json.loads(done.stdout)["status"] == 0, done.stdout
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def convert(sf: Path, project: Path, out: Path, home: Path) -> dict[str, bytes]:
     """`sf project convert source` on the DX project: the Metadata API files it writes, by path under `out`."""
-    done = subprocess.run([str(sf), "project", "convert", "source", "--root-dir", "force-app",
-                           "--output-dir", str(out), "--json"],
-                          cwd=project, env=sf_env(home), capture_output=True, text=True, timeout=180, check=False)
-    assert done.returncode == 0, f"sf project convert source failed:\n{done.stdout}\n{done.stderr}"
-    assert json.loads(done.stdout)["status"] == 0, done.stdout
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    run_sf(sf, ["project", "convert", "source", "--root-dir", "force-app", "--output-dir", str(out)], project, home)
+    return files_under(out)
+
+
+def convert_back(sf: Path, zipped: dict[str, bytes], project: Path, tmp: Path, home: Path) -> dict[str, bytes]:
+    """`sf project convert mdapi` on the zip's files: the source files it writes, by path under their package
+    directory's `main/default`."""
+    for path, data in zipped.items():
+        (tmp / "mdapi" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "mdapi" / path).write_bytes(data)
+    out = tmp / "source"
+    run_sf(sf, ["project", "convert", "mdapi", "--root-dir", str(tmp / "mdapi"), "--output-dir", str(out)],
+           project, home)
+    return files_under(out / "main" / "default")
 
 
 def unzipped(data: bytes) -> dict[str, bytes]:
@@ -108,7 +130,8 @@ def components(files: dict[str, bytes]) -> dict[str, object]:
 
 
 def check_same_as_zip(plan: SetupPlan, tmp_path: Path) -> dict[str, object]:
-    """Write `plan` as a DX project, convert it with Salesforce's CLI, and compare with the zip `--apply` sends."""
+    """Write `plan` as a DX project, convert it with Salesforce's CLI, and compare with the zip `--apply` sends;
+    then the other way: the zip converted to source format is our project."""
     sf = sf_cli()
     project, home = tmp_path / "project", tmp_path / "home"
     home.mkdir()
@@ -118,6 +141,14 @@ def check_same_as_zip(plan: SetupPlan, tmp_path: Path) -> dict[str, object]:
     assert sorted(converted) == sorted(zipped)
     ours, salesforces = components(zipped), components(converted)
     assert salesforces == ours
+    source = convert_back(sf, zipped, project, tmp_path, home)
+    ours_source = files_under(project / SFDX_DIR)
+    # Salesforce also writes each object's file, empty here: a DX project needs none to add fields to an object.
+    for path in set(source) - set(ours_source):
+        assert re.fullmatch(r"objects/(\w+)/\1\.object-meta\.xml", path), path
+        assert canonical(parse(source.pop(path))) == ("CustomObject", (), "", ())
+    assert {p: canonical(parse(d)) for p, d in source.items()} == {
+        p: canonical(parse(d)) for p, d in ours_source.items()}
     return ours
 
 
