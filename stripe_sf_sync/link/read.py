@@ -1,0 +1,176 @@
+"""The reads of `stripe-sf link`: Stripe customers with no link, a batch at a time, and their candidates in the
+org, in batched SOQL through the gateway (never one query per customer).
+
+A customer is linked when its metadata names an Account (`salesforce_account_id`, a valid Account Id) or an
+Account holds its id in the customer-id field (`Stripe_Customer_ID__c`). For each batch of the rest, one
+round of statements (five to a Composite call, which Salesforce bills as one API call):
+
+- Accounts holding these customer ids (to leave the linked out);
+- Contacts whose Email is in the batch's emails, with their Account's Name, Website and customer id;
+- Accounts whose Website contains one of the batch's company domains (`LIKE '%acme.com%'`: SOQL has no
+  "domain of" function; evidence.py then compares the exact host);
+- Accounts whose Name is in the batch's names.
+
+Values are escaped by simple_salesforce.format_soql; a statement holds at most 200 values and
+`MAX_STATEMENT_CHARS` characters, far under SOQL's 100,000 (Salesforce App Limits Cheatsheet, "SOQL and SOSL
+Limits": 100,000 characters a statement, 4,000 a string) and under the REST GET URL's length.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from simple_salesforce import format_soql
+
+from stripe_sf_sync.link.evidence import (
+    AccountCandidate,
+    Candidates,
+    ContactCandidate,
+    Customer,
+    email_domain,
+    is_free_mail,
+)
+from stripe_sf_sync.salesforce_ids import checked_id
+
+IN_CHUNK = 200
+MAX_STATEMENT_CHARS = 6000  # a GET query URL-encodes to about twice this
+CUSTOMER_BATCH = 1000  # customers per round of Salesforce statements
+STRIPE_PAGE = 100  # the most a Stripe list page holds
+METADATA_KEY = "salesforce_account_id"
+_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class Queries(Protocol):
+    """What `link` asks of the Salesforce gateway (stripe_sf_sync.salesforce.gateway.SalesforceGateway)."""
+
+    def query_many(self, soqls: Sequence[str], *, archived: Sequence[int] = ()) -> list[list[dict[str, Any]]]:
+        """Several SOQL statements, five to a Composite call."""
+
+
+@dataclass
+class ReadCounts:
+    """How many customers the read saw, and why some were left out."""
+
+    customers: int = 0
+    linked_in_metadata: int = 0
+    linked_in_salesforce: int = 0
+    no_email_or_name: int = 0
+
+    @property
+    def unlinked(self) -> int:
+        """Customers with no link (proposals are made for these)."""
+        return self.customers - self.linked_in_metadata - self.linked_in_salesforce
+
+
+@dataclass
+class Batch:
+    """A batch of unlinked customers and the org's candidates for them."""
+
+    customers: list[Customer]
+    candidates: Candidates = field(default_factory=Candidates)
+
+
+def stripe_customers(client: Any) -> Iterator[dict[str, Any]]:
+    """Every live customer, 100 to a page (a deleted customer is never listed: Stripe API reference, "List all
+    customers"). `client` is a `stripe.StripeClient`."""
+    for customer in client.v1.customers.list({"limit": STRIPE_PAGE}).auto_paging_iter():
+        yield customer.to_dict() if hasattr(customer, "to_dict") else dict(customer)
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """`items` in lists of `size` (the last may be shorter)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def in_statements(head: str, column: str, values: Iterable[str]) -> list[str]:
+    """`{head} WHERE {column} IN (...)` statements, each within IN_CHUNK values and MAX_STATEMENT_CHARS."""
+    literals = [format_soql("{}", v) for v in sorted({v for v in values if v})]
+    return _joined(f"{head} WHERE {column} IN (", ", ", ")", literals)
+
+
+def like_statements(head: str, column: str, fragments: Iterable[str]) -> list[str]:
+    """`{head} WHERE {column} LIKE '%a%' OR ...` statements (LIKE wildcards in a fragment escaped)."""
+    terms = [format_soql(f"{column} LIKE '%{{:like}}%'", f) for f in sorted({f for f in fragments if f})]
+    return _joined(f"{head} WHERE ", " OR ", "", terms)
+
+
+def _joined(start: str, sep: str, end: str, parts: list[str]) -> list[str]:
+    out: list[str] = []
+    current: list[str] = []
+    size = len(start) + len(end)
+    for part in parts:
+        if current and (len(current) == IN_CHUNK or size + len(sep) + len(part) > MAX_STATEMENT_CHARS):
+            out.append(start + sep.join(current) + end)
+            current, size = [], len(start) + len(end)
+        current.append(part)
+        size += len(part) + len(sep)
+    if current:
+        out.append(start + sep.join(current) + end)
+    return out
+
+
+def unlinked_batches(client: Any, gw: Queries, *, customer_field: str, counts: ReadCounts,
+                     batch_size: int = CUSTOMER_BATCH) -> Iterator[Batch]:
+    """The unlinked customers a batch at a time, with their candidates; `counts` is filled in as it goes."""
+    for raw in chunks(stripe_customers(client), batch_size):
+        counts.customers += len(raw)
+        pending: list[Customer] = []
+        for c in raw:
+            if checked_id((c.get("metadata") or {}).get(METADATA_KEY), "Account"):
+                counts.linked_in_metadata += 1
+            else:
+                pending.append(Customer(c["id"], c.get("email") or None, c.get("name") or None))
+        if pending:
+            batch = _candidates_for(pending, gw, customer_field, counts)
+            if batch.customers:
+                yield batch
+
+
+def field_name(name: str) -> str:
+    """`name` if it is a plain API name (config validates it so too): it goes into SOQL unquoted."""
+    if not _API_NAME.match(name):
+        raise ValueError(f"not a Salesforce field name: {name!r}")
+    return name
+
+
+def _candidates_for(customers: list[Customer], gw: Queries, customer_field: str, counts: ReadCounts) -> Batch:
+    customer_field = field_name(customer_field)
+    account_cols = f"Id, Name, Website, {customer_field}"
+    emails = [c.email for c in customers if c.email]
+    domains = [d for d in (email_domain(c.email) for c in customers) if d and not is_free_mail(d)]
+    names = [n for c in customers if c.name for n in {c.name, " ".join(c.name.split())}]
+    # The field name is checked above; values are escaped by format_soql inside in_/like_statements.
+    linked = in_statements(f"SELECT Id, {customer_field} FROM Account", customer_field,  # noqa: S608
+                           [c.id for c in customers])
+    contact_cols = f"Id, Email, AccountId, Account.Name, Account.Website, Account.{customer_field}"
+    contacts = in_statements(f"SELECT {contact_cols} FROM Contact", "Email", emails)  # noqa: S608
+    websites = like_statements(f"SELECT {account_cols} FROM Account", "Website", domains)  # noqa: S608
+    by_name = in_statements(f"SELECT {account_cols} FROM Account", "Name", names)  # noqa: S608
+    results = gw.query_many([*linked, *contacts, *websites, *by_name])
+    linked_rows = [r for rows in results[:len(linked)] for r in rows]
+    taken = {str(r.get(customer_field)) for r in linked_rows}
+    unlinked = [c for c in customers if c.id not in taken]
+    counts.linked_in_salesforce += len(customers) - len(unlinked)
+    counts.no_email_or_name += sum(1 for c in unlinked if not c.email and not c.name)
+    found = Candidates()
+    for row in (r for rows in results[len(linked):len(linked) + len(contacts)] for r in rows):
+        account = row.get("Account") or {}
+        if row.get("AccountId"):
+            found.add_account(AccountCandidate(row["AccountId"], account.get("Name"), account.get("Website"),
+                                               account.get(customer_field)))
+        if row.get("Email"):
+            found.add_contact(ContactCandidate(row["Id"], row["Email"], row.get("AccountId")))
+    for row in (r for rows in results[len(linked) + len(contacts):] for r in rows):
+        found.add_account(AccountCandidate(row["Id"], row.get("Name"), row.get("Website"), row.get(customer_field)))
+    return Batch(unlinked, found)
+
