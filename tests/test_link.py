@@ -23,6 +23,8 @@ from stripe_sf_sync.salesforce.writers import CollectionsWriter
 from stripe_sf_sync.state.records import Outcome
 from stripe_sf_sync.state.store import StateStore
 
+from .conftest import since
+
 FIELD = "Stripe_Customer_ID__c"
 
 
@@ -232,3 +234,26 @@ def test_the_file_proposed_is_the_file_applied(tmp_path: Path, stripe_sb: Stripe
     assert apply(tmp_path, text, sf_sb, org).ok and org.get("Account", acme)[FIELD] == customer["id"]
     result, _ = propose(stripe_sb, gateway(sf_sb, org))
     assert result.read.linked_in_salesforce == 1 and result.read.unlinked == 0
+
+
+def test_unlinked_customers_are_linked_and_their_dead_letters_then_apply(
+        tmp_path: Path, config: Path, env: Any, org: SalesforceOrg, sc: Any, stripe_sb: StripeSandbox,
+        sf_sb: SalesforceSandbox) -> None:
+    """The issue's "done when": sync dead-letters an unlinked customer's events; `link` proposes exactly the
+    unambiguous match, `--apply` links it and counts the waiting letter, and `dlq retry --all` applies it."""
+    from stripe_sf_sync import service
+
+    first = service.run_sync(config, env, since=since(sc), dry_run=False, max_events=None)
+    assert first.dead_lettered == 1
+    hooli = org.insert("Account", {"Name": "Hooli XYZ", "OwnerId": org.user_id("Ava Owner")})
+    org.insert("Contact", {"LastName": "Belson", "Email": "Billing@Hooli.example", "AccountId": hooli})
+    result, text = propose(stripe_sb, gateway(sf_sb, org))
+    assert result.outcomes == {"matched": 1}
+    assert result.read.linked_in_salesforce + result.read.linked_in_metadata == len(sc.customers) - 1
+    with StateStore.open(config.parent / "stripe-sf-state.sqlite") as state:
+        applied = apply(tmp_path, text, sf_sb, org, state=state)
+    assert applied.ok and applied.outcome.waiting_letters == 1
+    retried = service.run_dlq_retry(config, env, event_ids=[], retry_all=True)
+    assert (retried.applied, retried.dead_lettered) == (1, 0)
+    assert [o["AccountId"] for o in org.records("Opportunity") if o["Stripe_Subscription_ID__c"]
+            == sc.subscriptions["hooli"]] == [hooli]
