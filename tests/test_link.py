@@ -82,7 +82,8 @@ def test_it_proposes_exactly_the_unambiguous_matches(stripe_sb: StripeSandbox, s
     assert got[c_hooli["id"]]["note"].startswith("ambiguous: 2 Accounts")
     assert c_linked["id"] not in got and gone["id"] not in got
     assert result.as_dict() | {"salesforce_calls": 0} == {
-        "customers": 7, "linked_in_metadata": 1, "linked_in_salesforce": 1, "unlinked": 5, "matched": 3,
+        "customers": 7, "linked_in_metadata": 1, "linked_in_salesforce": 1, "unlinked": 5, "no_email_or_name": 0,
+        "matched": 3,
         "ambiguous": 1, "taken": 0, "none": 1, "csv": "links.csv", "salesforce_calls": 0}
     assert all(len(line) <= 80 for line in result.lines())
     assert "`stripe-sf link --apply links.csv`" in " ".join(result.lines())

@@ -72,8 +72,8 @@ def route(sandbox: StripeSandbox, method: str, path: str, form: Obj) -> tuple[in
 
 def update_customer(sandbox: StripeSandbox, customer_id: str, form: Obj) -> Obj:
     """Update a customer; its new state, rendered in the account's version."""
-    from .stripe_server import StripeApiError, _bad, _missing
     from .stripe_factory import render
+    from .stripe_server import StripeApiError, _bad, _missing
 
     for name in form:
         if name not in _UPDATABLE:

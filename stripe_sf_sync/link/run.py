@@ -41,6 +41,7 @@ class ProposeResult:
         """The summary as JSON-ready data."""
         return {"customers": self.read.customers, "linked_in_metadata": self.read.linked_in_metadata,
                 "linked_in_salesforce": self.read.linked_in_salesforce, "unlinked": self.read.unlinked,
+                "no_email_or_name": self.read.no_email_or_name,
                 **{k: self.outcomes.get(k, 0) for k in ("matched", "ambiguous", "taken", "none")},
                 "csv": self.csv_path, "salesforce_calls": self.salesforce_calls}
 
