@@ -7,8 +7,8 @@ round of statements (five to a Composite call, which Salesforce bills as one API
 
 - Accounts holding these customer ids (to leave the linked out);
 - Contacts whose Email is in the batch's emails, with their Account's Name, Website and customer id;
-- Accounts whose Website contains one of the batch's company domains (`LIKE '%acme.com%'`: SOQL has no
-  "domain of" function; evidence.py then compares the exact host);
+- Accounts whose Website is one of the batch's company domains, as people type it (`website_variants`:
+  with or without scheme, `www.` and trailing slash; evidence.py then compares the host);
 - Accounts whose Name is in the batch's names.
 
 Values are escaped by simple_salesforce.format_soql; a statement holds at most 200 values and
@@ -98,10 +98,16 @@ def in_statements(head: str, column: str, values: Iterable[str]) -> list[str]:
     return _joined(f"{head} WHERE {column} IN (", ", ", ")", literals)
 
 
-def like_statements(head: str, column: str, fragments: Iterable[str]) -> list[str]:
-    """`{head} WHERE {column} LIKE '%a%' OR ...` statements (LIKE wildcards in a fragment escaped)."""
-    terms = [format_soql(f"{column} LIKE '%{{:like}}%'", f) for f in sorted({f for f in fragments if f})]
-    return _joined(f"{head} WHERE ", " OR ", "", terms)
+def website_variants(domains: Iterable[str]) -> list[str]:
+    """The ways people type a company's web address in Website, for an exact `IN`: with or without a scheme,
+    `www.` and a trailing slash (12 a domain). SOQL has no "host of" function, and `LIKE '%acme.com%'` scans
+    every Account once per domain; a Website with a path (`acme.com/en`) is not found this way."""
+    out: list[str] = []
+    for domain in sorted(set(domains)):
+        for scheme in ("", "http://", "https://"):
+            for host in (domain, f"www.{domain}"):
+                out += [f"{scheme}{host}", f"{scheme}{host}/"]
+    return out
 
 
 def _joined(start: str, sep: str, end: str, parts: list[str]) -> list[str]:
@@ -149,12 +155,13 @@ def _candidates_for(customers: list[Customer], gw: Queries, customer_field: str,
     emails = [c.email for c in customers if c.email]
     domains = [d for d in (email_domain(c.email) for c in customers) if d and not is_free_mail(d)]
     names = [n for c in customers if c.name for n in {c.name, " ".join(c.name.split())}]
-    # The field name is checked above; values are escaped by format_soql inside in_/like_statements.
+    # The field name is checked above; values are escaped by format_soql inside in_statements.
     linked = in_statements(f"SELECT Id, {customer_field} FROM Account", customer_field,  # noqa: S608
                            [c.id for c in customers])
     contact_cols = f"Id, Email, AccountId, Account.Name, Account.Website, Account.{customer_field}"
     contacts = in_statements(f"SELECT {contact_cols} FROM Contact", "Email", emails)  # noqa: S608
-    websites = like_statements(f"SELECT {account_cols} FROM Account", "Website", domains)  # noqa: S608
+    websites = in_statements(f"SELECT {account_cols} FROM Account", "Website",  # noqa: S608
+                             website_variants(domains))
     by_name = in_statements(f"SELECT {account_cols} FROM Account", "Name", names)  # noqa: S608
     results = gw.query_many([*linked, *contacts, *websites, *by_name])
     linked_rows = [r for rows in results[:len(linked)] for r in rows]
