@@ -150,34 +150,38 @@ def field_name(name: str) -> str:
 
 
 def _candidates_for(customers: list[Customer], gw: Queries, customer_field: str, counts: ReadCounts) -> Batch:
+    """Two rounds: which customers Accounts already hold, and Contacts by email; then, for the customers no
+    Contact names (the strongest evidence decides: evidence.py), Accounts by website and by name."""
     customer_field = field_name(customer_field)
-    account_cols = f"Id, Name, Website, {customer_field}"
-    emails = [c.email for c in customers if c.email]
-    domains = [d for d in (email_domain(c.email) for c in customers) if d and not is_free_mail(d)]
-    names = [n for c in customers if c.name for n in {c.name, " ".join(c.name.split())}]
     # The field name is checked above; values are escaped by format_soql inside in_statements.
     linked = in_statements(f"SELECT Id, {customer_field} FROM Account", customer_field,  # noqa: S608
                            [c.id for c in customers])
     contact_cols = f"Id, Email, AccountId, Account.Name, Account.Website, Account.{customer_field}"
-    contacts = in_statements(f"SELECT {contact_cols} FROM Contact", "Email", emails)  # noqa: S608
-    websites = in_statements(f"SELECT {account_cols} FROM Account", "Website",  # noqa: S608
-                             website_variants(domains))
-    by_name = in_statements(f"SELECT {account_cols} FROM Account", "Name", names)  # noqa: S608
-    results = gw.query_many([*linked, *contacts, *websites, *by_name])
-    linked_rows = [r for rows in results[:len(linked)] for r in rows]
-    taken = {str(r.get(customer_field)) for r in linked_rows}
+    contacts = in_statements(f"SELECT {contact_cols} FROM Contact", "Email",  # noqa: S608
+                             [c.email for c in customers if c.email])
+    results = gw.query_many([*linked, *contacts])
+    taken = {str(r.get(customer_field)) for rows in results[:len(linked)] for r in rows}
     unlinked = [c for c in customers if c.id not in taken]
     counts.linked_in_salesforce += len(customers) - len(unlinked)
     counts.no_email_or_name += sum(1 for c in unlinked if not c.email and not c.name)
     found = Candidates()
-    for row in (r for rows in results[len(linked):len(linked) + len(contacts)] for r in rows):
+    for row in (r for rows in results[len(linked):] for r in rows):
         account = row.get("Account") or {}
         if row.get("AccountId"):
             found.add_account(AccountCandidate(row["AccountId"], account.get("Name"), account.get("Website"),
                                                account.get(customer_field)))
-        if row.get("Email"):
-            found.add_contact(ContactCandidate(row["Id"], row["Email"], row.get("AccountId")))
-    for row in (r for rows in results[len(linked) + len(contacts):] for r in rows):
+            found.add_contact(ContactCandidate(row["Id"], row.get("Email") or "", row["AccountId"]))
+    rest = [c for c in unlinked if not (c.email and found.contacts_by_email.get(c.email.casefold()))]
+    for row in _accounts_by_website_or_name(rest, gw, customer_field):
         found.add_account(AccountCandidate(row["Id"], row.get("Name"), row.get("Website"), row.get(customer_field)))
     return Batch(unlinked, found)
 
+
+def _accounts_by_website_or_name(customers: list[Customer], gw: Queries, customer_field: str) -> list[dict[str, Any]]:
+    account_cols = f"Id, Name, Website, {customer_field}"
+    domains = [d for d in (email_domain(c.email) for c in customers) if d and not is_free_mail(d)]
+    names = [n for c in customers if c.name for n in {c.name, " ".join(c.name.split())}]
+    statements = (in_statements(f"SELECT {account_cols} FROM Account", "Website",  # noqa: S608
+                                website_variants(domains))
+                  + in_statements(f"SELECT {account_cols} FROM Account", "Name", names))  # noqa: S608
+    return [r for rows in gw.query_many(statements) for r in rows] if statements else []
