@@ -18,6 +18,7 @@ from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.link import run_link, run_link_apply
 from stripe_sf_sync.link.csvfile import LinkFileError, parse_links
+from stripe_sf_sync.link.read import client_pages
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 from stripe_sf_sync.salesforce.writers import CollectionsWriter
 from stripe_sf_sync.state.records import Outcome
@@ -36,8 +37,8 @@ def gateway(sf_sb: SalesforceSandbox, org: SalesforceOrg) -> SalesforceGateway:
 
 def propose(stripe_sb: StripeSandbox, gw: SalesforceGateway, **kw: Any) -> tuple[Any, str]:
     out = io.StringIO()
-    result = run_link(stripe_client=stripe_sb.client(), gw=gw, customer_field=FIELD, out=out, csv_path="links.csv",
-                      **kw)
+    result = run_link(customer_pages=client_pages(stripe_sb.client()), gw=gw, customer_field=FIELD, out=out,
+                      csv_path="links.csv", **kw)
     return result, out.getvalue()
 
 
@@ -81,10 +82,11 @@ def test_it_proposes_exactly_the_unambiguous_matches(stripe_sb: StripeSandbox, s
     }
     assert got[c_hooli["id"]]["note"].startswith("ambiguous: 2 Accounts")
     assert c_linked["id"] not in got and gone["id"] not in got
-    assert result.as_dict() | {"salesforce_calls": 0} == {
+    assert result.as_dict() | {"salesforce_calls": 0, "stripe_calls": 0} == {
         "customers": 7, "linked_in_metadata": 1, "linked_in_salesforce": 1, "unlinked": 5, "no_email_or_name": 0,
         "matched": 3,
-        "ambiguous": 1, "taken": 0, "none": 1, "csv": "links.csv", "salesforce_calls": 0}
+        "ambiguous": 1, "taken": 0, "none": 1, "csv": "links.csv", "salesforce_calls": 0,
+        "stripe_calls": 0}
     assert all(len(line) <= 80 for line in result.lines())
     assert "`stripe-sf link --apply links.csv`" in " ".join(result.lines())
 
@@ -104,6 +106,7 @@ def test_reads_are_batched_for_hundreds_of_customers(stripe_sb: StripeSandbox, s
     # spellings a domain) + 2 name statements (4 calls). Never one a customer. Plus 5 Stripe pages of 100.
     assert result.salesforce_calls == 6
     assert sum(1 for method, path, _ in stripe_sb.requests_log if path == "/v1/customers") == 5
+    assert result.read.stripe_pages == 5
 
 
 def apply(tmp_path: Path, text: str, sf_sb: SalesforceSandbox, org: SalesforceOrg, **kw: Any) -> Any:

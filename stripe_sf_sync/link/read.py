@@ -58,6 +58,7 @@ class ReadCounts:
     linked_in_metadata: int = 0
     linked_in_salesforce: int = 0
     no_email_or_name: int = 0
+    stripe_pages: int = 0
 
     @property
     def unlinked(self) -> int:
@@ -73,11 +74,16 @@ class Batch:
     candidates: Candidates = field(default_factory=Candidates)
 
 
-def stripe_customers(client: Any) -> Iterator[dict[str, Any]]:
-    """Every live customer, 100 to a page (a deleted customer is never listed: Stripe API reference, "List all
-    customers"). `client` is a `stripe.StripeClient`."""
-    for customer in client.v1.customers.list({"limit": STRIPE_PAGE}).auto_paging_iter():
-        yield customer.to_dict() if hasattr(customer, "to_dict") else dict(customer)
+def client_pages(client: Any) -> Iterator[list[dict[str, Any]]]:
+    """Pages of every live customer, 100 a page, through a plain `stripe.StripeClient` (a deleted customer is
+    never listed: Stripe API reference, "List all customers"). The CLI passes StripeSource.customer_pages
+    instead, paced and retried like every other Stripe read."""
+    page = client.v1.customers.list({"limit": STRIPE_PAGE})
+    while True:
+        yield [c.to_dict() for c in page.data]
+        if not page.has_more or not page.data:
+            return
+        page = client.v1.customers.list({"limit": STRIPE_PAGE, "starting_after": page.data[-1].id})
 
 
 def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -125,10 +131,17 @@ def _joined(start: str, sep: str, end: str, parts: list[str]) -> list[str]:
     return out
 
 
-def unlinked_batches(client: Any, gw: Queries, *, customer_field: str, counts: ReadCounts,
+def _customers(pages: Iterable[list[dict[str, Any]]], counts: ReadCounts) -> Iterator[dict[str, Any]]:
+    for page in pages:
+        counts.stripe_pages += 1
+        yield from page
+
+
+def unlinked_batches(pages: Iterable[list[dict[str, Any]]], gw: Queries, *, customer_field: str, counts: ReadCounts,
                      batch_size: int = CUSTOMER_BATCH) -> Iterator[Batch]:
-    """The unlinked customers a batch at a time, with their candidates; `counts` is filled in as it goes."""
-    for raw in chunks(stripe_customers(client), batch_size):
+    """The unlinked customers of `pages` (pages of Stripe customers as dicts) a batch at a time, with their
+    candidates; `counts` is filled in as it goes."""
+    for raw in chunks(_customers(pages, counts), batch_size):
         counts.customers += len(raw)
         pending: list[Customer] = []
         for c in raw:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,7 +44,8 @@ class ProposeResult:
                 "linked_in_salesforce": self.read.linked_in_salesforce, "unlinked": self.read.unlinked,
                 "no_email_or_name": self.read.no_email_or_name,
                 **{k: self.outcomes.get(k, 0) for k in ("matched", "ambiguous", "taken", "none")},
-                "csv": self.csv_path, "salesforce_calls": self.salesforce_calls}
+                "csv": self.csv_path, "salesforce_calls": self.salesforce_calls,
+                "stripe_calls": self.read.stripe_pages}
 
     def lines(self) -> list[str]:
         """The summary for people, at most 80 columns a line."""
@@ -55,7 +57,7 @@ class ProposeResult:
         if self.csv_path:
             out += _wrap(f"Proposals: {self.csv_path}. Review it (clear or fill in account_id), then run "
                          f"`stripe-sf link --apply {self.csv_path}`.")
-        out += [f"Salesforce: {_n(self.salesforce_calls, 'API call')}."]
+        out += [f"Calls: {_n(self.read.stripe_pages, 'Stripe page')}, {_n(self.salesforce_calls, 'Salesforce call')}."]
         return out
 
 
@@ -114,12 +116,13 @@ def _calls(gw: Any) -> int:
     return int(getattr(usage, "calls", 0))
 
 
-def run_link(*, stripe_client: Any, gw: Queries, customer_field: str, out: TextIO | None = None,
-             csv_path: str | None = None, batch_size: int = CUSTOMER_BATCH) -> ProposeResult:
-    """Propose a match for every unlinked customer; write the proposals to `out` as CSV (if given)."""
+def run_link(*, customer_pages: Iterable[list[dict[str, Any]]], gw: Queries, customer_field: str,
+             out: TextIO | None = None, csv_path: str | None = None, batch_size: int = CUSTOMER_BATCH) -> ProposeResult:
+    """Propose a match for every unlinked customer of `customer_pages` (StripeSource.customer_pages, or
+    read.client_pages over a StripeClient); write the proposals to `out` as CSV (if given)."""
     before = _calls(gw)
     result = ProposeResult(ReadCounts(), csv_path=csv_path if out is not None else None)
-    batches = unlinked_batches(stripe_client, gw, customer_field=customer_field, counts=result.read,
+    batches = unlinked_batches(customer_pages, gw, customer_field=customer_field, counts=result.read,
                                batch_size=batch_size)
     first = True
     for batch in batches:
