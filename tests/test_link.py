@@ -262,3 +262,20 @@ def test_unlinked_customers_are_linked_and_their_dead_letters_then_apply(
     assert (retried.applied, retried.dead_lettered) == (1, 0)
     assert [o["AccountId"] for o in org.records("Opportunity") if o["Stripe_Subscription_ID__c"]
             == sc.subscriptions["hooli"]] == [hooli]
+
+
+def test_the_cli_reads_customers_through_the_paced_stripe_source(stripe_sb: StripeSandbox, sf_sb: SalesforceSandbox,
+                                                                 org: SalesforceOrg, factory: StripeFactory) -> None:
+    from stripe_sf_sync.stripe.source import StripeSource, build_client
+
+    acme = org.insert("Account", {"Name": "Acme"})
+    for i in range(150):
+        factory.customer(f"Nobody {i}", f"n{i}@nowhere{i}.example")
+    customer = factory.customer("Acme", "a@acme.example")
+    client, http = build_client(stripe_sb.api_key, api_base=stripe_sb.base_url, api_version="2026-10-28.endive",
+                                timeout=30)
+    source = StripeSource(client, http, api_version="2026-10-28.endive")
+    result = run_link(customer_pages=source.customer_pages(created={"lte": int(customer["created"]) + 1}),
+                      gw=gateway(sf_sb, org), customer_field=FIELD, batch_size=100)
+    assert (result.read.customers, result.outcomes["matched"], result.read.stripe_pages) == (151, 1, 2)
+    assert source.calls == 2 and org.get("Account", acme)[FIELD] is None  # proposing writes nothing
