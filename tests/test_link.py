@@ -279,3 +279,36 @@ def test_the_cli_reads_customers_through_the_paced_stripe_source(stripe_sb: Stri
                       gw=gateway(sf_sb, org), customer_field=FIELD, batch_size=100)
     assert (result.read.customers, result.outcomes["matched"], result.read.stripe_pages) == (151, 1, 2)
     assert source.calls == 2 and org.get("Account", acme)[FIELD] is None  # proposing writes nothing
+
+
+def test_stripe_writes_are_paced_and_a_429_is_tried_again(tmp_path: Path, stripe_sb: StripeSandbox,
+                                                          sf_sb: SalesforceSandbox, org: SalesforceOrg,
+                                                          factory: StripeFactory) -> None:
+    from stripe_sf_sync.link.apply import write_stripe
+    from stripe_sf_sync.link.csvfile import Link
+    from stripe_sf_sync.link.run import ApplyOutcome
+
+    class Pace:
+        def __init__(self) -> None:
+            self.waits = self.throttles = self.successes = 0
+
+        def wait(self) -> None:
+            self.waits += 1
+
+        def throttled(self, reason: str = "rate") -> None:
+            self.throttles += 1
+
+        def succeeded(self) -> None:
+            self.successes += 1
+
+    account = org.insert("Account", {"Name": "Acme"})
+    customer = factory.customer("Acme", "a@acme.example")
+    stripe_sb.faults.fail_matching("POST", r"^/v1/customers/", 429, {"error": {"type": "invalid_request_error",
+                                                                               "message": "Too many requests"}},
+                                   times=2, headers={"Stripe-Rate-Limited-Reason": "endpoint-rate"})
+    pace, outcome, slept = Pace(), ApplyOutcome(), []
+    client = stripe.StripeClient(stripe_sb.api_key, base_addresses={"api": stripe_sb.base_url},
+                                 max_network_retries=0)
+    write_stripe([Link(customer["id"], account, 2)], client, outcome, pace=pace, sleep=slept.append)
+    assert (outcome.stripe_written, pace.waits, pace.throttles, pace.successes) == (1, 3, 2, 1)
+    assert slept == [1.0, 2.0] and stripe_sb.get(customer["id"])["metadata"]["salesforce_account_id"] == account

@@ -14,7 +14,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ from stripe_sf_sync.state.records import DeadLetter
 STRIPE_PERMISSION = "Customers: Write (rak_customer_write)"
 RETRY_COMMAND = "stripe-sf dlq retry --all"
 NO_ACCOUNT = "NO_ACCOUNT"
+RATE_LIMIT_TRIES = 4
 
 
 class AccountWriter(Protocol):
@@ -134,22 +136,62 @@ def write_salesforce(links: Sequence[Link], writer: AccountWriter, customer_fiel
     return written, refused
 
 
-def write_stripe(links: Sequence[Link], client: Any, outcome: ApplyOutcome) -> None:
-    """Write `salesforce_account_id` into each customer's metadata (`client`: a stripe.StripeClient). A key
-    refused (401/403) stops the Stripe writes: every later one would be refused the same way."""
+class Pace(Protocol):
+    """A pace for Stripe writes (stripe_sf_sync.stripe.source.Pacer: Stripe limits each endpoint, such as
+    `POST /v1/customers/{id}`, to 25 requests a second by default; docs.stripe.com/rate-limits)."""
+
+    def wait(self) -> None:
+        """Sleep until one more request fits."""
+
+    def throttled(self, reason: str = "rate") -> None:
+        """Stripe answered 429: slow down."""
+
+    def succeeded(self) -> None:
+        """A request went through."""
+
+
+class _Unpaced:
+    def wait(self) -> None:
+        return None
+
+    def throttled(self, reason: str = "rate") -> None:
+        return None
+
+    def succeeded(self) -> None:
+        return None
+
+
+def write_stripe(links: Sequence[Link], client: Any, outcome: ApplyOutcome, *, pace: Pace | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+    """Write `salesforce_account_id` into each customer's metadata (`client`: a stripe.StripeClient), one
+    `POST /v1/customers/{id}` each (Stripe has no batch update), at `pace`. A 429 slows the pace and is tried
+    again (RATE_LIMIT_TRIES in all); a key refused (401/403) stops the Stripe writes: every later one would be
+    refused the same way."""
+    pace = pace or _Unpaced()
     for link in links:
-        try:
-            client.v1.customers.update(link.customer_id, {"metadata": {METADATA_KEY: link.account_id}})
-        except (stripe.PermissionError, stripe.AuthenticationError) as exc:
-            outcome.stripe_stopped = (f"Stripe refused the customer write ({_request(exc)}HTTP {exc.http_status}): "
-                                      f"the key needs {STRIPE_PERMISSION}. The Salesforce links are written; "
-                                      "run it again with such a key to write the metadata.")
-            return
-        except stripe.StripeError as exc:
-            outcome.stripe_refused.append(Refusal(link.customer_id, link.account_id, link.line,
-                                                  f"Stripe refused it ({_request(exc)}{exc.user_message or exc})"))
-        else:
-            outcome.stripe_written += 1
+        for attempt in range(1, RATE_LIMIT_TRIES + 1):
+            pace.wait()
+            try:
+                client.v1.customers.update(link.customer_id, {"metadata": {METADATA_KEY: link.account_id}})
+            except stripe.RateLimitError as exc:
+                pace.throttled()
+                if attempt < RATE_LIMIT_TRIES:
+                    sleep(min(8.0, 0.5 * 2 ** attempt))
+                    continue
+                outcome.stripe_refused.append(Refusal(link.customer_id, link.account_id, link.line,
+                                                      f"Stripe kept rate-limiting it ({_request(exc)}HTTP 429)"))
+            except (stripe.PermissionError, stripe.AuthenticationError) as exc:
+                outcome.stripe_stopped = (f"Stripe refused the customer write ({_request(exc)}HTTP "
+                                          f"{exc.http_status}): the key needs {STRIPE_PERMISSION}. The Salesforce "
+                                          "links are written; run it again with such a key to write the metadata.")
+                return
+            except stripe.StripeError as exc:
+                outcome.stripe_refused.append(Refusal(link.customer_id, link.account_id, link.line,
+                                                      f"Stripe refused it ({_request(exc)}{exc.user_message or exc})"))
+            else:
+                pace.succeeded()
+                outcome.stripe_written += 1
+            break
 
 
 def _request(exc: stripe.StripeError) -> str:
@@ -178,7 +220,8 @@ def waiting_letters(state: DeadLetterReads, customers: Collection[str]) -> int:
 
 
 def apply_links(links: Sequence[Link], *, gw: Queries, writer: AccountWriter, customer_field: str,
-                stripe_client: Any = None, state: DeadLetterReads | None = None) -> ApplyOutcome:
+                stripe_client: Any = None, stripe_pace: Pace | None = None,
+                state: DeadLetterReads | None = None) -> ApplyOutcome:
     """Check, write to Salesforce, optionally to Stripe, and count the dead letters now retryable."""
     outcome = ApplyOutcome()
     to_write, outcome.already, outcome.refused = check_links(links, gw, customer_field)
@@ -186,7 +229,7 @@ def apply_links(links: Sequence[Link], *, gw: Queries, writer: AccountWriter, cu
         outcome.linked, failed = write_salesforce(to_write, writer, customer_field)
         outcome.refused.extend(failed)
     if stripe_client is not None:
-        write_stripe([*outcome.linked, *outcome.already], stripe_client, outcome)
+        write_stripe([*outcome.linked, *outcome.already], stripe_client, outcome, pace=stripe_pace)
     if state is not None:
         outcome.waiting_letters = waiting_letters(state, {link.customer_id for link in (*outcome.linked,
                                                                                         *outcome.already)})

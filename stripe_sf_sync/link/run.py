@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from stripe_sf_sync.link.apply import RETRY_COMMAND, AccountWriter, ApplyOutcome, DeadLetterReads, apply_links
+from stripe_sf_sync.link.apply import (
+    RETRY_COMMAND,
+    AccountWriter,
+    ApplyOutcome,
+    DeadLetterReads,
+    Pace,
+    apply_links,
+)
 from stripe_sf_sync.link.csvfile import read_links, write_proposals
 from stripe_sf_sync.link.evidence import propose_all
 from stripe_sf_sync.link.read import CUSTOMER_BATCH, Queries, ReadCounts, unlinked_batches
@@ -138,10 +145,12 @@ def run_link(*, customer_pages: Iterable[list[dict[str, Any]]], gw: Queries, cus
 
 
 def run_link_apply(path: Path, *, gw: Queries, writer: AccountWriter, customer_field: str,
-                   stripe_client: Any = None, state: DeadLetterReads | None = None) -> ApplyResult:
-    """Apply a reviewed proposals file (raises csvfile.LinkFileError naming every malformed row first)."""
+                   stripe_client: Any = None, stripe_pace: Pace | None = None,
+                   state: DeadLetterReads | None = None) -> ApplyResult:
+    """Apply a reviewed proposals file (raises csvfile.LinkFileError naming every malformed row first).
+    `stripe_client` (with `stripe_pace`, e.g. a stripe.source.Pacer) also writes the Stripe metadata."""
     links = read_links(path)
     before = _calls(gw)
     outcome = apply_links(links, gw=gw, writer=writer, customer_field=customer_field,
-                          stripe_client=stripe_client, state=state)
+                          stripe_client=stripe_client, stripe_pace=stripe_pace, state=state)
     return ApplyResult(outcome, to_stripe=stripe_client is not None, salesforce_calls=_calls(gw) - before)
