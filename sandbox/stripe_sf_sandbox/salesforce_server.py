@@ -176,6 +176,9 @@ def _default_schema(
         FieldDef("Name", "string", length=255, required=True),
         _owner(),
         _ext("Stripe_Customer_ID__c"),
+        # Standard fields `stripe-sf link` reads: a company's web address, and the survivor a merge names.
+        FieldDef("Website", "url", length=255),
+        FieldDef("MasterRecordId", "reference", reference_to=["Account"], createable=False, updateable=False),
         FieldDef(
             "Subscription_Status__c",
             "picklist",
@@ -248,6 +251,7 @@ def _default_schema(
         FieldDef("LastName", "string", length=80, required=True),
         FieldDef("AccountId", "reference", reference_to=["Account"]),
         FieldDef("Email", "email", length=80),
+        FieldDef("MasterRecordId", "reference", reference_to=["Contact"], createable=False, updateable=False),
         _owner(),
     )
     user = _fields(
@@ -634,6 +638,13 @@ class SalesforceOrg:
             outcome = self.apply_ops([_WriteOp("delete", name, record_id=record_id, seeding=True)], True)[0]
             if not outcome.success:
                 raise ValueError(_flatten(outcome.errors))
+
+    def merge(self, sobject: str, master_id: str, victim_ids: list[str]) -> list[str]:
+        """Merge records as an admin does (merges.py): victims deleted with MasterRecordId set, children moved."""
+        from .merges import merge
+
+        with self._lock:
+            return merge(self, self._require_sobject(sobject), master_id, victim_ids)
 
     def activate_currency(self, code: str) -> None:
         """What an admin does in Setup > Company Information > Currencies: a new active currency,

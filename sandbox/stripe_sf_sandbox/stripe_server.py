@@ -1,5 +1,5 @@
-"""A local, read-only stand-in of the Stripe API (v1) over plain HTTP on 127.0.0.1 (or HTTPS, like
-api.stripe.com, with a throwaway CA: `StripeSandbox(tls=True)`).
+"""A local stand-in of the Stripe API (v1), read-only but for customer updates (stripe_writes.py), over plain
+HTTP on 127.0.0.1 (or HTTPS, like api.stripe.com, with a throwaway CA: `StripeSandbox(tls=True)`).
 
 It serves the endpoints stripe-sf reads, with Stripe's list, cursor, filter, expand, error, auth,
 rate-limit and API-version semantics, so the official `stripe` SDK can talk to it unchanged:
@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import stripe
 
+from stripe_sf_sandbox import stripe_writes
 from stripe_sf_sandbox.faults import FaultPlan
 from stripe_sf_sandbox.stripe_factory import (
     API_VERSION_CURRENT,
@@ -342,6 +343,8 @@ class StripeSandbox:
         self.api_key = "sk_test_sandbox_" + _rand_suffix(24)
         # Keys rolled or deleted in the Dashboard: Stripe answers 401 "Expired API Key provided".
         self.revoked_keys: set[str] = set()
+        # Restricted keys made by `restricted_key`: key -> resource ("customer") -> "read" or "write".
+        self.restricted_keys: dict[str, dict[str, stripe_writes.Access]] = {}
         self.base_url = ""
         # HTTPS with a trustme CA, as api.stripe.com serves: a client trusts it only through ca_path.
         self.tls = tls
@@ -445,6 +448,13 @@ class StripeSandbox:
             stripe_version=stripe_version,
             max_network_retries=max_network_retries,
         )
+
+    def restricted_key(self, **permissions: stripe_writes.Access) -> str:
+        """A new restricted key (`rk_test_…`) with these permissions per resource, e.g. `customer="read"`;
+        a resource not named has none (stripe_writes.py)."""
+        key = "rk_test_sandbox_" + _rand_suffix(24)
+        self.restricted_keys[key] = dict(permissions)
+        return key
 
     # ----------------------------------------------------------------- state
 
@@ -629,7 +639,7 @@ class StripeSandbox:
 
     # ----------------------------------------------------------------- HTTP dispatch
 
-    def _check_auth(self, header: str | None) -> None:
+    def _check_auth(self, header: str | None) -> str:
         # Stripe answers auth failures with HTTP 401 and type invalid_request_error (observed responses);
         # the SDK maps any 401 to stripe.AuthenticationError.
         key = None
@@ -659,9 +669,10 @@ class StripeSandbox:
             raise StripeApiError(401, f"Invalid API Key provided: {masked}")
         if key in self.revoked_keys:
             raise StripeApiError(401, f"Expired API Key provided: {masked}")
+        return key
 
     def _handle(
-        self, method: str, raw_path: str, headers: Mapping[str, str]
+        self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes = b""
     ) -> tuple[int, Body, dict[str, str]]:
         """Process one request (`headers` keyed in lower case); returns (status, body, extra headers)."""
         parts = urlsplit(raw_path)
@@ -670,7 +681,7 @@ class StripeSandbox:
             self.request_count += 1
             n = self.request_count
             try:
-                params = parse_query(parts.query)
+                params = parse_query(parts.query if method == "GET" else body.decode("utf-8", "replace"))
                 parse_error: StripeApiError | None = None
             except StripeApiError as exc:
                 params, parse_error = {}, exc
@@ -686,9 +697,9 @@ class StripeSandbox:
                 time.sleep(self.latency_ms / 1000.0)
             failure = self.faults.injected_for(n, method, path)
             if failure is not None:
-                body = failure.body if failure.body is not None else _generic_error_body(failure.status)
-                return failure.status, body, dict(failure.headers)
-            self._check_auth(headers.get("authorization"))
+                injected = failure.body if failure.body is not None else _generic_error_body(failure.status)
+                return failure.status, injected, dict(failure.headers)
+            key = self._check_auth(headers.get("authorization"))
             if self._bucket is not None and not self._bucket.take():
                 raise self._rate_limited("global-rate")
             if self.endpoint_limit_per_s and not self._endpoint_bucket(method, path).take():
@@ -698,8 +709,9 @@ class StripeSandbox:
                 _bad(f"Invalid Stripe API version: {version}")
             if parse_error is not None:
                 raise parse_error
-            status, body = self._route(method, path, params, version)
-            return status, body, {"Stripe-Version": version}
+            stripe_writes.check_permission(self, key, method, path)
+            status, answer = self._route(method, path, params, version)
+            return status, answer, {"Stripe-Version": version}
         except StripeApiError as exc:
             return exc.status, exc.body, exc.headers
         except Exception:
@@ -732,6 +744,9 @@ class StripeSandbox:
     def _route(self, method: str, path: str, params: Obj, version: str) -> tuple[int, Obj]:
         m = _PATH_RE.match(path)
         if method != "GET":
+            written = stripe_writes.route(self, method, path, params)
+            if written is not None:
+                return written
             if m and m.group(1) in COLLECTIONS:
                 _bad(f"The Stripe sandbox is read-only: {method} {path} is not implemented.")
             raise StripeApiError(404, f"Unrecognized request URL ({method}: {path}).")
@@ -1141,10 +1156,9 @@ def _make_handler(sandbox: StripeSandbox) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)  # drain form bodies so keep-alive stays in sync
+            form = self.rfile.read(length) if length else b""  # always read: keeps keep-alive in sync
             headers = {name.lower(): value for name, value in self.headers.items()}
-            status, body, extra = sandbox._handle(self.command, self.path, headers)
+            status, body, extra = sandbox._handle(self.command, self.path, headers, form)
             if isinstance(body, dict):
                 payload = json.dumps(body).encode()  # compact: the C encoder is skipped when indenting
             elif isinstance(body, str):
