@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "state.records", "state.interface", "state.schema")),
     ("pipeline", ("pipeline",)),
     ("edges", ("stripe", "salesforce", "state")),
-    ("ways in", ("sources", "reconcile", "setup", "discover")),
+    ("ways in", ("sources", "reconcile", "setup", "discover", "link")),
     ("service", ("service", "serve", "render")),
     ("cli", ("cli", "__main__")),
 ]
