@@ -1,5 +1,5 @@
 """What the commands that read or check print for people: `status`, `dlq list`, `state migrate`,
-`discover-config` and `doctor`."""
+`discover-config`, `doctor` and `setup`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stripe_sf_sync.health import span
-from stripe_sf_sync.render.console import echo, quiet, stdout
+from stripe_sf_sync.render.console import echo, print_json, quiet, stdout
 from stripe_sf_sync.render.tables import Column, print_records
 from stripe_sf_sync.words import counted
 
@@ -178,6 +178,17 @@ def print_doctor(report: Any) -> None:
     c = report.counts()
     if not (quiet_now and not c["warning"] and not c["error"]):
         echo(f"doctor: {c['ok']} ok, {counted(c['warning'], 'warning')}, {counted(c['error'], 'error')}.")
+
+
+def print_setup(result: Any, *, as_json: bool) -> None:
+    """`setup`: each change, refusal and component's result, one a line (--json: the result's dict)."""
+    if as_json:
+        from stripe_sf_sync.setup.run import as_dict  # imported when it prints (simple-salesforce)
+
+        print_json(as_dict(result))
+        return
+    for line in result.lines():
+        echo(line)
 
 
 def print_sandbox_started(pid: int, env_file: Path) -> None:
