@@ -43,7 +43,8 @@ app = typer.Typer(help="Keep Salesforce true to what Stripe has actually collect
                   context_settings={"help_option_names": ["-h", "--help"]})
 dlq_app = typer.Typer(help="Inspect, retry and drop dead-lettered events.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
-state_app = typer.Typer(help="Move the state to PostgreSQL (shared by more than one host).", no_args_is_help=True)
+state_app = typer.Typer(help="Move the state to PostgreSQL (shared by more than one host), or bind it to another "
+                        "Salesforce org or Stripe account.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
 
 
@@ -338,11 +339,32 @@ def state_migrate(
         render.print_migrated(result)
 
 
+@command(state_app, "rebind")
+def state_rebind(
+    opts: GlobalOptions,
+    yes: Annotated[bool, typer.Option("--yes", help="Bind the state to the org and account the credentials reach "
+                                                    "now (exit 2 without it when they differ).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the Salesforce org and Stripe account the state belongs to, and those the credentials reach now.
+
+    Runs refuse (exit 10) to write into another org or account than the state's; after a sandbox refresh or a
+    new Stripe account, a person rebinds it with --yes. The cursor and the ledger stay as they are.
+
+    Example: stripe-sf state rebind, then stripe-sf state rebind --yes
+    """
+    result = guarded(lambda: service.run_state_rebind(opts.config, service.Environment(), yes=yes), debug=opts.debug)
+    if as_json:
+        render.print_json(result)
+    else:
+        render.print_rebind(result)
+
+
 @command(app)
 def doctor(opts: GlobalOptions, as_json: JsonOpt = False) -> None:
     """Check everything a run depends on, before the first write: one line per check, each problem with its fix.
 
-    Exit 0 when healthy (with warnings too), else the first error's code: 2, 5, 6 or 7 (docs/configure.md).
+    Exit 0 when healthy (with warnings too), else the first error's code: 2, 5, 6, 7 or 10 (docs/exit-codes.md).
 
     Example: stripe-sf doctor --json
     """

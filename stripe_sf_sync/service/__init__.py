@@ -10,6 +10,7 @@ from stripe_sf_sync.service.backfill import run_backfill
 from stripe_sf_sync.service.discover import run_discover
 from stripe_sf_sync.service.dlq import dlq_drop, dlq_list, run_dlq_retry
 from stripe_sf_sync.service.doctor import run_doctor
+from stripe_sf_sync.service.identity import run_state_rebind
 from stripe_sf_sync.service.migrate import run_state_migrate
 from stripe_sf_sync.service.reconcile import run_reconcile
 from stripe_sf_sync.service.recorded import RecordedRun, recorded_run
@@ -39,6 +40,6 @@ __all__ = [
     "TASK_KEYS_ABOUT_KEY", "Environment", "RecordedRun", "RunSummary", "Runtime", "apply_sync", "batch_settings",
     "check_run_metrics", "clients", "dlq_drop", "dlq_list", "exit_code_for", "parse_since",
     "prove_salesforce_contact", "recorded_run", "run_backfill", "run_demo", "run_discover", "run_dlq_retry",
-    "run_doctor", "run_reconcile", "run_setup_command", "run_state_migrate", "run_sync", "serve_sandbox",
-    "serve_webhooks", "start_sandbox", "status_report", "task_keys_about_since",
+    "run_doctor", "run_reconcile", "run_setup_command", "run_state_migrate", "run_state_rebind", "run_sync",
+    "serve_sandbox", "serve_webhooks", "start_sandbox", "status_report", "task_keys_about_since",
 ]
