@@ -135,7 +135,7 @@ class OrgFacts:
     # every amount in it. None when Salesforce did not say.
     currency: str | None = None
     # The org's Id and whether it is a sandbox, when this run's describe read them (never cached: identity.py).
-    org: SalesforceIdentity | None = None
+    org: SalesforceIdentity | None = field(default=None, compare=False)
 
     def holds(self, code: str) -> bool | None:
         """Whether an amount in `code` can be written as what it is: True, False, or None (not known)."""

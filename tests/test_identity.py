@@ -177,3 +177,15 @@ def test_the_rules() -> None:
     bound = Binding(org_a, acct)
     assert loads(bound.dumps()) == bound and loads("not json") == Binding() and loads(None) == Binding()
     assert "key" not in (bound.as_dict()["stripe"] or {})
+
+
+@pytest.mark.parametrize("command", [["backfill", "--since", "2020-01-01"], ["reconcile", "--fix"],
+                                     ["dlq", "retry", "--all"]], ids=" ".join)
+def test_every_run_that_writes_checks_the_org(runner, config, cli_env, sf_sb, stripe_sb, sc, other_org, command):
+    code, out = sync(runner, config, cli_env, "--since", since(sc))
+    assert code == ExitCode.DEAD_LETTERS, out  # one dead letter for `dlq retry`
+    calls = len(other_org.requests_log)
+    result = runner.invoke(app, [*command, "--config", str(config)], env=env_for(stripe_sb, other_org))
+    assert result.exit_code == ExitCode.IDENTITY, result.output
+    assert other_org.org.org_id in result.output
+    assert all(method == "GET" or path.endswith("/composite") for method, path in other_org.requests_log[calls:])

@@ -82,9 +82,10 @@ class IdentityGuard:
         def make() -> SalesforceGateway:
             self.check_stripe()
             gw = factory()
-            current = org.identity(gw)
+            current = gw.org_seen or org.identity(gw)
             if current is not None:
                 self.check_salesforce(current)
+                gw.org_seen = current
             return gw
         return make
 
