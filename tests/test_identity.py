@@ -189,3 +189,13 @@ def test_every_run_that_writes_checks_the_org(runner, config, cli_env, sf_sb, st
     assert result.exit_code == ExitCode.IDENTITY, result.output
     assert other_org.org.org_id in result.output
     assert all(method == "GET" or path.endswith("/composite") for method, path in other_org.requests_log[calls:])
+
+
+def test_a_key_that_may_not_read_its_account_is_checked_by_its_mode(runner, config, cli_env, stripe_sb, sf_sb, sc):
+    stripe_sb.account_readable = False  # a restricted key without the Account read permission
+    code, out = sync(runner, config, cli_env, "--since", since(sc))
+    assert code == ExitCode.DEAD_LETTERS, out  # applied all the same
+    assert "may not read its own account" in out
+    status = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"], env=cli_env).stdout)
+    assert status["identity"]["stripe"] == {"account": None, "live": False}
+    assert status["identity"]["salesforce"]["org_id"] == sf_sb.org.org_id

@@ -349,6 +349,9 @@ class StripeSandbox:
         # The account the keys belong to: GET /v1/account answers it (Stripe API reference, "Retrieve account":
         # with no id, the account of the key that makes the request).
         self.account_id = "acct_" + _rand_suffix(16)
+        # False: the key is a restricted key without the Account read permission; GET /v1/account answers 403
+        # (Stripe docs, "Restricted API keys": a request outside the key's permissions gets a permission error).
+        self.account_readable = True
         # Keys rolled or deleted in the Dashboard: Stripe answers 401 "Expired API Key provided".
         self.revoked_keys: set[str] = set()
         self.base_url = ""
@@ -757,6 +760,9 @@ class StripeSandbox:
     def _own_account(self) -> Obj:
         """GET /v1/account: the key's own account (Stripe API reference, "The Account object"; the fields a
         reader of its identity needs)."""
+        if not self.account_readable:
+            raise StripeApiError(403, f"The provided key '{self.api_key[:8]}***' does not have the required "
+                                 f"permissions for this endpoint on account '{self.account_id}'.")
         return {"id": self.account_id, "object": "account", "type": "standard", "country": "US",
                 "default_currency": "usd", "charges_enabled": True, "details_submitted": True,
                 "settings": {"dashboard": {"display_name": "Sandbox Account", "timezone": "Etc/UTC"}}}
