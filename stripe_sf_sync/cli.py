@@ -3,23 +3,28 @@ errors to an exit code."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 import stripe_sf_sync
 from stripe_sf_sync import render
+from stripe_sf_sync.cli_options import (
+    DryRunOpt,
+    GlobalOptions,
+    JsonOpt,
+    MetricsOpt,
+    command,
+    with_global_options,
+)
 from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ExitCode, StripeSfError
 from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE
 from stripe_sf_sync.lazy import lazy_module
-from stripe_sf_sync.logs import LogFormat, setup_logging
 
 # Loaded when a command first uses them: `--help` and TAB completion start without the Stripe SDK,
 # simple-salesforce, pydantic or requests (issue 20 §5; tests/test_cli.py checks it).
@@ -32,122 +37,15 @@ else:
     configuration = lazy_module("stripe_sf_sync.config")
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(help="Keep Salesforce true to what Stripe has actually collected.", no_args_is_help=True,
                   add_completion=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 dlq_app = typer.Typer(help="Inspect, retry and drop dead-lettered events.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
-state_app = typer.Typer(help="Move the state to PostgreSQL (shared by more than one host).", no_args_is_help=True)
+state_app = typer.Typer(help="Move the state to PostgreSQL (shared by more than one host), or bind it to another "
+                        "Salesforce org or Stripe account.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
-
-
-_GIVEN = "stripe_sf.global_options"  # ctx.meta key: the global options given before the command name
-
-
-def _global(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
-    """A global option (--config, --log-format, -v, --quiet) works before or after the command name: the
-    root command and every command take it (declared once, below). Given after the name, it wins; given only before, the
-    command takes that value; otherwise its own (the environment variable, or the default)."""
-    given: dict[str, Any] = ctx.meta.setdefault(_GIVEN, {})
-    source = ctx.get_parameter_source(param.name or "")
-    if source is not None and source.name == "COMMANDLINE":
-        given[param.name or ""] = value
-        return value
-    return given.get(param.name or "", value)
-
-
-@dataclass(frozen=True)
-class GlobalOptions:
-    """The options every command takes, before or after its name. `config` is None for the commands that read
-    no config (demo, sandbox)."""
-
-    config: Path | None
-    log_format: LogFormat | None
-    debug: bool
-    quiet: bool
-
-
-def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-
-
-_CONFIG = _option("config", Annotated[Path, typer.Option(
-    "--config", "-c", envvar="STRIPE_SF_CONFIG", callback=_global, help="Path to sync.yaml.", show_default=True)],
-    DEFAULT_CONFIG_PATH)
-_LOGGING = (
-    _option("log_format", Annotated[LogFormat | None, typer.Option(
-        "--log-format", envvar="STRIPE_SF_LOG_FORMAT", callback=_global, case_sensitive=False,
-        help="Log lines on stderr: auto (pretty on a terminal), plain, or json (one object a line). "
-             "Default: sync.log_format in the config, else auto.")], None),
-    _option("debug", Annotated[bool, typer.Option(
-        "--debug", "--verbose", "-v", callback=_global,
-        help="Debug logs (each API call), and a traceback on errors.")], False),
-    _option("quiet", Annotated[bool, typer.Option(
-        "--quiet", "-q", callback=_global, help="Warnings and errors only; a run's summary only with --json.")],
-        False),
-)
-
-
-def _with_global_options(fn: Callable[..., Any], *, config: bool, setup: bool) -> Callable[..., Any]:
-    """`fn` with the global options added to what Typer sees. Its own parameter `opts` gets them, as
-    GlobalOptions, after logging is set up (`setup`). Typer has no options that subcommands inherit."""
-    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "opts"]
-    extra = ([_CONFIG] if config else []) + list(_LOGGING)
-
-    def command(**kwargs: Any) -> Any:
-        opts = GlobalOptions(kwargs.pop("config", None), kwargs.pop("log_format"), kwargs.pop("debug"),
-                             kwargs.pop("quiet"))
-        if setup:
-            _setup(opts)
-        return fn(opts=opts, **kwargs)
-
-    command.__name__, command.__qualname__, command.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
-    command.__module__ = fn.__module__
-    command.__signature__ = inspect.Signature([*own, *extra])  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in [*own, *extra]}
-    return command
-
-
-def command(group: typer.Typer, name: str | None = None, *, config: bool = True) -> Callable[[F], F]:
-    """Register a command of `group` that takes the global options (`config`: --config too)."""
-    def register(fn: F) -> F:
-        group.command(name)(_with_global_options(fn, config=config, setup=True))
-        return fn
-    return register
-
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the planned writes; change nothing.")]
-MetricsOpt = Annotated[Path | None, typer.Option(
-    "--metrics-file", help="Write the run's figures here in Prometheus text format (node_exporter's textfile "
-                           "collector), atomically.")]
-
-
-def _setup(opts: GlobalOptions) -> None:
-    """Logging for one command: the format from the option (or STRIPE_SF_LOG_FORMAT), else the config's
-    sync.log_format, else auto."""
-    log_format = opts.log_format
-    if log_format is None and opts.config is not None:
-        log_format = _configured_log_format(opts.config)
-    if log_format not in (None, "auto", "plain", "json"):
-        render.usage_error(f"error: --log-format must be auto, plain or json, not {log_format!r}.")
-        raise typer.Exit(int(ExitCode.CONFIG))
-    if opts.debug and opts.quiet:
-        render.usage_error("error: --quiet and -v/--debug ask for opposite things; choose one.")
-        raise typer.Exit(int(ExitCode.CONFIG))
-    setup_logging(str(log_format or "auto"), debug=opts.debug, quiet=opts.quiet)
-
-
-def _configured_log_format(config: Path) -> LogFormat | None:
-    """sync.log_format from the config, if it can be read; full validation happens later."""
-    try:
-        data = configuration.load_yaml(config.read_text(encoding="utf-8"))
-        value = data["sync"]["log_format"]
-        return LogFormat(value) if value in ("auto", "plain", "json") else None
-    except Exception:  # any problem is reported properly when the config is loaded
-        return None
 
 
 def guarded(fn: Callable[[], T], *, debug: bool) -> T:
@@ -194,7 +92,7 @@ def main_callback(
     """
 
 
-app.callback()(_with_global_options(main_callback, config=True, setup=False))
+app.callback()(with_global_options(main_callback, config=True, setup=False))
 
 
 @command(app)
@@ -324,6 +222,30 @@ def discover_config(
         render.print_discovered(found, config=opts.config or DEFAULT_CONFIG_PATH, write=write)
 
 
+@command(app)
+def setup(
+    opts: GlobalOptions,
+    plan: Annotated[bool, typer.Option("--plan", help="Print what the org lacks; change nothing.")] = False,
+    apply: Annotated[bool, typer.Option("--apply", help="Create it: one Metadata API deployment, validated "
+                                        "first. Needs an admin (Modify Metadata, Customize Application).")] = False,
+    assign: Annotated[str | None, typer.Option("--assign", metavar="USERNAME", help="Assign the Stripe_SF_Sync "
+                                               "permission set to this user (the integration user).")] = None,
+    sfdx: Annotated[Path | None, typer.Option("--sfdx", metavar="DIR", help="Write it as a Salesforce DX project "
+                                              "here instead, for your own change control.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the custom fields and the permission set the config needs; never deletes, changes a type or narrows.
+
+    Exit 0 when done (or nothing to do), 2 when something is refused or left for a person (docs/setup.md).
+
+    Example: stripe-sf setup --plan, then stripe-sf setup --apply --assign integration@example.com
+    """
+    result = guarded(lambda: service.run_setup_command(opts.config, service.Environment(), plan=plan, apply=apply,
+                                                       assign=assign, sfdx_dir=sfdx), debug=opts.debug)
+    render.print_setup(result, as_json=as_json)
+    raise typer.Exit(int(result.exit_code))
+
+
 @command(dlq_app, "list")
 def dlq_list(opts: GlobalOptions, as_json: JsonOpt = False) -> None:
     """List open dead letters with their reason and Salesforce error code.
@@ -417,11 +339,32 @@ def state_migrate(
         render.print_migrated(result)
 
 
+@command(state_app, "rebind")
+def state_rebind(
+    opts: GlobalOptions,
+    yes: Annotated[bool, typer.Option("--yes", help="Bind the state to the org and account the credentials reach "
+                                                    "now (exit 2 without it when they differ).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the Salesforce org and Stripe account the state belongs to, and those the credentials reach now.
+
+    Runs refuse (exit 10) to write into another org or account than the state's; after a sandbox refresh or a
+    new Stripe account, a person rebinds it with --yes. The cursor and the ledger stay as they are.
+
+    Example: stripe-sf state rebind, then stripe-sf state rebind --yes
+    """
+    result = guarded(lambda: service.run_state_rebind(opts.config, service.Environment(), yes=yes), debug=opts.debug)
+    if as_json:
+        render.print_json(result)
+    else:
+        render.print_rebind(result)
+
+
 @command(app)
 def doctor(opts: GlobalOptions, as_json: JsonOpt = False) -> None:
     """Check everything a run depends on, before the first write: one line per check, each problem with its fix.
 
-    Exit 0 when healthy (with warnings too), else the first error's code: 2, 5, 6 or 7 (docs/configure.md).
+    Exit 0 when healthy (with warnings too), else the first error's code: 2, 5, 6, 7 or 10 (docs/exit-codes.md).
 
     Example: stripe-sf doctor --json
     """
@@ -479,6 +422,8 @@ def sandbox_command(
                                                   "(removed when they stop).")] = None,
     foreground: Annotated[bool, typer.Option("--foreground", help="With --env-file: keep serving in this "
                                              "process (a container, a service manager).")] = False,
+    empty_org: Annotated[bool, typer.Option("--empty-org", help="An org without stripe-sf's custom fields, for "
+                                            "`stripe-sf setup` to create (docs/setup.md).")] = False,
 ) -> None:
     """Serve local stand-ins of Stripe and Salesforce, seeded with the demo data, until Ctrl-C (or SIGTERM).
 
@@ -487,10 +432,11 @@ def sandbox_command(
     Example: stripe-sf sandbox --env-file sandbox.env && . ./sandbox.env && stripe-sf discover-config --write
     """
     if env_file is not None and not foreground:
-        pid = guarded(lambda: service.start_sandbox(env_file), debug=opts.debug)
+        pid = guarded(lambda: service.start_sandbox(env_file, empty_org=empty_org), debug=opts.debug)
         render.print_sandbox_started(pid, env_file)
         raise typer.Exit(0)
-    code = guarded(lambda: service.serve_sandbox(render.echo, env_file=env_file), debug=opts.debug)
+    code = guarded(lambda: service.serve_sandbox(render.echo, env_file=env_file, empty_org=empty_org),
+                   debug=opts.debug)
     render.stderr().print("sandbox stopped.", highlight=False)
     raise typer.Exit(code)
 

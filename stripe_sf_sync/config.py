@@ -66,6 +66,9 @@ class SalesforceSettings(_Strict):
     # An amount in a currency a single-currency org does not hold (the org would read EUR 90 as USD 90):
     # dead_letter it as CURRENCY_MISMATCH, or write_as_is (the org then reads the number in its own currency).
     currency_mismatch: Literal["dead_letter", "write_as_is"] = "dead_letter"
+    # A live-mode Stripe key writing into a sandbox org, or a test-mode key into production, is refused unless
+    # this is true (identity.py).
+    allow_mode_mismatch: bool = False
 
     @field_validator("record_types")
     @classmethod

@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     STATE = 7  # the state file or its directory cannot be used: not writable, corrupt, locked, newer version
     UNHEALTHY = 8  # `status --check`: the sync is not healthy (each problem is printed)
     DRIFT = 9  # `reconcile`: Salesforce disagrees with Stripe (each finding is printed)
+    IDENTITY = 10  # another Salesforce org or Stripe account than the state's, or a live/test mode mismatch
     INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells expect
     TERMINATED = 143  # SIGTERM (cron's `timeout`, systemd, Kubernetes): 128 + 15, as shells report it
 
@@ -50,6 +51,12 @@ class ConfigError(StripeSfError):
         self.source = source  # "invocation": a mistake in the command line, not a failed run
         joined = "; ".join(problems)
         super().__init__(f"Invalid {source}: {joined}.", hint=hint)
+
+
+class IdentityError(StripeSfError):
+    """The run would cross orgs, accounts or modes: stopped before any write (identity.py)."""
+
+    exit_code = ExitCode.IDENTITY
 
 
 class LockHeldError(StripeSfError):

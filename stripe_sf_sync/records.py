@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stripe_sf_sync.identity import SalesforceIdentity
+
 WriteKind = Literal["update", "upsert", "create"]
 
 
@@ -132,6 +134,8 @@ class OrgFacts:
     # The org's own currency (Organization.DefaultCurrencyIsoCode, upper case): a single-currency org reads
     # every amount in it. None when Salesforce did not say.
     currency: str | None = None
+    # The org's Id and whether it is a sandbox, when this run's describe read them (never cached: identity.py).
+    org: SalesforceIdentity | None = field(default=None, compare=False)
 
     def holds(self, code: str) -> bool | None:
         """Whether an amount in `code` can be written as what it is: True, False, or None (not known)."""

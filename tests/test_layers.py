@@ -15,14 +15,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "stripe_sf_sync"
 # Salesforce, the state stores) sit beside the pipeline, which talks to them only through pipeline/ports.py and
 # the plain types of records.py and state/records.py.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "words", "lazy", "defaults", "money", "salesforce_ids", "logs", "gc_pause", "deadline",
-              "fields", "config", "records", "model", "mrr", "rules", "reads", "health", "metrics",
+    ("base", ("errors", "words", "lazy", "defaults", "money", "salesforce_ids", "identity", "logs", "gc_pause",
+              "deadline", "fields", "config", "records", "model", "mrr", "rules", "reads", "health", "metrics",
               "state.records", "state.interface", "state.schema")),
     ("pipeline", ("pipeline",)),
     ("edges", ("stripe", "salesforce", "state")),
     ("ways in", ("sources", "reconcile", "setup", "discover", "link")),
     ("service", ("service", "serve", "render")),
-    ("cli", ("cli", "__main__")),
+    ("cli", ("cli", "cli_options", "__main__")),
 ]
 # Edges are not a layer above the pipeline: neither may import the other.
 APART = {("pipeline", "edges"), ("edges", "pipeline")}

@@ -29,7 +29,8 @@ def test_a_quiet_sync_reaches_salesforce_once_a_day_and_no_more(runner, config, 
     first, summary = sync(runner, config, cli_env, "--since", YESTERDAY)
     assert first.exit_code == ExitCode.OK, first.output
     assert summary["events_read"] == 0 and summary["salesforce_calls"] == 1  # the one light call
-    assert sf_sb.requests_log[-1][1].endswith("/sobjects/Opportunity/")
+    # The org's identity, read when the run connects (a first run describes the org with it), proves contact.
+    assert sf_sb.requests_log[-1][1].endswith("/composite")
     again, summary = sync(runner, config, cli_env)
     assert again.exit_code == ExitCode.OK and summary["salesforce_calls"] == 0  # reached within the day
     age_contact(config, SALESFORCE_CONTACT_EVERY_S + 60)

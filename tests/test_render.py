@@ -87,6 +87,8 @@ def _status_report() -> dict[str, Any]:
                       "counts": {"missing_opportunity": 1, "value_mismatch": 1, "status_mismatch": 0}},
         "api_usage": {"used": 1234, "max": 100000}, "stripe_reads_30d": 45678,
         "salesforce_contact_iso": "2026-11-03T14:04:05+00:00",
+        "identity": {"salesforce": {"org_id": "00D8d0000B003DKCQY", "is_sandbox": False},
+                     "stripe": {"account": "acct_1QxYzAbCdEfGhIjK", "live": True}},
         "health": {"healthy": False, "problems": ["1 open dead letter (more than --max-dead-letters 0)"],
                    "warnings": []},
         "runs": [run],
@@ -102,6 +104,8 @@ Cursor: evt_1QxYzAbCdEfGhIjK from 2026-11-03 13:55:09Z (10 min ago)
   current as of 2026-11-03 14:03:59Z (70 s ago)
 Last run: sync #7, ended 2026-11-03 14:04:05Z, exit 3
   12 read, 9 applied, 1 dead-lettered
+Salesforce org: 00D8d0000B003DKCQY (production)
+Stripe account: acct_1QxYzAbCdEfGhIjK (live mode)
 Open dead letters: 1
 Last backfill since 2024-01-01: finished
 Last reconcile: #5, ended 2026-11-02 14:05:09Z, exit 9: 2 mismatches (1 missing_opportunity, 1 value_mismatch)

@@ -19,7 +19,7 @@ from stripe_sf_sync.setup.plan import (
     OBJECT_GRANTS,
     PERMISSION_SET,
     ExistingPermissionSet,
-    FieldSpec,
+    FieldDefinition,
     field_spec,
     make_plan,
     needed_grants,
@@ -32,7 +32,7 @@ NEEDS = field_needs(NAMES)
 DESCRIBE_TYPES = {"Text": "string", "Currency": "currency", "Picklist": "picklist", "Lookup": "reference"}
 
 
-def described(spec: FieldSpec, **overrides: Any) -> dict[str, Any]:
+def described(spec: FieldDefinition, **overrides: Any) -> dict[str, Any]:
     """The describe entry of a field defined as `spec`."""
     f = {"name": spec.name, "label": spec.label, "type": DESCRIBE_TYPES[spec.type], "length": spec.length or 0,
          "externalId": spec.external_id, "unique": spec.unique, "caseSensitive": False,

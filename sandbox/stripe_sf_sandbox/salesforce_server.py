@@ -456,6 +456,8 @@ class SalesforceOrg:
         no_edit: Iterable[str] = (),
         stripe_sf_fields: bool = True,
         modify_metadata: bool = True,
+        org_id: str | None = None,
+        is_sandbox: bool = True,
     ) -> None:
         self._lock = threading.RLock()
         self._ids = sfids.IdFactory()
@@ -502,7 +504,8 @@ class SalesforceOrg:
         # its state (Open -> UploadComplete -> InProgress -> JobComplete; api-facts.md "Bulk 2.0 ingest",
         # SF-b2lim). 0: done at once when closed; more: jobs report InProgress for that many seconds.
         self.bulk_processing_seconds = 0.0
-        self.org_id = self._ids.new("00D")
+        # Each org its own Id (Organization.Id; a refreshed sandbox is a new org with a new Id), unless given.
+        self.org_id = org_id or sfids.IdFactory(start=62**5 * 11 + secrets.randbelow(62**8)).new("00D")
         self.oauth_clients: dict[str, str] = {"sandbox-key": "sandbox-secret"}
         # Username -> password for the OAuth password grant.
         self.oauth_users: dict[str, str] = {"integration@stripe-sf.sandbox": "sandbox-password"}
@@ -551,8 +554,13 @@ class SalesforceOrg:
             )
         # Organization.DefaultCurrencyIsoCode: a single-currency org's currency (the corporate one of a
         # multi-currency org); `SELECT DefaultCurrencyIsoCode FROM Organization` reads it.
-        self.insert("Organization", {"Name": "Sandbox Org", "IsSandbox": True, "OrganizationType": "Enterprise Edition",
-                                     "DefaultCurrencyIsoCode": (self.currencies or [default_currency])[0]})
+        # Organization.Id is the org's Id and IsSandbox says whether it is a sandbox (Object Reference:
+        # Organization); `SELECT Id, IsSandbox FROM Organization` reads them.
+        seeded = self.insert("Organization", {"Name": "Sandbox Org", "IsSandbox": is_sandbox,
+                                              "OrganizationType": "Enterprise Edition",
+                                              "DefaultCurrencyIsoCode": (self.currencies or [default_currency])[0]})
+        organization = self._data["Organization"].pop(seeded)
+        self._data["Organization"][self.org_id] = {**organization, "Id": self.org_id}
         types = (
             {"New Business": "New_Business", "Renewal": "Renewal"} if record_types is None else record_types
         )

@@ -49,6 +49,7 @@ def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) 
     t = now - 6 * DAY
     sc = Scenario(start=t - DAY)
     owner = org.user_id("Ava Owner")
+    keyed = "Stripe_Customer_ID__c" in org.schema["Account"]  # not in an empty org (`sandbox --empty-org`)
     csm = org.user_id("Cara CSM")
 
     def account(label: str, name: str, customer: str | None, **extra: str) -> str:
@@ -57,6 +58,15 @@ def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) 
             rec["Stripe_Customer_ID__c"] = customer
         sc.accounts[label] = org.insert("Account", rec)
         return sc.accounts[label]
+
+    def customer_with_account(label: str, name: str, **extra: str) -> str:
+        """A customer and its Account, matched by the Account's Stripe_Customer_ID__c; in an org without that
+        field (before `stripe-sf setup`), by the customer's metadata naming the Account instead."""
+        if keyed:
+            cus = customer(label, name)
+            account(label, name, cus, **extra)
+            return cus
+        return customer(label, name, salesforce_account_id=account(label, name, None, **extra))
 
     def customer(label: str, name: str, **metadata: str) -> str:
         cus = f.customer(name, f"billing@{label}.example", metadata=metadata or None, created=t - 30 * DAY)
@@ -68,8 +78,7 @@ def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) 
         return ev
 
     # Acme: matched by Stripe_Customer_ID__c; monthly plan; no Opportunity yet -> created by upsert.
-    acme = customer("acme", "Acme Corp")
-    account("acme", "Acme Corp", acme)
+    acme = customer_with_account("acme", "Acme Corp")
     pro = f.price(99900, "usd", "month", product_name="Pro")
     sub = f.subscription(acme, [(pro, 1)], status="active", created=t)
     sc.subscriptions["acme"] = sub["id"]
@@ -90,8 +99,7 @@ def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) 
     emit(f.subscription_updated(sub["id"], {"status": "active"}, t + 2 * DAY))
 
     # Initech: has a CSM; plan change, payment failure, past_due, scheduled cancel, then cancelled.
-    initech = customer("initech", "Initech")
-    account("initech", "Initech", initech, CSM__c=csm)
+    initech = customer_with_account("initech", "Initech", CSM__c=csm)
     basic = f.price(4900, "usd", "month", product_name="Basic")
     seats = f.price(1500, "usd", "month", product_name="Seat")
     sub = f.subscription(initech, [(basic, 1), (seats, 5)], status="active", created=t + 7200)
@@ -105,8 +113,7 @@ def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) 
     emit(f.subscription_deleted(sub["id"], t + 5 * DAY))
 
     # Umbrella: a one-time payment in a zero-decimal currency.
-    umbrella = customer("umbrella", "Umbrella KK")
-    account("umbrella", "Umbrella KK", umbrella)
+    umbrella = customer_with_account("umbrella", "Umbrella KK")
     pi = f.payment_intent(umbrella, 500000, "jpy", status="requires_payment_method", created=t + 4 * DAY)
     sc.payments["umbrella"] = pi["id"]
     emit(f.payment_succeeded(pi["id"], t + 4 * DAY + 30))

@@ -330,6 +330,7 @@ class StripeSandbox:
         api_key_prefixes: tuple[str, ...] = ("sk_test_", "rk_test_"),
         account_api_version: str = API_VERSION_CURRENT,
         tls: bool = False,
+        live: bool = False,
     ) -> None:
         if not is_valid_api_version(account_api_version):
             raise ValueError(f"invalid Stripe API version {account_api_version!r}")
@@ -340,7 +341,18 @@ class StripeSandbox:
         self.api_key_prefixes = api_key_prefixes
         # Version used when a request carries no Stripe-Version header (the account default in Stripe).
         self.account_api_version = account_api_version
-        self.api_key = "sk_test_sandbox_" + _rand_suffix(24)
+        # A live-mode stand-in (`live=True`): its key is `sk_live_…` and its events say `livemode: true`, so that
+        # a live key meeting a sandbox org can be rehearsed; it is still this process, never Stripe.
+        self.live = live
+        if live:
+            self.api_key_prefixes = ("sk_live_", "rk_live_")
+        self.api_key = ("sk_live_sandbox_" if live else "sk_test_sandbox_") + _rand_suffix(24)
+        # The account the keys belong to: GET /v1/account answers it (Stripe API reference, "Retrieve account":
+        # with no id, the account of the key that makes the request).
+        self.account_id = "acct_" + _rand_suffix(16)
+        # False: the key is a restricted key without the Account read permission; GET /v1/account answers 403
+        # (Stripe docs, "Restricted API keys": a request outside the key's permissions gets a permission error).
+        self.account_readable = True
         # Keys rolled or deleted in the Dashboard: Stripe answers 401 "Expired API Key provided".
         self.revoked_keys: set[str] = set()
         # Restricted keys made by `restricted_key`: key -> resource ("customer") -> "read" or "write".
@@ -560,7 +572,7 @@ class StripeSandbox:
                 "api_version": api_version,
                 "created": int(created),
                 "data": data,
-                "livemode": False,
+                "livemode": self.live,
                 "pending_webhooks": 0,
                 "request": clone(request)
                 if request is not None
@@ -659,7 +671,7 @@ class StripeSandbox:
                 "header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
             )
         masked = key[:8] + "*" * max(0, len(key) - 12) + key[-4:]
-        if key.startswith(("sk_live_", "rk_live_")):
+        if key.startswith(("sk_live_", "rk_live_")) and not self.live:
             raise StripeApiError(
                 401,
                 f"Invalid API Key provided: {masked}. This Stripe sandbox is test mode only; "
@@ -742,6 +754,8 @@ class StripeSandbox:
             return self._endpoint_buckets.setdefault(name, _TokenBucket(self.endpoint_limit_per_s or 1.0))
 
     def _route(self, method: str, path: str, params: Obj, version: str) -> tuple[int, Obj]:
+        if method == "GET" and path.rstrip("/") == "/v1/account":
+            return 200, self._own_account()
         m = _PATH_RE.match(path)
         if method != "GET":
             written = stripe_writes.route(self, method, path, params)
@@ -757,6 +771,16 @@ class StripeSandbox:
             if obj_id is None:
                 return 200, self._list(collection, params, version)
             return 200, self._retrieve(collection, obj_id, params, version)
+
+    def _own_account(self) -> Obj:
+        """GET /v1/account: the key's own account (Stripe API reference, "The Account object"; the fields a
+        reader of its identity needs)."""
+        if not self.account_readable:
+            raise StripeApiError(403, f"The provided key '{self.api_key[:8]}***' does not have the required "
+                                 f"permissions for this endpoint on account '{self.account_id}'.")
+        return {"id": self.account_id, "object": "account", "type": "standard", "country": "US",
+                "default_currency": "usd", "charges_enabled": True, "details_submitted": True,
+                "settings": {"dashboard": {"display_name": "Sandbox Account", "timezone": "Etc/UTC"}}}
 
     # ----------------------------------------------------------------- retrieve
 

@@ -1,5 +1,5 @@
 """What the commands that read or check print for people: `status`, `dlq list`, `state migrate`,
-`discover-config` and `doctor`."""
+`discover-config`, `doctor` and `setup`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stripe_sf_sync.health import span
-from stripe_sf_sync.render.console import echo, quiet, stdout
+from stripe_sf_sync.render.console import echo, print_json, quiet, stdout
 from stripe_sf_sync.render.tables import Column, print_records
 from stripe_sf_sync.words import counted
 
@@ -33,6 +33,8 @@ def print_status(report: dict[str, Any], out: Console | None = None) -> None:
         out.print(f"Never run: no run is recorded in {report['state_path']}. Start with `stripe-sf sync --since "
                   "DATE` (or `stripe-sf backfill --since DATE`).", highlight=False, markup=False)
     _print_where(out, report)
+    for line in [] if report["never_run"] else identity_lines(report.get("identity") or {}):
+        out.print(line, highlight=False, markup=False)
     out.print(f"Open dead letters: {report['dead_letters']}")
     _print_last_jobs(out, report)
     usage = report["api_usage"]
@@ -48,6 +50,16 @@ def print_status(report: dict[str, Any], out: Console | None = None) -> None:
     for line in health["warnings"]:
         out.print(f"  warning: {line}", highlight=False, markup=False)
     _print_runs(out, report["runs"])
+
+
+def identity_lines(identity: dict[str, Any]) -> list[str]:
+    """The org and the account a state is bound to (`Binding.as_dict`), or that a run has not met them yet."""
+    sf, st = identity.get("salesforce"), identity.get("stripe")
+    return [("Salesforce org: " + (f"{sf['org_id']} ({'sandbox' if sf['is_sandbox'] else 'production'})" if sf
+                                   else "not recorded yet (the first run that reaches Salesforce records it)")),
+            ("Stripe account: " + (f"{st['account'] or '(unknown: the key may not read it)'} "
+                                   f"({'live' if st['live'] else 'test'} mode)" if st
+                                   else "not recorded yet (the first run records it)"))]
 
 
 def _print_where(out: Console, report: dict[str, Any]) -> None:
@@ -178,6 +190,27 @@ def print_doctor(report: Any) -> None:
     c = report.counts()
     if not (quiet_now and not c["warning"] and not c["error"]):
         echo(f"doctor: {c['ok']} ok, {counted(c['warning'], 'warning')}, {counted(c['error'], 'error')}.")
+
+
+def print_rebind(result: dict[str, Any]) -> None:
+    """`state rebind`: the identities the state is bound to, and those the credentials reach."""
+    echo("The state is bound to:")
+    echo("\n".join(f"  {line}" for line in identity_lines(result["recorded"])))
+    echo("The credentials reach:")
+    echo("\n".join(f"  {line}" for line in identity_lines(result["current"])))
+    echo("Rebound: the state now belongs to the org and account the credentials reach." if result["rebound"] else
+         "Nothing to change." if not result["changed"] else "")
+
+
+def print_setup(result: Any, *, as_json: bool) -> None:
+    """`setup`: each change, refusal and component's result, one a line (--json: the result's dict)."""
+    if as_json:
+        from stripe_sf_sync.setup.run import as_dict  # imported when it prints (simple-salesforce)
+
+        print_json(as_dict(result))
+        return
+    for line in result.lines():
+        echo(line)
 
 
 def print_sandbox_started(pid: int, env_file: Path) -> None:

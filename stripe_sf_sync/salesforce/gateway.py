@@ -27,6 +27,7 @@ from simple_salesforce.exceptions import SalesforceError
 from stripe_sf_sync.config import SalesforceSecrets
 from stripe_sf_sync.deadline import Deadline
 from stripe_sf_sync.errors import BudgetSpent, FatalSyncError
+from stripe_sf_sync.identity import SalesforceIdentity
 from stripe_sf_sync.logs import fields
 from stripe_sf_sync.records import SfOp, WriteKind, WriteResult
 from stripe_sf_sync.salesforce.retry import (
@@ -107,6 +108,9 @@ class SalesforceGateway:
         self.budget = budget
         self.usage = ApiUsage()
         self.reached = False  # Salesforce answered a request of this gateway with a success (2xx or 3xx)
+        # The org this session was checked to reach (service/identity.py), so that a gateway shared by several
+        # runs (`serve`) is checked once per login; a new login clears it.
+        self.org_seen: SalesforceIdentity | None = None
         self._usage_lock = threading.Lock()  # collections calls of one phase run on a few threads
         self._renew_lock = threading.Lock()
         self.max_attempts = max_attempts
@@ -144,6 +148,7 @@ class SalesforceGateway:
                     raise session_error(code)
                 self.sf = self._reconnect()
                 self._hook(self.sf)
+                self.org_seen = None
             return self.sf
 
     def over_budget(self) -> bool:

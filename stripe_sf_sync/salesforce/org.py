@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol
 from stripe_sf_sync.config import FieldNames, LoadedConfig
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.fields import configured
+from stripe_sf_sync.identity import SalesforceIdentity
 from stripe_sf_sync.model import SUBSCRIPTION_STATUSES
 from stripe_sf_sync.records import OrgFacts
 
@@ -25,8 +26,10 @@ ORG_CACHE_TTL_S = 24 * 3600
 # The SOAP API's getUserInfo gives the same value as orgDefaultCurrencyIsoCode, "applicable only when
 # organizationMultiCurrency is false", the currency the API gives records whose currency is not named
 # (developer.salesforce.com/docs/platform/api/guide/sforce-api-calls-getuserinfo-getuserinforesult.html).
-# Read in the org check's Composite call, so it costs no API call of its own.
-ORG_CURRENCY_SOQL = "SELECT DefaultCurrencyIsoCode FROM Organization"
+# Read in the org check's Composite call, so it costs no API call of its own; with the org's Id and whether it is
+# a sandbox (Organization.Id, Organization.IsSandbox), the identity a state is bound to (identity.py).
+ORG_CURRENCY_SOQL = "SELECT Id, IsSandbox, DefaultCurrencyIsoCode FROM Organization"
+ORG_IDENTITY_SOQL = "SELECT Id, IsSandbox FROM Organization"
 
 
 class Describer(Protocol):
@@ -35,6 +38,13 @@ class Describer(Protocol):
     def describe_many(self, sobjects: Sequence[str], *,
                       queries: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
         """Describe results by sObject name, and the first page of each of `queries` by its name."""
+
+
+class OrgReader(Describer, Protocol):
+    """The org check's reads, and one SOQL query (the org's identity when describe is not read)."""
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        """Every record of a SOQL query."""
 
 
 class MetaStore(Protocol):
@@ -131,7 +141,18 @@ def currency_facts(described: Mapping[str, Mapping[str, Any]], *, task_keyed: bo
     if currency is not None:
         currencies = frozenset(str(p["value"]).upper() for p in currency.get("picklistValues", [])
                                if p.get("active", True) and isinstance(p.get("value"), str))
-    return OrgFacts(task_keyed=task_keyed, currencies=currencies, currency=org_currency(described.get("Organization")))
+    return OrgFacts(task_keyed=task_keyed, currencies=currencies, currency=org_currency(described.get("Organization")),
+                    org=org_identity(described.get("Organization")))
+
+
+def org_identity(page: Mapping[str, Any] | None) -> SalesforceIdentity | None:
+    """The org's Id and whether it is a sandbox, from a query of Organization's Id and IsSandbox, or None."""
+    records = (page or {}).get("records") or []
+    first = records[0] if records and isinstance(records[0], Mapping) else {}
+    org_id = first.get("Id")
+    if not isinstance(org_id, str) or not org_id.startswith("00D") or "IsSandbox" not in first:
+        return None
+    return SalesforceIdentity(org_id, bool(first["IsSandbox"]))
 
 
 def org_currency(page: Mapping[str, Any] | None) -> str | None:
@@ -342,6 +363,15 @@ class OrgCheck:
                                                        "currencies": currencies,
                                                        "currency": self._facts.currency}))
         return self._facts
+
+    def identity(self, reader: OrgReader) -> SalesforceIdentity | None:
+        """The org this run reaches: from the org check's Composite call when this run describes the org (the
+        first run, then once a day), else from one query of Organization."""
+        if self._facts is None and self._cached() is None:
+            self.facts(reader)  # describes now: the org's Id comes in the same call
+        if self._facts is not None and self._facts.org is not None and self.described:
+            return self._facts.org
+        return org_identity({"records": reader.query(ORG_IDENTITY_SOQL)})
 
     def _cached(self) -> OrgFacts | None:
         raw = self._meta.get_meta(ORG_CACHE_KEY)

@@ -21,6 +21,7 @@ import stripe
 from stripe_sf_sync.config import LoadedConfig, masked_url, salesforce_secrets, state_url
 from stripe_sf_sync.discover import won_stages
 from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError, StripeRefusedError
+from stripe_sf_sync.identity import Binding, SalesforceIdentity, StripeIdentity
 from stripe_sf_sync.records import OrgFacts
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
 from stripe_sf_sync.salesforce.org import (
@@ -31,11 +32,13 @@ from stripe_sf_sync.salesforce.org import (
     fields_by_object,
     need_problems,
     object_access_problems,
+    org_identity,
     record_type_problems,
     refunded_stage_problems,
     stage_problems,
     won_stage_problems,
 )
+from stripe_sf_sync.service.identity import current_stripe, identity_findings, recorded_binding
 from stripe_sf_sync.service.runtime import Environment, Runtime
 from stripe_sf_sync.sources import HANDOFF_SINCE_KEY
 from stripe_sf_sync.state import open_state
@@ -108,11 +111,17 @@ class Doctor:
         self.clock = clock
         self.sleep = sleep
         self.org_currencies: OrgFacts | None = None  # what the Salesforce checks learnt of the org's currencies
+        # The org and account the state is bound to, and those the credentials reach (service/identity.py).
+        self.binding = Binding()
+        self.reached: tuple[SalesforceIdentity | None, StripeIdentity | None] = (None, None)
 
     def run(self, stripe_source: Callable[[], Any]) -> DoctorReport:
         """Every check: Salesforce, Stripe, then the local state (whose cursor the Stripe checks read)."""
         local, cursor = self.local_checks()
-        return DoctorReport([*self.salesforce_checks(), *self.stripe_checks(stripe_source, cursor), *local])
+        checks = [*self.salesforce_checks(), *self.stripe_checks(stripe_source, cursor)]
+        found = identity_findings(self.binding, *self.reached,
+                                  allowed=self.loaded.settings.salesforce.allow_mode_mismatch)
+        return DoctorReport([*checks, *(Check(a, n, s, m, f, None, c) for a, n, s, m, f, c in found), *local])
 
     # --- Salesforce ---------------------------------------------------------------------------
     def salesforce_checks(self) -> list[Check]:
@@ -132,6 +141,7 @@ class Doctor:
             described = gw.describe_many(["Opportunity", "Account", "Task"],
                                          queries={"Organization": ORG_CURRENCY_SOQL})
             self.org_currencies = currency_facts(described)
+            self.reached = (org_identity(described.get("Organization")), self.reached[1])
         except FatalSyncError as exc:
             return [Check("salesforce", "login", "error", exc.message, _sentence(exc.hint), exc.code,
                           int(exc.exit_code))]
@@ -244,6 +254,7 @@ class Doctor:
             return [Check("stripe", "key", "error", exc.message, _sentence(exc.hint), "STRIPE_API_KEY",
                           int(exc.exit_code)), *self._cursor(cursor)]
         checks = [Check("stripe", "key", "ok", f"the {kind} key lists events ({mode} mode)")]
+        self.reached = (self.reached[0], current_stripe(self.binding, source, key))
         answered = source.last_headers.get("stripe-version")
         if answered and answered != version:
             checks.append(Check("stripe", "API version", "warning", f"stripe-sf asked for {version} and Stripe "
@@ -317,6 +328,7 @@ class Doctor:
         try:
             with open_state(path, create=False) as store:
                 integrity = store.integrity_check()
+                self.binding = recorded_binding(store)
                 stored = store.cursor()
                 handoff = store.get_meta(HANDOFF_SINCE_KEY)
                 dead = store.dead_letter_count()
@@ -346,6 +358,7 @@ class Doctor:
         try:
             with open_state(self.loaded.state_path, url, create=False) as store:
                 stored = store.cursor()
+                self.binding = recorded_binding(store)
                 handoff = store.get_meta(HANDOFF_SINCE_KEY)
                 dead = store.dead_letter_count()
                 running = store.lock_held()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stripe_sf_sync.config import stripe_secrets
 from stripe_sf_sync.errors import ConfigError, ExitCode
 from stripe_sf_sync.logs import bind_run
 from stripe_sf_sync.metrics import RunFigures, write_metrics
@@ -26,6 +27,7 @@ from stripe_sf_sync.salesforce.lookups import SalesforceRecords
 from stripe_sf_sync.salesforce.org import OrgCheck
 from stripe_sf_sync.salesforce.recorder import PlanRecorder
 from stripe_sf_sync.salesforce.writers import bulk_writer, collections_writer
+from stripe_sf_sync.service.identity import IdentityGuard
 from stripe_sf_sync.service.runtime import (
     BACKFILL_CHECKPOINT_KEY,
     SALESFORCE_CONTACT_KEY,
@@ -69,11 +71,10 @@ class RecordedRun:
         return self.source.calls, gw.usage.calls if gw is not None else 0
 
 
-def _ports(runtime: Runtime, state: Any, source: StripeSource, access: SalesforceAccess,
+def _ports(runtime: Runtime, state: Any, source: StripeSource, access: SalesforceAccess, org: OrgCheck,
            dry_run: bool, stop: Stop | None = None) -> tuple[Ports, PlanRecorder | None]:
     """The batch step's ports. The one place a dry run differs: its writer records the plan."""
     env = runtime.environment
-    org = OrgCheck(runtime.loaded, state, env.clock)
     recorder = PlanRecorder() if dry_run else None
     writer: RecordWriter = recorder or collections_writer(
         access, workers=runtime.loaded.settings.salesforce.write_concurrency, sleep=env.sleep)
@@ -92,11 +93,15 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
     behind, however the run ends (a signal's stop included). A dry run's state records nothing. With `beat`
     (off a terminal), a heartbeat line says where the run is every `sync.heartbeat_seconds`."""
     started = time.monotonic()
-    access = SalesforceAccess(sf_factory)
     with runtime.open_state(create=create) as store:
         store.acquire_lock()
         state: Any = DryRunState(store) if summary.dry_run else store
-        ports, recorder = _ports(runtime, state, source, access, summary.dry_run, stop)
+        # Before any write: the Stripe account and mode, and the Salesforce org, when the run first connects to
+        # Salesforce (a run that has nothing to write never does; a bad --since costs no call).
+        guard = IdentityGuard(state, runtime.loaded, source, stripe_secrets(runtime.environment.env).api_key)
+        org = OrgCheck(runtime.loaded, state, runtime.environment.clock)
+        access = SalesforceAccess(guard.connect(sf_factory, org))
+        ports, recorder = _ports(runtime, state, source, access, org, summary.dry_run, stop)
         settings = batch_settings(runtime.loaded, legacy_task_keys_before=task_keys_about_since(
             state, int(runtime.environment.clock())))
         run = RecordedRun(state, source, ports, settings, summary, state.start_run(summary.command), access, stop)

@@ -26,23 +26,24 @@ def run_demo(console: Console) -> int:
     return int(demo(console))
 
 
-def start_sandbox(env_file: Path) -> int:
-    """The stand-ins in the background, their export lines in `env_file` once they answer; their pid."""
+def start_sandbox(env_file: Path, *, empty_org: bool = False) -> int:
+    """The stand-ins in the background, their export lines in `env_file` once they answer; their pid.
+    `empty_org`: an org without stripe-sf's custom fields, for `stripe-sf setup` to create."""
     with _sandbox_needed("sandbox"):
         from stripe_sf_sandbox import rehearsal
     problem = writable_file_problem(env_file, "--env-file", "sandbox.env")
     if problem:
         raise ConfigError([problem], source="invocation")
     try:
-        return int(rehearsal.start_detached(env_file))
+        return int(rehearsal.start_detached(env_file, empty_org=empty_org))
     except RuntimeError as exc:
         raise StripeSfError(f"The sandbox did not start: {exc}", hint="Run `stripe-sf sandbox` in the "
                             "foreground to see why.") from None
 
 
-def serve_sandbox(say: Callable[[str], None], *, env_file: Path | None) -> int:
+def serve_sandbox(say: Callable[[str], None], *, env_file: Path | None, empty_org: bool = False) -> int:
     """The stand-ins in this process until Ctrl-C or SIGTERM (their export lines through `say`, and in
     `env_file` when given); the exit code."""
     with _sandbox_needed("sandbox"):
         from stripe_sf_sandbox import rehearsal
-    return int(rehearsal.serve(say, env_file=env_file))
+    return int(rehearsal.serve(say, env_file=env_file, empty_org=empty_org))

@@ -9,6 +9,7 @@ from typing import Any
 
 from stripe_sf_sync.config import masked_url
 from stripe_sf_sync.health import Thresholds, assess, iso, last_run, parse_duration, run_view
+from stripe_sf_sync.identity import IDENTITY_KEY, loads
 from stripe_sf_sync.reads import reads_last_30_days
 from stripe_sf_sync.service.runtime import (
     BACKFILL_CHECKPOINT_KEY,
@@ -39,7 +40,8 @@ def status_report(config_path: Path | None, environment: Environment, *,
     report: dict[str, Any] = {"state_path": masked_url(runtime.state_url) if runtime.state_url else
                               str(runtime.loaded.state_path), "state_backend": "postgresql" if runtime.state_url
                               else "sqlite", "never_run": True, "cursor": None, "running": None, "last_run": None,
-                              "dead_letters": 0, "api_usage": None, "backfill": None, "runs": [], "reconcile": None}
+                              "dead_letters": 0, "api_usage": None, "backfill": None, "runs": [], "reconcile": None,
+                              "identity": {"salesforce": None, "stripe": None}}
     with existing_state(runtime, read_only=True) as state:  # status needs no write access
         if state is not None:
             cursor = state.cursor()
@@ -68,6 +70,7 @@ def status_report(config_path: Path | None, environment: Environment, *,
                 "stripe_reads_30d": reads_last_30_days(state, now),
                 "salesforce_contact_iso": iso(int(contact)) if (contact := state.get_meta(SALESFORCE_CONTACT_KEY))
                 else None,
+                "identity": loads(state.get_meta(IDENTITY_KEY)).as_dict(),  # the org and account it is bound to
             })
     report["health"] = assess(report, thresholds)
     return report

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from stripe_sf_sync.setup.plan import FieldSpec, PermissionSetSpec, SetupPlan
+from stripe_sf_sync.setup.plan import FieldDefinition, PermissionSetSpec, SetupPlan
 
 NS = "http://soap.sforce.com/2006/04/metadata"
 # Task and Event custom fields are defined once, on Activity, in metadata files (Metadata API: "CustomField",
@@ -43,7 +43,7 @@ def _xml(root: ET.Element) -> bytes:
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
 
 
-def field_element(spec: FieldSpec, tag: str, full_name: str) -> ET.Element:
+def field_element(spec: FieldDefinition, tag: str, full_name: str) -> ET.Element:
     """A field's definition, its elements in the alphabetical order Salesforce's tools write them in."""
     el = ET.Element(tag, {"xmlns": NS} if tag == "CustomField" else {})
     _el(el, "fullName", full_name)

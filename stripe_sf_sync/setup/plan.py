@@ -25,7 +25,7 @@ METADATA_TYPES = {"string": "Text", "textarea": "LongTextArea", "currency": "Cur
 
 
 @dataclass(frozen=True)
-class FieldSpec:
+class FieldDefinition:
     """A custom field's complete Metadata API definition (a deploy replaces the field's definition with it)."""
 
     sobject: str
@@ -113,7 +113,7 @@ class SetupPlan:
 
     changes: tuple[Change, ...] = ()
     refusals: tuple[Refusal, ...] = ()
-    fields: tuple[FieldSpec, ...] = ()  # the complete definition of every field to create or update
+    fields: tuple[FieldDefinition, ...] = ()  # the complete definition of every field to create or update
     permission_set: PermissionSetSpec | None = None  # set when the permission set must be created or extended
     # Fields the permission set grants (so they exist) that describe does not show: field-level security hides
     # them from the user running setup. Nothing to deploy; the integration user needs the set assigned.
@@ -138,7 +138,7 @@ def label_of(api_name: str) -> str:
 _KIND = re.compile(r"^(Text|Currency|Lookup|Picklist)(?:\(([^)]*)\))?(?:,| or |$)")
 
 
-def field_spec(need: FieldNeed) -> FieldSpec:
+def field_spec(need: FieldNeed) -> FieldDefinition:
     """The definition setup creates for `need`, read from its `kind` ("Text(255), External ID, Unique",
     "Currency(16, 2)", "Picklist or Text(40)", "Lookup(User)"). The Task key gets External ID (indexed) and no
     Unique: whether an Activity field can be Unique is not confirmed (api-facts §12)."""
@@ -146,7 +146,7 @@ def field_spec(need: FieldNeed) -> FieldSpec:
     if m is None:
         raise ValueError(f"setup cannot create a field of kind {need.kind!r} ({need.subject})")
     mtype, args = m.group(1), [a.strip() for a in (m.group(2) or "").split(",") if a.strip()]
-    spec = FieldSpec(need.sobject, need.name, mtype, label_of(need.name),
+    spec = FieldDefinition(need.sobject, need.name, mtype, label_of(need.name),
                      external_id="External ID" in need.kind or need.key == "task", unique="Unique" in need.kind)
     if mtype == "Text":
         return replace(spec, length=int(args[0]))
@@ -180,7 +180,7 @@ def make_plan(needs: Sequence[FieldNeed], described: FieldsByObject, existing: E
     one record, with their counts (see `unique_candidates`)."""
     changes: list[Change] = []
     refusals: list[Refusal] = []
-    specs: list[FieldSpec] = []
+    specs: list[FieldDefinition] = []
     hidden: list[str] = []
     granted = {name.lower() for name in existing.fields}
     for need in needs:
@@ -208,7 +208,7 @@ def make_plan(needs: Sequence[FieldNeed], described: FieldsByObject, existing: E
     return SetupPlan(tuple(changes), tuple(refusals), tuple(specs), permission_set, tuple(hidden))
 
 
-def describe_spec(spec: FieldSpec) -> str:
+def describe_spec(spec: FieldDefinition) -> str:
     """"Text(255), External ID, Unique", "Picklist (restricted) of active, trialing, ..."."""
     if spec.type == "Text":
         base = f"Text({spec.length})"
@@ -232,8 +232,8 @@ def unique_candidates(needs: Sequence[FieldNeed], described: FieldsByObject) -> 
     return out
 
 
-def compare_field(need: FieldNeed, wanted: FieldSpec, f: Mapping[str, Any], duplicates: Sequence[tuple[str, int]]
-                  ) -> tuple[FieldSpec | None, list[str], list[Refusal]]:
+def compare_field(need: FieldNeed, wanted: FieldDefinition, f: Mapping[str, Any], duplicates: Sequence[tuple[str, int]]
+                  ) -> tuple[FieldDefinition | None, list[str], list[Refusal]]:
     """The existing field's definition with what it lacks added (None: nothing to add), what that adds, and what
     setup refuses to do to it."""
     ftype, subject = str(f.get("type")), need.subject
@@ -248,11 +248,11 @@ def compare_field(need: FieldNeed, wanted: FieldSpec, f: Mapping[str, Any], dupl
     return _compare_text(need, wanted, f, duplicates)
 
 
-def current_spec(sobject: str, f: Mapping[str, Any]) -> FieldSpec:
+def current_spec(sobject: str, f: Mapping[str, Any]) -> FieldDefinition:
     """An existing text or picklist field's definition as describe tells it."""
     ftype = str(f.get("type"))
     values = tuple(str(p.get("value")) for p in f.get("picklistValues", []) if p.get("active", True))
-    return FieldSpec(sobject, str(f["name"]), METADATA_TYPES.get(ftype, ftype), str(f.get("label") or f["name"]),
+    return FieldDefinition(sobject, str(f["name"]), METADATA_TYPES.get(ftype, ftype), str(f.get("label") or f["name"]),
                      length=None if ftype == "picklist" else int(f.get("length") or 0) or None,
                      external_id=bool(f.get("externalId")), unique=bool(f.get("unique")),
                      case_sensitive=bool(f.get("caseSensitive")), values=values,
@@ -260,8 +260,8 @@ def current_spec(sobject: str, f: Mapping[str, Any]) -> FieldSpec:
                      help_text=str(f["inlineHelpText"]) if f.get("inlineHelpText") else None)
 
 
-def _compare_picklist(subject: str, wanted: FieldSpec, f: Mapping[str, Any]
-                      ) -> tuple[FieldSpec | None, list[str], list[Refusal]]:
+def _compare_picklist(subject: str, wanted: FieldDefinition, f: Mapping[str, Any]
+                      ) -> tuple[FieldDefinition | None, list[str], list[Refusal]]:
     current = current_spec(subject.partition(".")[0], f)
     missing = [v for v in wanted.values if v not in current.values]
     if not missing:
@@ -276,8 +276,8 @@ def _compare_picklist(subject: str, wanted: FieldSpec, f: Mapping[str, Any]
     return merged, [f"add the picklist value{'s' if len(missing) > 1 else ''} {', '.join(missing)}"], []
 
 
-def _compare_text(need: FieldNeed, wanted: FieldSpec, f: Mapping[str, Any], duplicates: Sequence[tuple[str, int]]
-                  ) -> tuple[FieldSpec | None, list[str], list[Refusal]]:
+def _compare_text(need: FieldNeed, wanted: FieldDefinition, f: Mapping[str, Any], duplicates: Sequence[tuple[str, int]]
+                  ) -> tuple[FieldDefinition | None, list[str], list[Refusal]]:
     subject = need.subject
     current = current_spec(need.sobject, f)
     spec, what, refusals = current, [], []

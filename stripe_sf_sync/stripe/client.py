@@ -210,7 +210,8 @@ class PacedClient:
         """HTTP requests made to Stripe, every retry included (each attempt is one request)."""
         return self._http.calls if self._http is not None else self.calls_made
 
-    def get(self, what: str, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def get(self, what: str, path: str, params: dict[str, Any] | None = None, *,
+            raw_refusal: bool = False) -> dict[str, Any]:
         """GET a Stripe path and return the JSON Stripe sent: paced, and tried at most `max_attempts` times.
 
         The one retry policy of this edge (see `_retry_reason`); the SDK's own retries are off
@@ -269,6 +270,8 @@ class PacedClient:
         except stripe.InvalidRequestError:
             raise
         except stripe.StripeError as exc:
+            if raw_refusal and isinstance(exc, stripe.PermissionError):
+                raise  # the caller can do without the answer (a restricted key without that permission)
             attempts = retrying.statistics.get("attempt_number", 1)
             raise fatal(exc, what, attempts=attempts, seconds=time.monotonic() - started, timeout=total) from None
         finally:

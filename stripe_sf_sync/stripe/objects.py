@@ -25,6 +25,16 @@ class ObjectReads:
         """A customer as Stripe holds it; None if it is gone (a deleted one reads as `{deleted: true}`)."""
         return self._client.get_or_none("reading a customer", f"/v1/customers/{path_id(customer_id)}")
 
+    def own_account(self) -> str | None:
+        """The id of the account the key belongs to (Stripe API reference, "Retrieve account": GET /v1/account
+        with no id), or None when a restricted key may not read it."""
+        try:
+            data = self._client.get("reading the key's own account", "/v1/account", raw_refusal=True)
+        except (stripe.PermissionError, stripe.InvalidRequestError):
+            return None
+        account = data.get("id")
+        return account if isinstance(account, str) and account.startswith("acct_") else None
+
     def invoice_of_payment_intent(self, pi_id: str) -> str | None:
         """The invoice a PaymentIntent paid, if any (current API versions no longer embed it;
         /v1/invoice_payments filtered by `payment[payment_intent]` answers it; stripe/_payment_intent.py)."""

@@ -142,6 +142,10 @@ class StripeSource:
         """Pages of the customer list, newest first (ListReads.customer_pages)."""
         return self.lists.customer_pages(created=created, start=start)
 
+    def own_account(self) -> str | None:
+        """The account the key belongs to, or None when the key may not read it (ObjectReads.own_account)."""
+        return self.objects.own_account()
+
     # --- hydration's reads, for callers outside the hydrator (reconcile, tests) -----------------
     def forget(self) -> None:
         """Drop what hydration keeps per batch (HydrationCache.forget)."""
