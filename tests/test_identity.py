@@ -114,6 +114,19 @@ def test_another_stripe_account_stops_the_run(runner, config, cli_env, sf_sb, st
         assert sf_sb.requests_log[calls:] == []  # refused before its first Salesforce call
 
 
+def test_another_stripe_account_with_nothing_new_is_refused_before_its_events_are_read(
+        runner, config, cli_env, sf_sb, stripe_sb, sc):
+    """A quiet run never reaches Salesforce, where the org is checked; but the state's cursor names an event of
+    another account, so reading on from it would report an empty list as current (exit 0): a key the state has
+    not seen is checked before anything is read."""
+    first_part(runner, config, cli_env, sc)
+    with StripeSandbox() as other:
+        code, out = sync(runner, config, env_for(other, sf_sb))
+        assert code == ExitCode.IDENTITY, out
+        assert other.account_id in out and stripe_sb.account_id in out
+        assert [path for _, path, _ in other.requests_log] == ["/v1/account"]
+
+
 @pytest.fixture
 def production() -> Iterator[SalesforceSandbox]:
     org = SalesforceOrg(won_stage=scenario.WON_STAGE, won_stage_label=scenario.WON_STAGE_LABEL,

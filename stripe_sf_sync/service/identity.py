@@ -76,6 +76,14 @@ class IdentityGuard:
         if self.binding.stripe != self.stripe:
             self._record(self.binding.with_stripe(self.stripe))
 
+    def check_new_key(self) -> None:
+        """A key the state has not seen, for a state bound to an account, is checked before anything is read:
+        the cursor names an event of that account, and read on another account it means nothing (an empty
+        list would report the backlog as current). The same key costs nothing here."""
+        seen = self.binding.stripe
+        if seen is not None and seen.key != key_fingerprint(self._api_key):
+            self.check_stripe()
+
     def connect(self, factory: Callable[[], SalesforceGateway], org: OrgCheck) -> Callable[[], SalesforceGateway]:
         """`factory`, whose gateway is checked to reach the state's org (in the mode the key allows) before it is
         handed to the run."""

@@ -97,7 +97,8 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         store.acquire_lock()
         state: Any = DryRunState(store) if summary.dry_run else store
         # Before any write: the Stripe account and mode, and the Salesforce org, when the run first connects to
-        # Salesforce (a run that has nothing to write never does; a bad --since costs no call).
+        # Salesforce (a run that has nothing to write never does; a bad --since costs no call); and a Stripe key
+        # the state has not seen, before anything is read.
         guard = IdentityGuard(state, runtime.loaded, source, stripe_secrets(runtime.environment.env).api_key)
         org = OrgCheck(runtime.loaded, state, runtime.environment.clock)
         access = SalesforceAccess(guard.connect(sf_factory, org))
@@ -111,6 +112,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         beating = (heartbeat(summary.command, run.activity, runtime.loaded.settings.sync.heartbeat_seconds) if beat
                    else contextlib.nullcontext())
         try:
+            guard.check_new_key()
             with beating:
                 yield run
             if stop is not None and stop.requested:  # also when it came after the last batch
