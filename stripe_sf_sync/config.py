@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
@@ -19,6 +19,7 @@ from ruamel.yaml.reader import ReaderError
 from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.fields import FieldNames
+from stripe_sf_sync.mapping import FieldMapping
 from stripe_sf_sync.salesforce_ids import is_salesforce_id
 
 DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
@@ -66,6 +67,15 @@ class SalesforceSettings(_Strict):
     # An amount in a currency a single-currency org does not hold (the org would read EUR 90 as USD 90):
     # dead_letter it as CURRENCY_MISMATCH, or write_as_is (the org then reads the number in its own currency).
     currency_mismatch: Literal["dead_letter", "write_as_is"] = "dead_letter"
+    # Which fields are written, from what, and who owns each (docs/mapping.md); empty: the default mapping.
+    mapping: FieldMapping = Field(default_factory=FieldMapping)
+
+    @model_validator(mode="after")
+    def _mapping_fits_fields(self) -> SalesforceSettings:
+        problems = self.mapping.problems(self.fields)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("record_types")
     @classmethod

@@ -38,7 +38,7 @@ import trustme
 from . import sfids, soql
 from .faults import SalesforceFaultPlan
 
-__all__ = ["FieldDef", "SalesforceFaultPlan", "SalesforceOrg", "SalesforceSandbox"]
+__all__ = ["FieldDef", "SalesforceFaultPlan", "SalesforceOrg", "SalesforceSandbox", "ValidationRule"]
 
 QUERY_BATCH_SIZE = 2000
 MAX_URI_BYTES = 16_384  # real orgs: longer URI -> 414, longer URI + headers -> 431
@@ -141,6 +141,20 @@ def _system_fields() -> list[FieldDef]:
     ]
 
 
+@dataclass(frozen=True)
+class ValidationRule:
+    """An active validation rule that refuses a record whose `field` is empty: on create only (`ISNEW() &&
+    ISBLANK(field)`, Salesforce Help "ISNEW") or on every save. Refused, a write fails with
+    FIELD_CUSTOM_VALIDATION_EXCEPTION and the rule's message, naming its errorDisplayField (Metadata API:
+    ValidationRule, `errorMessage`, `errorDisplayField`)."""
+
+    name: str
+    sobject: str
+    field: str
+    message: str
+    on_create: bool = True
+
+
 def _fields(*defs: FieldDef) -> dict[str, FieldDef]:
     return {d.name: d for d in (*_system_fields(), *defs)}
 
@@ -208,6 +222,11 @@ def _default_schema(
         FieldDef("IsWon", "boolean", createable=False, updateable=False),
         FieldDef("IsClosed", "boolean", createable=False, updateable=False),
         FieldDef("Description", "textarea", length=32000),
+        # Standard picklists every org has, not restricted (the API takes any value): what validation rules of
+        # real orgs most often require on create.
+        FieldDef("Type", "picklist", length=255, picklist=["New Customer", "New Business", "Existing Business"]),
+        FieldDef("LeadSource", "picklist", length=255, picklist=["Web", "Phone Inquiry", "Partner Referral",
+                                                                 "Purchased List", "Stripe", "Other"]),
         _ext("Stripe_Subscription_ID__c"),
         _ext("Stripe_Payment_Intent_ID__c"),
         FieldDef("Stripe_Customer_ID__c", "string", length=255),
@@ -452,6 +471,8 @@ class SalesforceOrg:
         no_edit: Iterable[str] = (),
         stripe_sf_fields: bool = True,
         modify_metadata: bool = True,
+        validation_rules: Sequence[ValidationRule] = (),
+        required_fields: Iterable[str] = (),
     ) -> None:
         self._lock = threading.RLock()
         self._ids = sfids.IdFactory()
@@ -474,6 +495,14 @@ class SalesforceOrg:
                     "CurrencyIsoCode", "picklist", length=3, restricted=True, picklist=list(self.currencies),
                     label=f"{sobject} Currency",
                 )
+        # The org's active validation rules, and its fields an admin made required ("Object.Field"; a field the
+        # schema lacks is added as a required Text(80) custom field): a create without them fails.
+        self.validation_rules: list[ValidationRule] = list(validation_rules)
+        for qualified in required_fields:
+            sobject, _, name = qualified.partition(".")
+            known = self.schema[sobject].get(name)
+            self.schema[sobject][name] = (replace(known, required=True) if known is not None
+                                          else FieldDef(name, "string", length=80, required=True))
         self.key_prefixes: dict[str, str] = dict(sfids.KEY_PREFIXES)
         # Deploys, permission sets and field-level security (metadata.py). stripe_sf_fields=False: an org without
         # stripe-sf's custom fields, for `stripe-sf setup` to create; modify_metadata=False: an API user without
@@ -1067,6 +1096,7 @@ class SalesforceOrg:
         self._derive(sobject, rec)
 
         self._check_required(sobject, rec, values, creating)
+        self._check_validation_rules(sobject, rec, creating)
         self._check_references(sobject, rec, values if not creating else rec, as_admin=op.seeding)
         self._check_unique(sobject, rec, values if not creating else rec)
         if sobject == "PermissionSetAssignment" and not op.seeding:
@@ -1374,6 +1404,11 @@ class SalesforceOrg:
             raise _fail(
                 "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing
             )
+
+    def _check_validation_rules(self, sobject: str, rec: dict[str, Any], creating: bool) -> None:
+        for rule in self.validation_rules:
+            if rule.sobject == sobject and (creating or not rule.on_create) and rec.get(rule.field) in (None, ""):
+                raise _fail("FIELD_CUSTOM_VALIDATION_EXCEPTION", rule.message, [rule.field])
 
     def _check_references(
         self, sobject: str, rec: dict[str, Any], changed: dict[str, Any], *, as_admin: bool = False
