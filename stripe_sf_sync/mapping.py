@@ -132,6 +132,11 @@ class FieldMapping(BaseModel):
         return frozenset(f.from_ for sobject in ("Opportunity", "Account", "Task") for f in self.of(sobject).values()
                          if f.from_ is not None and f.from_ not in COMPUTED)
 
+    def mode(self, sobject: str, name: str) -> WriteMode:
+        """Who owns `name` on `sobject`: the mapping's `write`, else the default."""
+        spec = next((f for n, f in self.of(sobject).items() if n.lower() == name.lower()), None)
+        return spec.write if spec is not None and spec.write else default_mode(sobject, name)
+
     def sourced(self) -> bool:
         """Some field of the mapping has a `from`: intents carry what it reads (rules/mapped.py)."""
         return any(f.from_ is not None for sobject in ("Opportunity", "Account", "Task")
