@@ -4,6 +4,7 @@ Name and CloseDate survive them all, their MRR edit does not."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -43,8 +44,7 @@ def cli(runner, cli_env, *args: str) -> str:
 
 
 def configured(tmp_path, runner, cli_env, mapping: str = "") -> str:
-    path = write_config(tmp_path / "sync.yaml", **{"currency_mismatch: dead_letter":
-                                                   "currency_mismatch: dead_letter" + mapping.rstrip()})
+    path = write_config(tmp_path / "sync.yaml", **{"  mapping: {}\n": mapping.lstrip("\n") or "  mapping: {}\n"})
     cli(runner, cli_env, "discover-config", "--config", str(path), "--write")
     return str(path)
 
@@ -83,9 +83,8 @@ def test_a_validation_rule_that_refuses_todays_opportunity_is_satisfied_by_a_val
     assert dead_letter_codes(config) == {"FIELD_CUSTOM_VALIDATION_EXCEPTION"}
     assert not [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c")]
 
-    text = open(config).read().replace("currency_mismatch: dead_letter",
-                                       "currency_mismatch: dead_letter\n  mapping:\n    Opportunity:\n"
-                                       "      Type: {value: New Business, write: once}")
+    text = open(config).read().replace("  mapping: {}\n", "  mapping:\n    Opportunity:\n"
+                                       "      Type: {value: New Business, write: once}\n")
     open(config, "w").write(text)
     out = cli(runner, cli_env, "dlq", "retry", "--all", "--config", config)
     assert "1 applied" in out and "0 dead-lettered" in out, out
@@ -159,3 +158,17 @@ def test_each_write_mode_holds_and_a_reps_name_and_close_date_survive(tmp_path, 
     cli(runner, cli_env, "sync", "--config", config)
     held(1074, lead_source="Stripe")
 
+
+
+def test_a_dry_run_says_why_each_field_is_written_or_left_alone(tmp_path, runner, cli_env, stripe_sb, org):
+    f, sub, pro, seat = world(stripe_sb, org)
+    config = configured(tmp_path, runner, cli_env, MAPPING)
+    cli(runner, cli_env, "sync", "--config", config, "--since", since(25))
+    f.subscription_updated(sub["id"], {"items": [(pro, 1), (seat, 2)]}, NOW - 10 * DAY)
+    out = " ".join(cli(runner, cli_env, "sync", "--config", config, "--dry-run").split())
+    assert "Fields, and why each is written or left alone" in out, out
+    for field, why in (("MRR__c", "written: always (Stripe owns it)"),
+                       ("Type", "left alone: once, written when created or won"),
+                       ("LeadSource", "left alone: if_empty, Salesforce's field holds a value"),
+                       ("ARR__c", "left alone: write: never"), ("Description", "written: always")):
+        assert re.search(rf"field: {field} value: \S+ why: {re.escape(why)}", out), (field, out)
