@@ -4,6 +4,7 @@ Name and CloseDate survive them all, their MRR edit does not."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -172,3 +173,38 @@ def test_a_dry_run_says_why_each_field_is_written_or_left_alone(tmp_path, runner
                        ("LeadSource", "left alone: if_empty, Salesforce's field holds a value"),
                        ("ARR__c", "left alone: write: never"), ("Description", "written: always")):
         assert re.search(rf"field: {field} value: .+? why: {re.escape(why)}", out), (field, out)
+
+
+
+def test_doctor_checks_every_mapped_field_and_the_required_fields_a_create_would_miss(tmp_path, runner, cli_env,
+                                                                                       stripe_sb, org):
+    org.require_field("Opportunity.Region__c")
+    config = configured(tmp_path, runner, cli_env, """
+  mapping:
+    Opportunity:
+      Type: {value: Brand New, write: once}
+      LeadSource: {value: Stripe, write: if_empty}
+      Missing__c: {value: X}
+      Description: {from: amount}
+      Stripe_Customer_ID__c: {write: never}
+""")
+    result = runner.invoke(app, ["doctor", "--config", config, "--json"], env=cli_env)
+    assert result.exit_code == 2, result.output
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["Opportunity.Type"]["status"] == "warning"  # an open picklist takes it, but nobody chose it
+    assert "'Brand New' is not a value of the picklist Opportunity.Type" in checks["Opportunity.Type"]["message"]
+    assert checks["Opportunity.LeadSource"]["status"] == "ok"
+    assert checks["Opportunity.Missing__c"]["status"] == "error"
+    assert "does not exist" in checks["Opportunity.Missing__c"]["message"]
+    assert checks["Opportunity.Description"]["status"] == "error"
+    assert "`from: amount`" in checks["Opportunity.Description"]["message"]
+    assert checks["Opportunity create"]["status"] == "error"
+    assert "required field Region__c" in checks["Opportunity create"]["message"]
+    assert "Region__c: {value: ...}" in checks["Opportunity create"]["fix"]
+
+    text = open(config).read().replace("      Missing__c: {value: X}\n", "      Region__c: {value: EMEA}\n")
+    open(config, "w").write(text.replace("Description: {from: amount}", "Description: {from: name}"))
+    result = runner.invoke(app, ["doctor", "--config", config, "--json"], env=cli_env)
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert "Opportunity create" not in checks and checks["Opportunity.Region__c"]["status"] == "ok"
+    assert checks["Opportunity.Description"]["status"] == "ok"

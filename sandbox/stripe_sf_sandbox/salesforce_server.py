@@ -499,10 +499,7 @@ class SalesforceOrg:
         # schema lacks is added as a required Text(80) custom field): a create without them fails.
         self.validation_rules: list[ValidationRule] = list(validation_rules)
         for qualified in required_fields:
-            sobject, _, name = qualified.partition(".")
-            known = self.schema[sobject].get(name)
-            self.schema[sobject][name] = (replace(known, required=True) if known is not None
-                                          else FieldDef(name, "string", length=80, required=True))
+            self.require_field(qualified)
         self.key_prefixes: dict[str, str] = dict(sfids.KEY_PREFIXES)
         # Deploys, permission sets and field-level security (metadata.py). stripe_sf_fields=False: an org without
         # stripe-sf's custom fields, for `stripe-sf setup` to create; modify_metadata=False: an API user without
@@ -716,6 +713,17 @@ class SalesforceOrg:
             return name
         low = name.lower()
         return next((s for s in self.schema if s.lower() == low), None)
+
+    def require_field(self, qualified: str) -> None:
+        """Make "Object.Field" required (Setup: the field's "Required" box), adding it as a Text(80) custom
+        field when the schema lacks it: a create without it fails with REQUIRED_FIELD_MISSING."""
+        sobject, _, name = qualified.partition(".")
+        with self._lock:
+            known = self.schema[sobject].get(name)
+            self.schema[sobject][name] = (replace(known, required=True) if known is not None
+                                          else FieldDef(name, "string", length=80, required=True))
+            for rec in getattr(self, "_data", {}).get(sobject, {}).values():  # none yet while the org is built
+                rec.setdefault(name, None)
 
     def _require_sobject(self, name: str) -> str:
         resolved = self.sobject_name(name)
