@@ -208,3 +208,26 @@ def test_doctor_checks_every_mapped_field_and_the_required_fields_a_create_would
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert "Opportunity create" not in checks and checks["Opportunity.Region__c"]["status"] == "ok"
     assert checks["Opportunity.Description"]["status"] == "ok"
+
+
+def test_the_sandboxs_strict_org_rehearses_a_mapping(tmp_path, runner):
+    """`stripe-sf sandbox --strict-org`: the demo refused by a validation rule and a required field until the
+    mapping gives both."""
+    from stripe_sf_sandbox.rehearsal import rehearsal
+
+    with rehearsal(strict_org=True) as r:
+        env = r.exports()
+        config = tmp_path / "sync.yaml"
+        config.write_text(open(write_config(tmp_path / "example.yaml")).read())
+        cli(runner, env, "discover-config", "--config", str(config), "--write")
+        cli(runner, env, "sync", "--config", str(config), "--since", r.since)
+        assert "REQUIRED_FIELD_MISSING" in dead_letter_codes(str(config))  # Salesforce checks it before rules
+        text = config.read_text().replace("  mapping: {}\n", "  mapping:\n    Opportunity:\n"
+                                          "      Type: {value: New Business, write: once}\n"
+                                          "      Region__c: {value: EMEA, write: once}\n")
+        config.write_text(text)
+        r.sf.org.insert("Account", {"Name": "Hooli", "Stripe_Customer_ID__c": r.scenario.customers["hooli"]})
+        out = cli(runner, env, "dlq", "retry", "--all", "--config", str(config))
+        assert "0 dead-lettered" in out, out
+        made = [o for o in r.sf.org.records("Opportunity") if o.get("Stripe_Subscription_ID__c")]
+        assert made and all(o["Region__c"] == "EMEA" for o in made if o["Type"] == "New Business")

@@ -26,7 +26,7 @@ def run_demo(console: Console) -> int:
     return int(demo(console))
 
 
-def start_sandbox(env_file: Path) -> int:
+def start_sandbox(env_file: Path, *, strict_org: bool = False) -> int:
     """The stand-ins in the background, their export lines in `env_file` once they answer; their pid."""
     with _sandbox_needed("sandbox"):
         from stripe_sf_sandbox import rehearsal
@@ -34,15 +34,15 @@ def start_sandbox(env_file: Path) -> int:
     if problem:
         raise ConfigError([problem], source="invocation")
     try:
-        return int(rehearsal.start_detached(env_file))
+        return int(rehearsal.start_detached(env_file, strict_org=strict_org))
     except RuntimeError as exc:
         raise StripeSfError(f"The sandbox did not start: {exc}", hint="Run `stripe-sf sandbox` in the "
                             "foreground to see why.") from None
 
 
-def serve_sandbox(say: Callable[[str], None], *, env_file: Path | None) -> int:
+def serve_sandbox(say: Callable[[str], None], *, env_file: Path | None, strict_org: bool = False) -> int:
     """The stand-ins in this process until Ctrl-C or SIGTERM (their export lines through `say`, and in
     `env_file` when given); the exit code."""
     with _sandbox_needed("sandbox"):
         from stripe_sf_sandbox import rehearsal
-    return int(rehearsal.serve(say, env_file=env_file))
+    return int(rehearsal.serve(say, env_file=env_file, strict_org=strict_org))
