@@ -189,6 +189,7 @@ def _default_schema(
     account = _fields(
         FieldDef("Name", "string", length=255, required=True),
         _owner(),
+        FieldDef("Description", "textarea", length=32000),
         _ext("Stripe_Customer_ID__c"),
         FieldDef(
             "Subscription_Status__c",
