@@ -14,6 +14,7 @@ from benchmarks.harness import BATCHED, MAPPED, MAPPING_OF_FIVE, RunResult, meas
 
 
 def row(name: str, r: RunResult) -> str:
+    """One Markdown row of a run."""
     return (f"| {name} | {r.events:,} | {r.sf_calls:,} | {r.sf_per_1000:.1f} | {r.stripe_calls:,} | "
             f"{r.stripe_per_1000:.1f} | {r.records_written:,} | {r.dead_lettered:,} | {r.wall_s:.1f} |")
 

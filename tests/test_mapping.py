@@ -178,3 +178,22 @@ def test_the_default_mapping_names_every_field_stripe_sf_writes():
                                                          "ARR__c", "Refunded__c", "CurrencyIsoCode"}
     assert set(default_fields("Account", names)) == {"Subscription_Status__c", "Stripe_Customer_ID__c",
                                                      "Account_MRR__c"}
+
+
+def test_if_empty_fields_are_read_as_columns_of_the_lookups_a_batch_already_makes():
+    from stripe_sf_sync.records import FieldReads, LookupRequest
+    from stripe_sf_sync.salesforce.lookups import lookup_statements, lookups_of
+
+    request = LookupRequest(customer_ids=frozenset({"cus_1"}), subscription_ids=frozenset({"sub_1"}))
+    plain = lookup_statements(request, FieldNames())
+    reads = FieldReads(opportunity=("LeadSource",), account=("Description",))
+    mapped = lookup_statements(LookupRequest(customer_ids=frozenset({"cus_1"}), subscription_ids=frozenset({"sub_1"}),
+                                             reads=reads), FieldNames())
+    assert len(mapped) == len(plain)  # no more statements, so no more calls
+    assert "Description" in mapped[0][1] and "LeadSource" in mapped[1][1]
+    found = lookups_of([("account", [{"Id": "001000000000001AAA", "Name": "Acme", "description": "ours",
+                                      "Stripe_Customer_ID__c": "cus_1"}]),
+                        ("opportunity", [{"Id": "006000000000001AAA", "Stripe_Subscription_ID__c": "sub_1"}])],
+                       FieldNames(), reads)
+    assert found.accounts_by_customer["cus_1"].values == {"Description": "ours"}
+    assert found.opps_by_subscription["sub_1"].values == {"LeadSource": None}  # read, and empty

@@ -79,6 +79,8 @@ class Materializer:
         # dead letter: the rest of the event applies, and `stripe-sf reconcile` lists the subscription.
         self.no_opportunity: dict[str, str] = {}
         self._unmatched: list[tuple[str, str]] = []  # this event's, kept only if the event materialises
+        self._won: set[str] = set()  # Opportunities an earlier event of this batch won
+        self._winning: list[str] = []  # this event's, kept only if the event materialises
 
     def _account(self, ref: AccountRef) -> AccountRow:
         # Set only when the object's own metadata names no Account: its named Opportunity's Account comes
@@ -169,9 +171,11 @@ class Materializer:
         names = self.settings.names
         currency = self._currency_field(it)
         pending = self._pending.get((it.key_kind, it.key))
-        if pending is not None:  # created by this batch: still a create
-            fields, why = self._owned("Opportunity", {**it.fields, **currency}, WriteContext(True), it.source,
-                                      it.currency)
+        if pending is not None:
+            # Created by an earlier event of this batch, and so won: a later event writes what it would write to
+            # that Opportunity in a later batch (its `once` fields stay as created), so batching never matters.
+            ctx = WriteContext(False, current={}, forced=it.forced)
+            fields, why = self._owned("Opportunity", {**it.fields, **currency}, ctx, it.source, it.currency)
             fields.pop(pending.ext_field or "", None)
             return [SfOp(pending.kind, "Opportunity", pending.key, fields, pending.ext_field, label=pending.label,
                          why=why)]
@@ -179,7 +183,11 @@ class Materializer:
         if opp is not None:
             # The win: this intent wins it and Salesforce still has it open (a replay, a backfill or a repair of a
             # won Opportunity is not a win: its `once` fields stay as a rep left them).
-            ctx = WriteContext(False, winning=it.wins and not opp.is_closed, current=opp.values, forced=it.forced)
+            # An earlier event of this batch that won it counts as Salesforce having it closed.
+            winning = it.wins and not opp.is_closed and opp.id not in self._won
+            if winning:
+                self._winning.append(opp.id)
+            ctx = WriteContext(False, winning=winning, current=opp.values, forced=it.forced)
             fields, why = self._owned("Opportunity", {**it.fields, **currency}, ctx, it.source, it.currency)
             if not fields:
                 return []
@@ -258,7 +266,7 @@ class Materializer:
 
     def add_event(self, event_id: str, intents: Sequence[Intent]) -> Unresolvable | None:
         """Materialise one event's intents; all of them or none (then it is dead-lettered)."""
-        self._unmatched = []
+        self._unmatched, self._winning = [], []
         try:
             produced: list[SfOp] = []
             for it in intents:
@@ -266,6 +274,7 @@ class Materializer:
         except Unresolvable as exc:
             return exc
         self.no_opportunity.update(self._unmatched)
+        self._won.update(self._winning)
         for it in intents:  # only now is the in-batch state of this event real
             if isinstance(it, AccountStatusIntent):
                 acct = self._account(it.account)
@@ -292,7 +301,8 @@ class Materializer:
             return
         # Writes to one record are coalesced in event order: later values win.
         existing.fields.update(op.fields)
-        existing.why.update(op.why)
+        # A field an earlier event writes stays explained by it when a later one leaves it alone.
+        existing.why.update({k: v for k, v in op.why.items() if k in op.fields or k not in existing.fields})
         for ev in op.events:
             if ev not in existing.events:
                 existing.events.append(ev)
