@@ -32,10 +32,23 @@ ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "stripe-sf-state.sqlite"  # the config's `sync.state_path: null` puts it next to sync.yaml
 # sync.yaml values per mode (key -> new value): the defaults, and the same pipeline forced to one event
 # per batch without coalescing. Keys are matched whatever their current value (see set_yaml_value).
+MAPPED = "mapped"
 MODES: dict[str, dict[str, str]] = {
     BATCHED: {},
     PER_EVENT: {"batch_size": "1", "coalesce": "false"},
+    MAPPED: {},  # the defaults, with MAPPING_OF_FIVE (benchmarks.mapping_run)
 }
+# A salesforce.mapping of five fields (docs/mapping.md): constants, a path, an `if_empty` on each object (read
+# with the lookups), a default field made `once`. Only the `mapped` mode has it: the default scenario is unchanged.
+MAPPING_OF_FIVE = """  mapping:
+    Opportunity:
+      Type: {value: New Business, write: once}
+      LeadSource: {value: Stripe, write: if_empty}
+      Description: {from: "items[0].price.id"}
+      CloseDate: {write: once}
+    Account:
+      Description: {from: customer.name, write: if_empty}
+"""
 DESCRIBE_CALLS = 1  # one Composite describe of Opportunity, Account and Task per run, then cached in state
 
 
@@ -188,6 +201,8 @@ def write_config(path: Path, mode: str, stripe_rps: float | None = None) -> Path
         overrides["requests_per_second"] = f"{stripe_rps:g}"
     for key, value in overrides.items():
         text = set_yaml_value(text, key, value)
+    if mode == MAPPED:
+        text = text.replace("  mapping: {}\n", MAPPING_OF_FIVE, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path

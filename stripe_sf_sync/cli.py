@@ -424,6 +424,9 @@ def sandbox_command(
                                              "process (a container, a service manager).")] = False,
     empty_org: Annotated[bool, typer.Option("--empty-org", help="An org without stripe-sf's custom fields, for "
                                             "`stripe-sf setup` to create (docs/setup.md).")] = False,
+    strict_org: Annotated[bool, typer.Option("--strict-org", help="The org refuses a new Opportunity without a "
+                                             "Type (a validation rule) or a Region__c (a required field): "
+                                             "rehearse salesforce.mapping (docs/mapping.md).")] = False,
 ) -> None:
     """Serve local stand-ins of Stripe and Salesforce, seeded with the demo data, until Ctrl-C (or SIGTERM).
 
@@ -432,11 +435,12 @@ def sandbox_command(
     Example: stripe-sf sandbox --env-file sandbox.env && . ./sandbox.env && stripe-sf discover-config --write
     """
     if env_file is not None and not foreground:
-        pid = guarded(lambda: service.start_sandbox(env_file, empty_org=empty_org), debug=opts.debug)
+        pid = guarded(lambda: service.start_sandbox(env_file, empty_org=empty_org, strict_org=strict_org),
+                      debug=opts.debug)
         render.print_sandbox_started(pid, env_file)
         raise typer.Exit(0)
-    code = guarded(lambda: service.serve_sandbox(render.echo, env_file=env_file, empty_org=empty_org),
-                   debug=opts.debug)
+    code = guarded(lambda: service.serve_sandbox(render.echo, env_file=env_file, empty_org=empty_org,
+                                                 strict_org=strict_org), debug=opts.debug)
     render.stderr().print("sandbox stopped.", highlight=False)
     raise typer.Exit(code)
 

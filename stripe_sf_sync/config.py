@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
@@ -19,6 +19,7 @@ from ruamel.yaml.reader import ReaderError
 from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.fields import FieldNames
+from stripe_sf_sync.mapping import FieldMapping
 from stripe_sf_sync.salesforce_ids import is_salesforce_id
 
 DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
@@ -69,6 +70,16 @@ class SalesforceSettings(_Strict):
     # A live-mode Stripe key writing into a sandbox org, or a test-mode key into production, is refused unless
     # this is true (identity.py).
     allow_mode_mismatch: bool = False
+
+    # Which fields are written, from what, and who owns each (docs/mapping.md); empty: the default mapping.
+    mapping: FieldMapping = Field(default_factory=FieldMapping)
+
+    @model_validator(mode="after")
+    def _mapping_fits_fields(self) -> SalesforceSettings:
+        problems = self.mapping.problems(self.fields)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("record_types")
     @classmethod

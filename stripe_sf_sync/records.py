@@ -24,6 +24,9 @@ class SfOp:
     ext_field: str | None = None
     events: list[str] = field(default_factory=list)  # contributing event ids, in event order
     label: str = ""
+    # Why each field the default or the mapping names is written or left alone (mapping.owned_fields): a dry
+    # run shows it.
+    why: dict[str, str] = field(default_factory=dict)
 
     @property
     def identity(self) -> tuple[str, str, str, str]:
@@ -52,6 +55,8 @@ class AccountRow:
     csm_id: str | None
     status: str | None
     customer_id: str | None
+    # Salesforce's values of the fields the mapping reads (`if_empty`: salesforce.mapping), by API name.
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +70,7 @@ class OpportunityRow:
     customer_id: str | None
     is_closed: bool
     created: str
+    values: dict[str, Any] = field(default_factory=dict)  # as AccountRow.values
 
 
 @dataclass
@@ -110,6 +116,15 @@ def index_account(by_id: dict[str, AccountRow], by_customer: dict[str, AccountRo
 
 
 @dataclass(frozen=True)
+class FieldReads:
+    """The fields whose current values the mapping needs (salesforce.mapping's `if_empty`), read with the
+    lookups a batch already makes: a few more columns, no more calls."""
+
+    opportunity: tuple[str, ...] = ()
+    account: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LookupRequest:
     """What one batch must read from Salesforce (Accounts already in the run's AccountCache left out)."""
 
@@ -121,6 +136,7 @@ class LookupRequest:
     opportunity_customer_ids: frozenset[str] = frozenset()  # a customer's Opportunities, for matching
     contact_ids: frozenset[str] = frozenset()
     task_keys: frozenset[str] = frozenset()  # Task keys that may exist (only when the org has the key field)
+    reads: FieldReads = FieldReads()
 
 
 @dataclass(frozen=True)
@@ -149,4 +165,4 @@ def describe_op(op: SfOp) -> dict[str, Any]:
     return {"action": op.kind, "sobject": op.sobject, "key": op.key, "external_id_field": op.ext_field,
             "fields": {k: (str(v) if not isinstance(v, str | int | bool | type(None)) else v)
                        for k, v in op.fields.items()},
-            "events": list(op.events)}
+            "events": list(op.events), **({"why": dict(op.why)} if op.why else {})}

@@ -73,7 +73,8 @@ class Records:
     def org_facts(self, *, refresh: bool = False) -> OrgFacts:
         return OrgFacts(task_keyed=True)
 
-    def find(self, names: FieldNames, intents: Any, *, task_keyed: bool, legacy_events: Any = None) -> Lookups:
+    def find(self, names: FieldNames, intents: Any, *, task_keyed: bool, legacy_events: Any = None,
+             reads: Any = None) -> Lookups:
         found = Lookups(task_keys=set(self.task_keys))
         found.add_account(ACCOUNT)
         return found

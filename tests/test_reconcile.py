@@ -140,7 +140,7 @@ def test_each_kind_of_drift_is_reported_exactly_then_fixed(tmp_path, env, org, s
     assert report.matched == 7  # 2 subscriptions (Status, Euro), the synced payment, 4 Accounts
     assert report.counts() == {"missing_opportunity": 1, "value_mismatch": 1, "status_mismatch": 1,
                                "missing_payment_opportunity": 1, "unknown_stripe_id": 1, "account_mrr_mismatch": 0,
-                               "won_but_canceled": 1, "unverifiable": 0}
+                               "salesforce_owned": 0, "won_but_canceled": 1, "unverifiable": 0}
     assert report.totals == {
         "EUR": {"stripe_mrr": "100.00", "salesforce_mrr": "100.00", "difference": "0.00"},
         "USD": {"stripe_mrr": "199.96", "salesforce_mrr": "129.99", "difference": "-69.97"}}
@@ -193,7 +193,7 @@ def test_cli_json_csv_exit_codes_and_status(tmp_path, env, org, stripe_sb, runne
     assert doc["totals"]["USD"] == {"stripe_mrr": "199.96", "salesforce_mrr": "129.99", "difference": "-69.97"}
     assert set(doc["kinds"]) == set(doc["counts"]) == {
         "missing_opportunity", "value_mismatch", "status_mismatch", "missing_payment_opportunity",
-        "unknown_stripe_id", "account_mrr_mismatch", "won_but_canceled", "unverifiable"}
+        "unknown_stripe_id", "account_mrr_mismatch", "salesforce_owned", "won_but_canceled", "unverifiable"}
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 7  # one per finding and field: the value mismatch has two fields
     amount = next(r for r in rows if r["field"] == "Amount" and r["kind"] == "value_mismatch")

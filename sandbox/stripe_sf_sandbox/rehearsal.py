@@ -62,17 +62,19 @@ class Rehearsal:
 
 
 @contextlib.contextmanager
-def rehearsal(*, now: int | None = None, empty_org: bool = False) -> Iterator[Rehearsal]:
+def rehearsal(*, now: int | None = None, empty_org: bool = False, strict_org: bool = False) -> Iterator[Rehearsal]:
     """Both stand-ins on 127.0.0.1, seeded with the demo scenario; stopped (CA file removed) on exit.
     `empty_org`: an org without stripe-sf's custom fields (its customers name their Accounts in metadata), for
-    `stripe-sf setup` to create."""
-    with StripeSandbox() as stripe, SalesforceSandbox(scenario.awkward_org(stripe_sf_fields=not empty_org)) as sf:
+    `stripe-sf setup` to create. `strict_org`: the org has a validation rule and a required field
+    (scenario.awkward_org's `strict`)."""
+    with StripeSandbox() as stripe, SalesforceSandbox(scenario.awkward_org(stripe_sf_fields=not empty_org,
+                                                                          strict=strict_org)) as sf:
         sc = scenario.load(stripe, sf.org, now=now if now is not None else int(time.time()))
         yield Rehearsal(stripe, sf, sc, empty_org)
 
 
 def serve(echo: Callable[[str], None], *, stop: threading.Event | None = None, env_file: Path | None = None,
-          empty_org: bool = False) -> int:
+          empty_org: bool = False, strict_org: bool = False) -> int:
     """Start the stand-ins, print the export lines, and serve until Ctrl-C, SIGTERM or `stop`; 0 when stopped.
     With `env_file`, the lines are also written there, all at once, when the stand-ins answer, and the file is
     removed when they stop (sourcing it then would point at nothing).
@@ -85,7 +87,7 @@ def serve(echo: Callable[[str], None], *, stop: threading.Event | None = None, e
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    with rehearsal(empty_org=empty_org) as r:
+    with rehearsal(empty_org=empty_org, strict_org=strict_org) as r:
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -121,13 +123,15 @@ def write_env_file(path: Path, lines: list[str]) -> None:
         raise
 
 
-def start_detached(env_file: Path, *, timeout_s: float = 60.0, empty_org: bool = False) -> int:
+def start_detached(env_file: Path, *, timeout_s: float = 60.0, empty_org: bool = False,
+                   strict_org: bool = False) -> int:
     """Start `stripe-sf sandbox --env-file PATH --foreground` in a session of its own (a Ctrl-C in this shell
     does not reach it) and return its pid once it has written `env_file`, or raise RuntimeError with what it
     said. Readiness is the file naming the new process (`kill PID`), never a file a previous sandbox left."""
     env_file = env_file.resolve()
     with tempfile.TemporaryFile() as errors:
-        args = ["sandbox", "--env-file", str(env_file), "--foreground", *(["--empty-org"] if empty_org else [])]
+        args = ["sandbox", "--env-file", str(env_file), "--foreground", *(["--empty-org"] if empty_org else []),
+                *(["--strict-org"] if strict_org else [])]
         proc = subprocess.Popen([sys.executable, "-m", "stripe_sf_sync", *args], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True)
         deadline = time.monotonic() + timeout_s

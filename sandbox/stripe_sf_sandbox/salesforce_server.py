@@ -38,7 +38,7 @@ import trustme
 from . import sfids, soql
 from .faults import SalesforceFaultPlan
 
-__all__ = ["FieldDef", "SalesforceFaultPlan", "SalesforceOrg", "SalesforceSandbox"]
+__all__ = ["FieldDef", "SalesforceFaultPlan", "SalesforceOrg", "SalesforceSandbox", "ValidationRule"]
 
 QUERY_BATCH_SIZE = 2000
 MAX_URI_BYTES = 16_384  # real orgs: longer URI -> 414, longer URI + headers -> 431
@@ -141,6 +141,20 @@ def _system_fields() -> list[FieldDef]:
     ]
 
 
+@dataclass(frozen=True)
+class ValidationRule:
+    """An active validation rule that refuses a record whose `field` is empty: on create only (`ISNEW() &&
+    ISBLANK(field)`, Salesforce Help "ISNEW") or on every save. Refused, a write fails with
+    FIELD_CUSTOM_VALIDATION_EXCEPTION and the rule's message, naming its errorDisplayField (Metadata API:
+    ValidationRule, `errorMessage`, `errorDisplayField`)."""
+
+    name: str
+    sobject: str
+    field: str
+    message: str
+    on_create: bool = True
+
+
 def _fields(*defs: FieldDef) -> dict[str, FieldDef]:
     return {d.name: d for d in (*_system_fields(), *defs)}
 
@@ -175,6 +189,7 @@ def _default_schema(
     account = _fields(
         FieldDef("Name", "string", length=255, required=True),
         _owner(),
+        FieldDef("Description", "textarea", length=32000),
         _ext("Stripe_Customer_ID__c"),
         # Standard fields `stripe-sf link` reads: a company's web address, and the survivor a merge names.
         FieldDef("Website", "url", length=255),
@@ -211,6 +226,11 @@ def _default_schema(
         FieldDef("IsWon", "boolean", createable=False, updateable=False),
         FieldDef("IsClosed", "boolean", createable=False, updateable=False),
         FieldDef("Description", "textarea", length=32000),
+        # Standard picklists every org has, not restricted (the API takes any value): what validation rules of
+        # real orgs most often require on create.
+        FieldDef("Type", "picklist", length=255, picklist=["New Customer", "New Business", "Existing Business"]),
+        FieldDef("LeadSource", "picklist", length=255, picklist=["Web", "Phone Inquiry", "Partner Referral",
+                                                                 "Purchased List", "Stripe", "Other"]),
         _ext("Stripe_Subscription_ID__c"),
         _ext("Stripe_Payment_Intent_ID__c"),
         FieldDef("Stripe_Customer_ID__c", "string", length=255),
@@ -458,6 +478,8 @@ class SalesforceOrg:
         modify_metadata: bool = True,
         org_id: str | None = None,
         is_sandbox: bool = True,
+        validation_rules: Sequence[ValidationRule] = (),
+        required_fields: Iterable[str] = (),
     ) -> None:
         self._lock = threading.RLock()
         self._ids = sfids.IdFactory()
@@ -480,6 +502,11 @@ class SalesforceOrg:
                     "CurrencyIsoCode", "picklist", length=3, restricted=True, picklist=list(self.currencies),
                     label=f"{sobject} Currency",
                 )
+        # The org's active validation rules, and its fields an admin made required ("Object.Field"; a field the
+        # schema lacks is added as a required Text(80) custom field): a create without them fails.
+        self.validation_rules: list[ValidationRule] = list(validation_rules)
+        for qualified in required_fields:
+            self.require_field(qualified)
         self.key_prefixes: dict[str, str] = dict(sfids.KEY_PREFIXES)
         # Deploys, permission sets and field-level security (metadata.py). stripe_sf_fields=False: an org without
         # stripe-sf's custom fields, for `stripe-sf setup` to create; modify_metadata=False: an API user without
@@ -706,6 +733,17 @@ class SalesforceOrg:
             return name
         low = name.lower()
         return next((s for s in self.schema if s.lower() == low), None)
+
+    def require_field(self, qualified: str) -> None:
+        """Make "Object.Field" required (Setup: the field's "Required" box), adding it as a Text(80) custom
+        field when the schema lacks it: a create without it fails with REQUIRED_FIELD_MISSING."""
+        sobject, _, name = qualified.partition(".")
+        with self._lock:
+            known = self.schema[sobject].get(name)
+            self.schema[sobject][name] = (replace(known, required=True) if known is not None
+                                          else FieldDef(name, "string", length=80, required=True))
+            for rec in getattr(self, "_data", {}).get(sobject, {}).values():  # none yet while the org is built
+                rec.setdefault(name, None)
 
     def _require_sobject(self, name: str) -> str:
         resolved = self.sobject_name(name)
@@ -1086,6 +1124,7 @@ class SalesforceOrg:
         self._derive(sobject, rec)
 
         self._check_required(sobject, rec, values, creating)
+        self._check_validation_rules(sobject, rec, creating)
         self._check_references(sobject, rec, values if not creating else rec, as_admin=op.seeding)
         self._check_unique(sobject, rec, values if not creating else rec)
         if sobject == "PermissionSetAssignment" and not op.seeding:
@@ -1393,6 +1432,11 @@ class SalesforceOrg:
             raise _fail(
                 "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing
             )
+
+    def _check_validation_rules(self, sobject: str, rec: dict[str, Any], creating: bool) -> None:
+        for rule in self.validation_rules:
+            if rule.sobject == sobject and (creating or not rule.on_create) and rec.get(rule.field) in (None, ""):
+                raise _fail("FIELD_CUSTOM_VALIDATION_EXCEPTION", rule.message, [rule.field])
 
     def _check_references(
         self, sobject: str, rec: dict[str, Any], changed: dict[str, Any], *, as_admin: bool = False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stripe_sf_sandbox.salesforce_server import SalesforceOrg
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg, ValidationRule
 from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sandbox.stripe_server import StripeSandbox
 
@@ -36,11 +36,21 @@ class Scenario:
 ORG_CURRENCIES = ("USD", "EUR", "JPY")
 
 
-def awkward_org(*, stripe_sf_fields: bool = True) -> SalesforceOrg:
+# What `stripe-sf sandbox --strict-org` adds, to rehearse salesforce.mapping (docs/mapping.md): a validation rule
+# that refuses a new Opportunity without a Type (ISNEW() && ISBLANK(Type)), and a required custom field.
+STRICT_RULES = (ValidationRule("Type_Required_On_Create", "Opportunity", "Type",
+                               "Choose the Opportunity's Type (New Business, Existing Business)."),)
+STRICT_REQUIRED = ("Opportunity.Region__c",)
+
+
+def awkward_org(*, stripe_sf_fields: bool = True, strict: bool = False) -> SalesforceOrg:
     """A multi-currency org (USD corporate, EUR, JPY) with a renamed won stage label, required record types and
-    a CSM field. `stripe_sf_fields=False`: without stripe-sf's custom fields, for `stripe-sf setup` to create."""
+    a CSM field. `stripe_sf_fields=False`: without stripe-sf's custom fields, for `stripe-sf setup` to create.
+    `strict`: with STRICT_RULES and STRICT_REQUIRED, which today's Opportunity does not satisfy."""
     return SalesforceOrg(won_stage=WON_STAGE, won_stage_label=WON_STAGE_LABEL, require_record_type=True,
-                         csm_field="CSM__c", currencies=ORG_CURRENCIES, stripe_sf_fields=stripe_sf_fields)
+                         csm_field="CSM__c", currencies=ORG_CURRENCIES, stripe_sf_fields=stripe_sf_fields,
+                         validation_rules=STRICT_RULES if strict else (),
+                         required_fields=STRICT_REQUIRED if strict else ())
 
 
 def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) -> Scenario:
@@ -86,9 +96,11 @@ def load(stripe: StripeSandbox, org: SalesforceOrg, *, now: int, seed: int = 7) 
 
     # Globex: Account and Opportunity named in metadata; trial converts to active.
     globex_acct = account("globex", "Globex", None)
+    # A rep's Opportunity satisfies the strict org's rules (awkward_org's `strict`).
+    strict = {"Type": "New Business", "Region__c": "EMEA"} if org.validation_rules else {}
     opp = org.insert("Opportunity", {"Name": "Globex - Platform deal", "AccountId": globex_acct,
                                      "StageName": "Negotiation", "CloseDate": "2026-12-31",
-                                     "RecordTypeId": org.record_type_id("New_Business")})
+                                     "RecordTypeId": org.record_type_id("New_Business"), **strict})
     sc.opportunities["globex"] = opp
     globex = customer("globex", "Globex", salesforce_account_id=globex_acct)
     team = f.price(250000, "usd", "year", product_name="Team")

@@ -16,11 +16,11 @@ from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.logs import fields
 from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, outcome_id
 from stripe_sf_sync.pipeline.materialize import Materializer, WriteSettings
-from stripe_sf_sync.pipeline.plan import Planned, events_text, plan_events
+from stripe_sf_sync.pipeline.plan import Planned, events_text, plan_change, plan_events
 from stripe_sf_sync.pipeline.ports import Ports
 from stripe_sf_sync.pipeline.result import BatchResult, outcome
 from stripe_sf_sync.pipeline.stop import Stop
-from stripe_sf_sync.records import Lookups, SfOp, WriteResult
+from stripe_sf_sync.records import FieldReads, Lookups, SfOp, WriteResult
 
 log = logging.getLogger("stripe_sf_sync")
 
@@ -134,7 +134,8 @@ def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: Batch
     made again (one more lookup call, for such batches only)."""
     intents = [it for _, _, plan in planned for it in plan.intents]
     legacy = _legacy_events(planned, settings.legacy_task_keys_before)
-    found = ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy)
+    reads = FieldReads(settings.rules.mapping.read_fields("Opportunity"), settings.rules.mapping.read_fields("Account"))
+    found = ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy, reads=reads)
     late = {i for i, (_, change, plan) in enumerate(planned) if _customer_still_needed(change, plan, found)}
     if not late:
         return planned, found
@@ -142,12 +143,13 @@ def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: Batch
     for i, (held, change, plan) in enumerate(planned):
         if i in late:
             change = ports.hydrator.hydrate(held, change, with_customer=True)
-            replanned = rules.plan(settings.rules, change)
+            replanned = plan_change(settings.rules, held, change)
             plan = replanned if replanned.intents else plan
         again.append((held, change, plan))
     result.customers.extend(ports.hydrator.fresh_customers())
     intents = [it for _, _, plan in again for it in plan.intents]
-    return again, ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy)
+    return again, ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy,
+                                    reads=reads)
 
 
 def _legacy_events(planned: Planned, before: int | None) -> set[str] | None:
@@ -177,7 +179,7 @@ def _write_settings(planned: Planned, ports: Ports, settings: BatchSettings) -> 
         org = ports.lookup.org_facts(refresh=True)
     return WriteSettings(settings.names, settings.record_type_id, org.task_keyed, coalesce=settings.coalesce,
                          currencies=org.currencies, org_currency=org.currency,
-                         write_as_is=settings.currency_mismatch == "write_as_is")
+                         write_as_is=settings.currency_mismatch == "write_as_is", mapping=settings.rules.mapping)
 
 
 def _materialize(planned: Planned, materializer: Materializer) -> dict[str, tuple[str, str]]:

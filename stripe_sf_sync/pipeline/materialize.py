@@ -10,11 +10,12 @@ created; a Task that exists is never written again. The planned writes (`SfOp`) 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.mapping import FieldMapping, WriteContext, default_fields, owned_fields
 from stripe_sf_sync.records import AccountRow, Lookups, OpportunityRow, SfOp
 from stripe_sf_sync.rules import (
     AccountRef,
@@ -42,6 +43,7 @@ class WriteSettings:
     # an amount in another currency is written as it is (salesforce.currency_mismatch: write_as_is).
     org_currency: str | None = None
     write_as_is: bool = False
+    mapping: FieldMapping = field(default_factory=FieldMapping)  # salesforce.mapping: what is written, who owns it
 
 
 class Unresolvable(Exception):
@@ -77,6 +79,8 @@ class Materializer:
         # dead letter: the rest of the event applies, and `stripe-sf reconcile` lists the subscription.
         self.no_opportunity: dict[str, str] = {}
         self._unmatched: list[tuple[str, str]] = []  # this event's, kept only if the event materialises
+        self._won: set[str] = set()  # Opportunities an earlier event of this batch won
+        self._winning: list[str] = []  # this event's, kept only if the event materialises
 
     def _account(self, ref: AccountRef) -> AccountRow:
         # Set only when the object's own metadata names no Account: its named Opportunity's Account comes
@@ -153,17 +157,41 @@ class Materializer:
         assert isinstance(it, TaskIntent)
         return self._task_ops(it, account)
 
+    def _owned(self, sobject: str, computed: dict[str, Any], ctx: WriteContext, source: Mapping[str, Any],
+               currency: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+        """The fields of `computed` (and the mapping's) this write sends, by who owns each (mapping.py)."""
+        roles = default_fields(sobject, self.settings.names)
+        sources = {role: computed[name] for name, role in roles.items() if role and name in computed}
+        if currency:
+            sources["currency"] = currency.upper()
+        sources.update(source)
+        return owned_fields(sobject, computed, self.settings.mapping, ctx, sources=sources)
+
     def _opportunity_ops(self, it: OpportunityIntent) -> list[SfOp]:
         names = self.settings.names
         currency = self._currency_field(it)
         pending = self._pending.get((it.key_kind, it.key))
         if pending is not None:
-            return [SfOp(pending.kind, "Opportunity", pending.key, {**it.fields, **currency}, pending.ext_field,
-                         label=pending.label)]
+            # Created by an earlier event of this batch, and so won: a later event writes what it would write to
+            # that Opportunity in a later batch (its `once` fields stay as created), so batching never matters.
+            ctx = WriteContext(False, current={}, forced=it.forced)
+            fields, why = self._owned("Opportunity", {**it.fields, **currency}, ctx, it.source, it.currency)
+            fields.pop(pending.ext_field or "", None)
+            return [SfOp(pending.kind, "Opportunity", pending.key, fields, pending.ext_field, label=pending.label,
+                         why=why)]
         opp = self._opportunity(it)
         if opp is not None:
-            return [SfOp("update", "Opportunity", opp.id, {**it.fields, **currency},
-                         label=f"Opportunity {opp.id} ({it.key})")]
+            # The win: this intent wins it and Salesforce still has it open (a replay, a backfill or a repair of a
+            # won Opportunity is not a win: its `once` fields stay as a rep left them).
+            # An earlier event of this batch that won it counts as Salesforce having it closed.
+            winning = it.wins and not opp.is_closed and opp.id not in self._won
+            if winning:
+                self._winning.append(opp.id)
+            ctx = WriteContext(False, winning=winning, current=opp.values, forced=it.forced)
+            fields, why = self._owned("Opportunity", {**it.fields, **currency}, ctx, it.source, it.currency)
+            if not fields:
+                return []
+            return [SfOp("update", "Opportunity", opp.id, fields, label=f"Opportunity {opp.id} ({it.key})", why=why)]
         if not it.may_create:
             # A value update of a subscription no Opportunity tracks (it predates the first sync, or its
             # Opportunity was deleted): nothing to update, and no reason to hold back its status and Tasks.
@@ -171,29 +199,35 @@ class Materializer:
             return []
         account = self._account(it.account)
         ext = names.subscription_id if it.key_kind == "subscription" else names.payment_intent_id
-        fields: dict[str, Any] = {"Name": (f"{account.name} - " + it.name_hint.split(" - ", 1)[-1])[:120]
-                                  if account.name else it.name_hint[:120], "AccountId": account.id}
+        computed: dict[str, Any] = {"Name": (f"{account.name} - " + it.name_hint.split(" - ", 1)[-1])[:120]
+                                    if account.name else it.name_hint[:120], "AccountId": account.id}
         if self.settings.record_type_id:
-            fields["RecordTypeId"] = self.settings.record_type_id
+            computed["RecordTypeId"] = self.settings.record_type_id
         if account.owner_id:
-            fields["OwnerId"] = account.owner_id
-        fields.update(it.create_only)
-        fields.update(it.fields)
-        fields.update(currency)
+            computed["OwnerId"] = account.owner_id
+        computed.update(it.create_only)
+        computed.update(it.fields)
+        computed.update(currency)
+        fields, why = self._owned("Opportunity", computed, WriteContext(True, forced=it.forced), it.source,
+                                  it.currency)
         fields.pop(ext, None)  # the external id travels as the upsert key, not in the body
-        return [SfOp("upsert", "Opportunity", it.key, fields, ext, label=f"Opportunity {ext}={it.key} (create)")]
+        return [SfOp("upsert", "Opportunity", it.key, fields, ext, label=f"Opportunity {ext}={it.key} (create)",
+                     why=why)]
 
     def _account_ops(self, it: AccountStatusIntent, account: AccountRow) -> list[SfOp]:
         names = self.settings.names
-        fields: dict[str, Any] = {names.subscription_status: it.status, **it.fields}
+        computed: dict[str, Any] = {names.subscription_status: it.status, **it.fields}
         if (it.account.customer_id and not account.customer_id
                 and it.account.customer_id not in self.found.accounts_by_customer):
-            fields[names.customer_id] = it.account.customer_id  # link it for later lookups
+            computed[names.customer_id] = it.account.customer_id  # link it for later lookups
+        fields, why = self._owned("Account", computed, WriteContext(False, current=account.values), it.source)
         ops: list[SfOp] = []
         # The Account already says so (as read this batch, or as an earlier event of it wrote): no write.
         # Compared with what Salesforce holds, so a hand-edited status is still put right.
-        if it.fields or len(fields) > 1 or self._status.get(account.id, account.status) != it.status:
-            ops.append(SfOp("update", "Account", account.id, fields, label=f"Account {account.id} ({account.name})"))
+        unchanged = self._status.get(account.id, account.status) == it.status
+        if any(k != names.subscription_status or not unchanged for k in fields):
+            ops.append(SfOp("update", "Account", account.id, fields, label=f"Account {account.id} ({account.name})",
+                            why=why))
         old = it.previous_status
         if it.previous_from_account:
             old = self._status.get(account.id, account.status) or "unknown"
@@ -219,15 +253,20 @@ class Materializer:
             log.warning("Contact %s (metadata.salesforce_contact_id) does not exist in Salesforce: Task %s is "
                         "created without WhoId", it.who_id, it.key)
         if not self.settings.task_keyed:  # nothing to look a Task up by: created, as check_org warned
-            return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
+            return self._task_create(it, fields)
         if any(k in self.found.task_keys for k in it.keys):
             return []  # created by an earlier run (under this key or an earlier version's): what a person did stands
         fields[names.task_event_id] = it.key
-        return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}")]
+        return self._task_create(it, fields)
+
+    def _task_create(self, it: TaskIntent, computed: dict[str, Any]) -> list[SfOp]:
+        """A Task is created once and never written again: the mapping adds fields or leaves some out."""
+        fields, why = self._owned("Task", computed, WriteContext(True), it.source)
+        return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}", why=why)]
 
     def add_event(self, event_id: str, intents: Sequence[Intent]) -> Unresolvable | None:
         """Materialise one event's intents; all of them or none (then it is dead-lettered)."""
-        self._unmatched = []
+        self._unmatched, self._winning = [], []
         try:
             produced: list[SfOp] = []
             for it in intents:
@@ -235,6 +274,7 @@ class Materializer:
         except Unresolvable as exc:
             return exc
         self.no_opportunity.update(self._unmatched)
+        self._won.update(self._winning)
         for it in intents:  # only now is the in-batch state of this event real
             if isinstance(it, AccountStatusIntent):
                 acct = self._account(it.account)
@@ -261,6 +301,8 @@ class Materializer:
             return
         # Writes to one record are coalesced in event order: later values win.
         existing.fields.update(op.fields)
+        # A field an earlier event writes stays explained by it when a later one leaves it alone.
+        existing.why.update({k: v for k, v in op.why.items() if k in op.fields or k not in existing.fields})
         for ev in op.events:
             if ev not in existing.events:
                 existing.events.append(ev)

@@ -20,6 +20,7 @@ from stripe_sf_sync.model import CustomerChange, MalformedEvent
 from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, unexpected
 from stripe_sf_sync.pipeline.ports import Hydrator, Ledger
 from stripe_sf_sync.pipeline.result import BatchResult, outcome
+from stripe_sf_sync.rules.mapped import with_sources
 from stripe_sf_sync.state.records import Outcome
 
 log = logging.getLogger("stripe_sf_sync")
@@ -64,6 +65,11 @@ def plan_events(events: Sequence[HeldEvent], ledger: Ledger, hydrator: Hydrator,
     _plan(fresh, hydrator, ctx, planning, stopping, note, on_error=on_error, quiet=quiet)
     result.customers.extend(hydrator.fresh_customers())
     return planning
+
+
+def plan_change(ctx: rules.RuleContext, held: HeldEvent, change: model.Change) -> rules.Plan:
+    """The rules' plan of one hydrated change, with what the mapping's `from` values read of it."""
+    return with_sources(rules.plan(ctx, change), change, ctx.mapping, held.data_object)
 
 
 def events_text(n: int) -> str:
@@ -141,7 +147,7 @@ def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], hydrator: Hydrator, c
             note(f"reading from Stripe what each event needs: {done:,} of {len(fresh):,} events done")
         try:
             change = hydrator.hydrate(held, change)
-            plan = rules.plan(ctx, change)
+            plan = plan_change(ctx, held, change)
         except MalformedEvent as exc:
             result.outcomes.append(dead_letter(held, exc.reason, exc.code))
             continue

@@ -13,7 +13,7 @@ from stripe_sf_sync import model
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.pipeline.events import HeldEvent
-from stripe_sf_sync.records import Lookups, OrgFacts, SfOp, WriteResult
+from stripe_sf_sync.records import FieldReads, Lookups, OrgFacts, SfOp, WriteResult
 from stripe_sf_sync.rules import Intent
 
 
@@ -57,9 +57,10 @@ class RecordLookup(Protocol):
         """The org's facts (checked against the config; raises its ConfigError)."""
 
     def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
-             legacy_events: Collection[str] | None = None) -> Lookups:
+             legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads()) -> Lookups:
         """Every record the intents name, in a few calls for the whole batch; the Tasks of `legacy_events`
-        (None: of every event) also by the key an earlier version gave them (salesforce/lookups.py: task_keys_of)."""
+        (None: of every event) also by the key an earlier version gave them (salesforce/lookups.py: task_keys_of);
+        with the values of the fields in `reads` (the mapping's `if_empty`)."""
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
         """An Account update succeeded: later batches of the run compare with what it now holds."""

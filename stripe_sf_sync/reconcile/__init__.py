@@ -20,6 +20,7 @@ Drift kinds (stable names, used in `--json` and `--csv`):
 - unknown_stripe_id: an Opportunity or Account naming a Stripe id Stripe does not know;
 - account_mrr_mismatch: an Account whose MRR field (salesforce.fields.account_mrr) differs from its customer's
   MRR as Stripe counts it (the next sync or backfill of its subscriptions rewrites it);
+- salesforce_owned (information): a compared field the mapping gives Salesforce differs (never repaired);
 - won_but_canceled (information): a won Opportunity whose subscription is canceled in Stripe;
 - unverifiable (information): a Stripe object the rules cannot compute (sync dead-letters it too).
 """

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from stripe_sf_sync import money
+from stripe_sf_sync.mapping import FieldMapping
 from stripe_sf_sync.reconcile.report import Finding, Report
 from stripe_sf_sync.reconcile.spill import Spill, text
 
@@ -37,7 +38,21 @@ def _value_diffs(row: sqlite3.Row, fields: Sequence[tuple[str, str]]) -> tuple[t
                  if not _same(row[s], row[f"o_{s}"], cur))
 
 
-def compare_subscriptions(spill: Spill, report: Report, names: Any, won_stage: str) -> None:
+def _owned_diffs(report: Report, sobject: str, diffs: tuple[tuple[str, str | None, str | None], ...],
+                 mapping: FieldMapping, finding: tuple[str | None, str | None, str | None]) -> tuple[
+                     tuple[str, str | None, str | None], ...]:
+    """The differences in fields Stripe owns (`always`: drift, repaired by --fix); the others, which the mapping
+    gives Salesforce, go into the report as information (`salesforce_owned`), never repaired."""
+    theirs = tuple(d for d in diffs if mapping.mode(sobject, d[0]) != "always")
+    if theirs:
+        stripe_id, salesforce_id, currency = finding
+        report.findings.append(Finding("salesforce_owned", stripe_id, salesforce_id, currency, theirs,
+                                       f"{sobject} fields the mapping gives Salesforce: left as they are"))
+    return tuple(d for d in diffs if d not in theirs)
+
+
+def compare_subscriptions(spill: Spill, report: Report, names: Any, won_stage: str,
+                          mapping: FieldMapping = FieldMapping()) -> None:
     """Live subscriptions against their won Opportunities: missing, or values that differ."""
     fields = (("Amount", "amount"), (names.mrr, "mrr"), (names.arr, "arr"))
     sql = """SELECT s.id, s.status, s.currency, s.amount, s.mrr, s.arr, o.id AS o_id, o.amount AS o_amount,
@@ -55,7 +70,8 @@ def compare_subscriptions(spill: Spill, report: Report, names: Any, won_stage: s
                                                              if row["other"] else ("StageName", won_stage, None),),
                                            detail))
             continue
-        diffs = _value_diffs(row, fields)
+        diffs = _owned_diffs(report, "Opportunity", _value_diffs(row, fields), mapping,
+                             (row["id"], row["o_id"], row["currency"]))
         if diffs:
             report.findings.append(Finding("value_mismatch", row["id"], row["o_id"], row["currency"], diffs,
                                            "differs from what the rules compute from Stripe today"))
@@ -64,7 +80,8 @@ def compare_subscriptions(spill: Spill, report: Report, names: Any, won_stage: s
     report.checked["subscriptions"] = next(spill.rows("SELECT COUNT(*) FROM subs WHERE won = 1"))[0]
 
 
-def compare_payments(spill: Spill, report: Report, refunded_stage: str | None = None) -> None:
+def compare_payments(spill: Spill, report: Report, refunded_stage: str | None = None,
+                     mapping: FieldMapping = FieldMapping()) -> None:
     """Succeeded one-time payments against their won Opportunities (or, fully refunded, those in
     `salesforce.refunded_stage`), by what Stripe kept: received, less refunds and lost disputes."""
     sql = """SELECT p.id, p.currency, p.amount, o.id AS o_id, o.amount AS o_amount FROM pis p
@@ -77,7 +94,8 @@ def compare_payments(spill: Spill, report: Report, refunded_stage: str | None = 
                                            (("Amount", _shown(row["amount"], row["currency"]), None),),
                                            "no won Opportunity names this one-time payment"))
             continue
-        diffs = _value_diffs(row, (("Amount", "amount"),))
+        diffs = _owned_diffs(report, "Opportunity", _value_diffs(row, (("Amount", "amount"),)), mapping,
+                             (row["id"], row["o_id"], row["currency"]))
         if diffs:
             report.findings.append(Finding("value_mismatch", row["id"], row["o_id"], row["currency"], diffs,
                                            "differs from what the payment kept (received, less refunds and "
@@ -94,7 +112,7 @@ _DECIDING = ("SELECT s.{} FROM subs s WHERE s.customer = a.customer ORDER BY s.r
              "LIMIT 1")
 
 
-def compare_accounts(spill: Spill, report: Report, names: Any) -> None:
+def compare_accounts(spill: Spill, report: Report, names: Any, mapping: FieldMapping = FieldMapping()) -> None:
     """Each Account's status against its customer's deciding subscription."""
     sql = f"""SELECT a.id, a.name, a.status, a.customer, ({_DECIDING.format('id')}) AS sub,
                      ({_DECIDING.format('status')}) AS expected
@@ -105,6 +123,9 @@ def compare_accounts(spill: Spill, report: Report, names: Any) -> None:
         if (row["status"] or "") == row["expected"]:
             report.matched += 1
             continue
+        diff = ((names.subscription_status, row["expected"], row["status"]),)
+        if not _owned_diffs(report, "Account", diff, mapping, (row["sub"], row["id"], None)):
+            continue
         report.findings.append(Finding(
             "status_mismatch", row["sub"], row["id"], None,
             ((names.subscription_status, row["expected"], row["status"]),),
@@ -112,7 +133,8 @@ def compare_accounts(spill: Spill, report: Report, names: Any) -> None:
     report.checked["accounts"] = checked
 
 
-def compare_account_mrr(spill: Spill, report: Report, field_name: str) -> None:
+def compare_account_mrr(spill: Spill, report: Report, field_name: str,
+                        mapping: FieldMapping = FieldMapping()) -> None:
     """Each Account's MRR field against its customer's MRR by Stripe's definition: the sum over its counted
     subscriptions (mrr.customer_mrr). A customer billed in several currencies, or with a subscription whose
     MRR cannot be known, is not checked (sync leaves the field alone for it too)."""
@@ -129,6 +151,9 @@ def compare_account_mrr(spill: Spill, report: Report, field_name: str) -> None:
         expected = text(money.quantize(total, currency) if currency else total)
         if _same(expected, row["mrr"], currency or "usd"):
             report.matched += 1
+            continue
+        diff = ((field_name, _shown(expected, currency), _shown(row["mrr"], currency)),)
+        if not _owned_diffs(report, "Account", diff, mapping, (row["customer"], row["id"], currency)):
             continue
         report.findings.append(Finding(
             "account_mrr_mismatch", row["customer"], row["id"], currency,
@@ -208,19 +233,19 @@ def mrr_totals(spill: Spill) -> tuple[dict[str, dict[str, str]], int]:
 
 
 def compare(spill: Spill, names: Any, objects: Sequence[str], *, won_stage: str, complete: bool,
-            refunded_stage: str | None = None) -> Report:
+            refunded_stage: str | None = None, mapping: FieldMapping = FieldMapping()) -> Report:
     """Every check the chosen objects ask for, over a filled spill. `complete`: Stripe's lists were read
     whole (no --since), so an id absent from them is unknown to Stripe, and every customer's subscriptions
     are there to decide its Account's status."""
     report = Report()
     if "subscriptions" in objects:
-        compare_subscriptions(spill, report, names, won_stage)
+        compare_subscriptions(spill, report, names, won_stage, mapping)
     if "payment_intents" in objects:
-        compare_payments(spill, report, refunded_stage)
+        compare_payments(spill, report, refunded_stage, mapping)
     if "accounts" in objects and complete:
-        compare_accounts(spill, report, names)
+        compare_accounts(spill, report, names, mapping)
         if names.account_mrr and "subscriptions" in objects:
-            compare_account_mrr(spill, report, names.account_mrr)
+            compare_account_mrr(spill, report, names.account_mrr, mapping)
     elif "accounts" in objects:
         report.skipped_checks.append("accounts: --since leaves out older subscriptions, which may decide the status")
     if complete and len(objects) == len(OBJECTS):

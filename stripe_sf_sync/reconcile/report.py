@@ -25,6 +25,8 @@ KINDS: dict[str, Kind] = {
     "missing_payment_opportunity": Kind(True, True, "succeeded one-time payment with no won Opportunity"),
     "unknown_stripe_id": Kind(True, False, "Salesforce record naming a Stripe id Stripe does not know"),
     "account_mrr_mismatch": Kind(True, False, "Account MRR field differs from its customer's MRR in Stripe"),
+    "salesforce_owned": Kind(False, False, "a field the mapping gives Salesforce (write: once, if_empty, never) "
+                             "differs from Stripe (information, never repaired)"),
     "won_but_canceled": Kind(False, False, "won Opportunity whose subscription is canceled (information)"),
     "unverifiable": Kind(False, False, "Stripe object the rules cannot compute (information)"),
 }

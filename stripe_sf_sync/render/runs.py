@@ -59,7 +59,18 @@ def print_human_summary(summary: RunSummary, out: Console | None = None) -> None
         print_records(out, f"Planned writes (dry run: nothing was changed): {len(rows)}",
                       [Column("action"), Column("object"), Column("key", is_id=True), Column("events", is_id=True),
                        Column("fields")], rows)
+        _print_field_reasons(out, summary.planned_writes)
     out.print(totals_line(summary), highlight=False)
+
+
+def _print_field_reasons(out: Console, planned: list[dict[str, Any]]) -> None:
+    """Each planned record's fields, and why each is written or left alone (salesforce.mapping: docs/mapping.md)."""
+    rows = [(w["sobject"], w["key"], name, w["fields"].get(name, "-"), why)
+            for w in planned for name, why in w.get("why", {}).items()]
+    if rows:
+        print_records(out, f"Fields, and why each is written or left alone: {len(rows)}",
+                      [Column("object"), Column("key", is_id=True), Column("field"), Column("value"),
+                       Column("why")], rows)
 
 
 def totals_line(summary: RunSummary) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.mapping import FieldMapping
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class RuleContext:
     fields: FieldNames
     dashboard_url: str = "https://dashboard.stripe.com"
     refunded_stage: str | None = None  # salesforce.refunded_stage: a fully refunded payment's stage
+    mapping: FieldMapping = field(default_factory=FieldMapping)  # salesforce.mapping (mapping.py)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,13 @@ class OpportunityIntent:
     # Fields written only when the Opportunity is created here (a refund event may be the first stripe-sf sees
     # of a payment): an existing Opportunity keeps its stage and CloseDate.
     create_only: Mapping[str, Any] = field(default_factory=dict)
+    # This intent wins the Opportunity (its won event, or a backfill of a won object): the mapping's `once` fields
+    # are written when the Opportunity is still open in Salesforce (mapping.owned_fields).
+    wins: bool = False
+    # Fields a setting asks stripe-sf to own whatever their default (StageName with salesforce.refunded_stage).
+    forced: frozenset[str] = frozenset()
+    # The values of the mapping's paths into the Stripe object, and the change's status (pipeline/plan.py).
+    source: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class AccountStatusIntent:
     who_id: str | None = None  # the Contact its transition Task names
     changed_at: int | None = None  # when the status changed (the event's time): the transition Task's key
     fields: Mapping[str, Any] = field(default_factory=dict)  # other Account fields to write (its MRR)
+    source: Mapping[str, Any] = field(default_factory=dict)  # as OpportunityIntent.source
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ class TaskIntent:
     # (docs.stripe.com/webhooks; api-facts §4), and a webhook and a backfill tell the same fact: keyed by
     # what it is about, they make one Task.
     about: str | None = None
+    source: Mapping[str, Any] = field(default_factory=dict)  # as OpportunityIntent.source
 
     @property
     def key(self) -> str:

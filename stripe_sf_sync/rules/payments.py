@@ -55,17 +55,20 @@ def plan_payment(ctx: RuleContext, change: PaymentChange) -> Plan:
     fields: dict[str, Any] = {"Amount": change.net}
     if f.opportunity_refunded and (change.adjusted or from_event or change.refunded):
         fields[f.opportunity_refunded] = change.refunded
+    forced: frozenset[str] = frozenset()
     if ctx.refunded_stage and change.fully_refunded:
         fields["StageName"] = ctx.refunded_stage
     elif ctx.refunded_stage and from_event:
         fields["StageName"] = ctx.won_stage  # a refund that failed, or a dispute won: collected again
+    if "StageName" in fields:
+        forced = frozenset({"StageName"})  # salesforce.refunded_stage: the stage follows the refunds
     label = change.customer_name or change.customer_id or "Stripe"
     name = f"{label} - Payment {change.payment_intent_id}"
     # A refund or dispute event leaves an existing Opportunity's stage and CloseDate as they are.
     plan = Plan([OpportunityIntent(
         meta.event_id, "payment_intent", change.payment_intent_id, opp_id, False, account,
         fields if from_event else {**won, **fields}, name, may_create=True, currency=change.currency,
-        create_only=won if from_event else {})])
+        create_only=won if from_event else {}, wins=not from_event, forced=forced)])
     if change.fully_refunded and not meta.backfill:
         plan.intents.append(_refund_task(ctx, change, account, "Payment fully refunded",
                                          f"{change.charge_id or change.payment_intent_id}#refunded"))

@@ -101,7 +101,8 @@ def plan_subscription(ctx: RuleContext, change: SubscriptionChange) -> Plan:
         fields.update(_subscription_value_fields(ctx, change, plan, won=True))
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
-            f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency))
+            f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency,
+            wins=True))
     elif kind == "updated" and change.plan_changed:
         values = _subscription_value_fields(ctx, change, plan, won=False)
         if values:
@@ -184,7 +185,8 @@ def _plan_subscription_backfill(ctx: RuleContext, change: SubscriptionChange, op
         fields.update(_subscription_value_fields(ctx, change, plan, won=True))
         plan.intents.append(OpportunityIntent(
             meta.event_id, "subscription", change.subscription_id, opp_id, True, account, fields,
-            f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency))
+            f"{label} - Subscription {change.subscription_id}", may_create=True, currency=change.currency,
+            wins=True))
     if meta.write_status:
         plan.intents.append(AccountStatusIntent(
             meta.event_id, account, change.subscription_id, change.status, None, log_transition=False,

@@ -14,7 +14,15 @@ from typing import Any, Literal, Protocol
 from simple_salesforce import format_soql
 
 from stripe_sf_sync.config import FieldNames
-from stripe_sf_sync.records import AccountRow, LookupRequest, Lookups, OpportunityRow, OrgFacts, index_account
+from stripe_sf_sync.records import (
+    AccountRow,
+    FieldReads,
+    LookupRequest,
+    Lookups,
+    OpportunityRow,
+    OrgFacts,
+    index_account,
+)
 from stripe_sf_sync.rules import AccountStatusIntent, Intent, OpportunityIntent, TaskIntent, transition_task
 from stripe_sf_sync.salesforce.gateway import SalesforceAccess, SalesforceGateway
 from stripe_sf_sync.salesforce.org import OrgCheck
@@ -43,9 +51,10 @@ def lookup_statements(request: LookupRequest, names: FieldNames) -> list[tuple[L
     a_fields = ["Id", "Name", "OwnerId", names.subscription_status, names.customer_id]
     if names.account_csm:
         a_fields.append(names.account_csm)
+    a_fields.extend(request.reads.account)  # the mapping's `if_empty` fields: more columns, not more calls
     a_select = ", ".join(dict.fromkeys(a_fields))
     o_select = ", ".join(dict.fromkeys(["Id", "AccountId", "IsClosed", "CreatedDate", names.subscription_id,
-                                        names.payment_intent_id, names.customer_id]))
+                                        names.payment_intent_id, names.customer_id, *request.reads.opportunity]))
     accounts = (_selects(a_select, "Account", "Id", request.account_ids)
                 + _selects(a_select, "Account", names.customer_id, request.customer_ids))
     # Opportunities named in metadata bring their Account (parent relationship fields, in the same
@@ -65,25 +74,33 @@ def lookup_statements(request: LookupRequest, names: FieldNames) -> list[tuple[L
     return [(kind, soql) for kind, statements in kinds for soql in statements]
 
 
-def _account_row(r: Mapping[str, Any], names: FieldNames) -> AccountRow:
+def _values(r: Mapping[str, Any], wanted: Iterable[str]) -> dict[str, Any]:
+    """The row's values of the fields the mapping reads (SOQL may answer in another case than asked)."""
+    lowered = {k.lower(): v for k, v in r.items()}
+    return {name: lowered.get(name.lower()) for name in wanted}
+
+
+def _account_row(r: Mapping[str, Any], names: FieldNames, reads: FieldReads = FieldReads()) -> AccountRow:
     return AccountRow(to_18(r["Id"]), r.get("Name") or "", r.get("OwnerId"),
                       r.get(names.account_csm) if names.account_csm else None,
-                      r.get(names.subscription_status), r.get(names.customer_id))
+                      r.get(names.subscription_status), r.get(names.customer_id), _values(r, reads.account))
 
 
-def lookups_of(results: Iterable[tuple[LookupKind, list[dict[str, Any]]]], names: FieldNames) -> Lookups:
+def lookups_of(results: Iterable[tuple[LookupKind, list[dict[str, Any]]]], names: FieldNames,
+               reads: FieldReads = FieldReads()) -> Lookups:
     """Index the rows each statement returned."""
     found = Lookups()
     for kind, records in results:
         for r in records:
             if kind == "account":
-                found.add_account(_account_row(r, names))
+                found.add_account(_account_row(r, names, reads))
             elif kind == "opportunity":
                 if isinstance(r.get("Account"), Mapping) and r["Account"].get("Id"):
-                    found.add_account(_account_row(r["Account"], names))
+                    found.add_account(_account_row(r["Account"], names, reads))
                 found.add_opportunity(OpportunityRow(
                     to_18(r["Id"]), r.get("AccountId"), r.get(names.subscription_id), r.get(names.payment_intent_id),
-                    r.get(names.customer_id), bool(r.get("IsClosed")), str(r.get("CreatedDate") or "")))
+                    r.get(names.customer_id), bool(r.get("IsClosed")), str(r.get("CreatedDate") or ""),
+                    _values(r, reads.opportunity)))
             elif kind == "contact":
                 found.contacts.add(to_18(r["Id"]))
             elif r.get(names.task_event_id):
@@ -114,7 +131,7 @@ class SoqlLookups:
         # created again.
         results = self.gw.query_many([soql for _, soql in statements],
                                      archived={i for i, (kind, _) in enumerate(statements) if kind == "task"})
-        return lookups_of(zip((kind for kind, _ in statements), results, strict=True), names)
+        return lookups_of(zip((kind for kind, _ in statements), results, strict=True), names, request.reads)
 
 
 # --- a batch's lookups: what to ask for, and the Accounts a run keeps ---------------------------------
@@ -139,6 +156,14 @@ class AccountCache:
         self.by_customer: dict[str, AccountRow] = {}
         self._limit = limit
 
+    def want(self, fields: Iterable[str]) -> None:
+        """Forget the Accounts read without some of `fields` (one run reads one mapping: never, in practice)."""
+        stale = [r.id for r in self.by_id.values() if any(f not in r.values for f in fields)]
+        for account_id in stale:
+            row = self.by_id.pop(account_id)
+            if row.customer_id and self.by_customer.get(row.customer_id) is row:
+                del self.by_customer[row.customer_id]
+
     def add(self, row: AccountRow) -> None:
         """Remember a row read from Salesforce; past `limit` rows, the oldest is forgotten (read again if needed)."""
         if row.id not in self.by_id and len(self.by_id) >= self._limit:
@@ -157,6 +182,7 @@ class AccountCache:
         if fields.get(names.customer_id):
             row.customer_id = fields[names.customer_id]
             self.by_customer[row.customer_id] = row
+        row.values.update({k: v for k, v in fields.items() if k in row.values})
 
 
 def task_keys_of(intents: Iterable[Intent], legacy_events: Collection[str] | None = None) -> set[str]:
@@ -176,7 +202,7 @@ def task_keys_of(intents: Iterable[Intent], legacy_events: Collection[str] | Non
 
 
 def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_keyed: bool,
-                   legacy_events: Collection[str] | None = None) -> LookupRequest:
+                   legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads()) -> LookupRequest:
     """What the intents need read: Accounts by Id and customer (those not in `accounts`), Opportunities by
     Id, subscription, payment and customer, Contacts, and (`task_keyed`: the org has the Task key field) the
     Task keys that may exist already."""
@@ -208,14 +234,18 @@ def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_ke
         customer_ids=frozenset(customers - accounts.by_customer.keys()),
         opportunity_ids=frozenset(opp_ids), subscription_ids=frozenset(subs), payment_intent_ids=frozenset(payments),
         opportunity_customer_ids=frozenset(opp_customers), contact_ids=frozenset(contacts),
-        task_keys=frozenset(task_keys_of(intents, legacy_events) if task_keyed else ()))
+        task_keys=frozenset(task_keys_of(intents, legacy_events) if task_keyed else ()), reads=reads)
 
 
 def find(port: LookupReader, names: FieldNames, intents: Sequence[Intent], accounts: AccountCache, *,
-         task_keyed: bool, legacy_events: Collection[str] | None = None) -> Lookups:
+         task_keyed: bool, legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads()) -> Lookups:
     """The batch's lookups: what `accounts` holds already, and what `port` reads (which `accounts` then
-    remembers for the run's later batches). `legacy_events`: see `task_keys_of`."""
-    read = port.lookup(lookup_request(intents, accounts, task_keyed=task_keyed, legacy_events=legacy_events), names)
+    remembers for the run's later batches). `legacy_events`: see `task_keys_of`; `reads`: the fields whose
+    values the mapping needs (an Account cached without them is read again)."""
+    if reads.account:
+        accounts.want(reads.account)
+    read = port.lookup(lookup_request(intents, accounts, task_keyed=task_keyed, legacy_events=legacy_events,
+                                      reads=reads), names)
     cached = Lookups()
     for row in [accounts.by_id.get(it.account.account_id or "") for it in intents] + [
             accounts.by_customer.get(it.account.customer_id or "") for it in intents]:
@@ -248,10 +278,10 @@ class SalesforceRecords:
         return self._org.facts(self._access.get(), refresh=refresh)
 
     def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
-             legacy_events: Collection[str] | None = None) -> Lookups:
-        """The records the intents name (`legacy_events`: task_keys_of)."""
+             legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads()) -> Lookups:
+        """The records the intents name (`legacy_events`: task_keys_of; `reads`: the mapping's fields)."""
         return find(SoqlLookups(self._access.get()), names, intents, self._accounts, task_keyed=task_keyed,
-                    legacy_events=legacy_events)
+                    legacy_events=legacy_events, reads=reads)
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
         """Remember a successful Account update."""

@@ -24,6 +24,7 @@ from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoState
 from stripe_sf_sync.identity import Binding, SalesforceIdentity, StripeIdentity
 from stripe_sf_sync.records import OrgFacts
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
+from stripe_sf_sync.salesforce.mapped_fields import mapped_field_checks
 from stripe_sf_sync.salesforce.org import (
     ORG_CURRENCY_SOQL,
     OrgProblem,
@@ -157,6 +158,8 @@ class Doctor:
             ok = _field_summary(f) if f is not None else ""
             checks += _problems_or_ok("salesforce", need.subject, need_problems(need, by_obj, thorough=True), ok,
                                       need.subject)
+        for mapped in mapped_field_checks(s.mapping, by_obj, s.fields):
+            checks += _problems_or_ok("salesforce", mapped.subject, mapped.problems, mapped.ok, mapped.subject)
         checks.append(self._won_stage(gw, by_obj))
         refunded = self.loaded.settings.salesforce.refunded_stage
         if refunded:

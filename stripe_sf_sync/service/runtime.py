@@ -141,7 +141,7 @@ def batch_settings(loaded: LoadedConfig, *, legacy_task_keys_before: int | None 
     """What the batch step reads from the config (and, from state, when Tasks were first keyed by subject)."""
     s = loaded.settings
     ctx = rules.RuleContext(s.salesforce.won_stage or "", s.salesforce.fields, s.stripe.dashboard_url,
-                            refunded_stage=s.salesforce.refunded_stage)
+                            refunded_stage=s.salesforce.refunded_stage, mapping=s.salesforce.mapping)
     return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce,
                          legacy_task_keys_before=legacy_task_keys_before,
                          currency_mismatch=s.salesforce.currency_mismatch)

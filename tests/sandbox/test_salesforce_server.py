@@ -24,7 +24,7 @@ from simple_salesforce.exceptions import (
 )
 
 from stripe_sf_sandbox import sfids
-from stripe_sf_sandbox.salesforce_server import FieldDef, SalesforceOrg, SalesforceSandbox
+from stripe_sf_sandbox.salesforce_server import FieldDef, SalesforceOrg, SalesforceSandbox, ValidationRule
 
 API = "62.0"
 
@@ -438,6 +438,26 @@ def test_updates_of_deleted_missing_and_read_only(sandbox: SalesforceSandbox) ->
     with pytest.raises(SalesforceMalformedRequest) as exc:
         sf.Account.update(live, {"Name": "y" * 256})
     assert rest_error(exc)["errorCode"] == "STRING_TOO_LONG"  # single-resource errors use errorCode
+
+
+def test_a_validation_rule_and_a_required_field_refuse_a_create() -> None:
+    """ISNEW() && ISBLANK(Type) refuses a create only; a rule on every save refuses an update that leaves the
+    field empty too; an admin's required field refuses both (Metadata API: ValidationRule)."""
+    rule = ValidationRule("Type_Required", "Opportunity", "Type", "Choose a Type.")
+    with SalesforceSandbox(SalesforceOrg(validation_rules=[rule], required_fields=["Opportunity.Region__c"])) as sb:
+        sf = client(sb)
+        refused = create(sf, opp(Region__c="EMEA"))[0]
+        assert error_of(refused) == ("FIELD_CUSTOM_VALIDATION_EXCEPTION", ["Type"])
+        assert refused["errors"][0]["message"] == "Choose a Type."
+        assert error_of(create(sf, opp(Type="New Business"))[0]) == ("REQUIRED_FIELD_MISSING", ["Region__c"])
+        made = create(sf, opp(Type="New Business", Region__c="EMEA"))[0]
+        assert made["success"], made
+        assert sf.Opportunity.update(made["id"], {"Type": None}) == 204  # on create only
+        sb.org.validation_rules.append(ValidationRule("Type_Always", "Opportunity", "Type", "Keep a Type.",
+                                                      on_create=False))
+        with pytest.raises(SalesforceMalformedRequest) as exc:
+            sf.Opportunity.update(made["id"], {"Amount": 5})
+        assert rest_error(exc)["errorCode"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
 
 
 def test_collection_size_limit(sandbox: SalesforceSandbox) -> None:
