@@ -239,7 +239,7 @@ def test_every_change_type_a_parser_returns_has_a_rule():
     assert not set(rules.RULES) & set(rules.NO_RULE)
     from stripe_sf_sync.rules import table
 
-    entries = [kind for module in table._MODULES for kind, _ in module.RULE_ENTRIES]
+    entries = [kind for module_entries in table._ENTRIES for kind, _ in module_entries]
     assert len(entries) == len(set(entries)) == len(rules.RULES)  # no change type has two rules
 
 

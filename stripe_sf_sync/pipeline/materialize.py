@@ -17,6 +17,7 @@ from typing import Any
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.records import AccountRow, Lookups, OpportunityRow, SfOp
 from stripe_sf_sync.rules import (
+    AccountFieldsIntent,
     AccountRef,
     AccountStatusIntent,
     Intent,
@@ -147,6 +148,8 @@ class Materializer:
     def _ops_for(self, it: Intent) -> list[SfOp]:
         if isinstance(it, OpportunityIntent):
             return self._opportunity_ops(it)
+        if isinstance(it, AccountFieldsIntent):
+            return self._account_field_ops(it)
         account = self._account(it.account)
         if isinstance(it, AccountStatusIntent):
             return self._account_ops(it, account)
@@ -200,6 +203,14 @@ class Materializer:
         if it.log_transition and old is not None and old != it.status:
             ops.extend(self._ops_for(transition_task(it, old)))
         return ops
+
+    def _account_field_ops(self, it: AccountFieldsIntent) -> list[SfOp]:
+        """A mark on the Account, when the customer has one (a customer with none has nothing to mark)."""
+        try:
+            account = self._account(it.account)
+        except Unresolvable:
+            return []
+        return [SfOp("update", "Account", account.id, dict(it.fields), label=f"Account {account.id} ({account.name})")]
 
     def _task_ops(self, it: TaskIntent, account: AccountRow) -> list[SfOp]:
         names = self.settings.names
