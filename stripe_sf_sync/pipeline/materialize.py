@@ -89,6 +89,10 @@ class Materializer:
             return self.found.accounts_by_id[ref.account_id]
         if ref.customer_id and ref.customer_id in self.found.accounts_by_customer:
             return self.found.accounts_by_customer[ref.customer_id]
+        conflict = self.found.merge_conflicts.get(ref.account_id or "") or self.found.merge_conflicts.get(
+            ref.customer_id or "")
+        if conflict:  # a link to a merged-away Account whose survivor belongs to another customer
+            raise Unresolvable("MERGED_ACCOUNT_CONFLICT", conflict)
         who = ref.customer_id or "this payment"
         raise Unresolvable(
             "NO_ACCOUNT",
@@ -189,8 +193,9 @@ class Materializer:
     def _account_ops(self, it: AccountStatusIntent, account: AccountRow) -> list[SfOp]:
         names = self.settings.names
         fields: dict[str, Any] = {names.subscription_status: it.status, **it.fields}
+        # Unless another Account holds the customer (a merge's survivor found by the id its loser held is linked).
         if (it.account.customer_id and not account.customer_id
-                and it.account.customer_id not in self.found.accounts_by_customer):
+                and self.found.accounts_by_customer.get(it.account.customer_id, account) is account):
             fields[names.customer_id] = it.account.customer_id  # link it for later lookups
         ops: list[SfOp] = []
         # The Account already says so (as read this batch, or as an earlier event of it wrote): no write.

@@ -17,6 +17,7 @@ from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.records import AccountRow, LookupRequest, Lookups, OpportunityRow, OrgFacts, index_account
 from stripe_sf_sync.rules import AccountStatusIntent, Intent, OpportunityIntent, TaskIntent, transition_task
 from stripe_sf_sync.salesforce.gateway import SalesforceAccess, SalesforceGateway
+from stripe_sf_sync.salesforce.merges import follow_merges, unresolved
 from stripe_sf_sync.salesforce.org import OrgCheck
 from stripe_sf_sync.salesforce_ids import to_18
 
@@ -250,8 +251,15 @@ class SalesforceRecords:
     def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
              legacy_events: Collection[str] | None = None) -> Lookups:
         """The records the intents name (`legacy_events`: task_keys_of)."""
-        return find(SoqlLookups(self._access.get()), names, intents, self._accounts, task_keyed=task_keyed,
-                    legacy_events=legacy_events)
+        gw = self._access.get()
+        found = find(SoqlLookups(gw), names, intents, self._accounts, task_keyed=task_keyed,
+                     legacy_events=legacy_events)
+        account_ids, customer_ids = unresolved(intents, found)
+        if account_ids or customer_ids:  # merged away? (salesforce/merges.py)
+            follow_merges(found, account_ids, customer_ids, names,
+                          lambda soqls: gw.query_many(soqls, archived=range(len(soqls))),
+                          lambda r: _account_row(r, names))
+        return found
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
         """Remember a successful Account update."""
