@@ -104,3 +104,12 @@ def test_reconcile_finds_the_survivor_and_fix_writes_there(
                           dry_run=False, csv_path=None)
     account = org.get("Account", survivor)
     assert (account["Subscription_Status__c"], account[FIELD]) == ("active", sc.customers["acme"])
+
+
+def test_doctor_says_what_a_unique_customer_id_field_means_for_merges(config: Path,
+                                                                       env: service.Environment) -> None:
+    report = service.run_doctor(config, env).as_dict()
+    [check] = [c for c in report["checks"] if c["name"] == "Account merges"]
+    assert check["status"] == "ok" and "Account.Stripe_Customer_ID__c is Unique" in check["message"]
+    assert "clear Stripe_Customer_ID__c on the Account whose customer does not belong to the survivor" \
+        in check["message"]

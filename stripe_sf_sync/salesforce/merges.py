@@ -13,7 +13,7 @@ naming both (pipeline/materialize.py reads `Lookups.merge_conflicts`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from simple_salesforce import format_soql
@@ -114,3 +114,18 @@ def _final(survivor_id: str, losers: dict[str, tuple[str, str | None]], found: L
             return found.accounts_by_id.get(survivor_id)
         survivor_id = losers[survivor_id][0]
     return None
+
+
+
+def merge_advice(by_obj: Mapping[str, Mapping[str, Any]], names: FieldNames) -> str | None:
+    """doctor: what a Unique customer-id field on Account means for merges, and what to do. A Unique field blocks
+    a merge of two linked Accounts that keeps the merged-away one's value (the deleted loser still holds it:
+    DUPLICATE_VALUE). Said on doctor's line, not as a warning: the field should be Unique (doctor warns when it
+    is not), so a warning here would be on every well set-up org."""
+    name = names.customer_id
+    described = (by_obj.get("Account") or {}).get(name.lower())
+    if not described or not described.get("unique"):
+        return None
+    return (f"Account.{name} is Unique, so Salesforce refuses to merge two linked Accounts keeping the merged-away "
+            f"one's value (DUPLICATE_VALUE): before such a merge, clear {name} on the Account whose customer does "
+            "not belong to the survivor; stripe-sf follows a merged-away Account to its survivor (docs/link.md)")

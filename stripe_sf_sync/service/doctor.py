@@ -23,6 +23,7 @@ from stripe_sf_sync.discover import won_stages
 from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError, StripeRefusedError
 from stripe_sf_sync.records import OrgFacts
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
+from stripe_sf_sync.salesforce.merges import merge_advice
 from stripe_sf_sync.salesforce.org import (
     ORG_CURRENCY_SOQL,
     OrgProblem,
@@ -147,6 +148,9 @@ class Doctor:
             ok = _field_summary(f) if f is not None else ""
             checks += _problems_or_ok("salesforce", need.subject, need_problems(need, by_obj, thorough=True), ok,
                                       need.subject)
+        if advice := merge_advice(by_obj, s.fields):
+            checks.append(Check("salesforce", "Account merges", "ok", advice,
+                                subject=f"Account.{s.fields.customer_id}"))
         checks.append(self._won_stage(gw, by_obj))
         refunded = self.loaded.settings.salesforce.refunded_stage
         if refunded:
