@@ -502,6 +502,7 @@ class SalesforceOrg:
         # its state (Open -> UploadComplete -> InProgress -> JobComplete; api-facts.md "Bulk 2.0 ingest",
         # SF-b2lim). 0: done at once when closed; more: jobs report InProgress for that many seconds.
         self.bulk_processing_seconds = 0.0
+        self.duplicate_rules: list[Any] = []  # duplicates.DuplicateRule: blocking rules checked on API creates
         self.org_id = self._ids.new("00D")
         self.oauth_clients: dict[str, str] = {"sandbox-key": "sandbox-secret"}
         # Username -> password for the OAuth password grant.
@@ -1080,6 +1081,11 @@ class SalesforceOrg:
         self._check_required(sobject, rec, values, creating)
         self._check_references(sobject, rec, values if not creating else rec, as_admin=op.seeding)
         self._check_unique(sobject, rec, values if not creating else rec)
+        if creating and not op.seeding and self.duplicate_rules:
+            from .duplicates import duplicate_errors
+
+            if errors := duplicate_errors(self, sobject, rec):
+                raise _RecordError(errors)
         if sobject == "PermissionSetAssignment" and not op.seeding:
             from .metadata import check_assignment
 
@@ -2121,7 +2127,8 @@ def _batch_size(headers: Any) -> int:
 def _to_rest_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Collections use ``statusCode``; single-resource REST errors use ``errorCode``."""
     return [
-        {"message": e["message"], "errorCode": e["statusCode"], "fields": e.get("fields", [])} for e in errors
+        {"message": e["message"], "errorCode": e["statusCode"], "fields": e.get("fields", []),
+         **({"duplicateResult": e["duplicateResult"]} if "duplicateResult" in e else {})} for e in errors
     ]
 
 
