@@ -16,8 +16,8 @@ from simple_salesforce import format_soql
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.records import AccountRow, LookupRequest, Lookups, OpportunityRow, OrgFacts, index_account
 from stripe_sf_sync.rules import AccountStatusIntent, Intent, OpportunityIntent, TaskIntent, transition_task
-from stripe_sf_sync.salesforce.gateway import SalesforceAccess, SalesforceGateway
-from stripe_sf_sync.salesforce.merges import follow_merges, unresolved
+from stripe_sf_sync.salesforce.gateway import COMPOSITE_QUERIES, SalesforceAccess, SalesforceGateway
+from stripe_sf_sync.salesforce.merges import follow_merges, merged_statements, unresolved
 from stripe_sf_sync.salesforce.org import OrgCheck
 from stripe_sf_sync.salesforce_ids import to_18
 
@@ -110,12 +110,20 @@ class SoqlLookups:
         """What `request` asks for: one SOQL `IN (...)` per kind and 200 values, the statements of a batch
         together, five to a Composite call."""
         statements = lookup_statements(request, names)
+        # Merged-away Accounts ride along when the last Composite call has room for them (salesforce/merges.py):
+        # then a merge costs no call of its own.
+        merged = merged_statements(request.account_ids, request.customer_ids, names)
+        ride = merged if merged and len(merged) <= -len(statements) % COMPOSITE_QUERIES else []
         # Task keys through queryAll: a Task closed with a due date over a year ago is archived, and `query`
         # no longer returns it (SOAP API Developer Guide: Task, IsArchived; api-facts §12). Found, it is never
         # created again.
-        results = self.gw.query_many([soql for _, soql in statements],
-                                     archived={i for i, (kind, _) in enumerate(statements) if kind == "task"})
-        return lookups_of(zip((kind for kind, _ in statements), results, strict=True), names)
+        results = self.gw.query_many([*(soql for _, soql in statements), *ride],
+                                     archived={i for i, (kind, _) in enumerate(statements) if kind == "task"}
+                                     | set(range(len(statements), len(statements) + len(ride))))
+        found = lookups_of(zip((kind for kind, _ in statements), results[:len(statements)], strict=True), names)
+        if ride:
+            found.merged_rows = [r for rows in results[len(statements):] for r in rows]
+        return found
 
 
 # --- a batch's lookups: what to ask for, and the Accounts a run keeps ---------------------------------
@@ -258,7 +266,7 @@ class SalesforceRecords:
         if account_ids or customer_ids:  # merged away? (salesforce/merges.py)
             follow_merges(found, account_ids, customer_ids, names,
                           lambda soqls: gw.query_many(soqls, archived=range(len(soqls))),
-                          lambda r: _account_row(r, names))
+                          lambda r: _account_row(r, names), read=found.merged_rows)
         return found
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:

@@ -65,18 +65,22 @@ def unresolved(intents: Iterable[Intent], found: Lookups) -> tuple[set[str], set
 
 
 def follow_merges(found: Lookups, account_ids: Collection[str], customer_ids: Collection[str], names: FieldNames,
-                  query_all: Query, to_row: Callable[[dict[str, Any]], AccountRow]) -> None:
+                  query_all: Query, to_row: Callable[[dict[str, Any]], AccountRow], *,
+                  read: list[dict[str, Any]] | None = None) -> None:
     """For the Account Ids and customer ids the batch's lookups did not find, look for merged-away Accounts (one
     queryAll round, five statements to a Composite call), and index each one's survivor under the loser's Id and
     the customer id the loser held, unless the survivor holds another customer's id (then
-    `found.merge_conflicts` says so). A survivor merged in turn is followed (MAX_HOPS)."""
+    `found.merge_conflicts` says so). A survivor merged in turn is followed (MAX_HOPS). `read`: the merged-away
+    Accounts the lookups already read with their other statements (for more Ids than these: filtered here)."""
     losers: dict[str, tuple[str, str | None]] = {}
     ids, customers = set(account_ids), set(customer_ids)
-    for _ in range(MAX_HOPS):
-        statements = merged_statements(ids, customers, names)
-        if not statements:
+    for hop in range(MAX_HOPS):
+        if hop == 0 and read is not None:
+            rows = [r for r in read if to_18(str(r["Id"])) in ids or r.get(names.customer_id) in customers]
+        elif statements := merged_statements(ids, customers, names):
+            rows = [r for rs in query_all(statements) for r in rs]
+        else:
             break
-        rows = [r for rs in query_all(statements) for r in rs]
         for r in rows:
             survivor = r.get("MasterRecord") if isinstance(r.get("MasterRecord"), dict) else None
             losers[to_18(str(r["Id"]))] = (to_18(str(r["MasterRecordId"])), r.get(names.customer_id))
