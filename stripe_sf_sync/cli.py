@@ -25,6 +25,7 @@ from stripe_sf_sync.defaults import DEFAULT_CONFIG_PATH
 from stripe_sf_sync.errors import ExitCode, StripeSfError
 from stripe_sf_sync.health import DEFAULT_MAX_CURSOR_AGE
 from stripe_sf_sync.lazy import lazy_module
+from stripe_sf_sync.render.link import print_link
 
 # Loaded when a command first uses them: `--help` and TAB completion start without the Stripe SDK,
 # simple-salesforce, pydantic or requests (issue 20 §5; tests/test_cli.py checks it).
@@ -292,6 +293,37 @@ def dlq_drop(opts: GlobalOptions,
     """
     guarded(lambda: service.dlq_drop(opts.config, service.Environment(), event_id), debug=opts.debug)
     render.print_dropped(event_id)
+
+
+@command(app)
+def link(
+    opts: GlobalOptions,
+    csv_path: Annotated[Path | None, typer.Option("--csv", metavar="FILE", help="Write the proposals here, one row "
+                                                  "a customer, for a person to review.")] = None,
+    apply: Annotated[Path | None, typer.Option("--apply", metavar="FILE", help="Write the links of this reviewed "
+                                               "file: Stripe_Customer_ID__c on each Account.")] = None,
+    to_stripe: Annotated[bool, typer.Option("--to-stripe", help="With --apply: also write salesforce_account_id "
+                                            "into each customer's metadata (needs STRIPE_WRITE_API_KEY).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Propose an Account for every Stripe customer with no link (Contact email, website domain, Account name);
+    then write the links a person kept. Proposing writes nothing but the file.
+
+    Exit 0, or 3 when --apply refused some links (each is named); docs/link.md.
+
+    Example: stripe-sf link --csv links.csv, review it, then stripe-sf link --apply links.csv
+    """
+    if (csv_path and apply) or (to_stripe and not apply):
+        render.usage_error("error: use --csv FILE to propose, or --apply FILE [--to-stripe] to write the links.")
+        raise typer.Exit(int(ExitCode.CONFIG))
+    from stripe_sf_sync.service import link as link_service  # here: the CLI starts without what it imports
+
+    result = guarded(lambda: link_service.run_link_apply_file(opts.config, service.Environment(), path=apply,
+                                                              to_stripe=to_stripe) if apply else
+                     link_service.run_link_propose(opts.config, service.Environment(), csv_path=csv_path),
+                     debug=opts.debug)
+    print_link(result, as_json=as_json)
+    raise typer.Exit(int(link_service.link_exit_code(result)))
 
 
 @command(app)

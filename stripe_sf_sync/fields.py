@@ -60,6 +60,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("account_csm", "Account", None, "Lookup(User)", frozenset({"reference"})),  # read, never written
     FieldSpec("opportunity_refunded", "Opportunity", None, "Currency(16, 2)", CURRENCY, WRITE),
     FieldSpec("account_mrr", "Account", None, "Currency(16, 2)", CURRENCY, UPDATE),
+    FieldSpec("account_customer_deleted", "Account", None, "Checkbox", frozenset({"boolean"}), UPDATE),
     FieldSpec("task_event_id", "Task", "Stripe_Event_ID__c", "Text(255)", TEXT, ("create",), "task", optional=True),
 )
 _DEFAULTS = {spec.key: spec.default for spec in FIELDS}
@@ -92,6 +93,9 @@ class FieldNames(BaseModel):
     opportunity_refunded: FieldName | None = None
     # The customer's current MRR as Stripe counts it (issue 22 §5); None: nothing is read or written for it.
     account_mrr: FieldName | None = None
+    # Set to true when the Account's customer is deleted in Stripe (issue 25); None: nothing is marked (its later
+    # events are left unapplied all the same).
+    account_customer_deleted: FieldName | None = None
 
 
 def configured(names: FieldNames) -> Iterator[tuple[FieldSpec, str]]:

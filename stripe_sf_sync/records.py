@@ -85,6 +85,9 @@ class Lookups:
     opps_by_customer: dict[str, list[OpportunityRow]] = field(default_factory=dict)
     contacts: set[str] = field(default_factory=set)  # Contact Ids from metadata that exist
     task_keys: set[str] = field(default_factory=set)  # Task keys (Stripe_Event_ID__c) that already exist
+    merged_into: dict[str, str] = field(default_factory=dict)  # merged-away Account Id -> its survivor's
+    merge_conflicts: dict[str, str] = field(default_factory=dict)  # loser Id or customer id -> why not followed
+    merged_rows: list[dict[str, Any]] | None = None  # merged-away Accounts read with the lookups (None: not read)
 
     def add_account(self, row: AccountRow) -> None:
         """Index an Account by its Id and, when it has one, its Stripe customer id."""

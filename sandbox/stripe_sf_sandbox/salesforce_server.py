@@ -533,6 +533,7 @@ class SalesforceOrg:
         self.bulk_processing_seconds = 0.0
         # Each org its own Id (Organization.Id; a refreshed sandbox is a new org with a new Id), unless given.
         self.org_id = org_id or sfids.IdFactory(start=62**5 * 11 + secrets.randbelow(62**8)).new("00D")
+        self.duplicate_rules: list[Any] = []  # duplicates.DuplicateRule: blocking rules checked on API creates
         self.oauth_clients: dict[str, str] = {"sandbox-key": "sandbox-secret"}
         # Username -> password for the OAuth password grant.
         self.oauth_users: dict[str, str] = {"integration@stripe-sf.sandbox": "sandbox-password"}
@@ -1127,6 +1128,11 @@ class SalesforceOrg:
         self._check_validation_rules(sobject, rec, creating)
         self._check_references(sobject, rec, values if not creating else rec, as_admin=op.seeding)
         self._check_unique(sobject, rec, values if not creating else rec)
+        if creating and not op.seeding and self.duplicate_rules:
+            from .duplicates import duplicate_errors
+
+            if errors := duplicate_errors(self, sobject, rec):
+                raise _RecordError(errors)
         if sobject == "PermissionSetAssignment" and not op.seeding:
             from .metadata import check_assignment
 
@@ -2173,7 +2179,8 @@ def _batch_size(headers: Any) -> int:
 def _to_rest_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Collections use ``statusCode``; single-resource REST errors use ``errorCode``."""
     return [
-        {"message": e["message"], "errorCode": e["statusCode"], "fields": e.get("fields", [])} for e in errors
+        {"message": e["message"], "errorCode": e["statusCode"], "fields": e.get("fields", []),
+         **({"duplicateResult": e["duplicateResult"]} if "duplicateResult" in e else {})} for e in errors
     ]
 
 

@@ -14,7 +14,14 @@ invoice links live under `parent.subscription_details` and `payments` (Stripe ch
 invoices").
 """
 
-from stripe_sf_sync.model.customers import CachedCustomer, CustomerChange, parse_customer
+from stripe_sf_sync.model.customers import (
+    CachedCustomer,
+    CustomerChange,
+    CustomerDeleted,
+    CustomerDeletedChange,
+    parse_customer,
+    parse_customer_deleted,
+)
 from stripe_sf_sync.model.event import SUBSCRIPTION_STATUSES, EventMeta, MalformedEvent, NoCurrencyOption, Unsupported
 from stripe_sf_sync.model.invoices import (
     CreditNoteChange,
@@ -66,9 +73,10 @@ __all__ = [
     "BACKFILL_MARK", "BACKFILL_STATUS_MARK", "COLLECTED_EVENT_TYPES", "CREDIT_NOTE_EVENT_TYPES",
     "CUSTOMER_EVENT_TYPES", "EVENT_TYPES", "MAX_MINOR_UNITS", "MAX_QUANTITY", "MAX_TIMESTAMP", "NOT_REQUESTED",
     "OPEN_DISPUTE_STATUSES", "PARSERS", "SUBSCRIPTION_STATUSES", "CachedCustomer", "Change", "CollectedChange",
-    "CreditNoteChange", "CustomerChange", "Dispute", "EventMeta", "FirstInvoiceNet", "InvoiceFailureChange",
+    "CreditNoteChange", "CustomerChange", "CustomerDeleted", "CustomerDeletedChange", "Dispute", "EventMeta",
+    "FirstInvoiceNet", "InvoiceFailureChange",
     "MalformedEvent", "NoCurrencyOption", "PaymentChange", "SubscriptionChange", "SubscriptionFigures",
     "Unsupported", "event_meta", "first_invoice_net", "foreign_price_ids", "in_billed_currency", "is_pre_basil",
-    "parse_collected", "parse_credit_note", "parse_customer", "parse_dispute", "parse_event",
+    "parse_collected", "parse_credit_note", "parse_customer", "parse_customer_deleted", "parse_dispute", "parse_event",
     "parse_invoice_failure", "parse_payment", "parse_subscription", "plan_changed", "with_all_items",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stripe_sf_sync.model.customers import CustomerChange, parse_customer
+from stripe_sf_sync.model.customers import CustomerChange, CustomerDeletedChange, parse_customer, parse_customer_deleted
 from stripe_sf_sync.model.event import EventMeta, MalformedEvent, Unsupported
 from stripe_sf_sync.model.invoices import (
     CreditNoteChange,
@@ -24,7 +24,8 @@ from stripe_sf_sync.model.payments import CollectedChange, PaymentChange, parse_
 from stripe_sf_sync.model.subscriptions import SubscriptionChange, parse_subscription
 
 # Every change a parser returns that a rule plans (rules.RULES): a new change type is added here.
-Change = SubscriptionChange | PaymentChange | InvoiceFailureChange | CollectedChange | CreditNoteChange
+Change = (SubscriptionChange | PaymentChange | InvoiceFailureChange | CollectedChange | CreditNoteChange
+          | CustomerDeletedChange)
 Parser = Callable[[Mapping[str, Any], EventMeta], Change | CustomerChange]
 
 # Every event type stripe-sf parses, and its parser. The order is the order asked of Stripe (`types[]`).
@@ -38,7 +39,8 @@ PARSERS: dict[str, Parser] = {
     # events need no customer read (benchmarks/README.md: Stripe calls).
     "customer.created": parse_customer,
     "customer.updated": parse_customer,
-    "customer.deleted": parse_customer,
+    # Planned: the customer's Account is marked deleted, and kept (issue 25).
+    "customer.deleted": parse_customer_deleted,
     # What a payment collected changes: planned from the payment's current state (hydrate.collected), never
     # from the event's amount, so any order gives one figure (api-facts "Refunds", "Disputes").
     "charge.refunded": parse_collected,

@@ -18,6 +18,7 @@ from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.mapping import FieldMapping, WriteContext, default_fields, owned_fields
 from stripe_sf_sync.records import AccountRow, Lookups, OpportunityRow, SfOp
 from stripe_sf_sync.rules import (
+    AccountFieldsIntent,
     AccountRef,
     AccountStatusIntent,
     Intent,
@@ -92,6 +93,10 @@ class Materializer:
             return self.found.accounts_by_id[ref.account_id]
         if ref.customer_id and ref.customer_id in self.found.accounts_by_customer:
             return self.found.accounts_by_customer[ref.customer_id]
+        conflict = self.found.merge_conflicts.get(ref.account_id or "") or self.found.merge_conflicts.get(
+            ref.customer_id or "")
+        if conflict:  # a link to a merged-away Account whose survivor belongs to another customer
+            raise Unresolvable("MERGED_ACCOUNT_CONFLICT", conflict)
         who = ref.customer_id or "this payment"
         raise Unresolvable(
             "NO_ACCOUNT",
@@ -151,6 +156,8 @@ class Materializer:
     def _ops_for(self, it: Intent) -> list[SfOp]:
         if isinstance(it, OpportunityIntent):
             return self._opportunity_ops(it)
+        if isinstance(it, AccountFieldsIntent):
+            return self._account_field_ops(it)
         account = self._account(it.account)
         if isinstance(it, AccountStatusIntent):
             return self._account_ops(it, account)
@@ -217,8 +224,9 @@ class Materializer:
     def _account_ops(self, it: AccountStatusIntent, account: AccountRow) -> list[SfOp]:
         names = self.settings.names
         computed: dict[str, Any] = {names.subscription_status: it.status, **it.fields}
+        # Unless another Account holds the customer (a merge's survivor found by the id its loser held is linked).
         if (it.account.customer_id and not account.customer_id
-                and it.account.customer_id not in self.found.accounts_by_customer):
+                and self.found.accounts_by_customer.get(it.account.customer_id, account) is account):
             computed[names.customer_id] = it.account.customer_id  # link it for later lookups
         fields, why = self._owned("Account", computed, WriteContext(False, current=account.values), it.source)
         ops: list[SfOp] = []
@@ -234,6 +242,14 @@ class Materializer:
         if it.log_transition and old is not None and old != it.status:
             ops.extend(self._ops_for(transition_task(it, old)))
         return ops
+
+    def _account_field_ops(self, it: AccountFieldsIntent) -> list[SfOp]:
+        """A mark on the Account, when the customer has one (a customer with none has nothing to mark)."""
+        try:
+            account = self._account(it.account)
+        except Unresolvable:
+            return []
+        return [SfOp("update", "Account", account.id, dict(it.fields), label=f"Account {account.id} ({account.name})")]
 
     def _task_ops(self, it: TaskIntent, account: AccountRow) -> list[SfOp]:
         names = self.settings.names

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.errors import StripeSfError
 from stripe_sf_sync.logs import fields
-from stripe_sf_sync.model import CustomerChange, MalformedEvent
+from stripe_sf_sync.model import CustomerChange, CustomerDeleted, CustomerDeletedChange, MalformedEvent
 from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, unexpected
 from stripe_sf_sync.pipeline.ports import Hydrator, Ledger
 from stripe_sf_sync.pipeline.result import BatchResult, outcome
@@ -125,6 +125,9 @@ def _guard(parsed: Sequence[tuple[HeldEvent, model.Change | CustomerChange]], le
             customers.append(change)
             result.outcomes.append(outcome(change, "ignored", "customer details kept for resolving its other events"))
             result.versions[change.object_id] = (change.meta.created, change.meta.event_id)
+        elif isinstance(change, CustomerDeletedChange):  # kept as a deleted customer, and its Account marked
+            customers.append(change.details)
+            fresh.append((held, change))
         elif unordered and (newest == change.meta.created or seconds[(change.object_id, change.meta.created)] > 1):
             fresh.append((held, hydrator.current_state(held, change)))
         else:
@@ -146,7 +149,14 @@ def _plan(fresh: Sequence[tuple[HeldEvent, model.Change]], hydrator: Hydrator, c
         if done % 50 == 0 and done:
             note(f"reading from Stripe what each event needs: {done:,} of {len(fresh):,} events done")
         try:
-            change = hydrator.hydrate(held, change)
+            try:
+                change = hydrator.hydrate(held, change)
+            except CustomerDeleted as gone:
+                if not gone.mark:  # its Account was marked already: this event writes nothing
+                    result.outcomes.append(outcome(change, "ignored", str(gone)))
+                    result.versions[change.object_id] = (change.meta.created, change.meta.event_id)
+                    continue
+                change = gone.as_change(change.meta)  # first learned now: marked as customer.deleted would
             plan = plan_change(ctx, held, change)
         except MalformedEvent as exc:
             result.outcomes.append(dead_letter(held, exc.reason, exc.code))

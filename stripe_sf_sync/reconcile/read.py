@@ -195,3 +195,21 @@ def read_salesforce(spill: Spill, gw: SalesforceGateway, names: FieldNames, *, m
                                 text(sf_decimal(r.get(names.account_mrr))) if names.account_mrr else None)
                                for r in records])
         check_stop(stop)
+    _read_merged_accounts(spill, gw, names, stop)
+
+
+def _read_merged_accounts(spill: Spill, gw: SalesforceGateway, names: FieldNames, stop: Stop | None) -> None:
+    """A customer whose Account was merged into one holding no customer id: the survivor is its Account now,
+    as sync finds it (salesforce/merges.py). Merged-away Accounts only answer queryAll."""
+    mrr = f", MasterRecord.{names.account_mrr}" if names.account_mrr else ""
+    # Field names come from validated config (an identifier pattern), never from Stripe.
+    soql = (f"SELECT {names.customer_id}, MasterRecord.Id, MasterRecord.Name, "  # noqa: S608
+            f"MasterRecord.{names.subscription_status}, MasterRecord.{names.customer_id}, MasterRecord.IsDeleted"
+            f"{mrr} FROM Account WHERE IsDeleted = true AND MasterRecordId != null AND {names.customer_id} != null")
+    for records in gw.pages(soql, include_archived=True, what="a reconcile query"):
+        survivors = [(r[names.customer_id], m) for r in records if isinstance(m := r.get("MasterRecord"), dict)
+                     and not m.get("IsDeleted") and not m.get(names.customer_id)]
+        spill.put("accounts", [(to_18(m["Id"]), m.get("Name"), m.get(names.subscription_status), customer,
+                                text(sf_decimal(m.get(names.account_mrr))) if names.account_mrr else None)
+                               for customer, m in survivors])
+        check_stop(stop)

@@ -9,6 +9,7 @@ re-exported here.
 
 from stripe_sf_sync.rules.common import event_date, next_business_day
 from stripe_sf_sync.rules.intents import (
+    AccountFieldsIntent,
     AccountRef,
     AccountStatusIntent,
     Intent,
@@ -28,8 +29,8 @@ from stripe_sf_sync.rules.tasks import (
 )
 
 __all__ = [
-    "FAILED_PAYMENT_SUBJECT", "NO_RULE", "RULES", "WON_FROM", "WON_NOW", "AccountRef", "AccountStatusIntent",
-    "Intent", "NoRule", "OpportunityIntent", "Plan", "RuleContext", "TaskIntent", "event_date",
+    "FAILED_PAYMENT_SUBJECT", "NO_RULE", "RULES", "WON_FROM", "WON_NOW", "AccountFieldsIntent", "AccountRef",
+    "AccountStatusIntent", "Intent", "NoRule", "OpportunityIntent", "Plan", "RuleContext", "TaskIntent", "event_date",
     "failed_payment_description", "next_business_day", "plan", "plan_collected_alone", "plan_credit_note",
     "plan_invoice_failure", "plan_payment", "plan_subscription", "transition_task",
 ]

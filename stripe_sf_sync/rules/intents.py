@@ -120,7 +120,17 @@ class TaskIntent:
         return tuple(dict.fromkeys((self.key, self.legacy_key)))
 
 
-Intent = OpportunityIntent | AccountStatusIntent | TaskIntent
+@dataclass(frozen=True)
+class AccountFieldsIntent:
+    """Set fields on the customer's Account, when it has one (a customer deleted in Stripe: its mark)."""
+
+    event_id: str
+    account: AccountRef
+    fields: Mapping[str, Any]
+    who_id: None = None  # no Task: never a Contact to look up
+
+
+Intent = OpportunityIntent | AccountStatusIntent | TaskIntent | AccountFieldsIntent
 
 
 @dataclass

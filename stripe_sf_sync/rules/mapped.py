@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from stripe_sf_sync.mapping import FieldMapping, path_values
-from stripe_sf_sync.rules.intents import Plan
+from stripe_sf_sync.rules.intents import AccountFieldsIntent, Plan
 
 
 def with_sources(plan: Plan, change: Any, mapping: FieldMapping, data_object: Callable[[], Mapping[str, Any]]) -> Plan:
@@ -23,5 +23,7 @@ def with_sources(plan: Plan, change: Any, mapping: FieldMapping, data_object: Ca
     status = getattr(change, "status", None)
     if isinstance(status, str):
         values["status"] = status
-    plan.intents = [replace(it, source={**it.source, **values}) for it in plan.intents]
+    # An Account's mark (a customer deleted in Stripe) is its own field, never mapped.
+    plan.intents = [it if isinstance(it, AccountFieldsIntent) else replace(it, source={**it.source, **values})
+                    for it in plan.intents]
     return plan

@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from stripe_sf_sync.model import Change, CustomerChange
+from stripe_sf_sync.rules.customers import RULE_ENTRIES as CUSTOMER_RULES
 from stripe_sf_sync.rules.intents import Plan, Rule, RuleContext
 from stripe_sf_sync.rules.payments import RULE_ENTRIES as PAYMENT_RULES
 from stripe_sf_sync.rules.subscriptions import RULE_ENTRIES as SUBSCRIPTION_RULES
 from stripe_sf_sync.rules.tasks import RULE_ENTRIES as TASK_RULES
 
-_ENTRIES = (SUBSCRIPTION_RULES, PAYMENT_RULES, TASK_RULES)  # a new rule module's entries are added here
+_ENTRIES = (SUBSCRIPTION_RULES, PAYMENT_RULES, TASK_RULES, CUSTOMER_RULES)  # a new rule module's entries are added here
 RULES: dict[type[Any], Rule] = {kind: rule for entries in _ENTRIES for kind, rule in entries}
 # Change types a parser returns that no rule plans, and why: the batch handles them before planning.
 NO_RULE: dict[type[Any], str] = {

@@ -30,6 +30,7 @@ from stripe_sf_sync.errors import BudgetSpent, FatalSyncError
 from stripe_sf_sync.identity import SalesforceIdentity
 from stripe_sf_sync.logs import fields
 from stripe_sf_sync.records import SfOp, WriteKind, WriteResult
+from stripe_sf_sync.salesforce.duplicates import duplicate_message
 from stripe_sf_sync.salesforce.retry import (
     RETRY_ATTEMPTS,
     CallRetriable,
@@ -350,7 +351,7 @@ class SalesforceGateway:
             else:
                 first = (item.get("errors") or [{}])[0]
                 out.append(WriteResult(False, record_id=item.get("id"), code=str(first.get("statusCode") or "UNKNOWN"),
-                                       message=str(first.get("message", ""))[:300]))
+                                       message=duplicate_message(first)))
         if len(out) != len(ops):
             raise FatalSyncError("Salesforce returned a different number of results than records sent.",
                                  hint="Report this with --debug output.")

@@ -24,7 +24,8 @@ from stripe_sf_sync.records import (
     index_account,
 )
 from stripe_sf_sync.rules import AccountStatusIntent, Intent, OpportunityIntent, TaskIntent, transition_task
-from stripe_sf_sync.salesforce.gateway import SalesforceAccess, SalesforceGateway
+from stripe_sf_sync.salesforce.gateway import COMPOSITE_QUERIES, SalesforceAccess, SalesforceGateway
+from stripe_sf_sync.salesforce.merges import follow_merges, merged_statements, unresolved
 from stripe_sf_sync.salesforce.org import OrgCheck
 from stripe_sf_sync.salesforce_ids import to_18
 
@@ -126,12 +127,21 @@ class SoqlLookups:
         """What `request` asks for: one SOQL `IN (...)` per kind and 200 values, the statements of a batch
         together, five to a Composite call."""
         statements = lookup_statements(request, names)
+        # Merged-away Accounts ride along when the last Composite call has room for them (salesforce/merges.py):
+        # then a merge costs no call of its own.
+        merged = merged_statements(request.account_ids, request.customer_ids, names)
+        ride = merged if merged and len(merged) <= -len(statements) % COMPOSITE_QUERIES else []
         # Task keys through queryAll: a Task closed with a due date over a year ago is archived, and `query`
         # no longer returns it (SOAP API Developer Guide: Task, IsArchived; api-facts §12). Found, it is never
         # created again.
-        results = self.gw.query_many([soql for _, soql in statements],
-                                     archived={i for i, (kind, _) in enumerate(statements) if kind == "task"})
-        return lookups_of(zip((kind for kind, _ in statements), results, strict=True), names, request.reads)
+        results = self.gw.query_many([*(soql for _, soql in statements), *ride],
+                                     archived={i for i, (kind, _) in enumerate(statements) if kind == "task"}
+                                     | set(range(len(statements), len(statements) + len(ride))))
+        found = lookups_of(zip((kind for kind, _ in statements), results[:len(statements)], strict=True), names,
+                           request.reads)
+        if ride:
+            found.merged_rows = [r for rows in results[len(statements):] for r in rows]
+        return found
 
 
 # --- a batch's lookups: what to ask for, and the Accounts a run keeps ---------------------------------
@@ -280,8 +290,15 @@ class SalesforceRecords:
     def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
              legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads()) -> Lookups:
         """The records the intents name (`legacy_events`: task_keys_of; `reads`: the mapping's fields)."""
-        return find(SoqlLookups(self._access.get()), names, intents, self._accounts, task_keyed=task_keyed,
-                    legacy_events=legacy_events, reads=reads)
+        gw = self._access.get()
+        found = find(SoqlLookups(gw), names, intents, self._accounts, task_keyed=task_keyed,
+                     legacy_events=legacy_events, reads=reads)
+        account_ids, customer_ids = unresolved(intents, found)
+        if account_ids or customer_ids:  # merged away? (salesforce/merges.py)
+            follow_merges(found, account_ids, customer_ids, names,
+                          lambda soqls: gw.query_many(soqls, archived=range(len(soqls))),
+                          lambda r: _account_row(r, names), read=found.merged_rows)
+        return found
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
         """Remember a successful Account update."""

@@ -25,6 +25,7 @@ from stripe_sf_sync.identity import Binding, SalesforceIdentity, StripeIdentity
 from stripe_sf_sync.records import OrgFacts
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
 from stripe_sf_sync.salesforce.mapped_fields import mapped_field_checks
+from stripe_sf_sync.salesforce.merges import merge_advice
 from stripe_sf_sync.salesforce.org import (
     ORG_CURRENCY_SOQL,
     OrgProblem,
@@ -160,6 +161,9 @@ class Doctor:
                                       need.subject)
         for mapped in mapped_field_checks(s.mapping, by_obj, s.fields):
             checks += _problems_or_ok("salesforce", mapped.subject, mapped.problems, mapped.ok, mapped.subject)
+        if advice := merge_advice(by_obj, s.fields):
+            checks.append(Check("salesforce", "Account merges", "ok", advice,
+                                subject=f"Account.{s.fields.customer_id}"))
         checks.append(self._won_stage(gw, by_obj))
         refunded = self.loaded.settings.salesforce.refunded_stage
         if refunded:

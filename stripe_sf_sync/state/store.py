@@ -226,7 +226,9 @@ class StateStore:
 
     @_mapped_errors
     def remember_customers(self, customers: Iterable[CachedCustomer]) -> None:
-        """Keep customers' details; an older version never replaces a newer one."""
+        """Keep customers' details; an older version never replaces a newer one, and nothing replaces a deletion
+        but another (a deletion "cannot be undone": Stripe API reference, Delete a customer), which always does:
+        a customer read before its customer.deleted event must not outlive it (issue 25)."""
         rows = [(c.customer_id, json.dumps(dict(c.metadata), sort_keys=True), c.name, int(c.deleted), c.version)
                 for c in customers]
         if not rows:
@@ -236,7 +238,8 @@ class StateStore:
                 "INSERT INTO customers(customer_id, metadata, name, deleted, version) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(customer_id) DO UPDATE SET metadata = excluded.metadata, name = excluded.name, "
                 "deleted = excluded.deleted, version = excluded.version "
-                "WHERE excluded.version >= customers.version", rows)
+                "WHERE excluded.deleted = 1 OR (customers.deleted = 0 AND excluded.version >= customers.version)",
+                rows)
 
     @_mapped_errors
     def commit_batch(self, outcomes: Sequence[Outcome], *, cursor: Cursor | None,

@@ -60,22 +60,30 @@ class CustomerCache:
         self._fresh_customers = []
         return fresh
 
-    def customer(self, customer_id: str) -> CachedCustomer | None:
-        """The customer's metadata and name (cached per batch); None if Stripe has deleted it."""
+    def customer(self, customer_id: str, *, as_of: int | None = None) -> CachedCustomer | None:
+        """The customer's metadata and name (cached per batch); None if Stripe has deleted it. `as_of`: the
+        time of the event the read is for, which a deleted customer is kept as deleted at (Stripe's stub says
+        not when; the events after it are the ones its deletion stops)."""
         if customer_id not in self._customers:
             obj = self._reads.customer(customer_id) or {"deleted": True}
-            self._keep_customer(customer_id, obj)
+            self._keep_customer(customer_id, obj, as_of=as_of)
         cached = self._customers[customer_id]
         return None if cached.deleted else cached
 
-    def _keep_customer(self, customer_id: str, obj: Mapping[str, Any]) -> None:
+    def deleted_customer(self, customer_id: str) -> CachedCustomer | None:
+        """The customer, when it is known (state, the batch, a read) to be deleted in Stripe."""
+        cached = self._customers.get(customer_id)
+        return cached if cached is not None and cached.deleted else None
+
+    def _keep_customer(self, customer_id: str, obj: Mapping[str, Any], *, as_of: int | None = None) -> None:
         """Cache a customer read from Stripe, for this batch and (as fresh) for state."""
         metadata = meta if isinstance(meta := obj.get("metadata"), Mapping) else {}
+        deleted = obj.get("deleted") is True
         # Only what rules read is kept: a run may see tens of thousands of customers.
         self._customers[customer_id] = CachedCustomer(
             customer_id, {k: v for k, v in metadata.items() if isinstance(v, str)},
-            obj.get("name") if isinstance(obj.get("name"), str) else None, obj.get("deleted") is True,
-            int(self._clock()))
+            obj.get("name") if isinstance(obj.get("name"), str) else None, deleted,
+            as_of if deleted and as_of is not None else int(self._clock()))
         self._fresh_customers.append(customer_id)
 
     def prefetch_customers(self, customer_ids: Iterable[str], *, created_until: int) -> None:

@@ -21,6 +21,8 @@ from stripe_sf_sync.model import (
     CollectedChange,
     CreditNoteChange,
     CustomerChange,
+    CustomerDeleted,
+    CustomerDeletedChange,
     InvoiceFailureChange,
     MalformedEvent,
     PaymentChange,
@@ -109,7 +111,11 @@ class StripeHydrator:
                                             change.meta.created))
         wanted = {c.customer_id for _, c in fresh if needs_customer(c) and c.customer_id}  # `and`: a str to mypy
         wanted -= {c for c in wanted if self._known.knows_customer(c)}
-        for cached in [*self._customers.customers_for(wanted).values(), *known]:
+        # Every customer of the batch is looked for in state (one query), not only those whose metadata is
+        # needed: a customer deleted in Stripe stops its events (issue 25).
+        everyone = {cid for _, c in fresh if isinstance(cid := getattr(c, "customer_id", None), str)}
+        stored = self._customers.customers_for({c for c in everyone | wanted if not self._known.knows_customer(c)})
+        for cached in [*stored.values(), *known]:
             self._known.remember_customer(cached)  # the batch's own come last: newer than what state held
         unknown = {c for c in wanted if not self._known.knows_customer(c)}
         if unknown:  # many at once when many are unknown (a first run without backfill)
@@ -141,6 +147,8 @@ class StripeHydrator:
         if isinstance(change, PaymentChange) and not change.collected_known:
             change = self._with_collected(change)
         customer_id = getattr(change, "customer_id", None)
+        if customer_id and not with_customer and not isinstance(change, CustomerDeletedChange):
+            self._stop_if_deleted(change, customer_id)
         if customer_id and (needs_customer(change) or (
                 with_customer and getattr(change, "customer_metadata", None) is None)):
             cust = self._known.customer(customer_id)
@@ -170,6 +178,23 @@ class StripeHydrator:
                 and change.meta.event_type in model.COLLECTED_EVENT_TYPES):
             change = self._first_invoice(change)
         return change
+
+    def _stop_if_deleted(self, change: model.Change, customer_id: str) -> None:
+        """Raise model.CustomerDeleted for a change after its customer's deletion (known from state or the
+        batch's customer.deleted, at that event's time), or whose customer this read finds deleted (then the
+        change marks the Account, as customer.deleted would have: `mark`)."""
+        read_now = not self._known.knows_customer(customer_id) and needs_customer(change)
+        if read_now:  # the read the change needs anyway
+            self._known.customer(customer_id, as_of=change.meta.created)
+        gone = self._known.deleted_customer(customer_id)
+        if gone is None:
+            return
+        if read_now:
+            # The stub Stripe returns has no metadata left: the change's own may name the Account.
+            raise CustomerDeleted(customer_id, mark=True, metadata=getattr(change, "metadata", None))
+        # Strictly after: the subscriptions Stripe cancels with the customer carry its deletion's second.
+        if change.meta.created > gone.version:
+            raise CustomerDeleted(customer_id, mark=False)
 
     def _first_invoice(self, change: PaymentChange | CreditNoteChange) -> model.Change:
         """A refund, dispute or credit note of a subscription's first invoice: what that invoice kept, from its
@@ -390,6 +415,8 @@ def needs_customer(change: model.Change) -> bool:
     metadata names none: rules.AccountRef; and the Contact of a Task it raises). When the named Opportunity
     turns out not to exist, the batch step reads the customer after all (pipeline.batch._find)."""
     meta = getattr(change, "metadata", {}) or {}
+    if isinstance(change, CustomerDeletedChange):
+        return False  # its payload is the customer itself
     if not getattr(change, "customer_id", None) or getattr(change, "customer_metadata", None) is not None:
         return False
     if not checked_id(meta.get("salesforce_opportunity_id"), "Opportunity"):

@@ -103,3 +103,28 @@ def test_a_deleted_customer_is_a_stub_unlisted_and_not_updatable(stripe_sb: Stri
     assert [c.id for c in client.v1.customers.list().auto_paging_iter()] == []
     with pytest.raises(stripe.InvalidRequestError, match="No such customer"):
         client.v1.customers.update(customer["id"], {"metadata": {"k": "v"}})
+
+
+def test_a_duplicate_rule_refuses_a_create_and_names_the_records_it_matched(org: SalesforceOrg,
+                                                                              sf: Salesforce) -> None:
+    """Duplicate Management (Object Reference: DuplicateError, DuplicateResult, MatchResult, MatchRecord)."""
+    from simple_salesforce.exceptions import SalesforceMalformedRequest
+
+    from stripe_sf_sandbox.duplicates import DuplicateRule
+
+    acme = org.insert("Account", {"Name": "Acme"})
+    org.insert("Account", {"Name": "ACME "})  # seeded as an admin's import: rules are not applied
+    org.duplicate_rules.append(DuplicateRule("Account", ("Name",)))
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.Account.create({"Name": "acme"})
+    [error] = refused.value.content
+    assert error["errorCode"] == "DUPLICATES_DETECTED" and error["message"] == "Use one of these records?"
+    result = error["duplicateResult"]
+    assert (result["allowSave"], result["duplicateRule"]) == (False, "Standard_Account_Duplicate_Rule")
+    [match] = result["matchResults"]
+    assert match["size"] == 2 and match["matchRecords"][0]["record"]["Id"] == acme
+    rows = sf.restful("composite/sobjects", method="POST", json={"allOrNone": False, "records": [
+        {"attributes": {"type": "Account"}, "Name": "Acme"}, {"attributes": {"type": "Account"}, "Name": "Globex"}]})
+    assert rows[0]["success"] is False and rows[0]["errors"][0]["statusCode"] == "DUPLICATES_DETECTED"
+    assert rows[0]["errors"][0]["duplicateResult"]["matchResults"][0]["matchRecords"][0]["record"]["Id"] == acme
+    assert rows[1]["success"] is True
