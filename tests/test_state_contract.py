@@ -248,6 +248,9 @@ def test_the_interface_satisfies_every_protocol_its_consumers_declare() -> None:
     """mypy on tests/state_ports_typing.py: a pipeline protocol that asks state for more than the interface
     offers (or with another signature) fails here."""
     typing_file = Path(__file__).with_name("state_ports_typing.py")
-    done = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary", str(typing_file)],
+    # Errors in the package itself are CI's mypy step's (at the newest versions); here only the assignments of
+    # this file count, whatever mypy and stubs the lowest allowed versions bring.
+    done = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary", "--follow-imports=silent",
+                           str(typing_file)],
                           capture_output=True, text=True, cwd=typing_file.parent.parent, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

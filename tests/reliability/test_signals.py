@@ -262,8 +262,9 @@ def test_sigterm_mid_backfill_prints_the_exact_resume_command_which_converges(tm
     # objects, with the checkpoint of the pages wholly inside them.
     first_read = run["summary"]["objects"]["subscriptions"]["read"]
     committed = committed_backfill_events(tmp_path)
-    # On a loaded machine the other slices can list every page while one is held; the stop still cuts the commit.
-    assert 0 < committed <= first_read <= 250 and committed < 250
+    # On a loaded machine the other slices can list (and commit) every subscription while one request is held:
+    # how far the stop came is timing; that it stopped, said how to resume, and that the resume converges is not.
+    assert 0 < committed <= first_read <= 250
     assert 0 < len(org.records("Opportunity"))
     # Issue 20 §1: status --check and the metrics say the history is incomplete, and how to finish it.
     code, report = health_check(cfg, cli_env, "30d")
