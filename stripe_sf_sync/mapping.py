@@ -62,6 +62,10 @@ ONCE_BY_DEFAULT: dict[str, frozenset[str]] = {
 }
 
 
+# The customer's email: kept in state with its name and metadata, read for events only when the mapping names it.
+CUSTOMER_EMAIL = "customer.email"
+
+
 def from_problem(source: str) -> str | None:
     """Why `source` is not a `from` stripe-sf knows, or None."""
     if source in COMPUTED:
@@ -131,6 +135,10 @@ class FieldMapping(BaseModel):
         """Every path into the Stripe object the mapping reads (computed values left out)."""
         return frozenset(f.from_ for sobject in ("Opportunity", "Account", "Task") for f in self.of(sobject).values()
                          if f.from_ is not None and f.from_ not in COMPUTED)
+
+    def reads_customer_email(self) -> bool:
+        """Some field is `from: customer.email`: hydration fills in each change's customer email."""
+        return CUSTOMER_EMAIL in self.paths()
 
     def mode(self, sobject: str, name: str) -> WriteMode:
         """Who owns `name` on `sobject`: the mapping's `write`, else the default."""
@@ -213,15 +221,18 @@ def resolve_path(obj: Mapping[str, Any] | None, path: str) -> Any:
 
 
 def path_values(paths: frozenset[str], obj: Mapping[str, Any] | None, *, customer_name: str | None,
-                customer_metadata: Mapping[str, str] | None) -> dict[str, Any]:
-    """Each path's value for one change: the Stripe object as the event carries it; the customer's name and
-    metadata as hydration filled them in (the object names its customer by id unless a list expanded it)."""
+                customer_metadata: Mapping[str, str] | None, customer_email: str | None = None) -> dict[str, Any]:
+    """Each path's value for one change: the Stripe object as the event carries it; the customer's name,
+    metadata and email as hydration filled them in (the object names its customer by id unless a list expanded
+    it). An email of "" (the customer has none) resolves to nothing."""
     out: dict[str, Any] = {}
     customer = obj.get("customer") if obj else None
     expanded = customer if isinstance(customer, Mapping) else {}
     for path in paths:
         if path == "customer.name" and customer_name is not None:
             out[path] = customer_name
+        elif path == CUSTOMER_EMAIL and customer_email is not None:
+            out[path] = customer_email or None
         elif path.startswith("customer.metadata.") and customer_metadata is not None:
             out[path] = customer_metadata.get(path.split(".", 2)[2])
         elif path.startswith("customer."):

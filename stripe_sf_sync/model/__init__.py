@@ -14,7 +14,7 @@ invoice links live under `parent.subscription_details` and `payments` (Stripe ch
 invoices").
 """
 
-from stripe_sf_sync.model.customers import CachedCustomer, CustomerChange, parse_customer
+from stripe_sf_sync.model.customers import CachedCustomer, CustomerChange, customer_email, parse_customer
 from stripe_sf_sync.model.event import SUBSCRIPTION_STATUSES, EventMeta, MalformedEvent, NoCurrencyOption, Unsupported
 from stripe_sf_sync.model.invoices import (
     CreditNoteChange,
@@ -68,7 +68,7 @@ __all__ = [
     "OPEN_DISPUTE_STATUSES", "PARSERS", "SUBSCRIPTION_STATUSES", "CachedCustomer", "Change", "CollectedChange",
     "CreditNoteChange", "CustomerChange", "Dispute", "EventMeta", "FirstInvoiceNet", "InvoiceFailureChange",
     "MalformedEvent", "NoCurrencyOption", "PaymentChange", "SubscriptionChange", "SubscriptionFigures",
-    "Unsupported", "event_meta", "first_invoice_net", "foreign_price_ids", "in_billed_currency", "is_pre_basil",
-    "parse_collected", "parse_credit_note", "parse_customer", "parse_dispute", "parse_event",
+    "Unsupported", "customer_email", "event_meta", "first_invoice_net", "foreign_price_ids", "in_billed_currency",
+    "is_pre_basil", "parse_collected", "parse_credit_note", "parse_customer", "parse_dispute", "parse_event",
     "parse_invoice_failure", "parse_payment", "parse_subscription", "plan_changed", "with_all_items",
 ]

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from stripe_sf_sync.model import CachedCustomer
+from stripe_sf_sync.model import CachedCustomer, customer_email
 from stripe_sf_sync.stripe.client import PAGE_LIMIT
 from stripe_sf_sync.stripe.lists import ListReads
 from stripe_sf_sync.stripe.objects import ObjectReads
@@ -61,7 +61,7 @@ class CustomerCache:
         return fresh
 
     def customer(self, customer_id: str) -> CachedCustomer | None:
-        """The customer's metadata and name (cached per batch); None if Stripe has deleted it."""
+        """The customer's metadata, name and email (cached per batch); None if Stripe has deleted it."""
         if customer_id not in self._customers:
             obj = self._reads.customer(customer_id) or {"deleted": True}
             self._keep_customer(customer_id, obj)
@@ -75,7 +75,7 @@ class CustomerCache:
         self._customers[customer_id] = CachedCustomer(
             customer_id, {k: v for k, v in metadata.items() if isinstance(v, str)},
             obj.get("name") if isinstance(obj.get("name"), str) else None, obj.get("deleted") is True,
-            int(self._clock()))
+            int(self._clock()), customer_email(obj))
         self._fresh_customers.append(customer_id)
 
     def prefetch_customers(self, customer_ids: Iterable[str], *, created_until: int) -> None:
