@@ -64,6 +64,8 @@ ONCE_BY_DEFAULT: dict[str, frozenset[str]] = {
 
 # The customer's email: kept in state with its name and metadata, read for events only when the mapping names it.
 CUSTOMER_EMAIL = "customer.email"
+# A path through an item's Price's Product, beyond its id: the Price is read with its Product expanded.
+_THROUGH_PRODUCT = re.compile(r"^items\[(\d+)\]\.price\.product\.")
 
 
 def from_problem(source: str) -> str | None:
@@ -140,6 +142,11 @@ class FieldMapping(BaseModel):
         """Some field is `from: customer.email`: hydration fills in each change's customer email."""
         return CUSTOMER_EMAIL in self.paths()
 
+    def product_items(self) -> frozenset[int]:
+        """The items whose Price's Product a path goes through (`items[0].price.product.name`: 0): hydration
+        reads their Prices with the Product expanded (an event names the Product by id)."""
+        return frozenset(int(m.group(1)) for path in self.paths() if (m := _THROUGH_PRODUCT.match(path)))
+
     def mode(self, sobject: str, name: str) -> WriteMode:
         """Who owns `name` on `sobject`: the mapping's `write`, else the default."""
         spec = next((f for n, f in self.of(sobject).items() if n.lower() == name.lower()), None)
@@ -201,12 +208,16 @@ def default_mode(sobject: str, name: str) -> WriteMode:
     return "once" if name in ONCE_BY_DEFAULT.get(sobject, frozenset()) else "always"
 
 
-def resolve_path(obj: Mapping[str, Any] | None, path: str) -> Any:
+def resolve_path(obj: Mapping[str, Any] | None, path: str,
+                 expanded: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
     """The value at `path` in a Stripe object, or None when any step is missing. `items[0]` indexes a list
-    object's `data` (Stripe's lists are `{"object": "list", "data": [...]}`)."""
+    object's `data` (Stripe's lists are `{"object": "list", "data": [...]}`). `expanded`: objects by id, read
+    by hydration, for a path that goes on through an id the payload holds unexpanded."""
     here: Any = obj
     for part in path.split("."):
         m = _SEGMENT.match(part)
+        if isinstance(here, str) and expanded and here in expanded:
+            here = expanded[here]
         if m is None or not isinstance(here, Mapping):
             return None
         here = here.get(m.group(1))
@@ -221,10 +232,12 @@ def resolve_path(obj: Mapping[str, Any] | None, path: str) -> Any:
 
 
 def path_values(paths: frozenset[str], obj: Mapping[str, Any] | None, *, customer_name: str | None,
-                customer_metadata: Mapping[str, str] | None, customer_email: str | None = None) -> dict[str, Any]:
+                customer_metadata: Mapping[str, str] | None, customer_email: str | None = None,
+                products: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Each path's value for one change: the Stripe object as the event carries it; the customer's name,
     metadata and email as hydration filled them in (the object names its customer by id unless a list expanded
-    it). An email of "" (the customer has none) resolves to nothing."""
+    it). An email of "" (the customer has none) resolves to nothing. `products`: the Products of the object's
+    Prices by id, read by hydration when a path goes through one."""
     out: dict[str, Any] = {}
     customer = obj.get("customer") if obj else None
     expanded = customer if isinstance(customer, Mapping) else {}
@@ -238,7 +251,7 @@ def path_values(paths: frozenset[str], obj: Mapping[str, Any] | None, *, custome
         elif path.startswith("customer."):
             out[path] = resolve_path(expanded, path.split(".", 1)[1])
         else:
-            out[path] = resolve_path(obj, path)
+            out[path] = resolve_path(obj, path, products)
     return out
 
 

@@ -140,3 +140,34 @@ def test_the_customer_is_read_for_its_email_only_when_the_mapping_names_it(tmp_p
     mark = len(stripe_sb.requests_log)
     cli(runner, cli_env, "sync", "--config", config)
     assert customer_reads(stripe_sb, mark, other) == (1 if mapping else 0)
+
+
+PRODUCT_MAPPING = """
+  mapping:
+    Opportunity:
+      Plan__c: {from: "items[0].price.product.name"}
+"""
+
+
+def price_reads(stripe_sb, mark: int) -> list[dict]:
+    return [params for _, path, params in stripe_sb.requests_log[mark:] if path.startswith("/v1/prices/")]
+
+
+@pytest.mark.parametrize("mapping", ["", PRODUCT_MAPPING])
+def test_a_path_through_the_prices_product_reads_each_price_once_with_its_product(tmp_path, runner, cli_env,
+                                                                                 stripe_sb, org, mapping):
+    org.add_field("Opportunity", FieldDef("Plan__c", "string", length=80))
+    f, _, sub, pro, seat = world(stripe_sb, org)
+    config = configured(tmp_path, runner, cli_env, mapping)
+    mark = len(stripe_sb.requests_log)
+    cli(runner, cli_env, "sync", "--config", config, "--since", since(25))
+    f.subscription_updated(sub["id"], {"items": [(pro, 1), (seat, 2)]}, NOW - 10 * DAY)
+    cli(runner, cli_env, "sync", "--config", config)
+    opp = opportunity(org, sub)
+    reads = price_reads(stripe_sb, mark)
+    if not mapping:  # unchanged: a flat Price is never read
+        assert opp["Plan__c"] is None and reads == []
+        return
+    assert opp["Plan__c"] == "Pro plan"  # the factory's default product name
+    # items[0]'s Price only, once per run (two runs), its Product expanded in the same call.
+    assert len(reads) == 2 and all(p["expand"] == ["tiers", "currency_options", "product"] for p in reads), reads

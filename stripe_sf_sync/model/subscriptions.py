@@ -67,6 +67,9 @@ class SubscriptionChange:
     # The customer's email when the payload expands its customer, or hydration filled it in (the mapping's
     # `customer.email`): "" when it has none, None when not known.
     customer_email: str | None = None
+    # The Products of its Prices by id, read by hydration only when the mapping names a path through one
+    # (`items[0].price.product.name`): an event names each Product by id.
+    products: Mapping[str, Mapping[str, Any]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def object_id(self) -> str:

@@ -81,7 +81,8 @@ def _ports(runtime: Runtime, state: Any, source: StripeSource, access: Salesforc
     bulk: RecordWriter = recorder or bulk_writer(access, sleep=env.sleep, waiting=stop.abandonable if stop else None)
     salesforce = runtime.loaded.settings.salesforce
     hydrator = StripeHydrator(source, state, account_mrr=salesforce.fields.account_mrr is not None,
-                              customer_email=salesforce.mapping.reads_customer_email())
+                              customer_email=salesforce.mapping.reads_customer_email(),
+                              product_items=salesforce.mapping.product_items())
     return Ports(state, hydrator, SalesforceRecords(access, org), writer, bulk), recorder
 
 

@@ -232,6 +232,9 @@ class Catalog:
         # Discounts by id: what one says (its coupon, start and end) never changes.
         self._discounts: dict[str, dict[str, Any]] = {}
         self._prices: dict[str, dict[str, Any] | None] = {}
+        # The mapping reads a path through a Price's Product (`items[0].price.product.name`): each Price read
+        # expands its Product in the same call (set by the hydrator; off, the calls are unchanged).
+        self.with_products = False
 
     def price_currency_options(self, price_id: str) -> dict[str, dict[str, Any]] | None:
         """A Price's amounts per currency (`currency_options`), read once per run; None if it is gone.
@@ -274,10 +277,11 @@ class Catalog:
         return self._coupons[coupon_id]
 
     def price(self, price_id: str) -> dict[str, Any] | None:
-        """A Price with its `tiers` and `currency_options` (both includable only, pkg `_price.py`), once per run."""
+        """A Price with its `tiers` and `currency_options` (both includable only, pkg `_price.py`), and its
+        Product when `with_products`, once per run."""
         if price_id not in self._prices:
             self._bounded(self._prices)
-            self._prices[price_id] = self._reads.price(price_id)
+            self._prices[price_id] = self._reads.price(price_id, product=self.with_products)
         return self._prices[price_id]
 
     @staticmethod

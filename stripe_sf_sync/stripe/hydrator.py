@@ -78,7 +78,7 @@ class StripeHydrator:
     """Fills in what payloads lack, a batch at a time (the batch step's hydrator port)."""
 
     def __init__(self, source: HydrationReads, customers: CustomerStore, *, account_mrr: bool = False,
-                 customer_email: bool = False) -> None:
+                 customer_email: bool = False, product_items: frozenset[int] = frozenset()) -> None:
         self._api_version = source.api_version
         self._reads = source.objects
         self._cache = source.hydration
@@ -88,6 +88,8 @@ class StripeHydrator:
         self._customers = customers
         self._account_mrr = account_mrr  # the Account MRR field is configured: read each customer's subscriptions
         self._email = customer_email  # the mapping reads `customer.email`: every change's customer is wanted
+        self._product_items = product_items  # the items whose Price's Product the mapping reads a path through
+        self._catalog.with_products = bool(product_items)  # each Price read (once per run) expands its Product
         self._customer_subs: dict[str, list[dict[str, Any]]] = {}  # customer id -> its subscriptions, this batch
         self._current: dict[str, dict[str, Any] | None] = {}  # object id -> its current state, this batch
         # PaymentIntent id -> (it now, with its Charge and refunds, its disputes): read once per batch
@@ -162,6 +164,8 @@ class StripeHydrator:
         if isinstance(change, SubscriptionChange) and not change.items_complete:
             # The embedded list is a first page (`has_more`): the amounts need every item.
             change = model.with_all_items(change, self._reads.subscription_items(change.subscription_id))
+        if isinstance(change, SubscriptionChange) and self._product_items and change.products is None:
+            change = dataclasses.replace(change, products=self._products_of(held.data_object()))
         if isinstance(change, SubscriptionChange):
             foreign = model.foreign_price_ids(change)
             if foreign:  # billed in one of its Prices' currency_options: read them (once per run)
@@ -178,6 +182,20 @@ class StripeHydrator:
                 and change.meta.event_type in model.COLLECTED_EVENT_TYPES):
             change = self._first_invoice(change)
         return change
+
+    def _products_of(self, sub: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        """The Products of the Prices of the items the mapping names, by id: each Price read once per run with its
+        Product expanded (the read MRR makes of a tiered Price is the same one)."""
+        out: dict[str, Mapping[str, Any]] = {}
+        items = (sub.get("items") or {}).get("data") or []
+        for item in (items[i] for i in sorted(self._product_items) if i < len(items)):
+            price = item.get("price") if isinstance(item, Mapping) else None
+            price_id = price.get("id") if isinstance(price, Mapping) else price
+            read = self._catalog.price(price_id) if isinstance(price_id, str) else None
+            product = read.get("product") if read else None
+            if isinstance(product, Mapping) and isinstance(product.get("id"), str):
+                out[product["id"]] = product
+        return out
 
     def _wants_customer(self, change: model.Change) -> bool:
         """A rule needs the customer's metadata, or the mapping its email."""
