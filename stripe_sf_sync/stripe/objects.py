@@ -110,8 +110,8 @@ class ObjectReads:
 
     def price(self, price_id: str, *, product: bool = False) -> dict[str, Any] | None:
         """A Price with its `tiers` and `currency_options` (both includable only, pkg `_price.py`), and with
-        `product`, its Product expanded (`product: ExpandableField["Product"]`, pkg `_price.py`; Stripe API
-        reference, The Price object: "product, string, expandable")."""
+        `product`, its Product expanded in the same call (`product: ExpandableField["Product"]`: "The ID of the
+        product this price is associated with", stripe-python `_price.py`)."""
         expand = ["tiers", "currency_options", *(["product"] if product else [])]
         return self._client.get_or_none("reading a price", f"/v1/prices/{path_id(price_id)}", {"expand": expand})
 
