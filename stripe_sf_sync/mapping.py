@@ -64,6 +64,9 @@ ONCE_BY_DEFAULT: dict[str, frozenset[str]] = {
 
 # The customer's email: kept in state with its name and metadata, read for events only when the mapping names it.
 CUSTOMER_EMAIL = "customer.email"
+# The paths into the customer a mapping may name (besides customer.metadata.<key>): what stripe-sf keeps of a
+# customer in state and in backfill's and reconcile's slimmed objects (sources/synthetic.py).
+CUSTOMER_PATHS = ("customer", "customer.name", CUSTOMER_EMAIL)
 # A path through an item's Price's Product, beyond its id: the Price is read with its Product expanded.
 _THROUGH_PRODUCT = re.compile(r"^items\[(\d+)\]\.price\.product\.")
 
@@ -75,6 +78,9 @@ def from_problem(source: str) -> str | None:
     if not _PATH.match(source):
         return f"unknown `from` {source!r}: name a computed value ({', '.join(COMPUTED)}) or a path like metadata.plan"
     root = re.split(r"[.\[]", source, maxsplit=1)[0]
+    if root == "customer" and source not in CUSTOMER_PATHS and not source.startswith("customer.metadata."):
+        return (f"unknown `from` {source!r}: stripe-sf keeps a customer's {', '.join(CUSTOMER_PATHS)} and "
+                "customer.metadata.<key>, nothing else (put what you need in the customer's metadata)")
     if root not in PATH_ROOTS:
         return (f"unknown `from` {source!r}: not a computed value ({', '.join(COMPUTED)}), nor a path into the "
                 "Stripe object (customer.email, metadata.<key>, items[0].price.nickname, ...)")

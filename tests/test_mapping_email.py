@@ -171,3 +171,14 @@ def test_a_path_through_the_prices_product_reads_each_price_once_with_its_produc
     assert opp["Plan__c"] == "Pro plan"  # the factory's default product name
     # items[0]'s Price only, once per run (two runs), its Product expanded in the same call.
     assert len(reads) == 2 and all(p["expand"] == ["tiers", "currency_options", "product"] for p in reads), reads
+
+
+def test_a_backfill_keeps_the_expanded_customers_email_without_reading_it(tmp_path, runner, cli_env, stripe_sb,
+                                                                         org):
+    _, cus, sub, _, _ = world(stripe_sb, org)
+    config = configured(tmp_path, runner, cli_env, EMAIL_MAPPING)
+    mark = len(stripe_sb.requests_log)
+    cli(runner, cli_env, "backfill", "--config", config, "--since", since(60), "--objects", "subscriptions")
+    assert opportunity(org, sub)["Billing_Email__c"] == "billing@acme.example"
+    assert customer_reads(stripe_sb, mark, cus) == 0  # the list expands it (expand[]=data.customer)
+    assert kept_email(config, cus) == "billing@acme.example"
