@@ -4,6 +4,7 @@ hydration makes; a customer kept before version 4 is read once. Through the CLI 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -182,3 +183,19 @@ def test_a_backfill_keeps_the_expanded_customers_email_without_reading_it(tmp_pa
     assert opportunity(org, sub)["Billing_Email__c"] == "billing@acme.example"
     assert customer_reads(stripe_sb, mark, cus) == 0  # the list expands it (expand[]=data.customer)
     assert kept_email(config, cus) == "billing@acme.example"
+
+
+def test_serve_writes_the_customers_email_of_a_delivered_event(tmp_path, runner, cli_env, env, stripe_sb, org):
+    from pathlib import Path
+
+    from .test_serve import deliver, eventually, serving
+
+    _, _, sub, _, _ = world(stripe_sb, org)
+    config = configured(tmp_path, runner, cli_env, EMAIL_MAPPING)
+    event = json.loads(json.dumps(stripe_sb.events[-1]))  # the subscription's created event, as delivered
+    assert event["type"] == "customer.subscription.created"
+    with serving(Path(config), env) as (url, _srv):
+        assert deliver(url, event).status_code == 200
+        opp = eventually(lambda: [o for o in org.records("Opportunity")
+                                  if o.get("Stripe_Subscription_ID__c") == sub["id"]])[0]
+    assert opp["Billing_Email__c"] == "billing@acme.example"
