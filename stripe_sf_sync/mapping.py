@@ -62,6 +62,15 @@ ONCE_BY_DEFAULT: dict[str, frozenset[str]] = {
 }
 
 
+# The customer's email: kept in state with its name and metadata, read for events only when the mapping names it.
+CUSTOMER_EMAIL = "customer.email"
+# The paths into the customer a mapping may name (besides customer.metadata.<key>): what stripe-sf keeps of a
+# customer in state and in backfill's and reconcile's slimmed objects (sources/synthetic.py).
+CUSTOMER_PATHS = ("customer", "customer.name", CUSTOMER_EMAIL)
+# A path through an item's Price's Product, beyond its id: the Price is read with its Product expanded.
+_THROUGH_PRODUCT = re.compile(r"^items\[(\d+)\]\.price\.product\.")
+
+
 def from_problem(source: str) -> str | None:
     """Why `source` is not a `from` stripe-sf knows, or None."""
     if source in COMPUTED:
@@ -69,6 +78,9 @@ def from_problem(source: str) -> str | None:
     if not _PATH.match(source):
         return f"unknown `from` {source!r}: name a computed value ({', '.join(COMPUTED)}) or a path like metadata.plan"
     root = re.split(r"[.\[]", source, maxsplit=1)[0]
+    if root == "customer" and source not in CUSTOMER_PATHS and not source.startswith("customer.metadata."):
+        return (f"unknown `from` {source!r}: stripe-sf keeps a customer's {', '.join(CUSTOMER_PATHS)} and "
+                "customer.metadata.<key>, nothing else (put what you need in the customer's metadata)")
     if root not in PATH_ROOTS:
         return (f"unknown `from` {source!r}: not a computed value ({', '.join(COMPUTED)}), nor a path into the "
                 "Stripe object (customer.email, metadata.<key>, items[0].price.nickname, ...)")
@@ -132,6 +144,15 @@ class FieldMapping(BaseModel):
         return frozenset(f.from_ for sobject in ("Opportunity", "Account", "Task") for f in self.of(sobject).values()
                          if f.from_ is not None and f.from_ not in COMPUTED)
 
+    def reads_customer_email(self) -> bool:
+        """Some field is `from: customer.email`: hydration fills in each change's customer email."""
+        return CUSTOMER_EMAIL in self.paths()
+
+    def product_items(self) -> frozenset[int]:
+        """The items whose Price's Product a path goes through (`items[0].price.product.name`: 0): hydration
+        reads their Prices with the Product expanded (an event names the Product by id)."""
+        return frozenset(int(m.group(1)) for path in self.paths() if (m := _THROUGH_PRODUCT.match(path)))
+
     def mode(self, sobject: str, name: str) -> WriteMode:
         """Who owns `name` on `sobject`: the mapping's `write`, else the default."""
         spec = next((f for n, f in self.of(sobject).items() if n.lower() == name.lower()), None)
@@ -193,12 +214,16 @@ def default_mode(sobject: str, name: str) -> WriteMode:
     return "once" if name in ONCE_BY_DEFAULT.get(sobject, frozenset()) else "always"
 
 
-def resolve_path(obj: Mapping[str, Any] | None, path: str) -> Any:
+def resolve_path(obj: Mapping[str, Any] | None, path: str,
+                 expanded: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
     """The value at `path` in a Stripe object, or None when any step is missing. `items[0]` indexes a list
-    object's `data` (Stripe's lists are `{"object": "list", "data": [...]}`)."""
+    object's `data` (Stripe's lists are `{"object": "list", "data": [...]}`). `expanded`: objects by id, read
+    by hydration, for a path that goes on through an id the payload holds unexpanded."""
     here: Any = obj
     for part in path.split("."):
         m = _SEGMENT.match(part)
+        if isinstance(here, str) and expanded and here in expanded:
+            here = expanded[here]
         if m is None or not isinstance(here, Mapping):
             return None
         here = here.get(m.group(1))
@@ -213,21 +238,26 @@ def resolve_path(obj: Mapping[str, Any] | None, path: str) -> Any:
 
 
 def path_values(paths: frozenset[str], obj: Mapping[str, Any] | None, *, customer_name: str | None,
-                customer_metadata: Mapping[str, str] | None) -> dict[str, Any]:
-    """Each path's value for one change: the Stripe object as the event carries it; the customer's name and
-    metadata as hydration filled them in (the object names its customer by id unless a list expanded it)."""
+                customer_metadata: Mapping[str, str] | None, customer_email: str | None = None,
+                products: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Each path's value for one change: the Stripe object as the event carries it; the customer's name,
+    metadata and email as hydration filled them in (the object names its customer by id unless a list expanded
+    it). An email of "" (the customer has none) resolves to nothing. `products`: the Products of the object's
+    Prices by id, read by hydration when a path goes through one."""
     out: dict[str, Any] = {}
     customer = obj.get("customer") if obj else None
     expanded = customer if isinstance(customer, Mapping) else {}
     for path in paths:
         if path == "customer.name" and customer_name is not None:
             out[path] = customer_name
+        elif path == CUSTOMER_EMAIL and customer_email is not None:
+            out[path] = customer_email or None
         elif path.startswith("customer.metadata.") and customer_metadata is not None:
             out[path] = customer_metadata.get(path.split(".", 2)[2])
         elif path.startswith("customer."):
             out[path] = resolve_path(expanded, path.split(".", 1)[1])
         else:
-            out[path] = resolve_path(obj, path)
+            out[path] = resolve_path(obj, path, products)
     return out
 
 

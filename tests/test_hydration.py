@@ -250,7 +250,10 @@ def test_later_batches_of_a_run_reuse_the_accounts_it_already_read(tmp_path, env
     summary = run(config, env, since=day(t - DAY))
     assert summary.applied == 6
     account_queries = [q for q in queries if q.startswith("SELECT") and "FROM Account" in q]
-    assert len(account_queries) == 1  # three batches, one Account look-up
+    # Merged-away Accounts (issue 25) ride along in the same Composite call as the look-up, never in a call of their
+    # own: they are not a second look-up.
+    merged = [q for q in account_queries if "MasterRecordId != null" in q]
+    assert len(account_queries) - len(merged) == 1 and len(merged) <= 1  # three batches, one Account look-up
     assert org.get("Account", acct)["Subscription_Status__c"] == "past_due"  # every transition written
     assert len([t for t in org.records("Task") if t["WhatId"] == acct]) == 5
 

@@ -47,6 +47,9 @@ def test_the_issues_example_loads():
     ("    Opportunity:\n      X__c: {from: amout}\n",
      "salesforce.mapping.Opportunity.X__c: Value error, unknown `from` 'amout'"),
     ("    Opportunity:\n      X__c: {from: nonsense.path}\n", "unknown `from` 'nonsense.path'"),
+    ("    Opportunity:\n      X__c: {from: customer.phone}\n",
+     "unknown `from` 'customer.phone': stripe-sf keeps a customer's customer, customer.name, customer.email and "
+     "customer.metadata.<key>"),
     ("    Opportunity:\n      Type: {value: New Business, from: amount}\n",
      "salesforce.mapping.Opportunity.Type: Value error, give `from` or `value`, not both"),
     ("    Opportunity:\n      Type: {value: New Business, write: sometimes}\n",
@@ -103,6 +106,24 @@ def test_customer_paths_come_from_hydration_or_an_expanded_customer():
     expanded = {**OBJ, "customer": {"id": "cus_1", "email": "billing@acme.example"}}
     assert path_values(frozenset({"customer.email"}), expanded, customer_name=None,
                        customer_metadata=None) == {"customer.email": "billing@acme.example"}
+    # An event's customer email, as hydration filled it in from state: "" (it has none) leaves the field alone.
+    for email, value in (("ap@acme.example", "ap@acme.example"), ("", None), (None, None)):
+        assert path_values(frozenset({"customer.email"}), OBJ, customer_name=None, customer_metadata=None,
+                           customer_email=email) == {"customer.email": value}
+
+
+def test_a_path_through_an_items_product_reads_the_product_hydration_expanded():
+    products = {"prod_1": {"id": "prod_1", "name": "Pro", "metadata": {"tier": "gold"}}}
+    paths = frozenset({"items[0].price.product.name", "items[0].price.product.metadata.tier",
+                       "items[0].price.product"})
+    assert path_values(paths, OBJ, customer_name=None, customer_metadata=None, products=products) == {
+        "items[0].price.product.name": "Pro", "items[0].price.product.metadata.tier": "gold",
+        "items[0].price.product": "prod_1"}
+    mapping = FieldMapping.model_validate({"Opportunity": {
+        "Plan__c": {"from": "items[0].price.product.name"}, "Seat__c": {"from": "items[2].price.product.name"},
+        "Id__c": {"from": "items[1].price.product"}, "Email__c": {"from": "customer.email"}}})
+    assert mapping.product_items() == frozenset({0, 2}) and mapping.reads_customer_email()
+    assert not FieldMapping().reads_customer_email() and FieldMapping().product_items() == frozenset()
 
 
 COMPUTED_OPP = {"Name": "Acme - Subscription sub_1", "StageName": "Closed Won", "CloseDate": "2026-12-01",

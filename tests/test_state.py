@@ -28,6 +28,52 @@ def test_newer_schema_is_refused(backend):
     assert info.value.exit_code == ExitCode.STATE
 
 
+def _as_version_3(backend) -> None:
+    """Turn a new store into what version 3 left: customers without their email column."""
+    backend.execute("ALTER TABLE customers DROP COLUMN email")
+    backend.set_schema_version(3)
+
+
+def test_a_version_3_state_gains_the_customers_email_and_keeps_its_rows(backend):
+    with backend.open() as st:
+        st.remember_customers([CachedCustomer("cus_1", {"sf": "001A"}, "Acme", False, 10, "ap@acme.test")])
+        st.commit_batch([Outcome("evt_1", "t", 10, "applied", object_id="sub_1")], cursor=Cursor("evt_1", 10),
+                        versions={"sub_1": (10, "evt_1")}, run_id=None)
+    _as_version_3(backend)
+    with pytest.raises(Exception, match="email"):  # either driver's error
+        backend.execute("SELECT email FROM customers")
+    with backend.open() as st:
+        # Kept before version 4: its email is not known (None), everything else is as it was.
+        assert st.customers_for(["cus_1"]) == {"cus_1": CachedCustomer("cus_1", {"sf": "001A"}, "Acme", False, 10)}
+        assert st.cursor() == Cursor("evt_1", 10) and st.outcomes_for(["evt_1"]) == {"evt_1": "applied"}
+        st.remember_customers([CachedCustomer("cus_1", {"sf": "001A"}, "Acme", False, 11, "ap@acme.test")])
+        assert st.customers_for(["cus_1"])["cus_1"].email == "ap@acme.test"
+    if backend.url is None:
+        assert backend.execute("PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    else:
+        assert backend.execute("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    with backend.open() as st:  # opened again: nothing left to upgrade
+        assert st.customers_for(["cus_1"])["cus_1"].email == "ap@acme.test"
+
+
+def test_a_version_3_file_whose_upgrade_fails_keeps_version_3(tmp_path, monkeypatch):
+    from stripe_sf_sync.state import schema, sqlite
+
+    path = tmp_path / "s.sqlite"
+    StateStore.open(path).close()
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("ALTER TABLE customers DROP COLUMN email")
+    con.execute("PRAGMA user_version = 3")
+    con.close()
+    monkeypatch.setattr(sqlite, "ADDED_COLUMNS", (*schema.ADDED_COLUMNS, ("no_such_table", "x", "TEXT")))
+    with pytest.raises(StateError):
+        StateStore.open(path)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3  # the bump rolled back with the ALTER
+    assert "email" not in {r[1] for r in con.execute("PRAGMA table_info(customers)")}
+    con.close()
+
+
 def test_corrupt_file_is_a_clear_error(tmp_path):
     path = tmp_path / "s.sqlite"
     path.write_bytes(b"this is not a database" * 100)
@@ -123,7 +169,7 @@ def test_schema_2_gains_the_inbox(tmp_path):
     with StateStore.open(path) as st:
         assert st.inbox_add("evt_1", 100, '{"id": "evt_1"}', 1.5)
         assert st.inbox_depth() == 1
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_inbox_keeps_an_event_once_and_its_batch_marks_it_done(backend):

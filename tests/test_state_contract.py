@@ -138,6 +138,19 @@ def test_customers_are_kept_and_never_replaced_by_an_older_copy(store: StateStor
         "cus_1": CachedCustomer("cus_1", {"sf": "001A"}, "Acme", False, T0 + 5)}
 
 
+def test_a_customers_email_is_kept_none_when_not_known_and_empty_when_it_has_none(store: StateStore) -> None:
+    store.remember_customers([CachedCustomer("cus_1", {}, "Acme", False, T0, "ap@acme.test"),
+                              CachedCustomer("cus_2", {}, None, False, T0, ""),
+                              CachedCustomer("cus_3", {}, None, False, T0)])
+    got = store.customers_for(["cus_1", "cus_2", "cus_3"])
+    assert {c: got[c].email for c in got} == {"cus_1": "ap@acme.test", "cus_2": "", "cus_3": None}
+    # A newer copy's email replaces it; a newer copy that does not know it keeps the one known.
+    store.remember_customers([CachedCustomer("cus_1", {}, "Acme", False, T0 + 2, "billing@acme.test"),
+                              CachedCustomer("cus_2", {}, None, False, T0 + 2)])
+    got = store.customers_for(["cus_1", "cus_2"])
+    assert got["cus_1"].email == "billing@acme.test" and got["cus_2"].email == ""
+
+
 def test_the_ledger_is_pruned_past_its_retention(store: StateStore) -> None:
     store.commit_batch([_applied("evt_old", T0)], cursor=None, versions={}, run_id=None)
     assert store.prune_ledger(now=T0) == 0

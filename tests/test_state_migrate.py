@@ -11,6 +11,7 @@ from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.model import CachedCustomer
 
 from .conftest import since
 from .state_backends import STATE_NAME, Backend
@@ -27,6 +28,8 @@ def test_migrate_copies_a_real_state_and_the_next_sync_continues_from_its_cursor
     first = _sync(config, env, since=since(sc))
     assert first.applied > 0
     sqlite = Backend("sqlite", config.parent / STATE_NAME)
+    with sqlite.open() as st:  # the customers' emails (state version 4) travel too
+        st.remember_customers([CachedCustomer("cus_mig", {}, "Mig", False, 1, "mig@example.com")])
     before = hashlib.sha256(sqlite.path.read_bytes()).hexdigest()
     old = sqlite.rows()
     old_ledger = dict((r[0], (r[1], r[2])) for r in sqlite.execute("SELECT event_id, run_id, recorded_at FROM "
@@ -44,6 +47,7 @@ def test_migrate_copies_a_real_state_and_the_next_sync_continues_from_its_cursor
 
     pg = Backend("postgresql", sqlite.path, pg_url)
     assert pg.rows() == old  # ledger, dead letters, cursor
+    assert pg.execute("SELECT email FROM customers WHERE customer_id = 'cus_mig'") == [("mig@example.com",)]
 
     f = StripeFactory(stripe_sb, seed=31337)
     for i in range(3):

@@ -735,6 +735,13 @@ class SalesforceOrg:
         low = name.lower()
         return next((s for s in self.schema if s.lower() == low), None)
 
+    def add_field(self, sobject: str, field: FieldDef) -> None:
+        """Add a custom field (Setup: New Custom Field), empty on the records the org holds."""
+        with self._lock:
+            self.schema[sobject][field.name] = field
+            for rec in getattr(self, "_data", {}).get(sobject, {}).values():
+                rec.setdefault(field.name, None)
+
     def require_field(self, qualified: str) -> None:
         """Make "Object.Field" required (Setup: the field's "Required" box), adding it as a Text(80) custom
         field when the schema lacks it: a create without it fails with REQUIRED_FIELD_MISSING."""

@@ -19,6 +19,7 @@ from stripe_sf_sync.model.customers import (
     CustomerChange,
     CustomerDeleted,
     CustomerDeletedChange,
+    customer_email,
     parse_customer,
     parse_customer_deleted,
 )
@@ -76,7 +77,8 @@ __all__ = [
     "CreditNoteChange", "CustomerChange", "CustomerDeleted", "CustomerDeletedChange", "Dispute", "EventMeta",
     "FirstInvoiceNet", "InvoiceFailureChange",
     "MalformedEvent", "NoCurrencyOption", "PaymentChange", "SubscriptionChange", "SubscriptionFigures",
-    "Unsupported", "event_meta", "first_invoice_net", "foreign_price_ids", "in_billed_currency", "is_pre_basil",
+    "Unsupported", "customer_email", "event_meta", "first_invoice_net", "foreign_price_ids", "in_billed_currency",
+    "is_pre_basil",
     "parse_collected", "parse_credit_note", "parse_customer", "parse_customer_deleted", "parse_dispute", "parse_event",
     "parse_invoice_failure", "parse_payment", "parse_subscription", "plan_changed", "with_all_items",
 ]

@@ -19,6 +19,7 @@ class CustomerChange:
     metadata: Mapping[str, str]
     name: str | None
     deleted: bool
+    email: str = ""  # "" when the customer has none
 
     @property
     def object_id(self) -> str:
@@ -66,15 +67,16 @@ class CustomerDeleted(Exception):
 
 @dataclass(frozen=True)
 class CachedCustomer:
-    """The few customer details rules read: metadata (Salesforce Ids) and name. `version` is the time
-    they were true at (event `created` or read time), so an older copy never replaces a newer one."""
+    """The few customer details rules and the mapping read: metadata (Salesforce Ids), name and email. `version`
+    is the time they were true at (event `created` or read time), so an older copy never replaces a newer one.
+    `email`: None when not known (a customer kept before state version 4), "" when the customer has none."""
 
     customer_id: str
     metadata: Mapping[str, str]
     name: str | None
     deleted: bool
     version: int
-
+    email: str | None = None
 
 
 
@@ -87,10 +89,17 @@ def parse_customer(event: Mapping[str, Any], meta: EventMeta) -> CustomerChange:
     assert customer_id
     name = cus.get("name") if isinstance(cus.get("name"), str) else None
     return CustomerChange(meta=meta, customer_id=customer_id, metadata=_metadata(cus), name=name,
-                          deleted=meta.event_type == "customer.deleted" or cus.get("deleted") is True)
+                          deleted=meta.event_type == "customer.deleted" or cus.get("deleted") is True,
+                          email=customer_email(cus))
 
 
 def parse_customer_deleted(event: Mapping[str, Any], meta: EventMeta) -> CustomerDeletedChange:
     """customer.deleted -> CustomerDeletedChange (the payload is the customer as it was: its metadata too)."""
     details = parse_customer(event, meta)
     return CustomerDeletedChange(meta, details.customer_id, details.metadata, details.name)
+
+
+def customer_email(cus: Mapping[str, Any]) -> str:
+    """A customer object's email, "" when it has none (null in Stripe)."""
+    email = cus.get("email")
+    return email if isinstance(email, str) else ""

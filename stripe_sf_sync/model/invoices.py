@@ -16,6 +16,7 @@ from stripe_sf_sync.model.payload import (
     _amount,
     _currency,
     _customer_details,
+    _customer_email,
     _get,
     _int,
     _metadata,
@@ -46,6 +47,9 @@ class CreditNoteChange:
     metadata: Mapping[str, str] = field(default_factory=dict)
     customer_metadata: Mapping[str, str] | None = None
     customer_name: str | None = None
+    # The customer's email when the payload expands its customer, or hydration filled it in (the mapping's
+    # `customer.email`): "" when it has none, None when not known.
+    customer_email: str | None = None
     first_invoice: FirstInvoiceNet | None = None
     invoice_read: bool = False  # hydration read the invoice (and so knows whether it is a first one)
 
@@ -74,6 +78,9 @@ class InvoiceFailureChange:
     metadata: Mapping[str, str]
     customer_metadata: Mapping[str, str] | None = None
     customer_name: str | None = None
+    # The customer's email when the payload expands its customer, or hydration filled it in (the mapping's
+    # `customer.email`): "" when it has none, None when not known.
+    customer_email: str | None = None
 
     @property
     def object_id(self) -> str:
@@ -201,4 +208,5 @@ def parse_invoice_failure(event: Mapping[str, Any], meta: EventMeta) -> InvoiceF
         hosted_invoice_url=url, payment_intent_id=pi_id if isinstance(pi_id, str) else None,
         charge_id=charge_id if isinstance(charge_id, str) else None, failure_code=failure,
         metadata=metadata, customer_metadata=cust_meta, customer_name=cust_name,
+        customer_email=_customer_email(inv),
     )

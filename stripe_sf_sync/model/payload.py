@@ -108,6 +108,15 @@ def _customer_details(obj: Mapping[str, Any]) -> tuple[Mapping[str, str] | None,
     return None, None
 
 
+def _customer_email(obj: Mapping[str, Any]) -> str | None:
+    """An expanded customer's email ("" when it has none); None when not known: the payload names the customer
+    by id, or a backfill's slimmed copy from before the email was kept (a dead letter's payload)."""
+    cust = obj.get("customer")
+    if isinstance(cust, _OBJECT) and "email" in cust:
+        return email if isinstance(email := cust.get("email"), str) else ""
+    return None
+
+
 def _meta(event: Mapping[str, Any]) -> EventMeta:
     if not isinstance(event, _OBJECT):
         raise MalformedEvent("the event is not a JSON object")

@@ -16,6 +16,7 @@ from stripe_sf_sync.model.payload import (
     _bool,
     _currency,
     _customer_details,
+    _customer_email,
     _get,
     _int,
     _metadata,
@@ -55,6 +56,9 @@ class PaymentChange:
     description: str | None
     customer_metadata: Mapping[str, str] | None = None
     customer_name: str | None = None
+    # The customer's email when the payload expands its customer, or hydration filled it in (the mapping's
+    # `customer.email`): "" when it has none, None when not known.
+    customer_email: str | None = None
     # What Stripe kept of it, from the payment's current state (its Charge, refunds, disputes): succeeded
     # refunds and lost disputes, in major units. `adjusted`: the change is about them (a refund or dispute event,
     # or a backfill of a payment that has some); `collected_known`: False until hydration read them.
@@ -119,6 +123,7 @@ def parse_payment(event: Mapping[str, Any], meta: EventMeta) -> PaymentChange:
         meta=meta, payment_intent_id=pi_id, customer_id=_str(pi, "customer", required=False, prefix="cus_"),
         amount_received=amount, currency=currency, metadata=_metadata(pi), invoice_id=invoice_id,
         invoice_known=invoice_known, description=desc, customer_metadata=cust_meta, customer_name=cust_name,
+        customer_email=_customer_email(pi),
         paid_at=_timestamp(pi, "created", required=False), **_collected_from_charge(pi.get("latest_charge"), currency),
     )
 

@@ -19,6 +19,7 @@ from stripe_sf_sync.model.payload import (
     _bool,
     _currency,
     _customer_details,
+    _customer_email,
     _get,
     _metadata,
     _str,
@@ -63,6 +64,12 @@ class SubscriptionChange:
     # The customer's current MRR (mrr.customer_mrr over its subscriptions now), attached by hydration when
     # the Account field is configured; a Figure with value None says why it is left alone.
     account_mrr: mrr.Figure | None = None
+    # The customer's email when the payload expands its customer, or hydration filled it in (the mapping's
+    # `customer.email`): "" when it has none, None when not known.
+    customer_email: str | None = None
+    # The Products of its Prices by id, read by hydration only when the mapping names a path through one
+    # (`items[0].price.product.name`): an event names each Product by id.
+    products: Mapping[str, Mapping[str, Any]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def object_id(self) -> str:
@@ -293,6 +300,7 @@ def parse_subscription(event: Mapping[str, Any], meta: EventMeta) -> Subscriptio
         plan_changed=plan_changed(sub, prev, meta.api_version) or mrr.discounts_changed(sub, prev),
         currency=currency, lines=lines,
         period_end=_period_end(sub), metadata=_metadata(sub), customer_metadata=cust_meta, customer_name=cust_name,
+        customer_email=_customer_email(sub),
         cancellation_reason=reason if isinstance(reason, str) else None,
         items_complete=not _get(sub, "items.has_more"), cancel_at=cancel_at,
         cancel_at_turned_on=bool(cancel_at_turned_on),

@@ -19,7 +19,8 @@ def with_sources(plan: Plan, change: Any, mapping: FieldMapping, data_object: Ca
     paths = mapping.paths()
     values: dict[str, Any] = path_values(
         paths, data_object() if paths else None, customer_name=getattr(change, "customer_name", None),
-        customer_metadata=getattr(change, "customer_metadata", None))
+        customer_metadata=getattr(change, "customer_metadata", None),
+        customer_email=getattr(change, "customer_email", None), products=getattr(change, "products", None))
     status = getattr(change, "status", None)
     if isinstance(status, str):
         values["status"] = status

@@ -79,8 +79,10 @@ def _ports(runtime: Runtime, state: Any, source: StripeSource, access: Salesforc
     writer: RecordWriter = recorder or collections_writer(
         access, workers=runtime.loaded.settings.salesforce.write_concurrency, sleep=env.sleep)
     bulk: RecordWriter = recorder or bulk_writer(access, sleep=env.sleep, waiting=stop.abandonable if stop else None)
-    hydrator = StripeHydrator(source, state,
-                              account_mrr=runtime.loaded.settings.salesforce.fields.account_mrr is not None)
+    salesforce = runtime.loaded.settings.salesforce
+    hydrator = StripeHydrator(source, state, account_mrr=salesforce.fields.account_mrr is not None,
+                              customer_email=salesforce.mapping.reads_customer_email(),
+                              product_items=salesforce.mapping.product_items())
     return Ports(state, hydrator, SalesforceRecords(access, org), writer, bulk), recorder
 
 

@@ -68,7 +68,8 @@ def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
             first["charge"] = {k: latest["charge"].get(k) for k in ("id", "amount_refunded", "disputed")}
     cust = out.get("customer")
     if isinstance(cust, dict):
-        out["customer"] = {k: cust[k] for k in ("id", "object", "name", "metadata") if k in cust}
+        # What state keeps of a customer (the mapping's customer.email included): the rest is dropped.
+        out["customer"] = {k: cust[k] for k in ("id", "object", "name", "email", "metadata") if k in cust}
     items = (obj.get("items") or {}).get("data") if kind == "subscriptions" else None
     if isinstance(items, list):
         slim_items = []

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from stripe_sf_sync.errors import LockHeldError, NoStateError, StateError
-from stripe_sf_sync.state.schema import SCHEMA, SCHEMA_VERSION
+from stripe_sf_sync.state.schema import ADDED_COLUMNS, SCHEMA_VERSION, sqlite_statements
 
 R = TypeVar("R")
 
@@ -87,9 +87,8 @@ class SqliteDatabase:
                     hint="Upgrade stripe-sf (pip install -U stripe-sf-sync) rather than downgrading.")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(SCHEMA)
             if version < SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                _upgrade(conn)
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
@@ -201,6 +200,25 @@ class SqliteDatabase:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Create the tables, or bring an older file's to this version, in one transaction with the version bump:
+    a crash leaves the old version whole, and two runs opening an old file at once upgrade it once (the
+    version is read again under the write lock)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            for statement in sqlite_statements():
+                conn.execute(statement)
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 _WRITABLE_HINT = ("stripe-sf needs to create and write files in that directory: the state file, its -wal and -shm "

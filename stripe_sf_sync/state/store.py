@@ -220,24 +220,26 @@ class StateStore:
     @_mapped_errors
     def customers_for(self, customer_ids: Iterable[str]) -> dict[str, CachedCustomer]:
         """What state knows of these customers (from customer.* events, backfill and earlier reads)."""
-        rows = self._rows_in("SELECT customer_id, metadata, name, deleted, version FROM customers", "customer_id",
-                             customer_ids)
-        return {row[0]: CachedCustomer(row[0], json.loads(row[1]), row[2], bool(row[3]), row[4]) for row in rows}
+        rows = self._rows_in("SELECT customer_id, metadata, name, deleted, version, email FROM customers",
+                             "customer_id", customer_ids)
+        return {row[0]: CachedCustomer(row[0], json.loads(row[1]), row[2], bool(row[3]), row[4], row[5])
+                for row in rows}
 
     @_mapped_errors
     def remember_customers(self, customers: Iterable[CachedCustomer]) -> None:
         """Keep customers' details; an older version never replaces a newer one, and nothing replaces a deletion
         but another (a deletion "cannot be undone": Stripe API reference, Delete a customer), which always does:
         a customer read before its customer.deleted event must not outlive it (issue 25)."""
-        rows = [(c.customer_id, json.dumps(dict(c.metadata), sort_keys=True), c.name, int(c.deleted), c.version)
-                for c in customers]
+        rows = [(c.customer_id, json.dumps(dict(c.metadata), sort_keys=True), c.name, int(c.deleted), c.version,
+                 c.email) for c in customers]
         if not rows:
             return
         with self._tx():
             self._conn.executemany(
-                "INSERT INTO customers(customer_id, metadata, name, deleted, version) VALUES (?,?,?,?,?) "
+                "INSERT INTO customers(customer_id, metadata, name, deleted, version, email) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT(customer_id) DO UPDATE SET metadata = excluded.metadata, name = excluded.name, "
-                "deleted = excluded.deleted, version = excluded.version "
+                "deleted = excluded.deleted, version = excluded.version, "
+                "email = COALESCE(excluded.email, customers.email) "
                 "WHERE excluded.deleted = 1 OR (customers.deleted = 0 AND excluded.version >= customers.version)",
                 rows)
 

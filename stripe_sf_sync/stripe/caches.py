@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from stripe_sf_sync.model import CachedCustomer
+from stripe_sf_sync.model import CachedCustomer, customer_email
 from stripe_sf_sync.stripe.client import PAGE_LIMIT
 from stripe_sf_sync.stripe.lists import ListReads
 from stripe_sf_sync.stripe.objects import ObjectReads
@@ -61,7 +61,7 @@ class CustomerCache:
         return fresh
 
     def customer(self, customer_id: str, *, as_of: int | None = None) -> CachedCustomer | None:
-        """The customer's metadata and name (cached per batch); None if Stripe has deleted it. `as_of`: the
+        """The customer's metadata, name and email (cached per batch); None if Stripe has deleted it. `as_of`: the
         time of the event the read is for, which a deleted customer is kept as deleted at (Stripe's stub says
         not when; the events after it are the ones its deletion stops)."""
         if customer_id not in self._customers:
@@ -83,7 +83,7 @@ class CustomerCache:
         self._customers[customer_id] = CachedCustomer(
             customer_id, {k: v for k, v in metadata.items() if isinstance(v, str)},
             obj.get("name") if isinstance(obj.get("name"), str) else None, deleted,
-            as_of if deleted and as_of is not None else int(self._clock()))
+            as_of if deleted and as_of is not None else int(self._clock()), customer_email(obj))
         self._fresh_customers.append(customer_id)
 
     def prefetch_customers(self, customer_ids: Iterable[str], *, created_until: int) -> None:
@@ -240,6 +240,9 @@ class Catalog:
         # Discounts by id: what one says (its coupon, start and end) never changes.
         self._discounts: dict[str, dict[str, Any]] = {}
         self._prices: dict[str, dict[str, Any] | None] = {}
+        # The mapping reads a path through a Price's Product (`items[0].price.product.name`): each Price read
+        # expands its Product in the same call (set by the hydrator; off, the calls are unchanged).
+        self.with_products = False
 
     def price_currency_options(self, price_id: str) -> dict[str, dict[str, Any]] | None:
         """A Price's amounts per currency (`currency_options`), read once per run; None if it is gone.
@@ -282,10 +285,11 @@ class Catalog:
         return self._coupons[coupon_id]
 
     def price(self, price_id: str) -> dict[str, Any] | None:
-        """A Price with its `tiers` and `currency_options` (both includable only, pkg `_price.py`), once per run."""
+        """A Price with its `tiers` and `currency_options` (both includable only, pkg `_price.py`), and its
+        Product when `with_products`, once per run."""
         if price_id not in self._prices:
             self._bounded(self._prices)
-            self._prices[price_id] = self._reads.price(price_id)
+            self._prices[price_id] = self._reads.price(price_id, product=self.with_products)
         return self._prices[price_id]
 
     @staticmethod

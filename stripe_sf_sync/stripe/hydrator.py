@@ -79,7 +79,8 @@ class CustomerStore(Protocol):
 class StripeHydrator:
     """Fills in what payloads lack, a batch at a time (the batch step's hydrator port)."""
 
-    def __init__(self, source: HydrationReads, customers: CustomerStore, *, account_mrr: bool = False) -> None:
+    def __init__(self, source: HydrationReads, customers: CustomerStore, *, account_mrr: bool = False,
+                 customer_email: bool = False, product_items: frozenset[int] = frozenset()) -> None:
         self._api_version = source.api_version
         self._reads = source.objects
         self._cache = source.hydration
@@ -88,6 +89,9 @@ class StripeHydrator:
         self._catalog = source.hydration.catalog  # Prices, coupons and Discounts, per run
         self._customers = customers
         self._account_mrr = account_mrr  # the Account MRR field is configured: read each customer's subscriptions
+        self._email = customer_email  # the mapping reads `customer.email`: every change's customer is wanted
+        self._product_items = product_items  # the items whose Price's Product the mapping reads a path through
+        self._catalog.with_products = bool(product_items)  # each Price read (once per run) expands its Product
         self._customer_subs: dict[str, list[dict[str, Any]]] = {}  # customer id -> its subscriptions, this batch
         self._current: dict[str, dict[str, Any] | None] = {}  # object id -> its current state, this batch
         # PaymentIntent id -> (it now, with its Charge and refunds, its disputes): read once per batch
@@ -101,21 +105,24 @@ class StripeHydrator:
         self._current.clear()
         self._collected.clear()
         self._customer_subs.clear()
-        known = [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created)
+        known = [CachedCustomer(c.customer_id, c.metadata, c.name, c.deleted, c.meta.created, c.email)
                  for c in customer_changes]
         for _, change in fresh:  # an expanded customer (backfill's lists) is as good as a customer event
             cust_meta = getattr(change, "customer_metadata", None)
             customer_id = getattr(change, "customer_id", None)
             if cust_meta is not None and customer_id:
                 known.append(CachedCustomer(customer_id, cust_meta, getattr(change, "customer_name", None), False,
-                                            change.meta.created))
-        wanted = {c.customer_id for _, c in fresh if needs_customer(c) and c.customer_id}  # `and`: a str to mypy
+                                            change.meta.created, getattr(change, "customer_email", None)))
+        wanted = {c.customer_id for _, c in fresh if self._wants_customer(c) and c.customer_id}  # `and`: str
         wanted -= {c for c in wanted if self._known.knows_customer(c)}
         # Every customer of the batch is looked for in state (one query), not only those whose metadata is
         # needed: a customer deleted in Stripe stops its events (issue 25).
         everyone = {cid for _, c in fresh if isinstance(cid := getattr(c, "customer_id", None), str)}
         stored = self._customers.customers_for({c for c in everyone | wanted if not self._known.knows_customer(c)})
-        for cached in [*stored.values(), *known]:
+        # A customer kept before state version 4 has no email: when the mapping reads it, it is read again (once:
+        # then state keeps it); a deletion is known all the same.
+        kept = [c for c in stored.values() if c.deleted or not (self._email and c.email is None)]
+        for cached in [*kept, *known]:
             self._known.remember_customer(cached)  # the batch's own come last: newer than what state held
         unknown = {c for c in wanted if not self._known.knows_customer(c)}
         if unknown:  # many at once when many are unknown (a first run without backfill)
@@ -149,19 +156,25 @@ class StripeHydrator:
         customer_id = getattr(change, "customer_id", None)
         if customer_id and not with_customer and not isinstance(change, CustomerDeletedChange):
             self._stop_if_deleted(change, customer_id)
-        if customer_id and (needs_customer(change) or (
-                with_customer and getattr(change, "customer_metadata", None) is None)):
+        wants_details = needs_customer(change) or (
+            with_customer and getattr(change, "customer_metadata", None) is None)
+        if customer_id and (wants_details or self._wants_email(change)):
             cust = self._known.customer(customer_id)
-            # Every change with a customer_id carries customer_metadata and customer_name (model.py); mypy cannot
-            # narrow a union by getattr.
-            change = dataclasses.replace(cast(Any, change), customer_metadata=dict(cust.metadata) if cust else {},
-                                         customer_name=cust.name if cust else None)
+            # Every change with a customer_id carries customer_metadata, customer_name and customer_email
+            # (model.py); mypy cannot narrow a union by getattr. Only the email when only it is wanted: the
+            # rules' choice of targets stays what it was without the mapping.
+            details = {"customer_metadata": dict(cust.metadata) if cust else {},
+                       "customer_name": cust.name if cust else None} if wants_details else {}
+            change = dataclasses.replace(cast(Any, change), **details,
+                                         customer_email=(cust.email or "") if cust else "")
         if (isinstance(change, SubscriptionChange) and change.value is None and change.raw is None
                 and _value_written(change)):
             change = dataclasses.replace(change, raw=held.data_object())  # decoded again only for these
         if isinstance(change, SubscriptionChange) and not change.items_complete:
             # The embedded list is a first page (`has_more`): the amounts need every item.
             change = model.with_all_items(change, self._reads.subscription_items(change.subscription_id))
+        if isinstance(change, SubscriptionChange) and self._product_items and change.products is None:
+            change = dataclasses.replace(change, products=self._products_of(held.data_object()))
         if isinstance(change, SubscriptionChange):
             foreign = model.foreign_price_ids(change)
             if foreign:  # billed in one of its Prices' currency_options: read them (once per run)
@@ -195,6 +208,30 @@ class StripeHydrator:
         # Strictly after: the subscriptions Stripe cancels with the customer carry its deletion's second.
         if change.meta.created > gone.version:
             raise CustomerDeleted(customer_id, mark=False)
+
+    def _products_of(self, sub: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        """The Products of the Prices of the items the mapping names, by id: each Price read once per run with its
+        Product expanded (the read MRR makes of a tiered Price is the same one)."""
+        out: dict[str, Mapping[str, Any]] = {}
+        items = (sub.get("items") or {}).get("data") or []
+        for item in (items[i] for i in sorted(self._product_items) if i < len(items)):
+            price = item.get("price") if isinstance(item, Mapping) else None
+            price_id = price.get("id") if isinstance(price, Mapping) else price
+            read = self._catalog.price(price_id) if isinstance(price_id, str) else None
+            product = read.get("product") if read else None
+            if isinstance(product, Mapping) and isinstance(product.get("id"), str):
+                out[product["id"]] = product
+        return out
+
+    def _wants_customer(self, change: model.Change) -> bool:
+        """A rule needs the customer's metadata, or the mapping its email."""
+        return needs_customer(change) or self._wants_email(change)
+
+    def _wants_email(self, change: model.Change) -> bool:
+        """The mapping reads `customer.email` and the payload does not carry it (an event names its customer
+        by id)."""
+        return (self._email and bool(getattr(change, "customer_id", None))
+                and getattr(change, "customer_email", "") is None)
 
     def _first_invoice(self, change: PaymentChange | CreditNoteChange) -> model.Change:
         """A refund, dispute or credit note of a subscription's first invoice: what that invoice kept, from its

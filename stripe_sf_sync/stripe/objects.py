@@ -108,10 +108,12 @@ class ObjectReads:
             return None
         return self._client.get_or_none("reading a coupon", f"/v1/coupons/{coupon_id}", {"expand": ["applies_to"]})
 
-    def price(self, price_id: str) -> dict[str, Any] | None:
-        """A Price with its `tiers` and `currency_options` (both includable only, pkg `_price.py`)."""
-        return self._client.get_or_none("reading a price", f"/v1/prices/{path_id(price_id)}",
-                                        {"expand": ["tiers", "currency_options"]})
+    def price(self, price_id: str, *, product: bool = False) -> dict[str, Any] | None:
+        """A Price with its `tiers` and `currency_options` (both includable only, pkg `_price.py`), and with
+        `product`, its Product expanded in the same call (`product: ExpandableField["Product"]`: "The ID of the
+        product this price is associated with", stripe-python `_price.py`)."""
+        expand = ["tiers", "currency_options", *(["product"] if product else [])]
+        return self._client.get_or_none("reading a price", f"/v1/prices/{path_id(price_id)}", {"expand": expand})
 
     def failed_invoice(self, invoice_id: str) -> dict[str, Any] | None:
         """The invoice with its PaymentIntent/Charge expanded, to read the failure code
