@@ -485,3 +485,8 @@ def test_reconcile_and_backfill_keep_a_first_invoice_netted_by_a_refund(tmp_path
     netted = {refunded["id"]: (Decimal("75.00"), Decimal("100")), renewed["id"]: (Decimal("60.00"), Decimal("100"))}
     assert {s: sub_opp(org, s) for s in netted} == netted
     reconcile_fix_and_backfill_keep(config, env, org, netted, now)
+    # The cost: the subscription list and the renewed one's first invoice; from basil on the refunds and the
+    # disputes lists once per run (one page each here), pre-basil a read per adjusted payment (the refunded one;
+    # the disputed one and its disputes).
+    result = CliRunner().invoke(app, ["reconcile", "--config", str(config), "--objects", "subscriptions"], env=env)
+    assert f"{5 if version else 4} Stripe calls" in result.output, result.output

@@ -50,7 +50,6 @@ class StripeReader:
         self._source = source
         self._stop = stop
         self._hydrator = hydrator
-        hydrator.adjustments_since(since)  # the window's refunds and disputes net first invoices (basil on)
         self._ctx = ctx
         self._tag = tag
         self._read_at = read_at
