@@ -4,7 +4,8 @@ Part of the Stripe edge: customer details come from state (kept current by `cust
 backfill's expanded customers) and, failing that, one read each; whether a PaymentIntent paid an invoice,
 and a failed invoice's failure code, come from one `/v1/invoice_payments` listing over the batch's window;
 a subscription billed in another currency than its Prices' default reads those Prices' `currency_options`.
-It reads through `ObjectReads` (objects.py) and the run's `HydrationCache` (caches.py), nothing else.
+It reads through `ObjectReads` (objects.py), the run's `HydrationCache` (caches.py) and, for backfill's and
+reconcile's refunds and disputes of a window, `ListReads` (lists.py), nothing else.
 """
 
 from __future__ import annotations
