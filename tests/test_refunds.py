@@ -454,24 +454,39 @@ def test_reconcile_and_backfill_keep_a_first_invoice_netted_by_a_credit_note(tmp
     reconcile_fix_and_backfill_keep(config, env, org, netted, now)
 
 
-@pytest.mark.parametrize("version", [
-    pytest.param(None, marks=pytest.mark.xfail(strict=True, reason=(
-        "from basil on a first invoice's Charge cannot be expanded from a subscription or invoice listing "
-        "(payments.data.payment.payment_intent.latest_charge is too deep): a refund is not seen without a read "
-        "per subscription; see docs/backfill.md"))),
-    API_VERSION_PRE_BASIL], ids=["current", "pre-basil"])
+@VERSIONS
 def test_reconcile_and_backfill_keep_a_first_invoice_netted_by_a_refund(tmp_path, stripe_sb, org, sf_sb, version):
-    """A partial refund of a subscription's first invoice: `sync` nets the Amount; reconcile and a backfill
-    agree. Its payment is read only because its Charge (expanded in the listing) shows the refund."""
+    """A partial refund of a subscription's first invoice, and a lost dispute of one already renewed (no credit
+    note): `sync` nets the Amount; reconcile and a backfill agree. Pre-basil its payment is read only because
+    its Charge (expanded) shows the refund; from basil on the run lists its window's refunds and disputes once
+    and matches them to the first invoice's `payments` (expanded)."""
     now = int(time.time())
     f = factory(stripe_sb, version, 54)
     refunded, first, _ = a_subscription_with_its_first_invoice(f, org, "Refundco", now)
     pi = next(p for p in stripe_sb.objects_of("invoice_payment") if p["invoice"] == first["id"])["payment"]
     f.refund(pi["payment_intent"], 2500, now - 4 * DAY)
+    cus = f.customer("Disputeco", "disputeco@example.com", created=now - 60 * DAY)
+    acct = org.insert("Account", {"Name": "Disputeco", "Stripe_Customer_ID__c": cus["id"]})
+    renewed = f.subscription(cus["id"], [(f.price(5000, "usd", "month"), 2)], created=now - 25 * DAY,
+                             current_period_start=now - 3 * DAY)
+    first_renewed = f.invoice(renewed["id"], cus["id"], 10000, "usd", status="paid",
+                              billing_reason="subscription_create", created=now - 25 * DAY)
+    org.insert("Opportunity", {"Name": "Disputeco", "AccountId": acct, "StageName": "Closed Won", "Amount": 100,
+                               "CloseDate": "2026-01-01", "Stripe_Subscription_ID__c": renewed["id"], "MRR__c": 100,
+                               "ARR__c": 1200, "RecordTypeId": org.record_type_id("New_Business")})
+    f.invoice(renewed["id"], cus["id"], 10000, "usd", status="paid", created=now - 3 * DAY)
+    paid = next(p for p in stripe_sb.objects_of("invoice_payment") if p["invoice"] == first_renewed["id"])["payment"]
+    dispute, _ = f.dispute(paid["payment_intent"], now - 6 * DAY, amount=4000)
+    f.dispute_closed(dispute["id"], "lost", now - 5 * DAY)
     env = cli_env(stripe_sb, sf_sb)
     pinned = {'api_version: "2026-10-28.endive"': f'api_version: "{version}"'} if version else {}
     config = configured(tmp_path, org, env, **pinned)
     sync(config, env, now - 7 * DAY)
-    netted = {refunded["id"]: (Decimal("75.00"), Decimal("100"))}
+    netted = {refunded["id"]: (Decimal("75.00"), Decimal("100")), renewed["id"]: (Decimal("60.00"), Decimal("100"))}
     assert {s: sub_opp(org, s) for s in netted} == netted
     reconcile_fix_and_backfill_keep(config, env, org, netted, now)
+    # The cost: the subscription list and the renewed one's first invoice; from basil on the refunds and the
+    # disputes lists once per run (one page each here), pre-basil a read per adjusted payment (the refunded one;
+    # the disputed one and its disputes).
+    result = CliRunner().invoke(app, ["reconcile", "--config", str(config), "--objects", "subscriptions"], env=env)
+    assert f"{5 if version else 4} Stripe calls" in result.output, result.output

@@ -12,6 +12,7 @@ from stripe_sf_sync.pipeline import RunSummary
 from stripe_sf_sync.pipeline.stop import stop_on_signals
 from stripe_sf_sync.service.recorded import recorded_run
 from stripe_sf_sync.service.runtime import Environment, Runtime, check_run_metrics, clients, parse_since
+from stripe_sf_sync.stripe.hydrator import StripeHydrator
 
 
 def run_backfill(config_path: Path | None, environment: Environment, *, since: str, until: str | None,
@@ -45,6 +46,8 @@ def run_backfill(config_path: Path | None, environment: Environment, *, since: s
     summary = RunSummary("backfill", dry_run=dry_run)
     with stop_on_signals() as stop, recorded_run(runtime, summary, source, sf_factory, stop=stop,
                                                  metrics_file=metrics_file, beat=progress is None) as run:
+        if isinstance(run.ports.hydrator, StripeHydrator):  # the run's refunds and disputes net first invoices
+            run.ports.hydrator.adjustments_since(plan.since)
         listing = BackfillObjects(source, run.state, plan, batch_size=runtime.loaded.settings.sync.batch_size,
                                   clock=environment.clock, progress=progress, stop=stop,
                                   log_every_pages=b.log_every_pages, dry_run=dry_run)

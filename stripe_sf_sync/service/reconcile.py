@@ -11,6 +11,7 @@ from stripe_sf_sync.pipeline import RunSummary
 from stripe_sf_sync.pipeline.stop import stop_on_signals
 from stripe_sf_sync.service.recorded import RecordedRun, recorded_run
 from stripe_sf_sync.service.runtime import Environment, Runtime, clients, parse_since
+from stripe_sf_sync.stripe.hydrator import StripeHydrator
 
 
 def _reconcile_objects(objects: str, *, fix: bool, dry_run: bool, csv_path: Path | None) -> tuple[str, ...]:
@@ -64,6 +65,8 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
     tag = f"rc{run.run_id}t{read_at}"  # new event ids each run: the ledger never takes a repair for one done
     names = runtime.loaded.settings.salesforce.fields
     complete = since is None
+    if isinstance(run.ports.hydrator, StripeHydrator):  # the window's refunds and disputes net first invoices
+        run.ports.hydrator.adjustments_since(since or 0)
     reader = StripeReader(run.source, run.ports.hydrator, run.settings.rules,  # type: ignore[arg-type]
                           tag=tag, read_at=read_at, since=since or 0, stop=run.stop)
     if "subscriptions" in kinds or "accounts" in kinds:

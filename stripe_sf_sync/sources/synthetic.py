@@ -66,6 +66,11 @@ def slim(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         out["latest_invoice"] = first = {k: latest[k] for k in _KEEP_FIRST_INVOICE if k in latest}
         if isinstance(latest.get("charge"), dict):  # pre-basil, expanded: whether it was refunded or disputed
             first["charge"] = {k: latest["charge"].get(k) for k in ("id", "amount_refunded", "disputed")}
+        payments = latest.get("payments")
+        if isinstance(payments, dict):  # basil on, expanded: the PaymentIntent its refunds and disputes name
+            first["payments"] = {"object": "list", "data": [
+                {"status": p.get("status"), "payment": p.get("payment")} for p in payments.get("data") or []
+                if isinstance(p, dict)]}
     cust = out.get("customer")
     if isinstance(cust, dict):
         # What state keeps of a customer (the mapping's customer.email included): the rest is dropped.

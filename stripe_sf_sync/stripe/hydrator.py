@@ -4,7 +4,8 @@ Part of the Stripe edge: customer details come from state (kept current by `cust
 backfill's expanded customers) and, failing that, one read each; whether a PaymentIntent paid an invoice,
 and a failed invoice's failure code, come from one `/v1/invoice_payments` listing over the batch's window;
 a subscription billed in another currency than its Prices' default reads those Prices' `currency_options`.
-It reads through `ObjectReads` (objects.py) and the run's `HydrationCache` (caches.py), nothing else.
+It reads through `ObjectReads` (objects.py), the run's `HydrationCache` (caches.py) and, for backfill's and
+reconcile's refunds and disputes of a window, `ListReads` (lists.py), nothing else.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from stripe_sf_sync.rules import WON_FROM
 from stripe_sf_sync.salesforce_ids import checked_id
 from stripe_sf_sync.stripe.caches import HydrationCache
 from stripe_sf_sync.stripe.client import BASIL
+from stripe_sf_sync.stripe.lists import ListReads
 from stripe_sf_sync.stripe.objects import ObjectReads
 
 # Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
@@ -68,6 +70,10 @@ class HydrationReads(Protocol):
     def hydration(self) -> HydrationCache:
         """The run's caches: customers and payment-invoice links per batch; Prices, coupons, Discounts per run."""
 
+    @property
+    def lists(self) -> ListReads:
+        """List reads: the run's refunds and disputes."""
+
 
 class CustomerStore(Protocol):
     """Where customer details are kept between runs (the state store)."""
@@ -96,6 +102,11 @@ class StripeHydrator:
         self._current: dict[str, dict[str, Any] | None] = {}  # object id -> its current state, this batch
         # PaymentIntent id -> (it now, with its Charge and refunds, its disputes): read once per batch
         self._collected: dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]] = {}
+        self._lists = source.lists
+        # From basil on, backfill's and reconcile's window (adjustments_since), and the refunds and disputes
+        # created in it by PaymentIntent, listed once per run when a first invoice is first looked at.
+        self._adjust_since: int | None = None
+        self._adjustments: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] | None = None
 
     def prepare(self, fresh: Sequence[tuple[HeldEvent, model.Change]],
                 customer_changes: Sequence[CustomerChange]) -> list[CachedCustomer]:
@@ -316,22 +327,34 @@ class StripeHydrator:
         netted = self._netted(latest) if isinstance(latest, Mapping) else None
         return netted or mrr.first_period_from_subscription(sub, lookups)
 
+    def adjustments_since(self, since: int) -> None:
+        """Backfill's or reconcile's window: from basil on, its refunds and disputes net first invoices."""
+        self._adjust_since, self._adjustments = since, None
+
     def _netted(self, invoice: Mapping[str, Any]) -> mrr.Figure | None:
         """A backfilled or reconciled subscription's first invoice netted as `sync` nets it (`_first_invoice`):
         by its credit notes, listed only when the invoice's credit-note amounts are not 0, and its payment's
-        refunds and lost disputes, read only when its Charge (expanded, pre-basil) shows some. None when
-        nothing changed what it kept (no read: the caller's figure stands) or it is not a first invoice."""
+        refunds and lost disputes: pre-basil read only when its Charge (expanded) shows some; from basil on
+        those of the run's window paid by it (its `payments`, expanded). None when nothing changed what it
+        kept (no read: the caller's figure stands) or it is not a first invoice."""
         if invoice.get("billing_reason") != "subscription_create" or not isinstance(invoice.get("id"), str):
             return None
         credited = any(invoice.get(k) not in (None, 0) for k in ("pre_payment_credit_notes_amount",
                                                                   "post_payment_credit_notes_amount"))
+        if self._api_version >= BASIL:
+            refunds, disputes = self._window_adjustments(_paid_by(invoice))
+            if not credited and not refunds and not disputes:
+                return None
+            notes = self._reads.credit_notes(str(invoice["id"])) if credited else []
+            net = model.first_invoice_net(invoice, notes, refunds, disputes)
+            return mrr.Figure(net.amount, net.currency) if net is not None else None
         charge = invoice.get("charge")
         adjusted = isinstance(charge, Mapping) and bool(charge.get("amount_refunded") or charge.get("disputed"))
         if not credited and not adjusted:
             return None
         notes = self._reads.credit_notes(str(invoice["id"])) if credited else []
-        refunds: list[Any] = []
-        disputes: list[Any] = []
+        refunds = []
+        disputes = []
         pi = invoice.get("payment_intent")
         pi_id = pi.get("id") if isinstance(pi, Mapping) else pi
         if adjusted and isinstance(pi_id, str):
@@ -340,6 +363,15 @@ class StripeHydrator:
             refunds = ((latest.get("refunds") or {}).get("data") or []) if isinstance(latest, dict) else []
         net = model.first_invoice_net(invoice, notes, refunds, disputes)
         return mrr.Figure(net.amount, net.currency) if net is not None else None
+
+    def _window_adjustments(self, pi_id: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The refunds and disputes of the run's window paid by `pi_id` (ListReads.payment_adjustments, listed
+        on the first call); none outside backfill and reconcile (no window: `sync` nets by events)."""
+        if self._adjust_since is None or pi_id is None:
+            return [], []
+        if self._adjustments is None:
+            self._adjustments = self._lists.payment_adjustments(since=self._adjust_since)
+        return self._adjustments.get(pi_id, ([], []))
 
     def _lookups(self, sub: Mapping[str, Any]) -> mrr.Lookups:
         """What mrr.py needs beyond the payload: Discounts, then the coupons a clover Discount names by id."""
@@ -436,6 +468,18 @@ class StripeHydrator:
         if isinstance(now, SubscriptionChange):
             now = dataclasses.replace(now, raw=obj)  # its value from the current state, not the event's snapshot
         return now if type(now) is type(change) else change
+
+
+def _paid_by(invoice: Mapping[str, Any]) -> str | None:
+    """The PaymentIntent of an invoice's paid payment, from its expanded `payments` (basil on; api-facts)."""
+    payments = invoice.get("payments")
+    for p in (payments.get("data") or []) if isinstance(payments, Mapping) else []:
+        payment = p.get("payment") if isinstance(p, Mapping) and p.get("status") == "paid" else None
+        pi = payment.get("payment_intent") if isinstance(payment, Mapping) else None
+        pi_id = pi.get("id") if isinstance(pi, Mapping) else pi
+        if isinstance(pi_id, str):
+            return pi_id
+    return None
 
 
 def _with_disputes(change: PaymentChange, disputes: Sequence[Mapping[str, Any]]) -> PaymentChange:

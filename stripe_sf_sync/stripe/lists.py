@@ -1,6 +1,7 @@
 """List reads of objects, on the client's pager: what backfill and its slices list (subscriptions, payments,
 failed invoices, each with its customer expanded), the customer list (reconcile, hydration's customer
-prefetch) and the invoice payments list (hydration's links between payments and invoices)."""
+prefetch), the invoice payments list (hydration's links between payments and invoices), and the refunds and
+disputes of a run's window (what backfill and reconcile net a first invoice by, from basil on)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ class ListReads:
             # Its latest invoice: while it is the first (`subscription_create`), whether credit notes or
             # (pre-basil, its Charge) refunds and disputes changed what it kept (StripeHydrator._first_period), with
             # no read for the many it did not.
+            # From basil on an invoice names no Charge: its `payments` (includable, three levels: Stripe docs,
+            # Expanding responses, at most four) name its PaymentIntent, matched to the run's refunds and
+            # disputes (payment_adjustments).
             basil = self._client.api_version >= BASIL
-            latest = "data.latest_invoice" if basil else "data.latest_invoice.charge"
+            latest = "data.latest_invoice.payments" if basil else "data.latest_invoice.charge"
             params["expand"] = ["data.customer", latest]
             if basil:  # their Discounts for MRR (mrr.py), instead of a read each;
                 # depth 4 is Stripe's maximum (api-facts "Discounts": ids from basil on)
@@ -63,3 +67,20 @@ class ListReads:
         """Pages of `/v1/invoice_payments` filtered by `params` (Stripe API reference: List all payments for an
         invoice; the `created` filter since stripe-python 14)."""
         return self._client.walk("invoice payments", "/v1/invoice_payments", params)
+
+    def payment_adjustments(self, *, since: int) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        """The refunds and disputes created since `since`, by the PaymentIntent they belong to: two lists read to
+        their end, one empty page each when there are none (Stripe API reference: List all refunds, List all
+        disputes; both filter by `created`, neither by status: `first_invoice_net` keeps succeeded refunds and
+        lost disputes). A refund or dispute of an invoice is never older than the invoice, so a window that
+        holds the run's subscriptions holds what changed their first invoices."""
+        found: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        for slot, path in ((0, "/v1/refunds"), (1, "/v1/disputes")):
+            params = {"limit": PAGE_LIMIT, "created": {"gte": since}}
+            for page in self._client.walk(path.rsplit("/", 1)[1], path, params):
+                for obj in page:
+                    pi = obj.get("payment_intent")
+                    pi_id = pi.get("id") if isinstance(pi, dict) else pi
+                    if isinstance(pi_id, str):
+                        found.setdefault(pi_id, ([], []))[slot].append(obj)
+        return found

@@ -77,8 +77,9 @@ class ObjectReads:
         """The subscription's newest invoice created at or before `by` (its start, or its trial's end: the
         first paid invoice), or None (Stripe API reference: List invoices, newest first)."""
         params: dict[str, Any] = {"subscription": path_id(subscription_id), "created": {"lte": by}, "limit": 1}
-        if self._client.api_version < BASIL:  # its Charge: whether refunds or disputes changed what it kept
-            params["expand"] = ["data.charge"]
+        # What paid it: pre-basil its Charge (whether refunds or disputes changed what it kept); from basil its
+        # `payments` (includable), whose PaymentIntent is matched to the run's refunds and disputes.
+        params["expand"] = ["data.charge"] if self._client.api_version < BASIL else ["data.payments"]
         for page in self._client.walk("a subscription's first invoice", "/v1/invoices", params):
             return page[0] if page else None
         return None
