@@ -129,7 +129,7 @@ def _log_no_opportunity(unmatched: dict[str, str], failures: dict[str, tuple[str
 def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: BatchResult, *,
           task_keyed: bool) -> tuple[Planned, Lookups]:
     """The batch's lookups. A change whose own metadata names its Opportunity was planned without its
-    customer (hydrate.needs_customer): when that Opportunity does not exist or has no Account, the customer's
+    customer (stripe/needs.py: needs_customer): when that Opportunity does not exist or has no Account, the customer's
     metadata is next in precedence, so the customer is read now, the change planned again, and the lookups
     made again (one more lookup call, for such batches only)."""
     intents = [it for _, _, plan in planned for it in plan.intents]

@@ -29,11 +29,17 @@ from stripe_sf_sync.model import (
     PaymentChange,
     SubscriptionChange,
 )
-from stripe_sf_sync.rules import WON_FROM
-from stripe_sf_sync.salesforce_ids import checked_id
 from stripe_sf_sync.stripe.caches import HydrationCache
 from stripe_sf_sync.stripe.client import BASIL
 from stripe_sf_sync.stripe.lists import ListReads
+from stripe_sf_sync.stripe.needs import (
+    has_charge_payment,
+    needs_customer,
+    paid_by,
+    period_start,
+    value_written,
+    with_disputes,
+)
 from stripe_sf_sync.stripe.objects import ObjectReads
 
 # Margin around a batch's time span when listing its invoice payments: clocks and Stripe's own steps
@@ -179,7 +185,7 @@ class StripeHydrator:
             change = dataclasses.replace(cast(Any, change), **details,
                                          customer_email=(cust.email or "") if cust else "")
         if (isinstance(change, SubscriptionChange) and change.value is None and change.raw is None
-                and _value_written(change)):
+                and value_written(change)):
             change = dataclasses.replace(change, raw=held.data_object())  # decoded again only for these
         if isinstance(change, SubscriptionChange) and not change.items_complete:
             # The embedded list is a first page (`has_more`): the amounts need every item.
@@ -276,7 +282,7 @@ class StripeHydrator:
         if pi is None:
             return change
         now = model.parse_payment({"data": {"object": pi}}, change.meta)
-        return _with_disputes(now, disputes)
+        return with_disputes(now, disputes)
 
     def _with_collected(self, change: PaymentChange) -> PaymentChange:
         """A backfilled payment whose listing showed refunds or a dispute it could not read in full."""
@@ -285,7 +291,7 @@ class StripeHydrator:
             return dataclasses.replace(change, collected_known=True)
         now = model.parse_payment({"data": {"object": pi}}, change.meta)
         merged = dataclasses.replace(change, refunded=now.refunded, charge_id=now.charge_id, adjusted=True)
-        return _with_disputes(merged, disputes)
+        return with_disputes(merged, disputes)
 
     def _with_value(self, change: SubscriptionChange) -> SubscriptionChange:
         """Attach Stripe's figures (mrr.py) to the change, after reading what its payload names but does
@@ -318,7 +324,7 @@ class StripeHydrator:
         start = sub.get("trial_end") if isinstance(sub.get("trial_end"), int) else sub.get("start_date")
         if not (change.meta.backfill and change.status in FIRST_PERIOD_WRITTEN):
             return mrr.first_period_from_subscription(sub, lookups)
-        if isinstance(start, int) and _period_start(sub) > start:
+        if isinstance(start, int) and period_start(sub) > start:
             invoice = self._reads.first_invoice(change.subscription_id, start + FIRST_INVOICE_MARGIN_S)
             if invoice is not None:
                 return self._netted(invoice) or mrr.first_period_from_invoice(invoice)
@@ -342,7 +348,7 @@ class StripeHydrator:
         credited = any(invoice.get(k) not in (None, 0) for k in ("pre_payment_credit_notes_amount",
                                                                   "post_payment_credit_notes_amount"))
         if self._api_version >= BASIL:
-            refunds, disputes = self._window_adjustments(_paid_by(invoice))
+            refunds, disputes = self._window_adjustments(paid_by(invoice))
             if not credited and not refunds and not disputes:
                 return None
             notes = self._reads.credit_notes(str(invoice["id"])) if credited else []
@@ -427,7 +433,7 @@ class StripeHydrator:
     def _failure_code(self, held: HeldEvent, change: InvoiceFailureChange) -> InvoiceFailureChange:
         payments = self._links.prefetched_payments(change.invoice_id)
         inv: Mapping[str, Any] | None
-        if payments and not _has_charge_payment(payments):
+        if payments and not has_charge_payment(payments):
             inv = {**held.data_object(), "payments": {"object": "list", "data": payments}}
         else:
             inv = self._reads.failed_invoice(change.invoice_id)
@@ -468,73 +474,3 @@ class StripeHydrator:
         if isinstance(now, SubscriptionChange):
             now = dataclasses.replace(now, raw=obj)  # its value from the current state, not the event's snapshot
         return now if type(now) is type(change) else change
-
-
-def _paid_by(invoice: Mapping[str, Any]) -> str | None:
-    """The PaymentIntent of an invoice's paid payment, from its expanded `payments` (basil on; api-facts)."""
-    payments = invoice.get("payments")
-    for p in (payments.get("data") or []) if isinstance(payments, Mapping) else []:
-        payment = p.get("payment") if isinstance(p, Mapping) and p.get("status") == "paid" else None
-        pi = payment.get("payment_intent") if isinstance(payment, Mapping) else None
-        pi_id = pi.get("id") if isinstance(pi, Mapping) else pi
-        if isinstance(pi_id, str):
-            return pi_id
-    return None
-
-
-def _with_disputes(change: PaymentChange, disputes: Sequence[Mapping[str, Any]]) -> PaymentChange:
-    """The payment with its disputes: a lost one kept back its amount (api-facts "Disputes": closed as won or
-    lost; a won one gives the funds back)."""
-    parsed = tuple(model.parse_dispute(d, change.currency) for d in disputes)
-    lost = sum((d.amount for d in parsed if d.status == "lost"), start=change.lost * 0)
-    return dataclasses.replace(change, disputes=parsed, lost=lost, adjusted=True, collected_known=True)
-
-
-def needs_customer(change: model.Change) -> bool:
-    """Whether a rule needs the customer's metadata: the object's own metadata does not name every
-    Salesforce target the rules will use (the Opportunity, whose Account is the object's when its own
-    metadata names none: rules.AccountRef; and the Contact of a Task it raises). When the named Opportunity
-    turns out not to exist, the batch step reads the customer after all (pipeline.batch._find)."""
-    meta = getattr(change, "metadata", {}) or {}
-    if isinstance(change, CustomerDeletedChange):
-        return False  # its payload is the customer itself
-    if not getattr(change, "customer_id", None) or getattr(change, "customer_metadata", None) is not None:
-        return False
-    if not checked_id(meta.get("salesforce_opportunity_id"), "Opportunity"):
-        return True
-    return _raises_task(change) and not meta.get("salesforce_contact_id")
-
-
-def _raises_task(change: model.Change) -> bool:
-    """Whether the change's rule creates a Task (whose WhoId may come from the customer's metadata)."""
-    if isinstance(change, InvoiceFailureChange):
-        return True
-    if isinstance(change, SubscriptionChange) and not change.meta.backfill:
-        kind = change.meta.event_type.rsplit(".", 1)[-1]
-        return kind == "deleted" or (kind == "updated" and (
-            change.cancel_turned_on or change.cancel_at_turned_on or (change.previous_status is not None
-                                        and change.previous_status != change.status)))
-    return False
-
-
-def _has_charge_payment(payments: Sequence[Mapping[str, Any]]) -> bool:
-    """A payment of type charge needs its Charge read for the failure code (failed_invoice does that)."""
-    return any(isinstance(p.get("payment"), Mapping) and p["payment"].get("type") == "charge" for p in payments)
-
-
-def _period_start(sub: Mapping[str, Any]) -> int:
-    """When the subscription's current period began: on the subscription before basil, on its items since
-    (api-facts §6); 0 when the payload does not say."""
-    starts = [sub.get("current_period_start")] + [
-        i.get("current_period_start") for i in ((sub.get("items") or {}).get("data") or []) if isinstance(i, Mapping)]
-    return max((s for s in starts if isinstance(s, int)), default=0)
-
-
-def _value_written(change: SubscriptionChange) -> bool:
-    """Whether the rules write the subscription's value for this change: when it is won (created, out of a
-    trial or incomplete, or backfilled) or its plan or discounts changed (rules.plan_subscription)."""
-    kind = change.meta.event_type.rsplit(".", 1)[-1]
-    if change.meta.backfill or kind == "created":
-        return True
-    return kind == "updated" and (change.plan_changed or (
-        change.status == "active" and change.previous_status in WON_FROM))
