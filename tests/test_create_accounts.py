@@ -1,0 +1,135 @@
+"""Optional creation (issue 25, identity.create_accounts / create_contacts) through the CLI against the two
+stand-ins: off, a customer with no Account is a NO_ACCOUNT dead letter as before; on, its Account (and a
+Contact) is created before the Opportunity that points to it, in a call or two per batch, and a second run
+creates nothing; a save the org's duplicate rules refuse is a DUPLICATES_DETECTED dead letter naming the
+candidates, never forced."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from stripe_sf_sandbox.duplicates import DuplicateRule
+from stripe_sf_sandbox.salesforce_server import SalesforceOrg
+from stripe_sf_sandbox.stripe_factory import StripeFactory
+from stripe_sf_sandbox.stripe_server import StripeSandbox
+from stripe_sf_sync.cli import app
+
+from .conftest import since
+
+FIELD = "Stripe_Customer_ID__c"
+
+
+def run(runner: Any, cli_env: dict[str, str], config: Path, *args: str) -> Any:
+    return runner.invoke(app, [*args, "--config", str(config)], env={**cli_env, "COLUMNS": "80"})
+
+
+def new_customers(stripe_sb: StripeSandbox) -> dict[str, str]:
+    """Two customers with no Account anywhere, each with a subscription created in the last hour; one has no
+    name (its Account is named from its email's domain)."""
+    f = StripeFactory(stripe_sb, seed=7)
+    at = int(time.time()) - 3600
+    price = f.price(5000, "usd", "month", product_name="Starter")
+    customers = {"initech": f.customer("Bill Lumbergh", "bill@initech.example"),
+                 "nameless": f.customer(None, "ops@vandelay.example")}
+    for i, c in enumerate(customers.values()):
+        f.subscription_created(f.subscription(c["id"], [(price, 1)], status="active", created=at + i), at + i)
+    return {label: str(c["id"]) for label, c in customers.items()}
+
+
+def turn_on(config: Path, *, contacts: bool = True, owner: str | None = None) -> None:
+    lines = ["identity:", "  create_accounts: true", f"  create_contacts: {str(contacts).lower()}"]
+    if owner:
+        lines.append(f"  default_owner_id: {owner}")
+    config.write_text(config.read_text() + "\n" + "\n".join(lines) + "\n")
+
+
+def dead_letters(runner: Any, cli_env: dict[str, str], config: Path) -> list[dict[str, Any]]:
+    listed = run(runner, cli_env, config, "dlq", "list", "--json")
+    doc = json.loads(listed.stdout)
+    return list(doc)
+
+
+def test_off_a_customer_with_no_account_is_no_account_as_before(
+        runner: Any, cli_env: dict[str, str], config: Path, sc: Any, stripe_sb: StripeSandbox,
+        org: SalesforceOrg) -> None:
+    customers = new_customers(stripe_sb)
+    accounts = len(org.records("Account"))
+    synced = run(runner, cli_env, config, "sync", "--since", since(sc))
+    assert synced.exit_code == 3, synced.output
+    codes = {d.get("error_code") for d in dead_letters(runner, cli_env, config)}
+    assert codes == {"NO_ACCOUNT"}
+    assert len(org.records("Account")) == accounts and not org.records("Contact") or all(
+        c.get("Email") not in ("bill@initech.example",) for c in org.records("Contact"))
+    assert not any(a.get(FIELD) in customers.values() for a in org.records("Account"))
+
+
+def test_on_creates_the_account_and_contact_then_the_opportunity_on_it_and_nothing_again(
+        runner: Any, cli_env: dict[str, str], config: Path, sc: Any, stripe_sb: StripeSandbox, org: SalesforceOrg,
+        sf_sb: Any) -> None:
+    customers = new_customers(stripe_sb)
+    owner = org.user_id("Ava Owner")
+    turn_on(config, owner=owner)
+    synced = run(runner, cli_env, config, "sync", "--since", since(sc), "--json")
+    assert synced.exit_code == 0, synced.output
+    created = {a[FIELD]: a for a in org.records("Account") if a.get(FIELD) in customers.values()}
+    assert {label: created[cid]["Name"] for label, cid in customers.items()} \
+        == {"initech": "Bill Lumbergh", "nameless": "vandelay.example"}
+    assert {a["OwnerId"] for a in created.values()} == {owner}
+    contacts = {c["Email"]: c for c in org.records("Contact") if c.get("Email", "").endswith(".example")}
+    bill = contacts["bill@initech.example"]
+    assert (bill["FirstName"], bill["LastName"], bill["AccountId"]) \
+        == ("Bill", "Lumbergh", created[customers["initech"]]["Id"])
+    assert contacts["ops@vandelay.example"]["LastName"] == "ops"
+    opportunity_accounts = {o["AccountId"] for o in org.records("Opportunity")}
+    assert {a["Id"] for a in created.values()} <= opportunity_accounts
+
+    accounts, contact_count = len(org.records("Account")), len(org.records("Contact"))
+    f = StripeFactory(stripe_sb, seed=8)  # a later subscription of the same customer: its Account exists now
+    at = int(time.time()) - 60
+    sub = f.subscription(customers["initech"], [(f.price(900, "usd", "month"), 1)], status="active", created=at)
+    f.subscription_created(sub, at)
+    again = run(runner, cli_env, config, "sync", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["applied"] >= 1
+    assert next(o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == sub["id"])[
+        "AccountId"] == created[customers["initech"]]["Id"]
+    assert (len(org.records("Account")), len(org.records("Contact"))) == (accounts, contact_count)
+
+
+def test_creation_costs_two_calls_for_the_batch_not_one_per_customer(
+        runner: Any, cli_env: dict[str, str], config: Path, sc: Any, stripe_sb: StripeSandbox, org: SalesforceOrg,
+        sf_sb: Any) -> None:
+    new_customers(stripe_sb)
+    before = len(sf_sb.requests_log)
+    off = run(runner, cli_env, config, "sync", "--since", since(sc), "--json", "--dry-run")
+    assert off.exit_code == 0, off.output
+    calls_off = len(sf_sb.requests_log) - before
+    turn_on(config)
+    before = len(sf_sb.requests_log)
+    on = run(runner, cli_env, config, "sync", "--since", since(sc), "--json")
+    calls_on = len(sf_sb.requests_log) - before
+    assert on.exit_code == 0, on.output
+    writes = [r for r in sf_sb.requests_log[before:] if "/composite/sobjects" in str(r)]
+    account_writes = [r for r in writes if "/composite/sobjects/Account/" in str(r)]
+    assert len(account_writes) == 1, writes  # the batch's new Accounts: one upsert call
+    print("calls: dry run without creation", calls_off, "; with creation", calls_on, "; writes", len(writes))
+
+
+def test_a_duplicate_rule_dead_letters_the_events_naming_the_candidates(
+        runner: Any, cli_env: dict[str, str], config: Path, sc: Any, stripe_sb: StripeSandbox,
+        org: SalesforceOrg) -> None:
+    customers = new_customers(stripe_sb)
+    twin = org.insert("Account", {"Name": "Bill Lumbergh"})  # an Account of that name, linked to no customer
+    org.duplicate_rules.append(DuplicateRule("Account", ("Name",)))
+    turn_on(config)
+    synced = run(runner, cli_env, config, "sync", "--since", since(sc))
+    assert synced.exit_code == 3, synced.output
+    letters = [d for d in dead_letters(runner, cli_env, config) if d.get("error_code") == "DUPLICATES_DETECTED"]
+    assert len(letters) == 1, letters
+    reason = json.dumps(letters[0])
+    assert twin in reason and "Standard_Account_Duplicate_Rule" in reason and "stripe-sf link" in reason
+    assert [a["Name"] for a in org.records("Account")].count("Bill Lumbergh") == 1  # never forced
+    assert any(a.get(FIELD) == customers["nameless"] for a in org.records("Account"))  # the other is created
