@@ -102,20 +102,21 @@ def test_on_creates_the_account_and_contact_then_the_opportunity_on_it_and_nothi
 def test_creation_costs_two_calls_for_the_batch_not_one_per_customer(
         runner: Any, cli_env: dict[str, str], config: Path, sc: Any, stripe_sb: StripeSandbox, org: SalesforceOrg,
         sf_sb: Any) -> None:
-    new_customers(stripe_sb)
-    before = len(sf_sb.requests_log)
-    off = run(runner, cli_env, config, "sync", "--since", since(sc), "--json", "--dry-run")
-    assert off.exit_code == 0, off.output
-    calls_off = len(sf_sb.requests_log) - before
+    customers = new_customers(stripe_sb)
     turn_on(config)
     before = len(sf_sb.requests_log)
     on = run(runner, cli_env, config, "sync", "--since", since(sc), "--json")
-    calls_on = len(sf_sb.requests_log) - before
     assert on.exit_code == 0, on.output
-    writes = [r for r in sf_sb.requests_log[before:] if "/composite/sobjects" in str(r)]
-    account_writes = [r for r in writes if "/composite/sobjects/Account/" in str(r)]
-    assert len(account_writes) == 1, writes  # the batch's new Accounts: one upsert call
-    print("calls: dry run without creation", calls_off, "; with creation", calls_on, "; writes", len(writes))
+    calls = [path for _, path in sf_sb.requests_log[before:]]
+    # 3 Composite lookups; the creation round: one upsert of the new Accounts, one create of their Contacts;
+    # then the batch's writes, the Opportunities first, as without creation.
+    assert len(calls) == 10 and json.loads(on.stdout)["salesforce_calls"] == 10, calls
+    assert calls[3].endswith("/composite/sobjects/Account/Stripe_Customer_ID__c")
+    assert calls[4].endswith("/composite/sobjects") and "/Opportunity/" in calls[5]
+    assert sum("/Account/" in c for c in calls) == 1
+    created = [a for a in org.records("Account") if a.get(FIELD)
+               in {*customers.values(), sc.customers["hooli"]}]
+    assert len(created) == 3  # the two new customers and the scenario's unlinked one: in the one call
 
 
 def test_a_duplicate_rule_dead_letters_the_events_naming_the_candidates(
