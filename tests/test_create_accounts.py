@@ -7,6 +7,7 @@ candidates, never forced."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,14 @@ def new_customers(stripe_sb: StripeSandbox) -> dict[str, str]:
 
 
 def turn_on(config: Path, *, contacts: bool = True, owner: str | None = None) -> None:
-    lines = ["identity:", "  create_accounts: true", f"  create_contacts: {str(contacts).lower()}"]
-    if owner:
-        lines.append(f"  default_owner_id: {owner}")
-    config.write_text(config.read_text() + "\n" + "\n".join(lines) + "\n")
+    """Creation on, in the `identity:` section sync.yaml.example has."""
+    text = config.read_text()
+    for old, new in [("create_accounts: false", "create_accounts: true"),
+                     ("create_contacts: false", f"create_contacts: {str(contacts).lower()}"),
+                     ("default_owner_id:", "default_owner_id:")]:
+        assert old in text, f"sync.yaml.example no longer has {old!r}"
+        text = text.replace(old, new)
+    config.write_text(re.sub(r"default_owner_id:.*", f"default_owner_id: {owner or 'null'}", text))
 
 
 def dead_letters(runner: Any, cli_env: dict[str, str], config: Path) -> list[dict[str, Any]]:
@@ -61,7 +66,7 @@ def test_off_a_customer_with_no_account_is_no_account_as_before(
     assert synced.exit_code == 3, synced.output
     codes = {d.get("error_code") for d in dead_letters(runner, cli_env, config)}
     assert codes == {"NO_ACCOUNT"}
-    assert len(org.records("Account")) == accounts and not org.records("Contact") or all(
+    assert (len(org.records("Account")) == accounts and not org.records("Contact")) or all(
         c.get("Email") not in ("bill@initech.example",) for c in org.records("Contact"))
     assert not any(a.get(FIELD) in customers.values() for a in org.records("Account"))
 
@@ -134,3 +139,19 @@ def test_a_duplicate_rule_dead_letters_the_events_naming_the_candidates(
     assert twin in reason and "Standard_Account_Duplicate_Rule" in reason and "stripe-sf link" in reason
     assert [a["Name"] for a in org.records("Account")].count("Bill Lumbergh") == 1  # never forced
     assert any(a.get(FIELD) == customers["nameless"] for a in org.records("Account"))  # the other is created
+
+
+def test_doctor_says_creation_is_on_and_whether_the_user_may_create(
+        runner: Any, cli_env: dict[str, str], config: Path, org: SalesforceOrg) -> None:
+    def creation() -> list[dict[str, Any]]:
+        doc = json.loads(run(runner, cli_env, config, "doctor", "--json").stdout)
+        return [c for c in doc["checks"] if c["name"] == "creation"]
+
+    assert creation() == []  # off: no line
+    turn_on(config, owner=org.user_id("Ava Owner"))
+    lines = creation()
+    assert [c["status"] for c in lines] == ["ok", "ok"], lines
+    assert "Account and Contact records" in lines[0]["message"] and "Ava Owner" in lines[1]["message"]
+    org.no_create.add("Contact")
+    [refused, _] = creation()
+    assert refused["status"] == "error" and refused["subject"] == "Contact" and "Create on Contact" in refused["fix"]

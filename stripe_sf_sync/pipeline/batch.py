@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stripe_sf_sync import model, rules
 from stripe_sf_sync.config import FieldNames, IdentitySettings
@@ -40,7 +40,7 @@ class BatchSettings:
     # that can have a Task under the event-id key of earlier versions. None: look that key up for every event.
     legacy_task_keys_before: int | None = None
     currency_mismatch: str = "dead_letter"  # salesforce.currency_mismatch
-    identity: IdentitySettings = IdentitySettings()  # identity: create missing Accounts and Contacts (create.py)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)  # identity: creation (create.py)
 
 
 def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettings, *, retried: bool = False,
