@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from stripe_sf_sandbox.duplicates import DuplicateRule
 from stripe_sf_sandbox.salesforce_server import SalesforceOrg
 from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.cli import app
+from stripe_sf_sync.config import IdentitySettings
 
 from .conftest import since
 
@@ -155,3 +159,24 @@ def test_doctor_says_creation_is_on_and_whether_the_user_may_create(
     org.no_create.add("Contact")
     [refused, _] = creation()
     assert refused["status"] == "error" and refused["subject"] == "Contact" and "Create on Contact" in refused["fix"]
+
+
+def test_a_dry_run_plans_the_creations_and_creates_nothing(
+        runner: Any, cli_env: dict[str, str], config: Path, sc: Any, stripe_sb: StripeSandbox,
+        org: SalesforceOrg) -> None:
+    customers = new_customers(stripe_sb)
+    turn_on(config)
+    accounts = len(org.records("Account"))
+    planned = run(runner, cli_env, config, "sync", "--since", since(sc), "--dry-run", "--json")
+    assert planned.exit_code == 0, planned.output
+    assert len(org.records("Account")) == accounts
+    assert all(cid in planned.stdout for cid in customers.values())
+
+
+def test_the_identity_keys_are_checked_at_load() -> None:
+    assert not IdentitySettings().create_accounts  # off by default
+    with pytest.raises(ValidationError, match=re.escape("set identity.create_accounts: true too")):
+        IdentitySettings(create_contacts=True)
+    with pytest.raises(ValidationError, match="default_owner_id"):
+        IdentitySettings(create_accounts=True, default_owner_id="001000000000001")
+    assert IdentitySettings(create_accounts=True, default_owner_id="005000000000001AAA").default_owner_id
