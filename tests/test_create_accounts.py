@@ -180,3 +180,18 @@ def test_the_identity_keys_are_checked_at_load() -> None:
     with pytest.raises(ValidationError, match="default_owner_id"):
         IdentitySettings(create_accounts=True, default_owner_id="001000000000001")
     assert IdentitySettings(create_accounts=True, default_owner_id="005000000000001AAA").default_owner_id
+
+
+def test_accounts_without_contacts_cost_one_call(
+        runner: Any, cli_env: dict[str, str], config: Path, sc: Any, stripe_sb: StripeSandbox, org: SalesforceOrg,
+        sf_sb: Any) -> None:
+    customers = new_customers(stripe_sb)
+    contacts = len(org.records("Contact"))
+    turn_on(config, contacts=False)
+    before = len(sf_sb.requests_log)
+    synced = run(runner, cli_env, config, "sync", "--since", since(sc), "--json")
+    assert synced.exit_code == 0, synced.output
+    calls = [path for _, path in sf_sb.requests_log[before:]]
+    assert len(calls) == 9 and calls[3].endswith("/composite/sobjects/Account/Stripe_Customer_ID__c"), calls
+    assert len(org.records("Contact")) == contacts
+    assert {a[FIELD] for a in org.records("Account")} >= set(customers.values())

@@ -76,9 +76,10 @@ def _unresolved(ref: AccountRef, found: Lookups) -> bool:
                 and ref.customer_id not in found.accounts_by_customer and ref.customer_id not in found.merge_conflicts)
 
 
-def newcomers(planned: Planned, found: Lookups, ports: Ports) -> dict[str, Newcomer]:
+def newcomers(planned: Planned, found: Lookups, ports: Ports, *, contacts: bool) -> dict[str, Newcomer]:
     """The batch's customers that have no Account, with the events waiting for it. A deleted customer's mark
-    (AccountFieldsIntent) never creates one."""
+    (AccountFieldsIntent) never creates one. The email is looked for only when it is needed: for a Contact,
+    or to name an Account whose customer has no name."""
     out: dict[str, Newcomer] = {}
     for held, change, plan in planned:
         for it in plan.intents:
@@ -86,7 +87,9 @@ def newcomers(planned: Planned, found: Lookups, ports: Ports) -> dict[str, Newco
                 continue
             cid = str(it.account.customer_id)
             if cid not in out:
-                out[cid] = Newcomer(cid, getattr(change, "customer_name", None), customer_email(held, cid, ports))
+                name = getattr(change, "customer_name", None)
+                email = customer_email(held, cid, ports) if contacts or not name else None
+                out[cid] = Newcomer(cid, name, email)
             if change.meta.event_id not in out[cid].events:
                 out[cid].events.append(change.meta.event_id)
     return out
@@ -98,7 +101,7 @@ def create_missing(planned: Planned, found: Lookups, ports: Ports, identity: Ide
     creation failed, with why, and how many records were written."""
     if not identity.create_accounts:
         return {}, 0
-    wanted = newcomers(planned, found, ports)
+    wanted = newcomers(planned, found, ports, contacts=identity.create_contacts)
     failures: Failures = {}
     ops: list[SfOp] = []
     for n in wanted.values():
