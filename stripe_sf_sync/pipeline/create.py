@@ -6,7 +6,13 @@ Off by default: a customer with no Account is then dead-lettered NO_ACCOUNT, as 
 call for the batch's new Accounts (an upsert on the customer-id field, 200 a call: a run that stopped after it
 finds them again) and one for their Contacts; a batch that creates nothing makes no call. A save refused by
 the org's duplicate rules (DUPLICATES_DETECTED) is never forced: its customer's events are dead letters naming
-the candidates (salesforce/duplicates.py puts them in the message)."""
+the candidates (salesforce/duplicates.py puts them in the message).
+
+Why a round of its own rather than the Opportunity naming its Account by the external id (`"Account":
+{"Stripe_Customer_ID__c": ...}`, Apex Developer Guide, "Relating Records by Using an External ID"): an sObject
+Collections upsert holds one sObject type (REST API, "Upsert Up to 200 Records", and "Insert or Update (Upsert) a
+Record Using an External ID"), so the Accounts take a call of their own either way, and the batch's Tasks
+(WhatId) and Account status updates need the new Account's Id, which the round's results give."""
 
 from __future__ import annotations
 
