@@ -195,3 +195,22 @@ def test_accounts_without_contacts_cost_one_call(
     assert len(calls) == 9 and calls[3].endswith("/composite/sobjects/Account/Stripe_Customer_ID__c"), calls
     assert len(org.records("Contact")) == contacts
     assert {a[FIELD] for a in org.records("Account")} >= set(customers.values())
+
+
+def test_a_contact_refused_as_a_duplicate_keeps_the_account_and_a_retry_applies_the_events(
+        runner: Any, cli_env: dict[str, str], config: Path, sc: Any, stripe_sb: StripeSandbox,
+        org: SalesforceOrg) -> None:
+    customers = new_customers(stripe_sb)
+    other = org.insert("Account", {"Name": "Someone else"})
+    bill = org.insert("Contact", {"LastName": "Lumbergh", "Email": "bill@initech.example", "AccountId": other})
+    org.duplicate_rules.append(DuplicateRule("Contact", ("Email",)))
+    turn_on(config)
+    synced = run(runner, cli_env, config, "sync", "--since", since(sc))
+    assert synced.exit_code == 3, synced.output
+    [letter] = [d for d in dead_letters(runner, cli_env, config) if d.get("error_code") == "DUPLICATES_DETECTED"]
+    assert bill in json.dumps(letter) and "the Account is created" in json.dumps(letter)
+    [account] = [a for a in org.records("Account") if a.get(FIELD) == customers["initech"]]
+    retried = run(runner, cli_env, config, "dlq", "retry", "--all", "--json")
+    assert json.loads(retried.stdout)["applied"] == 1, retried.output
+    assert [a["Id"] for a in org.records("Account") if a.get(FIELD) == customers["initech"]] == [account["Id"]]
+    assert account["Id"] in {o["AccountId"] for o in org.records("Opportunity")}

@@ -132,7 +132,8 @@ def create_missing(planned: Planned, found: Lookups, ports: Ports, identity: Ide
         account_id = res.record_id or f"(the new Account of {n.customer_id})"  # a dry run's writer has no Id
         found.add_account(AccountRow(account_id, op.fields["Name"], identity.default_owner_id, None, None,
                                      n.customer_id))
-        log.info("created Account %s (%s) for %s", account_id, op.fields["Name"], n.customer_id)
+        log.info("%s Account %s (%s) for %s", "created" if ports.writer.sends else "would create", account_id,
+                 op.fields["Name"], n.customer_id)
         contact = contact_fields(n, account_id, identity.default_owner_id) if identity.create_contacts else None
         if contact is not None:
             contacts.append(SfOp("create", "Contact", n.customer_id, contact, events=list(n.events),
