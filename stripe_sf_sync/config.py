@@ -139,6 +139,23 @@ class BackfillSettings(_Strict):
     parallel_slices: int = Field(4, ge=1, le=16)
 
 
+class IdentitySettings(_Strict):
+    """`identity:` what the sync may create for a customer with no Account (docs/link.md, "Optional creation").
+    Off by default: a customer with no Account is dead-lettered NO_ACCOUNT, for `stripe-sf link`."""
+
+    create_accounts: bool = False  # create the missing Account, linked by the customer-id field
+    create_contacts: bool = False  # and a Contact from the customer's email and name on it
+    # The created Accounts' owner: a User Id (005...); None: the integration user owns them.
+    default_owner_id: str | None = Field(None, pattern=r"^005[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$")
+
+    @model_validator(mode="after")
+    def _contacts_need_accounts(self) -> IdentitySettings:
+        if self.create_contacts and not self.create_accounts:
+            raise ValueError("identity.create_contacts creates a Contact on the Account it creates: set "
+                             "identity.create_accounts: true too, or create_contacts: false")
+        return self
+
+
 class Settings(_Strict):
     """The whole of sync.yaml."""
 
@@ -147,6 +164,7 @@ class Settings(_Strict):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
 
     def record_type_name(self) -> str | None:
         """The record type new Opportunities get: the configured one, else the "New Business" rule; None for

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stripe_sf_sync import model, rules
-from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.config import FieldNames, IdentitySettings
 from stripe_sf_sync.logs import fields
+from stripe_sf_sync.pipeline.create import create_missing
 from stripe_sf_sync.pipeline.events import HeldEvent, dead_letter, outcome_id
 from stripe_sf_sync.pipeline.materialize import Materializer, WriteSettings
 from stripe_sf_sync.pipeline.plan import Planned, events_text, plan_change, plan_events
@@ -39,6 +40,7 @@ class BatchSettings:
     # that can have a Task under the event-id key of earlier versions. None: look that key up for every event.
     legacy_task_keys_before: int | None = None
     currency_mismatch: str = "dead_letter"  # salesforce.currency_mismatch
+    identity: IdentitySettings = field(default_factory=IdentitySettings)  # identity: creation (create.py)
 
 
 def apply_batch(events: Sequence[HeldEvent], ports: Ports, settings: BatchSettings, *, retried: bool = False,
@@ -88,8 +90,12 @@ def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: Batc
     """Resolve the planned intents against Salesforce, write them, and record each event's outcome."""
     write_settings = _write_settings(planned, ports, settings)
     planned, found = _find(planned, ports, settings, result, task_keyed=write_settings.task_keyed)
+    created, made = create_missing(planned, found, ports, settings.identity, settings.names)
+    if ports.writer.sends:
+        result.records_written += made
     materializer = Materializer(found, write_settings)
-    failures = _materialize(planned, materializer)
+    failures = _materialize([p for p in planned if p[1].meta.event_id not in created], materializer)
+    failures.update(created)
     _log_no_opportunity(materializer.no_opportunity, failures, settings.names)
     ops = materializer.result()
     writer = ports.bulk_writer if bulk else ports.writer

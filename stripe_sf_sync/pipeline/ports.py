@@ -41,6 +41,9 @@ class Hydrator(Protocol):
     def fresh_customers(self) -> list[CachedCustomer]:
         """Customers read from Stripe since the last call, for state to keep."""
 
+    def customer_email(self, customer_id: str) -> str | None:
+        """The customer's email, when this batch read the customer (identity.create_*); None when not known."""
+
     def current_state(self, held: HeldEvent, change: model.Change) -> model.Change:
         """The change with its object as Stripe holds it now (read once per object and batch), for an event
         whose order among its object's events of the same second is not known."""

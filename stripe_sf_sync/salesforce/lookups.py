@@ -155,8 +155,9 @@ MAX_CACHED_ACCOUNTS = 10_000
 class AccountCache:
     """Accounts read earlier in this run, so a long run's later batches need not look them up again.
 
-    Safe because stripe-sf never creates Accounts and updates only their status (and the customer-id
-    link), which it records here as it writes them. A run is minutes long; each run starts empty, so a
+    Safe because stripe-sf updates only their status (and the customer-id link), which it records here as
+    it writes them, and creates Accounts only for customers with none (identity.create_accounts), which are
+    not remembered as missing. A run is minutes long; each run starts empty, so a
     change made by hand in Salesforce is seen by the next run at the latest. Customers without an Account
     are not remembered: each batch looks for them again.
     """

@@ -23,6 +23,7 @@ from stripe_sf_sync.discover import won_stages
 from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError, StripeRefusedError
 from stripe_sf_sync.identity import Binding, SalesforceIdentity, StripeIdentity
 from stripe_sf_sync.records import OrgFacts
+from stripe_sf_sync.salesforce.creation import creation_findings, owner_query
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
 from stripe_sf_sync.salesforce.mapped_fields import mapped_field_checks
 from stripe_sf_sync.salesforce.merges import merge_advice
@@ -140,8 +141,11 @@ class Doctor:
             sf = connect(secrets, api_version=s.api_version, session=self.session_factory(),
                          timeout=s.timeout_seconds)
             gw = SalesforceGateway(sf, timeout=s.timeout_seconds, budget=s.api_budget, sleep=self.sleep)
-            described = gw.describe_many(["Opportunity", "Account", "Task"],
-                                         queries={"Organization": ORG_CURRENCY_SOQL})
+            identity = self.loaded.settings.identity
+            owner = owner_query(identity)
+            described = gw.describe_many(
+                ["Opportunity", "Account", "Task", *(["Contact"] if identity.create_contacts else [])],
+                queries={"Organization": ORG_CURRENCY_SOQL, **({"DefaultOwner": owner} if owner else {})})
             self.org_currencies = currency_facts(described)
             self.reached = (org_identity(described.get("Organization")), self.reached[1])
         except FatalSyncError as exc:
@@ -164,6 +168,9 @@ class Doctor:
         if advice := merge_advice(by_obj, s.fields):
             checks.append(Check("salesforce", "Account merges", "ok", advice,
                                 subject=f"Account.{s.fields.customer_id}"))
+        checks += [Check("salesforce", "creation", f.status, f.message, f.fix, f.subject,
+                         int(ExitCode.CONFIG) if f.status == "error" else int(ExitCode.OK))
+                   for f in creation_findings(self.loaded.settings.identity, described, described.get("DefaultOwner"))]
         checks.append(self._won_stage(gw, by_obj))
         refunded = self.loaded.settings.salesforce.refunded_stage
         if refunded:

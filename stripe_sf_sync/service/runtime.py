@@ -144,7 +144,7 @@ def batch_settings(loaded: LoadedConfig, *, legacy_task_keys_before: int | None 
                             refunded_stage=s.salesforce.refunded_stage, mapping=s.salesforce.mapping)
     return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce,
                          legacy_task_keys_before=legacy_task_keys_before,
-                         currency_mismatch=s.salesforce.currency_mismatch)
+                         currency_mismatch=s.salesforce.currency_mismatch, identity=s.identity)
 
 
 TASK_KEYS_ABOUT_KEY = "task_keys_about_since"  # when this state's runs began keying Tasks by subject (issue 19)

@@ -450,6 +450,10 @@ class StripeHydrator:
         """Customers read from Stripe since the last call, for state to keep."""
         return self._known.take_fresh_customers()
 
+    def customer_email(self, customer_id: str) -> str | None:
+        """The customer's email when this batch read the customer from Stripe; None otherwise."""
+        return self._known.customer_email(customer_id)
+
     def current_state(self, held: HeldEvent, change: model.Change) -> model.Change:
         """The change with its `data.object` replaced by the object as Stripe holds it now, read once per
         object and batch: of two events of one object in the same second whose order is unknown (webhook
