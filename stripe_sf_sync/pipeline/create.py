@@ -44,9 +44,9 @@ class Newcomer:
 
 
 def customer_email(held: HeldEvent, customer_id: str, ports: Ports) -> str | None:
-    """The customer's email: from the customer the event carries expanded (backfill's lists), else from the
-    hydrator's read of the customer. The one place creation reads an email (the state's customer cache will
-    hold it: point this there)."""
+    """The customer's email: from the customer the event carries expanded (backfill's lists), else as the
+    hydrator knows it (the state's customer cache, the batch's reads; a customer kept before state version 4 is
+    read once). The one place creation reads an email."""
     customer = held.data_object().get("customer")
     if isinstance(customer, Mapping) and isinstance(customer.get("email"), str):
         return str(customer["email"]) or None

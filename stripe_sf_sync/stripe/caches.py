@@ -37,7 +37,6 @@ class CustomerCache:
         self._clock = clock
         self._customers: dict[str, CachedCustomer] = {}
         self._fresh_customers: list[str] = []  # read from Stripe this run, not yet kept in state
-        self._emails: dict[str, str] = {}  # the customers' emails read this batch (identity.create_*)
         # Run-level: where the customer listing stopped (its `created` bound and last id), and whether it ended.
         self._customer_list: tuple[int, str | None] | None = None
         self._customer_list_ended = False
@@ -46,7 +45,6 @@ class CustomerCache:
         """Drop the batch's customers (state keeps them): memory stays bounded by the batch, not the run."""
         self._customers.clear()
         self._fresh_customers.clear()
-        self._emails.clear()
 
     def knows_customer(self, customer_id: str) -> bool:
         """Whether `customer` answers without a call."""
@@ -73,13 +71,15 @@ class CustomerCache:
         return None if cached.deleted else cached
 
     def customer_email(self, customer_id: str) -> str | None:
-        """The customer's email: as read from Stripe this batch, else read now (state does not keep emails
-        yet: asked only for a customer whose Account the sync is about to create, once per such customer)."""
-        if customer_id not in self._emails:
+        """The customer's email (None when it has none): as known this batch (state keeps it from schema version
+        4 on, the batch's reads and customer events), else read now, once (a customer kept before version 4)."""
+        cached = self._customers.get(customer_id)
+        if cached is None or cached.email is None:
             obj = self._reads.customer(customer_id)
             if obj is not None:
                 self._keep_customer(customer_id, obj)
-        return self._emails.get(customer_id)
+            cached = self._customers.get(customer_id)
+        return (cached.email or None) if cached is not None else None
 
     def deleted_customer(self, customer_id: str) -> CachedCustomer | None:
         """The customer, when it is known (state, the batch, a read) to be deleted in Stripe."""
@@ -90,8 +90,6 @@ class CustomerCache:
         """Cache a customer read from Stripe, for this batch and (as fresh) for state."""
         metadata = meta if isinstance(meta := obj.get("metadata"), Mapping) else {}
         deleted = obj.get("deleted") is True
-        if isinstance(email := obj.get("email"), str) and email:
-            self._emails[customer_id] = email
         # Only what rules read is kept: a run may see tens of thousands of customers.
         self._customers[customer_id] = CachedCustomer(
             customer_id, {k: v for k, v in metadata.items() if isinstance(v, str)},

@@ -451,7 +451,7 @@ class StripeHydrator:
         return self._known.take_fresh_customers()
 
     def customer_email(self, customer_id: str) -> str | None:
-        """The customer's email when this batch read the customer from Stripe; None otherwise."""
+        """The customer's email (state's, the batch's, or read once); None when it has none."""
         return self._known.customer_email(customer_id)
 
     def current_state(self, held: HeldEvent, change: model.Change) -> model.Change:
