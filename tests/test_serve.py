@@ -119,9 +119,13 @@ def test_a_signed_event_is_applied_in_salesforce(config, env, org, sc, stripe_sb
         eventually(lambda: inbox_rows(config) == [(event["id"], "done")])
         assert outcome(config, event["id"]) == "applied"
         assert requests.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
-        ready = requests.get(url + "/readyz", timeout=5).json()
-        assert ready["ready"] is True and ready["inbox_depth"] == 0 and ready["last_salesforce_success"]
-        metrics = requests.get(url + "/metrics", timeout=5).text
+        # The worker records its Salesforce success and its figures just after the batch's commit marks the
+        # inbox row done: read them once they are there (on a loaded machine, a moment later).
+        ready = eventually(lambda: (r := requests.get(url + "/readyz", timeout=5).json())["last_salesforce_success"]
+                           and r)
+        assert ready["ready"] is True and ready["inbox_depth"] == 0
+        metrics = eventually(lambda: (t := requests.get(url + "/metrics", timeout=5).text)
+                             if "stripe_sf_pipeline_latency_seconds_count 1.0" in t else None)
         assert "stripe_sf_webhook_received_total 1.0" in metrics
         assert "stripe_sf_events_applied_total 1.0" in metrics
         assert "stripe_sf_inbox_depth 0.0" in metrics
