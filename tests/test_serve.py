@@ -124,8 +124,11 @@ def test_a_signed_event_is_applied_in_salesforce(config, env, org, sc, stripe_sb
         ready = eventually(lambda: (r := requests.get(url + "/readyz", timeout=5).json())["last_salesforce_success"]
                            and r)
         assert ready["ready"] is True and ready["inbox_depth"] == 0
-        metrics = eventually(lambda: (t := requests.get(url + "/metrics", timeout=5).text)
-                             if "stripe_sf_pipeline_latency_seconds_count 1.0" in t else None)
+        def counted() -> str | None:
+            text = requests.get(url + "/metrics", timeout=5).text
+            return text if "stripe_sf_pipeline_latency_seconds_count 1.0" in text else None
+
+        metrics = eventually(counted)
         assert "stripe_sf_webhook_received_total 1.0" in metrics
         assert "stripe_sf_events_applied_total 1.0" in metrics
         assert "stripe_sf_inbox_depth 0.0" in metrics
