@@ -140,8 +140,15 @@ def test_status_reads_a_state_file_in_a_read_only_directory(runner, config, stri
     assert quiet.exit_code == ExitCode.OK, quiet.output
     after = json.loads(quiet.stdout)
     for key in ("cursor", "dead_letters", "last_run", "never_run"):
-        assert after[key] == before[key], key
+        assert _timeless(after[key]) == _timeless(before[key]), key
     assert text.exit_code == ExitCode.OK and "Open dead letters: 1" in text.stdout, text.output
+
+
+def _timeless(value: object) -> object:
+    """Drop the ages: they are counted from now, and the two reads may fall either side of a second."""
+    if isinstance(value, dict):
+        return {k: _timeless(v) for k, v in value.items() if not k.endswith("age_s")}
+    return value
 
 
 def test_status_in_a_read_only_directory_sees_what_an_open_run_committed_to_the_wal(runner, tmp_path):
