@@ -96,6 +96,11 @@ def main_callback(
 app.callback()(with_global_options(main_callback, config=True, setup=False))
 
 
+def _env(opts: GlobalOptions) -> service.Environment:
+    """What a command reads from outside, with the pipeline --account chose."""
+    return service.Environment(account=opts.account)
+
+
 @command(app)
 def sync(
     opts: GlobalOptions,
@@ -127,7 +132,7 @@ def sync(
             if update is not None:
                 update("sync", render.sync_progress(s, time.monotonic() - started))
 
-        summary = guarded(lambda: service.run_sync(opts.config, service.Environment(), since=since, dry_run=dry_run,
+        summary = guarded(lambda: service.run_sync(opts.config, _env(opts), since=since, dry_run=dry_run,
                                                    max_events=max_events, rewind=rewind, metrics_file=metrics_file,
                                                    progress=show if update is not None else None), debug=opts.debug)
     render.print_summary(summary, as_json)
@@ -161,7 +166,7 @@ def backfill(
                 elapsed = time.monotonic() - started.setdefault(kind, time.monotonic())
                 update(kind, render.backfill_progress(c, elapsed, dry_run=dry_run))
 
-        summary = guarded(lambda: service.run_backfill(opts.config, service.Environment(), since=since, until=until,
+        summary = guarded(lambda: service.run_backfill(opts.config, _env(opts), since=since, until=until,
                                                        objects=objects, dry_run=dry_run, resume=resume,
                                                        progress=show if update is not None else None,
                                                        metrics_file=metrics_file), debug=opts.debug)
@@ -192,7 +197,7 @@ def reconcile(
 
     Example: stripe-sf reconcile --csv drift.csv; then stripe-sf reconcile --fix --dry-run, and --fix
     """
-    summary, report = guarded(lambda: service.run_reconcile(opts.config, service.Environment(), since=since,
+    summary, report = guarded(lambda: service.run_reconcile(opts.config, _env(opts), since=since,
                                                             objects=objects, fix=fix, dry_run=dry_run,
                                                             csv_path=csv_path), debug=opts.debug)
     code = service.exit_code_for(summary)
@@ -215,7 +220,7 @@ def discover_config(
 
     Example: stripe-sf discover-config --write
     """
-    found = guarded(lambda: service.run_discover(opts.config, service.Environment(), write=write,
+    found = guarded(lambda: service.run_discover(opts.config, _env(opts), write=write,
                                                  example=configuration.example_config()), debug=opts.debug)
     if as_json:
         render.print_json(found.as_dict())
@@ -241,7 +246,7 @@ def setup(
 
     Example: stripe-sf setup --plan, then stripe-sf setup --apply --assign integration@example.com
     """
-    result = guarded(lambda: service.run_setup_command(opts.config, service.Environment(), plan=plan, apply=apply,
+    result = guarded(lambda: service.run_setup_command(opts.config, _env(opts), plan=plan, apply=apply,
                                                        assign=assign, sfdx_dir=sfdx), debug=opts.debug)
     render.print_setup(result, as_json=as_json)
     raise typer.Exit(int(result.exit_code))
@@ -253,7 +258,7 @@ def dlq_list(opts: GlobalOptions, as_json: JsonOpt = False) -> None:
 
     Example: stripe-sf dlq list --json
     """
-    rows = guarded(lambda: service.dlq_list(opts.config, service.Environment()), debug=opts.debug)
+    rows = guarded(lambda: service.dlq_list(opts.config, _env(opts)), debug=opts.debug)
     if as_json:
         render.print_json(rows)
     else:
@@ -277,7 +282,7 @@ def dlq_retry(
         render.say(logging.ERROR, "error: name an EVENT_ID or pass --all.", kind="error",
                    exit_code=int(ExitCode.CONFIG))
         raise typer.Exit(int(ExitCode.CONFIG))
-    summary = guarded(lambda: service.run_dlq_retry(opts.config, service.Environment(),
+    summary = guarded(lambda: service.run_dlq_retry(opts.config, _env(opts),
                                                     event_ids=[event_id] if event_id else [],
                                                     retry_all=retry_all), debug=opts.debug)
     render.print_summary(summary, as_json)
@@ -291,7 +296,7 @@ def dlq_drop(opts: GlobalOptions,
 
     Example: stripe-sf dlq drop evt_1QxYz...
     """
-    guarded(lambda: service.dlq_drop(opts.config, service.Environment(), event_id), debug=opts.debug)
+    guarded(lambda: service.dlq_drop(opts.config, _env(opts), event_id), debug=opts.debug)
     render.print_dropped(event_id)
 
 
@@ -318,9 +323,9 @@ def link(
         raise typer.Exit(int(ExitCode.CONFIG))
     from stripe_sf_sync.service import link as link_service  # here: the CLI starts without what it imports
 
-    result = guarded(lambda: link_service.run_link_apply_file(opts.config, service.Environment(), path=apply,
+    result = guarded(lambda: link_service.run_link_apply_file(opts.config, _env(opts), path=apply,
                                                               to_stripe=to_stripe) if apply else
-                     link_service.run_link_propose(opts.config, service.Environment(), csv_path=csv_path),
+                     link_service.run_link_propose(opts.config, _env(opts), csv_path=csv_path),
                      debug=opts.debug)
     print_link(result, as_json=as_json)
     raise typer.Exit(int(link_service.link_exit_code(result)))
@@ -342,7 +347,7 @@ def status(
 
     Example: stripe-sf status --json; from a monitoring check: stripe-sf status --check --max-cursor-age 15m
     """
-    report = guarded(lambda: service.status_report(opts.config, service.Environment(), max_cursor_age=max_cursor_age,
+    report = guarded(lambda: service.status_report(opts.config, _env(opts), max_cursor_age=max_cursor_age,
                                                    max_dead_letters=max_dead_letters), debug=opts.debug)
     code = ExitCode.UNHEALTHY if check and not report["health"]["healthy"] else ExitCode.OK
     if as_json:
@@ -364,7 +369,7 @@ def state_migrate(
 
     Example: PGPASSWORD=... stripe-sf state migrate --to postgresql://stripe_sf@db.internal:5432/stripe_sf
     """
-    result = guarded(lambda: service.run_state_migrate(opts.config, service.Environment(), to), debug=opts.debug)
+    result = guarded(lambda: service.run_state_migrate(opts.config, _env(opts), to), debug=opts.debug)
     if as_json:
         render.print_json(result)
     else:
@@ -385,7 +390,7 @@ def state_rebind(
 
     Example: stripe-sf state rebind, then stripe-sf state rebind --yes
     """
-    result = guarded(lambda: service.run_state_rebind(opts.config, service.Environment(), yes=yes), debug=opts.debug)
+    result = guarded(lambda: service.run_state_rebind(opts.config, _env(opts), yes=yes), debug=opts.debug)
     if as_json:
         render.print_json(result)
     else:
@@ -400,7 +405,7 @@ def doctor(opts: GlobalOptions, as_json: JsonOpt = False) -> None:
 
     Example: stripe-sf doctor --json
     """
-    report = guarded(lambda: service.run_doctor(opts.config, service.Environment()), debug=opts.debug)
+    report = guarded(lambda: service.run_doctor(opts.config, _env(opts)), debug=opts.debug)
     if as_json:
         render.print_json(report.as_dict())
     else:
@@ -430,7 +435,7 @@ def serve(
 
     Example: STRIPE_WEBHOOK_SECRET=whsec_... stripe-sf serve --host 0.0.0.0 --port 8080
     """
-    code = guarded(lambda: service.serve_webhooks(opts.config, service.Environment(), host=host, port=port, path=path,
+    code = guarded(lambda: service.serve_webhooks(opts.config, _env(opts), host=host, port=port, path=path,
                                                   sync_every=sync_every, batch_window=batch_window,
                                                   max_connections=max_connections), debug=opts.debug)
     raise typer.Exit(code)

@@ -49,6 +49,7 @@ class GlobalOptions:
     log_format: LogFormat | None
     debug: bool
     quiet: bool
+    account: str | None = None  # --account: the pipeline (Stripe account) to act on, for a config that names several
 
 
 def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
@@ -58,6 +59,10 @@ def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 _CONFIG = _option("config", Annotated[Path, typer.Option(
     "--config", "-c", envvar="STRIPE_SF_CONFIG", callback=_global, help="Path to sync.yaml.", show_default=True)],
     DEFAULT_CONFIG_PATH)
+_ACCOUNT = _option("account", Annotated[str | None, typer.Option(
+    "--account", envvar="STRIPE_SF_ACCOUNT", callback=_global, metavar="ACCT",
+    help="The Stripe account (pipeline) to act on, for a config that lists several under stripe.accounts.")],
+    None)
 _LOGGING = (
     _option("log_format", Annotated[LogFormat | None, typer.Option(
         "--log-format", envvar="STRIPE_SF_LOG_FORMAT", callback=_global, case_sensitive=False,
@@ -76,11 +81,11 @@ def with_global_options(fn: Callable[..., Any], *, config: bool, setup: bool) ->
     """`fn` with the global options added to what Typer sees. Its own parameter `opts` gets them, as
     GlobalOptions, after logging is set up (`setup`). Typer has no options that subcommands inherit."""
     own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "opts"]
-    extra = ([_CONFIG] if config else []) + list(_LOGGING)
+    extra = ([_CONFIG, _ACCOUNT] if config else []) + list(_LOGGING)
 
     def command(**kwargs: Any) -> Any:
         opts = GlobalOptions(kwargs.pop("config", None), kwargs.pop("log_format"), kwargs.pop("debug"),
-                             kwargs.pop("quiet"))
+                             kwargs.pop("quiet"), kwargs.pop("account", None))
         if setup:
             _setup(opts)
         return fn(opts=opts, **kwargs)

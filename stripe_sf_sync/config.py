@@ -25,6 +25,7 @@ from stripe_sf_sync.salesforce_ids import is_salesforce_id
 DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
 DEFAULT_SF_API_VERSION = "62.0"
 STATE_FILE_NAME = "stripe-sf-state.sqlite"
+DEFAULT_KEY_ENV = "STRIPE_API_KEY"
 # Stripe's event list is eventually consistent: reports say events turn up seconds, at most about a minute,
 # late (Stripe's docs do not say; integrators report it, e.g. singer-io/tap-stripe). An hour is ample, keeps
 # each run's re-read small, and stays far inside the event ledger's retention (state.LEDGER_RETENTION_S,
@@ -36,8 +37,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AccountSettings(_Strict):
+    """One Stripe account of `stripe.accounts`: a pipeline of its own (pipelines.py). Its key is read from the
+    variable `api_key_env` names; a connected account (`connected: true`) is read with that key (the platform's)
+    and the Stripe-Account header (Stripe API reference, "Connected accounts": "Making API calls for connected
+    accounts")."""
+
+    id: str = Field(pattern=r"^acct_[A-Za-z0-9]{1,64}$")
+    api_key_env: str = Field(DEFAULT_KEY_ENV, pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
+    connected: bool = False
+
+
 class StripeSettings(_Strict):
     """Stripe-side settings (the key itself comes from STRIPE_API_KEY)."""
+
+    # Several Stripe accounts into one org, a pipeline each (pipelines.py); empty: one pipeline, STRIPE_API_KEY's.
+    accounts: list[AccountSettings] = Field(default_factory=list, max_length=1000)
 
     api_version: str = Field(DEFAULT_STRIPE_API_VERSION, pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
     # None: from the key's mode (stripe_source.default_requests_per_second); set, it overrides that. Above 100
@@ -49,6 +64,15 @@ class StripeSettings(_Strict):
     dashboard_url: str = Field("https://dashboard.stripe.com", pattern=r"^https://")
     # Each sync re-reads the events created this long before its cursor, for those listed late.
     lookback_seconds: int = Field(300, ge=0, le=MAX_LOOKBACK_S)
+
+    @field_validator("accounts")
+    @classmethod
+    def _accounts_once(cls, value: list[AccountSettings]) -> list[AccountSettings]:
+        seen = [a.id for a in value]
+        twice = sorted({i for i in seen if seen.count(i) > 1})
+        if twice:
+            raise ValueError(f"each account is listed once; listed twice: {', '.join(twice)}")
+        return value
 
 
 class SalesforceSettings(_Strict):
@@ -362,15 +386,16 @@ _SF_MODES: list[tuple[SfMode, tuple[str, ...]]] = [
 ]
 
 
-def stripe_secrets(env: Mapping[str, str] | None = None) -> StripeSecrets:
-    """Read the Stripe key; raise ConfigError if it is missing or malformed."""
+def stripe_secrets(env: Mapping[str, str] | None = None, key_env: str = DEFAULT_KEY_ENV) -> StripeSecrets:
+    """Read the Stripe key from `key_env` (a pipeline's `api_key_env`); raise ConfigError if it is missing or
+    malformed."""
     env = os.environ if env is None else env
-    key = env.get("STRIPE_API_KEY", "").strip()
+    key = env.get(key_env, "").strip()
     problems = []
     if not key:
-        problems.append("STRIPE_API_KEY is not set")
+        problems.append(f"{key_env} is not set")
     elif not re.match(r"^(sk|rk)_(test|live)_[A-Za-z0-9_]+$", key):
-        problems.append("STRIPE_API_KEY does not look like a Stripe secret or restricted key (sk_… or rk_…)")
+        problems.append(f"{key_env} does not look like a Stripe secret or restricted key (sk_… or rk_…)")
     base = env.get("STRIPE_API_BASE") or None
     if base and not re.match(r"^https?://[^\s/]+", base):
         problems.append("STRIPE_API_BASE must be an http(s) URL")

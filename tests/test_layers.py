@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "stripe_sf_sync"
 # the plain types of records.py and state/records.py.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "words", "lazy", "defaults", "money", "salesforce_ids", "identity", "logs", "gc_pause",
-              "deadline", "fields", "mapping", "config", "records", "model", "mrr", "rules", "reads", "health",
-              "metrics",
+              "deadline", "fields", "mapping", "config", "pipelines", "records", "model", "mrr", "rules", "reads",
+              "health", "metrics",
               "state.records", "state.interface", "state.schema")),
     ("pipeline", ("pipeline",)),
     ("edges", ("stripe", "salesforce", "state")),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from stripe_sf_sync.config import LoadedConfig, stripe_secrets
+from stripe_sf_sync.config import LoadedConfig
 from stripe_sf_sync.errors import ConfigError, ExitCode, IdentityError
 from stripe_sf_sync.identity import (
     IDENTITY_KEY,
@@ -157,7 +157,7 @@ def run_state_rebind(config_path: Path | None, environment: Environment, *, yes:
     with runtime.open_state(create=False) as state:
         state.acquire_lock()
         recorded = recorded_binding(state)
-        stripe_now = current_stripe(Binding(), source, stripe_secrets(environment.env).api_key)
+        stripe_now = current_stripe(Binding(), source, runtime.stripe_key())
         current = Binding(org_identity({"records": sf_factory().query(ORG_IDENTITY_SOQL)}), stripe_now)
         changed = current != recorded
         result = {"recorded": recorded.as_dict(), "current": current.as_dict(), "changed": changed,

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stripe_sf_sync.config import stripe_secrets
 from stripe_sf_sync.errors import ConfigError, ExitCode
 from stripe_sf_sync.logs import bind_run
 from stripe_sf_sync.metrics import RunFigures, write_metrics
@@ -101,7 +100,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         # Before any write: the Stripe account and mode, and the Salesforce org, when the run first connects to
         # Salesforce (a run that has nothing to write never does; a bad --since costs no call); and a Stripe key
         # the state has not seen, before anything is read.
-        guard = IdentityGuard(state, runtime.loaded, source, stripe_secrets(runtime.environment.env).api_key)
+        guard = IdentityGuard(state, runtime.loaded, source, runtime.stripe_key())
         org = OrgCheck(runtime.loaded, state, runtime.environment.clock)
         access = SalesforceAccess(guard.connect(sf_factory, org))
         ports, recorder = _ports(runtime, state, source, access, org, summary.dry_run, stop)

@@ -4,6 +4,8 @@ clients with every missing secret reported at once, and the exit code a run's su
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +21,7 @@ from stripe_sf_sync.config import LoadedConfig, load_config, salesforce_secrets,
 from stripe_sf_sync.errors import ConfigError, ExitCode, NoStateError
 from stripe_sf_sync.metrics import check_metrics_path
 from stripe_sf_sync.pipeline import BatchSettings, RunSummary
+from stripe_sf_sync.pipelines import Pipeline, select
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
 from stripe_sf_sync.state import StateStore, open_state
 from stripe_sf_sync.stripe.source import StripeSource, build_client, default_requests_per_second
@@ -32,6 +35,7 @@ class Environment:
     """
 
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    account: str | None = None  # --account: the pipeline a command acts on (pipelines.py); None: the only one
     session_factory: Callable[[], requests.Session] = requests.Session
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
@@ -60,6 +64,21 @@ class Runtime:
         self.loaded: LoadedConfig = load_config(config_path)
         self.state_url = state_url(self.loaded.settings, environment.env)
 
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline this command acts on: --account's, or the config's only one (ConfigError otherwise)."""
+        return select(self.loaded.settings, self.environment.account)
+
+    def for_pipeline(self, pipeline: Pipeline) -> Runtime:
+        """This runtime, acting on `pipeline` (`sync --all`, and the reports that cover every pipeline)."""
+        other = copy.copy(self)
+        other.environment = dataclasses.replace(self.environment, account=pipeline.name)
+        return other
+
+    def stripe_key(self) -> str:
+        """The pipeline's Stripe key, from its variable (checked: a ConfigError names a missing one)."""
+        return stripe_secrets(self.environment.env, self.pipeline.key_env).api_key
+
     def open_state(self, *, create: bool = True, read_only: bool = False) -> StateStore:
         """The state store of this config: PostgreSQL when a state URL is set, else the SQLite file."""
         return open_state(self.loaded.state_path, self.state_url, create=create, read_only=read_only)
@@ -69,14 +88,17 @@ class Runtime:
         return bool(self.state_url) or self.loaded.state_path.exists()
 
     def stripe_source(self) -> StripeSource:
-        """A StripeSource from STRIPE_API_KEY (checked before any network call)."""
-        secrets = stripe_secrets(self.environment.env)
+        """A StripeSource of the pipeline: its key (checked before any network call), and for a connected account
+        the Stripe-Account header on every request."""
+        pipeline = self.pipeline
+        secrets = stripe_secrets(self.environment.env, pipeline.key_env)
         s = self.loaded.settings.stripe
         env = self.environment.env
         # The variables requests reads for every other session (its `merge_environment_settings`).
         ca_bundle = env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or None
         client, http = build_client(secrets.api_key, api_base=secrets.api_base, api_version=s.api_version,
-                                    timeout=s.timeout_seconds, ca_bundle=ca_bundle)
+                                    timeout=s.timeout_seconds, ca_bundle=ca_bundle,
+                                    stripe_account=pipeline.stripe_account_header)
         pace = s.requests_per_second or default_requests_per_second(secrets.api_key)
         endpoint: dict[str, Any] = ({"endpoint_requests_per_second": s.endpoint_requests_per_second}
                                     if s.endpoint_requests_per_second else {})

@@ -129,13 +129,17 @@ class CaBundleSession(requests.Session):
 
 
 def build_client(api_key: str, *, api_base: str | None, api_version: str, timeout: float,
-                 ca_bundle: str | None = None) -> tuple[stripe.StripeClient, CountingRequestsClient]:
+                 ca_bundle: str | None = None,
+                 stripe_account: str | None = None) -> tuple[stripe.StripeClient, CountingRequestsClient]:
     """A StripeClient pinned to `api_version`, with a counting HTTP client and no retries of its own:
     PacedClient retries (its `get`), so that a request is tried a known number of times. `ca_bundle`
-    (REQUESTS_CA_BUNDLE) replaces the SDK's bundled CAs."""
+    (REQUESTS_CA_BUNDLE) replaces the SDK's bundled CAs. `stripe_account`: a connected account, sent as the
+    Stripe-Account header on every request (StripeClient's `stripe_account` option)."""
     http = CountingRequestsClient(timeout=timeout,
                                   session_factory=(lambda: CaBundleSession(ca_bundle)) if ca_bundle else None)
     kwargs: dict[str, Any] = {"stripe_version": api_version, "max_network_retries": 0, "http_client": http}
     if api_base:
         kwargs["base_addresses"] = {"api": api_base}
+    if stripe_account:
+        kwargs["stripe_account"] = stripe_account
     return stripe.StripeClient(api_key, **kwargs), http
