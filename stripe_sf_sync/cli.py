@@ -114,6 +114,9 @@ def sync(
     max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
     as_json: JsonOpt = False,
     metrics_file: MetricsOpt = None,
+    every: Annotated[bool, typer.Option("--all", help="Every account of stripe.accounts, each from its own "
+                                        "cursor; --since starts those with none yet.")] = False,
+    parallel: Annotated[int, typer.Option(min=1, max=64, help="With --all: how many accounts at once.")] = 4,
 ) -> None:
     """Apply Stripe events since the saved cursor to Salesforce, in batches.
 
@@ -126,6 +129,9 @@ def sync(
     Ctrl-C or SIGTERM stops it within seconds, with everything finished so far saved (exit 130 or 143); the
     next run continues from the cursor.
     """
+    if every:
+        _sync_all(opts, since=since, rewind=rewind, dry_run=dry_run, max_events=max_events, as_json=as_json,
+                  metrics_file=metrics_file, parallel=parallel)
     started = time.monotonic()
     with render.terminal_progress(as_json) as update:
         def show(s: service.RunSummary) -> None:
@@ -137,6 +143,22 @@ def sync(
                                                    progress=show if update is not None else None), debug=opts.debug)
     render.print_summary(summary, as_json)
     raise typer.Exit(int(service.exit_code_for(summary)))
+
+
+def _sync_all(opts: GlobalOptions, *, since: str | None, rewind: bool, dry_run: bool, max_events: int | None,
+              as_json: bool, metrics_file: Path | None, parallel: int) -> None:
+    """`sync --all`: every pipeline, at most `parallel` at once; exits with the worst pipeline's code."""
+    clash = [name for name, given in (("--account", opts.account), ("--rewind", rewind),
+                                      ("--metrics-file", metrics_file)) if given]
+    if clash:
+        render.usage_error(f"error: --all cannot be combined with {', '.join(clash)}: run one account with "
+                           "`stripe-sf sync --account ACCT` for that.")
+        raise typer.Exit(int(ExitCode.CONFIG))
+    runs = guarded(lambda: service.run_sync_all(opts.config, _env(opts), parallel=parallel, dry_run=dry_run,
+                                                max_events=max_events, since=since), debug=opts.debug)
+    code = service.worst_exit_code([r.exit_code for r in runs])
+    render.print_pipeline_runs(runs, code, as_json=as_json)
+    raise typer.Exit(code)
 
 
 @command(app)

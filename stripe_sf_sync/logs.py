@@ -8,9 +8,11 @@ and the record's structured fields (`fields(...)`).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -19,11 +21,12 @@ from typing import Any, TextIO
 
 PACKAGE = "stripe_sf_sync"
 _SECRET_ENV = ("STRIPE_API_KEY", "SF_ACCESS_TOKEN", "SF_CONSUMER_SECRET", "SF_PASSWORD", "SF_SECURITY_TOKEN")
+_STRIPE_SECRET = re.compile(r"^(sk|rk)_(live|test)_|^whsec_")
 # Third-party loggers that log request URLs (urllib3: the SOQL in a query string) or bodies (the Stripe SDK at
 # debug, stripe/_api_requestor.py "API response body"): kept at warning whatever the level asked for.
 _THIRD_PARTY = ("simple_salesforce", "urllib3", "stripe", "requests", "tenacity")
 # LogRecord attributes a record's structured fields may not replace in the JSON object.
-_BASE_KEYS = frozenset({"ts", "level", "logger", "message", "run_id", "traceback"})
+_BASE_KEYS = frozenset({"ts", "level", "logger", "message", "run_id", "account", "traceback"})
 
 
 class LogFormat(StrEnum):
@@ -53,15 +56,26 @@ def fields(**values: Any) -> dict[str, Any]:
     return {"fields": values}
 
 
+# The run (its id in the state) and the pipeline (a Stripe account; None for the single `default` one) of the
+# code logging, per thread: `sync --all` runs several pipelines at once, each on its own thread.
+_RUN: contextvars.ContextVar[tuple[int | None, str | None] | None] = contextvars.ContextVar("stripe_sf_run",
+                                                                                          default=None)
+
+
 class RunContext(logging.Filter):
-    """Stamps every record with the run it belongs to (its id in the state file), once the run is recorded."""
+    """Stamps every record with the run it belongs to (its id in the state file), once the run is recorded, and
+    the pipeline's Stripe account when the config names several (`account`; plain lines start `[acct_…]`)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.run_id: int | None = None
+        self.run_id: int | None = None  # the process's last bound run: lines logged after the run name it too
+        self.account: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.run_id = self.run_id
+        bound = _RUN.get()
+        run_id, account = bound if bound is not None else (self.run_id, self.account)
+        record.run_id, record.account = run_id, account
+        record.account_tag = f"[{account}] " if account else ""
         return True
 
 
@@ -77,6 +91,9 @@ class JsonFormatter(logging.Formatter):
         out: dict[str, Any] = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
                                "level": record.levelname.lower(), "logger": record.name,
                                "message": record.getMessage(), "run_id": getattr(record, "run_id", None)}
+        account = getattr(record, "account", None)
+        if account:
+            out["account"] = account
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             out.update({k: v for k, v in extra.items() if k not in _BASE_KEYS and v is not None})
@@ -145,9 +162,11 @@ def _handler(kind: str, stream: TextIO | None, secrets: list[str], run: RunConte
 
         console = Console(file=stream) if stream is not None else Console(stderr=True)
         handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(account_tag)s%(message)s"))
     else:
         handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(account_tag)s%(message)s",
+                                               "%Y-%m-%dT%H:%M:%S"))
     handler.addFilter(RedactingFilter(secrets))
     handler.addFilter(run)
     handler.addFilter(_Settings(settings))
@@ -163,8 +182,11 @@ def setup_logging(fmt: str = "auto", *, debug: bool = False, quiet: bool = False
     kind = "json" if fmt == "json" else ("rich" if fmt == "auto" and tty else "plain")
     settings = LogSettings(kind, debug=debug, quiet=quiet)
     env = env if env is not None else dict(os.environ)
-    secrets = [env.get(k, "") for k in _SECRET_ENV]
+    # Each pipeline's Stripe key sits in the variable its `api_key_env` names (issue 26): every value shaped like
+    # a Stripe key or webhook secret is redacted, whatever its variable.
+    secrets = [env.get(k, "") for k in _SECRET_ENV] + [v for v in env.values() if _STRIPE_SECRET.match(v)]
     run = RunContext()
+    _RUN.set(None)  # a new command (tests run several in one thread): no run bound yet
     package = logging.getLogger(PACKAGE)
     root = logging.getLogger()
     for h in list(package.handlers):  # an earlier set-up of this process (tests call it again)
@@ -202,10 +224,12 @@ def active_settings() -> LogSettings:
     return LogSettings("plain")
 
 
-def bind_run(run_id: int | None) -> None:
-    """From now on, every log line of this command carries `run_id` (the errors printed after the run too)."""
+def bind_run(run_id: int | None, account: str | None = None) -> None:
+    """From now on, every log line of this thread carries `run_id` and the pipeline's `account` (and, for the
+    errors printed after the run, every line of the command)."""
+    _RUN.set((run_id, account))
     for logger in (logging.getLogger(PACKAGE), logging.getLogger()):
         for h in logger.handlers:
             for f in h.filters:
                 if isinstance(f, RunContext):
-                    f.run_id = run_id
+                    f.run_id, f.account = run_id, account

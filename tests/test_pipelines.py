@@ -59,3 +59,20 @@ def test_a_connected_pipeline_sends_the_stripe_account_header():
     assert requestor._options.stripe_account == "acct_1Connected"
     plain, _ = build_client("sk_test_123", api_base=None, api_version="2026-10-28.endive", timeout=5)
     assert plain._requestor._options.stripe_account is None
+
+
+def test_every_accounts_key_is_redacted_from_logs_and_lines_name_the_account():
+    import io
+    import logging
+
+    from stripe_sf_sync.logs import bind_run, setup_logging
+
+    out = io.StringIO()
+    setup_logging("plain", stream=out, env={"STRIPE_API_KEY_EU": "sk_live_europe0123456789", "OTHER": "x"})
+    bind_run(7, "acct_1Europe")
+    logging.getLogger("stripe_sf_sync").warning("key sk_live_europe0123456789 refused")
+    line = out.getvalue()
+    assert "sk_live_europe0123456789" not in line and "***" in line and "[acct_1Europe] key" in line
+    setup_logging("json", stream=out)  # a new command binds no run
+    logging.getLogger("stripe_sf_sync").warning("next")
+    assert '"account"' not in out.getvalue().splitlines()[-1]

@@ -17,6 +17,7 @@ from stripe_sf_sync.render.console import (
     terminal_progress,
     usage_error,
 )
+from stripe_sf_sync.render.pipelines import print_pipeline_runs
 from stripe_sf_sync.render.reports import (
     doctor_line,
     print_dead_letters,
@@ -47,7 +48,8 @@ from stripe_sf_sync.render.tables import Column, print_records
 __all__ = [
     "RECONCILE_SHOWN", "Column", "backfill_progress", "backfill_stopped", "doctor_line", "echo", "error",
     "for_people", "print_dead_letters", "print_discovered", "print_doctor", "print_dropped",
-    "print_human_summary", "print_json", "print_migrated", "print_rebind", "print_reconcile", "print_records",
+    "print_human_summary", "print_json", "print_migrated", "print_pipeline_runs", "print_rebind", "print_reconcile",
+    "print_records",
     "print_sandbox_started", "print_setup", "print_status", "print_summary", "reconcile_json", "resume_command",
     "say", "stderr", "stdout", "sync_progress", "terminal_console", "terminal_progress", "totals_line",
     "usage_error", "utc_time",

@@ -32,14 +32,16 @@ from stripe_sf_sync.service.sandbox import run_demo, serve_sandbox, start_sandbo
 from stripe_sf_sync.service.setup import run_setup_command
 from stripe_sf_sync.service.status import status_report
 from stripe_sf_sync.service.sync import apply_sync, prove_salesforce_contact, run_sync
+from stripe_sf_sync.service.sync_all import PipelineRun, run_sync_all, worst_exit_code
 from stripe_sf_sync.service.webhooks import serve_webhooks
 from stripe_sf_sync.sources import READ_THROUGH_KEY
 
 __all__ = [
     "BACKFILL_CHECKPOINT_KEY", "READ_THROUGH_KEY", "SALESFORCE_CONTACT_EVERY_S", "SALESFORCE_CONTACT_KEY",
-    "TASK_KEYS_ABOUT_KEY", "Environment", "RecordedRun", "RunSummary", "Runtime", "apply_sync", "batch_settings",
-    "check_run_metrics", "clients", "dlq_drop", "dlq_list", "exit_code_for", "parse_since",
+    "TASK_KEYS_ABOUT_KEY", "Environment", "PipelineRun", "RecordedRun", "RunSummary", "Runtime", "apply_sync",
+    "batch_settings", "check_run_metrics", "clients", "dlq_drop", "dlq_list", "exit_code_for", "parse_since",
     "prove_salesforce_contact", "recorded_run", "run_backfill", "run_demo", "run_discover", "run_dlq_retry",
     "run_doctor", "run_reconcile", "run_setup_command", "run_state_migrate", "run_state_rebind", "run_sync",
-    "serve_sandbox", "serve_webhooks", "start_sandbox", "status_report", "task_keys_about_since",
+    "run_sync_all", "serve_sandbox", "serve_webhooks", "start_sandbox", "status_report", "task_keys_about_since",
+    "worst_exit_code",
 ]

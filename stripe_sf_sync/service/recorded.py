@@ -107,7 +107,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         settings = batch_settings(runtime.loaded, legacy_task_keys_before=task_keys_about_since(
             state, int(runtime.environment.clock())))
         run = RecordedRun(state, source, ports, settings, summary, state.start_run(summary.command), access, stop)
-        bind_run(run.run_id or None)  # a dry run is not recorded: it has no id
+        bind_run(run.run_id or None, runtime.pipeline.account)  # a dry run is not recorded: it has no id
         code: int = ExitCode.FAILURE
         mistake = False  # a usage error met once the state was open: not a run that failed (status --check)
         beating = (heartbeat(summary.command, run.activity, runtime.loaded.settings.sync.heartbeat_seconds) if beat

@@ -125,6 +125,7 @@ class Runtime:
 
 def clients(runtime: Runtime) -> tuple[StripeSource, Callable[[], SalesforceGateway]]:
     """Both clients, with every missing secret reported at once, before any network call."""
+    runtime.pipeline  # noqa: B018 -- which account: a usage error of its own, before the secrets are looked at
     problems: list[str] = []
     source = sf_factory = None
     try:
