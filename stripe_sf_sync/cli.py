@@ -148,14 +148,14 @@ def sync(
 def _sync_all(opts: GlobalOptions, *, since: str | None, rewind: bool, dry_run: bool, max_events: int | None,
               as_json: bool, metrics_file: Path | None, parallel: int) -> None:
     """`sync --all`: every pipeline, at most `parallel` at once; exits with the worst pipeline's code."""
-    clash = [name for name, given in (("--account", opts.account), ("--rewind", rewind),
-                                      ("--metrics-file", metrics_file)) if given]
+    clash = [name for name, given in (("--account", opts.account), ("--rewind", rewind)) if given]
     if clash:
         render.usage_error(f"error: --all cannot be combined with {', '.join(clash)}: run one account with "
                            "`stripe-sf sync --account ACCT` for that.")
         raise typer.Exit(int(ExitCode.CONFIG))
     runs = guarded(lambda: service.run_sync_all(opts.config, _env(opts), parallel=parallel, dry_run=dry_run,
-                                                max_events=max_events, since=since), debug=opts.debug)
+                                                max_events=max_events, since=since, metrics_file=metrics_file),
+                   debug=opts.debug)
     code = service.worst_exit_code([r.exit_code for r in runs])
     render.print_pipeline_runs(runs, code, as_json=as_json)
     raise typer.Exit(code)

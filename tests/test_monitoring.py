@@ -159,12 +159,12 @@ def test_sync_writes_its_figures_for_the_textfile_collector_atomically(runner, c
     assert result.exit_code == ExitCode.DEAD_LETTERS, result.output
     summary = json.loads(result.stdout)
     m = metrics(prom)
-    sync = (("command", "sync"),)
+    sync = (("account", "default"), ("command", "sync"))
     assert m[("stripe_sf_last_run_exit_code", sync)] == 3
     assert m[("stripe_sf_last_run_events_read", sync)] == summary["events_read"] == len(sc.events)
-    assert m[("stripe_sf_last_run_events", (("command", "sync"), ("outcome", "applied")))] == summary["applied"]
-    assert m[("stripe_sf_last_run_events", (("command", "sync"), ("outcome", "dead_lettered")))] == 1
-    assert m[("stripe_sf_last_run_api_calls", (("api", "salesforce"), ("command", "sync")))] == \
+    assert m[("stripe_sf_last_run_events", (("account", "default"), ("command", "sync"), ("outcome", "applied")))] == summary["applied"]
+    assert m[("stripe_sf_last_run_events", (("account", "default"), ("command", "sync"), ("outcome", "dead_lettered")))] == 1
+    assert m[("stripe_sf_last_run_api_calls", (("account", "default"), ("api", "salesforce"), ("command", "sync")))] == \
         summary["salesforce_calls"]
     assert m[("stripe_sf_dead_letters_open", sync)] == 1
     assert m[("stripe_sf_salesforce_api_used", sync)] == summary["salesforce_api_used"]
@@ -189,15 +189,15 @@ def test_a_failed_run_writes_its_exit_code_and_keeps_the_last_success(runner, co
     first = runner.invoke(app, ["sync", "--config", str(config), "--since", since(sc), "--max-events", "2",
                                 "--metrics-file", str(prom)], env=cli_env)
     assert first.exit_code == ExitCode.OK, first.output
-    succeeded = metrics(prom)[("stripe_sf_last_success_timestamp_seconds", (("command", "sync"),))]
+    succeeded = metrics(prom)[("stripe_sf_last_success_timestamp_seconds", (("account", "default"), ("command", "sync")))]
     inode = prom.stat().st_ino
     org.expire_sessions()
     failed = runner.invoke(app, ["sync", "--config", str(config), "--metrics-file", str(prom)], env=cli_env)
     assert failed.exit_code == ExitCode.UNAVAILABLE, failed.output
     assert prom.stat().st_ino != inode  # a new file renamed into place
     m = metrics(prom)
-    assert m[("stripe_sf_last_run_exit_code", (("command", "sync"),))] == ExitCode.UNAVAILABLE
-    assert m[("stripe_sf_last_success_timestamp_seconds", (("command", "sync"),))] == succeeded
+    assert m[("stripe_sf_last_run_exit_code", (("account", "default"), ("command", "sync")))] == ExitCode.UNAVAILABLE
+    assert m[("stripe_sf_last_success_timestamp_seconds", (("account", "default"), ("command", "sync")))] == succeeded
 
 
 def test_backfill_writes_its_figures_under_its_own_command(runner, config, cli_env, sc, tmp_path):
@@ -207,8 +207,8 @@ def test_backfill_writes_its_figures_under_its_own_command(runner, config, cli_e
     assert result.exit_code in (ExitCode.OK, ExitCode.DEAD_LETTERS), result.output
     summary = json.loads(result.stdout)
     m = metrics(prom)
-    assert m[("stripe_sf_last_run_exit_code", (("command", "backfill"),))] == result.exit_code
-    assert m[("stripe_sf_last_run_events_read", (("command", "backfill"),))] == summary["events_read"] > 0
+    assert m[("stripe_sf_last_run_exit_code", (("account", "default"), ("command", "backfill")))] == result.exit_code
+    assert m[("stripe_sf_last_run_events_read", (("account", "default"), ("command", "backfill")))] == summary["events_read"] > 0
 
 
 @pytest.mark.parametrize("case", ["missing directory", "dry run"])

@@ -12,14 +12,15 @@ from stripe_sf_sync.errors import ExitCode
 
 from .conftest import since
 
-CONFIG_STRIPE = '  api_version: "2026-10-28.endive"\n'
+CONFIG_ACCOUNTS = "  accounts: []\n"
 
 
 def with_accounts(config, *accounts: str) -> None:
     """Name `accounts` under stripe.accounts in the config at `config` (each line `{id: ..., ...}`)."""
     text = config.read_text()
     listed = "".join(f"    - {a}\n" for a in accounts)
-    config.write_text(text.replace(CONFIG_STRIPE, CONFIG_STRIPE + "  accounts:\n" + listed, 1))
+    assert CONFIG_ACCOUNTS in text
+    config.write_text(text.replace(CONFIG_ACCOUNTS, "  accounts:\n" + listed, 1))
 
 
 @pytest.mark.parametrize(("codes", "worst"), [
@@ -55,7 +56,7 @@ def test_every_missing_key_is_named_before_any_call(runner, config, cli_env, str
 
 def test_all_refuses_what_only_one_account_can_take(runner, config, cli_env, tmp_path):
     env = cli_env
-    for extra in (["--account", "acct_1X"], ["--rewind"], ["--metrics-file", str(tmp_path / "m.prom")]):
+    for extra in (["--account", "acct_1X"], ["--rewind"]):
         result = runner.invoke(app, ["sync", "--all", *extra, "--config", str(config)], env=env)
         assert result.exit_code == ExitCode.CONFIG and "--all cannot be combined with" in result.output, extra
 
@@ -68,3 +69,28 @@ def test_a_command_on_a_config_with_several_accounts_asks_which(runner, config, 
     unknown = runner.invoke(app, ["sync", "--account", "acct_1Nope", "--config", str(config)],
                             env=cli_env)
     assert unknown.exit_code == ExitCode.CONFIG and "acct_1Nope is not in stripe.accounts" in unknown.output
+
+
+def test_metrics_carry_the_account_and_a_pipeline_turned_away_is_in_them(runner, config, cli_env, sc, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from stripe_sf_sync.state import StateStore
+
+    prom = tmp_path / "all.prom"
+    args = ["sync", "--all", "--since", since(sc), "--metrics-file", str(prom), "--config", str(config)]
+    assert runner.invoke(app, args, env=cli_env).exit_code == ExitCode.DEAD_LETTERS
+
+    def exit_codes() -> dict[tuple[str, str], float]:
+        return {(s.labels["account"], s.labels["command"]): s.value
+                for f in text_string_to_metric_families(prom.read_text()) for s in f.samples
+                if s.name == "stripe_sf_last_run_exit_code"}
+
+    assert exit_codes() == {("default", "sync"): 3}
+    holder = StateStore.open(config.parent / "stripe-sf-state.sqlite")
+    holder.acquire_lock()  # another run of the pipeline
+    try:
+        result = runner.invoke(app, args, env=cli_env)
+    finally:
+        holder.close()
+    assert result.exit_code == ExitCode.LOCKED, result.output
+    assert exit_codes() == {("default", "sync"): 4}  # an alert on the exit code sees the pipeline turned away

@@ -25,7 +25,12 @@ def utc_time(ts: int | None) -> str:
 def print_status(report: dict[str, Any], out: Console | None = None) -> None:
     """`status` for people: where the cursor is, the last run, dead letters, usage, health, recent runs."""
     out = out or stdout()
+    if "accounts" in report:
+        _print_accounts_status(out, report)
+        return
     health = report["health"]
+    if report.get("account"):
+        out.print(f"Account: {report['account']}", highlight=False, markup=False)
     # The URL (password masked) for PostgreSQL; the file's name for SQLite (its full path: --json, state_path).
     where = report["state_path"] if report["state_backend"] == "postgresql" else Path(report["state_path"]).name
     out.print(f"State: {report['state_backend']}, {where}", highlight=False, markup=False)
@@ -50,6 +55,27 @@ def print_status(report: dict[str, Any], out: Console | None = None) -> None:
     for line in health["warnings"]:
         out.print(f"  warning: {line}", highlight=False, markup=False)
     _print_runs(out, report["runs"])
+
+
+def _print_accounts_status(out: Console, report: dict[str, Any]) -> None:
+    """`status` of a config with several accounts: a row each, then every problem named by its account."""
+    columns = [Column("account", is_id=True), Column("cursor age"), Column("last run"), Column("dead letters"),
+               Column("health")]
+    rows = []
+    for r in report["accounts"]:
+        cursor, last = r["cursor"], r["last_run"]
+        rows.append([r["account"], span(cursor["current_age_s"]) if cursor else "none",
+                     "never" if last is None else "ended abnormally" if last["abnormal"] else
+                     f"{last['command']} exit {last['exit_code']}", str(r["dead_letters"]),
+                     "ok" if r["health"]["healthy"] else "UNHEALTHY"])
+    print_records(out, f"State: {report['state_backend']}, {counted(len(rows), 'account')}", columns, rows)
+    health = report["health"]
+    out.print(f"Health: {'ok' if health['healthy'] else 'UNHEALTHY'}", highlight=False)
+    for line in health["problems"]:
+        out.print(f"  problem: {line}", highlight=False, markup=False)
+    for line in health["warnings"]:
+        out.print(f"  warning: {line}", highlight=False, markup=False)
+    out.print("One account in full: stripe-sf status --account ACCT", highlight=False, markup=False)
 
 
 def identity_lines(identity: dict[str, Any]) -> list[str]:

@@ -89,7 +89,7 @@ def _ports(runtime: Runtime, state: Any, source: StripeSource, access: Salesforc
 def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
                   sf_factory: Callable[[], SalesforceGateway], *, create: bool = True,
                   stop: Stop | None = None, metrics_file: Path | None = None,
-                  beat: bool = False) -> Iterator[RecordedRun]:
+                  beat: bool = False, figures: list[RunFigures] | None = None) -> Iterator[RecordedRun]:
     """Lock the state, record the run and its exit code, and leave usage figures (and the metrics file)
     behind, however the run ends (a signal's stop included). A dry run's state records nothing. With `beat`
     (off a terminal), a heartbeat line says where the run is every `sync.heartbeat_seconds`."""
@@ -130,11 +130,12 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
                 state.discard_run(run.run_id)
             else:
                 _record_end(runtime, state, run, summary, code, started=started, planned=recorder,
-                            metrics_file=metrics_file)
+                            metrics_file=metrics_file, figures=figures)
 
 
 def _record_end(runtime: Runtime, state: Any, run: RecordedRun, summary: RunSummary, code: int, *, started: float,
-                planned: PlanRecorder | None, metrics_file: Path | None) -> None:
+                planned: PlanRecorder | None, metrics_file: Path | None,
+                figures: list[RunFigures] | None = None) -> None:
     """Close the summary and record how the run ended: its exit code, the usage seen, the metrics file."""
     gw = run.access.connected
     if gw is not None and gw.reached:
@@ -150,22 +151,29 @@ def _record_end(runtime: Runtime, state: Any, run: RecordedRun, summary: RunSumm
     state.finish_run(run.run_id, code, summary.as_dict())
     log_summary(summary, code)
     if metrics_file is not None:
-        _write_run_metrics(metrics_file, state, summary, code, runtime.environment.clock())
+        _write_run_metrics(metrics_file, state, summary, code, runtime.environment.clock(), runtime.pipeline.name)
+    if figures is not None:  # `sync --all` writes every pipeline's figures in one file at the end
+        figures.append(run_figures(state, summary, code, runtime.environment.clock(), runtime.pipeline.name))
 
 
-def _write_run_metrics(path: Path, state: StateStore, summary: RunSummary, code: int, now: float) -> None:
+def run_figures(state: Any, summary: RunSummary, code: int, now: float, account: str) -> RunFigures:
+    """What the metrics file says of a run and the state it left."""
+    cursor = state.cursor()
+    read_through = state.get_meta(READ_THROUGH_KEY)
+    current = max(cursor.created if cursor else 0, int(read_through or 0)) or None
+    checkpoint = state.get_meta(BACKFILL_CHECKPOINT_KEY)
+    unfinished = not json.loads(checkpoint).get("finished") if checkpoint else None
+    return RunFigures(summary.command, code, now, summary.as_dict(), state.dead_letter_count(),
+                      cursor.created if cursor else None, current, state.last_success(summary.command),
+                      stripe_reads_30d=reads_last_30_days(state, now), backfill_unfinished=unfinished, account=account)
+
+
+def _write_run_metrics(path: Path, state: StateStore, summary: RunSummary, code: int, now: float,
+                       account: str) -> None:
     """The run's figures for the textfile collector; a failure to write them is logged, and leaves the run's
     exit code as it is (the path was checked before the run)."""
     try:
-        cursor = state.cursor()
-        read_through = state.get_meta(READ_THROUGH_KEY)
-        current = max(cursor.created if cursor else 0, int(read_through or 0)) or None
-        checkpoint = state.get_meta(BACKFILL_CHECKPOINT_KEY)
-        unfinished = not json.loads(checkpoint).get("finished") if checkpoint else None
-        write_metrics(path, RunFigures(summary.command, code, now, summary.as_dict(), state.dead_letter_count(),
-                                       cursor.created if cursor else None, current,
-                                       state.last_success(summary.command),
-                                       stripe_reads_30d=reads_last_30_days(state, now), backfill_unfinished=unfinished))
+        write_metrics(path, run_figures(state, summary, code, now, account))
     except OSError as exc:
         log.error("Could not write the metrics file %s: %s. Check its directory's space and permissions; the "
                   "next run writes it again.", path, exc.strerror or exc)

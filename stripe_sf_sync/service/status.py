@@ -10,6 +10,7 @@ from typing import Any
 from stripe_sf_sync.config import masked_url
 from stripe_sf_sync.health import Thresholds, assess, iso, last_run, parse_duration, run_view
 from stripe_sf_sync.identity import IDENTITY_KEY, loads
+from stripe_sf_sync.pipelines import pipelines
 from stripe_sf_sync.reads import reads_last_30_days
 from stripe_sf_sync.service.runtime import (
     BACKFILL_CHECKPOINT_KEY,
@@ -32,9 +33,38 @@ def status_report(config_path: Path | None, environment: Environment, *,
                   max_cursor_age: str = "15m", max_dead_letters: int | None = None) -> dict[str, Any]:
     """Cursor and its age, the last run's end, exit code and counts, open dead letters, last API usage, and the
     health verdict (see health.py). Nothing run yet is a report too ("never run"). Reads only (WAL: never blocks
-    sync)."""
+    sync). A config with several accounts (pipelines.py) and no --account gets a report per account under
+    `accounts`, and one verdict: unhealthy when any account is, each problem named by its account."""
     thresholds = Thresholds(parse_duration(max_cursor_age, "--max-cursor-age"), max_dead_letters)
     runtime = Runtime(config_path, environment)
+    if environment.account or not runtime.loaded.settings.stripe.accounts:
+        report = pipeline_report(runtime, thresholds)
+        if runtime.loaded.settings.stripe.accounts:
+            report["account"] = runtime.pipeline.name
+        return report
+    reports = []
+    for pipeline in pipelines(runtime.loaded.settings):
+        report = pipeline_report(runtime.for_pipeline(pipeline), thresholds)
+        reports.append({"account": pipeline.name, **report})
+    return {"state_path": reports[0]["state_path"], "state_backend": reports[0]["state_backend"],
+            "accounts": reports, "health": combined_health(reports, thresholds)}
+
+
+def combined_health(reports: list[dict[str, Any]], thresholds: Thresholds) -> dict[str, Any]:
+    """One verdict over every account's: each problem and warning named by its account, with the commands in it
+    given `--account` (a global option: it goes before the command's name)."""
+    def named(account: str, lines: list[str]) -> list[str]:
+        return [f"{account}: " + line.replace("`stripe-sf ", f"`stripe-sf --account {account} ") for line in lines]
+
+    problems = [p for r in reports for p in named(r["account"], r["health"]["problems"])]
+    warnings = [w for r in reports for w in named(r["account"], r["health"]["warnings"])]
+    return {"healthy": not problems, "problems": problems, "warnings": warnings,
+            "max_cursor_age_s": thresholds.max_cursor_age_s, "max_dead_letters": thresholds.max_dead_letters}
+
+
+def pipeline_report(runtime: Runtime, thresholds: Thresholds) -> dict[str, Any]:
+    """`status` of the runtime's pipeline."""
+    environment = runtime.environment
     budget = runtime.loaded.settings.salesforce.api_budget
     now = environment.clock()
     report: dict[str, Any] = {"state_path": masked_url(runtime.state_url) if runtime.state_url else

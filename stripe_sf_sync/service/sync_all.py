@@ -18,11 +18,19 @@ from typing import Any
 
 from stripe_sf_sync.config import require_org_values
 from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
+from stripe_sf_sync.metrics import RunFigures, write_metrics
 from stripe_sf_sync.pipeline import RunSummary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
 from stripe_sf_sync.pipelines import Pipeline, pipelines
 from stripe_sf_sync.service.recorded import recorded_run
-from stripe_sf_sync.service.runtime import Environment, Runtime, clients, exit_code_for, parse_since
+from stripe_sf_sync.service.runtime import (
+    Environment,
+    Runtime,
+    check_run_metrics,
+    clients,
+    exit_code_for,
+    parse_since,
+)
 from stripe_sf_sync.service.sync import apply_sync
 
 log = logging.getLogger("stripe_sf_sync")
@@ -59,22 +67,41 @@ def worst_exit_code(codes: list[int]) -> int:
 
 
 def run_sync_all(config_path: Path | None, environment: Environment, *, parallel: int, dry_run: bool,
-                 max_events: int | None, since: str | None = None,
+                 max_events: int | None, since: str | None = None, metrics_file: Path | None = None,
                  on_done: Callable[[PipelineRun], None] | None = None) -> list[PipelineRun]:
     """Every pipeline's sync, at most `parallel` at once, in the config's order; `on_done` is called as each
     ends. `since` starts the pipelines that have no cursor yet (the others continue from theirs). Every
-    pipeline's secrets are checked before any network call."""
+    pipeline's secrets are checked before any network call. `metrics_file` gets every pipeline's figures, each
+    labelled with its account, once all have ended."""
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
     since_ts = parse_since(since) if since else None
+    check_run_metrics(metrics_file, dry_run=dry_run)
+    figures: list[RunFigures] = []
     every = [runtime.for_pipeline(p) for p in pipelines(runtime.loaded.settings)]
     _check_secrets(every)
     with stop_on_signals() as stop, ThreadPoolExecutor(max_workers=max(1, parallel),
                                                        thread_name_prefix="stripe-sf-pipeline") as pool:
         futures = [pool.submit(_one, rt, stop, dry_run=dry_run, max_events=max_events, since=since_ts,
-                               on_done=on_done)
+                               figures=figures, on_done=on_done)
                    for rt in every]
-        return [f.result() for f in futures]
+        runs = [f.result() for f in futures]
+    if metrics_file is not None:
+        _write_all_metrics(metrics_file, runs, figures, runtime.environment.clock())
+    return runs
+
+
+def _write_all_metrics(path: Path, runs: list[PipelineRun], figures: list[RunFigures], now: float) -> None:
+    """Every pipeline's figures in one file; a pipeline that failed before its run began has its exit code there
+    too, so that an alert on `stripe_sf_last_run_exit_code` sees it."""
+    recorded = {f.account for f in figures}
+    missing = [RunFigures("sync", r.exit_code, now, {}, None, None, None, None, account=r.pipeline.name)
+               for r in runs if r.pipeline.name not in recorded]
+    try:
+        write_metrics(path, sorted(figures + missing, key=lambda f: f.account))
+    except OSError as exc:
+        log.error("Could not write the metrics file %s: %s. Check its directory's space and permissions; the "
+                  "next run writes it again.", path, exc.strerror or exc)
 
 
 def _check_secrets(runtimes: list[Runtime]) -> None:
@@ -92,24 +119,27 @@ def _check_secrets(runtimes: list[Runtime]) -> None:
 
 
 def _one(runtime: Runtime, stop: Stop, *, dry_run: bool, max_events: int | None, since: int | None,
-         on_done: Callable[[PipelineRun], None] | None) -> PipelineRun:
+         figures: list[RunFigures], on_done: Callable[[PipelineRun], None] | None) -> PipelineRun:
     """One pipeline's recorded sync, as `sync --account` runs it; its error is its result, not the command's."""
     pipeline = runtime.pipeline
     if stop.requested:  # a pipeline that had not started when the signal came does not start
         result = PipelineRun(pipeline, int(stop.exit_code or ExitCode.INTERRUPTED), error="not started: stopped")
     else:
-        result = _run(runtime, pipeline, stop, dry_run=dry_run, max_events=max_events, since=since)
+        result = _run(runtime, pipeline, stop, dry_run=dry_run, max_events=max_events, since=since,
+                      figures=figures)
     if on_done is not None:
         on_done(result)
     return result
 
 
 def _run(runtime: Runtime, pipeline: Pipeline, stop: Stop, *, dry_run: bool, max_events: int | None,
-         since: int | None) -> PipelineRun:
+         since: int | None, figures: list[RunFigures]) -> PipelineRun:
     summary = RunSummary("sync", dry_run=dry_run)
     try:
         source, sf_factory = clients(runtime)
-        with recorded_run(runtime, summary, source, sf_factory, stop=stop) as run:
+        # list.append is atomic: the pipelines' threads add their figures to one list
+        with recorded_run(runtime, summary, source, sf_factory, stop=stop,
+                          figures=None if dry_run else figures) as run:
             first = since if run.state.cursor() is None else None  # --since starts only a new pipeline
             apply_sync(run, runtime, since=first, max_events=max_events, stop=stop)
     except StripeSfError as exc:

@@ -366,10 +366,10 @@ def health_check(cfg: Path, env: dict[str, str], max_age: str = "1h") -> tuple[i
 
 
 def prom_values(path: Path) -> dict[str, float]:
-    """The metrics file's samples by name (one command per file here)."""
+    """The metrics file's samples by name (one command and one pipeline per file here)."""
     from prometheus_client.parser import text_string_to_metric_families
     return {s.name: s.value for f in text_string_to_metric_families(path.read_text()) for s in f.samples
-            if len(s.labels) == 1}
+            if set(s.labels) == {"command", "account"}}
 
 
 def assert_reported_behind(cfg: Path, env: dict[str, str], prom: Path) -> None:
