@@ -62,6 +62,12 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("account_mrr", "Account", None, "Currency(16, 2)", CURRENCY, UPDATE),
     FieldSpec("account_customer_deleted", "Account", None, "Checkbox", frozenset({"boolean"}), UPDATE),
     FieldSpec("task_event_id", "Task", "Stripe_Event_ID__c", "Text(255)", TEXT, ("create",), "task", optional=True),
+    # The Stripe account a record belongs to (issue 26): written on what stripe-sf creates or updates, and every
+    # Opportunity and Task lookup matches only its account's records (and untagged ones). An Account may hold
+    # customers of several accounts (a company buying from two brands): only an Account stripe-sf creates gets it
+    # (identity.create_accounts), and Accounts are found without it.
+    FieldSpec("stripe_account", "Opportunity", None, "Text(255)", TEXT, WRITE),
+    FieldSpec("stripe_account", "Task", None, "Text(255)", TEXT, ("create",)),
 )
 _DEFAULTS = {spec.key: spec.default for spec in FIELDS}
 
@@ -96,6 +102,9 @@ class FieldNames(BaseModel):
     # Set to true when the Account's customer is deleted in Stripe (issue 25); None: nothing is marked (its later
     # events are left unapplied all the same).
     account_customer_deleted: FieldName | None = None
+    # The Stripe account id of the pipeline that writes a record (issue 26), e.g. Stripe_Account_ID__c on the
+    # Opportunity and the Task; None: nothing is written, and lookups match every account's records.
+    stripe_account: FieldName | None = None
 
 
 def configured(names: FieldNames) -> Iterator[tuple[FieldSpec, str]]:
