@@ -64,8 +64,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("task_event_id", "Task", "Stripe_Event_ID__c", "Text(255)", TEXT, ("create",), "task", optional=True),
     # The Stripe account a record belongs to (issue 26): written on what stripe-sf creates or updates, and every
     # Opportunity and Task lookup matches only its account's records (and untagged ones). An Account may hold
-    # customers of several accounts (a company buying from two brands): only an Account stripe-sf creates gets it
-    # (identity.create_accounts), and Accounts are found without it.
+    # customers of several accounts (a company buying from two brands): Accounts are found without it, and not
+    # tagged.
     FieldSpec("stripe_account", "Opportunity", None, "Text(255)", TEXT, WRITE),
     FieldSpec("stripe_account", "Task", None, "Text(255)", TEXT, ("create",)),
 )
