@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from stripe_sf_sandbox.salesforce_server import FieldDef, SalesforceOrg
 from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync import service
 from stripe_sf_sync.config import FieldNames
+from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.records import LookupRequest
 from stripe_sf_sync.salesforce.lookups import account_filter, lookup_statements
 from stripe_sf_sync.salesforce.org import field_needs
@@ -152,3 +155,31 @@ def test_setup_creates_the_field_on_the_opportunity_and_the_task() -> None:
     specs = {field_spec(n).subject: field_spec(n) for n in field_needs(FieldNames(stripe_account=FIELD))}
     assert specs[f"Opportunity.{FIELD}"].type == specs[f"Task.{FIELD}"].type == "Text"
     assert specs[f"Task.{FIELD}"].length == 255
+
+
+def test_a_pipeline_named_in_stripe_accounts_tags_with_its_account_and_backfill_too(tmp_path, env, org,
+                                                                                   stripe_sb: StripeSandbox):
+    """A config naming its accounts: the records carry the pipeline's id; backfill goes through the same settings
+    as sync."""
+    tagged_org(org)
+    t = int(time.time()) - 2 * DAY
+    f = StripeFactory(stripe_sb, seed=30)
+    cus, _ = customer(f, org, "Backco", t)
+    sub = f.subscription(cus, [(f.price(4000), 1)], created=t)
+    config = configured(tmp_path, env)
+    named = f"stripe:\n  accounts:\n    - id: {stripe_sb.account_id}\n"
+    config.write_text(config.read_text().replace("stripe:\n", named, 1))
+    summary = service.run_backfill(config, env, since=time.strftime("%Y-%m-%d", time.gmtime(t - DAY)), until=None,
+                                   objects="subscriptions", dry_run=False, resume=False)
+    assert summary.dead_lettered == 0
+    [opp] = [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == sub["id"]]
+    assert opp[FIELD] == stripe_sb.account_id
+
+
+def test_a_configured_field_the_org_lacks_is_named_before_anything_is_written(tmp_path, env, org,
+                                                                               stripe_sb: StripeSandbox):
+    config = configured(tmp_path, env)  # the org has no such field
+    t = int(time.time()) - 2 * DAY
+    with pytest.raises(ConfigError, match=f"Opportunity.{FIELD}"):
+        service.run_sync(config, env, since=time.strftime("%Y-%m-%d", time.gmtime(t)), dry_run=False,
+                         max_events=None)
