@@ -64,10 +64,15 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("task_event_id", "Task", "Stripe_Event_ID__c", "Text(255)", TEXT, ("create",), "task", optional=True),
     # The Stripe account a record belongs to (issue 26): written on what stripe-sf creates or updates, and every
     # Opportunity and Task lookup matches only its account's records (and untagged ones). An Account may hold
-    # customers of several accounts (a company buying from two brands): Accounts are found without it, and not
-    # tagged.
+    # customers of several accounts (a company buying from two brands): Accounts are found without it, and only
+    # those stripe-sf creates are tagged (CREATED_ACCOUNT_FIELDS).
     FieldSpec("stripe_account", "Opportunity", None, "Text(255)", TEXT, WRITE),
     FieldSpec("stripe_account", "Task", None, "Text(255)", TEXT, ("create",)),
+)
+# Fields needed only when stripe-sf creates Accounts (identity.create_accounts): the Account it creates carries
+# the Stripe account of the pipeline that created it (the Accounts it finds are never tagged).
+CREATED_ACCOUNT_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("stripe_account", "Account", None, "Text(255)", TEXT, ("create",)),
 )
 _DEFAULTS = {spec.key: spec.default for spec in FIELDS}
 
@@ -107,10 +112,10 @@ class FieldNames(BaseModel):
     stripe_account: FieldName | None = None
 
 
-def configured(names: FieldNames) -> Iterator[tuple[FieldSpec, str]]:
+def configured(names: FieldNames, *, creates_accounts: bool = False) -> Iterator[tuple[FieldSpec, str]]:
     """Each field of FIELDS with the API name `names` gives it, in FIELDS' order; optional ones left unnamed are
-    left out."""
-    for spec in FIELDS:
+    left out. `creates_accounts` (identity.create_accounts): with CREATED_ACCOUNT_FIELDS."""
+    for spec in (*FIELDS, *(CREATED_ACCOUNT_FIELDS if creates_accounts else ())):
         name = getattr(names, spec.key)
         if name is not None:
             yield spec, name

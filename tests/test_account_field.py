@@ -183,3 +183,39 @@ def test_a_configured_field_the_org_lacks_is_named_before_anything_is_written(tm
     with pytest.raises(ConfigError, match=f"Opportunity.{FIELD}"):
         service.run_sync(config, env, since=time.strftime("%Y-%m-%d", time.gmtime(t)), dry_run=False,
                          max_events=None)
+
+
+def created_accounts_config(tmp_path, env):
+    config = configured(tmp_path, env)
+    text = config.read_text()
+    assert "create_accounts: false" in text
+    config.write_text(text.replace("create_accounts: false", "create_accounts: true"))
+    return config
+
+
+def test_an_account_stripe_sf_creates_carries_the_account_and_the_org_must_have_it(tmp_path, env, org,
+                                                                                  stripe_sb: StripeSandbox):
+    """identity.create_accounts: the Account it creates is tagged, so the field is needed on Account then (the
+    org check names it before anything is written); the Accounts it finds are never tagged."""
+    tagged_org(org)
+    t = int(time.time()) - 2 * DAY
+    f = StripeFactory(stripe_sb, seed=31)
+    cus = f.customer("Newco", "billing@newco.example", created=t - DAY)
+    f.subscription_created(f.subscription(cus["id"], [(f.price(2000), 1)], created=t), t)
+    found_cus, found = customer(f, org, "Foundco", t)
+    f.subscription_created(f.subscription(found_cus, [(f.price(2500), 1)], created=t + 1), t + 1)
+    config = created_accounts_config(tmp_path, env)
+    with pytest.raises(ConfigError, match=f"Account.{FIELD}"):
+        sync(config, env, t)
+    assert not [a for a in org.records("Account") if a.get("Stripe_Customer_ID__c") == cus["id"]]
+    org.schema["Account"][FIELD] = FieldDef(FIELD, "string", length=255)
+    sync(config, env, t)
+    [made] = [a for a in org.records("Account") if a.get("Stripe_Customer_ID__c") == cus["id"]]
+    assert made[FIELD] == stripe_sb.account_id
+    assert org.get("Account", found).get(FIELD) in (None, "")
+
+
+def test_setup_creates_the_account_field_only_when_stripe_sf_creates_accounts() -> None:
+    names = FieldNames(stripe_account=FIELD)
+    assert f"Account.{FIELD}" not in {n.subject for n in field_needs(names)}
+    assert f"Account.{FIELD}" in {n.subject for n in field_needs(names, creates_accounts=True)}

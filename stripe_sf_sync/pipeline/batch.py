@@ -90,7 +90,8 @@ def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: Batc
     """Resolve the planned intents against Salesforce, write them, and record each event's outcome."""
     write_settings = _write_settings(planned, ports, settings)
     planned, found = _find(planned, ports, settings, result, task_keyed=write_settings.task_keyed)
-    created, made = create_missing(planned, found, ports, settings.identity, settings.names)
+    created, made = create_missing(planned, found, ports, settings.identity, settings.names,
+                                   settings.rules.stripe_account)
     if ports.writer.sends:
         result.records_written += made
     materializer = Materializer(found, write_settings)
