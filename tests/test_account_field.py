@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from simple_salesforce import Salesforce
 
 from stripe_sf_sandbox.salesforce_server import FieldDef, SalesforceOrg
 from stripe_sf_sandbox.stripe_factory import StripeFactory
@@ -15,9 +16,11 @@ from stripe_sf_sync import service
 from stripe_sf_sync.config import FieldNames
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.records import LookupRequest
+from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 from stripe_sf_sync.salesforce.lookups import account_filter, lookup_statements
 from stripe_sf_sync.salesforce.org import field_needs
 from stripe_sf_sync.setup.plan import field_spec
+from stripe_sf_sync.setup.run import run_setup
 
 from .conftest import write_config
 
@@ -219,3 +222,15 @@ def test_setup_creates_the_account_field_only_when_stripe_sf_creates_accounts() 
     names = FieldNames(stripe_account=FIELD)
     assert f"Account.{FIELD}" not in {n.subject for n in field_needs(names)}
     assert f"Account.{FIELD}" in {n.subject for n in field_needs(names, creates_accounts=True)}
+
+
+def test_setup_apply_creates_the_field_in_the_org(sf_sb) -> None:
+    """`setup --apply` against the stand-in: the field on Opportunity and Task (an Activity field in metadata)."""
+    sf = Salesforce(instance_url=sf_sb.instance_url, session_id=sf_sb.org.new_access_token(), session=sf_sb.session(),
+                    version="62.0")
+    applied = run_setup(SalesforceGateway(sf, sleep=lambda s: None), FieldNames(stripe_account=FIELD),
+                        api_version="62.0", apply=True, assign="integration@stripe-sf.sandbox")
+    assert applied.deployed is not None and applied.deployed.success
+    assert {f"CustomField Opportunity.{FIELD}: created", f"CustomField Activity.{FIELD}: created"} <= {
+        str(c) for c in applied.deployed.components}
+    assert sf_sb.org.schema["Opportunity"][FIELD].type == sf_sb.org.schema["Task"][FIELD].type == "string"
