@@ -350,6 +350,8 @@ class OrgCheck:
         self.described = False  # describe was read in this run (so the facts are as fresh as can be)
         s = loaded.settings
         self._key = f"{s.salesforce.won_stage}|{s.record_type_id()}|{s.salesforce.fields.model_dump_json()}"
+        if s.identity.create_accounts and s.salesforce.fields.stripe_account:
+            self._key += "|creates-accounts"  # the created Accounts' field is then needed (CREATED_ACCOUNT_FIELDS)
 
     def facts(self, describer: Describer, *, refresh: bool = False) -> OrgFacts:
         """The facts, checking the org (and raising its config error) when the cache cannot answer."""
