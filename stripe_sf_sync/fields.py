@@ -62,6 +62,17 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("account_mrr", "Account", None, "Currency(16, 2)", CURRENCY, UPDATE),
     FieldSpec("account_customer_deleted", "Account", None, "Checkbox", frozenset({"boolean"}), UPDATE),
     FieldSpec("task_event_id", "Task", "Stripe_Event_ID__c", "Text(255)", TEXT, ("create",), "task", optional=True),
+    # The Stripe account a record belongs to (issue 26): written on what stripe-sf creates or updates, and every
+    # Opportunity and Task lookup matches only its account's records (and untagged ones). An Account may hold
+    # customers of several accounts (a company buying from two brands): Accounts are found without it, and only
+    # those stripe-sf creates are tagged (CREATED_ACCOUNT_FIELDS).
+    FieldSpec("stripe_account", "Opportunity", None, "Text(255)", TEXT, WRITE),
+    FieldSpec("stripe_account", "Task", None, "Text(255)", TEXT, ("create",)),
+)
+# Fields needed only when stripe-sf creates Accounts (identity.create_accounts): the Account it creates carries
+# the Stripe account of the pipeline that created it (the Accounts it finds are never tagged).
+CREATED_ACCOUNT_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("stripe_account", "Account", None, "Text(255)", TEXT, ("create",)),
 )
 _DEFAULTS = {spec.key: spec.default for spec in FIELDS}
 
@@ -96,12 +107,15 @@ class FieldNames(BaseModel):
     # Set to true when the Account's customer is deleted in Stripe (issue 25); None: nothing is marked (its later
     # events are left unapplied all the same).
     account_customer_deleted: FieldName | None = None
+    # The Stripe account id of the pipeline that writes a record (issue 26), e.g. Stripe_Account_ID__c on the
+    # Opportunity and the Task; None: nothing is written, and lookups match every account's records.
+    stripe_account: FieldName | None = None
 
 
-def configured(names: FieldNames) -> Iterator[tuple[FieldSpec, str]]:
+def configured(names: FieldNames, *, creates_accounts: bool = False) -> Iterator[tuple[FieldSpec, str]]:
     """Each field of FIELDS with the API name `names` gives it, in FIELDS' order; optional ones left unnamed are
-    left out."""
-    for spec in FIELDS:
+    left out. `creates_accounts` (identity.create_accounts): with CREATED_ACCOUNT_FIELDS."""
+    for spec in (*FIELDS, *(CREATED_ACCOUNT_FIELDS if creates_accounts else ())):
         name = getattr(names, spec.key)
         if name is not None:
             yield spec, name

@@ -140,6 +140,8 @@ class LookupRequest:
     contact_ids: frozenset[str] = frozenset()
     task_keys: frozenset[str] = frozenset()  # Task keys that may exist (only when the org has the key field)
     reads: FieldReads = FieldReads()
+    # The pipeline's Stripe account (issue 26): Opportunities and Tasks tagged with another are not read.
+    stripe_account: str | None = None
 
 
 @dataclass(frozen=True)

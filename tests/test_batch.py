@@ -74,7 +74,7 @@ class Records:
         return OrgFacts(task_keyed=True)
 
     def find(self, names: FieldNames, intents: Any, *, task_keyed: bool, legacy_events: Any = None,
-             reads: Any = None) -> Lookups:
+             reads: Any = None, stripe_account: Any = None) -> Lookups:
         found = Lookups(task_keys=set(self.task_keys))
         found.add_account(ACCOUNT)
         return found

@@ -90,7 +90,8 @@ def _write(planned: Planned, ports: Ports, settings: BatchSettings, result: Batc
     """Resolve the planned intents against Salesforce, write them, and record each event's outcome."""
     write_settings = _write_settings(planned, ports, settings)
     planned, found = _find(planned, ports, settings, result, task_keyed=write_settings.task_keyed)
-    created, made = create_missing(planned, found, ports, settings.identity, settings.names)
+    created, made = create_missing(planned, found, ports, settings.identity, settings.names,
+                                   settings.rules.stripe_account)
     if ports.writer.sends:
         result.records_written += made
     materializer = Materializer(found, write_settings)
@@ -141,7 +142,9 @@ def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: Batch
     intents = [it for _, _, plan in planned for it in plan.intents]
     legacy = _legacy_events(planned, settings.legacy_task_keys_before)
     reads = FieldReads(settings.rules.mapping.read_fields("Opportunity"), settings.rules.mapping.read_fields("Account"))
-    found = ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy, reads=reads)
+    account = settings.rules.stripe_account
+    found = ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy, reads=reads,
+                              stripe_account=account)
     late = {i for i, (_, change, plan) in enumerate(planned) if _customer_still_needed(change, plan, found)}
     if not late:
         return planned, found
@@ -155,7 +158,7 @@ def _find(planned: Planned, ports: Ports, settings: BatchSettings, result: Batch
     result.customers.extend(ports.hydrator.fresh_customers())
     intents = [it for _, _, plan in again for it in plan.intents]
     return again, ports.lookup.find(settings.names, intents, task_keyed=task_keyed, legacy_events=legacy,
-                                    reads=reads)
+                                    reads=reads, stripe_account=account)
 
 
 def _legacy_events(planned: Planned, before: int | None) -> set[str] | None:
@@ -185,7 +188,8 @@ def _write_settings(planned: Planned, ports: Ports, settings: BatchSettings) -> 
         org = ports.lookup.org_facts(refresh=True)
     return WriteSettings(settings.names, settings.record_type_id, org.task_keyed, coalesce=settings.coalesce,
                          currencies=org.currencies, org_currency=org.currency,
-                         write_as_is=settings.currency_mismatch == "write_as_is", mapping=settings.rules.mapping)
+                         write_as_is=settings.currency_mismatch == "write_as_is", mapping=settings.rules.mapping,
+                         stripe_account=settings.rules.stripe_account)
 
 
 def _materialize(planned: Planned, materializer: Materializer) -> dict[str, tuple[str, str]]:

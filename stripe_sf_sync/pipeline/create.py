@@ -102,9 +102,10 @@ def newcomers(planned: Planned, found: Lookups, ports: Ports, *, contacts: bool)
 
 
 def create_missing(planned: Planned, found: Lookups, ports: Ports, identity: IdentitySettings,
-                   names: FieldNames) -> tuple[Failures, int]:
+                   names: FieldNames, stripe_account: str | None = None) -> tuple[Failures, int]:
     """Create the Accounts (and Contacts) the batch's customers lack, add them to `found`; the events whose
-    creation failed, with why, and how many records were written."""
+    creation failed, with why, and how many records were written. An Account created here carries
+    `stripe_account` in names.stripe_account (the org check requires the field then: CREATED_ACCOUNT_FIELDS)."""
     if not identity.create_accounts:
         return {}, 0
     wanted = newcomers(planned, found, ports, contacts=identity.create_contacts)
@@ -116,6 +117,8 @@ def create_missing(planned: Planned, found: Lookups, ports: Ports, identity: Ide
             continue  # nothing to name it by: NO_ACCOUNT, as without creation
         fields: dict[str, Any] = {"Name": name, **({"OwnerId": identity.default_owner_id}
                                                    if identity.default_owner_id else {})}
+        if names.stripe_account and stripe_account:
+            fields[names.stripe_account] = stripe_account
         ops.append(SfOp("upsert", "Account", n.customer_id, fields, names.customer_id, events=list(n.events),
                         label=f"Account {names.customer_id}={n.customer_id} (create)"))
     if not ops:

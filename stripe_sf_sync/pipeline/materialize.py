@@ -45,6 +45,13 @@ class WriteSettings:
     org_currency: str | None = None
     write_as_is: bool = False
     mapping: FieldMapping = field(default_factory=FieldMapping)  # salesforce.mapping: what is written, who owns it
+    stripe_account: str | None = None  # the pipeline's Stripe account id (RuleContext.stripe_account)
+
+    def account_tag(self) -> dict[str, str]:
+        """The Stripe account field and its value every Opportunity and Task write carries, when both are known."""
+        if self.names.stripe_account is None or self.stripe_account is None:
+            return {}
+        return {self.names.stripe_account: self.stripe_account}
 
 
 class Unresolvable(Exception):
@@ -184,6 +191,7 @@ class Materializer:
             ctx = WriteContext(False, current={}, forced=it.forced)
             fields, why = self._owned("Opportunity", {**it.fields, **currency}, ctx, it.source, it.currency)
             fields.pop(pending.ext_field or "", None)
+            fields.update(self.settings.account_tag())
             return [SfOp(pending.kind, "Opportunity", pending.key, fields, pending.ext_field, label=pending.label,
                          why=why)]
         opp = self._opportunity(it)
@@ -198,6 +206,8 @@ class Materializer:
             fields, why = self._owned("Opportunity", {**it.fields, **currency}, ctx, it.source, it.currency)
             if not fields:
                 return []
+            # Tagged on its next write: a record written before the field existed (lookups match it) gets it now.
+            fields.update(self.settings.account_tag())
             return [SfOp("update", "Opportunity", opp.id, fields, label=f"Opportunity {opp.id} ({it.key})", why=why)]
         if not it.may_create:
             # A value update of a subscription no Opportunity tracks (it predates the first sync, or its
@@ -218,6 +228,9 @@ class Materializer:
         fields, why = self._owned("Opportunity", computed, WriteContext(True, forced=it.forced), it.source,
                                   it.currency)
         fields.pop(ext, None)  # the external id travels as the upsert key, not in the body
+        # An upsert by the Stripe id cannot land on another account's Opportunity: Stripe's object ids are unique
+        # across accounts, so no other account's record holds this key (no check needed).
+        fields.update(self.settings.account_tag())
         return [SfOp("upsert", "Opportunity", it.key, fields, ext, label=f"Opportunity {ext}={it.key} (create)",
                      why=why)]
 
@@ -278,6 +291,7 @@ class Materializer:
     def _task_create(self, it: TaskIntent, computed: dict[str, Any]) -> list[SfOp]:
         """A Task is created once and never written again: the mapping adds fields or leaves some out."""
         fields, why = self._owned("Task", computed, WriteContext(True), it.source)
+        fields.update(self.settings.account_tag())
         return [SfOp("create", "Task", it.key, fields, label=f"Task {it.key}", why=why)]
 
     def add_event(self, event_id: str, intents: Sequence[Intent]) -> Unresolvable | None:

@@ -60,10 +60,12 @@ class RecordLookup(Protocol):
         """The org's facts (checked against the config; raises its ConfigError)."""
 
     def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
-             legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads()) -> Lookups:
+             legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads(),
+             stripe_account: str | None = None) -> Lookups:
         """Every record the intents name, in a few calls for the whole batch; the Tasks of `legacy_events`
         (None: of every event) also by the key an earlier version gave them (salesforce/lookups.py: task_keys_of);
-        with the values of the fields in `reads` (the mapping's `if_empty`)."""
+        with the values of the fields in `reads` (the mapping's `if_empty`); with `stripe_account` and
+        names.stripe_account, no Opportunity or Task of another Stripe account."""
 
     def wrote_account(self, account_id: str, fields: dict[str, Any], names: FieldNames) -> None:
         """An Account update succeeded: later batches of the run compare with what it now holds."""

@@ -22,6 +22,7 @@ from stripe_sf_sync.pipeline.stop import Aborted, Stop
 from stripe_sf_sync.reconcile.spill import Spill, sf_decimal, text
 from stripe_sf_sync.rules.status import status_rank
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway
+from stripe_sf_sync.salesforce.lookups import account_filter
 from stripe_sf_sync.salesforce_ids import to_18
 from stripe_sf_sync.sources.synthetic import relevant, slim, synthetic_event
 from stripe_sf_sync.state import Outcome
@@ -169,15 +170,18 @@ def soql_pages(gw: SalesforceGateway, soql: str) -> Iterator[list[dict[str, Any]
 
 
 def read_salesforce(spill: Spill, gw: SalesforceGateway, names: FieldNames, *, multi_currency: bool,
-                    accounts: bool, stop: Stop | None = None) -> None:
-    """The Opportunities that carry a Stripe subscription or PaymentIntent id, and the Accounts that carry a
-    Stripe customer id. A multi-currency org says each Opportunity's currency (CurrencyIsoCode); a
-    single-currency org has no such field, and asking for it fails (api-facts.md §12)."""
+                    accounts: bool, stop: Stop | None = None, stripe_account: str | None = None) -> None:
+    """The Opportunities that carry a Stripe subscription or PaymentIntent id (with `stripe_account` and
+    names.stripe_account: none tagged with another Stripe account, issue 26), and the Accounts that carry a
+    Stripe customer id (never filtered by account: one Account may hold customers of several). A multi-currency
+    org says each Opportunity's currency (CurrencyIsoCode); a single-currency org has no such field, and asking
+    for it fails (api-facts.md §12)."""
     currency = ", CurrencyIsoCode" if multi_currency else ""
-    # Field names come from validated config (an identifier pattern), never from Stripe.
+    # Field names come from validated config (an identifier pattern), never from Stripe; the account is escaped.
     soql = (f"SELECT Id, StageName, IsWon, Amount, {names.mrr}, {names.arr}, {names.subscription_id}, "  # noqa: S608
             f"{names.payment_intent_id}{currency} FROM Opportunity "
-            f"WHERE {names.subscription_id} != null OR {names.payment_intent_id} != null")
+            f"WHERE ({names.subscription_id} != null OR {names.payment_intent_id} != null)"
+            f"{account_filter(names, stripe_account)}")
     for records in soql_pages(gw, soql):
         spill.put("opps", [(to_18(r["Id"]), r.get("StageName"), int(bool(r.get("IsWon"))),
                             text(sf_decimal(r.get("Amount"))), text(sf_decimal(r.get(names.mrr))),

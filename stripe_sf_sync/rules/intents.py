@@ -19,6 +19,9 @@ class RuleContext:
     dashboard_url: str = "https://dashboard.stripe.com"
     refunded_stage: str | None = None  # salesforce.refunded_stage: a fully refunded payment's stage
     mapping: FieldMapping = field(default_factory=FieldMapping)  # salesforce.mapping (mapping.py)
+    # The pipeline's Stripe account id (issue 26): its records carry it in salesforce.fields.stripe_account, and
+    # its lookups match only that account's records (and untagged ones). None: not known, nothing is tagged.
+    stripe_account: str | None = None
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,24 @@ IN_CHUNK = 200  # values per IN (...): keeps the GET query URL well under Salesf
 LookupKind = Literal["account", "opportunity", "contact", "task"]
 
 
-def _selects(fields: str, sobject: str, where_field: str, values: Iterable[str]) -> list[str]:
+def _selects(fields: str, sobject: str, where_field: str, values: Iterable[str], also: str = "") -> list[str]:
     """SELECT … WHERE field IN (…) statements, IN_CHUNK values each, literals escaped by
-    simple_salesforce.format_soql (never pasted into the statement)."""
+    simple_salesforce.format_soql (never pasted into the statement); `also`: a condition ANDed on, escaped."""
     uniq = sorted({v for v in values if v})
     # Field and object names come from validated config (an identifier pattern), never from Stripe.
     return [format_soql(f"SELECT {fields} FROM {sobject} WHERE {where_field} IN {{values}}",  # noqa: S608
-                        values=uniq[i:i + IN_CHUNK]) for i in range(0, len(uniq), IN_CHUNK)]
+                        values=uniq[i:i + IN_CHUNK]) + also for i in range(0, len(uniq), IN_CHUNK)]
+
+
+def account_filter(names: FieldNames, stripe_account: str | None) -> str:
+    """` AND (<field> = '<acct>' OR <field> = null)`: the condition that keeps another Stripe account's
+    Opportunities and Tasks out of a lookup (issue 26), and still finds a record written before the field
+    existed (it is tagged on its next write). Empty when the field or the account is not known. Accounts are
+    never filtered: one Account may hold customers of several Stripe accounts (a company buying from two brands)."""
+    if names.stripe_account is None or stripe_account is None:
+        return ""
+    field = names.stripe_account  # validated config (an identifier pattern); the value is escaped
+    return str(format_soql(f" AND ({field} = {{}} OR {field} = null)", stripe_account))
 
 
 def lookup_statements(request: LookupRequest, names: FieldNames) -> list[tuple[LookupKind, str]]:
@@ -61,15 +72,16 @@ def lookup_statements(request: LookupRequest, names: FieldNames) -> list[tuple[L
     # Opportunities named in metadata bring their Account (parent relationship fields, in the same
     # statement): an object naming only its Opportunity resolves its Account without its customer.
     by_id_select = ", ".join([o_select, *(f"Account.{f}" for f in dict.fromkeys(a_fields))])
-    opportunities = (_selects(by_id_select, "Opportunity", "Id", request.opportunity_ids)
-                     + _selects(o_select, "Opportunity", names.subscription_id, request.subscription_ids)
-                     + _selects(o_select, "Opportunity", names.payment_intent_id, request.payment_intent_ids)
-                     + _selects(o_select, "Opportunity", names.customer_id, request.opportunity_customer_ids))
+    mine = account_filter(names, request.stripe_account)
+    opportunities = (_selects(by_id_select, "Opportunity", "Id", request.opportunity_ids, mine)
+                     + _selects(o_select, "Opportunity", names.subscription_id, request.subscription_ids, mine)
+                     + _selects(o_select, "Opportunity", names.payment_intent_id, request.payment_intent_ids, mine)
+                     + _selects(o_select, "Opportunity", names.customer_id, request.opportunity_customer_ids, mine))
     contacts = _selects("Id", "Contact", "Id", request.contact_ids)
     # Whether a Task exists is asked by SOQL, never by an upsert: an upsert re-sends every field and would
     # undo what a person did to the Task, and on a non-Unique External ID it needs "View All Data"; a plain
     # query works whatever the field is (REST API, "Insert or Update (Upsert) a Record Using an External ID").
-    tasks = _selects(names.task_event_id, "Task", names.task_event_id, request.task_keys)
+    tasks = _selects(names.task_event_id, "Task", names.task_event_id, request.task_keys, mine)
     kinds: list[tuple[LookupKind, list[str]]] = [("account", accounts), ("opportunity", opportunities),
                                                   ("contact", contacts), ("task", tasks)]
     return [(kind, soql) for kind, statements in kinds for soql in statements]
@@ -213,7 +225,8 @@ def task_keys_of(intents: Iterable[Intent], legacy_events: Collection[str] | Non
 
 
 def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_keyed: bool,
-                   legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads()) -> LookupRequest:
+                   legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads(),
+                   stripe_account: str | None = None) -> LookupRequest:
     """What the intents need read: Accounts by Id and customer (those not in `accounts`), Opportunities by
     Id, subscription, payment and customer, Contacts, and (`task_keyed`: the org has the Task key field) the
     Task keys that may exist already."""
@@ -245,18 +258,20 @@ def lookup_request(intents: Sequence[Intent], accounts: AccountCache, *, task_ke
         customer_ids=frozenset(customers - accounts.by_customer.keys()),
         opportunity_ids=frozenset(opp_ids), subscription_ids=frozenset(subs), payment_intent_ids=frozenset(payments),
         opportunity_customer_ids=frozenset(opp_customers), contact_ids=frozenset(contacts),
-        task_keys=frozenset(task_keys_of(intents, legacy_events) if task_keyed else ()), reads=reads)
+        task_keys=frozenset(task_keys_of(intents, legacy_events) if task_keyed else ()), reads=reads,
+        stripe_account=stripe_account)
 
 
 def find(port: LookupReader, names: FieldNames, intents: Sequence[Intent], accounts: AccountCache, *,
-         task_keyed: bool, legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads()) -> Lookups:
+         task_keyed: bool, legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads(),
+         stripe_account: str | None = None) -> Lookups:
     """The batch's lookups: what `accounts` holds already, and what `port` reads (which `accounts` then
     remembers for the run's later batches). `legacy_events`: see `task_keys_of`; `reads`: the fields whose
     values the mapping needs (an Account cached without them is read again)."""
     if reads.account:
         accounts.want(reads.account)
     read = port.lookup(lookup_request(intents, accounts, task_keyed=task_keyed, legacy_events=legacy_events,
-                                      reads=reads), names)
+                                      reads=reads, stripe_account=stripe_account), names)
     cached = Lookups()
     for row in [accounts.by_id.get(it.account.account_id or "") for it in intents] + [
             accounts.by_customer.get(it.account.customer_id or "") for it in intents]:
@@ -289,11 +304,13 @@ class SalesforceRecords:
         return self._org.facts(self._access.get(), refresh=refresh)
 
     def find(self, names: FieldNames, intents: Sequence[Intent], *, task_keyed: bool,
-             legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads()) -> Lookups:
-        """The records the intents name (`legacy_events`: task_keys_of; `reads`: the mapping's fields)."""
+             legacy_events: Collection[str] | None = None, reads: FieldReads = FieldReads(),
+             stripe_account: str | None = None) -> Lookups:
+        """The records the intents name (`legacy_events`: task_keys_of; `reads`: the mapping's fields;
+        `stripe_account`: no Opportunity or Task of another account)."""
         gw = self._access.get()
         found = find(SoqlLookups(gw), names, intents, self._accounts, task_keyed=task_keyed,
-                     legacy_events=legacy_events, reads=reads)
+                     legacy_events=legacy_events, reads=reads, stripe_account=stripe_account)
         account_ids, customer_ids = unresolved(intents, found)
         if account_ids or customer_ids:  # merged away? (salesforce/merges.py)
             follow_merges(found, account_ids, customer_ids, names,

@@ -97,10 +97,12 @@ class FieldNeed:
         return f"{self.sobject}.{self.name}"
 
 
-def field_needs(names: FieldNames) -> list[FieldNeed]:
-    """Every configured field, with what stripe-sf needs of it (stripe_sf_sync.fields.FIELDS, in its order)."""
+def field_needs(names: FieldNames, *, creates_accounts: bool = False) -> list[FieldNeed]:
+    """Every configured field, with what stripe-sf needs of it (stripe_sf_sync.fields.FIELDS, in its order; with
+    `creates_accounts`, identity.create_accounts, the fields of the Accounts it creates)."""
     return [FieldNeed(spec.sobject, name, spec.kind, spec.types, spec.writes, spec.role, optional=spec.optional,
-                      holds_status=spec.holds_status) for spec, name in configured(names)]
+                      holds_status=spec.holds_status)
+            for spec, name in configured(names, creates_accounts=creates_accounts)]
 
 
 FieldsByObject = Mapping[str, Mapping[str, Mapping[str, Any]]]
@@ -116,7 +118,7 @@ def check_org(describer: Describer, loaded: LoadedConfig) -> OrgFacts:
     described = describer.describe_many(["Opportunity", "Account", "Task"], queries={"Organization": ORG_CURRENCY_SOQL})
     by_obj = fields_by_object(described)
     s = loaded.settings.salesforce
-    fields = field_problems(by_obj, s.fields)
+    fields = field_problems(by_obj, s.fields, creates_accounts=loaded.settings.identity.create_accounts)
     problems = [*fields, *stage_problems(s.won_stage or "", by_obj["Opportunity"].get("stagename") or {}),
                 *refunded_stage_problems(s.refunded_stage, by_obj["Opportunity"].get("stagename") or {}),
                 *record_type_problems(loaded, described["Opportunity"].get("recordTypeInfos", []))]
@@ -162,12 +164,14 @@ def org_currency(page: Mapping[str, Any] | None) -> str | None:
     return code.upper() if isinstance(code, str) and len(code) == 3 else None
 
 
-def field_problems(by_obj: FieldsByObject, names: FieldNames, *, thorough: bool = False) -> list[OrgProblem]:
+def field_problems(by_obj: FieldsByObject, names: FieldNames, *, thorough: bool = False,
+                   creates_accounts: bool = False) -> list[OrgProblem]:
     """What is wrong with the configured fields. What a run cannot do without (a missing field, an upsert
     key that is no External ID, a Task key that cannot be filtered or written) is checked by every sync;
     `thorough` adds what `stripe-sf doctor` checks too: types, Unique, field-level security, and the
     subscription statuses the status field accepts."""
-    return [p for need in field_needs(names) for p in need_problems(need, by_obj, thorough=thorough)]
+    return [p for need in field_needs(names, creates_accounts=creates_accounts)
+            for p in need_problems(need, by_obj, thorough=thorough)]
 
 
 def need_problems(need: FieldNeed, by_obj: FieldsByObject, *, thorough: bool = False) -> list[OrgProblem]:
@@ -346,6 +350,8 @@ class OrgCheck:
         self.described = False  # describe was read in this run (so the facts are as fresh as can be)
         s = loaded.settings
         self._key = f"{s.salesforce.won_stage}|{s.record_type_id()}|{s.salesforce.fields.model_dump_json()}"
+        if s.identity.create_accounts and s.salesforce.fields.stripe_account:
+            self._key += "|creates-accounts"  # the created Accounts' field is then needed (CREATED_ACCOUNT_FIELDS)
 
     def facts(self, describer: Describer, *, refresh: bool = False) -> OrgFacts:
         """The facts, checking the org (and raising its config error) when the cache cannot answer."""

@@ -158,7 +158,7 @@ class Doctor:
             mine = [p for p in access if p.subject == sobject]
             checks += _problems_or_ok("salesforce", sobject, mine, _ACCESS_OK[sobject], sobject)
         by_obj = fields_by_object(described)
-        for need in field_needs(s.fields):
+        for need in field_needs(s.fields, creates_accounts=self.loaded.settings.identity.create_accounts):
             f = by_obj.get(need.sobject, {}).get(need.name.lower())
             ok = _field_summary(f) if f is not None else ""
             checks += _problems_or_ok("salesforce", need.subject, need_problems(need, by_obj, thorough=True), ok,

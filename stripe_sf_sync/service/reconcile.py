@@ -75,7 +75,7 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
         reader.payment_intents(spill)
     facts = run.ports.lookup.org_facts()
     read_salesforce(spill, run.access.get(), names, multi_currency=facts.currencies is not None,
-                    accounts="accounts" in kinds, stop=run.stop)
+                    accounts="accounts" in kinds, stop=run.stop, stripe_account=run.settings.rules.stripe_account)
     if complete and "accounts" in kinds:
         reader.account_customers(spill)
     report = compare(spill, names, kinds, won_stage=run.settings.rules.won_stage, complete=complete,

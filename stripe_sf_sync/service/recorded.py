@@ -4,6 +4,7 @@ the run and its exit code recorded however it ends, usage and the metrics file l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -105,7 +106,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         access = SalesforceAccess(guard.connect(sf_factory, org))
         ports, recorder = _ports(runtime, state, source, access, org, summary.dry_run, stop)
         settings = batch_settings(runtime.loaded, legacy_task_keys_before=task_keys_about_since(
-            state, int(runtime.environment.clock())))
+            state, int(runtime.environment.clock())), stripe_account=runtime.pipeline.account)
         run = RecordedRun(state, source, ports, settings, summary, state.start_run(summary.command), access, stop)
         bind_run(run.run_id or None, runtime.pipeline.account)  # a dry run is not recorded: it has no id
         code: int = ExitCode.FAILURE
@@ -114,6 +115,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
                    else contextlib.nullcontext())
         try:
             guard.check_new_key()
+            run.settings = _with_account(runtime, guard, run.settings)
             with beating:
                 yield run
             if stop is not None and stop.requested:  # also when it came after the last batch
@@ -131,6 +133,20 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
             else:
                 _record_end(runtime, state, run, summary, code, started=started, planned=recorder,
                             metrics_file=metrics_file, figures=figures)
+
+
+def _with_account(runtime: Runtime, guard: IdentityGuard, settings: BatchSettings) -> BatchSettings:
+    """The settings with the Stripe account this run's records carry (salesforce.fields.stripe_account): the
+    pipeline's, as the config names it (already set); else the key's own, as the identity check knows it: from
+    the state's binding for a key it has seen, else with GET /v1/account, once, before anything is written (the
+    check the first write makes anyway). Unchanged without the field (nothing is tagged: no call), or for a key
+    that cannot read its account (the identity check warns)."""
+    if settings.rules.stripe_account is not None or settings.names.stripe_account is None:
+        return settings
+    if guard.stripe is None:
+        guard.check_stripe()
+    account = guard.stripe.account if guard.stripe is not None else None
+    return dataclasses.replace(settings, rules=dataclasses.replace(settings.rules, stripe_account=account))
 
 
 def _record_end(runtime: Runtime, state: Any, run: RecordedRun, summary: RunSummary, code: int, *, started: float,

@@ -160,11 +160,14 @@ def exit_code_for(summary: RunSummary) -> ExitCode:
     return ExitCode.DRIFT if summary.reconcile and summary.reconcile.get("mismatches") else ExitCode.OK
 
 
-def batch_settings(loaded: LoadedConfig, *, legacy_task_keys_before: int | None = None) -> BatchSettings:
-    """What the batch step reads from the config (and, from state, when Tasks were first keyed by subject)."""
+def batch_settings(loaded: LoadedConfig, *, legacy_task_keys_before: int | None = None,
+                   stripe_account: str | None = None) -> BatchSettings:
+    """What the batch step reads from the config (and, from state, when Tasks were first keyed by subject;
+    `stripe_account`: the pipeline's account, which its records carry and its lookups keep to)."""
     s = loaded.settings
     ctx = rules.RuleContext(s.salesforce.won_stage or "", s.salesforce.fields, s.stripe.dashboard_url,
-                            refunded_stage=s.salesforce.refunded_stage, mapping=s.salesforce.mapping)
+                            refunded_stage=s.salesforce.refunded_stage, mapping=s.salesforce.mapping,
+                            stripe_account=stripe_account)
     return BatchSettings(ctx, s.salesforce.fields, s.record_type_id(), coalesce=s.sync.coalesce,
                          legacy_task_keys_before=legacy_task_keys_before,
                          currency_mismatch=s.salesforce.currency_mismatch, identity=s.identity)

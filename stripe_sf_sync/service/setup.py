@@ -39,4 +39,4 @@ def run_setup_command(config_path: Path | None, environment: Environment, *, pla
     settings = runtime.loaded.settings.salesforce
     gw = runtime.salesforce_factory()()
     return run_setup(gw, settings.fields, api_version=settings.api_version, apply=apply, assign=assign,
-                     sfdx_dir=sfdx_dir)
+                     sfdx_dir=sfdx_dir, creates_accounts=runtime.loaded.settings.identity.create_accounts)

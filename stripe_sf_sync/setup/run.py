@@ -84,11 +84,11 @@ def as_dict(result: SetupResult) -> dict[str, Any]:
 
 def run_setup(gw: SalesforceGateway, names: FieldNames, *, api_version: str, apply: bool = False,
               assign: str | None = None, sfdx_dir: Path | None = None,
-              deployer: MetadataDeployer | None = None) -> SetupResult:
+              deployer: MetadataDeployer | None = None, creates_accounts: bool = False) -> SetupResult:
     """Plan; then, as asked, write the plan's components as a Salesforce DX project under `sfdx_dir`, deploy them
     (validated with checkOnly first; the refused fields are left alone, the rest is applied), and assign the
     permission set to the user `assign`. A plan with nothing to do deploys nothing."""
-    plan = read_plan(gw, field_needs(names))
+    plan = read_plan(gw, field_needs(names, creates_accounts=creates_accounts))
     result = SetupResult(plan)
     if sfdx_dir is not None:
         result = replace(result, sfdx_files=tuple(write_sfdx(plan, sfdx_dir, api_version)))
