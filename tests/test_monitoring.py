@@ -162,9 +162,9 @@ def test_sync_writes_its_figures_for_the_textfile_collector_atomically(runner, c
     sync = (("account", "default"), ("command", "sync"))
     assert m[("stripe_sf_last_run_exit_code", sync)] == 3
     assert m[("stripe_sf_last_run_events_read", sync)] == summary["events_read"] == len(sc.events)
-    assert m[("stripe_sf_last_run_events", (("account", "default"), ("command", "sync"), ("outcome", "applied")))] == summary["applied"]
-    assert m[("stripe_sf_last_run_events", (("account", "default"), ("command", "sync"), ("outcome", "dead_lettered")))] == 1
-    assert m[("stripe_sf_last_run_api_calls", (("account", "default"), ("api", "salesforce"), ("command", "sync")))] == \
+    assert m[("stripe_sf_last_run_events", (*sync, ("outcome", "applied")))] == summary["applied"]
+    assert m[("stripe_sf_last_run_events", (*sync, ("outcome", "dead_lettered")))] == 1
+    assert m[("stripe_sf_last_run_api_calls", (sync[0], ("api", "salesforce"), sync[1]))] == \
         summary["salesforce_calls"]
     assert m[("stripe_sf_dead_letters_open", sync)] == 1
     assert m[("stripe_sf_salesforce_api_used", sync)] == summary["salesforce_api_used"]
@@ -189,7 +189,8 @@ def test_a_failed_run_writes_its_exit_code_and_keeps_the_last_success(runner, co
     first = runner.invoke(app, ["sync", "--config", str(config), "--since", since(sc), "--max-events", "2",
                                 "--metrics-file", str(prom)], env=cli_env)
     assert first.exit_code == ExitCode.OK, first.output
-    succeeded = metrics(prom)[("stripe_sf_last_success_timestamp_seconds", (("account", "default"), ("command", "sync")))]
+    sync = (("account", "default"), ("command", "sync"))
+    succeeded = metrics(prom)[("stripe_sf_last_success_timestamp_seconds", sync)]
     inode = prom.stat().st_ino
     org.expire_sessions()
     failed = runner.invoke(app, ["sync", "--config", str(config), "--metrics-file", str(prom)], env=cli_env)
@@ -207,8 +208,9 @@ def test_backfill_writes_its_figures_under_its_own_command(runner, config, cli_e
     assert result.exit_code in (ExitCode.OK, ExitCode.DEAD_LETTERS), result.output
     summary = json.loads(result.stdout)
     m = metrics(prom)
-    assert m[("stripe_sf_last_run_exit_code", (("account", "default"), ("command", "backfill")))] == result.exit_code
-    assert m[("stripe_sf_last_run_events_read", (("account", "default"), ("command", "backfill")))] == summary["events_read"] > 0
+    backfill = (("account", "default"), ("command", "backfill"))
+    assert m[("stripe_sf_last_run_exit_code", backfill)] == result.exit_code
+    assert m[("stripe_sf_last_run_events_read", backfill)] == summary["events_read"] > 0
 
 
 @pytest.mark.parametrize("case", ["missing directory", "dry run"])

@@ -144,11 +144,12 @@ def print_dead_letters(rows: list[dict[str, Any]], out: Console | None = None) -
     if not rows:
         out.print("No open dead letters.")
         return
+    accounts = [Column("account", is_id=True)] if "account" in rows[0] else []  # a config with several
     print_records(out, f"{counted(len(rows), 'open dead letter')}",
-                  [Column("event", is_id=True), Column("type", is_id=True), Column("code", is_id=True),
+                  [*accounts, Column("event", is_id=True), Column("type", is_id=True), Column("code", is_id=True),
                    Column("attempts"), Column("last failed"), Column("reason")],
-                  [(r["event_id"], r["event_type"], r["error_code"], str(r["attempts"]), utc_time(r["last_failed_at"]),
-                    r["reason"]) for r in rows])
+                  [([r["account"]] if accounts else []) + [r["event_id"], r["event_type"], r["error_code"],
+                   str(r["attempts"]), utc_time(r["last_failed_at"]), r["reason"]] for r in rows])
 
 
 def print_dropped(event_id: str) -> None:

@@ -10,6 +10,7 @@ from stripe_sf_sync.config import require_org_values
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.pipeline import RunSummary
 from stripe_sf_sync.pipeline.stop import stop_on_signals
+from stripe_sf_sync.pipelines import chosen
 from stripe_sf_sync.service.recorded import recorded_run
 from stripe_sf_sync.service.runtime import Environment, Runtime, clients
 from stripe_sf_sync.sources import DeadLetters
@@ -54,12 +55,18 @@ def _letter_event(dl: DeadLetter) -> dict[str, Any]:
 
 
 def dlq_list(config_path: Path | None, environment: Environment) -> list[dict[str, Any]]:
-    """Open dead letters, oldest first (payload excluded: it may hold customer data)."""
+    """Open dead letters, oldest first (payload excluded: it may hold customer data). A config that lists
+    several accounts gets every account's (each row names its `account`), or --account's."""
     runtime = Runtime(config_path, environment)
-    with runtime.open_state(create=False) as state:
-        return [{"event_id": d.event_id, "event_type": d.event_type, "created": d.created,
-                 "reason": d.reason, "error_code": d.error_code, "attempts": d.attempts,
-                 "last_failed_at": d.last_failed_at} for d in state.dead_letters()]
+    named = bool(runtime.loaded.settings.stripe.accounts)
+    rows: list[dict[str, Any]] = []
+    for pipeline in chosen(runtime.loaded.settings, environment.account):
+        with runtime.for_pipeline(pipeline).open_state(create=False) as state:
+            rows.extend({**({"account": pipeline.name} if named else {}), "event_id": d.event_id,
+                         "event_type": d.event_type, "created": d.created, "reason": d.reason,
+                         "error_code": d.error_code, "attempts": d.attempts, "last_failed_at": d.last_failed_at}
+                        for d in state.dead_letters())
+    return rows
 
 
 def dlq_drop(config_path: Path | None, environment: Environment, event_id: str) -> None:
