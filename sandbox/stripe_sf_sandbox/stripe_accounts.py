@@ -60,6 +60,18 @@ def resolve(sandbox: StripeSandbox, key: str, header: str | None) -> tuple[Strip
                          code="account_invalid")
 
 
+def move_log_entry(root: StripeSandbox, target: StripeSandbox, entry: tuple[str, str, dict[str, Any]]) -> None:
+    """Log a request in the account that answers it rather than in the sandbox that received it."""
+    with root._lock:
+        for i in range(len(root.requests_log) - 1, -1, -1):
+            if root.requests_log[i] is entry:
+                del root.requests_log[i]
+                break
+    with target._lock:
+        target.request_count += 1
+        target.requests_log.append(entry)
+
+
 def account_object(owner: StripeSandbox, target: StripeSandbox, key: str) -> dict[str, Any]:
     """GET /v1/account: the account the request acts on (Stripe API reference, "Retrieve account": with no id,
     the account of the key, or the one the Stripe-Account header names), with the fields a reader of its identity

@@ -375,6 +375,8 @@ class StripeSandbox:
         self.ca_path = ""
         self._tmpdir: str | None = None
         self.events: list[Obj] = []
+        # Requests this account answered (the sandbox that serves also counts those refused before an account was
+        # chosen, and numbers every request in request_count, as FaultPlan counts them).
         self.request_count = 0
         self.requests_log: list[tuple[str, str, Obj]] = []
         self.faults = FaultPlan()
@@ -749,7 +751,8 @@ class StripeSandbox:
                 parse_error: StripeApiError | None = None
             except StripeApiError as exc:
                 params, parse_error = {}, exc
-            self.requests_log.append((method, path, params))
+            entry = (method, path, params)
+            self.requests_log.append(entry)
         try:
             hook = self.faults.on_request
             if hook is not None:
@@ -766,9 +769,7 @@ class StripeSandbox:
             key = self._check_auth(headers.get("authorization"))
             owner, target = stripe_accounts.resolve(self, key, headers.get("stripe-account"))
             if target is not self:
-                with target._lock:
-                    target.request_count += 1
-                    target.requests_log.append((method, path, params))
+                stripe_accounts.move_log_entry(self, target, entry)
             if target._bucket is not None and not target._bucket.take():
                 raise self._rate_limited("global-rate")
             if target.endpoint_limit_per_s and not target._endpoint_bucket(method, path).take():
