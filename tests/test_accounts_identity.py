@@ -44,10 +44,10 @@ def sync(runner: CliRunner, config: Path, env: dict[str, str], account: str) -> 
 
 
 @pytest.fixture
-def accounts(stripe_sb: StripeSandbox) -> dict[str, StripeSandbox]:
-    """The platform, a separate account and a connected one, each with a customer and its event."""
-    made = {"platform": stripe_sb, "europe": stripe_sb.add_account(),
-            "connected": stripe_sb.add_account(connected=True)}
+def accounts(stripe_accounts: dict[str, StripeSandbox]) -> dict[str, StripeSandbox]:
+    """The platform, a separate account (Europe) and a connected one, each with a customer and its event."""
+    made = {"platform": stripe_accounts["platform"], "europe": stripe_accounts["separate"],
+            "connected": stripe_accounts["connected"]}
     for name, account in made.items():
         f = StripeFactory(account, seed=3)
         f.emit("customer.created", f.customer(name.title(), f"{name}@example.com", created=T0), T0)
