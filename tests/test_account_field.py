@@ -170,8 +170,9 @@ def test_a_pipeline_named_in_stripe_accounts_tags_with_its_account_and_backfill_
     cus, _ = customer(f, org, "Backco", t)
     sub = f.subscription(cus, [(f.price(4000), 1)], created=t)
     config = configured(tmp_path, env)
-    named = f"stripe:\n  accounts:\n    - id: {stripe_sb.account_id}\n"
-    config.write_text(config.read_text().replace("stripe:\n", named, 1))
+    named = f"  accounts:\n    - id: {stripe_sb.account_id}\n"
+    assert "  accounts: []\n" in config.read_text()
+    config.write_text(config.read_text().replace("  accounts: []\n", named, 1))
     summary = service.run_backfill(config, env, since=time.strftime("%Y-%m-%d", time.gmtime(t - DAY)), until=None,
                                    objects="subscriptions", dry_run=False, resume=False)
     assert summary.dead_lettered == 0
