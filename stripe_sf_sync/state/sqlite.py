@@ -255,6 +255,8 @@ def _create(path: Path) -> None:
     try:
         # Created 0600 before SQLite touches it: it holds customer payloads in dead letters.
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another pipeline's run, started at the same moment, created it (`sync --all`)
     except OSError as exc:
         raise _not_writable(path, directory, exc.strerror or str(exc)) from None
     os.close(fd)
