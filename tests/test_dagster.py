@@ -129,3 +129,14 @@ def test_two_partitions_materialize_and_check(tmp_path, stripe_sb, sf_sb, sandbo
         assert materialization(result, key)["exit_code"] in (ExitCode.OK, ExitCode.DEAD_LETTERS)
         [check] = result.get_asset_check_evaluations()
         assert check.metadata["pipeline"].value == key
+
+
+def test_the_check_run_on_its_own_reconciles_every_pipeline(config, sc, sandbox_vars):
+    asset, check = stripe_sf_dagster.build(stripe_sf_dagster.partitions(config))
+    resources = {"stripe_sf": stripe_sf_dagster.StripeSf(config_path=str(config))}
+    assert dg.materialize([asset, check], partition_key="default", run_config=sync_config(since(sc)),
+                          resources=resources).success
+    result = dg.materialize([asset, check], selection=dg.AssetSelection.checks(check), resources=resources)
+    assert not result.get_asset_materialization_events()  # the check alone: no sync
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.metadata["pipelines"].value == 1 and evaluation.partition is None
