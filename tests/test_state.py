@@ -169,7 +169,7 @@ def test_schema_2_gains_the_inbox(tmp_path):
     with StateStore.open(path) as st:
         assert st.inbox_add("evt_1", 100, '{"id": "evt_1"}', 1.5)
         assert st.inbox_depth() == 1
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_inbox_keeps_an_event_once_and_its_batch_marks_it_done(backend):

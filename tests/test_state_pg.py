@@ -38,7 +38,7 @@ def _terminate(url: str, pid: int) -> None:
 
 def test_the_schema_is_created_once_and_versioned(pg_url, tmp_path):
     with _open(pg_url, tmp_path) as st:
-        assert st.backend == "postgresql" and st.get_meta("schema_version") == "4"
+        assert st.backend == "postgresql" and st.get_meta("schema_version") == "5"
     with _open(pg_url, tmp_path, create=False) as st:  # a second open changes nothing
         assert st.integrity_check() == "ok"
     assert not (tmp_path / "unused.sqlite").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -21,10 +22,13 @@ from stripe_sf_sync.config import LoadedConfig, load_config, salesforce_secrets,
 from stripe_sf_sync.errors import ConfigError, ExitCode, NoStateError
 from stripe_sf_sync.metrics import check_metrics_path
 from stripe_sf_sync.pipeline import BatchSettings, RunSummary
-from stripe_sf_sync.pipelines import Pipeline, select
+from stripe_sf_sync.pipelines import DEFAULT_PIPELINE, Pipeline, legacy_heir, select
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
 from stripe_sf_sync.state import StateStore, open_state
 from stripe_sf_sync.stripe.source import StripeSource, build_client, default_requests_per_second
+from stripe_sf_sync.words import counted
+
+log = logging.getLogger("stripe_sf_sync")
 
 
 @dataclass
@@ -80,8 +84,33 @@ class Runtime:
         return stripe_secrets(self.environment.env, self.pipeline.key_env).api_key
 
     def open_state(self, *, create: bool = True, read_only: bool = False) -> StateStore:
-        """The state store of this config: PostgreSQL when a state URL is set, else the SQLite file."""
-        return open_state(self.loaded.state_path, self.state_url, create=create, read_only=read_only)
+        """The state store of this config, for this command's pipeline: PostgreSQL when a state URL is set, else
+        the SQLite file. The pipeline that inherits a state from before the config named its accounts
+        (`legacy_heir`) adopts the `default` pipeline's state first; read-only, it reads that state as it is."""
+        name = self.pipeline.name
+        store = open_state(self.loaded.state_path, self.state_url, pipeline=name, create=create,
+                           read_only=read_only)
+        heir = legacy_heir(self.loaded.settings)
+        if heir is None or heir.name != name:
+            return store
+        try:
+            held = store.pipelines()
+            if DEFAULT_PIPELINE not in held or name in held:
+                return store
+            legacy = store.for_pipeline(DEFAULT_PIPELINE)
+            if read_only:
+                return legacy  # what the next run adopts; a reader writes nothing
+            legacy.acquire_lock()  # no run of the single pipeline (an older stripe-sf) is writing it meanwhile
+            try:
+                moved = store.adopt(DEFAULT_PIPELINE, name)
+            finally:
+                legacy.release_lock()
+        except BaseException:
+            store.close()
+            raise
+        log.info("The state from before stripe.accounts (pipeline default, %s) is now pipeline %s's.",
+                 counted(moved, "row and key", "rows and keys"), name)
+        return store
 
     def state_exists(self) -> bool:
         """Whether there may be state to read: a PostgreSQL store is asked (NoStateError), a file looked for."""

@@ -116,13 +116,23 @@ class RunState(StateReads, RunWrites, Protocol):
 class LockAndUpkeep(Protocol):
     """The store's own operations, never made through a dry run's state: the run lock (taken on the store
     before a dry run wraps it), closing, and the writes of commands that have no dry run (`serve`'s inbox and
-    its pruning, `dlq drop`)."""
+    its pruning, `dlq drop`). A store acts on one pipeline: its rows, meta keys and run lock."""
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline this store acts on (pipelines.py; `default` for a config without stripe.accounts)."""
+
+    def pipelines(self) -> list[str]:
+        """The pipelines with any state in this database, `default` first."""
+
+    def adopt(self, source: str, target: str) -> int:
+        """Move pipeline `source`'s state to `target`, which has none; the rows and keys moved."""
 
     def acquire_lock(self) -> None:
-        """Take the exclusive run lock or raise LockHeldError at once."""
+        """Take this pipeline's exclusive run lock or raise LockHeldError at once."""
 
     def release_lock(self) -> None:
-        """Drop the run lock if held."""
+        """Drop this pipeline's run lock if held."""
 
     def close(self) -> None:
         """Release the lock and close the database."""

@@ -29,9 +29,12 @@ def _select(table: str) -> str:
 
 
 def migrate_from(source: StateStore, target: StateStore) -> dict[str, tuple[int, str]]:
-    """`stripe-sf state migrate`: both run locks held (no run writes either store meanwhile), `target` checked
-    empty, then every table copied and verified in one transaction. `source` is only read."""
+    """`stripe-sf state migrate`: the run locks of every pipeline of `source` and `target`'s held (no run
+    writes either store meanwhile), `target` checked empty, then every table (every pipeline's rows and meta
+    keys) copied and verified in one transaction. `source` is only read."""
     source.acquire_lock()
+    for pipeline in set(source.pipelines()) - {source.pipeline}:
+        source.for_pipeline(pipeline).acquire_lock()  # SQLite: a lock file each, all held by the one store
     target.acquire_lock()
     target._guard(lambda: check_empty(target))
     return source._guard(lambda: target._guard(lambda: copy_tables(source, target)))

@@ -73,10 +73,10 @@ _SCHEMA_LOCK_KEY = 0x5354_5346_5343_4845  # "STSFSCHE": serialises two first run
 PgStateStore = StateStore
 
 
-def connect(url: str, *, create: bool = True) -> StateStore:
-    """The state store on PostgreSQL: connect, and create or migrate the schema; a newer schema is refused
-    (the state exit code)."""
-    return StateStore(PgDatabase.connect(url, create=create))
+def connect(url: str, *, create: bool = True, pipeline: str = "default") -> StateStore:
+    """The state store of `pipeline` on PostgreSQL: connect, and create or migrate the schema; a newer schema
+    is refused (the state exit code)."""
+    return StateStore(PgDatabase.connect(url, create=create), pipeline=pipeline)
 
 
 class _Row(tuple):
@@ -187,10 +187,12 @@ class PgDatabase:
     backend = "postgresql"
     _BEGIN = "BEGIN"
 
-    def __init__(self, conn: _PgConnection, url: str, lock_key: int, *, direct: bool = False) -> None:
+    def __init__(self, conn: _PgConnection, url: str, scope: str, *, direct: bool = False) -> None:
         self.conn: Any = conn  # a _PgConnection (tests wrap it to count or cut statements)
         self.url = url
-        self._lock_key = lock_key
+        self._scope = scope  # the database and schema: the default pipeline's lock key, as before pipelines
+        self._lock_key = self.key_for("default")  # the lock held, or last asked for
+        self._lock_pipeline = "default"
         self._direct = direct  # no pooler in between: the run also holds the session advisory lock
         self._lease_s = lease_seconds()
         self._locked = False
@@ -221,11 +223,16 @@ class PgDatabase:
         except BaseException:
             raw.close()
             raise
-        return cls(_PgConnection(raw), url, lock_key(f"{db}/{schema}"), direct=direct)
+        return cls(_PgConnection(raw), url, f"{db}/{schema}", direct=direct)
+
+    def key_for(self, pipeline: str) -> int:
+        """A pipeline's lock key: the default pipeline keeps the key of the store (an older stripe-sf takes
+        it, so it still excludes a newer one); another pipeline's is derived from its name too."""
+        return lock_key(self._scope if pipeline == "default" else f"{self._scope}#pipeline:{pipeline}")
 
     def close(self) -> None:
         """Release the run lock and close the connection."""
-        self.release_lock()
+        self.release_lock(self._lock_pipeline)
         self.conn.close()
 
     # --- errors: one reconnect for a lost connection ----------------------------------------
@@ -286,11 +293,16 @@ class PgDatabase:
             self.conn.execute("ROLLBACK")
 
     # --- the run lock: a lease row, plus a session advisory lock on a direct connection ------------
-    def acquire_lock(self) -> None:
+    def acquire_lock(self, pipeline: str) -> None:
         """Take the run lock or raise LockHeldError at once, naming the holder's host and pid: the lease row
         (every connection), taken in one statement, and on a direct connection the session advisory lock
         first (freed by the server with a crashed holder's connection: the next run need not wait for the
-        lease to expire). Then the heartbeat renews the lease until `release_lock`."""
+        lease to expire). Then the heartbeat renews the lease until `release_lock`. One connection holds one
+        pipeline's lock at a time (each run opens its own store)."""
+        if self._locked and pipeline != self._lock_pipeline:
+            raise StateError(f"This store holds the run lock of pipeline {self._lock_pipeline} already.",
+                             hint="Open a store per pipeline to run several at once.")
+        self._lock_key, self._lock_pipeline = self.key_for(pipeline), pipeline
         self._lost, self._lost_reported = None, False
         token = uuid.uuid4().hex
         if self._direct and not self._try_advisory():
@@ -380,17 +392,18 @@ class PgDatabase:
         else:
             frees = ("A holder that crashed frees the lock with its connection (the server notices a vanished host "
                      "within about two minutes).")
+        of = "" if self._lock_pipeline == "default" else f"pipeline {self._lock_pipeline} in "
         return LockHeldError(
-            f"Another stripe-sf run ({who}) holds the run lock of {self.location}.",
+            f"Another stripe-sf run ({who}) holds the run lock of {of}{self.location}.",
             hint=f"This run exits so that runs never overlap, on any host; the next scheduled run continues. {frees}")
 
-    def lock_held(self) -> bool:
-        """Whether any run holds the run lock now, read and never taken (a reader must not turn a starting run
-        away): a session holds the advisory lock, or a lease taken without it has not expired."""
-        if self._locked:
+    def lock_held(self, pipeline: str) -> bool:
+        """Whether any run holds the pipeline's run lock now, read and never taken (a reader must not turn a
+        starting run away): a session holds the advisory lock, or a lease taken without it has not expired."""
+        if self._locked and pipeline == self._lock_pipeline:
             return True
-        row = self.guard(lambda: self.conn.execute(HELD, {"key": self._lock_key,
-                                                             **advisory_ids(self._lock_key)}).fetchone())
+        key = self.key_for(pipeline)
+        row = self.guard(lambda: self.conn.execute(HELD, {"key": key, **advisory_ids(key)}).fetchone())
         return bool(row[0])
 
     def _stop_heartbeat(self) -> None:
@@ -398,9 +411,11 @@ class PgDatabase:
             self._heartbeat.stop()
             self._heartbeat = None
 
-    def release_lock(self) -> None:
-        """Stop renewing, end the lease and drop the advisory lock, if held (a lost connection dropped the
-        advisory lock already; a lease that cannot be ended expires)."""
+    def release_lock(self, pipeline: str) -> None:
+        """Stop renewing, end the lease and drop the advisory lock, if held for `pipeline` (a lost connection
+        dropped the advisory lock already; a lease that cannot be ended expires)."""
+        if pipeline != self._lock_pipeline:
+            return
         self._stop_heartbeat()
         if self._locked:
             self._locked, token, self._token = False, self._token, None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from stripe_sf_sync.errors import LockHeldError, NoStateError, StateError
-from stripe_sf_sync.state.schema import ADDED_COLUMNS, SCHEMA_VERSION, sqlite_statements
+from stripe_sf_sync.state.schema import ADDED_COLUMNS, SCHEMA_VERSION, index_statements, sqlite_statements
 
 R = TypeVar("R")
 
@@ -32,7 +32,7 @@ class SqliteDatabase:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
-        self._lock_fd: int | None = None
+        self._lock_fds: dict[str, int] = {}  # pipeline -> its held lock file
 
     @property
     def location(self) -> str:
@@ -147,14 +147,20 @@ class SqliteDatabase:
         return cls(conn, path)
 
     def close(self) -> None:
-        """Release the lock and close the database."""
-        self.release_lock()
+        """Release every lock held and close the database."""
+        for pipeline in list(self._lock_fds):
+            self.release_lock(pipeline)
         self.conn.close()
 
+    def lock_path(self, pipeline: str) -> Path:
+        """A pipeline's lock file: `<state file>.lock` for the default pipeline (the one an older stripe-sf
+        takes, so it still excludes a newer one on the same file), `<state file>.<pipeline>.lock` for another."""
+        return Path(f"{self.path}.lock" if pipeline == "default" else f"{self.path}.{pipeline}.lock")
+
     # --- the run lock: a flock is released by the kernel when the process dies ---------------
-    def acquire_lock(self) -> None:
-        """Take the exclusive run lock or raise LockHeldError at once."""
-        lock_path = Path(f"{self.path}.lock")
+    def acquire_lock(self, pipeline: str) -> None:
+        """Take the pipeline's exclusive run lock or raise LockHeldError at once."""
+        lock_path = self.lock_path(pipeline)
         try:
             fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         except OSError as exc:
@@ -164,24 +170,26 @@ class SqliteDatabase:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            of = "" if pipeline == "default" else f" for pipeline {pipeline}"
             raise LockHeldError(
-                f"Another stripe-sf run (pid {holder}) is using {self.path}.",
+                f"Another stripe-sf run (pid {holder}) is using {self.path}{of}.",
                 hint="This run exits so cron runs never overlap; the next scheduled run continues.") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock_fds[pipeline] = fd
 
-    def lock_held(self) -> bool:
+    def lock_held(self, pipeline: str) -> bool:
         """Whether a run (in any process) holds the run lock now. Probed with a shared lock held for an
         instant and never created: a run that died (SIGKILL, power loss) released its lock with its process."""
-        if self._lock_fd is not None:
+        if pipeline in self._lock_fds:
             return True
+        lock_path = self.lock_path(pipeline)
         try:
-            fd = os.open(Path(f"{self.path}.lock"), os.O_RDONLY)
+            fd = os.open(lock_path, os.O_RDONLY)
         except FileNotFoundError:
             return False
         except PermissionError:  # an operator's account reading status: say what it needs, never guess
-            raise StateError(f"Cannot read the run lock {self.path}.lock: permission denied.",
+            raise StateError(f"Cannot read the run lock {lock_path}: permission denied.",
                              hint=_READABLE_HINT) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -193,13 +201,13 @@ class SqliteDatabase:
         finally:
             os.close(fd)
 
-    def release_lock(self) -> None:
-        """Drop the run lock if held."""
-        if self._lock_fd is not None:
+    def release_lock(self, pipeline: str) -> None:
+        """Drop the pipeline's run lock if held."""
+        fd = self._lock_fds.pop(pipeline, None)
+        if fd is not None:
             with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-            self._lock_fd = None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
@@ -214,6 +222,8 @@ def _upgrade(conn: sqlite3.Connection) -> None:
             for table, column, kind in ADDED_COLUMNS:
                 if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for statement in index_statements():
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -245,6 +255,8 @@ def _create(path: Path) -> None:
     try:
         # Created 0600 before SQLite touches it: it holds customer payloads in dead letters.
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another pipeline's run, started at the same moment, created it (`sync --all`)
     except OSError as exc:
         raise _not_writable(path, directory, exc.strerror or str(exc)) from None
     os.close(fd)

@@ -5,6 +5,10 @@ One transaction per batch records every event's outcome and advances the cursor,
 an event whose outcome is not stored. `StateStore` holds the statements and runs them over a `Database`, the
 small dialect object of SQLite (state/sqlite.py, `StateStore.open`) or PostgreSQL (state/postgres.py): its
 connection, transactions, run lock and errors. `open_state` (state/factory.py) chooses by the configured URL.
+
+A store acts on one pipeline (pipelines.py): its cursor, ledger rows, dead letters, inbox, runs, meta keys and
+run lock. The `default` pipeline's meta keys are stored bare, as before pipelines existed (an existing state
+needs no rewrite); another pipeline's as `<pipeline>/<key>`. The schema's version keys are global.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from stripe_sf_sync.errors import StateError
 from stripe_sf_sync.model import CachedCustomer
+from stripe_sf_sync.state import adoption
 from stripe_sf_sync.state.records import Cursor, DeadLetter, InboxEntry, Outcome
+from stripe_sf_sync.state.schema import PG_VERSION_KEY, VERSION_KEY
 from stripe_sf_sync.state.sqlite import SqliteDatabase
 
 if TYPE_CHECKING:
@@ -29,6 +35,9 @@ if TYPE_CHECKING:
 INBOX_PRUNE_LIMIT = 1000  # applied inbox entries dropped per prune, at most
 _BACKFILL_ID = re.compile(r"evt_bf\d+_(.+)")  # backfill.synthetic_event's id: the run's time, the object id
 LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
+DEFAULT_PIPELINE = "default"  # pipelines.py's: the pipeline of every state written before pipelines existed
+_PIPELINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # a Stripe account id, or `default`: safe in a file name
+_GLOBAL_KEYS = (VERSION_KEY, PG_VERSION_KEY)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,14 +63,14 @@ class Database(Protocol):
     def transaction(self) -> AbstractContextManager[None]:
         """One write transaction: committed at the end, rolled back on any error."""
 
-    def acquire_lock(self) -> None:
-        """Take the exclusive run lock or raise LockHeldError at once."""
+    def acquire_lock(self, pipeline: str) -> None:
+        """Take the exclusive run lock of `pipeline` or raise LockHeldError at once."""
 
-    def lock_held(self) -> bool:
-        """Whether any run holds the run lock now (probed, never taken)."""
+    def lock_held(self, pipeline: str) -> bool:
+        """Whether any run holds the run lock of `pipeline` now (probed, never taken)."""
 
-    def release_lock(self) -> None:
-        """Drop the run lock if held."""
+    def release_lock(self, pipeline: str) -> None:
+        """Drop the run lock of `pipeline` if held."""
 
     def integrity_check(self) -> str:
         """The database's own check ('ok' when healthy)."""
@@ -79,21 +88,35 @@ def _mapped_errors(method: Callable[Concatenate[StateStore, P], R]) -> Callable[
 
 
 class StateStore:
-    """The state store over one database. Open the SQLite file with `StateStore.open(path)`; `open_state`
-    also knows PostgreSQL (`state.postgres.connect`)."""
+    """The state store of one pipeline over one database. Open the SQLite file with `StateStore.open(path)`;
+    `open_state` also knows PostgreSQL (`state.postgres.connect`)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, pipeline: str = DEFAULT_PIPELINE) -> None:
+        if not _PIPELINE_NAME.fullmatch(pipeline):
+            raise StateError(f"{pipeline!r} cannot name a pipeline in the state.",
+                             hint="Name accounts by their Stripe id (acct_...) in stripe.accounts.")
         self._db = db
+        self._pipeline = pipeline
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = True) -> StateStore:
+    def open(cls, path: Path, *, create: bool = True, pipeline: str = DEFAULT_PIPELINE) -> StateStore:
         """The SQLite state file (created with mode 0600 unless `create` is off); its schema version checked."""
-        return cls(SqliteDatabase.open(path, create=create))
+        return cls(SqliteDatabase.open(path, create=create), pipeline=pipeline)
 
     @classmethod
-    def open_read_only(cls, path: Path) -> StateStore:
+    def open_read_only(cls, path: Path, *, pipeline: str = DEFAULT_PIPELINE) -> StateStore:
         """The SQLite state file, to read (`status`), without the write access a run needs."""
-        return cls(SqliteDatabase.open_read_only(path))
+        return cls(SqliteDatabase.open_read_only(path), pipeline=pipeline)
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline this store acts on."""
+        return self._pipeline
+
+    def for_pipeline(self, pipeline: str) -> StateStore:
+        """A store of another pipeline over this one's connection: for a report that reads every pipeline in
+        one thread, never for runs at the same time (each opens its own store). Closing either closes both."""
+        return StateStore(self._db, pipeline=pipeline)
 
     @property
     def backend(self) -> str:
@@ -130,40 +153,55 @@ class StateStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @_mapped_errors
+    def pipelines(self) -> list[str]:
+        """The pipelines with any state in this database (a cursor, ledger rows, a run, a dead letter, inbox
+        entries), `default` first."""
+        return adoption.pipelines_of(self)
+
+    @_mapped_errors
+    def adopt(self, source: str, target: str) -> int:
+        """Move pipeline `source`'s state (rows and meta) to `target` in one transaction, when `target` has none
+        (else a StateError saying what to do); hold `source`'s run lock. Returns the rows and keys moved."""
+        return adoption.adopt(self, source, target)
+
     # --- the run lock: the database's own (a flock; a lease row on PostgreSQL) ---------------
     def acquire_lock(self) -> None:
-        """Take the exclusive run lock or raise LockHeldError at once."""
-        self._db.acquire_lock()
+        """Take this pipeline's exclusive run lock or raise LockHeldError at once (another pipeline's runs go on)."""
+        self._db.acquire_lock(self._pipeline)
 
     def lock_held(self) -> bool:
-        """Whether a run (in any process) holds the run lock now; probed, never taken."""
-        return self._db.lock_held()
+        """Whether a run (in any process) holds this pipeline's run lock now; probed, never taken."""
+        return self._db.lock_held(self._pipeline)
 
     def release_lock(self) -> None:
-        """Drop the run lock if held."""
-        self._db.release_lock()
+        """Drop this pipeline's run lock if held."""
+        self._db.release_lock(self._pipeline)
 
     def integrity_check(self) -> str:
         """The database's own integrity check ('ok' when healthy)."""
         return self._db.integrity_check()
 
-    # --- meta -----------------------------------------------------------------------------
+    # --- meta: this pipeline's keys (the default's bare, another's `<pipeline>/<key>`) -------------
+    def _key(self, key: str) -> str:
+        return meta_key(self._pipeline, key)
+
     @_mapped_errors
     def get_meta(self, key: str) -> str | None:
-        """A stored setting, or None."""
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        """A stored setting of this pipeline, or None."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (self._key(key),)).fetchone()
         return row[0] if row else None
 
     @_mapped_errors
     def set_meta(self, key: str, value: str) -> None:
-        """Store a setting (its own transaction)."""
+        """Store a setting of this pipeline (its own transaction)."""
         self._conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
-                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (self._key(key), value))
 
     @_mapped_errors
     def delete_meta(self, key: str) -> None:
-        """Forget a setting."""
-        self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+        """Forget a setting of this pipeline."""
+        self._conn.execute("DELETE FROM meta WHERE key = ?", (self._key(key),))
 
     # --- cursor ---------------------------------------------------------------------------
     @_mapped_errors
@@ -257,23 +295,25 @@ class StateStore:
         with self._tx():
             self._conn.executemany(
                 "INSERT INTO events(event_id, event_type, object_id, created, outcome, detail, run_id, "
-                "recorded_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO UPDATE SET "
+                "recorded_at, pipeline) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO UPDATE SET "
                 "outcome = excluded.outcome, detail = excluded.detail, run_id = excluded.run_id, "
                 "recorded_at = excluded.recorded_at",
-                [(o.event_id, o.event_type, o.object_id, o.created, o.kind, o.reason, run_id, now) for o in outcomes])
+                [(o.event_id, o.event_type, o.object_id, o.created, o.kind, o.reason, run_id, now, self._pipeline)
+                 for o in outcomes])
             self._fold_backfill_letters([o for o in outcomes if o.kind == "dead_letter"])
             self._conn.executemany(
                 "INSERT INTO dead_letters(event_id, event_type, created, payload, reason, error_code, "
-                "attempts, first_failed_at, last_failed_at, status) VALUES (?,?,?,?,?,?,1,?,?,'open') "
+                "attempts, first_failed_at, last_failed_at, status, pipeline) VALUES (?,?,?,?,?,?,1,?,?,'open',?) "
                 "ON CONFLICT(event_id) DO UPDATE SET reason = excluded.reason, "
                 "error_code = excluded.error_code, attempts = dead_letters.attempts + 1, "
                 "last_failed_at = excluded.last_failed_at, status = 'open', payload = excluded.payload",
                 [(o.event_id, o.event_type, o.created, o.payload or "{}", o.reason or "unknown", o.code or "UNKNOWN",
-                  now, now) for o in outcomes if o.kind == "dead_letter"])
+                  now, now, self._pipeline) for o in outcomes if o.kind == "dead_letter"])
             if retried:
                 self._conn.executemany("UPDATE dead_letters SET status = 'resolved', last_failed_at = ? "
-                                       "WHERE event_id = ?",
-                                       [(now, o.event_id) for o in outcomes if o.kind != "dead_letter"])
+                                       "WHERE event_id = ? AND pipeline = ?",
+                                       [(now, o.event_id, self._pipeline) for o in outcomes
+                                        if o.kind != "dead_letter"])
             self._conn.executemany(
                 "INSERT INTO object_versions(object_id, created, event_id) VALUES (?,?,?) "
                 "ON CONFLICT(object_id) DO UPDATE SET created = excluded.created, "
@@ -297,10 +337,10 @@ class StateStore:
                 continue
             suffix = "_" + match.group(1)
             rows = self._conn.execute(
-                "SELECT event_id, attempts, first_failed_at FROM dead_letters WHERE error_code = ? "
+                "SELECT event_id, attempts, first_failed_at FROM dead_letters WHERE pipeline = ? AND error_code = ? "
                 "AND substr(event_id, 1, 6) = 'evt_bf' AND substr(event_id, length(event_id) - CAST(? AS "
                 "INTEGER) + 1) = ? ORDER BY event_id = ? DESC, status = 'open' DESC, last_failed_at DESC",
-                (o.code or "UNKNOWN", len(suffix), suffix, o.event_id)).fetchall()
+                (self._pipeline, o.code or "UNKNOWN", len(suffix), suffix, o.event_id)).fetchall()
             rows = [r for r in rows if (m := _BACKFILL_ID.fullmatch(r[0])) and m.group(1) == match.group(1)]
             if not rows or [r[0] for r in rows] == [o.event_id]:
                 continue
@@ -316,21 +356,24 @@ class StateStore:
         which works while another process holds the run lock (WAL, busy timeout). False when the id was
         already there."""
         cur = self._conn.execute(
-            "INSERT INTO inbox(event_id, created, received_at, payload, status) VALUES (?,?,?,?,'pending') "
-            "ON CONFLICT(event_id) DO NOTHING", (event_id, created, received_at, payload))
+            "INSERT INTO inbox(event_id, created, received_at, payload, status, pipeline) "
+            "VALUES (?,?,?,?,'pending',?) ON CONFLICT(event_id) DO NOTHING",
+            (event_id, created, received_at, payload, self._pipeline))
         return cur.rowcount > 0
 
     @_mapped_errors
     def inbox_pending(self, limit: int) -> list[InboxEntry]:
         """Pending inbox entries, oldest event first."""
-        rows = self._conn.execute("SELECT event_id, created, received_at, payload FROM inbox WHERE status = "
-                                  "'pending' ORDER BY created, received_at, event_id LIMIT ?", (limit,))
+        rows = self._conn.execute("SELECT event_id, created, received_at, payload FROM inbox WHERE pipeline = ? "
+                                  "AND status = 'pending' ORDER BY created, received_at, event_id LIMIT ?",
+                                  (self._pipeline, limit))
         return [InboxEntry(r[0], r[1], r[2], r[3]) for r in rows]
 
     @_mapped_errors
     def inbox_depth(self) -> int:
         """Inbox entries not applied yet."""
-        return int(self._conn.execute("SELECT COUNT(*) FROM inbox WHERE status = 'pending'").fetchone()[0])
+        return int(self._conn.execute("SELECT COUNT(*) FROM inbox WHERE pipeline = ? AND status = 'pending'",
+                                      (self._pipeline,)).fetchone()[0])
 
     @_mapped_errors
     def prune_inbox(self, now: int | None = None, *, limit: int = INBOX_PRUNE_LIMIT) -> int:
@@ -340,8 +383,8 @@ class StateStore:
         cutoff = (now or int(time.time())) - LEDGER_RETENTION_S
         with self._tx():
             cur = self._conn.execute(
-                "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox WHERE status = 'done' "
-                "AND created < ? AND received_at < ? LIMIT ?)", (cutoff, cutoff, limit))
+                "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox WHERE pipeline = ? AND "
+                "status = 'done' AND created < ? AND received_at < ? LIMIT ?)", (self._pipeline, cutoff, cutoff, limit))
         return cur.rowcount
 
     @_mapped_errors
@@ -357,38 +400,40 @@ class StateStore:
     @_mapped_errors
     def dead_letters(self, *, status: str = "open", limit: int | None = None) -> list[DeadLetter]:
         """Dead letters with this status, oldest event first."""
-        sql = "SELECT * FROM dead_letters WHERE status = ? ORDER BY created, event_id"
-        params: list[Any] = [status]
+        sql = "SELECT * FROM dead_letters WHERE pipeline = ? AND status = ? ORDER BY created, event_id"
+        params: list[Any] = [self._pipeline, status]
         if limit:
             sql += " LIMIT ?"
             params.append(limit)
-        return [DeadLetter(**dict(r)) for r in self._conn.execute(sql, params)]
+        return [_letter(r) for r in self._conn.execute(sql, params)]
 
     @_mapped_errors
     def dead_letter(self, event_id: str) -> DeadLetter | None:
         """One dead letter by event id."""
-        row = self._conn.execute("SELECT * FROM dead_letters WHERE event_id = ?", (event_id,)).fetchone()
-        return DeadLetter(**dict(row)) if row else None
+        row = self._conn.execute("SELECT * FROM dead_letters WHERE event_id = ? AND pipeline = ?",
+                                 (event_id, self._pipeline)).fetchone()
+        return _letter(row) if row else None
 
     @_mapped_errors
     def drop_dead_letter(self, event_id: str) -> bool:
         """Mark a dead letter dropped (kept for audit, no longer retried or counted)."""
         with self._tx():
             cur = self._conn.execute("UPDATE dead_letters SET status = 'dropped' WHERE event_id = ? "
-                                     "AND status = 'open'", (event_id,))
+                                     "AND pipeline = ? AND status = 'open'", (event_id, self._pipeline))
         return cur.rowcount > 0
 
     @_mapped_errors
     def dead_letter_count(self) -> int:
         """Open dead letters."""
-        return int(self._conn.execute("SELECT COUNT(*) FROM dead_letters WHERE status = 'open'").fetchone()[0])
+        return int(self._conn.execute("SELECT COUNT(*) FROM dead_letters WHERE pipeline = ? AND status = 'open'",
+                                      (self._pipeline,)).fetchone()[0])
 
     # --- runs -----------------------------------------------------------------------------
     @_mapped_errors
     def start_run(self, command: str) -> int:
         """Record the start of a run."""
-        row = self._conn.execute("INSERT INTO runs(command, started_at) VALUES (?, ?) RETURNING run_id",
-                                 (command, int(time.time()))).fetchone()
+        row = self._conn.execute("INSERT INTO runs(command, started_at, pipeline) VALUES (?, ?, ?) RETURNING run_id",
+                                 (command, int(time.time()), self._pipeline)).fetchone()
         return int(row[0])
 
     @_mapped_errors
@@ -401,11 +446,13 @@ class StateStore:
     def prune_runs(self, command: str, keep: int) -> int:
         """Keep the newest `keep` runs of `command` (and its newest that did its work, for `status`); `serve`
         records a run per inbox drain, so its runs would otherwise grow without end."""
+        p = self._pipeline
         with self._tx():
             cur = self._conn.execute(
-                "DELETE FROM runs WHERE command = ? AND run_id < (SELECT run_id FROM runs WHERE command = ? "
-                "ORDER BY run_id DESC LIMIT 1 OFFSET ?) AND run_id <> COALESCE((SELECT MAX(run_id) FROM runs "
-                "WHERE command = ? AND exit_code IN (0, 3)), -1)", (command, command, keep - 1, command))
+                "DELETE FROM runs WHERE pipeline = ? AND command = ? AND run_id < (SELECT run_id FROM runs WHERE "
+                "pipeline = ? AND command = ? ORDER BY run_id DESC LIMIT 1 OFFSET ?) AND run_id <> COALESCE(("
+                "SELECT MAX(run_id) FROM runs WHERE pipeline = ? AND command = ? AND exit_code IN (0, 3)), -1)",
+                (p, command, p, command, keep - 1, p, command))
         return cur.rowcount
 
     @_mapped_errors
@@ -416,32 +463,44 @@ class StateStore:
     @_mapped_errors
     def last_success(self, command: str) -> int | None:
         """When the newest run of `command` that did its work (exit 0, or 3: some dead letters) ended."""
-        row = self._conn.execute("SELECT MAX(finished_at) FROM runs WHERE command = ? AND exit_code IN (0, 3)",
-                                 (command,)).fetchone()
+        row = self._conn.execute("SELECT MAX(finished_at) FROM runs WHERE pipeline = ? AND command = ? "
+                                 "AND exit_code IN (0, 3)", (self._pipeline, command)).fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
     @_mapped_errors
     def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         """The latest runs, newest first."""
-        rows = self._conn.execute("SELECT * FROM runs ORDER BY run_id DESC LIMIT ?", (limit,)).fetchall()
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["summary"] = json.loads(d["summary"]) if d.get("summary") else None
-            out.append(d)
-        return out
+        rows = self._conn.execute("SELECT * FROM runs WHERE pipeline = ? ORDER BY run_id DESC LIMIT ?",
+                                  (self._pipeline, limit)).fetchall()
+        return [_run(r) for r in rows]
 
     @_mapped_errors
     def last_run_of(self, command: str) -> dict[str, Any] | None:
         """The newest finished run of `command` (its summary decoded), or None."""
-        row = self._conn.execute("SELECT * FROM runs WHERE command = ? AND exit_code IS NOT NULL "
-                                 "ORDER BY run_id DESC LIMIT 1", (command,)).fetchone()
-        if row is None:
-            return None
-        d = dict(row)
-        d["summary"] = json.loads(d["summary"]) if d.get("summary") else None
-        return d
+        row = self._conn.execute("SELECT * FROM runs WHERE pipeline = ? AND command = ? AND exit_code IS NOT NULL "
+                                 "ORDER BY run_id DESC LIMIT 1", (self._pipeline, command)).fetchone()
+        return _run(row) if row is not None else None
 
+
+def meta_key(pipeline: str, key: str) -> str:
+    """How a pipeline's meta key is stored: the default pipeline's (and the schema's versions) bare, as before
+    pipelines existed (an older stripe-sf still reads its own); another's under `<pipeline>/`."""
+    return key if pipeline == DEFAULT_PIPELINE or key in _GLOBAL_KEYS else f"{pipeline}/{key}"
+
+
+def _letter(row: Any) -> DeadLetter:
+    """A dead letter from its row (the pipeline column is the store's own)."""
+    d = dict(row)
+    d.pop("pipeline", None)
+    return DeadLetter(**d)
+
+
+def _run(row: Any) -> dict[str, Any]:
+    """A run from its row, its summary decoded (the pipeline column is the store's own)."""
+    d = dict(row)
+    d.pop("pipeline", None)
+    d["summary"] = json.loads(d["summary"]) if d.get("summary") else None
+    return d
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
