@@ -14,6 +14,10 @@ IDENTITY_KEY = "identity"  # the state's meta key: the recorded identities, as J
 REBIND_HINT = ("If this is intended (a new org, a new Stripe account), rebind the state: `stripe-sf state rebind` "
                "shows both, `stripe-sf state rebind --yes` records the current ones (docs/configure.md, "
                "\"Which org and account\").")
+ACCOUNT_HINT = ("Put the key of that account in the variable (api_key_env), or correct its id under stripe.accounts "
+                "(GET /v1/account, or the Dashboard's Settings › Account details, shows a key's account).")
+CONNECTED_HINT = ("Check the id under stripe.accounts against the platform's Dashboard (Connected accounts); an "
+                  "account of its own, not connected, needs `connected: false` and its key in api_key_env.")
 MODE_HINT = ("Point the config at the matching org or key; to write across modes on purpose (a rehearsal), set "
              "salesforce.allow_mode_mismatch: true.")
 
@@ -86,9 +90,11 @@ def key_is_live(api_key: str) -> bool | None:
     return None
 
 
-def key_fingerprint(api_key: str) -> str:
-    """A short hash of the key, kept in the state instead of the key."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+def key_fingerprint(api_key: str, stripe_account: str | None = None) -> str:
+    """A short hash of the key, kept in the state instead of the key; with a connected account's Stripe-Account
+    header, of both (the platform's key reaches another account with it)."""
+    seed = api_key if not stripe_account else f"{api_key}|{stripe_account}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
 
 
 def same_org(a: str, b: str) -> bool:
@@ -114,6 +120,16 @@ def stripe_problem(recorded: StripeIdentity | None, current: StripeIdentity) -> 
     if recorded.account and current.account and recorded.account != current.account:
         return f"This state belongs to {recorded}, but STRIPE_API_KEY belongs to {current}"
     return None
+
+
+def account_problem(named: str | None, key_env: str, connected: bool, current: StripeIdentity) -> str | None:
+    """Why the key of a pipeline (and its Stripe-Account header) reaching `current` is not the account the config
+    names for it (`named`), or None (no account named, or one the key may not read)."""
+    if named is None or current.account is None or current.account == named:
+        return None
+    if connected:
+        return f"{key_env} with Stripe-Account: {named} reaches {current.account}, not {named}"
+    return f"{key_env} belongs to {current.account}, not {named} as stripe.accounts says"
 
 
 def mode_problem(stripe: StripeIdentity, salesforce: SalesforceIdentity, *, allowed: bool) -> str | None:

@@ -179,3 +179,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
     url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
     return Backend(request.param, tmp_path / STATE_NAME, url)
+
+
+@pytest.fixture
+def stripe_accounts(stripe_sb: StripeSandbox) -> dict[str, StripeSandbox]:
+    """The sandbox's accounts for multi-account tests (issue 26): `platform` (stripe_sb, STRIPE_API_KEY's own),
+    `separate` (a key of its own: `.api_key`) and `connected` (the platform's key with `Stripe-Account`)."""
+    return {"platform": stripe_sb, "separate": stripe_sb.add_account(),
+            "connected": stripe_sb.add_account(connected=True)}

@@ -547,8 +547,11 @@ class StripeFactory:
         self.sandbox = sandbox
         self.api_version = api_version
         self.autostore = autostore
-        self.account_id = account_id
-        self._rng = random.Random(seed)
+        # An added account's objects (hosted invoice URLs) name that account.
+        self.account_id = sandbox.account_id if sandbox is not None and sandbox.id_salt else account_id
+        # An added account (StripeSandbox.add_account) salts the seed: two accounts never share an id.
+        salt = sandbox.id_salt if sandbox is not None else ""
+        self._rng = random.Random(f"{seed}{salt}" if salt else seed)
         self._issued: set[str] = set()
         self._registry: dict[str, Obj] = {}
         self._invoice_numbers: dict[str, int] = {}

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import stripe
 
-from stripe_sf_sandbox import stripe_writes
+from stripe_sf_sandbox import stripe_accounts, stripe_writes
 from stripe_sf_sandbox.faults import FaultPlan
 from stripe_sf_sandbox.stripe_factory import (
     API_VERSION_CURRENT,
@@ -353,6 +353,18 @@ class StripeSandbox:
         # False: the key is a restricted key without the Account read permission; GET /v1/account answers 403
         # (Stripe docs, "Restricted API keys": a request outside the key's permissions gets a permission error).
         self.account_readable = True
+        # Other accounts behind the same base URL (`add_account`): a separate account with its own key, or a connected
+        # account of this one, reached with this account's key and the Stripe-Account header. `platform` is the
+        # account a connected account belongs to; `_root` the sandbox whose server answers for all of them.
+        self.accounts: list[StripeSandbox] = []
+        self.connected = False
+        self.platform: StripeSandbox | None = None
+        self._root: StripeSandbox = self
+        # Whether a key no account issued is refused (401): None refuses it once accounts were added
+        # (stripe_accounts.key_owner).
+        self.strict_keys: bool | None = None
+        # Mixed into a StripeFactory's seed so that the factories of two accounts never issue the same ids.
+        self.id_salt = ""
         # Keys rolled or deleted in the Dashboard: Stripe answers 401 "Expired API Key provided".
         self.revoked_keys: set[str] = set()
         # Restricted keys made by `restricted_key`: key -> resource ("customer") -> "read" or "write".
@@ -363,6 +375,8 @@ class StripeSandbox:
         self.ca_path = ""
         self._tmpdir: str | None = None
         self.events: list[Obj] = []
+        # Requests this account answered (the sandbox that serves also counts those refused before an account was
+        # chosen, and numbers every request in request_count, as FaultPlan counts them).
         self.request_count = 0
         self.requests_log: list[tuple[str, str, Obj]] = []
         self.faults = FaultPlan()
@@ -408,6 +422,8 @@ class StripeSandbox:
             daemon=True,
         )
         self._thread.start()
+        for account in self.accounts:
+            account.base_url = self.base_url
         return self
 
     def stop(self) -> None:
@@ -451,15 +467,48 @@ class StripeSandbox:
     def client(
         self, *, stripe_version: str | None = None, max_network_retries: int = 2
     ) -> stripe.StripeClient:
-        """An official SDK client pointed at this sandbox."""
-        if not self.base_url:
+        """An official SDK client pointed at this sandbox (at this account: a connected account's client sends
+        the platform's key and `Stripe-Account`)."""
+        if not self._root.base_url:
             raise RuntimeError("start() the sandbox first")
         return stripe.StripeClient(
             self.api_key,
-            base_addresses={"api": self.base_url},
+            stripe_account=self.stripe_account_header,
+            base_addresses={"api": self._root.base_url},
             stripe_version=stripe_version,
             max_network_retries=max_network_retries,
         )
+
+    def add_account(self, *, connected: bool = False) -> StripeSandbox:
+        """Another Stripe account served at the same base URL, with its own objects, events, ids, `account_id`
+        and rate-limit buckets (Stripe's limits are "per Stripe account", docs.stripe.com/rate-limits). It is a
+        StripeSandbox itself, so `StripeFactory(account)`, `put`, `emit`, `objects_of`, `client()` work on it.
+
+        `connected=False`: a separate account with its own key (`.api_key`). `connected=True`: a connected account
+        of this one; it has no key of its own: `.api_key` is this account's key, sent with `Stripe-Account:
+        <account_id>` (`.stripe_account_header`), as a platform reads its connected accounts (docs.stripe.com/
+        connect/authentication). Its events carry `account` (stripe_accounts.py)."""
+        root = self._root
+        account = StripeSandbox(now=lambda: root.now(), latency_ms=self.latency_ms,
+                                rate_limit_per_s=self.rate_limit_per_s,
+                                endpoint_limit_per_s=self.endpoint_limit_per_s,
+                                should_retry_header=self.should_retry_header,
+                                account_api_version=self.account_api_version, live=self.live)
+        account.api_key_prefixes = self.api_key_prefixes
+        account._root = root
+        account.id_salt = ":" + account.account_id
+        account.base_url = root.base_url
+        if connected:
+            account.connected = True
+            account.platform = self
+            account.api_key = self.api_key
+        root.accounts.append(account)
+        return account
+
+    @property
+    def stripe_account_header(self) -> str | None:
+        """The Stripe-Account header that reaches this account with `.api_key`: its id when connected, else None."""
+        return self.account_id if self.connected else None
 
     def restricted_key(self, **permissions: stripe_writes.Access) -> str:
         """A new restricted key (`rk_test_…`) with these permissions per resource, e.g. `customer="read"`;
@@ -579,6 +628,11 @@ class StripeSandbox:
                 else {"id": "req_" + _rand_suffix(14), "idempotency_key": None},
                 "type": type,
             }
+            if self.connected:
+                # A connected account's event names it (Stripe API reference, The Event object: `account`, "the
+                # connected account that originates the event"; docs.stripe.com/connect/webhooks); the
+                # platform's own events have no such attribute.
+                event["account"] = self.account_id
             self.events.append(event)
             self._event_index[eid] = len(self.events) - 1
             return clone(event)
@@ -679,7 +733,7 @@ class StripeSandbox:
             )
         if not key.startswith(self.api_key_prefixes):
             raise StripeApiError(401, f"Invalid API Key provided: {masked}")
-        if key in self.revoked_keys:
+        if any(key in a.revoked_keys for a in stripe_accounts.every_account(self)):
             raise StripeApiError(401, f"Expired API Key provided: {masked}")
         return key
 
@@ -697,7 +751,8 @@ class StripeSandbox:
                 parse_error: StripeApiError | None = None
             except StripeApiError as exc:
                 params, parse_error = {}, exc
-            self.requests_log.append((method, path, params))
+            entry = (method, path, params)
+            self.requests_log.append(entry)
         try:
             hook = self.faults.on_request
             if hook is not None:
@@ -712,17 +767,24 @@ class StripeSandbox:
                 injected = failure.body if failure.body is not None else _generic_error_body(failure.status)
                 return failure.status, injected, dict(failure.headers)
             key = self._check_auth(headers.get("authorization"))
-            if self._bucket is not None and not self._bucket.take():
+            owner, target = stripe_accounts.resolve(self, key, headers.get("stripe-account"))
+            if target is not self:
+                stripe_accounts.move_log_entry(self, target, entry)
+            if target._bucket is not None and not target._bucket.take():
                 raise self._rate_limited("global-rate")
-            if self.endpoint_limit_per_s and not self._endpoint_bucket(method, path).take():
+            if target.endpoint_limit_per_s and not target._endpoint_bucket(method, path).take():
                 raise self._rate_limited("endpoint-rate")
-            version = headers.get("stripe-version") or self.account_api_version
+            version = headers.get("stripe-version") or target.account_api_version
             if not is_valid_api_version(version):
                 _bad(f"Invalid Stripe API version: {version}")
             if parse_error is not None:
                 raise parse_error
-            stripe_writes.check_permission(self, key, method, path)
-            status, answer = self._route(method, path, params, version)
+            stripe_writes.check_permission(owner, key, method, path)
+            if method == "GET" and path.rstrip("/") == "/v1/account":
+                # The account the Stripe-Account header names, else the key's own (Stripe API reference,
+                # "Retrieve account").
+                return 200, stripe_accounts.account_object(owner, target, key), {"Stripe-Version": version}
+            status, answer = target._route(method, path, params, version)
             return status, answer, {"Stripe-Version": version}
         except StripeApiError as exc:
             return exc.status, exc.body, exc.headers
@@ -754,8 +816,6 @@ class StripeSandbox:
             return self._endpoint_buckets.setdefault(name, _TokenBucket(self.endpoint_limit_per_s or 1.0))
 
     def _route(self, method: str, path: str, params: Obj, version: str) -> tuple[int, Obj]:
-        if method == "GET" and path.rstrip("/") == "/v1/account":
-            return 200, self._own_account()
         m = _PATH_RE.match(path)
         if method != "GET":
             written = stripe_writes.route(self, method, path, params)
@@ -771,16 +831,6 @@ class StripeSandbox:
             if obj_id is None:
                 return 200, self._list(collection, params, version)
             return 200, self._retrieve(collection, obj_id, params, version)
-
-    def _own_account(self) -> Obj:
-        """GET /v1/account: the key's own account (Stripe API reference, "The Account object"; the fields a
-        reader of its identity needs)."""
-        if not self.account_readable:
-            raise StripeApiError(403, f"The provided key '{self.api_key[:8]}***' does not have the required "
-                                 f"permissions for this endpoint on account '{self.account_id}'.")
-        return {"id": self.account_id, "object": "account", "type": "standard", "country": "US",
-                "default_currency": "usd", "charges_enabled": True, "details_submitted": True,
-                "settings": {"dashboard": {"display_name": "Sandbox Account", "timezone": "Etc/UTC"}}}
 
     # ----------------------------------------------------------------- retrieve
 

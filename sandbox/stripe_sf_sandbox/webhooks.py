@@ -35,5 +35,7 @@ def thin_event(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def connected_account_event(event: dict[str, Any], account: str = "acct_1ConnectedSandbox") -> dict[str, Any]:
-    """`event` as a Connect endpoint receives it from a connected account: the same, with `account` set."""
+    """`event` as a Connect endpoint receives it from a connected account: the same, with `account` set. (The
+    events of `StripeSandbox.add_account(connected=True)` carry it already: deliver them to the platform's
+    endpoint as they are.)"""
     return {**event, "account": account}

@@ -13,12 +13,15 @@ from typing import Any, Literal
 from stripe_sf_sync.config import LoadedConfig
 from stripe_sf_sync.errors import ConfigError, ExitCode, IdentityError
 from stripe_sf_sync.identity import (
+    ACCOUNT_HINT,
+    CONNECTED_HINT,
     IDENTITY_KEY,
     MODE_HINT,
     REBIND_HINT,
     Binding,
     SalesforceIdentity,
     StripeIdentity,
+    account_problem,
     key_fingerprint,
     key_is_live,
     loads,
@@ -26,9 +29,11 @@ from stripe_sf_sync.identity import (
     salesforce_problem,
     stripe_problem,
 )
+from stripe_sf_sync.pipelines import Pipeline
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway
 from stripe_sf_sync.salesforce.org import ORG_CACHE_KEY, ORG_IDENTITY_SOQL, OrgCheck, org_identity
 from stripe_sf_sync.service.runtime import Environment, Runtime, clients
+from stripe_sf_sync.stripe.objects import AccountUnreachable
 from stripe_sf_sync.stripe.source import StripeSource
 
 log = logging.getLogger("stripe_sf_sync")
@@ -39,15 +44,24 @@ def recorded_binding(state: Any) -> Binding:
     return loads(state.get_meta(IDENTITY_KEY))
 
 
-def current_stripe(recorded: Binding, source: StripeSource, api_key: str) -> StripeIdentity | None:
-    """The Stripe account and mode of `api_key`: the account is read (GET /v1/account, one call) only for a key
-    the state has not seen; None for a key whose prefix names no mode."""
+def current_stripe(recorded: Binding, source: StripeSource, api_key: str,
+                   pipeline: Pipeline | None = None) -> StripeIdentity | None:
+    """The Stripe account and mode of `api_key` (with a connected pipeline's Stripe-Account header): the account is
+    read (GET /v1/account, one call) only for a key the state has not seen; None for a key whose prefix names no
+    mode. An IdentityError when Stripe refuses the header (the account is not connected to the key's platform)."""
     live = key_is_live(api_key)
     if live is None:
         return None
-    fingerprint = key_fingerprint(api_key)
+    header = pipeline.stripe_account_header if pipeline is not None else None
+    fingerprint = key_fingerprint(api_key, header)
     seen = recorded.stripe
-    account = seen.account if seen is not None and seen.key == fingerprint else source.own_account()
+    try:
+        account = seen.account if seen is not None and seen.key == fingerprint else source.own_account()
+    except AccountUnreachable as exc:
+        key_env = pipeline.key_env if pipeline is not None else "STRIPE_API_KEY"
+        raise IdentityError(f"{header} is not a connected account of the platform whose key is in {key_env}, or "
+                            f"does not exist: Stripe refused the Stripe-Account header ({exc}). Nothing was read "
+                            "or written.", hint=CONNECTED_HINT) from None
     if account is None:
         log.warning("STRIPE_API_KEY may not read its own account (GET /v1/account): the Stripe account this state "
                     "belongs to is not checked, only its mode. Give the restricted key read access to Account.")
@@ -57,8 +71,10 @@ def current_stripe(recorded: Binding, source: StripeSource, api_key: str) -> Str
 class IdentityGuard:
     """Stops a run that would cross orgs, accounts or modes, and records the identities the first time."""
 
-    def __init__(self, state: Any, loaded: LoadedConfig, source: StripeSource, api_key: str) -> None:
+    def __init__(self, state: Any, loaded: LoadedConfig, source: StripeSource, api_key: str,
+                 pipeline: Pipeline | None = None) -> None:
         self._state = state
+        self._pipeline = pipeline
         self._allowed = loaded.settings.salesforce.allow_mode_mismatch
         self._source = source
         self._api_key = api_key
@@ -67,9 +83,13 @@ class IdentityGuard:
 
     def check_stripe(self) -> None:
         """Raise IdentityError for another Stripe account or mode; record a first one."""
-        self.stripe = current_stripe(self.binding, self._source, self._api_key)
+        self.stripe = current_stripe(self.binding, self._source, self._api_key, self._pipeline)
         if self.stripe is None:
             return
+        p = self._pipeline
+        wrong = account_problem(p.account, p.key_env, p.connected, self.stripe) if p is not None else None
+        if wrong:
+            raise IdentityError(f"{wrong}. Nothing was read or written.", hint=ACCOUNT_HINT)
         problem = stripe_problem(self.binding.stripe, self.stripe)
         if problem:
             raise IdentityError(f"{problem}. Nothing was written.", hint=REBIND_HINT)
@@ -79,9 +99,12 @@ class IdentityGuard:
     def check_new_key(self) -> None:
         """A key the state has not seen, for a state bound to an account, is checked before anything is read:
         the cursor names an event of that account, and read on another account it means nothing (an empty
-        list would report the backlog as current). The same key costs nothing here."""
+        list would report the backlog as current). The same key costs nothing here. A pipeline that names its
+        account (stripe.accounts) is checked before its first read too, so that it never reads another account."""
         seen = self.binding.stripe
-        if seen is not None and seen.key != key_fingerprint(self._api_key):
+        header = self._pipeline.stripe_account_header if self._pipeline is not None else None
+        named = self._pipeline is not None and self._pipeline.account is not None
+        if named or (seen is not None and seen.key != key_fingerprint(self._api_key, header)):
             self.check_stripe()
 
     def connect(self, factory: Callable[[], SalesforceGateway], org: OrgCheck) -> Callable[[], SalesforceGateway]:
@@ -157,7 +180,7 @@ def run_state_rebind(config_path: Path | None, environment: Environment, *, yes:
     with runtime.open_state(create=False) as state:
         state.acquire_lock()
         recorded = recorded_binding(state)
-        stripe_now = current_stripe(Binding(), source, runtime.stripe_key())
+        stripe_now = current_stripe(Binding(), source, runtime.stripe_key(), runtime.pipeline)
         current = Binding(org_identity({"records": sf_factory().query(ORG_IDENTITY_SOQL)}), stripe_now)
         changed = current != recorded
         result = {"recorded": recorded.as_dict(), "current": current.as_dict(), "changed": changed,

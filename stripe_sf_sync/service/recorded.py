@@ -100,7 +100,7 @@ def recorded_run(runtime: Runtime, summary: RunSummary, source: StripeSource,
         # Before any write: the Stripe account and mode, and the Salesforce org, when the run first connects to
         # Salesforce (a run that has nothing to write never does; a bad --since costs no call); and a Stripe key
         # the state has not seen, before anything is read.
-        guard = IdentityGuard(state, runtime.loaded, source, runtime.stripe_key())
+        guard = IdentityGuard(state, runtime.loaded, source, runtime.stripe_key(), runtime.pipeline)
         org = OrgCheck(runtime.loaded, state, runtime.environment.clock)
         access = SalesforceAccess(guard.connect(sf_factory, org))
         ports, recorder = _ports(runtime, state, source, access, org, summary.dry_run, stop)

@@ -15,6 +15,12 @@ from stripe_sf_sync.stripe.client import BASIL, PacedClient, path_id
 _CURRENT_PATHS = {"sub": "/v1/subscriptions", "in": "/v1/invoices", "pi": "/v1/payment_intents"}
 
 
+class AccountUnreachable(Exception):
+    """Stripe refused the Stripe-Account header: the account it names is not connected to the key's platform, or
+    does not exist (a 403 `account_invalid`: "The provided key '…' does not have access to account '…' (or that
+    account does not exist). Application access may have been revoked.")."""
+
+
 class ObjectReads:
     """Reads objects through `client`, one request each unless a list has more pages."""
 
@@ -30,7 +36,11 @@ class ObjectReads:
         with no id), or None when a restricted key may not read it."""
         try:
             data = self._client.get("reading the key's own account", "/v1/account", raw_refusal=True)
-        except (stripe.PermissionError, stripe.InvalidRequestError):
+        except stripe.PermissionError as exc:
+            if _error_code(exc) == "account_invalid":  # the header's account, not the key's permissions
+                raise AccountUnreachable(str(exc.user_message or exc)) from None
+            return None
+        except stripe.InvalidRequestError:
             return None
         account = data.get("id")
         return account if isinstance(account, str) and account.startswith("acct_") else None
@@ -186,3 +196,11 @@ class ObjectReads:
             for page in self._client.walk("credit notes", "/v1/credit_notes", params):
                 notes.extend(page)
         return invoice, pi_id if isinstance(pi_id, str) else None, notes
+
+
+def _error_code(exc: stripe.StripeError) -> str | None:
+    """The `code` of Stripe's error body (the SDK leaves `code` unset on a PermissionError)."""
+    body = exc.json_body if isinstance(exc.json_body, dict) else {}
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None

@@ -143,7 +143,8 @@ class StripeSource:
         return self.lists.customer_pages(created=created, start=start)
 
     def own_account(self) -> str | None:
-        """The account the key belongs to, or None when the key may not read it (ObjectReads.own_account)."""
+        """The account the key (and a connected pipeline's Stripe-Account header) reaches, or None when the key may
+        not read it; AccountUnreachable when Stripe refuses the header (ObjectReads.own_account)."""
         return self.objects.own_account()
 
     # --- hydration's reads, for callers outside the hydrator (reconcile, tests) -----------------
