@@ -110,25 +110,48 @@ def test_a_config_without_accounts_is_one_partition(tmp_path):
     assert stripe_sf_dagster.partitions(cfg).get_partition_keys() == ["default"]
 
 
-@pytest.mark.skip(reason="needs StripeSandbox.add_account (pipe-sandbox)")
-def test_two_partitions_materialize_and_check(tmp_path, stripe_sb, sf_sb, sandbox_vars, monkeypatch):
-    from stripe_sf_sync import service
+def test_two_partitions_materialize_and_check(config, stripe_accounts, sandbox_vars, monkeypatch):
+    import yaml
 
-    europe = stripe_sb.add_account("acct_1Europe")
-    monkeypatch.setenv("STRIPE_API_KEY_EU", europe.api_key)
-    cfg = two_accounts(tmp_path)
-    service.run_discover(cfg, service.Environment(account="acct_1Brand"), write=True,
-                         example=cfg.read_text())
-    defs = stripe_sf_dagster.definitions(cfg)
+    from stripe_sf_sandbox.stripe_factory import StripeFactory
+
+    brand, europe = stripe_accounts["platform"], stripe_accounts["separate"]
+    t0 = int(datetime.now(UTC).timestamp()) - 86400
+    last_event = {}
+    for name, account in (("brand", brand), ("europe", europe)):
+        f = StripeFactory(account, seed=3)
+        last_event[account.account_id] = f.emit("customer.created",
+                                                f.customer(name.title(), f"{name}@example.com", created=t0), t0)["id"]
+    settings = yaml.safe_load(config.read_text())
+    settings["stripe"]["accounts"] = [{"id": brand.account_id},
+                                      {"id": europe.account_id, "api_key_env": "STRIPE_API_KEY_EU"}]
+    config.write_text(yaml.safe_dump(settings))  # one state: a cursor, ledger and lock per pipeline in it
+
+    defs = stripe_sf_dagster.definitions(config)
     job = defs.resolve_job_def(stripe_sf_dagster.JOB)
+    assert job.partitions_def.get_partition_keys() == [brand.account_id, europe.account_id]
     instance = dg.DagsterInstance.ephemeral()
-    first = datetime.now(UTC).strftime("%Y-%m-%d")
-    for key in ("acct_1Brand", "acct_1Europe"):
+    first = datetime.fromtimestamp(t0 - 86400, UTC).strftime("%Y-%m-%d")
+    # Europe's key missing: its partition fails with the message; nothing of it stops Brand's below.
+    failed = job.execute_in_process(partition_key=europe.account_id, run_config=sync_config(first),
+                                    instance=instance, raise_on_error=False)
+    [failure] = [e for e in failed.all_events if e.is_step_failure]
+    assert "STRIPE_API_KEY_EU is not set" in failure.step_failure_data.error.message
+    monkeypatch.setenv("STRIPE_API_KEY_EU", europe.api_key)
+    for account in (brand, europe):
+        key = account.account_id
         result = job.execute_in_process(partition_key=key, run_config=sync_config(first), instance=instance)
         assert result.success
-        assert materialization(result, key)["exit_code"] in (ExitCode.OK, ExitCode.DEAD_LETTERS)
+        figures = materialization(result, key)
+        assert figures["exit_code"] in (ExitCode.OK, ExitCode.DEAD_LETTERS) and figures["events_read"] == 1
+        assert figures["cursor"] == last_event[key]  # its own account's event, none of the other's
         [check] = result.get_asset_check_evaluations()
         assert check.metadata["pipeline"].value == key
+    # Both partitions stand materialized in Dagster; a second run of each reads nothing new.
+    assert instance.get_materialized_partitions(dg.AssetKey(stripe_sf_dagster.ASSET)) == set(last_event)
+    for key in last_event:
+        again = job.execute_in_process(partition_key=key, instance=instance)
+        assert materialization(again, key)["events_read"] == 0
 
 
 def test_the_check_run_on_its_own_reconciles_every_pipeline(config, sc, sandbox_vars):
