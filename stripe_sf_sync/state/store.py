@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 from stripe_sf_sync.errors import StateError
 from stripe_sf_sync.model import CachedCustomer
 from stripe_sf_sync.state import adoption
+from stripe_sf_sync.state.adoption import DEFAULT_PIPELINE, checked_name, meta_key
 from stripe_sf_sync.state.records import Cursor, DeadLetter, InboxEntry, Outcome
-from stripe_sf_sync.state.schema import PG_VERSION_KEY, VERSION_KEY
 from stripe_sf_sync.state.sqlite import SqliteDatabase
 
 if TYPE_CHECKING:
@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 INBOX_PRUNE_LIMIT = 1000  # applied inbox entries dropped per prune, at most
 _BACKFILL_ID = re.compile(r"evt_bf\d+_(.+)")  # backfill.synthetic_event's id: the run's time, the object id
 LEDGER_RETENTION_S = 40 * 86400  # longer than Stripe's 30-day event retention: re-reads stay deduplicated
-DEFAULT_PIPELINE = "default"  # pipelines.py's: the pipeline of every state written before pipelines existed
-_PIPELINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # a Stripe account id, or `default`: safe in a file name
-_GLOBAL_KEYS = (VERSION_KEY, PG_VERSION_KEY)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -92,11 +89,8 @@ class StateStore:
     `open_state` also knows PostgreSQL (`state.postgres.connect`)."""
 
     def __init__(self, db: Database, *, pipeline: str = DEFAULT_PIPELINE) -> None:
-        if not _PIPELINE_NAME.fullmatch(pipeline):
-            raise StateError(f"{pipeline!r} cannot name a pipeline in the state.",
-                             hint="Name accounts by their Stripe id (acct_...) in stripe.accounts.")
         self._db = db
-        self._pipeline = pipeline
+        self._pipeline = checked_name(pipeline)
 
     @classmethod
     def open(cls, path: Path, *, create: bool = True, pipeline: str = DEFAULT_PIPELINE) -> StateStore:
@@ -157,13 +151,13 @@ class StateStore:
     def pipelines(self) -> list[str]:
         """The pipelines with any state in this database (a cursor, ledger rows, a run, a dead letter, inbox
         entries), `default` first."""
-        return adoption.pipelines_of(self)
+        return adoption.pipelines_of(self._conn)
 
     @_mapped_errors
     def adopt(self, source: str, target: str) -> int:
         """Move pipeline `source`'s state (rows and meta) to `target` in one transaction, when `target` has none
         (else a StateError saying what to do); hold `source`'s run lock. Returns the rows and keys moved."""
-        return adoption.adopt(self, source, target)
+        return adoption.adopt(self._conn, self._tx, source, target)
 
     # --- the run lock: the database's own (a flock; a lease row on PostgreSQL) ---------------
     def acquire_lock(self) -> None:
@@ -480,12 +474,6 @@ class StateStore:
         row = self._conn.execute("SELECT * FROM runs WHERE pipeline = ? AND command = ? AND exit_code IS NOT NULL "
                                  "ORDER BY run_id DESC LIMIT 1", (self._pipeline, command)).fetchone()
         return _run(row) if row is not None else None
-
-
-def meta_key(pipeline: str, key: str) -> str:
-    """How a pipeline's meta key is stored: the default pipeline's (and the schema's versions) bare, as before
-    pipelines existed (an older stripe-sf still reads its own); another's under `<pipeline>/`."""
-    return key if pipeline == DEFAULT_PIPELINE or key in _GLOBAL_KEYS else f"{pipeline}/{key}"
 
 
 def _letter(row: Any) -> DeadLetter:
