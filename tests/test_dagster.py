@@ -163,3 +163,18 @@ def test_the_check_run_on_its_own_reconciles_every_pipeline(config, sc, sandbox_
     assert not result.get_asset_materialization_events()  # the check alone: no sync
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.metadata["pipelines"].value == 1 and evaluation.partition is None
+
+
+def test_the_one_line_code_location_of_the_docs_loads(tmp_path, monkeypatch):
+    write_config(tmp_path / "sync.yaml")
+    page = (Path(__file__).resolve().parent.parent / "docs" / "dagster.md").read_text()
+    module = page.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'definitions("sync.yaml")' in module
+    (tmp_path / "stripe_sf_defs.py").write_text(module)
+    monkeypatch.chdir(tmp_path)  # a relative config path is read from the code location's working directory
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    defs = importlib.import_module("stripe_sf_defs").defs
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_assets_def(stripe_sf_dagster.ASSET).partitions_def.get_partition_keys() == ["default"]
