@@ -1,9 +1,9 @@
 """Dagster definitions for stripe-sf (`pip install 'stripe-sf-sync[dagster]'`, docs/dagster.md).
 
 One asset, `stripe_sf_sync`, partitioned by pipeline (pipelines.py: an account id each, or `default`): a
-partition's materialization is `stripe-sf --account NAME sync`, its figures the metadata. Reconcile is the
-asset's check, per partition. A schedule asks for every partition on a cron expression. A user's code location is
-one line: `defs = stripe_sf_sync.integrations.dagster.definitions("sync.yaml")`.
+partition's materialization is `stripe-sf sync --account NAME`, its figures the metadata. Reconcile is the
+asset's check, run for the partition of each run. A schedule asks for every partition on a cron expression.
+A user's code location is one line: `defs = stripe_sf_sync.integrations.dagster.definitions("sync.yaml")`.
 
 Secrets come from the environment, as for the CLI (docs/configure.md); Dagster's config holds the config path
 (the `stripe_sf` resource) and each run's options.
@@ -21,7 +21,7 @@ from stripe_sf_sync import service
 from stripe_sf_sync.config import load_config
 from stripe_sf_sync.errors import ExitCode, StripeSfError
 from stripe_sf_sync.pipeline import RunSummary
-from stripe_sf_sync.pipelines import pipelines
+from stripe_sf_sync.pipelines import DEFAULT_PIPELINE, pipelines
 from stripe_sf_sync.words import counted
 
 ASSET = "stripe_sf_sync"
@@ -71,6 +71,11 @@ def sync_metadata(summary: RunSummary) -> dict[str, Any]:
             "duration_s": round(summary.duration_s, 3)}
 
 
+def command(pipeline: str, what: str) -> str:
+    """The CLI command that shows more, for one pipeline (a config without accounts needs no --account)."""
+    return f"stripe-sf {what}" if pipeline == DEFAULT_PIPELINE else f"stripe-sf {what} --account {pipeline}"
+
+
 def failure(message: str, code: ExitCode, pipeline: str, metadata: dict[str, Any] | None = None) -> dg.Failure:
     """What a failed run shows in Dagster: the error and what to do (the CLI's paragraph), and the exit code."""
     return dg.Failure(description=f"pipeline {pipeline}: {message}",
@@ -91,8 +96,8 @@ def run_sync(stripe_sf: StripeSf, pipeline: str, config: SyncConfig) -> dg.Mater
         what = summary.stopped_early or ("stopped by " + summary.stopped_by if summary.stopped_by else "interrupted")
         raise failure(f"the sync stopped before the end ({what}); the state is consistent and the next run "
                       "continues from the last committed batch (docs/exit-codes.md).", code, pipeline, metadata)
-    description = (f"{counted(summary.dead_lettered, 'event')} dead-lettered: see `stripe-sf --account {pipeline} "
-                   "dlq list`" if code == ExitCode.DEAD_LETTERS else None)
+    description = (f"{counted(summary.dead_lettered, 'event')} dead-lettered: see `{command(pipeline, 'dlq list')}`"
+                   if code == ExitCode.DEAD_LETTERS else None)
     return dg.MaterializeResult(metadata={**metadata, "exit_code": int(code), "note": description or "ok"})
 
 
@@ -111,8 +116,8 @@ def run_reconcile(stripe_sf: StripeSf, pipeline: str, config: ReconcileConfig) -
     mismatches = int(figures.get("mismatches") or 0)
     return dg.AssetCheckResult(
         passed=mismatches == 0, severity=dg.AssetCheckSeverity.WARN,
-        description=(f"{counted(mismatches, 'finding')} where Salesforce disagrees with Stripe: see `stripe-sf "
-                     f"--account {pipeline} reconcile` (docs/reconcile.md)" if mismatches else "Salesforce agrees"),
+        description=(f"{counted(mismatches, 'finding')} where Salesforce disagrees with Stripe: see "
+                     f"`{command(pipeline, 'reconcile')}` (docs/reconcile.md)" if mismatches else "Salesforce agrees"),
         metadata={"pipeline": pipeline, "checked": sum((figures.get("checked") or {}).values()),
                   "matched": int(figures.get("matched") or 0), "mismatches": mismatches,
                   "checked_per_object": dg.MetadataValue.json(figures.get("checked") or {}),
