@@ -227,3 +227,16 @@ def test_a_config_that_gains_its_account_continues_from_the_same_cursor(runner, 
         after = st.cursor()
         assert after is not None and after.created >= before.created and after != before
         assert len(st.recent_runs()) == 2 and st.for_pipeline("default").cursor() is None
+
+
+def test_a_version_4_file_reads_as_the_default_pipeline_without_write_access(tmp_path: Path) -> None:
+    path = tmp_path / STATE_NAME
+    con = sqlite3.connect(path)
+    con.executescript(SCHEMA_V4)
+    con.close()
+    path.chmod(0o444)  # `status` as an operator's account: the file is not upgraded, only read
+    with StateStore.open_read_only(path) as st:
+        assert st.pipelines() == ["default"] and st.cursor() == Cursor("evt_old", T0)
+        assert st.dead_letter_count() == 1 and st.inbox_depth() == 1 and st.recent_runs()[0]["summary"] == {}
+        assert st.for_pipeline(EU).dead_letter_count() == 0
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 4

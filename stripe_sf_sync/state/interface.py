@@ -125,6 +125,9 @@ class LockAndUpkeep(Protocol):
     def pipelines(self) -> list[str]:
         """The pipelines with any state in this database, `default` first."""
 
+    def for_pipeline(self, pipeline: str) -> Store:
+        """A store of another pipeline over this one's connection (reports in one thread, never concurrent runs)."""
+
     def adopt(self, source: str, target: str) -> int:
         """Move pipeline `source`'s state to `target`, which has none; the rows and keys moved."""
 

@@ -141,6 +141,8 @@ class SqliteDatabase:
                     f"understands ({SCHEMA_VERSION}).",
                     hint="Upgrade stripe-sf (pip install -U stripe-sf-sync) rather than downgrading.")
             conn.execute("SELECT COUNT(*) FROM runs").fetchone()  # an older file's missing table fails later
+            if version < SCHEMA_VERSION:
+                _older_columns_read_as_current(conn)
         except BaseException:
             conn.close()
             raise
@@ -208,6 +210,21 @@ class SqliteDatabase:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
+
+
+def _older_columns_read_as_current(conn: sqlite3.Connection) -> None:
+    """An older file read without write access (`status` before the next run upgrades it): each table that
+    lacks a column added since is read through a temporary view that adds it with its default (the temp schema
+    is the connection's own, searched before the file's), so a version-4 file reads as the `default`
+    pipeline's. Nothing is written to the file."""
+    missing: dict[str, list[str]] = {}
+    for table, column, kind in ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA main.table_info({table})")}
+        if present and column not in present:
+            default = kind.split("DEFAULT", 1)[1].strip() if "DEFAULT" in kind else "NULL"
+            missing.setdefault(table, []).append(f"{default} AS {column}")
+    for table, columns in missing.items():
+        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT *, {', '.join(columns)} FROM main.{table}")  # noqa: S608 (schema constants)
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
