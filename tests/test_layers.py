@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("edges", ("stripe", "salesforce", "state")),
     ("ways in", ("sources", "reconcile", "setup", "discover", "link")),
     ("service", ("service", "serve", "render")),
+    ("integrations", ("integrations",)),  # engines a team already runs (Dagster): on the service, as the CLI
     ("cli", ("cli", "cli_options", "__main__")),
 ]
 # Edges are not a layer above the pipeline: neither may import the other.
