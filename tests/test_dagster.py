@@ -14,8 +14,7 @@ from stripe_sf_sync.errors import ExitCode  # noqa: E402
 from stripe_sf_sync.integrations import dagster as stripe_sf_dagster  # noqa: E402
 from tests.conftest import since, write_config  # noqa: E402
 
-ACCOUNTS = "api_version: \"2026-10-28.endive\"\n  accounts:\n    - id: acct_1Brand\n    - id: acct_1Europe\n" \
-           "      api_key_env: STRIPE_API_KEY_EU\n  "
+ACCOUNTS = "  accounts:\n    - id: acct_1Brand\n    - id: acct_1Europe\n      api_key_env: STRIPE_API_KEY_EU\n"
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ def sandbox_vars(monkeypatch: pytest.MonkeyPatch, cli_env: dict[str, str]) -> di
 
 
 def two_accounts(tmp_path: Path) -> Path:
-    return write_config(tmp_path / "sync.yaml", **{"api_version: \"2026-10-28.endive\"\n  ": ACCOUNTS})
+    return write_config(tmp_path / "sync.yaml", **{"  accounts: []\n": ACCOUNTS})
 
 
 def sync_config(first_since: str) -> dict:

@@ -213,7 +213,8 @@ def test_a_config_that_gains_its_account_continues_from_the_same_cursor(runner, 
                           env=cli_env)
     assert first.exit_code == 0, first.output
     text = config.read_text()
-    config.write_text(text.replace("stripe:\n", f"stripe:\n  accounts:\n    - id: {stripe_sb.account_id}\n", 1))
+    assert "  accounts: []\n" in text
+    config.write_text(text.replace("  accounts: []\n", f"  accounts:\n    - id: {stripe_sb.account_id}\n", 1))
     state_path = next(config.parent.glob("*.sqlite"))
     with StateStore.open(state_path, create=False) as st:
         before = st.cursor()
