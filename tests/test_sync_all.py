@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sync import service
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.state import StateStore
 
 from .conftest import since
 
 CONFIG_ACCOUNTS = "  accounts: []\n"
+DAY = 86400
 
 
 def with_accounts(config, *accounts: str) -> None:
@@ -72,9 +77,7 @@ def test_a_command_on_a_config_with_several_accounts_asks_which(runner, config, 
 
 
 def test_metrics_carry_the_account_and_a_pipeline_turned_away_is_in_them(runner, config, cli_env, sc, tmp_path):
-    from prometheus_client.parser import text_string_to_metric_families
 
-    from stripe_sf_sync.state import StateStore
 
     prom = tmp_path / "all.prom"
     args = ["sync", "--all", "--since", since(sc), "--metrics-file", str(prom), "--config", str(config)]
@@ -94,3 +97,62 @@ def test_metrics_carry_the_account_and_a_pipeline_turned_away_is_in_them(runner,
         holder.close()
     assert result.exit_code == ExitCode.LOCKED, result.output
     assert exit_codes() == {("default", "sync"): 4}  # an alert on the exit code sees the pipeline turned away
+
+
+def two_account_config(config, stripe_accounts) -> tuple[dict, list]:
+    """The config names the platform and the separate account; each has a paid subscription of a customer
+    linked to an Account of the org. Returns the environment additions and the subscriptions."""
+    platform, europe = stripe_accounts["platform"], stripe_accounts["separate"]
+    with_accounts(config, f"{{id: {platform.account_id}}}",
+                  f"{{id: {europe.account_id}, api_key_env: STRIPE_API_KEY_EU}}")
+    return {"STRIPE_API_KEY_EU": europe.api_key}, [platform, europe]
+
+
+def subscribe(account, org, name: str, seed: int) -> str:
+    t = int(time.time()) - 2 * DAY
+    f = StripeFactory(account, seed=seed)
+    cus = f.customer(name, f"billing@{name.lower()}.example", created=t - 30 * DAY)
+    org.insert("Account", {"Name": name, "Stripe_Customer_ID__c": cus["id"]})
+    sub = f.subscription(cus, [(f.price(4000), 1)], created=t)
+    f.subscription_created(sub, t)
+    return str(sub["id"])
+
+
+def test_two_accounts_side_by_side_each_from_its_own_cursor(runner, config, cli_env, stripe_accounts, org):
+    extra, accounts = two_account_config(config, stripe_accounts)
+    subs = [subscribe(a, org, name, seed) for a, name, seed in zip(accounts, ("Brandco", "Euroco"), (61, 62),
+                                                                    strict=True)]
+    first = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 3 * DAY))
+    result = runner.invoke(app, ["sync", "--all", "--parallel", "2", "--since", first, "--json", "--config",
+                                 str(config)], env={**cli_env, **extra})
+    assert result.exit_code == ExitCode.OK, result.output
+    doc = json.loads(result.stdout)
+    assert [r["account"] for r in doc["accounts"]] == [a.account_id for a in accounts]
+    won = {o["Stripe_Subscription_ID__c"] for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c")}
+    assert set(subs) <= won
+    with StateStore.open(config.parent / "stripe-sf-state.sqlite") as store:
+        cursors = {a.account_id: store.for_pipeline(a.account_id).cursor() for a in accounts}
+    for a in accounts:  # each pipeline's cursor is an event of its own account
+        assert cursors[a.account_id] is not None
+        assert cursors[a.account_id].event_id in {e["id"] for e in a.events}
+    status = json.loads(runner.invoke(app, ["status", "--json", "--config", str(config)]).stdout)
+    assert [r["account"] for r in status["accounts"]] == [a.account_id for a in accounts]
+    assert [r["cursor"]["event_id"] for r in status["accounts"]] == [cursors[a.account_id].event_id
+                                                                     for a in accounts]
+
+
+def test_the_orgs_api_budget_is_shared_by_every_account(runner, config, cli_env, stripe_accounts, org):
+    """salesforce.api_budget is a share of the org's daily allowance, which Salesforce reports org-wide: a
+    budget the org has spent stops every pipeline, whichever used it."""
+    extra, accounts = two_account_config(config, stripe_accounts)
+    for a, name, seed in zip(accounts, ("Brandco", "Euroco"), (63, 64), strict=True):
+        subscribe(a, org, name, seed)
+    org.api_used = int(org.daily_api_limit * 0.85)  # over the default budget of 80%: other integrations used it
+    first = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 3 * DAY))
+    result = runner.invoke(app, ["sync", "--all", "--since", first, "--json", "--config", str(config)],
+                           env={**cli_env, **extra})
+    assert result.exit_code == ExitCode.UNAVAILABLE, result.output
+    doc = json.loads(result.stdout)
+    assert [r["exit_code"] for r in doc["accounts"]] == [ExitCode.UNAVAILABLE] * 2
+    assert all("budget" in (r["summary"]["stopped_early"] or "") for r in doc["accounts"])
+    assert not [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c")]
