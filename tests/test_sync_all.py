@@ -100,8 +100,8 @@ def test_metrics_carry_the_account_and_a_pipeline_turned_away_is_in_them(runner,
 
 
 def two_account_config(config, stripe_accounts) -> tuple[dict, list]:
-    """The config names the platform and the separate account; each has a paid subscription of a customer
-    linked to an Account of the org. Returns the environment additions and the subscriptions."""
+    """The config names the platform and the separate account (its key in STRIPE_API_KEY_EU): the environment's
+    additions, and the two accounts."""
     platform, europe = stripe_accounts["platform"], stripe_accounts["separate"]
     with_accounts(config, f"{{id: {platform.account_id}}}",
                   f"{{id: {europe.account_id}, api_key_env: STRIPE_API_KEY_EU}}")
