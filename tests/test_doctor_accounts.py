@@ -18,6 +18,7 @@ from stripe_sf_sandbox.stripe_factory import StripeFactory
 from stripe_sf_sandbox.stripe_server import StripeSandbox
 from stripe_sf_sync.cli import app
 from stripe_sf_sync.errors import ExitCode
+from stripe_sf_sync.state import open_state
 
 from .conftest import since
 
@@ -93,9 +94,10 @@ def test_each_pipeline_is_checked_with_its_own_key_and_names_its_account(cfg, cl
     assert ids[1] in of(report, "account")[ids[1]]["message"]
 
 
-def test_each_pipelines_cursor_and_dead_letters_come_from_its_own_state(cfg, cli_env, accounts, sc, runner):
+def test_each_pipelines_cursor_and_dead_letters_come_from_its_own_state(cfg, cli_env, accounts, sc, runner,
+                                                                        backend):
     platform, europe, connected = (a.account_id for a in accounts.values())
-    env = {**cli_env, EU_KEY: accounts["europe"].api_key}
+    env = {**cli_env, EU_KEY: accounts["europe"].api_key, **backend.env()}
     for account, expected in ((platform, ExitCode.DEAD_LETTERS), (europe, ExitCode.OK)):  # Hooli has no Account
         result = runner.invoke(app, ["sync", "--config", str(cfg), "--account", account, "--since", since(sc)],
                                env=env)
@@ -115,6 +117,12 @@ def test_each_pipelines_cursor_and_dead_letters_come_from_its_own_state(cfg, cli
     code, report, text = doctor(cfg, env, "--account", europe)  # one pipeline
     assert code == ExitCode.OK, text
     assert list(of(report, "key")) == [europe] and list(of(report, "dead letters")) == [europe]
+    if backend.url:  # PostgreSQL says which pipeline's run holds its lock (doctor takes none)
+        with open_state(backend.path, backend.url, pipeline=europe, create=False) as store:
+            store.acquire_lock()
+            code, report, text = doctor(cfg, env)
+        assert code == ExitCode.OK, text
+        assert of(report, "state")[None]["message"].endswith(f"answers (a run holds the run lock of {europe} now)")
 
 
 def test_a_separate_account_whose_key_reaches_another_is_an_identity_error_naming_both(cfg, cli_env, accounts):
