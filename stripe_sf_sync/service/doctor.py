@@ -42,20 +42,18 @@ from stripe_sf_sync.salesforce.org import (
     stage_problems,
     won_stage_problems,
 )
-from stripe_sf_sync.service.doctor_checks import AREAS, Area, Check, DoctorReport, PipelineState, Status, sentence
-from stripe_sf_sync.service.doctor_stripe import CURSOR_MARGIN_S, PipelineChecks
+from stripe_sf_sync.service.doctor_checks import Area, Check, DoctorReport, PipelineState, sentence
+from stripe_sf_sync.service.doctor_stripe import PipelineChecks
 from stripe_sf_sync.service.identity import recorded_binding
 from stripe_sf_sync.service.runtime import Environment, Runtime
 from stripe_sf_sync.sources import HANDOFF_SINCE_KEY
 from stripe_sf_sync.state import StateStore, open_state
 from stripe_sf_sync.words import counted
 
-__all__ = ["AREAS", "CURSOR_MARGIN_S", "Area", "Check", "Doctor", "DoctorReport", "Status", "run_doctor"]
-
 # A warning when less than this share of the daily allowance is left below salesforce.api_budget.
 BUDGET_MARGIN = 0.1
 STATE_SUFFIXES = ("", "-wal", "-shm", ".lock")  # the state file and what SQLite and the run lock add
-_sentence = sentence
+
 
 def _from_problem(area: Area, name: str, p: OrgProblem) -> Check:
     # An org that lacks what the config names is a configuration problem: sync stops with 2 on it.
@@ -65,7 +63,6 @@ def _from_problem(area: Area, name: str, p: OrgProblem) -> Check:
 
 def _problems_or_ok(area: Area, name: str, problems: list[OrgProblem], ok: str, subject: str | None) -> list[Check]:
     return [_from_problem(area, name, p) for p in problems] or [Check(area, name, "ok", ok, subject=subject)]
-
 
 
 class Doctor:
@@ -120,7 +117,7 @@ class Doctor:
             self.org_currencies = currency_facts(described)
             self.reached_org = org_identity(described.get("Organization"))
         except FatalSyncError as exc:
-            return [Check("salesforce", "login", "error", exc.message, _sentence(exc.hint), exc.code,
+            return [Check("salesforce", "login", "error", exc.message, sentence(exc.hint), exc.code,
                           int(exc.exit_code))]
         checks = [Check("salesforce", "login", "ok", f"logged in to {sf.sf_instance} ({_MODES[secrets.mode]}), "
                         f"REST API {s.api_version}")]
@@ -231,7 +228,7 @@ class Doctor:
                 integrity = store.integrity_check()
                 states = self.pipeline_states(store, locks=False)
         except StateError as exc:
-            return [Check("local", "state", "error", exc.message, _sentence(exc.hint), str(path),
+            return [Check("local", "state", "error", exc.message, sentence(exc.hint), str(path),
                           int(ExitCode.STATE))], {}
         if integrity != "ok":
             return [Check("local", "state", "error", f"{path} fails SQLite's integrity check ({integrity[:200]})",
@@ -256,7 +253,7 @@ class Doctor:
             return [Check("local", "state", "ok", f"PostgreSQL at {where}: no stripe-sf tables yet, the first run "
                           "creates them")], {}
         except (StateError, ConfigError) as exc:
-            return [Check("local", "state", "error", exc.message, _sentence(exc.hint), where,
+            return [Check("local", "state", "error", exc.message, sentence(exc.hint), where,
                           int(exc.exit_code))], {}
         running = [name for name, s in states.items() if s.running]
         held = ("" if not running else " (a run holds the run lock now)" if not self.loaded.settings.stripe.accounts
