@@ -161,9 +161,24 @@ def compare_account_mrr(spill: Spill, report: Report, field_name: str,
             f"the MRR of {row['customer']} (Account {row['name']!r}) as Stripe counts it"))
 
 
-def compare_unknown(spill: Spill, report: Report, *, accounts: bool) -> None:
+# Why unknown ids are not checked for one of several Stripe accounts (stripe.accounts) into one org.
+SEVERAL_ACCOUNTS_UNTAGGED = ("unknown_stripe_id: this org holds several Stripe accounts' records, and without "
+                             "salesforce.fields.stripe_account an id this account's Stripe does not list may be "
+                             "another account's; set the field to check the Opportunities (docs/accounts.md)")
+SEVERAL_ACCOUNTS_CUSTOMERS = ("unknown_stripe_id of Accounts: this org holds several Stripe accounts' customers, "
+                              "and one this account's Stripe does not list may be another account's")
+
+
+def compare_unknown(spill: Spill, report: Report, *, accounts: bool, several_accounts: bool = False,
+                    tagged: bool = False) -> None:
     """Salesforce records naming Stripe ids that Stripe's lists do not have (deleted, another account or
-    mode); and, as information, won Opportunities of canceled subscriptions."""
+    mode). With `several_accounts` (the config lists them, issue 26) an id this account's lists lack may be
+    another account's: Opportunities are checked only when their read kept to this account's (`tagged`:
+    salesforce.fields.stripe_account), Accounts never (they are not tagged: one may hold customers of several);
+    each skip is one note in the report."""
+    if several_accounts and not tagged:
+        report.skipped_checks.append(SEVERAL_ACCOUNTS_UNTAGGED)
+        return
     sql = """SELECT o.id, o.sub AS key, 'subscription' AS what FROM opps o
                  WHERE o.sub IS NOT NULL AND NOT EXISTS (SELECT 1 FROM subs s WHERE s.id = o.sub)
              UNION ALL SELECT o.id, o.pi, 'payment' FROM opps o
@@ -172,7 +187,9 @@ def compare_unknown(spill: Spill, report: Report, *, accounts: bool) -> None:
     for row in spill.rows(sql):
         report.findings.append(Finding("unknown_stripe_id", row["key"], row["id"], None, (),
                                        f"Opportunity names a Stripe {row['what']} Stripe does not know"))
-    if accounts:
+    if accounts and several_accounts:
+        report.skipped_checks.append(SEVERAL_ACCOUNTS_CUSTOMERS)
+    elif accounts:
         sql = """SELECT a.id, a.customer FROM accounts a
                  WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = a.customer) ORDER BY a.customer, a.id"""
         for row in spill.rows(sql):
@@ -233,10 +250,12 @@ def mrr_totals(spill: Spill) -> tuple[dict[str, dict[str, str]], int]:
 
 
 def compare(spill: Spill, names: Any, objects: Sequence[str], *, won_stage: str, complete: bool,
-            refunded_stage: str | None = None, mapping: FieldMapping = FieldMapping()) -> Report:
+            refunded_stage: str | None = None, mapping: FieldMapping = FieldMapping(),
+            several_accounts: bool = False) -> Report:
     """Every check the chosen objects ask for, over a filled spill. `complete`: Stripe's lists were read
     whole (no --since), so an id absent from them is unknown to Stripe, and every customer's subscriptions
-    are there to decide its Account's status."""
+    are there to decide its Account's status. `several_accounts`: the org holds other Stripe accounts' records
+    too (compare_unknown)."""
     report = Report()
     if "subscriptions" in objects:
         compare_subscriptions(spill, report, names, won_stage, mapping)
@@ -249,7 +268,8 @@ def compare(spill: Spill, names: Any, objects: Sequence[str], *, won_stage: str,
     elif "accounts" in objects:
         report.skipped_checks.append("accounts: --since leaves out older subscriptions, which may decide the status")
     if complete and len(objects) == len(OBJECTS):
-        compare_unknown(spill, report, accounts=True)
+        compare_unknown(spill, report, accounts=True, several_accounts=several_accounts,
+                        tagged=bool(names.stripe_account))
     else:
         report.skipped_checks.append("unknown_stripe_id: needs every object type and no --since")
     compare_info(spill, report)

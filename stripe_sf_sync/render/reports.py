@@ -200,11 +200,13 @@ def print_discovered(found: Any, *, config: Path, write: bool) -> None:
 
 
 def doctor_line(check: Any) -> str:
-    """`error    salesforce  won stage: … Fix: ….` (the name once, when the message starts with it)."""
+    """`error    salesforce  won stage: … Fix: ….` (the name once, when the message starts with it); a pipeline's
+    check in a config that lists its accounts starts with the account: `error    stripe      acct_1Eu: key: …`."""
     fix = f" Fix: {check.fix.rstrip('.')}." if check.fix else ""
     name = "" if check.message.startswith(check.name) else f"{check.name}: "
+    account = f"{check.account}: " if getattr(check, "account", None) else ""
     # Messages borrowed from errors end with their own full stop.
-    return f"{check.status:<8} {check.area:<11} {name}{check.message.rstrip('.')}.{fix}"
+    return f"{check.status:<8} {check.area:<11} {account}{name}{check.message.rstrip('.')}.{fix}"
 
 
 def print_doctor(report: Any) -> None:

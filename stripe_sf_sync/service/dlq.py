@@ -61,12 +61,19 @@ def dlq_list(config_path: Path | None, environment: Environment) -> list[dict[st
     named = bool(runtime.loaded.settings.stripe.accounts)
     rows: list[dict[str, Any]] = []
     for pipeline in chosen(runtime.loaded.settings, environment.account):
-        with runtime.for_pipeline(pipeline).open_state(create=False) as state:
+        with runtime.for_pipeline(pipeline).open_state(create=False, read_only=True) as state:  # lists only
             rows.extend({**({"account": pipeline.name} if named else {}), "event_id": d.event_id,
-                         "event_type": d.event_type, "created": d.created, "reason": d.reason,
+                         "event_type": d.event_type, "created": d.created,
+                         "reason": _with_account(d.reason, pipeline.name) if named else d.reason,
                          "error_code": d.error_code, "attempts": d.attempts, "last_failed_at": d.last_failed_at}
                         for d in state.dead_letters())
     return rows
+
+
+def _with_account(reason: str, account: str) -> str:
+    """A reason's suggested command (`stripe-sf dlq retry --all`) with `--account` (a global option, before the
+    command's name): without it, the command is a usage error on a config with several accounts."""
+    return reason.replace("`stripe-sf ", f"`stripe-sf --account {account} ")
 
 
 def dlq_drop(config_path: Path | None, environment: Environment, event_id: str) -> None:

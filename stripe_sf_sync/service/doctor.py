@@ -1,27 +1,28 @@
 """`stripe-sf doctor`: everything a run depends on, checked before the first write.
 
 Salesforce (the login, what the integration user may do, every configured field, the won stage, the record
-type, the daily API allowance), Stripe (the key, its mode, the API version, the cursor's age) and the local
-state store. Each check is one line, ok, warning or error, every problem with its fix. Doctor only reads:
-it takes no lock, writes no state and sends no record, so it is safe beside a running sync.
+type, the daily API allowance), once: one org. Then each pipeline the command covers (`--account`'s, else every
+account of stripe.accounts: service/doctor_stripe.py): its Stripe key, mode and API version, its cursor's age and
+the account its key reaches. Then the local state store, and each pipeline's dead letters. Each check is one line,
+ok, warning or error, every problem with its fix. Doctor only reads: it takes no lock, writes no state and sends
+no record, so it is safe beside a running sync.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
-
-import stripe
+from typing import Any
 
 from stripe_sf_sync.config import LoadedConfig, masked_url, salesforce_secrets, state_url
 from stripe_sf_sync.discover import won_stages
-from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError, StripeRefusedError
-from stripe_sf_sync.identity import Binding, SalesforceIdentity, StripeIdentity
+from stripe_sf_sync.errors import ConfigError, ExitCode, FatalSyncError, NoStateError, StateError
+from stripe_sf_sync.identity import SalesforceIdentity
+from stripe_sf_sync.pipelines import DEFAULT_PIPELINE, Pipeline, chosen, legacy_heir
 from stripe_sf_sync.records import OrgFacts
 from stripe_sf_sync.salesforce.creation import creation_findings, owner_query
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway, connect
@@ -41,55 +42,17 @@ from stripe_sf_sync.salesforce.org import (
     stage_problems,
     won_stage_problems,
 )
-from stripe_sf_sync.service.identity import current_stripe, identity_findings, recorded_binding
+from stripe_sf_sync.service.doctor_checks import Area, Check, DoctorReport, PipelineState, sentence
+from stripe_sf_sync.service.doctor_stripe import PipelineChecks
+from stripe_sf_sync.service.identity import recorded_binding
 from stripe_sf_sync.service.runtime import Environment, Runtime
 from stripe_sf_sync.sources import HANDOFF_SINCE_KEY
-from stripe_sf_sync.state import open_state
-from stripe_sf_sync.stripe.source import RETENTION_S
+from stripe_sf_sync.state import StateStore, open_state
 from stripe_sf_sync.words import counted
 
-Status = Literal["ok", "warning", "error"]
-Area = Literal["salesforce", "stripe", "local"]
-AREAS: tuple[Area, ...] = ("salesforce", "stripe", "local")
 # A warning when less than this share of the daily allowance is left below salesforce.api_budget.
 BUDGET_MARGIN = 0.1
-# A warning when the cursor has less than this left before Stripe stops listing the events after it.
-CURSOR_MARGIN_S = 7 * 86400
 STATE_SUFFIXES = ("", "-wal", "-shm", ".lock")  # the state file and what SQLite and the run lock add
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the report."""
-
-    area: Area
-    name: str  # what was checked: "login", "Account.Subscription_Status__c", "won stage"
-    status: Status
-    message: str
-    fix: str = ""
-    subject: str | None = None  # the field, picklist, stage, record type or file at fault
-    exit_code: int = int(ExitCode.OK)  # what an error makes doctor exit with (the code a run would meet)
-
-
-@dataclass
-class DoctorReport:
-    """Every check, in the order printed."""
-
-    checks: list[Check] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        """How many checks ended ok, with a warning, with an error."""
-        return {s: sum(1 for c in self.checks if c.status == s) for s in ("ok", "warning", "error")}
-
-    @property
-    def exit_code(self) -> int:
-        """0 without errors (warnings alone included); else the code of the first error listed."""
-        return next((c.exit_code for c in self.checks if c.status == "error"), int(ExitCode.OK))
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"healthy": self.exit_code == ExitCode.OK, "exit_code": self.exit_code, "counts": self.counts(),
-                "checks": [asdict(c) for c in self.checks]}
 
 
 def _from_problem(area: Area, name: str, p: OrgProblem) -> Check:
@@ -103,28 +66,33 @@ def _problems_or_ok(area: Area, name: str, problems: list[OrgProblem], ok: str, 
 
 
 class Doctor:
-    """Runs the checks of one config against the environment's services."""
+    """Runs the checks of one config against the environment's services, for the pipelines given."""
 
     def __init__(self, loaded: LoadedConfig, env: Mapping[str, str], *,
                  session_factory: Callable[[], Any], clock: Callable[[], float],
-                 sleep: Callable[[float], None]) -> None:
+                 sleep: Callable[[float], None], pipelines: list[Pipeline] | None = None) -> None:
         self.loaded = loaded
         self.env = env
         self.session_factory = session_factory
         self.clock = clock
         self.sleep = sleep
+        self.pipelines = pipelines if pipelines is not None else chosen(loaded.settings, None)
         self.org_currencies: OrgFacts | None = None  # what the Salesforce checks learnt of the org's currencies
-        # The org and account the state is bound to, and those the credentials reach (service/identity.py).
-        self.binding = Binding()
-        self.reached: tuple[SalesforceIdentity | None, StripeIdentity | None] = (None, None)
+        self.reached_org: SalesforceIdentity | None = None  # the org the credentials reach (service/identity.py)
 
-    def run(self, stripe_source: Callable[[], Any]) -> DoctorReport:
-        """Every check: Salesforce, Stripe, then the local state (whose cursor the Stripe checks read)."""
-        local, cursor = self.local_checks()
-        checks = [*self.salesforce_checks(), *self.stripe_checks(stripe_source, cursor)]
-        found = identity_findings(self.binding, *self.reached,
-                                  allowed=self.loaded.settings.salesforce.allow_mode_mismatch)
-        return DoctorReport([*checks, *(Check(a, n, s, m, f, None, c) for a, n, s, m, f, c in found), *local])
+    def run(self, stripe_source: Callable[[Pipeline], Any]) -> DoctorReport:
+        """Salesforce once, each pipeline's Stripe and identity checks, then the local state (read first: the
+        pipelines' checks need their cursors and bindings) and each pipeline's dead letters."""
+        local, states = self.local_checks()
+        checks = self.salesforce_checks()
+        named = bool(self.loaded.settings.stripe.accounts)
+        for p in self.pipelines:
+            one = PipelineChecks(self.loaded, self.env, p, states.get(p.name, PipelineState()), self.clock,
+                                 self.org_currencies, self.reached_org)
+            checks += one.run(functools.partial(stripe_source, p), named=named)
+        dead = [_dead_letters_check(s.dead_letters, p.name if named else None) for p in self.pipelines
+                if (s := states.get(p.name)) is not None and s.dead_letters is not None]
+        return DoctorReport([*checks, *local, *dead])
 
     # --- Salesforce ---------------------------------------------------------------------------
     def salesforce_checks(self) -> list[Check]:
@@ -147,9 +115,9 @@ class Doctor:
                 ["Opportunity", "Account", "Task", *(["Contact"] if identity.create_contacts else [])],
                 queries={"Organization": ORG_CURRENCY_SOQL, **({"DefaultOwner": owner} if owner else {})})
             self.org_currencies = currency_facts(described)
-            self.reached = (org_identity(described.get("Organization")), self.reached[1])
+            self.reached_org = org_identity(described.get("Organization"))
         except FatalSyncError as exc:
-            return [Check("salesforce", "login", "error", exc.message, _sentence(exc.hint), exc.code,
+            return [Check("salesforce", "login", "error", exc.message, sentence(exc.hint), exc.code,
                           int(exc.exit_code))]
         checks = [Check("salesforce", "login", "ok", f"logged in to {sf.sf_instance} ({_MODES[secrets.mode]}), "
                         f"REST API {s.api_version}")]
@@ -239,94 +207,10 @@ class Doctor:
                          "drops, or raise salesforce.api_budget", "salesforce.api_budget")
         return Check("salesforce", "API usage", "ok", text)
 
-    # --- Stripe -------------------------------------------------------------------------------
-    def stripe_checks(self, stripe_source: Callable[[], Any], cursor: tuple[str, int] | None) -> list[Check]:
-        """The key (and its mode), the API version, and the cursor's age against the 30-day retention."""
-        try:
-            source = stripe_source()
-        except ConfigError as exc:
-            return [Check("stripe", "key", "error", "; ".join(exc.problems), _sentence(exc.hint), "STRIPE_API_KEY",
-                          int(ExitCode.CONFIG)), *self._cursor(cursor)]
-        key = str(self.env.get("STRIPE_API_KEY", "")).strip()
-        kind = "restricted" if key.startswith("rk_") else "secret"
-        mode = "live" if "_live_" in key[:8] else "test"
-        version = self.loaded.settings.stripe.api_version
-        try:
-            source.newest_event()
-        except (stripe.InvalidRequestError, StripeRefusedError) as exc:  # the edge raises the latter (a 400)
-            said = exc.stripe_message if isinstance(exc, StripeRefusedError) else str(exc.user_message or exc)
-            message = said[:300]
-            if "version" in message.lower():
-                return [Check("stripe", "API version", "error", f"Stripe refused stripe.api_version {version!r}: "
-                              f"{message}", "set stripe.api_version to a version Stripe lists, e.g. the default "
-                              "of sync.yaml.example", "stripe.api_version", int(ExitCode.CONFIG)),
-                        *self._cursor(cursor)]
-            return [Check("stripe", "key", "error", f"Stripe refused to list events: {message}",
-                          "check STRIPE_API_KEY and STRIPE_API_BASE", "STRIPE_API_KEY", int(ExitCode.UNAVAILABLE)),
-                    *self._cursor(cursor)]
-        except FatalSyncError as exc:
-            return [Check("stripe", "key", "error", exc.message, _sentence(exc.hint), "STRIPE_API_KEY",
-                          int(exc.exit_code)), *self._cursor(cursor)]
-        checks = [Check("stripe", "key", "ok", f"the {kind} key lists events ({mode} mode)")]
-        self.reached = (self.reached[0], current_stripe(self.binding, source, key))
-        answered = source.last_headers.get("stripe-version")
-        if answered and answered != version:
-            checks.append(Check("stripe", "API version", "warning", f"stripe-sf asked for {version} and Stripe "
-                                f"answered in {answered}", "check stripe.api_version", "stripe.api_version"))
-        else:
-            checks.append(Check("stripe", "API version", "ok", f"{version} (stripe.api_version), accepted by Stripe"))
-        return checks + self._currencies(source) + self._cursor(cursor)
-
-    def _currencies(self, source: Any) -> list[Check]:
-        """Whether the newest events (one page) are in currencies the org holds: an org without multiple
-        currencies reads every amount in its own (salesforce.currency_mismatch decides what a run does)."""
-        org = self.org_currencies
-        if org is None or (org.currencies is None and org.currency is None):
-            return []  # Salesforce was not reached, or did not say
-        try:
-            seen = source.recent_currencies()
-        except FatalSyncError:
-            return []  # the key check above has said what is wrong with Stripe
-        foreign = {code: n for code, n in sorted(seen.items()) if org.holds(code) is False}
-        held = (f"active currencies {', '.join(sorted(org.currencies))}" if org.currencies is not None
-                else f"a single currency, {org.currency}")
-        if not foreign:
-            shown = ", ".join(sorted(seen)) or "none yet"
-            return [Check("stripe", "currencies", "ok", f"recent Stripe activity is in {shown}; the org has {held}")]
-        what = ", ".join(f"{code} ({_count(n, 'event')})" for code, n in foreign.items())
-        codes = ", ".join(foreign)
-        if org.currencies is not None:
-            return [Check("stripe", "currencies", "warning", f"recent Stripe activity is in {what}, which the org "
-                          f"does not hold (it has {held}): those events wait as CURRENCY_NOT_ACTIVE",
-                          f"activate {codes} in Setup > Company Information > Currencies", codes)]
-        mismatch = self.loaded.settings.salesforce.currency_mismatch
-        effect = ("their amounts are written as they are, and read as " + str(org.currency)
-                  if mismatch == "write_as_is" else "those events wait as CURRENCY_MISMATCH")
-        return [Check("stripe", "currencies", "warning", f"recent Stripe activity is in {what}, which the org does "
-                      f"not use (it has {held}): {effect}", "turn on multiple currencies in Setup > Company "
-                      f"Information and activate {codes}, or set salesforce.currency_mismatch "
-                      "(README: 'Currencies')", "salesforce.currency_mismatch")]
-
-    def _cursor(self, cursor: tuple[str, int] | None) -> list[Check]:
-        if cursor is None:
-            return [Check("stripe", "cursor", "ok", "none yet: the first `stripe-sf sync --since DATE` (a DATE within "
-                          "the last 30 days) or a `stripe-sf backfill` sets it")]
-        event_id, created = cursor
-        age = self.clock() - created
-        day = datetime.fromtimestamp(created, tz=UTC).date().isoformat()
-        text = f"{event_id} from {day}, {_age(age)} old (Stripe lists events for 30 days)"
-        if age > RETENTION_S:
-            return [Check("stripe", "cursor", "error", f"{text}: the events after it can no longer be listed",
-                          f"run `stripe-sf backfill --since {day}`, then `stripe-sf sync`", event_id,
-                          int(ExitCode.CURSOR_EXPIRED))]
-        if age > RETENTION_S - CURSOR_MARGIN_S:
-            return [Check("stripe", "cursor", "warning", f"{text}: it passes the retention in "
-                          f"{_age(RETENTION_S - age)}", "run `stripe-sf sync` (cron) before then", event_id)]
-        return [Check("stripe", "cursor", "ok", text)]
-
     # --- local --------------------------------------------------------------------------------
-    def local_checks(self) -> tuple[list[Check], tuple[str, int] | None]:
-        """The state store (readable, writable), its files' modes, open dead letters; and the cursor."""
+    def local_checks(self) -> tuple[list[Check], dict[str, PipelineState]]:
+        """The state store (readable, writable) and its files' modes; each pipeline's binding, cursor and open
+        dead letters."""
         url = state_url(self.loaded.settings, self.env)
         if url:
             return self.postgres_checks(url)
@@ -336,57 +220,62 @@ class Doctor:
             if not os.access(parent, os.W_OK | os.X_OK):
                 return [Check("local", "state", "error", f"no state file at {path}, and {parent} is not writable, "
                               "so the first run cannot create it", f"make {parent} writable for this user, or set "
-                              "sync.state_path", str(path), int(ExitCode.STATE))], None
+                              "sync.state_path", str(path), int(ExitCode.STATE))], {}
             return [Check("local", "state", "ok", f"no state file yet at {path}: the first run creates it "
-                          "(mode 0600)")], None
+                          "(mode 0600)")], {}
         try:
             with open_state(path, create=False) as store:
                 integrity = store.integrity_check()
-                self.binding = recorded_binding(store)
-                stored = store.cursor()
-                handoff = store.get_meta(HANDOFF_SINCE_KEY)
-                dead = store.dead_letter_count()
+                states = self.pipeline_states(store, locks=False)
         except StateError as exc:
-            return [Check("local", "state", "error", exc.message, _sentence(exc.hint), str(path),
-                          int(ExitCode.STATE))], None
-        cursor = (stored.event_id, stored.created) if stored else None
-        if cursor is None and handoff:
-            cursor = ("(backfill's hand-off)", int(handoff))
+            return [Check("local", "state", "error", exc.message, sentence(exc.hint), str(path),
+                          int(ExitCode.STATE))], {}
         if integrity != "ok":
             return [Check("local", "state", "error", f"{path} fails SQLite's integrity check ({integrity[:200]})",
                           "move it aside and restart with `stripe-sf sync --since DATE` (re-applying is idempotent), "
-                          "or restore it from a backup", str(path), int(ExitCode.STATE))], cursor
+                          "or restore it from a backup", str(path), int(ExitCode.STATE))], {
+                n: dataclasses.replace(s, dead_letters=None) for n, s in states.items()}
         unwritable = [p for p in (path, path.parent) if not os.access(p, os.W_OK)]
         checks = [Check("local", "state", "error", f"{', '.join(map(str, unwritable))} not writable: a run could "
                         "read the state but not commit a batch", "make the state file and its folder writable for "
                         "this user", str(path), int(ExitCode.STATE)) if unwritable else
                   Check("local", "state", "ok", f"{path} is readable, writable and passes SQLite's integrity check")]
-        checks.append(_file_modes(path))
-        checks.append(_dead_letters_check(dead))
-        return checks, cursor
+        return [*checks, _file_modes(path)], states
 
-    def postgres_checks(self, url: str) -> tuple[list[Check], tuple[str, int] | None]:
-        """The PostgreSQL state store answers (URL shown with its password masked), its dead letters; the cursor.
-        Only reads: the run lock is never taken."""
+    def postgres_checks(self, url: str) -> tuple[list[Check], dict[str, PipelineState]]:
+        """The PostgreSQL state store answers (URL shown with its password masked); each pipeline's state. Only
+        reads: the run lock is never taken."""
         where = masked_url(url)
         try:
             with open_state(self.loaded.state_path, url, create=False) as store:
-                stored = store.cursor()
-                self.binding = recorded_binding(store)
-                handoff = store.get_meta(HANDOFF_SINCE_KEY)
-                dead = store.dead_letter_count()
-                running = store.lock_held()
+                states = self.pipeline_states(store, locks=True)
         except NoStateError:
             return [Check("local", "state", "ok", f"PostgreSQL at {where}: no stripe-sf tables yet, the first run "
-                          "creates them")], None
+                          "creates them")], {}
         except (StateError, ConfigError) as exc:
-            return [Check("local", "state", "error", exc.message, _sentence(exc.hint), where,
-                          int(exc.exit_code))], None
-        cursor = (stored.event_id, stored.created) if stored else None
-        if cursor is None and handoff:
-            cursor = ("(backfill's hand-off)", int(handoff))
-        state = f"PostgreSQL at {where} answers" + (" (a run holds the run lock now)" if running else "")
-        return [Check("local", "state", "ok", state), _dead_letters_check(dead)], cursor
+            return [Check("local", "state", "error", exc.message, sentence(exc.hint), where,
+                          int(exc.exit_code))], {}
+        running = [name for name, s in states.items() if s.running]
+        held = ("" if not running else " (a run holds the run lock now)" if not self.loaded.settings.stripe.accounts
+                else f" (a run holds the run lock of {', '.join(running)} now)")
+        return [Check("local", "state", "ok", f"PostgreSQL at {where} answers{held}")], states
+
+    def pipeline_states(self, store: StateStore, *, locks: bool) -> dict[str, PipelineState]:
+        """Each pipeline's binding, cursor (or backfill's hand-off), open dead letters and, with `locks`, whether
+        a run holds its lock. The pipeline that inherits the state from before stripe.accounts (`legacy_heir`)
+        reads it where it is until its first run adopts it, as a run would."""
+        heir = legacy_heir(self.loaded.settings)
+        held = store.pipelines() if heir is not None and heir in self.pipelines else []
+        states = {}
+        for p in self.pipelines:
+            inherits = p == heir and p.name not in held and DEFAULT_PIPELINE in held
+            view = store.for_pipeline(DEFAULT_PIPELINE if inherits else p.name)
+            stored, handoff = view.cursor(), view.get_meta(HANDOFF_SINCE_KEY)
+            cursor = ((stored.event_id, stored.created) if stored else
+                      ("(backfill's hand-off)", int(handoff)) if handoff else None)
+            states[p.name] = PipelineState(recorded_binding(view), cursor, view.dead_letter_count(),
+                                           locks and view.lock_held())
+        return states
 
 
 _MODES = {"token": "access token", "client_credentials": "client credentials", "jwt": "JWT bearer",
@@ -417,10 +306,12 @@ def _field_summary(f: Mapping[str, Any]) -> str:
     return ", ".join([kind, *flags])
 
 
-def _dead_letters_check(dead: int) -> Check:
+def _dead_letters_check(dead: int, account: str | None) -> Check:
+    flag = f"--account {account} " if account else ""
     return (Check("local", "dead letters", "warning", counted(dead, "open dead letter"),
-                  "`stripe-sf dlq list`, fix the cause, then `stripe-sf dlq retry --all`")
-            if dead else Check("local", "dead letters", "ok", "none open"))
+                  f"`stripe-sf {flag}dlq list`, fix the cause, then `stripe-sf {flag}dlq retry --all`",
+                  account=account)
+            if dead else Check("local", "dead letters", "ok", "none open", account=account))
 
 
 def _file_modes(path: Path) -> Check:
@@ -443,28 +334,11 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def _age(seconds: float) -> str:
-    if seconds < 2 * 3600:
-        return f"{max(seconds, 0) / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-def _sentence(hint: str) -> str:
-    """A hint as a fix: without its final full stop (the line adds one)."""
-    hint = hint.strip()
-    return hint[:1].lower() + hint[1:].rstrip(".") if hint else ""
-
-
 def run_doctor(config_path: Path | None, environment: Environment) -> DoctorReport:
-    """`stripe-sf doctor`: every check, for the config at `config_path` and the environment."""
+    """`stripe-sf doctor`: every check, for the config at `config_path` and the environment; each pipeline's
+    (`--account`'s, else every one's) with its own key and state."""
     runtime = Runtime(config_path, environment)
     doctor = Doctor(runtime.loaded, environment.env, session_factory=environment.session_factory,
-                    clock=environment.clock, sleep=environment.sleep)
-    return doctor.run(runtime.stripe_source)
-
-
-def _count(n: int, word: str) -> str:
-    """`1 event`, `2 events`."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
+                    clock=environment.clock, sleep=environment.sleep,
+                    pipelines=chosen(runtime.loaded.settings, environment.account))
+    return doctor.run(lambda p: runtime.for_pipeline(p).stripe_source())

@@ -79,7 +79,8 @@ def _reconcile_in(run: RecordedRun, runtime: Runtime, spill: Any, kinds: tuple[s
     if complete and "accounts" in kinds:
         reader.account_customers(spill)
     report = compare(spill, names, kinds, won_stage=run.settings.rules.won_stage, complete=complete,
-                     refunded_stage=run.settings.rules.refunded_stage, mapping=run.settings.rules.mapping)
+                     refunded_stage=run.settings.rules.refunded_stage, mapping=run.settings.rules.mapping,
+                     several_accounts=len(runtime.loaded.settings.stripe.accounts) > 1)
     if fix:
         repair = FixObjects(spill, report.findings, run.state.versions_for, tag=tag, read_at=read_at,
                             api_version=run.source.api_version, batch_size=runtime.loaded.settings.sync.batch_size)
