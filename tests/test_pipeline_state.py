@@ -241,3 +241,36 @@ def test_a_version_4_file_reads_as_the_default_pipeline_without_write_access(tmp
         assert st.dead_letter_count() == 1 and st.inbox_depth() == 1 and st.recent_runs()[0]["summary"] == {}
         assert st.for_pipeline(EU).dead_letter_count() == 0
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 4
+
+
+def test_pipelines_opening_a_new_state_file_at_the_same_moment_all_open_it(tmp_path):
+    """`sync --all` on a first run: every pipeline's thread opens the file the first of them creates. Switching a
+    new file to WAL needs it to itself, and SQLite refuses that at once ("database is locked", no busy wait)
+    while another connection is in it; each must wait its turn instead of failing."""
+    for attempt in range(15):
+        assert _open_at_once(tmp_path / f"new-{attempt}.sqlite", 4) == []
+
+
+def _open_at_once(path, n: int) -> list[Exception]:
+    """Open `path` from `n` threads released together, each for a pipeline of its own: the errors."""
+    import threading
+
+    from stripe_sf_sync.state import StateStore
+
+    start, failures, stores = threading.Barrier(n), [], []
+
+    def open_one(name: str) -> None:
+        start.wait()
+        try:
+            stores.append(StateStore.open(path, pipeline=name))
+        except Exception as exc:  # the failure under test
+            failures.append(exc)
+
+    threads = [threading.Thread(target=open_one, args=(f"acct_{i}",)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for store in stores:
+        store.close()
+    return failures

@@ -85,7 +85,7 @@ class SqliteDatabase:
                     f"The state file {path} has schema version {version}, newer than this stripe-sf "
                     f"understands ({SCHEMA_VERSION}).",
                     hint="Upgrade stripe-sf (pip install -U stripe-sf-sync) rather than downgrading.")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _write_ahead_log(conn)
             conn.execute("PRAGMA synchronous = FULL")
             if version < SCHEMA_VERSION:
                 _upgrade(conn)
@@ -225,6 +225,22 @@ def _older_columns_read_as_current(conn: sqlite3.Connection) -> None:
             missing.setdefault(table, []).append(f"{default} AS {column}")
     for table, columns in missing.items():
         conn.execute(f"CREATE TEMP VIEW {table} AS SELECT *, {', '.join(columns)} FROM main.{table}")  # noqa: S608 (schema constants)
+
+
+def _write_ahead_log(conn: sqlite3.Connection, *, wait_s: float = 5.0) -> None:
+    """Put the file in WAL mode (kept in the file: once set, every later open finds it so). Switching needs the
+    file to itself, and SQLite answers "database is locked" at once, without its busy handler, while another
+    connection is in it: pipelines opening a new file at the same moment (`sync --all`) retry until one wins."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
