@@ -5,7 +5,6 @@ the config does not name is acknowledged, counted and never applied."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -22,6 +21,7 @@ from stripe_sf_sync import serve, service
 from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.state import StateStore
 
+from .state_backends import Backend
 from .test_serve import acme_opportunities, deliver, event_of, eventually, serving, state_path, with_secrets
 from .test_sync_all import with_accounts
 
@@ -44,20 +44,19 @@ def opportunities(org: SalesforceOrg, sub: str) -> list[dict[str, Any]]:
     return [o for o in org.records("Opportunity") if o.get("Stripe_Subscription_ID__c") == sub]
 
 
-def inbox_of(config: Path) -> dict[str, list[tuple[str, str]]]:
-    import sqlite3
-    with contextlib.closing(sqlite3.connect(state_path(config))) as conn:
-        rows = conn.execute("SELECT pipeline, event_id, status FROM inbox ORDER BY event_id").fetchall()
+def inbox_of(state: Backend) -> dict[str, list[tuple[str, str]]]:
     out: dict[str, list[tuple[str, str]]] = {}
-    for pipeline, event_id, status in rows:
+    for pipeline, event_id, status in state.execute("SELECT pipeline, event_id, status FROM inbox ORDER BY event_id"):
         out.setdefault(pipeline, []).append((event_id, status))
     return out
 
 
-def ledger_of(config: Path) -> dict[str, tuple[str, str]]:
-    import sqlite3
-    with contextlib.closing(sqlite3.connect(state_path(config))) as conn:
-        return {r[0]: (r[1], r[2]) for r in conn.execute("SELECT event_id, pipeline, outcome FROM events")}
+def ledger_of(state: Backend) -> dict[str, tuple[str, str]]:
+    return {r[0]: (r[1], r[2]) for r in state.execute("SELECT event_id, pipeline, outcome FROM events")}
+
+
+def sqlite(config: Path) -> Backend:
+    return Backend("sqlite", state_path(config))
 
 
 @pytest.fixture
@@ -71,14 +70,15 @@ def platform_and_connected(config, stripe_sb: StripeSandbox) -> dict[str, Stripe
     return accounts
 
 
-@pytest.mark.parametrize("chosen", [None, "platform"])
-def test_each_accounts_event_is_applied_by_its_own_pipeline(config, env, org, sc, stripe_sb, platform_and_connected,
-                                                            chosen):
+@pytest.mark.parametrize(("backend", "chosen"), [("sqlite", None), ("sqlite", "platform"), ("postgresql", None)])
+def test_each_accounts_event_is_applied_by_its_own_pipeline(request, config, env, org, sc, stripe_sb,
+                                                            platform_and_connected, backend, chosen):
     """Fails before issue 26's routing: `serve` on this config asked which account (exit 2), and with
     --account it acknowledged the connected account's event as `connected account` and applied nothing."""
     platform, connected = stripe_sb.account_id, platform_and_connected["connected"].account_id
-    if chosen:  # `serve --account <platform>`: the same pipelines
-        env = dataclasses.replace(env, account=platform)
+    state = Backend(backend, state_path(config), request.getfixturevalue("pg_url") if backend == "postgresql" else None)
+    env = dataclasses.replace(env, env={**env.env, **state.env()},
+                              account=platform if chosen else None)  # `serve --account <platform>`: the same
     unconfigured = platform_and_connected["unconfigured"]
     own = event_of(stripe_sb, sc.events[0])  # Acme's subscription: a won Opportunity
     theirs, theirs_sub = subscription_event(platform_and_connected["connected"], org, "Connectedco", 61)
@@ -89,7 +89,7 @@ def test_each_accounts_event_is_applied_by_its_own_pipeline(config, env, org, sc
         assert deliver(url, theirs).json() == {"received": True, "duplicate": False}
         assert deliver(url, stranger).json() == {"received": True, "ignored": "unconfigured account"}
         eventually(lambda: acme_opportunities(org, sc) and opportunities(org, theirs_sub))
-        eventually(lambda: inbox_of(config) == {platform: [(own["id"], "done")], connected: [(theirs["id"], "done")]})
+        eventually(lambda: inbox_of(state) == {platform: [(own["id"], "done")], connected: [(theirs["id"], "done")]})
         ready = eventually(lambda: (r := requests.get(url + "/readyz", timeout=5).json())["accounts"][connected][
             "last_salesforce_success"] and r)
         metrics = requests.get(url + "/metrics", timeout=5).text
@@ -100,8 +100,8 @@ def test_each_accounts_event_is_applied_by_its_own_pipeline(config, env, org, sc
         assert f'stripe_sf_inbox_depth{{account="{account}"}} 0.0' in metrics
         assert f'stripe_sf_events_applied_total{{account="{account}"}} 1.0' in metrics
     # Each event's ledger row is its own pipeline's (event ids are Stripe's, unique across accounts).
-    assert ledger_of(config) == {own["id"]: (platform, "applied"), theirs["id"]: (connected, "applied")}
-    with StateStore.open(state_path(config)) as store:
+    assert ledger_of(state) == {own["id"]: (platform, "applied"), theirs["id"]: (connected, "applied")}
+    with state.open() as store:
         mine, its = store.for_pipeline(platform), store.for_pipeline(connected)
         for pipeline in (mine, its):
             [run] = [r for r in pipeline.recent_runs(10) if r["command"] == "serve" and r["summary"]["applied"]]
@@ -125,7 +125,7 @@ def test_one_pipelines_held_lock_does_not_hold_up_the_other(config, env, org, sc
                 assert deliver(url, own).status_code == 200
                 eventually(lambda: acme_opportunities(org, sc))  # the platform's drain went on
                 assert opportunities(org, theirs_sub) == []
-                assert inbox_of(config)[connected] == [(theirs["id"], "pending")]
+                assert inbox_of(sqlite(config))[connected] == [(theirs["id"], "pending")]
                 held.release_lock()
                 eventually(lambda: opportunities(org, theirs_sub))  # retried once the lock is free
         finally:
