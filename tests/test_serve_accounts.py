@@ -138,6 +138,8 @@ def test_which_accounts_serve_serves(config, env, stripe_sb):
     assert [p.name for p in alone.pipelines] == ["default"] and not alone.named
     # As before accounts: a connected account's event on a config without them is not applied.
     assert alone.route({"id": "evt_1", "account": "acct_1X"}) == (None, "connected account")
+    with pytest.raises(ConfigError, match="this config names no accounts"):
+        serve.served(settings, "acct_1X")  # --account on such a config: refused, as by every command
     with_accounts(config, "{id: acct_1Brand}", "{id: acct_1Europe, api_key_env: STRIPE_API_KEY_EU}",
                   "{id: acct_1Shop, connected: true}", "{id: acct_1EuShop, connected: true, "
                   "api_key_env: STRIPE_API_KEY_EU}")

@@ -81,13 +81,8 @@ def build_app(runtime: Runtime, options: ServeOptions, *, worker: bool = True) -
         every = [runtime.for_pipeline(p) for p in targets.pipelines]
         store = every[0].open_state()  # the home pipeline's first: it may adopt the state from before accounts
         state["inbox"] = Inbox({rt.pipeline.name: store.for_pipeline(rt.pipeline.name) for rt in every})
-        slots = threading.BoundedSemaphore(PARALLEL_RUNS)
-        workers = state["workers"] = ({rt.pipeline.name: Worker(rt, metrics, sync_every_s=options.sync_every_s,
-                                                                batch_window_s=options.batch_window_s, slots=slots)
-                                       for rt in every} if worker else {})
+        workers = state["workers"] = _start_workers(every, metrics, options) if worker else {}
         state["worker"] = next(iter(workers.values()), None)  # the home pipeline's (benchmarks read it)
-        for w in workers.values():
-            w.start()
         log.info("Receiving Stripe webhooks on http://%s:%d%s for %s", options.host, options.port, options.path,
                  ", ".join(p.name for p in targets.pipelines))
         try:
@@ -106,6 +101,16 @@ def build_app(runtime: Runtime, options: ServeOptions, *, worker: bool = True) -
     app.state.metrics = metrics
     app.state.runtime_state = state
     return app
+
+
+def _start_workers(every: list[Runtime], metrics: Metrics, options: ServeOptions) -> dict[str, Worker]:
+    """A started worker per served pipeline, by name; at most PARALLEL_RUNS of them run at once."""
+    slots = threading.BoundedSemaphore(PARALLEL_RUNS)
+    workers = {rt.pipeline.name: Worker(rt, metrics, sync_every_s=options.sync_every_s,
+                                        batch_window_s=options.batch_window_s, slots=slots) for rt in every}
+    for w in workers.values():
+        w.start()
+    return workers
 
 
 class _Server(uvicorn.Server):

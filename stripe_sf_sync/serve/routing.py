@@ -63,7 +63,7 @@ def served(settings: Settings, account: str | None) -> Served:
     config lists several accounts of their own (each has endpoints of its own, signed with their own secrets)."""
     every = pipelines(settings)
     if not settings.stripe.accounts:
-        return Served(every[0])
+        return Served(select(settings, account))  # --account: refused as every command refuses it here
     if account:
         home: Pipeline | None = select(settings, account)
         if home is not None and home.connected:
