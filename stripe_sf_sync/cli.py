@@ -451,9 +451,11 @@ def serve(
 ) -> None:
     """Receive Stripe webhooks, verified with STRIPE_WEBHOOK_SECRET, and apply them through the same pipeline.
 
-    Each verified event is kept in the state's inbox before the 200 goes back; one worker applies the inbox,
-    under the same lock as `sync`. GET /healthz, /readyz and /metrics serve operations. SIGTERM stops taking
-    requests, finishes what is in flight and exits 0. Needs the optional server extra.
+    Each verified event is kept in the state's inbox before the 200 goes back; a worker applies the inbox,
+    under the same lock as `sync`. With stripe.accounts, it serves one platform (--account, else the only
+    account not `connected`) and its connected accounts, each event to its own account's pipeline. GET
+    /healthz, /readyz and /metrics serve operations. SIGTERM stops taking requests, finishes what is in flight
+    and exits 0. Needs the optional server extra.
 
     Example: STRIPE_WEBHOOK_SECRET=whsec_... stripe-sf serve --host 0.0.0.0 --port 8080
     """

@@ -1,5 +1,5 @@
-"""The ASGI app (the webhook route, /healthz, /readyz, /metrics; the worker for its lifespan) and the uvicorn
-server around it, its connections bounded."""
+"""The ASGI app (the webhook route, /healthz, /readyz, /metrics; a worker per served pipeline for its lifespan)
+and the uvicorn server around it, its connections bounded."""
 
 from __future__ import annotations
 
@@ -25,7 +25,15 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from stripe_sf_sync.config import require_org_values
 from stripe_sf_sync.errors import ConfigError, StripeSfError
 from stripe_sf_sync.serve.deliveries import Deliveries, Inbox, Metrics, webhook_route
-from stripe_sf_sync.serve.options import HEADER_TIMEOUT_S, KEEP_ALIVE_S, ServeOptions, key_livemode, webhook_secrets
+from stripe_sf_sync.serve.options import (
+    HEADER_TIMEOUT_S,
+    KEEP_ALIVE_S,
+    PARALLEL_RUNS,
+    ServeOptions,
+    key_livemode,
+    webhook_secrets,
+)
+from stripe_sf_sync.serve.routing import served
 from stripe_sf_sync.serve.worker import Worker
 from stripe_sf_sync.service.runtime import Environment, Runtime, clients
 
@@ -33,50 +41,58 @@ log = logging.getLogger("stripe_sf_sync")
 
 
 def build_app(runtime: Runtime, options: ServeOptions, *, worker: bool = True) -> Starlette:
-    """The ASGI app: the webhook route, health, readiness and metrics; the worker runs for its lifespan.
-    `worker=False` receives only (tests of the receiver alone)."""
+    """The ASGI app: the webhook route, health, readiness and metrics; a worker per served pipeline runs for its
+    lifespan. `worker=False` receives only (tests of the receiver alone)."""
     env = runtime.environment.env
     secrets = webhook_secrets(env)
-    live = key_livemode(env)
-    metrics = Metrics()
-    state: dict[str, Any] = {}
+    targets = served(runtime.loaded.settings, runtime.environment.account)
+    live = key_livemode(env, targets.key_env)
+    metrics = Metrics(per_account=targets.named)
+    state: dict[str, Any] = {"workers": {}}
 
     deliveries = Deliveries(metrics, len(secrets))
-    webhook = webhook_route(options, secrets, live, deliveries, state)
+    webhook = webhook_route(options, secrets, live, deliveries, state, targets)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        w: Worker | None = state["worker"]
-        last = w.last_salesforce_ok if w is not None else None
+        lasts = {name: w.last_salesforce_ok for name, w in state["workers"].items()}
+        last = max((t for t in lasts.values() if t is not None), default=None)
         try:
-            depth = await run_in_threadpool(state["inbox"].depth)
+            depths = await run_in_threadpool(state["inbox"].depths)
         except StripeSfError as exc:
             return JSONResponse({"ready": False, "state": str(exc), "last_salesforce_success": last},
                                 status_code=503)
-        return JSONResponse({"ready": True, "state": "ok", "inbox_depth": depth, "last_salesforce_success": last})
+        ready = {"ready": True, "state": "ok", "inbox_depth": sum(depths.values()), "last_salesforce_success": last}
+        if targets.named:  # each pipeline's, by account
+            ready["accounts"] = {name: {"inbox_depth": depth, "last_salesforce_success": lasts.get(name)}
+                                 for name, depth in depths.items()}
+        return JSONResponse(ready)
 
     async def metrics_view(request: Request) -> Response:
         with contextlib.suppress(StripeSfError):
-            metrics.inbox_depth.set(await run_in_threadpool(state["inbox"].depth))
+            for name, depth in (await run_in_threadpool(state["inbox"].depths)).items():
+                metrics.pipeline(name).inbox_depth.set(depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = runtime.open_state()
-        state["inbox"] = Inbox(store)
-        state["worker"] = (Worker(runtime, metrics, sync_every_s=options.sync_every_s,
-                                  batch_window_s=options.batch_window_s) if worker else None)
-        if state["worker"] is not None:
-            state["worker"].start()
-        log.info("Receiving Stripe webhooks on http://%s:%d%s", options.host, options.port, options.path)
+        every = [runtime.for_pipeline(p) for p in targets.pipelines]
+        store = every[0].open_state()  # the home pipeline's first: it may adopt the state from before accounts
+        state["inbox"] = Inbox({rt.pipeline.name: store.for_pipeline(rt.pipeline.name) for rt in every})
+        workers = state["workers"] = _start_workers(every, metrics, options) if worker else {}
+        state["worker"] = next(iter(workers.values()), None)  # the home pipeline's (benchmarks read it)
+        log.info("Receiving Stripe webhooks on http://%s:%d%s for %s", options.host, options.port, options.path,
+                 ", ".join(p.name for p in targets.pipelines))
         try:
             yield
         finally:
-            # uvicorn has stopped taking requests and finished those in flight: let the drain under way end.
-            if state["worker"] is not None:
-                state["worker"].stop()
+            # uvicorn has stopped taking requests and finished those in flight: let the drains under way end.
+            for w in workers.values():
+                w.stop_soon()
+            for w in workers.values():
+                w.stop()
             store.close()
             deliveries.flush()
 
@@ -85,6 +101,16 @@ def build_app(runtime: Runtime, options: ServeOptions, *, worker: bool = True) -
     app.state.metrics = metrics
     app.state.runtime_state = state
     return app
+
+
+def _start_workers(every: list[Runtime], metrics: Metrics, options: ServeOptions) -> dict[str, Worker]:
+    """A started worker per served pipeline, by name; at most PARALLEL_RUNS of them run at once."""
+    slots = threading.BoundedSemaphore(PARALLEL_RUNS)
+    workers = {rt.pipeline.name: Worker(rt, metrics, sync_every_s=options.sync_every_s,
+                                        batch_window_s=options.batch_window_s, slots=slots) for rt in every}
+    for w in workers.values():
+        w.start()
+    return workers
 
 
 class _Server(uvicorn.Server):
@@ -133,11 +159,20 @@ def server(runtime: Runtime, options: ServeOptions, *, worker: bool = True) -> u
 
 
 def prepare(config_path: Path | None, environment: Environment) -> Runtime:
-    """Everything `serve` needs, checked before it listens: the config, both APIs' secrets and the signing
-    secrets."""
+    """Everything `serve` needs, checked before it listens: the config, which pipelines it serves (a usage error
+    when that is ambiguous), every served pipeline's secrets, both APIs' at once, and the signing secrets."""
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
-    clients(runtime)
+    problems: list[str] = []
+    for p in served(runtime.loaded.settings, environment.account).pipelines:
+        try:
+            clients(runtime.for_pipeline(p))
+        except ConfigError as exc:
+            problems.extend(x for x in exc.problems if x not in problems)
+    if problems:
+        raise ConfigError(problems, source="environment",
+                          hint="Export the variables listed in docs/environment.md (each account's key in the "
+                               "variable its api_key_env names); secrets are read only from the environment.")
     webhook_secrets(environment.env)
     return runtime
 

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -17,12 +18,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from stripe_sf_sync.config import DEFAULT_KEY_ENV
 from stripe_sf_sync.errors import StripeSfError
+from stripe_sf_sync.pipelines import DEFAULT_PIPELINE, Pipeline
 from stripe_sf_sync.serve.options import LOG_PER_MINUTE, MAX_CREATED, MAX_DEPTH, ServeOptions
+from stripe_sf_sync.serve.routing import UNCONFIGURED, Served
 from stripe_sf_sync.serve.signature import verify
 from stripe_sf_sync.state import StateStore
 
 log = logging.getLogger("stripe_sf_sync")
+
+SINGLE = Served(Pipeline(DEFAULT_PIPELINE))  # a config without stripe.accounts: its one pipeline
+UNCONFIGURED_HINT = (" To sync that account, add it to stripe.accounts (`connected: true` for a connected account) "
+                     "and restart serve.")
 
 
 class ThrottledLog:
@@ -66,11 +74,15 @@ class ThrottledLog:
 
 
 class Metrics:
-    """The receiver's Prometheus metrics, in a registry of its own (GET /metrics)."""
+    """The receiver's Prometheus metrics, in a registry of its own (GET /metrics). `per_account`: the config lists
+    its accounts, and what a pipeline's worker counts (drains, outcomes, inbox depth, latency, Salesforce calls
+    and success) carries its `account` label; without accounts the series are unlabelled, as before."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_account: bool = False) -> None:
         self.registry = CollectorRegistry()
+        self.per_account = per_account
         r = self.registry
+        a = ["account"] if per_account else []
         self.received = Counter("stripe_sf_webhook_received", "Verified webhook deliveries received "
                                 "(duplicates included).", registry=r)
         self.duplicates = Counter("stripe_sf_webhook_duplicate", "Verified deliveries of an event id already "
@@ -81,38 +93,63 @@ class Metrics:
                                "applied, by reason.", ["reason"], registry=r)
         self.disconnected = Counter("stripe_sf_webhook_disconnected", "Clients that went away before their "
                                     "whole body arrived.", registry=r)
-        self.drains = Counter("stripe_sf_inbox_drains", "Inbox drains run by the worker.", registry=r)
+        self.drains = Counter("stripe_sf_inbox_drains", "Inbox drains run by the worker.", a, registry=r)
         self.applied = Counter("stripe_sf_events_applied", "Events applied to Salesforce (inbox and safety-net "
-                               "sync).", registry=r)
-        self.dead_lettered = Counter("stripe_sf_events_dead_lettered", "Events dead-lettered.", registry=r)
-        self.inbox_depth = Gauge("stripe_sf_inbox_depth", "Inbox entries not applied yet.", registry=r)
+                               "sync).", a, registry=r)
+        self.dead_lettered = Counter("stripe_sf_events_dead_lettered", "Events dead-lettered.", a, registry=r)
+        self.inbox_depth = Gauge("stripe_sf_inbox_depth", "Inbox entries not applied yet.", a, registry=r)
         self.api_used = Gauge("stripe_sf_salesforce_api_used", "The org's daily API requests used, as last "
                               "seen.", registry=r)
         self.api_max = Gauge("stripe_sf_salesforce_api_max", "The org's daily API request allowance.", registry=r)
-        self.salesforce_calls = Counter("stripe_sf_salesforce_calls", "Salesforce API calls made.", registry=r)
+        self.salesforce_calls = Counter("stripe_sf_salesforce_calls", "Salesforce API calls made.", a, registry=r)
         self.latency = Histogram("stripe_sf_pipeline_latency_seconds", "From receipt to the committed outcome.",
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300), registry=r)
+                                 a, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300), registry=r)
         self.last_salesforce_ok = Gauge("stripe_sf_salesforce_last_success_timestamp_seconds",
-                                        "When a run last finished with Salesforce calls that all succeeded.",
+                                        "When a run last finished with Salesforce calls that all succeeded.", a,
                                         registry=r)
+
+    def pipeline(self, name: str) -> PipelineMetrics:
+        """What one pipeline's worker counts: its labelled series (or the unlabelled ones, without accounts)."""
+        def of(metric: Any) -> Any:
+            return metric.labels(account=name) if self.per_account else metric
+        return PipelineMetrics(of(self.drains), of(self.applied), of(self.dead_lettered), of(self.inbox_depth),
+                               of(self.salesforce_calls), of(self.latency), of(self.last_salesforce_ok),
+                               self.api_used, self.api_max)
+
+
+@dataclass(frozen=True)
+class PipelineMetrics:
+    """One pipeline's series of the receiver's metrics; the org's API usage is the org's, shared."""
+
+    drains: Counter
+    applied: Counter
+    dead_lettered: Counter
+    inbox_depth: Gauge
+    salesforce_calls: Counter
+    latency: Histogram
+    last_salesforce_ok: Gauge
+    api_used: Gauge
+    api_max: Gauge
 
 
 class Inbox:
-    """The receiver's side of the inbox: one connection, used by one request thread at a time."""
+    """The receiver's side of the inbox: each served pipeline's store, over one connection used by one request
+    thread at a time."""
 
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
+    def __init__(self, stores: Mapping[str, StateStore]) -> None:
+        self.stores = dict(stores)
         self._lock = threading.Lock()
 
-    def add(self, event_id: str, created: int, payload: str) -> bool:
-        """Keep a verified event (committed before the 200 goes back); False for a duplicate."""
+    def add(self, pipeline: str, event_id: str, created: int, payload: str) -> bool:
+        """Keep a verified event in `pipeline`'s inbox (committed before the 200 goes back); False for a
+        duplicate."""
         with self._lock:
-            return self.store.inbox_add(event_id, created, payload, time.time())
+            return self.stores[pipeline].inbox_add(event_id, created, payload, time.time())
 
-    def depth(self) -> int:
-        """Pending entries (also proves the state store answers)."""
+    def depths(self) -> dict[str, int]:
+        """Each pipeline's pending entries (also proves the state store answers)."""
         with self._lock:
-            return self.store.inbox_depth()
+            return {name: store.inbox_depth() for name, store in self.stores.items()}
 
 
 class _Refused(Exception):
@@ -166,15 +203,16 @@ def _depth_within(value: Any, limit: int) -> bool:
     return True
 
 
-def unusable(event: Mapping[str, Any], live: bool) -> str | None:
+def unusable(event: Mapping[str, Any], live: bool, served: Served = SINGLE, key_env: str = DEFAULT_KEY_ENV
+             ) -> str | None:
     """Why an authentic event is not for this receiver to apply, or None. Acknowledged all the same: Stripe
     retries any non-2xx for three days, and no retry would change these (issue 19 §4, api-facts.md §4)."""
     if event.get("object") == "v2.core.event" or isinstance(event.get("created"), str):
         return "thin event"  # an event destination's thin event: no `data`, `created` an ISO string
-    if event.get("account"):
-        return "connected account"  # a connected account's objects are read with Stripe-Account; unsupported
+    if (why := served.route(event)[1]) is not None:
+        return why  # an account no served pipeline reads (a connected account's objects need its header)
     if bool(event.get("livemode")) != live:
-        return "livemode differs from STRIPE_API_KEY's mode"
+        return f"livemode differs from {key_env}'s mode"
     return None
 
 
@@ -207,8 +245,9 @@ class Deliveries:
     def ignore(self, request: Request, reason: str, event: Mapping[str, Any]) -> Response:
         self.metrics.ignored.labels(reason=reason).inc()
         if self.ignored.allow(reason):
-            log.warning("Acknowledged and ignored event %s (%s) from %s: %s; nothing applied.", event.get("id"),
-                        event.get("type"), _client(request), reason)
+            log.warning("Acknowledged and ignored event %s (%s) from %s: %s%s; nothing applied.%s", event.get("id"),
+                        event.get("type"), _client(request), reason, _account_of(event),
+                        UNCONFIGURED_HINT if reason == UNCONFIGURED else "")
         return JSONResponse({"received": True, "ignored": reason})
 
     def disconnected(self, request: Request) -> Response:
@@ -236,6 +275,11 @@ def _client(request: Request) -> str:
     return f"{request.client.host}:{request.client.port}" if request.client else "an unknown address"
 
 
+def _account_of(event: Mapping[str, Any]) -> str:
+    account = event.get("account")
+    return f" {str(account)[:64]}" if account else ""
+
+
 def _event_id_of(body: bytes | None) -> str:
     """`, event evt_…` when the (unverified) body names one, for the operator to look up in the Dashboard."""
     event = _parse(body) if body else None
@@ -244,9 +288,9 @@ def _event_id_of(body: bytes | None) -> str:
 
 
 def webhook_route(options: ServeOptions, secrets: Sequence[str], live: bool, deliveries: Deliveries,
-             state: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
-    """The webhook route: verify the signature on the raw body, then keep the event in the inbox before the
-    2xx goes back (Stripe's webhook signatures: `t=…,v1=…`, HMAC-SHA256 of `t.body`)."""
+                  state: dict[str, Any], served: Served = SINGLE) -> Callable[[Request], Awaitable[Response]]:
+    """The webhook route: verify the signature on the raw body, then keep the event in its pipeline's inbox
+    before the 2xx goes back (Stripe's webhook signatures: `t=…,v1=…`, HMAC-SHA256 of `t.body`)."""
     metrics = deliveries.metrics
 
     async def webhook(request: Request) -> Response:
@@ -257,7 +301,7 @@ def webhook_route(options: ServeOptions, secrets: Sequence[str], live: bool, del
             if reason is not None:
                 raise _Refused(reason)
             event = _parse(body)
-            if event is not None and (why := unusable(event, live)) is not None:
+            if event is not None and (why := unusable(event, live, served, served.key_env)) is not None:
                 return deliveries.ignore(request, why, event)
             if event is None or not _well_formed(event):
                 raise _Refused("not a Stripe event")
@@ -266,14 +310,15 @@ def webhook_route(options: ServeOptions, secrets: Sequence[str], live: bool, del
         except ClientDisconnect:
             return deliveries.disconnected(request)
         inbox: Inbox = state["inbox"]
+        pipeline = served.route(event)[0] or ""  # unusable() answered for an event without one
         try:
-            new = await run_in_threadpool(inbox.add, event["id"], event["created"], body.decode("utf-8"))
+            new = await run_in_threadpool(inbox.add, pipeline, event["id"], event["created"], body.decode("utf-8"))
         except StripeSfError as exc:  # the state store cannot keep it now: Stripe retries a 503
             log.error("Could not keep event %s in the inbox: %s. Stripe delivers it again.", event["id"], exc)
             return PlainTextResponse("state store unavailable\n", status_code=503)
         metrics.received.inc()
-        if new and state["worker"] is not None:
-            state["worker"].wake()
+        if new and (worker := state["workers"].get(pipeline)) is not None:
+            worker.wake()
         elif not new:
             metrics.duplicates.inc()
         return JSONResponse({"received": True, "duplicate": not new})

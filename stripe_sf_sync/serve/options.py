@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from stripe_sf_sync.config import DEFAULT_KEY_ENV
 from stripe_sf_sync.errors import ConfigError
 
 TOLERANCE_S = 300  # the SDK's default: a delivery signed longer ago is refused as a replay (api-facts.md §4)
@@ -18,6 +19,7 @@ MAX_CONNECTIONS = 100  # open connections at most; beyond them uvicorn answers 5
 HEADER_TIMEOUT_S = 10.0  # a new connection's request line and headers must arrive within this
 BODY_TIMEOUT_S = 10.0  # and its body within this once the headers are in
 KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this (uvicorn's default)
+PARALLEL_RUNS = 4  # pipelines' drains or syncs at once (issue 26): as `sync --all`'s default --parallel
 HOUSEKEEPING_S = 60.0  # the inbox and the runs table are pruned at most this often
 KEEP_SERVE_RUNS = 1000  # inbox drains kept in the runs table (`status` shows the newest)
 LOG_PER_MINUTE = 20  # refused, ignored or broken deliveries logged one by one each minute; the rest counted
@@ -52,6 +54,7 @@ def webhook_secrets(env: Mapping[str, str]) -> list[str]:
     return secrets
 
 
-def key_livemode(env: Mapping[str, str]) -> bool:
-    """Whether STRIPE_API_KEY is a live key: a live event must not be applied with a test key, nor the reverse."""
-    return env.get("STRIPE_API_KEY", "").startswith(("sk_live_", "rk_live_"))
+def key_livemode(env: Mapping[str, str], key_env: str = DEFAULT_KEY_ENV) -> bool:
+    """Whether the key in `key_env` (STRIPE_API_KEY) is a live key: a live event must not be applied with a test
+    key, nor the reverse."""
+    return env.get(key_env, "").startswith(("sk_live_", "rk_live_"))

@@ -1,5 +1,10 @@
-"""The one worker thread: it drains the inbox through the batch step (and runs the safety-net sync), each
-as a recorded run under the run lock, and feeds the metrics."""
+"""A pipeline's worker thread: it drains the pipeline's inbox through the batch step (and runs its safety-net
+sync), each as a recorded run under the pipeline's run lock, and feeds the metrics.
+
+`serve` runs one worker per served pipeline (issue 26): each keeps its own pending flag, back-off, sync timer and
+Stripe pacing, so one pipeline's failure (its lock held, its key refused, Salesforce refusing its writes) delays
+only its own drains, and an idle worker is a thread waiting on an Event. `slots`, shared by the workers, bounds
+how many of them run at once."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from typing import Any
 from stripe_sf_sync.errors import ConfigError, LockHeldError, StripeSfError
 from stripe_sf_sync.pipeline import BatchResult, RunSummary
 from stripe_sf_sync.salesforce.gateway import SalesforceGateway
-from stripe_sf_sync.serve.deliveries import Metrics
+from stripe_sf_sync.serve.deliveries import Metrics, PipelineMetrics
 from stripe_sf_sync.serve.options import (
     BACKOFF_MAX_S,
     BATCH_WINDOW_S,
@@ -48,12 +53,15 @@ class SharedGateway:
 
 
 class Worker:
-    """The one thread that drains the inbox (and runs the safety-net sync), each under the run lock."""
+    """The thread that drains one pipeline's inbox (and runs its safety-net sync), each under its run lock."""
 
     def __init__(self, runtime: Runtime, metrics: Metrics, *, sync_every_s: float,
-                 batch_window_s: float = BATCH_WINDOW_S) -> None:
+                 batch_window_s: float = BATCH_WINDOW_S, slots: threading.Semaphore | None = None) -> None:
         self.runtime = runtime
+        self.name = runtime.pipeline.name
         self.metrics = metrics
+        self._m: PipelineMetrics = metrics.pipeline(self.name)
+        self._slots = slots if slots is not None else threading.Semaphore(1)
         self.sync_every_s = sync_every_s
         self.batch_window_s = batch_window_s
         self.last_salesforce_ok: float | None = None
@@ -62,7 +70,7 @@ class Worker:
         self._sf = SharedGateway(clients(runtime)[1])
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="stripe-sf-worker", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"stripe-sf-worker-{self.name}", daemon=True)
         self._next_sync = time.monotonic() + sync_every_s if sync_every_s > 0 else None
         self._pending = True  # drain once at start: entries acknowledged before a restart
         self._gather = False  # woken by a delivery: wait the batch window for others before draining
@@ -79,10 +87,15 @@ class Worker:
         self._gather = True
         self._wake.set()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish the drain under way (its batches are committed), then stop."""
+    def stop_soon(self) -> None:
+        """Ask it to stop after the drain under way, without waiting (every worker is told before any is
+        waited for, so that they finish side by side)."""
         self._stopping.set()
         self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the drain under way (its batches are committed), then stop."""
+        self.stop_soon()
         self._thread.join(timeout)
 
     def _loop(self) -> None:
@@ -117,17 +130,19 @@ class Worker:
             return RETRY_S
         except LockHeldError:
             self._pending = True
-            log.debug("The run lock is held (a `stripe-sf sync`?); the inbox is drained when it is released.")
+            log.debug("%s: the run lock is held (a `stripe-sf sync`?); the inbox is drained when it is released.",
+                      self.name)
             return RETRY_S
         except StripeSfError as exc:
             self._pending = True
             wait = min(max(pause * 2, 2.0), BACKOFF_MAX_S)
-            log.error("The worker's run failed: %s; the events stay in the inbox, retried in %.0f s. %s", exc,
-                      wait, exc.hint or "")
+            log.error("%s: the worker's run failed: %s; the events stay in the inbox, retried in %.0f s. %s",
+                      self.name, exc, wait, exc.hint or "")
             return wait
         except Exception:
             self._pending = True
-            log.exception("unexpected error in the worker; the events stay in the inbox and are retried")
+            log.exception("%s: unexpected error in the worker; the events stay in the inbox and are retried",
+                          self.name)
             return BACKOFF_MAX_S
 
     def _drain(self) -> float:
@@ -135,11 +150,11 @@ class Worker:
         size = self.runtime.loaded.settings.sync.batch_size
         limit = size * DRAIN_LIMIT_BATCHES
         summary = RunSummary("serve")
-        self.metrics.drains.inc()
+        self._m.drains.inc()
         with self._run(summary) as run:
             source = InboxEvents(run.state, batch_size=size, limit=limit, applied=self._applied)
             run.apply(source)
-            self.metrics.inbox_depth.set(run.state.inbox_depth())
+            self._m.inbox_depth.set(run.state.inbox_depth())
             if time.monotonic() >= self._next_housekeeping:
                 # Bounded, and at most once a minute: not a scan of every applied row per drain (issue 20 §4).
                 run.state.prune_inbox(int(self.runtime.environment.clock()))
@@ -163,21 +178,21 @@ class Worker:
         except ConfigError as exc:
             if exc.source != "invocation":
                 raise
-            log.warning("The safety-net sync cannot run: %s. %s", exc, exc.hint or "")
+            log.warning("%s: the safety-net sync cannot run: %s. %s", self.name, exc, exc.hint or "")
 
     @contextlib.contextmanager
     def _run(self, summary: RunSummary) -> Iterator[Any]:
         """A recorded run (the state lock, the run record); its counts go to the metrics however it ends."""
         ok = False
         try:
-            with recorded_run(self.runtime, summary, self._stripe_source(), self._sf) as run:
+            with self._slots, recorded_run(self.runtime, summary, self._stripe_source(), self._sf) as run:
                 yield run
                 ok = True
         finally:
             self._count(summary)
         if ok and summary.salesforce_calls:
             self.last_salesforce_ok = time.time()
-            self.metrics.last_salesforce_ok.set(self.last_salesforce_ok)
+            self._m.last_salesforce_ok.set(self.last_salesforce_ok)
 
     def _stripe_source(self) -> StripeSource:
         """A Stripe source for one run (its caches are the run's), paced with every other run's: Stripe's
@@ -190,7 +205,7 @@ class Worker:
         return source
 
     def _count(self, summary: RunSummary) -> None:
-        m = self.metrics
+        m = self._m
         m.applied.inc(summary.applied)
         m.dead_lettered.inc(summary.dead_lettered)
         m.salesforce_calls.inc(summary.salesforce_calls)
@@ -202,6 +217,6 @@ class Worker:
         now = time.time()
         for entry in entries:
             seconds = max(0.0, now - entry.received_at)
-            self.metrics.latency.observe(seconds)
+            self._m.latency.observe(seconds)
             for observe in self.observers:
                 observe(entry.event_id, seconds)
