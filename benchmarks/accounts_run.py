@@ -9,12 +9,12 @@ leaves it (each pipeline's known customers, as `scenario.seed_state` does for on
 `--account` of the first account alone, measures what one account takes by itself.
 
 The floor: Stripe limits each account (its key's mode: 25/s in test mode), and stripe-sf paces each pipeline to
-`stripe.requests_per_second` (null: 80% of that, 20/s). An account's calls at that pace take calls / rate seconds:
-the slowest account's is the floor of any parallel run, the sum of all of them the floor of a serial one
-(--parallel 1), and max(slowest, sum / N) the floor at N at once. (The pace is a sliding window of one second, so
-an account's first `rate` calls may go at once: for accounts this small the floor is a bound on the pace, not on
-the latency; the measured `--account` run alone is the practical floor of a parallel run.) The Salesforce budget
-is the org's, shared by every pipeline.
+`stripe.requests_per_second` (null: 80% of that, 20/s), a sliding window of one second: at most `rate` calls in any
+second, a burst of up to `rate` at once. An account's `calls` therefore take at least (ceil(calls / rate) - 1)
+seconds (`floor_s`); the slowest account's is the floor of any parallel run, the sum over the accounts the floor of
+a serial one (--parallel 1), and max(slowest, sum / N) the floor at N at once. (calls / rate, the steady pace, is
+in the JSON too.) `--stripe-rps R` adds runs at another pace, a what-if where the pace binds. The Salesforce
+budget is the org's, shared by every pipeline.
 """
 
 from __future__ import annotations
@@ -63,14 +63,15 @@ def _seed(state_path: Path, pipeline: str, gen: Generated) -> None:
 
 
 def _world(workdir: Path, *, accounts: int, events: int, seed: int, now: int, stripe_latency_ms: float,
-           sf_latency_ms: float) -> tuple[StripeSandbox, SalesforceSandbox, list[StripeSandbox], Path, str]:
+           sf_latency_ms: float, stripe_rps: float | None
+           ) -> tuple[StripeSandbox, SalesforceSandbox, list[StripeSandbox], Path, str]:
     """Started stand-ins, every account filled, the discovered config naming them, the pipelines' state seeded."""
     stripe = StripeSandbox(latency_ms=stripe_latency_ms).start()
     sf = SalesforceSandbox(benchmark_org(), latency_ms=sf_latency_ms).start()
     _disable_nagle(stripe)  # one server answers every account
     every = [stripe] + [stripe.add_account() for _ in range(accounts - 1)]
     gens = [generate(a, sf.org, events=events, seed=seed + i, now=now) for i, a in enumerate(every)]
-    config = write_config(workdir / "sync.yaml", BATCHED)
+    config = write_config(workdir / "sync.yaml", BATCHED, stripe_rps)
     env = sandbox_environment(stripe, sf)
     env.sleep = lambda s: None
     service.run_discover(config, env, write=True, example=example_config())
@@ -97,17 +98,20 @@ def _run(args: list[str], stripe: StripeSandbox, sf: SalesforceSandbox, every: l
 
 
 def floor_s(calls: int, rate: float) -> float:
-    """Seconds `calls` take at a steady `rate` per second (the pace's sliding window lets the first second's
-    `rate` calls go at once, so an account of fewer calls than that can finish sooner: see the docstring)."""
-    return calls / rate
+    """The fewest seconds the pacer (stripe/pacing.py) lets `calls` take: at most int(rate) calls in any window of
+    int(rate) / rate seconds, the first window's at once."""
+    per_window = max(1, int(rate))
+    return max(0, math.ceil(calls / per_window) - 1) * per_window / rate
 
 
 def measure(parallel: int, *, accounts: int, events: int, seed: int, now: int, stripe_latency_ms: float,
-            sf_latency_ms: float, rate: float) -> dict[str, Any]:
+            sf_latency_ms: float, stripe_rps: float | None) -> dict[str, Any]:
     """One `sync --all --parallel N` over fresh stand-ins: wall time, calls in all and per account, the floor."""
+    rate = stripe_rps or TEST_MODE_RPS
     with tempfile.TemporaryDirectory(prefix="stripe-sf-accounts-") as tmp:
         stripe, sf, every, config, since = _world(Path(tmp), accounts=accounts, events=events, seed=seed, now=now,
-                                                  stripe_latency_ms=stripe_latency_ms, sf_latency_ms=sf_latency_ms)
+                                                  stripe_latency_ms=stripe_latency_ms, sf_latency_ms=sf_latency_ms,
+                                                  stripe_rps=stripe_rps)
         try:
             sf_before = len(sf.requests_log)
             wall, doc = _run(["sync", "--all", "--parallel", str(parallel), "--since", since, "--config",
@@ -126,7 +130,7 @@ def measure(parallel: int, *, accounts: int, events: int, seed: int, now: int, s
             if parallel == 1:  # one account by itself, from the start: what the slowest pipeline can reach
                 stripe2, sf2, every2, config2, since2 = _world(
                     Path(tmp) / "alone", accounts=1, events=events, seed=seed, now=now,
-                    stripe_latency_ms=stripe_latency_ms, sf_latency_ms=sf_latency_ms)
+                    stripe_latency_ms=stripe_latency_ms, sf_latency_ms=sf_latency_ms, stripe_rps=stripe_rps)
                 try:
                     alone_wall, alone_doc = _run(["--account", every2[0].account_id, "sync", "--since", since2,
                                                   "--config", str(config2)], stripe2, sf2, every2)
@@ -141,7 +145,10 @@ def measure(parallel: int, *, accounts: int, events: int, seed: int, now: int, s
             sf.stop()
     stripe_calls = [a["stripe_calls"] for a in per_account]
     floors = [floor_s(c, rate) for c in stripe_calls]
-    return {"parallel": parallel, "accounts": accounts, "events_per_account": events, "wall_s": round(wall, 2),
+    return {"parallel": parallel, "stripe_requests_per_second": rate, "what_if": stripe_rps is not None,
+            "steady_pace_s": {"slowest_account": round(max(stripe_calls) / rate, 2),
+                              "serial_sum": round(sum(stripe_calls) / rate, 2)},
+            "accounts": accounts, "events_per_account": events, "wall_s": round(wall, 2),
             "events": sum(a["events"] for a in per_account), "applied": sum(a["applied"] for a in per_account),
             "stripe_calls": sum(stripe_calls), "salesforce_calls": sum(a["salesforce_calls"] for a in per_account),
             "salesforce_requests_seen": sf_seen,
@@ -157,16 +164,18 @@ def measure(parallel: int, *, accounts: int, events: int, seed: int, now: int, s
 
 def table(runs: list[dict[str, Any]]) -> str:
     """The Markdown table of docs/performance.md."""
-    out = ["| --parallel | wall s | floor s at N (slowest account; serial sum) | wall / floor "
+    out = ["| Stripe pace /s | --parallel | wall s | floor s at N (slowest account; serial sum) | wall / floor "
            "| one pipeline s (mean; max) | events | Stripe calls (per account min–max) | Stripe 429s "
            "| Salesforce calls (per account mean) |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         per = r["stripe_calls_per_account"]
         sf_mean = r["salesforce_calls"] / r["accounts"]
-        ratio = r["wall_s"] / r["floor_at_parallel_s"] if r["floor_at_parallel_s"] else math.inf
-        out.append(f"| {r['parallel']} | {r['wall_s']:.1f} | {r['floor_at_parallel_s']:.1f} "
-                   f"({r['floor_slowest_account_s']:.1f}; {r['floor_serial_sum_s']:.1f}) | {ratio:.1f}× "
+        floor = r["floor_at_parallel_s"]
+        ratio = f"{r['wall_s'] / floor:.1f}×" if floor else "—"
+        pace = f"{r['stripe_requests_per_second']:g}" + (" (what-if)" if r["what_if"] else "")
+        out.append(f"| {pace} | {r['parallel']} | {r['wall_s']:.1f} | {floor:.1f} "
+                   f"({r['floor_slowest_account_s']:.1f}; {r['floor_serial_sum_s']:.1f}) | {ratio} "
                    f"| {r['pipeline_s']['mean']:.2f}; {r['pipeline_s']['max']:.2f} | {r['events']:,} "
                    f"| {r['stripe_calls']:,} ({per['min']}–{per['max']}) | {r['stripe_rate_limited']} "
                    f"| {r['salesforce_calls']:,} ({sf_mean:.1f}) |")
@@ -182,24 +191,31 @@ def main() -> None:
     parser.add_argument("--stripe-latency-ms", type=float, default=10.0)
     parser.add_argument("--sf-latency-ms", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--stripe-rps", type=float, nargs="*", default=[],
+                        help="also run at these stripe.requests_per_second paces (what-ifs)")
     parser.add_argument("--json", type=Path, help="also write everything as JSON here")
     args = parser.parse_args()
     logging.getLogger("stripe_sf_sync").setLevel(logging.ERROR)
     now = int(time.time())
     runs = []
-    for n in args.parallel:
-        print(f"sync --all --parallel {n} over {args.accounts} accounts …", file=sys.stderr, flush=True)
-        runs.append(measure(n, accounts=args.accounts, events=args.events, seed=args.seed, now=now,
-                            stripe_latency_ms=args.stripe_latency_ms, sf_latency_ms=args.sf_latency_ms,
-                            rate=TEST_MODE_RPS))
+    for pace in [None, *args.stripe_rps]:
+        for n in args.parallel:
+            print(f"sync --all --parallel {n} over {args.accounts} accounts, Stripe pace {pace or 'configured'} …",
+                  file=sys.stderr, flush=True)
+            runs.append(measure(n, accounts=args.accounts, events=args.events, seed=args.seed, now=now,
+                                stripe_latency_ms=args.stripe_latency_ms, sf_latency_ms=args.sf_latency_ms,
+                                stripe_rps=pace))
     print(table(runs))
-    alone = next((r["one_account_alone"] for r in runs if r["one_account_alone"]), None)
-    if alone:
-        print(f"\nOne account alone (`--account`, {alone['events']} events): {alone['wall_s']:.1f} s "
+    for r in runs:
+        alone = r["one_account_alone"]
+        if not alone:
+            continue
+        print(f"\nStripe pace {r['stripe_requests_per_second']:g}/s: one account alone (`--account`, "
+              f"{alone['events']} events): {alone['wall_s']:.1f} s "
               f"(the sync itself {alone['duration_s']:.2f} s), "
               f"{alone['stripe_calls']} Stripe and {alone['salesforce_calls']} Salesforce calls.")
     if args.json:
-        args.json.write_text(json.dumps({"stripe_requests_per_second": TEST_MODE_RPS,
+        args.json.write_text(json.dumps({"configured_stripe_requests_per_second": TEST_MODE_RPS,
                                          "stripe_latency_ms": args.stripe_latency_ms,
                                          "sf_latency_ms": args.sf_latency_ms, "runs": runs}, indent=2) + "\n")
 
