@@ -161,16 +161,45 @@ def assert_account_synced(org: SalesforceOrg, made: Made, others: list[Made]) ->
     assert {a["Stripe_Customer_ID__c"] for a in records(org, "Account", acct)} == {made.new}
 
 
+def writes_at_once(sf_sb: Any, n: int) -> list[bool]:
+    """Hold the first `n` sObject Collections writes in the Salesforce stand-in until all `n` are in flight at
+    once; the returned list gets False if they never were (the runs did not overlap)."""
+    at_once = threading.Barrier(n, timeout=10)
+    held = [0]
+    lock = threading.Lock()
+    overlapped: list[bool] = []
+
+    def hook(_n: int, method: str, path: str) -> None:
+        if "composite/sobjects" not in path:
+            return
+        with lock:
+            held[0] += 1
+            if held[0] > n:
+                return
+        try:
+            at_once.wait()
+        except threading.BrokenBarrierError:
+            overlapped.append(False)
+        else:
+            overlapped.append(True)
+
+    sf_sb.faults.on_request = hook
+    return overlapped
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_every_account_synced_at_once_into_one_org_each_its_own(request, runner, config, cli_env, accounts, org,
-                                                                backend):
+                                                                sf_sb, backend):
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     made = {name: fill(acct, org, name.title(), seed) for seed, (name, acct) in enumerate(accounts.items(), 1)}
     configure(config, made)
     env = env_of(cli_env, accounts, url)
+    overlapped = writes_at_once(sf_sb, 3)
     result = runner.invoke(app, ["sync", "--all", "--parallel", "3", "--since", SINCE, "--json",
                                  "--config", str(config)], env=env)
+    sf_sb.faults.on_request = None
     assert result.exit_code == ExitCode.OK, result.output
+    assert overlapped == [True, True, True]  # the three pipelines wrote at the same time
     doc = json.loads(result.stdout)
     assert {r["account"]: r["exit_code"] for r in doc["accounts"]} == {m.account.account_id: 0 for m in made.values()}
     for run in doc["accounts"]:
