@@ -298,6 +298,9 @@ def test_one_pipelines_dead_letters_and_failures_never_stop_another(runner, conf
     assert any(w.startswith(f"{connected}: ") and "dead letter" in w for w in warnings), warnings
     verdicts = {r["account"]: r["health"]["healthy"] for r in report["accounts"]}
     assert verdicts == {platform: True, separate: False, connected: True}, verdicts
+    text = runner.invoke(app, ["status", "--check", "--config", str(config)], env=env)
+    assert text.exit_code == ExitCode.UNHEALTHY and f"problem: {separate}: " in text.output, text.output
+    assert f"problem: {platform}: " not in text.output and f"problem: {connected}: " not in text.output
     strict = runner.invoke(app, ["status", "--check", "--max-dead-letters", "0", "--json", "--config", str(config)],
                            env=env)  # dead letters made a problem: the connected account is named too
     strict_problems = json.loads(strict.stdout)["health"]["problems"]
@@ -311,6 +314,32 @@ def test_one_pipelines_dead_letters_and_failures_never_stop_another(runner, conf
         letters = st.dead_letters()
         assert letters and all(d.event_id in made["connected"].event_ids for d in letters)
         assert all(d.event_id in dlq.output for d in letters)
+
+
+def test_a_missing_key_stops_only_the_command_that_needs_it(runner, config, cli_env, accounts, org, pg_url):
+    """STRIPE_API_KEY_EU unset: the platform's own pipeline (`--account`) runs and writes everything; `sync --all`
+    names the variable and exits 2 before any call (every pipeline's secrets are checked first, so that one run
+    fixes them all), leaving every pipeline's state as it was."""
+    made = {name: fill(acct, org, name.title(), seed, new_has_account=True)
+            for seed, (name, acct) in enumerate(accounts.items(), 1)}
+    configure(config, made, create_accounts=False)
+    env = env_of(cli_env, accounts, pg_url)
+    del env["STRIPE_API_KEY_EU"]
+    platform = made["platform"].account.account_id
+    alone = runner.invoke(app, ["--account", platform, "sync", "--since", SINCE, "--config", str(config)], env=env)
+    assert alone.exit_code == ExitCode.OK, alone.output
+    opps = {o.get("Stripe_Subscription_ID__c"): o for o in org.records("Opportunity")}
+    assert all(opps[s][FIELD] == platform for s in made["platform"].subscriptions)
+    requests = {name: len(m.account.requests_log) for name, m in made.items()}
+    every = runner.invoke(app, ["sync", "--all", "--since", SINCE, "--config", str(config)], env=env)
+    assert every.exit_code == ExitCode.CONFIG and "STRIPE_API_KEY_EU is not set" in every.output, every.output
+    assert {name: len(m.account.requests_log) for name, m in made.items()} == requests
+    with state(config, pg_url, platform) as st:
+        assert st.cursor() is not None and st.cursor().event_id == made["platform"].newest_event
+        assert len(st.recent_runs()) == 1
+    for name in ("separate", "connected"):
+        with state(config, pg_url, made[name].account.account_id) as st:
+            assert st.cursor() is None and not st.recent_runs()
 
 
 def test_sigterm_stops_every_pipeline_within_seconds_each_cursor_recorded(config, cli_env, accounts, org, sf_sb,
