@@ -216,11 +216,15 @@ def test_every_account_synced_at_once_into_one_org_each_its_own(request, runner,
     assert all(r["summary"]["applied"] == 0 for r in json.loads(again.stdout)["accounts"])
 
 
-def test_a_second_run_of_one_pipeline_is_refused_while_another_pipeline_runs(config, cli_env, accounts, org,
-                                                                            pg_url, tmp_path):
-    """Process A holds the platform pipeline (paused inside its first commit's transaction). Process B, the same
-    pipeline, exits 4 naming A; process C, `sync --all`, is turned away from the platform only: the other two
-    pipelines are synced, to their own cursors, while A still holds its lock."""
+@pytest.mark.parametrize(("backend", "pause_at"), [("postgresql", "pause:commit:1"),
+                                                   ("sqlite", "pause:commit:1:before")])
+def test_a_second_run_of_one_pipeline_is_refused_while_another_pipeline_runs(request, config, cli_env, accounts,
+                                                                            org, tmp_path, backend, pause_at):
+    """Process A holds the platform pipeline (paused in its first commit: inside its transaction on PostgreSQL,
+    on entry on SQLite, whose one file has one writer at a time). Process B, the same pipeline, exits 4 naming A;
+    process C, `sync --all`, is turned away from the platform only: the other two pipelines are synced, to their
+    own cursors, while A still holds its lock."""
+    pg_url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     made = {name: fill(acct, org, name.title(), seed) for seed, (name, acct) in enumerate(accounts.items(), 1)}
     configure(config, made)
     env = env_of(cli_env, accounts, pg_url)
@@ -229,7 +233,7 @@ def test_a_second_run_of_one_pipeline_is_refused_while_another_pipeline_runs(con
     holder = subprocess.Popen(
         [sys.executable, "-m", "stripe_sf_sync", "--account", platform, "sync", "--since", SINCE,
          "--config", str(config)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=process_env({**env, "STRIPE_SF_TEST_KILL": "pause:commit:1", "STRIPE_SF_TEST_PAUSE_FILE": str(pause)}))
+        env=process_env({**env, "STRIPE_SF_TEST_KILL": pause_at, "STRIPE_SF_TEST_PAUSE_FILE": str(pause)}))
     try:
         deadline = time.monotonic() + 60
         while not pause.exists() and time.monotonic() < deadline and holder.poll() is None:
