@@ -126,6 +126,8 @@ def sync(
 
         */5 * * * * cd /etc/stripe-sf && stripe-sf sync --log-format json
 
+    Several Stripe accounts (stripe.accounts): stripe-sf sync --all --parallel 4, or one with --account ACCT.
+
     Ctrl-C or SIGTERM stops it within seconds, with everything finished so far saved (exit 130 or 143); the
     next run continues from the cursor.
     """
