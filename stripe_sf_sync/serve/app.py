@@ -35,7 +35,7 @@ from stripe_sf_sync.serve.options import (
 )
 from stripe_sf_sync.serve.routing import served
 from stripe_sf_sync.serve.worker import Worker
-from stripe_sf_sync.service.runtime import Environment, Runtime, clients
+from stripe_sf_sync.service.runtime import Environment, Runtime, check_secrets
 
 log = logging.getLogger("stripe_sf_sync")
 
@@ -163,16 +163,7 @@ def prepare(config_path: Path | None, environment: Environment) -> Runtime:
     when that is ambiguous), every served pipeline's secrets, both APIs' at once, and the signing secrets."""
     runtime = Runtime(config_path, environment)
     require_org_values(runtime.loaded.settings, str(runtime.loaded.path))
-    problems: list[str] = []
-    for p in served(runtime.loaded.settings, environment.account).pipelines:
-        try:
-            clients(runtime.for_pipeline(p))
-        except ConfigError as exc:
-            problems.extend(x for x in exc.problems if x not in problems)
-    if problems:
-        raise ConfigError(problems, source="environment",
-                          hint="Export the variables listed in docs/environment.md (each account's key in the "
-                               "variable its api_key_env names); secrets are read only from the environment.")
+    check_secrets([runtime.for_pipeline(p) for p in served(runtime.loaded.settings, environment.account).pipelines])
     webhook_secrets(environment.env)
     return runtime
 

@@ -172,6 +172,22 @@ def clients(runtime: Runtime) -> tuple[StripeSource, Callable[[], SalesforceGate
     return source, sf_factory
 
 
+def check_secrets(runtimes: list[Runtime]) -> None:
+    """Every pipeline's missing or malformed secret, reported at once (each problem once), before any network
+    call: `sync --all` and `serve` start several pipelines."""
+    problems: list[str] = []
+    for rt in runtimes:
+        try:
+            clients(rt)
+        except ConfigError as exc:
+            problems.extend(p for p in exc.problems if p not in problems)
+    if problems:
+        raise ConfigError(problems, source="environment",
+                          hint="Export each account's key in the variable its api_key_env names (default "
+                               "STRIPE_API_KEY), and the Salesforce variables of docs/environment.md; secrets "
+                               "are read only from the environment.")
+
+
 def exit_code_for(summary: RunSummary) -> ExitCode:
     """Dead letters in this run make a distinct, non-zero exit; a budget stop counts as refusal; a run a
     signal stopped exits as shells report that signal (130 for Ctrl-C, 143 for SIGTERM). A dry run

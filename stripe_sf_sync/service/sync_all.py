@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stripe_sf_sync.config import require_org_values
-from stripe_sf_sync.errors import ConfigError, ExitCode, StripeSfError
+from stripe_sf_sync.errors import ExitCode, StripeSfError
 from stripe_sf_sync.metrics import RunFigures, write_metrics
 from stripe_sf_sync.pipeline import RunSummary
 from stripe_sf_sync.pipeline.stop import Stop, stop_on_signals
@@ -27,6 +27,7 @@ from stripe_sf_sync.service.runtime import (
     Environment,
     Runtime,
     check_run_metrics,
+    check_secrets,
     clients,
     exit_code_for,
     parse_since,
@@ -79,7 +80,7 @@ def run_sync_all(config_path: Path | None, environment: Environment, *, parallel
     check_run_metrics(metrics_file, dry_run=dry_run)
     figures: list[RunFigures] = []
     every = [runtime.for_pipeline(p) for p in pipelines(runtime.loaded.settings)]
-    _check_secrets(every)
+    check_secrets(every)
     with stop_on_signals() as stop, ThreadPoolExecutor(max_workers=max(1, parallel),
                                                        thread_name_prefix="stripe-sf-pipeline") as pool:
         futures = [pool.submit(_one, rt, stop, dry_run=dry_run, max_events=max_events, since=since_ts,
@@ -102,20 +103,6 @@ def _write_all_metrics(path: Path, runs: list[PipelineRun], figures: list[RunFig
     except OSError as exc:
         log.error("Could not write the metrics file %s: %s. Check its directory's space and permissions; the "
                   "next run writes it again.", path, exc.strerror or exc)
-
-
-def _check_secrets(runtimes: list[Runtime]) -> None:
-    """Every pipeline's missing or malformed secret, reported at once (each variable once)."""
-    problems: list[str] = []
-    for rt in runtimes:
-        try:
-            clients(rt)
-        except ConfigError as exc:
-            problems.extend(p for p in exc.problems if p not in problems)
-    if problems:
-        raise ConfigError(problems, source="environment",
-                          hint="Export each account's key in the variable its api_key_env names (default "
-                               "STRIPE_API_KEY), and the Salesforce variables of docs/environment.md.")
 
 
 def _one(runtime: Runtime, stop: Stop, *, dry_run: bool, max_events: int | None, since: int | None,
