@@ -9,6 +9,9 @@ from stripe_sf_sync.errors import ConfigError
 from stripe_sf_sync.pipelines import DEFAULT_PIPELINE, Pipeline, legacy_heir, pipelines, select
 from stripe_sf_sync.stripe.http import build_client
 
+# Made-up keys, shaped as Stripe's are (the config and the log redaction check the shape): no real key.
+FAKE_TEST_KEY = "sk_test_" + "made_up_for_tests"
+FAKE_LIVE_KEY = "sk_live_" + "made_up_for_tests"
 ACCOUNTS = {"stripe": {"accounts": [{"id": "acct_1Brand"}, {"id": "acct_1Europe", "api_key_env": "STRIPE_API_KEY_EU"},
                                     {"id": "acct_1Connected", "connected": True}]}}
 
@@ -44,7 +47,7 @@ def test_several_accounts_need_a_choice_and_an_unknown_one_is_named():
     ([{"id": "acct_1A"}, {"id": "acct_1A"}], "listed twice: acct_1A"),
     ([{"id": "cus_1A"}], "stripe.accounts"),
     ([{"id": "acct_1A", "api_key_env": "lower"}], "api_key_env"),
-    ([{"id": "acct_1A", "key": "sk_test_x"}], "key"),
+    ([{"id": "acct_1A", "key": FAKE_TEST_KEY}], "key"),
 ])
 def test_a_bad_accounts_list_is_refused(accounts, message):
     with pytest.raises(ConfigError) as refused:
@@ -53,11 +56,11 @@ def test_a_bad_accounts_list_is_refused(accounts, message):
 
 
 def test_a_connected_pipeline_sends_the_stripe_account_header():
-    client, _ = build_client("sk_test_123", api_base=None, api_version="2026-10-28.endive", timeout=5,
+    client, _ = build_client(FAKE_TEST_KEY, api_base=None, api_version="2026-10-28.endive", timeout=5,
                              stripe_account="acct_1Connected")
     requestor = client._requestor  # the SDK's: its options carry the header for every request
     assert requestor._options.stripe_account == "acct_1Connected"
-    plain, _ = build_client("sk_test_123", api_base=None, api_version="2026-10-28.endive", timeout=5)
+    plain, _ = build_client(FAKE_TEST_KEY, api_base=None, api_version="2026-10-28.endive", timeout=5)
     assert plain._requestor._options.stripe_account is None
 
 
@@ -68,11 +71,11 @@ def test_every_accounts_key_is_redacted_from_logs_and_lines_name_the_account():
     from stripe_sf_sync.logs import bind_run, setup_logging
 
     out = io.StringIO()
-    setup_logging("plain", stream=out, env={"STRIPE_API_KEY_EU": "sk_live_europe0123456789", "OTHER": "x"})
+    setup_logging("plain", stream=out, env={"STRIPE_API_KEY_EU": FAKE_LIVE_KEY, "OTHER": "x"})
     bind_run(7, "acct_1Europe")
-    logging.getLogger("stripe_sf_sync").warning("key sk_live_europe0123456789 refused")
+    logging.getLogger("stripe_sf_sync").warning(f"key {FAKE_LIVE_KEY} refused")
     line = out.getvalue()
-    assert "sk_live_europe0123456789" not in line and "***" in line and "[acct_1Europe] key" in line
+    assert FAKE_LIVE_KEY not in line and "***" in line and "[acct_1Europe] key" in line
     setup_logging("json", stream=out)  # a new command binds no run
     logging.getLogger("stripe_sf_sync").warning("next")
     assert '"account"' not in out.getvalue().splitlines()[-1]
